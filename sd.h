@@ -1,0 +1,1037 @@
+/* sd.h - Stable Diffusion inference in one C99 header.            MIT license, see end of file.
+
+   Text prompt (optionally an init image) in, image out, on a CPU, with nothing but libc and
+   optionally pthreads, and no memory but one arena that the caller hands in.
+
+   USAGE
+     In exactly one C or C++ file:
+         #define SD_IMPLEMENTATION
+         #include "sd.h"
+     Everywhere else just #include "sd.h". Keep the implementation in a file of its own: its
+     internal helpers are `static` and have plain names (gemm, layernorm, ...).
+
+   CONFIGURATION (define before including the implementation)
+     SD_ASSERT(x)     internal consistency checks (default: assert from <assert.h>)
+     SD_NO_THREADS    no pthreads; everything runs on the calling thread
+     SD_NO_SIMD       plain C kernels only, whatever the compiler targets
+     SD_API           decoration of public functions (default: extern)
+
+   CONTRACTS
+     Memory   sd.h never calls malloc/free. Everything comes from an sd_arena the caller
+              initialises over a block of its own; weights are used in place from the caller's
+              safetensors bytes (read or mmap'd), never copied whole.
+     Errors   every fallible call returns 0 on success or an SD_ERR_* code, and fills the
+              caller's sd_error with a message that says what and where. On failure the arena
+              is put back where it was, so the caller's state is intact.
+     Input    bad input (malformed files, absurd sizes, wrong shapes) never crashes and never
+              reads outside the caller's buffer.
+
+   CONTENTS
+     1. Public API and configuration
+     2. Arena
+     3. safetensors reader (and the small strict JSON parser it needs)
+     4. Compute kernels: GEMM, conv2d, norms, attention, activations; thread pool
+     5. Tokenizer (CLIP BPE)
+     6. Text encoder (CLIP ViT-L/14 for SD1, OpenCLIP ViT-H for SD2)
+     7. UNet
+     8. VAE (decoder, encoder)
+     9. Samplers (DDIM)
+    10. Pipeline (txt2img, img2img)
+*/
+#ifndef SD_H
+#define SD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifndef SD_API
+#define SD_API extern
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- 1. Public API ------------------------------------------------------------------------ */
+
+enum {
+    SD_OK = 0,
+    SD_ERR_ARG,          /* a bad argument from the caller (NULL pointer, size out of range) */
+    SD_ERR_MEMORY,       /* the arena is too small */
+    SD_ERR_FORMAT,       /* malformed file or header */
+    SD_ERR_MISSING,      /* a tensor the model needs is not there */
+    SD_ERR_SHAPE,        /* a tensor has the wrong shape or dtype */
+    SD_ERR_UNSUPPORTED,  /* valid input that sd.h cannot handle */
+    SD_ERR_CANCELLED     /* the progress callback asked to stop */
+};
+
+/* What went wrong and where. Filled by every fallible call; may be NULL. */
+typedef struct sd_error { int code; char message[256]; } sd_error;
+
+/* One block of caller memory, handed out in 64-byte aligned pieces from the bottom up.
+   `peak` is the high-water mark of `used`; mark/reset gives stack-like scratch. */
+typedef struct sd_arena { unsigned char *base; size_t size, used, peak; } sd_arena;
+
+SD_API void   sd_arena_init(sd_arena *a, void *memory, size_t size);
+SD_API void  *sd_arena_alloc(sd_arena *a, size_t bytes, sd_error *err); /* NULL + err if full */
+SD_API size_t sd_arena_mark(const sd_arena *a);
+SD_API void   sd_arena_reset(sd_arena *a, size_t mark);
+
+/* Element types of safetensors files. */
+typedef enum sd_dtype {
+    SD_F32, SD_F16, SD_BF16, SD_F64, SD_I64, SD_I32, SD_I16, SD_I8, SD_U8, SD_BOOL, SD_DTYPE_COUNT
+} sd_dtype;
+
+#define SD_MAX_DIMS 8
+
+/* A tensor as stored in a file: its bytes stay in the caller's buffer. */
+typedef struct sd_tensor {
+    const char *name;
+    sd_dtype dtype;
+    int ndim;
+    int64_t shape[SD_MAX_DIMS];
+    const void *data;
+    size_t nbytes;
+} sd_tensor;
+
+/* One opened safetensors file: a table of tensors and the string pairs of `__metadata__`. */
+typedef struct sd_safetensors {
+    const unsigned char *bytes;  /* the caller's buffer */
+    size_t size;
+    sd_tensor *tensors;
+    int count;
+    const char **meta_keys, **meta_values;
+    int meta_count;
+    int32_t *hash;               /* open addressing table of tensor indices, -1 = empty */
+    uint32_t hash_mask;
+} sd_safetensors;
+
+/* Parses the header of a safetensors file held in `data` (which must outlive `st`), validating
+   every entry. Tables live in the arena; tensor data is pointed to, not copied. */
+SD_API int sd_safetensors_open(sd_safetensors *st, const void *data, size_t size,
+                               sd_arena *a, sd_error *err);
+SD_API const sd_tensor *sd_safetensors_find(const sd_safetensors *st, const char *name);
+SD_API const char *sd_safetensors_meta(const sd_safetensors *st, const char *key);
+
+SD_API const char *sd_dtype_name(sd_dtype t);  /* "F32", "F16", ... */
+SD_API size_t sd_dtype_size(sd_dtype t);
+SD_API int64_t sd_tensor_numel(const sd_tensor *t);
+SD_API float sd_f16_to_f32(uint16_t h);
+SD_API float sd_bf16_to_f32(uint16_t h);
+SD_API uint16_t sd_f32_to_f16(float f); /* round to nearest even */
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SD_H */
+
+/* ============================================================================================ */
+#ifdef SD_IMPLEMENTATION
+#ifndef SD_IMPLEMENTATION_DONE
+#define SD_IMPLEMENTATION_DONE
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>   /* vsnprintf only: the core does no I/O */
+#include <string.h>
+
+#ifndef SD_ASSERT
+#include <assert.h>
+#define SD_ASSERT(x) assert(x)
+#endif
+
+/* Helpers that some builds (tests, tools) use and others do not. */
+#if defined(__GNUC__) || defined(__clang__)
+#define SD_MAYBE_UNUSED __attribute__((unused))
+#else
+#define SD_MAYBE_UNUSED
+#endif
+
+/* Fills err (if given) and returns code, so that failures read `return fail(err, ...)`. */
+static int fail(sd_error *err, int code, const char *fmt, ...)
+{
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->message, sizeof err->message, fmt, ap);
+        va_end(ap);
+        err->code = code;
+    }
+    return code;
+}
+
+/* ---- 2. Arena ----------------------------------------------------------------------------- */
+
+#define SD_ALIGN 64
+
+SD_API void sd_arena_init(sd_arena *a, void *memory, size_t size)
+{
+    /* Start at the first 64-byte boundary so every piece is aligned in absolute terms. */
+    uintptr_t p = (uintptr_t)memory, q = (p + SD_ALIGN - 1) & ~(uintptr_t)(SD_ALIGN - 1);
+    size_t skip = (size_t)(q - p);
+    a->base = (unsigned char *)memory + (skip <= size ? skip : size);
+    a->size = skip <= size ? size - skip : 0;
+    a->used = a->peak = 0;
+}
+
+SD_API void *sd_arena_alloc(sd_arena *a, size_t bytes, sd_error *err)
+{
+    size_t left = a->size - a->used, need;
+    if (bytes > (size_t)-1 - SD_ALIGN) need = (size_t)-1;
+    else need = (bytes + SD_ALIGN - 1) & ~(size_t)(SD_ALIGN - 1);
+    if (need > left) {
+        fail(err, SD_ERR_MEMORY, "arena too small: asked for %zu bytes, %zu of %zu left",
+             bytes, left, a->size);
+        return NULL;
+    }
+    void *p = a->base + a->used;
+    a->used += need;
+    if (a->used > a->peak) a->peak = a->used;
+    return p;
+}
+
+SD_API size_t sd_arena_mark(const sd_arena *a) { return a->used; }
+
+SD_API void sd_arena_reset(sd_arena *a, size_t mark)
+{
+    SD_ASSERT(mark <= a->used);
+    a->used = mark;
+}
+
+/* Allocation helpers that read better in model code: count × size with overflow check. */
+static void *arena_array(sd_arena *a, size_t count, size_t size, sd_error *err)
+{
+    if (size && count > (size_t)-1 / size) {
+        fail(err, SD_ERR_MEMORY, "arena: %zu x %zu bytes overflows size_t", count, size);
+        return NULL;
+    }
+    return sd_arena_alloc(a, count * size, err);
+}
+#define arena_floats(a, n, err) ((float *)arena_array((a), (size_t)(n), sizeof(float), (err)))
+
+/* ---- 3. safetensors reader ---------------------------------------------------------------- */
+/* Format: 8-byte little-endian header length N, N bytes of JSON
+   {"name": {"dtype": "F16", "shape": [..], "data_offsets": [begin, end]}, ...,
+    "__metadata__": {"key": "value", ...}}, then the data region that the offsets index. */
+
+static const struct { const char *name; size_t size; } dtype_info[SD_DTYPE_COUNT] = {
+    {"F32", 4}, {"F16", 2}, {"BF16", 2}, {"F64", 8}, {"I64", 8},
+    {"I32", 4}, {"I16", 2}, {"I8", 1}, {"U8", 1}, {"BOOL", 1},
+};
+
+SD_API const char *sd_dtype_name(sd_dtype t) { return (unsigned)t < SD_DTYPE_COUNT ? dtype_info[t].name : "?"; }
+SD_API size_t sd_dtype_size(sd_dtype t) { return (unsigned)t < SD_DTYPE_COUNT ? dtype_info[t].size : 0; }
+
+SD_API int64_t sd_tensor_numel(const sd_tensor *t)
+{
+    int64_t n = 1;
+    for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+    return n;
+}
+
+SD_API float sd_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 31, man = h & 0x3ff, bits;
+    if (exp == 31) bits = sign | 0x7f800000u | (man << 13);           /* inf, nan */
+    else if (exp) bits = sign | ((exp + 112) << 23) | (man << 13);    /* normal */
+    else if (!man) bits = sign;                                       /* zero */
+    else {                                                            /* subnormal: normalise */
+        exp = 113;
+        while (!(man & 0x400)) { man <<= 1; exp--; }
+        bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+SD_API float sd_bf16_to_f32(uint16_t h)
+{
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+SD_API uint16_t sd_f32_to_f16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000, e = (x >> 23) & 0xff, man = x & 0x7fffff;
+    if (e == 255) return (uint16_t)(sign | 0x7c00 | (man ? 0x200 : 0));
+    int exp = (int)e - 127 + 15;
+    if (exp >= 31) return (uint16_t)(sign | 0x7c00);
+    if (exp <= 0) {                                   /* subnormal or zero in f16 */
+        if (exp < -10) return (uint16_t)sign;
+        man |= 0x800000;
+        int shift = 14 - exp;
+        uint32_t half = man >> shift, rest = man & ((1u << shift) - 1), mid = 1u << (shift - 1);
+        if (rest > mid || (rest == mid && (half & 1))) half++;
+        return (uint16_t)(sign | half);
+    }
+    uint32_t half = ((uint32_t)exp << 10) | (man >> 13), rest = man & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (half & 1))) half++;   /* may carry into exp: ok */
+    return (uint16_t)(sign | half);
+}
+
+/* Element i of a float tensor of any float dtype, as f32 (for small vectors: norms, biases). */
+SD_MAYBE_UNUSED static float tensor_get(const sd_tensor *t, size_t i)
+{
+    switch (t->dtype) {
+    case SD_F32: { float v; memcpy(&v, (const char *)t->data + 4 * i, 4); return v; }
+    case SD_F16: { uint16_t v; memcpy(&v, (const char *)t->data + 2 * i, 2); return sd_f16_to_f32(v); }
+    case SD_BF16: { uint16_t v; memcpy(&v, (const char *)t->data + 2 * i, 2); return sd_bf16_to_f32(v); }
+    case SD_F64: { double v; memcpy(&v, (const char *)t->data + 8 * i, 8); return (float)v; }
+    default: return 0.0f;
+    }
+}
+
+/* A strict JSON reader over [p, end): just what safetensors headers (and the tests' JSON files)
+   need. Every function returns 0 on success and leaves `error` set on the first failure. */
+typedef struct json {
+    const char *start, *p, *end;
+    const char *error;   /* static message, NULL while all is well */
+} json;
+
+static int json_fail(json *j, const char *msg)
+{
+    if (!j->error) j->error = msg;
+    return -1;
+}
+
+static void json_ws(json *j)
+{
+    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r')) j->p++;
+}
+
+/* Consumes character c after optional whitespace; returns 1 if it was there. */
+static int json_eat(json *j, char c)
+{
+    json_ws(j);
+    if (j->p < j->end && *j->p == c) { j->p++; return 1; }
+    return 0;
+}
+
+static int json_hex4(json *j, uint32_t *v)
+{
+    *v = 0;
+    if (j->end - j->p < 4) return json_fail(j, "truncated \\u escape");
+    for (int i = 0; i < 4; i++) {
+        char c = *j->p++;
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+              : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (d < 0) return json_fail(j, "bad hex digit in \\u escape");
+        *v = *v * 16 + (uint32_t)d;
+    }
+    return 0;
+}
+
+/* Reads a string, decoding escapes to UTF-8 into out[0..cap) (out may be NULL to measure).
+   *len gets the decoded length; the output is NUL-terminated when it fits. */
+static int json_string(json *j, char *out, size_t cap, size_t *len)
+{
+    size_t n = 0;
+    json_ws(j);
+    if (j->p >= j->end || *j->p != '"') return json_fail(j, "expected a string");
+    j->p++;
+    for (;;) {
+        if (j->p >= j->end) return json_fail(j, "unterminated string");
+        unsigned char c = (unsigned char)*j->p++;
+        uint32_t cp;
+        if (c == '"') break;
+        if (c < 0x20) return json_fail(j, "control character in string");
+        if (c != '\\') { if (out && n < cap) out[n] = (char)c; n++; continue; }
+        if (j->p >= j->end) return json_fail(j, "unterminated escape");
+        switch (*j->p++) {
+        case '"': cp = '"'; break;
+        case '\\': cp = '\\'; break;
+        case '/': cp = '/'; break;
+        case 'b': cp = 8; break;
+        case 'f': cp = 12; break;
+        case 'n': cp = 10; break;
+        case 'r': cp = 13; break;
+        case 't': cp = 9; break;
+        case 'u':
+            if (json_hex4(j, &cp)) return -1;
+            if (cp >= 0xd800 && cp < 0xdc00) {        /* high surrogate: a low one must follow */
+                uint32_t lo;
+                if (j->end - j->p < 2 || j->p[0] != '\\' || j->p[1] != 'u')
+                    return json_fail(j, "lone surrogate in \\u escape");
+                j->p += 2;
+                if (json_hex4(j, &lo)) return -1;
+                if (lo < 0xdc00 || lo >= 0xe000) return json_fail(j, "lone surrogate in \\u escape");
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+            } else if (cp >= 0xdc00 && cp < 0xe000) {
+                return json_fail(j, "lone surrogate in \\u escape");
+            }
+            break;
+        default: return json_fail(j, "unknown escape in string");
+        }
+        unsigned char u[4];
+        int k;
+        if (cp < 0x80) { u[0] = (unsigned char)cp; k = 1; }
+        else if (cp < 0x800) { u[0] = (unsigned char)(0xc0 | cp >> 6); u[1] = (unsigned char)(0x80 | (cp & 63)); k = 2; }
+        else if (cp < 0x10000) { u[0] = (unsigned char)(0xe0 | cp >> 12); u[1] = (unsigned char)(0x80 | ((cp >> 6) & 63)); u[2] = (unsigned char)(0x80 | (cp & 63)); k = 3; }
+        else { u[0] = (unsigned char)(0xf0 | cp >> 18); u[1] = (unsigned char)(0x80 | ((cp >> 12) & 63)); u[2] = (unsigned char)(0x80 | ((cp >> 6) & 63)); u[3] = (unsigned char)(0x80 | (cp & 63)); k = 4; }
+        for (int i = 0; i < k; i++, n++) if (out && n < cap) out[n] = (char)u[i];
+    }
+    if (out && n < cap) out[n] = 0;
+    *len = n;
+    return 0;
+}
+
+/* Reads a non-negative integer (no sign, fraction or exponent), failing above 2^63. */
+static int json_uint(json *j, uint64_t *v)
+{
+    json_ws(j);
+    const char *s = j->p;
+    *v = 0;
+    if (j->p >= j->end || *j->p < '0' || *j->p > '9') return json_fail(j, "expected a non-negative integer");
+    while (j->p < j->end && *j->p >= '0' && *j->p <= '9') {
+        uint64_t d = (uint64_t)(*j->p - '0');
+        if (*v > (UINT64_C(0x7fffffffffffffff) - d) / 10) return json_fail(j, "integer too large");
+        *v = *v * 10 + d;
+        j->p++;
+    }
+    if (j->p - s > 1 && *s == '0') return json_fail(j, "leading zero in number");
+    if (j->p < j->end && (*j->p == '.' || *j->p == 'e' || *j->p == 'E')) return json_fail(j, "expected an integer");
+    return 0;
+}
+
+/* Skips any JSON value (used by the tests for files whose fields they do not need). */
+SD_MAYBE_UNUSED static int json_skip(json *j, int depth)
+{
+    size_t len;
+    uint64_t v;
+    if (depth > 64) return json_fail(j, "nesting too deep");
+    json_ws(j);
+    if (j->p >= j->end) return json_fail(j, "unexpected end of JSON");
+    switch (*j->p) {
+    case '"': return json_string(j, NULL, 0, &len);
+    case '{': case '[': {
+        char close = *j->p == '{' ? '}' : ']';
+        j->p++;
+        if (json_eat(j, close)) return 0;
+        do {
+            if (close == '}') {
+                if (json_string(j, NULL, 0, &len)) return -1;
+                if (!json_eat(j, ':')) return json_fail(j, "expected ':'");
+            }
+            if (json_skip(j, depth + 1)) return -1;
+        } while (json_eat(j, ','));
+        return json_eat(j, close) ? 0 : json_fail(j, "expected ',' or closing bracket");
+    }
+    case 't': case 'f': case 'n': {
+        const char *w = *j->p == 't' ? "true" : *j->p == 'f' ? "false" : "null";
+        size_t n = strlen(w);
+        if ((size_t)(j->end - j->p) < n || memcmp(j->p, w, n)) return json_fail(j, "bad literal");
+        j->p += n;
+        return 0;
+    }
+    case '-': j->p++; /* fall through */
+    default:
+        if (json_uint(j, &v) && !(j->error && !strcmp(j->error, "expected an integer"))) return -1;
+        j->error = NULL;   /* a fraction or exponent is fine here */
+        if (j->p < j->end && *j->p == '.') { j->p++; while (j->p < j->end && *j->p >= '0' && *j->p <= '9') j->p++; }
+        if (j->p < j->end && (*j->p == 'e' || *j->p == 'E')) {
+            j->p++;
+            if (j->p < j->end && (*j->p == '+' || *j->p == '-')) j->p++;
+            while (j->p < j->end && *j->p >= '0' && *j->p <= '9') j->p++;
+        }
+        return 0;
+    }
+}
+
+static uint32_t hash_string(const char *s)
+{
+    uint32_t h = 2166136261u;   /* FNV-1a */
+    while (*s) h = (h ^ (unsigned char)*s++) * 16777619u;
+    return h;
+}
+
+/* One pass over the header. With st->tensors NULL it only validates and counts (so that the
+   second pass can allocate exact tables); otherwise it fills them. */
+static int st_parse(sd_safetensors *st, json *j, size_t data_size, sd_arena *a,
+                    int *n_tensors, int *n_meta, sd_error *err)
+{
+    char name[1024], field[32], dt[16];
+    size_t len;
+    *n_tensors = *n_meta = 0;
+    if (!json_eat(j, '{')) { json_fail(j, "header is not a JSON object"); goto bad_json; }
+    if (json_eat(j, '}')) goto done;
+    do {
+        const char *entry = j->p;
+        if (json_string(j, name, sizeof name, &len)) goto bad_json;
+        if (len >= sizeof name) return fail(err, SD_ERR_FORMAT, "safetensors: tensor name longer than %zu bytes at header byte %ld", sizeof name - 1, (long)(entry - j->start));
+        if (strlen(name) != len) return fail(err, SD_ERR_FORMAT, "safetensors: NUL byte in a name at header byte %ld", (long)(entry - j->start));
+        if (!json_eat(j, ':') || !json_eat(j, '{')) { json_fail(j, "expected ':' and an object after a name"); goto bad_json; }
+        if (!strcmp(name, "__metadata__")) {
+            if (json_eat(j, '}')) continue;
+            do {
+                const char *k = j->p, *v;
+                size_t klen, vlen;
+                if (json_string(j, NULL, 0, &klen) || !json_eat(j, ':')) { json_fail(j, "expected ':' in __metadata__"); goto bad_json; }
+                v = j->p;
+                json_ws(j);
+                if (j->p < j->end && *j->p != '"') return fail(err, SD_ERR_FORMAT, "safetensors: __metadata__ value at header byte %ld is not a string", (long)(j->p - j->start));
+                if (json_string(j, NULL, 0, &vlen)) goto bad_json;
+                if (st->tensors) {   /* second pass: decode key and value into the arena */
+                    json kj = *j, vj = *j;
+                    char *ks = (char *)sd_arena_alloc(a, klen + 1, err), *vs = (char *)sd_arena_alloc(a, vlen + 1, err);
+                    if (!ks || !vs) return SD_ERR_MEMORY;
+                    kj.p = k; vj.p = v;
+                    json_string(&kj, ks, klen + 1, &klen);
+                    json_string(&vj, vs, vlen + 1, &vlen);
+                    st->meta_keys[*n_meta] = ks;
+                    st->meta_values[*n_meta] = vs;
+                }
+                (*n_meta)++;
+            } while (json_eat(j, ','));
+            if (!json_eat(j, '}')) { json_fail(j, "expected ',' or '}' in __metadata__"); goto bad_json; }
+            continue;
+        }
+        /* a tensor entry */
+        sd_tensor t;
+        int have = 0;   /* bit 0 dtype, 1 shape, 2 data_offsets */
+        uint64_t begin = 0, end = 0;
+        memset(&t, 0, sizeof t);
+        t.dtype = SD_DTYPE_COUNT;
+        if (json_eat(j, '}')) return fail(err, SD_ERR_FORMAT, "safetensors: tensor '%s' has no dtype, shape or data_offsets", name);
+        do {
+            if (json_string(j, field, sizeof field, &len)) goto bad_json;
+            if (len >= sizeof field) field[0] = 0;
+            if (!json_eat(j, ':')) { json_fail(j, "expected ':'"); goto bad_json; }
+            if (!strcmp(field, "dtype")) {
+                if (json_string(j, dt, sizeof dt, &len)) goto bad_json;
+                for (int d = 0; d < SD_DTYPE_COUNT; d++)
+                    if (len < sizeof dt && !strcmp(dt, dtype_info[d].name)) t.dtype = (sd_dtype)d;
+                if (t.dtype == SD_DTYPE_COUNT)
+                    return fail(err, SD_ERR_FORMAT, "safetensors: tensor '%s' has unknown dtype '%.15s'", name, len < sizeof dt ? dt : "(too long)");
+                have |= 1;
+            } else if (!strcmp(field, "shape")) {
+                if (!json_eat(j, '[')) { json_fail(j, "shape is not an array"); goto bad_json; }
+                if (!json_eat(j, ']')) {
+                    do {
+                        uint64_t v;
+                        if (t.ndim == SD_MAX_DIMS) return fail(err, SD_ERR_FORMAT, "safetensors: tensor '%s' has more than %d dimensions", name, SD_MAX_DIMS);
+                        if (json_uint(j, &v)) goto bad_json;
+                        t.shape[t.ndim++] = (int64_t)v;
+                    } while (json_eat(j, ','));
+                    if (!json_eat(j, ']')) { json_fail(j, "expected ',' or ']' in shape"); goto bad_json; }
+                }
+                have |= 2;
+            } else if (!strcmp(field, "data_offsets")) {
+                if (!json_eat(j, '[') || json_uint(j, &begin) || !json_eat(j, ',') || json_uint(j, &end) || !json_eat(j, ']')) {
+                    json_fail(j, "data_offsets is not [begin, end]");
+                    goto bad_json;
+                }
+                have |= 4;
+            } else {
+                return fail(err, SD_ERR_FORMAT, "safetensors: tensor '%s' has unknown field '%.31s'", name, field);
+            }
+        } while (json_eat(j, ','));
+        if (!json_eat(j, '}')) { json_fail(j, "expected ',' or '}' in a tensor entry"); goto bad_json; }
+        if (have != 7) return fail(err, SD_ERR_FORMAT, "safetensors: tensor '%s' lacks %s", name, !(have & 1) ? "dtype" : !(have & 2) ? "shape" : "data_offsets");
+        /* sizes: product of dims times element size, checked for overflow at every step */
+        uint64_t bytes = sd_dtype_size(t.dtype);
+        for (int d = 0; d < t.ndim; d++) {
+            uint64_t n = (uint64_t)t.shape[d];
+            if (n && bytes > UINT64_C(0x7fffffffffffffff) / n) return fail(err, SD_ERR_FORMAT, "safetensors: tensor '%s': size of shape overflows", name);
+            bytes *= n;
+        }
+        if (begin > end) return fail(err, SD_ERR_FORMAT, "safetensors: tensor '%s': data_offsets [%llu, %llu] are reversed", name, (unsigned long long)begin, (unsigned long long)end);
+        if (end > data_size) return fail(err, SD_ERR_FORMAT, "safetensors: tensor '%s': data_offsets end %llu is past the data region (%zu bytes)", name, (unsigned long long)end, data_size);
+        if (end - begin != bytes) return fail(err, SD_ERR_FORMAT, "safetensors: tensor '%s': %llu bytes in data_offsets but shape x %s needs %llu", name, (unsigned long long)(end - begin), dtype_info[t.dtype].name, (unsigned long long)bytes);
+        if (st->tensors) {
+            size_t at = (size_t)((const unsigned char *)j->end - st->bytes) + (size_t)begin;   /* file offset of the data */
+            char *s = (char *)sd_arena_alloc(a, strlen(name) + 1, err);
+            if (!s) return SD_ERR_MEMORY;
+            if (at % sd_dtype_size(t.dtype))
+                return fail(err, SD_ERR_FORMAT, "safetensors: tensor '%s' at file offset %zu is not aligned for %s (sd.h uses data in place and will not copy it)", name, at, dtype_info[t.dtype].name);
+            if ((uintptr_t)(st->bytes + at) % sd_dtype_size(t.dtype))
+                return fail(err, SD_ERR_ARG, "safetensors: the caller's buffer is not aligned for tensor '%s' (%s); pass a buffer from malloc or mmap", name, dtype_info[t.dtype].name);
+            memcpy(s, name, strlen(name) + 1);
+            t.name = s;
+            t.data = st->bytes + at;
+            t.nbytes = (size_t)bytes;
+            st->tensors[*n_tensors] = t;
+        }
+        (*n_tensors)++;
+        if (*n_tensors > 1000000) return fail(err, SD_ERR_FORMAT, "safetensors: more than a million tensors");
+    } while (json_eat(j, ','));
+    if (!json_eat(j, '}')) { json_fail(j, "expected ',' or '}' after an entry"); goto bad_json; }
+done:
+    json_ws(j);
+    if (j->p != j->end) { json_fail(j, "trailing bytes after the header object"); goto bad_json; }
+    return 0;
+bad_json:
+    return fail(err, SD_ERR_FORMAT, "safetensors: bad header JSON at byte %ld: %s", (long)(j->p - j->start), j->error ? j->error : "syntax error");
+}
+
+static int st_compare_offsets(const sd_tensor *x, const sd_tensor *y)
+{
+    const unsigned char *a = (const unsigned char *)x->data, *b = (const unsigned char *)y->data;
+    return a < b ? -1 : a > b ? 1 : x->nbytes < y->nbytes ? -1 : x->nbytes > y->nbytes;
+}
+
+/* Sort indices by data offset (heap sort: no recursion, no libc qsort callback casts). */
+static void st_sort_by_offset(const sd_tensor *t, int32_t *idx, int n)
+{
+    for (int k = n / 2 - 1, m = n;; ) {
+        int root;
+        if (k >= 0) root = k--;
+        else { if (--m <= 0) break; int32_t s = idx[0]; idx[0] = idx[m]; idx[m] = s; root = 0; }
+        for (;;) {
+            int c = 2 * root + 1;
+            if (c >= m) break;
+            if (c + 1 < m && st_compare_offsets(&t[idx[c + 1]], &t[idx[c]]) > 0) c++;
+            if (st_compare_offsets(&t[idx[c]], &t[idx[root]]) <= 0) break;
+            int32_t s = idx[c]; idx[c] = idx[root]; idx[root] = s;
+            root = c;
+        }
+    }
+}
+
+/* Checks that the tensors cover the data region exactly: no overlaps, no holes, no tail. */
+static int st_check_coverage(const sd_safetensors *st, const unsigned char *region, size_t data_size,
+                             sd_arena *a, sd_error *err)
+{
+    size_t pos = 0, mark = sd_arena_mark(a);
+    int32_t *idx = (int32_t *)arena_array(a, (size_t)st->count + 1, sizeof(int32_t), err);
+    if (!idx) return SD_ERR_MEMORY;
+    for (int i = 0; i < st->count; i++) idx[i] = i;
+    st_sort_by_offset(st->tensors, idx, st->count);
+    for (int i = 0; i < st->count; i++) {
+        const sd_tensor *t = &st->tensors[idx[i]];
+        size_t off = (size_t)((const unsigned char *)t->data - region);
+        if (off < pos) return fail(err, SD_ERR_FORMAT, "safetensors: tensor '%s' at data offset %zu overlaps the tensor before it (which ends at %zu)", t->name, off, pos);
+        if (off > pos) return fail(err, SD_ERR_FORMAT, "safetensors: hole in the data region before tensor '%s' (it starts at %zu, the data before ends at %zu)", t->name, off, pos);
+        pos += t->nbytes;
+    }
+    sd_arena_reset(a, mark);   /* the index was scratch */
+    if (pos != data_size) return fail(err, SD_ERR_FORMAT, "safetensors: data region is %zu bytes but the tensors cover %zu", data_size, pos);
+    return SD_OK;
+}
+
+static int st_open(sd_safetensors *st, const unsigned char *b, size_t size, sd_arena *a, sd_error *err)
+{
+    uint64_t hlen = 0;
+    int nt, nm, rc;
+    uint32_t cap = 16;
+    if (size < 8) return fail(err, SD_ERR_FORMAT, "safetensors: file of %zu bytes is shorter than the 8-byte header length", size);
+    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | b[i];
+    if (hlen > 100u << 20) return fail(err, SD_ERR_FORMAT, "safetensors: header length %llu is absurd (over 100 MB)", (unsigned long long)hlen);
+    if (hlen > size - 8) return fail(err, SD_ERR_FORMAT, "safetensors: header length %llu is larger than the %zu bytes after it", (unsigned long long)hlen, size - 8);
+    st->bytes = b;
+    st->size = size;
+    json j = { (const char *)b + 8, (const char *)b + 8, (const char *)b + 8 + hlen, NULL };
+    size_t data_size = size - 8 - (size_t)hlen;
+    if ((rc = st_parse(st, &j, data_size, a, &nt, &nm, err))) return rc;
+
+    /* the second pass fills tables sized by the first */
+    while (cap < 2u * (uint32_t)nt) cap *= 2;
+    st->tensors = (sd_tensor *)arena_array(a, (size_t)nt + 1, sizeof(sd_tensor), err);
+    st->meta_keys = (const char **)arena_array(a, (size_t)nm + 1, sizeof(char *), err);
+    st->meta_values = (const char **)arena_array(a, (size_t)nm + 1, sizeof(char *), err);
+    st->hash = (int32_t *)arena_array(a, cap, sizeof(int32_t), err);
+    if (!st->tensors || !st->meta_keys || !st->meta_values || !st->hash) return SD_ERR_MEMORY;
+    j.p = j.start;
+    if ((rc = st_parse(st, &j, data_size, a, &nt, &nm, err))) return rc;
+    st->count = nt;
+    st->meta_count = nm;
+    st->hash_mask = cap - 1;
+    memset(st->hash, 0xff, cap * sizeof(int32_t));
+    for (int i = 0; i < nt; i++) {
+        uint32_t h = hash_string(st->tensors[i].name) & st->hash_mask;
+        for (; st->hash[h] >= 0; h = (h + 1) & st->hash_mask)
+            if (!strcmp(st->tensors[st->hash[h]].name, st->tensors[i].name))
+                return fail(err, SD_ERR_FORMAT, "safetensors: duplicate tensor name '%s'", st->tensors[i].name);
+        st->hash[h] = i;
+    }
+    return st_check_coverage(st, b + 8 + hlen, data_size, a, err);
+}
+
+SD_API int sd_safetensors_open(sd_safetensors *st, const void *data, size_t size,
+                               sd_arena *a, sd_error *err)
+{
+    if (!st || !a || (!data && size)) return fail(err, SD_ERR_ARG, "safetensors: NULL argument");
+    size_t mark = sd_arena_mark(a);
+    memset(st, 0, sizeof *st);
+    int rc = st_open(st, (const unsigned char *)data, size, a, err);
+    if (rc) {
+        sd_arena_reset(a, mark);
+        memset(st, 0, sizeof *st);
+    }
+    return rc;
+}
+
+SD_API const sd_tensor *sd_safetensors_find(const sd_safetensors *st, const char *name)
+{
+    if (!st || !st->hash || !name) return NULL;
+    for (uint32_t h = hash_string(name) & st->hash_mask; st->hash[h] >= 0; h = (h + 1) & st->hash_mask)
+        if (!strcmp(st->tensors[st->hash[h]].name, name)) return &st->tensors[st->hash[h]];
+    return NULL;
+}
+
+SD_API const char *sd_safetensors_meta(const sd_safetensors *st, const char *key)
+{
+    if (!st || !key) return NULL;
+    for (int i = 0; i < st->meta_count; i++)
+        if (!strcmp(st->meta_keys[i], key)) return st->meta_values[i];
+    return NULL;
+}
+
+
+/* Model weights are looked up by name in one or more opened files (a single checkpoint, or the
+   unet/vae/text_encoder files of a diffusers folder). `prefix` is prepended to every name
+   ("model.diffusion_model." in single files); `diffusers` says which of the two name maps applies.
+   The first missing or mis-shaped tensor is recorded in err; loaders fetch everything, then check. */
+typedef struct weights {
+    const sd_safetensors *files[4];
+    int nfiles;
+    const char *prefix;
+    int diffusers;
+    sd_error *err;
+    int failed;     /* SD_OK until the first problem */
+} weights;
+
+static const sd_tensor *weights_find(const weights *w, const char *name)
+{
+    char full[512];
+    snprintf(full, sizeof full, "%s%s", w->prefix ? w->prefix : "", name);
+    for (int i = 0; i < w->nfiles; i++) {
+        const sd_tensor *t = sd_safetensors_find(w->files[i], full);
+        if (t) return t;
+    }
+    return NULL;
+}
+
+/* The tensor named by fmt, checked to be a float tensor of shape [d0, d1, d2, d3] where a 0 ends
+   the shape and -1 accepts any size. A linear weight [N, K] is also accepted as a 1x1
+   convolution [N, K, 1, 1] and vice versa, since checkpoints store both. NULL on failure. */
+static const sd_tensor *need(weights *w, int64_t d0, int64_t d1, int64_t d2, int64_t d3, const char *fmt, ...)
+{
+    char name[400];
+    int64_t want[4] = {d0, d1, d2, d3};
+    int nd = 0;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    while (nd < 4 && want[nd] != 0) nd++;
+    const sd_tensor *t = weights_find(w, name);
+    if (w->failed) return t;
+    if (!t) {
+        w->failed = fail(w->err, SD_ERR_MISSING, "missing tensor '%s%s'", w->prefix ? w->prefix : "", name);
+        return NULL;
+    }
+    if (t->dtype != SD_F32 && t->dtype != SD_F16 && t->dtype != SD_BF16) {
+        w->failed = fail(w->err, SD_ERR_SHAPE, "tensor '%s' is %s; sd.h needs F32, F16 or BF16", t->name, sd_dtype_name(t->dtype));
+        return NULL;
+    }
+    int ok = 1, tnd = t->ndim;
+    if (nd == 2 && tnd == 4 && t->shape[2] == 1 && t->shape[3] == 1) tnd = 2;   /* 1x1 conv as linear */
+    if (nd == 4 && tnd == 2 && want[2] == 1 && want[3] == 1) nd = 2;            /* linear as 1x1 conv */
+    ok = tnd == nd;
+    for (int i = 0; ok && i < nd; i++) ok = want[i] < 0 || t->shape[i] == want[i];
+    if (!ok) {
+        char got[128] = "", exp[128] = "";
+        for (int i = 0; i < t->ndim; i++) snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+        for (int i = 0; i < nd; i++) {
+            if (want[i] < 0) snprintf(exp + strlen(exp), sizeof exp - strlen(exp), "%s*", i ? ", " : "");
+            else snprintf(exp + strlen(exp), sizeof exp - strlen(exp), "%s%lld", i ? ", " : "", (long long)want[i]);
+        }
+        w->failed = fail(w->err, SD_ERR_SHAPE, "tensor '%s' has shape [%s], expected [%s]", t->name, got, exp);
+        return NULL;
+    }
+    return t;
+}
+
+/* Like need() for tensors that may be absent (returns NULL without an error). */
+static const sd_tensor *maybe(weights *w, int64_t d0, int64_t d1, int64_t d2, int64_t d3, const char *fmt, ...)
+{
+    char name[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    if (!weights_find(w, name)) return NULL;
+    return need(w, d0, d1, d2, d3, "%s", name);
+}
+
+/* A view of rows [r0, r0 + n) of a 2-D (or [N, K, 1, 1]) weight, or of a 1-D bias: how the fused
+   q/k/v `in_proj` of OpenCLIP is split without copying. */
+static sd_tensor tensor_rows(const sd_tensor *t, int64_t r0, int64_t n)
+{
+    sd_tensor v = *t;
+    size_t row = sd_dtype_size(t->dtype);
+    for (int i = 1; i < t->ndim; i++) row *= (size_t)t->shape[i];
+    v.data = (const char *)t->data + (size_t)r0 * row;
+    v.shape[0] = n;
+    v.nbytes = (size_t)n * row;
+    return v;
+}
+
+/* ---- 4. Compute kernels ------------------------------------------------------------------- */
+/* Activations are float32 and channels-last (NHWC): a [B, H, W, C] image is a [B·H·W, C] matrix,
+   so 1x1 convolutions and linear layers are one GEMM, and the transformer blocks of the UNet
+   work on the same buffer without transposes. Weights keep PyTorch's layout ([out, in, kh, kw]),
+   in whatever float type the file has; kernels convert them as they go. */
+
+/* A compute context: worker threads and per-thread scratch, set up once per run (from the
+   arena) so that kernels never allocate. */
+#define SD_MAX_THREADS 64
+#define SD_POOL_SCRATCH_FLOATS (1u << 18)   /* per thread: attention scores for 4096+ keys, tiles */
+
+typedef struct sd_pool {
+    int threads;
+    float *scratch[SD_MAX_THREADS];
+    size_t scratch_floats;
+} sd_pool;
+
+typedef void (*pool_task)(void *arg, int task, int thread);
+
+/* Arena bytes pool_init takes for `threads` threads. */
+static size_t pool_arena_bytes(int threads)
+{
+    return (size_t)threads * (SD_POOL_SCRATCH_FLOATS * sizeof(float) + SD_ALIGN);
+}
+
+static int pool_init(sd_pool *p, int threads, sd_arena *a, sd_error *err)
+{
+    memset(p, 0, sizeof *p);
+    if (threads < 1 || threads > SD_MAX_THREADS) return fail(err, SD_ERR_ARG, "threads = %d: must be 1..%d", threads, SD_MAX_THREADS);
+    p->threads = threads;
+    p->scratch_floats = SD_POOL_SCRATCH_FLOATS;
+    for (int t = 0; t < threads; t++)
+        if (!(p->scratch[t] = arena_floats(a, p->scratch_floats, err))) return SD_ERR_MEMORY;
+    return SD_OK;
+}
+
+static void pool_free(sd_pool *p) { (void)p; }
+
+/* Runs fn(arg, task, thread) for task = 0..ntasks-1. Each task writes its own part of the output,
+   so the result does not depend on how tasks are spread over threads. */
+static void pool_run(sd_pool *pool, pool_task fn, void *arg, int ntasks)
+{
+    (void)pool;
+    for (int t = 0; t < ntasks; t++) fn(arg, t, 0);
+}
+
+/* Row i of weight matrix w ([N, K], any float dtype) as float32 into out[0..K). */
+static void weight_row(const sd_tensor *w, int64_t i, int64_t K, float *out)
+{
+    for (int64_t k = 0; k < K; k++) out[k] = tensor_get(w, (size_t)(i * K + k));
+}
+
+/* y[m, n] (+)= sum_k x[m, k] · w[n, k] + b[n]: a linear layer, and every convolution's core.
+   x has row stride ldx, y row stride ldy; b may be NULL. */
+static void matmul(sd_pool *pool, float *y, int ldy, const float *x, int ldx, int M, int N, int K,
+                   const sd_tensor *w, const sd_tensor *b, int accumulate)
+{
+    (void)pool;
+    for (int n = 0; n < N; n++) {
+        float bias = b ? tensor_get(b, (size_t)n) : 0.0f;
+        for (int m = 0; m < M; m++) {
+            float acc = 0.0f;
+            for (int k = 0; k < K; k++) acc += x[(size_t)m * ldx + k] * tensor_get(w, (size_t)n * K + k);
+            y[(size_t)m * ldy + n] = (accumulate ? y[(size_t)m * ldy + n] : 0.0f) + acc + bias;
+        }
+    }
+}
+
+/* y[M, N] = x[M, K] · wᵀ + b for a linear layer with weight [N, K] (or a [N, K, 1, 1] conv). */
+static void linear(sd_pool *pool, float *y, const float *x, int M, int N, int K,
+                   const sd_tensor *w, const sd_tensor *b)
+{
+    matmul(pool, y, N, x, K, M, N, K, w, b, 0);
+}
+
+/* 2-D convolution, NHWC: x [B, H, W, Cin] → y [B, Ho, Wo, Cout] with w [Cout, Cin, k, k],
+   stride s, zero padding `pad` before and `pad_end` after each spatial axis (the VAE encoder's
+   downsampler pads (0, 1)). Ho = (H + pad + pad_end - k) / s + 1. */
+static void conv2d(sd_pool *pool, float *y, const float *x, int B, int H, int W, int Cin,
+                   const sd_tensor *w, const sd_tensor *b, int Cout, int k, int s, int pad, int pad_end)
+{
+    int Ho = (H + pad + pad_end - k) / s + 1, Wo = (W + pad + pad_end - k) / s + 1;
+    (void)pool;
+    for (int bi = 0; bi < B; bi++)
+        for (int oy = 0; oy < Ho; oy++)
+            for (int ox = 0; ox < Wo; ox++)
+                for (int co = 0; co < Cout; co++) {
+                    float acc = b ? tensor_get(b, (size_t)co) : 0.0f;
+                    for (int ky = 0; ky < k; ky++) {
+                        int iy = oy * s + ky - pad;
+                        if (iy < 0 || iy >= H) continue;
+                        for (int kx = 0; kx < k; kx++) {
+                            int ix = ox * s + kx - pad;
+                            if (ix < 0 || ix >= W) continue;
+                            const float *px = x + (((size_t)bi * H + iy) * W + ix) * Cin;
+                            for (int ci = 0; ci < Cin; ci++)
+                                acc += px[ci] * tensor_get(w, (((size_t)co * Cin + ci) * k + ky) * k + kx);
+                        }
+                    }
+                    y[(((size_t)bi * Ho + oy) * Wo + ox) * Cout + co] = acc;
+                }
+}
+
+static float silu1(float x) { return x / (1.0f + expf(-x)); }
+static float gelu1(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+
+static void silu(float *x, size_t n) { for (size_t i = 0; i < n; i++) x[i] = silu1(x[i]); }
+static void gelu(float *x, size_t n) { for (size_t i = 0; i < n; i++) x[i] = gelu1(x[i]); }
+static void quick_gelu(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
+}
+
+static void add(float *y, const float *x, size_t n) { for (size_t i = 0; i < n; i++) y[i] += x[i]; }
+
+/* GroupNorm over NHWC: for each batch item, channels split into `groups` contiguous groups,
+   each normalised over (H·W, C/groups) with biased variance; then per-channel affine and
+   optionally SiLU (the UNet and VAE always follow GroupNorm with SiLU except before attention).
+   y may equal x. Statistics in double: a group holds up to 512·512·4 values. */
+static void groupnorm(sd_pool *pool, float *y, const float *x, int B, int HW, int C, int groups,
+                      const sd_tensor *gamma, const sd_tensor *beta, float eps, int with_silu)
+{
+    int cg = C / groups;
+    (void)pool;
+    for (int b = 0; b < B; b++)
+        for (int g = 0; g < groups; g++) {
+            const float *xb = x + (size_t)b * HW * C + (size_t)g * cg;
+            float *yb = y + (size_t)b * HW * C + (size_t)g * cg;
+            double sum = 0, sq = 0;
+            for (int i = 0; i < HW; i++)
+                for (int c = 0; c < cg; c++) sum += xb[(size_t)i * C + c];
+            double mean = sum / ((double)HW * cg);
+            for (int i = 0; i < HW; i++)
+                for (int c = 0; c < cg; c++) { double d = xb[(size_t)i * C + c] - mean; sq += d * d; }
+            float rstd = (float)(1.0 / sqrt(sq / ((double)HW * cg) + eps));
+            for (int c = 0; c < cg; c++) {
+                float ga = tensor_get(gamma, (size_t)(g * cg + c)) * rstd, be = tensor_get(beta, (size_t)(g * cg + c));
+                for (int i = 0; i < HW; i++) {
+                    float v = (xb[(size_t)i * C + c] - (float)mean) * ga + be;
+                    yb[(size_t)i * C + c] = with_silu ? silu1(v) : v;
+                }
+            }
+        }
+}
+
+/* LayerNorm over the last axis of x [M, C] (CLIP and the UNet's transformer blocks). y may equal x. */
+static void layernorm(float *y, const float *x, int M, int C, const sd_tensor *gamma,
+                      const sd_tensor *beta, float eps)
+{
+    for (int m = 0; m < M; m++) {
+        const float *xr = x + (size_t)m * C;
+        float *yr = y + (size_t)m * C;
+        double sum = 0, sq = 0;
+        for (int c = 0; c < C; c++) sum += xr[c];
+        double mean = sum / C;
+        for (int c = 0; c < C; c++) sq += (xr[c] - mean) * (xr[c] - mean);
+        float rstd = (float)(1.0 / sqrt(sq / C + eps));
+        for (int c = 0; c < C; c++)
+            yr[c] = (xr[c] - (float)mean) * rstd * tensor_get(gamma, (size_t)c) + tensor_get(beta, (size_t)c);
+    }
+}
+
+/* GEGLU (the UNet's feed-forward): x [M, 2C] holds the value half then the gate half of the
+   projection; y [M, C] = value · gelu(gate). y may equal x (rows are read before written). */
+static void geglu(float *y, const float *x, int M, int C)
+{
+    for (int m = 0; m < M; m++)
+        for (int c = 0; c < C; c++) y[(size_t)m * C + c] = x[(size_t)m * 2 * C + c] * gelu1(x[(size_t)m * 2 * C + C + c]);
+}
+
+/* Nearest-neighbour 2x upsampling, NHWC: x [B, H, W, C] → y [B, 2H, 2W, C]. */
+static void upsample2x(float *y, const float *x, int B, int H, int W, int C)
+{
+    for (int b = 0; b < B; b++)
+        for (int oy = 0; oy < 2 * H; oy++)
+            for (int ox = 0; ox < 2 * W; ox++)
+                memcpy(y + (((size_t)b * 2 * H + oy) * 2 * W + ox) * C,
+                       x + (((size_t)b * H + oy / 2) * W + ox / 2) * C, (size_t)C * sizeof(float));
+}
+
+/* Multi-head scaled dot-product attention. For batch item b, head h and query i:
+   out[b, i, h·d : h·d+d] = Σ_j softmax_j(q_i · k_j / √d) v_j over keys j < Nk (j ≤ i when causal).
+   q, k, v, out are row-major with row strides ldq, ldk, ldv, ldo (so fused q/k/v projections
+   can be read in place); rows of batch item b start at b·Nq (queries) and b·Nk (keys/values). */
+static void attention(sd_pool *pool, float *out, int ldo, const float *q, int ldq, const float *k,
+                      int ldk, const float *v, int ldv, int B, int Nq, int Nk, int heads, int d,
+                      int causal)
+{
+    float scale = 1.0f / sqrtf((float)d), *scratch = pool->scratch[0];
+    SD_ASSERT((size_t)Nk <= pool->scratch_floats);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < heads; h++)
+            for (int i = 0; i < Nq; i++) {
+                const float *qi = q + ((size_t)b * Nq + i) * ldq + h * d;
+                float *oi = out + ((size_t)b * Nq + i) * ldo + h * d;
+                int n = causal ? (i + 1 < Nk ? i + 1 : Nk) : Nk;
+                float mx = -INFINITY, sum = 0.0f;
+                for (int j = 0; j < n; j++) {
+                    const float *kj = k + ((size_t)b * Nk + j) * ldk + h * d;
+                    float s = 0.0f;
+                    for (int c = 0; c < d; c++) s += qi[c] * kj[c];
+                    scratch[j] = s * scale;
+                    if (scratch[j] > mx) mx = scratch[j];
+                }
+                for (int j = 0; j < n; j++) { scratch[j] = expf(scratch[j] - mx); sum += scratch[j]; }
+                for (int c = 0; c < d; c++) oi[c] = 0.0f;
+                for (int j = 0; j < n; j++) {
+                    const float *vj = v + ((size_t)b * Nk + j) * ldv + h * d;
+                    float p = scratch[j] / sum;
+                    for (int c = 0; c < d; c++) oi[c] += p * vj[c];
+                }
+            }
+}
+
+/* Sinusoidal embedding of a timestep (UNet time embedding, SDXL size conditioning):
+   freq_i = exp(-ln(10000)·i/(dim/2)), out = [cos(t·freq), sin(t·freq)] (flip_sin_to_cos, shift 0),
+   computed in float32 as diffusers does. */
+static void timestep_embedding(float *out, float t, int dim)
+{
+    int half = dim / 2;
+    for (int i = 0; i < half; i++) {
+        float freq = expf(-9.210340371976184f * (float)i / (float)half);
+        float arg = t * freq;
+        out[i] = cosf(arg);
+        out[half + i] = sinf(arg);
+    }
+}
+
+/* ---- 5. Tokenizer (CLIP BPE) ------------------------------------------------------------- */
+
+/* ---- 6. Text encoder --------------------------------------------------------------------- */
+
+/* ---- 7. UNet ----------------------------------------------------------------------------- */
+
+/* ---- 8. VAE ------------------------------------------------------------------------------ */
+
+/* ---- 9. Samplers ------------------------------------------------------------------------- */
+
+/* ---- 10. Pipeline ------------------------------------------------------------------------ */
+
+#endif /* SD_IMPLEMENTATION_DONE */
+#endif /* SD_IMPLEMENTATION */
+
+/*
+MIT License
+
+Copyright (c) 2026 the sd.h authors
+
+Permission is hereby granted, free of charge, to any person obtaining a copy of this software and
+associated documentation files (the "Software"), to deal in the Software without restriction,
+including without limitation the rights to use, copy, modify, merge, publish, distribute,
+sublicense, and/or sell copies of the Software, and to permit persons to whom the Software is
+furnished to do so, subject to the following conditions:
+
+The above copyright notice and this permission notice shall be included in all copies or
+substantial portions of the Software.
+
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED, INCLUDING BUT
+NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY, FITNESS FOR A PARTICULAR PURPOSE AND
+NONINFRINGEMENT. IN NO EVENT SHALL THE AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM,
+DAMAGES OR OTHER LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM, OUT
+OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SOFTWARE.
+*/
