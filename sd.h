@@ -120,6 +120,75 @@ SD_API float sd_f16_to_f32(uint16_t h);
 SD_API float sd_bf16_to_f32(uint16_t h);
 SD_API uint16_t sd_f32_to_f16(float f); /* round to nearest even */
 
+/* PyTorch's CPU random generator, bit for bit: after sd_rng_seed(&r, seed), sd_randn(&r, x, n)
+   gives what g = torch.Generator("cpu").manual_seed(seed); torch.randn(n, generator=g) gives
+   (float32, any shape of n elements), and further calls continue the same generator, so a seed
+   gives the initial latents (and DDIM eta noise) that diffusers draws on the CPU. No global state. */
+typedef struct sd_rng {
+    uint32_t mt[624];   /* Mersenne Twister (mt19937) state */
+    int next;   /* index of the next state word to hand out; 624: twist first */
+    int has_spare;   /* short tensors draw normals in pairs and keep the second ... */
+    double spare;   /* ... here, as torch's generator does */
+} sd_rng;
+
+SD_API void sd_rng_seed(sd_rng *r, uint64_t seed);   /* torch.manual_seed(seed) */
+SD_API void sd_randn(sd_rng *r, float *out, size_t n);   /* torch.randn: N(0, 1) */
+SD_API void sd_rand(sd_rng *r, float *out, size_t n);   /* torch.rand: uniform in [0, 1) */
+
+/* The training noise schedule every sampler starts from (diffusers' beta_schedule values). */
+enum { SD_BETA_SCALED_LINEAR, SD_BETA_LINEAR };
+/* How inference timesteps are spread over the training ones (diffusers' timestep_spacing). */
+enum { SD_SPACING_LEADING, SD_SPACING_TRAILING, SD_SPACING_LINSPACE };
+/* What the UNet predicts: the noise (SD1, SDXL) or v = sqrt(a)·noise - sqrt(1-a)·x0 (SD2 768). */
+enum { SD_PREDICT_EPSILON, SD_PREDICT_V };
+
+#define SD_MAX_TRAIN_TIMESTEPS 1000
+
+/* Tables over the training timesteps t = 0 .. num_train_timesteps-1, written once by
+   sd_schedule_init and shared by the samplers (float32, as diffusers computes them). */
+typedef struct sd_schedule {
+    int num_train_timesteps;
+    float betas[SD_MAX_TRAIN_TIMESTEPS];   /* noise added at step t */
+    float alphas_cumprod[SD_MAX_TRAIN_TIMESTEPS];   /* a_t = prod over s <= t of (1 - beta_s) */
+    float sigmas[SD_MAX_TRAIN_TIMESTEPS];   /* sqrt((1 - a_t) / a_t), for Euler / DPM++ */
+    float final_alpha_cumprod;   /* a after t = 0, DDIM's last step: a_0 as SD configures it */
+                                /* (set_alpha_to_one = false); set it to 1 for set_alpha_to_one */
+} sd_schedule;
+
+/* SD uses (1000, 0.00085, 0.012, SD_BETA_SCALED_LINEAR). */
+SD_API int sd_schedule_init(sd_schedule *s, int num_train_timesteps, double beta_start,
+                            double beta_end, int beta_schedule, sd_error *err);
+
+/* The `steps` timesteps of a DDIM run, first (noisiest) first, as diffusers'
+   DDIMScheduler.set_timesteps: leading = i·(T/steps) + steps_offset (SD: 1), trailing, linspace
+   (steps_offset only applies to leading). out holds `steps` ints. */
+SD_API int sd_ddim_timesteps(const sd_schedule *s, int steps, int spacing, int steps_offset,
+                             int *out, sd_error *err);
+/* The timestep DDIM steps to from t: t - T/steps whatever the spacing (diffusers does so); < 0
+   after the last step. */
+SD_API int sd_ddim_prev_timestep(const sd_schedule *s, int t, int steps);
+
+/* One DDIM step (Song et al. 2021, eq. 12) over n floats: from the sample x at timestep t and
+   the UNet's prediction, the sample at t_prev (prev_out) and the predicted clean sample x0
+   (x0_out, may be NULL). eta = 0 is deterministic; eta > 0 adds sigma_t·noise with noise from
+   the caller, or drawn from rng when noise is NULL (torch.randn of n elements, as diffusers
+   draws it; prev_out must then not be x or model_out). prev_out may be x otherwise. */
+SD_API int sd_ddim_step(const sd_schedule *s, int t, int t_prev, int prediction, float eta,
+                        const float *x, const float *model_out, size_t n,
+                        const float *noise, sd_rng *rng,
+                        float *prev_out, float *x0_out, sd_error *err);
+
+/* img2img: how many of the `steps` timesteps to skip so that `strength` of them remain, as
+   diffusers' get_timesteps (strength 1: none skipped). Strength is a double so that 0.7 gives
+   int(10 · 0.7) = 7 steps as in Python (0.7f would give 6). */
+SD_API int sd_img2img_start(int steps, double strength, int *start, sd_error *err);
+/* The forward process q(x_t | x_0): out = sqrt(a_t)·x0 + sqrt(1 - a_t)·noise (scheduler.add_noise). */
+SD_API int sd_add_noise(const sd_schedule *s, int t, const float *x0, const float *noise,
+                        size_t n, float *out, sd_error *err);
+
+/* Classifier-free guidance: out = uncond + scale·(cond - uncond). */
+SD_API void sd_guidance(const float *uncond, const float *cond, float scale, size_t n, float *out);
+
 #ifdef __cplusplus
 }
 #endif
@@ -1008,7 +1077,320 @@ static void timestep_embedding(float *out, float t, int dim)
 
 /* ---- 8. VAE ------------------------------------------------------------------------------ */
 
-/* ---- 9. Samplers ------------------------------------------------------------------------- */
+/* ---- 9. Samplers ---------------------------------------------------------------------------- */
+/* Diffusion adds Gaussian noise over T training steps: x_t = sqrt(a_t)·x_0 + sqrt(1 - a_t)·noise,
+   with a_t the cumulative product of (1 - beta) (Ho et al. 2020, eq. 4). A sampler walks back
+   from pure noise over a few of those timesteps, asking the UNet at each one what the noise is.
+   The tables are computed in float32 the way PyTorch computes diffusers' (they come out bit for
+   bit); the sampler steps follow diffusers' schedulers, which define SD's behaviour. */
+
+/* Random numbers: initial noise exactly as PyTorch draws it on the CPU, so that a seed gives the image diffusers
+   gives. The generator is the 32-bit Mersenne Twister (Matsumoto & Nishimura 1998), seeded with
+   the low 32 bits of the seed. torch.randn then takes one of two roads:
+   - 16 elements or more (every latent): one float uniform per element, then Box–Muller on blocks
+     of 16 (elements j and j+8 of a block form a pair). A length that is not a multiple of 16 gets
+     its last 16 elements drawn again and transformed again. On x86-64 (AVX2) PyTorch evaluates
+     log, sin and cos there with the single-precision Cephes polynomials of avx_mathfun.h, built
+     with fused multiply-adds; the functions below repeat those operations one by one, which is
+     what makes the numbers bit-exact. (PyTorch builds without AVX2, on ARM for one, use libm's
+     logf/sinf/cosf there instead, so their noise differs slightly from this.)
+   - fewer than 16: Box–Muller in double precision on 53-bit uniforms, one normal per element;
+     each pair's second value is kept in the generator for the next short draw.
+   All float arithmetic here must be IEEE single precision (SSE or NEON, not x87; no -ffast-math). */
+
+#define MT_N 624
+#define MT_M 397
+
+SD_API void sd_rng_seed(sd_rng *r, uint64_t seed)
+{
+    r->mt[0] = (uint32_t)seed;   /* torch keeps only the low 32 bits: 2^32 + 7 seeds like 7 */
+    for (int i = 1; i < MT_N; i++)
+        r->mt[i] = 1812433253u * (r->mt[i - 1] ^ (r->mt[i - 1] >> 30)) + (uint32_t)i;
+    r->next = MT_N;
+    r->has_spare = 0;
+    r->spare = 0;
+}
+
+/* The next 32-bit word of mt19937: regenerate the whole state every 624 words, then temper. */
+static uint32_t mt_next(sd_rng *r)
+{
+    if ((unsigned)r->next >= MT_N) {
+        for (int i = 0; i < MT_N; i++) {
+            uint32_t y = (r->mt[i] & 0x80000000u) | (r->mt[(i + 1) % MT_N] & 0x7fffffffu);
+            r->mt[i] = r->mt[(i + MT_M) % MT_N] ^ (y >> 1) ^ (y & 1 ? 0x9908b0dfu : 0);
+        }
+        r->next = 0;
+    }
+    uint32_t y = r->mt[r->next++];
+    y ^= y >> 11;
+    y ^= (y << 7) & 0x9d2c5680u;
+    y ^= (y << 15) & 0xefc60000u;
+    return y ^ (y >> 18);
+}
+
+/* torch's float uniform in [0, 1): the low 24 bits of one word times 2^-24. */
+static float uniform_float(sd_rng *r)
+{
+    return (float)(mt_next(r) & 0xffffff) * (1.0f / 16777216.0f);
+}
+
+/* torch's double uniform in [0, 1): the low 53 bits of two words (the first one high) times 2^-53. */
+static double uniform_double(sd_rng *r)
+{
+    uint64_t hi = mt_next(r);
+    uint64_t v = hi << 32 | mt_next(r);
+    return (double)(v & ((UINT64_C(1) << 53) - 1)) * (1.0 / 9007199254740992.0);
+}
+
+/* One N(0, 1) value of the short-tensor road: Box–Muller in double, keeping the pair's sine. */
+static double normal_double(sd_rng *r)
+{
+    if (r->has_spare) {
+        r->has_spare = 0;
+        return r->spare;
+    }
+    double u1 = uniform_double(r), u2 = uniform_double(r);
+    double radius = sqrt(-2.0 * log(1.0 - u2)), theta = 2.0 * 3.14159265358979323846 * u1;
+    r->spare = radius * sin(theta);
+    r->has_spare = 1;
+    return radius * cos(theta);
+}
+
+static float float_from_bits(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
+static uint32_t bits_from_float(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
+
+/* Natural log of a positive normal float, Cephes style: x = m·2^e with m in [sqrt(1/2), sqrt(2)),
+   log m from a polynomial in m - 1 (which the code keeps in m), plus e·ln 2 in two parts. */
+static float cephes_logf(float x)
+{
+    static const float p[9] = { 7.0376836292e-2f, -1.1514610310e-1f, 1.1676998740e-1f,
+                                -1.2420140846e-1f, 1.4249322787e-1f, -1.6668057665e-1f,
+                                2.0000714765e-1f, -2.4999993993e-1f, 3.3333331174e-1f };
+    uint32_t b = bits_from_float(x);
+    float e = (float)((int)(b >> 23) - 127) + 1.0f;
+    float m = float_from_bits((b & 0x807fffffu) | 0x3f000000u);   /* mantissa in [0.5, 1) */
+    if (m < 0.707106781186547524f) { e -= 1.0f; m = m - 1.0f + m; }
+    else m = m - 1.0f;
+    float z = m * m, y = p[0];
+    for (int i = 1; i < 9; i++) y = fmaf(y, m, p[i]);
+    y = y * m;
+    y = fmaf(y, z, e * -2.12194440e-4f);
+    y = y - z * 0.5f;
+    return fmaf(e, 0.693359375f, m + y);
+}
+
+/* sin and cos of x >= 0 at once, Cephes style: reduce by multiples of pi/4 in three parts, then
+   the sine or cosine polynomial on [-pi/4, pi/4] depending on the octant, with the signs fixed up. */
+static void cephes_sincosf(float x, float *sin_out, float *cos_out)
+{
+    int j = ((int)(x * 1.27323954473516f) + 1) & ~1;   /* nearest even multiple of pi/4 */
+    float y = (float)j;
+    uint32_t sin_sign = (uint32_t)(j & 4) << 29, cos_sign = (uint32_t)(~(j - 2) & 4) << 29;
+    x = fmaf(y, -0.78515625f, x);
+    x = fmaf(y, -2.4187564849853515625e-4f, x);
+    x = fmaf(y, -3.77489497744594108e-8f, x);
+    float z = x * x;
+    float c = fmaf(2.443315711809948e-5f, z, -1.388731625493765e-3f);
+    c = fmaf(c, z, 4.166664568298827e-2f);
+    c = c * z;
+    c = fmaf(c, z, -(z * 0.5f)) + 1.0f;
+    float s = fmaf(-1.9515295891e-4f, z, 8.3321608736e-3f);
+    s = fmaf(s, z, -1.6666654611e-1f);
+    s = s * z;
+    s = fmaf(s, x, x);
+    /* Odd octant pairs swap the polynomials. The vector code selects by masking and adds the
+       other lane's +0, which turns a -0 into +0; so does the `+ 0.0f` here. */
+    float sin_v = ((j & 2) ? c : s) + 0.0f, cos_v = ((j & 2) ? s : c) + 0.0f;
+    *sin_out = float_from_bits(bits_from_float(sin_v) ^ sin_sign);
+    *cos_out = float_from_bits(bits_from_float(cos_v) ^ cos_sign);
+}
+
+/* Box–Muller on a block of 16 uniforms: u[j] gives the radius and u[j+8] the angle of pair j. */
+static void box_muller16(float *u)
+{
+    const float two_pi = (float)(2.0 * 3.14159265358979323846);
+    for (int j = 0; j < 8; j++) {
+        float radius = sqrtf(-2.0f * cephes_logf(1.0f - u[j])), s, c;
+        cephes_sincosf(two_pi * u[j + 8], &s, &c);
+        u[j] = radius * c;
+        u[j + 8] = radius * s;
+    }
+}
+
+SD_API void sd_randn(sd_rng *r, float *out, size_t n)
+{
+    if (n < 16) {
+        for (size_t i = 0; i < n; i++) out[i] = (float)normal_double(r);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) out[i] = uniform_float(r);
+    for (size_t i = 0; i + 16 <= n; i += 16) box_muller16(out + i);
+    if (n % 16) {
+        for (size_t i = n - 16; i < n; i++) out[i] = uniform_float(r);
+        box_muller16(out + n - 16);
+    }
+}
+
+SD_API void sd_rand(sd_rng *r, float *out, size_t n)
+{
+    for (size_t i = 0; i < n; i++) out[i] = uniform_float(r);
+}
+
+
+/* torch.linspace(a, b, n) in float32 as PyTorch's x86 CPU kernel computes it: the first half
+   counts up from a and the second half down from b, each point a fused multiply-add. Vectors of
+   8 points, two per loop pass, step on from their first point; what is left after the last pass
+   goes point by point. */
+static float linspace_point(float a, float b, float step, int n, int i)
+{
+    return i < n / 2 ? fmaf(step, (float)i, a) : fmaf(-step, (float)(n - 1 - i), b);
+}
+
+static void torch_linspace(float a, float b, int n, float *out)
+{
+    float step = n > 1 ? (b - a) / (float)(n - 1) : 0.0f;
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int v = i; v < i + 16; v += 8) {
+            float first = linspace_point(a, b, step, n, v);
+            for (int j = 0; j < 8; j++) out[v + j] = first + (float)j * step;
+        }
+    for (; i < n; i++) out[i] = linspace_point(a, b, step, n, i);
+}
+
+SD_API int sd_schedule_init(sd_schedule *s, int num_train_timesteps, double beta_start,
+                            double beta_end, int beta_schedule, sd_error *err)
+{
+    int T = num_train_timesteps;
+    if (!s) return fail(err, SD_ERR_ARG, "schedule: NULL argument");
+    if (T < 1 || T > SD_MAX_TRAIN_TIMESTEPS)
+        return fail(err, SD_ERR_ARG, "schedule: %d training timesteps, expected 1..%d", T, SD_MAX_TRAIN_TIMESTEPS);
+    if (!(beta_start > 0 && beta_start <= beta_end && beta_end < 1))
+        return fail(err, SD_ERR_ARG, "schedule: betas %g..%g, expected 0 < start <= end < 1", beta_start, beta_end);
+    s->num_train_timesteps = T;
+    if (beta_schedule == SD_BETA_SCALED_LINEAR) {   /* linear in sqrt(beta): SD's schedule */
+        torch_linspace((float)sqrt(beta_start), (float)sqrt(beta_end), T, s->betas);
+        for (int t = 0; t < T; t++) s->betas[t] *= s->betas[t];
+    } else if (beta_schedule == SD_BETA_LINEAR) {
+        torch_linspace((float)beta_start, (float)beta_end, T, s->betas);
+    } else {
+        return fail(err, SD_ERR_ARG, "schedule: unknown beta schedule %d", beta_schedule);
+    }
+    double a = 1;   /* torch.cumprod on the CPU accumulates float32 in double */
+    for (int t = 0; t < T; t++) {
+        a *= 1.0f - s->betas[t];
+        s->alphas_cumprod[t] = (float)a;
+        s->sigmas[t] = sqrtf((1.0f - s->alphas_cumprod[t]) / s->alphas_cumprod[t]);
+    }
+    for (int t = T; t < SD_MAX_TRAIN_TIMESTEPS; t++) s->betas[t] = s->alphas_cumprod[t] = s->sigmas[t] = 0;
+    s->final_alpha_cumprod = s->alphas_cumprod[0];
+    return SD_OK;
+}
+
+SD_API int sd_ddim_timesteps(const sd_schedule *s, int steps, int spacing, int steps_offset,
+                             int *out, sd_error *err)
+{
+    if (!s || !out) return fail(err, SD_ERR_ARG, "ddim timesteps: NULL argument");
+    int T = s->num_train_timesteps;
+    if (steps < 1 || steps > T)
+        return fail(err, SD_ERR_ARG, "ddim timesteps: %d steps, expected 1..%d", steps, T);
+    for (int i = 0; i < steps; i++) {
+        double t;
+        if (spacing == SD_SPACING_LEADING) {          /* every T/steps-th, counted from 0, shifted */
+            t = (double)(steps - 1 - i) * (T / steps) + steps_offset;
+        } else if (spacing == SD_SPACING_TRAILING) {  /* counted back from T: numpy arange(T, 0, -T/steps) - 1 */
+            /* (for 62 step counts, 61 the first, numpy's rounding adds a 62nd timestep, -1, which
+               diffusers would then use; only the first `steps` are meant) */
+            double delta = ((double)T - (double)T / steps) - T;
+            t = nearbyint(T + i * delta) - 1;
+        } else if (spacing == SD_SPACING_LINSPACE) {  /* numpy linspace(0, T-1, steps), rounded, reversed */
+            int k = steps - 1 - i;
+            t = steps == 1 ? 0 : k == steps - 1 ? T - 1 : nearbyint(k * ((double)(T - 1) / (steps - 1)));
+        } else {
+            return fail(err, SD_ERR_ARG, "ddim timesteps: unknown spacing %d", spacing);
+        }
+        if (t < 0 || t >= T)
+            return fail(err, SD_ERR_ARG, "ddim timesteps: timestep %.0f of %d steps (steps_offset %d) is outside 0..%d",
+                        t, steps, steps_offset, T - 1);
+        out[i] = (int)t;
+    }
+    return SD_OK;
+}
+
+SD_API int sd_ddim_prev_timestep(const sd_schedule *s, int t, int steps)
+{
+    return s && steps > 0 ? t - s->num_train_timesteps / steps : -1;
+}
+
+SD_API int sd_ddim_step(const sd_schedule *s, int t, int t_prev, int prediction, float eta,
+                        const float *x, const float *model_out, size_t n,
+                        const float *noise, sd_rng *rng,
+                        float *prev_out, float *x0_out, sd_error *err)
+{
+    if (!s || !x || !model_out || !prev_out) return fail(err, SD_ERR_ARG, "ddim step: NULL argument");
+    if (t < 0 || t >= s->num_train_timesteps || t_prev >= t)
+        return fail(err, SD_ERR_ARG, "ddim step: from timestep %d to %d, expected to < from and 0 <= from < %d",
+                    t, t_prev, s->num_train_timesteps);
+    if (prediction != SD_PREDICT_EPSILON && prediction != SD_PREDICT_V)
+        return fail(err, SD_ERR_ARG, "ddim step: unknown prediction type %d", prediction);
+    if (!(eta >= 0 && isfinite(eta))) return fail(err, SD_ERR_ARG, "ddim step: eta %g, expected >= 0", eta);
+    if (eta > 0 && !noise && !rng) return fail(err, SD_ERR_ARG, "ddim step: eta %g needs noise or a generator", eta);
+    if (eta > 0 && !noise && (prev_out == x || prev_out == model_out))
+        return fail(err, SD_ERR_ARG, "ddim step: drawing noise into prev_out would overwrite its input");
+
+    float a_t = s->alphas_cumprod[t], b_t = 1.0f - a_t;
+    float a_prev = t_prev >= 0 ? s->alphas_cumprod[t_prev] : s->final_alpha_cumprod, b_prev = 1.0f - a_prev;
+    float sa = sqrtf(a_t), sb = sqrtf(b_t), sa_prev = sqrtf(a_prev);
+    /* sigma_t of eq. 16: eta = 1 is DDPM's posterior noise, 0 none */
+    float sigma = eta * sqrtf((b_prev / b_t) * (1.0f - a_t / a_prev));
+    float direction = sqrtf(1.0f - a_prev - sigma * sigma);   /* weight of the noise pointing to x_t */
+    if (eta > 0 && !noise) {
+        sd_randn(rng, prev_out, n);
+        noise = prev_out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        float x0, eps;
+        if (prediction == SD_PREDICT_EPSILON) {
+            eps = model_out[i];
+            x0 = (x[i] - sb * eps) / sa;
+        } else {
+            x0 = sa * x[i] - sb * model_out[i];
+            eps = sa * model_out[i] + sb * x[i];
+        }
+        float prev = sa_prev * x0 + direction * eps;
+        if (eta > 0) prev += sigma * noise[i];
+        if (x0_out) x0_out[i] = x0;
+        prev_out[i] = prev;
+    }
+    return SD_OK;
+}
+
+SD_API int sd_img2img_start(int steps, double strength, int *start, sd_error *err)
+{
+    if (!start) return fail(err, SD_ERR_ARG, "img2img: NULL argument");
+    if (steps < 1) return fail(err, SD_ERR_ARG, "img2img: %d steps, expected at least 1", steps);
+    if (!(strength >= 0 && strength <= 1)) return fail(err, SD_ERR_ARG, "img2img: strength %g is outside [0, 1]", strength);
+    int kept = (int)(steps * strength);   /* Python's int() truncates */
+    if (kept < 1) return fail(err, SD_ERR_ARG, "img2img: strength %g keeps none of the %d steps", strength, steps);
+    *start = steps - kept;
+    return SD_OK;
+}
+
+SD_API int sd_add_noise(const sd_schedule *s, int t, const float *x0, const float *noise,
+                        size_t n, float *out, sd_error *err)
+{
+    if (!s || !x0 || !noise || !out) return fail(err, SD_ERR_ARG, "add noise: NULL argument");
+    if (t < 0 || t >= s->num_train_timesteps)
+        return fail(err, SD_ERR_ARG, "add noise: timestep %d is outside 0..%d", t, s->num_train_timesteps - 1);
+    float sa = sqrtf(s->alphas_cumprod[t]), sb = sqrtf(1.0f - s->alphas_cumprod[t]);
+    for (size_t i = 0; i < n; i++) out[i] = sa * x0[i] + sb * noise[i];
+    return SD_OK;
+}
+
+SD_API void sd_guidance(const float *uncond, const float *cond, float scale, size_t n, float *out)
+{
+    for (size_t i = 0; i < n; i++) out[i] = uncond[i] + scale * (cond[i] - uncond[i]);
+}
 
 /* ---- 10. Pipeline ------------------------------------------------------------------------ */
 

@@ -565,6 +565,416 @@ static void test_model_files(void)
     closedir(d);
 }
 
+/* Random numbers against torch: every tensor of GOLDEN_DIR/rng/torch_randn.safetensors named
+   randn.seed{S}.{shape}, randn.seed{S}.seq{k}.{shape} (the k-th successive draw from one
+   generator) or rand.seed{S}.{shape} must come out bit for bit. Seeds and shapes come from the
+   names, so another golden set with other seeds and shapes runs unchanged. */
+
+/* Splits "randn.seed42.seq1.1x4x8x8" into kind "randn", seed 42, seq 1 (-1 if absent), 256 elements. */
+static int parse_rng_name(const char *name, char *kind, size_t cap, uint64_t *seed, int *seq, int64_t *numel)
+{
+    const char *dot = strchr(name, '.'), *p;
+    char *end;
+    if (!dot || (size_t)(dot - name) >= cap || strncmp(dot, ".seed", 5)) return 0;
+    memcpy(kind, name, (size_t)(dot - name));
+    kind[dot - name] = 0;
+    *seed = strtoull(dot + 5, &end, 10);
+    if (end == dot + 5 || *end != '.') return 0;
+    p = end + 1;
+    *seq = -1;
+    if (!strncmp(p, "seq", 3)) {
+        *seq = (int)strtol(p + 3, &end, 10);
+        if (end == p + 3 || *end != '.' || *seq < 0) return 0;
+        p = end + 1;
+    }
+    for (*numel = 1;; p = end + 1) {
+        long long d = strtoll(p, &end, 10);
+        if (end == p || d < 0 || d > (1ll << 30)) return 0;
+        *numel *= d;
+        if (!*end) return 1;
+        if (*end != 'x') return 0;
+    }
+}
+
+/* Draws the tensor `t` from r as its name's kind says and compares bits. */
+static void check_rng_tensor(golden_file *g, const sd_tensor *t, sd_rng *r)
+{
+    char kind[16];
+    uint64_t seed;
+    int seq;
+    int64_t n, bad = 0, first = -1, max_ulp = 0;
+    if (!CHECK(parse_rng_name(t->name, kind, sizeof kind, &seed, &seq, &n), "%s: tensor name '%s' is not kind.seedS[.seqK].shape", g->path, t->name)) return;
+    if (!CHECK(t->dtype == SD_F32 && n == sd_tensor_numel(t), "%s: '%s' is not F32 with %lld elements", g->path, t->name, (long long)n)) return;
+    float *got = (float *)malloc((size_t)n * sizeof(float) + 1);
+    if (!strcmp(kind, "randn")) sd_randn(r, got, (size_t)n);
+    else if (!strcmp(kind, "rand")) sd_rand(r, got, (size_t)n);
+    else { CHECK(0, "%s: '%s': unknown kind '%s'", g->path, t->name, kind); free(got); return; }
+    for (int64_t i = 0; i < n; i++) {
+        float w;
+        memcpy(&w, (const char *)t->data + 4 * i, 4);
+        int32_t a, b;
+        memcpy(&a, &got[i], 4);
+        memcpy(&b, &w, 4);
+        if (a == b) continue;
+        if (a < 0) a = INT32_MIN - a;   /* order the bit patterns so that the difference counts ulps */
+        if (b < 0) b = INT32_MIN - b;
+        int64_t ulp = a > b ? (int64_t)a - b : (int64_t)b - a;
+        if (ulp > max_ulp) max_ulp = ulp;
+        if (first < 0) first = i;
+        bad++;
+    }
+    CHECK(bad == 0, "%s: %lld of %lld values differ from torch, by up to %lld ulp (first at %lld: got %.9g)",
+          t->name, (long long)bad, (long long)n, (long long)max_ulp, (long long)first, first >= 0 ? got[first] : 0.0);
+    free(got);
+}
+
+static void test_rng(void)
+{
+    golden_file *g = golden_open("rng/torch_randn.safetensors");
+    if (!g) { fprintf(stderr, "note: %s/rng/torch_randn.safetensors absent, rng goldens skipped\n", golden_dir); return; }
+    for (int i = 0; i < g->st.count; i++) {
+        const sd_tensor *t = &g->st.tensors[i];
+        char kind[16], prefix[96];
+        uint64_t seed;
+        int seq;
+        int64_t n;
+        sd_rng r;
+        if (!parse_rng_name(t->name, kind, sizeof kind, &seed, &seq, &n)) { check_rng_tensor(g, t, &r); continue; }
+        if (seq > 0) continue;   /* drawn after seq0 from the same generator */
+        sd_rng_seed(&r, seed);
+        if (seq < 0) { check_rng_tensor(g, t, &r); continue; }
+        for (int k = 0;; k++) {   /* seq0, seq1, ... until one is missing */
+            const sd_tensor *next = NULL;
+            snprintf(prefix, sizeof prefix, "%s.seed%llu.seq%d.", kind, (unsigned long long)seed, k);
+            for (int j = 0; j < g->st.count && !next; j++)
+                if (!strncmp(g->st.tensors[j].name, prefix, strlen(prefix))) next = &g->st.tensors[j];
+            if (!next) break;
+            check_rng_tensor(g, next, &r);
+        }
+    }
+    golden_close(g);
+
+    /* Seeding resets the generator, including the spare normal of the short road. */
+    sd_rng a, b;
+    float x[3], y[3];
+    sd_rng_seed(&a, 5);
+    sd_randn(&a, x, 3);
+    sd_rng_seed(&a, 5);
+    sd_rng_seed(&b, 5);
+    sd_randn(&a, x, 3);
+    sd_randn(&b, y, 3);
+    CHECK(!memcmp(x, y, sizeof x), "rng: reseeding does not reset the generator");
+}
+
+/* The schedule, DDIM and img2img's start against diffusers: GOLDEN_DIR/scheduler/ddim.safetensors
+   (tables, timesteps, single steps), the train_sigmas of every scheduler/ file, and every DDIM
+   pipeline golden GOLDEN_DIR/NAME/{txt2img,img2img}_*.safetensors (timesteps, guidance, each step,
+   img2img's noising). Everything a case needs comes from the file's tensors and metadata. */
+
+#include <dirent.h>
+
+/* Leaves j at the value of `key` in the JSON object `text`; 0 if absent (or not an object). */
+static int config_find(json *j, const char *text, const char *key)
+{
+    char name[128];
+    size_t len;
+    j->start = j->p = text;
+    j->end = text + strlen(text);
+    j->error = NULL;
+    if (!json_eat(j, '{') || json_eat(j, '}')) return 0;
+    do {
+        if (json_string(j, name, sizeof name, &len) || !json_eat(j, ':')) return 0;
+        if (len < sizeof name && !strcmp(name, key)) { json_ws(j); return 1; }
+        if (json_skip(j, 0)) return 0;
+    } while (json_eat(j, ','));
+    return 0;
+}
+
+static double config_number(const char *text, const char *key, double dflt)
+{
+    json j;
+    char *end;
+    if (!config_find(&j, text, key)) return dflt;
+    double v = strtod(j.p, &end);
+    return end == j.p ? dflt : v;
+}
+
+static const char *config_string(const char *text, const char *key, char *buf, size_t cap, const char *dflt)
+{
+    json j;
+    size_t len;
+    if (!config_find(&j, text, key) || *j.p != '"' || json_string(&j, buf, cap, &len) || len >= cap) return dflt;
+    return buf;
+}
+
+static int spacing_from_name(const char *s)
+{
+    return !strcmp(s, "leading") ? SD_SPACING_LEADING : !strcmp(s, "trailing") ? SD_SPACING_TRAILING
+         : !strcmp(s, "linspace") ? SD_SPACING_LINSPACE : -1;
+}
+
+/* What a diffusers DDIMScheduler config (JSON) asks for; absent keys take DDIMScheduler's defaults. */
+typedef struct ddim_config { sd_schedule s; int spacing, steps_offset, prediction; } ddim_config;
+
+static int ddim_config_from_json(ddim_config *c, const char *cfg, const char *where)
+{
+    char buf[64];
+    sd_error err;
+    const char *beta = config_string(cfg, "beta_schedule", buf, sizeof buf, "linear");
+    int schedule = !strcmp(beta, "scaled_linear") ? SD_BETA_SCALED_LINEAR : !strcmp(beta, "linear") ? SD_BETA_LINEAR : -1;
+    if (!CHECK(schedule >= 0, "%s: beta_schedule '%s' not supported", where, beta)) return 0;
+    if (!CHECK(!sd_schedule_init(&c->s, (int)config_number(cfg, "num_train_timesteps", 1000),
+                                 config_number(cfg, "beta_start", 0.0001), config_number(cfg, "beta_end", 0.02), schedule, &err),
+               "%s: %s", where, err.message)) return 0;
+    json j;
+    if (!config_find(&j, cfg, "set_alpha_to_one") || !strncmp(j.p, "true", 4)) c->s.final_alpha_cumprod = 1.0f;
+    c->spacing = spacing_from_name(config_string(cfg, "timestep_spacing", buf, sizeof buf, "leading"));
+    c->steps_offset = (int)config_number(cfg, "steps_offset", 0);
+    const char *pred = config_string(cfg, "prediction_type", buf, sizeof buf, "epsilon");
+    c->prediction = !strcmp(pred, "epsilon") ? SD_PREDICT_EPSILON : !strcmp(pred, "v_prediction") ? SD_PREDICT_V : -1;
+    return CHECK(c->spacing >= 0 && c->prediction >= 0, "%s: unsupported timestep_spacing or prediction_type in %s", where, cfg);
+}
+
+/* An I64 tensor's element i (the golden files store integers as I64). */
+static int64_t golden_i64_at(const sd_tensor *t, int64_t i)
+{
+    int64_t v;
+    memcpy(&v, (const char *)t->data + 8 * i, 8);
+    return v;
+}
+
+static const sd_tensor *golden_i64(golden_file *g, const char *name)
+{
+    const sd_tensor *t = sd_safetensors_find(&g->st, name);
+    return CHECK(t && t->dtype == SD_I64, "%s: no I64 tensor '%s'", g->path, name) ? t : NULL;
+}
+
+static void test_ddim_tables(void)
+{
+    golden_file *g = golden_open("scheduler/ddim.safetensors");
+    if (!g) { fprintf(stderr, "note: %s/scheduler/ddim.safetensors absent, skipped\n", golden_dir); return; }
+    ddim_config c;
+    const char *cfg = sd_safetensors_meta(&g->st, "config");
+    if (!CHECK(cfg, "%s: no config in metadata", g->path) || !ddim_config_from_json(&c, cfg, g->path)) { golden_close(g); return; }
+    const float *want;
+    int64_t n;
+    int T = c.s.num_train_timesteps;
+    if ((want = golden_f32(g, "betas", &n)) && CHECK(n == T, "betas: %lld values", (long long)n)) check_close("betas", c.s.betas, want, n, 2e-6);
+    if ((want = golden_f32(g, "alphas_cumprod", &n)) && CHECK(n == T, "alphas_cumprod: %lld values", (long long)n)) check_close("alphas_cumprod", c.s.alphas_cumprod, want, n, 2e-6);
+    if ((want = golden_f32(g, "final_alpha_cumprod", &n))) check_close("final_alpha_cumprod", &c.s.final_alpha_cumprod, want, 1, 2e-6);
+
+    /* the steps of the single-step goldens: metadata step_timesteps = [751, 501, 251, 1] */
+    int step_count = 0;
+    const char *st = sd_safetensors_meta(&g->st, "step_timesteps");
+    if (st) {
+        json j = { st, st, st + strlen(st), NULL };
+        uint64_t v;
+        if (json_eat(&j, '[') && !json_eat(&j, ']'))
+            do { if (json_uint(&j, &v)) break; step_count++; } while (json_eat(&j, ','));
+    }
+
+    for (int i = 0; i < g->st.count; i++) {
+        const sd_tensor *t = &g->st.tensors[i];
+        char spacing[32], pred[32], what[160];
+        int steps, tt, len;
+        if (sscanf(t->name, "timesteps.%31[a-z].%d%n", spacing, &steps, &len) == 2 && !t->name[len]) {
+            int s = spacing_from_name(spacing), *ours = (int *)malloc((size_t)(steps > 0 ? steps : 1) * sizeof(int));
+            sd_error err;
+            if (CHECK(s >= 0 && t->dtype == SD_I64 && sd_tensor_numel(t) == steps, "%s: unknown spacing or wrong shape", t->name) &&
+                CHECK(!sd_ddim_timesteps(&c.s, steps, s, c.steps_offset, ours, &err), "%s: %s", t->name, err.message)) {
+                int bad = -1;
+                for (int k = 0; k < steps && bad < 0; k++) if (ours[k] != golden_i64_at(t, k)) bad = k;
+                CHECK(bad < 0, "%s: entry %d is %d, diffusers has %lld", t->name, bad, bad >= 0 ? ours[bad] : 0,
+                      (long long)(bad >= 0 ? golden_i64_at(t, bad) : 0));
+            }
+            free(ours);
+        } else if (sscanf(t->name, "step.%31[a-z_].t%d.prev_sample%n", pred, &tt, &len) == 2 && !t->name[len]) {
+            int p = !strcmp(pred, "epsilon") ? SD_PREDICT_EPSILON : !strcmp(pred, "v_prediction") ? SD_PREDICT_V : -1;
+            const float *x = golden_f32(g, "step.sample", &n), *e = golden_f32(g, "step.model_output", NULL), *x0_want;
+            snprintf(what, sizeof what, "step.%s.t%d.pred_original_sample", pred, tt);
+            x0_want = golden_f32(g, what, NULL);
+            if (!CHECK(p >= 0 && step_count > 0, "%s: unknown prediction or no step_timesteps metadata", t->name) || !x || !e || !x0_want) continue;
+            float *prev = (float *)malloc((size_t)n * sizeof(float)), *x0 = (float *)malloc((size_t)n * sizeof(float));
+            sd_error err;
+            if (CHECK(!sd_ddim_step(&c.s, tt, sd_ddim_prev_timestep(&c.s, tt, step_count), p, 0, x, e, (size_t)n, NULL, NULL, prev, x0, &err), "%s: %s", t->name, err.message)) {
+                check_close(t->name, prev, (const float *)t->data, n, 2e-6);
+                check_close(what, x0, x0_want, n, 2e-6);
+            }
+            free(prev);
+            free(x0);
+        }
+    }
+    golden_close(g);
+}
+
+/* train_sigmas of every scheduler golden that has them (the Euler / DPM++ files): the shared table. */
+static void test_schedule_sigmas(void)
+{
+    char dirpath[1024];
+    snprintf(dirpath, sizeof dirpath, "%s/scheduler", golden_dir);
+    DIR *dir = opendir(dirpath);
+    struct dirent *f;
+    if (!dir) return;
+    while ((f = readdir(dir))) {
+        size_t len = strlen(f->d_name);
+        char rel[1024], what[1100];
+        if (len < 12 || strcmp(f->d_name + len - 12, ".safetensors")) continue;
+        snprintf(rel, sizeof rel, "scheduler/%s", f->d_name);
+        golden_file *g = golden_open(rel);
+        const char *cfg = g ? sd_safetensors_meta(&g->st, "config") : NULL;
+        const sd_tensor *t = g ? sd_safetensors_find(&g->st, "train_sigmas") : NULL;
+        ddim_config c;
+        if (t && CHECK(cfg, "%s: no config in metadata", g->path) && ddim_config_from_json(&c, cfg, g->path) &&
+            CHECK(t->dtype == SD_F32 && sd_tensor_numel(t) == c.s.num_train_timesteps, "%s: train_sigmas shape", g->path)) {
+            snprintf(what, sizeof what, "%s train_sigmas", rel);
+            check_close(what, c.s.sigmas, (const float *)t->data, c.s.num_train_timesteps, 2e-6);
+        }
+        golden_close(g);
+    }
+    closedir(dir);
+}
+
+/* One pipeline golden run with DDIM: its timesteps, img2img noising, CFG and every step. */
+static void check_ddim_pipeline(const char *rel)
+{
+    golden_file *g = golden_open(rel);
+    if (!g) return;
+    const char *cls = sd_safetensors_meta(&g->st, "scheduler_class"), *sampler = sd_safetensors_meta(&g->st, "sampler");
+    const char *cfg = sd_safetensors_meta(&g->st, "scheduler"), *steps_s = sd_safetensors_meta(&g->st, "num_inference_steps");
+    const char *strength_s = sd_safetensors_meta(&g->st, "strength"), *guidance_s = sd_safetensors_meta(&g->st, "guidance_scale");
+    const char *eta_s = sd_safetensors_meta(&g->st, "eta");
+    ddim_config c;
+    int steps, start = 0, *ts = NULL;
+    sd_error err;
+    char what[1200];
+    if ((cls && strcmp(cls, "DDIMScheduler")) || (sampler && strcmp(sampler, "ddim"))) goto done;   /* another sampler's golden */
+    if (!CHECK(cfg && steps_s && guidance_s, "%s: metadata lacks scheduler, num_inference_steps or guidance_scale", g->path) ||
+        !ddim_config_from_json(&c, cfg, g->path)) goto done;
+    float eta = eta_s ? strtof(eta_s, NULL) : 0.0f, guidance = strtof(guidance_s, NULL);
+    steps = atoi(steps_s);
+    if (!CHECK(eta == 0, "%s: eta %g > 0, but the golden holds no step noise", g->path, eta)) goto done;
+    ts = (int *)malloc((size_t)(steps > 0 ? steps : 1) * sizeof(int));
+    if (!CHECK(!sd_ddim_timesteps(&c.s, steps, c.spacing, c.steps_offset, ts, &err), "%s: %s", g->path, err.message)) goto done;
+    if (strength_s && !CHECK(!sd_img2img_start(steps, strtod(strength_s, NULL), &start, &err), "%s: %s", g->path, err.message)) goto done;
+
+    const sd_tensor *gt = golden_i64(g, "timesteps");
+    int kept = steps - start, bad = -1;
+    if (!gt || !CHECK(sd_tensor_numel(gt) == kept, "%s: %lld timesteps, ours keep %d of %d", g->path, (long long)sd_tensor_numel(gt), kept, steps)) goto done;
+    for (int k = 0; k < kept && bad < 0; k++) if (ts[start + k] != golden_i64_at(gt, k)) bad = k;
+    if (!CHECK(bad < 0, "%s: timestep %d is %d, diffusers has %lld", g->path, bad, bad >= 0 ? ts[start + bad] : 0,
+               (long long)(bad >= 0 ? golden_i64_at(gt, bad) : 0))) goto done;
+
+    int64_t n;
+    const float *x = golden_f32(g, "latents_in", &n);
+    float *out = (float *)malloc((size_t)n * sizeof(float));
+    if (strength_s) {   /* img2img: the init latents noised to the first kept timestep */
+        const sd_tensor *lt = golden_i64(g, "latent_timestep");
+        const float *x0 = golden_f32(g, "init_latents", NULL), *noise = golden_f32(g, "noise", NULL);
+        const float *noisy = golden_f32(g, "noisy_latents", NULL);
+        if (lt && CHECK(golden_i64_at(lt, 0) == ts[start], "%s: latent_timestep %lld, ours %d", g->path, (long long)golden_i64_at(lt, 0), ts[start]) &&
+            x0 && noise && noisy && x && CHECK(!sd_add_noise(&c.s, ts[start], x0, noise, (size_t)n, out, &err), "%s: %s", g->path, err.message)) {
+            snprintf(what, sizeof what, "%s noisy_latents", rel);
+            check_close(what, out, noisy, n, 1e-4);
+            snprintf(what, sizeof what, "%s latents_in", rel);
+            check_close(what, out, x, n, 1e-4);
+        }
+    }
+    for (int k = 0; k < kept && x; k++) {
+        char name[64];
+        int64_t m;
+        snprintf(name, sizeof name, "step%d.unet_out", k);
+        const float *unet = golden_f32(g, name, &m);
+        snprintf(name, sizeof name, "step%d.noise_pred", k);
+        const float *eps = golden_f32(g, name, NULL);
+        snprintf(name, sizeof name, "step%d.latents_out", k);
+        const float *want = golden_f32(g, name, NULL);
+        if (!unet || !eps || !want || !CHECK(m == 2 * n, "%s: step%d.unet_out is not the two CFG halves", g->path, k)) break;
+        sd_guidance(unet, unet + n, guidance, (size_t)n, out);
+        snprintf(what, sizeof what, "%s step%d noise_pred (guidance %g)", rel, k, guidance);
+        check_close(what, out, eps, n, 1e-5);
+        int t = ts[start + k];
+        if (!CHECK(!sd_ddim_step(&c.s, t, sd_ddim_prev_timestep(&c.s, t, steps), c.prediction, eta, x, eps, (size_t)n,
+                                 NULL, NULL, out, NULL, &err), "%s: %s", g->path, err.message)) break;
+        snprintf(what, sizeof what, "%s step%d latents_out (t=%d)", rel, k, t);
+        check_close(what, out, want, n, 1e-4);
+        x = want;   /* the next step starts from diffusers' latents, so errors do not pile up */
+    }
+    free(out);
+done:
+    free(ts);
+    golden_close(g);
+}
+
+static void test_ddim_pipelines(void)
+{
+    DIR *top = opendir(golden_dir);
+    struct dirent *d;
+    if (!top) return;
+    while ((d = readdir(top))) {
+        char sub[1024], rel[1024];
+        if (d->d_name[0] == '.') continue;
+        snprintf(sub, sizeof sub, "%s/%s", golden_dir, d->d_name);
+        DIR *dir = opendir(sub);
+        struct dirent *f;
+        if (!dir) continue;
+        while ((f = readdir(dir))) {
+            size_t len = strlen(f->d_name);
+            if ((strncmp(f->d_name, "txt2img_", 8) && strncmp(f->d_name, "img2img_", 8)) ||
+                len < 12 || strcmp(f->d_name + len - 12, ".safetensors")) continue;
+            snprintf(rel, sizeof rel, "%s/%s", d->d_name, f->d_name);
+            check_ddim_pipeline(rel);
+        }
+        closedir(dir);
+    }
+    closedir(top);
+}
+
+/* Checks that need no golden data: argument errors, and eta > 0 drawing its noise like torch. */
+static void test_ddim_api(void)
+{
+    sd_schedule s;
+    sd_error err;
+    int ts[1000], start = -1;
+    CHECK(sd_schedule_init(&s, 0, 0.00085, 0.012, SD_BETA_SCALED_LINEAR, &err) == SD_ERR_ARG, "schedule: 0 timesteps accepted");
+    CHECK(sd_schedule_init(&s, 1000, 0.00085, 0.012, 7, &err) == SD_ERR_ARG, "schedule: unknown beta schedule accepted");
+    CHECK(sd_schedule_init(&s, 1000, 0.00085, 0.012, SD_BETA_SCALED_LINEAR, &err) == SD_OK, "schedule: %s", err.message);
+    CHECK(sd_ddim_timesteps(&s, 0, SD_SPACING_LEADING, 1, ts, &err) == SD_ERR_ARG, "ddim: 0 steps accepted");
+    CHECK(sd_ddim_timesteps(&s, 1001, SD_SPACING_LEADING, 1, ts, &err) == SD_ERR_ARG, "ddim: 1001 steps accepted");
+    CHECK(sd_ddim_timesteps(&s, 1000, SD_SPACING_LEADING, 1, ts, &err) == SD_ERR_ARG, "ddim: timestep 1000 (1000 steps + offset 1) accepted");
+    CHECK(sd_ddim_timesteps(&s, 4, 9, 1, ts, &err) == SD_ERR_ARG, "ddim: unknown spacing accepted");
+    CHECK(sd_ddim_timesteps(&s, 1000, SD_SPACING_TRAILING, 1, ts, &err) == SD_OK && ts[0] == 999 && ts[999] == 0, "ddim: 1000 trailing steps");
+    CHECK(sd_img2img_start(10, 0.7, &start, &err) == SD_OK && start == 3, "img2img: strength 0.7 of 10 steps starts at %d, not 3", start);
+    CHECK(sd_img2img_start(10, 1.5, &start, &err) == SD_ERR_ARG, "img2img: strength 1.5 accepted");
+    CHECK(sd_img2img_start(10, 0.05, &start, &err) == SD_ERR_ARG, "img2img: strength 0.05 of 10 steps (no step left) accepted");
+
+    float x[40], e[40], noise[40], a[40], b[40];
+    sd_rng r1, r2;
+    for (int i = 0; i < 40; i++) { x[i] = (float)i / 10 - 2; e[i] = (float)(i % 7) / 3 - 1; }
+    CHECK(sd_ddim_step(&s, 1000, 750, SD_PREDICT_EPSILON, 0, x, e, 40, NULL, NULL, a, NULL, &err) == SD_ERR_ARG, "ddim step: t=1000 accepted");
+    CHECK(sd_ddim_step(&s, 500, 750, SD_PREDICT_EPSILON, 0, x, e, 40, NULL, NULL, a, NULL, &err) == SD_ERR_ARG, "ddim step: t_prev > t accepted");
+    CHECK(sd_ddim_step(&s, 751, 501, SD_PREDICT_EPSILON, 0.5f, x, e, 40, NULL, NULL, a, NULL, &err) == SD_ERR_ARG, "ddim step: eta > 0 without noise accepted");
+    sd_rng_seed(&r1, 3);
+    CHECK(sd_ddim_step(&s, 751, 501, SD_PREDICT_EPSILON, 0.5f, x, e, 40, NULL, &r1, x, NULL, &err) == SD_ERR_ARG, "ddim step: noise drawn over x accepted");
+    /* eta > 0 with a generator = with that generator's torch.randn given as noise */
+    sd_rng_seed(&r1, 3);
+    sd_rng_seed(&r2, 3);
+    sd_randn(&r2, noise, 40);
+    CHECK(sd_ddim_step(&s, 751, 501, SD_PREDICT_V, 0.5f, x, e, 40, NULL, &r1, a, NULL, &err) == SD_OK &&
+          sd_ddim_step(&s, 751, 501, SD_PREDICT_V, 0.5f, x, e, 40, noise, NULL, b, NULL, &err) == SD_OK &&
+          !memcmp(a, b, sizeof a), "ddim step: eta noise from the generator differs from the same draw given");
+    /* eta = 0 ignores noise; eta > 0 moves the sample */
+    CHECK(sd_ddim_step(&s, 751, 501, SD_PREDICT_V, 0, x, e, 40, noise, NULL, b, NULL, &err) == SD_OK && memcmp(a, b, sizeof a),
+          "ddim step: eta 0.5 gives the eta 0 result");
+}
+
+static void test_ddim(void)
+{
+    test_ddim_api();
+    test_ddim_tables();
+    test_schedule_sigmas();
+    test_ddim_pipelines();
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1) golden_dir = argv[1];
@@ -574,6 +984,8 @@ int main(int argc, char **argv)
     test_safetensors_malformed();
     test_golden_manifest();
     test_model_files();
+    test_rng();
+    test_ddim();
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail != 0;
 }
