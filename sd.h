@@ -120,6 +120,9 @@ SD_API float sd_f16_to_f32(uint16_t h);
 SD_API float sd_bf16_to_f32(uint16_t h);
 SD_API uint16_t sd_f32_to_f16(float f); /* round to nearest even */
 
+/* The compute context (threads and their scratch) that stage functions run on; see section 4. */
+typedef struct sd_pool sd_pool;
+
 /* PyTorch's CPU random generator, bit for bit: after sd_rng_seed(&r, seed), sd_randn(&r, x, n)
    gives what g = torch.Generator("cpu").manual_seed(seed); torch.randn(n, generator=g) gives
    (float32, any shape of n elements), and further calls continue the same generator, so a seed
@@ -188,6 +191,43 @@ SD_API int sd_add_noise(const sd_schedule *s, int t, const float *x0, const floa
 
 /* Classifier-free guidance: out = uncond + scale·(cond - uncond). */
 SD_API void sd_guidance(const float *uncond, const float *cond, float scale, size_t n, float *out);
+
+/* The text encoder of a checkpoint: sizes read from tensor shapes, the rest from the file's
+   metadata or the model family, and the weights (views into the caller's file bytes). */
+#define SD_TEXT_TOKENS 77   /* token ids per prompt: CLIP's context length */
+
+typedef struct sd_text_encoder {
+    int vocab, positions, width, layers, heads, mlp;
+    int gelu;             /* 1: gelu (OpenCLIP, SD2), 0: quick_gelu (OpenAI CLIP, SD1) */
+    int output_layer;     /* the hidden state the UNet reads: layers (SD1) or layers - 1 (SD2) */
+    int output_final_ln;  /* whether that state goes through the final LayerNorm (SD1, SD2: yes) */
+    float eps;            /* LayerNorm epsilon */
+    sd_tensor token_embedding, position_embedding, final_ln_w, final_ln_b;
+    struct sd_clip_layer *layer;   /* [layers], in the arena */
+} sd_text_encoder;
+
+/* Finds the text encoder in `files` (a single-file SD1/SD2 checkpoint, or a diffusers
+   text_encoder/model.safetensors) and describes it. `meta` is the file whose __metadata__ holds
+   sd.version / sd.clip.* (NULL: files[0]); without those keys the SD1/SD2 defaults apply.
+   The layer table takes a few KB of the arena; the files must stay open while te is used. */
+SD_API int sd_text_encoder_load(sd_text_encoder *te, const sd_safetensors *files, int nfiles,
+                                const sd_safetensors *meta, sd_arena *a, sd_error *err);
+
+/* Exact arena bytes that sd_text_encode / sd_text_encoder_hidden take for n_prompts prompts
+   (the thread pool is set up separately). SIZE_MAX if it cannot be met. */
+SD_API size_t sd_text_encoder_arena_bytes(const sd_text_encoder *te, int n_prompts);
+
+/* ids [n_prompts, 77] → out [n_prompts, 77, width]: the UNet's context. clip_skip 0 or 1 is the
+   model's own output (SD1: last layer, SD2: penultimate, both through the final LayerNorm);
+   clip_skip N stops N - 1 layers earlier, then the final LayerNorm (A1111/ComfyUI "clip skip"). */
+SD_API int sd_text_encode(const sd_text_encoder *te, const int32_t *ids, int n_prompts, int clip_skip,
+                          float *out, sd_pool *pool, sd_arena *a, sd_error *err);
+
+/* The hidden state after `layer` layers (0 = token + position embeddings), through the final
+   LayerNorm when final_ln is set: any layer, e.g. SDXL's penultimate without the LayerNorm. */
+SD_API int sd_text_encoder_hidden(const sd_text_encoder *te, const int32_t *ids, int n_prompts,
+                                  int layer, int final_ln, float *out, sd_pool *pool,
+                                  sd_arena *a, sd_error *err);
 
 #ifdef __cplusplus
 }
@@ -852,11 +892,11 @@ static sd_tensor tensor_rows(const sd_tensor *t, int64_t r0, int64_t n)
 #define SD_MAX_THREADS 64
 #define SD_POOL_SCRATCH_FLOATS (1u << 18)   /* per thread: attention scores for 4096+ keys, tiles */
 
-typedef struct sd_pool {
+struct sd_pool {
     int threads;
     float *scratch[SD_MAX_THREADS];
     size_t scratch_floats;
-} sd_pool;
+};
 
 typedef void (*pool_task)(void *arg, int task, int thread);
 
@@ -1072,6 +1112,334 @@ static void timestep_embedding(float *out, float t, int dim)
 /* ---- 5. Tokenizer (CLIP BPE) ------------------------------------------------------------- */
 
 /* ---- 6. Text encoder --------------------------------------------------------------------- */
+/* CLIP's text transformer (Radford et al. 2021, §2.4: a GPT-2 style pre-LayerNorm transformer)
+   turns the 77 token ids of a prompt into 77 vectors that the UNet attends to. SD1 uses OpenAI's
+   ViT-L/14 text tower (width 768, 12 layers, 12 heads, quick_gelu) and reads its last layer;
+   SD2 uses OpenCLIP's ViT-H/14 tower (width 1024, 24 layers, 16 heads, gelu) and reads the
+   penultimate one. Both pass the state they read through the final LayerNorm. One layer is
+       x += out_proj(attention(LN1(x)))     causal: a token sees itself and the tokens before it
+       x += fc2(act(fc1(LN2(x))))
+   Checkpoints store it under two name maps: HF transformers' (SD1 files, every diffusers
+   folder) and OpenCLIP's (SD2 files, with q/k/v fused in one in_proj matrix). */
+
+typedef struct sd_clip_layer {
+    sd_tensor ln1_w, ln1_b, q_w, q_b, k_w, k_b, v_w, v_b, out_w, out_b;
+    sd_tensor ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b;
+} clip_layer;
+
+/* Where each tensor of layer %d lives under the two name maps, and its shape in terms of the
+   width D and the MLP size F (0: a vector). `part` ≥ 0 marks q, k, v: OpenCLIP stores them as
+   thirds of in_proj, in that order, which are used in place as row views. */
+static const struct clip_tensor_name {
+    size_t field;
+    char rows, cols;
+    int part;
+    const char *hf, *openclip;
+} clip_layer_names[] = {
+    {offsetof(clip_layer, ln1_w), 'D', 0, -1, "encoder.layers.%d.layer_norm1.weight", "transformer.resblocks.%d.ln_1.weight"},
+    {offsetof(clip_layer, ln1_b), 'D', 0, -1, "encoder.layers.%d.layer_norm1.bias", "transformer.resblocks.%d.ln_1.bias"},
+    {offsetof(clip_layer, q_w), 'D', 'D', 0, "encoder.layers.%d.self_attn.q_proj.weight", "transformer.resblocks.%d.attn.in_proj_weight"},
+    {offsetof(clip_layer, q_b), 'D', 0, 0, "encoder.layers.%d.self_attn.q_proj.bias", "transformer.resblocks.%d.attn.in_proj_bias"},
+    {offsetof(clip_layer, k_w), 'D', 'D', 1, "encoder.layers.%d.self_attn.k_proj.weight", "transformer.resblocks.%d.attn.in_proj_weight"},
+    {offsetof(clip_layer, k_b), 'D', 0, 1, "encoder.layers.%d.self_attn.k_proj.bias", "transformer.resblocks.%d.attn.in_proj_bias"},
+    {offsetof(clip_layer, v_w), 'D', 'D', 2, "encoder.layers.%d.self_attn.v_proj.weight", "transformer.resblocks.%d.attn.in_proj_weight"},
+    {offsetof(clip_layer, v_b), 'D', 0, 2, "encoder.layers.%d.self_attn.v_proj.bias", "transformer.resblocks.%d.attn.in_proj_bias"},
+    {offsetof(clip_layer, out_w), 'D', 'D', -1, "encoder.layers.%d.self_attn.out_proj.weight", "transformer.resblocks.%d.attn.out_proj.weight"},
+    {offsetof(clip_layer, out_b), 'D', 0, -1, "encoder.layers.%d.self_attn.out_proj.bias", "transformer.resblocks.%d.attn.out_proj.bias"},
+    {offsetof(clip_layer, ln2_w), 'D', 0, -1, "encoder.layers.%d.layer_norm2.weight", "transformer.resblocks.%d.ln_2.weight"},
+    {offsetof(clip_layer, ln2_b), 'D', 0, -1, "encoder.layers.%d.layer_norm2.bias", "transformer.resblocks.%d.ln_2.bias"},
+    {offsetof(clip_layer, fc1_w), 'F', 'D', -1, "encoder.layers.%d.mlp.fc1.weight", "transformer.resblocks.%d.mlp.c_fc.weight"},
+    {offsetof(clip_layer, fc1_b), 'F', 0, -1, "encoder.layers.%d.mlp.fc1.bias", "transformer.resblocks.%d.mlp.c_fc.bias"},
+    {offsetof(clip_layer, fc2_w), 'D', 'F', -1, "encoder.layers.%d.mlp.fc2.weight", "transformer.resblocks.%d.mlp.c_proj.weight"},
+    {offsetof(clip_layer, fc2_b), 'D', 0, -1, "encoder.layers.%d.mlp.fc2.bias", "transformer.resblocks.%d.mlp.c_proj.bias"},
+};
+
+/* The model-level tensors: [0] tokens [vocab, D], [1] positions [positions, D], [2..3] final LN. */
+static const char *const clip_top_names[2][4] = {
+    {"embeddings.token_embedding.weight", "embeddings.position_embedding.weight", "final_layer_norm.weight", "final_layer_norm.bias"},
+    {"token_embedding.weight", "positional_embedding", "ln_final.weight", "ln_final.bias"},
+};
+
+enum { CLIP_OUT_LAST, CLIP_OUT_PENULTIMATE, CLIP_OUT_PENULTIMATE_NO_LN };
+
+/* Scans the tensor names under w's prefix that start with `stem`: returns how many there are,
+   or with count_layers, one more than the highest N of any "<stem>N." (so that a missing tensor
+   in the last layer is reported instead of silently dropping the layer). */
+static int clip_scan(const weights *w, const char *stem, int count_layers)
+{
+    char start[256];
+    int n = 0;
+    snprintf(start, sizeof start, "%s%s", w->prefix ? w->prefix : "", stem);
+    size_t len = strlen(start);
+    for (int f = 0; f < w->nfiles; f++)
+        for (int i = 0; i < w->files[f]->count; i++) {
+            const char *s = w->files[f]->tensors[i].name;
+            long v = 0;
+            if (strncmp(s, start, len)) continue;
+            if (!count_layers) { n++; continue; }
+            for (s += len; *s >= '0' && *s <= '9' && v < 100000; s++) v = v * 10 + (*s - '0');
+            if (*s == '.' && v + 1 > n) n = (int)v + 1;
+        }
+    return n;
+}
+
+/* Metadata value `<ns>.<key>` (ns "sd.clip"; SDXL's second encoder will use "sd.clip2"). */
+static const char *clip_meta(const sd_safetensors *meta, const char *ns, const char *key)
+{
+    char full[128];
+    snprintf(full, sizeof full, "%s.%s", ns, key);
+    return meta ? sd_safetensors_meta(meta, full) : NULL;
+}
+
+/* A positive integer metadata value into *v (left alone when the key is absent). */
+static int clip_meta_int(const sd_safetensors *meta, const char *ns, const char *key, int *v, sd_error *err)
+{
+    const char *s = clip_meta(meta, ns, key), *p;
+    long n = 0;
+    if (!s) return SD_OK;
+    for (p = s; *p >= '0' && *p <= '9' && n < 1000000; p++) n = n * 10 + (*p - '0');
+    if (p == s || *p || n < 1 || n >= 1000000)
+        return fail(err, SD_ERR_FORMAT, "metadata %s.%s = '%.40s' is not a positive integer", ns, key, s);
+    *v = (int)n;
+    return SD_OK;
+}
+
+/* A decimal like "1e-05" or "0.00001" (metadata layer_norm_eps), without the C locale's say in
+   it; 0 when it is not a number in (0, 1). */
+static float clip_parse_eps(const char *s)
+{
+    double m = 0;
+    int scale = 0, exp = 0, sign = 1, digits = 0;
+    for (; *s >= '0' && *s <= '9'; s++, digits++) m = m * 10 + (*s - '0');
+    if (*s == '.') for (s++; *s >= '0' && *s <= '9'; s++, digits++, scale--) m = m * 10 + (*s - '0');
+    if (!digits || digits > 30) return 0;
+    if (*s == 'e' || *s == 'E') {
+        s++;
+        if (*s == '-' || *s == '+') sign = *s++ == '-' ? -1 : 1;
+        if (*s < '0' || *s > '9') return 0;
+        for (; *s >= '0' && *s <= '9' && exp < 100; s++) exp = exp * 10 + (*s - '0');
+    }
+    if (*s) return 0;
+    for (scale += sign * exp; scale < 0; scale++) m /= 10;
+    for (; scale > 0; scale--) m *= 10;
+    return m > 0 && m < 1 ? (float)m : 0;
+}
+
+/* Describes the text encoder that w (files + prefix) holds; which name map applies is told by the
+   names present, since SD1 single files and diffusers folders share HF's. What shapes cannot tell comes from
+   `meta` under namespace ns (heads, hidden_act, output, layer_norm_eps), else from the family:
+   OpenCLIP towers (SD2's ViT-H; width >= 1024 also when converted to HF names) use gelu, OpenAI's
+   ViT-L quick_gelu; both have 64-wide heads. SD2 reads the penultimate layer, except in HF names:
+   diffusers' converted SD2 encoder has 23 of the 24 layers, so its last is SD2's penultimate.
+   The lead's model loader calls this with the weights of the checkpoint it opened. */
+static int text_encoder_init(sd_text_encoder *te, weights *w, const sd_safetensors *meta,
+                             const char *ns, sd_arena *a)
+{
+    sd_error *err = w->err;
+    size_t mark = sd_arena_mark(a);
+    int rc = SD_OK, oc = clip_scan(w, "transformer.resblocks.", 0) || weights_find(w, clip_top_names[1][0]);   /* OpenCLIP names? */
+    const char *const *top = clip_top_names[oc];
+    const char *version = meta ? sd_safetensors_meta(meta, "sd.version") : NULL, *s;
+    const sd_tensor *t;
+    const struct clip_tensor_name *fc1 = &clip_layer_names[12];   /* gives the MLP size */
+    int64_t D, F;
+    int openclip, output, heads = 0, head_dim = 64, layers;
+    char name[256];
+
+    memset(te, 0, sizeof *te);
+    if (w->failed) return w->failed;
+    /* sizes: vocab and width from the token table, positions, MLP size from layer 0, layer count */
+    if (!(t = need(w, -1, -1, 0, 0, "%s", top[0]))) goto missing;
+    te->token_embedding = *t;
+    D = t->shape[1];
+    if (t->shape[0] < 1 || t->shape[0] > (1 << 24) || D < 1 || D > (1 << 16)) {
+        rc = fail(err, SD_ERR_UNSUPPORTED, "tensor '%s' has shape [%lld, %lld]: vocabulary or width out of range", t->name, (long long)t->shape[0], (long long)D);
+        goto bad;
+    }
+    te->vocab = (int)t->shape[0];
+    te->width = (int)D;
+    if (!(t = need(w, -1, D, 0, 0, "%s", top[1]))) goto missing;
+    te->position_embedding = *t;
+    if (t->shape[0] < SD_TEXT_TOKENS) {
+        rc = fail(err, SD_ERR_SHAPE, "tensor '%s' has %lld positions; prompts have %d tokens", t->name, (long long)t->shape[0], SD_TEXT_TOKENS);
+        goto bad;
+    }
+    te->positions = t->shape[0] > (1 << 20) ? 1 << 20 : (int)t->shape[0];
+    SD_ASSERT(fc1->field == offsetof(clip_layer, fc1_w));
+    snprintf(name, sizeof name, oc ? fc1->openclip : fc1->hf, 0);
+    if (!(t = need(w, -1, D, 0, 0, "%s", name))) goto missing;
+    F = t->shape[0];
+    if (F < 1 || F > (1 << 18)) { rc = fail(err, SD_ERR_UNSUPPORTED, "tensor '%s': MLP size %lld out of range", t->name, (long long)F); goto bad; }
+    te->mlp = (int)F;
+    te->layers = clip_scan(w, oc ? "transformer.resblocks." : "encoder.layers.", 1);
+    if (te->layers > 1000) { rc = fail(err, SD_ERR_UNSUPPORTED, "text encoder with %d layers", te->layers); goto bad; }
+
+    /* every layer through the name map */
+    te->layer = (clip_layer *)arena_array(a, (size_t)te->layers, sizeof(clip_layer), err);
+    if (!te->layer) { rc = SD_ERR_MEMORY; goto bad; }
+    for (int l = 0; l < te->layers && !w->failed; l++)
+        for (size_t i = 0; i < sizeof clip_layer_names / sizeof clip_layer_names[0] && !w->failed; i++) {
+            const struct clip_tensor_name *m = &clip_layer_names[i];
+            int64_t rows = m->rows == 'F' ? F : D, cols = m->cols == 'F' ? F : m->cols ? D : 0;
+            int fused = oc && m->part >= 0;
+            sd_tensor *dst = (sd_tensor *)((char *)&te->layer[l] + m->field);
+            snprintf(name, sizeof name, oc ? m->openclip : m->hf, l);
+            t = need(w, fused ? 3 * rows : rows, cols, 0, 0, "%s", name);
+            if (t && !w->failed) *dst = fused ? tensor_rows(t, m->part * rows, rows) : *t;
+        }
+    if (!w->failed && (t = need(w, D, 0, 0, 0, "%s", top[2]))) te->final_ln_w = *t;
+    if (!w->failed && (t = need(w, D, 0, 0, 0, "%s", top[3]))) te->final_ln_b = *t;
+    if (w->failed) goto missing;
+
+    /* what shapes cannot tell: family defaults, then the metadata */
+    openclip = oc || te->width >= 1024;
+    layers = te->layers;
+    if (version && !strcmp(version, "1")) openclip = 0;
+    if (version && !strcmp(version, "2")) openclip = 1;
+    te->gelu = openclip;
+    output = version && !strcmp(version, "xl") ? CLIP_OUT_PENULTIMATE_NO_LN
+           : openclip && oc ? CLIP_OUT_PENULTIMATE : CLIP_OUT_LAST;
+    te->eps = 1e-5f;
+    if ((rc = clip_meta_int(meta, ns, "heads", &heads, err)) || (rc = clip_meta_int(meta, ns, "head_dim", &head_dim, err)) ||
+        (rc = clip_meta_int(meta, ns, "layers", &layers, err))) goto bad;
+    if ((s = clip_meta(meta, ns, "hidden_act"))) {
+        if (!strcmp(s, "gelu")) te->gelu = 1;
+        else if (!strcmp(s, "quick_gelu")) te->gelu = 0;
+        else { rc = fail(err, SD_ERR_UNSUPPORTED, "metadata %s.hidden_act = '%.40s': sd.h knows gelu and quick_gelu", ns, s); goto bad; }
+    }
+    if ((s = clip_meta(meta, ns, "output"))) {
+        if (!strcmp(s, "last")) output = CLIP_OUT_LAST;
+        else if (!strcmp(s, "penultimate")) output = CLIP_OUT_PENULTIMATE;
+        else if (!strcmp(s, "penultimate_no_final_ln")) output = CLIP_OUT_PENULTIMATE_NO_LN;
+        else { rc = fail(err, SD_ERR_UNSUPPORTED, "metadata %s.output = '%.40s': sd.h knows last, penultimate, penultimate_no_final_ln", ns, s); goto bad; }
+    }
+    if ((s = clip_meta(meta, ns, "layer_norm_eps")) && !(te->eps = clip_parse_eps(s))) {
+        rc = fail(err, SD_ERR_FORMAT, "metadata %s.layer_norm_eps = '%.40s' is not a small positive number", ns, s);
+        goto bad;
+    }
+    if (layers != te->layers) { rc = fail(err, SD_ERR_SHAPE, "metadata %s.layers = %d but the checkpoint has %d text encoder layers", ns, layers, te->layers); goto bad; }
+    if (!heads && te->width % head_dim) {
+        rc = fail(err, SD_ERR_SHAPE, "text encoder width %d is not a multiple of the head size %d (metadata %s.heads would say how many heads)", te->width, head_dim, ns);
+        goto bad;
+    }
+    te->heads = heads ? heads : te->width / head_dim;
+    if (te->heads < 1 || te->width % te->heads) { rc = fail(err, SD_ERR_SHAPE, "text encoder width %d does not split into %d heads", te->width, te->heads); goto bad; }
+    te->output_layer = output == CLIP_OUT_LAST ? te->layers : te->layers - 1;
+    te->output_final_ln = output != CLIP_OUT_PENULTIMATE_NO_LN;
+    if (te->output_layer < 1) { rc = fail(err, SD_ERR_UNSUPPORTED, "the text encoder's output is its penultimate layer but it has %d layer", te->layers); goto bad; }
+    return SD_OK;
+missing:
+    rc = w->failed;
+bad:
+    sd_arena_reset(a, mark);
+    memset(te, 0, sizeof *te);
+    return rc;
+}
+
+SD_API int sd_text_encoder_load(sd_text_encoder *te, const sd_safetensors *files, int nfiles,
+                                const sd_safetensors *meta, sd_arena *a, sd_error *err)
+{
+    /* where the text encoder sits: SD1 single file (HF names), SD2 single file (OpenCLIP names),
+       diffusers text_encoder/model.safetensors */
+    static const char *const prefixes[] = {"cond_stage_model.transformer.text_model.", "cond_stage_model.model.", "text_model."};
+    weights w;
+    const char *version;
+    if (!te || !files || nfiles < 1 || nfiles > 4 || !a) return fail(err, SD_ERR_ARG, "sd_text_encoder_load: NULL argument or nfiles = %d not in 1..4", nfiles);
+    memset(te, 0, sizeof *te);
+    memset(&w, 0, sizeof w);
+    for (int i = 0; i < nfiles; i++) w.files[i] = &files[i];
+    w.nfiles = nfiles;
+    w.err = err;
+    if (!meta) meta = &files[0];
+    version = sd_safetensors_meta(meta, "sd.version");
+    if (version && strcmp(version, "1") && strcmp(version, "2"))
+        return fail(err, SD_ERR_UNSUPPORTED, "text encoder of a model with sd.version = '%.20s': sd.h handles SD1 and SD2", version);
+    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) {
+        w.prefix = prefixes[i];
+        if (clip_scan(&w, "", 0)) return text_encoder_init(te, &w, meta, "sd.clip", a);
+    }
+    return fail(err, SD_ERR_MISSING, "no text encoder: no tensor named '%s*', '%s*' or '%s*'", prefixes[0], prefixes[1], prefixes[2]);
+}
+
+/* One aligned arena piece of n floats, as sd_arena_alloc rounds it. */
+static size_t clip_piece(size_t floats)
+{
+    return (floats * sizeof(float) + SD_ALIGN - 1) & ~(size_t)(SD_ALIGN - 1);
+}
+
+SD_API size_t sd_text_encoder_arena_bytes(const sd_text_encoder *te, int n_prompts)
+{
+    if (!te || !te->layer || n_prompts < 1 || n_prompts > (1 << 16)) return (size_t)-1;
+    size_t rows = (size_t)n_prompts * SD_TEXT_TOKENS, big = te->width > te->mlp ? (size_t)te->width : (size_t)te->mlp;
+    if (rows > (size_t)-1 / 16 / big) return (size_t)-1;
+    /* h, q, k, v [rows, width] and the MLP's hidden layer [rows, mlp]; the residual stream is `out` */
+    return 4 * clip_piece(rows * (size_t)te->width) + clip_piece(rows * (size_t)te->mlp);
+}
+
+/* One transformer layer on the residual stream x [B·77, D]; h, q, k, v [B·77, D] and
+   mlp [B·77, F] are scratch. */
+static void clip_layer_forward(const sd_text_encoder *te, const clip_layer *L, float *x, int B,
+                               float *h, float *q, float *k, float *v, float *mlp, sd_pool *pool)
+{
+    int M = B * SD_TEXT_TOKENS, D = te->width, F = te->mlp;
+    /* causal self-attention */
+    layernorm(h, x, M, D, &L->ln1_w, &L->ln1_b, te->eps);
+    linear(pool, q, h, M, D, D, &L->q_w, &L->q_b);
+    linear(pool, k, h, M, D, D, &L->k_w, &L->k_b);
+    linear(pool, v, h, M, D, D, &L->v_w, &L->v_b);
+    attention(pool, h, D, q, D, k, D, v, D, B, SD_TEXT_TOKENS, SD_TEXT_TOKENS, te->heads, D / te->heads, 1);
+    linear(pool, q, h, M, D, D, &L->out_w, &L->out_b);
+    add(x, q, (size_t)M * D);
+    /* MLP */
+    layernorm(h, x, M, D, &L->ln2_w, &L->ln2_b, te->eps);
+    linear(pool, mlp, h, M, F, D, &L->fc1_w, &L->fc1_b);
+    if (te->gelu) gelu(mlp, (size_t)M * F);
+    else quick_gelu(mlp, (size_t)M * F);
+    linear(pool, h, mlp, M, D, F, &L->fc2_w, &L->fc2_b);
+    add(x, h, (size_t)M * D);
+}
+
+SD_API int sd_text_encoder_hidden(const sd_text_encoder *te, const int32_t *ids, int n_prompts,
+                                  int layer, int final_ln, float *out, sd_pool *pool,
+                                  sd_arena *a, sd_error *err)
+{
+    if (!te || !te->layer || !ids || !out || !pool || !a) return fail(err, SD_ERR_ARG, "text encoder: NULL argument (or encoder not loaded)");
+    if (n_prompts < 1 || n_prompts > (1 << 16)) return fail(err, SD_ERR_ARG, "text encoder: n_prompts = %d not in 1..65536", n_prompts);
+    if (layer < 0 || layer > te->layers) return fail(err, SD_ERR_ARG, "text encoder: layer %d not in 0..%d", layer, te->layers);
+    for (int i = 0; i < n_prompts * SD_TEXT_TOKENS; i++)
+        if (ids[i] < 0 || ids[i] >= te->vocab)
+            return fail(err, SD_ERR_ARG, "text encoder: token id %ld at prompt %d, position %d is outside the vocabulary (0..%d)",
+                        (long)ids[i], i / SD_TEXT_TOKENS, i % SD_TEXT_TOKENS, te->vocab - 1);
+    int M = n_prompts * SD_TEXT_TOKENS, D = te->width;
+    size_t mark = sd_arena_mark(a);
+    float *h = arena_floats(a, (size_t)M * D, err), *q = h ? arena_floats(a, (size_t)M * D, err) : NULL;
+    float *k = q ? arena_floats(a, (size_t)M * D, err) : NULL, *v = k ? arena_floats(a, (size_t)M * D, err) : NULL;
+    float *mlp = v ? arena_floats(a, (size_t)M * te->mlp, err) : NULL;
+    if (!mlp) { sd_arena_reset(a, mark); return SD_ERR_MEMORY; }
+
+    /* token embedding + learned position embedding (positions 0..76, whatever position_ids say) */
+    for (int i = 0; i < M; i++) {
+        float *x = out + (size_t)i * D;
+        weight_row(&te->token_embedding, ids[i], D, x);
+        for (int c = 0; c < D; c++) x[c] += tensor_get(&te->position_embedding, (size_t)(i % SD_TEXT_TOKENS) * D + c);
+    }
+    for (int l = 0; l < layer; l++) clip_layer_forward(te, &te->layer[l], out, n_prompts, h, q, k, v, mlp, pool);
+    if (final_ln) layernorm(out, out, M, D, &te->final_ln_w, &te->final_ln_b, te->eps);
+    sd_arena_reset(a, mark);
+    return SD_OK;
+}
+
+SD_API int sd_text_encode(const sd_text_encoder *te, const int32_t *ids, int n_prompts, int clip_skip,
+                          float *out, sd_pool *pool, sd_arena *a, sd_error *err)
+{
+    if (!te || !te->layer) return fail(err, SD_ERR_ARG, "sd_text_encode: encoder not loaded");
+    int layer = te->output_layer - (clip_skip > 1 ? clip_skip - 1 : 0);
+    if (clip_skip < 0 || layer < 1)
+        return fail(err, SD_ERR_ARG, "sd_text_encode: clip_skip %d not in 0..%d (the output is layer %d of %d)", clip_skip,
+                    te->output_layer, te->output_layer, te->layers);
+    return sd_text_encoder_hidden(te, ids, n_prompts, layer, te->output_final_ln, out, pool, a, err);
+}
+
 
 /* ---- 7. UNet ----------------------------------------------------------------------------- */
 

@@ -975,6 +975,368 @@ static void test_ddim(void)
     test_ddim_pipelines();
 }
 
+/* ---- text encoder ------------------------------------------------------------------------ */
+
+/* A growing string for building safetensors headers in memory. */
+typedef struct te_text { char *p; size_t n, cap; } te_text;
+
+static void te_put(te_text *t, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (t->n + (size_t)k + 1 > t->cap) {
+        t->cap = 2 * (t->n + (size_t)k + 1);
+        t->p = (char *)realloc(t->p, t->cap);
+        if (!t->p) { fprintf(stderr, "out of memory\n"); exit(2); }
+    }
+    va_start(ap, fmt);
+    vsnprintf(t->p + t->n, (size_t)k + 1, fmt, ap);
+    va_end(ap);
+    t->n += (size_t)k;
+}
+
+static void te_put_json_string(te_text *t, const char *s)
+{
+    te_put(t, "\"");
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') te_put(t, "\\%c", c);
+        else if (c < 0x20) te_put(t, "\\u%04x", c);
+        else te_put(t, "%c", c);
+    }
+    te_put(t, "\"");
+}
+
+/* A safetensors file rebuilt in memory from an opened one, keeping its metadata: 2-byte float
+   tensors widened to F32 when to_f32, the tensor named `drop` left out, the 2-D tensor named
+   `transpose` declared with its two dimensions swapped (same bytes, wrong shape). Tensors are laid
+   out by element size, largest first, so every one stays aligned. malloc'd; *size gets its length. */
+static unsigned char *te_rebuild(const sd_safetensors *st, int to_f32, const char *drop,
+                                 const char *transpose, size_t *size)
+{
+    te_text h = {NULL, 0, 0};
+    size_t offset = 0, data_start;
+    te_put(&h, "{\"__metadata__\":{");
+    for (int i = 0; i < st->meta_count; i++) {
+        te_put(&h, i ? "," : "");
+        te_put_json_string(&h, st->meta_keys[i]);
+        te_put(&h, ":");
+        te_put_json_string(&h, st->meta_values[i]);
+    }
+    te_put(&h, "}");
+    for (size_t esize = 8; esize >= 1; esize /= 2)
+        for (int i = 0; i < st->count; i++) {
+            const sd_tensor *t = &st->tensors[i];
+            int widen = to_f32 && (t->dtype == SD_F16 || t->dtype == SD_BF16);
+            int swap = transpose && !strcmp(t->name, transpose) && t->ndim == 2;
+            size_t n = widen ? t->nbytes * 2 : t->nbytes;
+            if ((widen ? 4 : sd_dtype_size(t->dtype)) != esize || (drop && !strcmp(t->name, drop))) continue;
+            te_put(&h, ",");
+            te_put_json_string(&h, t->name);
+            te_put(&h, ":{\"dtype\":\"%s\",\"shape\":[", widen ? "F32" : sd_dtype_name(t->dtype));
+            for (int d = 0; d < t->ndim; d++)
+                te_put(&h, "%s%lld", d ? "," : "", (long long)t->shape[swap ? t->ndim - 1 - d : d]);
+            te_put(&h, "],\"data_offsets\":[%zu,%zu]}", offset, offset + n);
+            offset += n;
+        }
+    te_put(&h, "}");
+    while (h.n % 8) te_put(&h, " ");
+    data_start = 8 + h.n;
+    unsigned char *out = (unsigned char *)malloc(data_start + offset + 1);
+    if (!out) { fprintf(stderr, "out of memory\n"); exit(2); }
+    for (int i = 0; i < 8; i++) out[i] = (unsigned char)((uint64_t)h.n >> (8 * i));
+    memcpy(out + 8, h.p, h.n);
+    offset = data_start;
+    for (size_t esize = 8; esize >= 1; esize /= 2)
+        for (int i = 0; i < st->count; i++) {
+            const sd_tensor *t = &st->tensors[i];
+            int widen = to_f32 && (t->dtype == SD_F16 || t->dtype == SD_BF16);
+            if ((widen ? 4 : sd_dtype_size(t->dtype)) != esize || (drop && !strcmp(t->name, drop))) continue;
+            if (!widen) { memcpy(out + offset, t->data, t->nbytes); offset += t->nbytes; continue; }
+            for (size_t k = 0; k < t->nbytes / 2; k++, offset += 4) {
+                float f = tensor_get(t, k);
+                memcpy(out + offset, &f, 4);
+            }
+        }
+    free(h.p);
+    *size = offset;
+    return out;
+}
+
+/* A file with nothing but the given __metadata__ JSON object (for metadata error cases). */
+static unsigned char *te_meta_file(const char *meta_json, size_t *size)
+{
+    te_text h = {NULL, 0, 0};
+    te_put(&h, "{\"__metadata__\":%s}", meta_json);
+    unsigned char *out = (unsigned char *)malloc(8 + h.n);
+    if (!out) { fprintf(stderr, "out of memory\n"); exit(2); }
+    for (int i = 0; i < 8; i++) out[i] = (unsigned char)((uint64_t)h.n >> (8 * i));
+    memcpy(out + 8, h.p, h.n);
+    *size = 8 + h.n;
+    free(h.p);
+    return out;
+}
+
+/* Loads the text encoder of `bytes` (metadata from meta, or the file itself) into te; the
+   tables live in *arena, which the caller frees. Returns the load status, err filled. */
+static int te_load_bytes(sd_text_encoder *te, sd_safetensors *st, const unsigned char *bytes, size_t size,
+                         const sd_safetensors *meta, sd_arena *arena, sd_error *err)
+{
+    int rc = sd_safetensors_open(st, bytes, size, arena, err);
+    if (rc) return rc;
+    return sd_text_encoder_load(te, st, 1, meta, arena, err);
+}
+
+/* Every output of GOLDEN/NAME/text_encoder.safetensors from the encoder te. */
+static void te_check_goldens(const sd_text_encoder *te, golden_file *g, const char *label)
+{
+    const sd_tensor *idt = sd_safetensors_find(&g->st, "input_ids");
+    const char *context = sd_safetensors_meta(&g->st, "context_used_by_sd");
+    char what[512];
+    sd_error err;
+    sd_pool pool;
+    if (!CHECK(idt && idt->dtype == SD_I64 && idt->ndim == 2 && idt->shape[1] == SD_TEXT_TOKENS && idt->shape[0] > 0,
+               "%s: input_ids is not I64 [n, %d]", g->path, SD_TEXT_TOKENS)) return;
+    int n = (int)idt->shape[0], layers = 0;
+    size_t count = (size_t)n * SD_TEXT_TOKENS, numel = count * (size_t)te->width;
+    int32_t *ids = (int32_t *)malloc(count * sizeof *ids);
+    float *out = (float *)malloc(numel * sizeof *out), *out2 = (float *)malloc(numel * sizeof *out2);
+    for (size_t i = 0; i < count; i++) { int64_t v; memcpy(&v, (const char *)idt->data + 8 * i, 8); ids[i] = (int32_t)v; }
+    for (;; layers++) {
+        snprintf(what, sizeof what, "hidden_states.%d", layers + 1);
+        if (!sd_safetensors_find(&g->st, what)) break;
+    }
+    CHECK(layers == te->layers, "%s: golden has %d layers, the encoder %d", label, layers, te->layers);
+
+    size_t bytes = sd_text_encoder_arena_bytes(te, n);
+    sd_arena *pa = test_arena(pool_arena_bytes(1) + SD_ALIGN), *a = test_arena(bytes + SD_ALIGN);
+    CHECK(pool_init(&pool, 1, pa, &err) == SD_OK, "pool_init");
+
+    /* every hidden state, then the final LayerNorm of the last and penultimate ones */
+    for (int k = 0; k <= layers + 2; k++) {
+        int layer = k <= layers ? k : k == layers + 1 ? layers : layers - 1, ln = k > layers;
+        char gname[64];
+        int64_t gn = 0;
+        if (k <= layers) snprintf(gname, sizeof gname, "hidden_states.%d", k);
+        else snprintf(gname, sizeof gname, "%s", k == layers + 1 ? "last_hidden_state" : "penultimate_hidden_state");
+        const float *want = golden_f32(g, gname, &gn);
+        if (!want || !CHECK((size_t)gn == numel, "%s: %s has %lld values, expected %zu", label, gname, (long long)gn, numel)) continue;
+        int rc = sd_text_encoder_hidden(te, ids, n, layer, ln, out, &pool, a, &err);
+        char full[600];
+        snprintf(full, sizeof full, "%s %s", label, gname);
+        if (CHECK(rc == SD_OK, "%s: %s", full, err.message)) check_close(full, out, want, (int64_t)numel, 1e-5);
+    }
+
+    /* the UNet's context, what the golden says the pipeline uses */
+    int64_t gn = 0;
+    const float *want = CHECK(context != NULL, "%s: no context_used_by_sd metadata", g->path) ? golden_f32(g, context, &gn) : NULL;
+    if (want && CHECK((size_t)gn == numel, "%s: context size", label)) {
+        int rc = sd_text_encode(te, ids, n, 0, out, &pool, a, &err);
+        snprintf(what, sizeof what, "%s context (%s)", label, context);
+        if (CHECK(rc == SD_OK, "%s: %s", what, err.message)) check_close(what, out, want, (int64_t)numel, 1e-5);
+        /* clip_skip 1 is the same; clip_skip 2 is one layer earlier through the final LayerNorm */
+        rc = sd_text_encode(te, ids, n, 1, out2, &pool, a, &err);
+        CHECK(rc == SD_OK && !memcmp(out, out2, numel * sizeof *out), "%s: clip_skip 1 differs from 0", label);
+        rc = sd_text_encode(te, ids, n, 2, out, &pool, a, &err);
+        CHECK(rc == SD_OK, "%s: clip_skip 2: %s", label, err.message);
+        rc = sd_text_encoder_hidden(te, ids, n, te->output_layer - 1, 1, out2, &pool, a, &err);
+        CHECK(rc == SD_OK && !memcmp(out, out2, numel * sizeof *out), "%s: clip_skip 2 is not layer %d + final LayerNorm", label, te->output_layer - 1);
+        rc = sd_text_encode(te, ids, n, te->output_layer + 1, out, &pool, a, &err);
+        CHECK(rc == SD_ERR_ARG && strstr(err.message, "clip_skip"), "%s: clip_skip %d past the first layer: rc %d (%s)", label, te->output_layer + 1, rc, rc ? err.message : "");
+    }
+    CHECK(a->used == 0 && a->peak == bytes, "%s: arena used %zu, peak %zu, sd_text_encoder_arena_bytes %zu", label, a->used, a->peak, bytes);
+
+    /* exactly that many bytes are enough, one less is a clean error */
+    unsigned char *block = (unsigned char *)malloc(bytes + SD_ALIGN);
+    unsigned char *aligned = block + (SD_ALIGN - (uintptr_t)block % SD_ALIGN) % SD_ALIGN;
+    sd_arena exact;
+    sd_arena_init(&exact, aligned, bytes);
+    sd_arena_init(&exact, aligned, bytes);
+    CHECK(sd_text_encode(te, ids, n, 0, out, &pool, &exact, &err) == SD_OK, "%s: encode in an arena of exactly %zu bytes: %s", label, bytes, err.message);
+    sd_arena_init(&exact, aligned, bytes - 1);
+    CHECK(sd_text_encode(te, ids, n, 0, out, &pool, &exact, &err) == SD_ERR_MEMORY && exact.used == 0,
+          "%s: an arena one byte short gives SD_ERR_MEMORY and is left as it was", label);
+    free(block);
+
+    /* a token id outside the vocabulary is an error naming where it is */
+    ids[SD_TEXT_TOKENS + 5] = te->vocab;
+    int rc = sd_text_encode(te, ids, n > 1 ? 2 : 1, 0, out, &pool, a, &err);
+    CHECK(n < 2 || (rc == SD_ERR_ARG && strstr(err.message, "prompt 1, position 5")), "%s: bad token id: rc %d (%s)", label, rc, rc ? err.message : "");
+    ids[0] = -1;
+    rc = sd_text_encode(te, ids, 1, 0, out, &pool, a, &err);
+    CHECK(rc == SD_ERR_ARG && strstr(err.message, "prompt 0, position 0"), "%s: negative token id: rc %d", label, rc);
+
+    free_arena(a);
+    free_arena(pa);
+    free(ids);
+    free(out);
+    free(out2);
+}
+
+/* A missing tensor and a mis-shaped one, in copies of the model file, give errors naming them. */
+static void te_check_errors(const sd_text_encoder *te, const sd_safetensors *st, const sd_safetensors *meta, const char *label)
+{
+    const clip_layer *last = &te->layer[te->layers - 1];
+    const char *names[3] = {last->ln1_w.name, last->v_b.name, te->token_embedding.name};
+    char want[600];
+    sd_error err;
+    for (int i = 0; i < 4; i++) {
+        size_t size;
+        unsigned char *bytes = te_rebuild(st, 0, i < 3 ? names[i] : NULL, i == 3 ? last->fc1_w.name : NULL, &size);
+        sd_arena *arena = test_arena(1u << 24);
+        sd_safetensors copy;
+        sd_text_encoder broken;
+        int rc = te_load_bytes(&broken, &copy, bytes, size, meta == st ? NULL : meta, arena, &err);
+        if (i < 3) {
+            snprintf(want, sizeof want, "missing tensor '%s'", names[i]);
+            CHECK(rc == SD_ERR_MISSING && strstr(err.message, want), "%s without %s: rc %d, '%s'", label, names[i], rc, rc ? err.message : "");
+        } else {
+            snprintf(want, sizeof want, "tensor '%s' has shape [%d, %d], expected [%d, %d]", last->fc1_w.name, te->width, te->mlp, te->mlp, te->width);
+            CHECK(rc == SD_ERR_SHAPE && strstr(err.message, want), "%s with %s transposed: rc %d, '%s'", label, last->fc1_w.name, rc, rc ? err.message : "");
+        }
+        CHECK(broken.layer == NULL, "%s: a failed load leaves the encoder empty", label);
+        free_arena(arena);
+        free(bytes);
+    }
+}
+
+/* Metadata the encoder cannot use is an error saying which key. */
+static void te_check_bad_metadata(const unsigned char *model, size_t model_size, const char *label)
+{
+    static const struct { const char *json, *key; int code; } cases[] = {
+        {"{\"sd.clip.heads\":\"5\"}", "heads", SD_ERR_SHAPE},
+        {"{\"sd.clip.heads\":\"four\"}", "sd.clip.heads", SD_ERR_FORMAT},
+        {"{\"sd.clip.hidden_act\":\"relu\"}", "sd.clip.hidden_act", SD_ERR_UNSUPPORTED},
+        {"{\"sd.clip.output\":\"first\"}", "sd.clip.output", SD_ERR_UNSUPPORTED},
+        {"{\"sd.clip.layer_norm_eps\":\"1e-5x\"}", "sd.clip.layer_norm_eps", SD_ERR_FORMAT},
+        {"{\"sd.clip.layers\":\"99\"}", "sd.clip.layers", SD_ERR_SHAPE},
+        {"{\"sd.version\":\"xl\"}", "sd.version", SD_ERR_UNSUPPORTED},
+        {"{\"sd.version\":\"1\"}", "head size 64", SD_ERR_SHAPE},   /* real SD1's defaults do not fit the tiny model */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t size;
+        unsigned char *mbytes = te_meta_file(cases[i].json, &size);
+        sd_arena *arena = test_arena(1u << 24);
+        sd_safetensors mst, st;
+        sd_text_encoder te;
+        sd_error err;
+        int rc = sd_safetensors_open(&mst, mbytes, size, arena, &err);
+        if (CHECK(rc == SD_OK, "metadata file %s: %s", cases[i].json, err.message)) {
+            rc = te_load_bytes(&te, &st, model, model_size, &mst, arena, &err);
+            CHECK(rc == cases[i].code && strstr(err.message, cases[i].key), "%s with metadata %s: rc %d, '%s'", label, cases[i].json, rc, rc ? err.message : "");
+            /* a file without a text encoder */
+            rc = sd_text_encoder_load(&te, &mst, 1, NULL, arena, &err);
+            CHECK(rc == SD_ERR_MISSING || rc == SD_ERR_UNSUPPORTED, "metadata-only file as a checkpoint: rc %d", rc);
+        }
+        free_arena(arena);
+        free(mbytes);
+    }
+}
+
+static int te_compare_names(const void *x, const void *y) { return strcmp((const char *)x, (const char *)y); }
+
+/* One model file of GOLDEN/models: its text encoder against GOLDEN/NAME/text_encoder.safetensors,
+   as stored and (for F16 files) widened to F32, plus the error cases. */
+static void te_check_model(const char *entry, const char *name, const char *file)
+{
+    char path[1024], label[700];
+    size_t size = 0, msize = 0;
+    unsigned char *bytes, *mbytes = NULL;
+    sd_error err;
+    sd_safetensors st, mst;
+    const sd_safetensors *meta = &st;
+    sd_text_encoder te;
+    int diffusers = strcmp(entry, file) != 0;
+
+    snprintf(path, sizeof path, "%s/%.250s/text_encoder.safetensors", golden_dir, name);
+    if (!file_exists(path)) { printf("text encoder: %s: no golden %s, skipped\n", entry, path); return; }
+    snprintf(path, sizeof path, "%s/models/%.250s/text_encoder_2", golden_dir, entry);
+    if (diffusers && file_exists(path)) { printf("text encoder: %s: SDXL (two text encoders), skipped\n", entry); return; }
+    snprintf(path, sizeof path, "%s/models/%.300s", golden_dir, file);
+    snprintf(label, sizeof label, "%s", file);
+    if (!CHECK((bytes = read_file(path, &size)) != NULL, "cannot read %s", path)) return;
+    sd_arena *arena = test_arena(1u << 24);
+    if (!CHECK(sd_safetensors_open(&st, bytes, size, arena, &err) == SD_OK, "%s: %s", path, err.message)) goto done;
+
+    /* a diffusers folder keeps the hyperparameters in config.json: take the single file's metadata */
+    if (diffusers) {
+        const char *suffix[2] = {"", "-fp16"};
+        for (int i = 0; i < 2 && !mbytes; i++) {
+            snprintf(path, sizeof path, "%s/models/%.250s%s.safetensors", golden_dir, name, suffix[i]);
+            mbytes = read_file(path, &msize);
+        }
+        if (mbytes && CHECK(sd_safetensors_open(&mst, mbytes, msize, arena, &err) == SD_OK, "%s: %s", path, err.message)) meta = &mst;
+        else printf("text encoder: %s: no single file beside it, using the defaults for its family\n", entry);
+    }
+    const char *version = sd_safetensors_meta(meta, "sd.version");
+    if (version && !strcmp(version, "xl")) { printf("text encoder: %s: SDXL (sd.version = xl), skipped\n", entry); goto done; }
+
+    char rel[300];
+    snprintf(rel, sizeof rel, "%.250s/text_encoder.safetensors", name);
+    golden_file *g = golden_open(rel);
+    if (!g) goto done;
+    int rc = sd_text_encoder_load(&te, &st, 1, meta == &st ? NULL : meta, arena, &err);
+    if (CHECK(rc == SD_OK, "%s: load: %s", label, err.message)) {
+        int has_f16 = 0;
+        te_check_goldens(&te, g, label);
+        te_check_errors(&te, &st, meta, label);
+        te_check_bad_metadata(bytes, size, label);
+        for (int i = 0; i < st.count; i++) has_f16 |= st.tensors[i].dtype == SD_F16 || st.tensors[i].dtype == SD_BF16;
+        if (has_f16) {
+            size_t wsize;
+            unsigned char *wide = te_rebuild(&st, 1, NULL, NULL, &wsize);
+            sd_arena *warena = test_arena(1u << 24);
+            sd_safetensors wst;
+            sd_text_encoder wte;
+            snprintf(label, sizeof label, "%s (as F32)", file);
+            rc = te_load_bytes(&wte, &wst, wide, wsize, meta == &st ? NULL : meta, warena, &err);
+            if (CHECK(rc == SD_OK && wte.token_embedding.dtype == SD_F32, "%s: load: %s", label, rc ? err.message : "not F32"))
+                te_check_goldens(&wte, g, label);
+            free_arena(warena);
+            free(wide);
+        }
+    }
+    golden_close(g);
+done:
+    free_arena(arena);
+    free(bytes);
+    free(mbytes);
+}
+
+static void test_text_encoder(void)
+{
+    static char names[256][256];
+    char path[1024];
+    int n = 0, before = n_fail;
+    snprintf(path, sizeof path, "%s/models", golden_dir);
+    DIR *dir = opendir(path);
+    if (!dir) { printf("text encoder: no %s, skipped\n", path); return; }
+    for (struct dirent *e; (e = readdir(dir)) && n < 256; )
+        if (e->d_name[0] != '.' && strlen(e->d_name) < sizeof names[0]) snprintf(names[n++], sizeof names[0], "%s", e->d_name);
+    closedir(dir);
+    qsort(names, (size_t)n, sizeof names[0], te_compare_names);
+    for (int i = 0; i < n; i++) {
+        /* NAME.safetensors, NAME-fp16.safetensors, NAME-diffusers/text_encoder/model.safetensors */
+        char name[256], file[300];
+        size_t len = strlen(names[i]);
+        snprintf(name, sizeof name, "%.200s", names[i]);
+        if (len > 12 && !strcmp(names[i] + len - 12, ".safetensors")) {
+            name[len - 12] = 0;
+            if (strlen(name) > 5 && !strcmp(name + strlen(name) - 5, "-fp16")) name[strlen(name) - 5] = 0;
+            snprintf(file, sizeof file, "%.200s", names[i]);
+        } else if (len > 10 && !strcmp(names[i] + len - 10, "-diffusers")) {
+            name[len - 10] = 0;
+            snprintf(file, sizeof file, "%.200s/text_encoder/model.safetensors", names[i]);
+        } else {
+            continue;
+        }
+        te_check_model(names[i], name, file);
+    }
+    printf("text encoder: %s\n", n_fail == before ? "ok" : "FAILED");
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1) golden_dir = argv[1];
@@ -986,6 +1348,7 @@ int main(int argc, char **argv)
     test_model_files();
     test_rng();
     test_ddim();
+    test_text_encoder();
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail != 0;
 }
