@@ -882,55 +882,860 @@ static sd_tensor tensor_rows(const sd_tensor *t, int64_t r0, int64_t n)
 }
 
 /* ---- 4. Compute kernels ------------------------------------------------------------------- */
-/* Activations are float32 and channels-last (NHWC): a [B, H, W, C] image is a [B·H·W, C] matrix,
+/* API: none. Everything here is internal (static): the thread pool, GEMM, conv2d, attention,
+   norms and activations that the model sections call.
+
+   Activations are float32 and channels-last (NHWC): a [B, H, W, C] image is a [B·H·W, C] matrix,
    so 1x1 convolutions and linear layers are one GEMM, and the transformer blocks of the UNet
    work on the same buffer without transposes. Weights keep PyTorch's layout ([out, in, kh, kw]),
-   in whatever float type the file has; kernels convert them as they go. */
+   in whatever float type the file has; kernels convert them as they go (while packing a block
+   of the weight into per-thread scratch, never the whole tensor).
+
+   SIMD is chosen at compile time from the compiler's target macros: AVX-512F, AVX2+FMA (with
+   F16C for half weights), NEON on aarch64, SSE2 (any x86-64 build without -m flags), else plain
+   C (also forced by SD_NO_SIMD). All of it is written once against a tiny vector layer
+   (vfloat, vf_*), so every kernel has one body; only the vector layer is per-ISA.
+
+   Determinism: every output element is computed by exactly one task, along a summation order
+   that depends only on the shapes (never on the thread count or the task split), so results
+   are bit-identical for any number of threads. */
+
+#if !defined(SD_NO_SIMD) && defined(__AVX512F__)
+#define SD_SIMD "avx512"
+#elif !defined(SD_NO_SIMD) && defined(__AVX2__) && defined(__FMA__)
+#define SD_SIMD "avx2"
+#elif !defined(SD_NO_SIMD) && defined(__aarch64__) && defined(__ARM_NEON)
+#define SD_SIMD "neon"
+#elif !defined(SD_NO_SIMD) && defined(__SSE2__)
+#define SD_SIMD "sse2"
+#else
+#define SD_SIMD "c"
+#endif
+
+/* The vector layer: vfloat holds VF_WIDTH floats. GEMM_MR is the micro-kernel's row count
+   (GEMM_MR x 2 vectors of accumulators fill most of the register file). */
+#if defined(__AVX512F__) && !defined(SD_NO_SIMD)
+#include <immintrin.h>
+#define VF_WIDTH 16
+#define GEMM_MR 12
+#define VF_HAS_F16 1
+#define VF_HAS_BF16 1
+typedef __m512 vfloat;
+static inline vfloat vf_zero(void) { return _mm512_setzero_ps(); }
+static inline vfloat vf_set1(float x) { return _mm512_set1_ps(x); }
+static inline vfloat vf_load(const float *p) { return _mm512_loadu_ps(p); }
+static inline void vf_store(float *p, vfloat v) { _mm512_storeu_ps(p, v); }
+static inline vfloat vf_load_n(const float *p, int n) { return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p); }
+static inline void vf_store_n(float *p, vfloat v, int n) { _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), v); }
+static inline vfloat vf_add(vfloat a, vfloat b) { return _mm512_add_ps(a, b); }
+static inline vfloat vf_sub(vfloat a, vfloat b) { return _mm512_sub_ps(a, b); }
+static inline vfloat vf_mul(vfloat a, vfloat b) { return _mm512_mul_ps(a, b); }
+static inline vfloat vf_div(vfloat a, vfloat b) { return _mm512_div_ps(a, b); }
+static inline vfloat vf_max(vfloat a, vfloat b) { return _mm512_max_ps(a, b); }
+static inline vfloat vf_min(vfloat a, vfloat b) { return _mm512_min_ps(a, b); }
+static inline vfloat vf_fma(vfloat a, vfloat b, vfloat c) { return _mm512_fmadd_ps(a, b, c); }
+static inline float vf_sum(vfloat v) { return _mm512_reduce_add_ps(v); }
+static inline vfloat vf_round(vfloat x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline vfloat vf_pow2i(vfloat n)   /* 2^n for integral n in [-127, 127]; 2^-127 gives 0 */
+{
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
+}
+static inline vfloat vf_abs(vfloat x) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff))); }
+static inline vfloat vf_select_neg(vfloat x, vfloat a, vfloat b) { return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), b, a); }
+static inline vfloat vf_load_f16(const void *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+static inline vfloat vf_load_bf16(const void *p)
+{
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
+#elif defined(__AVX2__) && defined(__FMA__) && !defined(SD_NO_SIMD)
+#include <immintrin.h>
+#define VF_WIDTH 8
+#define GEMM_MR 6
+#define VF_HAS_BF16 1
+typedef __m256 vfloat;
+static inline vfloat vf_zero(void) { return _mm256_setzero_ps(); }
+static inline vfloat vf_set1(float x) { return _mm256_set1_ps(x); }
+static inline vfloat vf_load(const float *p) { return _mm256_loadu_ps(p); }
+static inline void vf_store(float *p, vfloat v) { _mm256_storeu_ps(p, v); }
+static inline vfloat vf_load_n(const float *p, int n)
+{
+    float t[8] = {0};
+    memcpy(t, p, (size_t)n * sizeof(float));
+    return _mm256_loadu_ps(t);
+}
+static inline void vf_store_n(float *p, vfloat v, int n)
+{
+    float t[8];
+    _mm256_storeu_ps(t, v);
+    memcpy(p, t, (size_t)n * sizeof(float));
+}
+static inline vfloat vf_add(vfloat a, vfloat b) { return _mm256_add_ps(a, b); }
+static inline vfloat vf_sub(vfloat a, vfloat b) { return _mm256_sub_ps(a, b); }
+static inline vfloat vf_mul(vfloat a, vfloat b) { return _mm256_mul_ps(a, b); }
+static inline vfloat vf_div(vfloat a, vfloat b) { return _mm256_div_ps(a, b); }
+static inline vfloat vf_max(vfloat a, vfloat b) { return _mm256_max_ps(a, b); }
+static inline vfloat vf_min(vfloat a, vfloat b) { return _mm256_min_ps(a, b); }
+static inline vfloat vf_fma(vfloat a, vfloat b, vfloat c) { return _mm256_fmadd_ps(a, b, c); }
+static inline float vf_sum(vfloat v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+static inline vfloat vf_round(vfloat x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline vfloat vf_pow2i(vfloat n)
+{
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+}
+static inline vfloat vf_abs(vfloat x) { return _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))); }
+static inline vfloat vf_select_neg(vfloat x, vfloat a, vfloat b) { return _mm256_blendv_ps(b, a, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ)); }
+#ifdef __F16C__
+#define VF_HAS_F16 1
+static inline vfloat vf_load_f16(const void *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+#endif
+static inline vfloat vf_load_bf16(const void *p)
+{
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+
+#elif defined(__aarch64__) && defined(__ARM_NEON) && !defined(SD_NO_SIMD)
+#include <arm_neon.h>
+#define VF_WIDTH 4
+#define GEMM_MR 8
+#define VF_HAS_F16 1
+#define VF_HAS_BF16 1
+typedef float32x4_t vfloat;
+static inline vfloat vf_zero(void) { return vdupq_n_f32(0.0f); }
+static inline vfloat vf_set1(float x) { return vdupq_n_f32(x); }
+static inline vfloat vf_load(const float *p) { return vld1q_f32(p); }
+static inline void vf_store(float *p, vfloat v) { vst1q_f32(p, v); }
+static inline vfloat vf_load_n(const float *p, int n)
+{
+    float t[4] = {0};
+    memcpy(t, p, (size_t)n * sizeof(float));
+    return vld1q_f32(t);
+}
+static inline void vf_store_n(float *p, vfloat v, int n)
+{
+    float t[4];
+    vst1q_f32(t, v);
+    memcpy(p, t, (size_t)n * sizeof(float));
+}
+static inline vfloat vf_add(vfloat a, vfloat b) { return vaddq_f32(a, b); }
+static inline vfloat vf_sub(vfloat a, vfloat b) { return vsubq_f32(a, b); }
+static inline vfloat vf_mul(vfloat a, vfloat b) { return vmulq_f32(a, b); }
+static inline vfloat vf_div(vfloat a, vfloat b) { return vdivq_f32(a, b); }
+static inline vfloat vf_max(vfloat a, vfloat b) { return vmaxq_f32(a, b); }
+static inline vfloat vf_min(vfloat a, vfloat b) { return vminq_f32(a, b); }
+static inline vfloat vf_fma(vfloat a, vfloat b, vfloat c) { return vfmaq_f32(c, a, b); }
+static inline float vf_sum(vfloat v) { return vaddvq_f32(v); }
+static inline vfloat vf_round(vfloat x) { return vrndnq_f32(x); }
+static inline vfloat vf_pow2i(vfloat n)
+{
+    return vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23));
+}
+static inline vfloat vf_abs(vfloat x) { return vabsq_f32(x); }
+static inline vfloat vf_select_neg(vfloat x, vfloat a, vfloat b) { return vbslq_f32(vcltq_f32(x, vdupq_n_f32(0.0f)), a, b); }
+static inline vfloat vf_load_f16(const void *p)
+{
+    uint16_t h[4];
+    memcpy(h, p, sizeof h);
+    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
+}
+static inline vfloat vf_load_bf16(const void *p)
+{
+    uint16_t h[4];
+    memcpy(h, p, sizeof h);
+    return vreinterpretq_f32_u32(vshlq_n_u32(vmovl_u16(vld1_u16(h)), 16));
+}
+
+#elif defined(__SSE2__) && !defined(SD_NO_SIMD)
+/* x86-64 without -m flags: SSE2, 4 lanes, no FMA. */
+#include <emmintrin.h>
+#define VF_WIDTH 4
+#define GEMM_MR 6
+#define VF_HAS_BF16 1
+typedef __m128 vfloat;
+static inline vfloat vf_zero(void) { return _mm_setzero_ps(); }
+static inline vfloat vf_set1(float x) { return _mm_set1_ps(x); }
+static inline vfloat vf_load(const float *p) { return _mm_loadu_ps(p); }
+static inline void vf_store(float *p, vfloat v) { _mm_storeu_ps(p, v); }
+static inline vfloat vf_load_n(const float *p, int n)
+{
+    float t[4] = {0};
+    memcpy(t, p, (size_t)n * sizeof(float));
+    return _mm_loadu_ps(t);
+}
+static inline void vf_store_n(float *p, vfloat v, int n)
+{
+    float t[4];
+    _mm_storeu_ps(t, v);
+    memcpy(p, t, (size_t)n * sizeof(float));
+}
+static inline vfloat vf_add(vfloat a, vfloat b) { return _mm_add_ps(a, b); }
+static inline vfloat vf_sub(vfloat a, vfloat b) { return _mm_sub_ps(a, b); }
+static inline vfloat vf_mul(vfloat a, vfloat b) { return _mm_mul_ps(a, b); }
+static inline vfloat vf_div(vfloat a, vfloat b) { return _mm_div_ps(a, b); }
+static inline vfloat vf_max(vfloat a, vfloat b) { return _mm_max_ps(a, b); }
+static inline vfloat vf_min(vfloat a, vfloat b) { return _mm_min_ps(a, b); }
+static inline vfloat vf_fma(vfloat a, vfloat b, vfloat c) { return _mm_add_ps(_mm_mul_ps(a, b), c); }
+static inline float vf_sum(vfloat v)
+{
+    __m128 s = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+static inline vfloat vf_round(vfloat x) { return _mm_cvtepi32_ps(_mm_cvtps_epi32(x)); }   /* |x| < 2^31 here */
+static inline vfloat vf_pow2i(vfloat n)
+{
+    return _mm_castsi128_ps(_mm_slli_epi32(_mm_add_epi32(_mm_cvtps_epi32(n), _mm_set1_epi32(127)), 23));
+}
+static inline vfloat vf_abs(vfloat x) { return _mm_and_ps(x, _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff))); }
+static inline vfloat vf_select_neg(vfloat x, vfloat a, vfloat b)
+{
+    __m128 m = _mm_cmplt_ps(x, _mm_setzero_ps());
+    return _mm_or_ps(_mm_and_ps(m, a), _mm_andnot_ps(m, b));
+}
+static inline vfloat vf_load_bf16(const void *p)
+{
+    return _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64((const __m128i *)p)));
+}
+
+#else
+/* Plain C: a 4-float struct; compilers turn the lane loops into SSE2 or NEON where they can. */
+#define VF_WIDTH 4
+#define GEMM_MR 4
+typedef struct vfloat { float v[4]; } vfloat;
+#define VF_LANES(r, expr) do { for (int l_ = 0; l_ < 4; l_++) (r).v[l_] = (expr); } while (0)
+static inline vfloat vf_zero(void) { vfloat r; VF_LANES(r, 0.0f); return r; }
+static inline vfloat vf_set1(float x) { vfloat r; VF_LANES(r, x); return r; }
+static inline vfloat vf_load(const float *p) { vfloat r; memcpy(r.v, p, sizeof r.v); return r; }
+static inline void vf_store(float *p, vfloat v) { memcpy(p, v.v, sizeof v.v); }
+static inline vfloat vf_load_n(const float *p, int n) { vfloat r = vf_zero(); memcpy(r.v, p, (size_t)n * sizeof(float)); return r; }
+static inline void vf_store_n(float *p, vfloat v, int n) { memcpy(p, v.v, (size_t)n * sizeof(float)); }
+static inline vfloat vf_add(vfloat a, vfloat b) { vfloat r; VF_LANES(r, a.v[l_] + b.v[l_]); return r; }
+static inline vfloat vf_sub(vfloat a, vfloat b) { vfloat r; VF_LANES(r, a.v[l_] - b.v[l_]); return r; }
+static inline vfloat vf_mul(vfloat a, vfloat b) { vfloat r; VF_LANES(r, a.v[l_] * b.v[l_]); return r; }
+static inline vfloat vf_div(vfloat a, vfloat b) { vfloat r; VF_LANES(r, a.v[l_] / b.v[l_]); return r; }
+static inline vfloat vf_max(vfloat a, vfloat b) { vfloat r; VF_LANES(r, a.v[l_] > b.v[l_] ? a.v[l_] : b.v[l_]); return r; }
+static inline vfloat vf_min(vfloat a, vfloat b) { vfloat r; VF_LANES(r, a.v[l_] < b.v[l_] ? a.v[l_] : b.v[l_]); return r; }
+static inline vfloat vf_fma(vfloat a, vfloat b, vfloat c) { vfloat r; VF_LANES(r, a.v[l_] * b.v[l_] + c.v[l_]); return r; }
+static inline float vf_sum(vfloat v) { return (v.v[0] + v.v[2]) + (v.v[1] + v.v[3]); }
+static inline vfloat vf_round(vfloat x) { vfloat r; VF_LANES(r, floorf(x.v[l_] + 0.5f)); return r; }
+static inline vfloat vf_pow2i(vfloat n)
+{
+    vfloat r;
+    for (int l = 0; l < 4; l++) { uint32_t b = (uint32_t)((int32_t)n.v[l] + 127) << 23; memcpy(&r.v[l], &b, 4); }
+    return r;
+}
+static inline vfloat vf_abs(vfloat x) { vfloat r; VF_LANES(r, fabsf(x.v[l_])); return r; }
+static inline vfloat vf_select_neg(vfloat x, vfloat a, vfloat b) { vfloat r; VF_LANES(r, x.v[l_] < 0 ? a.v[l_] : b.v[l_]); return r; }
+#endif
+
+/* r[i] lane j <-> r[j] lane i: a VF_WIDTH x VF_WIDTH transpose in registers (weight packing). */
+#if defined(__AVX512F__) && !defined(SD_NO_SIMD)
+static inline void vf_transpose(vfloat *r)
+{
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+        __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    /* r[4g + j], 128-bit lane L, now holds column 4L + j of rows 4g..4g+3 */
+    for (int j = 0; j < 4; j++) {
+        __m512 u0 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88), u1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);
+        __m512 u2 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88), u3 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
+        t[j] = _mm512_shuffle_f32x4(u0, u2, 0x88);
+        t[j + 8] = _mm512_shuffle_f32x4(u0, u2, 0xdd);
+        t[j + 4] = _mm512_shuffle_f32x4(u1, u3, 0x88);
+        t[j + 12] = _mm512_shuffle_f32x4(u1, u3, 0xdd);
+    }
+    for (int i = 0; i < 16; i++) r[i] = t[i];
+}
+#elif defined(__AVX2__) && defined(__FMA__) && !defined(SD_NO_SIMD)
+static inline void vf_transpose(vfloat *r)
+{
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) {   /* u[4i + j], 128-bit lane L: column 4L + j of rows 4i..4i+3 */
+        u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xee);
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xee);
+    }
+    for (int j = 0; j < 4; j++) {
+        r[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
+        r[4 + j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
+    }
+}
+#elif defined(__aarch64__) && defined(__ARM_NEON) && !defined(SD_NO_SIMD)
+static inline void vf_transpose(vfloat *r)
+{
+    float32x4x2_t p = vtrnq_f32(r[0], r[1]), q = vtrnq_f32(r[2], r[3]);
+    r[0] = vcombine_f32(vget_low_f32(p.val[0]), vget_low_f32(q.val[0]));
+    r[1] = vcombine_f32(vget_low_f32(p.val[1]), vget_low_f32(q.val[1]));
+    r[2] = vcombine_f32(vget_high_f32(p.val[0]), vget_high_f32(q.val[0]));
+    r[3] = vcombine_f32(vget_high_f32(p.val[1]), vget_high_f32(q.val[1]));
+}
+#elif defined(__SSE2__) && !defined(SD_NO_SIMD)
+static inline void vf_transpose(vfloat *r) { _MM_TRANSPOSE4_PS(r[0], r[1], r[2], r[3]); }
+#else
+static inline void vf_transpose(vfloat *r)
+{
+    for (int i = 0; i < 4; i++)
+        for (int j = i + 1; j < 4; j++) { float t = r[i].v[j]; r[i].v[j] = r[j].v[i]; r[j].v[i] = t; }
+}
+#endif
+
+/* Conversions to f32 of VF_WIDTH stored values, for the builds that have no vector form. */
+#ifndef VF_HAS_F16
+static inline vfloat vf_load_f16(const void *p)
+{
+    float t[VF_WIDTH];
+    for (int i = 0; i < VF_WIDTH; i++) { uint16_t h; memcpy(&h, (const char *)p + 2 * i, 2); t[i] = sd_f16_to_f32(h); }
+    return vf_load(t);
+}
+#endif
+#ifndef VF_HAS_BF16
+static inline vfloat vf_load_bf16(const void *p)
+{
+    float t[VF_WIDTH];
+    for (int i = 0; i < VF_WIDTH; i++) { uint16_t h; memcpy(&h, (const char *)p + 2 * i, 2); t[i] = sd_bf16_to_f32(h); }
+    return vf_load(t);
+}
+#endif
+
+/* 2^x on vectors (softmax): splits x = n + f with |f| <= 1/2, evaluates 2^f with a
+   degree-6 polynomial (Cephes exp2f, ~2 ulp) and scales by 2^n built in the exponent bits.
+   x <= -126.5 gives exactly 0 (so masked softmax scores vanish), x is clamped at 127.5. */
+static inline vfloat vf_exp2(vfloat x)
+{
+    x = vf_max(vf_min(x, vf_set1(127.5f)), vf_set1(-127.0f));
+    vfloat n = vf_round(x), f = vf_sub(x, n);
+    vfloat p = vf_set1(1.535336188319500e-4f);
+    p = vf_fma(p, f, vf_set1(1.339887440266574e-3f));
+    p = vf_fma(p, f, vf_set1(9.618437357674640e-3f));
+    p = vf_fma(p, f, vf_set1(5.550332471162809e-2f));
+    p = vf_fma(p, f, vf_set1(2.402264791363012e-1f));
+    p = vf_fma(p, f, vf_set1(6.931472028550421e-1f));
+    p = vf_fma(p, f, vf_set1(1.0f));
+    return vf_mul(p, vf_pow2i(n));
+}
+
+/* e^x: x = n·ln2 + r with ln2 in two parts (Cody-Waite) so r is exact, then Cephes expf's
+   polynomial for e^r; relative error ~1e-7 over the whole range (below e^-87 it gives 0). */
+static inline vfloat vf_exp(vfloat x)
+{
+    x = vf_max(vf_min(x, vf_set1(88.0f)), vf_set1(-88.0f));
+    vfloat n = vf_round(vf_mul(x, vf_set1(1.4426950408889634f)));
+    vfloat r = vf_fma(n, vf_set1(-0.693359375f), x);
+    r = vf_fma(n, vf_set1(2.12194440e-4f), r);
+    vfloat p = vf_set1(1.9875691500e-4f);
+    p = vf_fma(p, r, vf_set1(1.3981999507e-3f));
+    p = vf_fma(p, r, vf_set1(8.3334519073e-3f));
+    p = vf_fma(p, r, vf_set1(4.1665795894e-2f));
+    p = vf_fma(p, r, vf_set1(1.6666665459e-1f));
+    p = vf_fma(p, r, vf_set1(5.0000001201e-1f));
+    p = vf_fma(p, vf_mul(r, r), vf_add(r, vf_set1(1.0f)));
+    return vf_mul(p, vf_pow2i(n));
+}
+
+/* erfc(a) for a >= 0 with relative error < 1.2e-7 everywhere (Numerical Recipes' erfcc, a
+   Chebyshev fit): t = 1/(1 + a/2), erfc = t·exp(-a² + P(t)). GELU uses it so that its negative
+   tail keeps its relative precision instead of cancelling in 1 + erf. */
+static inline vfloat vf_erfc_pos(vfloat a)
+{
+    vfloat t = vf_div(vf_set1(1.0f), vf_fma(vf_set1(0.5f), a, vf_set1(1.0f)));
+    vfloat p = vf_set1(0.17087277f);
+    p = vf_fma(p, t, vf_set1(-0.82215223f));
+    p = vf_fma(p, t, vf_set1(1.48851587f));
+    p = vf_fma(p, t, vf_set1(-1.13520398f));
+    p = vf_fma(p, t, vf_set1(0.27886807f));
+    p = vf_fma(p, t, vf_set1(-0.18628806f));
+    p = vf_fma(p, t, vf_set1(0.09678418f));
+    p = vf_fma(p, t, vf_set1(0.37409196f));
+    p = vf_fma(p, t, vf_set1(1.00002368f));
+    p = vf_fma(p, t, vf_set1(-1.26551223f));
+    return vf_mul(t, vf_exp(vf_sub(p, vf_mul(a, a))));
+}
+
+static inline vfloat vf_silu(vfloat x) { return vf_div(x, vf_add(vf_set1(1.0f), vf_exp(vf_sub(vf_zero(), x)))); }
+/* GELU(x) = x·Φ(x) with Φ(x) = erfc(-x/√2)/2: for x < 0 that is erfc(|x|/√2)/2, else 1 minus it. */
+static inline vfloat vf_gelu(vfloat x)
+{
+    vfloat h = vf_mul(vf_set1(0.5f), vf_erfc_pos(vf_mul(vf_abs(x), vf_set1(0.70710678118654752f))));
+    return vf_mul(x, vf_select_neg(x, h, vf_sub(vf_set1(1.0f), h)));
+}
+
+/* n values of a float tensor starting at element i, as f32 into dst. */
+static void tensor_floats(float *dst, const sd_tensor *t, size_t i, int n)
+{
+    const unsigned char *src = (const unsigned char *)t->data;
+    int k = 0;
+    switch (t->dtype) {
+    case SD_F32:
+        memcpy(dst, src + 4 * i, (size_t)n * 4);
+        return;
+    case SD_F16:
+        src += 2 * i;
+        for (; k + VF_WIDTH <= n; k += VF_WIDTH) vf_store(dst + k, vf_load_f16(src + 2 * k));
+        for (; k < n; k++) { uint16_t h; memcpy(&h, src + 2 * k, 2); dst[k] = sd_f16_to_f32(h); }
+        return;
+    case SD_BF16:
+        src += 2 * i;
+        for (; k + VF_WIDTH <= n; k += VF_WIDTH) vf_store(dst + k, vf_load_bf16(src + 2 * k));
+        for (; k < n; k++) { uint16_t h; memcpy(&h, src + 2 * k, 2); dst[k] = sd_bf16_to_f32(h); }
+        return;
+    default:
+        for (; k < n; k++) dst[k] = tensor_get(t, i + (size_t)k);
+        return;
+    }
+}
+
+/* ---- thread pool ---- */
 
 /* A compute context: worker threads and per-thread scratch, set up once per run (from the
-   arena) so that kernels never allocate. */
+   arena) so that kernels never allocate. Workers sleep on a condition variable between
+   pool_run calls. The struct must stay where pool_init put it until pool_free, and the arena
+   must not be reset below the pool while it lives (worker stacks are in it). */
 #define SD_MAX_THREADS 64
-#define SD_POOL_SCRATCH_FLOATS (1u << 18)   /* per thread: attention scores for 4096+ keys, tiles */
+#define SD_POOL_SCRATCH_FLOATS (1u << 18)   /* per thread: packed weight blocks, attention tiles */
+#ifndef SD_POOL_STACK_BYTES
+#define SD_POOL_STACK_BYTES (1u << 20)      /* per worker thread: kernels use a few KiB, sanitizers more */
+#endif
+
+#ifndef SD_NO_THREADS
+#include <pthread.h>
+#if !defined(__cplusplus) && (!defined(_POSIX_C_SOURCE) || _POSIX_C_SOURCE < 200112L)
+/* Strict C99 hides this POSIX.1-2001 function; the library has it all the same. */
+int pthread_attr_setstack(pthread_attr_t *attr, void *stackaddr, size_t stacksize);
+#endif
+#endif
+
+typedef void (*pool_task)(void *arg, int task, int thread);
+
+struct sd_pool;
+typedef struct pool_worker { struct sd_pool *pool; int index; } pool_worker;
 
 struct sd_pool {
     int threads;
     float *scratch[SD_MAX_THREADS];
     size_t scratch_floats;
+#ifndef SD_NO_THREADS
+    int started, sync_ready;
+    pthread_t tid[SD_MAX_THREADS];
+    pool_worker worker[SD_MAX_THREADS];
+    pthread_mutex_t lock;
+    pthread_cond_t wake, idle;
+    pool_task fn;              /* the current job, valid while busy > 0 */
+    void *arg;
+    int ntasks, next, busy, quit;
+    unsigned long generation;  /* bumped by each pool_run, so sleeping workers know it is new */
+#endif
 };
 
-typedef void (*pool_task)(void *arg, int task, int thread);
+#ifdef SD_NO_THREADS
+#define POOL_THREADS(t) 1
+#else
+#define POOL_THREADS(t) (t)
+#endif
+#define POOL_PAGE 4096u
 
-/* Arena bytes pool_init takes for `threads` threads. */
+/* Arena bytes pool_init takes for `threads` threads: scratch for each, a stack for each worker. */
 static size_t pool_arena_bytes(int threads)
 {
-    return (size_t)threads * (SD_POOL_SCRATCH_FLOATS * sizeof(float) + SD_ALIGN);
+    size_t scratch = (SD_POOL_SCRATCH_FLOATS * sizeof(float) + SD_ALIGN - 1) & ~(size_t)(SD_ALIGN - 1);
+    size_t stack = ((size_t)SD_POOL_STACK_BYTES + POOL_PAGE + SD_ALIGN - 1) & ~(size_t)(SD_ALIGN - 1);
+    if (threads < 1) threads = 1;
+    if (threads > SD_MAX_THREADS) threads = SD_MAX_THREADS;
+    threads = POOL_THREADS(threads);
+    return (size_t)threads * scratch + (size_t)(threads - 1) * stack;
+}
+
+#ifndef SD_NO_THREADS
+static void *pool_worker_main(void *p)
+{
+    pool_worker *w = (pool_worker *)p;
+    sd_pool *pool = w->pool;
+    unsigned long seen = 0;
+    pthread_mutex_lock(&pool->lock);
+    for (;;) {
+        while (!pool->quit && pool->generation == seen) pthread_cond_wait(&pool->wake, &pool->lock);
+        if (pool->quit) break;
+        seen = pool->generation;
+        while (pool->next < pool->ntasks) {
+            int task = pool->next++;
+            pool_task fn = pool->fn;
+            void *arg = pool->arg;
+            pthread_mutex_unlock(&pool->lock);
+            fn(arg, task, w->index);
+            pthread_mutex_lock(&pool->lock);
+        }
+        if (--pool->busy == 0) pthread_cond_signal(&pool->idle);
+    }
+    pthread_mutex_unlock(&pool->lock);
+    return NULL;
+}
+#endif
+
+static void pool_free(sd_pool *p)
+{
+#ifndef SD_NO_THREADS
+    if (p->sync_ready) {
+        pthread_mutex_lock(&p->lock);
+        p->quit = 1;
+        pthread_cond_broadcast(&p->wake);
+        pthread_mutex_unlock(&p->lock);
+        for (int i = 0; i < p->started; i++) pthread_join(p->tid[i], NULL);
+        pthread_cond_destroy(&p->idle);
+        pthread_cond_destroy(&p->wake);
+        pthread_mutex_destroy(&p->lock);
+        p->sync_ready = 0;
+    }
+    p->started = 0;
+#endif
+    p->threads = 0;
 }
 
 static int pool_init(sd_pool *p, int threads, sd_arena *a, sd_error *err)
 {
+    size_t mark = sd_arena_mark(a);
     memset(p, 0, sizeof *p);
     if (threads < 1 || threads > SD_MAX_THREADS) return fail(err, SD_ERR_ARG, "threads = %d: must be 1..%d", threads, SD_MAX_THREADS);
-    p->threads = threads;
+    p->threads = POOL_THREADS(threads);
     p->scratch_floats = SD_POOL_SCRATCH_FLOATS;
-    for (int t = 0; t < threads; t++)
-        if (!(p->scratch[t] = arena_floats(a, p->scratch_floats, err))) return SD_ERR_MEMORY;
+    for (int t = 0; t < p->threads; t++)
+        if (!(p->scratch[t] = arena_floats(a, p->scratch_floats, err))) { sd_arena_reset(a, mark); return SD_ERR_MEMORY; }
+#ifndef SD_NO_THREADS
+    if (p->threads > 1) {
+        if (pthread_mutex_init(&p->lock, NULL)) {
+            sd_arena_reset(a, mark);
+            return fail(err, SD_ERR_UNSUPPORTED, "thread pool: pthread_mutex_init failed");
+        }
+        pthread_cond_init(&p->wake, NULL);
+        pthread_cond_init(&p->idle, NULL);
+        p->sync_ready = 1;
+        for (int t = 1; t < p->threads; t++) {
+            unsigned char *stack = (unsigned char *)sd_arena_alloc(a, SD_POOL_STACK_BYTES + POOL_PAGE, err);
+            pthread_attr_t attr;
+            int rc;
+            if (!stack) { pool_free(p); sd_arena_reset(a, mark); return SD_ERR_MEMORY; }
+            stack += (POOL_PAGE - (uintptr_t)stack % POOL_PAGE) % POOL_PAGE;
+            p->worker[t].pool = p;
+            p->worker[t].index = t;
+            pthread_attr_init(&attr);
+            rc = pthread_attr_setstack(&attr, stack, SD_POOL_STACK_BYTES);
+            if (!rc) rc = pthread_create(&p->tid[p->started], &attr, pool_worker_main, &p->worker[t]);
+            pthread_attr_destroy(&attr);
+            if (rc) {
+                pool_free(p);
+                sd_arena_reset(a, mark);
+                return fail(err, SD_ERR_UNSUPPORTED, "thread pool: cannot start thread %d of %d (error %d)", t, threads, rc);
+            }
+            p->started++;
+        }
+    }
+#endif
     return SD_OK;
 }
 
-static void pool_free(sd_pool *p) { (void)p; }
-
-/* Runs fn(arg, task, thread) for task = 0..ntasks-1. Each task writes its own part of the output,
-   so the result does not depend on how tasks are spread over threads. */
+/* Runs fn(arg, task, thread) for task = 0..ntasks-1 on the pool's threads (the caller is thread
+   0) and returns when all are done. Tasks are handed out first come first served; each task
+   writes its own part of the output, so the result does not depend on which thread ran it. */
 static void pool_run(sd_pool *pool, pool_task fn, void *arg, int ntasks)
 {
+#ifndef SD_NO_THREADS
+    if (pool->started > 0 && ntasks > 1) {
+        pthread_mutex_lock(&pool->lock);
+        pool->fn = fn;
+        pool->arg = arg;
+        pool->ntasks = ntasks;
+        pool->next = 0;
+        pool->busy = pool->started;
+        pool->generation++;
+        pthread_cond_broadcast(&pool->wake);
+        while (pool->next < pool->ntasks) {
+            int task = pool->next++;
+            pthread_mutex_unlock(&pool->lock);
+            fn(arg, task, 0);
+            pthread_mutex_lock(&pool->lock);
+        }
+        while (pool->busy > 0) pthread_cond_wait(&pool->idle, &pool->lock);
+        pthread_mutex_unlock(&pool->lock);
+        return;
+    }
+#endif
     (void)pool;
     for (int t = 0; t < ntasks; t++) fn(arg, t, 0);
+}
+
+/* ---- GEMM ---- */
+
+/* y = x·wᵀ is computed BLIS-style: the weight is packed, one block of GEMM_KC_MAX x GEMM_NC at
+   a time and converted to f32 on the way, into panels of GEMM_NR columns laid out k-major in
+   the thread's scratch; a register-blocked micro-kernel then multiplies GEMM_MR rows of x
+   (read in place, one broadcast per element) by a panel, accumulating in registers.
+   Convolutions use the same kernel as an implicit GEMM: the K axis runs over (tap, channel),
+   and a row of "x" for tap (ky, kx) is just the input pixel that tap sees, or a zero row in the
+   padding, so no im2col buffer is ever built. */
+#define GEMM_NR (2 * VF_WIDTH)
+#define GEMM_KC_MAX 288          /* K per packed block: a 3x3 conv's 9 taps x 32 channels */
+#define GEMM_NC 512              /* N per packed block: 288 x 512 floats = 576 KiB, fits L2 */
+#define GEMM_SMALL_M 4           /* below this many rows, dot products beat packing */
+
+static const float zero_row[GEMM_KC_MAX] = {0};   /* the input "pixel" in the padding */
+
+#if GEMM_MR == 12
+#define GEMM_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+#elif GEMM_MR == 8
+#define GEMM_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#elif GEMM_MR == 6
+#define GEMM_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+#else
+#define GEMM_ROWS(X) X(0) X(1) X(2) X(3)
+#endif
+
+/* c[0..nr) (+)= v0:v1, + bias, for one row of a tile. */
+static inline void tile_store_row(float *c, vfloat v0, vfloat v1, int nr, int load, const float *bias)
+{
+    if (nr == GEMM_NR) {
+        if (load) { v0 = vf_add(vf_load(c), v0); v1 = vf_add(vf_load(c + VF_WIDTH), v1); }
+        if (bias) { v0 = vf_add(v0, vf_load(bias)); v1 = vf_add(v1, vf_load(bias + VF_WIDTH)); }
+        vf_store(c, v0);
+        vf_store(c + VF_WIDTH, v1);
+    } else {
+        int n0 = nr < VF_WIDTH ? nr : VF_WIDTH, n1 = nr - n0;
+        if (load) { v0 = vf_add(vf_load_n(c, n0), v0); if (n1) v1 = vf_add(vf_load_n(c + VF_WIDTH, n1), v1); }
+        if (bias) { v0 = vf_add(v0, vf_load_n(bias, n0)); if (n1) v1 = vf_add(v1, vf_load_n(bias + VF_WIDTH, n1)); }
+        vf_store_n(c, v0, n0);
+        if (n1) vf_store_n(c + VF_WIDTH, v1, n1);
+    }
+}
+
+/* The micro-kernel: a GEMM_MR x GEMM_NR tile of c (row stride ldc) (+)= Σ_k a_i[k] · bp[k][j].
+   The K axis is nseg segments of len values; a[s·GEMM_MR + i] points at row i's values for
+   segment s, and bp holds nseg·len packed rows of GEMM_NR. Only rows < mr and columns < nr
+   are stored (the others compute on duplicated or zero data); bias (if not NULL) is added. */
+static void gemm_tile(const float *const *a, int nseg, int len, const float *bp, float *c, int ldc,
+                      int mr, int nr, int load, const float *bias)
+{
+#define TILE_DECL(i) vfloat c##i##0 = vf_zero(), c##i##1 = vf_zero();
+#define TILE_PTR(i) const float *a##i = a[i];
+#define TILE_FMA(i) t = vf_set1(a##i[k]); c##i##0 = vf_fma(t, b0, c##i##0); c##i##1 = vf_fma(t, b1, c##i##1);
+#define TILE_STORE(i) if (i < mr) tile_store_row(c + (size_t)i * ldc, c##i##0, c##i##1, nr, load, bias);
+    GEMM_ROWS(TILE_DECL)
+    for (int s = 0; s < nseg; s++, a += GEMM_MR) {
+        GEMM_ROWS(TILE_PTR)
+        for (int k = 0; k < len; k++, bp += GEMM_NR) {
+            vfloat b0 = vf_load(bp), b1 = vf_load(bp + VF_WIDTH), t;
+            GEMM_ROWS(TILE_FMA)
+        }
+    }
+    GEMM_ROWS(TILE_STORE)
+#undef TILE_DECL
+#undef TILE_PTR
+#undef TILE_FMA
+#undef TILE_STORE
+}
+
+/* Packs columns n0..n0+nc of the weight's K block into GEMM_NR-wide k-major panels:
+   bp[panel][k][j] = w[n0 + panel·NR + j][src0 + s] where the block's source values s run over
+   `len` channels x `taps` taps (PyTorch's [Cout, Cin, kh, kw] order) and the packed k puts the
+   taps outermost (k = tap·len + channel), matching the micro-kernel's segments. */
+/* Packing goes VF_WIDTH weight rows x VF_WIDTH values at a time: converted as loaded,
+   transposed in registers, stored as VF_WIDTH packed k-rows (several times faster than a
+   scalar scatter, which matters when few rows of x share each packed block). */
+static inline vfloat pack_load(const unsigned char *p, sd_dtype dt, int n)
+{
+    unsigned char t[4 * VF_WIDTH];
+    if (n < VF_WIDTH) { memset(t, 0, sizeof t); memcpy(t, p, (size_t)n * sd_dtype_size(dt)); p = t; }
+    if (dt == SD_F32) { float f[VF_WIDTH]; memcpy(f, p, sizeof f); return vf_load(f); }
+    return dt == SD_F16 ? vf_load_f16(p) : vf_load_bf16(p);
+}
+
+static void pack_weights(float *bp, const sd_tensor *w, int64_t row_len, int n0, int nc, int64_t src0,
+                         int len, int taps)
+{
+    int kb = len * taps, panels = (nc + GEMM_NR - 1) / GEMM_NR;
+    size_t es = sd_dtype_size(w->dtype);
+    int fast = w->dtype == SD_F32 || w->dtype == SD_F16 || w->dtype == SD_BF16;
+    for (int p = 0; p < panels; p++)
+        for (int g = 0; g < GEMM_NR; g += VF_WIDTH) {
+            float *dst = bp + (size_t)p * kb * GEMM_NR + g;
+            int rows = nc - p * GEMM_NR - g;
+            int64_t first = (int64_t)(n0 + p * GEMM_NR + g) * row_len + src0;
+            for (int s0 = 0; s0 < kb; s0 += VF_WIDTH) {
+                int ns = kb - s0 < VF_WIDTH ? kb - s0 : VF_WIDTH;
+                vfloat r[VF_WIDTH];
+                for (int i = 0; i < VF_WIDTH; i++) {
+                    int64_t at = first + (int64_t)i * row_len + s0;
+                    if (i >= rows) r[i] = vf_zero();
+                    else if (fast) r[i] = pack_load((const unsigned char *)w->data + (size_t)at * es, w->dtype, ns);
+                    else {   /* other float types (F64): element by element */
+                        float f[VF_WIDTH] = {0};
+                        for (int c = 0; c < ns; c++) f[c] = tensor_get(w, (size_t)(at + c));
+                        r[i] = vf_load(f);
+                    }
+                }
+                vf_transpose(r);
+                for (int c = 0; c < ns; c++) {
+                    int s = s0 + c, k = taps == 1 ? s : (s % taps) * len + s / taps;
+                    vf_store(dst + (size_t)k * GEMM_NR, r[c]);
+                }
+            }
+        }
+}
+
+/* One matmul or convolution, split into a grid of gm x gn tasks over (rows, columns). */
+typedef struct gemm_job {
+    sd_pool *pool;
+    float *y;
+    int ldy;
+    const float *x;
+    int ldx, M, N;
+    const sd_tensor *w, *b;
+    int accumulate;
+    int conv, H, W, Cin, Ho, Wo, k, s, pad;      /* implicit GEMM geometry when conv */
+    int64_t row_len;                             /* weight values per output column */
+    int depth, taps, nblocks, blen;              /* K = depth x taps, in blocks of blen x taps */
+    int gm, gn, mb, nb;                          /* task grid and its block sizes */
+} gemm_job;
+
+/* Row pointers of the micro-tile at output rows m.. (mr valid) for the K block starting at
+   channel c0: GEMM_MR of them per tap. Rows past mr repeat row m. */
+static void gemm_rows(const gemm_job *j, int m, int mr, int c0, const float **rows)
+{
+    for (int i = 0; i < GEMM_MR; i++) {
+        int r = m + (i < mr ? i : 0);
+        if (!j->conv) { rows[i] = j->x + (size_t)r * j->ldx + c0; continue; }
+        int hw = j->Ho * j->Wo, bi = r / hw, oy = (r % hw) / j->Wo, ox = r % j->Wo;
+        for (int ky = 0, t = 0; ky < j->k; ky++) {
+            int iy = oy * j->s + ky - j->pad;
+            for (int kx = 0; kx < j->k; kx++, t++) {
+                int ix = ox * j->s + kx - j->pad;
+                rows[t * GEMM_MR + i] = (iy < 0 || iy >= j->H || ix < 0 || ix >= j->W) ? zero_row
+                    : j->x + (((size_t)bi * j->H + iy) * j->W + ix) * j->Cin + c0;
+            }
+        }
+    }
+}
+
+static void gemm_task(void *arg, int task, int thread)
+{
+    const gemm_job *j = (const gemm_job *)arg;
+    int m_lo = (task / j->gn) * j->mb, n_lo = (task % j->gn) * j->nb;
+    int m_hi = m_lo + j->mb < j->M ? m_lo + j->mb : j->M, n_hi = n_lo + j->nb < j->N ? n_lo + j->nb : j->N;
+    float *bp = j->pool->scratch[thread], *bias = bp + GEMM_KC_MAX * GEMM_NC;
+    const float **rows = (const float **)(void *)(bias + GEMM_NC);
+    for (int jc = n_lo; jc < n_hi; jc += GEMM_NC) {
+        int nc = n_hi - jc < GEMM_NC ? n_hi - jc : GEMM_NC;
+        if (j->b) tensor_floats(bias, j->b, (size_t)jc, nc);
+        for (int p = 0; p < j->nblocks; p++) {
+            int c0 = p * j->blen, len = j->depth - c0 < j->blen ? j->depth - c0 : j->blen, kb = len * j->taps;
+            int load = p > 0 || j->accumulate;
+            const float *bb = p == j->nblocks - 1 && j->b ? bias : NULL;
+            pack_weights(bp, j->w, j->row_len, jc, nc, (int64_t)c0 * j->taps, len, j->taps);
+            for (int m = m_lo; m < m_hi; m += GEMM_MR) {
+                int mr = m_hi - m < GEMM_MR ? m_hi - m : GEMM_MR;
+                gemm_rows(j, m, mr, c0, rows);
+                for (int pn = 0; pn * GEMM_NR < nc; pn++) {
+                    int nr = nc - pn * GEMM_NR < GEMM_NR ? nc - pn * GEMM_NR : GEMM_NR;
+                    gemm_tile(rows, j->taps, len, bp + (size_t)pn * kb * GEMM_NR,
+                              j->y + (size_t)m * j->ldy + jc + pn * GEMM_NR, j->ldy, mr, nr, load,
+                              bb ? bb + pn * GEMM_NR : NULL);
+                }
+            }
+        }
+    }
+}
+
+/* Splits the M x N output over the pool: the grid with the smallest estimated time, counting
+   rounds of tasks over the threads, each task's multiply-adds per k, its weight packing (about
+   16 multiply-adds' time per packed value) and its rereading of x. */
+static void gemm_plan(gemm_job *j, int threads)
+{
+    int tm = (j->M + GEMM_MR - 1) / GEMM_MR, tn = (j->N + GEMM_NR - 1) / GEMM_NR;
+    double best = -1;
+    for (int gn = 1; gn <= tn && gn <= 4 * threads; gn++)
+        for (int gm = 1; gm <= tm && gm * gn <= 4 * threads; gm++) {
+            int mt = (tm + gm - 1) / gm, nt = (tn + gn - 1) / gn, rounds = (gm * gn + threads - 1) / threads;
+            double mb = (double)mt * GEMM_MR, nb = (double)nt * GEMM_NR;
+            double cost = rounds * (mb * nb + 16.0 * nb + 2.0 * mb);
+            if (best < 0 || cost < best * 0.999) {
+                best = cost;
+                j->gm = (tm + mt - 1) / mt;
+                j->gn = (tn + nt - 1) / nt;
+                j->mb = mt * GEMM_MR;
+                j->nb = nt * GEMM_NR;
+            }
+        }
+}
+
+static void gemm_run(gemm_job *j)
+{
+    int maxlen = GEMM_KC_MAX / j->taps;
+    SD_ASSERT(maxlen >= 1);
+    j->nblocks = (j->depth + maxlen - 1) / maxlen;
+    j->blen = (j->depth + j->nblocks - 1) / j->nblocks;
+    SD_ASSERT((size_t)GEMM_KC_MAX * GEMM_NC + GEMM_NC + (size_t)j->taps * GEMM_MR * 2 <= j->pool->scratch_floats);
+    gemm_plan(j, j->pool->threads);
+    pool_run(j->pool, gemm_task, j, j->gm * j->gn);
+}
+
+/* For a few rows (time embeddings) packing costs more than it saves: plain dot products,
+   one task per 64 output columns. */
+typedef struct gemv_job {
+    sd_pool *pool;
+    float *y;
+    int ldy;
+    const float *x;
+    int ldx, M, N, K, accumulate;
+    const sd_tensor *w, *b;
+} gemv_job;
+
+static void gemv_task(void *arg, int task, int thread)
+{
+    const gemv_job *j = (const gemv_job *)arg;
+    float *tmp = j->pool->scratch[thread];
+    int n_hi = (task + 1) * 64 < j->N ? (task + 1) * 64 : j->N;
+    for (int n = task * 64; n < n_hi; n++) {
+        vfloat acc[GEMM_SMALL_M];
+        for (int m = 0; m < j->M; m++) acc[m] = vf_zero();
+        for (int k0 = 0; k0 < j->K; k0 += GEMM_KC_MAX) {
+            int len = j->K - k0 < GEMM_KC_MAX ? j->K - k0 : GEMM_KC_MAX, k;
+            tensor_floats(tmp, j->w, (size_t)n * j->K + k0, len);
+            for (int m = 0; m < j->M; m++) {
+                const float *xr = j->x + (size_t)m * j->ldx + k0;
+                for (k = 0; k + VF_WIDTH <= len; k += VF_WIDTH) acc[m] = vf_fma(vf_load(xr + k), vf_load(tmp + k), acc[m]);
+                if (k < len) acc[m] = vf_fma(vf_load_n(xr + k, len - k), vf_load_n(tmp + k, len - k), acc[m]);
+            }
+        }
+        float bias = j->b ? tensor_get(j->b, (size_t)n) : 0.0f;
+        for (int m = 0; m < j->M; m++) {
+            float *yo = j->y + (size_t)m * j->ldy + n, v = vf_sum(acc[m]);
+            if (j->accumulate) v = *yo + v;
+            *yo = j->b ? v + bias : v;
+        }
+    }
 }
 
 /* Row i of weight matrix w ([N, K], any float dtype) as float32 into out[0..K). */
 static void weight_row(const sd_tensor *w, int64_t i, int64_t K, float *out)
 {
-    for (int64_t k = 0; k < K; k++) out[k] = tensor_get(w, (size_t)(i * K + k));
+    tensor_floats(out, w, (size_t)(i * K), (int)K);
 }
 
 /* y[m, n] (+)= sum_k x[m, k] · w[n, k] + b[n]: a linear layer, and every convolution's core.
@@ -938,15 +1743,26 @@ static void weight_row(const sd_tensor *w, int64_t i, int64_t K, float *out)
 static void matmul(sd_pool *pool, float *y, int ldy, const float *x, int ldx, int M, int N, int K,
                    const sd_tensor *w, const sd_tensor *b, int accumulate)
 {
-    (void)pool;
-    for (int n = 0; n < N; n++) {
-        float bias = b ? tensor_get(b, (size_t)n) : 0.0f;
-        for (int m = 0; m < M; m++) {
-            float acc = 0.0f;
-            for (int k = 0; k < K; k++) acc += x[(size_t)m * ldx + k] * tensor_get(w, (size_t)n * K + k);
-            y[(size_t)m * ldy + n] = (accumulate ? y[(size_t)m * ldy + n] : 0.0f) + acc + bias;
-        }
+    if (M <= 0 || N <= 0) return;
+    if (M < GEMM_SMALL_M) {
+        gemv_job g;
+        g.pool = pool; g.y = y; g.ldy = ldy; g.x = x; g.ldx = ldx; g.M = M; g.N = N; g.K = K;
+        g.accumulate = accumulate; g.w = w; g.b = b;
+        pool_run(pool, gemv_task, &g, (N + 63) / 64);
+        return;
     }
+    gemm_job j;
+    memset(&j, 0, sizeof j);
+    j.pool = pool; j.y = y; j.ldy = ldy; j.x = x; j.ldx = ldx; j.M = M; j.N = N;
+    j.w = w; j.b = b; j.accumulate = accumulate;
+    j.row_len = K; j.depth = K; j.taps = 1;
+    if (K <= 0) {   /* an empty sum: y = (y) + b */
+        for (int m = 0; m < M; m++)
+            for (int n = 0; n < N; n++)
+                y[(size_t)m * ldy + n] = (accumulate ? y[(size_t)m * ldy + n] : 0.0f) + (b ? tensor_get(b, (size_t)n) : 0.0f);
+        return;
+    }
+    gemm_run(&j);
 }
 
 /* y[M, N] = x[M, K] · wᵀ + b for a linear layer with weight [N, K] (or a [N, K, 1, 1] conv). */
@@ -958,88 +1774,166 @@ static void linear(sd_pool *pool, float *y, const float *x, int M, int N, int K,
 
 /* 2-D convolution, NHWC: x [B, H, W, Cin] → y [B, Ho, Wo, Cout] with w [Cout, Cin, k, k],
    stride s, zero padding `pad` before and `pad_end` after each spatial axis (the VAE encoder's
-   downsampler pads (0, 1)). Ho = (H + pad + pad_end - k) / s + 1. */
+   downsampler pads (0, 1)). Ho = (H + pad + pad_end - k) / s + 1. An implicit GEMM: output
+   pixels are rows, K runs over the k·k taps and Cin channels, and the kernel reads each tap's
+   input pixel in place (bounded scratch: one packed weight block per thread). */
 static void conv2d(sd_pool *pool, float *y, const float *x, int B, int H, int W, int Cin,
                    const sd_tensor *w, const sd_tensor *b, int Cout, int k, int s, int pad, int pad_end)
 {
     int Ho = (H + pad + pad_end - k) / s + 1, Wo = (W + pad + pad_end - k) / s + 1;
-    (void)pool;
-    for (int bi = 0; bi < B; bi++)
-        for (int oy = 0; oy < Ho; oy++)
-            for (int ox = 0; ox < Wo; ox++)
-                for (int co = 0; co < Cout; co++) {
-                    float acc = b ? tensor_get(b, (size_t)co) : 0.0f;
-                    for (int ky = 0; ky < k; ky++) {
-                        int iy = oy * s + ky - pad;
-                        if (iy < 0 || iy >= H) continue;
-                        for (int kx = 0; kx < k; kx++) {
-                            int ix = ox * s + kx - pad;
-                            if (ix < 0 || ix >= W) continue;
-                            const float *px = x + (((size_t)bi * H + iy) * W + ix) * Cin;
-                            for (int ci = 0; ci < Cin; ci++)
-                                acc += px[ci] * tensor_get(w, (((size_t)co * Cin + ci) * k + ky) * k + kx);
-                        }
-                    }
-                    y[(((size_t)bi * Ho + oy) * Wo + ox) * Cout + co] = acc;
-                }
+    if (B <= 0 || Ho <= 0 || Wo <= 0 || Cout <= 0 || H + pad + pad_end < k) return;
+    if (k == 1 && s == 1 && pad == 0 && pad_end == 0) {
+        matmul(pool, y, Cout, x, Cin, B * H * W, Cout, Cin, w, b, 0);
+        return;
+    }
+    SD_ASSERT(k * k <= GEMM_KC_MAX);
+    gemm_job j;
+    memset(&j, 0, sizeof j);
+    j.pool = pool; j.y = y; j.ldy = Cout; j.x = x; j.M = B * Ho * Wo; j.N = Cout;
+    j.w = w; j.b = b;
+    j.conv = 1; j.H = H; j.W = W; j.Cin = Cin; j.Ho = Ho; j.Wo = Wo; j.k = k; j.s = s; j.pad = pad;
+    j.row_len = (int64_t)Cin * k * k; j.depth = Cin; j.taps = k * k;
+    gemm_run(&j);
 }
 
-static float silu1(float x) { return x / (1.0f + expf(-x)); }
-static float gelu1(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+/* ---- activations ---- */
 
-static void silu(float *x, size_t n) { for (size_t i = 0; i < n; i++) x[i] = silu1(x[i]); }
-static void gelu(float *x, size_t n) { for (size_t i = 0; i < n; i++) x[i] = gelu1(x[i]); }
-static void quick_gelu(float *x, size_t n)
+#define ELEMENTWISE(name, expr)                                                        \
+    static void name(float *x, size_t n)                                                \
+    {                                                                                   \
+        size_t i = 0;                                                                   \
+        for (; i + VF_WIDTH <= n; i += VF_WIDTH) { vfloat v = vf_load(x + i); vf_store(x + i, expr); } \
+        if (i < n) { vfloat v = vf_load_n(x + i, (int)(n - i)); vf_store_n(x + i, expr, (int)(n - i)); } \
+    }
+ELEMENTWISE(silu, vf_silu(v))
+ELEMENTWISE(gelu, vf_gelu(v))
+/* CLIP's activation: x · sigmoid(1.702 x). */
+ELEMENTWISE(quick_gelu, vf_div(v, vf_add(vf_set1(1.0f), vf_exp(vf_mul(vf_set1(-1.702f), v)))))
+#undef ELEMENTWISE
+
+static void add(float *y, const float *x, size_t n)
 {
-    for (size_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
+    size_t i = 0;
+    for (; i + VF_WIDTH <= n; i += VF_WIDTH) vf_store(y + i, vf_add(vf_load(y + i), vf_load(x + i)));
+    if (i < n) vf_store_n(y + i, vf_add(vf_load_n(y + i, (int)(n - i)), vf_load_n(x + i, (int)(n - i))), (int)(n - i));
 }
 
-static void add(float *y, const float *x, size_t n) { for (size_t i = 0; i < n; i++) y[i] += x[i]; }
+/* ---- norms ---- */
 
 /* GroupNorm over NHWC: for each batch item, channels split into `groups` contiguous groups,
    each normalised over (H·W, C/groups) with biased variance; then per-channel affine and
    optionally SiLU (the UNet and VAE always follow GroupNorm with SiLU except before attention).
-   y may equal x. Statistics in double: a group holds up to 512·512·4 values. */
+   y may equal x. One task per batch item and block of whole groups (at least 16 channels, a
+   cache line): it sums each channel over the pixels, shifted by the group's first value for a
+   stable one-pass variance, in float over 256 pixels and in double across them, then
+   normalises its channels. */
+typedef struct groupnorm_job {
+    float *y;
+    const float *x;
+    int HW, C, groups, cg, gpt, with_silu;
+    const sd_tensor *gamma, *beta;
+    float eps;
+    sd_pool *pool;
+} groupnorm_job;
+
+static void groupnorm_task(void *arg, int task, int thread)
+{
+    const groupnorm_job *j = (const groupnorm_job *)arg;
+    int nblk = (j->groups + j->gpt - 1) / j->gpt, b = task / nblk, g0 = (task % nblk) * j->gpt;
+    int g1 = g0 + j->gpt < j->groups ? g0 + j->gpt : j->groups, c0 = g0 * j->cg, cb = (g1 - g0) * j->cg;
+    int cpad = (cb + VF_WIDTH - 1) / VF_WIDTH * VF_WIDTH;
+    const float *xb = j->x + (size_t)b * j->HW * j->C + c0;
+    float *yb = j->y + (size_t)b * j->HW * j->C + c0;
+    double *dsum = (double *)(void *)j->pool->scratch[thread], *dsq = dsum + cpad;
+    float *fs = (float *)(void *)(dsq + cpad), *fq = fs + cpad, *shift = fq + cpad, *scale = shift + cpad, *offset = scale + cpad;
+    for (int c = 0; c < cpad; c++) {
+        dsum[c] = dsq[c] = 0;
+        shift[c] = c < cb ? xb[(c / j->cg) * j->cg] : 0.0f;
+    }
+    for (int p0 = 0; p0 < j->HW; p0 += 256) {
+        int p1 = p0 + 256 < j->HW ? p0 + 256 : j->HW;
+        for (int c = 0; c < cpad; c++) fs[c] = fq[c] = 0.0f;
+        for (int p = p0; p < p1; p++) {
+            const float *row = xb + (size_t)p * j->C;
+            for (int c = 0; c < cb; c += VF_WIDTH) {
+                vfloat v = cb - c >= VF_WIDTH ? vf_load(row + c) : vf_load_n(row + c, cb - c);
+                vfloat d = vf_sub(v, vf_load(shift + c));
+                vf_store(fs + c, vf_add(vf_load(fs + c), d));
+                vf_store(fq + c, vf_fma(d, d, vf_load(fq + c)));
+            }
+        }
+        for (int c = 0; c < cb; c++) { dsum[c] += fs[c]; dsq[c] += fq[c]; }
+    }
+    for (int g = 0; g < g1 - g0; g++) {
+        double s = 0, q = 0, n = (double)j->HW * j->cg;
+        for (int c = g * j->cg; c < (g + 1) * j->cg; c++) { s += dsum[c]; q += dsq[c]; }
+        double mean = s / n, var = q / n - mean * mean;
+        float rstd = (float)(1.0 / sqrt((var > 0 ? var : 0) + j->eps));
+        float m = (float)(mean + shift[g * j->cg]);
+        tensor_floats(scale + g * j->cg, j->gamma, (size_t)(c0 + g * j->cg), j->cg);
+        tensor_floats(offset + g * j->cg, j->beta, (size_t)(c0 + g * j->cg), j->cg);
+        for (int c = g * j->cg; c < (g + 1) * j->cg; c++) {
+            scale[c] *= rstd;
+            offset[c] -= m * scale[c];
+        }
+    }
+    for (int p = 0; p < j->HW; p++) {
+        const float *row = xb + (size_t)p * j->C;
+        float *out = yb + (size_t)p * j->C;
+        int c = 0;
+        for (; c + VF_WIDTH <= cb; c += VF_WIDTH) {
+            vfloat v = vf_fma(vf_load(row + c), vf_load(scale + c), vf_load(offset + c));
+            vf_store(out + c, j->with_silu ? vf_silu(v) : v);
+        }
+        if (c < cb) {
+            vfloat v = vf_fma(vf_load_n(row + c, cb - c), vf_load(scale + c), vf_load(offset + c));
+            vf_store_n(out + c, j->with_silu ? vf_silu(v) : v, cb - c);
+        }
+    }
+}
+
 static void groupnorm(sd_pool *pool, float *y, const float *x, int B, int HW, int C, int groups,
                       const sd_tensor *gamma, const sd_tensor *beta, float eps, int with_silu)
 {
-    int cg = C / groups;
-    (void)pool;
-    for (int b = 0; b < B; b++)
-        for (int g = 0; g < groups; g++) {
-            const float *xb = x + (size_t)b * HW * C + (size_t)g * cg;
-            float *yb = y + (size_t)b * HW * C + (size_t)g * cg;
-            double sum = 0, sq = 0;
-            for (int i = 0; i < HW; i++)
-                for (int c = 0; c < cg; c++) sum += xb[(size_t)i * C + c];
-            double mean = sum / ((double)HW * cg);
-            for (int i = 0; i < HW; i++)
-                for (int c = 0; c < cg; c++) { double d = xb[(size_t)i * C + c] - mean; sq += d * d; }
-            float rstd = (float)(1.0 / sqrt(sq / ((double)HW * cg) + eps));
-            for (int c = 0; c < cg; c++) {
-                float ga = tensor_get(gamma, (size_t)(g * cg + c)) * rstd, be = tensor_get(beta, (size_t)(g * cg + c));
-                for (int i = 0; i < HW; i++) {
-                    float v = (xb[(size_t)i * C + c] - (float)mean) * ga + be;
-                    yb[(size_t)i * C + c] = with_silu ? silu1(v) : v;
-                }
-            }
-        }
+    groupnorm_job j;
+    if (B <= 0 || HW <= 0 || C <= 0) return;
+    SD_ASSERT(groups > 0 && C % groups == 0);
+    SD_ASSERT((size_t)C * 10 + 64 <= pool->scratch_floats);
+    j.y = y; j.x = x; j.HW = HW; j.C = C; j.groups = groups; j.cg = C / groups;
+    j.gpt = j.cg >= 16 ? 1 : (16 + j.cg - 1) / j.cg;
+    j.with_silu = with_silu; j.gamma = gamma; j.beta = beta; j.eps = eps; j.pool = pool;
+    pool_run(pool, groupnorm_task, &j, B * ((groups + j.gpt - 1) / j.gpt));
 }
 
-/* LayerNorm over the last axis of x [M, C] (CLIP and the UNet's transformer blocks). y may equal x. */
+/* LayerNorm over the last axis of x [M, C] (CLIP and the UNet's transformer blocks). y may equal x.
+   Two passes over each row (mean, then squared deviations) keep the variance exact enough. */
 static void layernorm(float *y, const float *x, int M, int C, const sd_tensor *gamma,
                       const sd_tensor *beta, float eps)
 {
+    float g[256], bt[256];
     for (int m = 0; m < M; m++) {
         const float *xr = x + (size_t)m * C;
         float *yr = y + (size_t)m * C;
-        double sum = 0, sq = 0;
-        for (int c = 0; c < C; c++) sum += xr[c];
-        double mean = sum / C;
-        for (int c = 0; c < C; c++) sq += (xr[c] - mean) * (xr[c] - mean);
-        float rstd = (float)(1.0 / sqrt(sq / C + eps));
-        for (int c = 0; c < C; c++)
-            yr[c] = (xr[c] - (float)mean) * rstd * tensor_get(gamma, (size_t)c) + tensor_get(beta, (size_t)c);
+        vfloat s = vf_zero(), q = vf_zero();
+        int c = 0;
+        for (; c + VF_WIDTH <= C; c += VF_WIDTH) s = vf_add(s, vf_load(xr + c));
+        if (c < C) s = vf_add(s, vf_load_n(xr + c, C - c));
+        float meanf = vf_sum(s) / (float)C, qs;
+        vfloat mean = vf_set1(meanf);
+        for (c = 0; c + VF_WIDTH <= C; c += VF_WIDTH) { vfloat d = vf_sub(vf_load(xr + c), mean); q = vf_fma(d, d, q); }
+        qs = vf_sum(q);
+        for (; c < C; c++) qs += (xr[c] - meanf) * (xr[c] - meanf);
+        vfloat rstd = vf_set1(1.0f / sqrtf(qs / (float)C + eps));
+        for (int c0 = 0; c0 < C; c0 += 256) {
+            int n = C - c0 < 256 ? C - c0 : 256, k = 0;
+            tensor_floats(g, gamma, (size_t)c0, n);
+            tensor_floats(bt, beta, (size_t)c0, n);
+            for (; k + VF_WIDTH <= n; k += VF_WIDTH)
+                vf_store(yr + c0 + k, vf_fma(vf_mul(vf_sub(vf_load(xr + c0 + k), mean), rstd), vf_load(g + k), vf_load(bt + k)));
+            if (k < n)
+                vf_store_n(yr + c0 + k, vf_fma(vf_mul(vf_sub(vf_load_n(xr + c0 + k, n - k), mean), rstd),
+                                               vf_load_n(g + k, n - k), vf_load_n(bt + k, n - k)), n - k);
+        }
     }
 }
 
@@ -1047,52 +1941,154 @@ static void layernorm(float *y, const float *x, int M, int C, const sd_tensor *g
    projection; y [M, C] = value · gelu(gate). y may equal x (rows are read before written). */
 static void geglu(float *y, const float *x, int M, int C)
 {
-    for (int m = 0; m < M; m++)
-        for (int c = 0; c < C; c++) y[(size_t)m * C + c] = x[(size_t)m * 2 * C + c] * gelu1(x[(size_t)m * 2 * C + C + c]);
+    for (int m = 0; m < M; m++) {
+        const float *xv = x + (size_t)m * 2 * C, *xg = xv + C;
+        float *yr = y + (size_t)m * C;
+        int c = 0;
+        for (; c + VF_WIDTH <= C; c += VF_WIDTH) vf_store(yr + c, vf_mul(vf_load(xv + c), vf_gelu(vf_load(xg + c))));
+        if (c < C) vf_store_n(yr + c, vf_mul(vf_load_n(xv + c, C - c), vf_gelu(vf_load_n(xg + c, C - c))), C - c);
+    }
 }
 
 /* Nearest-neighbour 2x upsampling, NHWC: x [B, H, W, C] → y [B, 2H, 2W, C]. */
 static void upsample2x(float *y, const float *x, int B, int H, int W, int C)
 {
+    size_t row = (size_t)2 * W * C;
     for (int b = 0; b < B; b++)
-        for (int oy = 0; oy < 2 * H; oy++)
-            for (int ox = 0; ox < 2 * W; ox++)
-                memcpy(y + (((size_t)b * 2 * H + oy) * 2 * W + ox) * C,
-                       x + (((size_t)b * H + oy / 2) * W + ox / 2) * C, (size_t)C * sizeof(float));
+        for (int iy = 0; iy < H; iy++) {
+            float *o = y + ((size_t)b * 2 * H + 2 * iy) * row;
+            const float *in = x + ((size_t)b * H + iy) * W * C;
+            for (int ix = 0; ix < W; ix++) {
+                memcpy(o + (size_t)2 * ix * C, in + (size_t)ix * C, (size_t)C * sizeof(float));
+                memcpy(o + (size_t)(2 * ix + 1) * C, in + (size_t)ix * C, (size_t)C * sizeof(float));
+            }
+            memcpy(o + row, o, row * sizeof(float));
+        }
 }
+
+/* ---- attention ---- */
 
 /* Multi-head scaled dot-product attention. For batch item b, head h and query i:
    out[b, i, h·d : h·d+d] = Σ_j softmax_j(q_i · k_j / √d) v_j over keys j < Nk (j ≤ i when causal).
    q, k, v, out are row-major with row strides ldq, ldk, ldv, ldo (so fused q/k/v projections
-   can be read in place); rows of batch item b start at b·Nq (queries) and b·Nk (keys/values). */
+   can be read in place); rows of batch item b start at b·Nq (queries) and b·Nk (keys/values).
+
+   Flash-style: one task per (b, h, block of ATT_QB queries). The block's queries are packed
+   transposed (d x QB), so scores for GEMM_MR keys at a time come from the GEMM micro-kernel
+   with queries along the vector lanes; keys go by in blocks of ATT_BK with a running max and
+   sum per query (softmax in base 2, the 1/√d·log2(e) folded into the packed queries), and
+   the output is accumulated transposed (d x QB). The Nq x Nk score matrix never exists. */
+#define ATT_QB GEMM_NR
+#define ATT_BK 128
+
+typedef struct attention_job {
+    sd_pool *pool;
+    float *out;
+    const float *q, *k, *v;
+    int ldo, ldq, ldk, ldv, Nq, Nk, heads, d, causal, qblocks;
+} attention_job;
+
+/* ot[c][i] = ot[c][i]·alpha_i + Σ_j v[j][c] · p[j][i] for c < d, j < bk. */
+static void attention_pv(float *ot, int d, const float *v, int ldv, const float *p, int bk, vfloat al0, vfloat al1)
+{
+    int c0 = 0;
+#define PV_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#define PV_DECL(r) vfloat o##r##0 = vf_mul(vf_load(o + r * ATT_QB), al0), o##r##1 = vf_mul(vf_load(o + r * ATT_QB + VF_WIDTH), al1);
+#define PV_FMA(r) t = vf_set1(vr[r]); o##r##0 = vf_fma(t, p0, o##r##0); o##r##1 = vf_fma(t, p1, o##r##1);
+#define PV_STORE(r) vf_store(o + r * ATT_QB, o##r##0); vf_store(o + r * ATT_QB + VF_WIDTH, o##r##1);
+    for (; c0 + 8 <= d; c0 += 8) {
+        float *o = ot + (size_t)c0 * ATT_QB;
+        PV_ROWS(PV_DECL)
+        for (int j = 0; j < bk; j++) {
+            const float *vr = v + (size_t)j * ldv + c0;
+            vfloat p0 = vf_load(p + (size_t)j * ATT_QB), p1 = vf_load(p + (size_t)j * ATT_QB + VF_WIDTH), t;
+            PV_ROWS(PV_FMA)
+        }
+        PV_ROWS(PV_STORE)
+    }
+#undef PV_ROWS
+#undef PV_DECL
+#undef PV_FMA
+#undef PV_STORE
+    for (; c0 < d; c0++) {
+        float *o = ot + (size_t)c0 * ATT_QB;
+        vfloat o0 = vf_mul(vf_load(o), al0), o1 = vf_mul(vf_load(o + VF_WIDTH), al1);
+        for (int j = 0; j < bk; j++) {
+            vfloat t = vf_set1(v[(size_t)j * ldv + c0]);
+            o0 = vf_fma(t, vf_load(p + (size_t)j * ATT_QB), o0);
+            o1 = vf_fma(t, vf_load(p + (size_t)j * ATT_QB + VF_WIDTH), o1);
+        }
+        vf_store(o, o0);
+        vf_store(o + VF_WIDTH, o1);
+    }
+}
+
+static void attention_task(void *arg, int task, int thread)
+{
+    const attention_job *j = (const attention_job *)arg;
+    int qb = task % j->qblocks, h = (task / j->qblocks) % j->heads, b = task / j->qblocks / j->heads, d = j->d;
+    int q0 = qb * ATT_QB, nq = j->Nq - q0 < ATT_QB ? j->Nq - q0 : ATT_QB;
+    int nk = j->causal && q0 + nq < j->Nk ? q0 + nq : j->Nk;   /* keys any query of the block sees */
+    float *qt = j->pool->scratch[thread], *ot = qt + (size_t)d * ATT_QB, *st = ot + (size_t)d * ATT_QB;
+    float *mrow = st + (size_t)(ATT_BK + GEMM_MR) * ATT_QB, *lrow = mrow + ATT_QB;
+    const float *rows[GEMM_MR];
+    const float *kbase = j->k + (size_t)b * j->Nk * j->ldk + (size_t)h * d;
+    const float *vbase = j->v + (size_t)b * j->Nk * j->ldv + (size_t)h * d;
+    float sc = 1.4426950408889634f / sqrtf((float)d);
+    for (int c = 0; c < d; c++)
+        for (int i = 0; i < ATT_QB; i++)
+            qt[(size_t)c * ATT_QB + i] = i < nq ? j->q[((size_t)b * j->Nq + q0 + i) * j->ldq + (size_t)h * d + c] * sc : 0.0f;
+    memset(ot, 0, (size_t)d * ATT_QB * sizeof(float));
+    vfloat m0 = vf_set1(-INFINITY), m1 = m0, l0 = vf_zero(), l1 = vf_zero();
+    for (int kb0 = 0; kb0 < nk; kb0 += ATT_BK) {
+        int bk = nk - kb0 < ATT_BK ? nk - kb0 : ATT_BK;
+        for (int jt = 0; jt < bk; jt += GEMM_MR) {
+            for (int r = 0; r < GEMM_MR; r++) rows[r] = kbase + (size_t)(kb0 + jt + (jt + r < bk ? r : 0)) * j->ldk;
+            gemm_tile(rows, 1, d, qt, st + (size_t)jt * ATT_QB, ATT_QB, GEMM_MR, ATT_QB, 0, NULL);
+        }
+        if (j->causal && kb0 + bk - 1 > q0)
+            for (int jj = 0; jj < bk; jj++)
+                for (int i = 0; i < ATT_QB; i++)
+                    if (kb0 + jj > q0 + i) st[(size_t)jj * ATT_QB + i] = -INFINITY;
+        vfloat n0 = m0, n1 = m1, s0 = vf_zero(), s1 = vf_zero();
+        for (int jj = 0; jj < bk; jj++) {
+            n0 = vf_max(n0, vf_load(st + (size_t)jj * ATT_QB));
+            n1 = vf_max(n1, vf_load(st + (size_t)jj * ATT_QB + VF_WIDTH));
+        }
+        for (int jj = 0; jj < bk; jj++) {
+            float *sr = st + (size_t)jj * ATT_QB;
+            vfloat e0 = vf_exp2(vf_sub(vf_load(sr), n0)), e1 = vf_exp2(vf_sub(vf_load(sr + VF_WIDTH), n1));
+            vf_store(sr, e0);
+            vf_store(sr + VF_WIDTH, e1);
+            s0 = vf_add(s0, e0);
+            s1 = vf_add(s1, e1);
+        }
+        vfloat a0 = vf_exp2(vf_sub(m0, n0)), a1 = vf_exp2(vf_sub(m1, n1));
+        l0 = vf_fma(l0, a0, s0);
+        l1 = vf_fma(l1, a1, s1);
+        m0 = n0;
+        m1 = n1;
+        attention_pv(ot, d, vbase + (size_t)kb0 * j->ldv, j->ldv, st, bk, a0, a1);
+    }
+    vf_store(lrow, vf_div(vf_set1(1.0f), l0));
+    vf_store(lrow + VF_WIDTH, vf_div(vf_set1(1.0f), l1));
+    for (int i = 0; i < nq; i++) {
+        float *o = j->out + ((size_t)b * j->Nq + q0 + i) * j->ldo + (size_t)h * d;
+        for (int c = 0; c < d; c++) o[c] = nk > 0 ? ot[(size_t)c * ATT_QB + i] * lrow[i] : 0.0f;
+    }
+}
+
 static void attention(sd_pool *pool, float *out, int ldo, const float *q, int ldq, const float *k,
                       int ldk, const float *v, int ldv, int B, int Nq, int Nk, int heads, int d,
                       int causal)
 {
-    float scale = 1.0f / sqrtf((float)d), *scratch = pool->scratch[0];
-    SD_ASSERT((size_t)Nk <= pool->scratch_floats);
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < heads; h++)
-            for (int i = 0; i < Nq; i++) {
-                const float *qi = q + ((size_t)b * Nq + i) * ldq + h * d;
-                float *oi = out + ((size_t)b * Nq + i) * ldo + h * d;
-                int n = causal ? (i + 1 < Nk ? i + 1 : Nk) : Nk;
-                float mx = -INFINITY, sum = 0.0f;
-                for (int j = 0; j < n; j++) {
-                    const float *kj = k + ((size_t)b * Nk + j) * ldk + h * d;
-                    float s = 0.0f;
-                    for (int c = 0; c < d; c++) s += qi[c] * kj[c];
-                    scratch[j] = s * scale;
-                    if (scratch[j] > mx) mx = scratch[j];
-                }
-                for (int j = 0; j < n; j++) { scratch[j] = expf(scratch[j] - mx); sum += scratch[j]; }
-                for (int c = 0; c < d; c++) oi[c] = 0.0f;
-                for (int j = 0; j < n; j++) {
-                    const float *vj = v + ((size_t)b * Nk + j) * ldv + h * d;
-                    float p = scratch[j] / sum;
-                    for (int c = 0; c < d; c++) oi[c] += p * vj[c];
-                }
-            }
+    attention_job j;
+    if (B <= 0 || Nq <= 0 || heads <= 0 || d <= 0) return;
+    SD_ASSERT((size_t)(2 * d + ATT_BK + GEMM_MR + 2) * ATT_QB <= pool->scratch_floats);
+    j.pool = pool; j.out = out; j.q = q; j.k = k; j.v = v;
+    j.ldo = ldo; j.ldq = ldq; j.ldk = ldk; j.ldv = ldv; j.Nq = Nq; j.Nk = Nk; j.heads = heads; j.d = d;
+    j.causal = causal; j.qblocks = (Nq + ATT_QB - 1) / ATT_QB;
+    pool_run(pool, attention_task, &j, B * heads * j.qblocks);
 }
 
 /* Sinusoidal embedding of a timestep (UNet time embedding, SDXL size conditioning):

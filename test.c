@@ -1337,12 +1337,424 @@ static void test_text_encoder(void)
     printf("text encoder: %s\n", n_fail == before ? "ok" : "FAILED");
 }
 
+/* Tests of section 4 (compute kernels): each kernel against a plain double-precision reference
+   on random shapes with odd sizes, every weight dtype, and bit-identical results for 1..4
+   threads. Tolerances are max|diff|/max|ref|: 2e-5 for sums of products in float (K up to a
+   few hundred), 1e-5 for the elementwise functions (their polynomials are good to ~2e-7). */
+
+static uint64_t kt_rng = 0x9e3779b97f4a7c15ull;
+static float kt_rand(void)   /* uniform in [-1, 1) */
+{
+    kt_rng ^= kt_rng << 13; kt_rng ^= kt_rng >> 7; kt_rng ^= kt_rng << 17;
+    return (float)((kt_rng >> 40) / 8388608.0 - 1.0);
+}
+static float *kt_floats(size_t n, float scale)
+{
+    float *p = (float *)malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) p[i] = kt_rand() * scale;
+    return p;
+}
+
+/* A weight tensor of random values stored as dtype (data malloc'd; free with kt_free_tensor). */
+static sd_tensor kt_tensor(sd_dtype dtype, int64_t d0, int64_t d1, int64_t d2, int64_t d3, float scale)
+{
+    sd_tensor t;
+    memset(&t, 0, sizeof t);
+    t.name = "test";
+    t.dtype = dtype;
+    t.ndim = d3 ? 4 : d1 ? 2 : 1;
+    t.shape[0] = d0; t.shape[1] = d1; t.shape[2] = d2; t.shape[3] = d3;
+    int64_t n = d0 * (d1 ? d1 : 1) * (d2 ? d2 : 1) * (d3 ? d3 : 1);
+    t.nbytes = (size_t)n * sd_dtype_size(dtype);
+    unsigned char *p = (unsigned char *)malloc(t.nbytes + 2);
+    p += 2 * (dtype != SD_F32);  /* half types at an odd 2-byte offset: kernels must not assume alignment */
+    for (int64_t i = 0; i < n; i++) {
+        float v = kt_rand() * scale;
+        if (dtype == SD_F32) memcpy(p + 4 * i, &v, 4);
+        else if (dtype == SD_F16) { uint16_t h = sd_f32_to_f16(v); memcpy(p + 2 * i, &h, 2); }
+        else { uint32_t b; memcpy(&b, &v, 4); uint16_t h = (uint16_t)(b >> 16); memcpy(p + 2 * i, &h, 2); }
+    }
+    t.data = p;
+    return t;
+}
+static void kt_free_tensor(sd_tensor *t)
+{
+    if (t->data) free((unsigned char *)t->data - 2 * (t->dtype != SD_F32));
+    t->data = NULL;
+}
+
+/* max|got - ref| / max|ref| <= tol over n values. */
+static int kt_close(const char *what, const float *got, const double *ref, size_t n, double tol)
+{
+    double md = 0, mr = 0;
+    size_t worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs(got[i] - ref[i]);
+        if (!(d <= md)) { md = d; worst = i; }
+        if (fabs(ref[i]) > mr) mr = fabs(ref[i]);
+    }
+    double rel = mr > 0 ? md / mr : md;
+    return CHECK(rel <= tol, "%s: max|diff|/max|ref| = %.3g > %.3g (element %zu: got %.8g, want %.8g)",
+                 what, rel, tol, worst, n ? got[worst] : 0.0, n ? ref[worst] : 0.0);
+}
+
+typedef struct kt_pool { sd_pool pool; sd_arena *arena; } kt_pool;
+static kt_pool *kt_pool_new(int threads)
+{
+    kt_pool *p = (kt_pool *)malloc(sizeof *p);
+    sd_error err;
+    p->arena = test_arena(pool_arena_bytes(threads) + SD_ALIGN);
+    int rc = pool_init(&p->pool, threads, p->arena, &err);
+    CHECK(rc == SD_OK, "pool_init(%d): %s", threads, rc ? err.message : "");
+    CHECK(p->arena->used == pool_arena_bytes(threads), "pool_init(%d) used %zu bytes, pool_arena_bytes says %zu",
+          threads, p->arena->used, pool_arena_bytes(threads));
+    return p;
+}
+static void kt_pool_free(kt_pool *p) { pool_free(&p->pool); free_arena(p->arena); free(p); }
+
+static const sd_dtype kt_dtypes[3] = {SD_F32, SD_F16, SD_BF16};
+
+/* matmul: y (+)= x·wᵀ + b with row strides, odd sizes, every dtype, bias or not, accumulate or not. */
+static void test_kernels_matmul(sd_pool *pool)
+{
+    static const int shapes[][3] = {
+        {1, 1, 1}, {1, 17, 63}, {2, 65, 3}, {3, 33, 300}, {4, 1, 5}, {5, 3, 1}, {13, 31, 17},
+        {17, 65, 63}, {63, 17, 289}, {65, 96, 577}, {100, 130, 64}, {12, 32, 288}, {37, 100, 1000},
+    };
+    for (int si = 0; si < (int)(sizeof shapes / sizeof shapes[0]); si++)
+        for (int di = 0; di < 3; di++) {
+            int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+            int ldx = K + (si % 3), ldy = N + 2 * (si % 2), acc = (si + di) % 2, with_bias = (si + di) % 3 != 0;
+            sd_tensor w = kt_tensor(kt_dtypes[di], N, K, 0, 0, 1.0f), b = kt_tensor(kt_dtypes[(di + 1) % 3], N, 0, 0, 0, 1.0f);
+            float *x = kt_floats((size_t)M * ldx, 1.0f), *y = kt_floats((size_t)M * ldy, 1.0f);
+            double *ref = (double *)malloc((size_t)M * ldy * sizeof(double));
+            float *yg = (float *)malloc((size_t)M * ldy * sizeof(float));
+            for (int m = 0; m < M; m++)
+                for (int n = 0; n < ldy; n++) {
+                    double s = n < N ? (acc ? y[(size_t)m * ldy + n] : 0.0) + (with_bias ? tensor_get(&b, (size_t)n) : 0.0) : y[(size_t)m * ldy + n];
+                    for (int k = 0; n < N && k < K; k++) s += (double)x[(size_t)m * ldx + k] * tensor_get(&w, (size_t)n * K + k);
+                    ref[(size_t)m * ldy + n] = s;
+                }
+            matmul(pool, y, ldy, x, ldx, M, N, K, &w, with_bias ? &b : NULL, acc);
+            char what[128];
+            snprintf(what, sizeof what, "matmul M=%d N=%d K=%d w=%s acc=%d bias=%d", M, N, K, sd_dtype_name(w.dtype), acc, with_bias);
+            kt_close(what, y, ref, (size_t)M * ldy, 2e-6 * sqrt((double)K + 1));
+            (void)yg;
+            free(x); free(y); free(ref); free(yg);
+            kt_free_tensor(&w); kt_free_tensor(&b);
+        }
+    /* linear is matmul with packed rows */
+    {
+        sd_tensor w = kt_tensor(SD_F16, 20, 7, 0, 0, 1.0f);
+        float *x = kt_floats(9 * 7, 1.0f), y[9 * 20];
+        double ref[9 * 20];
+        for (int m = 0; m < 9; m++)
+            for (int n = 0; n < 20; n++) {
+                double s = 0;
+                for (int k = 0; k < 7; k++) s += (double)x[m * 7 + k] * tensor_get(&w, (size_t)n * 7 + k);
+                ref[m * 20 + n] = s;
+            }
+        linear(pool, y, x, 9, 20, 7, &w, NULL);
+        kt_close("linear 9x20x7", y, ref, 9 * 20, 1e-5);
+        float row[7];
+        weight_row(&w, 3, 7, row);
+        int ok = 1;
+        for (int k = 0; k < 7; k++) ok &= row[k] == tensor_get(&w, 3 * 7 + k);
+        CHECK(ok, "weight_row of an F16 tensor differs from tensor_get");
+        free(x);
+        kt_free_tensor(&w);
+    }
+}
+
+static void kt_conv_ref(double *ref, const float *x, int B, int H, int W, int Cin, const sd_tensor *w,
+                        const sd_tensor *b, int Cout, int k, int s, int pad, int pad_end)
+{
+    int Ho = (H + pad + pad_end - k) / s + 1, Wo = (W + pad + pad_end - k) / s + 1;
+    for (int bi = 0; bi < B; bi++)
+        for (int oy = 0; oy < Ho; oy++)
+            for (int ox = 0; ox < Wo; ox++)
+                for (int co = 0; co < Cout; co++) {
+                    double acc = b ? tensor_get(b, (size_t)co) : 0.0;
+                    for (int ky = 0; ky < k; ky++)
+                        for (int kx = 0; kx < k; kx++) {
+                            int iy = oy * s + ky - pad, ix = ox * s + kx - pad;
+                            if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+                            for (int ci = 0; ci < Cin; ci++)
+                                acc += (double)x[(((size_t)bi * H + iy) * W + ix) * Cin + ci] *
+                                       tensor_get(w, (((size_t)co * Cin + ci) * k + ky) * k + kx);
+                        }
+                    ref[(((size_t)bi * Ho + oy) * Wo + ox) * Cout + co] = acc;
+                }
+}
+
+static void test_kernels_conv(sd_pool *pool)
+{
+    /* B H W Cin Cout k s pad pad_end */
+    static const int shapes[][9] = {
+        {1, 5, 7, 3, 4, 3, 1, 1, 1}, {2, 9, 6, 17, 33, 3, 1, 1, 1}, {1, 8, 8, 40, 65, 3, 2, 1, 1},
+        {1, 9, 7, 33, 17, 3, 2, 0, 1}, {2, 4, 5, 63, 8, 1, 1, 0, 0}, {1, 1, 1, 5, 3, 3, 1, 1, 1},
+        {1, 3, 17, 70, 31, 3, 1, 1, 1}, {1, 6, 6, 4, 5, 1, 2, 0, 0}, {1, 13, 11, 9, 40, 3, 2, 1, 1},
+    };
+    for (int si = 0; si < (int)(sizeof shapes / sizeof shapes[0]); si++)
+        for (int di = 0; di < 3; di++) {
+            const int *S = shapes[si];
+            int B = S[0], H = S[1], W = S[2], Cin = S[3], Cout = S[4], k = S[5], s = S[6], pad = S[7], pe = S[8];
+            int Ho = (H + pad + pe - k) / s + 1, Wo = (W + pad + pe - k) / s + 1;
+            size_t ny = (size_t)B * Ho * Wo * Cout;
+            sd_tensor w = kt_tensor(kt_dtypes[di], Cout, Cin, k, k, 1.0f), b = kt_tensor(SD_F32, Cout, 0, 0, 0, 1.0f);
+            float *x = kt_floats((size_t)B * H * W * Cin, 1.0f), *y = kt_floats(ny, 1.0f);
+            double *ref = (double *)malloc(ny * sizeof(double));
+            int with_bias = si % 2 == 0;
+            kt_conv_ref(ref, x, B, H, W, Cin, &w, with_bias ? &b : NULL, Cout, k, s, pad, pe);
+            conv2d(pool, y, x, B, H, W, Cin, &w, with_bias ? &b : NULL, Cout, k, s, pad, pe);
+            char what[160];
+            snprintf(what, sizeof what, "conv2d %dx%dx%dx%d -> %d k=%d s=%d pad=(%d,%d) w=%s", B, H, W, Cin, Cout, k, s, pad, pe,
+                     sd_dtype_name(w.dtype));
+            kt_close(what, y, ref, ny, 2e-6 * sqrt((double)Cin * k * k + 1));
+            free(x); free(y); free(ref);
+            kt_free_tensor(&w); kt_free_tensor(&b);
+        }
+}
+
+static void kt_attention_ref(double *ref, const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
+                             int B, int Nq, int Nk, int heads, int d, int causal, int ldo)
+{
+    double *s = (double *)malloc((size_t)Nk * sizeof(double));
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < heads; h++)
+            for (int i = 0; i < Nq; i++) {
+                int n = causal ? (i + 1 < Nk ? i + 1 : Nk) : Nk;
+                double mx = -1e300, sum = 0;
+                for (int j = 0; j < n; j++) {
+                    double a = 0;
+                    for (int c = 0; c < d; c++)
+                        a += (double)q[((size_t)b * Nq + i) * ldq + h * d + c] * k[((size_t)b * Nk + j) * ldk + h * d + c];
+                    s[j] = a / sqrt((double)d);
+                    if (s[j] > mx) mx = s[j];
+                }
+                for (int j = 0; j < n; j++) { s[j] = exp(s[j] - mx); sum += s[j]; }
+                for (int c = 0; c < d; c++) {
+                    double o = 0;
+                    for (int j = 0; j < n; j++) o += s[j] * v[((size_t)b * Nk + j) * ldv + h * d + c];
+                    ref[((size_t)b * Nq + i) * ldo + h * d + c] = o / sum;
+                }
+            }
+    free(s);
+}
+
+static void test_kernels_attention(sd_pool *pool)
+{
+    /* B Nq Nk heads d causal */
+    static const int shapes[][6] = {
+        {1, 1, 1, 1, 1, 0}, {2, 17, 77, 3, 40, 0}, {1, 65, 63, 2, 17, 1}, {1, 200, 200, 1, 64, 1},
+        {1, 33, 300, 2, 8, 0}, {2, 40, 3, 1, 80, 0}, {1, 129, 130, 1, 3, 1}, {1, 7, 129, 8, 5, 0},
+    };
+    for (int si = 0; si < (int)(sizeof shapes / sizeof shapes[0]); si++) {
+        const int *S = shapes[si];
+        int B = S[0], Nq = S[1], Nk = S[2], heads = S[3], d = S[4], causal = S[5];
+        int hd = heads * d, ldq = hd + si % 2, ldk = hd + 3 * (si % 2), ldv = hd + 1, ldo = hd + 2;
+        float *q = kt_floats((size_t)B * Nq * ldq, 2.0f), *k = kt_floats((size_t)B * Nk * ldk, 2.0f);
+        float *v = kt_floats((size_t)B * Nk * ldv, 1.0f), *o = kt_floats((size_t)B * Nq * ldo, 1.0f);
+        double *ref = (double *)malloc((size_t)B * Nq * ldo * sizeof(double));
+        for (size_t i = 0; i < (size_t)B * Nq * ldo; i++) ref[i] = o[i];   /* the gaps between rows stay untouched */
+        kt_attention_ref(ref, q, ldq, k, ldk, v, ldv, B, Nq, Nk, heads, d, causal, ldo);
+        attention(pool, o, ldo, q, ldq, k, ldk, v, ldv, B, Nq, Nk, heads, d, causal);
+        char what[128];
+        snprintf(what, sizeof what, "attention B=%d Nq=%d Nk=%d heads=%d d=%d causal=%d", B, Nq, Nk, heads, d, causal);
+        kt_close(what, o, ref, (size_t)B * Nq * ldo, 1e-5);
+        free(q); free(k); free(v); free(o); free(ref);
+    }
+}
+
+static void test_kernels_norms(sd_pool *pool)
+{
+    /* GroupNorm: B HW C groups */
+    static const int gshapes[][4] = {{1, 1, 4, 2}, {2, 300, 40, 4}, {1, 17, 96, 32}, {1, 600, 320, 32}, {2, 5, 10, 1}, {1, 9, 2560, 32}};
+    for (int si = 0; si < (int)(sizeof gshapes / sizeof gshapes[0]); si++)
+        for (int with_silu = 0; with_silu < 2; with_silu++) {
+            int B = gshapes[si][0], HW = gshapes[si][1], C = gshapes[si][2], G = gshapes[si][3], cg = C / G;
+            size_t n = (size_t)B * HW * C;
+            sd_tensor ga = kt_tensor(kt_dtypes[si % 3], C, 0, 0, 0, 1.0f), be = kt_tensor(SD_F32, C, 0, 0, 0, 1.0f);
+            float *x = kt_floats(n, 3.0f), *y = (float *)malloc(n * sizeof(float));
+            double *ref = (double *)malloc(n * sizeof(double));
+            for (size_t i = 0; i < n; i++) x[i] += 5.0f;   /* an offset mean, as activations have */
+            for (int b = 0; b < B; b++)
+                for (int g = 0; g < G; g++) {
+                    double s = 0, q = 0;
+                    for (int p = 0; p < HW; p++)
+                        for (int c = g * cg; c < (g + 1) * cg; c++) s += x[((size_t)b * HW + p) * C + c];
+                    double mean = s / ((double)HW * cg);
+                    for (int p = 0; p < HW; p++)
+                        for (int c = g * cg; c < (g + 1) * cg; c++) { double d = x[((size_t)b * HW + p) * C + c] - mean; q += d * d; }
+                    double rstd = 1.0 / sqrt(q / ((double)HW * cg) + 1e-5);
+                    for (int p = 0; p < HW; p++)
+                        for (int c = g * cg; c < (g + 1) * cg; c++) {
+                            size_t i = ((size_t)b * HW + p) * C + c;
+                            double v = (x[i] - mean) * rstd * tensor_get(&ga, (size_t)c) + tensor_get(&be, (size_t)c);
+                            ref[i] = with_silu ? v / (1 + exp(-v)) : v;
+                        }
+                }
+            groupnorm(pool, y, x, B, HW, C, G, &ga, &be, 1e-5f, with_silu);
+            char what[128];
+            snprintf(what, sizeof what, "groupnorm B=%d HW=%d C=%d groups=%d silu=%d", B, HW, C, G, with_silu);
+            kt_close(what, y, ref, n, 1e-5);
+            groupnorm(pool, x, x, B, HW, C, G, &ga, &be, 1e-5f, with_silu);   /* in place */
+            CHECK(memcmp(x, y, n * sizeof(float)) == 0, "%s: in place differs", what);
+            free(x); free(y); free(ref);
+            kt_free_tensor(&ga); kt_free_tensor(&be);
+        }
+    /* LayerNorm: M C */
+    static const int lshapes[][2] = {{1, 1}, {3, 17}, {77, 768}, {5, 1025}, {2, 300}};
+    for (int si = 0; si < (int)(sizeof lshapes / sizeof lshapes[0]); si++) {
+        int M = lshapes[si][0], C = lshapes[si][1];
+        size_t n = (size_t)M * C;
+        sd_tensor ga = kt_tensor(kt_dtypes[si % 3], C, 0, 0, 0, 1.0f), be = kt_tensor(kt_dtypes[(si + 1) % 3], C, 0, 0, 0, 1.0f);
+        float *x = kt_floats(n, 2.0f), *y = (float *)malloc(n * sizeof(float));
+        double *ref = (double *)malloc(n * sizeof(double));
+        for (size_t i = 0; i < n; i++) x[i] += 3.0f;
+        for (int m = 0; m < M; m++) {
+            double s = 0, q = 0;
+            for (int c = 0; c < C; c++) s += x[(size_t)m * C + c];
+            double mean = s / C;
+            for (int c = 0; c < C; c++) q += (x[(size_t)m * C + c] - mean) * (x[(size_t)m * C + c] - mean);
+            double rstd = 1.0 / sqrt(q / C + 1e-5);
+            for (int c = 0; c < C; c++)
+                ref[(size_t)m * C + c] = (x[(size_t)m * C + c] - mean) * rstd * tensor_get(&ga, (size_t)c) + tensor_get(&be, (size_t)c);
+        }
+        layernorm(y, x, M, C, &ga, &be, 1e-5f);
+        char what[64];
+        snprintf(what, sizeof what, "layernorm M=%d C=%d", M, C);
+        kt_close(what, y, ref, n, 1e-5);
+        layernorm(x, x, M, C, &ga, &be, 1e-5f);
+        CHECK(memcmp(x, y, n * sizeof(float)) == 0, "%s: in place differs", what);
+        free(x); free(y); free(ref);
+        kt_free_tensor(&ga); kt_free_tensor(&be);
+    }
+}
+
+static void test_kernels_elementwise(void)
+{
+    static const size_t sizes[] = {1, 3, 17, 63, 65, 1000};
+    for (int si = 0; si < 6; si++) {
+        size_t n = sizes[si];
+        float *x = kt_floats(n, 8.0f), *y = (float *)malloc(n * sizeof(float)), *z = kt_floats(n, 1.0f);
+        double *ref = (double *)malloc(3 * n * sizeof(double));
+        char what[64];
+        if (n > 2) { x[0] = 0.0f; x[1] = -30.0f; x[2] = 30.0f; }
+        for (int f = 0; f < 4; f++) {
+            memcpy(y, x, n * sizeof(float));
+            for (size_t i = 0; i < n; i++) {
+                double v = x[i];
+                ref[i] = f == 0 ? v / (1 + exp(-v)) : f == 1 ? 0.5 * v * (1 + erf(v / sqrt(2.0)))
+                       : f == 2 ? v / (1 + exp(-1.702 * v)) : v + z[i];
+            }
+            if (f == 0) silu(y, n);
+            if (f == 1) gelu(y, n);
+            if (f == 2) quick_gelu(y, n);
+            if (f == 3) add(y, z, n);
+            snprintf(what, sizeof what, "%s n=%zu", f == 0 ? "silu" : f == 1 ? "gelu" : f == 2 ? "quick_gelu" : "add", n);
+            kt_close(what, y, ref, n, 1e-6);
+        }
+        /* GEGLU in place over rows of 2C */
+        int C = (int)n, M = 3;
+        float *g = kt_floats((size_t)M * 2 * C, 4.0f);
+        for (int m = 0; m < M; m++)
+            for (int c = 0; c < C; c++) {
+                double a = g[(size_t)m * 2 * C + c], t = g[(size_t)m * 2 * C + C + c];
+                ref[(size_t)m * C + c] = a * 0.5 * t * (1 + erf(t / sqrt(2.0)));
+            }
+        geglu(g, g, M, C);
+        snprintf(what, sizeof what, "geglu in place M=3 C=%d", C);
+        kt_close(what, g, ref, (size_t)M * C, 1e-6);
+        free(x); free(y); free(z); free(ref); free(g);
+    }
+    {   /* upsample2x */
+        int B = 2, H = 3, W = 5, C = 7;
+        float *x = kt_floats((size_t)B * H * W * C, 1.0f), *y = (float *)malloc((size_t)B * 4 * H * W * C * sizeof(float));
+        upsample2x(y, x, B, H, W, C);
+        int ok = 1;
+        for (int b = 0; b < B; b++)
+            for (int oy = 0; oy < 2 * H; oy++)
+                for (int ox = 0; ox < 2 * W; ox++)
+                    for (int c = 0; c < C; c++)
+                        ok &= y[(((size_t)b * 2 * H + oy) * 2 * W + ox) * C + c] == x[(((size_t)b * H + oy / 2) * W + ox / 2) * C + c];
+        CHECK(ok, "upsample2x: output differs from nearest neighbour");
+        free(x); free(y);
+    }
+    {   /* timestep embedding */
+        float e[320];
+        double ref[320];
+        timestep_embedding(e, 981.0f, 320);
+        for (int i = 0; i < 160; i++) {
+            double f = exp(-log(10000.0) * i / 160.0);
+            ref[i] = cos(981.0 * f);
+            ref[160 + i] = sin(981.0 * f);
+        }
+        kt_close("timestep_embedding t=981 dim=320", e, ref, 320, 2e-4);   /* float argument up to ~981 rad */
+    }
+}
+
+/* Every threaded kernel gives bit-identical results with 1..4 threads. */
+static void test_kernels_threads(void)
+{
+    int M = 150, N = 300, K = 600, B = 1, H = 13, W = 17, Cin = 40, Cout = 70, Nq = 150, heads = 3, d = 24, HW = 700, C = 64;
+    sd_tensor w = kt_tensor(SD_F16, N, K, 0, 0, 1.0f), b = kt_tensor(SD_F32, N, 0, 0, 0, 1.0f);
+    sd_tensor cw = kt_tensor(SD_BF16, Cout, Cin, 3, 3, 1.0f), cb = kt_tensor(SD_F16, Cout, 0, 0, 0, 1.0f);
+    float *x = kt_floats((size_t)M * K, 1.0f), *cx = kt_floats((size_t)B * H * W * Cin, 1.0f);
+    float *qkv = kt_floats((size_t)Nq * 3 * heads * d, 2.0f), *gx = kt_floats((size_t)HW * C, 3.0f);
+    size_t ny = (size_t)M * N, nc = (size_t)B * H * W * Cout, na = (size_t)Nq * heads * d, ng = (size_t)HW * C;
+    size_t total = ny + nc + 2 * na + ng + 2 * (size_t)((H + 1) / 2) * ((W + 1) / 2) * Cout + ny;
+    float *first = (float *)malloc(total * sizeof(float)), *out = (float *)malloc(total * sizeof(float));
+    for (int threads = 1; threads <= 4; threads++) {
+        kt_pool *p = kt_pool_new(threads);
+        float *o = threads == 1 ? first : out;
+        int hd = heads * d, Ho = (H + 1) / 2, Wo = (W + 1) / 2;
+        matmul(&p->pool, o, N, x, K, M, N, K, &w, &b, 0);
+        conv2d(&p->pool, o + ny, cx, B, H, W, Cin, &cw, &cb, Cout, 3, 1, 1, 1);
+        attention(&p->pool, o + ny + nc, hd, qkv, 3 * hd, qkv + hd, 3 * hd, qkv + 2 * hd, 3 * hd, 1, Nq, Nq, heads, d, 0);
+        attention(&p->pool, o + ny + nc + na, hd, qkv, 3 * hd, qkv + hd, 3 * hd, qkv + 2 * hd, 3 * hd, 1, Nq, Nq, heads, d, 1);
+        groupnorm(&p->pool, o + ny + nc + 2 * na, gx, 1, HW, C, 32, &cb, &b, 1e-6f, 1);
+        conv2d(&p->pool, o + ny + nc + 2 * na + ng, cx, B, H, W, Cin, &cw, NULL, Cout, 3, 2, 1, 1);
+        conv2d(&p->pool, o + ny + nc + 2 * na + ng + (size_t)Ho * Wo * Cout, cx, B, H, W, Cin, &cw, &cb, Cout, 3, 2, 0, 1);
+        memcpy(o + total - ny, o, ny * sizeof(float));
+        matmul(&p->pool, o + total - ny, N, x, K, M, N, K, &w, NULL, 1);
+        if (threads > 1)
+            CHECK(memcmp(first, out, total * sizeof(float)) == 0, "kernels with %d threads differ from 1 thread", threads);
+        kt_pool_free(p);
+    }
+    {   /* an arena one byte short fails cleanly and gives its bytes back */
+        sd_arena *a = test_arena(pool_arena_bytes(3) + SD_ALIGN);
+        sd_pool pool;
+        sd_error err;
+        a->size = pool_arena_bytes(3) - 1;
+        CHECK(pool_init(&pool, 3, a, &err) == SD_ERR_MEMORY && a->used == 0, "pool_init with a short arena: want SD_ERR_MEMORY");
+        pool_free(&pool);
+        CHECK(pool_init(&pool, 0, a, &err) == SD_ERR_ARG, "pool_init(0 threads): want SD_ERR_ARG");
+        free_arena(a);
+    }
+    free(x); free(cx); free(qkv); free(gx); free(first); free(out);
+    kt_free_tensor(&w); kt_free_tensor(&b); kt_free_tensor(&cw); kt_free_tensor(&cb);
+}
+
+static void test_kernels(void)
+{
+    kt_pool *p = kt_pool_new(2);
+    test_kernels_matmul(&p->pool);
+    test_kernels_conv(&p->pool);
+    test_kernels_attention(&p->pool);
+    test_kernels_norms(&p->pool);
+    kt_pool_free(p);
+    test_kernels_elementwise();
+    test_kernels_threads();
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1) golden_dir = argv[1];
     printf("golden set: %s\n", golden_dir);
     test_arena_basics();
     test_f16();
+    test_kernels();
     test_safetensors_malformed();
     test_golden_manifest();
     test_model_files();
