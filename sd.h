@@ -229,6 +229,31 @@ SD_API int sd_text_encoder_hidden(const sd_text_encoder *te, const int32_t *ids,
                                   int layer, int final_ln, float *out, sd_pool *pool,
                                   sd_arena *a, sd_error *err);
 
+/* The denoiser: opaque, lives in the arena it was loaded into. */
+typedef struct sd_unet_model sd_unet_model;
+
+/* Finds the denoiser of an SD1.x / SD2.x checkpoint in `files` (a single-file checkpoint,
+   `model.diffusion_model.*`, or diffusers' unet/diffusion_pytorch_model.safetensors) and
+   describes it: channels, levels, resnets per level, attention levels and transformer depth
+   from the tensors; attention heads from `meta`'s sd.unet.num_heads / sd.unet.num_head_channels
+   (meta NULL: files[0]), else SD1's 8 heads or SD2's 64-wide heads. The description takes a few
+   KB of the arena; the files must stay open while the model is used. */
+SD_API int sd_unet_load(sd_unet_model **unet, const sd_safetensors *files, int nfiles,
+                        const sd_safetensors *meta, sd_arena *a, sd_error *err);
+
+/* Exact arena bytes that sd_unet takes for `batch` latents of h x w (the thread pool is set up
+   separately). SIZE_MAX if it cannot be met. */
+SD_API size_t sd_unet_arena_bytes(const sd_unet_model *unet, int batch, int h, int w);
+
+/* One denoiser evaluation of a batch (batch 2: classifier-free guidance's unconditional and
+   conditional halves in one pass). x [batch, 4, h, w] latents (NCHW), timesteps [batch] (may be
+   fractional), context [batch, 77, context_dim] (the text encoder's output); out [batch, 4, h, w]
+   gets the prediction (epsilon, or v for v-prediction models). Any h, w: odd sizes are rounded
+   up on the way down and come back as diffusers brings them back. The arena is scratch only. */
+SD_API int sd_unet(const sd_unet_model *unet, const float *x, const float *timesteps,
+                   const float *context, int batch, int h, int w, float *out,
+                   sd_pool *pool, sd_arena *a, sd_error *err);
+
 #ifdef __cplusplus
 }
 #endif
@@ -278,9 +303,14 @@ SD_API void sd_arena_init(sd_arena *a, void *memory, size_t size)
     /* Start at the first 64-byte boundary so every piece is aligned in absolute terms. */
     uintptr_t p = (uintptr_t)memory, q = (p + SD_ALIGN - 1) & ~(uintptr_t)(SD_ALIGN - 1);
     size_t skip = (size_t)(q - p);
-    a->base = (unsigned char *)memory + (skip <= size ? skip : size);
-    a->size = skip <= size ? size - skip : 0;
     a->used = a->peak = 0;
+    if (!memory || skip >= size) {   /* no usable memory: every allocation will fail cleanly */
+        a->base = (unsigned char *)memory;
+        a->size = 0;
+        return;
+    }
+    a->base = (unsigned char *)memory + skip;
+    a->size = size - skip;
 }
 
 SD_API void *sd_arena_alloc(sd_arena *a, size_t bytes, sd_error *err)
@@ -2438,6 +2468,838 @@ SD_API int sd_text_encode(const sd_text_encoder *te, const int32_t *ids, int n_p
 
 
 /* ---- 7. UNet ----------------------------------------------------------------------------- */
+/* The denoiser of latent diffusion (Rombach et al. 2022, Fig. 3; Ronneberger et al.'s U-Net
+   with Ho et al.'s time embedding): the noisy latent goes down through levels of ResNet blocks
+   and spatial transformers that attend to the text, halving the size between levels, through a
+   middle block, and back up, each up block also taking the activations that the down path
+   saved at its size (the skip connections). Every ResNet block adds a projection of the
+   timestep's sinusoidal embedding. Activations are NHWC inside; the API speaks NCHW. */
+
+#define UNET_MAX_LEVELS 6
+#define UNET_MAX_RESNETS 4                     /* per up level (one more than per down level) */
+#define UNET_MAX_SKIPS (1 + UNET_MAX_LEVELS * UNET_MAX_RESNETS)
+#define UNET_GROUPS 32                         /* GroupNorm groups everywhere in the UNet */
+#define UNET_MAX_CHANNELS 16384                /* SD's widest: 2560 (concatenated), 10240 (GEGLU) */
+#define UNET_MAX_HEAD_DIM 1024                 /* SD's widest: 160 */
+
+/* The projections of a multi-head attention layer: q from the image tokens, k and v from the
+   same tokens (self-attention) or from the text context (cross-attention). */
+typedef struct unet_attention { const sd_tensor *q, *k, *v, *out_w, *out_b; } unet_attention;
+
+/* diffusers' BasicTransformerBlock: LayerNorm→self-attention, LayerNorm→cross-attention,
+   LayerNorm→GEGLU feed-forward, each added to the residual stream. */
+typedef struct unet_block {
+    const sd_tensor *norm1_w, *norm1_b, *norm2_w, *norm2_b, *norm3_w, *norm3_b;
+    unet_attention self, cross;
+    const sd_tensor *ff1_w, *ff1_b, *ff2_w, *ff2_b;
+    int ff_inner;                              /* GEGLU width: ff.net.0.proj gives twice this */
+} unet_block;
+
+/* Transformer2DModel: GroupNorm, proj_in (1x1 conv in SD1, linear in SD2: the same GEMM in
+   NHWC), `depth` blocks over the h·w positions as tokens, proj_out, added to the input. */
+typedef struct unet_transformer {
+    const sd_tensor *norm_w, *norm_b, *proj_in_w, *proj_in_b, *proj_out_w, *proj_out_b;
+    unet_block *blocks;                        /* [depth], in the arena */
+    int depth;                                 /* 0: no transformer here */
+    int channels, inner, heads, head_dim;
+} unet_transformer;
+
+/* ResnetBlock2D with time embedding: GroupNorm-SiLU-conv3x3, + linear(SiLU(temb)),
+   GroupNorm-SiLU-conv3x3, plus the input (through a 1x1 conv when channels change). */
+typedef struct unet_resnet {
+    const sd_tensor *norm1_w, *norm1_b, *conv1_w, *conv1_b, *time_w, *time_b;
+    const sd_tensor *norm2_w, *norm2_b, *conv2_w, *conv2_b, *skip_w, *skip_b;   /* skip_w NULL: identity */
+    int cin, cout;
+} unet_resnet;
+
+/* One resolution: its down resnets (+ transformers) and downsampler, and the up path's
+   resnets (+ transformers) at the same size and the upsampler that leaves it. */
+typedef struct unet_level {
+    unet_resnet down[UNET_MAX_RESNETS], up[UNET_MAX_RESNETS];
+    unet_transformer down_attn[UNET_MAX_RESNETS], up_attn[UNET_MAX_RESNETS];
+    const sd_tensor *downsample_w, *downsample_b;   /* NULL at the lowest level */
+    const sd_tensor *upsample_w, *upsample_b;       /* NULL at the top level */
+} unet_level;
+
+struct sd_unet_model {
+    int in_channels, out_channels, model_channels, time_dim, context_dim;
+    int levels, resnets;                        /* resnets per down level; up levels have one more */
+    const sd_tensor *time1_w, *time1_b, *time2_w, *time2_b;
+    const sd_tensor *conv_in_w, *conv_in_b, *norm_out_w, *norm_out_b, *conv_out_w, *conv_out_b;
+    unet_level level[UNET_MAX_LEVELS];
+    unet_resnet mid[2];
+    unet_transformer mid_attn;
+};
+
+/* ---- loading: one description, two name maps ---- */
+
+enum { UNET_DOWN_RES, UNET_DOWN_ATTN, UNET_DOWNSAMPLE, UNET_MID_RES, UNET_MID_ATTN,
+       UNET_UP_RES, UNET_UP_ATTN, UNET_UPSAMPLE };
+
+/* The key prefix of one part of the UNet. The original (LDM) layout numbers input_blocks and
+   output_blocks consecutively (conv_in is input block 0; each level has `resnets` blocks and then
+   the downsampler; up level i = diffusers' up_blocks.i has resnets+1 blocks, the last of which
+   also holds the upsampler); diffusers names blocks by level. */
+static const char *unet_part(char *buf, size_t n, const weights *w, const sd_unet_model *u,
+                             int part, int l, int j)
+{
+    int nres = u->resnets, up = u->levels - 1 - l;   /* diffusers' up block of level l */
+    if (w->diffusers) {
+        switch (part) {
+        case UNET_DOWN_RES: snprintf(buf, n, "down_blocks.%d.resnets.%d.", l, j); break;
+        case UNET_DOWN_ATTN: snprintf(buf, n, "down_blocks.%d.attentions.%d.", l, j); break;
+        case UNET_DOWNSAMPLE: snprintf(buf, n, "down_blocks.%d.downsamplers.0.conv.", l); break;
+        case UNET_MID_RES: snprintf(buf, n, "mid_block.resnets.%d.", j); break;
+        case UNET_MID_ATTN: snprintf(buf, n, "mid_block.attentions.0."); break;
+        case UNET_UP_RES: snprintf(buf, n, "up_blocks.%d.resnets.%d.", up, j); break;
+        case UNET_UP_ATTN: snprintf(buf, n, "up_blocks.%d.attentions.%d.", up, j); break;
+        default: snprintf(buf, n, "up_blocks.%d.upsamplers.0.conv.", up); break;
+        }
+    } else {
+        switch (part) {
+        case UNET_DOWN_RES: snprintf(buf, n, "input_blocks.%d.0.", 1 + l * (nres + 1) + j); break;
+        case UNET_DOWN_ATTN: snprintf(buf, n, "input_blocks.%d.1.", 1 + l * (nres + 1) + j); break;
+        case UNET_DOWNSAMPLE: snprintf(buf, n, "input_blocks.%d.0.op.", (l + 1) * (nres + 1)); break;
+        case UNET_MID_RES: snprintf(buf, n, "middle_block.%d.", j == 0 ? 0 : u->mid_attn.depth ? 2 : 1); break;
+        case UNET_MID_ATTN: snprintf(buf, n, "middle_block.1."); break;
+        case UNET_UP_RES: snprintf(buf, n, "output_blocks.%d.0.", up * (nres + 1) + j); break;
+        case UNET_UP_ATTN: snprintf(buf, n, "output_blocks.%d.1.", up * (nres + 1) + j); break;
+        default: snprintf(buf, n, "output_blocks.%d.%d.conv.", up * (nres + 1) + nres, u->level[l].up_attn[0].depth ? 2 : 1); break;
+        }
+    }
+    return buf;
+}
+
+/* Whether `prefix` + `suffix` names a tensor in the checkpoint. */
+static int unet_has(const weights *w, const char *prefix, const char *suffix)
+{
+    char name[512];
+    snprintf(name, sizeof name, "%s%s", prefix, suffix);
+    return weights_find(w, name) != NULL;
+}
+
+/* Dimension i of t as a channel count: 0 (and an error) when t is missing or the size absurd. */
+static int unet_dim(weights *w, const sd_tensor *t, int i)
+{
+    if (!t || w->failed) return 0;
+    if (t->shape[i] < 1 || t->shape[i] > UNET_MAX_CHANNELS) {
+        w->failed = fail(w->err, SD_ERR_UNSUPPORTED, "tensor '%s': size %lld of dimension %d is outside 1..%d",
+                         t->name, (long long)t->shape[i], i, UNET_MAX_CHANNELS);
+        return 0;
+    }
+    return (int)t->shape[i];
+}
+
+/* A GroupNorm's weight and bias over C channels, which the 32 groups must divide. */
+static void unet_groupnorm(weights *w, const sd_tensor **g, const sd_tensor **b, int C, const char *p, const char *name)
+{
+    *g = need(w, C, 0, 0, 0, "%s%s.weight", p, name);
+    *b = need(w, C, 0, 0, 0, "%s%s.bias", p, name);
+    if (!w->failed && C % UNET_GROUPS)
+        w->failed = fail(w->err, SD_ERR_UNSUPPORTED, "tensor '%s': %d channels do not split into %d groups",
+                         (*g)->name, C, UNET_GROUPS);
+}
+
+static void load_resnet(weights *w, const sd_unet_model *u, unet_resnet *r, const char *p, int cin)
+{
+    static const char *const names[2][6] = {
+        {"in_layers.0", "in_layers.2", "emb_layers.1", "out_layers.0", "out_layers.3", "skip_connection"},
+        {"norm1", "conv1", "time_emb_proj", "norm2", "conv2", "conv_shortcut"}};
+    const char *const *n = names[w->diffusers ? 1 : 0];
+    r->cin = cin;
+    if (!w->failed && cin > UNET_MAX_CHANNELS)   /* an up resnet's input: two widths added */
+        w->failed = fail(w->err, SD_ERR_UNSUPPORTED, "UNet block '%s%s': %d input channels, more than %d",
+                         w->prefix ? w->prefix : "", p, cin, UNET_MAX_CHANNELS);
+    unet_groupnorm(w, &r->norm1_w, &r->norm1_b, cin, p, n[0]);
+    r->conv1_w = need(w, -1, cin, 3, 3, "%s%s.weight", p, n[1]);
+    r->cout = unet_dim(w, r->conv1_w, 0);
+    if (w->failed) return;
+    r->conv1_b = need(w, r->cout, 0, 0, 0, "%s%s.bias", p, n[1]);
+    r->time_w = need(w, r->cout, u->time_dim, 0, 0, "%s%s.weight", p, n[2]);
+    r->time_b = need(w, r->cout, 0, 0, 0, "%s%s.bias", p, n[2]);
+    unet_groupnorm(w, &r->norm2_w, &r->norm2_b, r->cout, p, n[3]);
+    r->conv2_w = need(w, r->cout, r->cout, 3, 3, "%s%s.weight", p, n[4]);
+    r->conv2_b = need(w, r->cout, 0, 0, 0, "%s%s.bias", p, n[4]);
+    r->skip_w = r->skip_b = NULL;
+    if (cin != r->cout) {
+        r->skip_w = need(w, r->cout, cin, 1, 1, "%s%s.weight", p, n[5]);
+        r->skip_b = need(w, r->cout, 0, 0, 0, "%s%s.bias", p, n[5]);
+    }
+}
+
+static void load_attention(weights *w, unet_attention *at, const char *p, int D, int kv_dim)
+{
+    at->q = need(w, D, D, 0, 0, "%sto_q.weight", p);
+    at->k = need(w, D, kv_dim, 0, 0, "%sto_k.weight", p);
+    at->v = need(w, D, kv_dim, 0, 0, "%sto_v.weight", p);
+    at->out_w = need(w, D, D, 0, 0, "%sto_out.0.weight", p);
+    at->out_b = need(w, D, 0, 0, 0, "%sto_out.0.bias", p);
+}
+
+static void load_transformer(weights *w, sd_unet_model *u, unet_transformer *t, const char *p, int C, sd_arena *a)
+{
+    char q[300];
+    t->channels = C;
+    unet_groupnorm(w, &t->norm_w, &t->norm_b, C, p, "norm");
+    t->proj_in_w = need(w, -1, C, 0, 0, "%sproj_in.weight", p);
+    t->inner = unet_dim(w, t->proj_in_w, 0);
+    if (w->failed) return;
+    int D = t->inner;
+    t->proj_in_b = need(w, D, 0, 0, 0, "%sproj_in.bias", p);
+    t->proj_out_w = need(w, C, D, 0, 0, "%sproj_out.weight", p);
+    t->proj_out_b = need(w, C, 0, 0, 0, "%sproj_out.bias", p);
+    for (t->depth = 0; t->depth < 64; t->depth++) {
+        snprintf(q, sizeof q, "%stransformer_blocks.%d.", p, t->depth);
+        if (!unet_has(w, q, "norm1.weight")) break;
+    }
+    if (t->depth == 0) t->depth = 1;   /* so that need() names the missing block */
+    t->blocks = (unet_block *)arena_array(a, (size_t)t->depth, sizeof(unet_block), w->err);
+    if (!t->blocks) { w->failed = SD_ERR_MEMORY; return; }
+    for (int i = 0; i < t->depth && !w->failed; i++) {
+        unet_block *b = &t->blocks[i];
+        snprintf(q, sizeof q, "%stransformer_blocks.%d.", p, i);
+        b->norm1_w = need(w, D, 0, 0, 0, "%snorm1.weight", q);
+        b->norm1_b = need(w, D, 0, 0, 0, "%snorm1.bias", q);
+        b->norm2_w = need(w, D, 0, 0, 0, "%snorm2.weight", q);
+        b->norm2_b = need(w, D, 0, 0, 0, "%snorm2.bias", q);
+        b->norm3_w = need(w, D, 0, 0, 0, "%snorm3.weight", q);
+        b->norm3_b = need(w, D, 0, 0, 0, "%snorm3.bias", q);
+        if (!u->context_dim)   /* the text width, read off the first cross-attention */
+            u->context_dim = unet_dim(w, need(w, D, -1, 0, 0, "%sattn2.to_k.weight", q), 1);
+        snprintf(q, sizeof q, "%stransformer_blocks.%d.attn1.", p, i);
+        load_attention(w, &b->self, q, D, D);
+        snprintf(q, sizeof q, "%stransformer_blocks.%d.attn2.", p, i);
+        load_attention(w, &b->cross, q, D, u->context_dim);
+        snprintf(q, sizeof q, "%stransformer_blocks.%d.ff.net.", p, i);
+        b->ff1_w = need(w, -1, D, 0, 0, "%s0.proj.weight", q);
+        int two_f = unet_dim(w, b->ff1_w, 0);
+        if (w->failed) return;
+        if (two_f % 2) {
+            w->failed = fail(w->err, SD_ERR_SHAPE, "tensor '%s' has an odd number of rows; GEGLU needs value and gate halves",
+                             b->ff1_w->name);
+            return;
+        }
+        b->ff_inner = two_f / 2;
+        b->ff1_b = need(w, two_f, 0, 0, 0, "%s0.proj.bias", q);
+        b->ff2_w = need(w, D, b->ff_inner, 0, 0, "%s2.weight", q);
+        b->ff2_b = need(w, D, 0, 0, 0, "%s2.bias", q);
+    }
+}
+
+/* A transformer if the checkpoint has one at prefix p (depth stays 0 otherwise). */
+static void maybe_transformer(weights *w, sd_unet_model *u, unet_transformer *t, const char *p, int C, sd_arena *a)
+{
+    memset(t, 0, sizeof *t);
+    if (!w->failed && unet_has(w, p, "proj_in.weight")) load_transformer(w, u, t, p, C, a);
+}
+
+/* An integer from the file's metadata, or dflt when absent or not a plain integer. */
+static int meta_int(const sd_safetensors *meta, const char *key, int dflt)
+{
+    const char *s = meta ? sd_safetensors_meta(meta, key) : NULL;
+    int sign = 1, v = 0;
+    if (!s) return dflt;
+    if (*s == '-') { sign = -1; s++; }
+    if (!*s) return dflt;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9' || v > 100000000) return dflt;
+        v = v * 10 + (*s - '0');
+    }
+    return sign * v;
+}
+
+/* Heads of a transformer. The tensors cannot tell: the metadata may fix the number of heads
+   (SD1 style) or the head size (SD2 style); without it SD2 (linear proj_in, or a 1024-wide
+   OpenCLIP context) uses head dim 64 and SD1 8 heads. */
+static void set_heads(weights *w, const sd_unet_model *u, const sd_safetensors *meta, unet_transformer *t)
+{
+    int heads = meta_int(meta, "sd.unet.num_heads", -1), head_dim = meta_int(meta, "sd.unet.num_head_channels", -1);
+    if (!t->depth || w->failed) return;
+    if (heads <= 0 && head_dim <= 0) {
+        if (t->proj_in_w->ndim == 2 || u->context_dim == 1024) head_dim = 64;   /* SD2 */
+        else heads = 8;                                                          /* SD1 */
+    }
+    if (heads > 0) head_dim = t->inner / heads;
+    else heads = t->inner / head_dim;
+    if (heads < 1 || head_dim < 1 || head_dim > UNET_MAX_HEAD_DIM || heads * head_dim != t->inner)
+        w->failed = fail(w->err, SD_ERR_UNSUPPORTED, "tensor '%s': %d channels are not %d attention heads of %d (of at most %d)",
+                         t->proj_in_w->name, t->inner, heads, head_dim, UNET_MAX_HEAD_DIM);
+    t->heads = heads;
+    t->head_dim = head_dim;
+}
+
+/* Reads the architecture off the checkpoint (which tensors exist, their shapes), checking every
+   tensor the forward pass will touch. */
+static void describe_unet(weights *w, sd_unet_model *u, const sd_safetensors *meta, sd_arena *a)
+{
+    char p[128];
+    const char *conv1 = w->diffusers ? "conv1.weight" : "in_layers.2.weight";
+    int dif = w->diffusers, skip_ch[UNET_MAX_SKIPS], nskip = 0, ch;
+
+    if (weights_find(w, dif ? "add_embedding.linear_1.weight" : "label_emb.0.0.weight")) {
+        w->failed = fail(w->err, SD_ERR_UNSUPPORTED, "SDXL UNet (size and pooled-text conditioning) is not supported yet");
+        return;
+    }
+    /* stem: conv_in and the time MLP */
+    u->conv_in_w = need(w, -1, -1, 3, 3, "%s.weight", dif ? "conv_in" : "input_blocks.0.0");
+    u->model_channels = unet_dim(w, u->conv_in_w, 0);
+    u->in_channels = unet_dim(w, u->conv_in_w, 1);
+    u->conv_in_b = need(w, u->model_channels, 0, 0, 0, "%s.bias", dif ? "conv_in" : "input_blocks.0.0");
+    u->time1_w = need(w, -1, u->model_channels, 0, 0, "%s.weight", dif ? "time_embedding.linear_1" : "time_embed.0");
+    u->time_dim = unet_dim(w, u->time1_w, 0);
+    if (w->failed) return;
+    u->time1_b = need(w, u->time_dim, 0, 0, 0, "%s.bias", dif ? "time_embedding.linear_1" : "time_embed.0");
+    u->time2_w = need(w, u->time_dim, u->time_dim, 0, 0, "%s.weight", dif ? "time_embedding.linear_2" : "time_embed.2");
+    u->time2_b = need(w, u->time_dim, 0, 0, 0, "%s.bias", dif ? "time_embedding.linear_2" : "time_embed.2");
+    if (!w->failed && u->model_channels % 2)
+        w->failed = fail(w->err, SD_ERR_UNSUPPORTED, "tensor '%s': the sinusoidal time embedding needs an even width, not %d",
+                         u->conv_in_w->name, u->model_channels);
+
+    /* resnets per level (counted at level 0), then levels */
+    while (u->resnets < UNET_MAX_RESNETS && unet_has(w, unet_part(p, sizeof p, w, u, UNET_DOWN_RES, 0, u->resnets), conv1)) u->resnets++;
+    if (u->resnets == UNET_MAX_RESNETS && !w->failed)
+        w->failed = fail(w->err, SD_ERR_UNSUPPORTED, "UNet with %d or more resnets per level", UNET_MAX_RESNETS);
+    if (u->resnets == 0) u->resnets = 1;   /* so that need() names what is missing */
+    while (u->levels < UNET_MAX_LEVELS && unet_has(w, unet_part(p, sizeof p, w, u, UNET_DOWN_RES, u->levels, 0), conv1)) u->levels++;
+    if (u->levels == UNET_MAX_LEVELS && unet_has(w, unet_part(p, sizeof p, w, u, UNET_DOWN_RES, UNET_MAX_LEVELS, 0), conv1) && !w->failed)
+        w->failed = fail(w->err, SD_ERR_UNSUPPORTED, "UNet with more than %d levels", UNET_MAX_LEVELS);
+    if (u->levels == 0) u->levels = 1;
+
+    /* down path; the channels of every skip connection it leaves, for the up path's inputs */
+    ch = u->model_channels;
+    skip_ch[nskip++] = ch;
+    for (int l = 0; l < u->levels && !w->failed; l++) {
+        unet_level *lv = &u->level[l];
+        for (int j = 0; j < u->resnets && !w->failed; j++) {
+            load_resnet(w, u, &lv->down[j], unet_part(p, sizeof p, w, u, UNET_DOWN_RES, l, j), ch);
+            ch = lv->down[j].cout;
+            maybe_transformer(w, u, &lv->down_attn[j], unet_part(p, sizeof p, w, u, UNET_DOWN_ATTN, l, j), ch, a);
+            skip_ch[nskip++] = ch;
+        }
+        if (l < u->levels - 1) {
+            unet_part(p, sizeof p, w, u, UNET_DOWNSAMPLE, l, 0);
+            lv->downsample_w = need(w, ch, ch, 3, 3, "%sweight", p);
+            lv->downsample_b = need(w, ch, 0, 0, 0, "%sbias", p);
+            skip_ch[nskip++] = ch;
+        }
+    }
+    /* middle: resnet, transformer, resnet */
+    load_resnet(w, u, &u->mid[0], unet_part(p, sizeof p, w, u, UNET_MID_RES, 0, 0), ch);
+    ch = u->mid[0].cout;
+    maybe_transformer(w, u, &u->mid_attn, unet_part(p, sizeof p, w, u, UNET_MID_ATTN, 0, 0), ch, a);
+    load_resnet(w, u, &u->mid[1], unet_part(p, sizeof p, w, u, UNET_MID_RES, 0, 1), ch);
+    ch = u->mid[1].cout;
+    /* up path: each resnet takes the running activation concatenated with the latest skip */
+    for (int l = u->levels - 1; l >= 0 && !w->failed; l--) {
+        unet_level *lv = &u->level[l];
+        for (int j = 0; j <= u->resnets && !w->failed; j++) {
+            load_resnet(w, u, &lv->up[j], unet_part(p, sizeof p, w, u, UNET_UP_RES, l, j), ch + skip_ch[--nskip]);
+            ch = lv->up[j].cout;
+            maybe_transformer(w, u, &lv->up_attn[j], unet_part(p, sizeof p, w, u, UNET_UP_ATTN, l, j), ch, a);
+        }
+        if (l > 0) {
+            unet_part(p, sizeof p, w, u, UNET_UPSAMPLE, l, 0);
+            lv->upsample_w = need(w, ch, ch, 3, 3, "%sweight", p);
+            lv->upsample_b = need(w, ch, 0, 0, 0, "%sbias", p);
+        }
+    }
+    /* head: GroupNorm-SiLU-conv back to latent channels */
+    if (w->failed) return;
+    unet_groupnorm(w, &u->norm_out_w, &u->norm_out_b, ch, "", dif ? "conv_norm_out" : "out.0");
+    u->conv_out_w = need(w, -1, ch, 3, 3, "%s.weight", dif ? "conv_out" : "out.2");
+    u->out_channels = unet_dim(w, u->conv_out_w, 0);
+    u->conv_out_b = need(w, u->out_channels, 0, 0, 0, "%s.bias", dif ? "conv_out" : "out.2");
+
+    for (int l = 0; l < u->levels; l++)
+        for (int j = 0; j <= u->resnets; j++) {
+            if (j < u->resnets) set_heads(w, u, meta, &u->level[l].down_attn[j]);
+            set_heads(w, u, meta, &u->level[l].up_attn[j]);
+        }
+    set_heads(w, u, meta, &u->mid_attn);
+}
+
+/* Describes the UNet that w (files + prefix + layout) holds, heads from `meta` (may be NULL).
+   The lead's model loader calls this with the weights of the checkpoint it opened. */
+static int unet_load(sd_unet_model **out, weights *w, const sd_safetensors *meta, sd_arena *a)
+{
+    size_t mark = sd_arena_mark(a);
+    sd_unet_model *u = (sd_unet_model *)arena_array(a, 1, sizeof *u, w->err);
+    if (!u) return SD_ERR_MEMORY;
+    memset(u, 0, sizeof *u);
+    describe_unet(w, u, meta, a);
+    if (w->failed) {
+        sd_arena_reset(a, mark);
+        return w->failed;
+    }
+    *out = u;
+    return SD_OK;
+}
+
+SD_API int sd_unet_load(sd_unet_model **unet, const sd_safetensors *files, int nfiles,
+                        const sd_safetensors *meta, sd_arena *a, sd_error *err)
+{
+    weights w;
+    const char *version;
+    if (!unet || !files || nfiles < 1 || nfiles > 4 || !a)
+        return fail(err, SD_ERR_ARG, "sd_unet_load: NULL argument or nfiles = %d not in 1..4", nfiles);
+    memset(&w, 0, sizeof w);
+    for (int i = 0; i < nfiles; i++) w.files[i] = &files[i];
+    w.nfiles = nfiles;
+    w.err = err;
+    if (!meta) meta = &files[0];
+    version = sd_safetensors_meta(meta, "sd.version");
+    if (version && strcmp(version, "1") && strcmp(version, "2"))
+        return fail(err, SD_ERR_UNSUPPORTED, "UNet of a model with sd.version = '%.20s': sd.h handles SD1 and SD2", version);
+    /* a single-file checkpoint keeps the UNet under model.diffusion_model.; diffusers' unet file has no prefix */
+    w.prefix = "model.diffusion_model.";
+    if (!weights_find(&w, "input_blocks.0.0.weight")) {
+        w.prefix = "";
+        w.diffusers = 1;
+        if (!weights_find(&w, "conv_in.weight"))
+            return fail(err, SD_ERR_MISSING, "no UNet: no tensor named '%sinput_blocks.0.0.weight' or 'conv_in.weight'",
+                        "model.diffusion_model.");
+    }
+    return unet_load(unet, &w, meta, a);
+}
+
+/* ---- the forward pass ---- */
+
+/* Test hook: sees named intermediate activations (NHWC; [B, C] vectors as H = W = 1). */
+typedef void (*unet_probe)(void *user, const char *name, const float *x, int B, int H, int W, int C);
+
+/* A skip connection: a down-path output, kept on the arena's stack until its up resnet. */
+typedef struct unet_skip { float *x; int H, W, C; size_t mark; } unet_skip;
+
+/* The state of one forward pass. Arena layout, bottom up: the time embedding, the up path's
+   running activation h (sized for its largest use), the stack of skip connections, then
+   per-block scratch that each block gives back when it returns. */
+typedef struct unet_run {
+    const sd_unet_model *u;
+    sd_pool *pool;
+    sd_arena *a;
+    sd_error *err;
+    int rc;                     /* first failure; every block returns at once after one */
+    int B;
+    const float *context;       /* [B, 77, context_dim] */
+    float *temb;                /* SiLU(time embedding) [B, time_dim]: what every resnet takes */
+    float *h;                   /* the middle and up path's activation [B, H, W, C] */
+    int H, W, C;
+    unet_skip skip[UNET_MAX_SKIPS];
+    int nskip;
+    unet_probe probe;
+    void *probe_user;
+} unet_run;
+
+static float *run_alloc(unet_run *r, size_t n)
+{
+    float *p;
+    if (r->rc) return NULL;
+    if (!(p = arena_floats(r->a, n, r->err))) r->rc = SD_ERR_MEMORY;
+    return p;
+}
+
+static void run_probe(unet_run *r, const char *name, int index, const float *x, int H, int W, int C)
+{
+    char s[64];
+    if (!r->probe || r->rc) return;
+    if (index >= 0) snprintf(s, sizeof s, "%s.%d", name, index);
+    else snprintf(s, sizeof s, "%s", name);
+    r->probe(r->probe_user, s, x, r->B, H, W, C);
+}
+
+static float *push_skip(unet_run *r, int H, int W, int C)
+{
+    unet_skip *s = &r->skip[r->nskip];
+    size_t mark = sd_arena_mark(r->a);
+    float *x = run_alloc(r, (size_t)r->B * H * W * C);
+    if (!x) return NULL;
+    s->x = x; s->H = H; s->W = W; s->C = C; s->mark = mark;
+    r->nskip++;
+    return x;
+}
+
+static void nchw_to_nhwc(float *y, const float *x, int B, int C, int HW)
+{
+    for (int b = 0; b < B; b++)
+        for (int c = 0; c < C; c++)
+            for (int i = 0; i < HW; i++) y[((size_t)b * HW + i) * C + c] = x[((size_t)b * C + c) * HW + i];
+}
+
+static void nhwc_to_nchw(float *y, const float *x, int B, int C, int HW)
+{
+    for (int b = 0; b < B; b++)
+        for (int c = 0; c < C; c++)
+            for (int i = 0; i < HW; i++) y[((size_t)b * C + c) * HW + i] = x[((size_t)b * HW + i) * C + c];
+}
+
+/* y [M, Ca + Cb] = each row of a [M, Ca] followed by the same row of b [M, Cb]: torch.cat on
+   the channel axis, in NHWC. */
+static void concat_channels(float *y, const float *a, int Ca, const float *b, int Cb, size_t M)
+{
+    for (size_t i = 0; i < M; i++) {
+        memcpy(y + i * (Ca + Cb), a + i * Ca, (size_t)Ca * sizeof(float));
+        memcpy(y + i * (Ca + Cb) + Ca, b + i * Cb, (size_t)Cb * sizeof(float));
+    }
+}
+
+/* Nearest-neighbour resize, NHWC, picking source pixels as PyTorch's interpolate(size=...) does
+   (source = floor(dst · in/out) in float32). The up path needs it when a size was odd on the way
+   down: 5 rows were halved to 3, and 3 must come back to 5, not 6. */
+static int nearest_source(int o, int in, int out)
+{
+    int i = (int)floorf((float)o * ((float)in / (float)out));
+    return i < in - 1 ? i : in - 1;
+}
+
+static void resize_nearest(float *y, const float *x, int B, int H, int W, int C, int Ho, int Wo)
+{
+    for (int b = 0; b < B; b++)
+        for (int oy = 0; oy < Ho; oy++)
+            for (int ox = 0; ox < Wo; ox++)
+                memcpy(y + (((size_t)b * Ho + oy) * Wo + ox) * C,
+                       x + (((size_t)b * H + nearest_source(oy, H, Ho)) * W + nearest_source(ox, W, Wo)) * C,
+                       (size_t)C * sizeof(float));
+}
+
+/* ResnetBlock2D: y = conv(SiLU(GN(conv(SiLU(GN(x))) + linear(SiLU(temb))))) + skip(x).
+   x [B, H, W, cin] and y [B, H, W, cout] must not overlap. */
+static void time_resnet(unet_run *r, const unet_resnet *p, const float *x, float *y, int H, int W)
+{
+    int B = r->B, HW = H * W, M = B * HW;
+    size_t mark = sd_arena_mark(r->a), after_e;
+    float *e = run_alloc(r, (size_t)B * p->cout), *t;
+    after_e = sd_arena_mark(r->a);
+    if (!(t = run_alloc(r, (size_t)M * p->cin))) return;
+    groupnorm(r->pool, t, x, B, HW, p->cin, UNET_GROUPS, p->norm1_w, p->norm1_b, 1e-5f, 1);
+    conv2d(r->pool, y, t, B, H, W, p->cin, p->conv1_w, p->conv1_b, p->cout, 3, 1, 1, 1);
+    /* the timestep, projected to this block's channels, shifts every position */
+    linear(r->pool, e, r->temb, B, p->cout, r->u->time_dim, p->time_w, p->time_b);
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < HW; i++) add(y + ((size_t)b * HW + i) * p->cout, e + (size_t)b * p->cout, (size_t)p->cout);
+    sd_arena_reset(r->a, after_e);
+    if (!(t = run_alloc(r, (size_t)M * p->cout))) return;
+    groupnorm(r->pool, t, y, B, HW, p->cout, UNET_GROUPS, p->norm2_w, p->norm2_b, 1e-5f, 1);
+    conv2d(r->pool, y, t, B, H, W, p->cout, p->conv2_w, p->conv2_b, p->cout, 3, 1, 1, 1);
+    if (p->skip_w) matmul(r->pool, y, p->cout, x, p->cin, M, p->cout, p->cin, p->skip_w, p->skip_b, 1);
+    else add(y, x, (size_t)M * p->cout);
+    sd_arena_reset(r->a, mark);
+}
+
+/* BasicTransformerBlock on the token stream hs [B·n, D] (n = H·W tokens per image), in place. */
+static void basic_transformer_block(unet_run *r, const unet_transformer *t, const unet_block *blk, float *hs, int n)
+{
+    int B = r->B, M = B * n, D = t->inner, F = blk->ff_inner, Mc = B * SD_TEXT_TOKENS, Cc = r->u->context_dim;
+    size_t mark = sd_arena_mark(r->a);
+    float *x, *q, *k, *v, *g;
+    /* self-attention over the image's own positions; the attention output overwrites x, the
+       LayerNorm output, which q, k and v no longer need */
+    x = run_alloc(r, (size_t)M * D); q = run_alloc(r, (size_t)M * D);
+    k = run_alloc(r, (size_t)M * D); v = run_alloc(r, (size_t)M * D);
+    if (!v) return;
+    layernorm(x, hs, M, D, blk->norm1_w, blk->norm1_b, 1e-5f);
+    linear(r->pool, q, x, M, D, D, blk->self.q, NULL);
+    linear(r->pool, k, x, M, D, D, blk->self.k, NULL);
+    linear(r->pool, v, x, M, D, D, blk->self.v, NULL);
+    attention(r->pool, x, D, q, D, k, D, v, D, B, n, n, t->heads, t->head_dim, 0);
+    matmul(r->pool, hs, D, x, D, M, D, D, blk->self.out_w, blk->self.out_b, 1);
+    sd_arena_reset(r->a, mark);
+    /* cross-attention: queries from the image, keys and values from the text */
+    x = run_alloc(r, (size_t)M * D); q = run_alloc(r, (size_t)M * D);
+    k = run_alloc(r, (size_t)Mc * D); v = run_alloc(r, (size_t)Mc * D);
+    if (!v) return;
+    layernorm(x, hs, M, D, blk->norm2_w, blk->norm2_b, 1e-5f);
+    linear(r->pool, q, x, M, D, D, blk->cross.q, NULL);
+    linear(r->pool, k, r->context, Mc, D, Cc, blk->cross.k, NULL);
+    linear(r->pool, v, r->context, Mc, D, Cc, blk->cross.v, NULL);
+    attention(r->pool, x, D, q, D, k, D, v, D, B, n, SD_TEXT_TOKENS, t->heads, t->head_dim, 0);
+    matmul(r->pool, hs, D, x, D, M, D, D, blk->cross.out_w, blk->cross.out_b, 1);
+    sd_arena_reset(r->a, mark);
+    /* feed-forward: GEGLU to 4·D, back to D */
+    x = run_alloc(r, (size_t)M * D); g = run_alloc(r, (size_t)M * 2 * F);
+    if (!g) return;
+    layernorm(x, hs, M, D, blk->norm3_w, blk->norm3_b, 1e-5f);
+    linear(r->pool, g, x, M, 2 * F, D, blk->ff1_w, blk->ff1_b);
+    geglu(g, g, M, F);
+    matmul(r->pool, hs, D, g, F, M, D, F, blk->ff2_w, blk->ff2_b, 1);
+    sd_arena_reset(r->a, mark);
+}
+
+/* Transformer2DModel on x [B, H, W, C], in place: x += proj_out(blocks(proj_in(GN(x)))). */
+static void spatial_transformer(unet_run *r, const unet_transformer *t, float *x, int H, int W)
+{
+    int B = r->B, n = H * W, M = B * n;
+    size_t mark = sd_arena_mark(r->a), after_hs;
+    float *hs = run_alloc(r, (size_t)M * t->inner), *xn;
+    after_hs = sd_arena_mark(r->a);
+    if (!(xn = run_alloc(r, (size_t)M * t->channels))) return;
+    groupnorm(r->pool, xn, x, B, n, t->channels, UNET_GROUPS, t->norm_w, t->norm_b, 1e-6f, 0);
+    linear(r->pool, hs, xn, M, t->inner, t->channels, t->proj_in_w, t->proj_in_b);
+    sd_arena_reset(r->a, after_hs);
+    for (int i = 0; i < t->depth; i++) basic_transformer_block(r, t, &t->blocks[i], hs, n);
+    if (!r->rc) matmul(r->pool, x, t->channels, hs, t->inner, M, t->channels, t->inner, t->proj_out_w, t->proj_out_b, 1);
+    sd_arena_reset(r->a, mark);
+}
+
+/* Sinusoidal embedding of each batch item's timestep → linear–SiLU–linear. */
+static void unet_time_embedding(unet_run *r, const float *timesteps)
+{
+    const sd_unet_model *u = r->u;
+    int B = r->B, C0 = u->model_channels, T = u->time_dim;
+    float *temb = run_alloc(r, (size_t)B * T);
+    size_t mark = sd_arena_mark(r->a);
+    float *f = run_alloc(r, (size_t)B * C0), *hid = run_alloc(r, (size_t)B * T);
+    if (!hid) return;
+    for (int b = 0; b < B; b++) timestep_embedding(f + (size_t)b * C0, timesteps[b], C0);
+    run_probe(r, "time_proj", -1, f, 1, 1, C0);
+    linear(r->pool, hid, f, B, T, C0, u->time1_w, u->time1_b);
+    silu(hid, (size_t)B * T);
+    linear(r->pool, temb, hid, B, T, T, u->time2_w, u->time2_b);
+    run_probe(r, "time_embedding", -1, temb, 1, 1, T);
+    silu(temb, (size_t)B * T);
+    r->temb = temb;
+    sd_arena_reset(r->a, mark);
+}
+
+/* conv_in on the NCHW input; its output is the first skip connection. */
+static void unet_input(unet_run *r, const float *x, int H, int W)
+{
+    const sd_unet_model *u = r->u;
+    float *y = push_skip(r, H, W, u->model_channels);
+    size_t mark = sd_arena_mark(r->a);
+    float *t = run_alloc(r, (size_t)r->B * H * W * u->in_channels);
+    if (!t) return;
+    nchw_to_nhwc(t, x, r->B, u->in_channels, H * W);
+    conv2d(r->pool, y, t, r->B, H, W, u->in_channels, u->conv_in_w, u->conv_in_b, u->model_channels, 3, 1, 1, 1);
+    sd_arena_reset(r->a, mark);
+    run_probe(r, "conv_in", -1, y, H, W, u->model_channels);
+}
+
+/* Down level l: resnets (each followed by a transformer where the level has attention), then a
+   stride-2 conv (sizes round up: 5 → 3). Every output is kept as a skip connection. */
+static void unet_down_block(unet_run *r, int l)
+{
+    const unet_level *lv = &r->u->level[l];
+    for (int j = 0; j < r->u->resnets && !r->rc; j++) {
+        const unet_skip *in = &r->skip[r->nskip - 1];
+        float *y = push_skip(r, in->H, in->W, lv->down[j].cout);
+        time_resnet(r, &lv->down[j], in->x, y, in->H, in->W);
+        if (lv->down_attn[j].depth) spatial_transformer(r, &lv->down_attn[j], y, in->H, in->W);
+    }
+    if (lv->downsample_w && !r->rc) {
+        const unet_skip *in = &r->skip[r->nskip - 1];
+        float *y = push_skip(r, (in->H + 1) / 2, (in->W + 1) / 2, in->C);
+        if (y) conv2d(r->pool, y, in->x, r->B, in->H, in->W, in->C, lv->downsample_w, lv->downsample_b, in->C, 3, 2, 1, 1);
+    }
+    if (!r->rc) {
+        const unet_skip *out = &r->skip[r->nskip - 1];
+        run_probe(r, "down_blocks", l, out->x, out->H, out->W, out->C);
+    }
+}
+
+/* Resnet, transformer, resnet at the lowest resolution; the result becomes h. */
+static void unet_mid_block(unet_run *r)
+{
+    const sd_unet_model *u = r->u;
+    if (r->rc) return;
+    const unet_skip *in = &r->skip[r->nskip - 1];
+    size_t mark = sd_arena_mark(r->a);
+    float *m = run_alloc(r, (size_t)r->B * in->H * in->W * u->mid[0].cout);
+    time_resnet(r, &u->mid[0], in->x, m, in->H, in->W);
+    if (u->mid_attn.depth) spatial_transformer(r, &u->mid_attn, m, in->H, in->W);
+    time_resnet(r, &u->mid[1], m, r->h, in->H, in->W);
+    r->H = in->H; r->W = in->W; r->C = u->mid[1].cout;
+    sd_arena_reset(r->a, mark);
+    run_probe(r, "mid_block", -1, r->h, r->H, r->W, r->C);
+}
+
+/* Up level l: each resnet takes h concatenated (channels) with the latest skip, which is then
+   dropped; then nearest upsampling to the next skip's size and a conv. */
+static void unet_up_block(unet_run *r, int l)
+{
+    const unet_level *lv = &r->u->level[l];
+    int B = r->B;
+    for (int j = 0; j <= r->u->resnets && !r->rc; j++) {
+        const unet_skip *s = &r->skip[r->nskip - 1];
+        size_t M = (size_t)B * r->H * r->W;
+        float *cat = run_alloc(r, M * (size_t)(r->C + s->C));
+        if (!cat) return;
+        concat_channels(cat, r->h, r->C, s->x, s->C, M);
+        time_resnet(r, &lv->up[j], cat, r->h, r->H, r->W);
+        r->C = lv->up[j].cout;
+        sd_arena_reset(r->a, s->mark);   /* drops the skip and the concatenation above it */
+        r->nskip--;
+        if (lv->up_attn[j].depth) spatial_transformer(r, &lv->up_attn[j], r->h, r->H, r->W);
+    }
+    if (lv->upsample_w && !r->rc) {
+        const unet_skip *next = &r->skip[r->nskip - 1];   /* diffusers' upsample_size */
+        size_t mark = sd_arena_mark(r->a);
+        float *t = run_alloc(r, (size_t)B * next->H * next->W * r->C);
+        if (!t) return;
+        if (next->H == 2 * r->H && next->W == 2 * r->W) upsample2x(t, r->h, B, r->H, r->W, r->C);
+        else resize_nearest(t, r->h, B, r->H, r->W, r->C, next->H, next->W);
+        r->H = next->H; r->W = next->W;
+        conv2d(r->pool, r->h, t, B, r->H, r->W, r->C, lv->upsample_w, lv->upsample_b, r->C, 3, 1, 1, 1);
+        sd_arena_reset(r->a, mark);
+    }
+    run_probe(r, "up_blocks", r->u->levels - 1 - l, r->h, r->H, r->W, r->C);
+}
+
+/* GroupNorm-SiLU-conv_out to the latent channels, NCHW into out. */
+static void unet_output(unet_run *r, float *out)
+{
+    const sd_unet_model *u = r->u;
+    int B = r->B, HW = r->H * r->W;
+    size_t mark = sd_arena_mark(r->a);
+    if (r->rc) return;
+    float *t = run_alloc(r, (size_t)B * HW * r->C);
+    if (!t) return;
+    groupnorm(r->pool, t, r->h, B, HW, r->C, UNET_GROUPS, u->norm_out_w, u->norm_out_b, 1e-5f, 0);
+    run_probe(r, "conv_norm_out", -1, t, r->H, r->W, r->C);
+    silu(t, (size_t)B * HW * r->C);
+    conv2d(r->pool, r->h, t, B, r->H, r->W, r->C, u->conv_out_w, u->conv_out_b, u->out_channels, 3, 1, 1, 1);
+    run_probe(r, "conv_out", -1, r->h, r->H, r->W, u->out_channels);
+    nhwc_to_nchw(out, r->h, B, u->out_channels, HW);
+    sd_arena_reset(r->a, mark);
+}
+
+/* ---- arena bytes: the forward pass's allocations, replayed on sizes alone ---- */
+
+static void unet_sizes(const sd_unet_model *u, int h, int w, int *H, int *W)
+{
+    H[0] = h; W[0] = w;
+    for (int l = 1; l < u->levels; l++) { H[l] = (H[l - 1] + 1) / 2; W[l] = (W[l - 1] + 1) / 2; }
+}
+
+/* Floats per batch item of h: the largest of the mid output, the up resnets' and upsamplers'
+   outputs and conv_out's. */
+static size_t unet_h_floats(const sd_unet_model *u, int h, int w)
+{
+    int H[UNET_MAX_LEVELS], W[UNET_MAX_LEVELS], last = u->levels - 1;
+    size_t most;
+    unet_sizes(u, h, w, H, W);
+    most = (size_t)H[last] * W[last] * u->mid[1].cout;
+    for (int l = 0; l < u->levels; l++) {
+        size_t HW = (size_t)H[l] * W[l];
+        for (int j = 0; j <= u->resnets; j++) if (HW * u->level[l].up[j].cout > most) most = HW * u->level[l].up[j].cout;
+        if (l > 0 && (size_t)H[l - 1] * W[l - 1] * u->level[l].up[u->resnets].cout > most)
+            most = (size_t)H[l - 1] * W[l - 1] * u->level[l].up[u->resnets].cout;
+    }
+    if ((size_t)h * w * u->out_channels > most) most = (size_t)h * w * u->out_channels;
+    return most;
+}
+
+static uint64_t fbytes(uint64_t n) { return (n * sizeof(float) + SD_ALIGN - 1) / SD_ALIGN * SD_ALIGN; }
+static uint64_t max64(uint64_t a, uint64_t b) { return a > b ? a : b; }
+
+static uint64_t resnet_scratch(const unet_resnet *p, uint64_t B, uint64_t HW)
+{
+    return fbytes(B * p->cout) + max64(fbytes(B * HW * p->cin), fbytes(B * HW * p->cout));
+}
+
+static uint64_t transformer_scratch(const unet_transformer *t, uint64_t B, uint64_t HW)
+{
+    uint64_t M = B * HW, D = (uint64_t)t->inner, most = fbytes(M * t->channels);
+    if (!t->depth) return 0;
+    for (int i = 0; i < t->depth; i++) {
+        most = max64(most, 4 * fbytes(M * D));                                        /* self-attention */
+        most = max64(most, 2 * fbytes(M * D) + 2 * fbytes(B * SD_TEXT_TOKENS * D));     /* cross-attention */
+        most = max64(most, fbytes(M * D) + fbytes(M * 2 * (uint64_t)t->blocks[i].ff_inner));   /* GEGLU */
+    }
+    return fbytes(M * D) + most;
+}
+
+static uint64_t unet_bytes(const sd_unet_model *u, int batch, int h, int w)
+{
+    int H[UNET_MAX_LEVELS], W[UNET_MAX_LEVELS], n = 0, last = u->levels - 1;
+    uint64_t B = (uint64_t)batch, skips[UNET_MAX_SKIPS], stack = 0, base, peak, HW;
+    unet_sizes(u, h, w, H, W);
+    base = fbytes(B * u->time_dim);                                            /* temb */
+    peak = base + fbytes(B * u->model_channels) + fbytes(B * u->time_dim);     /* its scratch */
+    base += fbytes(B * unet_h_floats(u, h, w));                                /* h */
+    HW = (uint64_t)h * w;
+    stack += skips[n++] = fbytes(B * HW * u->model_channels);
+    peak = max64(peak, base + stack + fbytes(B * HW * u->in_channels));
+    for (int l = 0; l < u->levels; l++) {
+        const unet_level *lv = &u->level[l];
+        HW = (uint64_t)H[l] * W[l];
+        for (int j = 0; j < u->resnets; j++) {
+            stack += skips[n++] = fbytes(B * HW * lv->down[j].cout);
+            peak = max64(peak, base + stack + resnet_scratch(&lv->down[j], B, HW));
+            peak = max64(peak, base + stack + transformer_scratch(&lv->down_attn[j], B, HW));
+        }
+        if (lv->downsample_w) stack += skips[n++] = fbytes(B * H[l + 1] * W[l + 1] * lv->down[u->resnets - 1].cout);
+    }
+    HW = (uint64_t)H[last] * W[last];
+    base += fbytes(B * HW * u->mid[0].cout);                                   /* the mid block's m */
+    peak = max64(peak, base + stack + resnet_scratch(&u->mid[0], B, HW));
+    peak = max64(peak, base + stack + transformer_scratch(&u->mid_attn, B, HW));
+    peak = max64(peak, base + stack + resnet_scratch(&u->mid[1], B, HW));
+    base -= fbytes(B * HW * u->mid[0].cout);
+    for (int l = last; l >= 0; l--) {
+        const unet_level *lv = &u->level[l];
+        HW = (uint64_t)H[l] * W[l];
+        for (int j = 0; j <= u->resnets; j++) {
+            peak = max64(peak, base + stack + fbytes(B * HW * lv->up[j].cin) + resnet_scratch(&lv->up[j], B, HW));
+            stack -= skips[--n];
+            peak = max64(peak, base + stack + transformer_scratch(&lv->up_attn[j], B, HW));
+        }
+        if (l > 0) peak = max64(peak, base + stack + fbytes(B * H[l - 1] * W[l - 1] * lv->up[u->resnets].cout));
+    }
+    return max64(peak, base + fbytes(B * h * w * u->level[0].up[u->resnets].cout));   /* norm_out */
+}
+
+#define UNET_MAX_POSITIONS (1 << 24)   /* batch · h · w */
+
+SD_API size_t sd_unet_arena_bytes(const sd_unet_model *unet, int batch, int h, int w)
+{
+    uint64_t n;
+    if (!unet || batch < 1 || h < 1 || w < 1 || (int64_t)batch * h * w > UNET_MAX_POSITIONS) return (size_t)-1;
+    n = unet_bytes(unet, batch, h, w);
+    return n > (uint64_t)(size_t)-1 ? (size_t)-1 : (size_t)n;
+}
+
+/* One pass of the denoiser: time embedding, conv_in, down path, middle, up path, conv_out.
+   sd_unet checks the arena first; here an allocation that fails ends the pass with
+   SD_ERR_MEMORY. probe (may be NULL) sees the diffusers modules' outputs, for tests. */
+static int unet_forward(const sd_unet_model *u, const float *x, const float *timesteps, const float *context,
+                        int batch, int h, int w, float *out, sd_pool *pool, sd_arena *a, sd_error *err,
+                        unet_probe probe, void *probe_user)
+{
+    unet_run r;
+    memset(&r, 0, sizeof r);
+    r.u = u; r.pool = pool; r.a = a; r.err = err; r.B = batch; r.context = context;
+    r.probe = probe; r.probe_user = probe_user;
+
+    unet_time_embedding(&r, timesteps);
+    r.h = run_alloc(&r, (size_t)batch * unet_h_floats(u, h, w));
+    unet_input(&r, x, h, w);
+    for (int l = 0; l < u->levels; l++) unet_down_block(&r, l);
+    unet_mid_block(&r);
+    for (int l = u->levels - 1; l >= 0; l--) unet_up_block(&r, l);
+    unet_output(&r, out);
+    return r.rc;
+}
+
+SD_API int sd_unet(const sd_unet_model *unet, const float *x, const float *timesteps, const float *context,
+                   int batch, int h, int w, float *out, sd_pool *pool, sd_arena *a, sd_error *err)
+{
+    int rc;
+    size_t need, left, mark;
+    if (!unet || !x || !timesteps || !context || !out || !pool || !a) return fail(err, SD_ERR_ARG, "sd_unet: NULL argument");
+    if (batch < 1 || h < 1 || w < 1 || (int64_t)batch * h * w > UNET_MAX_POSITIONS)
+        return fail(err, SD_ERR_ARG, "sd_unet: a batch of %d latents of %dx%d is out of range (at most %d positions in all)",
+                    batch, h, w, UNET_MAX_POSITIONS);
+    need = sd_unet_arena_bytes(unet, batch, h, w);
+    left = a->size - a->used;
+    if (need > left)
+        return fail(err, SD_ERR_MEMORY, "sd_unet: a batch of %d latents of %dx%d needs %zu arena bytes, %zu are left",
+                    batch, h, w, need, left);
+    mark = sd_arena_mark(a);
+    rc = unet_forward(unet, x, timesteps, context, batch, h, w, out, pool, a, err, NULL, NULL);
+    sd_arena_reset(a, mark);
+    return rc;
+}
+
 
 /* ---- 8. VAE ------------------------------------------------------------------------------ */
 

@@ -1748,6 +1748,260 @@ static void test_kernels(void)
     test_kernels_threads();
 }
 
+/* UNet tests: every model under GOLDEN_DIR/models/ that has GOLDEN_DIR/NAME/unet.safetensors,
+   in every layout present (NAME.safetensors, NAME-fp16.safetensors, NAME-diffusers/unet/...). */
+
+typedef struct unet_probe_check { golden_file *g; const char *label; int checked; } unet_probe_check;
+
+/* Compares an intermediate activation with case0.debug.NAME when the golden has it. */
+static void unet_check_debug(void *user, const char *name, const float *x, int B, int H, int W, int C)
+{
+    unet_probe_check *pc = (unet_probe_check *)user;
+    char key[128], what[512];
+    snprintf(key, sizeof key, "case0.debug.%s", name);
+    const sd_tensor *t = sd_safetensors_find(&pc->g->st, key);
+    if (!t) return;
+    int64_t n = (int64_t)B * C * H * W;
+    if (!CHECK(t->dtype == SD_F32 && sd_tensor_numel(t) == n, "%s: %s has %lld values, the UNet gave %lld", pc->label, key, (long long)sd_tensor_numel(t), (long long)n)) return;
+    float *nchw = (float *)malloc((size_t)n * sizeof(float));
+    nhwc_to_nchw(nchw, x, B, C, H * W);
+    snprintf(what, sizeof what, "%s %s", pc->label, key);
+    check_close(what, nchw, (const float *)t->data, n, 2e-5);
+    free(nchw);
+    pc->checked++;
+}
+
+/* An arena over exactly `bytes` (64-aligned, so sd_arena_init skips nothing). */
+static sd_arena unet_exact_arena(void **block, size_t bytes)
+{
+    sd_arena a;
+    unsigned char *m = (unsigned char *)malloc(bytes + 64);
+    *block = m;
+    sd_arena_init(&a, m + (64 - (uintptr_t)m % 64) % 64, bytes);
+    return a;
+}
+
+/* Every case of one golden file through one checkpoint. */
+static void unet_run_cases(const sd_unet_model *u, golden_file *g, const char *label, sd_pool *pool)
+{
+    char key[64];
+    for (int c = 0;; c++) {
+        snprintf(key, sizeof key, "case%d.x", c);
+        const sd_tensor *tx = sd_safetensors_find(&g->st, key);
+        if (!tx) { CHECK(c > 0, "%s: no case0.x", g->path); break; }
+        snprintf(key, sizeof key, "case%d.timesteps", c);
+        const sd_tensor *tt = sd_safetensors_find(&g->st, key);
+        snprintf(key, sizeof key, "case%d.context", c);
+        const float *ctx = golden_f32(g, key, NULL);
+        snprintf(key, sizeof key, "case%d.out", c);
+        int64_t nout;
+        const float *want = golden_f32(g, key, &nout);
+        if (!CHECK(tx->ndim == 4 && tt && tt->dtype == SD_I64 && tt->shape[0] == tx->shape[0], "%s: case%d inputs malformed", g->path, c) || !ctx || !want) continue;
+        int B = (int)tx->shape[0], h = (int)tx->shape[2], w = (int)tx->shape[3];
+        float t[16];
+        if (!CHECK(B <= 16 && nout == (int64_t)B * u->out_channels * h * w && sd_tensor_numel(tx) == (int64_t)B * u->in_channels * h * w,
+                   "%s: case%d shapes do not fit the model", g->path, c)) continue;
+        for (int b = 0; b < B; b++) { int64_t v; memcpy(&v, (const char *)tt->data + 8 * b, 8); t[b] = (float)v; }
+
+        /* exactly the advertised arena bytes suffice, and all of them are used */
+        size_t need = sd_unet_arena_bytes(u, B, h, w);
+        void *block;
+        sd_arena a = unet_exact_arena(&block, need);
+        float *out = (float *)calloc((size_t)nout, sizeof(float));
+        sd_error err = {0, ""};
+        int rc;
+        unet_probe_check pc = {g, label, 0};
+        if (c == 0) rc = unet_forward(u, (const float *)tx->data, t, ctx, B, h, w, out, pool, &a, &err, unet_check_debug, &pc);
+        else rc = sd_unet(u, (const float *)tx->data, t, ctx, B, h, w, out, pool, &a, &err);
+        if (CHECK(rc == SD_OK, "%s case%d: %s", label, c, err.message)) {
+            char what[400];
+            snprintf(what, sizeof what, "%s case%d.out", label, c);
+            check_close(what, out, want, nout, 2e-5);
+            CHECK(a.peak == need, "%s case%d: sd_unet_arena_bytes says %zu, the pass peaked at %zu", label, c, need, a.peak);
+            int ndebug = 0;
+            for (int i = 0; i < g->st.count; i++) ndebug += !strncmp(g->st.tensors[i].name, "case0.debug.", 12);
+            if (c == 0) CHECK(pc.checked == ndebug, "%s: %d of the golden's %d debug tensors compared", label, pc.checked, ndebug);
+        }
+        /* one byte less fails cleanly up front; and inside the pass (bypassing that check) too */
+        sd_arena_init(&a, a.base, need - 1);
+        CHECK(sd_unet(u, (const float *)tx->data, t, ctx, B, h, w, out, pool, &a, &err) == SD_ERR_MEMORY && a.used == 0,
+              "%s case%d: sd_unet with one byte too few: %s", label, c, err.message);
+        if (c == 0) {   /* the pass's own allocations fail cleanly too (it stops where it first peaks) */
+            sd_arena_init(&a, a.base, need - 1);
+            CHECK(unet_forward(u, (const float *)tx->data, t, ctx, B, h, w, out, pool, &a, &err, NULL, NULL) == SD_ERR_MEMORY,
+                  "%s: a forward pass one byte short should fail with SD_ERR_MEMORY", label);
+        }
+        free(out);
+        free(block);
+    }
+}
+
+/* Sizes that do not halve evenly: 13x11 goes down as 7x6, 4x3, 2x2 and must come back up to
+   the skips' sizes (nearest resize as PyTorch's interpolate(size=...)); no golden has such a
+   size, so this checks the resize rule itself and that the pass runs within its arena bytes. */
+static void unet_check_odd_size(const sd_unet_model *u, const float *context, sd_pool *pool, const char *label)
+{
+    static const int in5from3[5] = {0, 0, 1, 1, 2}, in7from4[7] = {0, 0, 1, 1, 2, 2, 3};
+    int h = 13, w = 11, n = u->in_channels * h * w, ok = 1;
+    for (int o = 0; o < 5; o++) ok &= nearest_source(o, 3, 5) == in5from3[o];
+    for (int o = 0; o < 7; o++) ok &= nearest_source(o, 4, 7) == in7from4[o];
+    for (int o = 0; o < 6; o++) ok &= nearest_source(o, 3, 6) == o / 2;
+    CHECK(ok, "nearest_source does not pick PyTorch's source pixels");
+    float *x = (float *)malloc((size_t)n * sizeof(float)), *out = (float *)malloc((size_t)u->out_channels * h * w * sizeof(float)), t = 321.5f;
+    for (int i = 0; i < n; i++) x[i] = (float)((i * 7919) % 1000) / 500.0f - 1.0f;
+    size_t need = sd_unet_arena_bytes(u, 1, h, w);
+    void *block;
+    sd_arena a = unet_exact_arena(&block, need);
+    sd_error err = {0, ""};
+    if (CHECK(sd_unet(u, x, &t, context, 1, h, w, out, pool, &a, &err) == SD_OK, "%s at %dx%d: %s", label, h, w, err.message)) {
+        int finite = 1;
+        for (int i = 0; i < u->out_channels * h * w; i++) finite &= out[i] == out[i] && fabsf(out[i]) < 1e6f;
+        CHECK(finite && a.peak == need, "%s at %dx%d: output not finite, or arena peak %zu != %zu", label, h, w, a.peak, need);
+    }
+    free(block);
+    free(out);
+    free(x);
+}
+
+/* Reverses the shape of tensor `name` in a safetensors header in place (same length), or renames
+   it by changing its last character: broken checkpoints built in memory. */
+static int unet_corrupt(unsigned char *bytes, const char *name, int rename)
+{
+    uint64_t hlen = 0;
+    char key[300];
+    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | bytes[i];
+    snprintf(key, sizeof key, "\"%s\"", name);
+    char *hdr = (char *)bytes + 8, *end = hdr + hlen, *p = NULL;
+    for (char *s = hdr; s + strlen(key) <= end; s++) if (!memcmp(s, key, strlen(key))) { p = s; break; }
+    if (!p) return 0;
+    if (rename) { p[strlen(key) - 2] = '_'; return 1; }
+    char *sh = strstr(p, "\"shape\":[");
+    if (!sh || sh > end) return 0;
+    sh += 9;
+    char *close = strchr(sh, ']');
+    long dims[8];
+    int nd = 0;
+    for (char *q = sh; q < close && nd < 8; ) { dims[nd++] = strtol(q, &q, 10); if (*q == ',') q++; }
+    char buf[128] = "";
+    for (int i = nd - 1; i >= 0; i--) snprintf(buf + strlen(buf), sizeof buf - strlen(buf), "%ld%s", dims[i], i ? "," : "");
+    if ((long)strlen(buf) != close - sh) return 0;
+    memcpy(sh, buf, strlen(buf));
+    return 1;
+}
+
+/* A missing and a mis-shaped tensor are reported by name, and nothing is left in the arena. */
+static void unet_check_broken(const unsigned char *bytes, size_t size, int diffusers, const char *label)
+{
+    const char *pre = diffusers ? "" : "model.diffusion_model.";
+    const char *victims[2][2] = {{"out.2.weight", "time_embed.0.weight"}, {"conv_out.weight", "time_embedding.linear_1.weight"}};
+    for (int rename = 1; rename >= 0; rename--) {
+        char name[200];
+        snprintf(name, sizeof name, "%s%s", pre, victims[diffusers][rename ? 0 : 1]);
+        unsigned char *copy = (unsigned char *)malloc(size);
+        memcpy(copy, bytes, size);
+        if (!CHECK(unet_corrupt(copy, name, rename), "%s: could not find '%s' to break", label, name)) { free(copy); continue; }
+        sd_arena *a = test_arena(1u << 22);
+        sd_safetensors st;
+        sd_unet_model *u = NULL;
+        sd_error err = {0, ""};
+        int rc = sd_safetensors_open(&st, copy, size, a, &err);
+        size_t used = a->used;
+        if (CHECK(rc == SD_OK, "%s: broken copy does not open: %s", label, err.message)) {
+            rc = sd_unet_load(&u, &st, 1, NULL, a, &err);
+            CHECK(rc == (rename ? SD_ERR_MISSING : SD_ERR_SHAPE) && strstr(err.message, name) && a->used == used,
+                  "%s: %s '%s' gave code %d, message '%s'", label, rename ? "missing" : "mis-shaped", name, rc, err.message);
+        }
+        free_arena(a);
+        free(copy);
+    }
+}
+
+/* One layout of model `name` against GOLDEN_DIR/name/unet.safetensors: every case (case0 with
+   the debug activations), an odd size, and broken copies of the file. */
+static void unet_test_file(const char *path, const char *name, sd_pool *pool)
+{
+    char rel[512], label[256];
+    snprintf(rel, sizeof rel, "%.200s/unet.safetensors", name);
+    golden_file *g = golden_open(rel);
+    if (!g) return;
+    size_t size;
+    unsigned char *bytes = read_file(path, &size);
+    sd_arena *a = test_arena(1u << 24);
+    sd_safetensors st;
+    sd_unet_model *u = NULL;
+    sd_error err = {0, ""};
+    const char *models = strstr(path, "/models/");
+    snprintf(label, sizeof label, "unet %.200s", models ? models + 8 : path);
+    if (CHECK(bytes != NULL, "%s: cannot read", path) && CHECK(sd_safetensors_open(&st, bytes, size, a, &err) == SD_OK, "%s: %s", path, err.message)) {
+        const char *v = sd_safetensors_meta(&st, "sd.version");
+        if ((v && !strcmp(v, "xl")) || sd_safetensors_find(&g->st, "case0.time_ids")) {
+            printf("%s: SDXL (added conditioning) is not covered yet, skipped\n", label);
+        } else if (CHECK(sd_unet_load(&u, &st, 1, NULL, a, &err) == SD_OK, "%s: %s", label, err.message)) {
+            unet_run_cases(u, g, label, pool);
+            const float *ctx = golden_f32(g, "case0.context", NULL);
+            if (ctx) unet_check_odd_size(u, ctx, pool, label);
+            unet_check_broken(bytes, size, !sd_safetensors_find(&st, "model.diffusion_model.input_blocks.0.0.weight"), label);
+        }
+    }
+    free_arena(a);
+    free(bytes);
+    golden_close(g);
+}
+
+static int unet_ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && !strcmp(s + n - m, suffix);
+}
+
+static void test_unet(void)
+{
+    char dir[512], path[1024], names[64][256];
+    int nnames = 0;
+    sd_arena *pa = test_arena(pool_arena_bytes(1) + 64);
+    sd_pool pool;
+    sd_error err;
+    if (!CHECK(pool_init(&pool, 1, pa, &err) == SD_OK, "pool: %s", err.message)) { free_arena(pa); return; }
+    /* the models: NAME from NAME.safetensors, NAME-fp16.safetensors and NAME-diffusers/ alike */
+    snprintf(dir, sizeof dir, "%s/models", golden_dir);
+    DIR *d = opendir(dir);
+    for (struct dirent *e; d && (e = readdir(d)) != NULL && nnames < 64; ) {
+        char name[256];
+        size_t n = strlen(e->d_name);
+        if (e->d_name[0] == '.' || n >= sizeof name) continue;
+        memcpy(name, e->d_name, n + 1);
+        if (unet_ends_with(name, "-diffusers")) name[n - 10] = 0;
+        else if (unet_ends_with(name, ".safetensors")) {
+            name[n - 12] = 0;
+            if (unet_ends_with(name, "-fp16")) name[strlen(name) - 5] = 0;
+        } else continue;
+        int seen = 0;
+        for (int i = 0; i < nnames; i++) seen |= !strcmp(names[i], name);
+        if (!seen) memcpy(names[nnames++], name, strlen(name) + 1);
+    }
+    if (d) closedir(d);
+    else printf("unet: no %s, skipped\n", dir);
+    /* each in every layout present */
+    for (int i = 0; i < nnames; i++) {
+        static const char *const layouts[3] = {"%s/%s.safetensors", "%s/%s-fp16.safetensors", "%s/%s-diffusers/unet/diffusion_pytorch_model.safetensors"};
+        for (int k = 0; k < 3; k++) {
+            snprintf(path, sizeof path, layouts[k], dir, names[i]);
+            if (file_exists(path)) unet_test_file(path, names[i], &pool);
+        }
+    }
+    /* arguments */
+    {
+        float x = 0;
+        unsigned char mem[256];
+        sd_arena a;
+        sd_arena_init(&a, mem, sizeof mem);
+        CHECK(sd_unet(NULL, &x, &x, &x, 2, 8, 8, &x, &pool, &a, &err) == SD_ERR_ARG, "sd_unet(NULL model) should be SD_ERR_ARG");
+        CHECK(sd_unet_arena_bytes(NULL, 2, 8, 8) == (size_t)-1, "sd_unet_arena_bytes(NULL) should be SIZE_MAX");
+    }
+    pool_free(&pool);
+    free_arena(pa);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1) golden_dir = argv[1];
@@ -1761,6 +2015,7 @@ int main(int argc, char **argv)
     test_rng();
     test_ddim();
     test_text_encoder();
+    test_unet();
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail != 0;
 }
