@@ -254,6 +254,47 @@ SD_API int sd_unet(const sd_unet_model *unet, const float *x, const float *times
                    const float *context, int batch, int h, int w, float *out,
                    sd_pool *pool, sd_arena *a, sd_error *err);
 
+/* CLIP tokenizer: prompt text -> token ids, exactly as the diffusers pipelines tokenize. */
+typedef struct sd_clip_vocab sd_clip_vocab;   /* opaque; lives in the arena it was loaded into */
+
+enum { SD_CLIP_BOS = 49406, SD_CLIP_EOS = 49407, SD_CLIP_VOCAB_SIZE = 49408, SD_CLIP_CONTEXT = 77 };
+
+/* How a prompt is padded to 77 ids. SD1 (and SDXL's first text encoder) pads with <|endoftext|>.
+   SD2 (and SDXL's second encoder) configures "!" as its pad token: it pads with id 0 and, as
+   transformers' tokenizer does with any special token, turns every literal '!' in the prompt
+   into that token (id 0) instead of byte-pair encoding it. */
+typedef enum sd_clip_pad { SD_CLIP_PAD_EOS = 0, SD_CLIP_PAD_EXCLAMATION = 1 } sd_clip_pad;
+
+/* Loads the vocabulary from the bytes of Hugging Face's merges.txt (header line, then 48894
+   "left right" lines), building the ids as CLIP does: 256 byte symbols, the same with </w>,
+   one token per merge, <|startoftext|>, <|endoftext|>. `vocab_json` (may be NULL) is checked
+   against that numbering. The vocabulary and its Unicode tables live in `a`
+   (sd_clip_vocab_arena_bytes(merges_size) bytes suffice); the caller's buffers are not kept. */
+SD_API size_t sd_clip_vocab_arena_bytes(size_t merges_size);
+SD_API int sd_clip_vocab_load(sd_clip_vocab **vocab, const void *merges, size_t merges_size,
+                              const void *vocab_json, size_t vocab_json_size, sd_arena *a, sd_error *err);
+
+/* Scratch arena bytes that a tokenizer call on `text_size` bytes of prompt may use: 64 KiB + 320
+   per byte (the worst inputs measured use ~200 per byte: a word that grows 3x in NFC and is then
+   byte-pair encoded). Calls reset the arena before they return. */
+SD_API size_t sd_clip_scratch_bytes(size_t text_size);
+
+/* All token ids of a prompt, without <|startoftext|>/<|endoftext|> and without truncation:
+   *count gets the number of ids, the first min(*count, cap) are written to ids (cap may be 0).
+   The text is UTF-8; invalid bytes are read as Python's bytes.decode("utf-8", "replace") does
+   (each maximal invalid subsequence becomes U+FFFD) and NUL bytes are ordinary characters. */
+SD_API int sd_clip_token_ids(const sd_clip_vocab *v, const char *text, size_t text_size, sd_clip_pad pad,
+                             int32_t *ids, size_t cap, size_t *count, sd_arena *scratch, sd_error *err);
+
+/* The 77 ids a pipeline feeds the text encoder: <|startoftext|>, the first 75 token ids,
+   <|endoftext|>, padding. *length (may be NULL) gets the untruncated count including the two
+   special tokens, so a caller can tell that a prompt was cut (or split long prompts itself). */
+SD_API int sd_clip_tokenize(const sd_clip_vocab *v, const char *text, size_t text_size, sd_clip_pad pad,
+                            int32_t ids[SD_CLIP_CONTEXT], size_t *length, sd_arena *scratch, sd_error *err);
+
+/* The text of token `id` in the vocabulary's byte-symbol alphabet (e.g. "cat</w>"); NULL if out of range. */
+SD_API const char *sd_clip_token_text(const sd_clip_vocab *v, int32_t id, size_t *size);
+
 #ifdef __cplusplus
 }
 #endif
@@ -2135,7 +2176,2077 @@ static void timestep_embedding(float *out, float t, int dim)
     }
 }
 
-/* ---- 5. Tokenizer (CLIP BPE) ------------------------------------------------------------- */
+/* ---- 5. Tokenizer (CLIP BPE) --------------------------------------------------------------- */
+/* Prompt text -> token ids, exactly as the pipelines do it with transformers' (slow) CLIPTokenizer,
+   ftfy 6.3.1 and the `regex` module (Radford et al. 2021 use the byte-level BPE of GPT-2, which
+   follows Sennrich et al. 2016):
+   1. literal special tokens (<|startoftext|>, <|endoftext|>, and "!" when it is the pad token)
+      are split out of the text first;
+   2. every other piece goes through ftfy.fix_text (HTML entities, mojibake, curly quotes, fullwidth
+      forms, ligatures, control characters, line breaks, NFC), whitespace runs become one space,
+      the ends are stripped and the text is lower-cased as Python's str.lower() does;
+   3. CLIP's regex cuts it into words: the special tokens, 's 't 're 've 'm 'll 'd, runs of
+      letters, single digits, runs of other non-space characters;
+   4. each word's UTF-8 bytes become byte symbols, the last one marked with </w>, and adjacent
+      symbols are merged in the order of merges.txt until no merge applies;
+   5. [BOS] + the first 75 ids + [EOS], padded to 77.
+   Every rule below names the upstream function it copies, so a reader can check it line by line.
+   Text is handled as arrays of code points (uint32_t) in the scratch arena. Character data follows
+   what the reference ran on: Python 3.11's unicodedata (Unicode 14.0) for lower-casing, NFC and
+   ftfy's regexes, and regex 2022.10.31 (Unicode 15.0) for the pre-tokenizer's letters and numbers. */
+
+enum { CLIP_MERGES = 49152 - 256 - 2, CLIP_FIRST_MERGE = 512 };
+
+/* Per-code-point properties, packed as the table generator packs them. */
+enum {
+    PROP_CLASS = 7,                        /* pre-tokenizer class: */
+    CLASS_OTHER = 0, CLASS_LETTER = 1, CLASS_NUMBER = 2, CLASS_SPACE = 3, CLASS_NONE = 4,
+    PROP_WORD = 8,                         /* Python re's \w (letters and numbers) */
+    PROP_DIGIT = 16,                       /* Python re's \d (Nd) */
+    PROP_CASED = 32, PROP_CASE_IGNORABLE = 64,   /* for the final-sigma rule of str.lower() */
+    PROP_CCC_SHIFT = 7                     /* canonical combining class in bits 7..14 */
+};
+
+/* ftfy's single-byte encodings, in the order it tries them; the first seven are also the ones
+   whose bytes 0x80..0xFF make up its "UTF-8 clues" (chardata.UTF8_CLUES). */
+enum { ENC_LATIN1, ENC_CP1252, ENC_CP1251, ENC_CP1250, ENC_CP1253, ENC_CP1254, ENC_CP1257,
+       ENC_ISO8859_2, ENC_MACROMAN, ENC_CP437, ENC_COUNT };
+
+struct sd_clip_vocab {
+    /* byte-pair encoding */
+    int32_t byte_id[256];        /* id of each byte's symbol; + 256 for the symbol with </w> */
+    char *pool;                  /* token strings back to back */
+    uint32_t *tok_off;           /* token i is pool[tok_off[i] .. tok_off[i + 1]) */
+    int32_t *tok_hash;           /* string -> id, open addressing, -1 = empty */
+    uint32_t tok_mask;
+    uint32_t *pair_key;          /* left << 16 | right -> merge rank, open addressing */
+    int32_t *pair_rank;
+    uint32_t pair_mask;
+    /* text clean-up tables, decoded from the generated streams at load time */
+    uint32_t *prop_start;        /* ranges of code points with equal properties */
+    uint16_t *prop;
+    uint16_t prop_latin1[256];
+    uint32_t *low_start, *low_count, *low_step;   /* runs of str.lower() mappings */
+    int32_t *low_delta;
+    uint32_t *dec_cp, *dec_first, *dec_second;    /* canonical decompositions (second 0: singleton) */
+    uint16_t *comp;              /* indices of the decompositions NFC recomposes, by (first, second) */
+    uint32_t width[0xEF];        /* NFKC of U+FF01..U+FFEF, 0 = unchanged */
+    uint32_t charmap[ENC_COUNT][129];      /* characters of bytes 0x80..0xFF, then of byte 0x1A */
+    uint32_t charmap_inv[ENC_COUNT][129];  /* character << 8 | byte, sorted */
+    char *ent_pool;              /* HTML entity names (without '&', with ';') back to back */
+    uint32_t *ent_off;           /* entity i is ent_pool[ent_off[i] .. ent_off[i + 1]) */
+    uint32_t *ent_val;           /* up to 3 code points per entity, unused ones 0 */
+    uint16_t *upper_of;          /* upper-case spellings: index of the entity they spell */
+    uint32_t *upper_val;
+    int n_prop, n_lower, n_dec, n_comp, n_ent, n_upper;   /* table sizes */
+};
+
+/* ---- code points ---- */
+
+/* A text as code points, in the arena. */
+typedef struct cps { uint32_t *c; size_t n, cap; } cps;
+
+static int cps_init(cps *t, size_t cap, sd_arena *a, sd_error *err)
+{
+    t->n = 0;
+    t->cap = cap;
+    t->c = (uint32_t *)arena_array(a, cap + 1, sizeof(uint32_t), err);
+    return t->c ? SD_OK : SD_ERR_MEMORY;
+}
+
+/* Makes room for `need` code points, moving the text to a bigger block if it must. */
+static int cps_reserve(cps *t, size_t need, sd_arena *a, sd_error *err)
+{
+    cps bigger;
+    if (need <= t->cap) return SD_OK;
+    if (cps_init(&bigger, need, a, err)) return SD_ERR_MEMORY;
+    memcpy(bigger.c, t->c, t->n * sizeof(uint32_t));
+    bigger.n = t->n;
+    *t = bigger;
+    return SD_OK;
+}
+
+static int cps_equal(const uint32_t *x, size_t nx, const uint32_t *y, size_t ny)
+{
+    return nx == ny && (nx == 0 || !memcmp(x, y, nx * sizeof(uint32_t)));
+}
+
+/* UTF-8 -> code points as Python's bytes.decode("utf-8", errors): strict (returns -1 at the first
+   error) or, with `replace`, each maximal invalid subsequence becomes U+FFFD. */
+static int utf8_decode(const unsigned char *b, size_t len, int replace, uint32_t *out, size_t *n)
+{
+    size_t i = 0, w = 0;
+    while (i < len) {
+        unsigned c = b[i], need, k;
+        uint32_t cp;
+        unsigned char lo = 0x80, hi = 0xBF;     /* allowed range of the first continuation byte */
+        if (c < 0x80) { out[w++] = c; i++; continue; }
+        if (c >= 0xC2 && c <= 0xDF) { need = 1; cp = c & 0x1F; }
+        else if (c >= 0xE0 && c <= 0xEF) {
+            need = 2; cp = c & 0x0F;
+            if (c == 0xE0) lo = 0xA0;          /* no overlong forms */
+            if (c == 0xED) hi = 0x9F;          /* no surrogates */
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            need = 3; cp = c & 0x07;
+            if (c == 0xF0) lo = 0x90;
+            if (c == 0xF4) hi = 0x8F;          /* nothing above U+10FFFF */
+        } else {
+            if (!replace) return -1;
+            out[w++] = 0xFFFD; i++; continue;
+        }
+        for (k = 0; k < need; k++) {
+            unsigned char d = i + 1 + k < len ? b[i + 1 + k] : 0;
+            if (i + 1 + k >= len || d < (k ? 0x80 : lo) || d > (k ? 0xBF : hi)) break;
+            cp = cp << 6 | (d & 0x3F);
+        }
+        if (k < need) {
+            if (!replace) return -1;
+            out[w++] = 0xFFFD;                 /* the lead byte and the valid continuations */
+            i += 1 + k;
+            continue;
+        }
+        out[w++] = cp;
+        i += 1 + need;
+    }
+    *n = w;
+    return 0;
+}
+
+static size_t utf8_put(uint32_t cp, unsigned char *out)
+{
+    if (cp < 0x80) { out[0] = (unsigned char)cp; return 1; }
+    if (cp < 0x800) { out[0] = (unsigned char)(0xC0 | cp >> 6); out[1] = (unsigned char)(0x80 | (cp & 63)); return 2; }
+    if (cp < 0x10000) {
+        out[0] = (unsigned char)(0xE0 | cp >> 12); out[1] = (unsigned char)(0x80 | (cp >> 6 & 63));
+        out[2] = (unsigned char)(0x80 | (cp & 63));
+        return 3;
+    }
+    out[0] = (unsigned char)(0xF0 | cp >> 18); out[1] = (unsigned char)(0x80 | (cp >> 12 & 63));
+    out[2] = (unsigned char)(0x80 | (cp >> 6 & 63)); out[3] = (unsigned char)(0x80 | (cp & 63));
+    return 4;
+}
+
+/* ---- Unicode properties (tables generated from Python's unicodedata and the regex module) ---- */
+
+static unsigned uprop(const sd_clip_vocab *v, uint32_t c)
+{
+    int lo = 0, hi = v->n_prop - 1;
+    if (c < 256) return v->prop_latin1[c];
+    while (lo < hi) {                        /* last range starting at or before c */
+        int mid = (lo + hi + 1) / 2;
+        if (v->prop_start[mid] <= c) lo = mid; else hi = mid - 1;
+    }
+    return v->prop[lo];
+}
+
+static unsigned ccc(const sd_clip_vocab *v, uint32_t c) { return c < 0x300 ? 0 : uprop(v, c) >> PROP_CCC_SHIFT; }
+
+/* Python's str.isspace(), which `re`'s \s and str.strip() use. */
+static int is_space(uint32_t c)
+{
+    return (c >= 9 && c <= 13) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+}
+
+/* Simple lower-case mapping (str.lower() without its two special cases, which lower_text handles). */
+static uint32_t lower_char(const sd_clip_vocab *v, uint32_t c)
+{
+    int lo = 0, hi = v->n_lower - 1;
+    if (c < 0x80) return c >= 'A' && c <= 'Z' ? c + 32 : c;
+    if (c < v->low_start[0]) return c;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (v->low_start[mid] <= c) lo = mid; else hi = mid - 1;
+    }
+    {
+        uint32_t d = c - v->low_start[lo];
+        if (d % v->low_step[lo] == 0 && d / v->low_step[lo] < v->low_count[lo]) return (uint32_t)((int32_t)c + v->low_delta[lo]);
+    }
+    return c;
+}
+
+/* Canonical decomposition of one code point, one level deep: index or -1. */
+static int decomposition(const sd_clip_vocab *v, uint32_t c)
+{
+    int lo = 0, hi = v->n_dec - 1;
+    if (c < 0xC0) return -1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        if (v->dec_cp[mid] == c) return mid;
+        if (v->dec_cp[mid] < c) lo = mid + 1; else hi = mid - 1;
+    }
+    return -1;
+}
+
+/* Hangul syllables are composed from jamo by arithmetic (Unicode 3.12). */
+enum { HANGUL_S = 0xAC00, HANGUL_L = 0x1100, HANGUL_V = 0x1161, HANGUL_T = 0x11A7,
+       HANGUL_LN = 19, HANGUL_VN = 21, HANGUL_TN = 28, HANGUL_N = 11172 };
+
+/* Full canonical decomposition of c appended to out; returns the new length. */
+static size_t decompose(const sd_clip_vocab *v, uint32_t c, uint32_t *out, size_t n)
+{
+    int d;
+    if (c >= HANGUL_S && c < HANGUL_S + HANGUL_N) {
+        uint32_t s = c - HANGUL_S;
+        out[n++] = HANGUL_L + s / (HANGUL_VN * HANGUL_TN);
+        out[n++] = HANGUL_V + s % (HANGUL_VN * HANGUL_TN) / HANGUL_TN;
+        if (s % HANGUL_TN) out[n++] = HANGUL_T + s % HANGUL_TN;
+        return n;
+    }
+    d = decomposition(v, c);
+    if (d < 0) { out[n++] = c; return n; }
+    n = decompose(v, v->dec_first[d], out, n);
+    return v->dec_second[d] ? decompose(v, v->dec_second[d], out, n) : n;
+}
+
+/* The primary composite of (a, b), or 0. */
+static uint32_t compose(const sd_clip_vocab *v, uint32_t a, uint32_t b)
+{
+    int lo = 0, hi = v->n_comp - 1;
+    if (a >= HANGUL_L && a < HANGUL_L + HANGUL_LN && b >= HANGUL_V && b < HANGUL_V + HANGUL_VN)
+        return HANGUL_S + ((a - HANGUL_L) * HANGUL_VN + (b - HANGUL_V)) * HANGUL_TN;
+    if (a >= HANGUL_S && a < HANGUL_S + HANGUL_N && (a - HANGUL_S) % HANGUL_TN == 0 && b > HANGUL_T && b < HANGUL_T + HANGUL_TN)
+        return a + (b - HANGUL_T);
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2, k = v->comp[mid];
+        uint32_t f = v->dec_first[k], s = v->dec_second[k];
+        if (f == a && s == b) return v->dec_cp[k];
+        if (f < a || (f == a && s < b)) lo = mid + 1; else hi = mid - 1;
+    }
+    return 0;
+}
+
+/* unicodedata.normalize("NFC"): full canonical decomposition, canonical ordering of combining
+   marks, then canonical composition (UAX #15). */
+static int nfc(const sd_clip_vocab *v, cps *t, sd_arena *a, sd_error *err)
+{
+    size_t i, n = 0, mark = sd_arena_mark(a), starter = 0, w;
+    uint32_t *d;
+    unsigned last;
+    for (i = 0; i < t->n && t->c[i] < 0x300; i++) {}
+    if (i == t->n) return SD_OK;             /* nothing below U+0300 composes or reorders */
+    if (!(d = (uint32_t *)arena_array(a, 4 * t->n + 1, sizeof(uint32_t), err))) return SD_ERR_MEMORY;
+    for (i = 0; i < t->n; i++) n = decompose(v, t->c[i], d, n);
+    for (i = 1; i < n; i++) {                /* stable insertion sort of each run of marks */
+        uint32_t c = d[i];
+        unsigned cc = ccc(v, c);
+        size_t j = i;
+        if (!cc) continue;
+        while (j > 0 && ccc(v, d[j - 1]) > cc) { d[j] = d[j - 1]; j--; }
+        d[j] = c;
+    }
+    last = ccc(v, d[0]) ? 256 : 0;           /* a leading mark has no starter to join */
+    for (i = 1, w = 1; i < n; i++) {         /* composed in place: w <= i */
+        uint32_t c = d[i], p;
+        unsigned cc = ccc(v, c);
+        if ((last < cc || last == 0) && (p = compose(v, d[starter], c)) != 0) {
+            d[starter] = p;
+            continue;
+        }
+        if (!cc) starter = w;
+        last = cc;
+        d[w++] = c;
+    }
+    if (w > t->cap) {                        /* (a longer NFC: keep the new block, leave d behind) */
+        t->n = 0;
+        if (cps_reserve(t, w, a, err)) return SD_ERR_MEMORY;
+        memcpy(t->c, d, w * sizeof(uint32_t));
+        t->n = w;
+        return SD_OK;
+    }
+    memcpy(t->c, d, w * sizeof(uint32_t));
+    t->n = w;
+    sd_arena_reset(a, mark);
+    return SD_OK;
+}
+
+/* ---- ftfy 6.3.1: the single-byte encodings behind mojibake ---- */
+
+/* The byte that character c has in encoding e, or -1 (c's "sloppy" charmap encoding). */
+static int charmap_byte(const sd_clip_vocab *v, int e, uint32_t c)
+{
+    const uint32_t *t = v->charmap_inv[e];
+    int lo = 0, hi = 128;
+    if (c < 0x80 && c != 0x1A) return (int)c;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        uint32_t k = t[mid] >> 8;
+        if (k == c) return (int)(t[mid] & 0xFF);
+        if (k < c) lo = mid + 1; else hi = mid - 1;
+    }
+    return -1;
+}
+
+static int is_sloppy(int e) { return e >= ENC_CP1252 && e <= ENC_CP1257; }
+
+/* chardata.UTF8_CLUES: how UTF-8 lead and continuation bytes look when decoded with one of the
+   first seven encodings. ftfy lists these characters by hand; they are exactly this set. */
+enum { CLUE_LEAD2 = 1, CLUE_LEAD3 = 2, CLUE_LEAD4 = 4, CLUE_CONT = 8, CLUE_CONT_STRICT = 16 };
+
+static unsigned utf8_clue(const sd_clip_vocab *v, uint32_t c)
+{
+    unsigned m = 0;
+    int e;
+    if (c < 0x80) return c == ' ' ? CLUE_CONT : 0;     /* a space may stand for byte 0xA0 */
+    for (e = ENC_LATIN1; e <= ENC_CP1257; e++) {
+        int b = charmap_byte(v, e, c);
+        if (b >= 0xC2 && b <= 0xDF) m |= CLUE_LEAD2;
+        if (b >= 0xE0 && b <= 0xEF) m |= CLUE_LEAD3;
+        if (b == 0xF0 || b == 0xF3) m |= CLUE_LEAD4;
+        if (b >= 0x80 && b <= 0xBF) m |= CLUE_CONT;
+    }
+    /* the strict set leaves out what often stands for itself next to mojibake: dashes, quotes,
+       bullet, ellipsis */
+    if ((m & CLUE_CONT) && !(c >= 0x2013 && c <= 0x2015) && !(c >= 0x2018 && c <= 0x201E && c != 0x201B) &&
+        c != 0x2022 && c != 0x2026)
+        m |= CLUE_CONT_STRICT;
+    return m;
+}
+
+/* ---- ftfy 6.3.1: the mojibake heuristic (badness.py) ---- */
+
+/* badness.MOJIBAKE_CATEGORIES: the ~450 characters that occur in UTF-8 mojibake, by role. */
+enum { B_C1 = 1, B_BAD = 2, B_COMMON = 4, B_LAW = 8, B_CUR = 16, B_SP = 32, B_EP = 64, B_NUM = 128,
+       B_KAO = 256, B_UA = 512, B_LA = 1024, B_UC = 2048, B_LC = 4096, B_BOX = 8192 };
+/* C1 controls; "bad" (nearly only in mojibake); "common" (many contexts); legal signs; currency;
+   start and end punctuation; numeric signs; letters of kaomoji faces; upper- and lower-case
+   accented Latin; upper- and lower-case Greek and Cyrillic; box drawing. */
+static const struct { uint16_t lo, hi, mask; } mojibake_chars[] = {
+    {0x0080, 0x009F, B_C1}, {0x00A0, 0x00A0, B_COMMON}, {0x00A1, 0x00A1, B_SP}, {0x00A2, 0x00A3, B_CUR},
+    {0x00A4, 0x00A4, B_BAD}, {0x00A5, 0x00A5, B_CUR}, {0x00A6, 0x00A6, B_BAD}, {0x00A7, 0x00A7, B_LAW},
+    {0x00A8, 0x00A8, B_BAD}, {0x00A9, 0x00A9, B_SP}, {0x00AA, 0x00AA, B_BAD}, {0x00AB, 0x00AB, B_SP},
+    {0x00AC, 0x00AC, B_BAD}, {0x00AD, 0x00AD, B_COMMON}, {0x00AE, 0x00AE, B_EP}, {0x00AF, 0x00AF, B_BAD},
+    {0x00B0, 0x00B0, B_KAO}, {0x00B1, 0x00B3, B_NUM}, {0x00B4, 0x00B4, B_COMMON}, {0x00B5, 0x00B5, B_NUM},
+    {0x00B6, 0x00B6, B_LAW}, {0x00B7, 0x00B7, B_COMMON}, {0x00B8, 0x00B8, B_BAD}, {0x00B9, 0x00B9, B_NUM},
+    {0x00BA, 0x00BA, B_BAD}, {0x00BB, 0x00BB, B_EP}, {0x00BC, 0x00BE, B_NUM}, {0x00BF, 0x00BF, B_SP},
+    {0x00C0, 0x00D1, B_UA}, {0x00D2, 0x00D6, B_KAO}, {0x00D7, 0x00D7, B_NUM}, {0x00D8, 0x00D8, B_UA},
+    {0x00D9, 0x00DB, B_KAO}, {0x00DC, 0x00DC, B_KAO|B_UA}, {0x00DD, 0x00DD, B_UA}, {0x00DE, 0x00DE, B_UC},
+    {0x00DF, 0x00F1, B_LA}, {0x00F2, 0x00F6, B_KAO}, {0x00F7, 0x00F7, B_NUM}, {0x00F8, 0x00FB, B_KAO},
+    {0x00FC, 0x00FC, B_KAO|B_LA}, {0x0100, 0x0100, B_UA}, {0x0101, 0x0101, B_LA}, {0x0102, 0x0102, B_UA},
+    {0x0103, 0x0103, B_LA}, {0x0104, 0x0104, B_UA}, {0x0105, 0x0105, B_LA}, {0x0106, 0x0106, B_UA},
+    {0x0107, 0x0107, B_LA}, {0x010C, 0x010C, B_UA}, {0x010D, 0x010D, B_LA}, {0x010E, 0x010E, B_UA},
+    {0x010F, 0x010F, B_LA}, {0x0110, 0x0110, B_UA}, {0x0111, 0x0111, B_LA}, {0x0112, 0x0112, B_UA},
+    {0x0113, 0x0113, B_LA}, {0x0116, 0x0116, B_UA}, {0x0117, 0x0117, B_LA}, {0x0118, 0x0118, B_UA},
+    {0x0119, 0x0119, B_LA}, {0x011A, 0x011A, B_UA}, {0x011B, 0x011B, B_LA}, {0x011E, 0x011E, B_UA},
+    {0x011F, 0x011F, B_LA}, {0x0122, 0x0122, B_UA}, {0x0123, 0x0123, B_LA}, {0x012A, 0x012A, B_UA},
+    {0x012B, 0x012B, B_LA}, {0x012F, 0x012F, B_LA}, {0x0130, 0x0130, B_UA}, {0x0136, 0x0136, B_UA},
+    {0x0137, 0x0137, B_LA}, {0x0139, 0x0139, B_UA}, {0x013A, 0x013A, B_LA}, {0x013B, 0x013B, B_UA},
+    {0x013C, 0x013C, B_LA}, {0x013D, 0x013D, B_UA}, {0x013E, 0x013E, B_LA}, {0x0141, 0x0141, B_UA},
+    {0x0142, 0x0142, B_LA}, {0x0143, 0x0143, B_UA}, {0x0145, 0x0145, B_UA}, {0x0147, 0x0147, B_UA},
+    {0x014C, 0x014C, B_KAO}, {0x0150, 0x0150, B_KAO}, {0x0152, 0x0152, B_UA}, {0x0153, 0x0153, B_LA},
+    {0x0155, 0x0155, B_LA}, {0x0158, 0x0158, B_UA}, {0x015A, 0x015A, B_UA}, {0x015B, 0x015B, B_LA},
+    {0x015E, 0x015E, B_UA}, {0x015F, 0x015F, B_LA}, {0x0160, 0x0160, B_UA}, {0x0161, 0x0161, B_LA},
+    {0x0162, 0x0162, B_UA}, {0x0164, 0x0164, B_UA}, {0x0165, 0x0165, B_LA}, {0x016A, 0x016A, B_KAO},
+    {0x016E, 0x016E, B_UA}, {0x0170, 0x0170, B_UA}, {0x0172, 0x0172, B_KAO}, {0x0178, 0x0179, B_UA},
+    {0x017A, 0x017A, B_LA}, {0x017B, 0x017B, B_UA}, {0x017C, 0x017C, B_LA}, {0x017D, 0x017D, B_UA},
+    {0x017E, 0x017E, B_LA}, {0x0192, 0x0192, B_BAD}, {0x02C6, 0x02C7, B_BAD}, {0x02D8, 0x02D8, B_BAD},
+    {0x02DB, 0x02DC, B_BAD}, {0x02DD, 0x02DD, B_EP}, {0x0384, 0x0385, B_SP}, {0x0386, 0x0386, B_UC},
+    {0x0388, 0x038A, B_UC}, {0x038C, 0x038C, B_UC}, {0x038E, 0x038F, B_UC}, {0x0391, 0x03AB, B_UC},
+    {0x03AC, 0x03C9, B_LC}, {0x0401, 0x042F, B_UC}, {0x0430, 0x045F, B_LC}, {0x0490, 0x0490, B_UA},
+    {0x0491, 0x0491, B_LA}, {0x2013, 0x2015, B_COMMON}, {0x2018, 0x2018, B_SP}, {0x2019, 0x2019, B_COMMON},
+    {0x201A, 0x201A, B_SP}, {0x201C, 0x201C, B_SP}, {0x201D, 0x201D, B_EP}, {0x201E, 0x201E, B_SP},
+    {0x2020, 0x2021, B_BAD}, {0x2022, 0x2022, B_SP}, {0x2026, 0x2026, B_COMMON}, {0x2030, 0x2030, B_BAD},
+    {0x2039, 0x2039, B_SP}, {0x203A, 0x203A, B_EP}, {0x2044, 0x2044, B_NUM}, {0x20A7, 0x20A7, B_CUR},
+    {0x20AC, 0x20AC, B_CUR}, {0x2116, 0x2116, B_NUM}, {0x2122, 0x2122, B_EP}, {0x2202, 0x2202, B_NUM},
+    {0x2206, 0x2206, B_NUM}, {0x220F, 0x220F, B_NUM}, {0x2211, 0x2211, B_NUM}, {0x221A, 0x221A, B_NUM},
+    {0x221E, 0x221E, B_NUM}, {0x2229, 0x2229, B_NUM}, {0x222B, 0x222B, B_NUM}, {0x2248, 0x2248, B_NUM},
+    {0x2260, 0x2261, B_NUM}, {0x2264, 0x2265, B_NUM}, {0x2310, 0x2310, B_BAD}, {0x2502, 0x2502, B_BOX},
+    {0x250C, 0x250C, B_BOX}, {0x2510, 0x2510, B_BOX}, {0x2518, 0x2518, B_BOX}, {0x251C, 0x251C, B_BOX},
+    {0x2524, 0x2524, B_BOX}, {0x252C, 0x252C, B_BOX}, {0x253C, 0x253C, B_BOX}, {0x2550, 0x256C, B_BOX},
+    {0x2580, 0x2580, B_BOX}, {0x2584, 0x2584, B_BOX}, {0x2588, 0x2588, B_BOX}, {0x258C, 0x258C, B_BOX},
+    {0x2590, 0x2593, B_BOX}, {0x25CA, 0x25CA, B_BAD}, {0xF8FF, 0xF8FF, B_SP}, {0xFB01, 0xFB02, B_LA},
+    {0xFFFD, 0xFFFD, B_BAD}
+};
+
+static unsigned mojibake_class(uint32_t c)
+{
+    int lo = 0, hi = (int)(sizeof mojibake_chars / sizeof mojibake_chars[0]) - 1;
+    if (c < 0x80 || c > 0xFFFD) return 0;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        if (c < mojibake_chars[mid].lo) hi = mid - 1;
+        else if (c > mojibake_chars[mid].hi) lo = mid + 1;
+        else return mojibake_chars[mid].mask;
+    }
+    return 0;
+}
+
+static int in_list(uint32_t c, const uint16_t *list, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++) if (list[i] == c) return 1;
+    return 0;
+}
+#define IN_SET(c, list) in_list((c), (list), sizeof(list) / sizeof((list)[0]))
+
+/* The literal character sets of BADNESS_RE. */
+static const uint16_t bad_hat[] = {0xC2, 0xC3, 0xCE, 0xD0};                             /* ÂÃÎÐ */
+static const uint16_t bad_after_hat[] = {0x20AC, 0x153, 0x160, 0x161, 0xA2, 0xA3, 0x178, 0x17E, 0xA0, 0xAD,
+                                         0xAE, 0xA9, 0xB0, 0xB7, 0xBB, 0x2013, 0x2014, 0xB4};  /* €œŠš¢£Ÿž...–—´ */
+static const uint16_t bad_arabic[] = {0x178, 0x160, 0xAE, 0xB0, 0xB5, 0xBB};            /* ŸŠ®°µ» */
+static const uint16_t bad_after_agrave[] = {0xB2, 0xB5, 0xB9, 0xBC, 0xBD, 0xBE};         /* ²µ¹¼½¾ */
+static const uint16_t bad_after_root[] = {0xB1, 0x2202, 0x2020, 0x2260, 0xAE, 0x2122, 0xB4, 0x2264, 0x2265,
+                                          0xA5, 0xB5, 0xF8};                           /* ±∂†≠®™´≤≥¥µø */
+static const uint16_t bad_after_quote_a[] = {0xEC, 0xEE, 0xEF, 0xF2, 0xF4, 0xFA, 0xF9, 0xFB, 0x2020, 0xB0,
+                                             0xA2, 0x3C0};                             /* ìîïòôúùû†°¢π */
+static const uint16_t bad_after_quote_x[] = {0xE0, 0xE4, 0xB0, 0xEA};                   /* àä°ê */
+static const uint16_t bad_cyrillic[] = {0x412, 0x413, 0x420, 0x421};                   /* ВГРС */
+static const uint16_t bad_greek[] = {0x392, 0x393, 0x39E, 0x39F};                      /* ΒΓΞΟ */
+static const uint16_t bad_after_beta_euro[] = {0x2122, 0xA0, 0x386, 0xAD, 0xAE, 0xB0};  /* ™\xa0Ά\xad®° */
+static const uint16_t ascii_punct[] = {'.', ',', '?', '!'};
+
+static int ascii_lower(uint32_t c) { return c >= 'a' && c <= 'z'; }
+static int ascii_letter(uint32_t c) { return ascii_lower(c) || (c >= 'A' && c <= 'Z'); }
+
+/* badness.is_bad(): does any of BADNESS_RE's alternatives match somewhere? Each `if` is one
+   alternative of that regex, in its order. NONE stands for "past the end". */
+static int is_bad(const sd_clip_vocab *v, const uint32_t *t, size_t n)
+{
+    const uint32_t NONE = 0xFFFFFFFFu;
+    size_t i;
+    for (i = 0; i < n; i++) {
+        uint32_t a = t[i], b = i + 1 < n ? t[i + 1] : NONE, c = i + 2 < n ? t[i + 2] : NONE, d = i + 3 < n ? t[i + 3] : NONE;
+        unsigned ma = mojibake_class(a), mb = b != NONE ? mojibake_class(b) : 0, mc = c != NONE ? mojibake_class(c) : 0;
+        unsigned md = d != NONE ? mojibake_class(d) : 0;
+        if (ma & B_C1) return 1;
+        if ((ma & (B_BAD | B_LA | B_UA | B_BOX | B_SP | B_EP | B_CUR | B_NUM | B_LAW)) && (mb & B_BAD)) return 1;
+        if (ascii_letter(a) && (mb & (B_LC | B_UC)) && (mc & B_BAD)) return 1;
+        if ((ma & B_BAD) && (mb & (B_LA | B_UA | B_BOX | B_SP | B_EP | B_CUR | B_NUM | B_LAW))) return 1;
+        if ((ma & (B_LA | B_LC | B_BOX | B_EP | B_CUR | B_NUM)) && (mb & B_UA)) return 1;
+        if ((ma & (B_BOX | B_EP | B_CUR | B_NUM)) && (mb & B_LA)) return 1;
+        if ((ma & (B_LA | B_BOX | B_EP)) && (mb & B_CUR)) return 1;
+        if (is_space(a) && (mb & B_UA) && (mc & B_CUR)) return 1;
+        if ((ma & (B_UA | B_BOX)) && (mb & (B_NUM | B_LAW))) return 1;
+        if ((ma & (B_LA | B_UA | B_BOX | B_CUR | B_EP)) && (mb & B_SP) && (mc & B_NUM)) return 1;
+        if ((ma & (B_LA | B_UA | B_CUR | B_NUM | B_BOX | B_LAW)) && (mb & B_EP) && (mc & B_SP)) return 1;
+        if ((ma & (B_CUR | B_NUM | B_BOX)) && (mb & B_SP)) return 1;
+        if (ascii_lower(a) && (mb & B_UA) && (mc & (B_SP | B_CUR))) return 1;
+        if ((ma & B_BOX) && (mb & B_KAO)) return 1;
+        if ((ma & (B_LA | B_UA | B_CUR | B_NUM | B_SP | B_EP | B_LAW)) && (mb & B_BOX)) return 1;
+        if ((ma & B_BOX) && (mb & B_EP)) return 1;
+        if ((ma & (B_LA | B_UA)) && (mb & (B_SP | B_EP)) && c != NONE && (c == '_' || (uprop(v, c) & PROP_WORD))) return 1;
+        if ((a == 0x152 || a == 0x153) && b != NONE && !ascii_letter(b)) return 1;           /* [Œœ][^A-Za-z] */
+        if ((ma & B_UA) && b == 0xB0) return 1;                                                /* capital + ° */
+        if (IN_SET(a, bad_hat) && ((mb & (B_SP | B_EP)) ||                         /* [ÂÃÎÐ][€œŠš¢£Ÿž...] */
+            IN_SET(b, bad_after_hat)))
+            return 1;
+        if (a == 0xD7 && (b == 0xB2 || b == 0xB3)) return 1;                                   /* × [²³] */
+        if ((a == 0xD8 || a == 0xD9) && (c == 0xD8 || c == 0xD9) &&                            /* Arabic in Windows-1252 */
+            ((mb & (B_COMMON | B_CUR | B_BAD | B_NUM | B_SP)) || IN_SET(b, bad_arabic)) &&
+            ((md & (B_COMMON | B_CUR | B_BAD | B_NUM | B_SP)) || IN_SET(d, bad_arabic)))
+            return 1;
+        if (a == 0xE0 && IN_SET(b, bad_after_agrave)) return 1;                 /* à[²µ¹¼½¾] */
+        if (a == 0x221A && IN_SET(b, bad_after_root))
+            return 1;                                                                          /* MacRoman √... */
+        if (a == 0x2248 && (b == 0xB0 || b == 0xA2)) return 1;                                 /* ≈[°¢] */
+        if (a == 0x201A && b == 0xC4 && IN_SET(c, bad_after_quote_a))
+            return 1;                                                                          /* ‚Ä[ìîïòôúùû†°¢π] */
+        if (a == 0x201A && (b == 0xE2 || b == 0xF3) && IN_SET(c, bad_after_quote_x)) return 1; /* ‚[âó][àä°ê] */
+        if (a == 0x432 && b == 0x402) return 1;                                                /* вЂ */
+        if (IN_SET(a, bad_cyrillic) && IN_SET(c, bad_cyrillic) &&          /* [ВГРС]x[ВГРС] */
+            ((mb & (B_C1 | B_BAD | B_SP | B_EP | B_CUR)) || b == 0xB0 || b == 0xB5))
+            return 1;
+        if (a == 0x413 && b == 0x45E && c == 0x412 && d == 0x402 && i + 6 < n && t[i + 4] == 0x412 &&
+            t[i + 5] != '\n' && (ascii_letter(t[i + 6]) || t[i + 6] == ' '))
+            return 1;                                                                          /* ГўВЂВ.[A-Za-z ] */
+        if (a == 0xC3 && (b == 0xA0 || b == 0xA1)) return 1;                                   /* Ã[\xa0¡] */
+        if (ascii_lower(a) && (b == 0xC3 || b == 0xC2) && c == ' ') return 1;                  /* [a-z]\s?[ÃÂ][ ] */
+        if (ascii_lower(a) && b != NONE && is_space(b) && (c == 0xC3 || c == 0xC2) && d == ' ') return 1;
+        if (i == 0 && (a == 0xC3 || a == 0xC2) && b == ' ') return 1;                         /* ^[ÃÂ][ ] */
+        if ((ascii_lower(a) || IN_SET(a, ascii_punct) || (ma & B_EP)) && b == 0xC2 &&       /* Â standing for itself */
+            (c == ' ' || (mc & (B_SP | B_EP))))
+            return 1;
+        if (a == 0x3B2 && b == 0x20AC && IN_SET(c, bad_after_beta_euro)) return 1; /* β€[™\xa0Ά\xad®°] */
+        if (IN_SET(a, bad_greek) && IN_SET(c, bad_greek) &&          /* [ΒΓΞΟ]x[ΒΓΞΟ] */
+            ((mb & (B_C1 | B_BAD | B_SP | B_EP | B_CUR)) || b == 0xB0))
+            return 1;
+        if (a == 0x101 && b == 0x20AC) return 1;                                               /* ā€ */
+    }
+    return 0;
+}
+#undef IN_SET
+
+/* ---- ftfy 6.3.1: fix_encoding (undo UTF-8 that was decoded as a single-byte encoding) ---- */
+
+/* chardata.ALTERED_UTF8_RE: UTF-8 sequences whose byte A0 became a space. `at` is a position in
+   the encoded bytes; returns the length of the match there or 0. Alternatives in regex order. */
+static int altered_utf8_at(const unsigned char *b, size_t len, size_t at)
+{
+    size_t r = len - at;
+    unsigned c = b[at], x1 = r > 1 ? b[at + 1] : 0, x2 = r > 2 ? b[at + 2] : 0, x3 = r > 3 ? b[at + 3] : 0;
+#define CONT_NOT_85_A0(x) ((x) >= 0x80 && (x) <= 0xBF && (x) != 0x85 && (x) != 0xA0)
+#define CONT(x) ((x) >= 0x80 && (x) <= 0xBF)
+    if (r >= 2 && (c == 0xC2 || c == 0xC3 || c == 0xC5 || c == 0xCE || c == 0xD0 || c == 0xD9) && x1 == ' ') return 2;
+    if (r >= 3 && (c == 0xE2 || c == 0xE3) && x1 == ' ' && CONT_NOT_85_A0(x2)) return 3;
+    if (r >= 3 && c >= 0xE0 && c <= 0xE3 && CONT_NOT_85_A0(x1) && x2 == ' ') return 3;
+    if (r >= 4 && c == 0xF0 && x1 == ' ' && CONT(x2) && CONT(x3)) return 4;
+    if (r >= 4 && c == 0xF0 && CONT(x1) && x2 == ' ' && CONT(x3)) return 4;
+    if (r >= 4 && c == 0xF0 && CONT(x1) && CONT(x2) && x3 == ' ') return 4;
+    return 0;
+}
+
+/* fixes.restore_byte_a0: put back the A0 bytes. First "Ã " as a word of its own keeps its space
+   (A_GRAVE_WORD_RE: "à la"), then every ALTERED_UTF8_RE match gets its spaces turned into A0. */
+static size_t restore_byte_a0(const unsigned char *in, size_t len, unsigned char *tmp, unsigned char *out)
+{
+    size_t i = 0, n = 0, m = 0;
+    while (i < len) {
+        if (in[i] == 0xC3 && i + 1 < len && in[i + 1] == ' ') {
+            const unsigned char *s = in + i + 2;
+            size_t r = len - i - 2;
+            int keep = (r >= 1 && s[0] == ' ') || (r >= 2 && s[0] == 's' && s[1] == ' ') ||
+                       (r >= 5 && (!memcmp(s, "quele", 5) || !memcmp(s, "quela", 5) || !memcmp(s, "quilo", 5)));
+            if (!keep) { tmp[n++] = 0xC3; tmp[n++] = 0xA0; tmp[n++] = ' '; i += 2; continue; }
+        }
+        tmp[n++] = in[i++];
+    }
+    for (i = 0; i < n; ) {
+        size_t k = (size_t)altered_utf8_at(tmp, n, i), j;
+        if (!k) { out[m++] = tmp[i++]; continue; }
+        for (j = 0; j < k; j++) out[m++] = tmp[i + j] == ' ' ? 0xA0 : tmp[i + j];
+        i += k;
+    }
+    return m;
+}
+
+/* fixes.replace_lossy_sequences (chardata.LOSSY_UTF8_RE): UTF-8 sequences in which some bytes were
+   lost (byte 1A stands for a U+FFFD of a sloppy codec, '?' sometimes too) become the bytes of U+FFFD. */
+static int lossy_at(const unsigned char *b, size_t len, size_t at)
+{
+    size_t r = len - at;
+    unsigned c = b[at], x1 = r > 1 ? b[at + 1] : 0, x2 = r > 2 ? b[at + 2] : 0, x3 = r > 3 ? b[at + 3] : 0;
+    unsigned x4 = r > 4 ? b[at + 4] : 0, x5 = r > 5 ? b[at + 5] : 0;
+#define SUB(x) ((x) == 0x1A)
+#define SUBQ(x) ((x) == 0x1A || (x) == '?')
+#define SUBC(x) ((x) == 0x1A || CONT(x))
+#define SUBQC(x) ((x) == 0x1A || (x) == '?' || CONT(x))
+    if (r >= 2 && c >= 0xC2 && c <= 0xDF && SUB(x1)) return 2;
+    if (r >= 2 && (c == 0xC2 || c == 0xC3) && x1 == '?') return 2;
+    if (r >= 6 && c == 0xED && x1 >= 0xA0 && x1 <= 0xAF && SUBQ(x2) && x3 == 0xED && x4 >= 0xB0 && x4 <= 0xBF && SUBQC(x5)) return 6;
+    if (r >= 6 && c == 0xED && x1 >= 0xA0 && x1 <= 0xAF && SUBQC(x2) && x3 == 0xED && x4 >= 0xB0 && x4 <= 0xBF && SUBQ(x5)) return 6;
+    if (r >= 3 && c >= 0xE0 && c <= 0xEF && SUBQ(x1) && SUBC(x2)) return 3;
+    if (r >= 3 && c >= 0xE0 && c <= 0xEF && SUBC(x1) && SUBQ(x2)) return 3;
+    if (r >= 4 && c >= 0xF0 && c <= 0xF4 && SUBQ(x1) && SUBC(x2) && SUBC(x3)) return 4;
+    if (r >= 4 && c >= 0xF0 && c <= 0xF4 && SUBC(x1) && SUBQ(x2) && SUBC(x3)) return 4;
+    if (r >= 4 && c >= 0xF0 && c <= 0xF4 && SUBC(x1) && SUBC(x2) && SUBQ(x3)) return 4;
+    return SUB(c) ? 1 : 0;
+#undef SUB
+#undef SUBQ
+#undef SUBC
+#undef SUBQC
+}
+
+static size_t replace_lossy_sequences(const unsigned char *in, size_t len, unsigned char *out)
+{
+    size_t i = 0, m = 0;
+    while (i < len) {
+        size_t k = (size_t)lossy_at(in, len, i);
+        if (!k) { out[m++] = in[i++]; continue; }
+        out[m++] = 0xEF; out[m++] = 0xBF; out[m++] = 0xBD;
+        i += k;
+    }
+    return m;
+}
+#undef CONT
+#undef CONT_NOT_85_A0
+
+/* bytes.decode("utf-8-variants") of ftfy's bad_codecs: strict UTF-8, except that C0 80 is U+0000
+   (Java) and a CESU-8 surrogate pair ED A0-AF xx ED B0-BF xx is one code point. Two quirks of its
+   regexes are kept: "$" also matches before a final "\n", so a C0 followed by the final "\n"
+   decodes (with the "\n") to U+0000, and a "\n" may stand for the last byte of a final pair. */
+static int decode_utf8_variants(const unsigned char *b, size_t len, uint32_t *out, size_t *n)
+{
+    size_t i = 0, w = 0, start = 0, k;
+    for (;;) {
+        while (i < len && b[i] != 0xC0 && !(b[i] == 0xED && (i + 1 == len || b[i + 1] >= 0xA0))) i++;
+        if (utf8_decode(b + start, i - start, 0, out + w, &k)) return -1;   /* plain UTF-8 before it */
+        w += k;
+        if (i == len) break;
+        if (b[i] == 0xC0) {
+            if (i + 1 < len && (b[i + 1] == 0x80 || (b[i + 1] == '\n' && i + 2 == len))) out[w++] = 0;
+            else return -1;
+            i += 2;
+        } else {
+            const unsigned char *s = b + i;
+            if (len - i < 6 || s[1] > 0xAF || (s[2] & 0xC0) != 0x80 || s[3] != 0xED || s[4] < 0xB0 || s[4] > 0xBF ||
+                !((s[5] & 0xC0) == 0x80 || (s[5] == '\n' && len - i == 6)))
+                return -1;                   /* a lone surrogate: an error, as in Python */
+            out[w++] = 0x10000 + ((uint32_t)(s[1] & 0x0F) << 16) + ((uint32_t)(s[2] & 0x3F) << 10) +
+                       ((uint32_t)(s[4] & 0x0F) << 6) + (s[5] & 0x3F);
+            i += 6;
+        }
+        start = i;
+    }
+    *n = w;
+    return 0;
+}
+
+typedef struct fixer { const sd_clip_vocab *v; sd_arena *a; sd_error *err; int depth; } fixer;
+
+static int fix_encoding(fixer *f, cps *t);
+
+/* fixes.decode_inconsistent_utf8: where UTF8_DETECTOR_RE finds stretches that look like UTF-8
+   mojibake (runs of lead + continuation "bytes" not preceded by a strict continuation), fix each
+   stretch on its own if it is shorter than the text and looks bad. */
+static int decode_inconsistent_utf8(fixer *f, cps *t, int *changed)
+{
+    const sd_clip_vocab *v = f->v;
+    size_t n = t->n, pos = 0, p, w = 0, i, mark = sd_arena_mark(f->a);
+    uint8_t *clue;
+    uint32_t *out;
+    *changed = 0;
+    clue = (uint8_t *)arena_array(f->a, n + 1, 1, f->err);
+    out = (uint32_t *)arena_array(f->a, n + 1, sizeof(uint32_t), f->err);
+    if (!clue || !out) return SD_ERR_MEMORY;
+    for (i = 0; i < n; i++) clue[i] = (uint8_t)utf8_clue(v, t->c[i]);
+    clue[n] = 0;
+    for (p = 0; p < n; p++) {
+        size_t e = p;
+        if (p > 0 && (clue[p - 1] & CLUE_CONT_STRICT)) continue;   /* the (?<! ...) look-behind */
+        for (;;) {                           /* ( lead2 cont | lead3 cont{2} | lead4 cont{3} )+ */
+            size_t k;
+            for (k = 1; k <= 3; k++) {       /* the alternatives in order; the first that fits wins */
+                size_t j;
+                if (!(clue[e] & (k == 1 ? CLUE_LEAD2 : k == 2 ? CLUE_LEAD3 : CLUE_LEAD4)) || e + k >= n) continue;
+                for (j = 1; j <= k && (clue[e + j] & CLUE_CONT); j++) {}
+                if (j > k) break;
+            }
+            if (k > 3) break;
+            e += k + 1;
+        }
+        if (e == p) continue;
+        memcpy(out + w, t->c + pos, (p - pos) * sizeof(uint32_t));
+        w += p - pos;
+        if (e - p < n && is_bad(v, t->c + p, e - p) && f->depth < 64) {   /* (depth is O(log n); 64 is a guard) */
+            size_t inner = sd_arena_mark(f->a);
+            cps s;
+            int rc;
+            if (cps_init(&s, e - p, f->a, f->err)) return SD_ERR_MEMORY;
+            memcpy(s.c, t->c + p, (e - p) * sizeof(uint32_t));
+            s.n = e - p;
+            f->depth++;
+            rc = fix_encoding(f, &s);
+            f->depth--;
+            if (rc) return rc;
+            if (s.n > e - p) return fail(f->err, SD_ERR_UNSUPPORTED, "tokenizer: internal error (mojibake fix grew)");
+            memcpy(out + w, s.c, s.n * sizeof(uint32_t));
+            w += s.n;
+            sd_arena_reset(f->a, inner);
+        } else {
+            memcpy(out + w, t->c + p, (e - p) * sizeof(uint32_t));
+            w += e - p;
+        }
+        pos = e;
+        p = e - 1;
+    }
+    memcpy(out + w, t->c + pos, (n - pos) * sizeof(uint32_t));
+    w += n - pos;
+    if (!cps_equal(out, w, t->c, n)) {
+        memcpy(t->c, out, w * sizeof(uint32_t));
+        t->n = w;
+        *changed = 1;
+    }
+    sd_arena_reset(f->a, mark);
+    return SD_OK;
+}
+
+/* fixes.fix_c1_controls: C1 controls U+0080..U+009F become what Windows-1252 has at those bytes. */
+static void fix_c1_controls(const sd_clip_vocab *v, cps *t)
+{
+    size_t i;
+    for (i = 0; i < t->n; i++)
+        if (t->c[i] >= 0x80 && t->c[i] <= 0x9F) t->c[i] = v->charmap[ENC_CP1252][t->c[i] - 0x80];
+}
+
+/* ftfy's _fix_encoding_one_step_and_explain. */
+static int fix_encoding_step(fixer *f, cps *t, int *changed)
+{
+    const sd_clip_vocab *v = f->v;
+    size_t n = t->n, i, mark = sd_arena_mark(f->a);
+    unsigned possible = (1u << ENC_COUNT) - 1;
+    int e, rc, has_c1 = 0;
+    *changed = 0;
+    for (i = 0; i < n && t->c[i] < 0x80; i++) {}
+    if (i == n || !is_bad(v, t->c, n)) return SD_OK;     /* ASCII, or nothing looks like mojibake */
+    for (i = 0; i < n; i++) {                /* which encodings can encode the whole text? */
+        for (e = 0; e < ENC_COUNT; e++)
+            if ((possible >> e & 1) && charmap_byte(v, e, t->c[i]) < 0) possible &= ~(1u << e);
+        has_c1 |= t->c[i] >= 0x80 && t->c[i] <= 0x9F;
+    }
+    for (e = 0; e < ENC_COUNT; e++) {        /* UTF-8 read as encoding e? encode, fix up, decode */
+        unsigned char *bytes, *tmp, *fixed;
+        uint32_t *decoded;
+        size_t len = n, k;
+        if (!(possible >> e & 1)) continue;
+        bytes = (unsigned char *)arena_array(f->a, 4 * n + 8, 1, f->err);
+        tmp = (unsigned char *)arena_array(f->a, 4 * n + 8, 1, f->err);
+        fixed = (unsigned char *)arena_array(f->a, 4 * n + 8, 1, f->err);
+        if (!bytes || !tmp || !fixed) return SD_ERR_MEMORY;
+        for (i = 0; i < n; i++) bytes[i] = (unsigned char)charmap_byte(v, e, t->c[i]);
+        if (e != ENC_MACROMAN) {             /* (where it would take an en dash + space for UTF-8) */
+            for (i = 0; i < len && !altered_utf8_at(bytes, len, i); i++) {}
+            if (i < len) {
+                len = restore_byte_a0(bytes, len, tmp, fixed);
+                memcpy(bytes, fixed, len);
+            }
+        }
+        if (is_sloppy(e)) {
+            len = replace_lossy_sequences(bytes, len, fixed);
+            memcpy(bytes, fixed, len);
+        }
+        decoded = (uint32_t *)arena_array(f->a, len + 1, sizeof(uint32_t), f->err);
+        if (!decoded) return SD_ERR_MEMORY;
+        if (decode_utf8_variants(bytes, len, decoded, &k) == 0) {
+            *changed = !cps_equal(decoded, k, t->c, n);
+            if (k > t->cap) return fail(f->err, SD_ERR_UNSUPPORTED, "tokenizer: internal error (mojibake fix grew)");
+            memcpy(t->c, decoded, k * sizeof(uint32_t));
+            t->n = k;
+            sd_arena_reset(f->a, mark);
+            return SD_OK;
+        }
+        sd_arena_reset(f->a, mark);
+    }
+    rc = decode_inconsistent_utf8(f, t, changed);
+    if (rc || *changed) return rc;
+    if (has_c1) {                            /* Latin-1 meant as Windows-1252, or stray C1 controls */
+        size_t before = 0;
+        for (i = 0; i < n; i++) before += t->c[i] >= 0x80 && t->c[i] <= 0x9F && t->c[i] != 0x81 && t->c[i] != 0x8D &&
+                                           t->c[i] != 0x8F && t->c[i] != 0x90 && t->c[i] != 0x9D;
+        fix_c1_controls(v, t);
+        *changed = before > 0;
+    }
+    return SD_OK;
+}
+
+/* ftfy.fix_encoding: one step at a time until nothing changes. */
+static int fix_encoding(fixer *f, cps *t)
+{
+    size_t guard, steps = 4 * t->n + 16;     /* every step shrinks or settles the text */
+    for (guard = 0; guard < steps; guard++) {
+        int changed, rc = fix_encoding_step(f, t, &changed);
+        if (rc || !changed) return rc;
+    }
+    return SD_OK;
+}
+
+/* ---- ftfy 6.3.1: the other fixes of fix_text ---- */
+
+/* The value of the HTML entity s[0 .. len) (the text after '&', through ';'), as
+   fixes._unescape_fixup decodes it: a name from chardata.v->n_ent (html5 names ending in ';',
+   and all-caps spellings of all-lowercase names, meaning char.upper()), or "#123;" / "#x7B;" as
+   html.unescape reads it. Returns the number of code points written to val (0..3), -1 to keep it. */
+static int entity_value(const sd_clip_vocab *v, const uint32_t *s, size_t len, uint32_t *val)
+{
+    char name[32];
+    size_t i;
+    int lo, hi, k;
+    if (s[0] == '#') {
+        int hex = s[1] == 'x' || s[1] == 'X';
+        uint32_t num = 0;
+        size_t from = hex ? 2 : 1;
+        if (from + 1 >= len) return -1;
+        for (i = from; i + 1 < len; i++) {
+            uint32_t c = s[i], dgt = c >= '0' && c <= '9' ? c - '0' : !hex ? 99 : c >= 'a' && c <= 'f' ? c - 'a' + 10 :
+                                      c >= 'A' && c <= 'F' ? c - 'A' + 10 : 99;
+            if (dgt == 99) return -1;        /* html.unescape would stop early: ftfy keeps the text */
+            num = num > 0x10FFFF ? num : num * (hex ? 16 : 10) + dgt;
+        }
+        if (num == 0) val[0] = 0xFFFD;       /* html._invalid_charrefs */
+        else if (num == 0x0D) val[0] = '\r';
+        else if (num >= 0x80 && num <= 0x9F) val[0] = v->charmap[ENC_CP1252][num - 0x80];
+        else if ((num >= 0xD800 && num <= 0xDFFF) || num > 0x10FFFF) val[0] = 0xFFFD;
+        else if ((num >= 1 && num <= 8) || num == 0x0B || (num >= 0x0E && num <= 0x1F) || (num >= 0x7F && num <= 0x9F) ||
+                 (num >= 0xFDD0 && num <= 0xFDEF) || (num & 0xFFFE) == 0xFFFE)
+            return 0;                        /* html._invalid_codepoints: dropped */
+        else val[0] = num;
+        return val[0] == ';' ? -1 : 1;       /* a ';' in the result means "not fully decoded" */
+    }
+    for (i = 0; i < len; i++) name[i] = (char)s[i];
+    for (lo = 0, hi = v->n_ent - 1; lo <= hi; ) {     /* html5 names, sorted */
+        int mid = (lo + hi) / 2;
+        size_t ml = v->ent_off[mid + 1] - v->ent_off[mid];
+        int cmp = memcmp(name, v->ent_pool + v->ent_off[mid], len < ml ? len : ml);
+        if (!cmp) cmp = len < ml ? -1 : len > ml;
+        if (!cmp) {
+            for (k = 0; k < 3 && v->ent_val[3 * mid + k]; k++) val[k] = v->ent_val[3 * mid + k];
+            return k;
+        }
+        if (cmp < 0) hi = mid - 1; else lo = mid + 1;
+    }
+    for (lo = 0, hi = v->n_upper - 1; lo <= hi; ) { /* their upper-case spellings, same order */
+        int mid = (lo + hi) / 2, e = v->upper_of[mid], cmp = 0;
+        size_t ml = v->ent_off[e + 1] - v->ent_off[e], j;
+        for (j = 0; j < len && j < ml && !cmp; j++) {
+            char u = v->ent_pool[v->ent_off[e] + j];
+            u = (char)(u >= 'a' && u <= 'z' ? u - 32 : u);
+            cmp = (unsigned char)name[j] - (unsigned char)u;
+        }
+        if (!cmp) cmp = len < ml ? -1 : len > ml;
+        if (!cmp) {
+            for (k = 0; k < 3 && v->upper_val[3 * mid + k]; k++) val[k] = v->upper_val[3 * mid + k];
+            return k;
+        }
+        if (cmp < 0) hi = mid - 1; else lo = mid + 1;
+    }
+    return -1;
+}
+
+static int ascii_alnum(uint32_t c) { return ascii_letter(c) || (c >= '0' && c <= '9'); }
+
+/* fixes.unescape_html: every match of &#?[0-9A-Za-z]{1,24}; that means something is replaced.
+   Values are never longer than their entities, so this works in place. */
+static void unescape_html(const sd_clip_vocab *v, cps *t)
+{
+    size_t i = 0, w = 0, n = t->n;
+    while (i < n) {
+        size_t j = i + 1, k;
+        uint32_t val[3];
+        int m;
+        if (t->c[i] != '&') { t->c[w++] = t->c[i++]; continue; }
+        if (j < n && t->c[j] == '#') j++;
+        for (k = j; k < n && k - j < 25 && ascii_alnum(t->c[k]); k++) {}
+        if (k == j || k - j > 24 || k >= n || t->c[k] != ';' || (m = entity_value(v, t->c + i + 1, k - i, val)) < 0) {
+            t->c[w++] = t->c[i++];
+            continue;
+        }
+        memcpy(t->c + w, val, (size_t)m * sizeof(uint32_t));
+        w += (size_t)m;
+        i = k + 1;
+    }
+    t->n = w;
+}
+
+/* chardata.LIGATURES: Latin ligatures and digraphs, split into their letters. */
+static const struct { uint16_t from, to[3]; } latin_ligatures[] = {
+    {0x132, {'I', 'J'}}, {0x133, {'i', 'j'}}, {0x149, {0x2BC, 'n'}}, {0x1C4, {'D', 0x17D}}, {0x1C5, {'D', 0x17E}},
+    {0x1C6, {'d', 0x17E}}, {0x1C7, {'L', 'J'}}, {0x1C8, {'L', 'j'}}, {0x1C9, {'l', 'j'}}, {0x1CA, {'N', 'J'}},
+    {0x1CB, {'N', 'j'}}, {0x1CC, {'n', 'j'}}, {0x1F1, {'D', 'Z'}}, {0x1F2, {'D', 'z'}}, {0x1F3, {'d', 'z'}},
+    {0xFB00, {'f', 'f'}}, {0xFB01, {'f', 'i'}}, {0xFB02, {'f', 'l'}}, {0xFB03, {'f', 'f', 'i'}},
+    {0xFB04, {'f', 'f', 'l'}}, {0xFB05, {0x17F, 't'}}, {0xFB06, {'s', 't'}},
+};
+
+/* What fixes.fix_latin_ligatures and fix_character_width (chardata.WIDTH_MAP: U+3000 and the
+   NFKC of U+FF01..U+FFEF) make of c; returns the number of code points (1..3). */
+static int expand_char(const sd_clip_vocab *v, uint32_t c, uint32_t *out, int ligatures)
+{
+    size_t i;
+    out[0] = c;
+    if (ligatures) {
+        if (c < 0x132 || (c > 0x1F3 && c < 0xFB00) || c > 0xFB06) return 1;
+        for (i = 0; i < sizeof latin_ligatures / sizeof latin_ligatures[0]; i++)
+            if (latin_ligatures[i].from == c) {
+                int k;
+                for (k = 0; k < 3 && latin_ligatures[i].to[k]; k++) out[k] = latin_ligatures[i].to[k];
+                return k;
+            }
+        return 1;
+    }
+    if (c == 0x3000) out[0] = ' ';
+    if (c < 0xFF01 || c > 0xFFEF || !v->width[c - 0xFF01]) return 1;
+    out[0] = v->width[c - 0xFF01];
+    if (c == 0xFFE3) { out[1] = 0x304; return 2; }   /* FULLWIDTH MACRON: space + combining macron */
+    return 1;
+}
+
+static int expand_text(const sd_clip_vocab *v, cps *t, int ligatures, sd_arena *a, sd_error *err)
+{
+    size_t i, need = 0, w;
+    uint32_t tmp[3];
+    for (i = 0; i < t->n; i++) need += (size_t)expand_char(v, t->c[i], tmp, ligatures);
+    if (cps_reserve(t, need, a, err)) return SD_ERR_MEMORY;
+    for (i = t->n, w = need; i-- > 0; ) {   /* back to front, in place */
+        int k = expand_char(v, t->c[i], tmp, ligatures);
+        while (k-- > 0) t->c[--w] = tmp[k];
+    }
+    t->n = need;
+    return SD_OK;
+}
+
+/* fixes.uncurl_quotes, fix_line_breaks, remove_terminal_escapes and remove_control_chars,
+   in that order; each only shrinks the text. */
+static void simple_fixes(const sd_clip_vocab *v, cps *t)
+{
+    size_t i, w;
+    for (i = 0; i < t->n; i++) {             /* curly quotes (and U+02BC) to straight ones */
+        uint32_t c = t->c[i];
+        if (c == 0x2BC || (c >= 0x2018 && c <= 0x201B)) t->c[i] = '\'';
+        else if (c >= 0x201C && c <= 0x201F) t->c[i] = '"';
+    }
+    for (i = w = 0; i < t->n; i++) {         /* CRLF, CR, LINE/PARAGRAPH SEPARATOR, NEL -> LF */
+        uint32_t c = t->c[i];
+        if (c == '\r' && i + 1 < t->n && t->c[i + 1] == '\n') continue;
+        t->c[w++] = c == '\r' || c == 0x2028 || c == 0x2029 || c == 0x85 ? '\n' : c;
+    }
+    t->n = w;
+    for (i = w = 0; i < t->n; i++) {         /* ANSI escapes: ESC [ (\d|;)* [A-Za-z] */
+        size_t j = i + 2;
+        if (t->c[i] == 0x1B && i + 1 < t->n && t->c[i + 1] == '[') {
+            while (j < t->n && (t->c[j] == ';' || (uprop(v, t->c[j]) & PROP_DIGIT))) j++;
+            if (j < t->n && ascii_letter(t->c[j])) { i = j; continue; }
+        }
+        t->c[w++] = t->c[i];
+    }
+    t->n = w;
+    for (i = w = 0; i < t->n; i++) {         /* chardata.CONTROL_CHARS */
+        uint32_t c = t->c[i];
+        if (c <= 8 || c == 0x0B || (c >= 0x0E && c <= 0x1F) || c == 0x7F || (c >= 0x206A && c <= 0x206F) ||
+            c == 0xFEFF || (c >= 0xFFF9 && c <= 0xFFFC))
+            continue;
+        t->c[w++] = c;
+    }
+    t->n = w;
+}
+
+/* ftfy.fix_and_explain of one segment: all fixes, over and over until the text stops changing. */
+static int fix_segment(fixer *f, cps *t, int unescape)
+{
+    const sd_clip_vocab *v = f->v;
+    size_t guard, steps = 4 * t->n + 16;
+    cps orig;
+    if (cps_init(&orig, t->cap, f->a, f->err)) return SD_ERR_MEMORY;
+    for (guard = 0; guard < steps; guard++) {
+        int rc;
+        if (cps_reserve(&orig, t->n, f->a, f->err)) return SD_ERR_MEMORY;
+        memcpy(orig.c, t->c, t->n * sizeof(uint32_t));
+        orig.n = t->n;
+        if (unescape) unescape_html(v, t);
+        if ((rc = fix_encoding(f, t))) return rc;
+        fix_c1_controls(v, t);
+        if ((rc = expand_text(v, t, 1, f->a, f->err)) || (rc = expand_text(v, t, 0, f->a, f->err))) return rc;
+        simple_fixes(v, t);                  /* (fix_surrogates has nothing to do: no surrogates here) */
+        if ((rc = nfc(v, t, f->a, f->err))) return rc;
+        if (cps_equal(orig.c, orig.n, t->c, t->n)) break;
+    }
+    return SD_OK;
+}
+
+/* ftfy.fix_text with its default configuration: the text is fixed line by line (segments end
+   after '\n', at most a million code points), and HTML entities are left alone from the first
+   line that contains '<' on. */
+static int fix_text(const sd_clip_vocab *v, const uint32_t *in, size_t n, cps *out, sd_arena *a, sd_error *err)
+{
+    size_t pos = 0;
+    int unescape = 1;
+    fixer f;
+    f.v = v; f.a = a; f.err = err; f.depth = 0;
+    out->n = 0;
+    while (pos < n) {
+        size_t end = pos, i, mark;
+        cps seg;
+        int rc;
+        while (end < n && in[end] != '\n') end++;
+        end = end < n ? end + 1 : n;
+        if (end - pos > 1000000) end = pos + 1000000;
+        for (i = pos; i < end && unescape; i++) if (in[i] == '<') unescape = 0;
+        if (cps_reserve(out, out->n + 4 * (end - pos) + 16, a, err)) return SD_ERR_MEMORY;
+        mark = sd_arena_mark(a);
+        if (cps_init(&seg, 4 * (end - pos) + 16, a, err)) return SD_ERR_MEMORY;
+        memcpy(seg.c, in + pos, (end - pos) * sizeof(uint32_t));
+        seg.n = end - pos;
+        if ((rc = fix_segment(&f, &seg, unescape))) return rc;
+        if (seg.n > out->cap - out->n) return fail(err, SD_ERR_UNSUPPORTED, "tokenizer: internal error (text grew)");
+        memcpy(out->c + out->n, seg.c, seg.n * sizeof(uint32_t));
+        out->n += seg.n;
+        sd_arena_reset(a, mark);
+        pos = end;
+    }
+    return SD_OK;
+}
+
+/* ---- CLIPTokenizer._tokenize: whitespace_clean, lower(), the pre-tokenizer regex, BPE ---- */
+
+/* whitespace_clean (regex's \s+ -> " ", then str.strip()) followed by str.lower(), whose one
+   context-dependent rule is the final sigma: Σ becomes ς after a cased letter (skipping
+   case-ignorable characters) when no cased letter follows. out needs room for 2 * n. */
+static size_t clean_and_lower(const sd_clip_vocab *v, const uint32_t *in, size_t n, uint32_t *tmp, uint32_t *out)
+{
+    size_t i, m = 0, s = 0, e, w = 0;
+    for (i = 0; i < n; i++) {
+        if ((uprop(v, in[i]) & PROP_CLASS) == CLASS_SPACE) {
+            if (i == 0 || (uprop(v, in[i - 1]) & PROP_CLASS) != CLASS_SPACE) tmp[m++] = ' ';
+            continue;
+        }
+        tmp[m++] = in[i];
+    }
+    for (e = m; e > 0 && is_space(tmp[e - 1]); e--) {}
+    for (s = 0; s < e && is_space(tmp[s]); s++) {}
+    for (i = s; i < e; i++) {
+        uint32_t c = tmp[i];
+        if (c == 0x130) { out[w++] = 'i'; out[w++] = 0x307; continue; }   /* İ -> i + combining dot */
+        if (c == 0x3A3) {
+            size_t j = i;
+            unsigned p = 0;
+            int final = 0;
+            while (j > s && ((p = uprop(v, tmp[j - 1])) & PROP_CASE_IGNORABLE)) j--;
+            if (j > s && (p & PROP_CASED)) {
+                for (j = i + 1; j < e && ((p = uprop(v, tmp[j])) & PROP_CASE_IGNORABLE); j++) {}
+                final = j == e || !(p & PROP_CASED);
+            }
+            out[w++] = final ? 0x3C2 : 0x3C3;
+            continue;
+        }
+        out[w++] = lower_char(v, c);
+    }
+    return w;
+}
+
+static int starts_with(const uint32_t *t, size_t n, const char *lit)
+{
+    size_t i;
+    for (i = 0; lit[i]; i++) if (i >= n || t[i] != (unsigned char)lit[i]) return 0;
+    return 1;
+}
+
+/* Does t[0..n) start with `lit`, compared as the IGNORECASE regex does (s also matches ſ)? */
+static int starts_with_ci(const uint32_t *t, size_t n, const char *lit)
+{
+    size_t i;
+    for (i = 0; lit[i]; i++) {
+        uint32_t c = i < n ? t[i] : 0, l = (unsigned char)lit[i];
+        if (!(c == l || (ascii_lower(l) && c == l - 32) || (l == 's' && c == 0x17F))) return 0;
+    }
+    return 1;
+}
+
+typedef struct sink { int32_t *ids; size_t cap, n; } sink;
+
+static void sink_push(sink *s, int32_t id)
+{
+    if (s->n < s->cap) s->ids[s->n] = id;
+    s->n++;
+}
+
+static uint32_t pair_slot(uint32_t key, uint32_t mask) { return (key * 2654435761u) >> 15 & mask; }
+
+static int32_t merge_rank(const sd_clip_vocab *v, int32_t left, int32_t right)
+{
+    uint32_t key = (uint32_t)left << 16 | (uint32_t)right, h = pair_slot(key, v->pair_mask);
+    for (; v->pair_key[h] != 0xFFFFFFFFu; h = (h + 1) & v->pair_mask)
+        if (v->pair_key[h] == key) return v->pair_rank[h];
+    return -1;
+}
+
+/* A candidate merge: rank, position of the left symbol, and both symbols as they were. */
+typedef struct bpe_merge { int32_t rank, pos, left, right; } bpe_merge;
+
+static int merge_before(const bpe_merge *x, const bpe_merge *y) { return x->rank < y->rank || (x->rank == y->rank && x->pos < y->pos); }
+
+static void heap_push(bpe_merge *h, size_t *n, bpe_merge m)
+{
+    size_t i = (*n)++;
+    while (i > 0 && merge_before(&m, &h[(i - 1) / 2])) { h[i] = h[(i - 1) / 2]; i = (i - 1) / 2; }
+    h[i] = m;
+}
+
+static bpe_merge heap_pop(bpe_merge *h, size_t *n)
+{
+    bpe_merge top = h[0], last = h[--*n];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= *n) break;
+        if (c + 1 < *n && merge_before(&h[c + 1], &h[c])) c++;
+        if (!merge_before(&h[c], &last)) break;
+        h[i] = h[c];
+        i = c;
+    }
+    if (*n) h[i] = last;
+    return top;
+}
+
+/* CLIPTokenizer.bpe on one pre-tokenized word: its UTF-8 bytes become byte symbols (the last one
+   with </w>), then the adjacent pair with the lowest merge rank is merged, all its occurrences
+   left to right, until no pair has a rank. A heap ordered by (rank, position) and a linked list
+   of symbols give that same order of merges in O(n log n). */
+static int bpe_word(const sd_clip_vocab *v, const uint32_t *w, size_t len, sink *out, sd_arena *a, sd_error *err)
+{
+    size_t mark = sd_arena_mark(a), n = 0, nh = 0, i;
+    unsigned char *bytes = (unsigned char *)arena_array(a, 4 * len + 1, 1, err);
+    int32_t *id, *next, *prev;
+    bpe_merge *heap;
+    if (!bytes) return SD_ERR_MEMORY;
+    for (i = 0; i < len; i++) n += utf8_put(w[i], bytes + n);
+    if (n == 15 && !memcmp(bytes, "<|startoftext|>", 15)) { sink_push(out, SD_CLIP_BOS); goto done; }
+    if (n == 13 && !memcmp(bytes, "<|endoftext|>", 13)) { sink_push(out, SD_CLIP_EOS); goto done; }
+    id = (int32_t *)arena_array(a, 3 * n, sizeof(int32_t), err);
+    heap = (bpe_merge *)arena_array(a, 3 * n, sizeof(bpe_merge), err);
+    if (!id || !heap) return SD_ERR_MEMORY;
+    next = id + n;
+    prev = id + 2 * n;
+    for (i = 0; i < n; i++) {
+        id[i] = v->byte_id[bytes[i]] + (i == n - 1 ? 256 : 0);
+        next[i] = i + 1 < n ? (int32_t)i + 1 : -1;
+        prev[i] = (int32_t)i - 1;
+    }
+    for (i = 0; i + 1 < n; i++) {
+        bpe_merge m;
+        m.rank = merge_rank(v, id[i], id[i + 1]);
+        m.pos = (int32_t)i; m.left = id[i]; m.right = id[i + 1];
+        if (m.rank >= 0) heap_push(heap, &nh, m);
+    }
+    while (nh > 0) {
+        bpe_merge m = heap_pop(heap, &nh), q;
+        int32_t p = m.pos, r = next[p];
+        if (id[p] != m.left || r < 0 || id[r] != m.right) continue;   /* stale: a symbol changed */
+        id[p] = CLIP_FIRST_MERGE + m.rank;
+        next[p] = next[r];
+        if (next[r] >= 0) prev[next[r]] = p;
+        id[r] = -1;
+        if (prev[p] >= 0 && (q.rank = merge_rank(v, id[prev[p]], id[p])) >= 0) {
+            q.pos = prev[p]; q.left = id[prev[p]]; q.right = id[p];
+            heap_push(heap, &nh, q);
+        }
+        if (next[p] >= 0 && (q.rank = merge_rank(v, id[p], id[next[p]])) >= 0) {
+            q.pos = p; q.left = id[p]; q.right = id[next[p]];
+            heap_push(heap, &nh, q);
+        }
+    }
+    for (i = 0; i < n; i = next[i] < 0 ? n : (size_t)next[i]) sink_push(out, id[i]);
+done:
+    sd_arena_reset(a, mark);
+    return SD_OK;
+}
+
+/* CLIP's pre-tokenizer regex (IGNORECASE), applied with findall:
+   <\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+
+   Characters no branch matches (spaces, and U+0345, which IGNORECASE makes neither a letter nor
+   a non-letter) are skipped. */
+static int split_words(const sd_clip_vocab *v, const uint32_t *t, size_t n, sink *out, sd_arena *a, sd_error *err)
+{
+    static const char *const contractions[] = {"'s", "'t", "'re", "'ve", "'m", "'ll", "'d"};
+    size_t i = 0;
+    while (i < n) {
+        unsigned cls = uprop(v, t[i]) & PROP_CLASS;
+        size_t e = i + 1, k;
+        int rc;
+        if (starts_with_ci(t + i, n - i, "<|startoftext|>")) e = i + 15;
+        else if (starts_with_ci(t + i, n - i, "<|endoftext|>")) e = i + 13;
+        else {
+            for (k = 0; k < 7 && !starts_with_ci(t + i, n - i, contractions[k]); k++) {}
+            if (k < 7) e = i + strlen(contractions[k]);
+            else if (cls == CLASS_LETTER || cls == CLASS_OTHER)
+                while (e < n && (uprop(v, t[e]) & PROP_CLASS) == cls) e++;
+            else if (cls != CLASS_NUMBER) { i++; continue; }
+        }
+        if ((rc = bpe_word(v, t + i, e - i, out, a, err))) return rc;
+        i = e;
+    }
+    return SD_OK;
+}
+
+/* One piece of text between special tokens: CLIPTokenizer._tokenize. */
+static int tokenize_piece(const sd_clip_vocab *v, const uint32_t *in, size_t n, sink *out, sd_arena *a, sd_error *err)
+{
+    size_t mark = sd_arena_mark(a), m;
+    cps fixed;
+    uint32_t *tmp, *low;
+    int rc;
+    if (cps_init(&fixed, 4 * n + 16, a, err)) return SD_ERR_MEMORY;
+    if ((rc = fix_text(v, in, n, &fixed, a, err))) return rc;
+    tmp = (uint32_t *)arena_array(a, fixed.n + 1, sizeof(uint32_t), err);
+    low = (uint32_t *)arena_array(a, 2 * fixed.n + 1, sizeof(uint32_t), err);
+    if (!tmp || !low) return SD_ERR_MEMORY;
+    m = clean_and_lower(v, fixed.c, fixed.n, tmp, low);
+    if ((rc = split_words(v, low, m, out, a, err))) return rc;
+    sd_arena_reset(a, mark);
+    return SD_OK;
+}
+
+SD_API size_t sd_clip_scratch_bytes(size_t text_size)
+{
+    return 64 * 1024 + 320 * text_size;
+}
+
+SD_API int sd_clip_token_ids(const sd_clip_vocab *v, const char *text, size_t text_size, sd_clip_pad pad,
+                             int32_t *ids, size_t cap, size_t *count, sd_arena *scratch, sd_error *err)
+{
+    size_t mark, n = 0, i, start = 0;
+    uint32_t *t;
+    sink out;
+    int rc = SD_OK;
+    if (count) *count = 0;
+    if (!v || (!text && text_size) || (!ids && cap) || !count || !scratch)
+        return fail(err, SD_ERR_ARG, "sd_clip_token_ids: NULL argument");
+    if (text_size > ((size_t)-1 - 64 * 1024) / 320)
+        return fail(err, SD_ERR_ARG, "sd_clip_token_ids: text of %zu bytes is too long", text_size);
+    out.ids = ids; out.cap = cap; out.n = 0;
+    mark = sd_arena_mark(scratch);
+    if (!(t = (uint32_t *)arena_array(scratch, text_size + 1, sizeof(uint32_t), err))) return SD_ERR_MEMORY;
+    utf8_decode((const unsigned char *)text, text_size, 1, t, &n);
+    /* PreTrainedTokenizer.tokenize: special tokens are cut out (case-sensitively) before anything else */
+    for (i = 0; i < n && !rc; ) {
+        int32_t special = -1;
+        size_t len = 0;
+        if (t[i] == '<' && starts_with(t + i, n - i, "<|startoftext|>")) special = SD_CLIP_BOS, len = 15;
+        else if (t[i] == '<' && starts_with(t + i, n - i, "<|endoftext|>")) special = SD_CLIP_EOS, len = 13;
+        else if (t[i] == '!' && pad == SD_CLIP_PAD_EXCLAMATION) special = 0, len = 1;
+        if (special < 0) { i++; continue; }
+        if (i > start) rc = tokenize_piece(v, t + start, i - start, &out, scratch, err);
+        sink_push(&out, special);
+        i += len;
+        start = i;
+    }
+    if (!rc && n > start) rc = tokenize_piece(v, t + start, n - start, &out, scratch, err);
+    sd_arena_reset(scratch, mark);
+    *count = rc ? 0 : out.n;
+    return rc;
+}
+
+SD_API int sd_clip_tokenize(const sd_clip_vocab *v, const char *text, size_t text_size, sd_clip_pad pad,
+                            int32_t ids[SD_CLIP_CONTEXT], size_t *length, sd_arena *scratch, sd_error *err)
+{
+    size_t count = 0, i;
+    int rc;
+    if (length) *length = 0;
+    if (!ids) return fail(err, SD_ERR_ARG, "sd_clip_tokenize: NULL ids");
+    rc = sd_clip_token_ids(v, text, text_size, pad, ids + 1, SD_CLIP_CONTEXT - 2, &count, scratch, err);
+    if (rc) return rc;
+    ids[0] = SD_CLIP_BOS;
+    i = 1 + (count < SD_CLIP_CONTEXT - 2 ? count : SD_CLIP_CONTEXT - 2);
+    ids[i++] = SD_CLIP_EOS;
+    for (; i < SD_CLIP_CONTEXT; i++) ids[i] = pad == SD_CLIP_PAD_EXCLAMATION ? 0 : SD_CLIP_EOS;
+    if (length) *length = count + 2;
+    return SD_OK;
+}
+
+SD_API const char *sd_clip_token_text(const sd_clip_vocab *v, int32_t id, size_t *size)
+{
+    if (!v || id < 0 || id >= SD_CLIP_VOCAB_SIZE) return NULL;
+    if (size) *size = v->tok_off[id + 1] - v->tok_off[id];
+    return v->pool + v->tok_off[id];
+}
+
+/* ---- tokenizer tables: generated by gen_unicode.py (Python 3.11.2, unicodedata 14.0.0, regex 2.5.123); do not edit.
+   To regenerate: apt-get install python3-regex; /usr/bin/python3 gen_unicode.py > tables.inc,
+   then replace everything from this comment to "end of generated tables" with tables.inc. ---- */
+enum { UNI_PROPS_RANGES = 2458, UNI_LOWER_RUNS = 181, UNI_DECOMPS = 2061, UNI_COMPOSITIONS = 941, HTML_ENTITIES = 2125, HTML_UPPER_ENTITIES = 1376,
+       HTML_ENTITY_CHARS = 16129 };
+/* (range start delta, value) per range of code points with equal properties */
+static const char *const uni_props_data[] = {
+    "009350I3106c0106c0101QAc0106b9Q03c0101c01b9Q0A310Q3107c0101b9102c0101c0102A2c01b9101c02A1b9101A3"
+    "01b9N01b9V01b9g391b9494b9gG91b9Rc9Ic04c9Cc0Ec95c07c91c01c91c0H*+0L/c01-s04/c01-c01-s05zk02-s04zk"
+    "02-s0Bg05-s04*+08<c41*+01-s03*+03-s02c01*+03-s04*+01/c01-s02*+01/g01/k02/g01/k02/g01*+0Db94c91c0"
+    "1b9202c91b9301b9104c02b91c01b9301b9101b9K01b9cJ01b9eB01*+05c02b9f601b9b602c9105c01b9b908-s01*+04"
+    "-s01*+03-+01-s01*+06-s06*+02-s01*+02-+01*s01*+01bk01bo01bs01bw01b+01b<01cc01cg01ck01co02cs01cw01"
+    "c+0101c<0101dc01dg0101*+01-s0101ck01089R049401c010Bc060A*+08d+01d<01ec0101c01039b0c919Ado01ds01d"
+    "w01d+01d<01ec01eg01ek01*+02-s02*+05-s01*+02-s01QA0492eo019d30191*+07c0101*+04-s01*+01c92*+0201-s"
+    "01*+02-s0192QA9302910Fc0191es019U*+01-s01*+02-s01*+02-s03*+01-s02*+01-s01*+03-s01*+01-s01*+01-s0"
+    "1*+01-s01*+02029cPc0B910EQA9b1*+07-s01*+01c9204c9102-s01029M*+04c91*+09c91*+03c91*+050I9P-s03049"
+    "B059Oc019601c0206*+01-s03*+049b9c91*+05-s05*+0Ec01-s01*+02-s01*+02-s01*+03-s03do01ds01dw01*+03-s"
+    "01*+02-s02*+05c03019bMc0101<019103c0804bg010291*+01-s01*+02c039Ac0202QA01c919Fc0103980292029M019"
+    "70191039402<019103c0408bg01910D920193c0202QA9202A6029101*+0102c0202960492029M019701920192019202<"
+    "0104c0204c0202c02bg0103c010794019107QAc0293c010Bc0202990193019M01970192019502<019103c0501c0204bg"
+    "0102910F92c0202QA0991c0601c0103980292029M01970192019502<019101c0101c0408bg0107c0205920193c0202QA"
+    "0191A60Ac019101960393019403920191019203920393039C06c010Cbg0102910LQAA30Dc0103c01980193019N019G02"
+    "<0191c0305c0301c03bg0107ks01lo01019302910292c0202QA08A70191c0103980193019N019A019502<019101c0106"
+    "c0105c01bg010F920192c0202QA01920Dc0202990193019b9bg029103c0408bg0191059301A793c0202QAA9019601c01"
+    "039I039O01990191029703bg0107c0301c010FQA0H9bGc0192c04m<02bg010596c91c01no04c0301QA0b792019101950"
+    "19O0191019Ac0192c04o+02bg01c0291029501c9101pk04c0202QA02940b0910N-s0206QAAA01-s0101-s0101-c01069"
+    "8019b404qg01qk01c01qs01c05qk04c0101qk01c01*+02bg0101*+0295c0B01c0b409-s010bP9bB02c0401c05<0101bg"
+    "0202c0291QA069602c0294c039103920793c049Dc0102c0206-s019101QA03c0102b9b601b9105b9102b9bB01c91b939"
+    "k90194029701910194029b90194029b10194029701910194029F019bP0194029c302*+0309AK039G0Gb9cM02b96039tC"
+    "029H319Q059cB03A398079Ic02bg01be01099Jc02be010B9Ic020C9D019301c020C9bKc0201c0708c0102c09bg01c010"
+    "3c910491*+0102QA06AA0Hc05QA069b3c919bL0795c029b2*s0191059c60A9V01c0304c0209c0106-+01*+01-s010AQA"
+    "9U02950B9bC049Q06QAA10b59N*+01-s0102c01049bL01c0101c0701bg0101c0102c0806c02*+0802-s01QA06QA0Dc91"
+    "08*+05-s06*+02-s01c01-s02*+02-s02*+05-s01*+040bHc04019bF<0101c0501c0105c0101be019803QA0H*+01-s01"
+    "*+070Cc02019U01c0402c02be01bg01c0292QA9bC<0101c0203c0101c03be020C9b408c0802c01<0108QA0393QA9Uc96"
+    "02b9907b9bB02b930G*+0301g01-s05*+02-s04*+0101g0794-s0196*+019201*+029105b9bCc9bVb9Dc91b9b2c9b5*+"
+    "02-s01*+07-s01*+02/k01++01-s01zk01*+0b5/c01*s02-s01-k01*+01/g01-s01*+01-s01b9iM02b9602b9b602b960"
+    "2b9801b9101b9101b9101b9V02b9bL01b97c01b91c03b9301b97c03b9402b9601c03b9Dc0302b9301b97c02013Bc0508"
+    "c020Ac0102c0132c05310bF31c0501c0AA1c9102A605c91AA06c9D0bJ*+02g02*+04g03*+02c04*+01c03g02*+01-s01"
+    "*+01g02-s04*+010Hb9104b9102b9A01b9103b9506b9101b9101b9101b9401b9694b9102b9405b9504b9101AGbAb0A3b"
+    "92A50wMAbS0Qb0bKAM0tMAU0bdCb9dSc92b9d706b94*+03b9209A102b9b601b9105b91029bO07c910Fbg019N09970197"
+    "01970197019701970197019701*+0b00bFc910oG3104c9191A10PA9-k01*s01/c01-+01*a0201c9502A3c9191049cM02"
+    "bc02c02c9291019cQ01c9391059bB019cU03A40A9b00bG9G0b0AA0UA801AF0b0AA0b7AF0k09go00c09uqLc919bdN0c39"
+    "b8c96029iCc91039GQA920Kb9bE91*+01c0301*+0A01c91b9Sc92*+029c6AA*+020Ec0Nc99c02b9cEc91b9Nc91c02b94"
+    "91b9bR05b9201b9101b950Oc93b9291c92b9197c0193bg0194c019N02c0205bg0103A60A9bK0E9bI0Gbg01c010AQA06*"
+    "+0I9603910192c01QA9Sc05-s03029Nc0B01be010C9T03c03019bF<0102c0402c0202be010Ec91QA0695c01c9199QA95"
+    "019b9c0602c0202c020993c0198c0103QA069Gc9196039101c01019bI*+0191*+02-s0192*+0295*+0291*+01910O92c"
+    "91029B01c020491c9201bg010A96029602960997019701b9bBc01c94b99c91c0204b9cG9b302c0102c0104bg0102QA06"
+    "9k/40C9N049bH0ii49lE029dA0b6b970Cb950591dk019A019D0195019101",
+    "920192019dCc0H0G9lB0I9c0029bM0b89C04c0G03c010C*+07-s07*+020b2c0102c010Q95019e702c0107c0106c0101Q"
+    "Ac0106b9Q03c0101c01b9Q0B9Ac919bDc929V039602960296029306c010Lc03049C019Q019J0192019F029E0b29dR0CA"
+    "bD0CAbP0HA20dH-s010e29T039bH0F-s01AR049b0A4099KA198A1059b6*+05059U029b4049801A50bAb9cG9cE02QA06b"
+    "9b404b9b4049b8089bK0Cb9B01b9F01b9701b9201b9B01b9F01b9701b920c39jN099M0A980Oc9601c9bA01c990c59602"
+    "91019bC01920391029N02A89N02A79V08A90bG9J019205A59MA6049Q0c69bO04A292AG02AbE91c0301c0205c01-s01c0"
+    "1*+01940193019T02*+01g01-s0104bg01A90N9TA2019TA30b098019S*+01-s0104A50G9bM0A9M02A89J05A89I0NA70c"
+    "G9c90bNb9bJ0Db9bJ07A69b4*+0408QA0j6AV019bA01*+0203920cE9TAA91089M-s02*+03-s01*+01-s04A40R9I*+01-"
+    "s01*+01-s010bA9LA70K9N0Ac01019bLc0Ebg010BAKQAbg0192c029109bg01c02019bD03c0402bg01<0102c0104c010A"
+    "c01029P07QA06*+039b4c0501c06bg0201QA04910291089b3<01029109c02019bG03c0901be019404c01<01c0202c01Q"
+    "A91019104AK0B9I019P03c0302c01be01<01c0106c01120bV9701910194019F019A079bFc0103c06<01bg0105QA06c02"
+    "03980292029M01970192019501<029102c010Cbe0102910C9504*+0703*+050eB9bL03c0802bg01c0201<019405QA04*"
+    "+01930U9bG03c0601c0104c0201bg01<0192019108QA0f69bF03c0406c0201bg01<010N94c020b29bG03c0802c0101bg"
+    "01c0103910BQA0b69bBc0101c0102c06be01<019107QA0bM9R02c0302c0401c04bg0104QAA204970fP9bC03c0901bg01"
+    "<010d5b9c0QAA90C98029102980192019O0Bc02be01bg0191019101<010CQA0c698029b703c0402c0204bg019101910S"
+    "91c0A9b8c01bg01c040191c0408bg010891c0602c039bEc0D01c01bg0103910I9c90i799019b501c0701c0601bg01910"
+    "FQAAJ059U02c0M02c0701c0201c020c9970192019b6c0603c0101c0201c03<01c01bg0291c0108QA06960192019b006c"
+    "0203c0101bg019107QA0jM9Jc020D11011D011b20S2A0cM910FAL0bB9*Q0d6AdF0H9g40csC9d10F9bbF11c0908160d/P"
+    "9s70inP9rP079V01QA069cF01QA069U02g050B9bG*+0709c940CQA01A7019L059J0vGb9c0AN0d99cB04c01910bUc04c9"
+    "D0c0c9201c91c010By020E9f>O089bgM0bA990ix7c9401c9701c92019j30F110T9302110E94089mC0ci49dB059D03990"
+    "79A03c01g0101c040esSc0bE02c0N0qU-a02g0303*i01-a05c08-s0802*+05-s020U*+040eK*+030dR2K0CAK0dCAP0e7"
+    "b9cL01b9c701b9202b9102b9202b9401b9C01b9101b9701b9c101b9402b9801b9701b9S01b9401b9501b9103b9701b9k"
+    "K02b9P01b9P01b9V01b9P01b9V01b9P01b9V01b9P01b9V01b9P01b9802QbI0q0c0bN04c0bI08c010Ec010Mc0501c0F0b"
+    "cGb9A91b9K06160gL*+0701*+0H02*+0701*+0201*+05051bU0eI9bD03*+07c9702QA04910k19U*+010H9bC*+04QA0oM"
+    "1S042A0x69701940192019F019g502A9-s070b9b9c4*+06<01c9104QA0yNAbR01A301A40cCAbD01AF0g294019R019201"
+    "910291019A01940191019106910491019101910193019201910291019101910191019101920191029401970194019401"
+    "91019A019H05930195019H0s4AD0b3b0Q06b0Q06b0Q0tHc050b>GQA0ba69bjx00b09ebP11069gU029fu20E9hjH0daV9q"
+    "U0bp29e+B051ed00vxcHc010Uc0d00e0c0hG0",
+    0
+};
+/* (start delta, count, step, zigzag delta) per run of str.lower() mappings */
+static const char *const uni_lower_data[] = {
+    "c1Q1c0d6N1c0271c0b2O22432238223N22211hH1322411n41222211mS1112221mQ1112311eU111mK111mM1112211mQ11"
+    "1mU211n6111n21112411n6111nA211nC1322211nK1112211nK3112211nK1112221nI1222211nM1112411281141112211"
+    "4111221141922392231141222211g1111dF1K22211i32922811vcM1112211k5111vcG3112211m5111eA111eE1522j222"
+    "24112911h8711cC231cA211e0221dU2H1c0291c0b411G9C22611dN3112211D1112331i31G1f01b01c0bHH22AR22211U1"
+    "7223bG223b61d0c+Ab61og0211og0611og0wJcG1cl/0161GceRbB1f-V331f-Vk1cB22A11o-T2bG22A81F961FB81F981F"
+    "961FC42F981FP81F981F981F921F121eJ111HC41fB111HC21F121g7D21F121gV111DC21hV121hR111HjA11ovP411qlT1"
+    "11qeB711bObEG1b0K112zJQ1bKbzHbG1d0bH112211u>D111hoB111u<D3322211vbN111u>P111vbT111vbR21123112921"
+    "vdT1bI2292225112<kEN22KE22e87224V22B222211cfa715225112211cssF32224A22211csu7111csuT111csuL111csu"
+    "1111csu7211csr3111cssJ111csr9111b+01822211cV111csu5111cfdF122271126222T112vzCQ1c0bg6b81cGe9b41cG"
+    "eTB1cE2F1cE271cE221cEbxBbJ1e0c>Eb01c0vm1b01c0<v1b21c4",
+    0
+};
+/* (code point delta, zigzag first delta, second * 2 + composes) per decomposition */
+static const char *const uni_decomp_data[] = {
+    "g0e2bq110bq310bq510bq710bqH10bqL24bsF14bq110bq310bq510bqH18bq110bq310bq510bqH2Abq712bq110bq310bq"
+    "510bq710bqH3Cbq110bq310bq510bqH18bq33Gbq110bq310bq510bq710bqH10bqL24bsF14bq110bq310bq510bqH18bq1"
+    "10bq310bq510bqH2Abq712bq110bq310bq510bq710bqH3Cbq110bq310bq510bqH18bq320bqH1dFbq91c0bq91bVbqD1c0"
+    "bqD1bVbsH1c0bsH1bRbq31c0bq31bVbq51c0bq51bVbqF1c0bqF1bVbqP1c0bqP1bTbqP1c0bqP3bTbq91c0bq91bVbqD1c0"
+    "bqD1bVbqF1c0bqF1bVbsH1c0bsH1bVbqP1c0bqP1bRbq51c0bq51bVbqD1c0bqD1bVbqF1c0bqF1bVbsF1c0bsF1bTbq51c0"
+    "bq53bTbq71c0bq71bVbq91c0bq91bVbqD1c0bqD1bVbsH1c0bsH1bVbqF42bq51c0bq51bTbsF1c0bsF2bTbq31c0bq31bVb"
+    "sF1c0bsF1bVbqP1c0bqP5bRbq31c0bq31bVbsF1c0bsF1bVbqP1c0bqP4bTbq91c0bq91bVbqD1c0bqD1bVbqN1c0bqN3bPb"
+    "q31c0bq31bVbsF1c0bsF1bVbqP1c0bqP1bTbq31c0bq31bVbq51c0bq51bVbsF1c0bsF1bVbqP1c0bqP1bTbsF1c0bsF1bVb"
+    "qP1c0bqP3bTbq71c0bq71bVbq91c0bq91bVbqD1c0bqD1bVbqL1c0bqL1bVbqN1c0bqN1bVbsH1c0bsH1bRbq51c0bq51bRb"
+    "q51c0bq51bVbqH12bq31c0bq31bVbqF1c0bqF1bVbqP1c0bqPb2cLbrN1c0brNEbJbrN1c0brNTd7bqP1c0bqP1bFbqP1c0b"
+    "qP1bJbqP1c0bqP1bJbqP1c0bqP1gEbq91c0bq91bVbq31c0bq31bVbqP1c0bqP1bVbq11c0bq12dFbq91c0bq91u4bq912bq"
+    "91w1bq91c0bq93jTbqP1c0bqP1bNbqP1c0bqP1bNbsH1c0bsH1xMbq912bq91d7bqP1nMbqP1bcFbqP4c5bq31c0bq33bHbq"
+    "11c0bq11fEbq31c0bq31bTbq31c0bq31Rbq31c0bq31lDbqV1c0bqV1bVbr31c0br31bNbqV1c0bqV1bVbr31c0br31bNbqV"
+    "1c0bqV1bVbr31c0br31bJbqV1c0bqV1bVbr31c0br31bPbqV1c0bqV1bVbr31c0br31bPbqV1c0bqV1bVbr31c0br31c3bsD"
+    "1c0bsD1bTbsD1c0bsD3cNbqP1c0bqP7cDbqF1c0bqF1bNbsF1c0bsF1h2bq91c0bq91c1bq91c0bq91kBbqF1c0bqF1-Ubq9"
+    "12bq91/Bbq91c0bq9iDbiE01202b401Lbq2bGeT0AbhR07gQbq31boIbq31bnJ01bnSbq314bq314bq32Cbq32Cbq318bq31"
+    "c2bq3Qd1bqH1ObqH1Obq318bq314bq314bq31b4bq3Qb3bqH1ObqH1Bbq31Cbq318bq35Ibq310bqHbCe6bq110bqH23bq34"
+    "PbqH5b8bq313bq11MbqDBLbqDb0c0bqDN5bq110bqH23bq34c6bqH5bNbq313bq11MbqDOd2bqV12bqVcAfTbqD1c0bqDEcB"
+    "bqD1c0bqD1bVbqH1c0bqH3bLbqD1c0bqD3k6bqH12bqH1m5bqH1c0bqH1bTbqH1c0bqH3bTbq91c0bq91bVbqH1c0bqH1bJb"
+    "qH1c0bqH3kKbqH12bqH1lNbqH1c0bqH1cJbq91c0bq91bVbqH1c0bqH1bVbqN1c0bqN1bNbqH1c0bqH3bNbqH1c0bqHj9/Od"
+    "f710df91c2df91c1dfB1c6df9eQiMdf92b7df9Hb2df9sMbfCetP8GetP36etPb4bRetO12etO12etO1AetO1AetO12etO1I"
+    "etO18etOdCjGe-T10e/FGcBe-O12e-O2Qe-OcKi6fdO3CfdOb3c3fdO12fdO1AfdO3UfdOhArOfvD30ftT10fvFGcBftO12f"
+    "tObNh0f/FbMd8f-T12f-T11f/FdSi0gfDdOhIgnB7EgnB10gnD20gm518gnBdVhOgtT12gtT11gvFeEj6g*L20g*V16g*L15"
+    "g/Vl5wIh-EAKh-E5Ah-E5Ah-E5Ah-EDbLh-AAd2hx420hx81e2hy022hy09e3hy0Ic2h-EAKh-E5Ah-E5Ah-E5Ah-EDbLh-A"
+    "dDjAicTcx0fo0ntB24ntB24ntB24ntB24ntB48ntBb9cIntB24ntB34ntB12ntB26ntBvTnq1bsB1c0bsB1bTbqF1c0bqF1b"
+    "Vbs71c0bs71bVbt31c0bt31gAbq31c0bq31k5bqF1c0bqF1bVbs71c0bs71bVbt31c0bt31bVbsF1c0bsF1bVbsR1c0bsR1k"
+    "Sbq112bq111bq312bq31mRbsR1c0bsR1bVbt11c0bt11*6bqD12bqD1<5bqF1c0bqF1bTbq91c0bq91bTbqF1c0bqF1bVbs7"
+    "1c0bs71bVbqH1c0bqH1bVbsF1c0bsF1bVbsT1c0bsT1bTbt11c0bt11gCbq31c0bq31k7bq31c0bq31bVbs71c0bs71bVbt3"
+    "1c0bt31bTbs71c0bs71o*Kbq912bq91o<Lbt31c0bt31bVbsR1c0bsR1bTbq31c0bq31bVbqF1c0bqF1bVbs71c0bs71bTbq"
+    "F1c0bqF1bVbs71c0bs71bVbt31c0bt31bVbsR1c0bsR1gEbq31c0bq31bVbqH1c0bqH1fEbq112bq111bq312bq31pPbq31c"
+    "0bq31bVbqF1c0bqF1bRbqF1c0bqF1bVbs71c0bs71o<Gbq912bq91paHbt31c0bt31bTbqF1c0bqF1bVbs71c0bs71oEbqF1"
+    "2bqF1AbqF12bqF1oq2bqF12bqF1paTbqF1c0bqF1bVbs71c0bs71bVbt31c0bt31bVbsR1c0bsR1bTbs91c0bs91bVbt11c0"
+    "bt11bVbsR1c0bsR1p6bq312bq312bqH12bqH1r9bq71c0bq71bVbs71c0bs71bTbq11c0bq11bVbq31c0bq31bVbqH1c0bqH"
+    "1bVbqF1c0bqF1bVbs71c0bs71bTbqF1c0bqF1bVbqH1c0bqH1bTbqF1c0bqF1bTbq51c0bq51bVbs71c0bs71bVbt31c0bt3"
+    "1b3bt31ObqH16bqL14bqL2qCbqF5tRbs71c0bs71bVbqJ1c0bqJ1g2bq31c0bq31bVbq11c0bq11bVbqJ1c0bqJ1bVbq71c0"
+    "bq71o-Sbq512bq51ozTbq312bq311bq112bq111bqJ12bqJ11bq712bq71ozQbqD12bqD1pfNbs71c0bs71bVbqJ1c0bqJ1b"
+    "Vbq71c0bq71gAbq31c0bq31bVbq11c0bq11bVbqJ1c0bqJ1bVbq71c0bq71o*Sbq512bq51pgVbqJ1c0bqJ1bVbs71c0bs71"
+    "bJbs71c0bs71bVbqJ1c0bqJ1gAbq31c0bq31bVbq11c0bq11bVbqJ1c0bqJ1bVbq71c0bq71o/Gbq512bq51osPbq312bq31"
+    "1bq112bq111bqJ12bqJ11bq712bq711bs712bs71uNbs71c0bs71bVbqJ1c0bqJ1tKbq312bq311bq112bq111bqJ12bqJ11"
+    "bq712bq711bs712bs71vDbq11c0bq11bVbs71c0bs71bVbqJ1c0bqJ1bVbq71c0bq77btGbr710br91nuUbq112bq111bq31"
+    "2bq311bu512bu51nwVbr710br91nxEbq112bq111bq312bq311bu512bu51n",
+    "v7br710br91nvMbq112bq111bq312bq33nxNbr710br91ny6bq112bq111bq312bq33nw3br710br91nwIbq112bq111bq31"
+    "2bq311bu512bu51nyJbr710br91nz2bq112bq111bq312bq311bu512bu51nwVbr710br91nxEbq112bq111bq312bq311bu"
+    "512bu51nzFbr710br91nzUbq112bq111bq312bq311bu512bu51nxJbr710br91ny2bq112bq111bq312bq33n+3br710br9"
+    "1n+Ibq112bq111bq312bq33ny7br710br91nyMbq112bq111bq312bq311bu512bu52n+Nbr92n-8bq120bq320bu51nyVbr"
+    "710br91nzEbq112bq111bq312bq311bu512bu51n-Fbr710br91n-Ubq112bq111bq312bq311bu512bu51n-Fbq11901Ibq"
+    "11F01Kbq11H01Mbq11J01b0bq11Q01Dbq11G017bq11A03nt4buB12buB12buB12buB12buB12buB12buB12buB12buB12bu"
+    "B12buB12buB12buB12buB12buB12buB1b2buB12buB12buB12buB12buB12buB12buB12buB12buB12buB12buB12buB12bu"
+    "B12buB12buB12buB1d2buB12buB12buB12buB12buB12buB12buB12buB12buB12buB12buB12buB12buB12buB12buB12bu"
+    "B1n-RbqD10bq91n-UbuB1n-TbuB19buB2Abu51oaAbuB1oc9bqD10bq910bq11L01MbuB2cG03br1bu51pmObuB1n-PbuB1H"
+    "buB2Ibu51oaUbuB1od1bq11P01Ubq11R01SbuB1ocGbq110bq310bu51oaBbqD10bq91b2bq11dJ03cIbu51b2bu51d1bqD1"
+    "0bq910bq11T02oh8bq110bq310bu51odHbqD10bq91Cbq11bL01b2br710br918bu51Cbu51cBbqD10bq910bq11bD01b6br"
+    "91bpHbq11bnQ01bs903prObuB1n-5buB1AbuB29bu51ocQbuB1ofDbq11b501bQbq11bJ01bKbuB1bp903puS0120j5ofJ04"
+    "bvR01hK0dFqmMbtH14btHJ4btHVdObtH18btH13btHbLd2btH5AbtH36btHObGbtH24btHRbEbtH3EbtH34btH26btHNraLb"
+    "tH2rc8btHBb7btH1rb1btH14btH1rcCbtH12btH3QbtH12btH36btH12btH76btH12btH3EbtH12btH36btH12btHb3bMbtH"
+    "1CbtH12btH14btHbHcTbtH12btH1b8btH12btH7c0btH12btH12btH12btHbSgv60120b/IcsNbtGblGcwSyjJ24yjJ24yjJ"
+    "24yjJ24yjJ24yjJ24yjJ24yjJ24yjJ24yjJ24yjJ24yjJ36yjJ24yjJ24yjJ7EyjJ10yjL26yjJ10yjL26yjJ10yjL26yjJ1"
+    "0yjL26yjJ10yjLNd9yjJAfEyjJESyjJ24yjJ24yjJ24yjJ24yjJ24yjJ24yjJ24yjJ24yjJ24yjJ24yjJ24yjJ36yjJ24yjJ"
+    "24yjJ7EyjJ10yjL26yjJ10yjL26yjJ10yjL26yjJ10yjL26yjJ10yjLNd9yjJ3eIyjJ12yjJ12yjJ12yjJ4MyjJbsa2bnuM0"
+    "1sv701t/C01ba301o>D01qjT01c-601bf-E01001bdeL01*i001<eJ01b*201ekS01kh601erO01dlK01xM01tS01dzE01ti"
+    "P01brI01b-S01bqA01ifU01gsQ01eiE01bfwT01cp601lyU01drE01kb401l>201bamR01jjM01k<401bzE01tjL01pqU01d"
+    "eE01uv901eeQ01df601cz401o/401bauF01bd201sE01i<C01daU01dtQ01cnE01erK01daA01fC01dz601eu601cdQ01biM"
+    "01swR01p601cc201dcI01htM01fxM01j+H01y>D01dcA01ovO01cbS01hbN01dgG01j>G01fdA01>bT01byK01g-201b*E01"
+    "tA01hc001qG01mb801bbxH01w-I01xkT01V01uf001b+401dd601ji801fp901ul101dt601qpO01<m901g+S01ccM01jxA0"
+    "1<I01rfH01s<801utN01h<K01izN01plU01dv701l+K01uvT01cjM01pk601guG01dg201poV01r>C01rsF01eyJ01p<E01p"
+    "u901i*A01tlD01blM01g001llG01kgC01cyG01eg601dpQ01>nJ01uQ01ct201cxI01dnI01fdI01esO01oi601clQ01ccQ0"
+    "1dE01bgd501kcM01cl201r<M01yoR01brO01h001bjK01fiI01bcC01bu001cu201ccK01bhM01hlE01fdF01ftA01bsE01b"
+    "at501iO01bbK01oaM01l>K01<G01v<101sO01byC01ed601ij001emH01sj101ebA01coS01/601bg401jzC01lE01ft201k"
+    "O01i<S01cm401f401n001beiP01vc601maC01cq801+/D01jfL01bf801fr801f201evK01cgI01d*O01ch801hlK01fy001"
+    "hr201*q901x+C01bb+901kp401hG01cuS01vM01cwQ01v001br401ckA01nuS01bdp101im201+eK01bdeP01goS01in201q"
+    "u001xzT01-I01dn601fx001rpU01bcfP01<C01efC01e+S01tM01vK01cdQ01ds201/O01ezE01evC01b401eoM01crC01bb"
+    "+501nxM01njP01o-601bmG01iw401ikI01c-801beG01-qF01dd801kbQ01drP01fA01x401e/301bcD01nlU01<jF01+hC0"
+    "1ypN01d501gjU01ccQ01na601qv101izI01dgJ01uiE01doT01ha201gm301vlF01gz501ci003bjK02hbK03kjB01quO01b"
+    "+001bh401c401E01cK01o*E01njF01bpU02dfA02coC03cu001mA04d>401Q01cO01ciO01gnB01c/I01bdqH01tI01gC01x"
+    "O01bM01gQ01beO01gI01g401/G01gG01b-O01K01ccC01n801cC01g801bvQ01j601kU01>801cp401k601qG01beO01lQ01"
+    ">E01cgU01kQ01M01101G01C01E01d001201l401e201tU01bd801bA01dG01t201j601<G01iO01001/S01clI01iC01wM01"
+    "dG01zK01dA01bkS01i401dkM01rO01dO01-*B01hrhI01hanB03z>301byU01eP01<F01*A01dM01uE01d601bk601eF01e8"
+    "01eI01bhG01fI01j201b001qS01mC01b+K01E01j001e801sM01hC01eB01iC01cR01j401e401z001fG01dC01q801rS01k"
+    "601801dM01cc601e201yE01zK01V01fE01pO01v001ddI01cx301hK01hM01uE01jA01dA01o401401kM01b201bI01fC01J"
+    "01yO01<A01qU01lM01o001jI01uK01mE01buQ01jQ01byK01*G01eA01b001sI01dI01cP01dC01501b101eO01f201xS01b"
+    "d001tK01sE01nQ01caC01gE01h601iA01c801O01d001bnE01ciK01gekS01B01fz201h*dF01chM01c201ijb001fiE01ra"
+    "601hpyV01eM0c4cm-9c-82bIc-EBHc*210c*41d+w0c*210c*41d+xHc-E10",
+    "c-G10c-O12c-O12c-O12c-O12c-O12c-O12c-O24c-O12c-O12c-O12c-O12c-O24c-O24c-O12c-O24c-O12c-O24c-O12c"
+    "-O12c-O12c-O12c-O1b9c-I17c-U1Kc-U1Ic-UfkCeflAeilL24eilLFKeilLe3iOeisF12eisFqSbbAejtT10ejvFlFx4ek"
+    "lL10ekl120eklRhSpUek+V12ek+V-TbxOemt1bob6c*c4hiwA12hiwA1EhiwS10hiwU10hix010hix210hix4cNfKhiwA12h"
+    "iwA12hiwS12hiwS11hiwU12hiwUcjs0gbxT01901I01gzo201gy*301eS01Q01eE01hG01bU01eS01bF01od101hizO01g+o"
+    "P01E01b001b601gz+A01hig501okS01cC01gz-S01gz-701Q01bnF01bo001I01jacK01i><J01S01os701ovO01M01cO01A"
+    "01ow301o-401401bM01bC01M01201b201d401G01I01bI01K01401001001g-kQ01gm-N01okB01bA01g-y801g-xF01C01b"
+    "A01jG01gB01b001c001dK01f801bK01e601b001c201001bA01b401G01U01v801qV01r201mB01c601cgP01doE01rV01cC"
+    "01bI01i301kE01101hM01g<dG01g/>301A01U01b801G01e001g<uC01e401g<pR01cU01O01eT01iS01rxF01S01saO01dC"
+    "01001g>iK01g>a901bA01U01O01g>sA01g>rH01E01buQ01bt101sk101snU01S01f401d501havE01hak101hak601hahF0"
+    "1501b201gA01201s-501s*S01cM01bA01cO01taD01hus201huqD01td801601601b801jcmG01jcj701hcd601001gqsV01"
+    "rnT01001tfL01h*>201xs401ibhF01I01tiF01tlE01d601K01c401iG01tuD01bR01txG01hde001hdaP01i20180140130"
+    "1cS01b801c801R01M01cU01b801801bK01M01e401f801c601hO01hd-O01hd*T01e101gO01bM01g201heaQ01hd*T01fP0"
+    "1bN01uxL01vdM01bA01bU01cB01vaL01vo601bQ01hfjS01hfcD01rA01kT01vsV01vxG01vyH01c701lkS01601kwM01g70"
+    "1nb201<n701rtS01801C01dQ01L01hgh001h*hJ01wl201h901mQ01d601hf<G01hf/T01gT01pA01wxD01w+A01g201eE01"
+    "lS01hf>M01hf*F01xm501xqI01hgyC01hgv501xqB01xs801cQ01bM01201hhn401oy301o<U01hhkN01higS01hh>P01S01"
+    "gB01kU01cG01dI01dB01cG01U01Q01hhzI01hh<J01pM01dU01ytL01yzG01701hiaK01hinF01xA01hh>001d001hh*F01h"
+    "601bL01501zi901zl801d601B01dC01gkhG01gj/V01hirS01himD01hjaU01hiy501Q01bM01hj-G01hjyF01bA01hkk001"
+    "nU01hkjJ01b201+nT01+pI01+oP01001+yU01bA01bA01b801eA01++T01-aI01hlr401hlpF01hlv801hls301gwcU01gvy"
+    "T01hmz201bE01iO01iieF01O01-oO01hm>U01101cE01bK01hnb901201001cM01-r101-v401-u901f001ijyE01hn*T01d"
+    "S01e001-<H01iku601homV01hou801cM01hotB01fO01*lN01*r201K01A01hpsQ01sM01001hp-H01*oN01im+I01hp<901"
+    "601*+301infI01hp+R01/d301/eG01901bQ01hriC01hrc501/g301/mC01dM01e601/r101ipp801bU01ipoR01ipy001hr"
+    "vT01hr*801hr+H01gA01M01hsnA01eI01hsm501hsuG01hstF01gzoU01hxyJ01<nQ01f201<pF01<t601tiH01igp401S01"
+    "+c301I01gyzL01601gzK01bft501>cC01B01b401x<J01x>S01401K01cI01hufC01hufD01dG01eC01eK01iJ01jK01cK01"
+    "h001q701hE01401b001hufK01tA01jB01it+J01>*C01401c601hxl801hxgB01hu*G01iu*T01801ivf001s201ivwD01ba"
+    "oA01O01M01401e001c101iC01cN01jE01f101e601bM01ba+T01bbaK01c001bbaF01bbgE01601hxa801hwyV01E01bbkH0"
+    "1bbmA01bkdT01jb>601lG01izkF01I01bb/I01eQ01jQ01mM01hyf601hx>P01bC01fK01fO01hy-G01b-sL01f/dH01T01d"
+    "801f/oS01f/aJ01g801h-jK01bM01h+vH01fQ01c001h-bQ01h-b501rQ01jU01201fN01xQ01bO01h-<A01h-gT01bf>B01"
+    "bgc401h-*001jbz101bgnQ01*r101*x201h/c401nA01jd+N01G01bgwK01h<cK01jevF01je<801h<iL01001bS01h<yQ01"
+    "h<n701bg+T01bg>C01hS01bM01dO01bhcV01jhw401iabR01sS01lQ01bicT01bU01bihK01ibwE01jj/B01jkaQ01qI01i6"
+    "01ib/B01biw901bi+601A01E01K01E01cA01idmA0",
+    0
+};
+/* zigzag deltas of NFKC(U+FF01..U+FFEF), 0 = unchanged, 0x20 for U+FFE3 */
+static const char *const uni_width_data[] = {
+    "c2222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222u"
+    "qE2dhOK2NpKHf14444dK44c7dIfJ44442444444444446444222226666622224442222248fJ2ptJfV2kIkFkK2kJ22kM22"
+    "222jLb722bIbF222222222ir300iw222222iwB0iwE22222iwN0iwQ22222ix30ix622ix900k42IiNiC1qa8qkHsq4bx322"
+    "2caQcMs*L",
+    0
+};
+/* zigzag deltas: bytes 0x80..0xFF and 0x1A of each of ftfy's 10 encodings */
+static const char *const charmap_data[] = {
+    "i02222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222222"
+    "222222222222222222222222222222222o9qj4qcLpzIpiFpiOGB2ovLowKpmVpnIpoDm9p0oR2pyG262AT2otFpeCp*1pnI"
+    "poDlBo2BnF22222222222222222222222222222222222222222222222222222222222222222222222222222222222222"
+    "222222222d>pSd/>L2obEn*Dn*MGB2iMhNocDod0ocT418e6n*C262AT2pxNqiKomHn<2n/V418b-TbwSf0fBbw7b<Ob<J2b"
+    "vKbvFbvMbvH222bvIbvD2bvAf0dMb/N22bzKomAom3bzHbzQf5f04eD22222222222222222222222222222222222222222"
+    "2222222222222222222222d/+Sdpv1qcLpzIpzDpzMGB2pzHp+GpmVpnIpnTKbI7oHpyG262AT2pxNqiKp*1pnIpnTKbI7nJ"
+    "bcEb2zDjPg0fR222lAl5222mQmL2bcKzHiR2222eQfKk7i4+0zTdScFj52e0dRhAd5dTeAe5eUePeUeP2e04d68h72hOhJ2i"
+    "2bCj7jCj72iAi5hCh72c2bTfCd5bVcCc7d0cRd0cR2c24d68f92fQfL2g4bCh9hEh92gCxCd<s8dpv1qcLpzIpiFpiOGB2pz"
+    "Hp+Gp+Bp+Up+P2222pyG262AT2pxNqiKqiFp+0pzR2222boA2bo522222222222pwEpw9222bn2bmT22bn222bmTbn2bmTbn"
+    "22222222222222222222bmTbn22222222222222222222222222222222222222222222bmTd>pSdpv1qcLpzIpiFpiOGB2o"
+    "vLowKpmVpnIpoDm9222pyG262AT2otFpeCp*1pnIpoDlB2nKnF2222222222222222222222222222222222222222222222"
+    "2eUeP22222222222f8cShT2222222222222222d0cR22222222222dAcSfVd>pSdpv1qcLpzIpzDpzMGB2pzHp+Gp+Bp+Up+"
+    "PbObbUbaTcFpyG262AT2pxNqiKqiFp+0pzRb6bcObdN22222222d2cTkQkL222bGbB2222222e2dTjSjN222cGbScKcRCe32"
+    "f6BBe5l0g5Ob8Nb2cAbP4h3hIhD22jMd1bIb0iRjU4jRcCcKcRCc52d8BBc7j2g5Ob8Nb2cAbP4f5fKfF22hOd1bIb0gTi04"
+    "vMd<s8d>xP22222222222222222222222222222222g8/8zDjPjIbQl52lG3CbAmNn03mLfA/CzHiRiKbQwObaTkI3CbAw6v"
+    "T3cFj52e0dRhAd5dTeAe5eUePeUeP2e04d68h72hOhJ2i2bCj7jCj72iAi5hCh72c2bTfCd5bVcCc7d0cRd0cR2c24d68f92"
+    "fQfL2g4bCh9hEh92gCxCblTkK244GACA14414441424142441441A142ps8pwVR28pxMpwNcId19qhIqgRNq-GqzJb4quCqw"
+    "Pq-62q-Vb0quQU3peTpgMqy1b0boUbm5b4dHbRMqwSqiFqlCe3qvLb0pwMpyBc06b4hQ2pm02G292ps3sn6smLhIpmOgGh52"
+    "dnmE2dno1pwJpw68b4pwRGHK5A225E2d*cMd*cPG23fGzAbCbcPbcI22bc3bcA3b7bkPkQdAb5D47A4625E13cF28bQbVcS4"
+    "7I3CcHCdJ24qa4pr9l1OCEHbVcDb0Arf2rg7b21bLKb0snC22j1c4dQ2N1Sb3CC11eL8c0FVbNdOc429BbA5BVbO9272N1B2"
+    "bG1f3NhO7G8Vq*Tbn3bl8cQbPc0bqRbqUbRRb2MpgKpfFb1ph8dGq+Vq-81lO2rcJqv2qzFqwIqw3qw6zLp*PsoSspViB",
+    0
+};
+/* front-coded HTML entity names and values */
+static const char *const html_entity_data[] = {
+    "0AElig;1g64MP;1b64acute;1g14breve;1i24circ;1g28y;1baG4fr;1dvi44grave;1g04lpha;1*H4macr;1i04nd;1k"
+    "sJ4ogon;1i48pf;1dvjO4pplyFunction;1id14ring;1g54scr;1dveS8sign;1isK4tilde;1g34uml;1g40Backslash;"
+    "1iqM8rv;1kx7Cwed;1iy64cy;1baH4ecause;1irL8rnoullis;1ijC8ta;1*I4fr;1dvi54opf;1dvjP4reve;1wO4scr;1"
+    "ijC4umpeq;1isE0CHcy;1bb74OPY;1f94acute;1i68p;1iwICitalDifferentialD;1ik58yleys;1ijD4caron;1iC8ed"
+    "il;1g78irc;1i88onint;1irG4dot;1iA4edilla;1fO8nterDot;1fN4fr;1ijD4hi;1/74ircleDot;1iuPOMinus;1iuM"
+    "OPlus;1iuLOTimes;1iuN4lockwiseContourIntegral;1irICseCurlyDoubleQuote;1iaTb8Quote;1iaP4olon;1irN"
+    "Ke;1ktK8ngruent;1it1Cint;1irFCtourIntegral;1irE8pf;1ii2Croduct;1iqG8unterClockwiseContourIntegra"
+    "l;1irJ4ross;1krF4scr;1dveU4up;1iwJCCap;1isD0DD;1ik58otrahd;1kiH4Jcy;1ba24Scy;1ba54Zcy;1baF4agger"
+    ";1ib18rr;1in18shv;1kx44caron;1iE8y;1baK4el;1iq7Cta;1*K4fr;1dvi74iacriticalAcute;1fKbCDot;1wPbKub"
+    "leAcute;1wTbCGrave;1d0bCTilde;1wSCmond;1iw48fferentialD;1ik64opf;1dvjR8t;1f8CDot;1igSCEqual;1isG"
+    "8ubleContourIntegral;1irFODot;1f8b0wnArrow;1ioJOLeftArrow;1ioGb8RightArrow;1ioKb8Tee;1kx4SongLef"
+    "tArrow;1j>ObORightArrow;1j>Qb8RightArrow;1j>PORightArrow;1ioIbCTee;1iv8OUpArrow;1ioHb0DownArrow;"
+    "1ioLOVerticalBar;1ir58wnArrow;1imJb4Bar;1kiJb4UpArrow;1ipLGBreve;1yHGLeftRightVector;1kkGb0TeeVe"
+    "ctor;1kkUb0Vector;1inTbOBar;1kkMGRightTeeVector;1kkVb4Vector;1io1bSBar;1kkNGTee;1iv4SArrow;1in7G"
+    "arrow;1ioJ4scr;1dveV8trok;1iG0ENG;1kA4TH;1gG4acute;1g94caron;1iQ8irc;1gA8y;1bbD4dot;1iM4fr;1dvi8"
+    "4grave;1g84lement;1iq84macr;1iI8ptySmallSquare;1jpRKVerySmallSquare;1jnB4ogon;1iO8pf;1dvjS4psilo"
+    "n;1*L4qual;1ktLKTilde;1is2Cilibrium;1ioC4scr;1ijG8im;1ktJ4ta;1*N4uml;1gB4xists;1iq38ponentialE;1"
+    "ik70Fcy;1bb44fr;1dvi94illedSmallSquare;1jpSOVerySmallSquare;1jnA4opf;1dvjT8rAll;1iq08uriertrf;1i"
+    "jH4scr;1ijH0GJcy;1ba34T;1bU4amma;1*JKd;1<S4breve;1iU4cedil;1j28irc;1iS8y;1baJ4dot;1j04fr;1dviA4g"
+    ";1iwP4opf;1dvjU4reaterEqual;1it5bGLess;1iwRSFullEqual;1it7SGreater;1kv2SLess;1itNSSlantEqual;1kt"
+    "USTilde;1itJ4scr;1dvf24t;1itB0HARDcy;1bbA4acek;1w78t;1cU4circ;1j44fr;1iiC4ilbertSpace;1iiB4opf;1"
+    "iiD8rizontalLine;1ji04scr;1iiB8trok;1j64umpDownHump;1isEGEqual;1isF0IEcy;1baL4Jlig;1jI4Ocy;1ba14"
+    "acute;1gD4circ;1gE8y;1baO4dot;1jG4fr;1iiH4grave;1gC4m;1iiH8acr;1jACginaryI;1ik88plies;1ioI4nt;1i"
+    "rCCegral;1irBGrsection;1iw28visibleComma;1id3b4Times;1id24ogon;1jE8pf;1dvk08ta;1*P4scr;1iiG4tild"
+    "e;1j84ukcy;1ba68ml;1gF0Jcirc;1jK8y;1baP4fr;1dviD4opf;1dvk14scr;1dvf58ercy;1ba84ukcy;1ba40KHcy;1b"
+    "b54Jcy;1baC4appa;1*Q4cedil;1jM8y;1baQ4fr;1dviE4opf;1dvk24scr;1dvf60LJcy;1ba94T;1bS4acute;1jP8mbd"
+    "a;1*R8ng;1j>A8placetrf;1iiI8rr;1imU4caron;1jT8edil;1jR8y;1baR4eftAngleBracket;1j>8Krrow;1imGb4Ba"
+    "r;1ip4b4RightArrow;1io6GCeiling;1iy8GDoubleBracket;1j>6OwnTeeVector;1kl1b0Vector;1io3bOBar;1kkPG"
+    "Floor;1iyAGRightArrow;1imKb4Vector;1kkEGTee;1iv3SArrow;1in4SVector;1kkQKriangle;1ivIbGBar;1koFbG"
+    "Equal;1ivKGUpDownVector;1kkHOTeeVector;1kl0OVector;1inVbGBar;1kkOGVector;1inSb8Bar;1kkIGarrow;1i"
+    "oGGrightarrow;1ioK8ssEqualGreater;1iwQGFullEqual;1it6GGreater;1itMGLess;1kv1GSlantEqual;1ktTGTil"
+    "de;1itI4fr;1dviF4l;1iwO8eftarrow;1ioQ4midot;1jV4ongLeftArrow;1j>Lb0RightArrow;1j>NGRightArrow;1j"
+    ">MGleftarrow;1j>Ob0rightarrow;1j>QGrightarrow;1j>P8pf;1dvk38werLeftArrow;1imPKRightArrow;1imO4sc"
+    "r;1iiI8h;1inG8trok;1k14t;1itA0Map;1ki54cy;1baS4ediumSpace;1icV8llintrf;1ijJ4fr;1dviG4inusPlus;1i"
+    "qJ4opf;1dvk44scr;1ijJ4u;1*S0NJcy;1baA4acute;1k34caron;1k78edil;1k58y;1baT4egativeMediumSpace;1ia"
+    "Bb0ThickSpace;1iaBbCnSpace;1iaBb0VeryThinSpace;1iaB8stedGreaterGreater;1itBOLessLess;1itA8wLine;"
+    "1A4fr;1dviH4oBreak;1id08nBreakingSpace;1f08pf;1iiL8t;1kxCCCongruent;1it2GupCap;1itDCDoubleVertic"
+    "alBar;1ir6CElement;1iq9Gqual;1it0b0Tilde;2is2zOGxists;1iq4CGreater;1itFb8Equal;1itHb8FullEqual;2"
+    "it7zOb8Greater;2itBzOb8Less;1itPb8SlantEqual;2ktUzOb8Tilde;1itLCHumpDownHump;2isEzOSEqual;2isFzO"
+    "CLeftTriangle;1ixAbSBar;2koFzObSEqual;1ixCKss;1itESEqual;1itGSGreater;1itOSLess;2itAzOSSlantEqua"
+    "l;2ktTzOSTilde;1itKCNestedGreaterGreater;2kv2zOb4LessLess;2k",
+    "v1zOCPrecedes;1iu0bCEqual;2kvFzObCSlantEqual;1ix0CReverseElement;1iqCGightTriangle;1ixBc0Bar;2ko"
+    "GzOc0Equal;1ixDCSquareSubset;2iuFzObSEqual;1ix2bCperset;2iuGzOc4Equal;1ix3Gubset;2iu2igIb4Equal;"
+    "1iu8Kcceeds;1iu1bCEqual;2kvGzObCSlantEqual;1ix1bCTilde;2itVzOKperset;2iu3igIbCEqual;1iu9CTilde;1"
+    "is1b0Equal;1is4b0FullEqual;1is7b0Tilde;1is9CVerticalBar;1ir44scr;1dvf94tilde;1gH4u;1*T0OElig;1kI"
+    "4acute;1gJ4circ;1gK8y;1baU4dblac;1kG4fr;1dviI4grave;1gI4macr;1kC8ega;1/98icron;1*V4opf;1dvk64pen"
+    "CurlyDoubleQuote;1iaSb4Quote;1iaO4r;1ksK4scr;1dvfA8lash;1gO4tilde;1gLCmes;1krN4uml;1gM4verBar;1i"
+    "bUKrace;1i<Ub0ket;1i/KGParenthesis;1i<S0PartialD;1iq24cy;1baV4fr;1dviJ4hi;1/64i;1/04lusMinus;1fH"
+    "4oincareplane;1iiC8pf;1iiP4r;1kvR8ecedes;1itQb0Equal;1kvFb0SlantEqual;1itSb0Tilde;1itU8ime;1ibJ8"
+    "oduct;1iqFCportion;1irNb8al;1iqT4scr;1dvfB8i;1/80QUOT;1b24fr;1dviK4opf;1iiQ4scr;1dvfC0RBarr;1kiG"
+    "4EG;1fE4acute;1kK8ng;1j>B8rr;1in0Gtl;1kiM4caron;1kO8edil;1kM8y;1bb04e;1iiS8verseElement;1iqBb0qu"
+    "ilibrium;1ioBSUpEquilibrium;1klF4fr;1iiS4ho;1/14ightAngleBracket;1j>9Orrow;1imIb8Bar;1ip5b8LeftA"
+    "rrow;1io4KCeiling;1iy9KDoubleBracket;1j>7SwnTeeVector;1kkTb4Vector;1io2bSBar;1kkLKFloor;1iyBKTee"
+    ";1iv2b0Arrow;1in6b0Vector;1kkROriangle;1ivJbKBar;1koGbKEqual;1ivLKUpDownVector;1kkFSTeeVector;1k"
+    "kSSVector;1inUbKBar;1kkKKVector;1io0bCBar;1kkJKarrow;1ioI4opf;1iiT8undImplies;1klG4rightarrow;1i"
+    "oR4scr;1iiR8h;1inH4uleDelayed;1kpK0SHCHcy;1bb98cy;1bb84OFTcy;1bbC4acute;1kQ4c;1kvS8aron;1l08edil"
+    ";1kU8irc;1kS8y;1bb14fr;1dviM4hortDownArrow;1imJKLeftArrow;1imGKRightArrow;1imIKUpArrow;1imH4igma"
+    ";1/34mallCircle;1iqO4opf;1dvkA4qrt;1iqQ8uare;1jn1OIntersection;1iuJOSubset;1iuFbGEqual;1iuHb0per"
+    "set;1iuGbOEqual;1iuIOUnion;1iuK4scr;1dvfE4tar;1iw64ub;1iwGCset;1iwGOEqual;1iu68cceeds;1itRb0Equa"
+    "l;1kvGb0SlantEqual;1itTb0Tilde;1itVChThat;1iqB8m;1iqH8p;1iwHCerset;1iu3b0Equal;1iu7Cset;1iwH0THO"
+    "RN;1gU4RADE;1ij24SHcy;1baB8cy;1bb64ab;198u;1/44caron;1l48edil;1l28y;1bb24fr;1dviN4herefore;1irKC"
+    "ta;1*O8ickSpace;2icViaACnSpace;1ia94ilde;1irSKEqual;1is3KFullEqual;1is5KTilde;1is84opf;1dvkB4rip"
+    "leDot;1igR4scr;1dvfF8trok;1l60Uacute;1gQ8rr;1imVGocir;1kk94brcy;1baECeve;1lC4circ;1gR8y;1bb34dbl"
+    "ac;1lG4fr;1dviO4grave;1gP4macr;1lA4nderBar;1cVOrace;1i<Vb4ket;1i/LKParenthesis;1i<T8ion;1iw3KPlu"
+    "s;1iuE4ogon;1lI8pf;1dvkC4pArrow;1imHSBar;1kiISDownArrow;1io58DownArrow;1imL8Equilibrium;1klE8Tee"
+    ";1iv5KArrow;1in58arrow;1ioH8downarrow;1ioL8perLeftArrow;1imMKRightArrow;1imN8si;1<IGlon;1/54ring"
+    ";1lE4scr;1dvfG4tilde;1l84uml;1gS0VDash;1ivB4bar;1kxB4cy;1baI4dash;1iv9Kl;1kx64ee;1iw18rbar;1iaMC"
+    "t;1iaMGicalBar;1ir3b0Line;1dSb0Separator;1j+Ob0Tilde;1is0CyThinSpace;1iaA4fr;1dviP4opf;1dvkD4scr"
+    ";1dvfH4vdash;1ivA0Wcirc;1lK4edge;1iw04fr;1dviQ4opf;1dvkE4scr;1dvfI0Xfr;1dviR4i;1*U4opf;1dvkF4scr"
+    ";1dvfJ0YAcy;1bbF4Icy;1ba74Ucy;1bbE4acute;1gT4circ;1lM8y;1bbB4fr;1dviS4opf;1dvkG4scr;1dvfK4uml;1l"
+    "O0ZHcy;1baM4acute;1lP4caron;1lT8y;1baN4dot;1lR4eroWidthSpace;1iaB8ta;1*M4fr;1ij84opf;1ij44scr;1d"
+    "vfL2aacute;1h11g16breve;1i31i25c;1irU8E;2irUzJ9d;1irVAirc;1h21g29ute;1fKAy;1bbG1baG6elig;1h61g65"
+    "f;1id19r;1dviU6grave;1h01g05lefsym;1ijLDph;1ijLApha;1/H1*H6macr;1i11i0Dlg;1krV8p;1b65nd;1ir7Dand"
+    ";1ksLDd;1ksSDslope;1ksODv;1ksQ9g;1ir0De;1kn4Dle;1ir0Dmsd;1ir1Paa;1kn8Tb;1kn9Tc;1knATd;1knBTe;1kn"
+    "CTf;1knDTg;1knETh;1knFDrt;1iqVLvb;1ivUTd;1kmTDsph;1ir2Ht;1g5Dzarr;1i-S6ogon;1i51i49pf;1dvkI5p;1i"
+    "s88E;1ktG9acir;1ktF9e;1isA9id;1isB9os;1b79prox;1is8Peq;1isA6ring;1h51g55scr;1dvfM9t;1bA9ymp;1is8"
+    "Leq;1isD6tilde;1h31g36uml;1h41g45wconint;1irJ9int;1kqH0bNot;1kxD5ackcong;1isCHepsilon;1>MHprime;"
+    "1ibLHsim;1irTTeq;1iwD9rvee;1ivTDwed;1iy5Pge;1iy55brk;1i/LHtbrk;1i/M5cong;1isCAy;1bbH1baH5dquo;1i"
+    "aU5ecaus;1irLPe;1irL9mptyv;1knG9psi;1>M9rnou;1ijCAta;1/I1*IDh;1ijMDween;1itC5fr;1dviV5igcap;1iw2"
+    "Hirc;1jpFHup;1iw3Dodot;1kq0Hplus;1kq1Htimes;1kq2Dsqcup;1kq6Htar;1jq5Dtriangledown;1jnTbDup;1jnJD"
+    "uplus;1kq4Dvee;1iw1Dwedge;1iw05karow;1kiD5lacklozenge;1kpBLsquare;1jnALtriangle;1jnKbLdown;1jnUb"
+    "Lleft;1jo2bLright;1jnODnk;1jb39k12;1jmIH4;1jmHD34;1jmJ9ock;1",
+    "jm85ne;2bTih5Dquiv;2it1ih59ot;1iyG5opf;1dvkJ9t;1iv5Dtom;1iv59wtie;1iw88xDL;1jkNGR;1jkKGl;1jkMGr;"
+    "1jkJCH;1jkGGD;1jl6GU;1jl9Gd;1jl4Gu;1jl7CUL;1jkTGR;1jkQGl;1jkSGr;1jkPCV;1jkHGH;1jlCGL;1jl3GR;1jl0"
+    "Gh;1jlBGl;1jl2Gr;1jkVDbox;1ko9CdL;1jkLGR;1jkIHl;1jiGHr;1jiCDh;1ji0GD;1jl5GU;1jl8Hd;1jjCHu;1jjKDm"
+    "inus;1iuVDplus;1iuUDtimes;1iv0CuL;1jkRGR;1jkOHl;1jiOHr;1jiKDv;1ji2GH;1jlAGL;1jl1GR;1jkUHh;1jjSHl"
+    ";1jj4Hr;1jiS5prime;1ibL5reve;1wO9vbar;1f65scr;1dvfN9emi;1icF9im;1irTHe;1iwD9ol;1cSHb;1ko5Hhsub;1"
+    "j<85ull;1ib2Het;1ib29mp;1isEGE;1kvEHe;1isFLq;1isF2cacute;1i71i69p;1ir9Dand;1ks4Dbrcup;1ks9Dcap;1"
+    "ksBHup;1ks7Ddot;1ks0Ds;2ir9b>q09ret;1ic1Don;1w75caps;1ksDEron;1iD1iCAedil;1h71g7Airc;1i91i89ups;"
+    "1ksCLsm;1ksG6dot;1iB1iA5edil;1fO9mptyv;1knI9nt;1f2Herdot;1fN5fr;1dvj06hcy;1bc71bb79eck;1jyJLmark"
+    ";1jyJAi;1<71/75ir;1joBCE;1ko3Dc;1w6Heq;1isNHlearrowleft;1inQbDright;1inROdR;1fESS;1jg8Tast;1iuRT"
+    "circ;1iuQTdash;1iuTDe;1isNDfnint;1kqGDmid;1kxFDscir;1ko25lubs;1jt3Luit;1jt35olon;1bQLe;1isKPq;1i"
+    "sK9mma;1bCLt;1c0Dp;1iq1Hfn;1iqOHlement;1iq1Pxes;1ii29ng;1is5Hdot;1ktDDint;1irE9pf;1dvkKDrod;1iqG"
+    "Cy;1f9Gsr;1iiN5rarr;1inL9oss;1jyN5scr;1dvfO9ub;1kwFHe;1kwHDp;1kwGHe;1kwI5tdot;1ixF5udarrl;1kjOPr"
+    ";1kjL9epr;1iwUDsc;1iwV9larr;1inMPp;1kjT9p;1irADbrcap;1ks8Dcap;1ks6Hup;1ksADdot;1iuDDor;1ks5Ds;2i"
+    "rAb>q09rarr;1inNPm;1kjSDlyeqprec;1iwUTsucc;1iwVLvee;1iwELwedge;1iwFDren;1f4Dvearrowleft;1inMb9ri"
+    "ght;1inN9vee;1iwE9wed;1iwF5wconint;1irI9int;1irH5ylcty;1izD0dArr;1ioJ4Har;1kl55agger;1ib09leth;1"
+    "ijO9rr;1imJ9sh;1iaGHv;1iv35bkarow;1kiF9lac;1wT6caron;1iF1iEAy;1bbK1baK4d;1ik69agger;1ib1Drr;1ioA"
+    "9otseq;1ktN5eg;1fGAlta;1/K1*K9mptyv;1knH5fisht;1klV9r;1dvj15harl;1io3Hr;1io25iam;1iw4Hond;1iw4Ts"
+    "uit;1jt6Hs;1jt69e;1f8Agamma;1<T1<S9sin;1ixI9v;1hNDide;1hNPontimes;1iw7Donx;1iw76jcy;1bcI1ba25lco"
+    "rn;1iyUDrop;1iyD5ollar;1b49pf;1dvkL9t;1wPDeq;1isGLdot;1isHDminus;1irODplus;1iqKDsquare;1iv19uble"
+    "barwedge;1iy69wnarrow;1imJHdownarrows;1ioAHharpoonleft;1io3bDright;1io25rbkarow;1kiG9corn;1iyVDr"
+    "op;1iyC5scr;1dvfPEy;1bcL1ba59ol;1kpMAtrok;1iH1iG5tdot;1ixH9ri;1jnVHf;1jnU5uarr;1ipL9har;1klF5wan"
+    "gle;1kn66zcy;1bcV1baF9igrarr;1j>V0eDDot;1ktN8ot;1isH6acute;1h91g99ster;1ktE6caron;1iR1iQ9ir;1isM"
+    "Ic;1hA1gA9olon;1isLAy;1bcD1bbD6dot;1iN1iM5e;1ik74fDot;1isI9r;1dvj25g;1kuQArave;1h81g89s;1kuMDdot"
+    ";1kuO5l;1kuP9inters;1i>79l;1iiJ9s;1kuLDdot;1kuN6macr;1iJ1iI9pty;1iq5Lset;1iq5Lv;1iq59sp13;1ia4L4"
+    ";1ia5H;1ia34ng;1kB9sp;1ia26ogon;1iP1iO9pf;1dvkM5par;1iwLHsl;1kp39lus;1ktHAsi;1/L1*LIlon;1/L1*LIv"
+    ";1>L1*L5qcirc;1isMDolon;1isL9sim;1is2Dlantgtr;1kuMTless;1kuL9uals;1bTDest;1isVDiv;1it1KDD;1ktO9v"
+    "parsl;1kp54rDot;1isJ9arr;1klH5scr;1ijF9dot;1isG9im;1is26ta;1/N1*N8h;1hG6uml;1hB1gB9ro;1ifC5xcl;1"
+    "b19ist;1iq39pectation;1ijGDonentiale;1ik71fallingdotseq;1isI6cy;1bc41bb45emale;1js06filig;1b<y33"
+    "c6c6c9Alig;1b<y02c6c6Elig;1b<y43c6c6cC9r;1dvj36ilig;1b<y12c6c96jlig;2d6dA2c6cA5lat;1jtDAlig;1b<y"
+    "22c6cC9tns;1jnH6nof;1mI1mH5opf;1dvkN9rall;1iq0Dk;1iwKHv;1kwP5partint;1kqD5rac12;1fTL3;1ikJL4;1fS"
+    "L5;1ikLL6;1ikPL8;1ikRH23;1ikKL5;1ikMH34;1fUL5;1ikNL8;1ikSH45;1ikOH56;1ikQL8;1ikTH78;1ikUDsl;1ic4"
+    "9own;1iz25scr;1dvfR0gE;1it78l;1kuC6acute;1pL1pKAmma;1/J1*JMd;1<T1<S9p;1ku66breve;1iV1iU6circ;1iT"
+    "1iSAy;1bbJ1baJ6dot;1j11j05e;1it59l;1iwR9q;1it5Dq;1it7Dslant;1ktU9s;1ktUDcc;1kv9Ddot;1ku0Po;1ku2T"
+    "l;1ku4Dl;2iwRb>q0Hes;1kuK5fr;1dvj45g;1itB9g;1iwP5imel;1ijN6jcy;1bcJ1ba35l;1itN8E;1kuI9a;1kv59j;1"
+    "kv44nE;1it99ap;1kuAHprox;1kuA9e;1ku8Dq;1ku8Hq;1it99sim;1ix75opf;1dvkO5rave;1d05scr;1iiA9im;1itJH"
+    "e;1kuEHl;1kuG4t;1bU8cc;1kv7Cir;1ktQ8dot;1iwN8lPar;1kmL8quest;1ktS8rapprox;1ku6Grr;1klOCdot;1iwNC"
+    "eqless;1iwRKqless;1kuCCless;1itNCsim;1itJ5vertneqq;2it9b>q08nE;2it9b>q00hArr;1ioK5airsp;1iaA9lf;"
+    "1fT9milt;1iiBArdcy;1bcA1bbADr;1imKHcir;1kk8Hw;1inD5bar;1iiF6circ;1j51j45earts;1jt5Puit;1jt59llip"
+    ";1ib69rcon;1ivP5fr;1dvj55ksearow;1kj5Dwarow;1kj65oarr;1ipV9mtht;1irR9okleftarrow;1in9Hrightarrow"
+    ";1inA9pf;1dvkP9rbar;1iaL5scr;1dvfT9lash;1iiFAtrok;1j71j65ybull;1ic39phen;1iaG2iacute;1hD1gD5c;1i"
+    "d3Airc;1hE1gEAy;1bbO1baO6ecy;1bbL1baL9xcl;1f15ff;1ioK9r;1dvj",
+    "66grave;1hC1gC5i;1ik89iint;1kqCDnt;1irD9nfin;1koS9ota;1ij96jlig;1jJ1jI6macr;1jB1jADge;1iiHHline;"
+    "1iiGHpart;1iiHEth;1jH1c99of;1ivN9ped;1nL5n;1iq89care;1ii59fin;1iqULtie;1koTAodot;1jH1c99t;1irBDc"
+    "al;1ivQDegers;1ij4Hrcal;1ivQDlarhk;1kqNDprod;1krS6ocy;1bcH1ba1Agon;1jF1jE9pf;1dvkQAta;1/P1*P5pro"
+    "d;1krS5quest;1fV5scr;1dvfU9in;1iq8GE;1ixPHdot;1ixLHs;1ixKLv;1ixJHv;1iq85t;1id2Ailde;1j91j86ukcy;"
+    "1bcM1ba6Aml;1hF1gF2jcirc;1jL1jKAy;1bbP1baP5fr;1dvj75math;1rN5opf;1dvkR5scr;1dvfVAercy;1bcO1ba86u"
+    "kcy;1bcK1ba42kappa;1/Q1*QMv;1>G1*Q6cedil;1jN1jMAy;1bbQ1baQ5fr;1dvj85green;1jO6hcy;1bc51bb56jcy;1"
+    "bcS1baC5opf;1dvkS5scr;1dvg00lAarr;1ioQ8rr;1ioG8tail;1kiR4Barr;1kiE4E;1it68g;1kuB4Har;1kl26acute;"
+    "1jQ1jP9emptyv;1knK9gran;1iiIAmbda;1/R1*R9ng;1j>8Hd;1kmHHle;1j>89p;1ku59quo;1fB9rr;1imGHb;1ip4Lfs"
+    ";1kiVHfs;1kiTHhk;1in9Hlp;1inBHpl;1kjPHsim;1klJHtl;1in29t;1kvBDail;1kiPDe;1kvDHs;2kvDb>q05barr;1k"
+    "iC9brk;1j-I9race;1dRLk;1cRDke;1kmBHsld;1kmFPu;1kmD6caron;1jU1jTAedil;1jS1jRDil;1iy89ub;1dRAy;1bb"
+    "R1baR5dca;1kjM9quo;1iaSLr;1iaU9rdhar;1kl7Dushar;1kkB9sh;1inI5e;1it49ftarrow;1imGb5tail;1in2Hharp"
+    "oondown;1inTbDup;1inSHleftarrows;1io7Hrightarrow;1imKbPs;1io6b5harpoons;1ioBb5squigarrow;1inDHth"
+    "reetimes;1iwB9g;1iwQ9q;1it4Dq;1it6Dslant;1ktT9s;1ktTDcc;1kv8Ddot;1ktVPo;1ku1Tr;1ku3Dg;2iwQb>q0He"
+    "s;1kuJDsapprox;1ku5Hdot;1iwMHeqgtr;1iwQPqgtr;1kuBHgtr;1itMHsim;1itI5fisht;1klS9loor;1iyA9r;1dvj9"
+    "5g;1itM8E;1kuH5hard;1inTHu;1inSLl;1klA9blk;1jm46jcy;1bcP1ba95l;1itA9arr;1io79corner;1iyU9hard;1k"
+    "lB9tri;1jpQ6midot;1k01jV9oust;1i/GPache;1i/G4nE;1it89ap;1ku9Hprox;1ku99e;1ku7Dq;1ku7Hq;1it89sim;"
+    "1ix65oang;1j>CDrr;1ipT9brk;1j>69ngleftarrow;1j>Lb1rightarrow;1j>NHmapsto;1j>SHrightarrow;1j>M9op"
+    "arrowleft;1inBb5right;1inC9par;1km5Df;1dvkTDlus;1krD9times;1krK9wast;1iqNDbar;1cV9z;1joADenge;1j"
+    "oADf;1kpB5par;1b8Hlt;1kmJ5rarr;1io69corner;1iyV9har;1ioBLd;1klD9m;1iaE9tri;1ivV5saquo;1ibP9cr;1d"
+    "vg19h;1inG9im;1itIHe;1kuDHg;1kuF9qb;1cRDuo;1iaOLr;1iaQAtrok;1k21k14t;1bS8cc;1kv6Cir;1ktP8dot;1iw"
+    "M8hree;1iwB8imes;1iw98larr;1klM8quest;1ktR8rPar;1kmMCi;1jo3Ge;1ivKGf;1jo25urdshar;1kkADuhar;1kl6"
+    "5vertneqq;2it8b>q08nE;2it8b>q00mDDot;1irQ5acr;1fF9le;1js2Dt;1jz0Hese;1jz09p;1in6Dsto;1in6Pdown;1"
+    "in7Pleft;1in4Pup;1in59rker;1jnE5comma;1kr9Ay;1bbS1baS5dash;1iaK5easuredangle;1ir15fr;1dvjA5ho;1i"
+    "j76icro;1fL1*S9d;1ir3Dast;1bADcir;1kxGDdot;1fN9nus;1iqILb;1iuVLd;1irOPu;1krA5lcp;1kwR9dr;1ib65np"
+    "lus;1iqJ5odels;1iv79pf;1dvkU5p;1iqJ5scr;1dvg29tpos;1irU6u;1/S1*S9ltimap;1ivO9map;1ivO0nGg;2iwPzO"
+    "8t;2itBigICv;2itBzO4Leftarrow;1ioDKrightarrow;1ioE8l;2iwOzO8t;2itAigICv;2itAzO4Rightarrow;1ioF4V"
+    "Dash;1ivF8dash;1ivE5abla;1iq7Acute;1k41k39ng;2ir0igI9p;1is9CE;2ktGzODid;2isBzOEos;1k92vScEDprox;"
+    "1is99tur;1jtELal;1jtETs;1iiL5bsp;1f09ump;2isEzOLe;2isFzO5cap;1ks3Eron;1k81k7Aedil;1k61k59ong;1is"
+    "7Ldot;2ktDzO9up;1ks2Ay;1bbT1baT5dash;1iaJ5e;1it08Arr;1ioN9arhk;1kj4Hr;1imNLow;1imN9dot;2isGzO9qu"
+    "iv;1it29sear;1kj8Dim;2is2zO9xist;1iq4Ps;1iq45fr;1dvjB4gE;2it7zO9e;1itHDq;1itHHq;2it7zOHslant;2kt"
+    "UzODs;2ktUzO9sim;1itL9t;1itFDr;1itF4hArr;1ioE9arr;1inE9par;1kxI5i;1iqB9s;1ixSDd;1ixQ9v;1iqB6jcy;"
+    "1bcQ1baA4lArr;1ioD8E;2it6zO9arr;1imQ9dr;1ib59e;1itGDftarrow;1imQLrightarrow;1inEDq;1itGHq;2it6zO"
+    "Hslant;2ktTzODs;2ktTzOHs;1itE9sim;1itK9t;1itEDri;1ixALe;1ixC5mid;1ir45opf;1dvkV9t;1fCDin;1iq9KE;"
+    "2ixPzOLdot;2ixLzOLva;1iq9Pb;1ixNPc;1ixMDni;1iqCLva;1iqCPb;1ixUPc;1ixT5par;1ir6Hallel;1ir6Hsl;2kx"
+    "Tih5Ht;2iq2zO9olint;1kqK9r;1iu0Dcue;1ix0De;2kvFzOHc;1iu0Leq;2kvFzO4rArr;1ioF9arr;1imRLc;2kjJzOLw"
+    ";2imTzO9ightarrow;1imR9tri;1ixBLe;1ixD5sc;1iu1Dcue;1ix1De;2kvGzODr;1dvg39hortmid;1ir4Pparallel;1"
+    "ir69im;1is1He;1is4Lq;1is49mid;1ir49par;1ir69qsube;1ix2Lpe;1ix39ub;1iu4GE;2kw5zOHe;1iu8Hset;2iu2i"
+    "gITeq;1iu8b5q;2kw5zODcc;1iu1Leq;2kvGzODp;1iu5GE;2kw6zOHe;1iu9Hset;2iu3igITeq;1iu9b5q;2kw6zO5tgl;"
+    "1itPAilde;1hH1gH9lg;1itO9riangleleft;1ixAbLeq;1ixCb5right;1ixBbPeq;1ixD6u;1/T1*T9m;1b3Dero;1iiMD"
+    "sp;1ia74vDash;1ivD8Harr;1ki49ap;2isDigI9dash;1ivC9ge;2it5igIDt;2bUigI9infin;1koU8lArr;1ki2De;2it"
+    "4igIDt;2bSigIHrie;2ivKigI8rArr;1ki3Dtrie;2ivLigI9sim;2irSigI",
+    "4wArr;1ioM9arhk;1kj3Hr;1imMLow;1imM9near;1kj70oS;1jg86acute;1hJ1gJ9st;1iuR5cir;1iuQIc;1hK1gKAy;1"
+    "bbU1baU5dash;1iuTAblac;1kH1kG9iv;1krO9ot;1iuP9sold;1knS6elig;1kJ1kI5fcir;1knV9r;1dvjC5gon;1wRAra"
+    "ve;1hI1gI9t;1ko15hbar;1knL9m;1/95int;1irE5larr;1inQ9cir;1knUDross;1knR9ine;1ibU9t;1ko06macr;1kD1"
+    "kCAega;1<91/9Aicron;1/V1*VDd;1knMDnus;1iuM5opf;1dvl05par;1knN9erp;1knP9lus;1iuL5r;1ir89arr;1inR9"
+    "d;1ksTDer;1ijKLof;1ijKDf;1fADm;1fQ9igof;1ivM9or;1ksM9slope;1ksN9v;1ksR5scr;1ijKAlash;1hO1gO9ol;1"
+    "iuO6tilde;1hL1gLDmes;1iuNPas;1krM6uml;1hM1gM5vbar;1izT1par;1ir5Da;1fMHllel;1ir5Dsim;1kxJHl;1kxTD"
+    "t;1iq26cy;1bbV1baV5ercnt;1b5Diod;1bEDmil;1ibGDp;1iv5Dtenk;1ibH5fr;1dvjD6hi;1<61/6Ev;1<L1/69mmat;"
+    "1ijJ9one;1jqE6i;1<01/09tchfork;1iwKAv;1<M1/05lanck;1iiFPh;1iiEHkv;1iiF9us;1bBHacir;1kr3Hb;1iuUHc"
+    "ir;1kr2Hdo;1iqKLu;1kr5He;1ktIHmn;1fHHsim;1kr6Htwo;1kr75m;1fH5ointint;1kqL9pf;1dvl19und;1f35r;1it"
+    "Q8E;1kvJ9ap;1kvN9cue;1itS9e;1kvFDc;1itQHapprox;1kvNHcurlyeq;1itSHeq;1kvFHnapprox;1kvPLeqq;1kvLLs"
+    "im;1ix8Hsim;1itU9ime;1ibILs;1iiP8nE;1kvLDap;1kvPDsim;1ix89od;1iqFDfalar;1izEHline;1iyIHsurf;1iyJ"
+    "Dp;1iqTHto;1iqT9sim;1itU9urel;1ivG5scr;1dvg5Ai;1<81/85uncsp;1ia81qfr;1dvjE5int;1kqC5opf;1dvl25pr"
+    "ime;1icN5scr;1dvg65uaternions;1iiDHint;1kqM9est;1bVLeq;1isV8ot;1b20rAarr;1ioR8rr;1ioI8tail;1kiS4"
+    "Barr;1kiF4Har;1kl45ace;2irTzHEute;1kL1kK9dic;1iqQ9emptyv;1knJ9ng;1j>9Hd;1kmIHe;1kn5Hle;1j>99quo;"
+    "1fR9rr;1imIHap;1klLHb;1ip5Lfs;1kj0Hc;1kjJHfs;1kiUHhk;1inAHlp;1inCHpl;1kk5Hsim;1klKHtl;1in3Hw;1im"
+    "T9tail;1kiQDio;1irMLnals;1iiQ5barr;1kiD9brk;1j-J9race;1dTLk;1cTDke;1kmCHsld;1kmEPu;1kmG6caron;1k"
+    "P1kOAedil;1kN1kMDil;1iy99ub;1dTAy;1bc01bb05dca;1kjN9ldhar;1kl99quo;1iaTLr;1iaT9sh;1inJ5eal;1iiSH"
+    "ine;1iiRHpart;1iiSHs;1iiT9ct;1jnD8g;1fE5fisht;1klT9loor;1iyB9r;1dvjF5hard;1io1Hu;1io0Ll;1klCAo;1"
+    "<11/1Ev;1>H1/15ightarrow;1imIb9tail;1in3Lharpoondown;1io1bHup;1io0Lleftarrows;1io4b5harpoons;1io"
+    "CLrightarrows;1io9Lsquigarrow;1imTLthreetimes;1iwC9ng;1wQ9singdotseq;1isJ5larr;1io49har;1ioC9m;1"
+    "iaF5moust;1i/HPache;1i/H5nmid;1kxE5oang;1j>DDrr;1ipU9brk;1j>79par;1km6Df;1dvl3Dlus;1krE9times;1k"
+    "rL5par;1b9Hgt;1kmK9polint;1kqI5rarr;1io95saquo;1ibQ9cr;1dvg79h;1inH9qb;1cTDuo;1iaPLr;1iaP5three;"
+    "1iwC9imes;1iwA9ri;1jnPHe;1ivLHf;1jnOHltri;1koE5uluhar;1kl85x;1iiU2sacute;1kR1kQ5bquo;1iaQ5c;1itR"
+    "8E;1kvK9ap;1kvOEron;1l11l09cue;1itT9e;1kvGEdil;1kV1kUAirc;1kT1kS8nE;1kvMDap;1kvQDsim;1ix99polint"
+    ";1kqJ9sim;1itVAy;1bc11bb15dot;1iw5Hb;1iv1He;1kt64eArr;1ioO9arhk;1kj5Hr;1imOLow;1imO9ct;1f79mi;1b"
+    "R9swar;1kj99tminus;1iqMHn;1iqM9xt;1jzM5fr;1dvjGDown;1iz25harp;1jtFAchcy;1bc91bb9Ey;1bc81bb89ortm"
+    "id;1ir3Lparallel;1ir59y;1fD6igma;1<31/3Mf;1<21/3Mv;1<21/39m;1irSDdot;1ktADe;1is3Hq;1is3Dg;1kuUGE"
+    ";1kv0Dl;1kuTGE;1kuVDne;1is6Dplus;1kr4Drarr;1klI5larr;1imG5mallsetminus;1iqMDshp;1krJ9eparsl;1kp4"
+    "9id;1ir3Dle;1iz39t;1kvADe;1kvCHs;2kvCb>q06oftcy;1bcC1bbC9l;1bFDb;1ko4Har;1izV9pf;1dvl45pades;1jt"
+    "0Puit;1jt0Dr;1ir55qcap;1iuJLs;2iuJb>q0Dup;1iuKLs;2iuKb>q09sub;1iuFLe;1iuHLset;1iuFb1eq;1iuHHp;1i"
+    "uGLe;1iuILset;1iuGb1eq;1iuI9u;1jn1Dare;1jn1Lf;1jnADf;1jnA5rarr;1imI5scr;1dvg89etmn;1iqM9mile;1iz"
+    "39tarf;1iw65tar;1jq6Hf;1jq5Araightepsilon;1>L1*Lb2phi;1<L1/6Dns;1fF5ub;1iu2CE;1kw5Ddot;1kvTDe;1i"
+    "u6Hdot;1kw3Dmult;1kw1CnE;1kwBHe;1iuADplus;1kvVDrarr;1klPDset;1iu2Peq;1iu6b1q;1kw5Pneq;1iuAb5q;1k"
+    "wBHim;1kw7Hub;1kwLLp;1kwJ9cc;1itRHapprox;1kvOHcurlyeq;1itTHeq;1kvGHnapprox;1kvQLeqq;1kvMLsim;1ix"
+    "9Hsim;1itV9m;1iqH9ng;1jtA9p1;1fPD2;1fID3;1fJD;1iu3CE;1kw6Ddot;1kvUHsub;1kwODe;1iu7Hdot;1kw4Dhsol"
+    ";1j<9Lub;1kwNDlarr;1klRDmult;1kw2CnE;1kwCHe;1iuBDplus;1kw0Dset;1iu3Peq;1iu7b1q;1kw6Pneq;1iuBb5q;"
+    "1kwCHim;1kw8Hub;1kwKLp;1kwM4wArr;1ioP9arhk;1kj6Hr;1imPLow;1imP9nwar;1kjA6zlig;1gV2cJcJ1target;1i"
+    "yMAu;1<41/45brk;1i/K6caron;1l51l4Aedil;1l31l2Ay;1bc21bb25dot;1igR5elrec;1iyL5fr;1dvjH5here4;1irK"
+    "Lfore;1irKEta;1/O1*OMsym;1<H1*OMv;1<H1*O9ickapprox;1is8Lsim;1irSDnsp;1ia99kap;1is8Dsim;1irS8orn;"
+    "1hU5ilde;1wS9mes;1gNLb;1iv0Par;1krHLd;1krG9nt;1irD5oea;1kj89p;1iv4Dbot;1izMDcir;1kxHDf;1dvl5Hork"
+    ";1kwQ9sa;1kj95prime;1ibK4rade;1ij29iangle;1jnLb1down;1jnVb1l",
+    "eft;1jo3bHeq;1ivKb1q;1isSb1right;1jnPbLeq;1ivLDdot;1jpCDe;1isSDminus;1krQDplus;1krPDsb;1koDDtime"
+    ";1krR9pezium;1i>25scr;1dvg9Ey;1bc61bb6Ahcy;1bcR1baBAtrok;1l71l65wixt;1itC9oheadleftarrow;1imUTri"
+    "ghtarrow;1in00uArr;1ioH4Har;1kl36acute;1hQ1gQ9rr;1imH6brcy;1bcU1baEEeve;1lD1lC6circ;1hR1gRAy;1bc"
+    "31bb35darr;1io5Ablac;1lH1lG9har;1klE5fisht;1klU9r;1dvjI6grave;1hP1gP5harl;1inVHr;1inU9blk;1jm05l"
+    "corn;1iySPer;1iySDrop;1iyF9tri;1jpO6macr;1lB1lA9l;1f86ogon;1lJ1lI9pf;1dvl65parrow;1imH9downarrow"
+    ";1imL9harpoonleft;1inVb5right;1inU9lus;1iuEAsi;1<51/5Hh;1<IIlon;1<51/59uparrows;1io85rcorn;1iyTP"
+    "er;1iyTDrop;1iyEAing;1lF1lE9tri;1jpP5scr;1dvgA5tdot;1ixGAilde;1l91l89ri;1jnLHf;1jnK5uarr;1io8Aml"
+    ";1hS1gS5wangle;1kn70vArr;1ioL4Bar;1kx8Gv;1kx94Dash;1iv85angrt;1kmSArepsilon;1>L1*LEkappa;1>G1*QD"
+    "nothing;1iq5Ephi;1<L1/6Ii;1<M1/0Hropto;1iqTDr;1imLIho;1>H1/1Esigma;1<21/3Hubsetneq;2iuAb>q0bHq;2"
+    "kwBb>q0Lpsetneq;2iuBb>q0bHq;2kwCb>q0Etheta;1<H1*OHriangleleft;1ivIbDright;1ivJ6cy;1bbI1baI5dash;"
+    "1iv25ee;1ir8Dbar;1ivRDeq;1isQ9llip;1ixE9rbar;1dSDt;1dS5fr;1dvjJ5ltri;1ivI5nsub;2iu2igIHp;2iu3igI"
+    "5opf;1dvl75prop;1iqT5rtri;1ivJ5scr;1dvgB8ubnE;2kwBb>q0Le;2iuAb>q0CpnE;2kwCb>q0Le;2iuBb>q05zigzag"
+    ";1kmQ2wcirc;1lL1lK5edbar;1ksVDge;1ir7Lq;1isP9ierp;1iiO5fr;1dvjK5opf;1dvl85p;1iiO5r;1is09eath;1is"
+    "05scr;1dvgC1xcap;1iw29irc;1jpF9up;1iw35dtri;1jnT5fr;1dvjL4hArr;1j>Q9arr;1j>N6i;1/U1*U4lArr;1j>O9"
+    "arr;1j>L5map;1j>S5nis;1ixR5odot;1kq09pf;1dvl9Dlus;1kq19time;1kq24rArr;1j>P9arr;1j>M5scr;1dvgD9qc"
+    "up;1kq65uplus;1kq49tri;1jnJ5vee;1iw15wedge;1iw02yacute;1hT1gTEy;1bcF1bbF6circ;1lN1lMAy;1bcB1bbB5"
+    "en;1f55fr;1dvjM6icy;1bcN1ba75opf;1dvlA5scr;1dvgE6ucy;1bcE1bbEAml;1hV1lO2zacute;1lQ1lP6caron;1lU1"
+    "lTAy;1bbN1baN6dot;1lS1lR5eetrf;1ij8Ata;1/M1*M5fr;1dvjN6hcy;1bbM1baM5igrarr;1ioT5opf;1dvlB5scr;1d"
+    "vgF5wj;1iaD9nj;1iaC",
+    0
+};
+/* ---- end of generated tables ---- */
+
+/* ---- loading: the generated tables, merges.txt, vocab.json ---- */
+
+/* Reads the integer streams of the generated tables (see gen_unicode.py for the format). */
+typedef struct table_reader { const char *const *chunk; const char *p; int bad; } table_reader;
+
+static void table_open(table_reader *r, const char *const *chunks) { r->chunk = chunks; r->p = chunks[0]; r->bad = 0; }
+
+static int table_char(table_reader *r)
+{
+    while (!r->bad && !*r->p) {
+        if (!*++r->chunk) r->bad = 1;
+        else r->p = *r->chunk;
+    }
+    return r->bad ? 0 : (unsigned char)*r->p++;
+}
+
+static uint32_t table_uint(table_reader *r)
+{
+    static const char final_digits[] = "0123456789ABCDEFGHIJKLMNOPQRSTUV", more_digits[] = "abcdefghijklmnopqrstuvwxyz+-*/<>";
+    uint32_t v = 0;
+    for (;;) {
+        int ch = table_char(r);
+        const char *d = ch ? strchr(final_digits, ch) : NULL;
+        if (d) return v << 5 | (uint32_t)(d - final_digits);
+        if (!ch || !(d = strchr(more_digits, ch)) || v >> 26) { r->bad = 1; return 0; }
+        v = v << 5 | (uint32_t)(d - more_digits);
+    }
+}
+
+static int32_t table_int(table_reader *r)
+{
+    uint32_t z = table_uint(r);
+    return z & 1 ? -(int32_t)(z >> 1) - 1 : (int32_t)(z >> 1);
+}
+
+static int table_end(table_reader *r) { return !r->bad && !table_char(r) && r->bad; }
+
+/* Insertion sort of a few hundred keys (tables at load time). */
+static void sort_u32(uint32_t *x, size_t n)
+{
+    size_t i, j;
+    for (i = 1; i < n; i++) {
+        uint32_t k = x[i];
+        for (j = i; j > 0 && x[j - 1] > k; j--) x[j] = x[j - 1];
+        x[j] = k;
+    }
+}
+
+static int load_unicode_tables(sd_clip_vocab *v, sd_arena *a, sd_error *err)
+{
+    table_reader r;
+    uint32_t at = 0, first = 0, prev = 0;
+    size_t i, k, pos = 0, nup = 0;
+    int e, ok = 1;
+    v->prop_start = (uint32_t *)arena_array(a, UNI_PROPS_RANGES, sizeof(uint32_t), err);
+    v->prop = (uint16_t *)arena_array(a, UNI_PROPS_RANGES, sizeof(uint16_t), err);
+    v->low_start = (uint32_t *)arena_array(a, 3 * UNI_LOWER_RUNS, sizeof(uint32_t), err);
+    v->low_delta = (int32_t *)arena_array(a, UNI_LOWER_RUNS, sizeof(int32_t), err);
+    v->dec_cp = (uint32_t *)arena_array(a, 3 * UNI_DECOMPS, sizeof(uint32_t), err);
+    v->comp = (uint16_t *)arena_array(a, UNI_COMPOSITIONS, sizeof(uint16_t), err);
+    v->ent_pool = (char *)arena_array(a, HTML_ENTITY_CHARS, 1, err);
+    v->ent_off = (uint32_t *)arena_array(a, HTML_ENTITIES + 1, sizeof(uint32_t), err);
+    v->ent_val = (uint32_t *)arena_array(a, 3 * HTML_ENTITIES, sizeof(uint32_t), err);
+    v->upper_of = (uint16_t *)arena_array(a, HTML_UPPER_ENTITIES, sizeof(uint16_t), err);
+    v->upper_val = (uint32_t *)arena_array(a, 3 * HTML_UPPER_ENTITIES, sizeof(uint32_t), err);
+    if (!v->prop_start || !v->prop || !v->low_start || !v->low_delta || !v->dec_cp || !v->comp || !v->ent_pool ||
+        !v->ent_off || !v->ent_val || !v->upper_of || !v->upper_val)
+        return SD_ERR_MEMORY;
+    v->n_prop = UNI_PROPS_RANGES; v->n_lower = UNI_LOWER_RUNS; v->n_dec = UNI_DECOMPS; v->n_comp = UNI_COMPOSITIONS;
+    v->n_ent = HTML_ENTITIES; v->n_upper = HTML_UPPER_ENTITIES;
+    v->low_count = v->low_start + UNI_LOWER_RUNS;
+    v->low_step = v->low_start + 2 * UNI_LOWER_RUNS;
+    v->dec_first = v->dec_cp + UNI_DECOMPS;
+    v->dec_second = v->dec_cp + 2 * UNI_DECOMPS;
+
+    table_open(&r, uni_props_data);
+    for (i = 0; i < UNI_PROPS_RANGES; i++) {
+        at += table_uint(&r);
+        v->prop_start[i] = at;
+        v->prop[i] = (uint16_t)table_uint(&r);
+    }
+    ok &= table_end(&r) && v->prop_start[0] == 0;
+    for (i = 0, k = 0; i < 256; i++) {
+        while (k + 1 < UNI_PROPS_RANGES && v->prop_start[k + 1] <= i) k++;
+        v->prop_latin1[i] = v->prop[k];
+    }
+
+    table_open(&r, uni_lower_data);
+    for (i = 0, at = 0; i < UNI_LOWER_RUNS; i++) {
+        v->low_start[i] = at += table_uint(&r);
+        v->low_count[i] = table_uint(&r);
+        v->low_step[i] = table_uint(&r);
+        v->low_delta[i] = table_int(&r);
+        ok &= v->low_count[i] > 0 && v->low_step[i] > 0;
+        at += (v->low_count[i] - 1) * v->low_step[i];
+    }
+    ok &= table_end(&r);
+
+    table_open(&r, uni_decomp_data);
+    for (i = 0, at = 0, k = 0; i < UNI_DECOMPS; i++) {
+        uint32_t x;
+        v->dec_cp[i] = at += table_uint(&r);
+        v->dec_first[i] = first = (uint32_t)((int32_t)first + table_int(&r));
+        x = table_uint(&r);
+        v->dec_second[i] = x >> 1;
+        if ((x & 1) && k < UNI_COMPOSITIONS) v->comp[k++] = (uint16_t)i;
+    }
+    ok &= table_end(&r) && k == UNI_COMPOSITIONS;
+    for (i = 1; i < UNI_COMPOSITIONS; i++) {  /* compositions by (first, second), for compose() */
+        uint16_t x = v->comp[i];
+        for (k = i; k > 0 && (v->dec_first[v->comp[k - 1]] > v->dec_first[x] ||
+                              (v->dec_first[v->comp[k - 1]] == v->dec_first[x] && v->dec_second[v->comp[k - 1]] > v->dec_second[x])); k--)
+            v->comp[k] = v->comp[k - 1];
+        v->comp[k] = x;
+    }
+
+    table_open(&r, uni_width_data);
+    for (i = 0, prev = 0; i < 0xEF; i++) v->width[i] = prev = (uint32_t)((int32_t)prev + table_int(&r));
+    ok &= table_end(&r);
+
+    table_open(&r, charmap_data);
+    for (e = 0, prev = 0; e < ENC_COUNT; e++) {
+        for (i = 0; i < 129; i++) {
+            v->charmap[e][i] = prev = (uint32_t)((int32_t)prev + table_int(&r));
+            v->charmap_inv[e][i] = prev << 8 | (uint32_t)(i < 128 ? 0x80 + i : 0x1A);
+        }
+        sort_u32(v->charmap_inv[e], 129);
+    }
+    ok &= table_end(&r);
+
+    table_open(&r, html_entity_data);
+    memset(v->ent_val, 0, 3 * HTML_ENTITIES * sizeof(uint32_t));
+    memset(v->upper_val, 0, 3 * HTML_UPPER_ENTITIES * sizeof(uint32_t));
+    for (i = 0; i < HTML_ENTITIES && ok; i++) {
+        uint32_t h = table_uint(&r), shared = h >> 2, kind = h & 3, n;
+        int ch;
+        v->ent_off[i] = (uint32_t)pos;
+        if ((i == 0 && shared) || (i > 0 && shared > v->ent_off[i] - v->ent_off[i - 1]) || pos + shared > HTML_ENTITY_CHARS) {
+            ok = 0;
+            break;
+        }
+        for (k = 0; k < shared; k++) v->ent_pool[pos + k] = v->ent_pool[v->ent_off[i - 1] + k];
+        pos += shared;
+        do {
+            ch = table_char(&r);
+            if (!ch || pos >= HTML_ENTITY_CHARS) { ok = 0; break; }
+            v->ent_pool[pos++] = (char)ch;
+        } while (ch != ';');
+        n = table_uint(&r);
+        ok &= n >= 1 && n <= 3;
+        for (k = 0; k < n && k < 3; k++) v->ent_val[3 * i + k] = table_uint(&r);
+        if (kind && nup < HTML_UPPER_ENTITIES) {
+            v->upper_of[nup] = (uint16_t)i;
+            if (kind == 1) memcpy(v->upper_val + 3 * nup, v->ent_val + 3 * i, 3 * sizeof(uint32_t));
+            else {
+                n = table_uint(&r);
+                ok &= n >= 1 && n <= 3;
+                for (k = 0; k < n && k < 3; k++) v->upper_val[3 * nup + k] = table_uint(&r);
+            }
+            nup++;
+        }
+    }
+    v->ent_off[HTML_ENTITIES] = (uint32_t)pos;
+    ok &= table_end(&r) && pos == HTML_ENTITY_CHARS && nup == HTML_UPPER_ENTITIES;
+    if (!ok) return fail(err, SD_ERR_UNSUPPORTED, "tokenizer: the built-in Unicode tables are damaged");
+    return SD_OK;
+}
+
+static uint32_t hash_bytes(const char *s, size_t n)
+{
+    uint32_t h = 2166136261u;                /* FNV-1a */
+    size_t i;
+    for (i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 16777619u;
+    return h;
+}
+
+/* Id of the token spelled s[0..n), or -1. */
+static int32_t find_token(const sd_clip_vocab *v, const char *s, size_t n)
+{
+    uint32_t h = hash_bytes(s, n) & v->tok_mask;
+    for (; v->tok_hash[h] >= 0; h = (h + 1) & v->tok_mask) {
+        int32_t id = v->tok_hash[h];
+        if (v->tok_off[id + 1] - v->tok_off[id] == n && !memcmp(v->pool + v->tok_off[id], s, n)) return id;
+    }
+    return -1;
+}
+
+/* Appends token `id`, spelled by the last `n` bytes of the pool; 0 if that spelling exists already. */
+static int add_token(sd_clip_vocab *v, int32_t id, size_t n)
+{
+    uint32_t h;
+    const char *s = v->pool + v->tok_off[id];
+    if (find_token(v, s, n) >= 0) return 0;
+    v->tok_off[id + 1] = v->tok_off[id] + (uint32_t)n;
+    for (h = hash_bytes(s, n) & v->tok_mask; v->tok_hash[h] >= 0; h = (h + 1) & v->tok_mask) {}
+    v->tok_hash[h] = id;
+    return 1;
+}
+
+enum { CLIP_HASH_SLOTS = 1 << 17 };   /* > 2 x 49408 */
+
+/* The vocabulary as openai/CLIP's simple_tokenizer builds it: the 256 byte symbols of GPT-2's
+   bytes_to_unicode (printable bytes stand for themselves, the others for U+0100 + k), the same
+   with </w>, one token per line of merges.txt (the two symbols joined), then the two specials.
+   The merge on line r has rank r: the lower, the earlier it applies. */
+static int load_merges(sd_clip_vocab *v, const unsigned char *m, size_t size, sd_arena *a, sd_error *err)
+{
+    size_t i, pos, line_no = 1, n, pool_cap = size + 2048;
+    uint32_t cps_of_byte[256];
+    int32_t r = 0, b, k = 0;
+    /* bytes_to_unicode(), in its order: '!'..'~', U+00A1..U+00AC, U+00AE..U+00FF, then the rest */
+    for (b = 0; b < 256; b++) if ((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE) { cps_of_byte[b] = (uint32_t)b; v->byte_id[b] = k++; }
+    for (b = 0; b < 256; b++) if (!((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE)) { cps_of_byte[b] = 256u + (uint32_t)(k - 188); v->byte_id[b] = k++; }
+    v->pool = (char *)arena_array(a, pool_cap, 1, err);
+    v->tok_off = (uint32_t *)arena_array(a, SD_CLIP_VOCAB_SIZE + 1, sizeof(uint32_t), err);
+    v->tok_hash = (int32_t *)arena_array(a, CLIP_HASH_SLOTS, sizeof(int32_t), err);
+    v->pair_key = (uint32_t *)arena_array(a, CLIP_HASH_SLOTS, sizeof(uint32_t), err);
+    v->pair_rank = (int32_t *)arena_array(a, CLIP_HASH_SLOTS, sizeof(int32_t), err);
+    if (!v->pool || !v->tok_off || !v->tok_hash || !v->pair_key || !v->pair_rank) return SD_ERR_MEMORY;
+    v->tok_mask = v->pair_mask = CLIP_HASH_SLOTS - 1;
+    memset(v->tok_hash, 0xFF, CLIP_HASH_SLOTS * sizeof(int32_t));
+    memset(v->pair_key, 0xFF, CLIP_HASH_SLOTS * sizeof(uint32_t));
+    v->tok_off[0] = 0;
+    for (i = 0; i < 512; i++) {              /* the byte symbols, then the same with </w> */
+        int32_t id = (int32_t)i, byte = 0;
+        size_t len;
+        while (v->byte_id[byte] != (int32_t)(i & 255)) byte++;
+        len = utf8_put(cps_of_byte[byte], (unsigned char *)v->pool + v->tok_off[id]);
+        if (i >= 256) { memcpy(v->pool + v->tok_off[id] + len, "</w>", 4); len += 4; }
+        add_token(v, id, len);
+    }
+
+    for (i = 0; i < size; ) {                /* UTF-8 throughout, or say where it is not */
+        size_t len = size - i < 4 ? size - i : 4, used;
+        uint32_t c[4];
+        if (m[i] < 0x80) { line_no += m[i] == '\n'; i++; continue; }
+        for (used = 2; used <= len && utf8_decode(m + i, used, 0, c, &n); used++) {}
+        if (used > len || n != 1)
+            return fail(err, SD_ERR_FORMAT, "merges.txt: invalid UTF-8 at byte %zu (line %zu)", i, line_no);
+        i += used;
+    }
+
+    if (size < 8 || memcmp(m, "#version", 8))
+        return fail(err, SD_ERR_FORMAT, "merges.txt: does not start with a \"#version\" line");
+    for (pos = 0; pos < size && m[pos] != '\n'; pos++) {}
+    for (line_no = 2, pos++; pos < size; line_no++) {
+        size_t end = pos, sp, len;
+        int32_t left, right, id;
+        while (end < size && m[end] != '\n') end++;
+        len = end - pos - (end > pos && m[end - 1] == '\r');
+        if (len == 0 && end >= size - 1) break;      /* the file may end with a line break */
+        for (sp = pos; sp < pos + len && m[sp] != ' '; sp++) {}
+        if (sp == pos || sp + 1 >= pos + len || memchr(m + sp + 1, ' ', pos + len - sp - 1))
+            return fail(err, SD_ERR_FORMAT, "merges.txt line %zu: expected two symbols separated by one space", line_no);
+        if (r >= CLIP_MERGES)
+            return fail(err, SD_ERR_FORMAT, "merges.txt: more than the %d merges of CLIP's vocabulary", CLIP_MERGES);
+        left = find_token(v, (const char *)m + pos, sp - pos);
+        right = find_token(v, (const char *)m + sp + 1, pos + len - sp - 1);
+        if (left < 0 || right < 0)
+            return fail(err, SD_ERR_FORMAT, "merges.txt line %zu: '%.*s' is not a symbol made by the lines before it",
+                        line_no, (int)(left < 0 ? (sp - pos > 40 ? 40 : sp - pos) : (pos + len - sp - 1 > 40 ? 40 : pos + len - sp - 1)),
+                        (const char *)m + (left < 0 ? pos : sp + 1));
+        id = CLIP_FIRST_MERGE + r;
+        memcpy(v->pool + v->tok_off[id], m + pos, sp - pos);
+        memcpy(v->pool + v->tok_off[id] + sp - pos, m + sp + 1, pos + len - sp - 1);
+        if (!add_token(v, id, len - 1))
+            return fail(err, SD_ERR_FORMAT, "merges.txt line %zu: merges into a token that an earlier line made", line_no);
+        {
+            uint32_t key = (uint32_t)left << 16 | (uint32_t)right, h = pair_slot(key, v->pair_mask);
+            while (v->pair_key[h] != 0xFFFFFFFFu) h = (h + 1) & v->pair_mask;
+            v->pair_key[h] = key;
+            v->pair_rank[h] = r;
+        }
+        r++;
+        pos = end + 1;
+    }
+    if (r != CLIP_MERGES)
+        return fail(err, SD_ERR_FORMAT, "merges.txt: %d merges, but CLIP's vocabulary has %d", (int)r, CLIP_MERGES);
+    memcpy(v->pool + v->tok_off[SD_CLIP_BOS], "<|startoftext|>", 15);
+    add_token(v, SD_CLIP_BOS, 15);
+    memcpy(v->pool + v->tok_off[SD_CLIP_EOS], "<|endoftext|>", 13);
+    add_token(v, SD_CLIP_EOS, 13);
+    return SD_OK;
+}
+
+/* vocab.json must give every token the id that merges.txt gives it. */
+static int check_vocab_json(const sd_clip_vocab *v, const char *s, size_t size, sd_arena *a, sd_error *err)
+{
+    json j;
+    char key[256];
+    size_t len, count = 0;
+    uint64_t id;
+    unsigned char *seen = (unsigned char *)arena_array(a, SD_CLIP_VOCAB_SIZE, 1, err);
+    if (!seen) return SD_ERR_MEMORY;
+    memset(seen, 0, SD_CLIP_VOCAB_SIZE);
+    j.start = j.p = s; j.end = s + size; j.error = NULL;
+    if (!json_eat(&j, '{')) { json_fail(&j, "expected '{'"); goto bad_json; }
+    if (!json_eat(&j, '}')) {
+        do {
+            int32_t ours;
+            if (json_string(&j, key, sizeof key, &len)) goto bad_json;
+            if (!json_eat(&j, ':')) { json_fail(&j, "expected ':'"); goto bad_json; }
+            if (json_uint(&j, &id)) goto bad_json;
+            ours = len < sizeof key ? find_token(v, key, len) : -1;
+            if (ours < 0)
+                return fail(err, SD_ERR_FORMAT, "vocab.json: token \"%.40s\" (id %llu) is not in the vocabulary of merges.txt",
+                            key, (unsigned long long)id);
+            if ((uint64_t)ours != id)
+                return fail(err, SD_ERR_FORMAT, "vocab.json: token \"%.40s\" has id %llu, merges.txt gives it %d",
+                            key, (unsigned long long)id, (int)ours);
+            if (seen[ours]) return fail(err, SD_ERR_FORMAT, "vocab.json: token \"%.40s\" appears twice", key);
+            seen[ours] = 1;
+            count++;
+        } while (json_eat(&j, ','));
+        if (!json_eat(&j, '}')) { json_fail(&j, "expected ',' or '}'"); goto bad_json; }
+    }
+    json_ws(&j);
+    if (j.p != j.end) { json_fail(&j, "trailing bytes after the object"); goto bad_json; }
+    if (count != SD_CLIP_VOCAB_SIZE)
+        return fail(err, SD_ERR_FORMAT, "vocab.json: %zu tokens, but the vocabulary has %d", count, SD_CLIP_VOCAB_SIZE);
+    return SD_OK;
+bad_json:
+    return fail(err, SD_ERR_FORMAT, "vocab.json: bad JSON at byte %ld: %s", (long)(j.p - j.start), j.error ? j.error : "syntax error");
+}
+
+static size_t aligned_bytes(size_t n) { return (n + SD_ALIGN - 1) & ~(size_t)(SD_ALIGN - 1); }
+
+SD_API size_t sd_clip_vocab_arena_bytes(size_t merges_size)
+{
+    return SD_ALIGN + aligned_bytes(sizeof(sd_clip_vocab)) + aligned_bytes(UNI_PROPS_RANGES * 4) + aligned_bytes(UNI_PROPS_RANGES * 2) +
+           aligned_bytes(3 * UNI_LOWER_RUNS * 4) + aligned_bytes(UNI_LOWER_RUNS * 4) + aligned_bytes(3 * UNI_DECOMPS * 4) +
+           aligned_bytes(UNI_COMPOSITIONS * 2) + aligned_bytes(HTML_ENTITY_CHARS) + aligned_bytes((HTML_ENTITIES + 1) * 4) +
+           aligned_bytes(3 * HTML_ENTITIES * 4) + aligned_bytes(HTML_UPPER_ENTITIES * 2) + aligned_bytes(3 * HTML_UPPER_ENTITIES * 4) +
+           aligned_bytes(merges_size + 2048) + aligned_bytes((SD_CLIP_VOCAB_SIZE + 1) * 4) + 3 * aligned_bytes(CLIP_HASH_SLOTS * 4) +
+           aligned_bytes(SD_CLIP_VOCAB_SIZE);   /* + the scratch of the vocab.json check */
+}
+
+SD_API int sd_clip_vocab_load(sd_clip_vocab **vocab, const void *merges, size_t merges_size,
+                              const void *vocab_json, size_t vocab_json_size, sd_arena *a, sd_error *err)
+{
+    sd_clip_vocab *v;
+    size_t mark;
+    int rc;
+    if (vocab) *vocab = NULL;
+    if (!vocab || !merges || !a || (!vocab_json && vocab_json_size))
+        return fail(err, SD_ERR_ARG, "sd_clip_vocab_load: NULL argument");
+    if (merges_size > 0x7fffffffu) return fail(err, SD_ERR_FORMAT, "merges.txt: %zu bytes is far too large", merges_size);
+    mark = sd_arena_mark(a);
+    if (!(v = (sd_clip_vocab *)sd_arena_alloc(a, sizeof *v, err))) return SD_ERR_MEMORY;
+    memset(v, 0, sizeof *v);
+    rc = load_unicode_tables(v, a, err);
+    if (!rc) rc = load_merges(v, (const unsigned char *)merges, merges_size, a, err);
+    if (!rc && vocab_json) {
+        size_t scratch = sd_arena_mark(a);
+        rc = check_vocab_json(v, (const char *)vocab_json, vocab_json_size, a, err);
+        sd_arena_reset(a, scratch);
+    }
+    if (rc) { sd_arena_reset(a, mark); return rc; }
+    *vocab = v;
+    return SD_OK;
+}
 
 /* ---- 6. Text encoder --------------------------------------------------------------------- */
 /* CLIP's text transformer (Radford et al. 2021, §2.4: a GPT-2 style pre-LayerNorm transformer)

@@ -15,7 +15,7 @@
 
 static int n_pass, n_fail;
 static const char *golden_dir = "../shared/golden";
-static const char *merges_path;   /* CLIP merges.txt, found by find_merges() */
+static const char *merges_path;   /* CLIP merges.txt: $SD_MERGES, weights/, or ../shared/clip/ */
 
 #define CHECK(cond, ...) check_((cond) != 0, __FILE__, __LINE__, __VA_ARGS__)
 static int check_(int ok, const char *file, int line, const char *fmt, ...)
@@ -2002,10 +2002,374 @@ static void test_unet(void)
     free_arena(pa);
 }
 
+/* Tests of the CLIP tokenizer (section 5). */
+
+#define LIT(s) (s), sizeof(s) - 1   /* a string literal and its length, NULs included */
+
+/* The vocabulary every tokenizer test uses, loaded once from merges_path (and its sibling
+   vocab.json when there is one); NULL when merges.txt is not there. */
+static sd_clip_vocab *tok_vocab;
+static sd_arena *tok_vocab_arena;
+
+static int32_t tok_id_of(const char *token)
+{
+    int32_t id;
+    for (id = 0; id < SD_CLIP_VOCAB_SIZE; id++) {
+        size_t n;
+        const char *s = sd_clip_token_text(tok_vocab, id, &n);
+        if (n == strlen(token) && !memcmp(s, token, n)) return id;
+    }
+    return -1;
+}
+
+/* Tokenizes text[0..size) into ids[77] with an arena of exactly the documented scratch size. */
+static int tok_run(const char *text, size_t size, sd_clip_pad pad, int32_t *ids, size_t *length, sd_error *err)
+{
+    sd_arena *a = test_arena(sd_clip_scratch_bytes(size));
+    int rc = sd_clip_tokenize(tok_vocab, text, size, pad, ids, length, a, err);
+    CHECK(a->used == 0, "tokenizer: scratch arena not reset (%zu bytes used)", a->used);
+    free_arena(a);
+    return rc;
+}
+
+/* All ids (untruncated) of text[0..size). Caller frees. */
+static int32_t *tok_all(const char *text, size_t size, sd_clip_pad pad, size_t *count)
+{
+    sd_arena *a = test_arena(sd_clip_scratch_bytes(size));
+    sd_error err;
+    int32_t *ids;
+    *count = 0;
+    if (sd_clip_token_ids(tok_vocab, text, size, pad, NULL, 0, count, a, &err)) {
+        CHECK(0, "sd_clip_token_ids: %s", err.message);
+        free_arena(a);
+        return NULL;
+    }
+    ids = (int32_t *)malloc((*count + 1) * sizeof(int32_t));
+    if (sd_clip_token_ids(tok_vocab, text, size, pad, ids, *count, count, a, &err)) CHECK(0, "sd_clip_token_ids: %s", err.message);
+    free_arena(a);
+    return ids;
+}
+
+static int tok_same(const char *a, size_t na, const char *b, size_t nb, sd_clip_pad pad)
+{
+    size_t ca, cb;
+    int32_t *x = tok_all(a, na, pad, &ca), *y = tok_all(b, nb, pad, &cb);
+    int same = x && y && ca == cb && (ca == 0 || !memcmp(x, y, ca * sizeof(int32_t)));
+    free(x);
+    free(y);
+    return same;
+}
+
+/* The token texts of ids, joined, with "</w>" turned into a space: the cleaned-up text back,
+   for prompts of printable ASCII. */
+static void tok_detokenize(const int32_t *ids, size_t n, char *out, size_t cap)
+{
+    size_t i, w = 0;
+    for (i = 0; i < n; i++) {
+        size_t len, j;
+        const char *s = sd_clip_token_text(tok_vocab, ids[i], &len);
+        for (j = 0; s && j < len && w + 1 < cap; j++) {
+            if (j + 4 <= len && !memcmp(s + j, "</w>", 4)) { out[w++] = ' '; j += 3; }
+            else out[w++] = s[j];
+        }
+    }
+    out[w] = 0;
+}
+
+static void test_tokenizer_golden(void)
+{
+    golden_file *g = golden_open("tokenizer/tokenizer.safetensors");
+    const char *count_text;
+    const sd_tensor *ids1, *ids2, *len1, *len2;
+    char *untruncated_json, *next_untruncated;
+    int n, i, bad = 0;
+    if (!g) { printf("tokenizer: no %s/tokenizer/tokenizer.safetensors, golden prompts skipped\n", golden_dir); return; }
+    count_text = sd_safetensors_meta(&g->st, "n_prompts");
+    ids1 = sd_safetensors_find(&g->st, "input_ids_sd1");
+    ids2 = sd_safetensors_find(&g->st, "input_ids_sd2");
+    len1 = sd_safetensors_find(&g->st, "length_sd1");
+    len2 = sd_safetensors_find(&g->st, "length_sd2");
+    n = count_text ? atoi(count_text) : 0;
+    if (!CHECK(n > 0 && ids1 && ids2 && len1 && len2 && ids1->dtype == SD_I64 && ids2->dtype == SD_I64 &&
+               len1->dtype == SD_I64 && len2->dtype == SD_I64 && sd_tensor_numel(ids1) == (int64_t)n * 77 &&
+               sd_tensor_numel(ids2) == (int64_t)n * 77 && sd_tensor_numel(len1) == n && sd_tensor_numel(len2) == n,
+               "%s: n_prompts, input_ids_sd1/sd2 [n,77] and length_sd1/sd2 [n] (I64) expected", g->path)) {
+        golden_close(g);
+        return;
+    }
+    {   /* prompts.json (for debugging) also has the untruncated SD1 count of each prompt */
+        char path[1024];
+        size_t size;
+        snprintf(path, sizeof path, "%s/tokenizer/prompts.json", golden_dir);
+        untruncated_json = (char *)read_file(path, &size);
+        next_untruncated = untruncated_json;
+    }
+    for (i = 0; i < n; i++) {
+        char name[32];
+        const sd_tensor *p;
+        int mode;
+        snprintf(name, sizeof name, "prompt.%d", i);
+        p = sd_safetensors_find(&g->st, name);
+        if (!CHECK(p && p->dtype == SD_U8, "%s: no U8 tensor %s", g->path, name)) continue;
+        for (mode = 0; mode < 2; mode++) {
+            const sd_tensor *want = mode ? ids2 : ids1, *want_len = mode ? len2 : len1;
+            int32_t got[77];
+            size_t length = 0;
+            sd_error err;
+            int k, at = -1;
+            int64_t w[77], wl;
+            int rc = tok_run((const char *)p->data, p->nbytes, mode ? SD_CLIP_PAD_EXCLAMATION : SD_CLIP_PAD_EOS, got, &length, &err);
+            memcpy(w, (const int64_t *)want->data + 77 * i, sizeof w);
+            memcpy(&wl, (const int64_t *)want_len->data + i, sizeof wl);
+            for (k = 0; k < 77 && at < 0 && !rc; k++) if (got[k] != w[k]) at = k;
+            /* (the goldens' length counts the 77 ids before padding; ours is untruncated) */
+            if (!CHECK(rc == 0 && at < 0 && (int64_t)(length < 77 ? length : 77) == wl,
+                       "tokenizer golden prompt %d (%s) \"%.*s\": %s at position %d: expected %lld, got %d; length expected %lld, got %zu",
+                       i, mode ? "sd2" : "sd1", (int)(p->nbytes > 200 ? 200 : p->nbytes), (const char *)p->data,
+                       rc ? err.message : "ids differ", at, at >= 0 ? (long long)w[at] : 0LL, at >= 0 ? got[at] : 0,
+                       (long long)wl, length))
+                bad++;
+            if (mode == 0 && next_untruncated && (next_untruncated = strstr(next_untruncated, "\"n_tokens_untruncated\":"))) {
+                long want_untruncated = strtol(next_untruncated + 23, NULL, 10);
+                next_untruncated += 23;
+                CHECK(rc == 0 && (long)length == want_untruncated, "tokenizer golden prompt %d: untruncated length %zu, prompts.json has %ld",
+                      i, length, want_untruncated);
+            }
+        }
+    }
+    free(untruncated_json);
+    printf("tokenizer: %d golden prompts, %d of %d tokenizations match\n", n, 2 * n - bad, 2 * n);
+    golden_close(g);
+}
+
+/* Prompts of our own, each with a result that follows from the rules. */
+static void test_tokenizer_cases(void)
+{
+    int32_t ids[77], ref[77];
+    size_t length, i, count;
+    sd_error err;
+    char text[20001], back[20001];
+    int32_t cat = tok_id_of("cat</w>"), excl = tok_id_of("!</w>");
+    int ok;
+
+    /* empty and blank prompts: BOS, EOS, padding */
+    CHECK(tok_run(LIT(""), SD_CLIP_PAD_EOS, ids, &length, &err) == 0 && length == 2 && ids[0] == SD_CLIP_BOS &&
+          ids[1] == SD_CLIP_EOS && ids[76] == SD_CLIP_EOS, "tokenizer: empty prompt");
+    CHECK(tok_run(NULL, 0, SD_CLIP_PAD_EXCLAMATION, ids, &length, &err) == 0 && length == 2 && ids[1] == SD_CLIP_EOS &&
+          ids[2] == 0 && ids[76] == 0, "tokenizer: NULL empty prompt, sd2 padding");
+    CHECK(tok_run(LIT(" \t\n\r\n \xc2\xa0\xe3\x80\x80 "), SD_CLIP_PAD_EOS, ids, &length, &err) == 0 && length == 2,
+          "tokenizer: a prompt of only (Unicode) spaces has no tokens");
+
+    /* 10,000 characters: "cat " 2500 times is 2500 tokens, cut to 75 */
+    for (i = 0; i < 10000; i++) text[i] = "cat "[i % 4];
+    ok = tok_run(text, 10000, SD_CLIP_PAD_EOS, ids, &length, &err) == 0;
+    for (i = 1; ok && i < 76; i++) ok = ids[i] == cat;
+    CHECK(ok && cat >= 0 && length == 2502 && ids[0] == SD_CLIP_BOS && ids[76] == SD_CLIP_EOS,
+          "tokenizer: 10,000 characters (length %zu)", length);
+    /* one 10,000-letter word: its tokens spell it back */
+    for (i = 0; i < 10000; i++) text[i] = (char)('a' + (i * 7 + i / 13) % 26);
+    {
+        int32_t *all = tok_all(text, 10000, SD_CLIP_PAD_EOS, &count);
+        tok_detokenize(all, count, back, sizeof back);
+        CHECK(all && count > 1000 && strlen(back) == 10001 && !memcmp(back, text, 10000) && back[10000] == ' ',
+              "tokenizer: a 10,000-letter word spells itself back (%zu tokens)", count);
+        free(all);
+    }
+    /* printable ASCII round trip: lower-cased, whitespace collapsed */
+    {
+        const char *s = "A Photo of  an ASTRONAUT riding a horse on MARS,\t4k, (masterpiece:1.2)";
+        int32_t *all = tok_all(s, strlen(s), SD_CLIP_PAD_EOS, &count);
+        tok_detokenize(all, count, back, sizeof back);
+        CHECK(!strcmp(back, "a photo of an astronaut riding a horse on mars , 4 k , ( masterpiece : 1 . 2 ) "),
+              "tokenizer: round trip gives \"%s\"", back);
+        free(all);
+    }
+
+    /* invalid UTF-8 reads as U+FFFD per maximal invalid subsequence (Python's errors="replace") */
+    CHECK(tok_same(LIT("a\xed\xa0\x80z"), LIT("a\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbdz"), SD_CLIP_PAD_EOS),
+          "tokenizer: UTF-8-encoded surrogate = three U+FFFD");
+    CHECK(tok_same(LIT("a\xc0\xafz"), LIT("a\xef\xbf\xbd\xef\xbf\xbdz"), SD_CLIP_PAD_EOS), "tokenizer: overlong '/' = two U+FFFD");
+    CHECK(tok_same(LIT("x\xf0\x9f\x90 y\xe2\x82"), LIT("x\xef\xbf\xbd y\xef\xbf\xbd"), SD_CLIP_PAD_EOS),
+          "tokenizer: truncated sequences = one U+FFFD each");
+    CHECK(tok_same(LIT("\xff\xfe\x80"), LIT("\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"), SD_CLIP_PAD_EOS), "tokenizer: stray bytes");
+    CHECK(!tok_same(LIT("a\xed\xa0\x80z"), LIT("az"), SD_CLIP_PAD_EOS), "tokenizer: invalid bytes are not dropped");
+    /* NUL bytes inside the length are characters, which ftfy removes as control characters */
+    CHECK(tok_same(LIT("nul\0char"), LIT("nulchar"), SD_CLIP_PAD_EOS) && !tok_same(LIT("nul\0char"), LIT("nul"), SD_CLIP_PAD_EOS),
+          "tokenizer: NUL inside the prompt");
+
+    /* special tokens: literal ones are cut out; SD2 makes every '!' the pad token 0 */
+    CHECK(tok_run(LIT("a!!<|endoftext|>b"), SD_CLIP_PAD_EXCLAMATION, ids, &length, &err) == 0 && length == 7 &&
+          ids[2] == 0 && ids[3] == 0 && ids[4] == SD_CLIP_EOS && ids[6] == SD_CLIP_EOS && ids[7] == 0,
+          "tokenizer: sd2 '!' and <|endoftext|>");
+    CHECK(tok_run(LIT("a!"), SD_CLIP_PAD_EOS, ids, &length, &err) == 0 && length == 4 && ids[2] == excl,
+          "tokenizer: sd1 keeps '!' a byte symbol");
+    CHECK(tok_run(LIT("\xef\xbc\x81"), SD_CLIP_PAD_EXCLAMATION, ids, &length, &err) == 0 && length == 3 && ids[1] == excl,
+          "tokenizer: fullwidth '!' becomes '!' after the special-token split, so it stays a byte symbol");
+
+    /* clean-up rules, each against a plainer spelling of the same prompt */
+    CHECK(tok_same(LIT("caf&eacute; &amp; cr&Egrave;me"), LIT("caf\xc3\xa9 & cr\xc3\xa8me"), SD_CLIP_PAD_EOS), "tokenizer: entities");
+    CHECK(tok_same(LIT("<i>caf&eacute;</i>"), LIT("<i>caf& eacute;</i>"), SD_CLIP_PAD_EOS), "tokenizer: no entities where '<' is");
+    CHECK(tok_same(LIT("caf\xc3\x83\xc2\xa9 \xe2\x80\x9cok\xe2\x80\x9d"), LIT("caf\xc3\xa9 \"ok\""), SD_CLIP_PAD_EOS),
+          "tokenizer: mojibake and curly quotes");
+    CHECK(tok_same(LIT("\xe2\x82\xac caf\xc3\x83\xc2\xa9"), LIT("\xe2\x82\xac caf\xc3\xa9"), SD_CLIP_PAD_EOS),
+          "tokenizer: mojibake next to text that no single encoding explains");
+    CHECK(tok_same(LIT("voil\xc3\x83 le travail"), LIT("voil\xc3\xa0 le travail"), SD_CLIP_PAD_EOS) &&
+          !tok_same(LIT("voil\xc3\x83 le travail"), LIT("voil\xc3\xa0le travail"), SD_CLIP_PAD_EOS),
+          "tokenizer: mojibake whose byte A0 became a space");
+    CHECK(tok_same(LIT("\xc3\xa2\xe2\x82\xac\xc5\x93 like this \xc3\xa2\xe2\x82\xac\xef\xbf\xbd"), LIT("\" like this \xef\xbf\xbd"),
+                   SD_CLIP_PAD_EOS),
+          "tokenizer: mojibake that lost a byte");
+    CHECK(tok_same(LIT("\xef\xac\x81ne \xef\xbc\xa6\xef\xbd\x95\xef\xbd\x8c\xef\xbd\x8c"), LIT("fine full"), SD_CLIP_PAD_EOS),
+          "tokenizer: ligature and fullwidth letters");
+    CHECK(tok_same(LIT("E\xcc\x81TE\xcc\x81 \xce\x9f\xce\x94\xce\x9f\xce\xa3"), LIT("\xc3\xa9t\xc3\xa9 \xce\xbf\xce\xb4\xce\xbf\xcf\x82"),
+                   SD_CLIP_PAD_EOS),
+          "tokenizer: NFC, lower-casing and final sigma");
+    CHECK(!tok_same(LIT("\xce\x9f\xce\x94\xce\x9f\xce\xa3"), LIT("\xce\xbf\xce\xb4\xce\xbf\xcf\x83"), SD_CLIP_PAD_EOS),
+          "tokenizer: a final capital sigma is not a medial sigma");
+    CHECK(tok_same(LIT("\x1b[31mred\x1b[0m"), LIT("red"), SD_CLIP_PAD_EOS), "tokenizer: terminal escapes");
+    CHECK(tok_same(LIT("\xc4\xb0stanbul"), LIT("i\xcc\x87stanbul"), SD_CLIP_PAD_EOS), "tokenizer: dotted capital I");
+
+    /* the 77-id form agrees with the untruncated list */
+    {
+        const char *s = "a majestic lion, golden hour, 35mm, f/1.8, bokeh, highly detailed, trending on artstation";
+        int32_t *all = tok_all(s, strlen(s), SD_CLIP_PAD_EOS, &count);
+        ok = tok_run(s, strlen(s), SD_CLIP_PAD_EOS, ref, &length, &err) == 0 && length == count + 2 && all;
+        for (i = 0; ok && i < count; i++) ok = ref[1 + i] == all[i];
+        CHECK(ok && ref[1 + count] == SD_CLIP_EOS, "tokenizer: sd_clip_tokenize = [BOS] + sd_clip_token_ids + [EOS]");
+        free(all);
+    }
+}
+
+static void test_tokenizer_errors(const unsigned char *merges, size_t size)
+{
+    sd_error err;
+    int32_t ids[77];
+    size_t length = 99, used;
+    sd_arena *a;
+    sd_clip_vocab *v;
+    unsigned char *m;
+    char text[1000];
+    int rc;
+
+    /* a scratch arena that is too small: a clear error, the arena as it was */
+    memset(text, 'x', sizeof text);
+    a = test_arena(4096);
+    sd_arena_alloc(a, 100, &err);
+    used = a->used;
+    rc = sd_clip_tokenize(tok_vocab, text, sizeof text, SD_CLIP_PAD_EOS, ids, &length, a, &err);
+    CHECK(rc == SD_ERR_MEMORY && a->used == used && length == 0 && strstr(err.message, "arena"),
+          "tokenizer: small scratch arena gives SD_ERR_MEMORY and is restored (rc %d, %s)", rc, err.message);
+    rc = sd_clip_vocab_load(&v, merges, size, NULL, 0, a, &err);
+    CHECK(rc == SD_ERR_MEMORY && a->used == used && !v, "tokenizer: vocabulary in a small arena gives SD_ERR_MEMORY");
+    free_arena(a);
+    CHECK(sd_clip_tokenize(NULL, "a", 1, SD_CLIP_PAD_EOS, ids, &length, tok_vocab_arena, &err) == SD_ERR_ARG,
+          "tokenizer: NULL vocabulary");
+
+    /* malformed merges.txt: each with its own message, the arena as it was */
+    m = (unsigned char *)malloc(size + 64);
+    a = test_arena(sd_clip_vocab_arena_bytes(size + 64));
+    used = a->used;
+#define BAD_MERGES(what, len, expect) do { \
+        rc = sd_clip_vocab_load(&v, m, (len), NULL, 0, a, &err); \
+        CHECK(rc == SD_ERR_FORMAT && !v && a->used == used && strstr(err.message, expect), \
+              "tokenizer: %s gives \"%s\" (rc %d: %s)", what, expect, rc, err.message); \
+    } while (0)
+    memcpy(m, merges, size);
+    BAD_MERGES("empty merges.txt", 0, "#version");
+    m[0] = 'x';
+    BAD_MERGES("no header", size, "#version");
+    memcpy(m, merges, size);
+    {
+        size_t line2 = (size_t)((const unsigned char *)memchr(m, '\n', size) - m) + 1, sp;
+        for (sp = line2; m[sp] != ' '; sp++) {}
+        m[sp] = '_';
+        BAD_MERGES("a line without a space", size, "line 2: expected two symbols");
+        m[sp] = ' ';
+        m[line2] = 0xC3; m[line2 + 1] = 0x28;
+        BAD_MERGES("invalid UTF-8", size, "invalid UTF-8 at byte");
+        memcpy(m, merges, line2);                /* line 2 with a symbol no line made */
+        memcpy(m + line2, "\xd0\x80", 2);
+        memcpy(m + line2 + 2, merges + line2 + 1, size - line2 - 1);
+        BAD_MERGES("an unknown symbol", size + 1, "line 2: '\xd0\x80' is not a symbol");
+        memcpy(m, merges, size);
+    }
+    {
+        size_t half = size / 2;
+        while (m[half] != '\n') half++;
+        BAD_MERGES("a cut file", half, "merges, but CLIP's vocabulary has 48894");
+    }
+    memcpy(m + size, "\na b", 4);
+    BAD_MERGES("an extra line", size + 4, "more than the 48894 merges");
+    memcpy(m + size, "\n\n", 2);
+    rc = sd_clip_vocab_load(&v, m, size + 1, NULL, 0, a, &err);
+    CHECK(rc == 0 && v, "tokenizer: merges.txt may end with a line break (%s)", rc ? err.message : "");
+    {   /* CRLF line ends, as in some copies of the hub file */
+        size_t i, w = 0;
+        unsigned char *crlf = (unsigned char *)malloc(2 * size);
+        for (i = 0; i < size; i++) { if (merges[i] == '\n') crlf[w++] = '\r'; crlf[w++] = merges[i]; }
+        sd_arena_reset(a, used);
+        free_arena(a);
+        a = test_arena(sd_clip_vocab_arena_bytes(w));
+        rc = sd_clip_vocab_load(&v, crlf, w, NULL, 0, a, &err);
+        CHECK(rc == 0 && v && sd_clip_token_text(v, 49405, &i) && i > 0, "tokenizer: CRLF merges.txt (%s)", rc ? err.message : "");
+        free(crlf);
+    }
+#undef BAD_MERGES
+    free_arena(a);
+    free(m);
+}
+
+static void test_tokenizer(void)
+{
+    size_t size = 0, json_size = 0;
+    unsigned char *merges = merges_path ? read_file(merges_path, &size) : NULL, *json = NULL;
+    char json_path[1024];
+    sd_error err;
+    int rc;
+    if (!merges) { printf("tokenizer: no merges.txt (%s), tokenizer tests skipped\n", merges_path ? merges_path : "none"); return; }
+    snprintf(json_path, sizeof json_path, "%s", merges_path);
+    if (strrchr(json_path, '/')) strcpy(strrchr(json_path, '/') + 1, "vocab.json");
+    else strcpy(json_path, "vocab.json");
+    json = read_file(json_path, &json_size);
+    tok_vocab_arena = test_arena(sd_clip_vocab_arena_bytes(size));
+    rc = sd_clip_vocab_load(&tok_vocab, merges, size, json, json_size, tok_vocab_arena, &err);
+    if (!CHECK(rc == 0, "tokenizer: loading %s%s: %s", merges_path, json ? " and vocab.json" : "", err.message)) {
+        free(merges); free(json); free_arena(tok_vocab_arena);
+        return;
+    }
+    CHECK(tok_vocab_arena->peak <= sd_clip_vocab_arena_bytes(size), "tokenizer: vocabulary arena peak %zu over the bound",
+          tok_vocab_arena->peak);
+    if (json) {   /* a vocab.json that disagrees is refused */
+        unsigned char *bad = (unsigned char *)malloc(json_size);
+        char *p;
+        sd_clip_vocab *v;
+        sd_arena *a = test_arena(sd_clip_vocab_arena_bytes(size));
+        memcpy(bad, json, json_size);
+        p = strstr((char *)bad, "\"cat</w>\": 2368");
+        if (CHECK(p != NULL, "tokenizer: vocab.json has no \"cat</w>\": 2368")) {
+            p[12] = '9';
+            rc = sd_clip_vocab_load(&v, merges, size, bad, json_size, a, &err);
+            CHECK(rc == SD_ERR_FORMAT && strstr(err.message, "cat</w>") && a->used == 0 && !v,
+                  "tokenizer: inconsistent vocab.json refused (%s)", err.message);
+        }
+        free(bad);
+        free_arena(a);
+    }
+    test_tokenizer_golden();
+    test_tokenizer_cases();
+    test_tokenizer_errors(merges, size);
+    free(merges);
+    free(json);
+    free_arena(tok_vocab_arena);
+    tok_vocab = NULL;
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1) golden_dir = argv[1];
-    printf("golden set: %s\n", golden_dir);
+    merges_path = getenv("SD_MERGES");
+    if (!merges_path || !file_exists(merges_path)) merges_path = file_exists("weights/merges.txt") ? "weights/merges.txt" : "../shared/clip/merges.txt";
+    printf("golden set: %s, merges: %s\n", golden_dir, merges_path);
     test_arena_basics();
     test_f16();
     test_kernels();
@@ -2014,6 +2378,7 @@ int main(int argc, char **argv)
     test_model_files();
     test_rng();
     test_ddim();
+    test_tokenizer();
     test_text_encoder();
     test_unet();
     printf("%d passed, %d failed\n", n_pass, n_fail);
