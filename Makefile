@@ -52,11 +52,13 @@ test-run: test-san $(MERGES)
 test: check-nm check-cxx test-run
 	@awk '/^[0-9]+ passed, [0-9]+ failed$$/ { p += $$1; f += $$3 } END { printf "%d passed, %d failed\n", p, f; exit f != 0 }' .test.log
 
-# libFuzzer targets (clang): `make fuzz`, then e.g. ./fuzz_safetensors -max_total_time=600 fuzz_corpus/
+# libFuzzer targets (clang): `make fuzz`, then e.g. ./fuzz_tokenizer -max_total_time=600 corpus/
 FUZZ = clang -std=c99 -g -O1 -fsanitize=fuzzer,address,undefined -D_DEFAULT_SOURCE
-fuzz: fuzz_safetensors
+fuzz: fuzz_safetensors fuzz_tokenizer
 fuzz_safetensors: test.c sd.h
 	$(FUZZ) -DSD_FUZZ=1 -o $@ test.c $(LIBS)
+fuzz_tokenizer: test.c sd.h $(MERGES)
+	$(FUZZ) -DSD_FUZZ=2 -o $@ test.c $(LIBS)
 
 clean:
 	rm -f example test test-san .test.log .impl.* fuzz_*

@@ -295,6 +295,70 @@ SD_API int sd_clip_tokenize(const sd_clip_vocab *v, const char *text, size_t tex
 /* The text of token `id` in the vocabulary's byte-symbol alphabet (e.g. "cat</w>"); NULL if out of range. */
 SD_API const char *sd_clip_token_text(const sd_clip_vocab *v, int32_t id, size_t *size);
 
+#define SD_VAE_MAX_LEVELS 8   /* resolution levels (SD: 4, i.e. a factor 8 between image and latent) */
+#define SD_VAE_MAX_RESNETS 8   /* ResNet blocks per level (SD: 2 in the encoder, 3 in the decoder) */
+
+/* The architecture of an AutoencoderKL. sd_vae_load reads it from tensor shapes (and checks it
+   against the file's sd.vae.* metadata when present); the arena-size functions take it alone,
+   without weights, so a caller can size memory before loading anything. */
+typedef struct sd_vae_config {
+    int levels;   /* 4 in SD */
+    int channels[SD_VAE_MAX_LEVELS];   /* per level, fine to coarse: 128, 256, 512, 512 in SD */
+    int num_res_blocks;   /* ResNets per encoder level (the decoder has one more) */
+    int z_channels;   /* decoder input / half the encoder output (4) */
+    int embed_dim;   /* latent channels the diffusion model sees (4) */
+    int norm_groups;   /* GroupNorm groups (32) */
+    float norm_eps;   /* GroupNorm epsilon (1e-6) */
+    float scaling_factor;   /* pipeline scale of latents: 0.18215 SD1/2, 0.13025 SDXL */
+    int has_encoder;   /* 0 for a decoder-only file */
+} sd_vae_config;
+typedef struct sd_vae sd_vae;   /* opaque; lives in the arena it was loaded into */
+
+/* The VAE of real SD 1.x/2.x checkpoints (SDXL: the same with scaling_factor 0.13025). */
+SD_API void sd_vae_config_default(sd_vae_config *c);
+
+/* Finds the VAE in one opened file: a single-file checkpoint (`first_stage_model.*`), a
+   standalone VAE in the same original layout (no prefix), or diffusers'
+   `vae/diffusion_pytorch_model.safetensors`. scaling_factor comes from the `sd.vae.scaling_factor`
+   metadata, else 0.18215: a diffusers vae/ file has no metadata, so for SDXL the caller sets
+   0.13025 (from vae/config.json) with sd_vae_set_scaling_factor. The file must stay open. */
+SD_API int sd_vae_load(sd_vae **vae, const sd_safetensors *file, sd_arena *a, sd_error *err);
+SD_API const sd_vae_config *sd_vae_get_config(const sd_vae *vae);
+SD_API void sd_vae_set_scaling_factor(sd_vae *vae, float scaling_factor);
+
+/* Exact arena bytes (free space in the arena; the pool is set up separately) that one call
+   takes, from the configuration alone; 0 for invalid sizes. The calls give it all back. */
+SD_API size_t sd_vae_decode_arena_bytes(const sd_vae_config *c, int h, int w);
+SD_API size_t sd_vae_decode_tiled_arena_bytes(const sd_vae_config *c, int h, int w, int tile, int overlap);
+SD_API size_t sd_vae_encode_arena_bytes(const sd_vae_config *c, int height, int width);
+
+/* Decoder: latents [1, embed_dim, h, w] NCHW, *already divided by scaling_factor* (the
+   pipeline's job, as in diffusers) → image [1, 3, f·h, f·w] (f = 8 in SD), the raw decoder
+   output: about [-1, 1], not clamped. */
+SD_API int sd_vae_decode(const sd_vae *vae, const float *latents, int h, int w, float *image,
+                         sd_pool *pool, sd_arena *a, sd_error *err);
+
+/* The same in overlapping tiles of tile x tile latent pixels (neighbours share at least
+   `overlap`, 0 <= overlap < tile), blended with linear ramps across the shared part. Memory
+   depends on the tile size only, not on h and w. Each tile is normalised on its own, so the
+   result is close to, not equal to, sd_vae_decode's; tile >= h and w gives exactly the latter. */
+SD_API int sd_vae_decode_tiled(const sd_vae *vae, const float *latents, int h, int w, int tile,
+                               int overlap, float *image, sd_pool *pool, sd_arena *a, sd_error *err);
+
+/* Encoder: image [1, 3, H, W] NCHW with values in [-1, 1] (uint8/255·2−1), H and W multiples of
+   f → moments [1, 2·embed_dim, H/f, W/f]: the posterior's mean, then its raw log-variance
+   (diffusers' quant_conv output). */
+SD_API int sd_vae_encode(const sd_vae *vae, const float *image, int height, int width,
+                         float *moments, sd_pool *pool, sd_arena *a, sd_error *err);
+
+/* The diagonal Gaussian of moments [2·channels, h, w]: mean, logvar = clamp(raw, -30, 20),
+   std = exp(logvar / 2), each [channels, h, w]; any of them may be NULL. */
+SD_API void sd_vae_posterior(const float *moments, int channels, int h, int w,
+                             float *mean, float *logvar, float *std);
+/* A latent drawn from it with the caller's standard normal noise: out = mean + std·noise
+   (unscaled: the pipeline multiplies by scaling_factor). */
+SD_API void sd_vae_sample(const float *mean, const float *std, const float *noise, size_t n, float *out);
+
 #ifdef __cplusplus
 }
 #endif
@@ -5413,6 +5477,903 @@ SD_API int sd_unet(const sd_unet_model *unet, const float *x, const float *times
 
 
 /* ---- 8. VAE ------------------------------------------------------------------------------ */
+/* The variational autoencoder of latent diffusion (Rombach et al. 2022, §3.1; the convolutional
+   encoder/decoder of Esser et al.'s VQGAN with a KL-regularised Gaussian latent instead of a
+   codebook). The encoder turns an image [3, H, W] into a Gaussian over latents [4, H/8, W/8]; the
+   decoder turns a latent back into an image. Both are stacks of ResNet blocks (GroupNorm-SiLU-
+   conv3x3 twice, plus the input) at levels of decreasing (encoder) or increasing (decoder) size,
+   joined by stride-2 convolutions or nearest-neighbour upsampling followed by a convolution,
+   with a middle block at the coarsest level whose single-head self-attention lets every position
+   see the whole image. 1x1 convolutions (quant_conv, post_quant_conv) sit between the two halves
+   and the latent. The diffusion model works on latents multiplied by scaling_factor (so that
+   they have about unit variance); that scaling belongs to the pipeline, not to this section. */
+
+typedef struct vae_conv { const sd_tensor *w, *b; } vae_conv;   /* weight [out, in, k, k] or [out, in], bias [out] */
+typedef struct vae_norm { const sd_tensor *w, *b; } vae_norm;   /* GroupNorm scale and shift */
+
+/* ResnetBlock2D without time embedding: GroupNorm-SiLU-conv3x3, GroupNorm-SiLU-conv3x3, plus the
+   input, through a 1x1 conv (`shortcut`) when the block changes the channel count. */
+typedef struct vae_resnet { int cin, cout; vae_norm norm1, norm2; vae_conv conv1, conv2, shortcut; } vae_resnet;
+
+/* The mid-block AttnBlock: GroupNorm, q/k/v projections, one head over all channels, proj_out,
+   added to the input. */
+typedef struct vae_attention { int channels; vae_norm norm; vae_conv q, k, v, out; } vae_attention;
+
+/* One resolution level: its ResNets, then (all levels but the last) the resampler: a stride-2
+   conv in the encoder, nearest 2x upsampling and a conv in the decoder. */
+typedef struct vae_level {
+    int channels, resnets, resample;
+    vae_resnet res[SD_VAE_MAX_RESNETS];
+    vae_conv resample_conv;
+} vae_level;
+
+/* Encoder and decoder have the same parts: conv_in, levels (the encoder's fine to coarse, the
+   decoder's coarse to fine, each in the order it runs), a mid block (ResNet, attention, ResNet),
+   GroupNorm-SiLU, conv_out. The encoder runs its mid block after the levels, the decoder before. */
+typedef struct vae_stack {
+    vae_conv conv_in;
+    vae_level level[SD_VAE_MAX_LEVELS];
+    vae_resnet mid1, mid2;
+    vae_attention attn;
+    vae_norm norm_out;
+    vae_conv conv_out;
+} vae_stack;
+
+struct sd_vae {
+    sd_vae_config config;
+    vae_stack encoder, decoder;
+    vae_conv quant_conv, post_quant_conv;   /* 1x1: encoder output → moments, latent → decoder input */
+};
+
+SD_API void sd_vae_config_default(sd_vae_config *c)
+{
+    static const int channels[4] = {128, 256, 512, 512};
+    memset(c, 0, sizeof *c);
+    c->levels = 4;
+    memcpy(c->channels, channels, sizeof channels);
+    c->num_res_blocks = 2;
+    c->z_channels = c->embed_dim = 4;
+    c->norm_groups = 32;
+    c->norm_eps = 1e-6f;
+    c->scaling_factor = 0.18215f;
+    c->has_encoder = 1;
+}
+
+/* Checks a configuration and lays out the channel counts of every block it implies, without
+   weights: what the loader fills in and what the arena-size functions plan with. */
+static int vae_describe(sd_vae *v, const sd_vae_config *c, sd_error *err)
+{
+    const int *ch = c->channels;
+    int L = c->levels, R = c->num_res_blocks;
+    memset(v, 0, sizeof *v);
+    if (L < 1 || L > SD_VAE_MAX_LEVELS) return fail(err, SD_ERR_UNSUPPORTED, "VAE: %d levels (1..%d supported)", L, SD_VAE_MAX_LEVELS);
+    if (R < 1 || R + 1 > SD_VAE_MAX_RESNETS) return fail(err, SD_ERR_UNSUPPORTED, "VAE: %d ResNets per level (1..%d supported)", R, SD_VAE_MAX_RESNETS - 1);
+    if (c->norm_groups < 1 || !(c->norm_eps > 0.0f) || !(c->scaling_factor > 0.0f))
+        return fail(err, SD_ERR_UNSUPPORTED, "VAE: GroupNorm groups %d, eps %g and scaling factor %g must be positive", c->norm_groups, (double)c->norm_eps, (double)c->scaling_factor);
+    if (c->z_channels < 1 || c->z_channels > 4096 || c->embed_dim < 1 || c->embed_dim > 4096)
+        return fail(err, SD_ERR_UNSUPPORTED, "VAE: z_channels %d / embed_dim %d outside 1..4096", c->z_channels, c->embed_dim);
+    /* (real VAEs have at most 512 channels; the single attention head is as wide as the last
+       level, and the attention kernel's per-thread scratch bounds the head size) */
+    for (int i = 0; i < L; i++)
+        if (ch[i] < 1 || ch[i] > 2048 || ch[i] % c->norm_groups)
+            return fail(err, SD_ERR_UNSUPPORTED, "VAE: level %d has %d channels; need 1..2048 and a multiple of the %d GroupNorm groups", i, ch[i], c->norm_groups);
+    v->config = *c;
+    /* encoder: conv_in to ch[0]; level i goes to ch[i] and (but the last) halves the size */
+    for (int i = 0, cin = ch[0]; i < L; cin = ch[i], i++) {
+        vae_level *l = &v->encoder.level[i];
+        l->channels = ch[i];
+        l->resnets = R;
+        l->resample = i < L - 1;
+        for (int j = 0; j < R; j++) { l->res[j].cin = j ? ch[i] : cin; l->res[j].cout = ch[i]; }
+    }
+    /* decoder: conv_in to ch[L-1]; level i (coarsest first) goes to ch[L-1-i] and (but the last) doubles the size */
+    for (int i = 0, cin = ch[L - 1]; i < L; cin = ch[L - 1 - i], i++) {
+        vae_level *l = &v->decoder.level[i];
+        l->channels = ch[L - 1 - i];
+        l->resnets = R + 1;
+        l->resample = i < L - 1;
+        for (int j = 0; j <= R; j++) { l->res[j].cin = j ? l->channels : cin; l->res[j].cout = l->channels; }
+    }
+    for (int d = 0; d < 2; d++) {
+        vae_stack *s = d ? &v->decoder : &v->encoder;
+        s->mid1.cin = s->mid1.cout = s->mid2.cin = s->mid2.cout = s->attn.channels = ch[L - 1];
+    }
+    return SD_OK;
+}
+
+/* ---- loading: one description, two name maps ---- */
+
+/* Key names under "encoder." / "decoder.". The original (LDM) decoder numbers its levels fine to
+   coarse, so the first to run is up.{L-1}; diffusers numbers up_blocks in the order they run. */
+static const struct vae_names {
+    const char *resnet[2], *resample[2];   /* [encoder, decoder]: printf formats of level (, block) */
+    const char *mid[3];                    /* ResNet, attention, ResNet */
+    const char *norm_out;
+    const char *resnet_part[5];            /* norm1, conv1, norm2, conv2, shortcut */
+    const char *attn_part[5];              /* norm, q, k, v, out */
+} vae_names[2] = {
+    {{"down.%d.block.%d", "up.%d.block.%d"}, {"down.%d.downsample.conv", "up.%d.upsample.conv"},
+     {"mid.block_1", "mid.attn_1", "mid.block_2"}, "norm_out",
+     {"norm1", "conv1", "norm2", "conv2", "nin_shortcut"}, {"norm", "q", "k", "v", "proj_out"}},
+    {{"down_blocks.%d.resnets.%d", "up_blocks.%d.resnets.%d"},
+     {"down_blocks.%d.downsamplers.0.conv", "up_blocks.%d.upsamplers.0.conv"},
+     {"mid_block.resnets.0", "mid_block.attentions.0", "mid_block.resnets.1"}, "conv_norm_out",
+     {"norm1", "conv1", "norm2", "conv2", "conv_shortcut"}, {"group_norm", "to_q", "to_k", "to_v", "to_out.0"}},
+};
+/* diffusers files saved before the attention refactor (0.14) name the projections differently */
+static const char *const vae_old_attn_part[5] = {"group_norm", "query", "key", "value", "proj_attn"};
+
+/* The name of block `block` of level `level` of a stack, as the checkpoint spells it. */
+static const char *vae_block_name(char *buf, size_t n, const weights *w, int decoder, int resample, int level, int block)
+{
+    const struct vae_names *nm = &vae_names[w->diffusers ? 1 : 0];
+    int len = snprintf(buf, n, "%s.", decoder ? "decoder" : "encoder");
+    snprintf(buf + len, n - (size_t)len, resample ? nm->resample[decoder] : nm->resnet[decoder], level, block);
+    return buf;
+}
+
+static void vae_load_conv(weights *w, vae_conv *c, int cout, int cin, int k, const char *name)
+{
+    c->w = need(w, cout, cin, k, k, "%s.weight", name);
+    c->b = need(w, cout, 0, 0, 0, "%s.bias", name);
+}
+
+static void vae_load_norm(weights *w, vae_norm *n, int C, const char *name, const char *part)
+{
+    n->w = need(w, C, 0, 0, 0, "%s.%s.weight", name, part);
+    n->b = need(w, C, 0, 0, 0, "%s.%s.bias", name, part);
+}
+
+static void vae_load_resnet(weights *w, vae_resnet *r, const char *name)
+{
+    const char *const *part = vae_names[w->diffusers ? 1 : 0].resnet_part;
+    char p[320];
+    vae_load_norm(w, &r->norm1, r->cin, name, part[0]);
+    snprintf(p, sizeof p, "%s.%s", name, part[1]);
+    vae_load_conv(w, &r->conv1, r->cout, r->cin, 3, p);
+    vae_load_norm(w, &r->norm2, r->cout, name, part[2]);
+    snprintf(p, sizeof p, "%s.%s", name, part[3]);
+    vae_load_conv(w, &r->conv2, r->cout, r->cout, 3, p);
+    if (r->cin != r->cout) {
+        snprintf(p, sizeof p, "%s.%s", name, part[4]);
+        vae_load_conv(w, &r->shortcut, r->cout, r->cin, 1, p);
+    }
+}
+
+/* q, k, v and the output projection are 1x1 convs [C, C, 1, 1] in original files and linear
+   layers [C, C] in diffusers files: need() takes either, and both are one GEMM in NHWC. */
+static void vae_load_attention(weights *w, vae_attention *at, const char *name)
+{
+    const char *const *part = vae_names[w->diffusers ? 1 : 0].attn_part;
+    char p[320];
+    snprintf(p, sizeof p, "%s.to_q.weight", name);
+    if (w->diffusers && !weights_find(w, p)) {
+        snprintf(p, sizeof p, "%s.query.weight", name);
+        if (weights_find(w, p)) part = vae_old_attn_part;
+    }
+    vae_load_norm(w, &at->norm, at->channels, name, part[0]);
+    vae_conv *proj[4] = {&at->q, &at->k, &at->v, &at->out};
+    for (int i = 0; i < 4; i++) {
+        snprintf(p, sizeof p, "%s.%s", name, part[1 + i]);
+        vae_load_conv(w, proj[i], at->channels, at->channels, 1, p);
+    }
+}
+
+static void vae_load_stack(weights *w, vae_stack *s, int levels, int decoder, int in_channels, int out_channels)
+{
+    const struct vae_names *nm = &vae_names[w->diffusers ? 1 : 0];
+    const char *stack = decoder ? "decoder" : "encoder";
+    int L = levels;
+    char name[256];
+    int first = s->level[0].res[0].cin, last = s->level[L - 1].channels;
+    snprintf(name, sizeof name, "%s.conv_in", stack);
+    vae_load_conv(w, &s->conv_in, first, in_channels, 3, name);
+    for (int i = 0; i < L; i++) {
+        vae_level *l = &s->level[i];
+        int number = decoder && !w->diffusers ? L - 1 - i : i;
+        for (int j = 0; j < l->resnets; j++)
+            vae_load_resnet(w, &l->res[j], vae_block_name(name, sizeof name, w, decoder, 0, number, j));
+        if (l->resample)
+            vae_load_conv(w, &l->resample_conv, l->channels, l->channels, 3, vae_block_name(name, sizeof name, w, decoder, 1, number, 0));
+    }
+    snprintf(name, sizeof name, "%s.%s", stack, nm->mid[0]);
+    vae_load_resnet(w, &s->mid1, name);
+    snprintf(name, sizeof name, "%s.%s", stack, nm->mid[1]);
+    vae_load_attention(w, &s->attn, name);
+    snprintf(name, sizeof name, "%s.%s", stack, nm->mid[2]);
+    vae_load_resnet(w, &s->mid2, name);
+    snprintf(name, sizeof name, "%s", stack);
+    vae_load_norm(w, &s->norm_out, last, name, nm->norm_out);
+    snprintf(name, sizeof name, "%s.conv_out", stack);
+    vae_load_conv(w, &s->conv_out, out_channels, last, 3, name);
+}
+
+/* Dimension i of t as a size: 0 (and an error) when t is missing or the size absurd. */
+static int vae_dim(weights *w, const sd_tensor *t, int i)
+{
+    if (!t || w->failed) return 0;
+    if (t->shape[i] < 1 || t->shape[i] > 65536) {
+        w->failed = fail(w->err, SD_ERR_UNSUPPORTED, "tensor '%s': size %lld of dimension %d is outside 1..65536",
+                         t->name, (long long)t->shape[i], i);
+        return 0;
+    }
+    return (int)t->shape[i];
+}
+
+static const char *vae_meta(const weights *w, const char *key)
+{
+    for (int i = 0; i < w->nfiles; i++) {
+        const char *s = sd_safetensors_meta(w->files[i], key);
+        if (s) return s;
+    }
+    return NULL;
+}
+
+/* A decimal number ("0.18215", "1e-06", "32") as metadata spells it; locale-independent. */
+static int vae_parse_number(const char *s, double *out)
+{
+    double m = 0.0;
+    int e = 0, digits = 0, neg = 0;
+    if (*s == '-' || *s == '+') neg = *s++ == '-';
+    for (; *s >= '0' && *s <= '9'; s++, digits++) m = m * 10 + (*s - '0');
+    if (*s == '.')
+        for (s++; *s >= '0' && *s <= '9'; s++, digits++, e--) m = m * 10 + (*s - '0');
+    if (!digits || digits > 17) return 0;
+    if (*s == 'e' || *s == 'E') {
+        int sign = 1, x = 0, xd = 0;
+        s++;
+        if (*s == '-' || *s == '+') sign = *s++ == '-' ? -1 : 1;
+        for (; *s >= '0' && *s <= '9'; s++, xd++) if (x < 1000) x = x * 10 + (*s - '0');
+        if (!xd) return 0;
+        e += sign * x;
+    }
+    if (*s || e < -300 || e > 300) return 0;
+    m = e < 0 ? m / pow(10.0, -e) : m * pow(10.0, e);   /* exact powers for |e| <= 22: correctly rounded */
+    *out = neg ? -m : m;
+    return 1;
+}
+
+/* A comma-separated list of integers ("32,32,64,64"): how many, or -1 if malformed or too long. */
+static int vae_parse_ints(const char *s, int *out, int max)
+{
+    int n = 0;
+    char num[32];
+    double v;
+    for (;;) {
+        size_t len = strcspn(s, ",");
+        while (len && *s == ' ') { s++; len--; }
+        while (len && s[len - 1] == ' ') len--;
+        if (n == max || len >= sizeof num) return -1;
+        memcpy(num, s, len);
+        num[len] = 0;
+        if (!vae_parse_number(num, &v) || !(v > -1e9 && v < 1e9) || v != (int)v) return -1;
+        out[n++] = (int)v;
+        s += strcspn(s, ",");
+        if (!*s++) return n;
+    }
+}
+
+/* Reads the configuration from the checkpoint: levels, channels, ResNets per level and latent
+   channels from the decoder's tensor shapes (the decoder is required, the encoder optional);
+   GroupNorm groups and eps and the scaling factor, which shapes cannot tell, from the sd.vae.*
+   metadata when present (defaults: 32, 1e-6, 0.18215). Metadata that contradicts the shapes is
+   an error. */
+static int vae_read_config(weights *w, sd_vae_config *c)
+{
+    char name[320], block[300];
+    memset(c, 0, sizeof *c);
+    c->norm_groups = 32;
+    c->norm_eps = 1e-6f;
+    c->scaling_factor = 0.18215f;
+    c->z_channels = vae_dim(w, need(w, -1, -1, 3, 3, "decoder.conv_in.weight"), 1);
+    c->embed_dim = vae_dim(w, need(w, -1, -1, 1, 1, "post_quant_conv.weight"), 1);
+    while (c->levels < SD_VAE_MAX_LEVELS && !w->failed &&
+           maybe(w, -1, -1, 3, 3, "%s.conv1.weight", vae_block_name(block, sizeof block, w, 1, 0, c->levels, 0)))
+        c->levels++;
+    if (c->levels == 0)   /* need() names the tensor that is not there */
+        need(w, -1, -1, 3, 3, "%s.conv1.weight", vae_block_name(block, sizeof block, w, 1, 0, 0, 0));
+    for (int i = 0; i < c->levels && !w->failed; i++) {
+        int level = w->diffusers ? c->levels - 1 - i : i;   /* the decoder block that ends at ch[i] */
+        vae_block_name(block, sizeof block, w, 1, 0, level, 0);
+        c->channels[i] = vae_dim(w, need(w, -1, -1, 3, 3, "%s.conv1.weight", block), 0);
+    }
+    for (int j = 0; j < SD_VAE_MAX_RESNETS && !w->failed; j++) {
+        snprintf(name, sizeof name, "%s.conv1.weight", vae_block_name(block, sizeof block, w, 1, 0, 0, j));
+        if (!weights_find(w, name)) break;
+        c->num_res_blocks = j;   /* the decoder has one more than the encoder */
+    }
+    c->has_encoder = weights_find(w, "encoder.conv_in.weight") != NULL;
+    if (w->failed) return w->failed;
+
+    /* metadata: these must match the shapes ... */
+    static const char *const same[4] = {"sd.vae.block_out_channels", "sd.vae.num_res_blocks", "sd.vae.z_channels", "sd.vae.embed_dim"};
+    const int *tensors[4] = {c->channels, &c->num_res_blocks, &c->z_channels, &c->embed_dim};
+    for (int k = 0; k < 4; k++) {
+        const char *s = vae_meta(w, same[k]);
+        int v[SD_VAE_MAX_LEVELS + 1], n = k ? 1 : c->levels;
+        if (s && (vae_parse_ints(s, v, SD_VAE_MAX_LEVELS + 1) != n || memcmp(v, tensors[k], (size_t)n * sizeof(int))))
+            return w->failed = fail(w->err, SD_ERR_FORMAT, "VAE: metadata %s = '%.60s' does not match the tensors, which give %d%s%s",
+                                    same[k], s, tensors[k][0], n > 1 ? ", ..." : "", k ? "" : " (block_out_channels)");
+    }
+    /* ... and these only metadata can give */
+    static const char *const only[3] = {"sd.vae.norm_groups", "sd.vae.norm_eps", "sd.vae.scaling_factor"};
+    for (int k = 0; k < 3; k++) {
+        const char *s = vae_meta(w, only[k]);
+        double v;
+        if (!s) continue;
+        if (!vae_parse_number(s, &v) || !(v > 0.0 && v < 1e6) || (k == 0 && v != (int)v))
+            return w->failed = fail(w->err, SD_ERR_FORMAT, "VAE: metadata %s = '%.60s' is not a usable number", only[k], s);
+        if (k == 0) c->norm_groups = (int)v;
+        else if (k == 1) c->norm_eps = (float)v;
+        else c->scaling_factor = (float)v;
+    }
+    return SD_OK;
+}
+
+/* The VAE of w (prefix and name map already chosen): configuration, then every weight. */
+static int vae_load(sd_vae *v, weights *w)
+{
+    sd_vae_config c;
+    int rc = vae_read_config(w, &c);
+    if (rc) return rc;
+    if ((rc = vae_describe(v, &c, w->err))) return w->failed = rc;
+    const sd_vae_config *k = &v->config;
+    vae_load_stack(w, &v->decoder, k->levels, 1, k->z_channels, 3);
+    vae_load_conv(w, &v->post_quant_conv, k->z_channels, k->embed_dim, 1, "post_quant_conv");
+    if (k->has_encoder) {
+        vae_load_stack(w, &v->encoder, k->levels, 0, 3, 2 * k->z_channels);
+        vae_load_conv(w, &v->quant_conv, 2 * k->embed_dim, 2 * k->z_channels, 1, "quant_conv");
+    }
+    return w->failed;
+}
+
+SD_API int sd_vae_load(sd_vae **out, const sd_safetensors *file, sd_arena *a, sd_error *err)
+{
+    /* where the VAE is: prefix and name map, told apart by the decoder's first mid-block conv */
+    static const struct { const char *prefix; int diffusers; } layouts[4] = {
+        {"first_stage_model.", 0}, {"", 0}, {"", 1}, {"first_stage_model.", 1}};
+    static const char *const probe[2] = {"decoder.mid.block_1.conv1.weight", "decoder.mid_block.resnets.0.conv1.weight"};
+    weights w;
+    int k;
+    if (!out || !file || !a) return fail(err, SD_ERR_ARG, "sd_vae_load: NULL argument");
+    *out = NULL;
+    memset(&w, 0, sizeof w);
+    w.files[0] = file;
+    w.nfiles = 1;
+    w.err = err;
+    for (k = 0; k < 4; k++) {
+        w.prefix = layouts[k].prefix;
+        w.diffusers = layouts[k].diffusers;
+        if (weights_find(&w, probe[w.diffusers])) break;
+    }
+    if (k == 4)
+        return fail(err, SD_ERR_MISSING, "no VAE in this file: found neither 'first_stage_model.%s' (single-file checkpoint) nor '%s' (diffusers vae/ file)", probe[0], probe[1]);
+    size_t mark = sd_arena_mark(a);
+    sd_vae *v = (sd_vae *)sd_arena_alloc(a, sizeof *v, err);
+    if (!v) return SD_ERR_MEMORY;
+    int rc = vae_load(v, &w);
+    if (rc) { sd_arena_reset(a, mark); return rc; }
+    *out = v;
+    return SD_OK;
+}
+
+SD_API const sd_vae_config *sd_vae_get_config(const sd_vae *vae) { return vae ? &vae->config : NULL; }
+
+SD_API void sd_vae_set_scaling_factor(sd_vae *vae, float scaling_factor)
+{
+    if (vae && scaling_factor > 0.0f) vae->config.scaling_factor = scaling_factor;
+}
+
+/* ---- forward passes ---- */
+
+/* Per-stage activations for tests and for looking inside: stage is the diffusers module whose
+   output x is ("decoder.mid_block", "encoder.down_blocks.1", "quant_conv", ...), NHWC [h, w, c]. */
+typedef void (*vae_probe)(void *user, const char *stage, const float *x, int h, int w, int c);
+
+/* One pass of the encoder or the decoder. The activation stream is x, which every block reads
+   and overwrites; s, t and u are scratch. Every block first states how many floats it needs in
+   each buffer: a planning pass (planning = 1, no buffers) runs the same code only to collect
+   the maxima, so that the arena size comes from the code that then uses it, and a real pass
+   takes the four buffers once and cannot run out of memory halfway.
+   What sets the size is the decoder's first ResNet at full resolution, which turns 256 channels
+   into 128 in SD: x holds its 256-channel input (256 MiB at 512x512), s and t 128 channels each;
+   the upsampling before it works in bands so that its 4x larger input never exists whole. So a
+   512x512 decode takes 512 MiB plus u (16 MiB: the mid-block attention's k and v). */
+typedef struct vae_run {
+    sd_pool *pool;
+    int groups;
+    float eps;
+    float *x, *s, *t, *u;
+    size_t cap[4];        /* floats in x, s, t, u */
+    int planning;
+    vae_probe probe;
+    void *user;
+} vae_run;
+
+static int vae_needs(vae_run *r, size_t x, size_t s, size_t t, size_t u)
+{
+    size_t want[4] = {x, s, t, u};
+    for (int i = 0; i < 4; i++) {
+        if (r->planning && want[i] > r->cap[i]) r->cap[i] = want[i];
+        SD_ASSERT(r->planning || want[i] <= r->cap[i]);
+    }
+    return r->planning;
+}
+
+static void vae_show(vae_run *r, const char *stage, const float *x, int H, int W, int C)
+{
+    if (!r->planning && r->probe) r->probe(r->user, stage, x, H, W, C);
+}
+
+static void vae_to_channels_last(float *dst, const float *src, int C, size_t HW)
+{
+    for (int c = 0; c < C; c++)
+        for (size_t i = 0; i < HW; i++) dst[i * C + c] = src[(size_t)c * HW + i];
+}
+
+static void vae_to_channels_first(float *dst, const float *src, int C, size_t HW)
+{
+    for (int c = 0; c < C; c++)
+        for (size_t i = 0; i < HW; i++) dst[(size_t)c * HW + i] = src[i * C + c];
+}
+
+/* x ← x + conv2(silu(gn2(conv1(silu(gn1(x)))))), the skip through shortcut when channels change. */
+static void vae_resnet_forward(vae_run *r, const vae_resnet *b, int H, int W)
+{
+    int HW = H * W, cin = b->cin, cout = b->cout;
+    size_t P = (size_t)HW;
+    if (vae_needs(r, P * (size_t)(cin > cout ? cin : cout), P * cout, P * cout, 0)) return;
+    float *h = r->s;   /* where gn1's output goes */
+    if (cin != cout) {
+        /* the skip is a 1x1 conv of x: take it first, into s, and x is free for gn1 */
+        linear(r->pool, r->s, r->x, HW, cout, cin, b->shortcut.w, b->shortcut.b);
+        h = r->x;
+    }
+    groupnorm(r->pool, h, r->x, 1, HW, cin, r->groups, b->norm1.w, b->norm1.b, r->eps, 1);
+    conv2d(r->pool, r->t, h, 1, H, W, cin, b->conv1.w, b->conv1.b, cout, 3, 1, 1, 1);
+    groupnorm(r->pool, r->t, r->t, 1, HW, cout, r->groups, b->norm2.w, b->norm2.b, r->eps, 1);
+    conv2d(r->pool, h, r->t, 1, H, W, cout, b->conv2.w, b->conv2.b, cout, 3, 1, 1, 1);
+    add(r->x, r->s, P * cout);   /* input + conv2, or conv2 + shortcut */
+}
+
+/* x ← x + proj_out(softmax(q kᵀ / √C) v) with q, k, v = 1x1 projections of gn(x): every one of
+   the H·W positions attends to all of them, one head as wide as the channels. */
+static void vae_attention_forward(vae_run *r, const vae_attention *a, int H, int W)
+{
+    int HW = H * W, C = a->channels;
+    size_t n = (size_t)HW * C;
+    if (vae_needs(r, n, n, n, 2 * n)) return;
+    float *k = r->u, *v = r->u + n;
+    groupnorm(r->pool, r->s, r->x, 1, HW, C, r->groups, a->norm.w, a->norm.b, r->eps, 0);
+    linear(r->pool, r->t, r->s, HW, C, C, a->q.w, a->q.b);
+    linear(r->pool, k, r->s, HW, C, C, a->k.w, a->k.b);
+    linear(r->pool, v, r->s, HW, C, C, a->v.w, a->v.b);
+    attention(r->pool, r->s, C, r->t, C, k, C, v, C, 1, HW, HW, 1, C, 0);
+    linear(r->pool, r->t, r->s, HW, C, C, a->out.w, a->out.b);
+    add(r->x, r->t, n);
+}
+
+static void vae_mid_forward(vae_run *r, const vae_stack *s, int H, int W)
+{
+    vae_resnet_forward(r, &s->mid1, H, W);
+    vae_attention_forward(r, &s->attn, H, W);
+    vae_resnet_forward(r, &s->mid2, H, W);
+}
+
+/* Encoder's Downsample2D: a stride-2 3x3 conv after padding one zero row and column at the end
+   only (LDM's asymmetric (0, 1, 0, 1) pad): [H, W] → [H/2, W/2]. */
+static void vae_downsample_forward(vae_run *r, const vae_conv *conv, int H, int W, int C)
+{
+    size_t n = (size_t)(H / 2) * (W / 2) * C;
+    if (vae_needs(r, (size_t)H * W * C, n, 0, 0)) return;
+    conv2d(r->pool, r->s, r->x, 1, H, W, C, conv->w, conv->b, C, 3, 2, 0, 1);
+    memcpy(r->x, r->s, n * sizeof(float));
+}
+
+#define VAE_BAND_ROWS 16   /* output rows per band of the upsampling conv */
+
+/* Decoder's Upsample2D: nearest-neighbour 2x, then a 3x3 conv: [H, W] → [2H, 2W]. The upsampled
+   image (4x the input) is never held whole: bands of output rows are upsampled into u with their
+   one-pixel border (neighbour rows, zeros outside the image) and convolved without padding
+   straight into x. The input moves to s first, since x receives the output. */
+static void vae_upsample_forward(vae_run *r, const vae_conv *conv, int H, int W, int C)
+{
+    int H2 = 2 * H, W2 = 2 * W, band = H2 < VAE_BAND_ROWS ? H2 : VAE_BAND_ROWS;
+    size_t n = (size_t)H * W * C, row = (size_t)(W2 + 2) * C;
+    if (vae_needs(r, 4 * n, n, 0, (size_t)(band + 2) * row)) return;
+    memcpy(r->s, r->x, n * sizeof(float));
+    for (int y0 = 0; y0 < H2; y0 += band) {
+        int rows = H2 - y0 < band ? H2 - y0 : band;
+        for (int i = 0; i < rows + 2; i++) {   /* band row i is upsampled row y0 - 1 + i */
+            float *dst = r->u + i * row;
+            int y = y0 - 1 + i;
+            if (y < 0 || y >= H2) { memset(dst, 0, row * sizeof(float)); continue; }
+            const float *src = r->s + (size_t)(y / 2) * W * C;
+            memset(dst, 0, C * sizeof(float));
+            memset(dst + (size_t)(W2 + 1) * C, 0, C * sizeof(float));
+            for (int x = 0; x < W2; x++) memcpy(dst + (size_t)(x + 1) * C, src + (size_t)(x / 2) * C, C * sizeof(float));
+        }
+        conv2d(r->pool, r->x + (size_t)y0 * W2 * C, r->u, 1, rows + 2, W2 + 2, C, conv->w, conv->b, C, 3, 1, 0, 0);
+    }
+}
+
+/* conv_in: s [H, W, cin] → x [H, W, cout]. */
+static void vae_conv_in(vae_run *r, const vae_conv *conv, int H, int W, int cin, int cout)
+{
+    if (vae_needs(r, (size_t)H * W * cout, (size_t)H * W * cin, 0, 0)) return;
+    conv2d(r->pool, r->x, r->s, 1, H, W, cin, conv->w, conv->b, cout, 3, 1, 1, 1);
+}
+
+/* GroupNorm-SiLU (in place on x), conv_out: x [H, W, cin] → s [H, W, cout]. */
+static void vae_conv_out(vae_run *r, const vae_stack *st, int H, int W, int cin, int cout)
+{
+    if (vae_needs(r, (size_t)H * W * cin, (size_t)H * W * cout, 0, 0)) return;
+    groupnorm(r->pool, r->x, r->x, 1, H * W, cin, r->groups, st->norm_out.w, st->norm_out.b, r->eps, 1);
+    conv2d(r->pool, r->s, r->x, 1, H, W, cin, st->conv_out.w, st->conv_out.b, cout, 3, 1, 1, 1);
+}
+
+/* Decoder input: latents [e, h, w] (NCHW) → post_quant_conv (1x1) into s. The latents are what
+   diffusers' vae.decode receives: the diffusion latents already divided by scaling_factor. */
+static void vae_post_quant(vae_run *r, const sd_vae *v, const float *z, int h, int w)
+{
+    int e = v->config.embed_dim, zc = v->config.z_channels;
+    size_t P = (size_t)h * w;
+    if (vae_needs(r, 0, P * zc, P * e, 0)) return;
+    vae_to_channels_last(r->t, z, e, P);
+    linear(r->pool, r->s, r->t, h * w, zc, e, v->post_quant_conv.w, v->post_quant_conv.b);
+}
+
+/* Decoder output: s [H, W, 3] → image [3, H, W] (NCHW). */
+static void vae_write_image(vae_run *r, float *image, int H, int W)
+{
+    if (vae_needs(r, 0, (size_t)H * W * 3, 0, 0)) return;
+    vae_to_channels_first(image, r->s, 3, (size_t)H * W);
+}
+
+/* Latent [e, h, w] → image [3, f·h, f·w]. */
+static void vae_decoder_forward(vae_run *r, const sd_vae *v, const float *z, int h, int w, float *image)
+{
+    const vae_stack *d = &v->decoder;
+    const sd_vae_config *c = &v->config;
+    int L = c->levels, H = h, W = w;
+    char stage[48];
+    vae_post_quant(r, v, z, h, w);
+    vae_show(r, "post_quant_conv", r->s, H, W, c->z_channels);
+    vae_conv_in(r, &d->conv_in, H, W, c->z_channels, d->mid1.cin);
+    vae_show(r, "decoder.conv_in", r->x, H, W, d->mid1.cin);
+    vae_mid_forward(r, d, H, W);
+    vae_show(r, "decoder.mid_block", r->x, H, W, d->mid2.cout);
+    for (int i = 0; i < L; i++) {
+        const vae_level *l = &d->level[i];
+        for (int j = 0; j < l->resnets; j++) vae_resnet_forward(r, &l->res[j], H, W);
+        if (l->resample) {
+            vae_upsample_forward(r, &l->resample_conv, H, W, l->channels);
+            H *= 2;
+            W *= 2;
+        }
+        snprintf(stage, sizeof stage, "decoder.up_blocks.%d", i);
+        vae_show(r, stage, r->x, H, W, l->channels);
+    }
+    vae_conv_out(r, d, H, W, c->channels[0], 3);
+    vae_write_image(r, image, H, W);
+}
+
+/* Encoder input: image [3, H, W] (NCHW) → s [H, W, 3]. */
+static void vae_read_image(vae_run *r, const float *image, int H, int W)
+{
+    if (vae_needs(r, 0, (size_t)H * W * 3, 0, 0)) return;
+    vae_to_channels_last(r->s, image, 3, (size_t)H * W);
+}
+
+/* quant_conv (1x1): s [h, w, 2z] → t [h, w, 2e], then moments [2e, h, w] (NCHW). */
+static void vae_quant(vae_run *r, const sd_vae *v, int h, int w, float *moments)
+{
+    int e2 = 2 * v->config.embed_dim, z2 = 2 * v->config.z_channels;
+    size_t P = (size_t)h * w;
+    if (vae_needs(r, 0, P * z2, P * e2, 0)) return;
+    linear(r->pool, r->t, r->s, h * w, e2, z2, v->quant_conv.w, v->quant_conv.b);
+    vae_show(r, "quant_conv", r->t, h, w, e2);
+    vae_to_channels_first(moments, r->t, e2, P);
+}
+
+/* Image [3, H, W] → moments [2e, H/f, W/f]. */
+static void vae_encoder_forward(vae_run *r, const sd_vae *v, const float *image, int H, int W, float *moments)
+{
+    const vae_stack *e = &v->encoder;
+    const sd_vae_config *c = &v->config;
+    int L = c->levels;
+    char stage[48];
+    vae_read_image(r, image, H, W);
+    vae_conv_in(r, &e->conv_in, H, W, 3, c->channels[0]);
+    vae_show(r, "encoder.conv_in", r->x, H, W, c->channels[0]);
+    for (int i = 0; i < L; i++) {
+        const vae_level *l = &e->level[i];
+        for (int j = 0; j < l->resnets; j++) vae_resnet_forward(r, &l->res[j], H, W);
+        if (l->resample) {
+            vae_downsample_forward(r, &l->resample_conv, H, W, l->channels);
+            H /= 2;
+            W /= 2;
+        }
+        snprintf(stage, sizeof stage, "encoder.down_blocks.%d", i);
+        vae_show(r, stage, r->x, H, W, l->channels);
+    }
+    vae_mid_forward(r, e, H, W);
+    vae_show(r, "encoder.mid_block", r->x, H, W, e->mid2.cout);
+    vae_conv_out(r, e, H, W, c->channels[L - 1], 2 * c->z_channels);
+    vae_show(r, "encoder.conv_out", r->s, H, W, 2 * c->z_channels);
+    vae_quant(r, v, H, W, moments);
+}
+
+/* ---- memory: plan, then allocate once ---- */
+
+static size_t vae_bytes(size_t floats)
+{
+    return (floats * sizeof(float) + SD_ALIGN - 1) & ~(size_t)(SD_ALIGN - 1);   /* what the arena takes */
+}
+
+/* Whether a pass whose finest level is H x W pixels keeps every count inside the kernels' int
+   arguments and every buffer inside size_t (each buffer holds at most H·W·max channels floats). */
+static int vae_size_ok(const sd_vae_config *c, int64_t H, int64_t W)
+{
+    int64_t maxc = 3;
+    for (int i = 0; i < c->levels; i++) if (c->channels[i] > maxc) maxc = c->channels[i];
+    if (2 * c->z_channels > maxc) maxc = 2 * c->z_channels;
+    if (H < 1 || W < 1 || H > INT32_MAX || W > INT32_MAX || H * W > INT32_MAX) return 0;
+    return (uint64_t)(H * W) * (uint64_t)maxc <= (uint64_t)(SIZE_MAX / (8 * sizeof(float)));
+}
+
+static int vae_scale(const sd_vae_config *c) { return 1 << (c->levels - 1); }
+
+static void vae_plan_decoder(vae_run *r, const sd_vae *v, int h, int w)
+{
+    memset(r, 0, sizeof *r);
+    r->planning = 1;
+    vae_decoder_forward(r, v, NULL, h, w, NULL);
+}
+
+static void vae_plan_encoder(vae_run *r, const sd_vae *v, int H, int W)
+{
+    memset(r, 0, sizeof *r);
+    r->planning = 1;
+    vae_encoder_forward(r, v, NULL, H, W, NULL);
+}
+
+static size_t vae_run_bytes(const vae_run *r)
+{
+    return vae_bytes(r->cap[0]) + vae_bytes(r->cap[1]) + vae_bytes(r->cap[2]) + vae_bytes(r->cap[3]);
+}
+
+/* Turns a planned run into a real one: its four buffers from the arena. */
+static int vae_start(vae_run *r, const sd_vae *v, sd_pool *pool, sd_arena *a, sd_error *err)
+{
+    float **buf[4] = {&r->x, &r->s, &r->t, &r->u};
+    for (int i = 0; i < 4; i++)
+        if (!(*buf[i] = arena_floats(a, r->cap[i], err))) return SD_ERR_MEMORY;
+    r->planning = 0;
+    r->pool = pool;
+    r->groups = v->config.norm_groups;
+    r->eps = v->config.norm_eps;
+    return SD_OK;
+}
+
+/* Latent sizes a decode accepts: the image must fit the kernels' int sizes. */
+static int vae_decode_args(const sd_vae_config *c, int h, int w, sd_error *err)
+{
+    int64_t f = vae_scale(c);
+    if (!vae_size_ok(c, f * h, f * w))
+        return fail(err, SD_ERR_ARG, "VAE decode: latent %d x %d gives an image outside 1 .. 2^31 - 1 pixels", h, w);
+    return SD_OK;
+}
+
+static int vae_encode_args(const sd_vae_config *c, int H, int W, sd_error *err)
+{
+    int f = vae_scale(c);
+    if (!c->has_encoder) return fail(err, SD_ERR_UNSUPPORTED, "VAE encode: this file has no encoder weights");
+    if (H < f || W < f || H % f || W % f || !vae_size_ok(c, H, W))
+        return fail(err, SD_ERR_ARG, "VAE encode: image %d x %d: height and width must be positive multiples of %d (and fit in 2^31 - 1 pixels)", H, W, f);
+    return SD_OK;
+}
+
+SD_API size_t sd_vae_decode_arena_bytes(const sd_vae_config *c, int h, int w)
+{
+    sd_vae v;
+    vae_run r;
+    if (!c || vae_describe(&v, c, NULL) || vae_decode_args(c, h, w, NULL)) return 0;
+    vae_plan_decoder(&r, &v, h, w);
+    return vae_run_bytes(&r);
+}
+
+SD_API size_t sd_vae_encode_arena_bytes(const sd_vae_config *c, int height, int width)
+{
+    sd_vae v;
+    vae_run r;
+    if (!c || vae_describe(&v, c, NULL) || vae_encode_args(c, height, width, NULL)) return 0;
+    vae_plan_encoder(&r, &v, height, width);
+    return vae_run_bytes(&r);
+}
+
+/* The decoder run with a probe (NULL for none): the public call and the tests' window into it. */
+static int vae_decode_run(const sd_vae *v, const float *z, int h, int w, float *image, sd_pool *pool,
+                          vae_probe probe, void *user, sd_arena *a, sd_error *err)
+{
+    vae_run r;
+    int rc;
+    if (!v || !z || !image || !pool || !a) return fail(err, SD_ERR_ARG, "sd_vae_decode: NULL argument");
+    if ((rc = vae_decode_args(&v->config, h, w, err))) return rc;
+    size_t mark = sd_arena_mark(a);
+    vae_plan_decoder(&r, v, h, w);
+    if ((rc = vae_start(&r, v, pool, a, err))) { sd_arena_reset(a, mark); return rc; }
+    r.probe = probe;
+    r.user = user;
+    vae_decoder_forward(&r, v, z, h, w, image);
+    sd_arena_reset(a, mark);
+    return SD_OK;
+}
+
+static int vae_encode_run(const sd_vae *v, const float *image, int H, int W, float *moments, sd_pool *pool,
+                          vae_probe probe, void *user, sd_arena *a, sd_error *err)
+{
+    vae_run r;
+    int rc;
+    if (!v || !image || !moments || !pool || !a) return fail(err, SD_ERR_ARG, "sd_vae_encode: NULL argument");
+    if ((rc = vae_encode_args(&v->config, H, W, err))) return rc;
+    size_t mark = sd_arena_mark(a);
+    vae_plan_encoder(&r, v, H, W);
+    if ((rc = vae_start(&r, v, pool, a, err))) { sd_arena_reset(a, mark); return rc; }
+    r.probe = probe;
+    r.user = user;
+    vae_encoder_forward(&r, v, image, H, W, moments);
+    sd_arena_reset(a, mark);
+    return SD_OK;
+}
+
+SD_API int sd_vae_decode(const sd_vae *vae, const float *latents, int h, int w, float *image,
+                         sd_pool *pool, sd_arena *a, sd_error *err)
+{
+    return vae_decode_run(vae, latents, h, w, image, pool, NULL, NULL, a, err);
+}
+
+SD_API int sd_vae_encode(const sd_vae *vae, const float *image, int height, int width,
+                         float *moments, sd_pool *pool, sd_arena *a, sd_error *err)
+{
+    return vae_encode_run(vae, image, height, width, moments, pool, NULL, NULL, a, err);
+}
+
+SD_API void sd_vae_posterior(const float *moments, int channels, int h, int w,
+                             float *mean, float *logvar, float *std)
+{
+    size_t n = (size_t)channels * (size_t)h * (size_t)w;
+    for (size_t i = 0; i < n; i++) {
+        float lv = moments[n + i];
+        lv = lv < -30.0f ? -30.0f : lv > 20.0f ? 20.0f : lv;
+        if (mean) mean[i] = moments[i];
+        if (logvar) logvar[i] = lv;
+        if (std) std[i] = expf(0.5f * lv);
+    }
+}
+
+SD_API void sd_vae_sample(const float *mean, const float *std, const float *noise, size_t n, float *out)
+{
+    for (size_t i = 0; i < n; i++) out[i] = mean[i] + std[i] * noise[i];
+}
+
+/* ---- tiled decoding ---- */
+/* A large latent is decoded in overlapping square tiles, each an ordinary decode. Where tiles
+   overlap, their images are mixed with weights that ramp linearly across the shared part and add
+   up to one at every pixel, so no edge shows; memory is that of one tile. (Each tile's GroupNorms
+   see only the tile, so colours can drift a little between distant tiles.) */
+
+/* Tiles along an axis of n latent pixels, each `tile` long (tile <= n), neighbours overlapping
+   by at least `overlap`; the spare room is spread evenly. */
+static int vae_tile_count(int n, int tile, int overlap)
+{
+    return n <= tile ? 1 : (n - overlap + (tile - overlap) - 1) / (tile - overlap);
+}
+
+static int vae_tile_start(int i, int count, int n, int tile)
+{
+    return count == 1 ? 0 : (int)((int64_t)i * (n - tile) / (count - 1));
+}
+
+/* The unnormalised weight of tile i (of count, starting at image pixel `start`, len pixels) at
+   pixel p: a ramp of `ramp` pixels at each edge that has a neighbour, 1 elsewhere. Never 0. */
+static float vae_tile_ramp(int i, int count, int64_t p, int64_t start, int64_t len, int64_t ramp)
+{
+    float w = 1.0f;
+    if (ramp > 0 && i > 0) w = fminf(w, ((float)(p - start) + 0.5f) / (float)ramp);
+    if (ramp > 0 && i < count - 1) w = fminf(w, ((float)(start + len - p) - 0.5f) / (float)ramp);
+    return w;
+}
+
+/* weights[0 .. f·tile) of tile i along one axis: its ramp divided by the sum of the ramps of all
+   tiles covering each pixel (its neighbours within reach), so that the tiles add up to one. */
+static void vae_tile_weights(float *weights, int i, int count, int n, int tile, int overlap, int f)
+{
+    int64_t len = (int64_t)f * tile, ramp = (int64_t)f * overlap, start = (int64_t)f * vae_tile_start(i, count, n, tile);
+    for (int64_t p = start; p < start + len; p++) {
+        float own = vae_tile_ramp(i, count, p, start, len, ramp), sum = own;
+        for (int j = i - 1; j >= 0 && (int64_t)f * vae_tile_start(j, count, n, tile) + len > p; j--)
+            sum += vae_tile_ramp(j, count, p, (int64_t)f * vae_tile_start(j, count, n, tile), len, ramp);
+        for (int j = i + 1; j < count && (int64_t)f * vae_tile_start(j, count, n, tile) <= p; j++)
+            sum += vae_tile_ramp(j, count, p, (int64_t)f * vae_tile_start(j, count, n, tile), len, ramp);
+        weights[p - start] = own / sum;
+    }
+}
+
+static int vae_tiled_args(const sd_vae_config *c, int h, int w, int tile, int overlap, sd_error *err)
+{
+    int64_t f = vae_scale(c);
+    if (tile < 1 || overlap < 0 || overlap >= tile)
+        return fail(err, SD_ERR_ARG, "VAE tiled decode: tile %d, overlap %d: need tile >= 1 and 0 <= overlap < tile", tile, overlap);
+    if (h < 1 || w < 1 || !vae_size_ok(c, f * h, f * w))   /* also bounds the caller's image */
+        return fail(err, SD_ERR_ARG, "VAE tiled decode: latent %d x %d gives an image outside 1 .. 2^31 - 1 pixels", h, w);
+    return SD_OK;
+}
+
+/* The tiles' buffers (latent tile, image tile, row and column weights) and then one decode's:
+   the order in which vae_decode_tiled_run takes them. */
+static size_t vae_tiled_bytes(const vae_run *plan, const sd_vae_config *c, int th, int tw)
+{
+    size_t f = (size_t)vae_scale(c);
+    return vae_bytes((size_t)c->embed_dim * th * tw) + vae_bytes(3 * f * th * f * tw) +
+           vae_bytes(f * th) + vae_bytes(f * tw) + vae_run_bytes(plan);
+}
+
+SD_API size_t sd_vae_decode_tiled_arena_bytes(const sd_vae_config *c, int h, int w, int tile, int overlap)
+{
+    sd_vae v;
+    vae_run r;
+    if (!c || vae_describe(&v, c, NULL) || vae_tiled_args(c, h, w, tile, overlap, NULL)) return 0;
+    int th = h < tile ? h : tile, tw = w < tile ? w : tile;
+    vae_plan_decoder(&r, &v, th, tw);
+    return vae_tiled_bytes(&r, c, th, tw);
+}
+
+static int vae_decode_tiled_run(const sd_vae *v, const float *z, int h, int w, int tile, int overlap, float *image,
+                                sd_pool *pool, sd_arena *a, sd_error *err)
+{
+    vae_run r;
+    int rc;
+    if (!v || !z || !image || !pool || !a) return fail(err, SD_ERR_ARG, "sd_vae_decode_tiled: NULL argument");
+    if ((rc = vae_tiled_args(&v->config, h, w, tile, overlap, err))) return rc;
+    int e = v->config.embed_dim, f = vae_scale(&v->config);
+    int th = h < tile ? h : tile, tw = w < tile ? w : tile;
+    int ny = vae_tile_count(h, th, overlap), nx = vae_tile_count(w, tw, overlap);
+    size_t H = (size_t)f * h, W = (size_t)f * w, tH = (size_t)f * th, tW = (size_t)f * tw;
+    size_t mark = sd_arena_mark(a);
+    float *zt = arena_floats(a, (size_t)e * th * tw, err), *img = zt ? arena_floats(a, 3 * tH * tW, err) : NULL;
+    float *wy = img ? arena_floats(a, tH, err) : NULL, *wx = wy ? arena_floats(a, tW, err) : NULL;
+    vae_plan_decoder(&r, v, th, tw);
+    if (!wx || (rc = vae_start(&r, v, pool, a, err))) { sd_arena_reset(a, mark); return SD_ERR_MEMORY; }
+    memset(image, 0, 3 * H * W * sizeof(float));
+    for (int ty = 0; ty < ny; ty++) {
+        int sy = vae_tile_start(ty, ny, h, th);
+        vae_tile_weights(wy, ty, ny, h, th, overlap, f);
+        for (int tx = 0; tx < nx; tx++) {
+            int sx = vae_tile_start(tx, nx, w, tw);
+            vae_tile_weights(wx, tx, nx, w, tw, overlap, f);
+            for (int c = 0; c < e; c++)
+                for (int y = 0; y < th; y++)
+                    memcpy(zt + ((size_t)c * th + y) * tw, z + ((size_t)c * h + sy + y) * w + sx, (size_t)tw * sizeof(float));
+            vae_decoder_forward(&r, v, zt, th, tw, img);
+            for (int c = 0; c < 3; c++)
+                for (size_t y = 0; y < tH; y++) {
+                    float *dst = image + ((size_t)c * H + (size_t)f * sy + y) * W + (size_t)f * sx;
+                    const float *src = img + ((size_t)c * tH + y) * tW;
+                    for (size_t x = 0; x < tW; x++) dst[x] += wy[y] * wx[x] * src[x];
+                }
+        }
+    }
+    sd_arena_reset(a, mark);
+    return SD_OK;
+}
+
+SD_API int sd_vae_decode_tiled(const sd_vae *vae, const float *latents, int h, int w, int tile,
+                               int overlap, float *image, sd_pool *pool, sd_arena *a, sd_error *err)
+{
+    return vae_decode_tiled_run(vae, latents, h, w, tile, overlap, image, pool, a, err);
+}
+
 
 /* ---- 9. Samplers ---------------------------------------------------------------------------- */
 /* Diffusion adds Gaussian noise over T training steps: x_t = sqrt(a_t)·x_0 + sqrt(1 - a_t)·noise,

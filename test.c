@@ -212,9 +212,12 @@ static unsigned char *rewrite_file(const sd_safetensors *st, sd_dtype to, tensor
 }
 
 #if defined(SD_FUZZ)
-/* libFuzzer entry points (`make fuzz`): SD_FUZZ=1 the safetensors reader. Each input must give
-   SD_OK with every tensor inside the buffer, or an error; never a crash or an invalid read. */
+/* libFuzzer entry points (`make fuzz`). SD_FUZZ=1: the safetensors reader, where each input must
+   give SD_OK with every tensor inside the buffer, or an error. SD_FUZZ=2: the tokenizer, arbitrary
+   bytes as a prompt in both paddings with a scratch arena of exactly sd_clip_scratch_bytes(size):
+   it must always succeed, deterministically, with well-formed ids. Never a crash or a bad read. */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#if SD_FUZZ == 1
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static sd_arena *a;
@@ -230,6 +233,41 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
     return 0;
 }
+#else
+static void fuzz_die(const char *what, const char *message)
+{
+    fprintf(stderr, "fuzz: %s: %s\n", what, message);
+    abort();
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static sd_clip_vocab *vocab;
+    sd_error err;
+    if (!vocab) {   /* loaded once from $SD_MERGES or weights/merges.txt */
+        size_t n;
+        const char *path = getenv("SD_MERGES") ? getenv("SD_MERGES") : "weights/merges.txt";
+        unsigned char *merges = read_file(path, &n);
+        if (!merges) fuzz_die(path, "cannot read merges.txt (set SD_MERGES)");
+        if (sd_clip_vocab_load(&vocab, merges, n, NULL, 0, test_arena(sd_clip_vocab_arena_bytes(n)), &err)) fuzz_die("merges", err.message);
+        free(merges);   /* the vocabulary keeps no pointer into it */
+    }
+    sd_arena *scratch = test_arena(sd_clip_scratch_bytes(size));
+    for (int pad = 0; pad < 2; pad++) {
+        int32_t ids[SD_CLIP_CONTEXT], again[SD_CLIP_CONTEXT];
+        size_t length;
+        if (sd_clip_tokenize(vocab, (const char *)data, size, (sd_clip_pad)pad, ids, &length, scratch, &err)) fuzz_die("tokenize", err.message);
+        if (scratch->used != 0) fuzz_die("tokenize", "scratch arena not reset");
+        size_t count = length - 2;
+        if (length < 2 || ids[0] != SD_CLIP_BOS || ids[1 + (count < 75 ? count : 75)] != SD_CLIP_EOS) fuzz_die("ids", "bad frame");
+        for (int i = 0; i < SD_CLIP_CONTEXT; i++) if (ids[i] < 0 || ids[i] >= SD_CLIP_VOCAB_SIZE) fuzz_die("ids", "id out of range");
+        if (sd_clip_tokenize(vocab, (const char *)data, size, (sd_clip_pad)pad, again, &length, scratch, &err) || memcmp(ids, again, sizeof ids))
+            fuzz_die("tokenize", "not deterministic");
+    }
+    free_arena(scratch);
+    return 0;
+}
+#endif
 #elif !defined(TEST_HARNESS_ONLY)
 
 /* ---- 2. arena ----------------------------------------------------------------------------- */
@@ -2364,6 +2402,495 @@ static void test_tokenizer(void)
     tok_vocab = NULL;
 }
 
+/* Tests of section 8 (VAE): every model under GOLDEN_DIR/models that has a GOLDEN_DIR/NAME/vae.safetensors,
+   every decode/encode case in it (with its debug activations), arena sizes, tiled decoding, and the
+   errors of broken files. */
+
+#include <dirent.h>
+
+/* A test arena of exactly `bytes` bytes of space (its memory aligned, so none is lost). */
+static sd_arena *vae_exact_arena(size_t bytes)
+{
+    sd_arena *a = test_arena(bytes + SD_ALIGN);
+    void *p = (void *)(((uintptr_t)a->base + SD_ALIGN - 1) & ~(uintptr_t)(SD_ALIGN - 1));
+    sd_arena_init(a, p, bytes);
+    return a;
+}
+
+/* Compares the probe's NHWC activations with a golden NCHW "PREFIX.debug.STAGE" when the file has one. */
+typedef struct vae_debug { golden_file *g; const char *label, *prefix; double tol; int seen; } vae_debug;
+
+static void vae_debug_probe(void *user, const char *stage, const float *x, int h, int w, int c)
+{
+    vae_debug *d = (vae_debug *)user;
+    char name[160], what[400];
+    snprintf(name, sizeof name, "%s.debug.%s", d->prefix, stage);
+    const sd_tensor *t = sd_safetensors_find(&d->g->st, name);
+    if (!t) return;
+    d->seen++;
+    int64_t n = (int64_t)h * w * c;
+    if (!CHECK(t->dtype == SD_F32 && sd_tensor_numel(t) == n, "%s: golden %s has %lld values, the stage %d x %d x %d",
+               d->label, name, (long long)sd_tensor_numel(t), c, h, w)) return;
+    float *nchw = (float *)malloc((size_t)n * sizeof(float));
+    vae_to_channels_first(nchw, x, c, (size_t)h * w);
+    snprintf(what, sizeof what, "%s %s", d->label, name);
+    check_close(what, nchw, (const float *)t->data, n, d->tol);
+    free(nchw);
+}
+
+/* How many "PREFIX.debug.*" tensors the golden file has (all of which the probe must meet). */
+static int vae_debug_count(golden_file *g, const char *prefix)
+{
+    char p[160];
+    int n = 0;
+    snprintf(p, sizeof p, "%s.debug.", prefix);
+    for (int i = 0; i < g->st.count; i++) n += !strncmp(g->st.tensors[i].name, p, strlen(p));
+    return n;
+}
+
+/* Edits of a checkpoint's tensors for rewrite_file(), to make broken and alternative files. */
+typedef struct vae_edit {
+    const char *keep;           /* only tensors whose name starts with this (NULL: all) */
+    const char *strip;          /* prefix taken off every name */
+    const char *drop;           /* tensors whose (edited) name starts with this are left out */
+    const char *reshape;        /* this tensor (edited name) gets dims 0 and 1 halved and doubled */
+    const char *const *rename;  /* pairs of substrings: from, to; NULL-terminated */
+} vae_edit;
+
+static int vae_edit_tensor(sd_tensor *t, char *name, size_t cap, void *user)
+{
+    const vae_edit *e = (const vae_edit *)user;
+    char buf[512];
+    if (e->keep && strncmp(name, e->keep, strlen(e->keep))) return 0;
+    if (e->strip && !strncmp(name, e->strip, strlen(e->strip))) memmove(name, name + strlen(e->strip), strlen(name) - strlen(e->strip) + 1);
+    for (int i = 0; e->rename && e->rename[i]; i += 2) {
+        char *at = strstr(name, e->rename[i]);
+        if (!at) continue;
+        snprintf(buf, sizeof buf, "%.*s%s%s", (int)(at - name), name, e->rename[i + 1], at + strlen(e->rename[i]));
+        snprintf(name, cap, "%s", buf);
+    }
+    if (e->drop && !strncmp(name, e->drop, strlen(e->drop))) return 0;
+    if (e->reshape && !strcmp(name, e->reshape) && t->ndim >= 2) { t->shape[0] /= 2; t->shape[1] *= 2; }
+    return 1;
+}
+
+/* Loads the VAE of an edited copy of st (weights converted to `to` unless SD_DTYPE_COUNT); *bytes
+   keeps the file, which the VAE points into. */
+static int vae_load_edited(const sd_safetensors *st, sd_dtype to, const vae_edit *e, sd_arena *a, sd_vae **v,
+                           unsigned char **bytes, sd_safetensors *out, sd_error *err)
+{
+    size_t size;
+    *bytes = rewrite_file(st, to, vae_edit_tensor, (void *)e, &size);
+    int rc = sd_safetensors_open(out, *bytes, size, a, err);
+    if (!CHECK(rc == SD_OK, "edited file does not open: %s", err->message)) return rc;
+    return sd_vae_load(v, out, a, err);
+}
+
+/* Decodes an 8x8 latent (cheap) with v; the image is malloc'd. */
+static float *vae_small_decode(const sd_vae *v, const float *z, sd_pool *pool)
+{
+    int f = vae_scale(&v->config);
+    size_t bytes = sd_vae_decode_arena_bytes(&v->config, 8, 8);
+    sd_arena *a = vae_exact_arena(bytes);
+    float *img = (float *)calloc((size_t)3 * 64 * f * f, sizeof(float));
+    sd_error err;
+    int rc = sd_vae_decode(v, z, 8, 8, img, pool, a, &err);
+    CHECK(rc == SD_OK, "8x8 decode: %s", rc ? err.message : "");
+    free_arena(a);
+    return img;
+}
+
+/* Loader errors and alternative layouts, on edited copies of the model's VAE tensors. */
+static void vae_test_files(const char *label, const sd_safetensors *st, const sd_vae *v, sd_pool *pool)
+{
+    int original = !strncmp(v->decoder.conv_in.w->name, "first_stage_model.", 18);
+    const char *keep = original ? "first_stage_model." : NULL;
+    float z[4 * 64];
+    if (v->config.embed_dim != 4 || vae_scale(&v->config) != 8) return;   /* the sizes below are SD's */
+    for (int i = 0; i < 4 * 64; i++) z[i] = (float)sin(0.37 * i) * 3.0f;
+    float *ref = vae_small_decode(v, z, pool);
+    sd_arena *a = test_arena(1 << 20);
+    sd_safetensors st2;
+    sd_vae *v2;
+    sd_error err;
+    unsigned char *bytes;
+    char want[400];
+
+    /* a missing tensor is named */
+    const char *gone = v->decoder.mid1.conv1.w->name;
+    vae_edit e = {keep, NULL, gone, NULL, NULL};
+    int rc = vae_load_edited(st, SD_DTYPE_COUNT, &e, a, &v2, &bytes, &st2, &err);
+    snprintf(want, sizeof want, "'%s'", gone);
+    CHECK(rc == SD_ERR_MISSING && strstr(err.message, want), "%s: without %s: rc %d, '%s'", label, gone, rc, err.message);
+    free(bytes);
+    sd_arena_reset(a, 0);
+
+    /* so is a tensor of the wrong shape */
+    const char *bent = v->decoder.attn.q.w->name;
+    vae_edit e2 = {keep, NULL, NULL, bent, NULL};
+    rc = vae_load_edited(st, SD_DTYPE_COUNT, &e2, a, &v2, &bytes, &st2, &err);
+    snprintf(want, sizeof want, "'%s' has shape", bent);
+    CHECK(rc == SD_ERR_SHAPE && strstr(err.message, want), "%s: reshaped %s: rc %d, '%s'", label, bent, rc, err.message);
+    free(bytes);
+    sd_arena_reset(a, 0);
+
+    /* metadata that contradicts the tensors: one ResNet fewer in the level the loader counts them in */
+    if (sd_safetensors_meta(st, "sd.vae.num_res_blocks")) {
+        char last[300];
+        const vae_level *l0 = &v->decoder.level[original ? v->config.levels - 1 : 0];   /* up.0 / up_blocks.0 */
+        snprintf(last, sizeof last, "%s", l0->res[l0->resnets - 1].conv1.w->name);
+        *strrchr(last, '.') = 0;
+        *strrchr(last, '.') = 0;   /* the block's prefix */
+        vae_edit e3 = {keep, NULL, last, NULL, NULL};
+        rc = vae_load_edited(st, SD_DTYPE_COUNT, &e3, a, &v2, &bytes, &st2, &err);
+        CHECK(rc == SD_ERR_FORMAT && strstr(err.message, "sd.vae.num_res_blocks"), "%s: without %s: rc %d, '%s'", label, last, rc, err.message);
+        free(bytes);
+        sd_arena_reset(a, 0);
+    }
+
+    /* bf16 weights work too (rounded, so only close to the f16/f32 result) */
+    vae_edit e7 = {keep, NULL, NULL, NULL, NULL};
+    rc = vae_load_edited(st, SD_BF16, &e7, a, &v2, &bytes, &st2, &err);
+    if (CHECK(rc == SD_OK && v2->decoder.conv_in.w->dtype == SD_BF16, "%s: bf16 copy: %s", label, rc ? err.message : "")) {
+        float *img = vae_small_decode(v2, z, pool);
+        snprintf(want, sizeof want, "%s: bf16 weights vs f16", label);
+        check_close(want, img, ref, 3 * 64 * 64, 0.05);
+        free(img);
+    }
+    free(bytes);
+    sd_arena_reset(a, 0);
+
+    /* the other spellings of the same weights decode bit-identically: a standalone original-layout
+       VAE (no prefix), or diffusers' pre-0.14 attention names */
+    static const char *const old_names[] = {"to_q.", "query.", "to_k.", "key.", "to_v.", "value.", "to_out.0.", "proj_attn.", NULL};
+    vae_edit e4 = {keep, "first_stage_model.", NULL, NULL, original ? NULL : old_names};
+    rc = vae_load_edited(st, SD_DTYPE_COUNT, &e4, a, &v2, &bytes, &st2, &err);
+    if (CHECK(rc == SD_OK, "%s: %s: %s", label, original ? "without prefix" : "old attention names", rc ? err.message : "")) {
+        CHECK(v2->decoder.attn.q.w != NULL && (original || strstr(v2->decoder.attn.q.w->name, "query")),
+              "%s: renamed attention not used", label);
+        float *img = vae_small_decode(v2, z, pool);
+        CHECK(!memcmp(img, ref, sizeof(float) * 3 * 64 * 64), "%s: renamed copy decodes differently", label);
+        free(img);
+    }
+    free(bytes);
+    sd_arena_reset(a, 0);
+
+    /* a decoder-only file loads, and encoding says why it cannot */
+    vae_edit e5 = {keep, "first_stage_model.", "encoder.", NULL, NULL};
+    rc = vae_load_edited(st, SD_DTYPE_COUNT, &e5, a, &v2, &bytes, &st2, &err);
+    if (CHECK(rc == SD_OK && !v2->config.has_encoder, "%s: decoder-only file: rc %d %s", label, rc, rc ? err.message : "")) {
+        float img[3 * 64 * 64], mom[8 * 64];
+        memset(img, 0, sizeof img);
+        rc = sd_vae_encode(v2, img, 64, 64, mom, pool, a, &err);
+        CHECK(rc == SD_ERR_UNSUPPORTED && strstr(err.message, "encoder"), "%s: encode without encoder: rc %d '%s'", label, rc, err.message);
+    }
+    free(bytes);
+    sd_arena_reset(a, 0);
+
+    /* a file with no VAE at all */
+    vae_edit e6 = {keep, NULL, original ? "first_stage_model." : "decoder.", NULL, NULL};
+    rc = vae_load_edited(st, SD_DTYPE_COUNT, &e6, a, &v2, &bytes, &st2, &err);
+    CHECK(rc == SD_ERR_MISSING && strstr(err.message, "no VAE"), "%s: no VAE: rc %d '%s'", label, rc, err.message);
+    free(bytes);
+    free_arena(a);
+    free(ref);
+}
+
+/* Arena sizes are exact: a run succeeds with exactly the bytes asked for and fails cleanly with one
+   byte fewer (the arena left as it was); the tiled decode equals the plain one when one tile covers all. */
+static void vae_test_memory(const char *label, const sd_vae *v, sd_pool *pool)
+{
+    const sd_vae_config *c = &v->config;
+    int f = vae_scale(c), h = 8, w = 12;
+    float *z = (float *)malloc(sizeof(float) * c->embed_dim * h * w);
+    float *img = (float *)malloc(sizeof(float) * 3 * h * w * f * f), *img2 = (float *)malloc(sizeof(float) * 3 * h * w * f * f);
+    float *mom = (float *)malloc(sizeof(float) * 2 * c->embed_dim * h * w);
+    sd_error err;
+    for (int i = 0; i < c->embed_dim * h * w; i++) z[i] = (float)cos(0.21 * i) * 4.0f;
+    for (int k = 0; k < 3; k++) {   /* decode, tiled decode (tiles 8, overlap 4: 2 tiles), encode */
+        size_t bytes = k == 0 ? sd_vae_decode_arena_bytes(c, h, w) : k == 1 ? sd_vae_decode_tiled_arena_bytes(c, h, w, 8, 4)
+                     : sd_vae_encode_arena_bytes(c, f * h, f * w);
+        const char *what = k == 0 ? "decode" : k == 1 ? "tiled decode" : "encode";
+        for (int less = 0; less < 2; less++) {
+            sd_arena *a = vae_exact_arena(bytes - (size_t)less);
+            int rc = k == 0 ? sd_vae_decode(v, z, h, w, img, pool, a, &err)
+                   : k == 1 ? sd_vae_decode_tiled(v, z, h, w, 8, 4, img, pool, a, &err)
+                   : sd_vae_encode(v, img2, f * h, f * w, mom, pool, a, &err);
+            if (less) CHECK(rc == SD_ERR_MEMORY && a->used == 0 && strstr(err.message, "arena"),
+                            "%s: %s with %zu - 1 bytes: rc %d, used %zu, '%s'", label, what, bytes, rc, a->used, err.message);
+            else CHECK(rc == SD_OK && a->used == 0 && a->peak == bytes, "%s: %s with exactly %zu bytes: rc %d, peak %zu (%s)",
+                       label, what, bytes, rc, a->peak, rc ? err.message : "");
+            free_arena(a);
+        }
+        if (k == 0) memcpy(img2, img, sizeof(float) * 3 * h * w * f * f);   /* keep the plain decode */
+    }
+    /* one tile covering the whole latent is the plain decode, bit for bit */
+    sd_arena *a = test_arena(sd_vae_decode_tiled_arena_bytes(c, h, w, 16, 4) + SD_ALIGN);
+    int rc = sd_vae_decode_tiled(v, z, h, w, 16, 4, img, pool, a, &err);
+    CHECK(rc == SD_OK && !memcmp(img, img2, sizeof(float) * 3 * h * w * f * f), "%s: one-tile decode differs from the plain one (%s)", label, rc ? err.message : "");
+    /* two threads give the same bits as one */
+    sd_arena *pa = test_arena(pool_arena_bytes(2) + SD_ALIGN);
+    sd_pool pool2;
+    if (CHECK(pool_init(&pool2, 2, pa, &err) == SD_OK, "pool of 2: %s", err.message)) {
+        rc = sd_vae_decode(v, z, h, w, img, &pool2, a, &err);
+        CHECK(rc == SD_OK && !memcmp(img, img2, sizeof(float) * 3 * h * w * f * f), "%s: decode with 2 threads differs from 1 (%s)", label, rc ? err.message : "");
+        pool_free(&pool2);
+    }
+    free_arena(pa);
+    /* bad arguments are refused, not crashed on */
+    CHECK(sd_vae_decode(v, z, 0, w, img, pool, a, &err) == SD_ERR_ARG, "%s: decode of a 0-row latent accepted", label);
+    CHECK(sd_vae_decode(v, NULL, h, w, img, pool, a, &err) == SD_ERR_ARG, "%s: NULL latents accepted", label);
+    CHECK(sd_vae_decode_tiled(v, z, h, w, 8, 8, img, pool, a, &err) == SD_ERR_ARG, "%s: overlap = tile accepted", label);
+    CHECK(sd_vae_encode(v, img2, f * h + 4, f * w, mom, pool, a, &err) == SD_ERR_ARG, "%s: encode of %d rows accepted", label, f * h + 4);
+    CHECK(a->used == 0, "%s: refused calls took arena memory", label);
+    free_arena(a);
+    free(z); free(img); free(img2); free(mom);
+}
+
+/* Tiled decoding of a golden latent against its untiled golden image. Each tile's GroupNorms and
+   mid-block attention see only the tile, so the result is close to the untiled one, not equal:
+   with tiles of 2/3 x 2/5 of the 24x40 latent (random weights, whose attention is sharp) the
+   measured deviation is 0.25 of max|image| at the worst pixel and 0.02 on average; the bounds
+   below (0.3, 0.03) leave room for other summation orders, not for a blending bug (weights not
+   divided by their sum, for one, give 0.66 and 0.04). */
+static void vae_test_tiled(const char *label, const sd_vae *v, golden_file *g, sd_pool *pool)
+{
+    const sd_tensor *zt = sd_safetensors_find(&g->st, "decode1.decoder_input");
+    const sd_tensor *it = sd_safetensors_find(&g->st, "decode1.image");
+    if (!zt || !it || zt->ndim != 4) return;
+    int h = (int)zt->shape[2], w = (int)zt->shape[3], f = vae_scale(&v->config), tile = h / 2 + 4, overlap = h / 4;
+    size_t n = (size_t)3 * h * w * f * f, bytes = sd_vae_decode_tiled_arena_bytes(&v->config, h, w, tile, overlap);
+    float *img = (float *)malloc(n * sizeof(float));
+    sd_arena *a = vae_exact_arena(bytes);
+    sd_error err;
+    int rc = sd_vae_decode_tiled(v, (const float *)zt->data, h, w, tile, overlap, img, pool, a, &err);
+    if (CHECK(rc == SD_OK, "%s: tiled decode: %s", label, rc ? err.message : "")) {
+        const float *ref = (const float *)it->data;
+        double maxd = 0, sum = 0, maxref = 0;
+        for (size_t i = 0; i < n; i++) {
+            double d = fabs((double)img[i] - ref[i]);
+            sum += d;
+            if (!(d <= maxd)) maxd = d;
+            if (fabs(ref[i]) > maxref) maxref = fabs(ref[i]);
+        }
+        printf("  %s: tiled decode of %dx%d in %dx%d tiles (overlap %d): max|diff|/max|untiled| %.3g, mean|diff| %.3g, %zu arena bytes\n",
+               label, h, w, tile, tile, overlap, maxd / maxref, sum / n, bytes);
+        CHECK(maxd <= 0.3 * maxref && sum / n <= 0.03 * maxref, "%s: tiled decode too far from the untiled one: max %.3g, mean %.3g (max|untiled| %.3g)",
+              label, maxd, sum / n, maxref);
+    }
+    free_arena(a);
+    free(img);
+}
+
+/* The blending weights of tiled decoding add up to one at every pixel (so no seam or brightness
+   step can show), and the tiles cover the axis with at least the asked overlap. */
+static void vae_test_tile_weights(void)
+{
+    static const int cases[][3] = {{40, 16, 6}, {24, 16, 6}, {100, 32, 8}, {33, 32, 0}, {64, 64, 16}, {65, 20, 9}, {7, 3, 2}};
+    const int f = 8;
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        int n = cases[k][0], tile = cases[k][1], overlap = cases[k][2], count = vae_tile_count(n, tile, overlap), ok = 1;
+        float *sum = (float *)calloc((size_t)n * f, sizeof(float)), *wt = (float *)malloc((size_t)tile * f * sizeof(float));
+        for (int i = 0; i < count; i++) {
+            int s = vae_tile_start(i, count, n, tile);
+            ok &= s >= 0 && s + tile <= n && (i == 0 || s <= vae_tile_start(i - 1, count, n, tile) + tile - overlap);
+            vae_tile_weights(wt, i, count, n, tile, overlap, f);
+            for (int p = 0; p < tile * f; p++) sum[s * f + p] += wt[p];
+        }
+        ok &= vae_tile_start(count - 1, count, n, tile) + tile == n;
+        for (int p = 0; p < n * f; p++) ok &= fabsf(sum[p] - 1.0f) < 1e-5f;
+        CHECK(ok, "tiles over %d latent pixels (tile %d, overlap %d, %d tiles): coverage or weights wrong", n, tile, overlap, count);
+        free(sum);
+        free(wt);
+    }
+}
+
+/* Every decode{i} and encode{i} case of a golden vae.safetensors, through one model file. */
+static void vae_test_model(const char *label, const char *model_path, const char *golden_rel, int extras)
+{
+    size_t size;
+    unsigned char *bytes = read_file(model_path, &size);
+    sd_arena *meta = test_arena(8u << 20), *pool_arena = test_arena(pool_arena_bytes(1) + SD_ALIGN);
+    sd_safetensors st;
+    sd_vae *v = NULL;
+    sd_error err;
+    sd_pool pool;
+    golden_file *g = golden_open(golden_rel);
+    char name[128], what[400];
+    if (!CHECK(bytes && g, "%s: cannot read %s or %s", label, model_path, golden_rel)) goto done;
+    if (!CHECK(sd_safetensors_open(&st, bytes, size, meta, &err) == SD_OK, "%s: %s", label, err.message)) goto done;
+    if (!CHECK(sd_vae_load(&v, &st, meta, &err) == SD_OK, "%s: load: %s", label, err.message)) goto done;
+    if (!CHECK(pool_init(&pool, 1, pool_arena, &err) == SD_OK, "pool: %s", err.message)) goto done;
+    const sd_vae_config *c = &v->config;
+    const char *gs = sd_safetensors_meta(&g->st, "scaling_factor");
+    if (sd_safetensors_meta(&st, "sd.vae.scaling_factor") && gs)
+        CHECK(fabs(c->scaling_factor - atof(gs)) < 1e-7, "%s: scaling factor %g, golden %s", label, (double)c->scaling_factor, gs);
+    printf("  %s: VAE %d levels, channels %d..%d, %d ResNets/level, z %d, scaling %g%s, weights %s\n", label, c->levels,
+           c->channels[0], c->channels[c->levels - 1], c->num_res_blocks, c->z_channels, (double)c->scaling_factor,
+           sd_safetensors_meta(&st, "sd.vae.scaling_factor") ? "" : " (default: no metadata)", sd_dtype_name(v->decoder.conv_in.w->dtype));
+
+    for (int i = 0;; i++) {   /* decode cases */
+        snprintf(name, sizeof name, "decode%d.decoder_input", i);
+        const sd_tensor *zt = sd_safetensors_find(&g->st, name);
+        if (!zt) break;
+        int64_t n;
+        snprintf(name, sizeof name, "decode%d.image", i);
+        const float *want = golden_f32(g, name, &n);
+        if (!want || !CHECK(zt->ndim == 4 && zt->shape[1] == c->embed_dim, "%s: decode%d input shape", label, i)) continue;
+        int h = (int)zt->shape[2], w = (int)zt->shape[3];
+        size_t need = sd_vae_decode_arena_bytes(c, h, w);
+        sd_arena *a = vae_exact_arena(need);
+        float *img = (float *)malloc((size_t)n * sizeof(float));
+        snprintf(name, sizeof name, "decode%d", i);
+        vae_debug d = {g, label, name, 2e-5, 0};
+        int rc = vae_decode_run(v, (const float *)zt->data, h, w, img, &pool, vae_debug_probe, &d, a, &err);
+        if (CHECK(rc == SD_OK, "%s: decode%d: %s", label, i, rc ? err.message : "")) {
+            CHECK(n == (int64_t)3 * h * w * vae_scale(c) * vae_scale(c), "%s: decode%d image size", label, i);
+            snprintf(what, sizeof what, "%s decode%d.image (%dx%d)", label, i, h, w);
+            check_close(what, img, want, n, 2e-5);
+            CHECK(d.seen == vae_debug_count(g, name), "%s: %d of %d debug tensors of decode%d met", label, d.seen, vae_debug_count(g, name), i);
+        }
+        free(img);
+        free_arena(a);
+    }
+
+    for (int i = 0; c->has_encoder; i++) {   /* encode cases */
+        snprintf(name, sizeof name, "encode%d.image_uint8", i);
+        const sd_tensor *ut = sd_safetensors_find(&g->st, name);
+        if (!ut) break;
+        if (!CHECK(ut->dtype == SD_U8 && ut->ndim == 3 && ut->shape[2] == 3, "%s: %s shape", label, name)) continue;
+        int H = (int)ut->shape[0], W = (int)ut->shape[1], f = vae_scale(c), e = c->embed_dim;
+        size_t P = (size_t)H * W, p = P / ((size_t)f * f);
+        const uint8_t *u8 = (const uint8_t *)ut->data;
+        float *x = (float *)malloc(3 * P * sizeof(float)), *mom = (float *)malloc(2 * e * p * sizeof(float));
+        float *post = (float *)malloc(3 * e * p * sizeof(float));
+        for (size_t k = 0; k < P; k++)   /* HWC uint8 → NCHW in [-1, 1], as diffusers' VaeImageProcessor */
+            for (int ch = 0; ch < 3; ch++) x[ch * P + k] = 2.0f * ((float)u8[k * 3 + ch] / 255.0f) - 1.0f;
+        sd_arena *a = vae_exact_arena(sd_vae_encode_arena_bytes(c, H, W));
+        snprintf(name, sizeof name, "encode%d", i);
+        vae_debug d = {g, label, name, 1e-4, 0};
+        int rc = vae_encode_run(v, x, H, W, mom, &pool, vae_debug_probe, &d, a, &err);
+        if (CHECK(rc == SD_OK, "%s: encode%d: %s", label, i, rc ? err.message : "")) {
+            static const char *const parts[4] = {"moments", "mean", "logvar", "std"};
+            sd_vae_posterior(mom, e, H / f, W / f, post, post + e * p, post + 2 * e * p);
+            for (int k = 0; k < 4; k++) {
+                int64_t n;
+                snprintf(what, sizeof what, "encode%d.%s", i, parts[k]);
+                const float *want = golden_f32(g, what, &n);
+                if (!want || !CHECK(n == (int64_t)(k ? e : 2 * e) * (int64_t)p, "%s: %s size", label, what)) continue;
+                snprintf(what, sizeof what, "%s encode%d.%s (%dx%d)", label, i, parts[k], H, W);
+                check_close(what, k ? post + (k - 1) * e * p : mom, want, n, 1e-4);
+            }
+            CHECK(d.seen == vae_debug_count(g, name), "%s: %d of %d debug tensors of encode%d met", label, d.seen, vae_debug_count(g, name), i);
+        }
+        free_arena(a);
+        free(x); free(mom); free(post);
+    }
+
+    /* sampling, as the img2img goldens did it: init_latents = scaling · (mean + std · noise) */
+    if (sd_safetensors_meta(&st, "sd.vae.scaling_factor")) {
+        char dir[1024], sub[128], rel2[420];
+        snprintf(sub, sizeof sub, "%.127s", golden_rel);
+        *strrchr(sub, '/') = 0;   /* the model's golden folder */
+        snprintf(dir, sizeof dir, "%s/%s", golden_dir, sub);
+        DIR *dd = opendir(dir);
+        struct dirent *de;
+        while (dd && (de = readdir(dd))) {
+            if (strncmp(de->d_name, "img2img_", 8) || !strstr(de->d_name, ".safetensors")) continue;
+            snprintf(rel2, sizeof rel2, "%.127s/%.280s", sub, de->d_name);
+            golden_file *gi = golden_open(rel2);
+            int64_t n1, n2, n3, n4;
+            const float *m = gi ? golden_f32(gi, "posterior_mean", &n1) : NULL, *s = gi ? golden_f32(gi, "posterior_std", &n2) : NULL;
+            const float *nz = gi ? golden_f32(gi, "posterior_noise", &n3) : NULL, *want = gi ? golden_f32(gi, "init_latents", &n4) : NULL;
+            if (m && s && nz && want && CHECK(n1 == n2 && n2 == n3 && n3 == n4, "%s: %s sizes", label, rel2)) {
+                float *lat = (float *)malloc((size_t)n1 * sizeof(float));
+                sd_vae_sample(m, s, nz, (size_t)n1, lat);
+                for (int64_t k = 0; k < n1; k++) lat[k] *= c->scaling_factor;
+                snprintf(name, sizeof name, "%s init_latents", label);
+                check_close(name, lat, want, n1, 1e-6);
+                free(lat);
+            }
+            golden_close(gi);
+        }
+        if (dd) closedir(dd);
+    }
+
+    if (extras) {
+        vae_test_memory(label, v, &pool);
+        vae_test_tiled(label, v, g, &pool);
+    }
+    vae_test_files(label, &st, v, &pool);
+    pool_free(&pool);
+done:
+    golden_close(g);
+    free_arena(meta);
+    free_arena(pool_arena);
+    free(bytes);
+}
+
+/* Arena bytes from the configuration alone, for the real SD VAE; tiled memory does not grow. */
+static void vae_test_sizes(void)
+{
+    sd_vae_config c;
+    sd_vae_config_default(&c);
+    size_t d512 = sd_vae_decode_arena_bytes(&c, 64, 64), d1024 = sd_vae_decode_arena_bytes(&c, 128, 128);
+    size_t e512 = sd_vae_encode_arena_bytes(&c, 512, 512), t = sd_vae_decode_tiled_arena_bytes(&c, 128, 128, 64, 16);
+    printf("  SD VAE (128, 256, 512, 512): decode 512x512 %zu bytes (%.1f MiB), 1024x1024 %zu (%.1f MiB); encode 512x512 %zu (%.1f MiB); "
+           "tiled 64/16 decode %zu (%.1f MiB)\n", d512, d512 / 1048576.0, d1024, d1024 / 1048576.0, e512, e512 / 1048576.0, t, t / 1048576.0);
+    /* the largest decoder activation at 512x512 is 256 channels at full size (256 MiB); x, s and t
+       then hold 256 + 128 + 128 channels, plus a band of the upsampling conv */
+    CHECK(d512 >= (size_t)512 * 512 * 512 * 4 && d512 < (size_t)512 * 512 * 512 * 4 + (64u << 20), "decode 512x512: %zu bytes", d512);
+    CHECK(d1024 >= 4 * (size_t)512 * 512 * 512 * 4 && d1024 < 4 * (size_t)512 * 512 * 512 * 4 + (128u << 20), "decode 1024x1024: %zu bytes", d1024);
+    CHECK(t == sd_vae_decode_tiled_arena_bytes(&c, 512, 384, 64, 16), "tiled decode memory grows with the image");
+    CHECK(sd_vae_decode_arena_bytes(&c, 0, 64) == 0 && sd_vae_encode_arena_bytes(&c, 500, 512) == 0, "invalid sizes give 0 bytes");
+    c.channels[1] = 100;   /* not a multiple of 32 groups */
+    CHECK(sd_vae_decode_arena_bytes(&c, 64, 64) == 0, "an invalid configuration gives 0 bytes");
+}
+
+static int vae_compare_names(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+
+static void test_vae(void)
+{
+    char dir[1024], path[1200], rel[600], label[100], *names[256];
+    int n = 0, extras = 1;
+    vae_test_sizes();
+    vae_test_tile_weights();
+    snprintf(dir, sizeof dir, "%s/models", golden_dir);
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    while (d && n < 256 && (de = readdir(d)))
+        if (de->d_name[0] != '.') {
+            names[n] = (char *)malloc(strlen(de->d_name) + 1);
+            memcpy(names[n++], de->d_name, strlen(de->d_name) + 1);
+        }
+    if (d) closedir(d);
+    qsort(names, (size_t)n, sizeof *names, vae_compare_names);
+    for (int i = 0; i < n; i++) {
+        char base[300];
+        size_t len = strlen(names[i]);
+        snprintf(base, sizeof base, "%s", names[i]);
+        if (len > 12 && !strcmp(names[i] + len - 12, ".safetensors")) {
+            base[len - 12] = 0;
+            snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        } else {
+            snprintf(path, sizeof path, "%s/%s/vae/diffusion_pytorch_model.safetensors", dir, names[i]);
+            if (!file_exists(path)) continue;
+        }
+        len = strlen(base);   /* NAME-fp16 and NAME-diffusers hold the weights of NAME */
+        if (len > 5 && !strcmp(base + len - 5, "-fp16")) base[len - 5] = 0;
+        else if (len > 10 && !strcmp(base + len - 10, "-diffusers")) base[len - 10] = 0;
+        snprintf(rel, sizeof rel, "%s/vae.safetensors", base);
+        char full[1200];
+        snprintf(full, sizeof full, "%s/%s", golden_dir, rel);
+        if (!file_exists(full)) { printf("  %s: no %s, skipped\n", names[i], rel); continue; }
+        snprintf(label, sizeof label, "%s", names[i]);
+        vae_test_model(label, path, rel, extras);
+        extras = 0;   /* sizes and tiling once, on the first model */
+    }
+    CHECK(n > 0, "no models under %s", dir);
+    for (int i = 0; i < n; i++) free(names[i]);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1) golden_dir = argv[1];
@@ -2381,6 +2908,7 @@ int main(int argc, char **argv)
     test_tokenizer();
     test_text_encoder();
     test_unet();
+    test_vae();
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail != 0;
 }
