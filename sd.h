@@ -359,6 +359,76 @@ SD_API void sd_vae_posterior(const float *moments, int channels, int h, int w,
    (unscaled: the pipeline multiplies by scaling_factor). */
 SD_API void sd_vae_sample(const float *mean, const float *std, const float *noise, size_t n, float *out);
 
+/* What a model is made of: one single-file checkpoint, or the safetensors files of a diffusers
+   folder (unet, vae and text_encoder files, in any order), plus CLIP's merges.txt. The bytes stay
+   the caller's (read or mmap'd) and must outlive the model. */
+#define SD_MAX_FILES 4
+typedef struct sd_source {
+    const void *data[SD_MAX_FILES];
+    size_t size[SD_MAX_FILES];
+    int count;
+    const char *merges;   /* Hugging Face merges.txt bytes */
+    size_t merges_size;
+} sd_source;
+
+typedef struct sd_model sd_model;
+
+/* Opens the files, finds the tokenizer, text encoder, UNet and VAE, and works out the family
+   (SD1 or SD2, epsilon or v prediction) from the tensors and metadata. Tables only: a few MB
+   of the arena (the tokenizer's) and no weight copies. */
+SD_API int sd_model_load(sd_model **model, const sd_source *src, sd_arena *a, sd_error *err);
+
+/* Arena bytes that are enough for sd_model_load of these files (a bound from the header sizes;
+   the tables are a few MB: nothing is copied). 0 if a file is too short to hold a header. */
+SD_API size_t sd_model_arena_bytes(const sd_source *src);
+
+/* What was found, for display. */
+typedef struct sd_model_info {
+    int version;   /* 1 (SD 1.x), 2 (SD 2.x) */
+    int prediction;   /* SD_PREDICT_EPSILON or SD_PREDICT_V */
+    int diffusers;   /* 1 if loaded from a diffusers folder's files */
+    int text_width, text_layers;
+    float vae_scale;
+} sd_model_info;
+SD_API void sd_model_get_info(const sd_model *model, sd_model_info *info);
+
+enum { SD_SAMPLER_DDIM };
+
+/* One generation. sd_params_init() fills the defaults; change what you need. */
+typedef struct sd_params {
+    const char *prompt, *negative_prompt;   /* UTF-8; NULL = "" */
+    int width, height;   /* pixels, multiples of 8 (default 512 x 512) */
+    int steps;   /* default 20 */
+    float guidance;   /* classifier-free guidance scale, default 7.5; 1 = no unconditional pass */
+    uint64_t seed;   /* torch.manual_seed(seed): the same noise diffusers draws on the CPU */
+    int sampler;   /* SD_SAMPLER_DDIM */
+    int spacing;   /* SD_SPACING_LEADING (SD's default) or _TRAILING / _LINSPACE */
+    float eta;   /* DDIM eta, default 0 (deterministic) */
+    int prediction;   /* -1 (default): the model's own; or SD_PREDICT_EPSILON / SD_PREDICT_V */
+    int clip_skip;   /* 0 or 1: the model's own text layer; N: stop N - 1 layers earlier */
+    int threads;   /* default 1 */
+    const uint8_t *init_rgb;   /* img2img: RGB8 width x height image, or NULL for txt2img */
+    double strength;   /* img2img: how much of the schedule to run (default 0.8) */
+    const float *initial_latents;   /* optional [1, 4, h/8, w/8] instead of noise from the seed */
+    const float *posterior_noise;   /* optional img2img noise for the VAE posterior sample */
+    const float *noise;   /* optional img2img noise added at the start timestep */
+    float *latents_out;   /* optional: the final latents [1, 4, h/8, w/8] */
+    float *image_out;   /* optional: the decoded image [1, 3, h, w] before clamping */
+    int (*progress)(void *user, int step, int steps);   /* non-zero return cancels */
+    void *user;
+} sd_params;
+
+SD_API void sd_params_init(sd_params *p);
+
+/* Exact arena bytes sd_generate needs with these parameters (0 if they are invalid): allocate
+   once, and the generation never fails midway for lack of memory. */
+SD_API size_t sd_generate_arena_bytes(const sd_model *model, const sd_params *p);
+
+/* Prompt in, RGB8 pixels out (rgb_out: width x height x 3). Checks the parameters and the
+   arena before any work; gives the arena back as it was. */
+SD_API int sd_generate(const sd_model *model, const sd_params *p, sd_arena *a, uint8_t *rgb_out,
+                       sd_error *err);
+
 #ifdef __cplusplus
 }
 #endif
@@ -1035,6 +1105,13 @@ static sd_tensor tensor_rows(const sd_tensor *t, int64_t r0, int64_t n)
    that depends only on the shapes (never on the thread count or the task split), so results
    are bit-identical for any number of threads. */
 
+#if defined(__cplusplus) && defined(__GNUC__) && !defined(__clang__)
+/* g++ 12 sees "maybe uninitialized" in its own avx512fintrin.h (_mm512_undefined_ps) wherever
+   those intrinsics inline; popped at the end of this section. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 #if !defined(SD_NO_SIMD) && defined(__AVX512F__)
 #define SD_SIMD "avx512"
 #elif !defined(SD_NO_SIMD) && defined(__AVX2__) && defined(__FMA__)
@@ -1490,7 +1567,7 @@ struct sd_pool {
 #define POOL_PAGE 4096u
 
 /* Arena bytes pool_init takes for `threads` threads: scratch for each, a stack for each worker. */
-static size_t pool_arena_bytes(int threads)
+SD_MAYBE_UNUSED static size_t pool_arena_bytes(int threads)
 {
     size_t scratch = (SD_POOL_SCRATCH_FLOATS * sizeof(float) + SD_ALIGN - 1) & ~(size_t)(SD_ALIGN - 1);
     size_t stack = ((size_t)SD_POOL_STACK_BYTES + POOL_PAGE + SD_ALIGN - 1) & ~(size_t)(SD_ALIGN - 1);
@@ -1526,7 +1603,7 @@ static void *pool_worker_main(void *p)
 }
 #endif
 
-static void pool_free(sd_pool *p)
+SD_MAYBE_UNUSED static void pool_free(sd_pool *p)
 {
 #ifndef SD_NO_THREADS
     if (p->sync_ready) {
@@ -1545,7 +1622,7 @@ static void pool_free(sd_pool *p)
     p->threads = 0;
 }
 
-static int pool_init(sd_pool *p, int threads, sd_arena *a, sd_error *err)
+SD_MAYBE_UNUSED static int pool_init(sd_pool *p, int threads, sd_arena *a, sd_error *err)
 {
     size_t mark = sd_arena_mark(a);
     memset(p, 0, sizeof *p);
@@ -1629,7 +1706,6 @@ static void pool_run(sd_pool *pool, pool_task fn, void *arg, int ntasks)
 #define GEMM_NR (2 * VF_WIDTH)
 #define GEMM_KC_MAX 288          /* K per packed block: a 3x3 conv's 9 taps x 32 channels */
 #define GEMM_NC 512              /* N per packed block: 288 x 512 floats = 576 KiB, fits L2 */
-#define GEMM_SMALL_M 4           /* below this many rows, dot products beat packing */
 
 static const float zero_row[GEMM_KC_MAX] = {0};   /* the input "pixel" in the padding */
 
@@ -1686,13 +1762,7 @@ static void gemm_tile(const float *const *a, int nseg, int len, const float *bp,
 #undef TILE_STORE
 }
 
-/* Packs columns n0..n0+nc of the weight's K block into GEMM_NR-wide k-major panels:
-   bp[panel][k][j] = w[n0 + panel·NR + j][src0 + s] where the block's source values s run over
-   `len` channels x `taps` taps (PyTorch's [Cout, Cin, kh, kw] order) and the packed k puts the
-   taps outermost (k = tap·len + channel), matching the micro-kernel's segments. */
-/* Packing goes VF_WIDTH weight rows x VF_WIDTH values at a time: converted as loaded,
-   transposed in registers, stored as VF_WIDTH packed k-rows (several times faster than a
-   scalar scatter, which matters when few rows of x share each packed block). */
+/* VF_WIDTH consecutive weights of type dt at p as f32 (only n of them exist; zeros after). */
 static inline vfloat pack_load(const unsigned char *p, sd_dtype dt, int n)
 {
     unsigned char t[4 * VF_WIDTH];
@@ -1701,6 +1771,13 @@ static inline vfloat pack_load(const unsigned char *p, sd_dtype dt, int n)
     return dt == SD_F16 ? vf_load_f16(p) : vf_load_bf16(p);
 }
 
+/* Packs columns n0..n0+nc of the weight's K block into GEMM_NR-wide k-major panels:
+   bp[panel][k][j] = w[n0 + panel·NR + j][src0 + s] where the block's source values s run over
+   `len` channels x `taps` taps (PyTorch's [Cout, Cin, kh, kw] order) and the packed k puts the
+   taps outermost (k = tap·len + channel), matching the micro-kernel's segments. It goes
+   VF_WIDTH weight rows x VF_WIDTH values at a time: converted as loaded, transposed in
+   registers, stored as VF_WIDTH packed k-rows (several times faster than a scalar scatter,
+   which matters when few rows of x share each packed block). */
 static void pack_weights(float *bp, const sd_tensor *w, int64_t row_len, int n0, int nc, int64_t src0,
                          int len, int taps)
 {
@@ -1799,7 +1876,9 @@ static void gemm_task(void *arg, int task, int thread)
 
 /* Splits the M x N output over the pool: the grid with the smallest estimated time, counting
    rounds of tasks over the threads, each task's multiply-adds per k, its weight packing (about
-   16 multiply-adds' time per packed value) and its rereading of x. */
+   16 multiply-adds' time per packed value) and its rereading of x (8), plus a quarter of a task for
+   the thread that finishes last when others are slowed down (shared machines): so with several
+   threads a few more, smaller tasks win as long as they do not repack much. */
 static void gemm_plan(gemm_job *j, int threads)
 {
     int tm = (j->M + GEMM_MR - 1) / GEMM_MR, tn = (j->N + GEMM_NR - 1) / GEMM_NR;
@@ -1808,7 +1887,8 @@ static void gemm_plan(gemm_job *j, int threads)
         for (int gm = 1; gm <= tm && gm * gn <= 4 * threads; gm++) {
             int mt = (tm + gm - 1) / gm, nt = (tn + gn - 1) / gn, rounds = (gm * gn + threads - 1) / threads;
             double mb = (double)mt * GEMM_MR, nb = (double)nt * GEMM_NR;
-            double cost = rounds * (mb * nb + 16.0 * nb + 2.0 * mb);
+            double task_cost = mb * nb + 16.0 * nb + 8.0 * mb;
+            double cost = (rounds + (threads > 1 ? 0.25 : 0.0)) * task_cost;
             if (best < 0 || cost < best * 0.999) {
                 best = cost;
                 j->gm = (tm + mt - 1) / mt;
@@ -1819,8 +1899,124 @@ static void gemm_plan(gemm_job *j, int threads)
         }
 }
 
+#if defined(__GNUC__) || defined(__clang__)
+#define prefetch_l2(p) __builtin_prefetch((p), 0, 2)
+#else
+#define prefetch_l2(p) ((void)(p))
+#endif
+
+/* With few rows of x (the UNet's 4x4 level, time embeddings) packing the weight costs more
+   than the products it feeds, so there the weight rows are read as they are and dotted with
+   the rows of x: DOT_MG rows of x x 4 weight rows of accumulators, vectorised along K, one
+   chunk of DOT_KC values of K at a time (the chunk of the 4 weight rows is converted to f32
+   first; a convolution's input is gathered into the chunk's im2col rows, which for so few
+   rows is cheap). Tasks split N only. */
+#define DOT_MAX_M 32             /* measured: dot products win up to ~40 rows, packing above */
+#define DOT_KC 2304              /* 256 channels x 9 taps */
+#if (defined(__AVX512F__) || defined(__aarch64__)) && !defined(SD_NO_SIMD)
+#define DOT_MG 4
+#define DOT_ROWS(X) X(0) X(1) X(2) X(3)
+#else
+#define DOT_MG 2
+#define DOT_ROWS(X) X(0) X(1)
+#endif
+
+/* out[j·4 + i] = Σ_k a_j[k] · wb[i·kl + k] for j < DOT_MG, i < 4. */
+static void dot_tile(const float *const *a, const float *wb, int kl, float *out)
+{
+    const float *w0 = wb, *w1 = wb + kl, *w2 = wb + 2 * (size_t)kl, *w3 = wb + 3 * (size_t)kl;
+    int k = 0;
+#define DOT_DECL(j) const float *a##j = a[j]; vfloat s##j##0 = vf_zero(), s##j##1 = vf_zero(), s##j##2 = vf_zero(), s##j##3 = vf_zero();
+#define DOT_FMA(j) s##j##0 = vf_fma(x##j, v0, s##j##0); s##j##1 = vf_fma(x##j, v1, s##j##1); \
+                   s##j##2 = vf_fma(x##j, v2, s##j##2); s##j##3 = vf_fma(x##j, v3, s##j##3);
+#define DOT_LOAD(j) vfloat x##j = vf_load(a##j + k);
+#define DOT_LOAD_N(j) vfloat x##j = vf_load_n(a##j + k, kl - k);
+#define DOT_OUT(j) out[j * 4] = vf_sum(s##j##0); out[j * 4 + 1] = vf_sum(s##j##1); \
+                   out[j * 4 + 2] = vf_sum(s##j##2); out[j * 4 + 3] = vf_sum(s##j##3);
+    DOT_ROWS(DOT_DECL)
+    for (; k + VF_WIDTH <= kl; k += VF_WIDTH) {
+        vfloat v0 = vf_load(w0 + k), v1 = vf_load(w1 + k), v2 = vf_load(w2 + k), v3 = vf_load(w3 + k);
+        DOT_ROWS(DOT_LOAD)
+        DOT_ROWS(DOT_FMA)
+    }
+    if (k < kl) {
+        int n = kl - k;
+        vfloat v0 = vf_load_n(w0 + k, n), v1 = vf_load_n(w1 + k, n), v2 = vf_load_n(w2 + k, n), v3 = vf_load_n(w3 + k, n);
+        DOT_ROWS(DOT_LOAD_N)
+        DOT_ROWS(DOT_FMA)
+    }
+    DOT_ROWS(DOT_OUT)
+#undef DOT_DECL
+#undef DOT_FMA
+#undef DOT_LOAD
+#undef DOT_LOAD_N
+#undef DOT_OUT
+}
+
+/* The convolution's im2col rows for K values k0..k0+kl, in the weight's (channel, tap) order. */
+static void dot_im2col(const gemm_job *j, float *col, int64_t k0, int kl)
+{
+    for (int m = 0; m < j->M; m++) {
+        int hw = j->Ho * j->Wo, bi = m / hw, oy = (m % hw) / j->Wo, ox = m % j->Wo;
+        int ci = (int)(k0 / j->taps), t = (int)(k0 % j->taps);
+        float *o = col + (size_t)m * kl;
+        for (int kk = 0; kk < kl; kk++) {
+            int iy = oy * j->s + t / j->k - j->pad, ix = ox * j->s + t % j->k - j->pad;
+            o[kk] = iy < 0 || iy >= j->H || ix < 0 || ix >= j->W ? 0.0f
+                  : j->x[(((size_t)bi * j->H + iy) * j->W + ix) * j->Cin + ci];
+            if (++t == j->taps) { t = 0; ci++; }
+        }
+    }
+}
+
+static void gemm_dot_task(void *arg, int task, int thread)
+{
+    const gemm_job *j = (const gemm_job *)arg;
+    int n_lo = task * j->nb, n_hi = n_lo + j->nb < j->N ? n_lo + j->nb : j->N, M = j->M;
+    int64_t K = j->row_len;
+    float *col = j->pool->scratch[thread], *wb = col + (j->conv ? (size_t)M * DOT_KC : 0);
+    const float *a[DOT_MAX_M];
+    for (int64_t k0 = 0; k0 < K; k0 += DOT_KC) {
+        int kl = K - k0 < DOT_KC ? (int)(K - k0) : DOT_KC, load = k0 > 0 || j->accumulate, last = k0 + kl == K;
+        if (j->conv) dot_im2col(j, col, k0, kl);
+        for (int m = 0; m < M; m++) a[m] = j->conv ? col + (size_t)m * kl : j->x + (size_t)m * j->ldx + k0;
+        for (int n = n_lo; n < n_hi; n += 4) {
+            int nn = n_hi - n < 4 ? n_hi - n : 4;
+            for (int i = 0; i < 4; i++) tensor_floats(wb + (size_t)i * kl, j->w, (size_t)((n + (i < nn ? i : 0)) * K + k0), kl);
+            if (n + 4 < n_hi) {   /* start fetching the next 4 weight rows while these compute */
+                size_t es = sd_dtype_size(j->w->dtype), bytes = (size_t)kl * es;
+                for (int i = 0; i < 4 && n + 4 + i < n_hi; i++) {
+                    const char *p = (const char *)j->w->data + ((size_t)(n + 4 + i) * K + k0) * es;
+                    for (size_t o = 0; o < bytes; o += 64) prefetch_l2(p + o);
+                }
+            }
+            for (int m = 0; m < M; m += DOT_MG) {
+                const float *ap[DOT_MG];
+                float s[DOT_MG * 4];
+                for (int r = 0; r < DOT_MG; r++) ap[r] = a[m + r < M ? m + r : m];
+                dot_tile(ap, wb, kl, s);
+                for (int r = 0; r < DOT_MG && m + r < M; r++)
+                    for (int i = 0; i < nn; i++) {
+                        float *yo = j->y + (size_t)(m + r) * j->ldy + n + i, v = s[r * 4 + i];
+                        if (load) v = *yo + v;
+                        if (last && j->b) v += tensor_get(j->b, (size_t)(n + i));
+                        *yo = v;
+                    }
+            }
+        }
+    }
+}
+
 static void gemm_run(gemm_job *j)
 {
+    if (j->M <= DOT_MAX_M) {
+        int threads = j->pool->threads, panels = (j->N + 3) / 4, gn = threads < panels ? threads : panels;
+        j->gn = gn;
+        j->nb = (panels + gn - 1) / gn * 4;
+        SD_ASSERT((size_t)(j->M + 4) * DOT_KC <= j->pool->scratch_floats);
+        pool_run(j->pool, gemm_dot_task, j, gn);
+        return;
+    }
     int maxlen = GEMM_KC_MAX / j->taps;
     SD_ASSERT(maxlen >= 1);
     j->nblocks = (j->depth + maxlen - 1) / maxlen;
@@ -1828,43 +2024,6 @@ static void gemm_run(gemm_job *j)
     SD_ASSERT((size_t)GEMM_KC_MAX * GEMM_NC + GEMM_NC + (size_t)j->taps * GEMM_MR * 2 <= j->pool->scratch_floats);
     gemm_plan(j, j->pool->threads);
     pool_run(j->pool, gemm_task, j, j->gm * j->gn);
-}
-
-/* For a few rows (time embeddings) packing costs more than it saves: plain dot products,
-   one task per 64 output columns. */
-typedef struct gemv_job {
-    sd_pool *pool;
-    float *y;
-    int ldy;
-    const float *x;
-    int ldx, M, N, K, accumulate;
-    const sd_tensor *w, *b;
-} gemv_job;
-
-static void gemv_task(void *arg, int task, int thread)
-{
-    const gemv_job *j = (const gemv_job *)arg;
-    float *tmp = j->pool->scratch[thread];
-    int n_hi = (task + 1) * 64 < j->N ? (task + 1) * 64 : j->N;
-    for (int n = task * 64; n < n_hi; n++) {
-        vfloat acc[GEMM_SMALL_M];
-        for (int m = 0; m < j->M; m++) acc[m] = vf_zero();
-        for (int k0 = 0; k0 < j->K; k0 += GEMM_KC_MAX) {
-            int len = j->K - k0 < GEMM_KC_MAX ? j->K - k0 : GEMM_KC_MAX, k;
-            tensor_floats(tmp, j->w, (size_t)n * j->K + k0, len);
-            for (int m = 0; m < j->M; m++) {
-                const float *xr = j->x + (size_t)m * j->ldx + k0;
-                for (k = 0; k + VF_WIDTH <= len; k += VF_WIDTH) acc[m] = vf_fma(vf_load(xr + k), vf_load(tmp + k), acc[m]);
-                if (k < len) acc[m] = vf_fma(vf_load_n(xr + k, len - k), vf_load_n(tmp + k, len - k), acc[m]);
-            }
-        }
-        float bias = j->b ? tensor_get(j->b, (size_t)n) : 0.0f;
-        for (int m = 0; m < j->M; m++) {
-            float *yo = j->y + (size_t)m * j->ldy + n, v = vf_sum(acc[m]);
-            if (j->accumulate) v = *yo + v;
-            *yo = j->b ? v + bias : v;
-        }
-    }
 }
 
 /* Row i of weight matrix w ([N, K], any float dtype) as float32 into out[0..K). */
@@ -1879,13 +2038,6 @@ static void matmul(sd_pool *pool, float *y, int ldy, const float *x, int ldx, in
                    const sd_tensor *w, const sd_tensor *b, int accumulate)
 {
     if (M <= 0 || N <= 0) return;
-    if (M < GEMM_SMALL_M) {
-        gemv_job g;
-        g.pool = pool; g.y = y; g.ldy = ldy; g.x = x; g.ldx = ldx; g.M = M; g.N = N; g.K = K;
-        g.accumulate = accumulate; g.w = w; g.b = b;
-        pool_run(pool, gemv_task, &g, (N + 63) / 64);
-        return;
-    }
     gemm_job j;
     memset(&j, 0, sizeof j);
     j.pool = pool; j.y = y; j.ldy = ldy; j.x = x; j.ldx = ldx; j.M = M; j.N = N;
@@ -1958,71 +2110,56 @@ static void add(float *y, const float *x, size_t n)
 /* GroupNorm over NHWC: for each batch item, channels split into `groups` contiguous groups,
    each normalised over (H·W, C/groups) with biased variance; then per-channel affine and
    optionally SiLU (the UNet and VAE always follow GroupNorm with SiLU except before attention).
-   y may equal x. One task per batch item and block of whole groups (at least 16 channels, a
-   cache line): it sums each channel over the pixels, shifted by the group's first value for a
-   stable one-pass variance, in float over 256 pixels and in double across them, then
-   normalises its channels. */
+   y may equal x. Three steps, all reading whole pixel rows: tasks over fixed chunks of pixels
+   sum each channel (shifted by its group's first value, for a stable one-pass variance) into
+   per-chunk partials; the caller adds the partials up per group in double, in chunk order; tasks
+   over the same chunks then normalise. The chunking depends only on the shape, so the result
+   does not depend on the thread count. The partials live in thread 0's scratch. */
 typedef struct groupnorm_job {
     float *y;
     const float *x;
-    int HW, C, groups, cg, gpt, with_silu;
-    const sd_tensor *gamma, *beta;
-    float eps;
-    sd_pool *pool;
+    int HW, C, chunk, nchunks, with_silu;
+    float *shift, *part, *scale, *offset;   /* [B][C] (shifts, then means), [B][nchunks][2][C], [B][C], [B][C] */
 } groupnorm_job;
 
-static void groupnorm_task(void *arg, int task, int thread)
+static void groupnorm_sums(void *arg, int task, int thread)
 {
     const groupnorm_job *j = (const groupnorm_job *)arg;
-    int nblk = (j->groups + j->gpt - 1) / j->gpt, b = task / nblk, g0 = (task % nblk) * j->gpt;
-    int g1 = g0 + j->gpt < j->groups ? g0 + j->gpt : j->groups, c0 = g0 * j->cg, cb = (g1 - g0) * j->cg;
-    int cpad = (cb + VF_WIDTH - 1) / VF_WIDTH * VF_WIDTH;
-    const float *xb = j->x + (size_t)b * j->HW * j->C + c0;
-    float *yb = j->y + (size_t)b * j->HW * j->C + c0;
-    double *dsum = (double *)(void *)j->pool->scratch[thread], *dsq = dsum + cpad;
-    float *fs = (float *)(void *)(dsq + cpad), *fq = fs + cpad, *shift = fq + cpad, *scale = shift + cpad, *offset = scale + cpad;
-    for (int c = 0; c < cpad; c++) {
-        dsum[c] = dsq[c] = 0;
-        shift[c] = c < cb ? xb[(c / j->cg) * j->cg] : 0.0f;
-    }
-    for (int p0 = 0; p0 < j->HW; p0 += 256) {
-        int p1 = p0 + 256 < j->HW ? p0 + 256 : j->HW;
-        for (int c = 0; c < cpad; c++) fs[c] = fq[c] = 0.0f;
-        for (int p = p0; p < p1; p++) {
-            const float *row = xb + (size_t)p * j->C;
-            for (int c = 0; c < cb; c += VF_WIDTH) {
-                vfloat v = cb - c >= VF_WIDTH ? vf_load(row + c) : vf_load_n(row + c, cb - c);
-                vfloat d = vf_sub(v, vf_load(shift + c));
-                vf_store(fs + c, vf_add(vf_load(fs + c), d));
-                vf_store(fq + c, vf_fma(d, d, vf_load(fq + c)));
-            }
-        }
-        for (int c = 0; c < cb; c++) { dsum[c] += fs[c]; dsq[c] += fq[c]; }
-    }
-    for (int g = 0; g < g1 - g0; g++) {
-        double s = 0, q = 0, n = (double)j->HW * j->cg;
-        for (int c = g * j->cg; c < (g + 1) * j->cg; c++) { s += dsum[c]; q += dsq[c]; }
-        double mean = s / n, var = q / n - mean * mean;
-        float rstd = (float)(1.0 / sqrt((var > 0 ? var : 0) + j->eps));
-        float m = (float)(mean + shift[g * j->cg]);
-        tensor_floats(scale + g * j->cg, j->gamma, (size_t)(c0 + g * j->cg), j->cg);
-        tensor_floats(offset + g * j->cg, j->beta, (size_t)(c0 + g * j->cg), j->cg);
-        for (int c = g * j->cg; c < (g + 1) * j->cg; c++) {
-            scale[c] *= rstd;
-            offset[c] -= m * scale[c];
-        }
-    }
-    for (int p = 0; p < j->HW; p++) {
-        const float *row = xb + (size_t)p * j->C;
-        float *out = yb + (size_t)p * j->C;
+    int b = task / j->nchunks, p0 = (task % j->nchunks) * j->chunk, p1 = p0 + j->chunk < j->HW ? p0 + j->chunk : j->HW, C = j->C;
+    float *s = j->part + (size_t)task * 2 * C, *q = s + C;
+    const float *shift = j->shift + (size_t)b * C;
+    (void)thread;
+    memset(s, 0, 2 * (size_t)C * sizeof(float));
+    for (int p = p0; p < p1; p++) {
+        const float *row = j->x + ((size_t)b * j->HW + p) * C;
         int c = 0;
-        for (; c + VF_WIDTH <= cb; c += VF_WIDTH) {
-            vfloat v = vf_fma(vf_load(row + c), vf_load(scale + c), vf_load(offset + c));
+        for (; c + VF_WIDTH <= C; c += VF_WIDTH) {
+            vfloat d = vf_sub(vf_load(row + c), vf_load(shift + c));
+            vf_store(s + c, vf_add(vf_load(s + c), d));
+            vf_store(q + c, vf_fma(d, d, vf_load(q + c)));
+        }
+        for (; c < C; c++) { float d = row[c] - shift[c]; s[c] += d; q[c] += d * d; }
+    }
+}
+
+static void groupnorm_apply(void *arg, int task, int thread)
+{
+    const groupnorm_job *j = (const groupnorm_job *)arg;
+    int b = task / j->nchunks, p0 = (task % j->nchunks) * j->chunk, p1 = p0 + j->chunk < j->HW ? p0 + j->chunk : j->HW, C = j->C;
+    const float *mean = j->shift + (size_t)b * C, *scale = j->scale + (size_t)b * C, *offset = j->offset + (size_t)b * C;
+    (void)thread;
+    for (int p = p0; p < p1; p++) {
+        const float *row = j->x + ((size_t)b * j->HW + p) * C;
+        float *out = j->y + ((size_t)b * j->HW + p) * C;
+        int c = 0;
+        for (; c + VF_WIDTH <= C; c += VF_WIDTH) {
+            vfloat v = vf_fma(vf_sub(vf_load(row + c), vf_load(mean + c)), vf_load(scale + c), vf_load(offset + c));
             vf_store(out + c, j->with_silu ? vf_silu(v) : v);
         }
-        if (c < cb) {
-            vfloat v = vf_fma(vf_load_n(row + c, cb - c), vf_load(scale + c), vf_load(offset + c));
-            vf_store_n(out + c, j->with_silu ? vf_silu(v) : v, cb - c);
+        if (c < C) {
+            vfloat v = vf_fma(vf_sub(vf_load_n(row + c, C - c), vf_load_n(mean + c, C - c)), vf_load_n(scale + c, C - c),
+                              vf_load_n(offset + c, C - c));
+            vf_store_n(out + c, j->with_silu ? vf_silu(v) : v, C - c);
         }
     }
 }
@@ -2031,13 +2168,42 @@ static void groupnorm(sd_pool *pool, float *y, const float *x, int B, int HW, in
                       const sd_tensor *gamma, const sd_tensor *beta, float eps, int with_silu)
 {
     groupnorm_job j;
+    size_t bc = (size_t)B * C, room;
     if (B <= 0 || HW <= 0 || C <= 0) return;
     SD_ASSERT(groups > 0 && C % groups == 0);
-    SD_ASSERT((size_t)C * 10 + 64 <= pool->scratch_floats);
-    j.y = y; j.x = x; j.HW = HW; j.C = C; j.groups = groups; j.cg = C / groups;
-    j.gpt = j.cg >= 16 ? 1 : (16 + j.cg - 1) / j.cg;
-    j.with_silu = with_silu; j.gamma = gamma; j.beta = beta; j.eps = eps; j.pool = pool;
-    pool_run(pool, groupnorm_task, &j, B * ((groups + j.gpt - 1) / j.gpt));
+    SD_ASSERT(5 * bc <= pool->scratch_floats);
+    room = (pool->scratch_floats - 3 * bc) / (2 * bc);   /* chunks of partials that fit */
+    j.nchunks = (HW + 63) / 64 < (int)room ? (HW + 63) / 64 : (int)room;
+    j.chunk = (HW + j.nchunks - 1) / j.nchunks;
+    j.nchunks = (HW + j.chunk - 1) / j.chunk;
+    j.y = y; j.x = x; j.HW = HW; j.C = C; j.with_silu = with_silu;
+    j.shift = pool->scratch[0];
+    j.scale = j.shift + bc;
+    j.offset = j.scale + bc;
+    j.part = j.offset + bc;
+    int cg = C / groups;
+    for (int b = 0; b < B; b++)
+        for (int c = 0; c < C; c++) j.shift[(size_t)b * C + c] = x[(size_t)b * HW * C + (size_t)(c / cg) * cg];
+    pool_run(pool, groupnorm_sums, &j, B * j.nchunks);
+    for (int b = 0; b < B; b++) {
+        tensor_floats(j.scale + (size_t)b * C, gamma, 0, C);
+        tensor_floats(j.offset + (size_t)b * C, beta, 0, C);
+        for (int g = 0; g < groups; g++) {
+            double s = 0, q = 0, n = (double)HW * cg;
+            for (int ch = 0; ch < j.nchunks; ch++) {
+                const float *ps = j.part + ((size_t)b * j.nchunks + ch) * 2 * C;
+                for (int c = g * cg; c < (g + 1) * cg; c++) { s += ps[c]; q += ps[C + c]; }
+            }
+            double mean = s / n, var = q / n - mean * mean;
+            float rstd = (float)(1.0 / sqrt((var > 0 ? var : 0) + eps));
+            float m = (float)(mean + j.shift[(size_t)b * C + (size_t)g * cg]);
+            for (int c = g * cg; c < (g + 1) * cg; c++) {   /* the shifts are spent: keep the means there */
+                j.scale[(size_t)b * C + c] *= rstd;
+                j.shift[(size_t)b * C + c] = m;
+            }
+        }
+    }
+    pool_run(pool, groupnorm_apply, &j, B * j.nchunks);
 }
 
 /* LayerNorm over the last axis of x [M, C] (CLIP and the UNet's transformer blocks). y may equal x.
@@ -2099,6 +2265,69 @@ static void upsample2x(float *y, const float *x, int B, int H, int W, int C)
             }
             memcpy(o + row, o, row * sizeof(float));
         }
+}
+
+/* Threaded forms of the row-wise and elementwise kernels above, for large tensors (the VAE's
+   512x512 activations, the UNet's 4096-token rows): the same code on fixed chunks, so the
+   results equal the single-threaded ones. geglu_mt needs y != x (in place, a chunk's output
+   would overwrite rows another chunk still has to read); given y == x it runs on one thread. */
+enum { ROWS_SILU, ROWS_GELU, ROWS_QUICK_GELU, ROWS_ADD, ROWS_LAYERNORM, ROWS_GEGLU, ROWS_UPSAMPLE };
+typedef struct rows_job {
+    int op;
+    float *y;
+    const float *x;
+    size_t n, chunk;          /* elements, or rows (layernorm, geglu) or input rows (upsample) */
+    int C, W;
+    const sd_tensor *gamma, *beta;
+    float eps;
+} rows_job;
+
+static void rows_task(void *arg, int task, int thread)
+{
+    const rows_job *j = (const rows_job *)arg;
+    size_t lo = (size_t)task * j->chunk, hi = lo + j->chunk < j->n ? lo + j->chunk : j->n, C = (size_t)j->C;
+    (void)thread;
+    switch (j->op) {
+    case ROWS_SILU: silu(j->y + lo, hi - lo); break;
+    case ROWS_GELU: gelu(j->y + lo, hi - lo); break;
+    case ROWS_QUICK_GELU: quick_gelu(j->y + lo, hi - lo); break;
+    case ROWS_ADD: add(j->y + lo, j->x + lo, hi - lo); break;
+    case ROWS_LAYERNORM: layernorm(j->y + lo * C, j->x + lo * C, (int)(hi - lo), j->C, j->gamma, j->beta, j->eps); break;
+    case ROWS_GEGLU: geglu(j->y + lo * C, j->x + lo * 2 * C, (int)(hi - lo), j->C); break;
+    default:   /* upsample: input rows (b, iy) are independent */
+        for (size_t r = lo; r < hi; r++) upsample2x(j->y + r * 4 * j->W * C, j->x + r * j->W * C, 1, 1, j->W, j->C);
+        break;
+    }
+}
+
+static void rows_run(sd_pool *pool, rows_job *j, size_t work_per_item)
+{
+    size_t items = j->n, per = (size_t)1 << 16;    /* ~64K floats of work per task */
+    j->chunk = work_per_item >= per ? 1 : per / work_per_item;
+    if (items == 0) return;
+    pool_run(pool, rows_task, j, (int)((items + j->chunk - 1) / j->chunk));
+}
+
+SD_MAYBE_UNUSED static void silu_mt(sd_pool *pool, float *x, size_t n) { rows_job j = {ROWS_SILU, x, NULL, n, 0, 0, 0, NULL, NULL, 0}; rows_run(pool, &j, 1); }
+SD_MAYBE_UNUSED static void gelu_mt(sd_pool *pool, float *x, size_t n) { rows_job j = {ROWS_GELU, x, NULL, n, 0, 0, 0, NULL, NULL, 0}; rows_run(pool, &j, 1); }
+SD_MAYBE_UNUSED static void quick_gelu_mt(sd_pool *pool, float *x, size_t n) { rows_job j = {ROWS_QUICK_GELU, x, NULL, n, 0, 0, 0, NULL, NULL, 0}; rows_run(pool, &j, 1); }
+SD_MAYBE_UNUSED static void add_mt(sd_pool *pool, float *y, const float *x, size_t n) { rows_job j = {ROWS_ADD, y, x, n, 0, 0, 0, NULL, NULL, 0}; rows_run(pool, &j, 1); }
+SD_MAYBE_UNUSED static void layernorm_mt(sd_pool *pool, float *y, const float *x, int M, int C, const sd_tensor *gamma,
+                         const sd_tensor *beta, float eps)
+{
+    rows_job j = {ROWS_LAYERNORM, y, x, (size_t)(M > 0 ? M : 0), 0, C, 0, gamma, beta, eps};
+    rows_run(pool, &j, (size_t)C);
+}
+SD_MAYBE_UNUSED static void geglu_mt(sd_pool *pool, float *y, const float *x, int M, int C)
+{
+    rows_job j = {ROWS_GEGLU, y, x, (size_t)(M > 0 ? M : 0), 0, C, 0, NULL, NULL, 0};
+    if (y == x) { geglu(y, x, M, C); return; }
+    rows_run(pool, &j, 2 * (size_t)C);
+}
+SD_MAYBE_UNUSED static void upsample2x_mt(sd_pool *pool, float *y, const float *x, int B, int H, int W, int C)
+{
+    rows_job j = {ROWS_UPSAMPLE, y, x, (size_t)(B > 0 && H > 0 ? B * H : 0), 0, C, W, NULL, NULL, 0};
+    rows_run(pool, &j, 4 * (size_t)W * C);
 }
 
 /* ---- attention ---- */
@@ -2239,6 +2468,10 @@ static void timestep_embedding(float *out, float t, int dim)
         out[half + i] = sinf(arg);
     }
 }
+
+#if defined(__cplusplus) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 /* ---- 5. Tokenizer (CLIP BPE) --------------------------------------------------------------- */
 /* Prompt text -> token ids, exactly as the pipelines do it with transformers' (slow) CLIPTokenizer,
@@ -6690,7 +6923,277 @@ SD_API void sd_guidance(const float *uncond, const float *cond, float scale, siz
     for (size_t i = 0; i < n; i++) out[i] = uncond[i] + scale * (cond[i] - uncond[i]);
 }
 
-/* ---- 10. Pipeline ------------------------------------------------------------------------ */
+/* ---- 10. Pipeline -------------------------------------------------------------------------- */
+/* The front door: prompt → tokens → text encoder context (unconditional and conditional) → DDIM
+   over the UNet with classifier-free guidance (Ho & Salimans 2022) → VAE decoder → pixels, as
+   diffusers' StableDiffusionPipeline and StableDiffusionImg2ImgPipeline do it. */
+
+struct sd_model {
+    sd_safetensors files[SD_MAX_FILES];
+    const sd_safetensors *meta;   /* the file whose __metadata__ describes the model, if any */
+    sd_model_info info;
+    sd_clip_vocab *vocab;
+    sd_clip_pad pad;              /* SD1 pads with <|endoftext|>, SD2 with "!" */
+    sd_text_encoder te;
+    sd_unet_model *unet;
+    sd_vae *vae;
+    sd_schedule schedule;
+    int steps_offset;
+};
+
+/* A number from the checkpoint's `sd.*` metadata, or the default. */
+static double meta_number(const sd_safetensors *meta, const char *key, double dflt)
+{
+    const char *v = meta ? sd_safetensors_meta(meta, key) : NULL;
+    char *end;
+    double d = v ? strtod(v, &end) : dflt;
+    return v && end != v ? d : dflt;
+}
+
+/* Which file holds the VAE: the one with an encoder or decoder under either name map. */
+static const sd_safetensors *find_vae_file(const sd_model *m, int nfiles)
+{
+    for (int i = 0; i < nfiles; i++)
+        if (sd_safetensors_find(&m->files[i], "first_stage_model.decoder.conv_in.weight") ||
+            sd_safetensors_find(&m->files[i], "decoder.conv_in.weight"))
+            return &m->files[i];
+    return NULL;
+}
+
+static int model_load(sd_model *m, const sd_source *src, sd_arena *a, sd_error *err)
+{
+    int rc, n = src->count;
+    for (int i = 0; i < n; i++) {
+        if ((rc = sd_safetensors_open(&m->files[i], src->data[i], src->size[i], a, err))) return rc;
+        if (sd_safetensors_meta(&m->files[i], "sd.version")) m->meta = &m->files[i];
+    }
+    if (m->meta && !strcmp(sd_safetensors_meta(m->meta, "sd.version"), "xl"))
+        return fail(err, SD_ERR_UNSUPPORTED, "model: SDXL checkpoints are not supported yet");
+    if ((rc = sd_clip_vocab_load(&m->vocab, src->merges, src->merges_size, NULL, 0, a, err))) return rc;
+    if ((rc = sd_text_encoder_load(&m->te, m->files, n, m->meta, a, err))) return rc;
+    if ((rc = sd_unet_load(&m->unet, m->files, n, m->meta, a, err))) return rc;
+    const sd_safetensors *vf = find_vae_file(m, n);
+    if (!vf) return fail(err, SD_ERR_MISSING, "model: no VAE (first_stage_model.decoder.* or a diffusers vae/ file) among the %d files", n);
+    if ((rc = sd_vae_load(&m->vae, vf, a, err))) return rc;
+
+    /* the family: SD2 is OpenCLIP's gelu text tower (1024 wide in real checkpoints) */
+    sd_model_info *in = &m->info;
+    in->version = (int)meta_number(m->meta, "sd.version", m->te.gelu ? 2 : 1);
+    in->diffusers = sd_safetensors_find(&m->files[0], "model.diffusion_model.out.2.weight") == NULL &&
+                    sd_safetensors_find(&m->files[0], "cond_stage_model.transformer.text_model.final_layer_norm.weight") == NULL;
+    {
+        const char *pt = m->meta ? sd_safetensors_meta(m->meta, "sd.scheduler.prediction_type") : NULL;
+        /* without metadata: SD2 single files are usually the 768-v model */
+        in->prediction = pt ? (!strcmp(pt, "v_prediction") ? SD_PREDICT_V : SD_PREDICT_EPSILON)
+                            : in->version == 2 ? SD_PREDICT_V : SD_PREDICT_EPSILON;
+    }
+    in->text_width = m->te.width;
+    in->text_layers = m->te.layers;
+    in->vae_scale = sd_vae_get_config(m->vae)->scaling_factor;
+    m->pad = in->version == 2 ? SD_CLIP_PAD_EXCLAMATION : SD_CLIP_PAD_EOS;
+    m->steps_offset = (int)meta_number(m->meta, "sd.scheduler.steps_offset", 1);
+    return sd_schedule_init(&m->schedule, (int)meta_number(m->meta, "sd.scheduler.num_train_timesteps", 1000),
+                            meta_number(m->meta, "sd.scheduler.beta_start", 0.00085),
+                            meta_number(m->meta, "sd.scheduler.beta_end", 0.012), SD_BETA_SCALED_LINEAR, err);
+}
+
+SD_API int sd_model_load(sd_model **model, const sd_source *src, sd_arena *a, sd_error *err)
+{
+    if (!model || !src || !a || src->count < 1 || src->count > SD_MAX_FILES || !src->merges)
+        return fail(err, SD_ERR_ARG, "model: need 1..%d safetensors files and merges.txt", SD_MAX_FILES);
+    size_t mark = sd_arena_mark(a);
+    sd_model *m = (sd_model *)sd_arena_alloc(a, sizeof *m, err);
+    if (!m) return SD_ERR_MEMORY;
+    memset(m, 0, sizeof *m);
+    int rc = model_load(m, src, a, err);
+    if (rc) { sd_arena_reset(a, mark); return rc; }
+    *model = m;
+    return SD_OK;
+}
+
+SD_API size_t sd_model_arena_bytes(const sd_source *src)
+{
+    /* a tensor entry of the header JSON takes at least 40 bytes and becomes a table row of
+       sizeof(sd_tensor), its name and two hash slots: 8 bytes per header byte is plenty */
+    size_t total = sizeof(sd_model) + sd_clip_vocab_arena_bytes(src ? src->merges_size : 0) + (4u << 20);
+    for (int i = 0; src && i < src->count && i < SD_MAX_FILES; i++) {
+        const unsigned char *b = (const unsigned char *)src->data[i];
+        uint64_t hlen = 0;
+        if (!b || src->size[i] < 8) return 0;
+        for (int k = 7; k >= 0; k--) hlen = hlen << 8 | b[k];
+        if (hlen > src->size[i]) return 0;
+        total += 8 * (size_t)hlen + 65536;
+    }
+    return total;
+}
+
+SD_API void sd_model_get_info(const sd_model *model, sd_model_info *info) { *info = model->info; }
+
+SD_API void sd_params_init(sd_params *p)
+{
+    memset(p, 0, sizeof *p);
+    p->width = p->height = 512;
+    p->steps = 20;
+    p->guidance = 7.5f;
+    p->sampler = SD_SAMPLER_DDIM;
+    p->spacing = SD_SPACING_LEADING;
+    p->prediction = -1;
+    p->threads = 1;
+    p->strength = 0.8;
+}
+
+static int check_params(const sd_model *m, const sd_params *p, sd_error *err)
+{
+    if (!m || !p) return fail(err, SD_ERR_ARG, "generate: NULL model or parameters");
+    if (p->width < 8 || p->height < 8 || p->width % 8 || p->height % 8 || p->width > 8192 || p->height > 8192)
+        return fail(err, SD_ERR_ARG, "generate: %d x %d pixels: width and height must be multiples of 8 in 8..8192", p->width, p->height);
+    if (p->steps < 1 || p->steps > m->schedule.num_train_timesteps)
+        return fail(err, SD_ERR_ARG, "generate: %d steps, expected 1..%d", p->steps, m->schedule.num_train_timesteps);
+    if (!(p->guidance >= 0 && p->guidance < 1000)) return fail(err, SD_ERR_ARG, "generate: guidance %g out of range", p->guidance);
+    if (p->sampler != SD_SAMPLER_DDIM) return fail(err, SD_ERR_UNSUPPORTED, "generate: sampler %d is not available (DDIM only)", p->sampler);
+    if (p->threads < 1 || p->threads > SD_MAX_THREADS) return fail(err, SD_ERR_ARG, "generate: %d threads, expected 1..%d", p->threads, SD_MAX_THREADS);
+    if (p->clip_skip < 0 || p->clip_skip > m->te.output_layer) return fail(err, SD_ERR_ARG, "generate: clip_skip %d, expected 0..%d", p->clip_skip, m->te.output_layer);
+    if (p->init_rgb && !(p->strength > 0 && p->strength <= 1)) return fail(err, SD_ERR_ARG, "generate: strength %g, expected (0, 1]", p->strength);
+    if (p->prediction != -1 && p->prediction != SD_PREDICT_EPSILON && p->prediction != SD_PREDICT_V)
+        return fail(err, SD_ERR_ARG, "generate: unknown prediction type %d", p->prediction);
+    return SD_OK;
+}
+
+static size_t prompt_size(const char *s) { return s ? strlen(s) : 0; }
+
+/* Arena bytes of one allocation of n floats (what sd_arena_alloc rounds it to). */
+static size_t float_bytes(size_t n) { return (n * sizeof(float) + SD_ALIGN - 1) / SD_ALIGN * SD_ALIGN; }
+static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
+
+/* The memory plan of sd_generate, in the order it allocates: what lives through the whole run,
+   then the largest of the stages that run one after another on top of it. */
+SD_API size_t sd_generate_arena_bytes(const sd_model *m, const sd_params *p)
+{
+    if (check_params(m, p, NULL)) return 0;
+    int h = p->height / 8, w = p->width / 8, B = p->guidance != 1.0f ? 2 : 1;
+    size_t lat = (size_t)4 * h * w, pix = (size_t)3 * p->height * p->width;
+    size_t ctx = (size_t)B * SD_CLIP_CONTEXT * m->te.width;
+    size_t keep = pool_arena_bytes(p->threads) + float_bytes(ctx) + 3 * float_bytes(lat)   /* latents, noise_pred, spare */
+                + float_bytes((size_t)B * lat) * 2 + float_bytes(B);                        /* unet in/out, timesteps */
+    size_t text = float_bytes((size_t)B * SD_CLIP_CONTEXT) + max_size(
+                      sd_clip_scratch_bytes(max_size(prompt_size(p->prompt), prompt_size(p->negative_prompt))),
+                      sd_text_encoder_arena_bytes(&m->te, B));
+    size_t encode = p->init_rgb ? float_bytes(pix) + float_bytes(2 * lat) + float_bytes(lat) * 2 +
+                                  sd_vae_encode_arena_bytes(sd_vae_get_config(m->vae), p->height, p->width) : 0;
+    size_t unet = sd_unet_arena_bytes(m->unet, B, h, w);
+    size_t decode = float_bytes(pix) + sd_vae_decode_arena_bytes(sd_vae_get_config(m->vae), h, w);
+    if (unet == (size_t)-1 || text == (size_t)-1) return 0;
+    return keep + max_size(max_size(text, encode), max_size(unet, decode));
+}
+
+/* The body of sd_generate, on an arena already known to be large enough. */
+static int generate(const sd_model *m, const sd_params *p, sd_pool *pool, sd_arena *a, uint8_t *rgb, sd_error *err)
+{
+    int h = p->height / 8, w = p->width / 8, B = p->guidance != 1.0f ? 2 : 1, rc, start = 0;
+    int prediction = p->prediction >= 0 ? p->prediction : m->info.prediction, ts[SD_MAX_TRAIN_TIMESTEPS];
+    size_t lat = (size_t)4 * h * w, pix = (size_t)3 * p->height * p->width, D = (size_t)m->te.width;
+    float scale = m->info.vae_scale;
+    float *ctx = arena_floats(a, (size_t)B * SD_CLIP_CONTEXT * D, err);
+    float *latents = arena_floats(a, lat, err), *noise_pred = arena_floats(a, lat, err), *spare = arena_floats(a, lat, err);
+    float *unet_in = arena_floats(a, (size_t)B * lat, err), *unet_out = arena_floats(a, (size_t)B * lat, err);
+    float *timesteps = arena_floats(a, (size_t)B, err);
+    sd_rng rng;
+    if (!timesteps) return SD_ERR_MEMORY;
+
+    /* 1. Text: with guidance the batch is (negative prompt, prompt), unconditional first. */
+    {
+        size_t mark = sd_arena_mark(a);
+        int32_t *ids = (int32_t *)arena_array(a, (size_t)B * SD_CLIP_CONTEXT, sizeof(int32_t), err);
+        const char *text[2] = {p->negative_prompt ? p->negative_prompt : "", p->prompt ? p->prompt : ""};
+        if (!ids) return SD_ERR_MEMORY;
+        for (int b = 0; b < B; b++)
+            if ((rc = sd_clip_tokenize(m->vocab, text[2 - B + b], strlen(text[2 - B + b]), m->pad,
+                                       ids + b * SD_CLIP_CONTEXT, NULL, a, err))) return rc;
+        if ((rc = sd_text_encode(&m->te, ids, B, p->clip_skip, ctx, pool, a, err))) return rc;
+        sd_arena_reset(a, mark);
+    }
+
+    /* 2. The starting latents: noise from the seed (txt2img), or the init image's latent noised
+       to the first kept timestep (img2img), drawing from the generator in diffusers' order. */
+    if ((rc = sd_ddim_timesteps(&m->schedule, p->steps, p->spacing, m->steps_offset, ts, err))) return rc;
+    sd_rng_seed(&rng, p->seed);
+    if (!p->init_rgb) {
+        if (p->initial_latents) memcpy(latents, p->initial_latents, lat * sizeof(float));
+        else sd_randn(&rng, latents, lat);   /* DDIM's init_noise_sigma is 1 */
+    } else {
+        size_t mark = sd_arena_mark(a);
+        float *image = arena_floats(a, pix, err), *moments = arena_floats(a, 2 * lat, err);
+        float *mean = arena_floats(a, lat, err), *std = arena_floats(a, lat, err);
+        if (!std) return SD_ERR_MEMORY;
+        if ((rc = sd_img2img_start(p->steps, p->strength, &start, err))) return rc;
+        for (int c = 0; c < 3; c++)   /* RGB8 HWC → [-1, 1] NCHW, as the image processor does */
+            for (size_t i = 0; i < (size_t)p->height * p->width; i++)
+                image[c * (size_t)p->height * p->width + i] = (float)p->init_rgb[3 * i + c] / 255.0f * 2.0f - 1.0f;
+        if ((rc = sd_vae_encode(m->vae, image, p->height, p->width, moments, pool, a, err))) return rc;
+        sd_vae_posterior(moments, 4, h, w, mean, NULL, std);
+        if (p->posterior_noise) memcpy(spare, p->posterior_noise, lat * sizeof(float));
+        else sd_randn(&rng, spare, lat);
+        sd_vae_sample(mean, std, spare, lat, latents);
+        for (size_t i = 0; i < lat; i++) latents[i] *= scale;
+        if (p->noise) memcpy(spare, p->noise, lat * sizeof(float));
+        else sd_randn(&rng, spare, lat);
+        if ((rc = sd_add_noise(&m->schedule, ts[start], latents, spare, lat, latents, err))) return rc;
+        sd_arena_reset(a, mark);
+    }
+
+    /* 3. Denoise: one batched UNet pass per step, guidance, DDIM. */
+    for (int k = start; k < p->steps; k++) {
+        int t = ts[k], t_prev = sd_ddim_prev_timestep(&m->schedule, t, p->steps);
+        for (int b = 0; b < B; b++) {
+            memcpy(unet_in + b * lat, latents, lat * sizeof(float));
+            timesteps[b] = (float)t;
+        }
+        if ((rc = sd_unet(m->unet, unet_in, timesteps, ctx, B, h, w, unet_out, pool, a, err))) return rc;
+        if (B == 2) sd_guidance(unet_out, unet_out + lat, p->guidance, lat, noise_pred);
+        else memcpy(noise_pred, unet_out, lat * sizeof(float));
+        if ((rc = sd_ddim_step(&m->schedule, t, t_prev, prediction, p->eta, latents, noise_pred, lat,
+                               NULL, &rng, spare, NULL, err))) return rc;
+        memcpy(latents, spare, lat * sizeof(float));
+        if (p->progress && p->progress(p->user, k - start + 1, p->steps - start))
+            return fail(err, SD_ERR_CANCELLED, "generate: cancelled after step %d of %d", k - start + 1, p->steps - start);
+    }
+    if (p->latents_out) memcpy(p->latents_out, latents, lat * sizeof(float));
+
+    /* 4. Decode: the VAE sees latents / scaling_factor; pixels = round(255·clamp(x/2 + 1/2)). */
+    {
+        float *image = arena_floats(a, pix, err);
+        if (!image) return SD_ERR_MEMORY;
+        for (size_t i = 0; i < lat; i++) spare[i] = latents[i] / scale;
+        if ((rc = sd_vae_decode(m->vae, spare, h, w, image, pool, a, err))) return rc;
+        if (p->image_out) memcpy(p->image_out, image, pix * sizeof(float));
+        size_t plane = (size_t)p->height * p->width;
+        for (size_t i = 0; i < plane; i++)
+            for (int c = 0; c < 3; c++) {
+                float v = image[c * plane + i] * 0.5f + 0.5f;
+                v = v < 0 ? 0 : v > 1 ? 1 : v;
+                rgb[3 * i + c] = (uint8_t)nearbyintf(v * 255.0f);   /* numpy's round: half to even */
+            }
+    }
+    return SD_OK;
+}
+
+SD_API int sd_generate(const sd_model *m, const sd_params *p, sd_arena *a, uint8_t *rgb_out, sd_error *err)
+{
+    int rc = check_params(m, p, err);
+    if (rc) return rc;
+    if (!a || !rgb_out) return fail(err, SD_ERR_ARG, "generate: NULL arena or output");
+    size_t need = sd_generate_arena_bytes(m, p), mark = sd_arena_mark(a);
+    if (!need) return fail(err, SD_ERR_ARG, "generate: these sizes cannot be run");
+    if (a->size - a->used < need)
+        return fail(err, SD_ERR_MEMORY, "generate: needs %zu arena bytes for %d x %d, the arena has %zu free",
+                    need, p->width, p->height, a->size - a->used);
+    sd_pool pool;
+    if ((rc = pool_init(&pool, p->threads, a, err))) { sd_arena_reset(a, mark); return rc; }
+    rc = generate(m, p, &pool, a, rgb_out, err);
+    pool_free(&pool);
+    sd_arena_reset(a, mark);
+    return rc;
+}
 
 #endif /* SD_IMPLEMENTATION_DONE */
 #endif /* SD_IMPLEMENTATION */

@@ -1410,6 +1410,7 @@ static sd_tensor kt_tensor(sd_dtype dtype, int64_t d0, int64_t d1, int64_t d2, i
         float v = kt_rand() * scale;
         if (dtype == SD_F32) memcpy(p + 4 * i, &v, 4);
         else if (dtype == SD_F16) { uint16_t h = sd_f32_to_f16(v); memcpy(p + 2 * i, &h, 2); }
+        else if (dtype == SD_F64) { double d = v; memcpy(p + 8 * i, &d, 8); }
         else { uint32_t b; memcpy(&b, &v, 4); uint16_t h = (uint16_t)(b >> 16); memcpy(p + 2 * i, &h, 2); }
     }
     t.data = p;
@@ -1458,6 +1459,7 @@ static void test_kernels_matmul(sd_pool *pool)
     static const int shapes[][3] = {
         {1, 1, 1}, {1, 17, 63}, {2, 65, 3}, {3, 33, 300}, {4, 1, 5}, {5, 3, 1}, {13, 31, 17},
         {17, 65, 63}, {63, 17, 289}, {65, 96, 577}, {100, 130, 64}, {12, 32, 288}, {37, 100, 1000},
+        {64, 9, 2400}, {77, 100, 700}, {200, 33, 50}, {130, 1, 3},
     };
     for (int si = 0; si < (int)(sizeof shapes / sizeof shapes[0]); si++)
         for (int di = 0; di < 3; di++) {
@@ -1481,6 +1483,21 @@ static void test_kernels_matmul(sd_pool *pool)
             free(x); free(y); free(ref); free(yg);
             kt_free_tensor(&w); kt_free_tensor(&b);
         }
+    {   /* F64 weights take the element-by-element packing path */
+        sd_tensor w = kt_tensor(SD_F64, 40, 33, 0, 0, 1.0f);
+        float *x = kt_floats(20 * 33, 1.0f), y[20 * 40];
+        double ref[20 * 40];
+        for (int m = 0; m < 20; m++)
+            for (int n = 0; n < 40; n++) {
+                double s = 0;
+                for (int k = 0; k < 33; k++) s += (double)x[m * 33 + k] * tensor_get(&w, (size_t)n * 33 + k);
+                ref[m * 40 + n] = s;
+            }
+        matmul(pool, y, 40, x, 33, 20, 40, 33, &w, NULL, 0);
+        kt_close("matmul 20x40x33 w=F64", y, ref, 20 * 40, 1e-5);
+        free(x);
+        kt_free_tensor(&w);
+    }
     /* linear is matmul with packed rows */
     {
         sd_tensor w = kt_tensor(SD_F16, 20, 7, 0, 0, 1.0f);
@@ -1532,6 +1549,9 @@ static void test_kernels_conv(sd_pool *pool)
         {1, 5, 7, 3, 4, 3, 1, 1, 1}, {2, 9, 6, 17, 33, 3, 1, 1, 1}, {1, 8, 8, 40, 65, 3, 2, 1, 1},
         {1, 9, 7, 33, 17, 3, 2, 0, 1}, {2, 4, 5, 63, 8, 1, 1, 0, 0}, {1, 1, 1, 5, 3, 3, 1, 1, 1},
         {1, 3, 17, 70, 31, 3, 1, 1, 1}, {1, 6, 6, 4, 5, 1, 2, 0, 0}, {1, 13, 11, 9, 40, 3, 2, 1, 1},
+        /* more than 32 output pixels: the packed path (fewer take dot products) */
+        {2, 19, 17, 7, 20, 3, 2, 1, 1}, {1, 21, 19, 6, 9, 3, 2, 0, 1}, {1, 10, 9, 70, 31, 3, 1, 1, 1},
+        {1, 20, 20, 4, 5, 1, 2, 0, 0}, {1, 9, 8, 3, 4, 3, 1, 1, 1},
     };
     for (int si = 0; si < (int)(sizeof shapes / sizeof shapes[0]); si++)
         for (int di = 0; di < 3; di++) {
@@ -1615,7 +1635,7 @@ static void test_kernels_norms(sd_pool *pool)
             sd_tensor ga = kt_tensor(kt_dtypes[si % 3], C, 0, 0, 0, 1.0f), be = kt_tensor(SD_F32, C, 0, 0, 0, 1.0f);
             float *x = kt_floats(n, 3.0f), *y = (float *)malloc(n * sizeof(float));
             double *ref = (double *)malloc(n * sizeof(double));
-            for (size_t i = 0; i < n; i++) x[i] += 5.0f;   /* an offset mean, as activations have */
+            for (size_t i = 0; i < n; i++) x[i] += 50.0f;   /* a mean far from 0 next to the spread: the variance must not cancel */
             for (int b = 0; b < B; b++)
                 for (int g = 0; g < G; g++) {
                     double s = 0, q = 0;
@@ -1732,6 +1752,67 @@ static void test_kernels_elementwise(void)
     }
 }
 
+/* pool_run hands out every task exactly once, run after run (workers sleep between runs). */
+typedef struct kt_count { int hits[8], run; } kt_count;
+static void kt_count_task(void *arg, int task, int thread)
+{
+    kt_count *c = (kt_count *)arg;
+    (void)thread;
+    c->hits[task] += c->run;
+}
+static void test_kernels_pool(void)
+{
+    for (int threads = 1; threads <= 4; threads++) {
+        kt_pool *p = kt_pool_new(threads);
+        kt_count c;
+        int ok = 1;
+        memset(&c, 0, sizeof c);
+        for (c.run = 1; c.run <= 300; c.run++) {
+            int n = c.run % 8 + 1;
+            pool_run(&p->pool, kt_count_task, &c, n);
+            for (int t = 0; t < 8; t++) ok &= c.hits[t] == (t < n ? c.run : 0), c.hits[t] = 0;
+        }
+        CHECK(ok, "pool_run with %d threads: a task ran twice or not at all", threads);
+        kt_pool_free(p);
+    }
+}
+
+/* The threaded forms of the elementwise and row-wise kernels equal the plain ones, bit for bit. */
+static void test_kernels_mt(void)
+{
+    kt_pool *p = kt_pool_new(3);
+    size_t n = 200000;
+    int M = 300, C = 320, GM = 75, GC = 1280, H = 10, W = 64, UC = 64;
+    sd_tensor ga = kt_tensor(SD_F16, C, 0, 0, 0, 1.0f), be = kt_tensor(SD_BF16, C, 0, 0, 0, 1.0f);
+    float *x = kt_floats(n, 6.0f), *z = kt_floats(n, 1.0f), *a = (float *)malloc(n * sizeof(float)), *b = (float *)malloc(n * sizeof(float));
+    float *ua = (float *)malloc((size_t)4 * H * W * UC * sizeof(float)), *ub = (float *)malloc((size_t)4 * H * W * UC * sizeof(float));
+    const char *names[4] = {"silu_mt", "gelu_mt", "quick_gelu_mt", "add_mt"};
+    for (int f = 0; f < 4; f++) {
+        memcpy(a, x, n * sizeof(float));
+        memcpy(b, x, n * sizeof(float));
+        if (f == 0) { silu(a, n); silu_mt(&p->pool, b, n); }
+        if (f == 1) { gelu(a, n); gelu_mt(&p->pool, b, n); }
+        if (f == 2) { quick_gelu(a, n); quick_gelu_mt(&p->pool, b, n); }
+        if (f == 3) { add(a, z, n); add_mt(&p->pool, b, z, n); }
+        CHECK(memcmp(a, b, n * sizeof(float)) == 0, "%s differs from the single-threaded form", names[f]);
+    }
+    layernorm(a, x, M, C, &ga, &be, 1e-5f);
+    layernorm_mt(&p->pool, b, x, M, C, &ga, &be, 1e-5f);
+    CHECK(memcmp(a, b, (size_t)M * C * sizeof(float)) == 0, "layernorm_mt differs from layernorm");
+    geglu(a, x, GM, GC);
+    geglu_mt(&p->pool, b, x, GM, GC);
+    CHECK(memcmp(a, b, (size_t)GM * GC * sizeof(float)) == 0, "geglu_mt differs from geglu");
+    memcpy(b, x, (size_t)GM * 2 * GC * sizeof(float));
+    geglu_mt(&p->pool, b, b, GM, GC);
+    CHECK(memcmp(a, b, (size_t)GM * GC * sizeof(float)) == 0, "geglu_mt in place differs from geglu");
+    upsample2x(ua, x, 1, H, W, UC);
+    upsample2x_mt(&p->pool, ub, x, 1, H, W, UC);
+    CHECK(memcmp(ua, ub, (size_t)4 * H * W * UC * sizeof(float)) == 0, "upsample2x_mt differs from upsample2x");
+    free(x); free(z); free(a); free(b); free(ua); free(ub);
+    kt_free_tensor(&ga); kt_free_tensor(&be);
+    kt_pool_free(p);
+}
+
 /* Every threaded kernel gives bit-identical results with 1..4 threads. */
 static void test_kernels_threads(void)
 {
@@ -1756,6 +1837,7 @@ static void test_kernels_threads(void)
         conv2d(&p->pool, o + ny + nc + 2 * na + ng + (size_t)Ho * Wo * Cout, cx, B, H, W, Cin, &cw, &cb, Cout, 3, 2, 0, 1);
         memcpy(o + total - ny, o, ny * sizeof(float));
         matmul(&p->pool, o + total - ny, N, x, K, M, N, K, &w, NULL, 1);
+        matmul(&p->pool, o + total - ny, N, x, K, 20, N, K, &w, &b, 1);   /* few rows: dot products */
         if (threads > 1)
             CHECK(memcmp(first, out, total * sizeof(float)) == 0, "kernels with %d threads differ from 1 thread", threads);
         kt_pool_free(p);
@@ -1783,6 +1865,8 @@ static void test_kernels(void)
     test_kernels_norms(&p->pool);
     kt_pool_free(p);
     test_kernels_elementwise();
+    test_kernels_pool();
+    test_kernels_mt();
     test_kernels_threads();
 }
 
@@ -2891,6 +2975,225 @@ static void test_vae(void)
     for (int i = 0; i < n; i++) free(names[i]);
 }
 
+/* Whole pipelines against diffusers: every txt2img_* / img2img_* DDIM golden of every model in
+   GOLDEN_DIR whose single-file checkpoint is in GOLDEN_DIR/models/. Parameters come from each
+   golden's metadata; initial latents and img2img noise from its tensors (or, for a golden that
+   only gives a seed, from our torch-exact generator). */
+
+typedef struct loaded_model {
+    unsigned char *bytes, *merges;
+    size_t size, merges_size;
+    sd_arena *arena;
+    sd_model *model;
+} loaded_model;
+
+static int load_model(loaded_model *lm, const char *path)
+{
+    sd_source src;
+    sd_error err;
+    memset(lm, 0, sizeof *lm);
+    lm->bytes = read_file(path, &lm->size);
+    lm->merges = read_file(merges_path, &lm->merges_size);
+    if (!lm->bytes || !lm->merges) return -1;
+    memset(&src, 0, sizeof src);
+    src.data[0] = lm->bytes;
+    src.size[0] = lm->size;
+    src.count = 1;
+    src.merges = (const char *)lm->merges;
+    src.merges_size = lm->merges_size;
+    lm->arena = test_arena(sd_clip_vocab_arena_bytes(lm->merges_size) + (1u << 22));
+    int rc = sd_model_load(&lm->model, &src, lm->arena, &err);
+    if (rc == SD_ERR_UNSUPPORTED) printf("pipeline: %s: %s, skipped\n", path, err.message);
+    else CHECK(rc == SD_OK, "%s: %s", path, err.message);
+    return rc;
+}
+
+static void unload_model(loaded_model *lm)
+{
+    free(lm->bytes);
+    free(lm->merges);
+    free_arena(lm->arena);
+}
+
+static const char *meta_or(golden_file *g, const char *key, const char *dflt)
+{
+    const char *v = sd_safetensors_meta(&g->st, key);
+    return v ? v : dflt;
+}
+
+/* Runs one golden's generation with `threads` threads; fills rgb (and latents, image when given). */
+static int run_golden(const sd_model *m, golden_file *g, int threads, uint8_t *rgb, float *latents, float *image, sd_error *err)
+{
+    sd_params p;
+    ddim_config c;
+    sd_params_init(&p);
+    p.prompt = meta_or(g, "prompt", "");
+    p.negative_prompt = meta_or(g, "negative_prompt", "");
+    p.steps = atoi(meta_or(g, "num_inference_steps", "0"));
+    p.guidance = strtof(meta_or(g, "guidance_scale", "7.5"), NULL);
+    p.width = atoi(meta_or(g, "width", "0"));
+    p.height = atoi(meta_or(g, "height", "0"));
+    p.seed = strtoull(meta_or(g, "seed", "0"), NULL, 10);
+    p.eta = strtof(meta_or(g, "eta", "0"), NULL);
+    p.threads = threads;
+    if (ddim_config_from_json(&c, meta_or(g, "scheduler", "{}"), g->path)) p.spacing = c.spacing;
+    const sd_tensor *init = sd_safetensors_find(&g->st, "init_image_uint8");
+    if (init) {
+        p.init_rgb = (const uint8_t *)init->data;
+        p.strength = strtod(meta_or(g, "strength", "0.8"), NULL);
+        p.posterior_noise = golden_f32(g, "posterior_noise", NULL);
+        p.noise = golden_f32(g, "noise", NULL);
+    } else if (sd_safetensors_find(&g->st, "initial_latents") && !sd_safetensors_meta(&g->st, "seed")) {
+        p.initial_latents = golden_f32(g, "initial_latents", NULL);
+    }
+    p.latents_out = latents;
+    p.image_out = image;
+    size_t need = sd_generate_arena_bytes(m, &p);
+    sd_arena *a = test_arena(need + 64);
+    int rc = sd_generate(m, &p, a, rgb, err);
+    CHECK(rc != SD_OK || a->peak <= need, "%s: generation peaked at %zu arena bytes, promised %zu", g->path, a->peak, need);
+    free_arena(a);
+    return rc;
+}
+
+static int pipelines_checked;
+
+static void check_pipeline(const sd_model *m, const char *rel)
+{
+    golden_file *g = golden_open(rel);
+    char what[1400];
+    sd_error err;
+    if (!g) return;
+    const char *cls = sd_safetensors_meta(&g->st, "scheduler_class"), *sampler = sd_safetensors_meta(&g->st, "sampler");
+    if ((cls && strcmp(cls, "DDIMScheduler")) || (sampler && strcmp(sampler, "ddim"))) { golden_close(g); return; }
+    int64_t nl, ni, nu;
+    const float *want_lat = golden_f32(g, "final_latents", &nl), *want_img = golden_f32(g, "image_decoded", &ni);
+    const sd_tensor *want_u8 = sd_safetensors_find(&g->st, "image_uint8");
+    if (!want_lat || !want_img || !CHECK(want_u8 != NULL, "%s: no image_uint8", g->path)) { golden_close(g); return; }
+    nu = sd_tensor_numel(want_u8);
+    float *lat = (float *)malloc((size_t)nl * sizeof(float)), *img = (float *)malloc((size_t)ni * sizeof(float));
+    uint8_t *rgb = (uint8_t *)malloc((size_t)nu);
+    int rc = run_golden(m, g, 1, rgb, lat, img, &err);
+    pipelines_checked++;
+    if (CHECK(rc == SD_OK, "%s: %s", g->path, err.message)) {
+        snprintf(what, sizeof what, "%s final_latents", rel);
+        check_close(what, lat, want_lat, nl, 1e-4);
+        snprintf(what, sizeof what, "%s image_decoded", rel);
+        check_close(what, img, want_img, ni, 1e-4);
+        int worst = 0;
+        for (int64_t i = 0; i < nu; i++) {
+            int d = abs((int)rgb[i] - (int)((const uint8_t *)want_u8->data)[i]);
+            if (d > worst) worst = d;
+        }
+        CHECK(worst <= 1, "%s image_uint8: a pixel differs by %d", rel, worst);
+    }
+    /* prompt ids as the pipeline tokenizes them */
+    const sd_tensor *pid = sd_safetensors_find(&g->st, "prompt_ids");
+    if (pid && pid->dtype == SD_I64 && sd_tensor_numel(pid) == SD_CLIP_CONTEXT) {
+        int32_t ids[SD_CLIP_CONTEXT];
+        sd_arena *a = test_arena(sd_clip_scratch_bytes(1024));
+        const char *prompt = meta_or(g, "prompt", "");
+        int same = !sd_clip_tokenize(m->vocab, prompt, strlen(prompt), m->pad, ids, NULL, a, &err);
+        for (int i = 0; same && i < SD_CLIP_CONTEXT; i++) same = ids[i] == ((const int64_t *)pid->data)[i];
+        CHECK(same, "%s: prompt_ids differ from ours", rel);
+        free_arena(a);
+    }
+    free(lat);
+    free(img);
+    free(rgb);
+    golden_close(g);
+}
+
+static int cancel_at_2(void *user, int step, int steps)
+{
+    (void)steps;
+    ++*(int *)user;
+    return step == 2;
+}
+
+/* Same bytes for 1, 2 and 4 threads; cancellation; a too-small arena refused before any work. */
+static void check_pipeline_contracts(const sd_model *m, const char *rel)
+{
+    golden_file *g = golden_open(rel);
+    sd_error err;
+    if (!g) return;
+    const sd_tensor *want_u8 = sd_safetensors_find(&g->st, "image_uint8");
+    size_t n = want_u8 ? (size_t)sd_tensor_numel(want_u8) : 0;
+    uint8_t *rgb[3];
+    int rc[3];
+    for (int i = 0; i < 3; i++) {
+        rgb[i] = (uint8_t *)malloc(n ? n : 1);
+        rc[i] = run_golden(m, g, 1 << i, rgb[i], NULL, NULL, &err);
+    }
+    CHECK(n && !rc[0] && !rc[1] && !rc[2] && !memcmp(rgb[0], rgb[1], n) && !memcmp(rgb[0], rgb[2], n),
+          "%s: 1, 2 and 4 threads give different images", rel);
+    for (int i = 0; i < 3; i++) free(rgb[i]);
+
+    sd_params p;
+    int calls = 0;
+    uint8_t *out = (uint8_t *)malloc(3 * 64 * 64);
+    sd_params_init(&p);
+    p.prompt = "a cat";
+    p.width = p.height = 64;
+    p.steps = 4;
+    p.progress = cancel_at_2;
+    p.user = &calls;
+    size_t need = sd_generate_arena_bytes(m, &p);
+    sd_arena *a = test_arena(need);
+    size_t used = a->used;
+    int r = sd_generate(m, &p, a, out, &err);
+    CHECK(r == SD_ERR_CANCELLED && calls == 2 && a->used == used, "cancel at step 2: rc %d after %d calls", r, calls);
+    free_arena(a);
+    calls = 0;
+    a = test_arena(need - 1);
+    r = sd_generate(m, &p, a, out, &err);
+    CHECK(r == SD_ERR_MEMORY && calls == 0 && strstr(err.message, "arena"), "arena one byte short: rc %d, %d steps ran: %s", r, calls, err.message);
+    free_arena(a);
+    p.width = 100;
+    CHECK(sd_generate(m, &p, NULL, out, &err) == SD_ERR_ARG && sd_generate_arena_bytes(m, &p) == 0, "width 100 is refused");
+    free(out);
+    golden_close(g);
+}
+
+static void test_pipeline(void)
+{
+    DIR *top = opendir(golden_dir);
+    struct dirent *d;
+    int models = 0;
+    if (!top) return;
+    while ((d = readdir(top))) {
+        char sub[1024], path[1200], rel[1200];
+        loaded_model lm;
+        if (d->d_name[0] == '.') continue;
+        snprintf(sub, sizeof sub, "%s/%s", golden_dir, d->d_name);
+        snprintf(path, sizeof path, "%s/models/%s-fp16.safetensors", golden_dir, d->d_name);
+        if (!file_exists(path)) snprintf(path, sizeof path, "%s/models/%s.safetensors", golden_dir, d->d_name);
+        DIR *dir = opendir(sub);
+        if (!dir) continue;
+        if (!file_exists(path)) { closedir(dir); continue; }
+        if (load_model(&lm, path)) { unload_model(&lm); closedir(dir); continue; }
+        models++;
+        int contracts = 0;
+        struct dirent *f;
+        while ((f = readdir(dir))) {
+            size_t len = strlen(f->d_name);
+            if ((strncmp(f->d_name, "txt2img_", 8) && strncmp(f->d_name, "img2img_", 8)) ||
+                len < 12 || strcmp(f->d_name + len - 12, ".safetensors")) continue;
+            snprintf(rel, sizeof rel, "%s/%s", d->d_name, f->d_name);
+            check_pipeline(lm.model, rel);
+            if (!contracts && !strncmp(f->d_name, "txt2img_", 8)) {
+                contracts = 1;
+                check_pipeline_contracts(lm.model, rel);
+            }
+        }
+        closedir(dir);
+        unload_model(&lm);
+    }
+    closedir(top);
+    CHECK(models > 0 || !file_exists(merges_path), "pipeline: no model found under %s", golden_dir);
+    printf("pipeline: %d models, %d DDIM pipeline goldens run end to end\n", models, pipelines_checked);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1) golden_dir = argv[1];
@@ -2909,6 +3212,7 @@ int main(int argc, char **argv)
     test_text_encoder();
     test_unet();
     test_vae();
+    test_pipeline();
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail != 0;
 }
