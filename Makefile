@@ -1,5 +1,6 @@
-# sd.h - build, test, benchmark.  `make` builds example and test; `make test` is what CI runs.
+# sd.h - build, test, benchmark.  `make` builds ./example and ./test; `make test` is what CI runs.
 CC      ?= cc
+CXX     ?= c++
 WARN     = -std=c99 -Wall -Wextra -pedantic
 OPT      = -O2 -march=native
 LIBS     = -lm -lpthread
@@ -7,8 +8,10 @@ SAN      = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sani
 GOLDEN  ?= ../shared/golden
 MERGES   = weights/merges.txt
 MERGES_URL = https://huggingface.co/openai/clip-vit-large-patch14/resolve/main/merges.txt
+# every SIMD path this machine can run, each a build of the kernel tests: name=flags
+PATHS    = avx512:-mavx512f avx2:-mavx2\ -mfma\ -mf16c sse2: scalar:-DSD_NO_SIMD nothreads:-march=native\ -DSD_NO_THREADS
 
-.PHONY: all test test-run testbin check-nm check-cxx tsan fuzz bench clean
+.PHONY: all testbin test test-run test-paths test-neon check-nm check-cxx tsan fuzz bench clean
 all: example testbin
 
 example: example.c sd.h
@@ -20,7 +23,7 @@ testbin: test.c sd.h
 
 # The sanitizer build the test target runs: warnings are errors.
 test-san: test.c sd.h
-	$(CC) $(WARN) -Werror $(SAN) -D_DEFAULT_SOURCE -o $@ test.c $(LIBS)
+	$(CC) $(WARN) -Werror $(SAN) -march=native -D_DEFAULT_SOURCE -o $@ test.c $(LIBS)
 
 # CLIP's vocabulary is not ours to commit: take it from weights/, else ../shared/clip/, else the hub.
 $(MERGES):
@@ -38,19 +41,38 @@ check-nm: sd.h
 	@echo "nm: sd.h references no allocator"; rm -f .impl.c .impl.o
 
 # Many users drop the header into C++ projects.
-check-cxx: sd.h test.c
+check-cxx: sd.h
 	@printf '#define SD_IMPLEMENTATION\n#include "sd.h"\n' > .impl.cpp
-	$(CXX) -x c++ -Wall -Wextra -Werror -O1 -c .impl.cpp -o .impl.o
+	$(CXX) -x c++ -Wall -Wextra -Werror -O2 -march=native -c .impl.cpp -o .impl.o
 	@echo "c++: sd.h compiles as C++"; rm -f .impl.cpp .impl.o
 
+# The kernels once per SIMD path, under the sanitizers.
+test-paths: test.c sd.h
+	@for p in $(PATHS); do name=$${p%%:*}; flags=$${p#*:}; \
+	  $(CC) $(WARN) -Werror $(SAN) $$flags -D_DEFAULT_SOURCE -o test-$$name test.c $(LIBS) || exit 1; \
+	  ./test-$$name --kernels | tee -a .test.log | tail -1 || exit 1; done
+
+# NEON: cross-compiled for aarch64 and run under qemu-user, when those tools are installed.
+test-neon: test.c sd.h
+	@if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null; then \
+	  aarch64-linux-gnu-gcc $(WARN) -Werror -O2 -static -D_DEFAULT_SOURCE -o test-neon test.c $(LIBS) && \
+	  qemu-aarch64 ./test-neon --kernels | tee -a .test.log | tail -2; \
+	else echo "note: aarch64-linux-gnu-gcc or qemu-aarch64 missing: NEON path not tested"; fi
+
 test-run: test-san $(MERGES)
-	@: > .test.log
-	SD_MERGES=$(MERGES) ./test-san weights/test 2>&1 | tee -a .test.log
-	@if [ -d $(GOLDEN) ]; then SD_MERGES=$(MERGES) ./test-san $(GOLDEN) 2>&1 | tee -a .test.log; \
+	SD_MERGES=$(MERGES) ./test-san weights/test 2>&1 | tee -a .test.log | grep -v '^  '
+	@if [ -d $(GOLDEN) ]; then SD_MERGES=$(MERGES) ./test-san $(GOLDEN) 2>&1 | tee -a .test.log | grep -v '^  '; \
 	else echo "note: $(GOLDEN) is absent; the diffusers-folder checks did not run"; fi
 
-test: check-nm check-cxx test-run
+test: check-nm check-cxx
+	@: > .test.log
+	@$(MAKE) --no-print-directory test-paths test-neon tsan test-run
 	@awk '/^[0-9]+ passed, [0-9]+ failed$$/ { p += $$1; f += $$3 } END { printf "%d passed, %d failed\n", p, f; exit f != 0 }' .test.log
+
+# ThreadSanitizer over the kernels and the thread pool.
+tsan: test.c sd.h
+	$(CC) $(WARN) -Werror -O1 -g -fsanitize=thread -march=native -D_DEFAULT_SOURCE -o test-tsan test.c $(LIBS)
+	./test-tsan --kernels | tee -a .test.log | tail -1
 
 # libFuzzer targets (clang): `make fuzz`, then e.g. ./fuzz_tokenizer -max_total_time=600 corpus/
 FUZZ = clang -std=c99 -g -O1 -fsanitize=fuzzer,address,undefined -D_DEFAULT_SOURCE
@@ -61,4 +83,4 @@ fuzz_tokenizer: test.c sd.h $(MERGES)
 	$(FUZZ) -DSD_FUZZ=2 -o $@ test.c $(LIBS)
 
 clean:
-	rm -f example test test-san .test.log .impl.* fuzz_*
+	rm -f example test test-* .test.log .impl.* fuzz_*

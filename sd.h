@@ -442,6 +442,7 @@ SD_API int sd_generate(const sd_model *model, const sd_params *p, sd_arena *a, u
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>   /* vsnprintf only: the core does no I/O */
+#include <stdlib.h>  /* strtod, strtol: metadata numbers */
 #include <string.h>
 
 #ifndef SD_ASSERT
