@@ -1,20 +1,33 @@
-/* example.c - the command-line program for sd.h.
+/* example.c - the command-line program for sd.h, and an example of its API.
 
-     ./example --inspect model.safetensors     list the tensors of a file (name, dtype, shape, bytes)
+     ./example -m model.safetensors -p "a lighthouse at dusk" -o out.png
+     ./example -m diffusers_folder/ -p "a cat" -W 768 -H 512 --steps 30 -s 42
+     ./example -m model.safetensors -i photo.png --strength 0.6 -p "oil painting"
+     ./example --inspect model.safetensors
 
-   It also shows how to call the library: the file is mmap'd (or read), an arena is sized and
-   allocated once, and every call reports errors through sd_error. */
+   How it uses the library: files are mmap'd read-only (sd.h uses the weights in place), the
+   model is loaded into one arena, the exact arena size of a generation is asked for and
+   allocated once, and every call reports errors through sd_error. PNG/PPM files are read and
+   written by the code at the end of this file (no zlib needed). */
 #define _POSIX_C_SOURCE 200809L
 #define SD_IMPLEMENTATION
 #include "sd.h"
 
+#include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
+
+#define EXAMPLE_VERSION "0.1.0"
+
+static uint8_t *image_read(const char *path, int *w, int *h, char *err, size_t errcap);
+static int image_write(const char *path, const uint8_t *rgb, int w, int h, const char *parameters, char *err, size_t errcap);
 
 /* Maps a file read-only; falls back to reading it when mmap is not possible. */
 static void *map_file(const char *path, size_t *size)
@@ -22,7 +35,7 @@ static void *map_file(const char *path, size_t *size)
     struct stat sb;
     void *p;
     int fd = open(path, O_RDONLY);
-    if (fd < 0 || fstat(fd, &sb) != 0) {
+    if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
         if (fd >= 0) close(fd);
         return NULL;
     }
@@ -36,6 +49,19 @@ static void *map_file(const char *path, size_t *size)
     return p;
 }
 
+static int is_dir(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 static int inspect(const char *path)
 {
     size_t size = 0, arena_size = 64u << 20;
@@ -43,7 +69,7 @@ static int inspect(const char *path)
     sd_arena arena;
     sd_safetensors st;
     sd_error err;
-    if (!data) { fprintf(stderr, "cannot read %s\n", path); return 1; }
+    if (!data) { fprintf(stderr, "cannot read %s: %s\n", path, strerror(errno)); return 1; }
     sd_arena_init(&arena, mem, arena_size);
     if (sd_safetensors_open(&st, data, size, &arena, &err)) {
         fprintf(stderr, "%s: %s\n", path, err.message);
@@ -63,14 +89,854 @@ static int inspect(const char *path)
     return 0;
 }
 
-static void usage(void)
+typedef struct options {
+    const char *model, *tokenizer, *prompt, *negative, *init, *output;
+    int width, height, steps, threads, batch, clip_skip, verbose, have_seed;
+    float cfg;
+    double strength;
+    uint64_t seed;
+} options;
+
+static void usage(FILE *f)
 {
-    printf("usage: ./example --inspect FILE.safetensors\n");
+    fprintf(f,
+        "usage: ./example -m MODEL -p PROMPT [options]\n"
+        "       ./example --inspect FILE.safetensors\n"
+        "  -m, --model PATH          single-file .safetensors checkpoint, or a diffusers folder\n"
+        "      --tokenizer FILE      CLIP merges.txt (default: next to the model, then weights/merges.txt)\n"
+        "  -p, --prompt TEXT         what to draw\n"
+        "  -n, --negative-prompt T   what to avoid (default: empty)\n"
+        "  -W, --width N, -H, --height N   image size in pixels, multiples of 8 (default 512)\n"
+        "      --steps N             sampling steps (default 20)\n"
+        "      --cfg-scale X         classifier-free guidance scale (default 7.5)\n"
+        "  -s, --seed N              random seed (default: random, printed)\n"
+        "  -t, --threads N           threads (default: all cores)\n"
+        "  -i, --init-img FILE       img2img: start from this PNG/PPM (resized? no: must match -W/-H)\n"
+        "      --strength X          img2img: how much to change it, 0..1 (default 0.8)\n"
+        "  -o, --output FILE         .png or .ppm (default output.png; with -b N: output_2.png, ...)\n"
+        "  -b, --batch-count N       images to make, seeds seed, seed+1, ...\n"
+        "      --clip-skip N         stop the text encoder N-1 layers early (A1111 style)\n"
+        "  -v, --verbose             more detail\n"
+        "  -h, --help, --version\n");
+}
+
+/* The file names of a diffusers folder that sd.h reads. */
+static const char *const diffusers_parts[] = {
+    "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+    "text_encoder/model.safetensors",
+};
+
+static int progress_bar(void *user, int step, int steps)
+{
+    double *start = (double *)user, t = now() - *start;
+    if (isatty(2)) {
+        int filled = 30 * step / steps;
+        fprintf(stderr, "\r  |%.*s%*s| %d/%d  %.2f s/it  ETA %.0f s ", filled, "==============================",
+                30 - filled, "", step, steps, t / step, t / step * (steps - step));
+        if (step == steps) fputc('\n', stderr);
+    }
+    return 0;
+}
+
+/* Loads the model files (one checkpoint, or a diffusers folder's parts) and merges.txt. */
+static int load_model(const options *o, sd_model **model, sd_arena *arena)
+{
+    sd_source src;
+    sd_error err;
+    char path[4096];
+    memset(&src, 0, sizeof src);
+    if (is_dir(o->model)) {
+        for (size_t i = 0; i < sizeof diffusers_parts / sizeof *diffusers_parts; i++) {
+            snprintf(path, sizeof path, "%s/%s", o->model, diffusers_parts[i]);
+            if (!(src.data[src.count] = map_file(path, &src.size[src.count]))) {
+                fprintf(stderr, "cannot read %s: %s\n", path, strerror(errno));
+                return 1;
+            }
+            src.count++;
+        }
+    } else if (!(src.data[0] = map_file(o->model, &src.size[0]))) {
+        fprintf(stderr, "cannot read %s: %s\n", o->model, strerror(errno));
+        return 1;
+    } else {
+        src.count = 1;
+    }
+    /* merges.txt: as given, else a diffusers folder's tokenizer/, else beside the model, else weights/ */
+    const char *candidates[4] = {o->tokenizer, NULL, NULL, "weights/merges.txt"};
+    char a[4096], b[4096];
+    snprintf(a, sizeof a, "%s/tokenizer/merges.txt", o->model);
+    snprintf(b, sizeof b, "%.*s/merges.txt", (int)(strrchr(o->model, '/') ? strrchr(o->model, '/') - o->model : 1),
+             strrchr(o->model, '/') ? o->model : ".");
+    candidates[1] = a;
+    candidates[2] = b;
+    for (int i = 0; i < 4 && !src.merges; i++)
+        if (candidates[i] && (src.merges = (const char *)map_file(candidates[i], &src.merges_size)) && o->verbose)
+            fprintf(stderr, "tokenizer: %s\n", candidates[i]);
+    if (!src.merges) {
+        fprintf(stderr, "no merges.txt: pass --tokenizer FILE or run `sh weights/download.sh merges`\n");
+        return 1;
+    }
+    size_t size = sd_model_arena_bytes(&src);
+    void *mem = malloc(size);
+    if (!mem) { fprintf(stderr, "cannot allocate %zu bytes for the model tables\n", size); return 1; }
+    sd_arena_init(arena, mem, size);
+    if (sd_model_load(model, &src, arena, &err)) {
+        fprintf(stderr, "%s: %s\n", o->model, err.message);
+        return 1;
+    }
+    return 0;
+}
+
+/* AUTOMATIC1111's "parameters" text, so that web UIs and viewers show how an image was made. */
+static void parameters_text(char *buf, size_t cap, const options *o, uint64_t seed)
+{
+    const char *name = strrchr(o->model, '/') ? strrchr(o->model, '/') + 1 : o->model;
+    int n = snprintf(buf, cap, "%s\n", o->prompt);
+    if (o->negative && *o->negative) n += snprintf(buf + n, cap > (size_t)n ? cap - n : 0, "Negative prompt: %s\n", o->negative);
+    snprintf(buf + n, cap > (size_t)n ? cap - n : 0, "Steps: %d, Sampler: DDIM, CFG scale: %g, Seed: %llu, Size: %dx%d, Model: %s%s",
+             o->steps, o->cfg, (unsigned long long)seed, o->width, o->height, name, o->init ? ", Denoising strength: " : "");
+    if (o->init) snprintf(buf + strlen(buf), cap - strlen(buf), "%g", o->strength);
+}
+
+static int run(options *o)
+{
+    sd_arena model_arena, arena;
+    sd_model *model;
+    sd_model_info info;
+    sd_params p;
+    sd_error err;
+    uint8_t *init = NULL;
+    if (load_model(o, &model, &model_arena)) return 1;
+    sd_model_get_info(model, &info);
+    if (o->init) {
+        int w, h;
+        char msg[512];
+        if (!(init = image_read(o->init, &w, &h, msg, sizeof msg))) { fprintf(stderr, "%s\n", msg); return 1; }
+        if ((o->width && o->width != w) || (o->height && o->height != h)) {
+            fprintf(stderr, "%s is %dx%d but -W/-H ask for %dx%d: resize it first\n", o->init, w, h, o->width, o->height);
+            return 1;
+        }
+        o->width = w;
+        o->height = h;
+    }
+    if (!o->width) o->width = 512;
+    if (!o->height) o->height = 512;
+    sd_params_init(&p);
+    p.prompt = o->prompt;
+    p.negative_prompt = o->negative;
+    p.width = o->width;
+    p.height = o->height;
+    p.steps = o->steps;
+    p.guidance = o->cfg;
+    p.threads = o->threads;
+    p.clip_skip = o->clip_skip;
+    p.init_rgb = init;
+    p.strength = o->strength;
+    size_t need = sd_generate_arena_bytes(model, &p);
+    if (!need) {   /* sd_generate says why */
+        uint8_t dummy;
+        sd_generate(model, &p, NULL, &dummy, &err);
+        fprintf(stderr, "%s\n", err.message);
+        return 1;
+    }
+    fprintf(stderr, "model: SD %d (%s prediction%s), text %d wide x %d layers, VAE scale %g\n", info.version,
+            info.prediction == SD_PREDICT_V ? "v" : "epsilon", info.diffusers ? ", diffusers folder" : "",
+            info.text_width, info.text_layers, info.vae_scale);
+    fprintf(stderr, "%dx%d, %d steps, cfg %g, %d threads, arena %.1f MiB (+%.1f MiB model tables)\n", p.width, p.height,
+            p.steps, p.guidance, p.threads, need / 1048576.0, model_arena.used / 1048576.0);
+    void *mem = malloc(need + SD_ARENA_ALIGN);
+    uint8_t *rgb = (uint8_t *)malloc((size_t)3 * p.width * p.height);
+    if (!mem || !rgb) { fprintf(stderr, "cannot allocate %zu bytes\n", need); return 1; }
+    sd_arena_init(&arena, mem, need + SD_ARENA_ALIGN);
+    for (int i = 0; i < o->batch; i++) {
+        char path[4096], params[8192], msg[512];
+        double start = now();
+        p.seed = o->seed + (uint64_t)i;
+        p.progress = progress_bar;
+        p.user = &start;
+        fprintf(stderr, "seed %llu\n", (unsigned long long)p.seed);
+        if (sd_generate(model, &p, &arena, rgb, &err)) { fprintf(stderr, "%s\n", err.message); return 1; }
+        const char *dot = strrchr(o->output, '.');
+        if (i == 0) snprintf(path, sizeof path, "%s", o->output);
+        else snprintf(path, sizeof path, "%.*s_%d%s", (int)(dot ? dot - o->output : (long)strlen(o->output)), o->output, i + 1, dot ? dot : "");
+        parameters_text(params, sizeof params, o, p.seed);
+        if (image_write(path, rgb, p.width, p.height, params, msg, sizeof msg)) { fprintf(stderr, "%s\n", msg); return 1; }
+        fprintf(stderr, "wrote %s in %.1f s (peak arena %.1f MiB)\n", path, now() - start, arena.peak / 1048576.0);
+    }
+    return 0;
+}
+
+static int parse_int(const char *s, int lo, int hi, const char *flag)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (end == s || *end || v < lo || v > hi) {
+        fprintf(stderr, "%s wants an integer in %d..%d, got '%s'\n", flag, lo, hi, s);
+        exit(1);
+    }
+    return (int)v;
+}
+
+static double parse_float(const char *s, double lo, double hi, const char *flag)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || *end || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "%s wants a number in %g..%g, got '%s'\n", flag, lo, hi, s);
+        exit(1);
+    }
+    return v;
 }
 
 int main(int argc, char **argv)
 {
-    if (argc == 3 && !strcmp(argv[1], "--inspect")) return inspect(argv[2]);
-    usage();
-    return argc == 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) ? 0 : 1;
+    options o;
+    memset(&o, 0, sizeof o);
+    o.output = "output.png";
+    o.steps = 20;
+    o.cfg = 7.5f;
+    o.strength = 0.8;
+    o.batch = 1;
+    o.threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (o.threads < 1) o.threads = 1;
+    if (o.threads > SD_MAX_THREADS) o.threads = SD_MAX_THREADS;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define FLAG(s, l) (!strcmp(a, s) || !strcmp(a, l))
+#define VALUE() (v ? (i++, v) : (fprintf(stderr, "%s needs a value\n", a), exit(1), ""))
+        if (FLAG("-h", "--help")) { usage(stdout); return 0; }
+        else if (!strcmp(a, "--version")) { printf("sd.h example %s (SIMD: %s)\n", EXAMPLE_VERSION, SD_SIMD); return 0; }
+        else if (!strcmp(a, "--inspect")) return inspect(VALUE());
+        else if (FLAG("-m", "--model")) o.model = VALUE();
+        else if (!strcmp(a, "--tokenizer")) o.tokenizer = VALUE();
+        else if (FLAG("-p", "--prompt")) o.prompt = VALUE();
+        else if (FLAG("-n", "--negative-prompt")) o.negative = VALUE();
+        else if (FLAG("-W", "--width")) o.width = parse_int(VALUE(), 8, 8192, a);
+        else if (FLAG("-H", "--height")) o.height = parse_int(VALUE(), 8, 8192, a);
+        else if (!strcmp(a, "--steps")) o.steps = parse_int(VALUE(), 1, 1000, a);
+        else if (!strcmp(a, "--cfg-scale")) o.cfg = (float)parse_float(VALUE(), 0, 100, a);
+        else if (FLAG("-s", "--seed")) { o.seed = strtoull(VALUE(), NULL, 10); o.have_seed = 1; }
+        else if (FLAG("-t", "--threads")) o.threads = parse_int(VALUE(), 1, SD_MAX_THREADS, a);
+        else if (FLAG("-i", "--init-img")) o.init = VALUE();
+        else if (!strcmp(a, "--strength")) o.strength = parse_float(VALUE(), 0, 1, a);
+        else if (FLAG("-o", "--output")) o.output = VALUE();
+        else if (FLAG("-b", "--batch-count")) o.batch = parse_int(VALUE(), 1, 10000, a);
+        else if (!strcmp(a, "--clip-skip")) o.clip_skip = parse_int(VALUE(), 0, 64, a);
+        else if (FLAG("-v", "--verbose")) o.verbose = 1;
+        else { fprintf(stderr, "unknown option '%s' (see --help)\n", a); return 1; }
+#undef FLAG
+#undef VALUE
+    }
+    if (!o.model || !o.prompt) { usage(stderr); return 1; }
+    if (!o.have_seed) o.seed = ((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 16)) & 0xffffffffu;
+    return run(&o);
+}
+
+/* ---- image files: PNG and PPM, with the zlib pieces written here ---------------------------- */
+/* PNG reading takes 8-bit RGB, RGBA, gray, gray+alpha and palette images (gray and palette also
+   at 1, 2 and 4 bits), non-interlaced, every filter and block type; alpha is dropped, as PIL's
+   convert("RGB") does for diffusers' load_image. 16-bit and interlaced images are refused with a
+   message saying so. Written PNGs carry the generation parameters in a tEXt (or, beyond Latin-1,
+   iTXt) chunk named "parameters", as AUTOMATIC1111 writes them. */
+#define IMAGE_MAX_PIXELS ((uint64_t)1 << 26)   /* 8192 x 8192: far past what SD makes */
+
+static int image_error(char *err, size_t errcap, const char *fmt, ...)
+{
+    va_list ap;
+    if (err && errcap) { va_start(ap, fmt); vsnprintf(err, errcap, fmt, ap); va_end(ap); }
+    return -1;
+}
+
+/* ---- checksums and deflate tables shared by both directions -------------------------------- */
+
+/* CRC-32 of PNG chunks (reflected polynomial 0xedb88320); the table is built on first use. */
+static uint32_t png_crc32(const uint8_t *p, size_t n)
+{
+    static uint32_t table[256];
+    uint32_t crc = 0xffffffffu;
+    if (!table[1])
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++) c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
+            table[i] = c;
+        }
+    while (n--) crc = table[(crc ^ *p++) & 255] ^ (crc >> 8);
+    return ~crc;
+}
+
+static uint32_t zlib_adler32(const uint8_t *p, size_t n)
+{
+    uint32_t a = 1, b = 0;
+    while (n) {
+        size_t k = n < 5552 ? n : 5552;   /* the most bytes before b can overflow 32 bits */
+        n -= k;
+        while (k--) { a += *p++; b += a; }
+        a %= 65521; b %= 65521;
+    }
+    return b << 16 | a;
+}
+
+static uint32_t get_be32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
+
+/* RFC 1951 3.2.5: base values and extra bits of length symbols 257..285 and distance symbols. */
+static const uint16_t length_base[29] = {3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31,
+    35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258};
+static const uint8_t length_extra[29] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3,
+    4, 4, 4, 4, 5, 5, 5, 5, 0};
+static const uint16_t dist_base[30] = {1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193,
+    257, 385, 513, 769, 1025, 1537, 2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577};
+static const uint8_t dist_extra[30] = {0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8,
+    9, 9, 10, 10, 11, 11, 12, 12, 13, 13};
+
+/* PNG filter prediction of byte i of a row from the unfiltered bytes left (a), up (b) and
+   up-left (c) of it; bpp is the distance to the same byte of the pixel on the left. */
+static int png_predict(int type, const uint8_t *cur, const uint8_t *prev, size_t i, size_t bpp)
+{
+    int a = i >= bpp ? cur[i - bpp] : 0, b = prev ? prev[i] : 0, c = prev && i >= bpp ? prev[i - bpp] : 0;
+    int p = a + b - c, pa = abs(p - a), pb = abs(p - b), pc = abs(p - c);
+    switch (type) {
+    case 1: return a;
+    case 2: return b;
+    case 3: return (a + b) >> 1;
+    case 4: return pa <= pb && pa <= pc ? a : pb <= pc ? b : c;   /* Paeth */
+    default: return 0;
+    }
+}
+
+/* ---- inflate (RFC 1950/1951) into a buffer of the size the PNG header promises -------------- */
+
+typedef struct png_inflater {
+    const uint8_t *in;
+    size_t in_size, in_pos;
+    uint32_t bits;        /* bits not yet used, lowest first; always fewer than 8 between calls */
+    int nbits;
+    uint8_t *out;
+    size_t out_size, out_pos;
+    const char *error;    /* the first problem; reading past the end sets it and yields zeros */
+} png_inflater;
+
+typedef struct png_huffman { short count[16], symbol[288]; } png_huffman;  /* canonical code */
+
+static unsigned inflate_bits(png_inflater *z, int n)
+{
+    unsigned v;
+    while (z->nbits < n) {
+        if (z->in_pos == z->in_size) { if (!z->error) z->error = "the zlib stream is truncated"; return 0; }
+        z->bits |= (uint32_t)z->in[z->in_pos++] << z->nbits;
+        z->nbits += 8;
+    }
+    v = z->bits & ((1u << n) - 1);
+    z->bits >>= n;
+    z->nbits -= n;
+    return v;
+}
+
+/* Builds the canonical code of the given code lengths (0 = unused); 0 if over-subscribed. */
+static int huffman_build(png_huffman *hc, const uint8_t *lengths, int n)
+{
+    short offset[16];
+    int left = 1;
+    memset(hc->count, 0, sizeof hc->count);
+    for (int i = 0; i < n; i++) hc->count[lengths[i]]++;
+    for (int len = 1; len < 16; len++)
+        if ((left = 2 * left - hc->count[len]) < 0) return 0;
+    offset[1] = 0;
+    for (int len = 1; len < 15; len++) offset[len + 1] = (short)(offset[len] + hc->count[len]);
+    for (int i = 0; i < n; i++)
+        if (lengths[i]) hc->symbol[offset[lengths[i]]++] = (short)i;
+    return 1;
+}
+
+/* Reads one symbol a bit at a time: codes of each length are consecutive numbers from `first`. */
+static int huffman_decode(png_inflater *z, const png_huffman *hc)
+{
+    int code = 0, first = 0, index = 0;
+    for (int len = 1; len < 16; len++) {
+        code |= (int)inflate_bits(z, 1);
+        if (code - first < hc->count[len]) return hc->symbol[index + code - first];
+        index += hc->count[len];
+        first = (first + hc->count[len]) << 1;
+        code <<= 1;
+    }
+    if (!z->error) z->error = "invalid Huffman code in the zlib stream";
+    return -1;
+}
+
+static void inflate_codes(png_inflater *z, const png_huffman *lit, const png_huffman *dist)
+{
+    for (;;) {
+        int sym = huffman_decode(z, lit), d;
+        size_t len, distance;
+        if (z->error || sym == 256) return;
+        if (sym < 256) {
+            if (z->out_pos == z->out_size) { z->error = "more image data than the header says"; return; }
+            z->out[z->out_pos++] = (uint8_t)sym;
+            continue;
+        }
+        if ((sym -= 257) >= 29) { z->error = "invalid length symbol in the zlib stream"; return; }
+        len = length_base[sym] + inflate_bits(z, length_extra[sym]);
+        d = huffman_decode(z, dist);
+        if (z->error) return;
+        if (d >= 30) { z->error = "invalid distance symbol in the zlib stream"; return; }
+        distance = dist_base[d] + inflate_bits(z, dist_extra[d]);
+        if (z->error) return;
+        if (distance > z->out_pos) { z->error = "zlib distance points before the start of the data"; return; }
+        if (len > z->out_size - z->out_pos) { z->error = "more image data than the header says"; return; }
+        for (; len; len--, z->out_pos++) z->out[z->out_pos] = z->out[z->out_pos - distance];
+    }
+}
+
+static void inflate_stored(png_inflater *z)
+{
+    unsigned len;
+    z->bits = 0, z->nbits = 0;   /* a stored block starts at the next byte */
+    if (z->in_size - z->in_pos < 4) { z->error = "the zlib stream is truncated"; return; }
+    len = z->in[z->in_pos] | z->in[z->in_pos + 1] << 8;
+    if ((len ^ 0xffffu) != (unsigned)(z->in[z->in_pos + 2] | z->in[z->in_pos + 3] << 8)) { z->error = "stored block length check failed"; return; }
+    z->in_pos += 4;
+    if (z->in_size - z->in_pos < len) { z->error = "the zlib stream is truncated"; return; }
+    if (len > z->out_size - z->out_pos) { z->error = "more image data than the header says"; return; }
+    memcpy(z->out + z->out_pos, z->in + z->in_pos, len);
+    z->in_pos += len;
+    z->out_pos += len;
+}
+
+static void inflate_fixed(png_inflater *z)
+{
+    uint8_t lengths[288];
+    png_huffman lit, dist;
+    memset(lengths, 8, 144);
+    memset(lengths + 144, 9, 112);
+    memset(lengths + 256, 7, 24);
+    memset(lengths + 280, 8, 8);
+    huffman_build(&lit, lengths, 288);
+    memset(lengths, 5, 30);
+    huffman_build(&dist, lengths, 30);
+    inflate_codes(z, &lit, &dist);
+}
+
+/* A dynamic block first sends the code lengths of its two codes, themselves Huffman coded. */
+static void inflate_dynamic(png_inflater *z)
+{
+    static const uint8_t order[19] = {16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15};
+    uint8_t lengths[286 + 30] = {0};
+    png_huffman lit, dist;
+    int nlit = (int)inflate_bits(z, 5) + 257, ndist = (int)inflate_bits(z, 5) + 1, ncode = (int)inflate_bits(z, 4) + 4;
+    if (nlit > 286 || ndist > 30) { if (!z->error) z->error = "bad code counts in a dynamic block"; return; }
+    for (int i = 0; i < ncode; i++) lengths[order[i]] = (uint8_t)inflate_bits(z, 3);
+    if (!huffman_build(&lit, lengths, 19)) { if (!z->error) z->error = "bad code-length code in a dynamic block"; return; }
+    for (int i = 0; i < nlit + ndist;) {
+        int sym = huffman_decode(z, &lit), repeat, value = 0;
+        if (z->error) return;
+        if (sym < 16) { lengths[i++] = (uint8_t)sym; continue; }
+        if (sym == 16) {
+            if (i == 0) { z->error = "code-length repeat with nothing before it"; return; }
+            value = lengths[i - 1];
+            repeat = 3 + (int)inflate_bits(z, 2);
+        } else repeat = sym == 17 ? 3 + (int)inflate_bits(z, 3) : 11 + (int)inflate_bits(z, 7);
+        if (repeat > nlit + ndist - i) { z->error = "code lengths overrun a dynamic block's codes"; return; }
+        while (repeat--) lengths[i++] = (uint8_t)value;
+    }
+    if (!lengths[256]) { z->error = "dynamic block without an end-of-block code"; return; }
+    if (!huffman_build(&lit, lengths, nlit) || !huffman_build(&dist, lengths + nlit, ndist)) { z->error = "over-subscribed Huffman code in a dynamic block"; return; }
+    inflate_codes(z, &lit, &dist);
+}
+
+/* Inflates a whole zlib stream into exactly out_size bytes; NULL or what is wrong. */
+static const char *zlib_inflate(const uint8_t *in, size_t in_size, uint8_t *out, size_t out_size)
+{
+    png_inflater z;
+    int last;
+    memset(&z, 0, sizeof z);
+    z.in = in, z.in_size = in_size, z.out = out, z.out_size = out_size, z.in_pos = 2;
+    if (in_size < 2 || (in[0] & 15) != 8 || in[0] >> 4 > 7 || (in[0] << 8 | in[1]) % 31) return "bad zlib header";
+    if (in[1] & 32) return "the zlib stream wants a preset dictionary";
+    do {
+        last = (int)inflate_bits(&z, 1);
+        switch (inflate_bits(&z, 2)) {
+        case 0: inflate_stored(&z); break;
+        case 1: inflate_fixed(&z); break;
+        case 2: inflate_dynamic(&z); break;
+        default: if (!z.error) z.error = "invalid deflate block type";
+        }
+    } while (!last && !z.error);
+    if (z.error) return z.error;
+    if (z.out_pos != out_size) return "less image data than the header says";
+    if (z.in_size - z.in_pos < 4) return "the zlib stream is truncated before its Adler-32";
+    if (get_be32(in + z.in_pos) != zlib_adler32(out, out_size)) return "Adler-32 mismatch: the image data is corrupt";
+    return NULL;
+}
+
+/* ---- PNG decoding -------------------------------------------------------------------------- */
+
+/* Sample i of a row of `depth`-bit samples (1, 2, 4 or 8), packed from the high bits down. */
+static int png_sample(const uint8_t *row, size_t i, int depth)
+{
+    return row[i * depth / 8] >> (8 - depth - (int)(i * depth % 8)) & ((1 << depth) - 1);
+}
+
+static uint8_t *png_decode(const uint8_t *data, size_t size, int *w_out, int *h_out, char *err, size_t errcap)
+{
+    uint8_t palette[768], *idat = NULL, *raw = NULL, *rgb = NULL;
+    size_t pos = 8, idat_size = 0, idat_cap = 0, stride = 0, bpp = 0;
+    uint32_t w = 0, h = 0;
+    int depth = 0, color = 0, channels = 0, npalette = 0, ended = 0;
+    const char *msg;
+    if (size < 8 || memcmp(data, "\x89PNG\r\n\x1a\n", 8)) { image_error(err, errcap, "not a PNG file"); goto fail; }
+    while (!ended) {
+        const uint8_t *type = data + pos + 4, *body = data + pos + 8;
+        uint32_t len;
+        if (size - pos < 12) { image_error(err, errcap, "PNG is truncated at byte %zu (no IEND chunk)", pos); goto fail; }
+        len = get_be32(data + pos);
+        for (int k = 0; k < 4; k++)
+            if (!((type[k] | 32) >= 'a' && (type[k] | 32) <= 'z')) { image_error(err, errcap, "PNG chunk at byte %zu has a bad type", pos); goto fail; }
+        if (len > 0x7fffffffu || len > size - pos - 12) { image_error(err, errcap, "PNG is truncated in chunk %.4s at byte %zu", type, pos); goto fail; }
+        if (get_be32(body + len) != png_crc32(type, len + 4u)) { image_error(err, errcap, "PNG chunk %.4s at byte %zu has a bad CRC: the file is corrupt", type, pos); goto fail; }
+        if ((pos == 8) != !memcmp(type, "IHDR", 4)) { image_error(err, errcap, "PNG chunk IHDR is not (only) first"); goto fail; }
+        if (!memcmp(type, "IHDR", 4)) {
+            static const int valid_depths[7] = {0x1f, 0, 0x18, 0x0f, 0x18, 0, 0x18};   /* OR of the allowed depths */
+            if (len != 13) { image_error(err, errcap, "PNG IHDR has %u bytes, not 13", (unsigned)len); goto fail; }
+            w = get_be32(body), h = get_be32(body + 4), depth = body[8], color = body[9];
+            if (color > 6 || depth > 16 || (depth & (depth - 1)) || !(valid_depths[color] & depth) || body[10] || body[11] || body[12] > 1) { image_error(err, errcap, "PNG has an invalid IHDR (color type %d, bit depth %d)", color, depth); goto fail; }
+            if (depth == 16) { image_error(err, errcap, "16-bit PNGs are not supported: save the image with 8 bits per channel"); goto fail; }
+            if (body[12]) { image_error(err, errcap, "interlaced (Adam7) PNGs are not supported: save the image without interlacing"); goto fail; }
+            if (!w || !h || (uint64_t)w * h > IMAGE_MAX_PIXELS) { image_error(err, errcap, "PNG size %ux%u is empty or too large", (unsigned)w, (unsigned)h); goto fail; }
+            channels = color == 2 ? 3 : color == 4 ? 2 : color == 6 ? 4 : 1;
+            stride = ((size_t)w * channels * depth + 7) / 8;
+            bpp = ((size_t)channels * depth + 7) / 8;
+        } else if (!memcmp(type, "PLTE", 4)) {
+            if (len == 0 || len % 3 || len > 768) { image_error(err, errcap, "PNG palette has %u bytes", (unsigned)len); goto fail; }
+            memcpy(palette, body, len);
+            npalette = (int)len / 3;
+        } else if (!memcmp(type, "IDAT", 4)) {
+            if (len > idat_cap - idat_size) {
+                uint8_t *grown = (uint8_t *)realloc(idat, idat_cap = 2 * idat_cap + len);
+                if (!grown) { image_error(err, errcap, "out of memory"); goto fail; }
+                idat = grown;
+            }
+            if (len) memcpy(idat + idat_size, body, len);
+            idat_size += len;
+        } else if (!memcmp(type, "IEND", 4)) ended = 1;
+        else if (!(type[0] & 32)) { image_error(err, errcap, "PNG has an unknown critical chunk %.4s", type); goto fail; }
+        pos += 12 + (size_t)len;
+    }
+    if (color == 3 && !npalette) { image_error(err, errcap, "palette PNG without a PLTE chunk"); goto fail; }
+    if (!idat_size) { image_error(err, errcap, "PNG has no image data (IDAT)"); goto fail; }
+    raw = (uint8_t *)malloc((stride + 1) * h);
+    rgb = (uint8_t *)malloc((size_t)w * h * 3);
+    if (!raw || !rgb) { image_error(err, errcap, "out of memory for a %ux%u image", (unsigned)w, (unsigned)h); goto fail; }
+    if ((msg = zlib_inflate(idat, idat_size, raw, (stride + 1) * h))) { image_error(err, errcap, "PNG image data: %s", msg); goto fail; }
+    for (uint32_t y = 0; y < h; y++) {
+        uint8_t *row = raw + y * (stride + 1) + 1, *prev = y ? row - (stride + 1) : NULL;
+        if (row[-1] > 4) { image_error(err, errcap, "PNG row %u has unknown filter type %d", (unsigned)y, row[-1]); goto fail; }
+        for (size_t i = 0; i < stride; i++) row[i] = (uint8_t)(row[i] + png_predict(row[-1], row, prev, i, bpp));
+        for (uint32_t x = 0; x < w; x++) {
+            uint8_t *o = rgb + ((size_t)y * w + x) * 3;
+            int v = png_sample(row, (size_t)x * channels, depth);
+            if (color == 3) {
+                if (v >= npalette) { image_error(err, errcap, "PNG pixel (%u, %u) has palette index %d of %d", (unsigned)x, (unsigned)y, v, npalette); goto fail; }
+                memcpy(o, palette + 3 * v, 3);
+            } else if (color == 2 || color == 6) {
+                o[0] = (uint8_t)v, o[1] = row[(size_t)x * channels + 1], o[2] = row[(size_t)x * channels + 2];
+            } else o[0] = o[1] = o[2] = (uint8_t)(v * 255 / ((1 << depth) - 1));
+        }
+    }
+    free(idat);
+    free(raw);
+    *w_out = (int)w, *h_out = (int)h;
+    return rgb;
+fail:
+    free(idat);
+    free(raw);
+    free(rgb);
+    return NULL;
+}
+
+/* ---- PNG encoding -------------------------------------------------------------------------- */
+
+typedef struct png_buffer {
+    uint8_t *data;
+    size_t len, cap;
+    int failed;           /* out of memory: later writes are dropped */
+    uint32_t bits;        /* deflate's bit writer, lowest first */
+    int nbits;
+} png_buffer;
+
+static void put_bytes(png_buffer *b, const void *p, size_t n)
+{
+    if (b->failed) return;
+    if (n > b->cap - b->len) {
+        size_t cap = b->cap * 2 > b->len + n ? b->cap * 2 : b->len + n + 4096;
+        uint8_t *grown = (uint8_t *)realloc(b->data, cap);
+        if (!grown) { b->failed = 1; return; }
+        b->data = grown, b->cap = cap;
+    }
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+}
+
+static void put_byte(png_buffer *b, int v) { uint8_t c = (uint8_t)v; put_bytes(b, &c, 1); }
+static void put_be32(png_buffer *b, uint32_t v) { uint8_t c[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v}; put_bytes(b, c, 4); }
+
+static void put_bits(png_buffer *b, uint32_t v, int n)
+{
+    b->bits |= v << b->nbits;
+    for (b->nbits += n; b->nbits >= 8; b->nbits -= 8, b->bits >>= 8) put_byte(b, (int)(b->bits & 255));
+}
+
+/* Huffman codes go out from their highest bit, unlike every other field of deflate. */
+static void put_code(png_buffer *b, uint32_t code, int n)
+{
+    uint32_t reversed = 0;
+    for (int i = 0; i < n; i++) reversed |= (code >> i & 1) << (n - 1 - i);
+    put_bits(b, reversed, n);
+}
+
+static void put_fixed_symbol(png_buffer *b, int sym)   /* the fixed literal/length code of RFC 1951 3.2.6 */
+{
+    if (sym < 144) put_code(b, 0x30 + (uint32_t)sym, 8);
+    else if (sym < 256) put_code(b, 0x190 + (uint32_t)(sym - 144), 9);
+    else if (sym < 280) put_code(b, (uint32_t)(sym - 256), 7);
+    else put_code(b, 0xc0 + (uint32_t)(sym - 280), 8);
+}
+
+static unsigned hash3(const uint8_t *p) { return ((uint32_t)(p[0] << 16 | p[1] << 8 | p[2]) * 2654435761u) >> 17 & 0x7fff; }
+
+/* Compresses n bytes as a zlib stream: one fixed-Huffman block of greedy LZ77 matches found
+   through hash chains, or stored blocks where that is smaller (noise) or memory is short. */
+static void zlib_deflate(png_buffer *out, const uint8_t *in, size_t n)
+{
+    size_t start = out->len + 2;
+    int32_t *head = (int32_t *)malloc((1u << 15) * sizeof *head), *prev = (int32_t *)malloc((n ? n : 1) * sizeof *prev);
+    put_byte(out, 0x78), put_byte(out, 0x01);
+    if (head && prev) {
+        memset(head, 0xff, (1u << 15) * sizeof *head);   /* -1: no earlier position */
+        put_bits(out, 3, 3);   /* final block, fixed Huffman */
+        for (size_t i = 0, best; i < n; i += best) {
+            size_t best_dist = 0, max = n - i < 258 ? n - i : 258;
+            int32_t cand = i + 3 <= n ? head[hash3(in + i)] : -1;
+            best = 0;
+            for (int probes = 0; cand >= 0 && i - (size_t)cand <= 32768 && probes < 32; probes++, cand = prev[cand]) {
+                size_t len = 0;
+                while (len < max && in[(size_t)cand + len] == in[i + len]) len++;
+                if (len > best) best = len, best_dist = i - (size_t)cand;
+                if (len == max) break;
+            }
+            if (best >= 3) {
+                int s = 28, d = 29;
+                while (length_base[s] > best) s--;
+                while (dist_base[d] > best_dist) d--;
+                put_fixed_symbol(out, 257 + s);
+                put_bits(out, (uint32_t)(best - length_base[s]), length_extra[s]);
+                put_code(out, (uint32_t)d, 5);
+                put_bits(out, (uint32_t)(best_dist - dist_base[d]), dist_extra[d]);
+            } else put_fixed_symbol(out, in[i]), best = 1;
+            for (size_t j = i; j < i + best && j + 3 <= n; j++) {   /* every position joins its chain */
+                unsigned hsh = hash3(in + j);
+                prev[j] = head[hsh], head[hsh] = (int32_t)j;
+            }
+        }
+        put_fixed_symbol(out, 256);
+        put_bits(out, 0, 7);   /* flush to a byte boundary */
+        out->bits = 0, out->nbits = 0;
+    }
+    if (!head || !prev || out->len - start > n + 5 * (n / 65535 + 1)) {
+        out->len = start, out->bits = 0, out->nbits = 0;
+        size_t i = 0, k;
+        do {
+            k = n - i < 65535 ? n - i : 65535;
+            put_byte(out, i + k == n);   /* BFINAL on the last, BTYPE 00 = stored */
+            put_byte(out, (int)(k & 255)), put_byte(out, (int)(k >> 8));
+            put_byte(out, (int)(~k & 255)), put_byte(out, (int)(~k >> 8 & 255));
+            put_bytes(out, in + i, k);
+        } while ((i += k) < n);
+    }
+    put_be32(out, zlib_adler32(in, n));
+    free(head);
+    free(prev);
+}
+
+static size_t chunk_begin(png_buffer *b, const char *type) { size_t at = b->len; put_be32(b, 0); put_bytes(b, type, 4); return at; }
+
+static void chunk_end(png_buffer *b, size_t at)
+{
+    uint32_t n;
+    if (b->failed) return;
+    n = (uint32_t)(b->len - at - 8);
+    b->data[at] = (uint8_t)(n >> 24), b->data[at + 1] = (uint8_t)(n >> 16), b->data[at + 2] = (uint8_t)(n >> 8), b->data[at + 3] = (uint8_t)n;
+    put_be32(b, png_crc32(b->data + at + 4, n + 4u));
+}
+
+/* Length of the well-formed UTF-8 sequence at s (1 for ASCII), else 0. Stops at a NUL. */
+static int utf8_length(const uint8_t *s)
+{
+    int n = s[0] < 0x80 ? 1 : s[0] < 0xc2 ? 0 : s[0] < 0xe0 ? 2 : s[0] < 0xf0 ? 3 : s[0] < 0xf5 ? 4 : 0;
+    for (int k = 1; k < n; k++)
+        if ((s[k] & 0xc0) != 0x80) return 0;
+    return n;
+}
+
+/* A UTF-8 text that fits Latin-1 goes in tEXt, which every tool shows; one beyond Latin-1 in iTXt,
+   as PIL (and so AUTOMATIC1111) does. A byte that is not part of valid UTF-8 is taken as Latin-1. */
+static void put_text_chunk(png_buffer *b, const char *key, const char *value)
+{
+    const uint8_t *s = (const uint8_t *)value;
+    int itxt = 0, n;
+    size_t at;
+    for (size_t i = 0; s[i]; i += n ? (size_t)n : 1)
+        if ((n = utf8_length(s + i)) > 2 || (n == 2 && s[i] > 0xc3)) itxt = 1;
+    at = chunk_begin(b, itxt ? "iTXt" : "tEXt");
+    put_bytes(b, key, strlen(key) + 1);
+    if (itxt) put_bytes(b, "\0\0\0", 4);   /* uncompressed, no language tag, no translated key */
+    for (size_t i = 0; s[i]; i += n ? (size_t)n : 1) {
+        n = utf8_length(s + i);
+        if (!n && itxt) put_byte(b, 0xc0 | s[i] >> 6), put_byte(b, 0x80 | (s[i] & 0x3f));
+        else if (n == 2 && !itxt) put_byte(b, (s[i] & 3) << 6 | (s[i + 1] & 0x3f));
+        else put_bytes(b, s + i, n ? (size_t)n : 1);
+    }
+    chunk_end(b, at);
+}
+
+/* Filters each row with the filter whose residuals have the smallest sum of magnitudes (the
+   usual heuristic), then deflates; returns the malloc'd PNG bytes. */
+static uint8_t *png_encode(const uint8_t *rgb, int w, int h, const char *text_key, const char *text_value,
+                           size_t *size, char *err, size_t errcap)
+{
+    png_buffer b;
+    size_t stride = (size_t)w * 3, at, keylen = text_key ? strlen(text_key) : 0;
+    uint8_t *filtered, ihdr[13] = {0, 0, 0, 0, 0, 0, 0, 0, 8, 2, 0, 0, 0};   /* 8-bit RGB */
+    if (w < 1 || h < 1 || (uint64_t)w * (uint64_t)h > IMAGE_MAX_PIXELS) { image_error(err, errcap, "cannot write a %dx%d PNG", w, h); return NULL; }
+    if (text_key && text_value && (keylen < 1 || keylen > 79)) { image_error(err, errcap, "PNG text key must have 1 to 79 bytes"); return NULL; }
+    if (!(filtered = (uint8_t *)malloc((stride + 1) * (size_t)h))) { image_error(err, errcap, "out of memory"); return NULL; }
+    for (int y = 0; y < h; y++) {
+        const uint8_t *row = rgb + (size_t)y * stride, *prev = y ? row - stride : NULL;
+        uint8_t *o = filtered + (size_t)y * (stride + 1);
+        long best_cost = -1;
+        for (int type = 0; type < 5; type++) {
+            long cost = 0;
+            for (size_t i = 0; i < stride; i++) {
+                int r = (uint8_t)(row[i] - png_predict(type, row, prev, i, 3));
+                cost += r < 128 ? r : 256 - r;
+            }
+            if (best_cost < 0 || cost < best_cost) best_cost = cost, o[0] = (uint8_t)type;
+        }
+        for (size_t i = 0; i < stride; i++) o[i + 1] = (uint8_t)(row[i] - png_predict(o[0], row, prev, i, 3));
+    }
+    memset(&b, 0, sizeof b);
+    put_bytes(&b, "\x89PNG\r\n\x1a\n", 8);
+    for (int k = 0; k < 4; k++) ihdr[k] = (uint8_t)((unsigned)w >> (24 - 8 * k)), ihdr[4 + k] = (uint8_t)((unsigned)h >> (24 - 8 * k));
+    at = chunk_begin(&b, "IHDR"), put_bytes(&b, ihdr, 13), chunk_end(&b, at);
+    if (text_key && text_value) put_text_chunk(&b, text_key, text_value);
+    at = chunk_begin(&b, "IDAT"), zlib_deflate(&b, filtered, (stride + 1) * (size_t)h), chunk_end(&b, at);
+    at = chunk_begin(&b, "IEND"), chunk_end(&b, at);
+    free(filtered);
+    if (b.failed) { free(b.data); image_error(err, errcap, "out of memory"); return NULL; }
+    *size = b.len;
+    return b.data;
+}
+
+/* ---- PPM (P6) ------------------------------------------------------------------------------ */
+
+static uint8_t *ppm_decode(const uint8_t *data, size_t size, int *w_out, int *h_out, char *err, size_t errcap)
+{
+    long v[3];
+    size_t pos = 2;
+    uint8_t *rgb;
+#define PPM_SPACE(c) ((c) == ' ' || (c) == '\t' || (c) == '\n' || (c) == '\r' || (c) == '\v' || (c) == '\f')
+    if (size < 2 || data[0] != 'P' || data[1] != '6') { image_error(err, errcap, "not a binary PPM (P6) file"); return NULL; }
+    for (int k = 0; k < 3; k++) {
+        for (;;) {   /* whitespace and # comments */
+            while (pos < size && PPM_SPACE(data[pos])) pos++;
+            if (pos == size || data[pos] != '#') break;
+            while (pos < size && data[pos] != '\n') pos++;
+        }
+        if (pos == size || data[pos] < '0' || data[pos] > '9') { image_error(err, errcap, "PPM header is bad at byte %zu", pos); return NULL; }
+        for (v[k] = 0; pos < size && data[pos] >= '0' && data[pos] <= '9' && v[k] <= 1 << 24; pos++) v[k] = v[k] * 10 + (data[pos] - '0');
+    }
+    if (pos == size || !PPM_SPACE(data[pos])) { image_error(err, errcap, "PPM header is bad at byte %zu", pos); return NULL; }
+#undef PPM_SPACE
+    pos++;
+    if (v[2] < 1 || v[2] > 255) { image_error(err, errcap, "PPM maxval %ld is not supported (1..255)", v[2]); return NULL; }
+    if (v[0] < 1 || v[1] < 1 || v[0] > 1 << 24 || v[1] > 1 << 24 || (uint64_t)v[0] * (uint64_t)v[1] > IMAGE_MAX_PIXELS) { image_error(err, errcap, "PPM size %ldx%ld is empty or too large", v[0], v[1]); return NULL; }
+    if (size - pos < (size_t)v[0] * (size_t)v[1] * 3) { image_error(err, errcap, "PPM is truncated: %zu of %zu pixel bytes", size - pos, (size_t)v[0] * (size_t)v[1] * 3); return NULL; }
+    if (!(rgb = (uint8_t *)malloc((size_t)v[0] * (size_t)v[1] * 3))) { image_error(err, errcap, "out of memory"); return NULL; }
+    for (size_t i = 0; i < (size_t)v[0] * (size_t)v[1] * 3; i++) rgb[i] = (uint8_t)(data[pos + i] >= v[2] ? 255 : data[pos + i] * 255 / v[2]);
+    *w_out = (int)v[0], *h_out = (int)v[1];
+    return rgb;
+}
+
+/* ---- files --------------------------------------------------------------------------------- */
+
+static uint8_t *read_whole_file(const char *path, size_t *size, char *err, size_t errcap)
+{
+    FILE *f = fopen(path, "rb");
+    uint8_t *data = NULL;
+    size_t cap = 0, n;
+    *size = 0;
+    if (!f) { image_error(err, errcap, "%s: %s", path, strerror(errno)); return NULL; }
+    do {
+        if (*size == cap) {
+            uint8_t *grown = (uint8_t *)realloc(data, cap = cap ? 2 * cap : 1 << 16);
+            if (!grown) { free(data); fclose(f); image_error(err, errcap, "%s: out of memory", path); return NULL; }
+            data = grown;
+        }
+        *size += n = fread(data + *size, 1, cap - *size, f);
+    } while (n);
+    if (ferror(f)) { free(data); data = NULL; image_error(err, errcap, "%s: read error", path); }
+    fclose(f);
+    return data;
+}
+
+static int write_whole_file(const char *path, const void *header, size_t header_size, const void *data, size_t size, char *err, size_t errcap)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f) return image_error(err, errcap, "%s: %s", path, strerror(errno));
+    if (fwrite(header, 1, header_size, f) != header_size || fwrite(data, 1, size, f) != size) {
+        image_error(err, errcap, "%s: %s", path, strerror(errno));
+        fclose(f);
+        return -1;
+    }
+    if (fclose(f)) return image_error(err, errcap, "%s: %s", path, strerror(errno));
+    return 0;
+}
+
+/* Reads a PNG or binary PPM, told apart by their first bytes; errors name the file. */
+static uint8_t *image_read(const char *path, int *w, int *h, char *err, size_t errcap)
+{
+    char msg[256];
+    size_t size;
+    uint8_t *data = read_whole_file(path, &size, err, errcap), *rgb;
+    if (!data) return NULL;
+    if (size >= 2 && data[0] == 'P' && data[1] == '6') rgb = ppm_decode(data, size, w, h, msg, sizeof msg);
+    else if (size >= 4 && !memcmp(data, "\x89PNG", 4)) rgb = png_decode(data, size, w, h, msg, sizeof msg);
+    else rgb = NULL, snprintf(msg, sizeof msg, "not a PNG or binary PPM (P6) file");
+    if (!rgb) image_error(err, errcap, "%s: %s", path, msg);
+    free(data);
+    return rgb;
+}
+
+static int png_write(const char *path, const uint8_t *rgb, int w, int h, const char *text_key, const char *text_value,
+                     char *err, size_t errcap)
+{
+    size_t size;
+    uint8_t *png = png_encode(rgb, w, h, text_key, text_value, &size, err, errcap);
+    int rc = png ? write_whole_file(path, "", 0, png, size, err, errcap) : -1;
+    free(png);
+    return rc;
+}
+
+static int ppm_write(const char *path, const uint8_t *rgb, int w, int h, char *err, size_t errcap)
+{
+    char header[64];
+    int n = snprintf(header, sizeof header, "P6\n%d %d\n255\n", w, h);
+    if (w < 1 || h < 1) return image_error(err, errcap, "cannot write a %dx%d PPM", w, h);
+    return write_whole_file(path, header, (size_t)n, rgb, (size_t)w * (size_t)h * 3, err, errcap);
+}
+
+/* Writes a .ppm path as PPM, anything else as PNG with `parameters` (AUTOMATIC1111's key, which
+   web UIs and image viewers show as the generation settings) when given. */
+static int image_write(const char *path, const uint8_t *rgb, int w, int h, const char *parameters, char *err, size_t errcap)
+{
+    size_t n = strlen(path);
+    if (n >= 4 && (!strcmp(path + n - 4, ".ppm") || !strcmp(path + n - 4, ".PPM"))) return ppm_write(path, rgb, w, h, err, errcap);
+    return png_write(path, rgb, w, h, parameters ? "parameters" : NULL, parameters, err, errcap);
 }

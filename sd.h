@@ -69,7 +69,10 @@ enum {
 typedef struct sd_error { int code; char message[256]; } sd_error;
 
 /* One block of caller memory, handed out in 64-byte aligned pieces from the bottom up.
-   `peak` is the high-water mark of `used`; mark/reset gives stack-like scratch. */
+   `peak` is the high-water mark of `used`; mark/reset gives stack-like scratch. sd_arena_init
+   skips up to SD_ARENA_ALIGN - 1 bytes to align the start: the *_arena_bytes functions give
+   the free space a call needs, so a block from malloc should be SD_ARENA_ALIGN bytes larger. */
+#define SD_ARENA_ALIGN 64
 typedef struct sd_arena { unsigned char *base; size_t size, used, peak; } sd_arena;
 
 SD_API void   sd_arena_init(sd_arena *a, void *memory, size_t size);
@@ -472,7 +475,7 @@ static int fail(sd_error *err, int code, const char *fmt, ...)
 
 /* ---- 2. Arena ----------------------------------------------------------------------------- */
 
-#define SD_ALIGN 64
+#define SD_ALIGN SD_ARENA_ALIGN
 
 SD_API void sd_arena_init(sd_arena *a, void *memory, size_t size)
 {
