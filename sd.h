@@ -527,6 +527,10 @@ static void *arena_array(sd_arena *a, size_t count, size_t size, sd_error *err)
 }
 #define arena_floats(a, n, err) ((float *)arena_array((a), (size_t)(n), sizeof(float), (err)))
 
+/* The arena bytes an allocation of n floats takes (as sd_arena_alloc rounds it): the unit of
+   every *_arena_bytes computation. */
+static uint64_t float_bytes(uint64_t n) { return (n * sizeof(float) + SD_ALIGN - 1) / SD_ALIGN * SD_ALIGN; }
+
 /* ---- 3. safetensors reader ---------------------------------------------------------------- */
 /* Format: 8-byte little-endian header length N, N bytes of JSON
    {"name": {"dtype": "F16", "shape": [..], "data_offsets": [begin, end]}, ...,
@@ -758,6 +762,31 @@ SD_MAYBE_UNUSED static int json_skip(json *j, int depth)
         }
         return 0;
     }
+}
+
+/* A decimal number ("0.18215", "1e-06", "32") as metadata spells it, independent of the C
+   locale (strtod would read "0,5" in some); 1 on success. */
+static int parse_number(const char *s, double *out)
+{
+    double m = 0.0;
+    int e = 0, digits = 0, neg = 0;
+    if (*s == '-' || *s == '+') neg = *s++ == '-';
+    for (; *s >= '0' && *s <= '9'; s++, digits++) m = m * 10 + (*s - '0');
+    if (*s == '.')
+        for (s++; *s >= '0' && *s <= '9'; s++, digits++, e--) m = m * 10 + (*s - '0');
+    if (!digits || digits > 17) return 0;
+    if (*s == 'e' || *s == 'E') {
+        int sign = 1, x = 0, xd = 0;
+        s++;
+        if (*s == '-' || *s == '+') sign = *s++ == '-' ? -1 : 1;
+        for (; *s >= '0' && *s <= '9'; s++, xd++) if (x < 1000) x = x * 10 + (*s - '0');
+        if (!xd) return 0;
+        e += sign * x;
+    }
+    if (*s || e < -300 || e > 300) return 0;
+    m = e < 0 ? m / pow(10.0, -e) : m * pow(10.0, e);   /* exact powers for |e| <= 22: correctly rounded */
+    *out = neg ? -m : m;
+    return 1;
 }
 
 static uint32_t hash_string(const char *s)
@@ -1174,18 +1203,7 @@ static inline vfloat vf_zero(void) { return _mm256_setzero_ps(); }
 static inline vfloat vf_set1(float x) { return _mm256_set1_ps(x); }
 static inline vfloat vf_load(const float *p) { return _mm256_loadu_ps(p); }
 static inline void vf_store(float *p, vfloat v) { _mm256_storeu_ps(p, v); }
-static inline vfloat vf_load_n(const float *p, int n)
-{
-    float t[8] = {0};
-    memcpy(t, p, (size_t)n * sizeof(float));
-    return _mm256_loadu_ps(t);
-}
-static inline void vf_store_n(float *p, vfloat v, int n)
-{
-    float t[8];
-    _mm256_storeu_ps(t, v);
-    memcpy(p, t, (size_t)n * sizeof(float));
-}
+#define VF_TAIL_VIA_BUFFER 1
 static inline vfloat vf_add(vfloat a, vfloat b) { return _mm256_add_ps(a, b); }
 static inline vfloat vf_sub(vfloat a, vfloat b) { return _mm256_sub_ps(a, b); }
 static inline vfloat vf_mul(vfloat a, vfloat b) { return _mm256_mul_ps(a, b); }
@@ -1227,18 +1245,7 @@ static inline vfloat vf_zero(void) { return vdupq_n_f32(0.0f); }
 static inline vfloat vf_set1(float x) { return vdupq_n_f32(x); }
 static inline vfloat vf_load(const float *p) { return vld1q_f32(p); }
 static inline void vf_store(float *p, vfloat v) { vst1q_f32(p, v); }
-static inline vfloat vf_load_n(const float *p, int n)
-{
-    float t[4] = {0};
-    memcpy(t, p, (size_t)n * sizeof(float));
-    return vld1q_f32(t);
-}
-static inline void vf_store_n(float *p, vfloat v, int n)
-{
-    float t[4];
-    vst1q_f32(t, v);
-    memcpy(p, t, (size_t)n * sizeof(float));
-}
+#define VF_TAIL_VIA_BUFFER 1
 static inline vfloat vf_add(vfloat a, vfloat b) { return vaddq_f32(a, b); }
 static inline vfloat vf_sub(vfloat a, vfloat b) { return vsubq_f32(a, b); }
 static inline vfloat vf_mul(vfloat a, vfloat b) { return vmulq_f32(a, b); }
@@ -1278,18 +1285,7 @@ static inline vfloat vf_zero(void) { return _mm_setzero_ps(); }
 static inline vfloat vf_set1(float x) { return _mm_set1_ps(x); }
 static inline vfloat vf_load(const float *p) { return _mm_loadu_ps(p); }
 static inline void vf_store(float *p, vfloat v) { _mm_storeu_ps(p, v); }
-static inline vfloat vf_load_n(const float *p, int n)
-{
-    float t[4] = {0};
-    memcpy(t, p, (size_t)n * sizeof(float));
-    return _mm_loadu_ps(t);
-}
-static inline void vf_store_n(float *p, vfloat v, int n)
-{
-    float t[4];
-    _mm_storeu_ps(t, v);
-    memcpy(p, t, (size_t)n * sizeof(float));
-}
+#define VF_TAIL_VIA_BUFFER 1
 static inline vfloat vf_add(vfloat a, vfloat b) { return _mm_add_ps(a, b); }
 static inline vfloat vf_sub(vfloat a, vfloat b) { return _mm_sub_ps(a, b); }
 static inline vfloat vf_mul(vfloat a, vfloat b) { return _mm_mul_ps(a, b); }
@@ -1348,6 +1344,22 @@ static inline vfloat vf_pow2i(vfloat n)
 }
 static inline vfloat vf_abs(vfloat x) { vfloat r; VF_LANES(r, fabsf(x.v[l_])); return r; }
 static inline vfloat vf_select_neg(vfloat x, vfloat a, vfloat b) { vfloat r; VF_LANES(r, x.v[l_] < 0 ? a.v[l_] : b.v[l_]); return r; }
+#endif
+
+#ifdef VF_TAIL_VIA_BUFFER
+/* The first n < VF_WIDTH lanes, through a small buffer, for ISAs without masked loads. */
+static inline vfloat vf_load_n(const float *p, int n)
+{
+    float t[VF_WIDTH] = {0};
+    memcpy(t, p, (size_t)n * sizeof(float));
+    return vf_load(t);
+}
+static inline void vf_store_n(float *p, vfloat v, int n)
+{
+    float t[VF_WIDTH];
+    vf_store(t, v);
+    memcpy(p, t, (size_t)n * sizeof(float));
+}
 #endif
 
 /* r[i] lane j <-> r[j] lane i: a VF_WIDTH x VF_WIDTH transpose in registers (weight packing). */
@@ -4642,25 +4654,11 @@ static int clip_meta_int(const sd_safetensors *meta, const char *ns, const char 
     return SD_OK;
 }
 
-/* A decimal like "1e-05" or "0.00001" (metadata layer_norm_eps), without the C locale's say in
-   it; 0 when it is not a number in (0, 1). */
+/* A LayerNorm epsilon from metadata ("1e-05"); 0 when it is not a number in (0, 1). */
 static float clip_parse_eps(const char *s)
 {
-    double m = 0;
-    int scale = 0, exp = 0, sign = 1, digits = 0;
-    for (; *s >= '0' && *s <= '9'; s++, digits++) m = m * 10 + (*s - '0');
-    if (*s == '.') for (s++; *s >= '0' && *s <= '9'; s++, digits++, scale--) m = m * 10 + (*s - '0');
-    if (!digits || digits > 30) return 0;
-    if (*s == 'e' || *s == 'E') {
-        s++;
-        if (*s == '-' || *s == '+') sign = *s++ == '-' ? -1 : 1;
-        if (*s < '0' || *s > '9') return 0;
-        for (; *s >= '0' && *s <= '9' && exp < 100; s++) exp = exp * 10 + (*s - '0');
-    }
-    if (*s) return 0;
-    for (scale += sign * exp; scale < 0; scale++) m /= 10;
-    for (; scale > 0; scale--) m *= 10;
-    return m > 0 && m < 1 ? (float)m : 0;
+    double v;
+    return parse_number(s, &v) && v > 0 && v < 1 ? (float)v : 0;
 }
 
 /* Describes the text encoder that w (files + prefix) holds; which name map applies is told by the
@@ -4799,19 +4797,13 @@ SD_API int sd_text_encoder_load(sd_text_encoder *te, const sd_safetensors *files
     return fail(err, SD_ERR_MISSING, "no text encoder: no tensor named '%s*', '%s*' or '%s*'", prefixes[0], prefixes[1], prefixes[2]);
 }
 
-/* One aligned arena piece of n floats, as sd_arena_alloc rounds it. */
-static size_t clip_piece(size_t floats)
-{
-    return (floats * sizeof(float) + SD_ALIGN - 1) & ~(size_t)(SD_ALIGN - 1);
-}
-
 SD_API size_t sd_text_encoder_arena_bytes(const sd_text_encoder *te, int n_prompts)
 {
     if (!te || !te->layer || n_prompts < 1 || n_prompts > (1 << 16)) return (size_t)-1;
     size_t rows = (size_t)n_prompts * SD_TEXT_TOKENS, big = te->width > te->mlp ? (size_t)te->width : (size_t)te->mlp;
     if (rows > (size_t)-1 / 16 / big) return (size_t)-1;
     /* h, q, k, v [rows, width] and the MLP's hidden layer [rows, mlp]; the residual stream is `out` */
-    return 4 * clip_piece(rows * (size_t)te->width) + clip_piece(rows * (size_t)te->mlp);
+    return 4 * float_bytes(rows * (size_t)te->width) + float_bytes(rows * (size_t)te->mlp);
 }
 
 /* One transformer layer on the residual stream x [B·77, D]; h, q, k, v [B·77, D] and
@@ -5109,15 +5101,8 @@ static void maybe_transformer(weights *w, sd_unet_model *u, unet_transformer *t,
 static int meta_int(const sd_safetensors *meta, const char *key, int dflt)
 {
     const char *s = meta ? sd_safetensors_meta(meta, key) : NULL;
-    int sign = 1, v = 0;
-    if (!s) return dflt;
-    if (*s == '-') { sign = -1; s++; }
-    if (!*s) return dflt;
-    for (; *s; s++) {
-        if (*s < '0' || *s > '9' || v > 100000000) return dflt;
-        v = v * 10 + (*s - '0');
-    }
-    return sign * v;
+    double v;
+    return s && parse_number(s, &v) && v == (int)v && v > -1e8 && v < 1e8 ? (int)v : dflt;
 }
 
 /* Heads of a transformer. The tensors cannot tell: the metadata may fix the number of heads
@@ -5600,24 +5585,23 @@ static size_t unet_h_floats(const sd_unet_model *u, int h, int w)
     return most;
 }
 
-static uint64_t fbytes(uint64_t n) { return (n * sizeof(float) + SD_ALIGN - 1) / SD_ALIGN * SD_ALIGN; }
 static uint64_t max64(uint64_t a, uint64_t b) { return a > b ? a : b; }
 
 static uint64_t resnet_scratch(const unet_resnet *p, uint64_t B, uint64_t HW)
 {
-    return fbytes(B * p->cout) + max64(fbytes(B * HW * p->cin), fbytes(B * HW * p->cout));
+    return float_bytes(B * p->cout) + max64(float_bytes(B * HW * p->cin), float_bytes(B * HW * p->cout));
 }
 
 static uint64_t transformer_scratch(const unet_transformer *t, uint64_t B, uint64_t HW)
 {
-    uint64_t M = B * HW, D = (uint64_t)t->inner, most = fbytes(M * t->channels);
+    uint64_t M = B * HW, D = (uint64_t)t->inner, most = float_bytes(M * t->channels);
     if (!t->depth) return 0;
     for (int i = 0; i < t->depth; i++) {
-        most = max64(most, 4 * fbytes(M * D));                                        /* self-attention */
-        most = max64(most, 2 * fbytes(M * D) + 2 * fbytes(B * SD_TEXT_TOKENS * D));     /* cross-attention */
-        most = max64(most, fbytes(M * D) + fbytes(M * 2 * (uint64_t)t->blocks[i].ff_inner));   /* GEGLU */
+        most = max64(most, 4 * float_bytes(M * D));                                        /* self-attention */
+        most = max64(most, 2 * float_bytes(M * D) + 2 * float_bytes(B * SD_TEXT_TOKENS * D));     /* cross-attention */
+        most = max64(most, float_bytes(M * D) + float_bytes(M * 2 * (uint64_t)t->blocks[i].ff_inner));   /* GEGLU */
     }
-    return fbytes(M * D) + most;
+    return float_bytes(M * D) + most;
 }
 
 static uint64_t unet_bytes(const sd_unet_model *u, int batch, int h, int w)
@@ -5625,39 +5609,39 @@ static uint64_t unet_bytes(const sd_unet_model *u, int batch, int h, int w)
     int H[UNET_MAX_LEVELS], W[UNET_MAX_LEVELS], n = 0, last = u->levels - 1;
     uint64_t B = (uint64_t)batch, skips[UNET_MAX_SKIPS], stack = 0, base, peak, HW;
     unet_sizes(u, h, w, H, W);
-    base = fbytes(B * u->time_dim);                                            /* temb */
-    peak = base + fbytes(B * u->model_channels) + fbytes(B * u->time_dim);     /* its scratch */
-    base += fbytes(B * unet_h_floats(u, h, w));                                /* h */
+    base = float_bytes(B * u->time_dim);                                            /* temb */
+    peak = base + float_bytes(B * u->model_channels) + float_bytes(B * u->time_dim);     /* its scratch */
+    base += float_bytes(B * unet_h_floats(u, h, w));                                /* h */
     HW = (uint64_t)h * w;
-    stack += skips[n++] = fbytes(B * HW * u->model_channels);
-    peak = max64(peak, base + stack + fbytes(B * HW * u->in_channels));
+    stack += skips[n++] = float_bytes(B * HW * u->model_channels);
+    peak = max64(peak, base + stack + float_bytes(B * HW * u->in_channels));
     for (int l = 0; l < u->levels; l++) {
         const unet_level *lv = &u->level[l];
         HW = (uint64_t)H[l] * W[l];
         for (int j = 0; j < u->resnets; j++) {
-            stack += skips[n++] = fbytes(B * HW * lv->down[j].cout);
+            stack += skips[n++] = float_bytes(B * HW * lv->down[j].cout);
             peak = max64(peak, base + stack + resnet_scratch(&lv->down[j], B, HW));
             peak = max64(peak, base + stack + transformer_scratch(&lv->down_attn[j], B, HW));
         }
-        if (lv->downsample_w) stack += skips[n++] = fbytes(B * H[l + 1] * W[l + 1] * lv->down[u->resnets - 1].cout);
+        if (lv->downsample_w) stack += skips[n++] = float_bytes(B * H[l + 1] * W[l + 1] * lv->down[u->resnets - 1].cout);
     }
     HW = (uint64_t)H[last] * W[last];
-    base += fbytes(B * HW * u->mid[0].cout);                                   /* the mid block's m */
+    base += float_bytes(B * HW * u->mid[0].cout);                                   /* the mid block's m */
     peak = max64(peak, base + stack + resnet_scratch(&u->mid[0], B, HW));
     peak = max64(peak, base + stack + transformer_scratch(&u->mid_attn, B, HW));
     peak = max64(peak, base + stack + resnet_scratch(&u->mid[1], B, HW));
-    base -= fbytes(B * HW * u->mid[0].cout);
+    base -= float_bytes(B * HW * u->mid[0].cout);
     for (int l = last; l >= 0; l--) {
         const unet_level *lv = &u->level[l];
         HW = (uint64_t)H[l] * W[l];
         for (int j = 0; j <= u->resnets; j++) {
-            peak = max64(peak, base + stack + fbytes(B * HW * lv->up[j].cin) + resnet_scratch(&lv->up[j], B, HW));
+            peak = max64(peak, base + stack + float_bytes(B * HW * lv->up[j].cin) + resnet_scratch(&lv->up[j], B, HW));
             stack -= skips[--n];
             peak = max64(peak, base + stack + transformer_scratch(&lv->up_attn[j], B, HW));
         }
-        if (l > 0) peak = max64(peak, base + stack + fbytes(B * H[l - 1] * W[l - 1] * lv->up[u->resnets].cout));
+        if (l > 0) peak = max64(peak, base + stack + float_bytes(B * H[l - 1] * W[l - 1] * lv->up[u->resnets].cout));
     }
-    return max64(peak, base + fbytes(B * h * w * u->level[0].up[u->resnets].cout));   /* norm_out */
+    return max64(peak, base + float_bytes(B * h * w * u->level[0].up[u->resnets].cout));   /* norm_out */
 }
 
 #define UNET_MAX_POSITIONS (1 << 24)   /* batch · h · w */
@@ -5946,29 +5930,6 @@ static const char *vae_meta(const weights *w, const char *key)
     return NULL;
 }
 
-/* A decimal number ("0.18215", "1e-06", "32") as metadata spells it; locale-independent. */
-static int vae_parse_number(const char *s, double *out)
-{
-    double m = 0.0;
-    int e = 0, digits = 0, neg = 0;
-    if (*s == '-' || *s == '+') neg = *s++ == '-';
-    for (; *s >= '0' && *s <= '9'; s++, digits++) m = m * 10 + (*s - '0');
-    if (*s == '.')
-        for (s++; *s >= '0' && *s <= '9'; s++, digits++, e--) m = m * 10 + (*s - '0');
-    if (!digits || digits > 17) return 0;
-    if (*s == 'e' || *s == 'E') {
-        int sign = 1, x = 0, xd = 0;
-        s++;
-        if (*s == '-' || *s == '+') sign = *s++ == '-' ? -1 : 1;
-        for (; *s >= '0' && *s <= '9'; s++, xd++) if (x < 1000) x = x * 10 + (*s - '0');
-        if (!xd) return 0;
-        e += sign * x;
-    }
-    if (*s || e < -300 || e > 300) return 0;
-    m = e < 0 ? m / pow(10.0, -e) : m * pow(10.0, e);   /* exact powers for |e| <= 22: correctly rounded */
-    *out = neg ? -m : m;
-    return 1;
-}
 
 /* A comma-separated list of integers ("32,32,64,64"): how many, or -1 if malformed or too long. */
 static int vae_parse_ints(const char *s, int *out, int max)
@@ -5983,7 +5944,7 @@ static int vae_parse_ints(const char *s, int *out, int max)
         if (n == max || len >= sizeof num) return -1;
         memcpy(num, s, len);
         num[len] = 0;
-        if (!vae_parse_number(num, &v) || !(v > -1e9 && v < 1e9) || v != (int)v) return -1;
+        if (!parse_number(num, &v) || !(v > -1e9 && v < 1e9) || v != (int)v) return -1;
         out[n++] = (int)v;
         s += strcspn(s, ",");
         if (!*s++) return n;
@@ -6038,7 +5999,7 @@ static int vae_read_config(weights *w, sd_vae_config *c)
         const char *s = vae_meta(w, only[k]);
         double v;
         if (!s) continue;
-        if (!vae_parse_number(s, &v) || !(v > 0.0 && v < 1e6) || (k == 0 && v != (int)v))
+        if (!parse_number(s, &v) || !(v > 0.0 && v < 1e6) || (k == 0 && v != (int)v))
             return w->failed = fail(w->err, SD_ERR_FORMAT, "VAE: metadata %s = '%.60s' is not a usable number", only[k], s);
         if (k == 0) c->norm_groups = (int)v;
         else if (k == 1) c->norm_eps = (float)v;
@@ -6949,9 +6910,8 @@ struct sd_model {
 static double meta_number(const sd_safetensors *meta, const char *key, double dflt)
 {
     const char *v = meta ? sd_safetensors_meta(meta, key) : NULL;
-    char *end;
-    double d = v ? strtod(v, &end) : dflt;
-    return v && end != v ? d : dflt;
+    double d;
+    return v && parse_number(v, &d) ? d : dflt;
 }
 
 /* Which file holds the VAE: the one with an encoder or decoder under either name map. */
@@ -7065,8 +7025,6 @@ static int check_params(const sd_model *m, const sd_params *p, sd_error *err)
 
 static size_t prompt_size(const char *s) { return s ? strlen(s) : 0; }
 
-/* Arena bytes of one allocation of n floats (what sd_arena_alloc rounds it to). */
-static size_t float_bytes(size_t n) { return (n * sizeof(float) + SD_ALIGN - 1) / SD_ALIGN * SD_ALIGN; }
 static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 
 /* The memory plan of sd_generate, in the order it allocates: what lives through the whole run,
