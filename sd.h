@@ -10,11 +10,29 @@
      Everywhere else just #include "sd.h". Keep the implementation in a file of its own: its
      internal helpers are `static` and have plain names (gemm, layernorm, ...).
 
+   A GENERATION, START TO END (error checks shortened; example.c does it in full)
+         sd_source src = {0};                        // bytes the caller read or mmap'd
+         src.data[0] = checkpoint; src.size[0] = checkpoint_size; src.count = 1;
+         src.merges = merges_txt; src.merges_size = merges_size;
+         sd_arena a;  sd_error err;  sd_model *model;
+         sd_arena_init(&a, malloc(sd_model_arena_bytes(&src)), sd_model_arena_bytes(&src));
+         if (sd_model_load(&model, &src, &a, &err)) puts(err.message);
+
+         sd_params p;  sd_params_init(&p);           // 512x512, 20 DDIM steps, guidance 7.5
+         p.prompt = "a lighthouse at dusk";  p.seed = 42;  p.threads = 4;
+         size_t need = sd_generate_arena_bytes(model, &p);   // ask once ...
+         sd_arena g;  sd_arena_init(&g, malloc(need + SD_ARENA_ALIGN), need + SD_ARENA_ALIGN);
+         uint8_t *rgb = malloc(3 * 512 * 512);
+         if (sd_generate(model, &p, &g, rgb, &err)) puts(err.message);   // ... never fail midway
+     Every stage is callable on its own too: sd_clip_tokenize, sd_text_encode, sd_unet,
+     sd_vae_decode / sd_vae_encode, sd_ddim_timesteps / sd_ddim_step, sd_randn.
+
    CONFIGURATION (define before including the implementation)
      SD_ASSERT(x)     internal consistency checks (default: assert from <assert.h>)
      SD_NO_THREADS    no pthreads; everything runs on the calling thread
      SD_NO_SIMD       plain C kernels only, whatever the compiler targets
      SD_API           decoration of public functions (default: extern)
+     SD_POOL_STACK_BYTES  stack of each worker thread, carved from the arena (default 1 MiB)
 
    CONTRACTS
      Memory   sd.h never calls malloc/free. Everything comes from an sd_arena the caller
@@ -126,6 +144,173 @@ SD_API uint16_t sd_f32_to_f16(float f); /* round to nearest even */
 /* The compute context (threads and their scratch) that stage functions run on; see section 4. */
 typedef struct sd_pool sd_pool;
 
+/* CLIP tokenizer: prompt text -> token ids, exactly as the diffusers pipelines tokenize. */
+typedef struct sd_clip_vocab sd_clip_vocab;   /* opaque; lives in the arena it was loaded into */
+
+enum { SD_CLIP_BOS = 49406, SD_CLIP_EOS = 49407, SD_CLIP_VOCAB_SIZE = 49408, SD_CLIP_CONTEXT = 77 };
+
+/* How a prompt is padded to 77 ids. SD1 (and SDXL's first text encoder) pads with <|endoftext|>.
+   SD2 (and SDXL's second encoder) configures "!" as its pad token: it pads with id 0 and, as
+   transformers' tokenizer does with any special token, turns every literal '!' in the prompt
+   into that token (id 0) instead of byte-pair encoding it. */
+typedef enum sd_clip_pad { SD_CLIP_PAD_EOS = 0, SD_CLIP_PAD_EXCLAMATION = 1 } sd_clip_pad;
+
+/* Loads the vocabulary from the bytes of Hugging Face's merges.txt (header line, then 48894
+   "left right" lines), building the ids as CLIP does: 256 byte symbols, the same with </w>,
+   one token per merge, <|startoftext|>, <|endoftext|>. `vocab_json` (may be NULL) is checked
+   against that numbering. The vocabulary and its Unicode tables live in `a`
+   (sd_clip_vocab_arena_bytes(merges_size) bytes suffice); the caller's buffers are not kept. */
+SD_API size_t sd_clip_vocab_arena_bytes(size_t merges_size);
+SD_API int sd_clip_vocab_load(sd_clip_vocab **vocab, const void *merges, size_t merges_size,
+                              const void *vocab_json, size_t vocab_json_size, sd_arena *a, sd_error *err);
+
+/* Scratch arena bytes that a tokenizer call on `text_size` bytes of prompt may use: 64 KiB + 320
+   per byte (the worst inputs measured use ~200 per byte: a word that grows 3x in NFC and is then
+   byte-pair encoded). Calls reset the arena before they return. */
+SD_API size_t sd_clip_scratch_bytes(size_t text_size);
+
+/* All token ids of a prompt, without <|startoftext|>/<|endoftext|> and without truncation:
+   *count gets the number of ids, the first min(*count, cap) are written to ids (cap may be 0).
+   The text is UTF-8; invalid bytes are read as Python's bytes.decode("utf-8", "replace") does
+   (each maximal invalid subsequence becomes U+FFFD) and NUL bytes are ordinary characters. */
+SD_API int sd_clip_token_ids(const sd_clip_vocab *v, const char *text, size_t text_size, sd_clip_pad pad,
+                             int32_t *ids, size_t cap, size_t *count, sd_arena *scratch, sd_error *err);
+
+/* The 77 ids a pipeline feeds the text encoder: <|startoftext|>, the first 75 token ids,
+   <|endoftext|>, padding. *length (may be NULL) gets the untruncated count including the two
+   special tokens, so a caller can tell that a prompt was cut (or split long prompts itself). */
+SD_API int sd_clip_tokenize(const sd_clip_vocab *v, const char *text, size_t text_size, sd_clip_pad pad,
+                            int32_t ids[SD_CLIP_CONTEXT], size_t *length, sd_arena *scratch, sd_error *err);
+
+/* The text of token `id` in the vocabulary's byte-symbol alphabet (e.g. "cat</w>"); NULL if out of range. */
+SD_API const char *sd_clip_token_text(const sd_clip_vocab *v, int32_t id, size_t *size);
+
+/* The text encoder of a checkpoint: sizes read from tensor shapes, the rest from the file's
+   metadata or the model family, and the weights (views into the caller's file bytes). */
+#define SD_TEXT_TOKENS 77   /* token ids per prompt: CLIP's context length */
+
+typedef struct sd_text_encoder {
+    int vocab, positions, width, layers, heads, mlp;
+    int gelu;             /* 1: gelu (OpenCLIP, SD2), 0: quick_gelu (OpenAI CLIP, SD1) */
+    int output_layer;     /* the hidden state the UNet reads: layers (SD1) or layers - 1 (SD2) */
+    int output_final_ln;  /* whether that state goes through the final LayerNorm (SD1, SD2: yes) */
+    float eps;            /* LayerNorm epsilon */
+    sd_tensor token_embedding, position_embedding, final_ln_w, final_ln_b;
+    struct sd_clip_layer *layer;   /* [layers], in the arena */
+} sd_text_encoder;
+
+/* Finds the text encoder in `files` (a single-file SD1/SD2 checkpoint, or a diffusers
+   text_encoder/model.safetensors) and describes it. `meta` is the file whose __metadata__ holds
+   sd.version / sd.clip.* (NULL: files[0]); without those keys the SD1/SD2 defaults apply.
+   The layer table takes a few KB of the arena; the files must stay open while te is used. */
+SD_API int sd_text_encoder_load(sd_text_encoder *te, const sd_safetensors *files, int nfiles,
+                                const sd_safetensors *meta, sd_arena *a, sd_error *err);
+
+/* Exact arena bytes that sd_text_encode / sd_text_encoder_hidden take for n_prompts prompts
+   (the thread pool is set up separately). SIZE_MAX if it cannot be met. */
+SD_API size_t sd_text_encoder_arena_bytes(const sd_text_encoder *te, int n_prompts);
+
+/* ids [n_prompts, 77] → out [n_prompts, 77, width]: the UNet's context. clip_skip 0 or 1 is the
+   model's own output (SD1: last layer, SD2: penultimate, both through the final LayerNorm);
+   clip_skip N stops N - 1 layers earlier, then the final LayerNorm (A1111/ComfyUI "clip skip"). */
+SD_API int sd_text_encode(const sd_text_encoder *te, const int32_t *ids, int n_prompts, int clip_skip,
+                          float *out, sd_pool *pool, sd_arena *a, sd_error *err);
+
+/* The hidden state after `layer` layers (0 = token + position embeddings), through the final
+   LayerNorm when final_ln is set: any layer, e.g. SDXL's penultimate without the LayerNorm. */
+SD_API int sd_text_encoder_hidden(const sd_text_encoder *te, const int32_t *ids, int n_prompts,
+                                  int layer, int final_ln, float *out, sd_pool *pool,
+                                  sd_arena *a, sd_error *err);
+
+/* The denoiser: opaque, lives in the arena it was loaded into. */
+typedef struct sd_unet_model sd_unet_model;
+
+/* Finds the denoiser of an SD1.x / SD2.x checkpoint in `files` (a single-file checkpoint,
+   `model.diffusion_model.*`, or diffusers' unet/diffusion_pytorch_model.safetensors) and
+   describes it: channels, levels, resnets per level, attention levels and transformer depth
+   from the tensors; attention heads from `meta`'s sd.unet.num_heads / sd.unet.num_head_channels
+   (meta NULL: files[0]), else SD1's 8 heads or SD2's 64-wide heads. The description takes a few
+   KB of the arena; the files must stay open while the model is used. */
+SD_API int sd_unet_load(sd_unet_model **unet, const sd_safetensors *files, int nfiles,
+                        const sd_safetensors *meta, sd_arena *a, sd_error *err);
+
+/* Exact arena bytes that sd_unet takes for `batch` latents of h x w (the thread pool is set up
+   separately). SIZE_MAX if it cannot be met. */
+SD_API size_t sd_unet_arena_bytes(const sd_unet_model *unet, int batch, int h, int w);
+
+/* One denoiser evaluation of a batch (batch 2: classifier-free guidance's unconditional and
+   conditional halves in one pass). x [batch, 4, h, w] latents (NCHW), timesteps [batch] (may be
+   fractional), context [batch, 77, context_dim] (the text encoder's output); out [batch, 4, h, w]
+   gets the prediction (epsilon, or v for v-prediction models). Any h, w: odd sizes are rounded
+   up on the way down and come back as diffusers brings them back. The arena is scratch only. */
+SD_API int sd_unet(const sd_unet_model *unet, const float *x, const float *timesteps,
+                   const float *context, int batch, int h, int w, float *out,
+                   sd_pool *pool, sd_arena *a, sd_error *err);
+
+#define SD_VAE_MAX_LEVELS 8   /* resolution levels (SD: 4, i.e. a factor 8 between image and latent) */
+#define SD_VAE_MAX_RESNETS 8   /* ResNet blocks per level (SD: 2 in the encoder, 3 in the decoder) */
+
+/* The architecture of an AutoencoderKL. sd_vae_load reads it from tensor shapes (and checks it
+   against the file's sd.vae.* metadata when present); the arena-size functions take it alone,
+   without weights, so a caller can size memory before loading anything. */
+typedef struct sd_vae_config {
+    int levels;   /* 4 in SD */
+    int channels[SD_VAE_MAX_LEVELS];   /* per level, fine to coarse: 128, 256, 512, 512 in SD */
+    int num_res_blocks;   /* ResNets per encoder level (the decoder has one more) */
+    int z_channels;   /* decoder input / half the encoder output (4) */
+    int embed_dim;   /* latent channels the diffusion model sees (4) */
+    int norm_groups;   /* GroupNorm groups (32) */
+    float norm_eps;   /* GroupNorm epsilon (1e-6) */
+    float scaling_factor;   /* pipeline scale of latents: 0.18215 SD1/2, 0.13025 SDXL */
+    int has_encoder;   /* 0 for a decoder-only file */
+} sd_vae_config;
+typedef struct sd_vae sd_vae;   /* opaque; lives in the arena it was loaded into */
+
+/* The VAE of real SD 1.x/2.x checkpoints (SDXL: the same with scaling_factor 0.13025). */
+SD_API void sd_vae_config_default(sd_vae_config *c);
+
+/* Finds the VAE in one opened file: a single-file checkpoint (`first_stage_model.*`), a
+   standalone VAE in the same original layout (no prefix), or diffusers'
+   `vae/diffusion_pytorch_model.safetensors`. scaling_factor comes from the `sd.vae.scaling_factor`
+   metadata, else 0.18215: a diffusers vae/ file has no metadata, so for SDXL the caller sets
+   0.13025 (from vae/config.json) with sd_vae_set_scaling_factor. The file must stay open. */
+SD_API int sd_vae_load(sd_vae **vae, const sd_safetensors *file, sd_arena *a, sd_error *err);
+SD_API const sd_vae_config *sd_vae_get_config(const sd_vae *vae);
+SD_API void sd_vae_set_scaling_factor(sd_vae *vae, float scaling_factor);
+
+/* Exact arena bytes (free space in the arena; the pool is set up separately) that one call
+   takes, from the configuration alone; 0 for invalid sizes. The calls give it all back. */
+SD_API size_t sd_vae_decode_arena_bytes(const sd_vae_config *c, int h, int w);
+SD_API size_t sd_vae_decode_tiled_arena_bytes(const sd_vae_config *c, int h, int w, int tile, int overlap);
+SD_API size_t sd_vae_encode_arena_bytes(const sd_vae_config *c, int height, int width);
+
+/* Decoder: latents [1, embed_dim, h, w] NCHW, *already divided by scaling_factor* (the
+   pipeline's job, as in diffusers) → image [1, 3, f·h, f·w] (f = 8 in SD), the raw decoder
+   output: about [-1, 1], not clamped. */
+SD_API int sd_vae_decode(const sd_vae *vae, const float *latents, int h, int w, float *image,
+                         sd_pool *pool, sd_arena *a, sd_error *err);
+
+/* The same in overlapping tiles of tile x tile latent pixels (neighbours share at least
+   `overlap`, 0 <= overlap < tile), blended with linear ramps across the shared part. Memory
+   depends on the tile size only, not on h and w. Each tile is normalised on its own, so the
+   result is close to, not equal to, sd_vae_decode's; tile >= h and w gives exactly the latter. */
+SD_API int sd_vae_decode_tiled(const sd_vae *vae, const float *latents, int h, int w, int tile,
+                               int overlap, float *image, sd_pool *pool, sd_arena *a, sd_error *err);
+
+/* Encoder: image [1, 3, H, W] NCHW with values in [-1, 1] (uint8/255·2−1), H and W multiples of
+   f → moments [1, 2·embed_dim, H/f, W/f]: the posterior's mean, then its raw log-variance
+   (diffusers' quant_conv output). */
+SD_API int sd_vae_encode(const sd_vae *vae, const float *image, int height, int width,
+                         float *moments, sd_pool *pool, sd_arena *a, sd_error *err);
+
+/* The diagonal Gaussian of moments [2·channels, h, w]: mean, logvar = clamp(raw, -30, 20),
+   std = exp(logvar / 2), each [channels, h, w]; any of them may be NULL. */
+SD_API void sd_vae_posterior(const float *moments, int channels, int h, int w,
+                             float *mean, float *logvar, float *std);
+/* A latent drawn from it with the caller's standard normal noise: out = mean + std·noise
+   (unscaled: the pipeline multiplies by scaling_factor). */
+SD_API void sd_vae_sample(const float *mean, const float *std, const float *noise, size_t n, float *out);
+
 /* PyTorch's CPU random generator, bit for bit: after sd_rng_seed(&r, seed), sd_randn(&r, x, n)
    gives what g = torch.Generator("cpu").manual_seed(seed); torch.randn(n, generator=g) gives
    (float32, any shape of n elements), and further calls continue the same generator, so a seed
@@ -194,173 +379,6 @@ SD_API int sd_add_noise(const sd_schedule *s, int t, const float *x0, const floa
 
 /* Classifier-free guidance: out = uncond + scale·(cond - uncond). */
 SD_API void sd_guidance(const float *uncond, const float *cond, float scale, size_t n, float *out);
-
-/* The text encoder of a checkpoint: sizes read from tensor shapes, the rest from the file's
-   metadata or the model family, and the weights (views into the caller's file bytes). */
-#define SD_TEXT_TOKENS 77   /* token ids per prompt: CLIP's context length */
-
-typedef struct sd_text_encoder {
-    int vocab, positions, width, layers, heads, mlp;
-    int gelu;             /* 1: gelu (OpenCLIP, SD2), 0: quick_gelu (OpenAI CLIP, SD1) */
-    int output_layer;     /* the hidden state the UNet reads: layers (SD1) or layers - 1 (SD2) */
-    int output_final_ln;  /* whether that state goes through the final LayerNorm (SD1, SD2: yes) */
-    float eps;            /* LayerNorm epsilon */
-    sd_tensor token_embedding, position_embedding, final_ln_w, final_ln_b;
-    struct sd_clip_layer *layer;   /* [layers], in the arena */
-} sd_text_encoder;
-
-/* Finds the text encoder in `files` (a single-file SD1/SD2 checkpoint, or a diffusers
-   text_encoder/model.safetensors) and describes it. `meta` is the file whose __metadata__ holds
-   sd.version / sd.clip.* (NULL: files[0]); without those keys the SD1/SD2 defaults apply.
-   The layer table takes a few KB of the arena; the files must stay open while te is used. */
-SD_API int sd_text_encoder_load(sd_text_encoder *te, const sd_safetensors *files, int nfiles,
-                                const sd_safetensors *meta, sd_arena *a, sd_error *err);
-
-/* Exact arena bytes that sd_text_encode / sd_text_encoder_hidden take for n_prompts prompts
-   (the thread pool is set up separately). SIZE_MAX if it cannot be met. */
-SD_API size_t sd_text_encoder_arena_bytes(const sd_text_encoder *te, int n_prompts);
-
-/* ids [n_prompts, 77] → out [n_prompts, 77, width]: the UNet's context. clip_skip 0 or 1 is the
-   model's own output (SD1: last layer, SD2: penultimate, both through the final LayerNorm);
-   clip_skip N stops N - 1 layers earlier, then the final LayerNorm (A1111/ComfyUI "clip skip"). */
-SD_API int sd_text_encode(const sd_text_encoder *te, const int32_t *ids, int n_prompts, int clip_skip,
-                          float *out, sd_pool *pool, sd_arena *a, sd_error *err);
-
-/* The hidden state after `layer` layers (0 = token + position embeddings), through the final
-   LayerNorm when final_ln is set: any layer, e.g. SDXL's penultimate without the LayerNorm. */
-SD_API int sd_text_encoder_hidden(const sd_text_encoder *te, const int32_t *ids, int n_prompts,
-                                  int layer, int final_ln, float *out, sd_pool *pool,
-                                  sd_arena *a, sd_error *err);
-
-/* The denoiser: opaque, lives in the arena it was loaded into. */
-typedef struct sd_unet_model sd_unet_model;
-
-/* Finds the denoiser of an SD1.x / SD2.x checkpoint in `files` (a single-file checkpoint,
-   `model.diffusion_model.*`, or diffusers' unet/diffusion_pytorch_model.safetensors) and
-   describes it: channels, levels, resnets per level, attention levels and transformer depth
-   from the tensors; attention heads from `meta`'s sd.unet.num_heads / sd.unet.num_head_channels
-   (meta NULL: files[0]), else SD1's 8 heads or SD2's 64-wide heads. The description takes a few
-   KB of the arena; the files must stay open while the model is used. */
-SD_API int sd_unet_load(sd_unet_model **unet, const sd_safetensors *files, int nfiles,
-                        const sd_safetensors *meta, sd_arena *a, sd_error *err);
-
-/* Exact arena bytes that sd_unet takes for `batch` latents of h x w (the thread pool is set up
-   separately). SIZE_MAX if it cannot be met. */
-SD_API size_t sd_unet_arena_bytes(const sd_unet_model *unet, int batch, int h, int w);
-
-/* One denoiser evaluation of a batch (batch 2: classifier-free guidance's unconditional and
-   conditional halves in one pass). x [batch, 4, h, w] latents (NCHW), timesteps [batch] (may be
-   fractional), context [batch, 77, context_dim] (the text encoder's output); out [batch, 4, h, w]
-   gets the prediction (epsilon, or v for v-prediction models). Any h, w: odd sizes are rounded
-   up on the way down and come back as diffusers brings them back. The arena is scratch only. */
-SD_API int sd_unet(const sd_unet_model *unet, const float *x, const float *timesteps,
-                   const float *context, int batch, int h, int w, float *out,
-                   sd_pool *pool, sd_arena *a, sd_error *err);
-
-/* CLIP tokenizer: prompt text -> token ids, exactly as the diffusers pipelines tokenize. */
-typedef struct sd_clip_vocab sd_clip_vocab;   /* opaque; lives in the arena it was loaded into */
-
-enum { SD_CLIP_BOS = 49406, SD_CLIP_EOS = 49407, SD_CLIP_VOCAB_SIZE = 49408, SD_CLIP_CONTEXT = 77 };
-
-/* How a prompt is padded to 77 ids. SD1 (and SDXL's first text encoder) pads with <|endoftext|>.
-   SD2 (and SDXL's second encoder) configures "!" as its pad token: it pads with id 0 and, as
-   transformers' tokenizer does with any special token, turns every literal '!' in the prompt
-   into that token (id 0) instead of byte-pair encoding it. */
-typedef enum sd_clip_pad { SD_CLIP_PAD_EOS = 0, SD_CLIP_PAD_EXCLAMATION = 1 } sd_clip_pad;
-
-/* Loads the vocabulary from the bytes of Hugging Face's merges.txt (header line, then 48894
-   "left right" lines), building the ids as CLIP does: 256 byte symbols, the same with </w>,
-   one token per merge, <|startoftext|>, <|endoftext|>. `vocab_json` (may be NULL) is checked
-   against that numbering. The vocabulary and its Unicode tables live in `a`
-   (sd_clip_vocab_arena_bytes(merges_size) bytes suffice); the caller's buffers are not kept. */
-SD_API size_t sd_clip_vocab_arena_bytes(size_t merges_size);
-SD_API int sd_clip_vocab_load(sd_clip_vocab **vocab, const void *merges, size_t merges_size,
-                              const void *vocab_json, size_t vocab_json_size, sd_arena *a, sd_error *err);
-
-/* Scratch arena bytes that a tokenizer call on `text_size` bytes of prompt may use: 64 KiB + 320
-   per byte (the worst inputs measured use ~200 per byte: a word that grows 3x in NFC and is then
-   byte-pair encoded). Calls reset the arena before they return. */
-SD_API size_t sd_clip_scratch_bytes(size_t text_size);
-
-/* All token ids of a prompt, without <|startoftext|>/<|endoftext|> and without truncation:
-   *count gets the number of ids, the first min(*count, cap) are written to ids (cap may be 0).
-   The text is UTF-8; invalid bytes are read as Python's bytes.decode("utf-8", "replace") does
-   (each maximal invalid subsequence becomes U+FFFD) and NUL bytes are ordinary characters. */
-SD_API int sd_clip_token_ids(const sd_clip_vocab *v, const char *text, size_t text_size, sd_clip_pad pad,
-                             int32_t *ids, size_t cap, size_t *count, sd_arena *scratch, sd_error *err);
-
-/* The 77 ids a pipeline feeds the text encoder: <|startoftext|>, the first 75 token ids,
-   <|endoftext|>, padding. *length (may be NULL) gets the untruncated count including the two
-   special tokens, so a caller can tell that a prompt was cut (or split long prompts itself). */
-SD_API int sd_clip_tokenize(const sd_clip_vocab *v, const char *text, size_t text_size, sd_clip_pad pad,
-                            int32_t ids[SD_CLIP_CONTEXT], size_t *length, sd_arena *scratch, sd_error *err);
-
-/* The text of token `id` in the vocabulary's byte-symbol alphabet (e.g. "cat</w>"); NULL if out of range. */
-SD_API const char *sd_clip_token_text(const sd_clip_vocab *v, int32_t id, size_t *size);
-
-#define SD_VAE_MAX_LEVELS 8   /* resolution levels (SD: 4, i.e. a factor 8 between image and latent) */
-#define SD_VAE_MAX_RESNETS 8   /* ResNet blocks per level (SD: 2 in the encoder, 3 in the decoder) */
-
-/* The architecture of an AutoencoderKL. sd_vae_load reads it from tensor shapes (and checks it
-   against the file's sd.vae.* metadata when present); the arena-size functions take it alone,
-   without weights, so a caller can size memory before loading anything. */
-typedef struct sd_vae_config {
-    int levels;   /* 4 in SD */
-    int channels[SD_VAE_MAX_LEVELS];   /* per level, fine to coarse: 128, 256, 512, 512 in SD */
-    int num_res_blocks;   /* ResNets per encoder level (the decoder has one more) */
-    int z_channels;   /* decoder input / half the encoder output (4) */
-    int embed_dim;   /* latent channels the diffusion model sees (4) */
-    int norm_groups;   /* GroupNorm groups (32) */
-    float norm_eps;   /* GroupNorm epsilon (1e-6) */
-    float scaling_factor;   /* pipeline scale of latents: 0.18215 SD1/2, 0.13025 SDXL */
-    int has_encoder;   /* 0 for a decoder-only file */
-} sd_vae_config;
-typedef struct sd_vae sd_vae;   /* opaque; lives in the arena it was loaded into */
-
-/* The VAE of real SD 1.x/2.x checkpoints (SDXL: the same with scaling_factor 0.13025). */
-SD_API void sd_vae_config_default(sd_vae_config *c);
-
-/* Finds the VAE in one opened file: a single-file checkpoint (`first_stage_model.*`), a
-   standalone VAE in the same original layout (no prefix), or diffusers'
-   `vae/diffusion_pytorch_model.safetensors`. scaling_factor comes from the `sd.vae.scaling_factor`
-   metadata, else 0.18215: a diffusers vae/ file has no metadata, so for SDXL the caller sets
-   0.13025 (from vae/config.json) with sd_vae_set_scaling_factor. The file must stay open. */
-SD_API int sd_vae_load(sd_vae **vae, const sd_safetensors *file, sd_arena *a, sd_error *err);
-SD_API const sd_vae_config *sd_vae_get_config(const sd_vae *vae);
-SD_API void sd_vae_set_scaling_factor(sd_vae *vae, float scaling_factor);
-
-/* Exact arena bytes (free space in the arena; the pool is set up separately) that one call
-   takes, from the configuration alone; 0 for invalid sizes. The calls give it all back. */
-SD_API size_t sd_vae_decode_arena_bytes(const sd_vae_config *c, int h, int w);
-SD_API size_t sd_vae_decode_tiled_arena_bytes(const sd_vae_config *c, int h, int w, int tile, int overlap);
-SD_API size_t sd_vae_encode_arena_bytes(const sd_vae_config *c, int height, int width);
-
-/* Decoder: latents [1, embed_dim, h, w] NCHW, *already divided by scaling_factor* (the
-   pipeline's job, as in diffusers) → image [1, 3, f·h, f·w] (f = 8 in SD), the raw decoder
-   output: about [-1, 1], not clamped. */
-SD_API int sd_vae_decode(const sd_vae *vae, const float *latents, int h, int w, float *image,
-                         sd_pool *pool, sd_arena *a, sd_error *err);
-
-/* The same in overlapping tiles of tile x tile latent pixels (neighbours share at least
-   `overlap`, 0 <= overlap < tile), blended with linear ramps across the shared part. Memory
-   depends on the tile size only, not on h and w. Each tile is normalised on its own, so the
-   result is close to, not equal to, sd_vae_decode's; tile >= h and w gives exactly the latter. */
-SD_API int sd_vae_decode_tiled(const sd_vae *vae, const float *latents, int h, int w, int tile,
-                               int overlap, float *image, sd_pool *pool, sd_arena *a, sd_error *err);
-
-/* Encoder: image [1, 3, H, W] NCHW with values in [-1, 1] (uint8/255·2−1), H and W multiples of
-   f → moments [1, 2·embed_dim, H/f, W/f]: the posterior's mean, then its raw log-variance
-   (diffusers' quant_conv output). */
-SD_API int sd_vae_encode(const sd_vae *vae, const float *image, int height, int width,
-                         float *moments, sd_pool *pool, sd_arena *a, sd_error *err);
-
-/* The diagonal Gaussian of moments [2·channels, h, w]: mean, logvar = clamp(raw, -30, 20),
-   std = exp(logvar / 2), each [channels, h, w]; any of them may be NULL. */
-SD_API void sd_vae_posterior(const float *moments, int channels, int h, int w,
-                             float *mean, float *logvar, float *std);
-/* A latent drawn from it with the caller's standard normal noise: out = mean + std·noise
-   (unscaled: the pipeline multiplies by scaling_factor). */
-SD_API void sd_vae_sample(const float *mean, const float *std, const float *noise, size_t n, float *out);
 
 /* What a model is made of: one single-file checkpoint, or the safetensors files of a diffusers
    folder (unet, vae and text_encoder files, in any order), plus CLIP's merges.txt. The bytes stay
