@@ -59,9 +59,13 @@ test-neon: test.c sd.h
 	  qemu-aarch64 ./test-neon --kernels | tee -a .test.log | tail -2; \
 	else echo "note: aarch64-linux-gnu-gcc or qemu-aarch64 missing: NEON path not tested"; fi
 
-test-run: test-san $(MERGES)
-	SD_MERGES=$(MERGES) ./test-san weights/test 2>&1 | tee -a .test.log | grep -v '^  '
-	@if [ -d $(GOLDEN) ]; then SD_MERGES=$(MERGES) ./test-san $(GOLDEN) 2>&1 | tee -a .test.log | grep -v '^  '; \
+# PNG files from an independent encoder (python's zlib) for the reader, when python3 is there.
+TEST_ENV = SD_MERGES=$(MERGES) SD_PNG_CASES=.png_cases
+test-run: test-san example $(MERGES)
+	@if command -v python3 >/dev/null; then rm -rf .png_cases; python3 weights/test/png_cases.py .png_cases >/dev/null; \
+	else echo "note: no python3, generated PNG cases skipped"; fi
+	$(TEST_ENV) ./test-san weights/test 2>&1 | tee -a .test.log | grep -v '^  '
+	@if [ -d $(GOLDEN) ]; then $(TEST_ENV) ./test-san $(GOLDEN) 2>&1 | tee -a .test.log | grep -v '^  '; \
 	else echo "note: $(GOLDEN) is absent; the diffusers-folder checks did not run"; fi
 
 test: check-nm check-cxx
@@ -83,4 +87,4 @@ fuzz_tokenizer: test.c sd.h $(MERGES)
 	$(FUZZ) -DSD_FUZZ=2 -o $@ test.c $(LIBS)
 
 clean:
-	rm -f example test test-* .test.log .impl.* fuzz_*
+	rm -rf example test test-* .test.log .impl.* fuzz_* .png_cases

@@ -400,7 +400,7 @@ typedef struct sd_model sd_model;
 SD_API int sd_model_load(sd_model **model, const sd_source *src, sd_arena *a, sd_error *err);
 
 /* Arena bytes that are enough for sd_model_load of these files (a bound from the header sizes;
-   the tables are a few MB: nothing is copied). 0 if a file is too short to hold a header. */
+   the tables are a few MB: nothing is copied). */
 SD_API size_t sd_model_arena_bytes(const sd_source *src);
 
 /* What was found, for display. */
@@ -7001,10 +7001,9 @@ SD_API size_t sd_model_arena_bytes(const sd_source *src)
     for (int i = 0; src && i < src->count && i < SD_MAX_FILES; i++) {
         const unsigned char *b = (const unsigned char *)src->data[i];
         uint64_t hlen = 0;
-        if (!b || src->size[i] < 8) return 0;
-        for (int k = 7; k >= 0; k--) hlen = hlen << 8 | b[k];
-        if (hlen > src->size[i]) return 0;
-        total += 8 * (size_t)hlen + 65536;
+        if (b && src->size[i] >= 8)
+            for (int k = 7; k >= 0; k--) hlen = hlen << 8 | b[k];
+        total += 8 * (size_t)(hlen <= src->size[i] ? hlen : 0) + 65536;   /* a bad header: sd_model_load says what */
     }
     return total;
 }

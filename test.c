@@ -1,10 +1,12 @@
 /* test.c - every test of sd.h. `./test [GOLDEN_DIR]` (default ../shared/golden) runs the checks
    that need no data, then every golden file it finds under GOLDEN_DIR, and ends with the line
    `N passed, N failed`. Tests never time anything; benchmarks live in example.c. */
-#define SD_IMPLEMENTATION
-#include "sd.h"
+#define main example_main   /* example.c's CLI and image files are tested here too */
+#include "example.c"
+#undef main
 
 #include <dirent.h>
+#include <sys/wait.h>
 #include <stdarg.h>
 #include <math.h>
 #include <stdio.h>
@@ -55,14 +57,16 @@ static int file_exists(const char *path)
     return f != NULL;
 }
 
-/* A test arena over one malloc'd block; free_arena() gives both back. */
+/* A test arena with exactly `bytes` free, over one malloc'd block; free_arena() gives both back. */
 typedef struct test_block { sd_arena arena; void *memory; } test_block;
 
 static sd_arena *test_arena(size_t bytes)
 {
     test_block *t = (test_block *)malloc(sizeof *t);
-    if (!t || !(t->memory = malloc(bytes))) { fprintf(stderr, "out of memory for a %zu-byte test arena\n", bytes); exit(2); }
-    sd_arena_init(&t->arena, t->memory, bytes);
+    if (!t || !(t->memory = malloc(bytes + SD_ARENA_ALIGN))) { fprintf(stderr, "out of memory for a %zu-byte test arena\n", bytes); exit(2); }
+    /* start it aligned, so that exactly `bytes` are free (what the *_arena_bytes functions count) */
+    uintptr_t p = ((uintptr_t)t->memory + SD_ARENA_ALIGN - 1) & ~(uintptr_t)(SD_ARENA_ALIGN - 1);
+    sd_arena_init(&t->arena, (void *)p, bytes);
     return &t->arena;
 }
 
@@ -2989,7 +2993,7 @@ typedef struct loaded_model {
     sd_model *model;
 } loaded_model;
 
-static int load_model(loaded_model *lm, const char *path)
+static int open_test_model(loaded_model *lm, const char *path)
 {
     sd_source src;
     sd_error err;
@@ -3173,7 +3177,7 @@ static void test_pipeline(void)
         DIR *dir = opendir(sub);
         if (!dir) continue;
         if (!file_exists(path)) { closedir(dir); continue; }
-        if (load_model(&lm, path)) { unload_model(&lm); closedir(dir); continue; }
+        if (open_test_model(&lm, path)) { unload_model(&lm); closedir(dir); continue; }
         models++;
         int contracts = 0;
         struct dirent *f;
@@ -3196,6 +3200,383 @@ static void test_pipeline(void)
     printf("pipeline: %d models, %d DDIM pipeline goldens run end to end\n", models, pipelines_checked);
 }
 
+/* png_test.c - tests of png.c (example.c's image files): round trips, the golden init images,
+   PNGs made by python's zlib (png_gen.py), and corrupt files, which must give errors, not crashes. */
+
+static const char *png_cases_dir;   /* $SD_PNG_CASES: `python3 weights/test/png_cases.py DIR` writes them */
+
+static uint32_t png_test_rand(uint32_t *s) { *s ^= *s << 13, *s ^= *s >> 17, *s ^= *s << 5; return *s; }   /* xorshift32 */
+
+static int png_test_ends_with(const char *s, const char *tail)
+{
+    size_t n = strlen(s), k = strlen(tail);
+    return n >= k && !strcmp(s + n - k, tail);
+}
+
+/* Where `needle` occurs in the n bytes at p, or NULL. */
+static const uint8_t *png_test_find(const uint8_t *p, size_t n, const void *needle, size_t k)
+{
+    for (size_t i = 0; i + k <= n; i++)
+        if (!memcmp(p + i, needle, k)) return p + i;
+    return NULL;
+}
+
+/* Noise (which the encoder must store) and gradients (which it must compress) survive
+   png_encode + png_decode unchanged, at odd sizes. */
+static void test_png_roundtrip(void)
+{
+    static const int sizes[][2] = {{1, 1}, {3, 7}, {100, 33}, {7, 3}, {64, 64}};
+    uint32_t seed = 7;
+    char err[256];
+    for (int k = 0; k < 5; k++)
+        for (int smooth = 0; smooth < 2; smooth++) {
+            int w = sizes[k][0], h = sizes[k][1], w2 = 0, h2 = 0;
+            size_t n = (size_t)w * h * 3, size = 0;
+            uint8_t *rgb = (uint8_t *)malloc(n), *png, *back;
+            for (size_t i = 0; i < n; i++) rgb[i] = (uint8_t)(smooth ? (i / 3 % w) * 2 + (i / 3 / w) * 3 + i % 3 * 40 : png_test_rand(&seed));
+            png = png_encode(rgb, w, h, "parameters", "a photo of a cat\nSteps: 20", &size, err, sizeof err);
+            if (!CHECK(png != NULL, "png_encode %dx%d: %s", w, h, err)) { free(rgb); continue; }
+            back = png_decode(png, size, &w2, &h2, err, sizeof err);
+            CHECK(back && w2 == w && h2 == h && !memcmp(back, rgb, n), "PNG round trip %dx%d (%s): %s", w, h, smooth ? "smooth" : "noise", back ? "pixels differ" : err);
+            if (w * h > 1000) {   /* the first deflate block's type, just after the IDAT header and zlib's 2 bytes */
+                const uint8_t *idat = png_test_find(png, size, "IDAT", 4);
+                int btype = idat ? idat[6] >> 1 & 3 : -1;
+                CHECK(btype == (smooth ? 1 : 0), "%dx%d %s image: deflate block type %d", w, h, smooth ? "smooth" : "noise", btype);
+                if (smooth) CHECK(size < n / 3, "%dx%d gradient compressed only to %zu of %zu bytes", w, h, size, n);
+            }
+            free(rgb), free(png), free(back);
+        }
+}
+
+/* Files: png_write and ppm_write then image_read; text chunks as tEXt (Latin-1) or iTXt (UTF-8). */
+static void test_png_files(void)
+{
+    static const char *png_path = "/tmp/png_test_roundtrip.png", *ppm_path = "/tmp/png_test_roundtrip.ppm";
+    int w = 0, h = 0;
+    uint8_t rgb[5 * 3 * 3], *back;
+    size_t size;
+    char err[256];
+    uint32_t seed = 3;
+    for (size_t i = 0; i < sizeof rgb; i++) rgb[i] = (uint8_t)png_test_rand(&seed);
+    CHECK(image_write(png_path, rgb, 5, 3, "caf\xc3\xa9, Steps: 4", err, sizeof err) == 0, "%s", err);
+    back = image_read(png_path, &w, &h, err, sizeof err);
+    CHECK(back && w == 5 && h == 3 && !memcmp(back, rgb, sizeof rgb), "PNG file round trip: %s", back ? "pixels differ" : err);
+    free(back);
+    CHECK(image_write(ppm_path, rgb, 5, 3, NULL, err, sizeof err) == 0, "%s", err);
+    back = image_read(ppm_path, &w, &h, err, sizeof err);
+    CHECK(back && w == 5 && h == 3 && !memcmp(back, rgb, sizeof rgb), "PPM file round trip: %s", back ? "pixels differ" : err);
+    free(back);
+    remove(png_path), remove(ppm_path);
+    CHECK(!image_read("/nonexistent/x.png", &w, &h, err, sizeof err) && strstr(err, "/nonexistent/x.png"), "missing file: %s", err);
+    CHECK(image_write("/nonexistent/x.png", rgb, 5, 3, NULL, err, sizeof err) == -1 && strstr(err, "/nonexistent/x.png"), "unwritable file: %s", err);
+
+    uint8_t *png = png_encode(rgb, 5, 3, "parameters", "caf\xc3\xa9 \xff", &size, err, sizeof err);   /* \xff: not UTF-8 */
+    CHECK(png && png_test_find(png, size, "tEXtparameters\0caf\xe9 \xff", 21), "Latin-1 text is not a tEXt chunk");
+    free(png);
+    png = png_encode(rgb, 5, 3, "parameters", "\xe7\x8c\xab \xff", &size, err, sizeof err);   /* a stray byte in UTF-8 text */
+    CHECK(png && png_test_find(png, size, "\0\0\0\0\xe7\x8c\xab \xc3\xbf", 10), "a stray byte is not Latin-1 in UTF-8");
+    free(png);
+    png = png_encode(rgb, 5, 3, "parameters", "\xe7\x8c\xab, caf\xc3\xa9", &size, err, sizeof err);   /* a CJK character */
+    CHECK(png && png_test_find(png, size, "iTXtparameters\0\0\0\0\0\xe7\x8c\xab, caf\xc3\xa9", 29), "non-Latin-1 text is not a UTF-8 iTXt chunk");
+    free(png);
+    CHECK(!png_encode(rgb, 0, 3, NULL, NULL, &size, err, sizeof err), "a 0x3 PNG was written");
+}
+
+/* The init images of the img2img goldens, written by PIL, decode to their init_image_uint8. */
+static void test_png_golden(void)
+{
+    DIR *top = opendir(golden_dir), *sub;
+    struct dirent *d, *e;
+    int found = 0;
+    if (!top) { printf("note: no %s, PNG golden checks skipped\n", golden_dir); return; }
+    while ((d = readdir(top)))
+        if (d->d_name[0] != '.') {
+            char dir[1024];
+            snprintf(dir, sizeof dir, "%s/%s", golden_dir, d->d_name);
+            if (!(sub = opendir(dir))) continue;
+            while ((e = readdir(sub))) {
+                char rel[520], png[1400], steps[64] = "";
+                const char *size_token = strrchr(e->d_name, '_');
+                const sd_tensor *t;
+                golden_file *g;
+                int w = 0, h = 0;
+                if (strncmp(e->d_name, "img2img_", 8) || !png_test_ends_with(e->d_name, ".safetensors")) continue;
+                snprintf(rel, sizeof rel, "%s/%s", d->d_name, e->d_name);
+                if (!(g = golden_open(rel))) continue;
+                if ((t = sd_safetensors_find(&g->st, "init_image_uint8"))) {
+                    char err[512];
+                    uint8_t *rgb;
+                    sscanf(e->d_name + 8, "%63[^_]", steps);   /* img2img_10steps_s0.6_128x128 -> img2img_init_10steps_128x128.png */
+                    snprintf(png, sizeof png, "%s/img2img_init_%s_%.*s.png", dir, steps, (int)(strlen(size_token) - 13), size_token + 1);
+                    rgb = image_read(png, &w, &h, err, sizeof err);
+                    found++;
+                    if (CHECK(rgb, "%s", err) && CHECK(t->dtype == SD_U8 && t->ndim == 3 && t->shape[0] == h && t->shape[1] == w && t->shape[2] == 3, "%s: %dx%d does not match init_image_uint8's shape", png, w, h))
+                        CHECK(!memcmp(rgb, t->data, t->nbytes), "%s differs from init_image_uint8 of %s", png, rel);
+                    free(rgb);
+                }
+                golden_close(g);
+            }
+            closedir(sub);
+        }
+    closedir(top);
+    CHECK(found > 0, "no img2img golden with init_image_uint8 under %s", golden_dir);
+    printf("png: %d golden init images checked\n", found);
+}
+
+/* png_gen.py's cases: NAME.png decodes to NAME.ppm exactly, or is refused with NAME.err's text. */
+static void test_png_generated(void)
+{
+    DIR *dir = png_cases_dir ? opendir(png_cases_dir) : NULL;
+    struct dirent *e;
+    int good = 0, bad = 0;
+    if (!dir) { printf("note: no PNG cases (SD_PNG_CASES, made by weights/test/png_cases.py), those checks skipped\n"); return; }
+    while ((e = readdir(dir))) {
+        char path[1024], other[1024], err[256], *want_err;
+        size_t n = strlen(e->d_name), size;
+        int w = 0, h = 0, w2 = 0, h2 = 0;
+        uint8_t *rgb, *want;
+        if (!png_test_ends_with(e->d_name, ".png")) continue;
+        snprintf(path, sizeof path, "%s/%s", png_cases_dir, e->d_name);
+        rgb = image_read(path, &w, &h, err, sizeof err);
+        snprintf(other, sizeof other, "%s/%.*s.err", png_cases_dir, (int)n - 4, e->d_name);
+        if ((want_err = (char *)read_file(other, &size))) {
+            CHECK(!rgb && strstr(err, want_err), "%s: want an error with '%s', got %s", path, want_err, rgb ? "an image" : err);
+            bad++;
+        } else {
+            snprintf(other, sizeof other, "%s/%.*s.ppm", png_cases_dir, (int)n - 4, e->d_name);
+            want = image_read(other, &w2, &h2, err + 128, 128);
+            if (CHECK(rgb && want, "%s: %s", path, rgb ? err + 128 : err))
+                CHECK(w == w2 && h == h2 && !memcmp(rgb, want, (size_t)w * h * 3), "%s does not decode to %s", path, other);
+            free(want);
+            good++;
+        }
+        free(want_err);
+        free(rgb);
+    }
+    closedir(dir);
+    CHECK(good >= 50 && bad >= 10, "only %d good and %d bad cases in %s", good, bad, png_cases_dir);
+    printf("png: %d generated PNGs decoded exactly, %d bad ones refused\n", good, bad);
+}
+
+static void png_fix_crcs(uint8_t *png, size_t size)
+{
+    for (size_t p = 8; size - p >= 12;) {
+        uint32_t len = get_be32(png + p);
+        if (len > size - p - 12) return;
+        uint32_t crc = png_crc32(png + p + 4, len + 4u);
+        for (int k = 0; k < 4; k++) png[p + 8 + len + k] = (uint8_t)(crc >> (24 - 8 * k));
+        p += 12 + (size_t)len;
+    }
+}
+
+/* Every truncation and every flipped bit of a PNG is an error; damage behind valid CRCs (which
+   only the inflater and the Adler-32 can catch) gives an error or an image, never a crash. The
+   corrupt copy lives in a buffer of exactly its size, so ASan sees any read past the end. */
+static void test_png_corrupt_one(const char *what, const uint8_t *png, size_t size)
+{
+    char err[256];
+    int w, h, truncated_ok = 1, flipped_ok = 1, crc_fixed_errors = 0, crc_fixed_runs = 0;
+    uint32_t seed = 11;
+    const uint8_t *idat = png_test_find(png, size, "IDAT", 4);
+    size_t idat_at = idat ? (size_t)(idat - png) + 4 : 0, idat_size = idat && idat_at + 4 <= size ? get_be32(idat - 4) : 0;
+    size_t step = size < 10000 ? 1 : 97, flips = 0, cuts = 0;   /* sample big files: each try costs a CRC */
+    for (size_t n = 0; n < size; n += n + 100 < size ? step : 1, cuts++) {
+        uint8_t *copy = (uint8_t *)malloc(n ? n : 1), *rgb;
+        memcpy(copy, png, n);
+        if ((rgb = png_decode(copy, n, &w, &h, err, sizeof err))) truncated_ok = CHECK(0, "%s cut to %zu of %zu bytes decoded", what, n, size);
+        free(rgb), free(copy);
+    }
+    for (size_t i = 0; i < size && flipped_ok; i += step)
+        for (int bit = 0; bit < 8; bit++, flips++) {
+            uint8_t *copy = (uint8_t *)malloc(size), *rgb;
+            memcpy(copy, png, size);
+            copy[i] ^= (uint8_t)(1 << bit);
+            if ((rgb = png_decode(copy, size, &w, &h, err, sizeof err))) flipped_ok = CHECK(0, "%s with bit %d of byte %zu flipped decoded", what, bit, i);
+            free(rgb), free(copy);
+        }
+    for (int run = 0; run < (size < 10000 ? 3000 : 300); run++, crc_fixed_runs++) {
+        uint8_t *copy = (uint8_t *)malloc(size), *rgb;
+        int damage = 1 + (int)(png_test_rand(&seed) % 4);
+        memcpy(copy, png, size);
+        while (damage--) {   /* mostly in the (first) IDAT chunk's data, where the inflater is */
+            size_t at = idat_size && run % 4 ? idat_at + png_test_rand(&seed) % idat_size : png_test_rand(&seed) % size;
+            copy[at] = run % 3 ? (uint8_t)(copy[at] ^ (1u << png_test_rand(&seed) % 8)) : (uint8_t)png_test_rand(&seed);
+        }
+        png_fix_crcs(copy, size);
+        rgb = png_decode(copy, size, &w, &h, err, sizeof err);
+        if (rgb) CHECK(w > 0 && h > 0 && (uint64_t)w * h <= IMAGE_MAX_PIXELS, "%s: damaged copy decoded to %dx%d", what, w, h);
+        else crc_fixed_errors++;
+        free(rgb), free(copy);
+    }
+    CHECK(truncated_ok && flipped_ok, "%s: corrupt copies decoded", what);
+    printf("png: %s: %zu truncations and %zu bit flips refused; %d of %d damaged copies with fixed CRCs refused\n",
+           what, cuts, flips, crc_fixed_errors, crc_fixed_runs);
+}
+
+static void test_png_corrupt(void)
+{
+    uint8_t rgb[20 * 10 * 3], *png;
+    size_t size;
+    char err[256], path[1024];
+    for (int i = 0; i < 20 * 10 * 3; i++) rgb[i] = (uint8_t)(i % 60 * 4 + i / 60);
+    png = png_encode(rgb, 20, 10, "parameters", "test", &size, err, sizeof err);
+    if (CHECK(png, "%s", err)) test_png_corrupt_one("png_encode's 20x10 PNG", png, size);
+    free(png);
+    snprintf(path, sizeof path, "%s/tiny-sd1/img2img_init_10steps_128x128.png", golden_dir);
+    if ((png = read_file(path, &size))) test_png_corrupt_one("PIL's 128x128 PNG", png, size);
+    free(png);
+    snprintf(path, sizeof path, "%s/big_dynamic.png", png_cases_dir);
+    if ((png = read_file(path, &size))) test_png_corrupt_one("zlib level 9 300x200 PNG", png, size);
+    free(png);
+    /* the PPM reader, too: every truncation of a small file */
+    static const char ppm[] = "P6 # comment\n2 1\n255\nabcdef";
+    for (size_t n = 0; n < sizeof ppm - 1; n++) {
+        uint8_t *copy = (uint8_t *)malloc(n ? n : 1), *out;
+        int w, h;
+        memcpy(copy, ppm, n);
+        out = ppm_decode(copy, n, &w, &h, err, sizeof err);
+        CHECK(!out, "PPM cut to %zu bytes decoded", n);
+        free(out), free(copy);
+    }
+    int w = 0, h = 0;
+    uint8_t *out = ppm_decode((const uint8_t *)ppm, sizeof ppm - 1, &w, &h, err, sizeof err);
+    CHECK(out && w == 2 && h == 1 && !memcmp(out, "abcdef", 6), "PPM with a comment: %s", out ? "wrong pixels" : err);
+    free(out);
+}
+
+static void test_png(void)
+{
+    test_png_roundtrip();
+    test_png_files();
+    test_png_golden();
+    test_png_generated();
+    test_png_corrupt();
+}
+
+/* ---- example.c end to end -------------------------------------------------------------- */
+
+/* Runs `./example ARGS` with stderr to errfile; the exit status, and the number of lines on stderr. */
+static int run_example(const char *args, const char *errfile, int *err_lines)
+{
+    char cmd[8192];
+    size_t n;
+    snprintf(cmd, sizeof cmd, "./example %s >/dev/null 2>%s", args, errfile);
+    int rc = system(cmd);
+    unsigned char *e = read_file(errfile, &n);
+    *err_lines = 0;
+    for (size_t i = 0; e && i < n; i++) *err_lines += e[i] == '\n';
+    free(e);
+    return rc == -1 ? -1 : WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
+}
+
+static int file_contains(const char *path, const char *needle)
+{
+    size_t n, k = strlen(needle);
+    unsigned char *b = read_file(path, &n);
+    int found = 0;
+    for (size_t i = 0; b && !found && i + k <= n; i++) found = !memcmp(b + i, needle, k);
+    free(b);
+    return found;
+}
+
+/* The CLI with a seed golden's settings gives diffusers' pixels; img2img from PNG and PPM agree;
+   each kind of bad input gives one line on stderr and a non-zero exit. */
+static void test_cli(void)
+{
+    char dir[] = "/tmp/sdh_cli_XXXXXX", golden[1200] = "", model[1200] = "", path[1400], args[6000], errf[1400];
+    int lines, rc;
+    if (!file_exists("./example") || !file_exists(merges_path)) { printf("note: ./example or merges.txt missing, CLI tests skipped\n"); return; }
+    if (!mkdtemp(dir)) { CHECK(0, "mkdtemp failed"); return; }
+    snprintf(errf, sizeof errf, "%s/stderr.txt", dir);
+
+    /* a txt2img golden whose noise diffusers drew from a seed, and its model */
+    DIR *top = opendir(golden_dir);
+    struct dirent *d;
+    while (top && !*golden && (d = readdir(top))) {
+        char sub[1100];
+        snprintf(sub, sizeof sub, "%s/%s", golden_dir, d->d_name);
+        snprintf(model, sizeof model, "%s/models/%s-fp16.safetensors", golden_dir, d->d_name);
+        DIR *in = d->d_name[0] != '.' && file_exists(model) ? opendir(sub) : NULL;
+        struct dirent *f;
+        while (in && !*golden && (f = readdir(in))) {
+            char rel[1100];
+            if (strncmp(f->d_name, "txt2img_", 8)) continue;
+            snprintf(rel, sizeof rel, "%s/%s", d->d_name, f->d_name);
+            golden_file *g = golden_open(rel);
+            if (g && sd_safetensors_meta(&g->st, "seed")) snprintf(golden, sizeof golden, "%s", rel);
+            golden_close(g);
+        }
+        if (in) closedir(in);
+    }
+    if (top) closedir(top);
+    if (*golden) {
+        golden_file *g = golden_open(golden);
+        const sd_tensor *want = sd_safetensors_find(&g->st, "image_uint8");
+        snprintf(path, sizeof path, "%s/seed.png", dir);
+        snprintf(args, sizeof args, "-m %s --tokenizer %s -p '%s' -n '%s' -W %s -H %s --steps %s --cfg-scale %s -s %s -t 2 -o %s",
+                 model, merges_path, meta_or(g, "prompt", ""), meta_or(g, "negative_prompt", ""), meta_or(g, "width", "0"),
+                 meta_or(g, "height", "0"), meta_or(g, "num_inference_steps", "0"), meta_or(g, "guidance_scale", "7.5"),
+                 meta_or(g, "seed", "0"), path);
+        rc = run_example(args, errf, &lines);
+        int w = 0, h = 0, worst = 256;
+        char msg[256];
+        uint8_t *rgb = rc == 0 ? image_read(path, &w, &h, msg, sizeof msg) : NULL;
+        if (CHECK(rgb && want && (int64_t)w * h * 3 == sd_tensor_numel(want), "CLI seed run of %s: exit %d", golden, rc)) {
+            worst = 0;
+            for (int64_t i = 0; i < sd_tensor_numel(want); i++) {
+                int diff = abs((int)rgb[i] - (int)((const uint8_t *)want->data)[i]);
+                if (diff > worst) worst = diff;
+            }
+        }
+        CHECK(worst <= 1, "CLI -s %s image differs from %s's image_uint8 by %d", meta_or(g, "seed", ""), golden, worst);
+        snprintf(msg, sizeof msg, "Seed: %s, Size: %sx%s", meta_or(g, "seed", ""), meta_or(g, "width", ""), meta_or(g, "height", ""));
+        CHECK(file_contains(path, "tEXtparameters") && file_contains(path, meta_or(g, "prompt", "?")) && file_contains(path, msg),
+              "CLI PNG lacks the parameters chunk with prompt and '%s'", msg);
+        free(rgb);
+
+        /* img2img: the same init image as PNG and as PPM gives the same picture */
+        uint8_t *out[2] = {NULL, NULL};
+        for (int k = 0; k < 2 && want && w > 0; k++) {
+            char init[1400], outp[1400], e[256];
+            int ow, oh;
+            snprintf(init, sizeof init, "%s/init.%s", dir, k ? "ppm" : "png");
+            snprintf(outp, sizeof outp, "%s/i2i_%d.ppm", dir, k);
+            const sd_tensor *px = want;   /* any RGB8 picture of the right size will do */
+            if (image_write(init, (const uint8_t *)px->data, w, h, NULL, e, sizeof e)) { CHECK(0, "%s", e); break; }
+            snprintf(args, sizeof args, "-m %s --tokenizer %s -p 'a cat' -i %s --strength 0.5 --steps 4 -s 7 -t 1 -o %s", model, merges_path, init, outp);
+            rc = run_example(args, errf, &lines);
+            out[k] = rc == 0 ? image_read(outp, &ow, &oh, e, sizeof e) : NULL;
+            CHECK(out[k] && ow == w && oh == h, "CLI img2img from %s: exit %d", init, rc);
+        }
+        CHECK(out[0] && out[1] && !memcmp(out[0], out[1], (size_t)w * h * 3), "CLI img2img from PNG and from PPM differ");
+        free(out[0]);
+        free(out[1]);
+        golden_close(g);
+    } else {
+        printf("note: no seed golden with a model in %s, CLI image check skipped\n", golden_dir);
+    }
+
+    /* bad input: one line on stderr, non-zero exit */
+    snprintf(path, sizeof path, "%s/not_a_model.txt", dir);
+    FILE *f = fopen(path, "wb");
+    if (f) { fputs("hello\n", f); fclose(f); }
+    const char *m = *model ? model : "weights/test/models/tiny-sd1-fp16.safetensors";
+    struct { char args[3000]; const char *needle; } bad[6];
+    snprintf(bad[0].args, sizeof bad[0].args, "--bogus");                                         bad[0].needle = "unknown option";
+    snprintf(bad[1].args, sizeof bad[1].args, "-m");                                              bad[1].needle = "needs a value";
+    snprintf(bad[2].args, sizeof bad[2].args, "-m %s --tokenizer %s -p x -W 100", m, merges_path); bad[2].needle = "multiples of 8";
+    snprintf(bad[3].args, sizeof bad[3].args, "-m %s/missing.safetensors -p x", dir);            bad[3].needle = "cannot read";
+    snprintf(bad[4].args, sizeof bad[4].args, "-m %s --tokenizer %s -p x", path, merges_path);   bad[4].needle = "safetensors";
+    snprintf(bad[5].args, sizeof bad[5].args, "-m %s --tokenizer %s -p x -i %s", m, merges_path, path); bad[5].needle = "not a PNG";
+    for (int i = 0; i < 6; i++) {
+        rc = run_example(bad[i].args, errf, &lines);
+        CHECK(rc != 0 && lines == 1 && file_contains(errf, bad[i].needle), "CLI '%s': exit %d, %d lines on stderr, want one with '%s'",
+              bad[i].args, rc, lines, bad[i].needle);
+    }
+    snprintf(args, sizeof args, "rm -rf %s", dir);
+    if (system(args)) printf("note: could not remove %s\n", dir);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "--kernels")) {   /* one SIMD path's kernels alone (make test builds several) */
@@ -3205,6 +3586,7 @@ int main(int argc, char **argv)
         return n_fail != 0;
     }
     if (argc > 1) golden_dir = argv[1];
+    png_cases_dir = getenv("SD_PNG_CASES");
     merges_path = getenv("SD_MERGES");
     if (!merges_path || !file_exists(merges_path)) merges_path = file_exists("weights/merges.txt") ? "weights/merges.txt" : "../shared/clip/merges.txt";
     printf("golden set: %s, merges: %s\n", golden_dir, merges_path);
@@ -3221,6 +3603,8 @@ int main(int argc, char **argv)
     test_unet();
     test_vae();
     test_pipeline();
+    test_png();
+    test_cli();
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail != 0;
 }
