@@ -62,7 +62,7 @@ test-neon: test.c sd.h
 # PNG files from an independent encoder (python's zlib) for the reader, when python3 is there.
 TEST_ENV = SD_MERGES=$(MERGES) SD_PNG_CASES=.png_cases
 test-run: test-san example $(MERGES)
-	@if command -v python3 >/dev/null; then rm -rf .png_cases; python3 weights/test/png_cases.py .png_cases >/dev/null; \
+	@if command -v python3 >/dev/null; then rm -rf .png_cases; python3 tools/png_cases.py .png_cases >/dev/null; \
 	else echo "note: no python3, generated PNG cases skipped"; fi
 	$(TEST_ENV) ./test-san weights/test 2>&1 | tee -a .test.log | grep -v '^  '
 	@if [ -d $(GOLDEN) ]; then $(TEST_ENV) ./test-san $(GOLDEN) 2>&1 | tee -a .test.log | grep -v '^  '; \

@@ -3203,7 +3203,7 @@ static void test_pipeline(void)
 /* png_test.c - tests of png.c (example.c's image files): round trips, the golden init images,
    PNGs made by python's zlib (png_gen.py), and corrupt files, which must give errors, not crashes. */
 
-static const char *png_cases_dir;   /* $SD_PNG_CASES: `python3 weights/test/png_cases.py DIR` writes them */
+static const char *png_cases_dir;   /* $SD_PNG_CASES: `python3 tools/png_cases.py DIR` writes them */
 
 static uint32_t png_test_rand(uint32_t *s) { *s ^= *s << 13, *s ^= *s >> 17, *s ^= *s << 5; return *s; }   /* xorshift32 */
 
@@ -3329,7 +3329,7 @@ static void test_png_generated(void)
     DIR *dir = png_cases_dir ? opendir(png_cases_dir) : NULL;
     struct dirent *e;
     int good = 0, bad = 0;
-    if (!dir) { printf("note: no PNG cases (SD_PNG_CASES, made by weights/test/png_cases.py), those checks skipped\n"); return; }
+    if (!dir) { printf("note: no PNG cases (SD_PNG_CASES, made by tools/png_cases.py), those checks skipped\n"); return; }
     while ((e = readdir(dir))) {
         char path[1024], other[1024], err[256], *want_err;
         size_t n = strlen(e->d_name), size;
