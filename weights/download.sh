@@ -1,21 +1,38 @@
 #!/bin/sh
-# Fetches real Stable Diffusion weights and CLIP's tokenizer vocabulary into weights/.
-#   sh weights/download.sh sd15      SD 1.5 single-file checkpoint (fp16 weights, ~2 GB)
-#   sh weights/download.sh sd21      SD 2.1 768 (v-prediction) single-file checkpoint (~2.6 GB fp16)
-#   sh weights/download.sh merges    only CLIP's merges.txt (needed by every model)
+# Fetches Stable Diffusion weights and CLIP's tokenizer vocabulary into weights/, resuming partial
+# downloads and checking each file against the SHA-256 the hub reports for it (its LFS object id).
+#   sh weights/download.sh            CLIP merges.txt only (every model needs it)
+#   sh weights/download.sh sd15       + SD 1.5 single-file checkpoint, fp16 (2.1 GB)
+#   sh weights/download.sh sd21       + SD 2.1 768 (v-prediction) single-file checkpoint (5.2 GB)
+#   sh weights/download.sh sd-turbo   + SD-Turbo (SD 2.1 architecture, 1-4 steps; 5.2 GB)
 set -eu
 cd "$(dirname "$0")"
 hub=https://huggingface.co
-get() {   # url file
-  [ -f "$2" ] && { echo "$2 already here"; return 0; }
-  echo "fetching $2"
-  curl -fL --retry 3 -o "$2.part" "$1" || wget -O "$2.part" "$1"
-  mv "$2.part" "$2"
+
+# get REPO PATH FILE: download with resume, then compare the SHA-256 with the hub's x-linked-etag.
+get() {
+  url="$hub/$1/resolve/main/$2"
+  want=$(curl -sIL "$url" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-linked-etag" {gsub(/"/, "", $2); print $2}' | tail -1)
+  if [ -f "$3" ] && [ -n "$want" ] && [ "$(sha256sum "$3" | cut -d' ' -f1)" = "$want" ]; then
+    echo "$3: already here, checksum ok"; return 0
+  fi
+  echo "fetching $3 from $1"
+  curl -fL --retry 3 -C - -o "$3.part" "$url" || { echo "download of $url failed (rerun to resume)"; exit 1; }
+  if [ -n "$want" ]; then
+    got=$(sha256sum "$3.part" | cut -d' ' -f1)
+    [ "$got" = "$want" ] || { echo "$3: SHA-256 $got, the hub says $want: removed"; rm -f "$3.part"; exit 1; }
+    echo "$3: SHA-256 ok"
+  else
+    echo "$3: the hub gave no checksum for it (not an LFS file); kept unchecked"
+  fi
+  mv "$3.part" "$3"
 }
-get "$hub/openai/clip-vit-large-patch14/resolve/main/merges.txt" merges.txt
-case "${1:-merges}" in
-  sd15) get "$hub/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/v1-5-pruned-emaonly-fp16.safetensors" sd15.safetensors ;;
-  sd21) get "$hub/stabilityai/stable-diffusion-2-1/resolve/main/v2-1_768-ema-pruned.safetensors" sd21.safetensors ;;
-  merges) ;;
-  *) echo "usage: $0 [sd15|sd21|merges]"; exit 1 ;;
+
+get openai/clip-vit-large-patch14 merges.txt merges.txt
+case "${1:-}" in
+  sd15) get stable-diffusion-v1-5/stable-diffusion-v1-5 v1-5-pruned-emaonly-fp16.safetensors sd15.safetensors ;;
+  sd21) get stabilityai/stable-diffusion-2-1 v2-1_768-ema-pruned.safetensors sd21.safetensors ;;
+  sd-turbo) get stabilityai/sd-turbo sd_turbo.safetensors sd-turbo.safetensors ;;
+  "") ;;
+  *) echo "usage: $0 [sd15|sd21|sd-turbo]"; exit 1 ;;
 esac
