@@ -11,11 +11,17 @@ MERGES_URL = https://huggingface.co/openai/clip-vit-large-patch14/resolve/main/m
 # every SIMD path this machine can run, each a build of the kernel tests: name=flags
 PATHS    = avx512:-mavx512f avx2:-mavx2\ -mfma\ -mf16c sse2: scalar:-DSD_NO_SIMD nothreads:-march=native\ -DSD_NO_THREADS
 
-.PHONY: all testbin test test-run test-paths test-neon check-nm check-cxx tsan fuzz bench clean
+.PHONY: all run testbin test test-run test-paths test-neon check-nm check-cxx tsan fuzz bench clean
 all: example testbin
 
 example: example.c sd.h
 	$(CC) $(WARN) $(OPT) -o $@ example.c $(LIBS)
+
+# The README's first command: fetch SD 1.5 if missing, build, draw one picture.
+PROMPT ?= a lighthouse on a cliff at dusk, oil painting
+run: example
+	@[ -f weights/sd15.safetensors ] || sh weights/download.sh sd15
+	./example -m weights/sd15.safetensors -p "$(PROMPT)" -s 42 -o lighthouse.png
 
 # `make` builds ./test (run it as ./test [GOLDEN_DIR]); `make test` runs the whole check.
 testbin: test.c sd.h

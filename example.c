@@ -90,7 +90,7 @@ static int inspect(const char *path)
 }
 
 typedef struct options {
-    const char *model, *tokenizer, *prompt, *negative, *init, *output;
+    const char *model, *tokenizer, *prompt, *negative, *init, *output, *preview;
     int width, height, steps, threads, batch, clip_skip, verbose, have_seed;
     float cfg;
     double strength;
@@ -116,6 +116,7 @@ static void usage(FILE *f)
         "  -o, --output FILE         .png or .ppm (default output.png; with -b N: output_2.png, ...)\n"
         "  -b, --batch-count N       images to make, seeds seed, seed+1, ...\n"
         "      --clip-skip N         stop the text encoder N-1 layers early (A1111 style)\n"
+        "      --preview DIR         write each step's latent as DIR/step_NN.png (a rough RGB view)\n"
         "  -v, --verbose             more detail\n"
         "  -h, --help, --version\n");
 }
@@ -126,9 +127,34 @@ static const char *const diffusers_parts[] = {
     "text_encoder/model.safetensors",
 };
 
+/* What the callbacks of one generation share. */
+typedef struct progress_state { double start; const char *preview_dir; } progress_state;
+
+/* The usual linear look at SD 1.x/2.x latents (the factors AUTOMATIC1111 and ComfyUI preview
+   with): RGB = latent · M, [-1, 1] mapped to [0, 255]. Good enough to watch noise become a picture. */
+static void write_preview(void *user, int step, const float *latents, int h, int w)
+{
+    static const float m[4][3] = {{0.3512f, 0.2297f, 0.3227f}, {0.3250f, 0.4974f, 0.2350f},
+                                  {-0.2829f, 0.1762f, 0.2721f}, {-0.2120f, -0.2616f, -0.7177f}};
+    const char *dir = ((const progress_state *)user)->preview_dir;
+    uint8_t *rgb = (uint8_t *)malloc((size_t)3 * h * w);
+    char path[4096], err[256];
+    if (!rgb) return;
+    for (int i = 0; i < h * w; i++)
+        for (int c = 0; c < 3; c++) {
+            float v = 0;
+            for (int k = 0; k < 4; k++) v += latents[(size_t)k * h * w + i] * m[k][c];
+            v = (v + 1) * 127.5f;
+            rgb[3 * i + c] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v + 0.5f);
+        }
+    snprintf(path, sizeof path, "%s/step_%02d.png", dir, step);
+    if (image_write(path, rgb, w, h, NULL, err, sizeof err)) fprintf(stderr, "%s\n", err);
+    free(rgb);
+}
+
 static int progress_bar(void *user, int step, int steps)
 {
-    double *start = (double *)user, t = now() - *start;
+    double t = now() - ((const progress_state *)user)->start;
     if (isatty(2)) {
         int filled = 30 * step / steps;
         fprintf(stderr, "\r  |%.*s%*s| %d/%d  %.2f s/it  ETA %.0f s ", filled, "==============================",
@@ -249,10 +275,11 @@ static int run(options *o)
     sd_arena_init(&arena, mem, need + SD_ARENA_ALIGN);
     for (int i = 0; i < o->batch; i++) {
         char path[4096], params[8192], msg[512];
-        double start = now();
+        progress_state state = {now(), o->preview};
         p.seed = o->seed + (uint64_t)i;
         p.progress = progress_bar;
-        p.user = &start;
+        p.preview = o->preview ? write_preview : NULL;
+        p.user = &state;
         fprintf(stderr, "seed %llu\n", (unsigned long long)p.seed);
         if (sd_generate(model, &p, &arena, rgb, &err)) { fprintf(stderr, "%s\n", err.message); return 1; }
         const char *dot = strrchr(o->output, '.');
@@ -260,7 +287,7 @@ static int run(options *o)
         else snprintf(path, sizeof path, "%.*s_%d%s", (int)(dot ? dot - o->output : (long)strlen(o->output)), o->output, i + 1, dot ? dot : "");
         parameters_text(params, sizeof params, o, p.seed);
         if (image_write(path, rgb, p.width, p.height, params, msg, sizeof msg)) { fprintf(stderr, "%s\n", msg); return 1; }
-        fprintf(stderr, "wrote %s in %.1f s (peak arena %.1f MiB)\n", path, now() - start, arena.peak / 1048576.0);
+        fprintf(stderr, "wrote %s in %.1f s (peak arena %.1f MiB)\n", path, now() - state.start, arena.peak / 1048576.0);
     }
     return 0;
 }
@@ -322,6 +349,7 @@ int main(int argc, char **argv)
         else if (FLAG("-b", "--batch-count")) o.batch = parse_int(VALUE(), 1, 10000, a);
         else if (!strcmp(a, "--clip-skip")) o.clip_skip = parse_int(VALUE(), 0, 64, a);
         else if (FLAG("-v", "--verbose")) o.verbose = 1;
+        else if (!strcmp(a, "--preview")) o.preview = VALUE();
         else { fprintf(stderr, "unknown option '%s' (see --help)\n", a); return 1; }
 #undef FLAG
 #undef VALUE

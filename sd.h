@@ -436,6 +436,8 @@ typedef struct sd_params {
     float *latents_out;   /* optional: the final latents [1, 4, h/8, w/8] */
     float *image_out;   /* optional: the decoded image [1, 3, h, w] before clamping */
     int (*progress)(void *user, int step, int steps);   /* non-zero return cancels */
+    /* optional: the latents [4, h/8, w/8] after each step, to watch the image form */
+    void (*preview)(void *user, int step, const float *latents, int h, int w);
     void *user;
 } sd_params;
 
@@ -7133,6 +7135,7 @@ static int generate(const sd_model *m, const sd_params *p, sd_pool *pool, sd_are
         if ((rc = sd_ddim_step(&m->schedule, t, t_prev, prediction, p->eta, latents, noise_pred, lat,
                                NULL, &rng, spare, NULL, err))) return rc;
         memcpy(latents, spare, lat * sizeof(float));
+        if (p->preview) p->preview(p->user, k - start + 1, latents, h, w);
         if (p->progress && p->progress(p->user, k - start + 1, p->steps - start))
             return fail(err, SD_ERR_CANCELLED, "generate: cancelled after step %d of %d", k - start + 1, p->steps - start);
     }
