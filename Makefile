@@ -73,6 +73,12 @@ test-run: test-san example $(MERGES)
 	$(TEST_ENV) ./test-san weights/test 2>&1 | tee -a .test.log | grep -v '^  '
 	@if [ -d $(GOLDEN) ]; then $(TEST_ENV) ./test-san $(GOLDEN) 2>&1 | tee -a .test.log | grep -v '^  '; \
 	else echo "note: $(GOLDEN) is absent; the diffusers-folder checks did not run"; fi
+	@if command -v python3 >/dev/null; then \
+	  for f in png ppm; do ./example -m weights/test/models/tiny-sd1-fp16.safetensors --tokenizer $(MERGES) \
+	    -p "$$(printf 'caf\303\251 \347\214\253')" -W 64 -H 48 --steps 2 -s 3 -o .png_cases/cli.$$f 2>/dev/null || exit 1; done; \
+	  if python3 tools/png_check.py .png_cases/cli.png; then echo "1 passed, 0 failed" >> .test.log; \
+	  else echo "0 passed, 1 failed" >> .test.log; fi; \
+	else echo "note: no python3, the independent PNG check skipped"; fi
 
 test: check-nm check-cxx
 	@: > .test.log
