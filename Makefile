@@ -1,4 +1,7 @@
 # sd.h - build, test, benchmark.  `make` builds ./example and ./test; `make test` is what CI runs.
+# bash with pipefail: a test binary that crashes inside a pipe fails its target
+SHELL    = /bin/bash
+.SHELLFLAGS = -o pipefail -c
 CC      ?= cc
 CXX     ?= c++
 WARN     = -std=c99 -Wall -Wextra -pedantic
@@ -52,9 +55,11 @@ check-cxx: sd.h
 	$(CXX) -x c++ -Wall -Wextra -Werror -O2 -march=native -c .impl.cpp -o .impl.o
 	@echo "c++: sd.h compiles as C++"; rm -f .impl.cpp .impl.o
 
-# The kernels once per SIMD path, under the sanitizers.
+# The kernels once per SIMD path this CPU can run (its /proc/cpuinfo flags), under the sanitizers.
 test-paths: test.c sd.h
 	@for p in $(PATHS); do name=$${p%%:*}; flags=$${p#*:}; \
+	  case $$name in avx512) need="avx512f";; avx2) need="avx2 fma f16c";; *) need="";; esac; \
+	  for f in $$need; do grep -qw $$f /proc/cpuinfo || { echo "note: no $$f here, the $$name path is not tested"; continue 2; }; done; \
 	  $(CC) $(WARN) -Werror $(SAN) $$flags -D_DEFAULT_SOURCE -o test-$$name test.c $(LIBS) || exit 1; \
 	  ./test-$$name --kernels | tee -a .test.log | tail -1 || exit 1; done
 

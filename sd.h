@@ -141,8 +141,14 @@ SD_API float sd_f16_to_f32(uint16_t h);
 SD_API float sd_bf16_to_f32(uint16_t h);
 SD_API uint16_t sd_f32_to_f16(float f); /* round to nearest even */
 
-/* The compute context (threads and their scratch) that stage functions run on; see section 4. */
+/* The compute context of the stage functions (sd_text_encode, sd_unet, sd_vae_*): worker threads
+   and their scratch, started once and used for any number of calls (sd_generate makes its own).
+   It lives in the arena: sd_pool_arena_bytes(threads) bytes, given back by resetting the arena
+   after sd_pool_destroy. Results are bit-identical for any number of threads. */
 typedef struct sd_pool sd_pool;
+SD_API size_t sd_pool_arena_bytes(int threads);
+SD_API int sd_pool_create(sd_pool **pool, int threads, sd_arena *a, sd_error *err);
+SD_API void sd_pool_destroy(sd_pool *pool);
 
 /* CLIP tokenizer: prompt text -> token ids, exactly as the diffusers pipelines tokenize. */
 typedef struct sd_clip_vocab sd_clip_vocab;   /* opaque; lives in the arena it was loaded into */
@@ -465,7 +471,6 @@ SD_API int sd_generate(const sd_model *model, const sd_params *p, sd_arena *a, u
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>   /* vsnprintf only: the core does no I/O */
-#include <stdlib.h>  /* strtod, strtol: metadata numbers */
 #include <string.h>
 
 #ifndef SD_ASSERT
@@ -1603,7 +1608,7 @@ struct sd_pool {
 #define POOL_PAGE 4096u
 
 /* Arena bytes pool_init takes for `threads` threads: scratch for each, a stack for each worker. */
-SD_MAYBE_UNUSED static size_t pool_arena_bytes(int threads)
+static size_t pool_arena_bytes(int threads)
 {
     size_t scratch = (SD_POOL_SCRATCH_FLOATS * sizeof(float) + SD_ALIGN - 1) & ~(size_t)(SD_ALIGN - 1);
     size_t stack = ((size_t)SD_POOL_STACK_BYTES + POOL_PAGE + SD_ALIGN - 1) & ~(size_t)(SD_ALIGN - 1);
@@ -1639,7 +1644,7 @@ static void *pool_worker_main(void *p)
 }
 #endif
 
-SD_MAYBE_UNUSED static void pool_free(sd_pool *p)
+static void pool_free(sd_pool *p)
 {
 #ifndef SD_NO_THREADS
     if (p->sync_ready) {
@@ -1658,7 +1663,7 @@ SD_MAYBE_UNUSED static void pool_free(sd_pool *p)
     p->threads = 0;
 }
 
-SD_MAYBE_UNUSED static int pool_init(sd_pool *p, int threads, sd_arena *a, sd_error *err)
+static int pool_init(sd_pool *p, int threads, sd_arena *a, sd_error *err)
 {
     size_t mark = sd_arena_mark(a);
     memset(p, 0, sizeof *p);
@@ -1673,8 +1678,11 @@ SD_MAYBE_UNUSED static int pool_init(sd_pool *p, int threads, sd_arena *a, sd_er
             sd_arena_reset(a, mark);
             return fail(err, SD_ERR_UNSUPPORTED, "thread pool: pthread_mutex_init failed");
         }
-        pthread_cond_init(&p->wake, NULL);
-        pthread_cond_init(&p->idle, NULL);
+        if (pthread_cond_init(&p->wake, NULL) || pthread_cond_init(&p->idle, NULL)) {
+            pthread_mutex_destroy(&p->lock);
+            sd_arena_reset(a, mark);
+            return fail(err, SD_ERR_UNSUPPORTED, "thread pool: pthread_cond_init failed");
+        }
         p->sync_ready = 1;
         for (int t = 1; t < p->threads; t++) {
             unsigned char *stack = (unsigned char *)sd_arena_alloc(a, SD_POOL_STACK_BYTES + POOL_PAGE, err);
@@ -1698,6 +1706,27 @@ SD_MAYBE_UNUSED static int pool_init(sd_pool *p, int threads, sd_arena *a, sd_er
     }
 #endif
     return SD_OK;
+}
+
+SD_API size_t sd_pool_arena_bytes(int threads)
+{
+    return (sizeof(sd_pool) + SD_ALIGN - 1) / SD_ALIGN * SD_ALIGN + pool_arena_bytes(threads);
+}
+
+SD_API int sd_pool_create(sd_pool **pool, int threads, sd_arena *a, sd_error *err)
+{
+    if (!pool || !a) return fail(err, SD_ERR_ARG, "thread pool: NULL argument");
+    size_t mark = sd_arena_mark(a);
+    sd_pool *p = (sd_pool *)sd_arena_alloc(a, sizeof *p, err);
+    int rc = p ? pool_init(p, threads, a, err) : SD_ERR_MEMORY;
+    if (rc) { sd_arena_reset(a, mark); return rc; }
+    *pool = p;
+    return SD_OK;
+}
+
+SD_API void sd_pool_destroy(sd_pool *pool)
+{
+    if (pool) pool_free(pool);
 }
 
 /* Runs fn(arg, task, thread) for task = 0..ntasks-1 on the pool's threads (the caller is thread
@@ -2200,8 +2229,8 @@ static void groupnorm_apply(void *arg, int task, int thread)
     }
 }
 
-static void groupnorm(sd_pool *pool, float *y, const float *x, int B, int HW, int C, int groups,
-                      const sd_tensor *gamma, const sd_tensor *beta, float eps, int with_silu)
+static void groupnorm_items(sd_pool *pool, float *y, const float *x, int B, int HW, int C, int groups,
+                            const sd_tensor *gamma, const sd_tensor *beta, float eps, int with_silu)
 {
     groupnorm_job j;
     size_t bc = (size_t)B * C, room;
@@ -2240,6 +2269,14 @@ static void groupnorm(sd_pool *pool, float *y, const float *x, int B, int HW, in
         }
     }
     pool_run(pool, groupnorm_apply, &j, B * j.nchunks);
+}
+
+/* One batch item at a time, so that the partials fit in the scratch whatever the batch. */
+static void groupnorm(sd_pool *pool, float *y, const float *x, int B, int HW, int C, int groups,
+                      const sd_tensor *gamma, const sd_tensor *beta, float eps, int with_silu)
+{
+    for (int b = 0; b < B; b++)
+        groupnorm_items(pool, y + (size_t)b * HW * C, x + (size_t)b * HW * C, 1, HW, C, groups, gamma, beta, eps, with_silu);
 }
 
 /* LayerNorm over the last axis of x [M, C] (CLIP and the UNet's transformer blocks). y may equal x.
@@ -4780,6 +4817,7 @@ static int text_encoder_init(sd_text_encoder *te, weights *w, const sd_safetenso
     }
     te->heads = heads ? heads : te->width / head_dim;
     if (te->heads < 1 || te->width % te->heads) { rc = fail(err, SD_ERR_SHAPE, "text encoder width %d does not split into %d heads", te->width, te->heads); goto bad; }
+    if (te->width / te->heads > 1024) { rc = fail(err, SD_ERR_UNSUPPORTED, "text encoder heads of %d channels: at most 1024 are supported", te->width / te->heads); goto bad; }
     te->output_layer = output == CLIP_OUT_LAST ? te->layers : te->layers - 1;
     te->output_final_ln = output != CLIP_OUT_PENULTIMATE_NO_LN;
     if (te->output_layer < 1) { rc = fail(err, SD_ERR_UNSUPPORTED, "the text encoder's output is its penultimate layer but it has %d layer", te->layers); goto bad; }
@@ -6960,9 +6998,19 @@ static int model_load(sd_model *m, const sd_source *src, sd_arena *a, sd_error *
     if (!vf) return fail(err, SD_ERR_MISSING, "model: no VAE (first_stage_model.decoder.* or a diffusers vae/ file) among the %d files", n);
     if ((rc = sd_vae_load(&m->vae, vf, a, err))) return rc;
 
+    /* the parts must fit together the way the pipeline joins them */
+    const sd_vae_config *vc = sd_vae_get_config(m->vae);
+    if (m->unet->in_channels != 4 || m->unet->out_channels != 4)
+        return fail(err, SD_ERR_UNSUPPORTED, "model: the UNet takes %d and gives %d channels; only 4 (txt2img/img2img UNets, not inpainting ones) are supported",
+                    m->unet->in_channels, m->unet->out_channels);
+    if (vc->embed_dim != 4 || vc->levels != 4)
+        return fail(err, SD_ERR_UNSUPPORTED, "model: the VAE has %d latent channels and %d levels; the pipeline needs 4 and 4 (8x)", vc->embed_dim, vc->levels);
+    if (m->unet->context_dim != m->te.width)
+        return fail(err, SD_ERR_SHAPE, "model: the UNet attends to %d-wide context but the text encoder gives %d", m->unet->context_dim, m->te.width);
+
     /* the family: SD2 is OpenCLIP's gelu text tower (1024 wide in real checkpoints) */
     sd_model_info *in = &m->info;
-    in->version = (int)meta_number(m->meta, "sd.version", m->te.gelu ? 2 : 1);
+    in->version = meta_number(m->meta, "sd.version", 0) == 2 || (!m->meta && m->te.gelu) ? 2 : 1;
     in->diffusers = sd_safetensors_find(&m->files[0], "model.diffusion_model.out.2.weight") == NULL &&
                     sd_safetensors_find(&m->files[0], "cond_stage_model.transformer.text_model.final_layer_norm.weight") == NULL;
     {
@@ -6975,14 +7023,18 @@ static int model_load(sd_model *m, const sd_source *src, sd_arena *a, sd_error *
     in->text_layers = m->te.layers;
     in->vae_scale = sd_vae_get_config(m->vae)->scaling_factor;
     m->pad = in->version == 2 ? SD_CLIP_PAD_EXCLAMATION : SD_CLIP_PAD_EOS;
-    m->steps_offset = (int)meta_number(m->meta, "sd.scheduler.steps_offset", 1);
-    return sd_schedule_init(&m->schedule, (int)meta_number(m->meta, "sd.scheduler.num_train_timesteps", 1000),
+    double offset = meta_number(m->meta, "sd.scheduler.steps_offset", 1), train = meta_number(m->meta, "sd.scheduler.num_train_timesteps", 1000);
+    if (!(offset >= 0 && offset < 1000 && train >= 1 && train <= SD_MAX_TRAIN_TIMESTEPS))
+        return fail(err, SD_ERR_FORMAT, "model: metadata steps_offset %g / num_train_timesteps %g out of range", offset, train);
+    m->steps_offset = (int)offset;
+    return sd_schedule_init(&m->schedule, (int)train,
                             meta_number(m->meta, "sd.scheduler.beta_start", 0.00085),
                             meta_number(m->meta, "sd.scheduler.beta_end", 0.012), SD_BETA_SCALED_LINEAR, err);
 }
 
 SD_API int sd_model_load(sd_model **model, const sd_source *src, sd_arena *a, sd_error *err)
 {
+    if (model) *model = NULL;
     if (!model || !src || !a || src->count < 1 || src->count > SD_MAX_FILES || !src->merges)
         return fail(err, SD_ERR_ARG, "model: need 1..%d safetensors files and merges.txt", SD_MAX_FILES);
     size_t mark = sd_arena_mark(a);
@@ -7010,7 +7062,11 @@ SD_API size_t sd_model_arena_bytes(const sd_source *src)
     return total;
 }
 
-SD_API void sd_model_get_info(const sd_model *model, sd_model_info *info) { *info = model->info; }
+SD_API void sd_model_get_info(const sd_model *model, sd_model_info *info)
+{
+    if (model && info) *info = model->info;
+    else if (info) memset(info, 0, sizeof *info);
+}
 
 SD_API void sd_params_init(sd_params *p)
 {
@@ -7039,6 +7095,13 @@ static int check_params(const sd_model *m, const sd_params *p, sd_error *err)
     if (p->init_rgb && !(p->strength > 0 && p->strength <= 1)) return fail(err, SD_ERR_ARG, "generate: strength %g, expected (0, 1]", p->strength);
     if (p->prediction != -1 && p->prediction != SD_PREDICT_EPSILON && p->prediction != SD_PREDICT_V)
         return fail(err, SD_ERR_ARG, "generate: unknown prediction type %d", p->prediction);
+    if (!(p->eta >= 0 && p->eta <= 1)) return fail(err, SD_ERR_ARG, "generate: eta %g, expected 0..1", p->eta);
+    if (p->init_rgb && !sd_vae_get_config(m->vae)->has_encoder)
+        return fail(err, SD_ERR_UNSUPPORTED, "generate: img2img needs a VAE encoder; this checkpoint has only the decoder");
+    /* the schedule itself, so that no error waits until after the text encoder has run */
+    int ts[SD_MAX_TRAIN_TIMESTEPS], start, rc;
+    if ((rc = sd_ddim_timesteps(&m->schedule, p->steps, p->spacing, m->steps_offset, ts, err))) return rc;
+    if (p->init_rgb && (rc = sd_img2img_start(p->steps, p->strength, &start, err))) return rc;
     return SD_OK;
 }
 
@@ -7052,19 +7115,22 @@ SD_API size_t sd_generate_arena_bytes(const sd_model *m, const sd_params *p)
 {
     if (check_params(m, p, NULL)) return 0;
     int h = p->height / 8, w = p->width / 8, B = p->guidance != 1.0f ? 2 : 1;
-    size_t lat = (size_t)4 * h * w, pix = (size_t)3 * p->height * p->width;
-    size_t ctx = (size_t)B * SD_CLIP_CONTEXT * m->te.width;
-    size_t keep = pool_arena_bytes(p->threads) + float_bytes(ctx) + 3 * float_bytes(lat)   /* latents, noise_pred, spare */
-                + float_bytes((size_t)B * lat) * 2 + float_bytes(B);                        /* unet in/out, timesteps */
-    size_t text = float_bytes((size_t)B * SD_CLIP_CONTEXT) + max_size(
-                      sd_clip_scratch_bytes(max_size(prompt_size(p->prompt), prompt_size(p->negative_prompt))),
-                      sd_text_encoder_arena_bytes(&m->te, B));
-    size_t encode = p->init_rgb ? float_bytes(pix) + float_bytes(2 * lat) + float_bytes(lat) * 2 +
-                                  sd_vae_encode_arena_bytes(sd_vae_get_config(m->vae), p->height, p->width) : 0;
-    size_t unet = sd_unet_arena_bytes(m->unet, B, h, w);
-    size_t decode = float_bytes(pix) + sd_vae_decode_arena_bytes(sd_vae_get_config(m->vae), h, w);
-    if (unet == (size_t)-1 || text == (size_t)-1) return 0;
-    return keep + max_size(max_size(text, encode), max_size(unet, decode));
+    const sd_vae_config *vc = sd_vae_get_config(m->vae);
+    uint64_t lat = (uint64_t)4 * h * w, pix = (uint64_t)3 * p->height * p->width;
+    size_t scratch = sd_clip_scratch_bytes(max_size(prompt_size(p->prompt), prompt_size(p->negative_prompt)));
+    size_t text_enc = sd_text_encoder_arena_bytes(&m->te, B), unet_pass = sd_unet_arena_bytes(m->unet, B, h, w);
+    size_t vae_dec = sd_vae_decode_arena_bytes(vc, h, w), vae_enc = p->init_rgb ? sd_vae_encode_arena_bytes(vc, p->height, p->width) : 1;
+    if (text_enc == (size_t)-1 || unet_pass == (size_t)-1 || !vae_dec || !vae_enc) return 0;   /* a stage cannot run this size */
+    uint64_t keep = pool_arena_bytes(p->threads) + float_bytes((uint64_t)B * SD_CLIP_CONTEXT * m->te.width)
+                  + 3 * float_bytes(lat)                                  /* latents, noise_pred, spare */
+                  + 2 * float_bytes((uint64_t)B * lat) + float_bytes(B);  /* UNet in and out, timesteps */
+    uint64_t text = float_bytes((uint64_t)B * SD_CLIP_CONTEXT) + (scratch > text_enc ? scratch : text_enc);
+    uint64_t encode = p->init_rgb ? float_bytes(pix) + float_bytes(2 * lat) + 2 * float_bytes(lat) + vae_enc : 0;
+    uint64_t unet = unet_pass, decode = float_bytes(pix) + vae_dec;
+    uint64_t stage = text > encode ? text : encode;
+    if (unet > stage) stage = unet;
+    if (decode > stage) stage = decode;
+    return keep + stage > (uint64_t)SIZE_MAX ? 0 : (size_t)(keep + stage);
 }
 
 /* The body of sd_generate, on an arena already known to be large enough. */

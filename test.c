@@ -3155,6 +3155,34 @@ static void check_pipeline_contracts(const sd_model *m, const char *rel)
     r = sd_generate(m, &p, a, out, &err);
     CHECK(r == SD_ERR_MEMORY && calls == 0 && strstr(err.message, "arena"), "arena one byte short: rc %d, %d steps ran: %s", r, calls, err.message);
     free_arena(a);
+    /* parameters that only the schedule can judge are refused before any work (no arena used) */
+    p.progress = NULL;
+    for (int k = 0; k < 3; k++) {
+        sd_params q = p;
+        if (k == 0) q.eta = -1;
+        if (k == 1) q.spacing = 7;
+        if (k == 2) { q.init_rgb = out; q.strength = 0.1; }   /* 0.1 of 4 steps keeps none */
+        a = test_arena(need);
+        r = sd_generate(m, &q, a, out, &err);
+        CHECK(r == SD_ERR_ARG && a->peak == 0, "bad parameter %d: rc %d, %zu arena bytes used before failing", k, r, a->peak);
+        free_arena(a);
+    }
+    /* the stage functions on a pool from the public API give what one thread gives */
+    {
+        int32_t ids[SD_CLIP_CONTEXT];
+        float *ctx1 = (float *)malloc(sizeof(float) * SD_CLIP_CONTEXT * m->te.width), *ctx2 = (float *)malloc(sizeof(float) * SD_CLIP_CONTEXT * m->te.width);
+        sd_pool *pools[2];
+        a = test_arena(sd_pool_arena_bytes(1) + sd_pool_arena_bytes(3) + sd_text_encoder_arena_bytes(&m->te, 1) + sd_clip_scratch_bytes(16));
+        r = sd_pool_create(&pools[0], 1, a, &err) || sd_pool_create(&pools[1], 3, a, &err) ||
+            sd_clip_tokenize(m->vocab, "a cat", 5, m->pad, ids, NULL, a, &err) ||
+            sd_text_encode(&m->te, ids, 1, 0, ctx1, pools[0], a, &err) || sd_text_encode(&m->te, ids, 1, 0, ctx2, pools[1], a, &err);
+        CHECK(!r && !memcmp(ctx1, ctx2, sizeof(float) * SD_CLIP_CONTEXT * m->te.width), "sd_pool_create pools: %s", r ? err.message : "results differ");
+        sd_pool_destroy(pools[1]);
+        sd_pool_destroy(pools[0]);
+        free_arena(a);
+        free(ctx1);
+        free(ctx2);
+    }
     p.width = 100;
     CHECK(sd_generate(m, &p, NULL, out, &err) == SD_ERR_ARG && sd_generate_arena_bytes(m, &p) == 0, "width 100 is refused");
     free(out);
