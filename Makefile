@@ -95,6 +95,23 @@ tsan: test.c sd.h
 	$(CC) $(WARN) -Werror -O1 -g -fsanitize=thread -march=native -D_DEFAULT_SOURCE -o test-tsan test.c $(LIBS)
 	./test-tsan --kernels | tee -a .test.log | tail -1
 
+# `make bench`: the speed of every stage on a full-size SD 1.5 with random f16 weights (made once
+# into weights/bench/, 2.1 GB, ~15 s, no download): GEMM/conv/attention kernels (beside OpenBLAS
+# when it is installed), tokenizer, text encoder, UNet at 32x32 and 64x64 latents (batch 2: one
+# guided step), VAE decoder to 256x256 and 512x512, and a 4-step 256x256 txt2img. About 4 minutes
+# on 2 idle cores. BENCH_FULL=1 adds the whole 20-step 512x512 txt2img (~3.5 minutes more);
+# BENCH_ARGS adds options to every run (see ./example --bench --help), e.g. BENCH_ARGS=--runs\ 1.
+BENCH_MODEL = weights/bench/sd15-f16.safetensors
+bench: example $(MERGES) $(BENCH_MODEL)
+	./example --bench tokenizer,text,unet,vae,kernels --sizes 32,64 --vae-sizes 32 --threads 1,0 $(BENCH_ARGS)
+	./example --bench vae,txt2img --vae-sizes 64 --threads 0 --txt2img-size 256 --steps 4 $(BENCH_ARGS)
+	@if [ "$(BENCH_FULL)" = 1 ]; then ./example --bench txt2img --threads 0 --txt2img-size 512 --steps 20 $(BENCH_ARGS); fi
+
+# Order-only: a rebuilt ./example does not make a new model.
+$(BENCH_MODEL): | example
+	@mkdir -p weights/bench
+	./example --make-random-model sd15 $@
+
 # libFuzzer targets (clang): `make fuzz`, then e.g. ./fuzz_tokenizer -max_total_time=600 corpus/
 FUZZ = clang -std=c99 -g -O1 -fsanitize=fuzzer,address,undefined -D_DEFAULT_SOURCE
 fuzz: fuzz_safetensors fuzz_tokenizer
