@@ -2403,6 +2403,21 @@ SD_MAYBE_UNUSED static void upsample2x_mt(sd_pool *pool, float *y, const float *
     rows_run(pool, &j, 4 * (size_t)W * C);
 }
 
+/* Layout changes at the API boundary: stage functions speak PyTorch's NCHW, the kernels NHWC. */
+static void nchw_to_nhwc(float *y, const float *x, int B, int C, int HW)
+{
+    for (int b = 0; b < B; b++)
+        for (int c = 0; c < C; c++)
+            for (int i = 0; i < HW; i++) y[((size_t)b * HW + i) * C + c] = x[((size_t)b * C + c) * HW + i];
+}
+
+static void nhwc_to_nchw(float *y, const float *x, int B, int C, int HW)
+{
+    for (int b = 0; b < B; b++)
+        for (int c = 0; c < C; c++)
+            for (int i = 0; i < HW; i++) y[((size_t)b * C + c) * HW + i] = x[((size_t)b * HW + i) * C + c];
+}
+
 /* ---- attention ---- */
 
 /* Multi-head scaled dot-product attention. For batch item b, head h and query i:
@@ -5373,20 +5388,6 @@ static float *push_skip(unet_run *r, int H, int W, int C)
     return x;
 }
 
-static void nchw_to_nhwc(float *y, const float *x, int B, int C, int HW)
-{
-    for (int b = 0; b < B; b++)
-        for (int c = 0; c < C; c++)
-            for (int i = 0; i < HW; i++) y[((size_t)b * HW + i) * C + c] = x[((size_t)b * C + c) * HW + i];
-}
-
-static void nhwc_to_nchw(float *y, const float *x, int B, int C, int HW)
-{
-    for (int b = 0; b < B; b++)
-        for (int c = 0; c < C; c++)
-            for (int i = 0; i < HW; i++) y[((size_t)b * C + c) * HW + i] = x[((size_t)b * HW + i) * C + c];
-}
-
 /* y [M, Ca + Cb] = each row of a [M, Ca] followed by the same row of b [M, Cb]: torch.cat on
    the channel axis, in NHWC. */
 static void concat_channels(float *y, const float *a, int Ca, const float *b, int Cb, size_t M)
@@ -6161,18 +6162,6 @@ static void vae_show(vae_run *r, const char *stage, const float *x, int H, int W
     if (!r->planning && r->probe) r->probe(r->user, stage, x, H, W, C);
 }
 
-static void vae_to_channels_last(float *dst, const float *src, int C, size_t HW)
-{
-    for (int c = 0; c < C; c++)
-        for (size_t i = 0; i < HW; i++) dst[i * C + c] = src[(size_t)c * HW + i];
-}
-
-static void vae_to_channels_first(float *dst, const float *src, int C, size_t HW)
-{
-    for (int c = 0; c < C; c++)
-        for (size_t i = 0; i < HW; i++) dst[(size_t)c * HW + i] = src[i * C + c];
-}
-
 /* x ← x + conv2(silu(gn2(conv1(silu(gn1(x)))))), the skip through shortcut when channels change. */
 static void vae_resnet_forward(vae_run *r, const vae_resnet *b, int H, int W)
 {
@@ -6275,7 +6264,7 @@ static void vae_post_quant(vae_run *r, const sd_vae *v, const float *z, int h, i
     int e = v->config.embed_dim, zc = v->config.z_channels;
     size_t P = (size_t)h * w;
     if (vae_needs(r, 0, P * zc, P * e, 0)) return;
-    vae_to_channels_last(r->t, z, e, P);
+    nchw_to_nhwc(r->t, z, 1, e, (int)P);
     linear(r->pool, r->s, r->t, h * w, zc, e, v->post_quant_conv.w, v->post_quant_conv.b);
 }
 
@@ -6283,7 +6272,7 @@ static void vae_post_quant(vae_run *r, const sd_vae *v, const float *z, int h, i
 static void vae_write_image(vae_run *r, float *image, int H, int W)
 {
     if (vae_needs(r, 0, (size_t)H * W * 3, 0, 0)) return;
-    vae_to_channels_first(image, r->s, 3, (size_t)H * W);
+    nhwc_to_nchw(image, r->s, 1, 3, H * W);
 }
 
 /* Latent [e, h, w] → image [3, f·h, f·w]. */
@@ -6318,7 +6307,7 @@ static void vae_decoder_forward(vae_run *r, const sd_vae *v, const float *z, int
 static void vae_read_image(vae_run *r, const float *image, int H, int W)
 {
     if (vae_needs(r, 0, (size_t)H * W * 3, 0, 0)) return;
-    vae_to_channels_last(r->s, image, 3, (size_t)H * W);
+    nchw_to_nhwc(r->s, image, 1, 3, H * W);
 }
 
 /* quant_conv (1x1): s [h, w, 2z] → t [h, w, 2e], then moments [2e, h, w] (NCHW). */
@@ -6329,7 +6318,7 @@ static void vae_quant(vae_run *r, const sd_vae *v, int h, int w, float *moments)
     if (vae_needs(r, 0, P * z2, P * e2, 0)) return;
     linear(r->pool, r->t, r->s, h * w, e2, z2, v->quant_conv.w, v->quant_conv.b);
     vae_show(r, "quant_conv", r->t, h, w, e2);
-    vae_to_channels_first(moments, r->t, e2, P);
+    nhwc_to_nchw(moments, r->t, 1, e2, (int)P);
 }
 
 /* Image [3, H, W] → moments [2e, H/f, W/f]. */

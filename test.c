@@ -2522,7 +2522,7 @@ static void vae_debug_probe(void *user, const char *stage, const float *x, int h
     if (!CHECK(t->dtype == SD_F32 && sd_tensor_numel(t) == n, "%s: golden %s has %lld values, the stage %d x %d x %d",
                d->label, name, (long long)sd_tensor_numel(t), c, h, w)) return;
     float *nchw = (float *)malloc((size_t)n * sizeof(float));
-    vae_to_channels_first(nchw, x, c, (size_t)h * w);
+    nhwc_to_nchw(nchw, x, 1, c, h * w);
     snprintf(what, sizeof what, "%s %s", d->label, name);
     check_close(what, nchw, (const float *)t->data, n, d->tol);
     free(nchw);
