@@ -2157,13 +2157,13 @@ static void conv2d(sd_pool *pool, float *y, const float *x, int B, int H, int W,
         for (; i + VF_WIDTH <= n; i += VF_WIDTH) { vfloat v = vf_load(x + i); vf_store(x + i, expr); } \
         if (i < n) { vfloat v = vf_load_n(x + i, (int)(n - i)); vf_store_n(x + i, expr, (int)(n - i)); } \
     }
-ELEMENTWISE(silu, vf_silu(v))
-ELEMENTWISE(gelu, vf_gelu(v))
+ELEMENTWISE(silu_span, vf_silu(v))
+ELEMENTWISE(gelu_span, vf_gelu(v))
 /* CLIP's activation: x · sigmoid(1.702 x). */
-ELEMENTWISE(quick_gelu, vf_div(v, vf_add(vf_set1(1.0f), vf_exp(vf_mul(vf_set1(-1.702f), v)))))
+ELEMENTWISE(quick_gelu_span, vf_div(v, vf_add(vf_set1(1.0f), vf_exp(vf_mul(vf_set1(-1.702f), v)))))
 #undef ELEMENTWISE
 
-static void add(float *y, const float *x, size_t n)
+static void add_span(float *y, const float *x, size_t n)
 {
     size_t i = 0;
     for (; i + VF_WIDTH <= n; i += VF_WIDTH) vf_store(y + i, vf_add(vf_load(y + i), vf_load(x + i)));
@@ -2281,7 +2281,7 @@ static void groupnorm(sd_pool *pool, float *y, const float *x, int B, int HW, in
 
 /* LayerNorm over the last axis of x [M, C] (CLIP and the UNet's transformer blocks). y may equal x.
    Two passes over each row (mean, then squared deviations) keep the variance exact enough. */
-static void layernorm(float *y, const float *x, int M, int C, const sd_tensor *gamma,
+static void layernorm_span(float *y, const float *x, int M, int C, const sd_tensor *gamma,
                       const sd_tensor *beta, float eps)
 {
     float g[256], bt[256];
@@ -2313,7 +2313,7 @@ static void layernorm(float *y, const float *x, int M, int C, const sd_tensor *g
 
 /* GEGLU (the UNet's feed-forward): x [M, 2C] holds the value half then the gate half of the
    projection; y [M, C] = value · gelu(gate). y may equal x (rows are read before written). */
-static void geglu(float *y, const float *x, int M, int C)
+static void geglu_span(float *y, const float *x, int M, int C)
 {
     for (int m = 0; m < M; m++) {
         const float *xv = x + (size_t)m * 2 * C, *xg = xv + C;
@@ -2325,7 +2325,7 @@ static void geglu(float *y, const float *x, int M, int C)
 }
 
 /* Nearest-neighbour 2x upsampling, NHWC: x [B, H, W, C] → y [B, 2H, 2W, C]. */
-static void upsample2x(float *y, const float *x, int B, int H, int W, int C)
+static void upsample2x_span(float *y, const float *x, int B, int H, int W, int C)
 {
     size_t row = (size_t)2 * W * C;
     for (int b = 0; b < B; b++)
@@ -2340,10 +2340,10 @@ static void upsample2x(float *y, const float *x, int B, int H, int W, int C)
         }
 }
 
-/* Threaded forms of the row-wise and elementwise kernels above, for large tensors (the VAE's
-   512x512 activations, the UNet's 4096-token rows): the same code on fixed chunks, so the
-   results equal the single-threaded ones. geglu_mt needs y != x (in place, a chunk's output
-   would overwrite rows another chunk still has to read); given y == x it runs on one thread. */
+/* The row-wise and elementwise kernels as the model code calls them: the *_span bodies above on
+   fixed chunks spread over the pool, so the results do not depend on the thread count. geglu
+   needs y != x to split (in place, a chunk's output would overwrite rows another chunk still has
+   to read); given y == x it runs on one thread. */
 enum { ROWS_SILU, ROWS_GELU, ROWS_QUICK_GELU, ROWS_ADD, ROWS_LAYERNORM, ROWS_GEGLU, ROWS_UPSAMPLE };
 typedef struct rows_job {
     int op;
@@ -2361,14 +2361,14 @@ static void rows_task(void *arg, int task, int thread)
     size_t lo = (size_t)task * j->chunk, hi = lo + j->chunk < j->n ? lo + j->chunk : j->n, C = (size_t)j->C;
     (void)thread;
     switch (j->op) {
-    case ROWS_SILU: silu(j->y + lo, hi - lo); break;
-    case ROWS_GELU: gelu(j->y + lo, hi - lo); break;
-    case ROWS_QUICK_GELU: quick_gelu(j->y + lo, hi - lo); break;
-    case ROWS_ADD: add(j->y + lo, j->x + lo, hi - lo); break;
-    case ROWS_LAYERNORM: layernorm(j->y + lo * C, j->x + lo * C, (int)(hi - lo), j->C, j->gamma, j->beta, j->eps); break;
-    case ROWS_GEGLU: geglu(j->y + lo * C, j->x + lo * 2 * C, (int)(hi - lo), j->C); break;
+    case ROWS_SILU: silu_span(j->y + lo, hi - lo); break;
+    case ROWS_GELU: gelu_span(j->y + lo, hi - lo); break;
+    case ROWS_QUICK_GELU: quick_gelu_span(j->y + lo, hi - lo); break;
+    case ROWS_ADD: add_span(j->y + lo, j->x + lo, hi - lo); break;
+    case ROWS_LAYERNORM: layernorm_span(j->y + lo * C, j->x + lo * C, (int)(hi - lo), j->C, j->gamma, j->beta, j->eps); break;
+    case ROWS_GEGLU: geglu_span(j->y + lo * C, j->x + lo * 2 * C, (int)(hi - lo), j->C); break;
     default:   /* upsample: input rows (b, iy) are independent */
-        for (size_t r = lo; r < hi; r++) upsample2x(j->y + r * 4 * j->W * C, j->x + r * j->W * C, 1, 1, j->W, j->C);
+        for (size_t r = lo; r < hi; r++) upsample2x_span(j->y + r * 4 * j->W * C, j->x + r * j->W * C, 1, 1, j->W, j->C);
         break;
     }
 }
@@ -2381,23 +2381,23 @@ static void rows_run(sd_pool *pool, rows_job *j, size_t work_per_item)
     pool_run(pool, rows_task, j, (int)((items + j->chunk - 1) / j->chunk));
 }
 
-SD_MAYBE_UNUSED static void silu_mt(sd_pool *pool, float *x, size_t n) { rows_job j = {ROWS_SILU, x, NULL, n, 0, 0, 0, NULL, NULL, 0}; rows_run(pool, &j, 1); }
-SD_MAYBE_UNUSED static void gelu_mt(sd_pool *pool, float *x, size_t n) { rows_job j = {ROWS_GELU, x, NULL, n, 0, 0, 0, NULL, NULL, 0}; rows_run(pool, &j, 1); }
-SD_MAYBE_UNUSED static void quick_gelu_mt(sd_pool *pool, float *x, size_t n) { rows_job j = {ROWS_QUICK_GELU, x, NULL, n, 0, 0, 0, NULL, NULL, 0}; rows_run(pool, &j, 1); }
-SD_MAYBE_UNUSED static void add_mt(sd_pool *pool, float *y, const float *x, size_t n) { rows_job j = {ROWS_ADD, y, x, n, 0, 0, 0, NULL, NULL, 0}; rows_run(pool, &j, 1); }
-SD_MAYBE_UNUSED static void layernorm_mt(sd_pool *pool, float *y, const float *x, int M, int C, const sd_tensor *gamma,
+static void silu(sd_pool *pool, float *x, size_t n) { rows_job j = {ROWS_SILU, x, NULL, n, 0, 0, 0, NULL, NULL, 0}; rows_run(pool, &j, 1); }
+static void gelu(sd_pool *pool, float *x, size_t n) { rows_job j = {ROWS_GELU, x, NULL, n, 0, 0, 0, NULL, NULL, 0}; rows_run(pool, &j, 1); }
+static void quick_gelu(sd_pool *pool, float *x, size_t n) { rows_job j = {ROWS_QUICK_GELU, x, NULL, n, 0, 0, 0, NULL, NULL, 0}; rows_run(pool, &j, 1); }
+static void add(sd_pool *pool, float *y, const float *x, size_t n) { rows_job j = {ROWS_ADD, y, x, n, 0, 0, 0, NULL, NULL, 0}; rows_run(pool, &j, 1); }
+static void layernorm(sd_pool *pool, float *y, const float *x, int M, int C, const sd_tensor *gamma,
                          const sd_tensor *beta, float eps)
 {
     rows_job j = {ROWS_LAYERNORM, y, x, (size_t)(M > 0 ? M : 0), 0, C, 0, gamma, beta, eps};
     rows_run(pool, &j, (size_t)C);
 }
-SD_MAYBE_UNUSED static void geglu_mt(sd_pool *pool, float *y, const float *x, int M, int C)
+static void geglu(sd_pool *pool, float *y, const float *x, int M, int C)
 {
     rows_job j = {ROWS_GEGLU, y, x, (size_t)(M > 0 ? M : 0), 0, C, 0, NULL, NULL, 0};
-    if (y == x) { geglu(y, x, M, C); return; }
+    if (y == x) { geglu_span(y, x, M, C); return; }
     rows_run(pool, &j, 2 * (size_t)C);
 }
-SD_MAYBE_UNUSED static void upsample2x_mt(sd_pool *pool, float *y, const float *x, int B, int H, int W, int C)
+static void upsample2x(sd_pool *pool, float *y, const float *x, int B, int H, int W, int C)
 {
     rows_job j = {ROWS_UPSAMPLE, y, x, (size_t)(B > 0 && H > 0 ? B * H : 0), 0, C, W, NULL, NULL, 0};
     rows_run(pool, &j, 4 * (size_t)W * C);
@@ -4886,20 +4886,20 @@ static void clip_layer_forward(const sd_text_encoder *te, const clip_layer *L, f
 {
     int M = B * SD_TEXT_TOKENS, D = te->width, F = te->mlp;
     /* causal self-attention */
-    layernorm(h, x, M, D, &L->ln1_w, &L->ln1_b, te->eps);
+    layernorm(pool, h, x, M, D, &L->ln1_w, &L->ln1_b, te->eps);
     linear(pool, q, h, M, D, D, &L->q_w, &L->q_b);
     linear(pool, k, h, M, D, D, &L->k_w, &L->k_b);
     linear(pool, v, h, M, D, D, &L->v_w, &L->v_b);
     attention(pool, h, D, q, D, k, D, v, D, B, SD_TEXT_TOKENS, SD_TEXT_TOKENS, te->heads, D / te->heads, 1);
     linear(pool, q, h, M, D, D, &L->out_w, &L->out_b);
-    add(x, q, (size_t)M * D);
+    add(pool, x, q, (size_t)M * D);
     /* MLP */
-    layernorm(h, x, M, D, &L->ln2_w, &L->ln2_b, te->eps);
+    layernorm(pool, h, x, M, D, &L->ln2_w, &L->ln2_b, te->eps);
     linear(pool, mlp, h, M, F, D, &L->fc1_w, &L->fc1_b);
-    if (te->gelu) gelu(mlp, (size_t)M * F);
-    else quick_gelu(mlp, (size_t)M * F);
+    if (te->gelu) gelu(pool, mlp, (size_t)M * F);
+    else quick_gelu(pool, mlp, (size_t)M * F);
     linear(pool, h, mlp, M, D, F, &L->fc2_w, &L->fc2_b);
-    add(x, h, (size_t)M * D);
+    add(pool, x, h, (size_t)M * D);
 }
 
 SD_API int sd_text_encoder_hidden(const sd_text_encoder *te, const int32_t *ids, int n_prompts,
@@ -4927,7 +4927,7 @@ SD_API int sd_text_encoder_hidden(const sd_text_encoder *te, const int32_t *ids,
         for (int c = 0; c < D; c++) x[c] += tensor_get(&te->position_embedding, (size_t)(i % SD_TEXT_TOKENS) * D + c);
     }
     for (int l = 0; l < layer; l++) clip_layer_forward(te, &te->layer[l], out, n_prompts, h, q, k, v, mlp, pool);
-    if (final_ln) layernorm(out, out, M, D, &te->final_ln_w, &te->final_ln_b, te->eps);
+    if (final_ln) layernorm(pool, out, out, M, D, &te->final_ln_w, &te->final_ln_b, te->eps);
     sd_arena_reset(a, mark);
     return SD_OK;
 }
@@ -5431,13 +5431,13 @@ static void time_resnet(unet_run *r, const unet_resnet *p, const float *x, float
     /* the timestep, projected to this block's channels, shifts every position */
     linear(r->pool, e, r->temb, B, p->cout, r->u->time_dim, p->time_w, p->time_b);
     for (int b = 0; b < B; b++)
-        for (int i = 0; i < HW; i++) add(y + ((size_t)b * HW + i) * p->cout, e + (size_t)b * p->cout, (size_t)p->cout);
+        for (int i = 0; i < HW; i++) add_span(y + ((size_t)b * HW + i) * p->cout, e + (size_t)b * p->cout, (size_t)p->cout);
     sd_arena_reset(r->a, after_e);
     if (!(t = run_alloc(r, (size_t)M * p->cout))) return;
     groupnorm(r->pool, t, y, B, HW, p->cout, UNET_GROUPS, p->norm2_w, p->norm2_b, 1e-5f, 1);
     conv2d(r->pool, y, t, B, H, W, p->cout, p->conv2_w, p->conv2_b, p->cout, 3, 1, 1, 1);
     if (p->skip_w) matmul(r->pool, y, p->cout, x, p->cin, M, p->cout, p->cin, p->skip_w, p->skip_b, 1);
-    else add(y, x, (size_t)M * p->cout);
+    else add(r->pool, y, x, (size_t)M * p->cout);
     sd_arena_reset(r->a, mark);
 }
 
@@ -5452,7 +5452,7 @@ static void basic_transformer_block(unet_run *r, const unet_transformer *t, cons
     x = run_alloc(r, (size_t)M * D); q = run_alloc(r, (size_t)M * D);
     k = run_alloc(r, (size_t)M * D); v = run_alloc(r, (size_t)M * D);
     if (!v) return;
-    layernorm(x, hs, M, D, blk->norm1_w, blk->norm1_b, 1e-5f);
+    layernorm(r->pool, x, hs, M, D, blk->norm1_w, blk->norm1_b, 1e-5f);
     linear(r->pool, q, x, M, D, D, blk->self.q, NULL);
     linear(r->pool, k, x, M, D, D, blk->self.k, NULL);
     linear(r->pool, v, x, M, D, D, blk->self.v, NULL);
@@ -5463,7 +5463,7 @@ static void basic_transformer_block(unet_run *r, const unet_transformer *t, cons
     x = run_alloc(r, (size_t)M * D); q = run_alloc(r, (size_t)M * D);
     k = run_alloc(r, (size_t)Mc * D); v = run_alloc(r, (size_t)Mc * D);
     if (!v) return;
-    layernorm(x, hs, M, D, blk->norm2_w, blk->norm2_b, 1e-5f);
+    layernorm(r->pool, x, hs, M, D, blk->norm2_w, blk->norm2_b, 1e-5f);
     linear(r->pool, q, x, M, D, D, blk->cross.q, NULL);
     linear(r->pool, k, r->context, Mc, D, Cc, blk->cross.k, NULL);
     linear(r->pool, v, r->context, Mc, D, Cc, blk->cross.v, NULL);
@@ -5473,9 +5473,9 @@ static void basic_transformer_block(unet_run *r, const unet_transformer *t, cons
     /* feed-forward: GEGLU to 4·D, back to D */
     x = run_alloc(r, (size_t)M * D); g = run_alloc(r, (size_t)M * 2 * F);
     if (!g) return;
-    layernorm(x, hs, M, D, blk->norm3_w, blk->norm3_b, 1e-5f);
+    layernorm(r->pool, x, hs, M, D, blk->norm3_w, blk->norm3_b, 1e-5f);
     linear(r->pool, g, x, M, 2 * F, D, blk->ff1_w, blk->ff1_b);
-    geglu(g, g, M, F);
+    geglu(r->pool, g, g, M, F);
     matmul(r->pool, hs, D, g, F, M, D, F, blk->ff2_w, blk->ff2_b, 1);
     sd_arena_reset(r->a, mark);
 }
@@ -5508,10 +5508,10 @@ static void unet_time_embedding(unet_run *r, const float *timesteps)
     for (int b = 0; b < B; b++) timestep_embedding(f + (size_t)b * C0, timesteps[b], C0);
     run_probe(r, "time_proj", -1, f, 1, 1, C0);
     linear(r->pool, hid, f, B, T, C0, u->time1_w, u->time1_b);
-    silu(hid, (size_t)B * T);
+    silu(r->pool, hid, (size_t)B * T);
     linear(r->pool, temb, hid, B, T, T, u->time2_w, u->time2_b);
     run_probe(r, "time_embedding", -1, temb, 1, 1, T);
-    silu(temb, (size_t)B * T);
+    silu(r->pool, temb, (size_t)B * T);
     r->temb = temb;
     sd_arena_reset(r->a, mark);
 }
@@ -5591,7 +5591,7 @@ static void unet_up_block(unet_run *r, int l)
         size_t mark = sd_arena_mark(r->a);
         float *t = run_alloc(r, (size_t)B * next->H * next->W * r->C);
         if (!t) return;
-        if (next->H == 2 * r->H && next->W == 2 * r->W) upsample2x(t, r->h, B, r->H, r->W, r->C);
+        if (next->H == 2 * r->H && next->W == 2 * r->W) upsample2x(r->pool, t, r->h, B, r->H, r->W, r->C);
         else resize_nearest(t, r->h, B, r->H, r->W, r->C, next->H, next->W);
         r->H = next->H; r->W = next->W;
         conv2d(r->pool, r->h, t, B, r->H, r->W, r->C, lv->upsample_w, lv->upsample_b, r->C, 3, 1, 1, 1);
@@ -5611,7 +5611,7 @@ static void unet_output(unet_run *r, float *out)
     if (!t) return;
     groupnorm(r->pool, t, r->h, B, HW, r->C, UNET_GROUPS, u->norm_out_w, u->norm_out_b, 1e-5f, 0);
     run_probe(r, "conv_norm_out", -1, t, r->H, r->W, r->C);
-    silu(t, (size_t)B * HW * r->C);
+    silu(r->pool, t, (size_t)B * HW * r->C);
     conv2d(r->pool, r->h, t, B, r->H, r->W, r->C, u->conv_out_w, u->conv_out_b, u->out_channels, 3, 1, 1, 1);
     run_probe(r, "conv_out", -1, r->h, r->H, r->W, u->out_channels);
     nhwc_to_nchw(out, r->h, B, u->out_channels, HW);
@@ -6178,7 +6178,7 @@ static void vae_resnet_forward(vae_run *r, const vae_resnet *b, int H, int W)
     conv2d(r->pool, r->t, h, 1, H, W, cin, b->conv1.w, b->conv1.b, cout, 3, 1, 1, 1);
     groupnorm(r->pool, r->t, r->t, 1, HW, cout, r->groups, b->norm2.w, b->norm2.b, r->eps, 1);
     conv2d(r->pool, h, r->t, 1, H, W, cout, b->conv2.w, b->conv2.b, cout, 3, 1, 1, 1);
-    add(r->x, r->s, P * cout);   /* input + conv2, or conv2 + shortcut */
+    add(r->pool, r->x, r->s, P * cout);   /* input + conv2, or conv2 + shortcut */
 }
 
 /* x ← x + proj_out(softmax(q kᵀ / √C) v) with q, k, v = 1x1 projections of gn(x): every one of
@@ -6195,7 +6195,7 @@ static void vae_attention_forward(vae_run *r, const vae_attention *a, int H, int
     linear(r->pool, v, r->s, HW, C, C, a->v.w, a->v.b);
     attention(r->pool, r->s, C, r->t, C, k, C, v, C, 1, HW, HW, 1, C, 0);
     linear(r->pool, r->t, r->s, HW, C, C, a->out.w, a->out.b);
-    add(r->x, r->t, n);
+    add(r->pool, r->x, r->t, n);
 }
 
 static void vae_mid_forward(vae_run *r, const vae_stack *s, int H, int W)

@@ -1685,11 +1685,11 @@ static void test_kernels_norms(sd_pool *pool)
             for (int c = 0; c < C; c++)
                 ref[(size_t)m * C + c] = (x[(size_t)m * C + c] - mean) * rstd * tensor_get(&ga, (size_t)c) + tensor_get(&be, (size_t)c);
         }
-        layernorm(y, x, M, C, &ga, &be, 1e-5f);
+        layernorm_span(y, x, M, C, &ga, &be, 1e-5f);
         char what[64];
         snprintf(what, sizeof what, "layernorm M=%d C=%d", M, C);
         kt_close(what, y, ref, n, 1e-5);
-        layernorm(x, x, M, C, &ga, &be, 1e-5f);
+        layernorm_span(x, x, M, C, &ga, &be, 1e-5f);
         CHECK(memcmp(x, y, n * sizeof(float)) == 0, "%s: in place differs", what);
         free(x); free(y); free(ref);
         kt_free_tensor(&ga); kt_free_tensor(&be);
@@ -1712,10 +1712,10 @@ static void test_kernels_elementwise(void)
                 ref[i] = f == 0 ? v / (1 + exp(-v)) : f == 1 ? 0.5 * v * (1 + erf(v / sqrt(2.0)))
                        : f == 2 ? v / (1 + exp(-1.702 * v)) : v + z[i];
             }
-            if (f == 0) silu(y, n);
-            if (f == 1) gelu(y, n);
-            if (f == 2) quick_gelu(y, n);
-            if (f == 3) add(y, z, n);
+            if (f == 0) silu_span(y, n);
+            if (f == 1) gelu_span(y, n);
+            if (f == 2) quick_gelu_span(y, n);
+            if (f == 3) add_span(y, z, n);
             snprintf(what, sizeof what, "%s n=%zu", f == 0 ? "silu" : f == 1 ? "gelu" : f == 2 ? "quick_gelu" : "add", n);
             kt_close(what, y, ref, n, 1e-6);
         }
@@ -1727,7 +1727,7 @@ static void test_kernels_elementwise(void)
                 double a = g[(size_t)m * 2 * C + c], t = g[(size_t)m * 2 * C + C + c];
                 ref[(size_t)m * C + c] = a * 0.5 * t * (1 + erf(t / sqrt(2.0)));
             }
-        geglu(g, g, M, C);
+        geglu_span(g, g, M, C);
         snprintf(what, sizeof what, "geglu in place M=3 C=%d", C);
         kt_close(what, g, ref, (size_t)M * C, 1e-6);
         free(x); free(y); free(z); free(ref); free(g);
@@ -1735,7 +1735,7 @@ static void test_kernels_elementwise(void)
     {   /* upsample2x */
         int B = 2, H = 3, W = 5, C = 7;
         float *x = kt_floats((size_t)B * H * W * C, 1.0f), *y = (float *)malloc((size_t)B * 4 * H * W * C * sizeof(float));
-        upsample2x(y, x, B, H, W, C);
+        upsample2x_span(y, x, B, H, W, C);
         int ok = 1;
         for (int b = 0; b < B; b++)
             for (int oy = 0; oy < 2 * H; oy++)
@@ -1784,7 +1784,7 @@ static void test_kernels_pool(void)
 }
 
 /* The threaded forms of the elementwise and row-wise kernels equal the plain ones, bit for bit. */
-static void test_kernels_mt(void)
+static void test_kernels_spread(void)
 {
     kt_pool *p = kt_pool_new(3);
     size_t n = 200000;
@@ -1792,28 +1792,28 @@ static void test_kernels_mt(void)
     sd_tensor ga = kt_tensor(SD_F16, C, 0, 0, 0, 1.0f), be = kt_tensor(SD_BF16, C, 0, 0, 0, 1.0f);
     float *x = kt_floats(n, 6.0f), *z = kt_floats(n, 1.0f), *a = (float *)malloc(n * sizeof(float)), *b = (float *)malloc(n * sizeof(float));
     float *ua = (float *)malloc((size_t)4 * H * W * UC * sizeof(float)), *ub = (float *)malloc((size_t)4 * H * W * UC * sizeof(float));
-    const char *names[4] = {"silu_mt", "gelu_mt", "quick_gelu_mt", "add_mt"};
+    const char *names[4] = {"silu", "gelu", "quick_gelu", "add"};
     for (int f = 0; f < 4; f++) {
         memcpy(a, x, n * sizeof(float));
         memcpy(b, x, n * sizeof(float));
-        if (f == 0) { silu(a, n); silu_mt(&p->pool, b, n); }
-        if (f == 1) { gelu(a, n); gelu_mt(&p->pool, b, n); }
-        if (f == 2) { quick_gelu(a, n); quick_gelu_mt(&p->pool, b, n); }
-        if (f == 3) { add(a, z, n); add_mt(&p->pool, b, z, n); }
+        if (f == 0) { silu_span(a, n); silu(&p->pool, b, n); }
+        if (f == 1) { gelu_span(a, n); gelu(&p->pool, b, n); }
+        if (f == 2) { quick_gelu_span(a, n); quick_gelu(&p->pool, b, n); }
+        if (f == 3) { add_span(a, z, n); add(&p->pool, b, z, n); }
         CHECK(memcmp(a, b, n * sizeof(float)) == 0, "%s differs from the single-threaded form", names[f]);
     }
-    layernorm(a, x, M, C, &ga, &be, 1e-5f);
-    layernorm_mt(&p->pool, b, x, M, C, &ga, &be, 1e-5f);
-    CHECK(memcmp(a, b, (size_t)M * C * sizeof(float)) == 0, "layernorm_mt differs from layernorm");
-    geglu(a, x, GM, GC);
-    geglu_mt(&p->pool, b, x, GM, GC);
-    CHECK(memcmp(a, b, (size_t)GM * GC * sizeof(float)) == 0, "geglu_mt differs from geglu");
+    layernorm_span(a, x, M, C, &ga, &be, 1e-5f);
+    layernorm(&p->pool, b, x, M, C, &ga, &be, 1e-5f);
+    CHECK(memcmp(a, b, (size_t)M * C * sizeof(float)) == 0, "layernorm over the pool differs from layernorm_span");
+    geglu_span(a, x, GM, GC);
+    geglu(&p->pool, b, x, GM, GC);
+    CHECK(memcmp(a, b, (size_t)GM * GC * sizeof(float)) == 0, "geglu over the pool differs from geglu_span");
     memcpy(b, x, (size_t)GM * 2 * GC * sizeof(float));
-    geglu_mt(&p->pool, b, b, GM, GC);
-    CHECK(memcmp(a, b, (size_t)GM * GC * sizeof(float)) == 0, "geglu_mt in place differs from geglu");
-    upsample2x(ua, x, 1, H, W, UC);
-    upsample2x_mt(&p->pool, ub, x, 1, H, W, UC);
-    CHECK(memcmp(ua, ub, (size_t)4 * H * W * UC * sizeof(float)) == 0, "upsample2x_mt differs from upsample2x");
+    geglu(&p->pool, b, b, GM, GC);
+    CHECK(memcmp(a, b, (size_t)GM * GC * sizeof(float)) == 0, "geglu over the pool in place differs from geglu_span");
+    upsample2x_span(ua, x, 1, H, W, UC);
+    upsample2x(&p->pool, ub, x, 1, H, W, UC);
+    CHECK(memcmp(ua, ub, (size_t)4 * H * W * UC * sizeof(float)) == 0, "upsample2x over the pool differs from upsample2x_span");
     free(x); free(z); free(a); free(b); free(ua); free(ub);
     kt_free_tensor(&ga); kt_free_tensor(&be);
     kt_pool_free(p);
@@ -1872,7 +1872,7 @@ static void test_kernels(void)
     kt_pool_free(p);
     test_kernels_elementwise();
     test_kernels_pool();
-    test_kernels_mt();
+    test_kernels_spread();
     test_kernels_threads();
 }
 
