@@ -1396,11 +1396,6 @@ static int bench_run(int argc, char **argv)
     o.threads[0] = 1, o.nthreads = 1;
     if (cpus > 1) o.threads[o.nthreads++] = cpus > SD_MAX_THREADS ? SD_MAX_THREADS : cpus;
     o.batch = 2, o.runs = 3, o.image = 512, o.steps = 20;
-    if (argc > 1 && !strcmp(argv[1], "--make-random-model")) {
-        if (argc < 4 || argc > 5) { fprintf(stderr, "usage: %s --make-random-model sd15|sd21 PATH [f16|f32|bf16]\n", argv[0]); return 1; }
-        return random_model_write(argv[2], argv[3], argc > 4 ? argv[4] : "f16") || random_model_check(argv[3]);
-    }
-    if (argc > 1 && !strcmp(argv[1], "--bench")) return bench_run(argc - 1, argv + 1);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define BENCH_VALUE() (v ? (i++, v) : (fprintf(stderr, "%s needs a value\n", a), exit(1), ""))
