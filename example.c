@@ -93,7 +93,7 @@ static int inspect(const char *path)
 
 typedef struct options {
     const char *model, *tokenizer, *prompt, *negative, *init, *output, *preview;
-    int width, height, steps, threads, batch, clip_skip, verbose, have_seed;
+    int width, height, steps, threads, batch, clip_skip, verbose, have_seed, vae_tile;
     float cfg;
     double strength;
     uint64_t seed;
@@ -120,6 +120,7 @@ static void usage(FILE *f)
         "  -o, --output FILE         .png or .ppm (default output.png; with -b N: output_2.png, ...)\n"
         "  -b, --batch-count N       images to make, seeds seed, seed+1, ...\n"
         "      --clip-skip N         stop the text encoder N-1 layers early (A1111 style)\n"
+        "      --vae-tiling [N]      decode in N x N latent tiles (default 32): flat memory, approximate\n"
         "      --preview DIR         write each step's latent as DIR/step_NN.png (a rough RGB view)\n"
         "  -v, --verbose             more detail\n"
         "  -h, --help, --version\n");
@@ -259,6 +260,7 @@ static int run(options *o)
     p.guidance = o->cfg;
     p.threads = o->threads;
     p.clip_skip = o->clip_skip;
+    p.vae_tile = o->vae_tile;
     p.init_rgb = init;
     p.strength = o->strength;
     size_t need = sd_generate_arena_bytes(model, &p);
@@ -1501,6 +1503,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--clip-skip")) o.clip_skip = parse_int(VALUE(), 0, 64, a);
         else if (FLAG("-v", "--verbose")) o.verbose = 1;
         else if (!strcmp(a, "--preview")) o.preview = VALUE();
+        else if (!strcmp(a, "--vae-tiling")) o.vae_tile = v && v[0] >= '0' && v[0] <= '9' ? parse_int(VALUE(), 8, 4096, a) : 32;
         else { fprintf(stderr, "unknown option '%s' (see --help)\n", a); return 1; }
 #undef FLAG
 #undef VALUE

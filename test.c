@@ -3028,7 +3028,7 @@ static const char *meta_or(golden_file *g, const char *key, const char *dflt)
 }
 
 /* Runs one golden's generation with `threads` threads; fills rgb (and latents, image when given). */
-static int run_golden(const sd_model *m, golden_file *g, int threads, uint8_t *rgb, float *latents, float *image, sd_error *err)
+static int run_golden(const sd_model *m, golden_file *g, int threads, int vae_tile, uint8_t *rgb, float *latents, float *image, sd_error *err)
 {
     sd_params p;
     ddim_config c;
@@ -3042,6 +3042,7 @@ static int run_golden(const sd_model *m, golden_file *g, int threads, uint8_t *r
     p.seed = strtoull(meta_or(g, "seed", "0"), NULL, 10);
     p.eta = strtof(meta_or(g, "eta", "0"), NULL);
     p.threads = threads;
+    p.vae_tile = vae_tile;
     if (ddim_config_from_json(&c, meta_or(g, "scheduler", "{}"), g->path)) p.spacing = c.spacing;
     const sd_tensor *init = sd_safetensors_find(&g->st, "init_image_uint8");
     if (init) {
@@ -3079,7 +3080,7 @@ static void check_pipeline(const sd_model *m, const char *rel)
     nu = sd_tensor_numel(want_u8);
     float *lat = (float *)malloc((size_t)nl * sizeof(float)), *img = (float *)malloc((size_t)ni * sizeof(float));
     uint8_t *rgb = (uint8_t *)malloc((size_t)nu);
-    int rc = run_golden(m, g, 1, rgb, lat, img, &err);
+    int rc = run_golden(m, g, 1, 0, rgb, lat, img, &err);
     pipelines_checked++;
     if (CHECK(rc == SD_OK, "%s: %s", g->path, err.message)) {
         snprintf(what, sizeof what, "%s final_latents", rel);
@@ -3129,11 +3130,29 @@ static void check_pipeline_contracts(const sd_model *m, const char *rel)
     int rc[3];
     for (int i = 0; i < 3; i++) {
         rgb[i] = (uint8_t *)malloc(n ? n : 1);
-        rc[i] = run_golden(m, g, 1 << i, rgb[i], NULL, NULL, &err);
+        rc[i] = run_golden(m, g, 1 << i, 0, rgb[i], NULL, NULL, &err);
     }
     CHECK(n && !rc[0] && !rc[1] && !rc[2] && !memcmp(rgb[0], rgb[1], n) && !memcmp(rgb[0], rgb[2], n),
           "%s: 1, 2 and 4 threads give different images", rel);
     for (int i = 0; i < 3; i++) free(rgb[i]);
+
+    /* tiled VAE decode: close to the whole decode (each tile normalises on its own) */
+    int64_t ni;
+    const float *want_img = golden_f32(g, "image_decoded", &ni);
+    float *img = (float *)malloc((size_t)(ni > 0 ? ni : 1) * sizeof(float));
+    uint8_t *tiled = (uint8_t *)malloc(n ? n : 1);
+    if (want_img && CHECK(run_golden(m, g, 2, 12, tiled, NULL, img, &err) == SD_OK, "%s tiled decode: %s", rel, err.message)) {
+        double worst = 0, sum = 0, ref = 0;
+        for (int64_t i = 0; i < ni; i++) {
+            double d = fabs((double)img[i] - want_img[i]);
+            worst = d > worst ? d : worst;
+            sum += d;
+            ref = fabs(want_img[i]) > ref ? fabs(want_img[i]) : ref;
+        }
+        CHECK(worst <= 0.3 * ref && sum / ni <= 0.03 * ref, "%s tiled decode (tile 12): max diff %.3g, mean %.3g of max %.3g", rel, worst, sum / ni, ref);
+    }
+    free(img);
+    free(tiled);
 
     sd_params p;
     int calls = 0;
