@@ -126,10 +126,13 @@ static void usage(FILE *f)
         "  -h, --help, --version\n");
 }
 
-/* The file names of a diffusers folder that sd.h reads. */
+/* The file names of a diffusers folder that sd.h reads, and their configs (optional). */
 static const char *const diffusers_parts[] = {
     "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
     "text_encoder/model.safetensors",
+};
+static const char *const diffusers_config_files[] = {
+    "unet/config.json", "vae/config.json", "text_encoder/config.json", "scheduler/scheduler_config.json",
 };
 
 /* What the callbacks of one generation share. */
@@ -184,6 +187,10 @@ static int load_model(const options *o, sd_model **model, sd_arena *arena)
                 return 1;
             }
             src.count++;
+        }
+        for (size_t i = 0; i < sizeof diffusers_config_files / sizeof *diffusers_config_files; i++) {
+            snprintf(path, sizeof path, "%s/%s", o->model, diffusers_config_files[i]);
+            if ((src.config[src.config_count] = (const char *)map_file(path, &src.config_size[src.config_count]))) src.config_count++;
         }
     } else if (!(src.data[0] = map_file(o->model, &src.size[0]))) {
         fprintf(stderr, "cannot read %s: %s\n", o->model, strerror(errno));

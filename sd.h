@@ -396,6 +396,12 @@ typedef struct sd_source {
     int count;
     const char *merges;   /* Hugging Face merges.txt bytes */
     size_t merges_size;
+    /* optional, for diffusers folders: the config.json texts of the parts (unet, text_encoder,
+       vae, scheduler/scheduler_config.json) in any order; they say what shapes cannot (heads,
+       activation, prediction type, VAE scale). Single files carry that in sd.* metadata. */
+    const char *config[SD_MAX_FILES + 2];
+    size_t config_size[SD_MAX_FILES + 2];
+    int config_count;
 } sd_source;
 
 typedef struct sd_model sd_model;
@@ -749,7 +755,7 @@ static int json_uint(json *j, uint64_t *v)
 }
 
 /* Skips any JSON value (used by the tests for files whose fields they do not need). */
-SD_MAYBE_UNUSED static int json_skip(json *j, int depth)
+static int json_skip(json *j, int depth)
 {
     size_t len;
     uint64_t v;
@@ -814,6 +820,39 @@ static int parse_number(const char *s, double *out)
     if (*s || e < -300 || e > 300) return 0;
     m = e < 0 ? m / pow(10.0, -e) : m * pow(10.0, e);   /* exact powers for |e| <= 22: correctly rounded */
     *out = neg ? -m : m;
+    return 1;
+}
+
+/* Leaves j at the value of `key` in the top-level JSON object text[0..len) (a diffusers
+   config.json); 0 if it is absent or the text is not an object. */
+static int json_find(json *j, const char *text, size_t len, const char *key)
+{
+    char name[128];
+    size_t n;
+    j->start = j->p = text;
+    j->end = text + len;
+    j->error = NULL;
+    if (!json_eat(j, '{') || json_eat(j, '}')) return 0;
+    do {
+        if (json_string(j, name, sizeof name, &n) || !json_eat(j, ':')) return 0;
+        if (n < sizeof name && !strcmp(name, key)) { json_ws(j); return 1; }
+        if (json_skip(j, 0)) return 0;
+    } while (json_eat(j, ','));
+    return 0;
+}
+
+/* The scalar value at j into buf: a string decoded, a number or true/false as written; 0 for
+   null, arrays, objects and values that do not fit. */
+static int json_scalar(json *j, char *buf, size_t cap)
+{
+    size_t n;
+    const char *at = j->p;
+    if (j->p < j->end && *j->p == '"') return !json_string(j, buf, cap, &n) && n < cap && strlen(buf) == n;
+    if (j->p >= j->end || *j->p == '[' || *j->p == '{' || *j->p == 'n' || json_skip(j, 0)) return 0;
+    n = (size_t)(j->p - at);
+    if (n >= cap) return 0;
+    memcpy(buf, at, n);
+    buf[n] = 0;
     return 1;
 }
 
@@ -6946,6 +6985,7 @@ SD_API void sd_guidance(const float *uncond, const float *cond, float scale, siz
 struct sd_model {
     sd_safetensors files[SD_MAX_FILES];
     const sd_safetensors *meta;   /* the file whose __metadata__ describes the model, if any */
+    sd_safetensors config_meta;   /* or the same keys, read from diffusers config.json files */
     sd_model_info info;
     sd_clip_vocab *vocab;
     sd_clip_pad pad;              /* SD1 pads with <|endoftext|>, SD2 with "!" */
@@ -6962,6 +7002,41 @@ static double meta_number(const sd_safetensors *meta, const char *key, double df
     const char *v = meta ? sd_safetensors_meta(meta, key) : NULL;
     double d;
     return v && parse_number(v, &d) ? d : dflt;
+}
+
+/* The config.json keys of a diffusers folder that say what tensor shapes cannot, and the sd.*
+   metadata keys of single files that say the same (diffusers calls the UNet's heads of SD 1.x/2.x
+   `attention_head_dim`; a list there, SD2's, leaves the family rule of 64-wide heads). */
+static const char *const config_keys[][2] = {
+    {"num_attention_heads", "sd.clip.heads"}, {"hidden_act", "sd.clip.hidden_act"},
+    {"layer_norm_eps", "sd.clip.layer_norm_eps"}, {"attention_head_dim", "sd.unet.num_heads"},
+    {"prediction_type", "sd.scheduler.prediction_type"}, {"steps_offset", "sd.scheduler.steps_offset"},
+    {"num_train_timesteps", "sd.scheduler.num_train_timesteps"}, {"beta_start", "sd.scheduler.beta_start"},
+    {"beta_end", "sd.scheduler.beta_end"}, {"scaling_factor", "sd.vae.scaling_factor"},
+};
+#define CONFIG_KEYS (int)(sizeof config_keys / sizeof config_keys[0])
+
+/* Builds m->config_meta (a table of metadata pairs, no tensors) from the caller's config texts. */
+static int read_configs(sd_model *m, const sd_source *src, sd_arena *a, sd_error *err)
+{
+    sd_safetensors *cm = &m->config_meta;
+    cm->meta_keys = (const char **)arena_array(a, CONFIG_KEYS, sizeof(char *), err);
+    cm->meta_values = (const char **)arena_array(a, CONFIG_KEYS, sizeof(char *), err);
+    if (!cm->meta_values) return SD_ERR_MEMORY;
+    for (int k = 0; k < CONFIG_KEYS; k++)
+        for (int i = 0; i < src->config_count; i++) {
+            json j;
+            char value[64], *copy;
+            if (!src->config[i] || !json_find(&j, src->config[i], src->config_size[i], config_keys[k][0]) ||
+                !json_scalar(&j, value, sizeof value)) continue;
+            if (!(copy = (char *)sd_arena_alloc(a, strlen(value) + 1, err))) return SD_ERR_MEMORY;
+            memcpy(copy, value, strlen(value) + 1);
+            cm->meta_keys[cm->meta_count] = config_keys[k][1];
+            cm->meta_values[cm->meta_count++] = copy;
+            break;
+        }
+    if (cm->meta_count) m->meta = cm;
+    return SD_OK;
 }
 
 /* Which file holds the VAE: the one with an encoder or decoder under either name map. */
@@ -6981,7 +7056,8 @@ static int model_load(sd_model *m, const sd_source *src, sd_arena *a, sd_error *
         if ((rc = sd_safetensors_open(&m->files[i], src->data[i], src->size[i], a, err))) return rc;
         if (sd_safetensors_meta(&m->files[i], "sd.version")) m->meta = &m->files[i];
     }
-    if (m->meta && !strcmp(sd_safetensors_meta(m->meta, "sd.version"), "xl"))
+    if (!m->meta && src->config_count > 0 && (rc = read_configs(m, src, a, err))) return rc;
+    if (m->meta && sd_safetensors_meta(m->meta, "sd.version") && !strcmp(sd_safetensors_meta(m->meta, "sd.version"), "xl"))
         return fail(err, SD_ERR_UNSUPPORTED, "model: SDXL checkpoints are not supported yet");
     if ((rc = sd_clip_vocab_load(&m->vocab, src->merges, src->merges_size, NULL, 0, a, err))) return rc;
     if ((rc = sd_text_encoder_load(&m->te, m->files, n, m->meta, a, err))) return rc;
@@ -6989,6 +7065,8 @@ static int model_load(sd_model *m, const sd_source *src, sd_arena *a, sd_error *
     const sd_safetensors *vf = find_vae_file(m, n);
     if (!vf) return fail(err, SD_ERR_MISSING, "model: no VAE (first_stage_model.decoder.* or a diffusers vae/ file) among the %d files", n);
     if ((rc = sd_vae_load(&m->vae, vf, a, err))) return rc;
+    if (m->meta == &m->config_meta && sd_safetensors_meta(m->meta, "sd.vae.scaling_factor"))
+        sd_vae_set_scaling_factor(m->vae, (float)meta_number(m->meta, "sd.vae.scaling_factor", 0.18215));
 
     /* the parts must fit together the way the pipeline joins them */
     const sd_vae_config *vc = sd_vae_get_config(m->vae);
@@ -7002,7 +7080,7 @@ static int model_load(sd_model *m, const sd_source *src, sd_arena *a, sd_error *
 
     /* the family: SD2 is OpenCLIP's gelu text tower (1024 wide in real checkpoints) */
     sd_model_info *in = &m->info;
-    in->version = meta_number(m->meta, "sd.version", 0) == 2 || (!m->meta && m->te.gelu) ? 2 : 1;
+    in->version = (int)meta_number(m->meta, "sd.version", m->te.gelu ? 2 : 1) == 2 ? 2 : 1;
     in->diffusers = sd_safetensors_find(&m->files[0], "model.diffusion_model.out.2.weight") == NULL &&
                     sd_safetensors_find(&m->files[0], "cond_stage_model.transformer.text_model.final_layer_norm.weight") == NULL;
     {
@@ -7027,7 +7105,8 @@ static int model_load(sd_model *m, const sd_source *src, sd_arena *a, sd_error *
 SD_API int sd_model_load(sd_model **model, const sd_source *src, sd_arena *a, sd_error *err)
 {
     if (model) *model = NULL;
-    if (!model || !src || !a || src->count < 1 || src->count > SD_MAX_FILES || !src->merges)
+    if (!model || !src || !a || src->count < 1 || src->count > SD_MAX_FILES || !src->merges ||
+        src->config_count < 0 || src->config_count > SD_MAX_FILES + 2)
         return fail(err, SD_ERR_ARG, "model: need 1..%d safetensors files and merges.txt", SD_MAX_FILES);
     size_t mark = sd_arena_mark(a);
     sd_model *m = (sd_model *)sd_arena_alloc(a, sizeof *m, err);

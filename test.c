@@ -718,21 +718,7 @@ static void test_rng(void)
 #include <dirent.h>
 
 /* Leaves j at the value of `key` in the JSON object `text`; 0 if absent (or not an object). */
-static int config_find(json *j, const char *text, const char *key)
-{
-    char name[128];
-    size_t len;
-    j->start = j->p = text;
-    j->end = text + strlen(text);
-    j->error = NULL;
-    if (!json_eat(j, '{') || json_eat(j, '}')) return 0;
-    do {
-        if (json_string(j, name, sizeof name, &len) || !json_eat(j, ':')) return 0;
-        if (len < sizeof name && !strcmp(name, key)) { json_ws(j); return 1; }
-        if (json_skip(j, 0)) return 0;
-    } while (json_eat(j, ','));
-    return 0;
-}
+static int config_find(json *j, const char *text, const char *key) { return json_find(j, text, strlen(text), key); }
 
 static double config_number(const char *text, const char *key, double dflt)
 {
@@ -2993,6 +2979,39 @@ typedef struct loaded_model {
     sd_model *model;
 } loaded_model;
 
+/* The parts of a diffusers folder that sd.h reads, with their config.json files. */
+static const char *const diffusers_files[] = {"unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"};
+static const char *const diffusers_configs[] = {"unet/config.json", "vae/config.json", "text_encoder/config.json", "scheduler/scheduler_config.json"};
+
+/* A model from a diffusers folder: its files and configs are kept in `keep` (freed by the caller). */
+static int open_diffusers_model(loaded_model *lm, const char *dir, unsigned char **keep)
+{
+    sd_source src;
+    sd_error err;
+    char path[1600];
+    memset(lm, 0, sizeof *lm);
+    memset(&src, 0, sizeof src);
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, diffusers_files[i]);
+        if (!(keep[i] = read_file(path, &src.size[i]))) return -1;
+        src.data[i] = keep[i];
+    }
+    src.count = 3;
+    for (int i = 0; i < 4; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, diffusers_configs[i]);
+        if ((keep[3 + i] = read_file(path, &src.config_size[src.config_count]))) src.config[src.config_count++] = (const char *)keep[3 + i];
+    }
+    lm->merges = read_file(merges_path, &lm->merges_size);
+    if (!lm->merges) return -1;
+    src.merges = (const char *)lm->merges;
+    src.merges_size = lm->merges_size;
+    lm->arena = test_arena(sd_model_arena_bytes(&src));
+    int rc = sd_model_load(&lm->model, &src, lm->arena, &err);
+    if (rc == SD_ERR_UNSUPPORTED) printf("pipeline: %s: %s, skipped\n", dir, err.message);
+    else CHECK(rc == SD_OK, "%s: %s", dir, err.message);
+    return rc;
+}
+
 static int open_test_model(loaded_model *lm, const char *path)
 {
     sd_source src;
@@ -3241,6 +3260,25 @@ static void test_pipeline(void)
         }
         closedir(dir);
         unload_model(&lm);
+        /* the same goldens through the diffusers folder, when there is one */
+        unsigned char *keep[7] = {0};
+        snprintf(path, sizeof path, "%s/models/%s-diffusers", golden_dir, d->d_name);
+        if ((dir = opendir(path))) {
+            closedir(dir);
+            if (!open_diffusers_model(&lm, path, keep) && (dir = opendir(sub))) {
+                while ((f = readdir(dir))) {
+                    size_t len = strlen(f->d_name);
+                    if ((strncmp(f->d_name, "txt2img_", 8) && strncmp(f->d_name, "img2img_", 8)) ||
+                        len < 12 || strcmp(f->d_name + len - 12, ".safetensors")) continue;
+                    snprintf(rel, sizeof rel, "%s/%s", d->d_name, f->d_name);
+                    check_pipeline(lm.model, rel);
+                }
+                closedir(dir);
+                models++;
+            }
+            unload_model(&lm);
+            for (int i = 0; i < 7; i++) free(keep[i]);
+        }
     }
     closedir(top);
     CHECK(models > 0 || !file_exists(merges_path), "pipeline: no model found under %s", golden_dir);
