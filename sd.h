@@ -4780,8 +4780,7 @@ static float clip_parse_eps(const char *s)
    `meta` under namespace ns (heads, hidden_act, output, layer_norm_eps), else from the family:
    OpenCLIP towers (SD2's ViT-H; width >= 1024 also when converted to HF names) use gelu, OpenAI's
    ViT-L quick_gelu; both have 64-wide heads. SD2 reads the penultimate layer, except in HF names:
-   diffusers' converted SD2 encoder has 23 of the 24 layers, so its last is SD2's penultimate.
-   The lead's model loader calls this with the weights of the checkpoint it opened. */
+   diffusers' converted SD2 encoder has 23 of the 24 layers, so its last is SD2's penultimate. */
 static int text_encoder_init(sd_text_encoder *te, weights *w, const sd_safetensors *meta,
                              const char *ns, sd_arena *a)
 {
@@ -5330,8 +5329,7 @@ static void describe_unet(weights *w, sd_unet_model *u, const sd_safetensors *me
     set_heads(w, u, meta, &u->mid_attn);
 }
 
-/* Describes the UNet that w (files + prefix + layout) holds, heads from `meta` (may be NULL).
-   The lead's model loader calls this with the weights of the checkpoint it opened. */
+/* Describes the UNet that w (files + prefix + layout) holds, heads from `meta` (may be NULL). */
 static int unet_load(sd_unet_model **out, weights *w, const sd_safetensors *meta, sd_arena *a)
 {
     size_t mark = sd_arena_mark(a);

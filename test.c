@@ -1445,6 +1445,17 @@ static void kt_pool_free(kt_pool *p) { pool_free(&p->pool); free_arena(p->arena)
 
 static const sd_dtype kt_dtypes[3] = {SD_F32, SD_F16, SD_BF16};
 
+/* ref[M, N] = x[M, K] · wᵀ in double, contiguous rows. */
+static void kt_matmul_ref(double *ref, const float *x, const sd_tensor *w, int M, int N, int K)
+{
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            double s = 0;
+            for (int k = 0; k < K; k++) s += (double)x[(size_t)m * K + k] * tensor_get(w, (size_t)n * K + k);
+            ref[(size_t)m * N + n] = s;
+        }
+}
+
 /* matmul: y (+)= x·wᵀ + b with row strides, odd sizes, every dtype, bias or not, accumulate or not. */
 static void test_kernels_matmul(sd_pool *pool)
 {
@@ -1479,12 +1490,7 @@ static void test_kernels_matmul(sd_pool *pool)
         sd_tensor w = kt_tensor(SD_F64, 40, 33, 0, 0, 1.0f);
         float *x = kt_floats(20 * 33, 1.0f), y[20 * 40];
         double ref[20 * 40];
-        for (int m = 0; m < 20; m++)
-            for (int n = 0; n < 40; n++) {
-                double s = 0;
-                for (int k = 0; k < 33; k++) s += (double)x[m * 33 + k] * tensor_get(&w, (size_t)n * 33 + k);
-                ref[m * 40 + n] = s;
-            }
+        kt_matmul_ref(ref, x, &w, 20, 40, 33);
         matmul(pool, y, 40, x, 33, 20, 40, 33, &w, NULL, 0);
         kt_close("matmul 20x40x33 w=F64", y, ref, 20 * 40, 1e-5);
         free(x);
@@ -1495,12 +1501,7 @@ static void test_kernels_matmul(sd_pool *pool)
         sd_tensor w = kt_tensor(SD_F16, 20, 7, 0, 0, 1.0f);
         float *x = kt_floats(9 * 7, 1.0f), y[9 * 20];
         double ref[9 * 20];
-        for (int m = 0; m < 9; m++)
-            for (int n = 0; n < 20; n++) {
-                double s = 0;
-                for (int k = 0; k < 7; k++) s += (double)x[m * 7 + k] * tensor_get(&w, (size_t)n * 7 + k);
-                ref[m * 20 + n] = s;
-            }
+        kt_matmul_ref(ref, x, &w, 9, 20, 7);
         linear(pool, y, x, 9, 20, 7, &w, NULL);
         kt_close("linear 9x20x7", y, ref, 9 * 20, 1e-5);
         float row[7];
