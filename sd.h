@@ -7118,15 +7118,16 @@ SD_API int sd_model_load(sd_model **model, const sd_source *src, sd_arena *a, sd
 
 SD_API size_t sd_model_arena_bytes(const sd_source *src)
 {
-    /* a tensor entry of the header JSON takes at least 40 bytes and becomes a table row of
-       sizeof(sd_tensor), its name and two hash slots: 8 bytes per header byte is plenty */
+    /* per header byte, the most the tables can take: a metadata pair ("":"", 6 bytes) becomes two
+       64-byte arena pieces and two pointers (144 bytes, 24 per byte); a tensor entry (at least
+       48 bytes) a table row, its name and hash slots (about 200) */
     size_t total = sizeof(sd_model) + sd_clip_vocab_arena_bytes(src ? src->merges_size : 0) + (4u << 20);
     for (int i = 0; src && i < src->count && i < SD_MAX_FILES; i++) {
         const unsigned char *b = (const unsigned char *)src->data[i];
         uint64_t hlen = 0;
         if (b && src->size[i] >= 8)
             for (int k = 7; k >= 0; k--) hlen = hlen << 8 | b[k];
-        total += 8 * (size_t)(hlen <= src->size[i] ? hlen : 0) + 65536;   /* a bad header: sd_model_load says what */
+        total += 24 * (size_t)(hlen <= src->size[i] ? hlen : 0) + 65536;   /* a bad header: sd_model_load says what */
     }
     return total;
 }

@@ -3224,6 +3224,30 @@ static void check_pipeline_contracts(const sd_model *m, const char *rel)
     }
     p.width = 100;
     CHECK(sd_generate(m, &p, NULL, out, &err) == SD_ERR_ARG && sd_generate_arena_bytes(m, &p) == 0, "width 100 is refused");
+    /* sd_model_arena_bytes is enough even for a header of 100,000 tiny metadata pairs: the load then
+       fails for what the file lacks, not for memory */
+    {
+        size_t cap = 100000 * 16 + 64, len = 0, size;
+        char *h = (char *)malloc(cap);
+        len += (size_t)snprintf(h + len, cap - len, "{\"__metadata__\":{");
+        for (int i = 0; i < 100000; i++) len += (size_t)snprintf(h + len, cap - len, "%s\"%x\":\"\"", i ? "," : "", i);
+        snprintf(h + len, cap - len, "}}");
+        unsigned char *file = make_file(h, NULL, 0, &size);
+        sd_source src;
+        sd_model *mm;
+        memset(&src, 0, sizeof src);
+        src.data[0] = file;
+        src.size[0] = size;
+        src.count = 1;
+        src.merges = "#version: 0.2\n";
+        src.merges_size = 14;
+        a = test_arena(sd_model_arena_bytes(&src));
+        r = sd_model_load(&mm, &src, a, &err);
+        CHECK(r != SD_OK && r != SD_ERR_MEMORY && a->used == 0, "metadata-heavy file: rc %d (%s)", r, err.message);
+        free_arena(a);
+        free(file);
+        free(h);
+    }
     free(out);
     golden_close(g);
 }
