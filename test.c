@@ -110,6 +110,13 @@ static void golden_close(golden_file *g)
     free(g);
 }
 
+/* Whether a file in a model's golden folder is a whole-pipeline golden (txt2img_*, img2img_*). */
+static int is_pipeline_golden(const char *name)
+{
+    size_t len = strlen(name);
+    return (!strncmp(name, "txt2img_", 8) || !strncmp(name, "img2img_", 8)) && len > 12 && !strcmp(name + len - 12, ".safetensors");
+}
+
 /* A named F32 tensor of a golden file (fails the test and returns NULL if missing). */
 static const float *golden_f32(golden_file *g, const char *name, int64_t *numel)
 {
@@ -948,9 +955,7 @@ static void test_ddim_pipelines(void)
         struct dirent *f;
         if (!dir) continue;
         while ((f = readdir(dir))) {
-            size_t len = strlen(f->d_name);
-            if ((strncmp(f->d_name, "txt2img_", 8) && strncmp(f->d_name, "img2img_", 8)) ||
-                len < 12 || strcmp(f->d_name + len - 12, ".safetensors")) continue;
+            if (!is_pipeline_golden(f->d_name)) continue;
             snprintf(rel, sizeof rel, "%s/%s", d->d_name, f->d_name);
             check_ddim_pipeline(rel);
         }
@@ -3252,53 +3257,50 @@ static void check_pipeline_contracts(const sd_model *m, const char *rel)
     golden_close(g);
 }
 
+/* Every pipeline golden of model `name` (GOLDEN_DIR/name/), and the contracts on its first txt2img one. */
+static void run_pipeline_goldens(const sd_model *m, const char *name, int contracts)
+{
+    char sub[1100], rel[1000];
+    struct dirent *f;
+    snprintf(sub, sizeof sub, "%s/%s", golden_dir, name);
+    DIR *dir = opendir(sub);
+    while (dir && (f = readdir(dir))) {
+        if (!is_pipeline_golden(f->d_name) || strlen(name) + strlen(f->d_name) + 2 > sizeof rel) continue;
+        snprintf(rel, sizeof rel, "%s/%s", name, f->d_name);
+        check_pipeline(m, rel);
+        if (contracts && !strncmp(f->d_name, "txt2img_", 8)) {
+            contracts = 0;
+            check_pipeline_contracts(m, rel);
+        }
+    }
+    if (dir) closedir(dir);
+}
+
 static void test_pipeline(void)
 {
     DIR *top = opendir(golden_dir);
     struct dirent *d;
     int models = 0;
     if (!top) return;
-    while ((d = readdir(top))) {
-        char sub[1024], path[1200], rel[1200];
+    while ((d = readdir(top))) {   /* each model NAME with a checkpoint models/NAME[-fp16].safetensors */
+        char path[1200];
         loaded_model lm;
+        DIR *dir;
         if (d->d_name[0] == '.') continue;
-        snprintf(sub, sizeof sub, "%s/%s", golden_dir, d->d_name);
         snprintf(path, sizeof path, "%s/models/%s-fp16.safetensors", golden_dir, d->d_name);
         if (!file_exists(path)) snprintf(path, sizeof path, "%s/models/%s.safetensors", golden_dir, d->d_name);
-        DIR *dir = opendir(sub);
-        if (!dir) continue;
-        if (!file_exists(path)) { closedir(dir); continue; }
-        if (open_test_model(&lm, path)) { unload_model(&lm); closedir(dir); continue; }
+        if (!file_exists(path)) continue;
+        if (open_test_model(&lm, path)) { unload_model(&lm); continue; }
         models++;
-        int contracts = 0;
-        struct dirent *f;
-        while ((f = readdir(dir))) {
-            size_t len = strlen(f->d_name);
-            if ((strncmp(f->d_name, "txt2img_", 8) && strncmp(f->d_name, "img2img_", 8)) ||
-                len < 12 || strcmp(f->d_name + len - 12, ".safetensors")) continue;
-            snprintf(rel, sizeof rel, "%s/%s", d->d_name, f->d_name);
-            check_pipeline(lm.model, rel);
-            if (!contracts && !strncmp(f->d_name, "txt2img_", 8)) {
-                contracts = 1;
-                check_pipeline_contracts(lm.model, rel);
-            }
-        }
-        closedir(dir);
+        run_pipeline_goldens(lm.model, d->d_name, 1);
         unload_model(&lm);
         /* the same goldens through the diffusers folder, when there is one */
         unsigned char *keep[7] = {0};
         snprintf(path, sizeof path, "%s/models/%s-diffusers", golden_dir, d->d_name);
         if ((dir = opendir(path))) {
             closedir(dir);
-            if (!open_diffusers_model(&lm, path, keep) && (dir = opendir(sub))) {
-                while ((f = readdir(dir))) {
-                    size_t len = strlen(f->d_name);
-                    if ((strncmp(f->d_name, "txt2img_", 8) && strncmp(f->d_name, "img2img_", 8)) ||
-                        len < 12 || strcmp(f->d_name + len - 12, ".safetensors")) continue;
-                    snprintf(rel, sizeof rel, "%s/%s", d->d_name, f->d_name);
-                    check_pipeline(lm.model, rel);
-                }
-                closedir(dir);
+            if (!open_diffusers_model(&lm, path, keep)) {
+                run_pipeline_goldens(lm.model, d->d_name, 0);
                 models++;
             }
             unload_model(&lm);
@@ -3310,8 +3312,8 @@ static void test_pipeline(void)
     printf("pipeline: %d models, %d DDIM pipeline goldens run end to end\n", models, pipelines_checked);
 }
 
-/* png_test.c - tests of png.c (example.c's image files): round trips, the golden init images,
-   PNGs made by python's zlib (png_gen.py), and corrupt files, which must give errors, not crashes. */
+/* example.c's image files: round trips, the golden init images, PNGs made by python's zlib
+   (tools/png_cases.py), and corrupt files, which must give errors, not crashes. */
 
 static const char *png_cases_dir;   /* $SD_PNG_CASES: `python3 tools/png_cases.py DIR` writes them */
 
@@ -3433,7 +3435,7 @@ static void test_png_golden(void)
     printf("png: %d golden init images checked\n", found);
 }
 
-/* png_gen.py's cases: NAME.png decodes to NAME.ppm exactly, or is refused with NAME.err's text. */
+/* tools/png_cases.py's cases: NAME.png decodes to NAME.ppm exactly, or is refused with NAME.err's text. */
 static void test_png_generated(void)
 {
     DIR *dir = png_cases_dir ? opendir(png_cases_dir) : NULL;
