@@ -972,6 +972,15 @@ static void bench_print_flops(const bench_model *m, double macs, double seconds)
     if (m->matches) printf(" gflops=%.1f", 2 * macs / seconds * 1e-9);
 }
 
+/* The end of a stage's line: how busy the cores were, the predicted and measured arena, and a
+   warning if the output is not finite. */
+static void bench_print_tail(double cpu0, double wall0, size_t need, size_t peak, const float *out, size_t n)
+{
+    printf(" cores_busy=%.2f arena_bytes=%zu arena_peak=%zu%s\n", (bench_cpu() - cpu0) / (now() - wall0), need, peak,
+           bench_finite(out, n) ? "" : " output=NONFINITE");
+    fflush(stdout);
+}
+
 /* The denoiser: one batched evaluation (batch 2 is a guided sampling step) at size x size latents. */
 static int bench_unet(const bench_options *o, bench_model *m, int size, int threads)
 {
@@ -1003,8 +1012,7 @@ static int bench_unet(const bench_options *o, bench_model *m, int size, int thre
     double s = bench_median(t, o->runs);
     printf("unet size=%d batch=%d threads=%d w=%s runs=%d seconds=%.3f", size, B, threads, m->w, o->runs, s);
     bench_print_flops(m, macs[RM_UNET], s);
-    printf(" cores_busy=%.2f arena_bytes=%zu arena_peak=%zu%s\n", (bench_cpu() - cpu0) / (now() - wall0), need, a.peak - base, bench_finite(out, lat) ? "" : " output=NONFINITE");
-    fflush(stdout);
+    bench_print_tail(cpu0, wall0, need, a.peak - base, out, lat);
     pool_free(&pool);
     free(mem); free(x); free(out); free(ctx);
     return 0;
@@ -1038,8 +1046,7 @@ static int bench_vae(const bench_options *o, bench_model *m, int size, int threa
     double s = bench_median(t, o->runs);
     printf("vae_decode size=%d latent=%d threads=%d w=%s runs=%d seconds=%.3f", 8 * size, size, threads, m->w, o->runs, s);
     bench_print_flops(m, macs[RM_VAE_DECODER], s);
-    printf(" cores_busy=%.2f arena_bytes=%zu arena_peak=%zu%s\n", (bench_cpu() - cpu0) / (now() - wall0), need, a.peak - base, bench_finite(image, pix) ? "" : " output=NONFINITE");
-    fflush(stdout);
+    bench_print_tail(cpu0, wall0, need, a.peak - base, image, pix);
     pool_free(&pool);
     free(mem); free(z); free(image);
     return 0;
@@ -1074,8 +1081,7 @@ static int bench_text(const bench_options *o, bench_model *m, int threads)
     double s = bench_median(t, o->runs);
     printf("text_encoder batch=%d threads=%d w=%s runs=%d seconds=%.4f", B, threads, m->w, o->runs, s);
     bench_print_flops(m, macs[RM_TEXT], s);
-    printf(" cores_busy=%.2f arena_bytes=%zu arena_peak=%zu%s\n", (bench_cpu() - cpu0) / (now() - wall0), need, a.peak - base, bench_finite(out, n) ? "" : " output=NONFINITE");
-    fflush(stdout);
+    bench_print_tail(cpu0, wall0, need, a.peak - base, out, n);
     pool_free(&pool);
     free(mem); free(ids); free(out);
     return 0;
