@@ -126,13 +126,16 @@ static void usage(FILE *f)
         "  -h, --help, --version\n");
 }
 
-/* The file names of a diffusers folder that sd.h reads, and their configs (optional). */
+/* The file names of a diffusers folder that sd.h reads (the first three required; SDXL adds
+   text_encoder_2), and their configs (optional). */
+#define DIFFUSERS_REQUIRED 3
 static const char *const diffusers_parts[] = {
     "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
-    "text_encoder/model.safetensors",
+    "text_encoder/model.safetensors", "text_encoder_2/model.safetensors",
 };
 static const char *const diffusers_config_files[] = {
-    "unet/config.json", "vae/config.json", "text_encoder/config.json", "scheduler/scheduler_config.json",
+    "unet/config.json", "vae/config.json", "text_encoder/config.json", "text_encoder_2/config.json",
+    "scheduler/scheduler_config.json",
 };
 
 /* What the callbacks of one generation share. */
@@ -182,11 +185,11 @@ static int load_model(const options *o, sd_model **model, sd_arena *arena)
     if (is_dir(o->model)) {
         for (size_t i = 0; i < sizeof diffusers_parts / sizeof *diffusers_parts; i++) {
             snprintf(path, sizeof path, "%s/%s", o->model, diffusers_parts[i]);
-            if (!(src.data[src.count] = map_file(path, &src.size[src.count]))) {
+            if ((src.data[src.count] = map_file(path, &src.size[src.count]))) src.count++;
+            else if (i < DIFFUSERS_REQUIRED) {
                 fprintf(stderr, "cannot read %s: %s\n", path, strerror(errno));
                 return 1;
             }
-            src.count++;
         }
         for (size_t i = 0; i < sizeof diffusers_config_files / sizeof *diffusers_config_files; i++) {
             snprintf(path, sizeof path, "%s/%s", o->model, diffusers_config_files[i]);
@@ -938,7 +941,7 @@ static int bench_model_load(bench_model *m, const char *path)
     if (!bytes || !(m->tables = malloc(bytes))) { fprintf(stderr, "%s: too short, or no memory for its tables\n", path); return 1; }
     sd_arena_init(&m->arena, m->tables, bytes);
     if (sd_safetensors_open(&m->st, m->data, m->size, &m->arena, &err) ||
-        sd_text_encoder_load(&m->te, &m->st, 1, NULL, &m->arena, &err) ||
+        sd_text_encoder_load(&m->te, &m->st, 1, NULL, 0, &m->arena, &err) ||
         sd_unet_load(&m->unet, &m->st, 1, NULL, &m->arena, &err) ||
         sd_vae_load(&m->vae, &m->st, &m->arena, &err)) {
         fprintf(stderr, "%s: %s\n", path, err.message);
@@ -989,7 +992,7 @@ static int bench_unet(const bench_options *o, bench_model *m, int size, int thre
     sd_error err;
     double macs[RM_PARTS], t[64];
     int B = o->batch;
-    size_t lat = (size_t)B * 4 * size * size, need = sd_unet_arena_bytes(m->unet, B, size, size);
+    size_t lat = (size_t)B * 4 * size * size, need = sd_unet_arena_bytes(m->unet, B, size, size, SD_TEXT_TOKENS);
     float *x = (float *)malloc(lat * sizeof(float)), *out = (float *)malloc(lat * sizeof(float));
     float *ctx = (float *)malloc((size_t)B * 77 * m->te.width * sizeof(float)), ts[64];
     void *mem;
@@ -1002,7 +1005,8 @@ static int bench_unet(const bench_options *o, bench_model *m, int size, int thre
     a.peak = a.used;
     for (int r = 0; r < o->runs; r++) {
         double t0 = now();
-        if (sd_unet(m->unet, x, ts, ctx, B, size, size, out, &pool, &a, &err)) {
+        sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, NULL};
+        if (sd_unet(m->unet, x, ts, &cond, B, size, size, out, &pool, &a, &err)) {
             fprintf(stderr, "unet size=%d batch=%d threads=%d: %s\n", size, B, threads, err.message);
             return 1;
         }
@@ -1060,7 +1064,7 @@ static int bench_text(const bench_options *o, bench_model *m, int threads)
     sd_error err;
     double macs[RM_PARTS], t[64];
     int B = o->batch;
-    size_t need = sd_text_encoder_arena_bytes(&m->te, B), n = (size_t)B * 77 * m->te.width;
+    size_t need = sd_text_encoder_arena_bytes(&m->te, B, 0), n = (size_t)B * 77 * m->te.width;
     int32_t *ids = (int32_t *)malloc((size_t)B * 77 * sizeof(int32_t));
     float *out = (float *)malloc(n * sizeof(float));
     void *mem;
@@ -1071,7 +1075,7 @@ static int bench_text(const bench_options *o, bench_model *m, int threads)
     a.peak = a.used;
     for (int r = 0; r < o->runs; r++) {
         double t0 = now();
-        if (sd_text_encode(&m->te, ids, B, 0, out, &pool, &a, &err)) {
+        if (sd_text_encode(&m->te, ids, B, 0, out, NULL, &pool, &a, &err)) {
             fprintf(stderr, "text_encoder threads=%d: %s\n", threads, err.message);
             return 1;
         }

@@ -199,28 +199,37 @@ typedef struct sd_text_encoder {
     int vocab, positions, width, layers, heads, mlp;
     int gelu;             /* 1: gelu (OpenCLIP, SD2), 0: quick_gelu (OpenAI CLIP, SD1) */
     int output_layer;     /* the hidden state the UNet reads: layers (SD1) or layers - 1 (SD2) */
-    int output_final_ln;  /* whether that state goes through the final LayerNorm (SD1, SD2: yes) */
+    int output_final_ln;  /* whether that state goes through the final LayerNorm (SD1, SD2: yes; SDXL: no) */
     float eps;            /* LayerNorm epsilon */
     sd_tensor token_embedding, position_embedding, final_ln_w, final_ln_b;
+    int proj_dim;         /* text_projection's output width (SDXL's pooled embedding); 0: none */
+    int proj_openclip;    /* 1: stored [width, proj] and used as x·P (OpenCLIP); 0: a linear weight [proj, width] */
+    sd_tensor projection;
     struct sd_clip_layer *layer;   /* [layers], in the arena */
 } sd_text_encoder;
 
-/* Finds the text encoder in `files` (a single-file SD1/SD2 checkpoint, or a diffusers
-   text_encoder/model.safetensors) and describes it. `meta` is the file whose __metadata__ holds
-   sd.version / sd.clip.* (NULL: files[0]); without those keys the SD1/SD2 defaults apply.
-   The layer table takes a few KB of the arena; the files must stay open while te is used. */
+/* Finds text encoder `index` in `files` and describes it: index 0 is the one of SD1/SD2
+   single files (or diffusers' text_encoder/model.safetensors), and SDXL's first (CLIP ViT-L);
+   index 1 is SDXL's second (OpenCLIP bigG, conditioner.embedders.1 or text_encoder_2/).
+   `meta` is the file whose __metadata__ holds sd.version / sd.clip.* (sd.clip2.* for index 1;
+   NULL: files[0]); without those keys the family defaults apply. The layer table takes a few
+   KB of the arena; the files must stay open while te is used. */
 SD_API int sd_text_encoder_load(sd_text_encoder *te, const sd_safetensors *files, int nfiles,
-                                const sd_safetensors *meta, sd_arena *a, sd_error *err);
+                                const sd_safetensors *meta, int index, sd_arena *a, sd_error *err);
 
-/* Exact arena bytes that sd_text_encode / sd_text_encoder_hidden take for n_prompts prompts
-   (the thread pool is set up separately). SIZE_MAX if it cannot be met. */
-SD_API size_t sd_text_encoder_arena_bytes(const sd_text_encoder *te, int n_prompts);
+/* Exact arena bytes that sd_text_encode / sd_text_encoder_hidden take for n_prompts prompts,
+   with or without the pooled output (the thread pool is set up separately). SIZE_MAX if it
+   cannot be met. */
+SD_API size_t sd_text_encoder_arena_bytes(const sd_text_encoder *te, int n_prompts, int pooled);
 
 /* ids [n_prompts, 77] → out [n_prompts, 77, width]: the UNet's context. clip_skip 0 or 1 is the
-   model's own output (SD1: last layer, SD2: penultimate, both through the final LayerNorm);
-   clip_skip N stops N - 1 layers earlier, then the final LayerNorm (A1111/ComfyUI "clip skip"). */
+   model's own output (SD1: last layer, SD2: penultimate, both through the final LayerNorm;
+   SDXL: penultimate without it); clip_skip N stops N - 1 layers earlier (A1111/ComfyUI "clip
+   skip"). pooled (may be NULL; needs a text_projection) gets [n_prompts, proj_dim]: the last
+   layer's final-LayerNorm state at each prompt's end-of-text token, projected (SDXL's pooled
+   text embedding). */
 SD_API int sd_text_encode(const sd_text_encoder *te, const int32_t *ids, int n_prompts, int clip_skip,
-                          float *out, sd_pool *pool, sd_arena *a, sd_error *err);
+                          float *out, float *pooled, sd_pool *pool, sd_arena *a, sd_error *err);
 
 /* The hidden state after `layer` layers (0 = token + position embeddings), through the final
    LayerNorm when final_ln is set: any layer, e.g. SDXL's penultimate without the LayerNorm. */
@@ -231,27 +240,43 @@ SD_API int sd_text_encoder_hidden(const sd_text_encoder *te, const int32_t *ids,
 /* The denoiser: opaque, lives in the arena it was loaded into. */
 typedef struct sd_unet_model sd_unet_model;
 
-/* Finds the denoiser of an SD1.x / SD2.x checkpoint in `files` (a single-file checkpoint,
-   `model.diffusion_model.*`, or diffusers' unet/diffusion_pytorch_model.safetensors) and
-   describes it: channels, levels, resnets per level, attention levels and transformer depth
-   from the tensors; attention heads from `meta`'s sd.unet.num_heads / sd.unet.num_head_channels
-   (meta NULL: files[0]), else SD1's 8 heads or SD2's 64-wide heads. The description takes a few
-   KB of the arena; the files must stay open while the model is used. */
+/* Finds the denoiser of an SD1.x / SD2.x / SDXL checkpoint in `files` (a single-file
+   checkpoint, `model.diffusion_model.*`, or diffusers' unet/diffusion_pytorch_model.safetensors)
+   and describes it: channels, levels, resnets per level, attention levels, transformer depth and
+   SDXL's added conditioning from the tensors; attention heads from `meta`'s sd.unet.num_heads
+   (one value or one per level) / sd.unet.num_head_channels (meta NULL: files[0]), else SD1's
+   8 heads or SD2's and SDXL's 64-wide heads. The description takes a few KB of the arena; the
+   files must stay open while the model is used. */
 SD_API int sd_unet_load(sd_unet_model **unet, const sd_safetensors *files, int nfiles,
                         const sd_safetensors *meta, sd_arena *a, sd_error *err);
 
-/* Exact arena bytes that sd_unet takes for `batch` latents of h x w (the thread pool is set up
-   separately). SIZE_MAX if it cannot be met. */
-SD_API size_t sd_unet_arena_bytes(const sd_unet_model *unet, int batch, int h, int w);
+/* What the denoiser is conditioned on besides the timestep. */
+typedef struct sd_unet_cond {
+    const float *context;   /* [batch, context_len, context_dim]: the text encoder's output */
+    int context_len;        /* tokens per item: 77 per prompt chunk */
+    const float *y;         /* SDXL: [batch, sd_unet_add_dim()] from sd_unet_add_vector; else NULL */
+} sd_unet_cond;
+
+/* Exact arena bytes that sd_unet takes for `batch` latents of h x w attending to context_len
+   tokens (the thread pool is set up separately). SIZE_MAX if it cannot be met. */
+SD_API size_t sd_unet_arena_bytes(const sd_unet_model *unet, int batch, int h, int w, int context_len);
 
 /* One denoiser evaluation of a batch (batch 2: classifier-free guidance's unconditional and
    conditional halves in one pass). x [batch, 4, h, w] latents (NCHW), timesteps [batch] (may be
-   fractional), context [batch, 77, context_dim] (the text encoder's output); out [batch, 4, h, w]
-   gets the prediction (epsilon, or v for v-prediction models). Any h, w: odd sizes are rounded
-   up on the way down and come back as diffusers brings them back. The arena is scratch only. */
+   fractional); out [batch, 4, h, w] gets the prediction (epsilon, or v for v-prediction
+   models). Any h, w: odd sizes are rounded up on the way down and come back as diffusers
+   brings them back. The arena is scratch only. */
 SD_API int sd_unet(const sd_unet_model *unet, const float *x, const float *timesteps,
-                   const float *context, int batch, int h, int w, float *out,
+                   const sd_unet_cond *cond, int batch, int h, int w, float *out,
                    sd_pool *pool, sd_arena *a, sd_error *err);
+
+/* SDXL's added conditioning: the width of y (0 for SD1/SD2 UNets), and y itself for one item:
+   the pooled text embedding [pooled_dim] followed by the sinusoidal embedding of each of the six
+   size numbers (original height, width, crop top, left, target height, width), as SDXL's
+   conditioner builds it. */
+SD_API int sd_unet_add_dim(const sd_unet_model *unet);
+SD_API int sd_unet_add_vector(const sd_unet_model *unet, const float *pooled, int pooled_dim,
+                              const float size_ids[6], float *y, sd_error *err);
 
 #define SD_VAE_MAX_LEVELS 8   /* resolution levels (SD: 4, i.e. a factor 8 between image and latent) */
 #define SD_VAE_MAX_RESNETS 8   /* ResNet blocks per level (SD: 2 in the encoder, 3 in the decoder) */
@@ -416,11 +441,12 @@ SD_API int sd_model_load(sd_model **model, const sd_source *src, sd_arena *a, sd
 SD_API size_t sd_model_arena_bytes(const sd_source *src);
 
 /* What was found, for display. */
+enum { SD_VERSION_1 = 1, SD_VERSION_2 = 2, SD_VERSION_XL = 3 };
 typedef struct sd_model_info {
-    int version;   /* 1 (SD 1.x), 2 (SD 2.x) */
+    int version;   /* SD_VERSION_1 (SD 1.x), SD_VERSION_2 (SD 2.x, SD-Turbo), SD_VERSION_XL (SDXL, SDXL-Turbo) */
     int prediction;   /* SD_PREDICT_EPSILON or SD_PREDICT_V */
     int diffusers;   /* 1 if loaded from a diffusers folder's files */
-    int text_width, text_layers;
+    int text_width, text_layers;   /* context width (SDXL: both encoders'), first encoder's layers */
     float vae_scale;
 } sd_model_info;
 SD_API void sd_model_get_info(const sd_model *model, sd_model_info *info);
@@ -429,7 +455,8 @@ enum { SD_SAMPLER_DDIM };
 
 /* One generation. sd_params_init() fills the defaults; change what you need. */
 typedef struct sd_params {
-    const char *prompt, *negative_prompt;   /* UTF-8; NULL = "" */
+    const char *prompt, *negative_prompt;   /* UTF-8; NULL = "" (SDXL: NULL = an all-zero negative
+                                               context, diffusers' force_zeros_for_empty_prompt) */
     int width, height;   /* pixels, multiples of 8 (default 512 x 512) */
     int steps;   /* default 20 */
     float guidance;   /* classifier-free guidance scale, default 7.5; 1 = no unconditional pass */
@@ -445,6 +472,8 @@ typedef struct sd_params {
                        blended, colours within a few percent of the whole decode) */
     const uint8_t *init_rgb;   /* img2img: RGB8 width x height image, or NULL for txt2img */
     double strength;   /* img2img: how much of the schedule to run (default 0.8) */
+    int original_size[2], crop_top_left[2], target_size[2];   /* SDXL size conditioning, pixels
+                       (height, width), (top, left); 0, 0 = the defaults: the image size, 0, 0, the image size */
     const float *initial_latents;   /* optional [1, 4, h/8, w/8] instead of noise from the seed */
     const float *posterior_noise;   /* optional img2img noise for the VAE posterior sample */
     const float *noise;   /* optional img2img noise added at the start timestep */
@@ -841,14 +870,28 @@ static int json_find(json *j, const char *text, size_t len, const char *key)
     return 0;
 }
 
-/* The scalar value at j into buf: a string decoded, a number or true/false as written; 0 for
-   null, arrays, objects and values that do not fit. */
+/* The scalar value at j into buf: a string decoded, a number or true/false as written, a flat
+   array of those joined by commas ([2, 2, 4] → "2,2,4", as sd.* metadata writes lists); 0 for
+   null, objects, nested arrays and values that do not fit. */
 static int json_scalar(json *j, char *buf, size_t cap)
 {
     size_t n;
     const char *at = j->p;
+    if (j->p < j->end && *j->p == '[') {
+        size_t used = 0;
+        j->p++;
+        if (json_eat(j, ']')) return cap > 0 && (buf[0] = 0, 1);
+        do {
+            json_ws(j);
+            if (j->p < j->end && *j->p == '[') return 0;
+            if (used && used < cap) buf[used++] = ',';
+            if (used >= cap || !json_scalar(j, buf + used, cap - used)) return 0;
+            used += strlen(buf + used);
+        } while (json_eat(j, ','));
+        return json_eat(j, ']');
+    }
     if (j->p < j->end && *j->p == '"') return !json_string(j, buf, cap, &n) && n < cap && strlen(buf) == n;
-    if (j->p >= j->end || *j->p == '[' || *j->p == '{' || *j->p == 'n' || json_skip(j, 0)) return 0;
+    if (j->p >= j->end || *j->p == '{' || *j->p == 'n' || json_skip(j, 0)) return 0;
     n = (size_t)(j->p - at);
     if (n >= cap) return 0;
     memcpy(buf, at, n);
@@ -4839,6 +4882,24 @@ static int text_encoder_init(sd_text_encoder *te, weights *w, const sd_safetenso
     if (!w->failed && (t = need(w, D, 0, 0, 0, "%s", top[2]))) te->final_ln_w = *t;
     if (!w->failed && (t = need(w, D, 0, 0, 0, "%s", top[3]))) te->final_ln_b = *t;
     if (w->failed) goto missing;
+    /* the pooled embedding's projection: OpenCLIP's matrix beside the tower, or the HF
+       CLIPTextModelWithProjection's linear layer beside text_model. */
+    t = NULL;
+    if (oc && weights_find(w, "text_projection")) {
+        t = need(w, D, -1, 0, 0, "text_projection");
+        te->proj_openclip = 1;
+    } else if (!oc && w->prefix && !strcmp(w->prefix, "text_model.")) {
+        const char *prefix = w->prefix;
+        w->prefix = "";
+        if (weights_find(w, "text_projection.weight")) t = need(w, -1, D, 0, 0, "text_projection.weight");
+        w->prefix = prefix;
+    }
+    if (t && !w->failed) {
+        te->projection = *t;
+        te->proj_dim = (int)t->shape[te->proj_openclip ? 1 : 0];
+        if (te->proj_dim < 1 || te->proj_dim > (1 << 16)) { rc = fail(err, SD_ERR_UNSUPPORTED, "tensor '%s': projection width %d out of range", t->name, te->proj_dim); goto bad; }
+    }
+    if (w->failed) goto missing;
 
     /* what shapes cannot tell: family defaults, then the metadata */
     openclip = oc || te->width >= 1024;
@@ -4887,14 +4948,19 @@ bad:
 }
 
 SD_API int sd_text_encoder_load(sd_text_encoder *te, const sd_safetensors *files, int nfiles,
-                                const sd_safetensors *meta, sd_arena *a, sd_error *err)
+                                const sd_safetensors *meta, int index, sd_arena *a, sd_error *err)
 {
     /* where the text encoder sits: SD1 single file (HF names), SD2 single file (OpenCLIP names),
-       diffusers text_encoder/model.safetensors */
-    static const char *const prefixes[] = {"cond_stage_model.transformer.text_model.", "cond_stage_model.model.", "text_model."};
+       SDXL single file (one of each), diffusers text_encoder/ and text_encoder_2/ files (HF
+       names; the second has the projection) */
+    static const char *const prefixes[2][3] = {
+        {"cond_stage_model.transformer.text_model.", "cond_stage_model.model.", "conditioner.embedders.0.transformer.text_model."},
+        {"conditioner.embedders.1.model.", "conditioner.embedders.1.transformer.text_model.", NULL}};
+    static const char *const ns[2] = {"sd.clip", "sd.clip2"};
     weights w;
     const char *version;
-    if (!te || !files || nfiles < 1 || nfiles > 4 || !a) return fail(err, SD_ERR_ARG, "sd_text_encoder_load: NULL argument or nfiles = %d not in 1..4", nfiles);
+    if (!te || !files || nfiles < 1 || nfiles > 4 || !a || index < 0 || index > 1)
+        return fail(err, SD_ERR_ARG, "sd_text_encoder_load: NULL argument, nfiles = %d not in 1..4 or index %d not 0 or 1", nfiles, index);
     memset(te, 0, sizeof *te);
     memset(&w, 0, sizeof w);
     for (int i = 0; i < nfiles; i++) w.files[i] = &files[i];
@@ -4902,22 +4968,32 @@ SD_API int sd_text_encoder_load(sd_text_encoder *te, const sd_safetensors *files
     w.err = err;
     if (!meta) meta = &files[0];
     version = sd_safetensors_meta(meta, "sd.version");
-    if (version && strcmp(version, "1") && strcmp(version, "2"))
-        return fail(err, SD_ERR_UNSUPPORTED, "text encoder of a model with sd.version = '%.20s': sd.h handles SD1 and SD2", version);
-    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) {
-        w.prefix = prefixes[i];
-        if (clip_scan(&w, "", 0)) return text_encoder_init(te, &w, meta, "sd.clip", a);
+    if (version && strcmp(version, "1") && strcmp(version, "2") && strcmp(version, "xl"))
+        return fail(err, SD_ERR_UNSUPPORTED, "text encoder of a model with sd.version = '%.20s': sd.h handles SD1, SD2 and SDXL", version);
+    for (int i = 0; i < 3 && prefixes[index][i]; i++) {
+        w.prefix = prefixes[index][i];
+        if (clip_scan(&w, "", 0)) return text_encoder_init(te, &w, meta, ns[index], a);
     }
-    return fail(err, SD_ERR_MISSING, "no text encoder: no tensor named '%s*', '%s*' or '%s*'", prefixes[0], prefixes[1], prefixes[2]);
+    /* a diffusers file: text_model.* in the file without (index 0) or with (1) text_projection */
+    for (int i = 0; i < nfiles; i++) {
+        w.files[0] = &files[i];
+        w.nfiles = 1;
+        w.prefix = "text_model.";
+        if (clip_scan(&w, "", 0) && !sd_safetensors_find(&files[i], "text_projection.weight") == !index)
+            return text_encoder_init(te, &w, meta, ns[index], a);
+    }
+    return fail(err, SD_ERR_MISSING, "no text encoder %d: no tensor named '%s*', '%s*' or 'text_model.*'%s", index,
+                prefixes[index][0], prefixes[index][1], index ? " beside a text_projection.weight" : "");
 }
 
-SD_API size_t sd_text_encoder_arena_bytes(const sd_text_encoder *te, int n_prompts)
+SD_API size_t sd_text_encoder_arena_bytes(const sd_text_encoder *te, int n_prompts, int pooled)
 {
     if (!te || !te->layer || n_prompts < 1 || n_prompts > (1 << 16)) return (size_t)-1;
     size_t rows = (size_t)n_prompts * SD_TEXT_TOKENS, big = te->width > te->mlp ? (size_t)te->width : (size_t)te->mlp;
     if (rows > (size_t)-1 / 16 / big) return (size_t)-1;
-    /* h, q, k, v [rows, width] and the MLP's hidden layer [rows, mlp]; the residual stream is `out` */
-    return 4 * float_bytes(rows * (size_t)te->width) + float_bytes(rows * (size_t)te->mlp);
+    /* h, q, k, v [rows, width] and the MLP's hidden layer [rows, mlp]; the residual stream is
+       `out`, and for the pooled output a copy of it runs on to the last layer */
+    return (pooled ? 5 : 4) * float_bytes(rows * (size_t)te->width) + float_bytes(rows * (size_t)te->mlp);
 }
 
 /* One transformer layer on the residual stream x [B·77, D]; h, q, k, v [B·77, D] and
@@ -4943,45 +5019,93 @@ static void clip_layer_forward(const sd_text_encoder *te, const clip_layer *L, f
     add(pool, x, h, (size_t)M * D);
 }
 
-SD_API int sd_text_encoder_hidden(const sd_text_encoder *te, const int32_t *ids, int n_prompts,
-                                  int layer, int final_ln, float *out, sd_pool *pool,
-                                  sd_arena *a, sd_error *err)
+/* Layers [from, to) on the residual stream x of n prompts, with scratch from the arena. */
+static int clip_layers(const sd_text_encoder *te, float *x, int n, int from, int to, sd_pool *pool, sd_arena *a, sd_error *err)
 {
-    if (!te || !te->layer || !ids || !out || !pool || !a) return fail(err, SD_ERR_ARG, "text encoder: NULL argument (or encoder not loaded)");
-    if (n_prompts < 1 || n_prompts > (1 << 16)) return fail(err, SD_ERR_ARG, "text encoder: n_prompts = %d not in 1..65536", n_prompts);
-    if (layer < 0 || layer > te->layers) return fail(err, SD_ERR_ARG, "text encoder: layer %d not in 0..%d", layer, te->layers);
-    for (int i = 0; i < n_prompts * SD_TEXT_TOKENS; i++)
-        if (ids[i] < 0 || ids[i] >= te->vocab)
-            return fail(err, SD_ERR_ARG, "text encoder: token id %ld at prompt %d, position %d is outside the vocabulary (0..%d)",
-                        (long)ids[i], i / SD_TEXT_TOKENS, i % SD_TEXT_TOKENS, te->vocab - 1);
-    int M = n_prompts * SD_TEXT_TOKENS, D = te->width;
-    size_t mark = sd_arena_mark(a);
-    float *h = arena_floats(a, (size_t)M * D, err), *q = h ? arena_floats(a, (size_t)M * D, err) : NULL;
-    float *k = q ? arena_floats(a, (size_t)M * D, err) : NULL, *v = k ? arena_floats(a, (size_t)M * D, err) : NULL;
-    float *mlp = v ? arena_floats(a, (size_t)M * te->mlp, err) : NULL;
+    size_t M = (size_t)n * SD_TEXT_TOKENS, D = (size_t)te->width, mark = sd_arena_mark(a);
+    float *h = arena_floats(a, M * D, err), *q = h ? arena_floats(a, M * D, err) : NULL;
+    float *k = q ? arena_floats(a, M * D, err) : NULL, *v = k ? arena_floats(a, M * D, err) : NULL;
+    float *mlp = v ? arena_floats(a, M * te->mlp, err) : NULL;
     if (!mlp) { sd_arena_reset(a, mark); return SD_ERR_MEMORY; }
-
-    /* token embedding + learned position embedding (positions 0..76, whatever position_ids say) */
-    for (int i = 0; i < M; i++) {
-        float *x = out + (size_t)i * D;
-        weight_row(&te->token_embedding, ids[i], D, x);
-        for (int c = 0; c < D; c++) x[c] += tensor_get(&te->position_embedding, (size_t)(i % SD_TEXT_TOKENS) * D + c);
-    }
-    for (int l = 0; l < layer; l++) clip_layer_forward(te, &te->layer[l], out, n_prompts, h, q, k, v, mlp, pool);
-    if (final_ln) layernorm(pool, out, out, M, D, &te->final_ln_w, &te->final_ln_b, te->eps);
+    for (int l = from; l < to; l++) clip_layer_forward(te, &te->layer[l], x, n, h, q, k, v, mlp, pool);
     sd_arena_reset(a, mark);
     return SD_OK;
 }
 
+static int check_ids(const sd_text_encoder *te, const int32_t *ids, int n_prompts, sd_error *err)
+{
+    for (int i = 0; i < n_prompts * SD_TEXT_TOKENS; i++)
+        if (ids[i] < 0 || ids[i] >= te->vocab)
+            return fail(err, SD_ERR_ARG, "text encoder: token id %ld at prompt %d, position %d is outside the vocabulary (0..%d)",
+                        (long)ids[i], i / SD_TEXT_TOKENS, i % SD_TEXT_TOKENS, te->vocab - 1);
+    return SD_OK;
+}
+
+/* Token embedding + learned position embedding (positions 0..76, whatever position_ids say). */
+static void clip_embed(const sd_text_encoder *te, const int32_t *ids, int n_prompts, float *out)
+{
+    int D = te->width;
+    for (int i = 0; i < n_prompts * SD_TEXT_TOKENS; i++) {
+        float *x = out + (size_t)i * D;
+        weight_row(&te->token_embedding, ids[i], D, x);
+        for (int c = 0; c < D; c++) x[c] += tensor_get(&te->position_embedding, (size_t)(i % SD_TEXT_TOKENS) * D + c);
+    }
+}
+
+SD_API int sd_text_encoder_hidden(const sd_text_encoder *te, const int32_t *ids, int n_prompts,
+                                  int layer, int final_ln, float *out, sd_pool *pool,
+                                  sd_arena *a, sd_error *err)
+{
+    int rc;
+    if (!te || !te->layer || !ids || !out || !pool || !a) return fail(err, SD_ERR_ARG, "text encoder: NULL argument (or encoder not loaded)");
+    if (n_prompts < 1 || n_prompts > (1 << 16)) return fail(err, SD_ERR_ARG, "text encoder: n_prompts = %d not in 1..65536", n_prompts);
+    if (layer < 0 || layer > te->layers) return fail(err, SD_ERR_ARG, "text encoder: layer %d not in 0..%d", layer, te->layers);
+    if ((rc = check_ids(te, ids, n_prompts, err))) return rc;
+    clip_embed(te, ids, n_prompts, out);
+    if ((rc = clip_layers(te, out, n_prompts, 0, layer, pool, a, err))) return rc;
+    if (final_ln) layernorm(pool, out, out, n_prompts * SD_TEXT_TOKENS, te->width, &te->final_ln_w, &te->final_ln_b, te->eps);
+    return SD_OK;
+}
+
 SD_API int sd_text_encode(const sd_text_encoder *te, const int32_t *ids, int n_prompts, int clip_skip,
-                          float *out, sd_pool *pool, sd_arena *a, sd_error *err)
+                          float *out, float *pooled, sd_pool *pool, sd_arena *a, sd_error *err)
 {
     if (!te || !te->layer) return fail(err, SD_ERR_ARG, "sd_text_encode: encoder not loaded");
-    int layer = te->output_layer - (clip_skip > 1 ? clip_skip - 1 : 0);
+    int layer = te->output_layer - (clip_skip > 1 ? clip_skip - 1 : 0), D = te->width, rc;
     if (clip_skip < 0 || layer < 1)
         return fail(err, SD_ERR_ARG, "sd_text_encode: clip_skip %d not in 0..%d (the output is layer %d of %d)", clip_skip,
                     te->output_layer, te->output_layer, te->layers);
-    return sd_text_encoder_hidden(te, ids, n_prompts, layer, te->output_final_ln, out, pool, a, err);
+    if (pooled && !te->proj_dim) return fail(err, SD_ERR_ARG, "sd_text_encode: a pooled output needs a text_projection, which this encoder lacks");
+    if (!pooled) return sd_text_encoder_hidden(te, ids, n_prompts, layer, te->output_final_ln, out, pool, a, err);
+    if (!ids || !out || !pool || !a || n_prompts < 1 || n_prompts > (1 << 16)) return fail(err, SD_ERR_ARG, "sd_text_encode: NULL argument or n_prompts = %d not in 1..65536", n_prompts);
+    if ((rc = check_ids(te, ids, n_prompts, err))) return rc;
+
+    /* the context at `layer`; a copy runs on through the last layer and the final LayerNorm */
+    size_t M = (size_t)n_prompts * SD_TEXT_TOKENS, mark = sd_arena_mark(a);
+    float *last = arena_floats(a, M * D, err);
+    if (!last) return SD_ERR_MEMORY;
+    clip_embed(te, ids, n_prompts, out);
+    if ((rc = clip_layers(te, out, n_prompts, 0, layer, pool, a, err))) goto done;
+    memcpy(last, out, M * D * sizeof(float));
+    if (te->output_final_ln) layernorm(pool, out, out, (int)M, D, &te->final_ln_w, &te->final_ln_b, te->eps);
+    if ((rc = clip_layers(te, last, n_prompts, layer, te->layers, pool, a, err))) goto done;
+    for (int b = 0; b < n_prompts; b++) {
+        /* the end-of-text token: the highest id (CLIP's argmax rule; 49407 comes last in the vocabulary) */
+        const int32_t *row = ids + (size_t)b * SD_TEXT_TOKENS;
+        int eos = 0;
+        for (int i = 1; i < SD_TEXT_TOKENS; i++) if (row[i] > row[eos]) eos = i;
+        float *x = last + ((size_t)b * SD_TEXT_TOKENS + eos) * D, *y = pooled + (size_t)b * te->proj_dim;
+        layernorm(pool, x, x, 1, D, &te->final_ln_w, &te->final_ln_b, te->eps);
+        for (int j = 0; j < te->proj_dim; j++) {
+            double acc = 0;
+            for (int c = 0; c < D; c++)
+                acc += (double)x[c] * tensor_get(&te->projection, te->proj_openclip ? (size_t)c * te->proj_dim + j : (size_t)j * D + c);
+            y[j] = (float)acc;
+        }
+    }
+done:
+    sd_arena_reset(a, mark);
+    return rc;
 }
 
 
@@ -5043,6 +5167,8 @@ struct sd_unet_model {
     int in_channels, out_channels, model_channels, time_dim, context_dim;
     int levels, resnets;                        /* resnets per down level; up levels have one more */
     const sd_tensor *time1_w, *time1_b, *time2_w, *time2_b;
+    int add_dim;                                /* SDXL: width of y (pooled text + size embeddings); 0 otherwise */
+    const sd_tensor *add1_w, *add1_b, *add2_w, *add2_b;
     const sd_tensor *conv_in_w, *conv_in_b, *norm_out_w, *norm_out_b, *conv_out_w, *conv_out_b;
     unet_level level[UNET_MAX_LEVELS];
     unet_resnet mid[2];
@@ -5219,15 +5345,34 @@ static int meta_int(const sd_safetensors *meta, const char *key, int dflt)
     return s && parse_number(s, &v) && v == (int)v && v > -1e8 && v < 1e8 ? (int)v : dflt;
 }
 
-/* Heads of a transformer. The tensors cannot tell: the metadata may fix the number of heads
-   (SD1 style) or the head size (SD2 style); without it SD2 (linear proj_in, or a 1024-wide
-   OpenCLIP context) uses head dim 64 and SD1 8 heads. */
-static void set_heads(weights *w, const sd_unet_model *u, const sd_safetensors *meta, unet_transformer *t)
+/* Element `index` of a metadata list "a,b,c" of integers (a single value serves every index),
+   or dflt. */
+static int meta_list_int(const sd_safetensors *meta, const char *key, int index, int dflt)
 {
-    int heads = meta_int(meta, "sd.unet.num_heads", -1), head_dim = meta_int(meta, "sd.unet.num_head_channels", -1);
+    const char *s = meta ? sd_safetensors_meta(meta, key) : NULL;
+    char item[32];
+    for (int i = 0; s && i <= index; i++) {
+        size_t n = strcspn(s, ",");
+        double v;
+        if (n >= sizeof item) return dflt;
+        memcpy(item, s, n);
+        item[n] = 0;
+        if (i == index || !s[n]) return parse_number(item, &v) && v == (int)v && v > -1e8 && v < 1e8 ? (int)v : dflt;
+        s += n + 1;
+    }
+    return dflt;
+}
+
+/* Heads of a transformer at UNet level `level`. The tensors cannot tell: the metadata may fix
+   the number of heads (SD1 style; diffusers' config gives SD2 and SDXL a list, one per level)
+   or the head size (SDXL style); without it SD2 and SDXL (linear proj_in, or a 1024-wide
+   OpenCLIP context) use head dim 64 and SD1 8 heads. */
+static void set_heads(weights *w, const sd_unet_model *u, const sd_safetensors *meta, unet_transformer *t, int level)
+{
+    int heads = meta_list_int(meta, "sd.unet.num_heads", level, -1), head_dim = meta_int(meta, "sd.unet.num_head_channels", -1);
     if (!t->depth || w->failed) return;
     if (heads <= 0 && head_dim <= 0) {
-        if (t->proj_in_w->ndim == 2 || u->context_dim == 1024) head_dim = 64;   /* SD2 */
+        if (t->proj_in_w->ndim == 2 || u->context_dim == 1024) head_dim = 64;   /* SD2, SDXL */
         else heads = 8;                                                          /* SD1 */
     }
     if (heads > 0) head_dim = t->inner / heads;
@@ -5247,10 +5392,6 @@ static void describe_unet(weights *w, sd_unet_model *u, const sd_safetensors *me
     const char *conv1 = w->diffusers ? "conv1.weight" : "in_layers.2.weight";
     int dif = w->diffusers, skip_ch[UNET_MAX_SKIPS], nskip = 0, ch;
 
-    if (weights_find(w, dif ? "add_embedding.linear_1.weight" : "label_emb.0.0.weight")) {
-        w->failed = fail(w->err, SD_ERR_UNSUPPORTED, "SDXL UNet (size and pooled-text conditioning) is not supported yet");
-        return;
-    }
     /* stem: conv_in and the time MLP */
     u->conv_in_w = need(w, -1, -1, 3, 3, "%s.weight", dif ? "conv_in" : "input_blocks.0.0");
     u->model_channels = unet_dim(w, u->conv_in_w, 0);
@@ -5265,6 +5406,15 @@ static void describe_unet(weights *w, sd_unet_model *u, const sd_safetensors *me
     if (!w->failed && u->model_channels % 2)
         w->failed = fail(w->err, SD_ERR_UNSUPPORTED, "tensor '%s': the sinusoidal time embedding needs an even width, not %d",
                          u->conv_in_w->name, u->model_channels);
+    /* SDXL: y (pooled text, embedded sizes) through its own MLP, added to the time embedding */
+    if (weights_find(w, dif ? "add_embedding.linear_1.weight" : "label_emb.0.0.weight")) {
+        const char *l1 = dif ? "add_embedding.linear_1" : "label_emb.0.0", *l2 = dif ? "add_embedding.linear_2" : "label_emb.0.2";
+        u->add1_w = need(w, u->time_dim, -1, 0, 0, "%s.weight", l1);
+        u->add_dim = unet_dim(w, u->add1_w, 1);
+        u->add1_b = need(w, u->time_dim, 0, 0, 0, "%s.bias", l1);
+        u->add2_w = need(w, u->time_dim, u->time_dim, 0, 0, "%s.weight", l2);
+        u->add2_b = need(w, u->time_dim, 0, 0, 0, "%s.bias", l2);
+    }
 
     /* resnets per level (counted at level 0), then levels */
     while (u->resnets < UNET_MAX_RESNETS && unet_has(w, unet_part(p, sizeof p, w, u, UNET_DOWN_RES, 0, u->resnets), conv1)) u->resnets++;
@@ -5323,10 +5473,10 @@ static void describe_unet(weights *w, sd_unet_model *u, const sd_safetensors *me
 
     for (int l = 0; l < u->levels; l++)
         for (int j = 0; j <= u->resnets; j++) {
-            if (j < u->resnets) set_heads(w, u, meta, &u->level[l].down_attn[j]);
-            set_heads(w, u, meta, &u->level[l].up_attn[j]);
+            if (j < u->resnets) set_heads(w, u, meta, &u->level[l].down_attn[j], l);
+            set_heads(w, u, meta, &u->level[l].up_attn[j], l);
         }
-    set_heads(w, u, meta, &u->mid_attn);
+    set_heads(w, u, meta, &u->mid_attn, u->levels - 1);
 }
 
 /* Describes the UNet that w (files + prefix + layout) holds, heads from `meta` (may be NULL). */
@@ -5358,8 +5508,8 @@ SD_API int sd_unet_load(sd_unet_model **unet, const sd_safetensors *files, int n
     w.err = err;
     if (!meta) meta = &files[0];
     version = sd_safetensors_meta(meta, "sd.version");
-    if (version && strcmp(version, "1") && strcmp(version, "2"))
-        return fail(err, SD_ERR_UNSUPPORTED, "UNet of a model with sd.version = '%.20s': sd.h handles SD1 and SD2", version);
+    if (version && strcmp(version, "1") && strcmp(version, "2") && strcmp(version, "xl"))
+        return fail(err, SD_ERR_UNSUPPORTED, "UNet of a model with sd.version = '%.20s': sd.h handles SD1, SD2 and SDXL", version);
     /* a single-file checkpoint keeps the UNet under model.diffusion_model.; diffusers' unet file has no prefix */
     w.prefix = "model.diffusion_model.";
     if (!weights_find(&w, "input_blocks.0.0.weight")) {
@@ -5390,7 +5540,9 @@ typedef struct unet_run {
     sd_error *err;
     int rc;                     /* first failure; every block returns at once after one */
     int B;
-    const float *context;       /* [B, 77, context_dim] */
+    const float *context;       /* [B, context_len, context_dim] */
+    int context_len;
+    const float *y;             /* SDXL's added conditioning [B, add_dim], or NULL */
     float *temb;                /* SiLU(time embedding) [B, time_dim]: what every resnet takes */
     float *h;                   /* the middle and up path's activation [B, H, W, C] */
     int H, W, C;
@@ -5484,7 +5636,7 @@ static void time_resnet(unet_run *r, const unet_resnet *p, const float *x, float
 /* BasicTransformerBlock on the token stream hs [B·n, D] (n = H·W tokens per image), in place. */
 static void basic_transformer_block(unet_run *r, const unet_transformer *t, const unet_block *blk, float *hs, int n)
 {
-    int B = r->B, M = B * n, D = t->inner, F = blk->ff_inner, Mc = B * SD_TEXT_TOKENS, Cc = r->u->context_dim;
+    int B = r->B, M = B * n, D = t->inner, F = blk->ff_inner, Mc = B * r->context_len, Cc = r->u->context_dim;
     size_t mark = sd_arena_mark(r->a);
     float *x, *q, *k, *v, *g;
     /* self-attention over the image's own positions; the attention output overwrites x, the
@@ -5507,7 +5659,7 @@ static void basic_transformer_block(unet_run *r, const unet_transformer *t, cons
     linear(r->pool, q, x, M, D, D, blk->cross.q, NULL);
     linear(r->pool, k, r->context, Mc, D, Cc, blk->cross.k, NULL);
     linear(r->pool, v, r->context, Mc, D, Cc, blk->cross.v, NULL);
-    attention(r->pool, x, D, q, D, k, D, v, D, B, n, SD_TEXT_TOKENS, t->heads, t->head_dim, 0);
+    attention(r->pool, x, D, q, D, k, D, v, D, B, n, r->context_len, t->heads, t->head_dim, 0);
     matmul(r->pool, hs, D, x, D, M, D, D, blk->cross.out_w, blk->cross.out_b, 1);
     sd_arena_reset(r->a, mark);
     /* feed-forward: GEGLU to 4·D, back to D */
@@ -5536,7 +5688,8 @@ static void spatial_transformer(unet_run *r, const unet_transformer *t, float *x
     sd_arena_reset(r->a, mark);
 }
 
-/* Sinusoidal embedding of each batch item's timestep → linear–SiLU–linear. */
+/* Sinusoidal embedding of each batch item's timestep → linear–SiLU–linear; SDXL adds its y
+   through a second linear–SiLU–linear. */
 static void unet_time_embedding(unet_run *r, const float *timesteps)
 {
     const sd_unet_model *u = r->u;
@@ -5551,6 +5704,15 @@ static void unet_time_embedding(unet_run *r, const float *timesteps)
     silu(r->pool, hid, (size_t)B * T);
     linear(r->pool, temb, hid, B, T, T, u->time2_w, u->time2_b);
     run_probe(r, "time_embedding", -1, temb, 1, 1, T);
+    if (u->add_dim) {
+        float *add = run_alloc(r, (size_t)B * T);
+        if (!add) return;
+        linear(r->pool, hid, r->y, B, T, u->add_dim, u->add1_w, u->add1_b);
+        silu(r->pool, hid, (size_t)B * T);
+        linear(r->pool, add, hid, B, T, T, u->add2_w, u->add2_b);
+        run_probe(r, "add_embedding", -1, add, 1, 1, T);
+        add_span(temb, add, (size_t)B * T);
+    }
     silu(r->pool, temb, (size_t)B * T);
     r->temb = temb;
     sd_arena_reset(r->a, mark);
@@ -5691,25 +5853,26 @@ static uint64_t resnet_scratch(const unet_resnet *p, uint64_t B, uint64_t HW)
     return float_bytes(B * p->cout) + max64(float_bytes(B * HW * p->cin), float_bytes(B * HW * p->cout));
 }
 
-static uint64_t transformer_scratch(const unet_transformer *t, uint64_t B, uint64_t HW)
+static uint64_t transformer_scratch(const unet_transformer *t, uint64_t B, uint64_t HW, uint64_t L)
 {
     uint64_t M = B * HW, D = (uint64_t)t->inner, most = float_bytes(M * t->channels);
     if (!t->depth) return 0;
     for (int i = 0; i < t->depth; i++) {
         most = max64(most, 4 * float_bytes(M * D));                                        /* self-attention */
-        most = max64(most, 2 * float_bytes(M * D) + 2 * float_bytes(B * SD_TEXT_TOKENS * D));     /* cross-attention */
+        most = max64(most, 2 * float_bytes(M * D) + 2 * float_bytes(B * L * D));     /* cross-attention */
         most = max64(most, float_bytes(M * D) + float_bytes(M * 2 * (uint64_t)t->blocks[i].ff_inner));   /* GEGLU */
     }
     return float_bytes(M * D) + most;
 }
 
-static uint64_t unet_bytes(const sd_unet_model *u, int batch, int h, int w)
+static uint64_t unet_bytes(const sd_unet_model *u, int batch, int h, int w, int context_len)
 {
     int H[UNET_MAX_LEVELS], W[UNET_MAX_LEVELS], n = 0, last = u->levels - 1;
-    uint64_t B = (uint64_t)batch, skips[UNET_MAX_SKIPS], stack = 0, base, peak, HW;
+    uint64_t B = (uint64_t)batch, L = (uint64_t)context_len, skips[UNET_MAX_SKIPS], stack = 0, base, peak, HW;
     unet_sizes(u, h, w, H, W);
     base = float_bytes(B * u->time_dim);                                            /* temb */
-    peak = base + float_bytes(B * u->model_channels) + float_bytes(B * u->time_dim);     /* its scratch */
+    peak = base + float_bytes(B * u->model_channels) + float_bytes(B * u->time_dim)      /* its scratch */
+         + (u->add_dim ? float_bytes(B * u->time_dim) : 0);
     base += float_bytes(B * unet_h_floats(u, h, w));                                /* h */
     HW = (uint64_t)h * w;
     stack += skips[n++] = float_bytes(B * HW * u->model_channels);
@@ -5720,14 +5883,14 @@ static uint64_t unet_bytes(const sd_unet_model *u, int batch, int h, int w)
         for (int j = 0; j < u->resnets; j++) {
             stack += skips[n++] = float_bytes(B * HW * lv->down[j].cout);
             peak = max64(peak, base + stack + resnet_scratch(&lv->down[j], B, HW));
-            peak = max64(peak, base + stack + transformer_scratch(&lv->down_attn[j], B, HW));
+            peak = max64(peak, base + stack + transformer_scratch(&lv->down_attn[j], B, HW, L));
         }
         if (lv->downsample_w) stack += skips[n++] = float_bytes(B * H[l + 1] * W[l + 1] * lv->down[u->resnets - 1].cout);
     }
     HW = (uint64_t)H[last] * W[last];
     base += float_bytes(B * HW * u->mid[0].cout);                                   /* the mid block's m */
     peak = max64(peak, base + stack + resnet_scratch(&u->mid[0], B, HW));
-    peak = max64(peak, base + stack + transformer_scratch(&u->mid_attn, B, HW));
+    peak = max64(peak, base + stack + transformer_scratch(&u->mid_attn, B, HW, L));
     peak = max64(peak, base + stack + resnet_scratch(&u->mid[1], B, HW));
     base -= float_bytes(B * HW * u->mid[0].cout);
     for (int l = last; l >= 0; l--) {
@@ -5736,7 +5899,7 @@ static uint64_t unet_bytes(const sd_unet_model *u, int batch, int h, int w)
         for (int j = 0; j <= u->resnets; j++) {
             peak = max64(peak, base + stack + float_bytes(B * HW * lv->up[j].cin) + resnet_scratch(&lv->up[j], B, HW));
             stack -= skips[--n];
-            peak = max64(peak, base + stack + transformer_scratch(&lv->up_attn[j], B, HW));
+            peak = max64(peak, base + stack + transformer_scratch(&lv->up_attn[j], B, HW, L));
         }
         if (l > 0) peak = max64(peak, base + stack + float_bytes(B * H[l - 1] * W[l - 1] * lv->up[u->resnets].cout));
     }
@@ -5744,25 +5907,28 @@ static uint64_t unet_bytes(const sd_unet_model *u, int batch, int h, int w)
 }
 
 #define UNET_MAX_POSITIONS (1 << 24)   /* batch · h · w */
+#define UNET_MAX_CONTEXT 16384         /* text tokens per item: 212 chunks of 77 */
 
-SD_API size_t sd_unet_arena_bytes(const sd_unet_model *unet, int batch, int h, int w)
+SD_API size_t sd_unet_arena_bytes(const sd_unet_model *unet, int batch, int h, int w, int context_len)
 {
     uint64_t n;
-    if (!unet || batch < 1 || h < 1 || w < 1 || (int64_t)batch * h * w > UNET_MAX_POSITIONS) return (size_t)-1;
-    n = unet_bytes(unet, batch, h, w);
+    if (!unet || batch < 1 || h < 1 || w < 1 || (int64_t)batch * h * w > UNET_MAX_POSITIONS ||
+        context_len < 1 || context_len > UNET_MAX_CONTEXT) return (size_t)-1;
+    n = unet_bytes(unet, batch, h, w, context_len);
     return n > (uint64_t)(size_t)-1 ? (size_t)-1 : (size_t)n;
 }
 
 /* One pass of the denoiser: time embedding, conv_in, down path, middle, up path, conv_out.
    sd_unet checks the arena first; here an allocation that fails ends the pass with
    SD_ERR_MEMORY. probe (may be NULL) sees the diffusers modules' outputs, for tests. */
-static int unet_forward(const sd_unet_model *u, const float *x, const float *timesteps, const float *context,
+static int unet_forward(const sd_unet_model *u, const float *x, const float *timesteps, const sd_unet_cond *cond,
                         int batch, int h, int w, float *out, sd_pool *pool, sd_arena *a, sd_error *err,
                         unet_probe probe, void *probe_user)
 {
     unet_run r;
     memset(&r, 0, sizeof r);
-    r.u = u; r.pool = pool; r.a = a; r.err = err; r.B = batch; r.context = context;
+    r.u = u; r.pool = pool; r.a = a; r.err = err; r.B = batch;
+    r.context = cond->context; r.context_len = cond->context_len; r.y = cond->y;
     r.probe = probe; r.probe_user = probe_user;
 
     unet_time_embedding(&r, timesteps);
@@ -5775,26 +5941,53 @@ static int unet_forward(const sd_unet_model *u, const float *x, const float *tim
     return r.rc;
 }
 
-SD_API int sd_unet(const sd_unet_model *unet, const float *x, const float *timesteps, const float *context,
+SD_API int sd_unet(const sd_unet_model *unet, const float *x, const float *timesteps, const sd_unet_cond *cond,
                    int batch, int h, int w, float *out, sd_pool *pool, sd_arena *a, sd_error *err)
 {
     int rc;
     size_t need, left, mark;
-    if (!unet || !x || !timesteps || !context || !out || !pool || !a) return fail(err, SD_ERR_ARG, "sd_unet: NULL argument");
+    if (!unet || !x || !timesteps || !cond || !cond->context || !out || !pool || !a) return fail(err, SD_ERR_ARG, "sd_unet: NULL argument");
     if (batch < 1 || h < 1 || w < 1 || (int64_t)batch * h * w > UNET_MAX_POSITIONS)
         return fail(err, SD_ERR_ARG, "sd_unet: a batch of %d latents of %dx%d is out of range (at most %d positions in all)",
                     batch, h, w, UNET_MAX_POSITIONS);
-    need = sd_unet_arena_bytes(unet, batch, h, w);
+    if (cond->context_len < 1 || cond->context_len > UNET_MAX_CONTEXT)
+        return fail(err, SD_ERR_ARG, "sd_unet: context of %d tokens, expected 1..%d", cond->context_len, UNET_MAX_CONTEXT);
+    if (!unet->add_dim != !cond->y)
+        return fail(err, SD_ERR_ARG, unet->add_dim ? "sd_unet: this SDXL UNet needs y, the pooled text and size conditioning"
+                                                   : "sd_unet: y given, but this UNet has no added conditioning");
+    need = sd_unet_arena_bytes(unet, batch, h, w, cond->context_len);
     left = a->size - a->used;
     if (need > left)
         return fail(err, SD_ERR_MEMORY, "sd_unet: a batch of %d latents of %dx%d needs %zu arena bytes, %zu are left",
                     batch, h, w, need, left);
     mark = sd_arena_mark(a);
-    rc = unet_forward(unet, x, timesteps, context, batch, h, w, out, pool, a, err, NULL, NULL);
+    rc = unet_forward(unet, x, timesteps, cond, batch, h, w, out, pool, a, err, NULL, NULL);
     sd_arena_reset(a, mark);
     return rc;
 }
 
+SD_API int sd_unet_add_dim(const sd_unet_model *unet) { return unet ? unet->add_dim : 0; }
+
+/* The width of each size embedding when y = pooled text + six of them (SDXL: (2816 - 1280) / 6
+   = 256); 0 when the widths do not add up that way. */
+static int size_embedding_width(int add_dim, int pooled_dim)
+{
+    int each = pooled_dim > 0 ? (add_dim - pooled_dim) / 6 : 0;
+    return each >= 2 && each % 2 == 0 && pooled_dim + 6 * each == add_dim ? each : 0;
+}
+
+SD_API int sd_unet_add_vector(const sd_unet_model *unet, const float *pooled, int pooled_dim,
+                              const float size_ids[6], float *y, sd_error *err)
+{
+    if (!unet || !pooled || !size_ids || !y) return fail(err, SD_ERR_ARG, "sd_unet_add_vector: NULL argument");
+    int each = size_embedding_width(unet->add_dim, pooled_dim);
+    if (!each)
+        return fail(err, SD_ERR_SHAPE, "sd_unet_add_vector: the UNet's added conditioning is %d wide, which is not %d pooled "
+                    "text features and six even-sized embeddings", unet->add_dim, pooled_dim);
+    memcpy(y, pooled, (size_t)pooled_dim * sizeof(float));
+    for (int i = 0; i < 6; i++) timestep_embedding(y + pooled_dim + i * each, size_ids[i], each);
+    return SD_OK;
+}
 
 /* ---- 8. VAE ------------------------------------------------------------------------------ */
 /* The variational autoencoder of latent diffusion (Rombach et al. 2022, §3.1; the convolutional
@@ -6986,8 +7179,10 @@ struct sd_model {
     sd_safetensors config_meta;   /* or the same keys, read from diffusers config.json files */
     sd_model_info info;
     sd_clip_vocab *vocab;
-    sd_clip_pad pad;              /* SD1 pads with <|endoftext|>, SD2 with "!" */
-    sd_text_encoder te;
+    sd_clip_pad pad[2];           /* per encoder: SD1 pads with <|endoftext|>, SD2 with "!", SDXL one of each */
+    sd_text_encoder te[2];        /* te[1]: SDXL's second encoder (no layers otherwise) */
+    int encoders;                 /* 1, or 2 for SDXL */
+    int context_dim;              /* the encoders' widths together: what the UNet attends to */
     sd_unet_model *unet;
     sd_vae *vae;
     sd_schedule schedule;
@@ -7003,16 +7198,33 @@ static double meta_number(const sd_safetensors *meta, const char *key, double df
 }
 
 /* The config.json keys of a diffusers folder that say what tensor shapes cannot, and the sd.*
-   metadata keys of single files that say the same (diffusers calls the UNet's heads of SD 1.x/2.x
-   `attention_head_dim`; a list there, SD2's, leaves the family rule of 64-wide heads). */
-static const char *const config_keys[][2] = {
-    {"num_attention_heads", "sd.clip.heads"}, {"hidden_act", "sd.clip.hidden_act"},
-    {"layer_norm_eps", "sd.clip.layer_norm_eps"}, {"attention_head_dim", "sd.unet.num_heads"},
-    {"prediction_type", "sd.scheduler.prediction_type"}, {"steps_offset", "sd.scheduler.steps_offset"},
-    {"num_train_timesteps", "sd.scheduler.num_train_timesteps"}, {"beta_start", "sd.scheduler.beta_start"},
-    {"beta_end", "sd.scheduler.beta_end"}, {"scaling_factor", "sd.vae.scaling_factor"},
+   metadata keys of single files that say the same, by the kind of config that holds them: the
+   text encoder's (CLIPTextModel), SDXL's second (CLIPTextModelWithProjection), the others'.
+   diffusers calls the UNet's heads `attention_head_dim` (a list, one per level, for SD2/SDXL). */
+enum { CONFIG_TEXT, CONFIG_TEXT2, CONFIG_OTHER };
+static const struct { int kind; const char *json, *meta; } config_keys[] = {
+    {CONFIG_TEXT, "num_attention_heads", "sd.clip.heads"}, {CONFIG_TEXT, "hidden_act", "sd.clip.hidden_act"},
+    {CONFIG_TEXT, "layer_norm_eps", "sd.clip.layer_norm_eps"},
+    {CONFIG_TEXT2, "num_attention_heads", "sd.clip2.heads"}, {CONFIG_TEXT2, "hidden_act", "sd.clip2.hidden_act"},
+    {CONFIG_TEXT2, "layer_norm_eps", "sd.clip2.layer_norm_eps"},
+    {CONFIG_OTHER, "attention_head_dim", "sd.unet.num_heads"},
+    {CONFIG_OTHER, "prediction_type", "sd.scheduler.prediction_type"}, {CONFIG_OTHER, "steps_offset", "sd.scheduler.steps_offset"},
+    {CONFIG_OTHER, "num_train_timesteps", "sd.scheduler.num_train_timesteps"}, {CONFIG_OTHER, "beta_start", "sd.scheduler.beta_start"},
+    {CONFIG_OTHER, "beta_end", "sd.scheduler.beta_end"}, {CONFIG_OTHER, "scaling_factor", "sd.vae.scaling_factor"},
+    {CONFIG_OTHER, "timestep_spacing", "sd.scheduler.timestep_spacing"},
 };
 #define CONFIG_KEYS (int)(sizeof config_keys / sizeof config_keys[0])
+
+/* Which kind of config.json a text is (transformers' text-encoder configs have model_type). */
+static int config_kind(const char *text, size_t size)
+{
+    json j;
+    char value[128];
+    if (!json_find(&j, text, size, "model_type") || !json_scalar(&j, value, sizeof value) || strcmp(value, "clip_text_model"))
+        return CONFIG_OTHER;
+    return json_find(&j, text, size, "architectures") && json_scalar(&j, value, sizeof value) &&
+           strstr(value, "WithProjection") ? CONFIG_TEXT2 : CONFIG_TEXT;
+}
 
 /* Builds m->config_meta (a table of metadata pairs, no tensors) from the caller's config texts. */
 static int read_configs(sd_model *m, const sd_source *src, sd_arena *a, sd_error *err)
@@ -7025,11 +7237,12 @@ static int read_configs(sd_model *m, const sd_source *src, sd_arena *a, sd_error
         for (int i = 0; i < src->config_count; i++) {
             json j;
             char value[64], *copy;
-            if (!src->config[i] || !json_find(&j, src->config[i], src->config_size[i], config_keys[k][0]) ||
+            if (!src->config[i] || config_kind(src->config[i], src->config_size[i]) != config_keys[k].kind ||
+                !json_find(&j, src->config[i], src->config_size[i], config_keys[k].json) ||
                 !json_scalar(&j, value, sizeof value)) continue;
             if (!(copy = (char *)sd_arena_alloc(a, strlen(value) + 1, err))) return SD_ERR_MEMORY;
             memcpy(copy, value, strlen(value) + 1);
-            cm->meta_keys[cm->meta_count] = config_keys[k][1];
+            cm->meta_keys[cm->meta_count] = config_keys[k].meta;
             cm->meta_values[cm->meta_count++] = copy;
             break;
         }
@@ -7055,30 +7268,45 @@ static int model_load(sd_model *m, const sd_source *src, sd_arena *a, sd_error *
         if (sd_safetensors_meta(&m->files[i], "sd.version")) m->meta = &m->files[i];
     }
     if (!m->meta && src->config_count > 0 && (rc = read_configs(m, src, a, err))) return rc;
-    if (m->meta && sd_safetensors_meta(m->meta, "sd.version") && !strcmp(sd_safetensors_meta(m->meta, "sd.version"), "xl"))
-        return fail(err, SD_ERR_UNSUPPORTED, "model: SDXL checkpoints are not supported yet");
     if ((rc = sd_clip_vocab_load(&m->vocab, src->merges, src->merges_size, NULL, 0, a, err))) return rc;
-    if ((rc = sd_text_encoder_load(&m->te, m->files, n, m->meta, a, err))) return rc;
     if ((rc = sd_unet_load(&m->unet, m->files, n, m->meta, a, err))) return rc;
+    if ((rc = sd_text_encoder_load(&m->te[0], m->files, n, m->meta, 0, a, err))) return rc;
+    /* SDXL: the UNet's added conditioning takes the second encoder's pooled embedding */
+    m->encoders = sd_unet_add_dim(m->unet) ? 2 : 1;
+    if (m->encoders == 2 && (rc = sd_text_encoder_load(&m->te[1], m->files, n, m->meta, 1, a, err))) return rc;
+    if (m->encoders == 2 && !m->te[1].proj_dim)
+        return fail(err, SD_ERR_MISSING, "model: the SDXL UNet takes a pooled text embedding, but the second text encoder has no text_projection");
     const sd_safetensors *vf = find_vae_file(m, n);
     if (!vf) return fail(err, SD_ERR_MISSING, "model: no VAE (first_stage_model.decoder.* or a diffusers vae/ file) among the %d files", n);
     if ((rc = sd_vae_load(&m->vae, vf, a, err))) return rc;
-    if (m->meta == &m->config_meta && sd_safetensors_meta(m->meta, "sd.vae.scaling_factor"))
+    if (m->meta && sd_safetensors_meta(m->meta, "sd.vae.scaling_factor"))
         sd_vae_set_scaling_factor(m->vae, (float)meta_number(m->meta, "sd.vae.scaling_factor", 0.18215));
+    else if (m->encoders == 2)
+        sd_vae_set_scaling_factor(m->vae, 0.13025f);   /* SDXL's VAE, retrained: its latents are larger */
 
     /* the parts must fit together the way the pipeline joins them */
     const sd_vae_config *vc = sd_vae_get_config(m->vae);
+    m->context_dim = m->te[0].width + (m->encoders == 2 ? m->te[1].width : 0);
     if (m->unet->in_channels != 4 || m->unet->out_channels != 4)
         return fail(err, SD_ERR_UNSUPPORTED, "model: the UNet takes %d and gives %d channels; only 4 (txt2img/img2img UNets, not inpainting ones) are supported",
                     m->unet->in_channels, m->unet->out_channels);
     if (vc->embed_dim != 4 || vc->levels != 4)
         return fail(err, SD_ERR_UNSUPPORTED, "model: the VAE has %d latent channels and %d levels; the pipeline needs 4 and 4 (8x)", vc->embed_dim, vc->levels);
-    if (m->unet->context_dim != m->te.width)
-        return fail(err, SD_ERR_SHAPE, "model: the UNet attends to %d-wide context but the text encoder gives %d", m->unet->context_dim, m->te.width);
+    if (m->unet->context_dim != m->context_dim)
+        return fail(err, SD_ERR_SHAPE, "model: the UNet attends to %d-wide context but the text encoder%s %d", m->unet->context_dim,
+                    m->encoders == 2 ? "s give" : " gives", m->context_dim);
+    if (m->encoders == 2 && !size_embedding_width(m->unet->add_dim, m->te[1].proj_dim))
+        return fail(err, SD_ERR_SHAPE, "model: the UNet's added conditioning is %d wide, which is not the %d-wide pooled text "
+                    "embedding and six even-sized size embeddings", m->unet->add_dim, m->te[1].proj_dim);
 
-    /* the family: SD2 is OpenCLIP's gelu text tower (1024 wide in real checkpoints) */
+    /* the family: SD2 is OpenCLIP's gelu text tower (1024 wide in real checkpoints); SDXL reads
+       both encoders' penultimate layer without the final LayerNorm */
     sd_model_info *in = &m->info;
-    in->version = (int)meta_number(m->meta, "sd.version", m->te.gelu ? 2 : 1) == 2 ? 2 : 1;
+    in->version = m->encoders == 2 ? SD_VERSION_XL : (int)meta_number(m->meta, "sd.version", m->te[0].gelu ? 2 : 1) == 2 ? 2 : 1;
+    for (int e = 0; e < m->encoders && in->version == SD_VERSION_XL; e++) {
+        m->te[e].output_layer = m->te[e].layers - 1;
+        m->te[e].output_final_ln = 0;
+    }
     in->diffusers = sd_safetensors_find(&m->files[0], "model.diffusion_model.out.2.weight") == NULL &&
                     sd_safetensors_find(&m->files[0], "cond_stage_model.transformer.text_model.final_layer_norm.weight") == NULL;
     {
@@ -7087,10 +7315,12 @@ static int model_load(sd_model *m, const sd_source *src, sd_arena *a, sd_error *
         in->prediction = pt ? (!strcmp(pt, "v_prediction") ? SD_PREDICT_V : SD_PREDICT_EPSILON)
                             : in->version == 2 ? SD_PREDICT_V : SD_PREDICT_EPSILON;
     }
-    in->text_width = m->te.width;
-    in->text_layers = m->te.layers;
+    in->text_width = m->context_dim;
+    in->text_layers = m->te[0].layers;
     in->vae_scale = sd_vae_get_config(m->vae)->scaling_factor;
-    m->pad = in->version == 2 ? SD_CLIP_PAD_EXCLAMATION : SD_CLIP_PAD_EOS;
+    /* SD1's tokenizer pads with <|endoftext|>, OpenCLIP's (SD2, SDXL's second) with "!" */
+    m->pad[0] = in->version == 2 ? SD_CLIP_PAD_EXCLAMATION : SD_CLIP_PAD_EOS;
+    m->pad[1] = SD_CLIP_PAD_EXCLAMATION;
     double offset = meta_number(m->meta, "sd.scheduler.steps_offset", 1), train = meta_number(m->meta, "sd.scheduler.num_train_timesteps", 1000);
     if (!(offset >= 0 && offset < 1000 && train >= 1 && train <= SD_MAX_TRAIN_TIMESTEPS))
         return fail(err, SD_ERR_FORMAT, "model: metadata steps_offset %g / num_train_timesteps %g out of range", offset, train);
@@ -7161,7 +7391,11 @@ static int check_params(const sd_model *m, const sd_params *p, sd_error *err)
     if (!(p->guidance >= 0 && p->guidance < 1000)) return fail(err, SD_ERR_ARG, "generate: guidance %g out of range", p->guidance);
     if (p->sampler != SD_SAMPLER_DDIM) return fail(err, SD_ERR_UNSUPPORTED, "generate: sampler %d is not available (DDIM only)", p->sampler);
     if (p->threads < 1 || p->threads > SD_MAX_THREADS) return fail(err, SD_ERR_ARG, "generate: %d threads, expected 1..%d", p->threads, SD_MAX_THREADS);
-    if (p->clip_skip < 0 || p->clip_skip > m->te.output_layer) return fail(err, SD_ERR_ARG, "generate: clip_skip %d, expected 0..%d", p->clip_skip, m->te.output_layer);
+    if (p->clip_skip < 0 || p->clip_skip > m->te[0].output_layer) return fail(err, SD_ERR_ARG, "generate: clip_skip %d, expected 0..%d", p->clip_skip, m->te[0].output_layer);
+    for (int i = 0; i < 2; i++)
+        if (p->original_size[i] < 0 || p->crop_top_left[i] < 0 || p->target_size[i] < 0 ||
+            p->original_size[i] > 65536 || p->crop_top_left[i] > 65536 || p->target_size[i] > 65536)
+            return fail(err, SD_ERR_ARG, "generate: SDXL size conditioning out of 0..65536");
     if (p->init_rgb && !(p->strength > 0 && p->strength <= 1)) return fail(err, SD_ERR_ARG, "generate: strength %g, expected (0, 1]", p->strength);
     if (p->prediction != -1 && p->prediction != SD_PREDICT_EPSILON && p->prediction != SD_PREDICT_V)
         return fail(err, SD_ERR_ARG, "generate: unknown prediction type %d", p->prediction);
@@ -7184,23 +7418,78 @@ static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 /* Whether the decode goes in tiles: asked for, and the latent larger than one tile. */
 static int tiled_decode(const sd_params *p, int h, int w) { return p->vae_tile > 0 && (h > p->vae_tile || w > p->vae_tile); }
 
+/* The text stage's arena bytes for B prompts of L tokens: ids, one encoder's output, the pooled
+   embedding, then the larger of the tokenizer's and the encoders' scratch. */
+static size_t text_stage_bytes(const sd_model *m, int B, int L, size_t tokenizer_scratch)
+{
+    size_t rows = (size_t)B * L, width = 0, most = tokenizer_scratch;
+    for (int e = 0; e < m->encoders; e++) {
+        size_t enc = sd_text_encoder_arena_bytes(&m->te[e], B * (L / SD_TEXT_TOKENS), e == 1);
+        if (enc == (size_t)-1) return (size_t)-1;
+        most = max_size(most, enc);
+        width = max_size(width, (size_t)m->te[e].width);
+    }
+    return float_bytes(rows) + float_bytes(rows * width) + (m->encoders == 2 ? float_bytes((size_t)B * m->te[1].proj_dim) : 0) + most;
+}
+
+/* 1. Text: ctx [B, L, context_dim] (SDXL: both encoders' outputs side by side) and SDXL's y
+   [B, add_dim]. With guidance the batch is (negative prompt, prompt), unconditional first. */
+static int encode_text(const sd_model *m, const sd_params *p, int B, float *ctx, float *y, sd_pool *pool, sd_arena *a, sd_error *err)
+{
+    const char *text[2] = {p->negative_prompt ? p->negative_prompt : "", p->prompt ? p->prompt : ""};
+    size_t mark = sd_arena_mark(a), rows = (size_t)B * SD_TEXT_TOKENS, width = 0, D = (size_t)m->context_dim, offset = 0;
+    for (int e = 0; e < m->encoders; e++) width = max_size(width, (size_t)m->te[e].width);
+    int32_t *ids = (int32_t *)arena_array(a, rows, sizeof(int32_t), err);
+    float *hidden = ids ? arena_floats(a, rows * width, err) : NULL;
+    float *pooled = hidden && m->encoders == 2 ? arena_floats(a, (size_t)B * m->te[1].proj_dim, err) : NULL;
+    int rc = SD_OK;
+    if (!hidden || (m->encoders == 2 && !pooled)) { rc = SD_ERR_MEMORY; goto done; }
+    for (int e = 0; e < m->encoders; e++) {
+        const sd_text_encoder *te = &m->te[e];
+        for (int b = 0; b < B; b++)
+            if ((rc = sd_clip_tokenize(m->vocab, text[2 - B + b], strlen(text[2 - B + b]), m->pad[e],
+                                       ids + b * SD_CLIP_CONTEXT, NULL, a, err))) goto done;
+        if ((rc = sd_text_encode(te, ids, B, p->clip_skip, hidden, e == 1 ? pooled : NULL, pool, a, err))) goto done;
+        for (size_t r = 0; r < rows; r++) memcpy(ctx + r * D + offset, hidden + r * te->width, (size_t)te->width * sizeof(float));
+        offset += (size_t)te->width;
+    }
+    if (m->encoders == 2) {
+        /* SDXL: no negative prompt means zeros, not the encoding of "" */
+        int P = m->te[1].proj_dim, H = p->height, W = p->width;
+        if (B == 2 && !p->negative_prompt) {
+            memset(ctx, 0, (size_t)SD_TEXT_TOKENS * D * sizeof(float));
+            memset(pooled, 0, (size_t)P * sizeof(float));
+        }
+        /* the size conditioning: the image's original size, the crop's top-left corner, the target size */
+        float sizes[6] = {(float)(p->original_size[0] ? p->original_size[0] : H), (float)(p->original_size[1] ? p->original_size[1] : W),
+                          (float)p->crop_top_left[0], (float)p->crop_top_left[1],
+                          (float)(p->target_size[0] ? p->target_size[0] : H), (float)(p->target_size[1] ? p->target_size[1] : W)};
+        for (int b = 0; b < B && !rc; b++)
+            rc = sd_unet_add_vector(m->unet, pooled + (size_t)b * P, P, sizes, y + (size_t)b * sd_unet_add_dim(m->unet), err);
+    }
+done:
+    sd_arena_reset(a, mark);
+    return rc;
+}
+
 /* The memory plan of sd_generate, in the order it allocates: what lives through the whole run,
    then the largest of the stages that run one after another on top of it. */
 SD_API size_t sd_generate_arena_bytes(const sd_model *m, const sd_params *p)
 {
     if (check_params(m, p, NULL)) return 0;
-    int h = p->height / 8, w = p->width / 8, B = p->guidance != 1.0f ? 2 : 1;
+    int h = p->height / 8, w = p->width / 8, B = p->guidance != 1.0f ? 2 : 1, L = SD_TEXT_TOKENS;
     const sd_vae_config *vc = sd_vae_get_config(m->vae);
     uint64_t lat = (uint64_t)4 * h * w, pix = (uint64_t)3 * p->height * p->width;
     size_t scratch = sd_clip_scratch_bytes(max_size(prompt_size(p->prompt), prompt_size(p->negative_prompt)));
-    size_t text_enc = sd_text_encoder_arena_bytes(&m->te, B), unet_pass = sd_unet_arena_bytes(m->unet, B, h, w);
+    size_t text_enc = text_stage_bytes(m, B, L, scratch), unet_pass = sd_unet_arena_bytes(m->unet, B, h, w, L);
     size_t vae_dec = tiled_decode(p, h, w) ? sd_vae_decode_tiled_arena_bytes(vc, h, w, p->vae_tile, p->vae_tile / 4)
                                            : sd_vae_decode_arena_bytes(vc, h, w), vae_enc = p->init_rgb ? sd_vae_encode_arena_bytes(vc, p->height, p->width) : 1;
     if (text_enc == (size_t)-1 || unet_pass == (size_t)-1 || !vae_dec || !vae_enc) return 0;   /* a stage cannot run this size */
-    uint64_t keep = pool_arena_bytes(p->threads) + float_bytes((uint64_t)B * SD_CLIP_CONTEXT * m->te.width)
+    uint64_t keep = pool_arena_bytes(p->threads) + float_bytes((uint64_t)B * L * m->context_dim)   /* context */
+                  + float_bytes((uint64_t)B * sd_unet_add_dim(m->unet))   /* SDXL's y */
                   + 3 * float_bytes(lat)                                  /* latents, noise_pred, spare */
                   + 2 * float_bytes((uint64_t)B * lat) + float_bytes(B);  /* UNet in and out, timesteps */
-    uint64_t text = float_bytes((uint64_t)B * SD_CLIP_CONTEXT) + (scratch > text_enc ? scratch : text_enc);
+    uint64_t text = text_enc;
     uint64_t encode = p->init_rgb ? float_bytes(pix) + float_bytes(2 * lat) + 2 * float_bytes(lat) + vae_enc : 0;
     uint64_t unet = unet_pass, decode = float_bytes(pix) + vae_dec;
     uint64_t stage = text > encode ? text : encode;
@@ -7214,27 +7503,18 @@ static int generate(const sd_model *m, const sd_params *p, sd_pool *pool, sd_are
 {
     int h = p->height / 8, w = p->width / 8, B = p->guidance != 1.0f ? 2 : 1, rc, start = 0;
     int prediction = p->prediction >= 0 ? p->prediction : m->info.prediction, ts[SD_MAX_TRAIN_TIMESTEPS];
-    size_t lat = (size_t)4 * h * w, pix = (size_t)3 * p->height * p->width, D = (size_t)m->te.width;
+    size_t lat = (size_t)4 * h * w, pix = (size_t)3 * p->height * p->width, D = (size_t)m->context_dim;
     float scale = m->info.vae_scale;
     float *ctx = arena_floats(a, (size_t)B * SD_CLIP_CONTEXT * D, err);
+    float *y = sd_unet_add_dim(m->unet) ? arena_floats(a, (size_t)B * sd_unet_add_dim(m->unet), err) : NULL;
+    sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, y};
     float *latents = arena_floats(a, lat, err), *noise_pred = arena_floats(a, lat, err), *spare = arena_floats(a, lat, err);
     float *unet_in = arena_floats(a, (size_t)B * lat, err), *unet_out = arena_floats(a, (size_t)B * lat, err);
     float *timesteps = arena_floats(a, (size_t)B, err);
     sd_rng rng;
-    if (!timesteps) return SD_ERR_MEMORY;
+    if (!timesteps || (sd_unet_add_dim(m->unet) && !y)) return SD_ERR_MEMORY;
 
-    /* 1. Text: with guidance the batch is (negative prompt, prompt), unconditional first. */
-    {
-        size_t mark = sd_arena_mark(a);
-        int32_t *ids = (int32_t *)arena_array(a, (size_t)B * SD_CLIP_CONTEXT, sizeof(int32_t), err);
-        const char *text[2] = {p->negative_prompt ? p->negative_prompt : "", p->prompt ? p->prompt : ""};
-        if (!ids) return SD_ERR_MEMORY;
-        for (int b = 0; b < B; b++)
-            if ((rc = sd_clip_tokenize(m->vocab, text[2 - B + b], strlen(text[2 - B + b]), m->pad,
-                                       ids + b * SD_CLIP_CONTEXT, NULL, a, err))) return rc;
-        if ((rc = sd_text_encode(&m->te, ids, B, p->clip_skip, ctx, pool, a, err))) return rc;
-        sd_arena_reset(a, mark);
-    }
+    if ((rc = encode_text(m, p, B, ctx, y, pool, a, err))) return rc;
 
     /* 2. The starting latents: noise from the seed (txt2img), or the init image's latent noised
        to the first kept timestep (img2img), drawing from the generator in diffusers' order. */
@@ -7271,7 +7551,7 @@ static int generate(const sd_model *m, const sd_params *p, sd_pool *pool, sd_are
             memcpy(unet_in + b * lat, latents, lat * sizeof(float));
             timesteps[b] = (float)t;
         }
-        if ((rc = sd_unet(m->unet, unet_in, timesteps, ctx, B, h, w, unet_out, pool, a, err))) return rc;
+        if ((rc = sd_unet(m->unet, unet_in, timesteps, &cond, B, h, w, unet_out, pool, a, err))) return rc;
         if (B == 2) sd_guidance(unet_out, unet_out + lat, p->guidance, lat, noise_pred);
         else memcpy(noise_pred, unet_out, lat * sizeof(float));
         if ((rc = sd_ddim_step(&m->schedule, t, t_prev, prediction, p->eta, latents, noise_pred, lat,

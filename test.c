@@ -1121,7 +1121,7 @@ static int te_load_bytes(sd_text_encoder *te, sd_safetensors *st, const unsigned
 {
     int rc = sd_safetensors_open(st, bytes, size, arena, err);
     if (rc) return rc;
-    return sd_text_encoder_load(te, st, 1, meta, arena, err);
+    return sd_text_encoder_load(te, st, 1, meta, 0, arena, err);
 }
 
 /* Every output of GOLDEN/NAME/text_encoder.safetensors from the encoder te. */
@@ -1145,7 +1145,7 @@ static void te_check_goldens(const sd_text_encoder *te, golden_file *g, const ch
     }
     CHECK(layers == te->layers, "%s: golden has %d layers, the encoder %d", label, layers, te->layers);
 
-    size_t bytes = sd_text_encoder_arena_bytes(te, n);
+    size_t bytes = sd_text_encoder_arena_bytes(te, n, 0);
     sd_arena *pa = test_arena(pool_arena_bytes(1) + SD_ALIGN), *a = test_arena(bytes + SD_ALIGN);
     CHECK(pool_init(&pool, 1, pa, &err) == SD_OK, "pool_init");
 
@@ -1168,17 +1168,17 @@ static void te_check_goldens(const sd_text_encoder *te, golden_file *g, const ch
     int64_t gn = 0;
     const float *want = CHECK(context != NULL, "%s: no context_used_by_sd metadata", g->path) ? golden_f32(g, context, &gn) : NULL;
     if (want && CHECK((size_t)gn == numel, "%s: context size", label)) {
-        int rc = sd_text_encode(te, ids, n, 0, out, &pool, a, &err);
+        int rc = sd_text_encode(te, ids, n, 0, out, NULL, &pool, a, &err);
         snprintf(what, sizeof what, "%s context (%s)", label, context);
         if (CHECK(rc == SD_OK, "%s: %s", what, err.message)) check_close(what, out, want, (int64_t)numel, 1e-5);
         /* clip_skip 1 is the same; clip_skip 2 is one layer earlier through the final LayerNorm */
-        rc = sd_text_encode(te, ids, n, 1, out2, &pool, a, &err);
+        rc = sd_text_encode(te, ids, n, 1, out2, NULL, &pool, a, &err);
         CHECK(rc == SD_OK && !memcmp(out, out2, numel * sizeof *out), "%s: clip_skip 1 differs from 0", label);
-        rc = sd_text_encode(te, ids, n, 2, out, &pool, a, &err);
+        rc = sd_text_encode(te, ids, n, 2, out, NULL, &pool, a, &err);
         CHECK(rc == SD_OK, "%s: clip_skip 2: %s", label, err.message);
         rc = sd_text_encoder_hidden(te, ids, n, te->output_layer - 1, 1, out2, &pool, a, &err);
         CHECK(rc == SD_OK && !memcmp(out, out2, numel * sizeof *out), "%s: clip_skip 2 is not layer %d + final LayerNorm", label, te->output_layer - 1);
-        rc = sd_text_encode(te, ids, n, te->output_layer + 1, out, &pool, a, &err);
+        rc = sd_text_encode(te, ids, n, te->output_layer + 1, out, NULL, &pool, a, &err);
         CHECK(rc == SD_ERR_ARG && strstr(err.message, "clip_skip"), "%s: clip_skip %d past the first layer: rc %d (%s)", label, te->output_layer + 1, rc, rc ? err.message : "");
     }
     CHECK(a->used == 0 && a->peak == bytes, "%s: arena used %zu, peak %zu, sd_text_encoder_arena_bytes %zu", label, a->used, a->peak, bytes);
@@ -1189,18 +1189,18 @@ static void te_check_goldens(const sd_text_encoder *te, golden_file *g, const ch
     sd_arena exact;
     sd_arena_init(&exact, aligned, bytes);
     sd_arena_init(&exact, aligned, bytes);
-    CHECK(sd_text_encode(te, ids, n, 0, out, &pool, &exact, &err) == SD_OK, "%s: encode in an arena of exactly %zu bytes: %s", label, bytes, err.message);
+    CHECK(sd_text_encode(te, ids, n, 0, out, NULL, &pool, &exact, &err) == SD_OK, "%s: encode in an arena of exactly %zu bytes: %s", label, bytes, err.message);
     sd_arena_init(&exact, aligned, bytes - 1);
-    CHECK(sd_text_encode(te, ids, n, 0, out, &pool, &exact, &err) == SD_ERR_MEMORY && exact.used == 0,
+    CHECK(sd_text_encode(te, ids, n, 0, out, NULL, &pool, &exact, &err) == SD_ERR_MEMORY && exact.used == 0,
           "%s: an arena one byte short gives SD_ERR_MEMORY and is left as it was", label);
     free(block);
 
     /* a token id outside the vocabulary is an error naming where it is */
     ids[SD_TEXT_TOKENS + 5] = te->vocab;
-    int rc = sd_text_encode(te, ids, n > 1 ? 2 : 1, 0, out, &pool, a, &err);
+    int rc = sd_text_encode(te, ids, n > 1 ? 2 : 1, 0, out, NULL, &pool, a, &err);
     CHECK(n < 2 || (rc == SD_ERR_ARG && strstr(err.message, "prompt 1, position 5")), "%s: bad token id: rc %d (%s)", label, rc, rc ? err.message : "");
     ids[0] = -1;
-    rc = sd_text_encode(te, ids, 1, 0, out, &pool, a, &err);
+    rc = sd_text_encode(te, ids, 1, 0, out, NULL, &pool, a, &err);
     CHECK(rc == SD_ERR_ARG && strstr(err.message, "prompt 0, position 0"), "%s: negative token id: rc %d", label, rc);
 
     free_arena(a);
@@ -1247,7 +1247,7 @@ static void te_check_bad_metadata(const unsigned char *model, size_t model_size,
         {"{\"sd.clip.output\":\"first\"}", "sd.clip.output", SD_ERR_UNSUPPORTED},
         {"{\"sd.clip.layer_norm_eps\":\"1e-5x\"}", "sd.clip.layer_norm_eps", SD_ERR_FORMAT},
         {"{\"sd.clip.layers\":\"99\"}", "sd.clip.layers", SD_ERR_SHAPE},
-        {"{\"sd.version\":\"xl\"}", "sd.version", SD_ERR_UNSUPPORTED},
+        {"{\"sd.version\":\"3\"}", "sd.version", SD_ERR_UNSUPPORTED},
         {"{\"sd.version\":\"1\"}", "head size 64", SD_ERR_SHAPE},   /* real SD1's defaults do not fit the tiny model */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -1262,7 +1262,7 @@ static void te_check_bad_metadata(const unsigned char *model, size_t model_size,
             rc = te_load_bytes(&te, &st, model, model_size, &mst, arena, &err);
             CHECK(rc == cases[i].code && strstr(err.message, cases[i].key), "%s with metadata %s: rc %d, '%s'", label, cases[i].json, rc, rc ? err.message : "");
             /* a file without a text encoder */
-            rc = sd_text_encoder_load(&te, &mst, 1, NULL, arena, &err);
+            rc = sd_text_encoder_load(&te, &mst, 1, NULL, 0, arena, &err);
             CHECK(rc == SD_ERR_MISSING || rc == SD_ERR_UNSUPPORTED, "metadata-only file as a checkpoint: rc %d", rc);
         }
         free_arena(arena);
@@ -1271,6 +1271,78 @@ static void te_check_bad_metadata(const unsigned char *model, size_t model_size,
 }
 
 static int te_compare_names(const void *x, const void *y) { return strcmp((const char *)x, (const char *)y); }
+
+/* Golden I64 [n, 77] token ids as int32; NULL (and a failure) when absent or malformed. */
+static int32_t *te_golden_ids(golden_file *g, const char *name, int *n)
+{
+    const sd_tensor *t = sd_safetensors_find(&g->st, name);
+    if (!CHECK(t && t->dtype == SD_I64 && t->ndim == 2 && t->shape[1] == SD_TEXT_TOKENS && t->shape[0] > 0,
+               "%s: %s is not I64 [n, %d]", g->path, name, SD_TEXT_TOKENS)) return NULL;
+    *n = (int)t->shape[0];
+    int32_t *ids = (int32_t *)malloc((size_t)*n * SD_TEXT_TOKENS * sizeof *ids);
+    for (int64_t i = 0; i < *n * SD_TEXT_TOKENS; i++) { int64_t v; memcpy(&v, (const char *)t->data + 8 * i, 8); ids[i] = (int32_t)v; }
+    return ids;
+}
+
+/* SDXL's two encoders (§8 of the golden README): every hidden state of each, the pooled output
+   before and after text_projection, and the UNet's context = both penultimate states side by
+   side; the pooled call's arena bytes exact. */
+static void te_check_xl(const sd_safetensors *files, int nfiles, const sd_safetensors *meta, golden_file *g, const char *label)
+{
+    sd_text_encoder te[2];
+    sd_error err;
+    sd_arena *arena = test_arena(1u << 20), *pa = test_arena(pool_arena_bytes(1) + SD_ALIGN);
+    sd_pool pool;
+    int n = 0, n2 = 0;
+    int32_t *ids[2] = {te_golden_ids(g, "input_ids", &n), te_golden_ids(g, "input_ids_2", &n2)};
+    char what[900], name[64];
+    CHECK(pool_init(&pool, 1, pa, &err) == SD_OK, "pool_init");
+    for (int e = 0; e < 2; e++)
+        if (!CHECK(sd_text_encoder_load(&te[e], files, nfiles, meta, e, arena, &err) == SD_OK, "%s: encoder %d: %s", label, e, err.message)) goto done;
+    if (!ids[0] || !ids[1] || !CHECK(n == n2 && te[1].proj_dim > 0 && te[0].proj_dim == 0, "%s: ids, or a projection on the wrong encoder", label)) goto done;
+    size_t rows = (size_t)n * SD_TEXT_TOKENS, D = (size_t)(te[0].width + te[1].width);
+    float *ctx = (float *)malloc(rows * D * sizeof(float)), *pooled = (float *)malloc((size_t)n * te[1].proj_dim * sizeof(float));
+    for (int e = 0; e < 2; e++) {
+        size_t W = (size_t)te[e].width, off = e ? (size_t)te[0].width : 0;
+        float *out = (float *)malloc(rows * W * sizeof(float));
+        sd_arena *a = test_arena(sd_text_encoder_arena_bytes(&te[e], n, e == 1) + SD_ALIGN);
+        for (int l = 0; l <= te[e].layers; l++) {
+            int64_t gn;
+            snprintf(name, sizeof name, l < te[e].layers ? "te%d.hidden_states.%d" : "te%d.last_hidden_state", e + 1, l);
+            const float *want = golden_f32(g, name, &gn);
+            snprintf(what, sizeof what, "%s %s", label, name);
+            if (want && CHECK((size_t)gn == rows * W, "%s: size", what) &&
+                CHECK(sd_text_encoder_hidden(&te[e], ids[e], n, l, l == te[e].layers, out, &pool, a, &err) == SD_OK, "%s: %s", what, err.message))
+                check_close(what, out, want, (int64_t)(rows * W), 1e-5);
+        }
+        /* the model's output: the penultimate state, no final LayerNorm */
+        snprintf(what, sizeof what, "%s encoder %d", label, e);
+        CHECK(te[e].output_layer == te[e].layers - 1 && !te[e].output_final_ln, "%s: output is layer %d%s, not the penultimate without LayerNorm",
+              what, te[e].output_layer, te[e].output_final_ln ? " + final LN" : "");
+        if (CHECK(sd_text_encode(&te[e], ids[e], n, 0, out, e ? pooled : NULL, &pool, a, &err) == SD_OK, "%s: %s", what, err.message))
+            for (size_t r = 0; r < rows; r++) memcpy(ctx + r * D + off, out + r * W, W * sizeof(float));
+        CHECK(a->used == 0 && a->peak == sd_text_encoder_arena_bytes(&te[e], n, e == 1), "%s: arena peak %zu, predicted %zu", what, a->peak,
+              sd_text_encoder_arena_bytes(&te[e], n, e == 1));
+        free_arena(a);
+        free(out);
+    }
+    int64_t gn;
+    const float *want = golden_f32(g, "prompt_embeds", &gn);
+    snprintf(what, sizeof what, "%s prompt_embeds", label);
+    if (want && CHECK((size_t)gn == rows * D, "%s: size", what)) check_close(what, ctx, want, gn, 1e-5);
+    want = golden_f32(g, "te2.text_embeds", &gn);
+    snprintf(what, sizeof what, "%s te2.text_embeds (pooled)", label);
+    if (want && CHECK(gn == (int64_t)n * te[1].proj_dim, "%s: size", what)) check_close(what, pooled, want, gn, 1e-5);
+    CHECK(sd_text_encode(&te[0], ids[0], n, 0, ctx, pooled, &pool, arena, &err) == SD_ERR_ARG, "%s: pooled from encoder 0 (no projection) must be refused", label);
+    free(ctx);
+    free(pooled);
+done:
+    free(ids[0]);
+    free(ids[1]);
+    pool_free(&pool);
+    free_arena(pa);
+    free_arena(arena);
+}
 
 /* One model file of GOLDEN/models: its text encoder against GOLDEN/NAME/text_encoder.safetensors,
    as stored and (for F16 files) widened to F32, plus the error cases. */
@@ -1287,8 +1359,6 @@ static void te_check_model(const char *entry, const char *name, const char *file
 
     snprintf(path, sizeof path, "%s/%.250s/text_encoder.safetensors", golden_dir, name);
     if (!file_exists(path)) { printf("text encoder: %s: no golden %s, skipped\n", entry, path); return; }
-    snprintf(path, sizeof path, "%s/models/%.250s/text_encoder_2", golden_dir, entry);
-    if (diffusers && file_exists(path)) { printf("text encoder: %s: SDXL (two text encoders), skipped\n", entry); return; }
     snprintf(path, sizeof path, "%s/models/%.300s", golden_dir, file);
     snprintf(label, sizeof label, "%s", file);
     if (!CHECK((bytes = read_file(path, &size)) != NULL, "cannot read %s", path)) return;
@@ -1306,13 +1376,26 @@ static void te_check_model(const char *entry, const char *name, const char *file
         else printf("text encoder: %s: no single file beside it, using the defaults for its family\n", entry);
     }
     const char *version = sd_safetensors_meta(meta, "sd.version");
-    if (version && !strcmp(version, "xl")) { printf("text encoder: %s: SDXL (sd.version = xl), skipped\n", entry); goto done; }
-
     char rel[300];
     snprintf(rel, sizeof rel, "%.250s/text_encoder.safetensors", name);
     golden_file *g = golden_open(rel);
     if (!g) goto done;
-    int rc = sd_text_encoder_load(&te, &st, 1, meta == &st ? NULL : meta, arena, &err);
+    if (version && !strcmp(version, "xl")) {   /* SDXL: the second encoder is in the same file, or in text_encoder_2/ */
+        sd_safetensors xl[2];
+        size_t size2 = 0;
+        unsigned char *bytes2 = NULL;
+        xl[0] = st;
+        if (diffusers) {
+            snprintf(path, sizeof path, "%s/models/%.250s/text_encoder_2/model.safetensors", golden_dir, entry);
+            if (CHECK((bytes2 = read_file(path, &size2)) != NULL, "cannot read %s", path))
+                CHECK(sd_safetensors_open(&xl[1], bytes2, size2, arena, &err) == SD_OK, "%s: %s", path, err.message);
+        }
+        if (!diffusers || bytes2) te_check_xl(xl, diffusers ? 2 : 1, meta == &st ? NULL : meta, g, label);
+        free(bytes2);
+        golden_close(g);
+        goto done;
+    }
+    int rc = sd_text_encoder_load(&te, &st, 1, meta == &st ? NULL : meta, 0, arena, &err);
     if (CHECK(rc == SD_OK, "%s: load: %s", label, err.message)) {
         int has_f16 = 0;
         te_check_goldens(&te, g, label);
@@ -1922,17 +2005,47 @@ static void unet_run_cases(const sd_unet_model *u, golden_file *g, const char *l
         if (!CHECK(B <= 16 && nout == (int64_t)B * u->out_channels * h * w && sd_tensor_numel(tx) == (int64_t)B * u->in_channels * h * w,
                    "%s: case%d shapes do not fit the model", g->path, c)) continue;
         for (int b = 0; b < B; b++) { int64_t v; memcpy(&v, (const char *)tt->data + 8 * b, 8); t[b] = (float)v; }
+        /* SDXL: y from the pooled text embedding and the size ids, as the pipeline builds it */
+        unet_probe_check pc = {g, label, 0};
+        float *y = NULL;
+        snprintf(key, sizeof key, "case%d.text_embeds", c);
+        const sd_tensor *tpool = sd_safetensors_find(&g->st, key);
+        if (CHECK(!tpool == !sd_unet_add_dim(u), "%s: case%d: text_embeds %s but the UNet's added conditioning is %d wide", g->path, c,
+                  tpool ? "given" : "absent", sd_unet_add_dim(u)) && tpool) {
+            const float *pooled = golden_f32(g, key, NULL);
+            snprintf(key, sizeof key, "case%d.time_ids", c);
+            const float *ids = golden_f32(g, key, NULL);
+            int P = tpool->ndim == 2 ? (int)tpool->shape[1] : 0;
+            sd_error yerr = {0, ""};
+            y = (float *)malloc((size_t)B * sd_unet_add_dim(u) * sizeof(float));
+            for (int b = 0; b < B && ids && pooled; b++)
+                CHECK(sd_unet_add_vector(u, pooled + (size_t)b * P, P, ids + 6 * b, y + (size_t)b * sd_unet_add_dim(u), &yerr) == SD_OK,
+                      "%s: case%d: %s", g->path, c, yerr.message);
+            /* the size ids' embeddings, [B·6, each] in the golden: what follows the pooled part of each y */
+            int64_t ne;
+            const float *emb = c == 0 && sd_safetensors_find(&g->st, "case0.debug.add_time_proj") ? golden_f32(g, "case0.debug.add_time_proj", &ne) : NULL;
+            int each = (sd_unet_add_dim(u) - P) / 6;
+            if (emb && CHECK(ne == (int64_t)B * 6 * each, "%s: add_time_proj size", g->path)) {
+                float *got = (float *)malloc((size_t)ne * sizeof(float));
+                char what[400];
+                for (int b = 0; b < B; b++) memcpy(got + (size_t)b * 6 * each, y + (size_t)b * sd_unet_add_dim(u) + P, (size_t)6 * each * sizeof(float));
+                snprintf(what, sizeof what, "%s case0.debug.add_time_proj", label);
+                check_close(what, got, emb, ne, 2e-5);
+                free(got);
+                pc.checked++;
+            }
+        }
+        sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, y};
 
         /* exactly the advertised arena bytes suffice, and all of them are used */
-        size_t need = sd_unet_arena_bytes(u, B, h, w);
+        size_t need = sd_unet_arena_bytes(u, B, h, w, SD_TEXT_TOKENS);
         void *block;
         sd_arena a = unet_exact_arena(&block, need);
         float *out = (float *)calloc((size_t)nout, sizeof(float));
         sd_error err = {0, ""};
         int rc;
-        unet_probe_check pc = {g, label, 0};
-        if (c == 0) rc = unet_forward(u, (const float *)tx->data, t, ctx, B, h, w, out, pool, &a, &err, unet_check_debug, &pc);
-        else rc = sd_unet(u, (const float *)tx->data, t, ctx, B, h, w, out, pool, &a, &err);
+        if (c == 0) rc = unet_forward(u, (const float *)tx->data, t, &cond, B, h, w, out, pool, &a, &err, unet_check_debug, &pc);
+        else rc = sd_unet(u, (const float *)tx->data, t, &cond, B, h, w, out, pool, &a, &err);
         if (CHECK(rc == SD_OK, "%s case%d: %s", label, c, err.message)) {
             char what[400];
             snprintf(what, sizeof what, "%s case%d.out", label, c);
@@ -1944,13 +2057,14 @@ static void unet_run_cases(const sd_unet_model *u, golden_file *g, const char *l
         }
         /* one byte less fails cleanly up front; and inside the pass (bypassing that check) too */
         sd_arena_init(&a, a.base, need - 1);
-        CHECK(sd_unet(u, (const float *)tx->data, t, ctx, B, h, w, out, pool, &a, &err) == SD_ERR_MEMORY && a.used == 0,
+        CHECK(sd_unet(u, (const float *)tx->data, t, &cond, B, h, w, out, pool, &a, &err) == SD_ERR_MEMORY && a.used == 0,
               "%s case%d: sd_unet with one byte too few: %s", label, c, err.message);
         if (c == 0) {   /* the pass's own allocations fail cleanly too (it stops where it first peaks) */
             sd_arena_init(&a, a.base, need - 1);
-            CHECK(unet_forward(u, (const float *)tx->data, t, ctx, B, h, w, out, pool, &a, &err, NULL, NULL) == SD_ERR_MEMORY,
+            CHECK(unet_forward(u, (const float *)tx->data, t, &cond, B, h, w, out, pool, &a, &err, NULL, NULL) == SD_ERR_MEMORY,
                   "%s: a forward pass one byte short should fail with SD_ERR_MEMORY", label);
         }
+        free(y);
         free(out);
         free(block);
     }
@@ -1969,11 +2083,14 @@ static void unet_check_odd_size(const sd_unet_model *u, const float *context, sd
     CHECK(ok, "nearest_source does not pick PyTorch's source pixels");
     float *x = (float *)malloc((size_t)n * sizeof(float)), *out = (float *)malloc((size_t)u->out_channels * h * w * sizeof(float)), t = 321.5f;
     for (int i = 0; i < n; i++) x[i] = (float)((i * 7919) % 1000) / 500.0f - 1.0f;
-    size_t need = sd_unet_arena_bytes(u, 1, h, w);
+    size_t need = sd_unet_arena_bytes(u, 1, h, w, SD_TEXT_TOKENS);
     void *block;
     sd_arena a = unet_exact_arena(&block, need);
     sd_error err = {0, ""};
-    if (CHECK(sd_unet(u, x, &t, context, 1, h, w, out, pool, &a, &err) == SD_OK, "%s at %dx%d: %s", label, h, w, err.message)) {
+    float *y = (float *)calloc((size_t)sd_unet_add_dim(u) + 1, sizeof(float));   /* SDXL: some added conditioning */
+    for (int i = 0; i < sd_unet_add_dim(u); i++) y[i] = (float)(i % 7) / 7.0f;
+    sd_unet_cond cond = {context, SD_TEXT_TOKENS, sd_unet_add_dim(u) ? y : NULL};
+    if (CHECK(sd_unet(u, x, &t, &cond, 1, h, w, out, pool, &a, &err) == SD_OK, "%s at %dx%d: %s", label, h, w, err.message)) {
         int finite = 1;
         for (int i = 0; i < u->out_channels * h * w; i++) finite &= out[i] == out[i] && fabsf(out[i]) < 1e6f;
         CHECK(finite && a.peak == need, "%s at %dx%d: output not finite, or arena peak %zu != %zu", label, h, w, a.peak, need);
@@ -1981,6 +2098,7 @@ static void unet_check_odd_size(const sd_unet_model *u, const float *context, sd
     free(block);
     free(out);
     free(x);
+    free(y);
 }
 
 /* Reverses the shape of tensor `name` in a safetensors header in place (same length), or renames
@@ -2052,11 +2170,22 @@ static void unet_test_file(const char *path, const char *name, sd_pool *pool)
     sd_error err = {0, ""};
     const char *models = strstr(path, "/models/");
     snprintf(label, sizeof label, "unet %.200s", models ? models + 8 : path);
+    /* a diffusers unet/ file keeps its heads in config.json: take the single file's metadata */
+    unsigned char *mbytes = NULL;
+    sd_safetensors mst;
+    const sd_safetensors *meta = NULL;
+    if (strstr(path, "-diffusers/")) {
+        const char *suffix[2] = {"", "-fp16"};
+        char mpath[1024];
+        size_t msize;
+        for (int i = 0; i < 2 && !mbytes; i++) {
+            snprintf(mpath, sizeof mpath, "%s/models/%.250s%s.safetensors", golden_dir, name, suffix[i]);
+            mbytes = read_file(mpath, &msize);
+        }
+        if (mbytes && CHECK(sd_safetensors_open(&mst, mbytes, msize, a, &err) == SD_OK, "%s: %s", mpath, err.message)) meta = &mst;
+    }
     if (CHECK(bytes != NULL, "%s: cannot read", path) && CHECK(sd_safetensors_open(&st, bytes, size, a, &err) == SD_OK, "%s: %s", path, err.message)) {
-        const char *v = sd_safetensors_meta(&st, "sd.version");
-        if ((v && !strcmp(v, "xl")) || sd_safetensors_find(&g->st, "case0.time_ids")) {
-            printf("%s: SDXL (added conditioning) is not covered yet, skipped\n", label);
-        } else if (CHECK(sd_unet_load(&u, &st, 1, NULL, a, &err) == SD_OK, "%s: %s", label, err.message)) {
+        if (CHECK(sd_unet_load(&u, &st, 1, meta, a, &err) == SD_OK, "%s: %s", label, err.message)) {
             unet_run_cases(u, g, label, pool);
             const float *ctx = golden_f32(g, "case0.context", NULL);
             if (ctx) unet_check_odd_size(u, ctx, pool, label);
@@ -2065,6 +2194,7 @@ static void unet_test_file(const char *path, const char *name, sd_pool *pool)
     }
     free_arena(a);
     free(bytes);
+    free(mbytes);
     golden_close(g);
 }
 
@@ -2115,8 +2245,9 @@ static void test_unet(void)
         unsigned char mem[256];
         sd_arena a;
         sd_arena_init(&a, mem, sizeof mem);
-        CHECK(sd_unet(NULL, &x, &x, &x, 2, 8, 8, &x, &pool, &a, &err) == SD_ERR_ARG, "sd_unet(NULL model) should be SD_ERR_ARG");
-        CHECK(sd_unet_arena_bytes(NULL, 2, 8, 8) == (size_t)-1, "sd_unet_arena_bytes(NULL) should be SIZE_MAX");
+        sd_unet_cond cond = {&x, SD_TEXT_TOKENS, NULL};
+        CHECK(sd_unet(NULL, &x, &x, &cond, 2, 8, 8, &x, &pool, &a, &err) == SD_ERR_ARG, "sd_unet(NULL model) should be SD_ERR_ARG");
+        CHECK(sd_unet_arena_bytes(NULL, 2, 8, 8, SD_TEXT_TOKENS) == (size_t)-1, "sd_unet_arena_bytes(NULL) should be SIZE_MAX");
     }
     pool_free(&pool);
     free_arena(pa);
@@ -2127,7 +2258,7 @@ static void test_unet(void)
 #define LIT(s) (s), sizeof(s) - 1   /* a string literal and its length, NULs included */
 
 /* The vocabulary every tokenizer test uses, loaded once from merges_path (and its sibling
-   vocab.json when there is one); NULL when merges.txt is not there. */
+   vocab.json when there is one, SD_TEXT_TOKENS); NULL when merges.txt is not there. */
 static sd_clip_vocab *tok_vocab;
 static sd_arena *tok_vocab_arena;
 
@@ -2985,11 +3116,11 @@ typedef struct loaded_model {
     sd_model *model;
 } loaded_model;
 
-/* The parts of a diffusers folder that sd.h reads, with their config.json files. */
-static const char *const diffusers_files[] = {"unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"};
-static const char *const diffusers_configs[] = {"unet/config.json", "vae/config.json", "text_encoder/config.json", "scheduler/scheduler_config.json"};
+#define DIFFUSERS_PARTS (int)(sizeof diffusers_parts / sizeof *diffusers_parts)
+#define DIFFUSERS_CONFIGS (int)(sizeof diffusers_config_files / sizeof *diffusers_config_files)
 
-/* A model from a diffusers folder: its files and configs are kept in `keep` (freed by the caller). */
+/* A model from a diffusers folder (example.c's list of parts): its files and configs are kept
+   in `keep` (DIFFUSERS_PARTS + DIFFUSERS_CONFIGS pointers, freed by the caller). */
 static int open_diffusers_model(loaded_model *lm, const char *dir, unsigned char **keep)
 {
     sd_source src;
@@ -2997,15 +3128,15 @@ static int open_diffusers_model(loaded_model *lm, const char *dir, unsigned char
     char path[1600];
     memset(lm, 0, sizeof *lm);
     memset(&src, 0, sizeof src);
-    for (int i = 0; i < 3; i++) {
-        snprintf(path, sizeof path, "%s/%s", dir, diffusers_files[i]);
-        if (!(keep[i] = read_file(path, &src.size[i]))) return -1;
-        src.data[i] = keep[i];
+    for (int i = 0; i < DIFFUSERS_PARTS; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, diffusers_parts[i]);
+        if ((keep[i] = read_file(path, &src.size[src.count]))) src.data[src.count++] = keep[i];
+        else if (i < DIFFUSERS_REQUIRED) return -1;
     }
-    src.count = 3;
-    for (int i = 0; i < 4; i++) {
-        snprintf(path, sizeof path, "%s/%s", dir, diffusers_configs[i]);
-        if ((keep[3 + i] = read_file(path, &src.config_size[src.config_count]))) src.config[src.config_count++] = (const char *)keep[3 + i];
+    for (int i = 0; i < DIFFUSERS_CONFIGS; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, diffusers_config_files[i]);
+        if ((keep[DIFFUSERS_PARTS + i] = read_file(path, &src.config_size[src.config_count])))
+            src.config[src.config_count++] = (const char *)keep[DIFFUSERS_PARTS + i];
     }
     lm->merges = read_file(merges_path, &lm->merges_size);
     if (!lm->merges) return -1;
@@ -3125,7 +3256,7 @@ static void check_pipeline(const sd_model *m, const char *rel)
         int32_t ids[SD_CLIP_CONTEXT];
         sd_arena *a = test_arena(sd_clip_scratch_bytes(1024));
         const char *prompt = meta_or(g, "prompt", "");
-        int same = !sd_clip_tokenize(m->vocab, prompt, strlen(prompt), m->pad, ids, NULL, a, &err);
+        int same = !sd_clip_tokenize(m->vocab, prompt, strlen(prompt), m->pad[0], ids, NULL, a, &err);
         for (int i = 0; same && i < SD_CLIP_CONTEXT; i++) same = ids[i] == ((const int64_t *)pid->data)[i];
         CHECK(same, "%s: prompt_ids differ from ours", rel);
         free_arena(a);
@@ -3214,13 +3345,13 @@ static void check_pipeline_contracts(const sd_model *m, const char *rel)
     /* the stage functions on a pool from the public API give what one thread gives */
     {
         int32_t ids[SD_CLIP_CONTEXT];
-        float *ctx1 = (float *)malloc(sizeof(float) * SD_CLIP_CONTEXT * m->te.width), *ctx2 = (float *)malloc(sizeof(float) * SD_CLIP_CONTEXT * m->te.width);
+        float *ctx1 = (float *)malloc(sizeof(float) * SD_CLIP_CONTEXT * m->te[0].width), *ctx2 = (float *)malloc(sizeof(float) * SD_CLIP_CONTEXT * m->te[0].width);
         sd_pool *pools[2];
-        a = test_arena(sd_pool_arena_bytes(1) + sd_pool_arena_bytes(3) + sd_text_encoder_arena_bytes(&m->te, 1) + sd_clip_scratch_bytes(16));
+        a = test_arena(sd_pool_arena_bytes(1) + sd_pool_arena_bytes(3) + sd_text_encoder_arena_bytes(&m->te[0], 1, 0) + sd_clip_scratch_bytes(16));
         r = sd_pool_create(&pools[0], 1, a, &err) || sd_pool_create(&pools[1], 3, a, &err) ||
-            sd_clip_tokenize(m->vocab, "a cat", 5, m->pad, ids, NULL, a, &err) ||
-            sd_text_encode(&m->te, ids, 1, 0, ctx1, pools[0], a, &err) || sd_text_encode(&m->te, ids, 1, 0, ctx2, pools[1], a, &err);
-        CHECK(!r && !memcmp(ctx1, ctx2, sizeof(float) * SD_CLIP_CONTEXT * m->te.width), "sd_pool_create pools: %s", r ? err.message : "results differ");
+            sd_clip_tokenize(m->vocab, "a cat", 5, m->pad[0], ids, NULL, a, &err) ||
+            sd_text_encode(&m->te[0], ids, 1, 0, ctx1, NULL, pools[0], a, &err) || sd_text_encode(&m->te[0], ids, 1, 0, ctx2, NULL, pools[1], a, &err);
+        CHECK(!r && !memcmp(ctx1, ctx2, sizeof(float) * SD_CLIP_CONTEXT * m->te[0].width), "sd_pool_create pools: %s", r ? err.message : "results differ");
         sd_pool_destroy(pools[1]);
         sd_pool_destroy(pools[0]);
         free_arena(a);
@@ -3295,7 +3426,7 @@ static void test_pipeline(void)
         run_pipeline_goldens(lm.model, d->d_name, 1);
         unload_model(&lm);
         /* the same goldens through the diffusers folder, when there is one */
-        unsigned char *keep[7] = {0};
+        unsigned char *keep[DIFFUSERS_PARTS + DIFFUSERS_CONFIGS] = {0};
         snprintf(path, sizeof path, "%s/models/%s-diffusers", golden_dir, d->d_name);
         if ((dir = opendir(path))) {
             closedir(dir);
@@ -3304,7 +3435,7 @@ static void test_pipeline(void)
                 models++;
             }
             unload_model(&lm);
-            for (int i = 0; i < 7; i++) free(keep[i]);
+            for (int i = 0; i < DIFFUSERS_PARTS + DIFFUSERS_CONFIGS; i++) free(keep[i]);
         }
     }
     closedir(top);
