@@ -191,6 +191,53 @@ SD_API int sd_clip_tokenize(const sd_clip_vocab *v, const char *text, size_t tex
 /* The text of token `id` in the vocabulary's byte-symbol alphabet (e.g. "cat</w>"); NULL if out of range. */
 SD_API const char *sd_clip_token_text(const sd_clip_vocab *v, int32_t id, size_t *size);
 
+/* Prompt weighting and long prompts as AUTOMATIC1111's web UI reads them
+   (modules/prompt_parser.py parse_prompt_attention, modules/sd_hijack_clip.py):
+     (text) x1.1   ((text)) x1.21   [text] /1.1   (text:1.5) x1.5 (signed/decimal number)
+     \( \) \[ \] \\ are the literal characters; nesting multiplies; an unclosed ( or [ applies
+     to the rest of the prompt; a stray ) or ] is text; BREAK (upper case, a word of its own)
+     starts a new chunk of 75 tokens. */
+enum { SD_PROMPT_MAX_CHUNKS = 64,          /* 64 x 75 tokens: longer prompts are refused */
+       SD_PROMPT_MAX_BYTES = 1 << 20,      /* longer prompt texts are refused */
+       SD_PROMPT_MAX_NESTING = 256 };      /* open brackets at once (round and square together) */
+
+/* One run of prompt text with its weight. `text` (unescaped, `size` bytes, not 0-terminated)
+   lives in the arena; `weight` is the product of the brackets around it, in A1111's order, in
+   double precision (a Python float); `chunk_break` is 1 when a BREAK comes right before it. */
+typedef struct sd_prompt_run { const char *text; size_t size; double weight; int chunk_break; } sd_prompt_run;
+
+/* Splits a prompt into runs, as parse_prompt_attention does: adjacent runs of equal weight are
+   merged, an empty prompt is one run ("", 1.0), a BREAK is always followed by a run (maybe
+   empty). `v` (may be NULL) supplies Python's Unicode \w and \d (for BREAK's word boundaries
+   and weights written in other scripts' digits, e.g. fullwidth); without it only ASCII letters
+   and digits count. Invalid UTF-8 passes through unchanged. A weight that Python's float()
+   refuses (e.g. "(a:1.2.3)", where A1111 raises ValueError) is an SD_ERR_ARG. */
+SD_API int sd_prompt_parse(const sd_clip_vocab *v, const char *text, size_t size, sd_prompt_run **runs,
+                           int *count, sd_arena *a, sd_error *err);
+
+/* Arena bytes that sd_prompt_chunks on `text_size` bytes may use (its results included). */
+SD_API size_t sd_prompt_arena_bytes(size_t text_size);
+
+/* A prompt as the text encoder's chunks, as A1111's tokenize_line makes them: each run's text
+   through sd_clip_token_ids, every token carrying its run's weight, packed 75 to a chunk (a new
+   chunk when a token finds the chunk full, and at every BREAK); each chunk is 77 ids laid out as
+   sd_clip_tokenize lays them out ([BOS] tokens [EOS] padding per `pad`), weight 1 at BOS, EOS and
+   padding. weighting = 0 reads every character as text (A1111's emphasis "None"; BREAK too).
+   comma_wrap (A1111's comma_padding_backtrack, 0..74; its default is 20, 0 turns it off): when a
+   chunk is full and one of its last comma_wrap tokens is a comma, the tokens after that comma
+   move on to the next chunk. At least max(1, min_chunks) chunks: the extra ones are the chunks
+   of "" (so that a negative prompt matches the positive one's count). *ids and *weights (which
+   may be NULL) get chunks x 77 values in the arena. */
+SD_API int sd_prompt_chunks(const sd_clip_vocab *v, const char *text, size_t size, sd_clip_pad pad, int weighting,
+                            int comma_wrap, int min_chunks, int32_t **ids, float **weights, int *chunks,
+                            sd_arena *a, sd_error *err);
+
+/* Applies a chunk's weights to its text-encoder output context [tokens, width] as A1111's
+   "Original" emphasis does: the mean of the whole chunk is kept, z[t] *= weights[t], then
+   z *= old mean / new mean (means in double). All weights 1: z is left untouched, bit for bit;
+   a weighted mean of exactly 0 leaves z weighted but not rescaled (A1111 would divide by 0). */
+SD_API void sd_prompt_weight(float *context, const float *weights, int tokens, int width);
+
 /* The text encoder of a checkpoint: sizes read from tensor shapes, the rest from the file's
    metadata or the model family, and the weights (views into the caller's file bytes). */
 #define SD_TEXT_TOKENS 77   /* token ids per prompt: CLIP's context length */
@@ -411,6 +458,54 @@ SD_API int sd_add_noise(const sd_schedule *s, int t, const float *x0, const floa
 /* Classifier-free guidance: out = uncond + scale·(cond - uncond). */
 SD_API void sd_guidance(const float *uncond, const float *cond, float scale, size_t n, float *out);
 
+/* Which sampler walks the UNet back from noise (diffusers' scheduler classes). DDIM stays first,
+   so that 0 means DDIM. */
+enum { SD_SAMPLER_DDIM, SD_SAMPLER_EULER, SD_SAMPLER_EULER_A, SD_SAMPLER_DPMPP_2M };
+
+/* One sampler run: the timesteps the UNet sees and what each step needs, for any kind, so
+   that a pipeline has one loop. Written by sd_sampler_init; the steps keep DPM++'s
+   bookkeeping in it. No pointers into the caller's memory besides the schedule. */
+typedef struct sd_sampler {
+    int kind, steps, prediction, karras;
+    float eta;                                   /* DDIM's eta (0 elsewhere) */
+    const sd_schedule *schedule;                 /* the training tables it was made from */
+    float timesteps[SD_MAX_TRAIN_TIMESTEPS];     /* what the UNet receives at step k: integers,
+                                                    but fractional for Euler's linspace spacing */
+    float sigmas[SD_MAX_TRAIN_TIMESTEPS + 1];    /* noise level of step k, sigmas[steps] = 0 */
+    float init_noise_sigma;                      /* txt2img latents = N(0, 1) noise times this */
+    int history_step;                            /* DPM++ 2M: the step whose x0 the caller's
+                                                    history buffer holds, -1 if none */
+} sd_sampler;
+
+/* Sets up `steps` steps of a sampler over the schedule s (which must outlive it), as diffusers'
+   scheduler classes do from SD's scheduler config: spacing and steps_offset as there (SD 1.x/2.x
+   configs give no spacing, so each class's default applies: DDIM leading, the others linspace;
+   SDXL's config says leading), karras (DPM++ 2M only): Karras et al. (2022) sigmas with rho 7,
+   prediction SD_PREDICT_EPSILON / SD_PREDICT_V, eta: DDIM's stochasticity (0 for the others). */
+SD_API int sd_sampler_init(sd_sampler *smp, const sd_schedule *s, int kind, int steps, int spacing,
+                           int steps_offset, int karras, int prediction, float eta, sd_error *err);
+
+/* What the UNet input is multiplied by at step k (diffusers' scale_model_input):
+   1/sqrt(sigma² + 1) for Euler and Euler a, 1 for DDIM and DPM++ (and for k out of range). */
+SD_API float sd_sampler_input_scale(const sd_sampler *smp, int k);
+
+/* Step k over n floats: from the latents x at step k and the (guided) UNet output, the latents
+   of step k + 1 (out; may be x unless noise is drawn into it) and the predicted clean latents
+   (x0_out, may be NULL). Euler a adds fresh noise every step, also the last: `noise` (n floats)
+   if given, else drawn from rng as diffusers' randn_tensor inside step() draws it (into out,
+   which must then differ from x and model_out). DDIM with eta > 0 likewise. DPM++ 2M keeps the
+   previous step's x0 in `history` (n floats of the caller's, untouched between steps, not
+   overlapping the other buffers); the other kinds ignore it (may be NULL). */
+SD_API int sd_sampler_step(sd_sampler *smp, int k, const float *x, const float *model_out, size_t n,
+                           const float *noise, sd_rng *rng, float *history, float *out,
+                           float *x0_out, sd_error *err);
+
+/* img2img: the clean latents x0 noised to the level of step k, where the run then starts
+   (k from sd_img2img_start), as the sampler's scheduler.add_noise: DDIM sqrt(a)·x0 +
+   sqrt(1-a)·noise, Euler x0 + sigma·noise, DPM++ the latter times 1/sqrt(sigma² + 1). */
+SD_API int sd_sampler_add_noise(const sd_sampler *smp, int k, const float *x0, const float *noise,
+                                size_t n, float *out, sd_error *err);
+
 /* What a model is made of: one single-file checkpoint, or the safetensors files of a diffusers
    folder (unet, vae and text_encoder files, in any order), plus CLIP's merges.txt. The bytes stay
    the caller's (read or mmap'd) and must outlive the model. */
@@ -451,19 +546,22 @@ typedef struct sd_model_info {
 } sd_model_info;
 SD_API void sd_model_get_info(const sd_model *model, sd_model_info *info);
 
-enum { SD_SAMPLER_DDIM };
-
 /* One generation. sd_params_init() fills the defaults; change what you need. */
 typedef struct sd_params {
     const char *prompt, *negative_prompt;   /* UTF-8; NULL = "" (SDXL: NULL = an all-zero negative
                                                context, diffusers' force_zeros_for_empty_prompt) */
+    int weighting;   /* 1 (default): A1111's (text:1.2) [text] BREAK syntax (sd_prompt_parse); 0: plain text */
     int width, height;   /* pixels, multiples of 8 (default 512 x 512) */
     int steps;   /* default 20 */
-    float guidance;   /* classifier-free guidance scale, default 7.5; 1 = no unconditional pass */
+    float guidance;   /* classifier-free guidance scale, default 7.5; <= 1: no unconditional pass (diffusers) */
     uint64_t seed;   /* torch.manual_seed(seed): the same noise diffusers draws on the CPU */
-    int sampler;   /* SD_SAMPLER_DDIM */
-    int spacing;   /* SD_SPACING_LEADING (SD's default) or _TRAILING / _LINSPACE */
+    int sampler;   /* SD_SAMPLER_DDIM (default), _EULER, _EULER_A, _DPMPP_2M */
+    int karras;   /* DPM++ 2M: Karras et al.'s sigmas (rho 7) instead of the training schedule's */
+    int spacing;   /* -1 (default): the model's scheduler config, else diffusers' class default (DDIM
+                      leading, the others linspace); or SD_SPACING_LEADING / _TRAILING / _LINSPACE */
     float eta;   /* DDIM eta, default 0 (deterministic) */
+    int batch_count;   /* images made, with seeds seed, seed + 1, ... (default 1); rgb_out holds them
+                          one after another; the optional outputs and given noise serve the first */
     int prediction;   /* -1 (default): the model's own; or SD_PREDICT_EPSILON / SD_PREDICT_V */
     int clip_skip;   /* 0 or 1: the model's own text layer; N: stop N - 1 layers earlier */
     int threads;   /* default 1 */
@@ -477,6 +575,8 @@ typedef struct sd_params {
     const float *initial_latents;   /* optional [1, 4, h/8, w/8] instead of noise from the seed */
     const float *posterior_noise;   /* optional img2img noise for the VAE posterior sample */
     const float *noise;   /* optional img2img noise added at the start timestep */
+    const float *step_noise;   /* optional [steps, 4, h/8, w/8]: Euler a's per-step noise instead of
+                                  draws from the seed */
     float *latents_out;   /* optional: the final latents [1, 4, h/8, w/8] */
     float *image_out;   /* optional: the decoded image [1, 3, h, w] before clamping */
     int (*progress)(void *user, int step, int steps);   /* non-zero return cancels */
@@ -4718,6 +4818,381 @@ SD_API int sd_clip_vocab_load(sd_clip_vocab **vocab, const void *merges, size_t 
     return SD_OK;
 }
 
+/* ---- Prompt weighting (A1111 syntax) and long prompts -------------------------------------- */
+/* The parser follows parse_prompt_attention: a regex scan where each match is an escape, a bracket,
+   a ":number)" weight, or a run of other text (split at BREAK); every text piece gets weight 1.0,
+   closing a bracket multiplies the pieces made since it opened, unclosed brackets multiply at the
+   end (round ones first, outermost first), and neighbours of equal weight are merged. One change:
+   A1111 keeps BREAK in its list as the piece ("BREAK", -1) and recognises it later by that weight,
+   so a BREAK inside brackets is turned into the word "break" with weight -1.1; here a BREAK is a
+   break wherever it stands, the brackets weighing the text around it. */
+
+/* The code point at s (n bytes left) and its byte length; any byte that does not start a valid
+   UTF-8 sequence reads as U+FFFD, which is neither a space, a letter nor a digit. */
+static uint32_t prompt_char(const unsigned char *s, size_t n, size_t *len)
+{
+    uint32_t cp[4];
+    size_t k, m;
+    if (s[0] < 0x80) { *len = 1; return s[0]; }
+    for (k = 2; k <= 4 && k <= n; k++)
+        if (utf8_decode(s, k, 0, cp, &m) == 0 && m == 1) { *len = k; return cp[0]; }
+    *len = 1;
+    return 0xFFFD;
+}
+
+/* Python re's \w and \d on str; without a vocabulary, ASCII only. */
+static int prompt_word(const sd_clip_vocab *v, uint32_t c)
+{
+    if (c < 0x80) return c == '_' || (c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z');
+    return v && (uprop(v, c) & PROP_WORD);
+}
+
+/* The value of a \d character, or -1: Unicode's decimal digits come in runs of ten from zero
+   (checked over all of Unicode 14), so the value is the distance from the run's start mod 10. */
+static int prompt_digit(const sd_clip_vocab *v, uint32_t c)
+{
+    uint32_t k = 0;
+    if (c < 0x80) return c >= '0' && c <= '9' ? (int)(c - '0') : -1;
+    if (!v || !(uprop(v, c) & PROP_DIGIT)) return -1;
+    while (k < c && (uprop(v, c - k - 1) & PROP_DIGIT)) k++;
+    return (int)(k % 10);
+}
+
+/* Python's float() of what the weight regex matched, [+-]?[.\d]+: -1 unless it has at most one
+   dot and at least one digit (Python raises ValueError). Correctly rounded (one division or
+   multiplication of exact doubles) when the digits form an integer below 2^53 with at most 22
+   after the dot, as every weight anyone writes does; longer numbers may be an ulp or so off. */
+static int prompt_number(const sd_clip_vocab *v, const unsigned char *s, size_t n, double *out)
+{
+    static const double tens[23] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+                                    1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+    uint64_t mant = 0;
+    long exp10 = 0;
+    int negative = 0, dots = 0, digits = 0;
+    size_t i = 0, len;
+    double x;
+    if (i < n && (s[i] == '+' || s[i] == '-')) negative = s[i++] == '-';
+    for (; i < n; i += len) {
+        int d = prompt_digit(v, prompt_char(s + i, n - i, &len));
+        if (s[i] == '.') { dots++; continue; }
+        digits++;
+        if (mant < 100000000000000000ull) { mant = mant * 10 + (uint64_t)d; exp10 -= dots; }
+        else if (!dots) exp10++;
+    }
+    if (dots > 1 || !digits) return -1;
+    if (mant == 0) x = 0;
+    else if (mant <= (1ull << 53) && exp10 >= -22 && exp10 <= 22)
+        x = exp10 < 0 ? (double)mant / tens[-exp10] : (double)mant * tens[exp10];
+    else x = (double)mant * pow(10.0, (double)exp10);
+    *out = negative ? -x : x;
+    return 0;
+}
+
+/* The characters that end a run of plain text. */
+static int prompt_syntax(unsigned char c) { return c == '\\' || c == '(' || c == ')' || c == '[' || c == ']' || c == ':'; }
+
+/* The parser's state: runs so far (unmerged), their text in one buffer, the open brackets. */
+typedef struct prompt_parser {
+    const sd_clip_vocab *v;
+    sd_prompt_run *runs;
+    int count;
+    char *text;          /* the unescaped text of all runs, in order */
+    size_t used;
+    int round[SD_PROMPT_MAX_NESTING], square[SD_PROMPT_MAX_NESTING], rounds, squares;
+} prompt_parser;
+
+static void prompt_add_run(prompt_parser *p, const unsigned char *s, size_t n, int chunk_break)
+{
+    sd_prompt_run *r = &p->runs[p->count++];
+    if (n) memcpy(p->text + p->used, s, n);
+    r->text = p->text + p->used;
+    r->size = n;
+    r->weight = 1.0;
+    r->chunk_break = chunk_break;
+    p->used += n;
+}
+
+/* A piece of plain text: re.split at \s*\bBREAK\b\s*, each part a run, every part after the first
+   starting a chunk. re.split sees only the piece, so \b looks no further than its ends (the
+   characters around a piece are syntax characters, never \w, so the whole prompt agrees). */
+static void prompt_add_text(prompt_parser *p, const unsigned char *s, size_t n)
+{
+    size_t i = 0, part = 0, len, end;
+    size_t spaces = (size_t)-1;          /* start of the run of spaces just before i, if any */
+    int after_word = 0, chunk_break = 0;
+    while (i < n) {
+        if (s[i] == 'B' && !after_word && n - i >= 5 && !memcmp(s + i, "BREAK", 5) &&
+            (i + 5 == n || !prompt_word(p->v, prompt_char(s + i + 5, n - i - 5, &len)))) {
+            prompt_add_run(p, s + part, (spaces != (size_t)-1 ? spaces : i) - part, chunk_break);
+            chunk_break = 1;
+            for (end = i + 5, after_word = 1; end < n && is_space(prompt_char(s + end, n - end, &len)); end += len)
+                after_word = 0;
+            part = i = end;
+            spaces = (size_t)-1;
+            continue;
+        }
+        {
+            uint32_t c = prompt_char(s + i, n - i, &len);
+            if (is_space(c)) { if (spaces == (size_t)-1) spaces = i; }
+            else spaces = (size_t)-1;
+            after_word = prompt_word(p->v, c);
+            i += len;
+        }
+    }
+    prompt_add_run(p, s + part, n - part, chunk_break);
+}
+
+static void prompt_multiply(prompt_parser *p, int start, double m)
+{
+    for (int i = start; i < p->count; i++) p->runs[i].weight *= m;
+}
+
+/* The length of the weight match `:\s*([+-]?[.\d]+)\s*\)` at s[0] == ':' (0 if none), and where
+   its number is. */
+static size_t prompt_weight_match(const sd_clip_vocab *v, const unsigned char *s, size_t n, size_t *num, size_t *num_len)
+{
+    size_t i = 1, len = 0, start;
+    while (i < n && is_space(prompt_char(s + i, n - i, &len))) i += len;
+    start = i;
+    if (i < n && (s[i] == '+' || s[i] == '-')) i++;
+    {
+        size_t digits = i;
+        while (i < n && (s[i] == '.' || prompt_digit(v, prompt_char(s + i, n - i, &len)) >= 0)) i += s[i] == '.' ? 1 : len;
+        if (i == digits) return 0;
+    }
+    *num = start;
+    *num_len = i - start;
+    while (i < n && is_space(prompt_char(s + i, n - i, &len))) i += len;
+    return i < n && s[i] == ')' ? i + 1 : 0;
+}
+
+SD_API int sd_prompt_parse(const sd_clip_vocab *v, const char *text, size_t size, sd_prompt_run **runs,
+                           int *count, sd_arena *a, sd_error *err)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    size_t mark, i = 0;
+    prompt_parser p;
+    int j, w;
+    if (runs) *runs = NULL;
+    if (count) *count = 0;
+    if ((!text && size) || !runs || !count || !a) return fail(err, SD_ERR_ARG, "prompt parse: NULL argument");
+    if (size > SD_PROMPT_MAX_BYTES)
+        return fail(err, SD_ERR_ARG, "prompt parse: a prompt of %zu bytes is longer than the %d allowed", size, SD_PROMPT_MAX_BYTES);
+    mark = sd_arena_mark(a);
+    p.v = v;
+    p.count = p.rounds = p.squares = 0;
+    p.used = 0;
+    /* every run takes at least one byte of the prompt, or is the one run of an empty prompt */
+    p.text = (char *)arena_array(a, size + 1, 1, err);
+    p.runs = (sd_prompt_run *)arena_array(a, size + 1, sizeof(sd_prompt_run), err);
+    if (!p.text || !p.runs) { sd_arena_reset(a, mark); return SD_ERR_MEMORY; }
+    while (i < size) {
+        unsigned char c = s[i];
+        size_t end = i + 1, num = 0, num_len = 0;
+        if (c == '\\') {              /* \( \) \[ \] \\ are the character; a lone backslash is dropped */
+            if (i + 1 < size && prompt_syntax(s[i + 1]) && s[i + 1] != ':') prompt_add_run(&p, s + i + 1, 1, 0), end = i + 2;
+            else prompt_add_run(&p, s, 0, 0);
+        } else if (c == '(' || c == '[') {
+            if (p.rounds + p.squares == SD_PROMPT_MAX_NESTING) {
+                sd_arena_reset(a, mark);
+                return fail(err, SD_ERR_ARG, "prompt parse: more than %d brackets open at byte %zu", SD_PROMPT_MAX_NESTING, i);
+            }
+            if (c == '(') p.round[p.rounds++] = p.count;
+            else p.square[p.squares++] = p.count;
+        } else if (c == ':' && (end = prompt_weight_match(v, s + i, size - i, &num, &num_len)) != 0) {
+            double weight;
+            end += i;
+            if (!p.rounds) prompt_add_text(&p, s + i, end - i);   /* no ( to close: it is text */
+            else if (prompt_number(v, s + i + num, num_len, &weight)) {
+                sd_arena_reset(a, mark);
+                return fail(err, SD_ERR_ARG, "prompt parse: weight \"%.*s\" at byte %zu is not a number",
+                            (int)(num_len > 40 ? 40 : num_len), text + i + num, i + num);
+            } else prompt_multiply(&p, p.round[--p.rounds], weight);
+        } else if (c == ')' && p.rounds) {
+            prompt_multiply(&p, p.round[--p.rounds], 1.1);
+        } else if (c == ']' && p.squares) {
+            prompt_multiply(&p, p.square[--p.squares], 1 / 1.1);
+        } else {                      /* text up to the next \ ( ) [ ] :, or one stray ) ] : */
+            end = i + 1;
+            if (c != ')' && c != ']' && c != ':')
+                while (end < size && !prompt_syntax(s[end])) end++;
+            prompt_add_text(&p, s + i, end - i);
+        }
+        i = end;
+    }
+    for (j = 0; j < p.rounds; j++) prompt_multiply(&p, p.round[j], 1.1);
+    for (j = 0; j < p.squares; j++) prompt_multiply(&p, p.square[j], 1 / 1.1);
+    if (!p.count) prompt_add_run(&p, s, 0, 0);
+    /* merge neighbours of equal weight (their texts are adjacent in the buffer) */
+    for (j = 1, w = 0; j < p.count; j++) {
+        if (!p.runs[j].chunk_break && p.runs[j].weight == p.runs[w].weight) p.runs[w].size += p.runs[j].size;
+        else p.runs[++w] = p.runs[j];
+    }
+    *runs = p.runs;
+    *count = w + 1;
+    return SD_OK;
+}
+
+/* Chunks of 77 ids as tokenize_line builds them: tokens go into the open chunk, which is closed
+   (framed and padded) when a token finds it full, at a BREAK, and at the end if it holds tokens
+   or is the only one. `ids` NULL only counts. */
+typedef struct prompt_packer {
+    int32_t tok[75];
+    float weight[75];
+    int n, last_comma, chunks, comma_wrap;
+    int32_t comma, pad;
+    int32_t *ids;
+    float *weights;
+} prompt_packer;
+
+static int prompt_close_chunk(prompt_packer *k, sd_error *err)
+{
+    if (k->chunks == SD_PROMPT_MAX_CHUNKS)
+        return fail(err, SD_ERR_ARG, "prompt: more than %d chunks of 75 tokens", SD_PROMPT_MAX_CHUNKS);
+    if (k->ids) {
+        int32_t *id = k->ids + (size_t)k->chunks * SD_CLIP_CONTEXT;
+        id[0] = SD_CLIP_BOS;
+        memcpy(id + 1, k->tok, (size_t)k->n * sizeof(int32_t));
+        id[1 + k->n] = SD_CLIP_EOS;
+        for (int i = 2 + k->n; i < SD_CLIP_CONTEXT; i++) id[i] = k->pad;
+        if (k->weights) {
+            float *w = k->weights + (size_t)k->chunks * SD_CLIP_CONTEXT;
+            for (int i = 0; i < SD_CLIP_CONTEXT; i++) w[i] = 1.0f;
+            memcpy(w + 1, k->weight, (size_t)k->n * sizeof(float));
+        }
+    }
+    k->chunks++;
+    k->n = 0;
+    k->last_comma = -1;
+    return SD_OK;
+}
+
+static int prompt_add_token(prompt_packer *k, int32_t id, float weight, sd_error *err)
+{
+    int rc;
+    if (id == k->comma) k->last_comma = k->n;
+    else if (k->comma_wrap && k->n == 75 && k->last_comma >= 0 && k->n - k->last_comma <= k->comma_wrap) {
+        /* the words after the last comma move to the next chunk together */
+        int from = k->last_comma + 1, moved = k->n - from;
+        k->n = from;
+        if ((rc = prompt_close_chunk(k, err))) return rc;
+        memmove(k->tok, k->tok + from, (size_t)moved * sizeof(int32_t));
+        memmove(k->weight, k->weight + from, (size_t)moved * sizeof(float));
+        k->n = moved;
+    }
+    if (k->n == 75 && (rc = prompt_close_chunk(k, err))) return rc;
+    k->tok[k->n] = id;
+    k->weight[k->n++] = weight;
+    return SD_OK;
+}
+
+/* One pass over the prompt: parse, tokenize each run, pack. Scratch is given back. */
+static int prompt_pack(const sd_clip_vocab *v, const char *text, size_t size, sd_clip_pad pad, int weighting,
+                       prompt_packer *k, sd_arena *a, sd_error *err)
+{
+    size_t mark = sd_arena_mark(a), cap = (size_t)SD_PROMPT_MAX_CHUNKS * 75 + 1, n;
+    sd_prompt_run *runs, whole;
+    int count = 1, rc, r;
+    int32_t *tok = (int32_t *)arena_array(a, cap, sizeof(int32_t), err);
+    if (!tok) return SD_ERR_MEMORY;
+    if ((rc = sd_clip_token_ids(v, ",", 1, pad, tok, 1, &n, a, err))) goto done;
+    k->comma = n == 1 ? tok[0] : -1;
+    k->pad = pad == SD_CLIP_PAD_EXCLAMATION ? 0 : SD_CLIP_EOS;
+    if (weighting) {
+        if ((rc = sd_prompt_parse(v, text, size, &runs, &count, a, err))) goto done;
+    } else {
+        whole.text = text; whole.size = size; whole.weight = 1.0; whole.chunk_break = 0;
+        runs = &whole;
+    }
+    for (r = 0; r < count; r++) {
+        if (runs[r].chunk_break && (rc = prompt_close_chunk(k, err))) goto done;
+        if ((rc = sd_clip_token_ids(v, runs[r].text, runs[r].size, pad, tok, cap, &n, a, err))) goto done;
+        if (n >= cap) { rc = fail(err, SD_ERR_ARG, "prompt: more than %d chunks of 75 tokens", SD_PROMPT_MAX_CHUNKS); goto done; }
+        for (size_t t = 0; t < n; t++)
+            if ((rc = prompt_add_token(k, tok[t], (float)runs[r].weight, err))) goto done;
+    }
+    if (k->n || !k->chunks) rc = prompt_close_chunk(k, err);
+done:
+    sd_arena_reset(a, mark);
+    return rc;
+}
+
+SD_API size_t sd_prompt_arena_bytes(size_t text_size)
+{
+    size_t out = (size_t)SD_PROMPT_MAX_CHUNKS * SD_CLIP_CONTEXT * 4 + SD_ALIGN;
+    size_t tok = ((size_t)SD_PROMPT_MAX_CHUNKS * 75 + 1) * 4 + SD_ALIGN;
+    size_t parse = text_size + 1 + SD_ALIGN + (text_size + 1) * sizeof(sd_prompt_run) + SD_ALIGN;
+    return 2 * out + tok + parse + sd_clip_scratch_bytes(text_size > 1 ? text_size : 1);
+}
+
+SD_API int sd_prompt_chunks(const sd_clip_vocab *v, const char *text, size_t size, sd_clip_pad pad, int weighting,
+                            int comma_wrap, int min_chunks, int32_t **ids, float **weights, int *chunks,
+                            sd_arena *a, sd_error *err)
+{
+    prompt_packer k;
+    size_t mark;
+    int rc, total, c;
+    if (ids) *ids = NULL;
+    if (weights) *weights = NULL;
+    if (chunks) *chunks = 0;
+    if (!v || (!text && size) || !ids || !chunks || !a) return fail(err, SD_ERR_ARG, "prompt chunks: NULL argument");
+    if (size > SD_PROMPT_MAX_BYTES)
+        return fail(err, SD_ERR_ARG, "prompt chunks: a prompt of %zu bytes is longer than the %d allowed", size, SD_PROMPT_MAX_BYTES);
+    if (comma_wrap < 0 || comma_wrap > 74) return fail(err, SD_ERR_ARG, "prompt chunks: comma_wrap %d, expected 0..74", comma_wrap);
+    if (min_chunks < 0 || min_chunks > SD_PROMPT_MAX_CHUNKS)
+        return fail(err, SD_ERR_ARG, "prompt chunks: min_chunks %d, expected 0..%d", min_chunks, SD_PROMPT_MAX_CHUNKS);
+    if (pad != SD_CLIP_PAD_EOS && pad != SD_CLIP_PAD_EXCLAMATION) return fail(err, SD_ERR_ARG, "prompt chunks: unknown padding %d", (int)pad);
+    /* count the chunks first, so that the results take exactly their room below the scratch */
+    memset(&k, 0, sizeof k);
+    k.comma_wrap = comma_wrap;
+    k.last_comma = -1;
+    if ((rc = prompt_pack(v, text, size, pad, weighting, &k, a, err))) return rc;
+    total = k.chunks > min_chunks ? k.chunks : min_chunks;
+    mark = sd_arena_mark(a);
+    *ids = (int32_t *)arena_array(a, (size_t)total * SD_CLIP_CONTEXT, sizeof(int32_t), err);
+    if (!*ids || (weights && !(*weights = arena_floats(a, (size_t)total * SD_CLIP_CONTEXT, err)))) {
+        *ids = NULL;
+        if (weights) *weights = NULL;
+        sd_arena_reset(a, mark);
+        return SD_ERR_MEMORY;
+    }
+    memset(&k, 0, sizeof k);
+    k.comma_wrap = comma_wrap;
+    k.last_comma = -1;
+    k.ids = *ids;
+    k.weights = weights ? *weights : NULL;
+    if ((rc = prompt_pack(v, text, size, pad, weighting, &k, a, err))) {
+        *ids = NULL;
+        if (weights) *weights = NULL;
+        sd_arena_reset(a, mark);
+        return rc;
+    }
+    for (c = k.chunks; c < total; c++) prompt_close_chunk(&k, err);   /* the chunks of "" */
+    *chunks = total;
+    return SD_OK;
+}
+
+SD_API void sd_prompt_weight(float *context, const float *weights, int tokens, int width)
+{
+    double before = 0, after = 0, scale;
+    size_t n, i;
+    int t, c;
+    if (!context || !weights || tokens <= 0 || width <= 0) return;
+    for (t = 0; t < tokens && weights[t] == 1.0f; t++) {}
+    if (t == tokens) return;
+    n = (size_t)tokens * (size_t)width;
+    for (i = 0; i < n; i++) before += context[i];
+    for (t = 0; t < tokens; t++)
+        for (c = 0; c < width; c++) {
+            float *z = &context[(size_t)t * width + c];
+            *z *= weights[t];
+            after += *z;
+        }
+    if (after == 0) return;
+    scale = before / after;   /* the ratio of the means: the element counts cancel */
+    for (i = 0; i < n; i++) context[i] = (float)(context[i] * scale);
+}
+
 /* ---- 6. Text encoder --------------------------------------------------------------------- */
 /* CLIP's text transformer (Radford et al. 2021, §2.4: a GPT-2 style pre-LayerNorm transformer)
    turns the 77 token ids of a prompt into 77 vectors that the UNet attends to. SD1 uses OpenAI's
@@ -7168,6 +7643,250 @@ SD_API void sd_guidance(const float *uncond, const float *cond, float scale, siz
     for (size_t i = 0; i < n; i++) out[i] = uncond[i] + scale * (cond[i] - uncond[i]);
 }
 
+/* The i-th of n points of numpy.linspace(0, T - 1, n), counted from the top: numpy multiplies the
+   index by the step in double and puts the end point exactly. */
+static double linspace_from_top(int T, int n, int i)
+{
+    int k = n - 1 - i;
+    return n == 1 ? 0 : k == n - 1 ? T - 1 : k * ((double)(T - 1) / (n - 1));
+}
+
+/* numpy.interp of the training sigmas at a (fractional) timestep t, in double as numpy does. */
+static double interp_sigma(const sd_schedule *s, double t)
+{
+    int T = s->num_train_timesteps;
+    if (t <= 0) return s->sigmas[0];
+    if (t >= T - 1) return s->sigmas[T - 1];
+    int j = (int)t;
+    if (t == j) return s->sigmas[j];
+    return ((double)s->sigmas[j + 1] - s->sigmas[j]) * (t - j) + s->sigmas[j];
+}
+
+/* The fractional timestep of a sigma, by linear interpolation of log sigma over the training
+   table (diffusers' _sigma_to_t): log_sigmas are float32 as numpy keeps them, the rest double,
+   except the float32 difference of the two table entries that numpy computes in float32. */
+static double sigma_to_timestep(const float *log_sigmas, int T, double sigma)
+{
+    double ls = log(sigma > 1e-10 ? sigma : 1e-10);
+    int low = 0;   /* the last entry not above ls (0 if none), kept below the top one */
+    for (int i = 0; i < T; i++) if (ls - log_sigmas[i] >= 0) low = i;
+    if (low > T - 2) low = T - 2;
+    float span = log_sigmas[low] - log_sigmas[low + 1];
+    double w = ((double)log_sigmas[low] - ls) / span;
+    w = w < 0 ? 0 : w > 1 ? 1 : w;
+    return (1 - w) * low + w * (low + 1);
+}
+
+/* Karras et al. (2022), eq. 5: sigmas evenly spaced in sigma^(1/7) from the schedule's largest to
+   its smallest, in double (numpy), stored as float32; the timesteps the UNet sees are those
+   sigmas mapped back onto the training table, rounded half to even as numpy.round does. */
+static void karras_schedule(sd_sampler *smp, const sd_schedule *s)
+{
+    int T = s->num_train_timesteps, n = smp->steps;
+    float log_sigmas[SD_MAX_TRAIN_TIMESTEPS];
+    for (int t = 0; t < T; t++) log_sigmas[t] = logf(s->sigmas[t]);
+    double rho = 7.0, max_inv = pow(s->sigmas[T - 1], 1 / rho), min_inv = pow(s->sigmas[0], 1 / rho);
+    for (int k = 0; k < n; k++) {
+        double ramp = k == n - 1 && n > 1 ? 1 : k * (n > 1 ? 1.0 / (n - 1) : 0);   /* numpy.linspace(0, 1, n) */
+        double sigma = pow(max_inv + ramp * (min_inv - max_inv), rho);
+        smp->sigmas[k] = (float)sigma;
+        smp->timesteps[k] = (float)nearbyint(sigma_to_timestep(log_sigmas, T, sigma));
+    }
+}
+
+/* alpha = 1/sqrt(sigma² + 1) and sigma·alpha: the variance-preserving pair (sqrt(a_t), sqrt(1 - a_t))
+   of a noise level, in float32 as diffusers computes them. */
+static float vp_alpha(float sigma) { return 1.0f / sqrtf(sigma * sigma + 1.0f); }
+
+/* DPM-Solver's time variable: lambda = log(alpha) - log(sigma·alpha), half the log signal-to-noise ratio. */
+static float dpm_lambda(float sigma)
+{
+    float alpha = vp_alpha(sigma);
+    return logf(alpha) - logf(sigma * alpha);
+}
+
+/* The timesteps and sigmas of the run. Everything but Euler's linspace and Karras is integral and
+   is DDIM's spacing rule; DPM-Solver spreads steps + 1 points and drops the last (leading, linspace). */
+static int sampler_schedule(sd_sampler *smp, const sd_schedule *s, int spacing, int steps_offset, sd_error *err)
+{
+    int T = s->num_train_timesteps, n = smp->steps, ts[SD_MAX_TRAIN_TIMESTEPS], rc;
+    int euler = smp->kind == SD_SAMPLER_EULER || smp->kind == SD_SAMPLER_EULER_A;
+    if (smp->kind == SD_SAMPLER_DPMPP_2M && smp->karras) {
+        karras_schedule(smp, s);
+    } else if (euler && spacing == SD_SPACING_LINSPACE) {   /* float32 and fractional: 999, 799.2, ... */
+        for (int k = 0; k < n; k++) smp->timesteps[k] = (float)linspace_from_top(T, n, k);
+    } else {
+        int points = smp->kind == SD_SAMPLER_DPMPP_2M && spacing != SD_SPACING_TRAILING ? n + 1 : n;
+        if (points > T)
+            return fail(err, SD_ERR_ARG, "sampler: DPM++ 2M takes at most %d steps with this spacing, not %d", T - 1, n);
+        if ((rc = sd_ddim_timesteps(s, points, spacing, steps_offset, ts, err))) return rc;
+        for (int k = 0; k < n; k++) smp->timesteps[k] = (float)ts[k];   /* DPM: the lowest point dropped */
+    }
+    if (!(smp->kind == SD_SAMPLER_DPMPP_2M && smp->karras))
+        for (int k = 0; k < n; k++) smp->sigmas[k] = (float)interp_sigma(s, smp->timesteps[k]);
+    smp->sigmas[n] = 0;   /* every sampler here ends on the clean latents */
+
+    /* Euler's latents carry noise of the largest sigma, but diffusers' rule for leading spacing
+       (SDXL's default) is sqrt(sigma_max² + 1). DDIM and DPM++ work on variance-preserving
+       latents: unit noise. */
+    float max_sigma = 0;
+    for (int k = 0; k < n; k++) if (smp->sigmas[k] > max_sigma) max_sigma = smp->sigmas[k];
+    smp->init_noise_sigma = !euler ? 1.0f : spacing == SD_SPACING_LEADING ? sqrtf(max_sigma * max_sigma + 1.0f) : max_sigma;
+    return SD_OK;
+}
+
+SD_API int sd_sampler_init(sd_sampler *smp, const sd_schedule *s, int kind, int steps, int spacing,
+                           int steps_offset, int karras, int prediction, float eta, sd_error *err)
+{
+    static const char *names[] = { "DDIM", "Euler", "Euler a", "DPM++ 2M" };
+    if (!smp || !s) return fail(err, SD_ERR_ARG, "sampler: NULL argument");
+    int T = s->num_train_timesteps;
+    if (kind < SD_SAMPLER_DDIM || kind > SD_SAMPLER_DPMPP_2M) return fail(err, SD_ERR_ARG, "sampler: unknown kind %d", kind);
+    if (T < 2 || T > SD_MAX_TRAIN_TIMESTEPS) return fail(err, SD_ERR_ARG, "sampler: schedule of %d training timesteps, expected 2..%d", T, SD_MAX_TRAIN_TIMESTEPS);
+    if (steps < 1 || steps > T) return fail(err, SD_ERR_ARG, "sampler: %d steps, expected 1..%d", steps, T);
+    if (spacing != SD_SPACING_LEADING && spacing != SD_SPACING_TRAILING && spacing != SD_SPACING_LINSPACE)
+        return fail(err, SD_ERR_ARG, "sampler: unknown timestep spacing %d", spacing);
+    if (prediction != SD_PREDICT_EPSILON && prediction != SD_PREDICT_V)
+        return fail(err, SD_ERR_ARG, "sampler: unknown prediction type %d", prediction);
+    if (karras && kind != SD_SAMPLER_DPMPP_2M)
+        return fail(err, SD_ERR_UNSUPPORTED, "sampler: Karras sigmas are available with DPM++ 2M only, not %s", names[kind]);
+    if (!(eta >= 0 && isfinite(eta)) || (eta != 0 && kind != SD_SAMPLER_DDIM))
+        return fail(err, SD_ERR_ARG, "sampler: eta %g, expected >= 0 and only for DDIM (%s)", eta, names[kind]);
+    memset(smp, 0, sizeof *smp);
+    smp->kind = kind;
+    smp->steps = steps;
+    smp->prediction = prediction;
+    smp->karras = karras != 0;
+    smp->eta = eta;
+    smp->schedule = s;
+    smp->history_step = -1;
+    return sampler_schedule(smp, s, spacing, steps_offset, err);
+}
+
+SD_API float sd_sampler_input_scale(const sd_sampler *smp, int k)
+{
+    if (!smp || k < 0 || k >= smp->steps || (smp->kind != SD_SAMPLER_EULER && smp->kind != SD_SAMPLER_EULER_A)) return 1.0f;
+    return 1.0f / sqrtf(smp->sigmas[k] * smp->sigmas[k] + 1.0f);
+}
+
+/* x0 = cx·x + cm·model_out: the clean latents the UNet's output implies at noise level sigma.
+   Euler's latents are x = x0 + sigma·noise; DPM-Solver's (vp) are that times alpha, DDIM's scale.
+   epsilon: noise = model_out; v = alpha·noise - sigma·alpha·x0 (Salimans & Ho 2022). */
+static void x0_coefficients(int prediction, float sigma, int vp, float *cx, float *cm)
+{
+    float alpha = vp_alpha(sigma);
+    if (prediction == SD_PREDICT_EPSILON) { *cx = vp ? 1.0f / alpha : 1.0f; *cm = -sigma; }
+    else if (vp) { *cx = alpha; *cm = -sigma * alpha; }
+    else { *cx = 1.0f / (sigma * sigma + 1.0f); *cm = -sigma * alpha; }
+}
+
+/* Euler's method on the probability-flow ODE dx/dsigma = (x - x0)/sigma (Karras et al. 2022, alg. 2)
+   from sigma down to sigma_down, plus sigma_up·noise: plain Euler has sigma_down = sigma_next and
+   no noise; Euler a steps further down and adds fresh noise back up to sigma_next (ancestral sampling). */
+static void euler_step(const sd_sampler *smp, int k, float sigma_down, float sigma_up, const float *x,
+                       const float *m, size_t n, const float *noise, float *out, float *x0_out)
+{
+    float sigma = smp->sigmas[k], cx, cm, dt = sigma_down - sigma;
+    x0_coefficients(smp->prediction, sigma, 0, &cx, &cm);
+    for (size_t i = 0; i < n; i++) {
+        float x0 = cx * x[i] + cm * m[i], d = (x[i] - x0) / sigma;
+        float next = x[i] + d * dt;
+        if (noise) next += noise[i] * sigma_up;
+        if (x0_out) x0_out[i] = x0;
+        out[i] = next;
+    }
+}
+
+/* DPM-Solver++(2M) (Lu et al. 2022, alg. 2) with the midpoint rule: exact integration of the
+   linear part from lambda_s to lambda_t, the x0 prediction extrapolated from this and the
+   previous step (second order) or held constant (first order: the first step, the last, and
+   any step without the previous x0). The last step, to sigma 0, lands on x0 itself. */
+static void dpm_step(sd_sampler *smp, int k, const float *x, const float *m, size_t n, float *history,
+                     float *out, float *x0_out)
+{
+    float sigma = smp->sigmas[k], sigma_next = smp->sigmas[k + 1], cx, cm;
+    x0_coefficients(smp->prediction, sigma, 1, &cx, &cm);
+    int second = k > 0 && smp->history_step == k - 1 && k + 1 < smp->steps;
+    float alpha_t = vp_alpha(sigma_next), ratio = 0, c0 = 0, c1 = 0;
+    if (sigma_next > 0) {
+        float lambda_s = dpm_lambda(sigma), h = dpm_lambda(sigma_next) - lambda_s;
+        ratio = (sigma_next * alpha_t) / (sigma * vp_alpha(sigma));
+        c0 = alpha_t * (expf(-h) - 1.0f);
+        if (second) {   /* D1 = (x0_k - x0_{k-1}) / r0, r0 = h_{k-1} / h_k */
+            float r0 = (lambda_s - dpm_lambda(smp->sigmas[k - 1])) / h;
+            c1 = 0.5f * c0 * (1.0f / r0);
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        float x0 = cx * x[i] + cm * m[i];
+        float next = sigma_next > 0 ? ratio * x[i] - c0 * x0 : x0;
+        if (second) next -= c1 * (x0 - history[i]);
+        history[i] = x0;
+        if (x0_out) x0_out[i] = x0;
+        out[i] = next;
+    }
+    smp->history_step = k;
+}
+
+static int overlaps(const float *a, const float *b, size_t n)
+{
+    uintptr_t p = (uintptr_t)a, q = (uintptr_t)b, bytes = n * sizeof(float);
+    return a && b && n && p < q + bytes && q < p + bytes;
+}
+
+SD_API int sd_sampler_step(sd_sampler *smp, int k, const float *x, const float *model_out, size_t n,
+                           const float *noise, sd_rng *rng, float *history, float *out,
+                           float *x0_out, sd_error *err)
+{
+    if (!smp || !smp->schedule || !x || !model_out || !out) return fail(err, SD_ERR_ARG, "sampler step: NULL argument");
+    if (k < 0 || k >= smp->steps) return fail(err, SD_ERR_ARG, "sampler step: step %d of %d steps", k, smp->steps);
+    if (smp->kind == SD_SAMPLER_DDIM) {
+        const sd_schedule *s = smp->schedule;
+        int t = (int)smp->timesteps[k];
+        return sd_ddim_step(s, t, sd_ddim_prev_timestep(s, t, smp->steps), smp->prediction, smp->eta,
+                            x, model_out, n, noise, rng, out, x0_out, err);
+    }
+    if (smp->kind == SD_SAMPLER_DPMPP_2M) {
+        if (!history) return fail(err, SD_ERR_ARG, "sampler step: DPM++ 2M needs a history buffer of %zu floats", n);
+        if (overlaps(history, x, n) || overlaps(history, model_out, n) || overlaps(history, out, n) || overlaps(history, x0_out, n))
+            return fail(err, SD_ERR_ARG, "sampler step: the DPM++ 2M history buffer overlaps the latents");
+        dpm_step(smp, k, x, model_out, n, history, out, x0_out);
+        return SD_OK;
+    }
+    float sigma = smp->sigmas[k], sigma_next = smp->sigmas[k + 1], sigma_up = 0, sigma_down = sigma_next;
+    if (smp->kind == SD_SAMPLER_EULER_A) {
+        if (!noise && !rng) return fail(err, SD_ERR_ARG, "sampler step: Euler a needs noise or a generator");
+        if (!noise && (out == x || out == model_out))
+            return fail(err, SD_ERR_ARG, "sampler step: drawing Euler a's noise into out would overwrite its input");
+        /* the ancestral split (k-diffusion's get_ancestral_step): go down to sigma_down, where
+           adding sigma_up of fresh noise brings the variance back to sigma_next² */
+        sigma_up = sqrtf(sigma_next * sigma_next * (sigma * sigma - sigma_next * sigma_next) / (sigma * sigma));
+        sigma_down = sqrtf(sigma_next * sigma_next - sigma_up * sigma_up);
+        if (!noise) {   /* every step draws, the last too (sigma_up = 0), as diffusers' step() does */
+            sd_randn(rng, out, n);
+            noise = out;
+        }
+    }
+    euler_step(smp, k, sigma_down, sigma_up, x, model_out, n, smp->kind == SD_SAMPLER_EULER_A ? noise : NULL, out, x0_out);
+    return SD_OK;
+}
+
+SD_API int sd_sampler_add_noise(const sd_sampler *smp, int k, const float *x0, const float *noise,
+                                size_t n, float *out, sd_error *err)
+{
+    if (!smp || !smp->schedule || !x0 || !noise || !out) return fail(err, SD_ERR_ARG, "sampler add noise: NULL argument");
+    if (k < 0 || k >= smp->steps) return fail(err, SD_ERR_ARG, "sampler add noise: step %d of %d steps", k, smp->steps);
+    if (smp->kind == SD_SAMPLER_DDIM) return sd_add_noise(smp->schedule, (int)smp->timesteps[k], x0, noise, n, out, err);
+    float sigma = smp->sigmas[k];
+    if (smp->kind == SD_SAMPLER_DPMPP_2M) {   /* variance preserving: alpha·x0 + sigma·alpha·noise */
+        float alpha = vp_alpha(sigma), sigma_t = sigma * alpha;
+        for (size_t i = 0; i < n; i++) out[i] = alpha * x0[i] + sigma_t * noise[i];
+    } else {
+        for (size_t i = 0; i < n; i++) out[i] = x0[i] + noise[i] * sigma;
+    }
+    return SD_OK;
+}
+
 /* ---- 10. Pipeline -------------------------------------------------------------------------- */
 /* The front door: prompt → tokens → text encoder context (unconditional and conditional) → DDIM
    over the UNet with classifier-free guidance (Ho & Salimans 2022) → VAE decoder → pixels, as
@@ -7375,10 +8094,24 @@ SD_API void sd_params_init(sd_params *p)
     p->steps = 20;
     p->guidance = 7.5f;
     p->sampler = SD_SAMPLER_DDIM;
-    p->spacing = SD_SPACING_LEADING;
+    p->spacing = -1;
+    p->batch_count = 1;
+    p->weighting = 1;
     p->prediction = -1;
     p->threads = 1;
     p->strength = 0.8;
+}
+
+/* The sampler of a generation: the spacing asked for, or the model's scheduler config's, or
+   the sampler class's default as diffusers has it. */
+static int sampler_init(const sd_model *m, const sd_params *p, sd_sampler *smp, sd_error *err)
+{
+    int spacing = p->spacing;
+    const char *s = m->meta ? sd_safetensors_meta(m->meta, "sd.scheduler.timestep_spacing") : NULL;
+    if (spacing < 0 && s) spacing = !strcmp(s, "trailing") ? SD_SPACING_TRAILING : !strcmp(s, "linspace") ? SD_SPACING_LINSPACE : SD_SPACING_LEADING;
+    if (spacing < 0) spacing = p->sampler == SD_SAMPLER_DDIM ? SD_SPACING_LEADING : SD_SPACING_LINSPACE;
+    return sd_sampler_init(smp, &m->schedule, p->sampler, p->steps, spacing, m->steps_offset, p->karras,
+                           p->prediction >= 0 ? p->prediction : m->info.prediction, p->eta, err);
 }
 
 static int check_params(const sd_model *m, const sd_params *p, sd_error *err)
@@ -7389,7 +8122,7 @@ static int check_params(const sd_model *m, const sd_params *p, sd_error *err)
     if (p->steps < 1 || p->steps > m->schedule.num_train_timesteps)
         return fail(err, SD_ERR_ARG, "generate: %d steps, expected 1..%d", p->steps, m->schedule.num_train_timesteps);
     if (!(p->guidance >= 0 && p->guidance < 1000)) return fail(err, SD_ERR_ARG, "generate: guidance %g out of range", p->guidance);
-    if (p->sampler != SD_SAMPLER_DDIM) return fail(err, SD_ERR_UNSUPPORTED, "generate: sampler %d is not available (DDIM only)", p->sampler);
+    if (p->batch_count < 1 || p->batch_count > 10000) return fail(err, SD_ERR_ARG, "generate: batch_count %d, expected 1..10000", p->batch_count);
     if (p->threads < 1 || p->threads > SD_MAX_THREADS) return fail(err, SD_ERR_ARG, "generate: %d threads, expected 1..%d", p->threads, SD_MAX_THREADS);
     if (p->clip_skip < 0 || p->clip_skip > m->te[0].output_layer) return fail(err, SD_ERR_ARG, "generate: clip_skip %d, expected 0..%d", p->clip_skip, m->te[0].output_layer);
     for (int i = 0; i < 2; i++)
@@ -7405,8 +8138,9 @@ static int check_params(const sd_model *m, const sd_params *p, sd_error *err)
     if (p->init_rgb && !sd_vae_get_config(m->vae)->has_encoder)
         return fail(err, SD_ERR_UNSUPPORTED, "generate: img2img needs a VAE encoder; this checkpoint has only the decoder");
     /* the schedule itself, so that no error waits until after the text encoder has run */
-    int ts[SD_MAX_TRAIN_TIMESTEPS], start, rc;
-    if ((rc = sd_ddim_timesteps(&m->schedule, p->steps, p->spacing, m->steps_offset, ts, err))) return rc;
+    sd_sampler smp;
+    int start, rc;
+    if ((rc = sampler_init(m, p, &smp, err))) return rc;
     if (p->init_rgb && (rc = sd_img2img_start(p->steps, p->strength, &start, err))) return rc;
     return SD_OK;
 }
@@ -7418,46 +8152,85 @@ static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 /* Whether the decode goes in tiles: asked for, and the latent larger than one tile. */
 static int tiled_decode(const sd_params *p, int h, int w) { return p->vae_tile > 0 && (h > p->vae_tile || w > p->vae_tile); }
 
-/* The text stage's arena bytes for B prompts of L tokens: ids, one encoder's output, the pooled
-   embedding, then the larger of the tokenizer's and the encoders' scratch. */
-static size_t text_stage_bytes(const sd_model *m, int B, int L, size_t tokenizer_scratch)
+/* The most chunks of 77 tokens a prompt can give, from its length alone, so that memory can be
+   planned before tokenizing: a chunk per BREAK, and one per 75 tokens, where a token takes at
+   least half a byte of text (NFC can split one character into two). */
+static int prompt_chunk_bound(const char *text)
 {
-    size_t rows = (size_t)B * L, width = 0, most = tokenizer_scratch;
+    size_t n = text ? strlen(text) : 0, breaks = 0, chunks;
+    for (const char *s = text; s && (s = strstr(s, "BREAK")) != NULL; s += 5) breaks++;
+    chunks = 1 + breaks + (2 * n + 74) / 75;
+    return chunks < SD_PROMPT_MAX_CHUNKS ? (int)chunks : SD_PROMPT_MAX_CHUNKS;
+}
+
+static int chunk_bound(const sd_params *p)
+{
+    int c = prompt_chunk_bound(p->prompt), n = prompt_chunk_bound(p->negative_prompt);
+    return c > n ? c : n;
+}
+
+/* The text stage's arena bytes for B prompts of C chunks: ids, weights, one encoder's output,
+   the pooled embeddings, then the larger of the chunker's and the encoders' scratch. */
+static size_t text_stage_bytes(const sd_model *m, const sd_params *p, int B, int C)
+{
+    size_t rows = (size_t)B * C * SD_TEXT_TOKENS, width = 0;
+    size_t most = sd_prompt_arena_bytes(max_size(prompt_size(p->prompt), prompt_size(p->negative_prompt)));
     for (int e = 0; e < m->encoders; e++) {
-        size_t enc = sd_text_encoder_arena_bytes(&m->te[e], B * (L / SD_TEXT_TOKENS), e == 1);
+        size_t enc = sd_text_encoder_arena_bytes(&m->te[e], B * C, e == 1);
         if (enc == (size_t)-1) return (size_t)-1;
         most = max_size(most, enc);
         width = max_size(width, (size_t)m->te[e].width);
     }
-    return float_bytes(rows) + float_bytes(rows * width) + (m->encoders == 2 ? float_bytes((size_t)B * m->te[1].proj_dim) : 0) + most;
+    return 2 * float_bytes(rows) + float_bytes(rows * width) + (m->encoders == 2 ? float_bytes((size_t)B * C * m->te[1].proj_dim) : 0) + most;
 }
 
-/* 1. Text: ctx [B, L, context_dim] (SDXL: both encoders' outputs side by side) and SDXL's y
-   [B, add_dim]. With guidance the batch is (negative prompt, prompt), unconditional first. */
-static int encode_text(const sd_model *m, const sd_params *p, int B, float *ctx, float *y, sd_pool *pool, sd_arena *a, sd_error *err)
+/* A prompt's chunks for encoder e, padded to `chunks`, into ids and weights [chunks, 77]. */
+static int prompt_chunks(const sd_model *m, const sd_params *p, const char *text, int e, int chunks,
+                         int32_t *ids, float *weights, sd_arena *a, sd_error *err)
+{
+    size_t mark = sd_arena_mark(a);
+    int32_t *cids;
+    float *cw;
+    int got, rc = sd_prompt_chunks(m->vocab, text, strlen(text), m->pad[e], p->weighting, 0, chunks, &cids, &cw, &got, a, err);
+    if (!rc && got != chunks) rc = fail(err, SD_ERR_ARG, "generate: the prompts tokenize to %d chunks, not the %d planned", got, chunks);
+    if (!rc) {
+        memcpy(ids, cids, (size_t)chunks * SD_TEXT_TOKENS * sizeof *ids);
+        memcpy(weights, cw, (size_t)chunks * SD_TEXT_TOKENS * sizeof *weights);
+    }
+    sd_arena_reset(a, mark);
+    return rc;
+}
+
+/* 1. Text: ctx [B, C·77, context_dim] (SDXL: both encoders' outputs side by side; C chunks of 77
+   tokens, the shorter prompt padded with empty chunks) and SDXL's y [B, add_dim]. With guidance
+   the batch is (negative prompt, prompt), unconditional first. Each chunk goes through the
+   encoder on its own and is weighted by its tokens' (A1111's) weights. */
+static int encode_text(const sd_model *m, const sd_params *p, int B, int C, float *ctx, float *y, sd_pool *pool, sd_arena *a, sd_error *err)
 {
     const char *text[2] = {p->negative_prompt ? p->negative_prompt : "", p->prompt ? p->prompt : ""};
-    size_t mark = sd_arena_mark(a), rows = (size_t)B * SD_TEXT_TOKENS, width = 0, D = (size_t)m->context_dim, offset = 0;
+    size_t mark = sd_arena_mark(a), rows = (size_t)B * C * SD_TEXT_TOKENS, width = 0, D = (size_t)m->context_dim, offset = 0;
     for (int e = 0; e < m->encoders; e++) width = max_size(width, (size_t)m->te[e].width);
     int32_t *ids = (int32_t *)arena_array(a, rows, sizeof(int32_t), err);
-    float *hidden = ids ? arena_floats(a, rows * width, err) : NULL;
-    float *pooled = hidden && m->encoders == 2 ? arena_floats(a, (size_t)B * m->te[1].proj_dim, err) : NULL;
+    float *weights = ids ? arena_floats(a, rows, err) : NULL, *hidden = weights ? arena_floats(a, rows * width, err) : NULL;
+    float *pooled = hidden && m->encoders == 2 ? arena_floats(a, (size_t)B * C * m->te[1].proj_dim, err) : NULL;
     int rc = SD_OK;
     if (!hidden || (m->encoders == 2 && !pooled)) { rc = SD_ERR_MEMORY; goto done; }
     for (int e = 0; e < m->encoders; e++) {
         const sd_text_encoder *te = &m->te[e];
-        for (int b = 0; b < B; b++)
-            if ((rc = sd_clip_tokenize(m->vocab, text[2 - B + b], strlen(text[2 - B + b]), m->pad[e],
-                                       ids + b * SD_CLIP_CONTEXT, NULL, a, err))) goto done;
-        if ((rc = sd_text_encode(te, ids, B, p->clip_skip, hidden, e == 1 ? pooled : NULL, pool, a, err))) goto done;
+        for (int b = 0; b < B && !rc; b++)
+            rc = prompt_chunks(m, p, text[2 - B + b], e, C, ids + (size_t)b * C * SD_TEXT_TOKENS, weights + (size_t)b * C * SD_TEXT_TOKENS, a, err);
+        if (rc || (rc = sd_text_encode(te, ids, B * C, p->clip_skip, hidden, e == 1 ? pooled : NULL, pool, a, err))) goto done;
+        for (int c = 0; c < B * C; c++)
+            sd_prompt_weight(hidden + (size_t)c * SD_TEXT_TOKENS * te->width, weights + (size_t)c * SD_TEXT_TOKENS, SD_TEXT_TOKENS, te->width);
         for (size_t r = 0; r < rows; r++) memcpy(ctx + r * D + offset, hidden + r * te->width, (size_t)te->width * sizeof(float));
         offset += (size_t)te->width;
     }
     if (m->encoders == 2) {
-        /* SDXL: no negative prompt means zeros, not the encoding of "" */
+        /* SDXL: no negative prompt means zeros, not the encoding of ""; the pooled embedding is
+           the first chunk's */
         int P = m->te[1].proj_dim, H = p->height, W = p->width;
         if (B == 2 && !p->negative_prompt) {
-            memset(ctx, 0, (size_t)SD_TEXT_TOKENS * D * sizeof(float));
+            memset(ctx, 0, (size_t)C * SD_TEXT_TOKENS * D * sizeof(float));
             memset(pooled, 0, (size_t)P * sizeof(float));
         }
         /* the size conditioning: the image's original size, the crop's top-left corner, the target size */
@@ -7465,11 +8238,29 @@ static int encode_text(const sd_model *m, const sd_params *p, int B, float *ctx,
                           (float)p->crop_top_left[0], (float)p->crop_top_left[1],
                           (float)(p->target_size[0] ? p->target_size[0] : H), (float)(p->target_size[1] ? p->target_size[1] : W)};
         for (int b = 0; b < B && !rc; b++)
-            rc = sd_unet_add_vector(m->unet, pooled + (size_t)b * P, P, sizes, y + (size_t)b * sd_unet_add_dim(m->unet), err);
+            rc = sd_unet_add_vector(m->unet, pooled + (size_t)b * C * P, P, sizes, y + (size_t)b * sd_unet_add_dim(m->unet), err);
     }
 done:
     sd_arena_reset(a, mark);
     return rc;
+}
+
+/* How many chunks the prompts take (the longer one's). */
+static int count_chunks(const sd_model *m, const sd_params *p, int B, int *chunks, sd_arena *a, sd_error *err)
+{
+    const char *text[2] = {p->negative_prompt ? p->negative_prompt : "", p->prompt ? p->prompt : ""};
+    *chunks = 1;
+    for (int b = 0; b < B; b++) {
+        size_t mark = sd_arena_mark(a);
+        int32_t *ids;
+        int got, rc = sd_prompt_chunks(m->vocab, text[2 - B + b], strlen(text[2 - B + b]), m->pad[0], p->weighting, 0, 1, &ids, NULL, &got, a, err);
+        sd_arena_reset(a, mark);
+        if (rc) return rc;
+        if (got > *chunks) *chunks = got;
+    }
+    if (*chunks > chunk_bound(p))
+        return fail(err, SD_ERR_ARG, "generate: the prompt tokenizes to %d chunks of 75 tokens, more than the %d its length allows for", *chunks, chunk_bound(p));
+    return SD_OK;
 }
 
 /* The memory plan of sd_generate, in the order it allocates: what lives through the whole run,
@@ -7477,17 +8268,17 @@ done:
 SD_API size_t sd_generate_arena_bytes(const sd_model *m, const sd_params *p)
 {
     if (check_params(m, p, NULL)) return 0;
-    int h = p->height / 8, w = p->width / 8, B = p->guidance != 1.0f ? 2 : 1, L = SD_TEXT_TOKENS;
+    int h = p->height / 8, w = p->width / 8, B = p->guidance > 1.0f ? 2 : 1, C = chunk_bound(p), L = C * SD_TEXT_TOKENS;
     const sd_vae_config *vc = sd_vae_get_config(m->vae);
     uint64_t lat = (uint64_t)4 * h * w, pix = (uint64_t)3 * p->height * p->width;
-    size_t scratch = sd_clip_scratch_bytes(max_size(prompt_size(p->prompt), prompt_size(p->negative_prompt)));
-    size_t text_enc = text_stage_bytes(m, B, L, scratch), unet_pass = sd_unet_arena_bytes(m->unet, B, h, w, L);
+    size_t text_enc = text_stage_bytes(m, p, B, C), unet_pass = sd_unet_arena_bytes(m->unet, B, h, w, L);
     size_t vae_dec = tiled_decode(p, h, w) ? sd_vae_decode_tiled_arena_bytes(vc, h, w, p->vae_tile, p->vae_tile / 4)
                                            : sd_vae_decode_arena_bytes(vc, h, w), vae_enc = p->init_rgb ? sd_vae_encode_arena_bytes(vc, p->height, p->width) : 1;
     if (text_enc == (size_t)-1 || unet_pass == (size_t)-1 || !vae_dec || !vae_enc) return 0;   /* a stage cannot run this size */
     uint64_t keep = pool_arena_bytes(p->threads) + float_bytes((uint64_t)B * L * m->context_dim)   /* context */
                   + float_bytes((uint64_t)B * sd_unet_add_dim(m->unet))   /* SDXL's y */
                   + 3 * float_bytes(lat)                                  /* latents, noise_pred, spare */
+                  + (p->sampler == SD_SAMPLER_DPMPP_2M ? float_bytes(lat) : 0)   /* DPM++'s previous x0 */
                   + 2 * float_bytes((uint64_t)B * lat) + float_bytes(B);  /* UNet in and out, timesteps */
     uint64_t text = text_enc;
     uint64_t encode = p->init_rgb ? float_bytes(pix) + float_bytes(2 * lat) + 2 * float_bytes(lat) + vae_enc : 0;
@@ -7498,33 +8289,31 @@ SD_API size_t sd_generate_arena_bytes(const sd_model *m, const sd_params *p)
     return keep + stage > (uint64_t)SIZE_MAX ? 0 : (size_t)(keep + stage);
 }
 
-/* The body of sd_generate, on an arena already known to be large enough. */
-static int generate(const sd_model *m, const sd_params *p, sd_pool *pool, sd_arena *a, uint8_t *rgb, sd_error *err)
+/* One image of a generation (steps 2-4) from the text stage's conditioning, with the generator
+   seeded for it; rgb gets its pixels. */
+static int generate_image(const sd_model *m, const sd_params *p, int first, const sd_unet_cond *cond, int B, sd_rng *rng,
+                          sd_pool *pool, sd_arena *a, uint8_t *rgb, sd_error *err)
 {
-    int h = p->height / 8, w = p->width / 8, B = p->guidance != 1.0f ? 2 : 1, rc, start = 0;
-    int prediction = p->prediction >= 0 ? p->prediction : m->info.prediction, ts[SD_MAX_TRAIN_TIMESTEPS];
-    size_t lat = (size_t)4 * h * w, pix = (size_t)3 * p->height * p->width, D = (size_t)m->context_dim;
+    int h = p->height / 8, w = p->width / 8, rc, start = 0;
+    size_t lat = (size_t)4 * h * w, pix = (size_t)3 * p->height * p->width, mark = sd_arena_mark(a);
     float scale = m->info.vae_scale;
-    float *ctx = arena_floats(a, (size_t)B * SD_CLIP_CONTEXT * D, err);
-    float *y = sd_unet_add_dim(m->unet) ? arena_floats(a, (size_t)B * sd_unet_add_dim(m->unet), err) : NULL;
-    sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, y};
     float *latents = arena_floats(a, lat, err), *noise_pred = arena_floats(a, lat, err), *spare = arena_floats(a, lat, err);
     float *unet_in = arena_floats(a, (size_t)B * lat, err), *unet_out = arena_floats(a, (size_t)B * lat, err);
     float *timesteps = arena_floats(a, (size_t)B, err);
-    sd_rng rng;
-    if (!timesteps || (sd_unet_add_dim(m->unet) && !y)) return SD_ERR_MEMORY;
+    float *history = p->sampler == SD_SAMPLER_DPMPP_2M ? arena_floats(a, lat, err) : NULL;
+    sd_sampler smp;
+    if (!timesteps || (p->sampler == SD_SAMPLER_DPMPP_2M && !history)) return SD_ERR_MEMORY;
+    if ((rc = sampler_init(m, p, &smp, err))) return rc;
 
-    if ((rc = encode_text(m, p, B, ctx, y, pool, a, err))) return rc;
-
-    /* 2. The starting latents: noise from the seed (txt2img), or the init image's latent noised
-       to the first kept timestep (img2img), drawing from the generator in diffusers' order. */
-    if ((rc = sd_ddim_timesteps(&m->schedule, p->steps, p->spacing, m->steps_offset, ts, err))) return rc;
-    sd_rng_seed(&rng, p->seed);
+    /* 2. The starting latents: noise from the seed at the sampler's first noise level (txt2img),
+       or the init image's latent noised to the first kept step (img2img), drawing from the
+       generator in diffusers' order. */
     if (!p->init_rgb) {
-        if (p->initial_latents) memcpy(latents, p->initial_latents, lat * sizeof(float));
-        else sd_randn(&rng, latents, lat);   /* DDIM's init_noise_sigma is 1 */
+        if (p->initial_latents && first) memcpy(latents, p->initial_latents, lat * sizeof(float));
+        else sd_randn(rng, latents, lat);
+        for (size_t i = 0; i < lat; i++) latents[i] *= smp.init_noise_sigma;
     } else {
-        size_t mark = sd_arena_mark(a);
+        size_t stage = sd_arena_mark(a);
         float *image = arena_floats(a, pix, err), *moments = arena_floats(a, 2 * lat, err);
         float *mean = arena_floats(a, lat, err), *std = arena_floats(a, lat, err);
         if (!std) return SD_ERR_MEMORY;
@@ -7534,34 +8323,35 @@ static int generate(const sd_model *m, const sd_params *p, sd_pool *pool, sd_are
                 image[c * (size_t)p->height * p->width + i] = (float)p->init_rgb[3 * i + c] / 255.0f * 2.0f - 1.0f;
         if ((rc = sd_vae_encode(m->vae, image, p->height, p->width, moments, pool, a, err))) return rc;
         sd_vae_posterior(moments, 4, h, w, mean, NULL, std);
-        if (p->posterior_noise) memcpy(spare, p->posterior_noise, lat * sizeof(float));
-        else sd_randn(&rng, spare, lat);
+        if (p->posterior_noise && first) memcpy(spare, p->posterior_noise, lat * sizeof(float));
+        else sd_randn(rng, spare, lat);
         sd_vae_sample(mean, std, spare, lat, latents);
         for (size_t i = 0; i < lat; i++) latents[i] *= scale;
-        if (p->noise) memcpy(spare, p->noise, lat * sizeof(float));
-        else sd_randn(&rng, spare, lat);
-        if ((rc = sd_add_noise(&m->schedule, ts[start], latents, spare, lat, latents, err))) return rc;
-        sd_arena_reset(a, mark);
+        if (p->noise && first) memcpy(spare, p->noise, lat * sizeof(float));
+        else sd_randn(rng, spare, lat);
+        if ((rc = sd_sampler_add_noise(&smp, start, latents, spare, lat, latents, err))) return rc;
+        sd_arena_reset(a, stage);
     }
 
-    /* 3. Denoise: one batched UNet pass per step, guidance, DDIM. */
+    /* 3. Denoise: one batched UNet pass per step (both halves see the same scaled latents),
+       guidance, one sampler step. */
     for (int k = start; k < p->steps; k++) {
-        int t = ts[k], t_prev = sd_ddim_prev_timestep(&m->schedule, t, p->steps);
+        float in_scale = sd_sampler_input_scale(&smp, k);
         for (int b = 0; b < B; b++) {
-            memcpy(unet_in + b * lat, latents, lat * sizeof(float));
-            timesteps[b] = (float)t;
+            for (size_t i = 0; i < lat; i++) unet_in[b * lat + i] = latents[i] * in_scale;
+            timesteps[b] = smp.timesteps[k];
         }
-        if ((rc = sd_unet(m->unet, unet_in, timesteps, &cond, B, h, w, unet_out, pool, a, err))) return rc;
+        if ((rc = sd_unet(m->unet, unet_in, timesteps, cond, B, h, w, unet_out, pool, a, err))) return rc;
         if (B == 2) sd_guidance(unet_out, unet_out + lat, p->guidance, lat, noise_pred);
         else memcpy(noise_pred, unet_out, lat * sizeof(float));
-        if ((rc = sd_ddim_step(&m->schedule, t, t_prev, prediction, p->eta, latents, noise_pred, lat,
-                               NULL, &rng, spare, NULL, err))) return rc;
+        const float *noise = p->step_noise && first ? p->step_noise + (size_t)k * lat : NULL;
+        if ((rc = sd_sampler_step(&smp, k, latents, noise_pred, lat, noise, rng, history, spare, NULL, err))) return rc;
         memcpy(latents, spare, lat * sizeof(float));
         if (p->preview) p->preview(p->user, k - start + 1, latents, h, w);
         if (p->progress && p->progress(p->user, k - start + 1, p->steps - start))
             return fail(err, SD_ERR_CANCELLED, "generate: cancelled after step %d of %d", k - start + 1, p->steps - start);
     }
-    if (p->latents_out) memcpy(p->latents_out, latents, lat * sizeof(float));
+    if (p->latents_out && first) memcpy(p->latents_out, latents, lat * sizeof(float));
 
     /* 4. Decode: the VAE sees latents / scaling_factor; pixels = round(255·clamp(x/2 + 1/2)). */
     {
@@ -7571,7 +8361,7 @@ static int generate(const sd_model *m, const sd_params *p, sd_pool *pool, sd_are
         rc = tiled_decode(p, h, w) ? sd_vae_decode_tiled(m->vae, spare, h, w, p->vae_tile, p->vae_tile / 4, image, pool, a, err)
                                    : sd_vae_decode(m->vae, spare, h, w, image, pool, a, err);
         if (rc) return rc;
-        if (p->image_out) memcpy(p->image_out, image, pix * sizeof(float));
+        if (p->image_out && first) memcpy(p->image_out, image, pix * sizeof(float));
         size_t plane = (size_t)p->height * p->width;
         for (size_t i = 0; i < plane; i++)
             for (int c = 0; c < 3; c++) {
@@ -7579,6 +8369,26 @@ static int generate(const sd_model *m, const sd_params *p, sd_pool *pool, sd_are
                 v = v < 0 ? 0 : v > 1 ? 1 : v;
                 rgb[3 * i + c] = (uint8_t)nearbyintf(v * 255.0f);   /* numpy's round: half to even */
             }
+    }
+    sd_arena_reset(a, mark);
+    return SD_OK;
+}
+
+/* The body of sd_generate, on an arena already known to be large enough: the text once, then
+   each image. */
+static int generate(const sd_model *m, const sd_params *p, sd_pool *pool, sd_arena *a, uint8_t *rgb, sd_error *err)
+{
+    int B = p->guidance > 1.0f ? 2 : 1, rc, add = sd_unet_add_dim(m->unet), C;
+    if ((rc = count_chunks(m, p, B, &C, a, err))) return rc;
+    float *ctx = arena_floats(a, (size_t)B * C * SD_TEXT_TOKENS * m->context_dim, err);
+    float *y = add ? arena_floats(a, (size_t)B * add, err) : NULL;
+    sd_unet_cond cond = {ctx, C * SD_TEXT_TOKENS, y};
+    if (!ctx || (add && !y)) return SD_ERR_MEMORY;
+    if ((rc = encode_text(m, p, B, C, ctx, y, pool, a, err))) return rc;
+    for (int i = 0; i < p->batch_count; i++) {
+        sd_rng rng;
+        sd_rng_seed(&rng, p->seed + (uint64_t)i);
+        if ((rc = generate_image(m, p, i == 0, &cond, B, &rng, pool, a, rgb + (size_t)i * 3 * p->width * p->height, err))) return rc;
     }
     return SD_OK;
 }

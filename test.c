@@ -1010,6 +1010,466 @@ static void test_ddim(void)
     test_ddim_pipelines();
 }
 
+/* The samplers against diffusers: every GOLDEN_DIR/scheduler/ file, by its `class` metadata
+   (none: the DDIM file of §3) — Euler, Euler a, DPM++ 2M with or without Karras sigmas, and DDIM
+   through the same sampler object. For each: the timesteps, sigmas and init_noise_sigma of every
+   spacing and step count the file holds, and its step sequences (scale_model_input, prev_sample,
+   pred_original_sample per step), fed diffusers' sample at every step, then run on from our own
+   outputs (which exercises DPM++'s multistep state). Then the checks that need no data:
+   argument errors, Euler a's noise drawn like torch, img2img noising against the steps. */
+
+static int sampler_kind_from_class(const char *cls)
+{
+    return !cls || !strcmp(cls, "DDIMScheduler") ? SD_SAMPLER_DDIM
+         : !strcmp(cls, "EulerDiscreteScheduler") ? SD_SAMPLER_EULER
+         : !strcmp(cls, "EulerAncestralDiscreteScheduler") ? SD_SAMPLER_EULER_A
+         : !strcmp(cls, "DPMSolverMultistepScheduler") ? SD_SAMPLER_DPMPP_2M : -1;
+}
+
+/* A JSON boolean of the config, or dflt when absent. */
+static int config_flag(const char *cfg, const char *key, int dflt)
+{
+    json j;
+    if (!config_find(&j, cfg, key)) return dflt;
+    return !strncmp(j.p, "true", 4) ? 1 : !strncmp(j.p, "false", 5) ? 0 : dflt;
+}
+
+/* The config option (if any) that asks for a variant of the scheduler these samplers are not. */
+static const char *sampler_config_unsupported(int kind, const char *cfg)
+{
+    char buf[64];
+    if (config_flag(cfg, "rescale_betas_zero_snr", 0)) return "rescale_betas_zero_snr";
+    if (kind == SD_SAMPLER_EULER) {
+        if (strcmp(config_string(cfg, "interpolation_type", buf, sizeof buf, "linear"), "linear")) return "interpolation_type";
+        if (strcmp(config_string(cfg, "timestep_type", buf, sizeof buf, "discrete"), "discrete")) return "timestep_type";
+        if (config_flag(cfg, "use_karras_sigmas", 0)) return "use_karras_sigmas";
+    }
+    if (kind == SD_SAMPLER_DPMPP_2M) {
+        if (strcmp(config_string(cfg, "algorithm_type", buf, sizeof buf, "dpmsolver++"), "dpmsolver++")) return "algorithm_type";
+        if (strcmp(config_string(cfg, "solver_type", buf, sizeof buf, "midpoint"), "midpoint")) return "solver_type";
+        if (strcmp(config_string(cfg, "final_sigmas_type", buf, sizeof buf, "zero"), "zero")) return "final_sigmas_type";
+        if (config_number(cfg, "solver_order", 2) != 2) return "solver_order";
+        if (config_flag(cfg, "use_lu_lambdas", 0)) return "use_lu_lambdas";
+        if (config_flag(cfg, "thresholding", 0)) return "thresholding";
+        json j;   /* a finite lambda_min_clipped cuts the top timesteps (cosine schedules) */
+        if (config_find(&j, cfg, "lambda_min_clipped") && strncmp(j.p, "\"-inf\"", 6) && strncmp(j.p, "-Infinity", 9)) return "lambda_min_clipped";
+    }
+    return NULL;
+}
+
+/* Timestep i of a golden timesteps tensor: F32 (Euler's fractional ones) or I64. */
+static double golden_timestep_at(const sd_tensor *t, int64_t i)
+{
+    return t->dtype == SD_F32 ? ((const float *)t->data)[i] : (double)golden_i64_at(t, i);
+}
+
+/* Our timesteps equal diffusers' exactly (the UNet embeds them as they are). */
+static void check_sampler_timesteps(const char *what, const sd_sampler *smp, const sd_tensor *t)
+{
+    int bad = -1;
+    if (!CHECK(t && (t->dtype == SD_F32 || t->dtype == SD_I64) && sd_tensor_numel(t) == smp->steps,
+               "%s: not %d timesteps (F32 or I64)", what, smp->steps)) return;
+    for (int k = 0; k < smp->steps && bad < 0; k++) if ((double)smp->timesteps[k] != golden_timestep_at(t, k)) bad = k;
+    CHECK(bad < 0, "%s: entry %d is %.9g, diffusers has %.9g", what, bad, bad >= 0 ? smp->timesteps[bad] : 0.0,
+          bad >= 0 ? golden_timestep_at(t, bad) : 0.0);
+}
+
+/* seq.{pt}.*: ten steps of one prediction type from diffusers' initial noise and model outputs. */
+static void check_sampler_sequence(golden_file *g, int kind, const ddim_config *c, int karras, const char *pt)
+{
+    int prediction = !strcmp(pt, "epsilon") ? SD_PREDICT_EPSILON : !strcmp(pt, "v_prediction") ? SD_PREDICT_V : -1;
+    const sd_tensor *gts = sd_safetensors_find(&g->st, "seq.timesteps");
+    char name[128], what[1300];
+    sd_sampler smp;
+    sd_error err;
+    int64_t n, m;
+    if (!CHECK(prediction >= 0 && gts, "%s: unknown prediction type '%s' or no seq.timesteps", g->path, pt)) return;
+    int steps = (int)sd_tensor_numel(gts);
+    if (!CHECK(!sd_sampler_init(&smp, &c->s, kind, steps, c->spacing, c->steps_offset, karras, prediction, 0, &err),
+               "%s seq: %s", g->path, err.message)) return;
+    snprintf(what, sizeof what, "%s seq.timesteps", g->path);
+    check_sampler_timesteps(what, &smp, gts);
+    const float *want = golden_f32(g, "seq.sigmas", &m);
+    snprintf(what, sizeof what, "%s seq.sigmas", g->path);
+    if (want && CHECK(m == steps + 1, "%s: %lld values", what, (long long)m)) check_close(what, smp.sigmas, want, m, 2e-6);
+    snprintf(what, sizeof what, "%s seq.init_noise_sigma", g->path);
+    if ((want = golden_f32(g, "seq.init_noise_sigma", NULL))) check_close(what, &smp.init_noise_sigma, want, 1, 2e-6);
+
+    const float *initial = golden_f32(g, "seq.initial_noise", &n);
+    if (!initial) return;
+    float *buf = (float *)malloc((size_t)n * 5 * sizeof(float));
+    float *x = buf, *out = buf + n, *x0 = buf + 2 * n, *history = buf + 3 * n, *scaled = buf + 4 * n;
+    for (int64_t i = 0; i < n; i++) x[i] = initial[i] * smp.init_noise_sigma;
+    snprintf(name, sizeof name, "seq.%s.step0.sample", pt);
+    snprintf(what, sizeof what, "%s %s (initial noise · init_noise_sigma)", g->path, name);
+    if ((want = golden_f32(g, name, &m)) && CHECK(m == n, "%s: size", what)) check_close(what, x, want, n, 2e-6);
+
+    /* pass 0: each step from diffusers' sample (single steps, 2e-6); pass 1: the whole chain
+       from our own outputs, where float32 rounding may pile up over ten steps — 1e-5, a few
+       times the fp32-vs-fp64 spread the README gives for these sequences (<= 3e-6) */
+    for (int pass = 0; pass < 2; pass++) {
+        double tol = pass ? 1e-5 : 2e-6;
+        if (pass && !CHECK(!sd_sampler_init(&smp, &c->s, kind, steps, c->spacing, c->steps_offset, karras, prediction, 0, &err),
+                           "%s: %s", g->path, err.message)) break;
+        for (int64_t i = 0; pass && i < n; i++) x[i] = initial[i] * smp.init_noise_sigma;
+        for (int k = 0; k < steps; k++) {
+            const float *sample, *model, *noise, *want_prev, *want_x0, *want_scaled;
+            snprintf(name, sizeof name, "seq.%s.step%d.sample", pt, k);
+            if (!(sample = golden_f32(g, name, &m)) || !CHECK(m == n, "%s %s: size", g->path, name)) break;
+            snprintf(name, sizeof name, "seq.step%d.model_output", k);
+            if (!(model = golden_f32(g, name, &m)) || !CHECK(m == n, "%s %s: size", g->path, name)) break;
+            snprintf(name, sizeof name, "seq.step%d.noise", k);
+            noise = sd_safetensors_find(&g->st, name) ? golden_f32(g, name, &m) : NULL;
+            if (!CHECK(kind != SD_SAMPLER_EULER_A || (noise && m == n), "%s: Euler a without %s", g->path, name)) break;
+            snprintf(name, sizeof name, "seq.%s.step%d.prev_sample", pt, k);
+            want_prev = golden_f32(g, name, NULL);
+            snprintf(name, sizeof name, "seq.%s.step%d.pred_original_sample", pt, k);
+            want_x0 = golden_f32(g, name, NULL);
+            snprintf(name, sizeof name, "seq.%s.step%d.scaled_input", pt, k);
+            want_scaled = golden_f32(g, name, NULL);
+            if (!want_prev || !want_x0 || !want_scaled) break;
+            if (!pass) memcpy(x, sample, (size_t)n * sizeof(float));
+            float scale = sd_sampler_input_scale(&smp, k);
+            for (int64_t i = 0; i < n; i++) scaled[i] = x[i] * scale;
+            const char *how = pass ? "chained" : "single";
+            snprintf(what, sizeof what, "%s %s step%d scaled_input (%s)", g->path, pt, k, how);
+            check_close(what, scaled, want_scaled, n, tol);
+            if (!CHECK(!sd_sampler_step(&smp, k, x, model, (size_t)n, noise, NULL, history, out, x0, &err),
+                       "%s %s step%d: %s", g->path, pt, k, err.message)) break;
+            snprintf(what, sizeof what, "%s %s step%d prev_sample (%s, t=%g)", g->path, pt, k, how, smp.timesteps[k]);
+            check_close(what, out, want_prev, n, tol);
+            snprintf(what, sizeof what, "%s %s step%d pred_original_sample (%s, t=%g)", g->path, pt, k, how, smp.timesteps[k]);
+            check_close(what, x0, want_x0, n, tol);
+            memcpy(x, out, (size_t)n * sizeof(float));
+        }
+    }
+    free(buf);
+}
+
+/* DDIM's single-step goldens (§3) through the sampler: step.{pt}.t{T}.* at the step whose timestep is T. */
+static void check_sampler_ddim_step(golden_file *g, const ddim_config *c, const sd_tensor *t, const char *pt, int tt)
+{
+    int prediction = !strcmp(pt, "epsilon") ? SD_PREDICT_EPSILON : !strcmp(pt, "v_prediction") ? SD_PREDICT_V : -1;
+    const char *st = sd_safetensors_meta(&g->st, "step_timesteps");
+    int steps = 0, k = -1;
+    sd_sampler smp;
+    sd_error err;
+    char name[160];
+    int64_t n;
+    if (st) {   /* metadata step_timesteps = [751, 501, 251, 1]: one run of that many steps */
+        json j = { st, st, st + strlen(st), NULL };
+        uint64_t v;
+        if (json_eat(&j, '[') && !json_eat(&j, ']'))
+            do { if (json_uint(&j, &v)) break; steps++; } while (json_eat(&j, ','));
+    }
+    if (!CHECK(prediction >= 0 && steps > 0, "%s: unknown prediction or no step_timesteps metadata", t->name)) return;
+    if (!CHECK(!sd_sampler_init(&smp, &c->s, SD_SAMPLER_DDIM, steps, c->spacing, c->steps_offset, 0, prediction, 0, &err),
+               "%s: %s", t->name, err.message)) return;
+    for (int i = 0; i < steps; i++) if (smp.timesteps[i] == tt) k = i;
+    const float *x = golden_f32(g, "step.sample", &n), *e = golden_f32(g, "step.model_output", NULL), *want_x0;
+    snprintf(name, sizeof name, "step.%s.t%d.pred_original_sample", pt, tt);
+    want_x0 = golden_f32(g, name, NULL);
+    if (!CHECK(k >= 0, "%s: timestep %d is not among our %d", t->name, tt, steps) || !x || !e || !want_x0) return;
+    float *out = (float *)malloc((size_t)n * 2 * sizeof(float));
+    if (CHECK(!sd_sampler_step(&smp, k, x, e, (size_t)n, NULL, NULL, NULL, out, out + n, &err), "%s: %s", t->name, err.message)) {
+        check_close(t->name, out, (const float *)t->data, n, 2e-6);
+        check_close(name, out + n, want_x0, n, 2e-6);
+    }
+    free(out);
+}
+
+static void check_sampler_file(const char *rel)
+{
+    golden_file *g = golden_open(rel);
+    if (!g) return;
+    const char *cls = sd_safetensors_meta(&g->st, "class"), *cfg = sd_safetensors_meta(&g->st, "config"), *why;
+    int kind = sampler_kind_from_class(cls);
+    ddim_config c;
+    if (kind < 0) { printf("note: %s: scheduler class %s not implemented, skipped\n", g->path, cls); goto done; }
+    if (!CHECK(cfg, "%s: no config in metadata", g->path) || !ddim_config_from_json(&c, cfg, g->path)) goto done;
+    if ((why = sampler_config_unsupported(kind, cfg))) { printf("note: %s: config %s not implemented, skipped\n", g->path, why); goto done; }
+    int karras = config_flag(cfg, "use_karras_sigmas", 0);
+    json j;
+    if (kind != SD_SAMPLER_DDIM && !config_find(&j, cfg, "timestep_spacing")) c.spacing = SD_SPACING_LINSPACE;   /* their default */
+    for (int i = 0; i < g->st.count; i++) {
+        const sd_tensor *t = &g->st.tensors[i];
+        char spacing[32], pt[32], what[1200];
+        int steps, tt, len, s;
+        sd_sampler smp;
+        sd_error err;
+        len = 0;   /* %n is only written when the whole pattern matched */
+        if (sscanf(t->name, "step.%31[a-z_].t%d.prev_sample%n", pt, &tt, &len) == 2 && len && !t->name[len] && kind == SD_SAMPLER_DDIM) {
+            check_sampler_ddim_step(g, &c, t, pt, tt);
+            continue;
+        }
+        if (sscanf(t->name, "seq.%31[a-z_].step0.sample%n", pt, &len) == 1 && len && !t->name[len]) {
+            check_sampler_sequence(g, kind, &c, karras, pt);
+            continue;
+        }
+        int table = sscanf(t->name, "timesteps.%31[a-z].%d%n", spacing, &steps, &len) == 2 ? 0
+                  : sscanf(t->name, "sigmas.%31[a-z].%d%n", spacing, &steps, &len) == 2 ? 1
+                  : sscanf(t->name, "init_noise_sigma.%31[a-z].%d%n", spacing, &steps, &len) == 2 ? 2 : -1;
+        if (table < 0 || t->name[len]) continue;
+        snprintf(what, sizeof what, "%s %s", g->path, t->name);
+        if (!CHECK((s = spacing_from_name(spacing)) >= 0, "%s: unknown spacing", what) ||
+            !CHECK(!sd_sampler_init(&smp, &c.s, kind, steps, s, c.steps_offset, karras, c.prediction, 0, &err), "%s: %s", what, err.message))
+            continue;
+        if (table == 0) check_sampler_timesteps(what, &smp, t);
+        else if (CHECK(t->dtype == SD_F32 && sd_tensor_numel(t) == (table == 1 ? steps + 1 : 1), "%s: shape", what))
+            check_close(what, table == 1 ? smp.sigmas : &smp.init_noise_sigma, (const float *)t->data, sd_tensor_numel(t), 2e-6);
+    }
+done:
+    golden_close(g);
+}
+
+static void test_sampler_goldens(void)
+{
+    char dirpath[512], rel[300];
+    snprintf(dirpath, sizeof dirpath, "%s/scheduler", golden_dir);
+    DIR *dir = opendir(dirpath);
+    struct dirent *f;
+    if (!dir) { printf("note: %s absent, sampler goldens skipped\n", dirpath); return; }
+    while ((f = readdir(dir))) {
+        size_t len = strlen(f->d_name);
+        if (len < 12 || strcmp(f->d_name + len - 12, ".safetensors")) continue;
+        snprintf(rel, sizeof rel, "scheduler/%s", f->d_name);
+        check_sampler_file(rel);
+    }
+    closedir(dir);
+}
+
+/* The sampler's part of a pipeline golden that uses Euler, Euler a or DPM++ (DDIM ones are
+   check_ddim_pipeline's): timesteps, sigmas, init_noise_sigma, the initial latents, and per step
+   the UNet's scaled input, the guidance and the step from diffusers' inputs — no model needed. */
+static void check_sampler_pipeline(const char *rel)
+{
+    golden_file *g = golden_open(rel);
+    if (!g) return;
+    const char *cls = sd_safetensors_meta(&g->st, "scheduler_class"), *cfg = sd_safetensors_meta(&g->st, "scheduler");
+    const char *steps_s = sd_safetensors_meta(&g->st, "num_inference_steps"), *guidance_s = sd_safetensors_meta(&g->st, "guidance_scale");
+    int kind = cls ? sampler_kind_from_class(cls) : SD_SAMPLER_DDIM;
+    char what[1300], name[64];
+    ddim_config c;
+    sd_sampler smp;
+    sd_error err;
+    int64_t n, m;
+    json j;
+    if (kind <= SD_SAMPLER_DDIM || sd_safetensors_meta(&g->st, "strength")) goto done;   /* DDIM, unknown, or img2img */
+    if (!CHECK(cfg && steps_s && guidance_s, "%s: metadata lacks scheduler, num_inference_steps or guidance_scale", g->path) ||
+        !ddim_config_from_json(&c, cfg, g->path)) goto done;
+    if (sampler_config_unsupported(kind, cfg)) { printf("note: %s: scheduler config not implemented, skipped\n", g->path); goto done; }
+    if (!config_find(&j, cfg, "timestep_spacing")) c.spacing = SD_SPACING_LINSPACE;
+    int steps = atoi(steps_s);
+    float guidance = strtof(guidance_s, NULL);
+    if (!CHECK(!sd_sampler_init(&smp, &c.s, kind, steps, c.spacing, c.steps_offset, config_flag(cfg, "use_karras_sigmas", 0), c.prediction, 0, &err),
+               "%s: %s", g->path, err.message)) goto done;
+    snprintf(what, sizeof what, "%s timesteps", rel);
+    check_sampler_timesteps(what, &smp, sd_safetensors_find(&g->st, "timesteps"));
+    const float *want = golden_f32(g, "sigmas", &m);
+    snprintf(what, sizeof what, "%s sigmas", rel);
+    if (want && CHECK(m == steps + 1, "%s: %lld values", what, (long long)m)) check_close(what, smp.sigmas, want, m, 2e-6);
+    snprintf(what, sizeof what, "%s init_noise_sigma", rel);
+    if ((want = golden_f32(g, "init_noise_sigma", NULL))) check_close(what, &smp.init_noise_sigma, want, 1, 2e-6);
+    const float *initial = golden_f32(g, "initial_latents", &n), *x = golden_f32(g, "latents_in", &m);
+    if (!initial || !x || !CHECK(m == n, "%s: latents_in size", g->path)) goto done;
+    float *buf = (float *)malloc((size_t)n * 4 * sizeof(float)), *out = buf, *x0 = buf + n, *history = buf + 2 * n, *eps = buf + 3 * n;
+    for (int64_t i = 0; i < n; i++) out[i] = initial[i] * smp.init_noise_sigma;
+    snprintf(what, sizeof what, "%s latents_in (initial_latents · init_noise_sigma)", rel);
+    check_close(what, out, x, n, 2e-6);
+    for (int k = 0; k < steps; k++) {
+        const float *unet, *noise_pred, *scaled, *latents_out, *x0_want, *noise = NULL;
+        snprintf(name, sizeof name, "step%d.unet_out", k);
+        if (!(unet = golden_f32(g, name, &m)) || !CHECK(m == 2 * n, "%s: %s is not the two CFG halves", g->path, name)) break;
+        snprintf(name, sizeof name, "step%d.noise_pred", k);
+        noise_pred = golden_f32(g, name, NULL);
+        snprintf(name, sizeof name, "step%d.scaled_input", k);
+        scaled = golden_f32(g, name, NULL);
+        snprintf(name, sizeof name, "step%d.latents_out", k);
+        latents_out = golden_f32(g, name, NULL);
+        snprintf(name, sizeof name, "step%d.noise", k);
+        if (kind == SD_SAMPLER_EULER_A && !(noise = golden_f32(g, name, NULL))) break;
+        snprintf(name, sizeof name, "step%d.pred_original_sample", k);
+        x0_want = sd_safetensors_find(&g->st, name) ? golden_f32(g, name, NULL) : NULL;
+        if (!noise_pred || !scaled || !latents_out) break;
+        float scale = sd_sampler_input_scale(&smp, k);
+        for (int64_t i = 0; i < n; i++) out[i] = x[i] * scale;
+        snprintf(what, sizeof what, "%s step%d scaled_input", rel, k);
+        check_close(what, out, scaled, n, 2e-6);
+        sd_guidance(unet, unet + n, guidance, (size_t)n, eps);
+        snprintf(what, sizeof what, "%s step%d noise_pred (guidance %g)", rel, k, guidance);
+        check_close(what, eps, noise_pred, n, 1e-5);
+        if (!CHECK(!sd_sampler_step(&smp, k, x, noise_pred, (size_t)n, noise, NULL, history, out, x0, &err), "%s: %s", g->path, err.message)) break;
+        snprintf(what, sizeof what, "%s step%d latents_out (t=%g)", rel, k, smp.timesteps[k]);
+        check_close(what, out, latents_out, n, 2e-6);
+        snprintf(what, sizeof what, "%s step%d pred_original_sample", rel, k);
+        if (x0_want) check_close(what, x0, x0_want, n, 2e-6);
+        x = latents_out;   /* the next step starts from diffusers' latents */
+    }
+    free(buf);
+done:
+    golden_close(g);
+}
+
+static void test_sampler_pipelines(void)
+{
+    DIR *top = opendir(golden_dir);
+    struct dirent *d;
+    if (!top) return;
+    while ((d = readdir(top))) {
+        char sub[1024], rel[600];
+        if (d->d_name[0] == '.') continue;
+        snprintf(sub, sizeof sub, "%s/%s", golden_dir, d->d_name);
+        DIR *dir = opendir(sub);
+        struct dirent *f;
+        if (!dir) continue;
+        while ((f = readdir(dir))) {
+            if (!is_pipeline_golden(f->d_name)) continue;
+            snprintf(rel, sizeof rel, "%s/%s", d->d_name, f->d_name);
+            check_sampler_pipeline(rel);
+        }
+        closedir(dir);
+    }
+    closedir(top);
+}
+
+/* Argument errors: each a clear SD_ERR_ARG (or _UNSUPPORTED), never a crash. */
+static void test_sampler_errors(const sd_schedule *s)
+{
+    sd_sampler smp, euler, euler_a, dpm;
+    sd_schedule blank;
+    sd_error err;
+    float x[64], e[64], out[64], hist[64];
+    sd_rng r;
+    memset(&blank, 0, sizeof blank);
+    for (int i = 0; i < 64; i++) { x[i] = (float)i / 16 - 2; e[i] = (float)(i % 5) / 2 - 1; }
+    sd_rng_seed(&r, 1);
+#define BAD(call, code, what) CHECK((call) == (code) && err.message[0], "sampler: %s accepted", what)
+    BAD(sd_sampler_init(NULL, s, SD_SAMPLER_EULER, 10, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "NULL sampler");
+    BAD(sd_sampler_init(&smp, NULL, SD_SAMPLER_EULER, 10, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "NULL schedule");
+    BAD(sd_sampler_init(&smp, &blank, SD_SAMPLER_EULER, 10, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "a blank schedule");
+    BAD(sd_sampler_init(&smp, s, SD_SAMPLER_DPMPP_2M + 1, 10, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "an unknown kind");
+    BAD(sd_sampler_init(&smp, s, -1, 10, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "kind -1");
+    BAD(sd_sampler_init(&smp, s, SD_SAMPLER_EULER, 0, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "0 steps");
+    BAD(sd_sampler_init(&smp, s, SD_SAMPLER_EULER, 1001, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "1001 steps");
+    BAD(sd_sampler_init(&smp, s, SD_SAMPLER_EULER, 10, 3, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "an unknown spacing");
+    BAD(sd_sampler_init(&smp, s, SD_SAMPLER_EULER, 10, SD_SPACING_LINSPACE, 1, 0, 2, 0, &err), SD_ERR_ARG, "an unknown prediction");
+    BAD(sd_sampler_init(&smp, s, SD_SAMPLER_EULER_A, 10, SD_SPACING_LINSPACE, 1, 1, SD_PREDICT_EPSILON, 0, &err), SD_ERR_UNSUPPORTED, "Karras with Euler a");
+    BAD(sd_sampler_init(&smp, s, SD_SAMPLER_EULER, 10, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0.5f, &err), SD_ERR_ARG, "eta with Euler");
+    BAD(sd_sampler_init(&smp, s, SD_SAMPLER_DDIM, 10, SD_SPACING_LEADING, 1, 0, SD_PREDICT_EPSILON, -1, &err), SD_ERR_ARG, "eta -1");
+    BAD(sd_sampler_init(&smp, s, SD_SAMPLER_DDIM, 10, SD_SPACING_LEADING, 1, 0, SD_PREDICT_EPSILON, NAN, &err), SD_ERR_ARG, "eta NaN");
+    BAD(sd_sampler_init(&smp, s, SD_SAMPLER_EULER, 1000, SD_SPACING_LEADING, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "timestep 1000 (1000 leading steps + offset 1)");
+    BAD(sd_sampler_init(&smp, s, SD_SAMPLER_DPMPP_2M, 1000, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "1000 DPM++ linspace steps (1001 points)");
+    CHECK(!sd_sampler_init(&smp, s, SD_SAMPLER_DPMPP_2M, 1000, SD_SPACING_TRAILING, 1, 0, SD_PREDICT_EPSILON, 0, &err) &&
+          smp.timesteps[0] == 999 && smp.timesteps[999] == 0, "sampler: 1000 trailing DPM++ steps");
+
+    if (!CHECK(!sd_sampler_init(&euler, s, SD_SAMPLER_EULER, 4, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err) &&
+               !sd_sampler_init(&euler_a, s, SD_SAMPLER_EULER_A, 4, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err) &&
+               !sd_sampler_init(&dpm, s, SD_SAMPLER_DPMPP_2M, 4, SD_SPACING_LINSPACE, 1, 1, SD_PREDICT_V, 0, &err),
+               "sampler: %s", err.message)) return;
+    BAD(sd_sampler_step(&euler, -1, x, e, 64, NULL, NULL, NULL, out, NULL, &err), SD_ERR_ARG, "step -1");
+    BAD(sd_sampler_step(&euler, 4, x, e, 64, NULL, NULL, NULL, out, NULL, &err), SD_ERR_ARG, "step 4 of 4");
+    BAD(sd_sampler_step(&euler, 0, NULL, e, 64, NULL, NULL, NULL, out, NULL, &err), SD_ERR_ARG, "NULL latents");
+    BAD(sd_sampler_step(&euler, 0, x, NULL, 64, NULL, NULL, NULL, out, NULL, &err), SD_ERR_ARG, "NULL model output");
+    BAD(sd_sampler_step(&euler_a, 0, x, e, 64, NULL, NULL, NULL, out, NULL, &err), SD_ERR_ARG, "Euler a without noise or generator");
+    BAD(sd_sampler_step(&euler_a, 0, x, e, 64, NULL, &r, NULL, x, NULL, &err), SD_ERR_ARG, "Euler a noise drawn over its input");
+    BAD(sd_sampler_step(&euler_a, 3, x, e, 64, NULL, NULL, NULL, out, NULL, &err), SD_ERR_ARG, "Euler a's last step without noise");
+    BAD(sd_sampler_step(&dpm, 0, x, e, 64, NULL, NULL, NULL, out, NULL, &err), SD_ERR_ARG, "DPM++ without history");
+    BAD(sd_sampler_step(&dpm, 0, x, e, 64, NULL, NULL, out, out, NULL, &err), SD_ERR_ARG, "DPM++ history = out");
+    BAD(sd_sampler_step(&dpm, 0, x, e, 32, NULL, NULL, x + 16, out, NULL, &err), SD_ERR_ARG, "DPM++ history overlapping the latents");
+    BAD(sd_sampler_add_noise(&euler, 4, x, e, 64, out, &err), SD_ERR_ARG, "add noise at step 4 of 4");
+    BAD(sd_sampler_add_noise(&euler, 0, x, NULL, 64, out, &err), SD_ERR_ARG, "add noise without noise");
+#undef BAD
+    CHECK(sd_sampler_step(&dpm, 0, x, e, 64, NULL, NULL, hist, x, NULL, &err) == SD_OK, "sampler: DPM++ in place: %s", err.message);
+    CHECK(sd_sampler_input_scale(NULL, 0) == 1 && sd_sampler_input_scale(&euler, -1) == 1 && sd_sampler_input_scale(&euler, 4) == 1 &&
+          sd_sampler_input_scale(&dpm, 0) == 1 && sd_sampler_input_scale(&euler, 0) < 0.1f,
+          "sampler: input scale outside the steps, for DPM++ or at sigma 14.6 is off");
+}
+
+/* Euler a: noise drawn from the generator = the same torch.randn draw given, every step, the last too. */
+static void test_sampler_euler_a_noise(const sd_schedule *s)
+{
+    enum { N = 40 };
+    sd_sampler a, b;
+    sd_rng r1, r2;
+    sd_error err;
+    float x[N], e[N], noise[N], out1[N], out2[N], after1, after2;
+    for (int i = 0; i < N; i++) { x[i] = (float)i / 8 - 2.5f; e[i] = (float)(i % 7) / 3 - 1; }
+    if (!CHECK(!sd_sampler_init(&a, s, SD_SAMPLER_EULER_A, 3, SD_SPACING_TRAILING, 1, 0, SD_PREDICT_EPSILON, 0, &err) &&
+               !sd_sampler_init(&b, s, SD_SAMPLER_EULER_A, 3, SD_SPACING_TRAILING, 1, 0, SD_PREDICT_EPSILON, 0, &err), "euler a: %s", err.message)) return;
+    sd_rng_seed(&r1, 77);
+    sd_rng_seed(&r2, 77);
+    int same = 1;
+    for (int k = 0; k < 3; k++) {
+        sd_randn(&r2, noise, N);
+        same &= !sd_sampler_step(&a, k, x, e, N, NULL, &r1, NULL, out1, NULL, &err) &&
+                !sd_sampler_step(&b, k, x, e, N, noise, NULL, NULL, out2, NULL, &err) && !memcmp(out1, out2, sizeof out1);
+    }
+    sd_randn(&r1, &after1, 1);
+    sd_randn(&r2, &after2, 1);
+    CHECK(same && after1 == after2, "euler a: generator noise differs from the same draws given, or the last step did not draw");
+    /* fresh noise moves the result (sigma_up > 0 before the last step) */
+    for (int i = 0; i < N; i++) noise[i] = 0;
+    CHECK(!sd_sampler_step(&b, 0, x, e, N, noise, NULL, NULL, out2, NULL, &err) && memcmp(out1, out2, sizeof out1),
+          "euler a: the noise has no effect");
+}
+
+/* img2img: latents noised to step k by sd_sampler_add_noise, denoised by a model that predicts the
+   very noise added (epsilon) or the matching v, give back the clean latents as x0 — for every
+   sampler and both prediction types, from the middle of the run. */
+static void test_sampler_img2img(const sd_schedule *s)
+{
+    enum { N = 48 };
+    static const char *names[] = { "DDIM", "Euler", "Euler a", "DPM++ 2M" };
+    float x0[N], noise[N], xt[N], model[N], out[N], got[N], hist[N], zero[N];
+    sd_sampler smp;
+    sd_error err;
+    for (int i = 0; i < N; i++) { x0[i] = (float)((i * 37) % 17) / 8 - 1; noise[i] = (float)((i * 11) % 13) / 4 - 1.5f; zero[i] = 0; }
+    for (int kind = SD_SAMPLER_DDIM; kind <= SD_SAMPLER_DPMPP_2M; kind++)
+        for (int p = SD_PREDICT_EPSILON; p <= SD_PREDICT_V; p++) {
+            int spacing = kind == SD_SAMPLER_DDIM ? SD_SPACING_LEADING : SD_SPACING_LINSPACE, start = -1;
+            if (!CHECK(!sd_img2img_start(10, 0.6, &start, &err) &&
+                       !sd_sampler_init(&smp, s, kind, 10, spacing, 1, 0, p, 0, &err) &&
+                       !sd_sampler_add_noise(&smp, start, x0, noise, N, xt, &err), "img2img %s: %s", names[kind], err.message)) continue;
+            /* v = alpha·noise - sigma·alpha·x0 with alpha = sqrt(a_t) = 1/sqrt(sigma² + 1) */
+            float sigma = kind == SD_SAMPLER_DDIM ? s->sigmas[(int)smp.timesteps[start]] : smp.sigmas[start];
+            float alpha = 1.0f / sqrtf(sigma * sigma + 1.0f);
+            for (int i = 0; i < N; i++) model[i] = p == SD_PREDICT_EPSILON ? noise[i] : alpha * noise[i] - sigma * alpha * x0[i];
+            char what[96];
+            snprintf(what, sizeof what, "img2img %s %s: x0 back from the noised latents", names[kind], p ? "v" : "epsilon");
+            if (CHECK(!sd_sampler_step(&smp, start, xt, model, N, zero, NULL, hist, out, got, &err), "%s: %s", what, err.message))
+                check_close(what, got, x0, N, 1e-5);
+        }
+}
+
+/* DPM++ 2M's second order uses the previous step's x0: step 1 after step 0 differs from step 1 alone. */
+static void test_sampler_dpm_state(const sd_schedule *s)
+{
+    enum { N = 32 };
+    sd_sampler smp;
+    sd_error err;
+    float x[N], e[N], hist[N], a[N], b[N];
+    for (int i = 0; i < N; i++) { x[i] = (float)i / 4 - 4; e[i] = (float)((i * 5) % 9) / 4 - 1; }
+    int ok = !sd_sampler_init(&smp, s, SD_SAMPLER_DPMPP_2M, 5, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err) &&
+             !sd_sampler_step(&smp, 1, x, e, N, NULL, NULL, hist, a, NULL, &err) &&   /* no history: first order */
+             !sd_sampler_init(&smp, s, SD_SAMPLER_DPMPP_2M, 5, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err) &&
+             !sd_sampler_step(&smp, 0, x, x, N, NULL, NULL, hist, b, NULL, &err) &&
+             !sd_sampler_step(&smp, 1, x, e, N, NULL, NULL, hist, b, NULL, &err);
+    CHECK(ok && memcmp(a, b, sizeof a), "dpm++ 2m: step 1 ignores step 0's x0 (%s)", ok ? "same result" : err.message);
+}
+
+static void test_samplers(void)
+{
+    sd_schedule s;
+    sd_error err;
+    if (!CHECK(!sd_schedule_init(&s, 1000, 0.00085, 0.012, SD_BETA_SCALED_LINEAR, &err), "schedule: %s", err.message)) return;
+    test_sampler_errors(&s);
+    test_sampler_euler_a_noise(&s);
+    test_sampler_img2img(&s);
+    test_sampler_dpm_state(&s);
+    test_sampler_goldens();
+    test_sampler_pipelines();
+}
+
 /* ---- text encoder ------------------------------------------------------------------------ */
 
 /* A growing string for building safetensors headers in memory. */
@@ -2615,6 +3075,515 @@ static void test_tokenizer(void)
     tok_vocab = NULL;
 }
 
+/* Tests of the prompt section: A1111's attention syntax (parse), chunking of long prompts
+   (against the tokenizer, and on every golden tokenizer prompt), the weighting rule (against a
+   double-precision reference) and bad arguments. Needs merges.txt; the golden prompts are used
+   when GOLDEN_DIR/tokenizer/tokenizer.safetensors exists. */
+
+static sd_clip_vocab *pt_vocab;
+
+/* The parse of a prompt, in an arena of its own; rc, with *runs copied to `out` (texts point into
+   `store`, a caller buffer). */
+typedef struct pt_run { char text[64]; size_t size; double weight; int chunk_break; } pt_run;
+
+static int pt_parse(const sd_clip_vocab *v, const char *text, size_t size, pt_run *out, int cap, int *count, sd_error *err)
+{
+    sd_arena *a = test_arena(4096 + 64 * size);
+    sd_prompt_run *runs;
+    int rc = sd_prompt_parse(v, text, size, &runs, count, a, err), i;
+    for (i = 0; !rc && i < *count && i < cap; i++) {
+        out[i].size = runs[i].size;
+        memcpy(out[i].text, runs[i].text, runs[i].size < sizeof out[i].text ? runs[i].size : sizeof out[i].text);
+        out[i].weight = runs[i].weight;
+        out[i].chunk_break = runs[i].chunk_break;
+    }
+    if (rc) CHECK(a->used == 0, "prompt parse: the arena is given back on an error");
+    free_arena(a);
+    return rc;
+}
+
+/* Expected parses, derived by hand from A1111's modules/prompt_parser.py (parse_prompt_attention,
+   its regex `re_attention` with ":\s*([+-]?[.\d]+)\s*\)" and `re_break` = "\s*\bBREAK\b\s*"):
+   every text piece starts at 1.0, closing ( multiplies the pieces made since it opened by 1.1
+   (or the number), ] by 1/1.1, unclosed ones multiply at the end (round first), then neighbours
+   of equal weight merge. Weights are the Python floats A1111 gets (the product in its order,
+   e.g. 1.0 * 1.1 * 1.1 = 1.2100000000000002); the first six cases are its own docstring. */
+typedef struct pt_case {
+    const char *prompt;
+    int vocab;                     /* 1: with the vocabulary's Unicode classes, 0: ASCII only */
+    int count;
+    struct { const char *text; double weight; int chunk_break; } run[9];
+} pt_case;
+
+static const pt_case pt_cases[] = {
+    {"normal text", 1, 1, {{"normal text", 1.0, 0}}},
+    {"an (important) word", 1, 3, {{"an ", 1.0, 0}, {"important", 1.1, 0}, {" word", 1.0, 0}}},
+    {"(unbalanced", 1, 1, {{"unbalanced", 1.1, 0}}},
+    {"\\(literal\\]", 1, 1, {{"(literal]", 1.0, 0}}},
+    {"(unnecessary)(parens)", 1, 1, {{"unnecessaryparens", 1.1, 0}}},
+    {"a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).", 1, 9,
+     {{"a ", 1.0, 0}, {"house", 1.5730000000000004, 0}, {" ", 1.1, 0}, {"on", 1.0, 0}, {" a ", 1.1, 0},
+      {"hill", 0.55, 0}, {", sun, ", 1.1, 0}, {"sky", 1.4641000000000006, 0}, {".", 1.1, 0}}},
+    /* nesting multiplies, innermost first */
+    {"((a))", 1, 1, {{"a", 1.2100000000000002, 0}}},
+    {"((a)b)", 1, 2, {{"a", 1.2100000000000002, 0}, {"b", 1.1, 0}}},
+    {"[a]", 1, 1, {{"a", 0.9090909090909091, 0}}},
+    {"[[a]]", 1, 1, {{"a", 0.8264462809917354, 0}}},
+    {"(a [b] c:1.2)", 1, 3, {{"a ", 1.2, 0}, {"b", 1.0909090909090908, 0}, {" c", 1.2, 0}}},
+    {"([a)]", 1, 1, {{"a", 1.0, 0}}},                         /* 1.1 then 1/1.1: the two stacks interleave */
+    /* explicit weights */
+    {"(a:1.5)", 1, 1, {{"a", 1.5, 0}}},
+    {"(a:-0.5) b", 1, 2, {{"a", -0.5, 0}, {" b", 1.0, 0}}},
+    {"(a: 1.5 )", 1, 1, {{"a", 1.5, 0}}},
+    {"(a:+2)", 1, 1, {{"a", 2.0, 0}}},
+    {"(a:.5)", 1, 1, {{"a", 0.5, 0}}},
+    {"(a:0)", 1, 1, {{"a", 0.0, 0}}},
+    {"(a:1.1)(b)", 1, 1, {{"ab", 1.1, 0}}},                  /* float("1.1") == 1.1: merged */
+    {"(a:1.5x)", 1, 1, {{"a:1.5x", 1.1, 0}}},                /* no number before ")": text, then ")" */
+    {"[a:1.5]", 1, 1, {{"a:1.5", 0.9090909090909091, 0}}},   /* a weight needs ")" */
+    {"(a:1.5]", 1, 1, {{"a:1.5]", 1.1, 0}}},
+    {"a:1.2.3)", 1, 1, {{"a:1.2.3)", 1.0, 0}}},              /* no ( open: the match is text */
+    {"(:1.5)", 1, 1, {{"", 1.0, 0}}},
+    {"(a:\xef\xbc\x91.\xef\xbc\x95)", 1, 1, {{"a", 1.5, 0}}},   /* fullwidth digits are \d and float() reads them */
+    {"(a:\xef\xbc\x91.\xef\xbc\x95)", 0, 1, {{"a:\xef\xbc\x91.\xef\xbc\x95", 1.1, 0}}},
+    /* unbalanced brackets */
+    {"(a", 1, 1, {{"a", 1.1, 0}}},
+    {"[((a:1.3)", 1, 1, {{"a", 1.3, 0}}},                     /* round ones first: the other order gives 1.3000000000000003 */
+    {"[a", 1, 1, {{"a", 0.9090909090909091, 0}}},
+    {"a)", 1, 1, {{"a)", 1.0, 0}}},
+    {"a]", 1, 1, {{"a]", 1.0, 0}}},
+    {"()", 1, 1, {{"", 1.0, 0}}},
+    /* escapes; a lone backslash is dropped */
+    {"\\(a\\)", 1, 1, {{"(a)", 1.0, 0}}},
+    {"a\\\\b", 1, 1, {{"a\\b", 1.0, 0}}},
+    {"a\\b", 1, 1, {{"ab", 1.0, 0}}},
+    {"\\", 1, 1, {{"", 1.0, 0}}},
+    {"a:b", 1, 1, {{"a:b", 1.0, 0}}},
+    /* BREAK: upper case, a word of its own, the spaces around it dropped */
+    {"a BREAK b", 1, 2, {{"a", 1.0, 0}, {"b", 1.0, 1}}},
+    {"a BREAKfast", 1, 1, {{"a BREAKfast", 1.0, 0}}},
+    {"a break Break b", 1, 1, {{"a break Break b", 1.0, 0}}},
+    {"_BREAK BREAK_", 1, 1, {{"_BREAK BREAK_", 1.0, 0}}},
+    {"BREAK", 1, 2, {{"", 1.0, 0}, {"", 1.0, 1}}},
+    {"a BREAK BREAK b", 1, 3, {{"a", 1.0, 0}, {"", 1.0, 1}, {"b", 1.0, 1}}},
+    {"a,BREAK,b", 1, 2, {{"a,", 1.0, 0}, {",b", 1.0, 1}}},
+    {"a\xc2\xa0" "BREAK\n\tb", 1, 2, {{"a", 1.0, 0}, {"b", 1.0, 1}}},
+    {"(a) BREAK (b)", 1, 4, {{"a", 1.1, 0}, {"", 1.0, 0}, {"", 1.0, 1}, {"b", 1.1, 0}}},
+    /* (A1111 would make this "break" with weight -1.1; here BREAK is a break wherever it stands) */
+    {"(a BREAK b)", 1, 2, {{"a", 1.1, 0}, {"b", 1.1, 1}}},
+    /* \b is Python's Unicode \w: a CJK letter is a word character, CJK punctuation is not */
+    {"\xe6\x97\xa5\xe6\x9c\xac" "BREAK", 1, 1, {{"\xe6\x97\xa5\xe6\x9c\xac" "BREAK", 1.0, 0}}},
+    {"\xe6\x97\xa5\xe6\x9c\xac" "BREAK", 0, 2, {{"\xe6\x97\xa5\xe6\x9c\xac", 1.0, 0}, {"", 1.0, 1}}},
+    {"\xe3\x80\x82" "BREAK x", 1, 2, {{"\xe3\x80\x82", 1.0, 0}, {"x", 1.0, 1}}},
+    /* empty and blank prompts, and bytes that are not UTF-8 */
+    {"", 1, 1, {{"", 1.0, 0}}},
+    {" \t ", 1, 1, {{" \t ", 1.0, 0}}},
+    {"caf\xff (x)", 1, 2, {{"caf\xff ", 1.0, 0}, {"x", 1.1, 0}}},
+};
+
+static void test_prompt_parse(void)
+{
+    pt_run got[16];
+    sd_error err;
+    int c, i, count, rc;
+    for (c = 0; c < (int)(sizeof pt_cases / sizeof pt_cases[0]); c++) {
+        const pt_case *k = &pt_cases[c];
+        int ok;
+        rc = pt_parse(k->vocab ? pt_vocab : NULL, k->prompt, strlen(k->prompt), got, 16, &count, &err);
+        ok = rc == 0 && count == k->count;
+        for (i = 0; ok && i < count; i++)
+            ok = got[i].size == strlen(k->run[i].text) && !memcmp(got[i].text, k->run[i].text, got[i].size) &&
+                 got[i].weight == k->run[i].weight && got[i].chunk_break == k->run[i].chunk_break;
+        if (!CHECK(ok, "prompt parse \"%s\"%s: %s, %d runs (expected %d)", k->prompt, k->vocab ? "" : " (no vocabulary)",
+                   rc ? err.message : "runs differ", rc ? 0 : count, k->count))
+            for (i = 0; !rc && i < count && i < 16; i++)
+                fprintf(stderr, "    got (\"%.*s\", %.17g, %d)\n", (int)got[i].size, got[i].text, got[i].weight, got[i].chunk_break);
+    }
+    /* a NUL byte is text */
+    rc = pt_parse(pt_vocab, "a\0(b)", 5, got, 16, &count, &err);
+    CHECK(rc == 0 && count == 2 && got[0].size == 2 && !memcmp(got[0].text, "a\0", 2) && got[1].weight == 1.1,
+          "prompt parse: NUL inside the prompt");
+    /* weights Python's float() refuses: A1111 raises ValueError, here an error that names them */
+    rc = pt_parse(pt_vocab, "x (a:1.2.3)", 11, got, 16, &count, &err);
+    CHECK(rc == SD_ERR_ARG && strstr(err.message, "1.2.3") && strstr(err.message, "byte 5"), "prompt parse: weight 1.2.3 (%s)", err.message);
+    rc = pt_parse(pt_vocab, "(a:-.)", 6, got, 16, &count, &err);
+    CHECK(rc == SD_ERR_ARG && strstr(err.message, "-."), "prompt parse: weight -. (%s)", err.message);
+    /* nesting: SD_PROMPT_MAX_NESTING open brackets are fine, one more is an error */
+    {
+        char deep[SD_PROMPT_MAX_NESTING + 2];
+        memset(deep, '(', sizeof deep);
+        deep[SD_PROMPT_MAX_NESTING] = 'a';
+        rc = pt_parse(pt_vocab, deep, SD_PROMPT_MAX_NESTING + 1, got, 16, &count, &err);
+        CHECK(rc == 0 && count == 1 && got[0].weight > 1e10, "prompt parse: %d open brackets", SD_PROMPT_MAX_NESTING);
+        rc = pt_parse(pt_vocab, deep, sizeof deep, got, 16, &count, &err);
+        CHECK(rc == SD_ERR_ARG && strstr(err.message, "brackets"), "prompt parse: too deep (%s)", err.message);
+    }
+    /* bad arguments, a small arena */
+    {
+        sd_arena *a = test_arena(256);
+        sd_prompt_run *runs = NULL;
+        count = 7;
+        CHECK(sd_prompt_parse(pt_vocab, NULL, 1, &runs, &count, a, &err) == SD_ERR_ARG && count == 0, "prompt parse: NULL text");
+        CHECK(sd_prompt_parse(pt_vocab, "a", 1, NULL, &count, a, &err) == SD_ERR_ARG, "prompt parse: NULL runs");
+        CHECK(sd_prompt_parse(pt_vocab, "a", 1, &runs, NULL, a, &err) == SD_ERR_ARG, "prompt parse: NULL count");
+        CHECK(sd_prompt_parse(pt_vocab, "a", 1, &runs, &count, NULL, &err) == SD_ERR_ARG, "prompt parse: NULL arena");
+        CHECK(sd_prompt_parse(pt_vocab, "a", (size_t)SD_PROMPT_MAX_BYTES + 1, &runs, &count, a, &err) == SD_ERR_ARG &&
+              strstr(err.message, "longer"), "prompt parse: oversized prompt (%s)", err.message);
+        CHECK(sd_prompt_parse(NULL, NULL, 0, &runs, &count, a, &err) == 0 && count == 1 && runs[0].size == 0 && runs[0].weight == 1.0,
+              "prompt parse: NULL empty prompt");
+        sd_arena_reset(a, 0);
+        rc = sd_prompt_parse(pt_vocab, "a long prompt (that does not fit)", 33, &runs, &count, a, &err);
+        CHECK(rc == SD_ERR_MEMORY && a->used == 0 && !runs && count == 0, "prompt parse: small arena (%s)", err.message);
+        free_arena(a);
+    }
+}
+
+/* sd_prompt_chunks in an arena of sd_prompt_arena_bytes(size) (checking that bound), results
+   copied to ids/weights (SD_PROMPT_MAX_CHUNKS x 77 each). */
+static int pt_chunks(const char *text, size_t size, sd_clip_pad pad, int weighting, int wrap, int min_chunks,
+                     int32_t *ids, float *weights, int *chunks, sd_error *err)
+{
+    size_t bound = sd_prompt_arena_bytes(size);
+    sd_arena *a = test_arena(bound);
+    int32_t *i32 = NULL;
+    float *w = NULL;
+    int rc = sd_prompt_chunks(pt_vocab, text, size, pad, weighting, wrap, min_chunks, &i32, &w, chunks, a, err);
+    CHECK(a->peak <= bound, "prompt chunks: arena peak %zu over sd_prompt_arena_bytes %zu", a->peak, bound);
+    if (!rc) {
+        memcpy(ids, i32, (size_t)*chunks * 77 * sizeof *ids);
+        memcpy(weights, w, (size_t)*chunks * 77 * sizeof *weights);
+    } else CHECK(a->used == 0 && !i32 && !w && *chunks == 0, "prompt chunks: nothing left behind on an error");
+    free_arena(a);
+    return rc;
+}
+
+/* All token ids of a text (sd_clip_token_ids); count in *n. */
+static int32_t pt_ids_buf[8192];
+static size_t pt_ids(const char *text, size_t size, sd_clip_pad pad)
+{
+    sd_arena *a = test_arena(sd_clip_scratch_bytes(size));
+    size_t n = 0;
+    sd_error err;
+    if (sd_clip_token_ids(pt_vocab, text, size, pad, pt_ids_buf, 8192, &n, a, &err)) CHECK(0, "prompt: token ids: %s", err.message);
+    free_arena(a);
+    return n;
+}
+
+/* Whether chunk c of ids holds [BOS] toks [EOS] padding with weights 1 at BOS, EOS and padding. */
+static int pt_chunk_is(const int32_t *ids, const float *w, int c, const int32_t *toks, int n, sd_clip_pad pad)
+{
+    const int32_t *id = ids + 77 * c;
+    const float *cw = w + 77 * c;
+    int i;
+    if (id[0] != SD_CLIP_BOS || cw[0] != 1.0f || id[1 + n] != SD_CLIP_EOS || cw[1 + n] != 1.0f) return 0;
+    for (i = 0; i < n; i++) if (id[1 + i] != toks[i]) return 0;
+    for (i = 2 + n; i < 77; i++) if (id[i] != (pad == SD_CLIP_PAD_EXCLAMATION ? 0 : SD_CLIP_EOS) || cw[i] != 1.0f) return 0;
+    return 1;
+}
+
+static int pt_all_ones(const float *w, int n)
+{
+    for (int i = 0; i < n; i++) if (w[i] != 1.0f) return 0;
+    return 1;
+}
+
+/* Every golden tokenizer prompt: weighting off, or on for prompts without syntax, gives exactly
+   sd_clip_tokenize's 77 ids (chunked past 75 tokens); both paddings. */
+static void test_prompt_golden(void)
+{
+    golden_file *g = golden_open("tokenizer/tokenizer.safetensors");
+    static int32_t ids[SD_PROMPT_MAX_CHUNKS * 77];
+    static float w[SD_PROMPT_MAX_CHUNKS * 77];
+    const char *count_text;
+    int n, i, compared = 0, plain = 0, long_ones = 0;
+    if (!g) { printf("prompt: no %s/tokenizer/tokenizer.safetensors, golden prompts skipped\n", golden_dir); return; }
+    count_text = sd_safetensors_meta(&g->st, "n_prompts");
+    n = count_text ? atoi(count_text) : 0;
+    CHECK(n > 0, "%s: no n_prompts", g->path);
+    for (i = 0; i < n; i++) {
+        char name[32];
+        const sd_tensor *p;
+        int mode;
+        snprintf(name, sizeof name, "prompt.%d", i);
+        p = sd_safetensors_find(&g->st, name);
+        if (!CHECK(p && p->dtype == SD_U8, "%s: no U8 tensor %s", g->path, name)) continue;
+        for (mode = 0; mode < 2; mode++) {
+            sd_clip_pad pad = mode ? SD_CLIP_PAD_EXCLAMATION : SD_CLIP_PAD_EOS;
+            const char *text = (const char *)p->data;
+            int32_t ref[77];
+            size_t length, count, k;
+            int chunks, weighting, rc, ok;
+            sd_error err;
+            sd_arena *a = test_arena(sd_clip_scratch_bytes(p->nbytes));
+            rc = sd_clip_tokenize(pt_vocab, text, p->nbytes, pad, ref, &length, a, &err);
+            free_arena(a);
+            if (!CHECK(rc == 0, "prompt golden %d: tokenize: %s", i, err.message)) continue;
+            for (weighting = 0; weighting < 2; weighting++) {
+                if (weighting) {   /* only prompts whose parse is the whole text as one run */
+                    pt_run runs[2];
+                    int nr;
+                    if (pt_parse(pt_vocab, text, p->nbytes, runs, 2, &nr, &err) || nr != 1 || runs[0].size != p->nbytes ||
+                        runs[0].weight != 1.0)
+                        continue;
+                    plain += !mode;
+                }
+                rc = pt_chunks(text, p->nbytes, pad, weighting, 0, 0, ids, w, &chunks, &err);
+                count = length - 2;
+                ok = rc == 0 && chunks == (count ? (int)((count + 74) / 75) : 1) && !memcmp(ids, ref, sizeof ref) &&
+                     pt_all_ones(w, chunks * 77);
+                if (ok && count > 75) {   /* the later chunks hold the rest of the tokens */
+                    size_t all = pt_ids(text, p->nbytes, pad);
+                    long_ones += !mode && !weighting;
+                    for (k = 0; ok && k < all; k++) ok = ids[77 * (k / 75) + 1 + k % 75] == pt_ids_buf[k];
+                }
+                compared++;
+                CHECK(ok, "prompt golden %d (%s, weighting %d) \"%.60s\": %s, %d chunks", i, mode ? "sd2" : "sd1", weighting,
+                      text, rc ? err.message : "ids differ from sd_clip_tokenize", rc ? 0 : chunks);
+            }
+        }
+    }
+    printf("prompt: %d golden prompts (%d without syntax, %d longer than 75 tokens), %d chunkings compared\n", n, plain,
+           long_ones, compared);
+    golden_close(g);
+}
+
+static void test_prompt_chunks(void)
+{
+    static int32_t ids[SD_PROMPT_MAX_CHUNKS * 77];
+    static float w[SD_PROMPT_MAX_CHUNKS * 77];
+    static char text[64 * 75 * 4 + 64];
+    int32_t cat[1], dog[1], comma[1], toks[75];
+    size_t n, i;
+    int chunks, rc, ok, c;
+    sd_error err;
+
+    if (!CHECK(pt_ids("cat", 3, SD_CLIP_PAD_EOS) == 1, "prompt: 'cat' is one token")) return;
+    cat[0] = pt_ids_buf[0];
+    pt_ids("dog", 3, SD_CLIP_PAD_EOS); dog[0] = pt_ids_buf[0];
+    pt_ids(",", 1, SD_CLIP_PAD_EOS); comma[0] = pt_ids_buf[0];
+    for (i = 0; i < 75; i++) toks[i] = cat[0];
+
+    /* plain prompts of 1..200 tokens: 75 to a chunk, a new chunk only when a token finds one full */
+    {
+        static const int lengths[] = {0, 1, 74, 75, 76, 150, 151, 200};
+        for (c = 0; c < (int)(sizeof lengths / sizeof lengths[0]); c++) {
+            int len = lengths[c], want = len ? (len + 74) / 75 : 1, k;
+            for (i = 0; i < (size_t)len; i++) memcpy(text + 4 * i, "cat ", 4);
+            rc = pt_chunks(text, 4 * (size_t)len, SD_CLIP_PAD_EOS, 1, 20, 0, ids, w, &chunks, &err);
+            ok = rc == 0 && chunks == want;
+            for (k = 0; ok && k < chunks; k++) ok = pt_chunk_is(ids, w, k, toks, k < chunks - 1 ? 75 : len - 75 * (chunks - 1), SD_CLIP_PAD_EOS);
+            CHECK(ok, "prompt chunks: %d tokens give %d chunks (%s, got %d)", len, want, rc ? err.message : "ids differ", chunks);
+        }
+    }
+    /* the 200-token prompt is three chunks, the first of them sd_clip_tokenize's ids */
+    {
+        int32_t ref[77];
+        sd_arena *a = test_arena(sd_clip_scratch_bytes(800));
+        for (i = 0; i < 200; i++) memcpy(text + 4 * i, "cat ", 4);
+        rc = sd_clip_tokenize(pt_vocab, text, 800, SD_CLIP_PAD_EXCLAMATION, ref, NULL, a, &err);
+        free_arena(a);
+        rc = rc ? rc : pt_chunks(text, 800, SD_CLIP_PAD_EXCLAMATION, 1, 0, 0, ids, w, &chunks, &err);
+        CHECK(rc == 0 && chunks == 3 && !memcmp(ids, ref, sizeof ref) && pt_chunk_is(ids, w, 2, toks, 50, SD_CLIP_PAD_EXCLAMATION),
+              "prompt chunks: 200 tokens, sd2 padding");
+    }
+    /* min_chunks pads with the chunks of "" (a negative prompt as long as the positive one) */
+    {
+        int32_t empty[77];
+        sd_arena *a = test_arena(sd_clip_scratch_bytes(0));
+        sd_clip_tokenize(pt_vocab, "", 0, SD_CLIP_PAD_EOS, empty, NULL, a, &err);
+        free_arena(a);
+        rc = pt_chunks("", 0, SD_CLIP_PAD_EOS, 1, 20, 3, ids, w, &chunks, &err);
+        CHECK(rc == 0 && chunks == 3 && !memcmp(ids, empty, sizeof empty) && !memcmp(ids + 77, empty, sizeof empty) &&
+              !memcmp(ids + 154, empty, sizeof empty) && pt_all_ones(w, 3 * 77), "prompt chunks: \"\" padded to 3 chunks");
+        rc = pt_chunks("(cat)", 5, SD_CLIP_PAD_EOS, 1, 20, 2, ids, w, &chunks, &err);
+        CHECK(rc == 0 && chunks == 2 && ids[1] == cat[0] && w[1] == 1.1f && pt_chunk_is(ids, w, 1, toks, 0, SD_CLIP_PAD_EOS),
+              "prompt chunks: a weighted prompt padded to 2 chunks");
+        for (i = 0; i < 200; i++) memcpy(text + 4 * i, "cat ", 4);
+        rc = pt_chunks(text, 800, SD_CLIP_PAD_EOS, 1, 20, 2, ids, w, &chunks, &err);
+        CHECK(rc == 0 && chunks == 3, "prompt chunks: min_chunks below the count changes nothing");
+    }
+    /* weights: each token carries its run's weight (as a float), 1 at BOS/EOS/padding */
+    rc = pt_chunks("a (cat:1.5) [dog] (a:-0.5)", 26, SD_CLIP_PAD_EOS, 1, 20, 0, ids, w, &chunks, &err);
+    CHECK(rc == 0 && chunks == 1 && ids[2] == cat[0] && ids[3] == dog[0] && ids[5] == SD_CLIP_EOS && w[0] == 1.0f && w[1] == 1.0f &&
+          w[2] == 1.5f && w[3] == (float)(1 / 1.1) && w[4] == -0.5f && w[5] == 1.0f && w[76] == 1.0f,
+          "prompt chunks: weights per token (%s)", rc ? err.message : "");
+    /* weighting off: the syntax characters are text, BREAK a word */
+    {
+        const char *s = "a (cat:1.5) BREAK [dog]";
+        int32_t ref[77];
+        sd_arena *a = test_arena(sd_clip_scratch_bytes(strlen(s)));
+        sd_clip_tokenize(pt_vocab, s, strlen(s), SD_CLIP_PAD_EOS, ref, NULL, a, &err);
+        free_arena(a);
+        rc = pt_chunks(s, strlen(s), SD_CLIP_PAD_EOS, 0, 20, 0, ids, w, &chunks, &err);
+        CHECK(rc == 0 && chunks == 1 && !memcmp(ids, ref, sizeof ref) && pt_all_ones(w, 77), "prompt chunks: weighting off");
+    }
+    /* BREAK: a new chunk (an empty one too), none for a BREAK at the end or right after a full chunk */
+    rc = pt_chunks("cat BREAK dog", 13, SD_CLIP_PAD_EOS, 1, 20, 0, ids, w, &chunks, &err);
+    CHECK(rc == 0 && chunks == 2 && pt_chunk_is(ids, w, 0, cat, 1, SD_CLIP_PAD_EOS) && pt_chunk_is(ids, w, 1, dog, 1, SD_CLIP_PAD_EOS),
+          "prompt chunks: cat BREAK dog");
+    rc = pt_chunks("BREAK dog", 9, SD_CLIP_PAD_EOS, 1, 20, 0, ids, w, &chunks, &err);
+    CHECK(rc == 0 && chunks == 2 && pt_chunk_is(ids, w, 0, cat, 0, SD_CLIP_PAD_EOS) && pt_chunk_is(ids, w, 1, dog, 1, SD_CLIP_PAD_EOS),
+          "prompt chunks: BREAK first gives an empty chunk");
+    rc = pt_chunks("cat BREAK BREAK dog BREAK", 25, SD_CLIP_PAD_EOS, 1, 20, 0, ids, w, &chunks, &err);
+    CHECK(rc == 0 && chunks == 3 && pt_chunk_is(ids, w, 1, cat, 0, SD_CLIP_PAD_EOS) && pt_chunk_is(ids, w, 2, dog, 1, SD_CLIP_PAD_EOS),
+          "prompt chunks: two BREAKs in a row, one at the end");
+    for (i = 0; i < 75; i++) memcpy(text + 4 * i, "cat ", 4);
+    memcpy(text + 300, "BREAK dog", 9);
+    rc = pt_chunks(text, 309, SD_CLIP_PAD_EOS, 1, 20, 0, ids, w, &chunks, &err);
+    CHECK(rc == 0 && chunks == 2 && pt_chunk_is(ids, w, 0, toks, 75, SD_CLIP_PAD_EOS) && pt_chunk_is(ids, w, 1, dog, 1, SD_CLIP_PAD_EOS),
+          "prompt chunks: BREAK after exactly 75 tokens");
+    /* comma_wrap: 70 cats, a comma, 10 dogs. The 76th token finds the chunk full with the comma 5
+       tokens back: with wrap >= 5 the 4 dogs after the comma move on; with 0 or 4 they stay. */
+    {
+        int wraps[4] = {20, 5, 4, 0}, k;
+        int32_t first[75], second[10];
+        for (i = 0; i < 70; i++) memcpy(text + 4 * i, "cat ", 4);
+        memcpy(text + 280, ", ", 2);
+        for (i = 0; i < 10; i++) memcpy(text + 282 + 4 * i, "dog ", 4);
+        for (k = 0; k < 4; k++) {
+            int moved = wraps[k] >= 5;
+            for (i = 0; i < 75; i++) first[i] = i < 70 ? cat[0] : i == 70 ? comma[0] : dog[0];
+            for (i = 0; i < 10; i++) second[i] = dog[0];
+            rc = pt_chunks(text, 322, SD_CLIP_PAD_EOS, 1, wraps[k], 0, ids, w, &chunks, &err);
+            CHECK(rc == 0 && chunks == 2 && pt_chunk_is(ids, w, 0, first, moved ? 71 : 75, SD_CLIP_PAD_EOS) &&
+                  pt_chunk_is(ids, w, 1, second, moved ? 10 : 6, SD_CLIP_PAD_EOS),
+                  "prompt chunks: comma_wrap %d (%s)", wraps[k], rc ? err.message : "ids differ");
+        }
+    }
+    /* invalid UTF-8 and odd bytes reach the tokenizer unchanged */
+    {
+        n = pt_ids("caf\xff\xed\xa0\x80", 7, SD_CLIP_PAD_EOS);
+        rc = pt_chunks("(caf\xff\xed\xa0\x80)", 9, SD_CLIP_PAD_EOS, 1, 20, 0, ids, w, &chunks, &err);
+        ok = rc == 0 && chunks == 1 && n > 1 && pt_chunk_is(ids, w, 0, pt_ids_buf, (int)n, SD_CLIP_PAD_EOS);
+        for (i = 0; ok && i < n; i++) ok = w[1 + i] == 1.1f;
+        CHECK(ok, "prompt chunks: invalid UTF-8 inside brackets");
+    }
+    /* the limit: SD_PROMPT_MAX_CHUNKS full chunks are fine, a token or a BREAK more is not */
+    for (i = 0; i < SD_PROMPT_MAX_CHUNKS * 75; i++) memcpy(text + 4 * i, "cat ", 4);
+    n = 4 * (size_t)SD_PROMPT_MAX_CHUNKS * 75;
+    rc = pt_chunks(text, n, SD_CLIP_PAD_EOS, 1, 20, 0, ids, w, &chunks, &err);
+    CHECK(rc == 0 && chunks == SD_PROMPT_MAX_CHUNKS && pt_chunk_is(ids, w, SD_PROMPT_MAX_CHUNKS - 1, toks, 75, SD_CLIP_PAD_EOS),
+          "prompt chunks: %d full chunks", SD_PROMPT_MAX_CHUNKS);
+    memcpy(text + n, "cat", 3);
+    rc = pt_chunks(text, n + 3, SD_CLIP_PAD_EOS, 0, 0, 0, ids, w, &chunks, &err);
+    CHECK(rc == SD_ERR_ARG && strstr(err.message, "chunks"), "prompt chunks: one token too many (%s)", err.message);
+    memcpy(text + n, "BREAK", 5);
+    rc = pt_chunks(text, n + 5, SD_CLIP_PAD_EOS, 1, 0, 0, ids, w, &chunks, &err);
+    CHECK(rc == 0 && chunks == SD_PROMPT_MAX_CHUNKS, "prompt chunks: a BREAK at the end of %d full chunks", SD_PROMPT_MAX_CHUNKS);
+    memcpy(text + n, "BREAK a", 7);
+    rc = pt_chunks(text, n + 7, SD_CLIP_PAD_EOS, 1, 0, 0, ids, w, &chunks, &err);
+    CHECK(rc == SD_ERR_ARG && strstr(err.message, "chunks"), "prompt chunks: BREAK into chunk %d (%s)", SD_PROMPT_MAX_CHUNKS + 1, err.message);
+    for (i = 0; i < 70; i++) memcpy(text + 8 * i, "BREAK a ", 8);
+    rc = pt_chunks(text, 560, SD_CLIP_PAD_EOS, 1, 0, 0, ids, w, &chunks, &err);
+    CHECK(rc == SD_ERR_ARG, "prompt chunks: 70 BREAKs");
+
+    /* bad arguments and a small arena */
+    {
+        sd_arena *a = test_arena(1 << 16);
+        int32_t *pi = NULL;
+        float *pw = NULL;
+        chunks = 5;
+        CHECK(sd_prompt_chunks(NULL, "a", 1, SD_CLIP_PAD_EOS, 1, 20, 0, &pi, &pw, &chunks, a, &err) == SD_ERR_ARG && chunks == 0,
+              "prompt chunks: NULL vocabulary");
+        CHECK(sd_prompt_chunks(pt_vocab, NULL, 1, SD_CLIP_PAD_EOS, 1, 20, 0, &pi, &pw, &chunks, a, &err) == SD_ERR_ARG, "prompt chunks: NULL text");
+        CHECK(sd_prompt_chunks(pt_vocab, "a", 1, SD_CLIP_PAD_EOS, 1, 20, 0, NULL, &pw, &chunks, a, &err) == SD_ERR_ARG, "prompt chunks: NULL ids");
+        CHECK(sd_prompt_chunks(pt_vocab, "a", 1, SD_CLIP_PAD_EOS, 1, 20, 0, &pi, &pw, NULL, a, &err) == SD_ERR_ARG, "prompt chunks: NULL count");
+        CHECK(sd_prompt_chunks(pt_vocab, "a", 1, SD_CLIP_PAD_EOS, 1, 20, 0, &pi, &pw, &chunks, NULL, &err) == SD_ERR_ARG, "prompt chunks: NULL arena");
+        CHECK(sd_prompt_chunks(pt_vocab, "a", 1, SD_CLIP_PAD_EOS, 1, 75, 0, &pi, &pw, &chunks, a, &err) == SD_ERR_ARG, "prompt chunks: comma_wrap 75");
+        CHECK(sd_prompt_chunks(pt_vocab, "a", 1, SD_CLIP_PAD_EOS, 1, -1, 0, &pi, &pw, &chunks, a, &err) == SD_ERR_ARG, "prompt chunks: comma_wrap -1");
+        CHECK(sd_prompt_chunks(pt_vocab, "a", 1, SD_CLIP_PAD_EOS, 1, 20, SD_PROMPT_MAX_CHUNKS + 1, &pi, &pw, &chunks, a, &err) == SD_ERR_ARG,
+              "prompt chunks: min_chunks too large");
+        CHECK(sd_prompt_chunks(pt_vocab, "a", 1, SD_CLIP_PAD_EOS, 1, 20, -1, &pi, &pw, &chunks, a, &err) == SD_ERR_ARG, "prompt chunks: min_chunks -1");
+        CHECK(sd_prompt_chunks(pt_vocab, "a", 1, (sd_clip_pad)7, 1, 20, 0, &pi, &pw, &chunks, a, &err) == SD_ERR_ARG, "prompt chunks: padding 7");
+        CHECK(sd_prompt_chunks(pt_vocab, "a", (size_t)SD_PROMPT_MAX_BYTES + 1, SD_CLIP_PAD_EOS, 1, 20, 0, &pi, &pw, &chunks, a, &err) ==
+                  SD_ERR_ARG, "prompt chunks: oversized prompt");
+        CHECK(a->used == 0, "prompt chunks: bad arguments take no arena");
+        rc = sd_prompt_chunks(pt_vocab, "(cat)", 5, SD_CLIP_PAD_EOS, 1, 20, 0, &pi, NULL, &chunks, a, &err);
+        CHECK(rc == 0 && chunks == 1 && pi && pi[1] == cat[0], "prompt chunks: weights may be NULL");
+        free_arena(a);
+        /* every arena too small for the call fails cleanly and is given back as it was */
+        for (n = 64, ok = 1; ok && n < 65536; n += 256) {
+            a = test_arena(n);
+            sd_arena_alloc(a, 64, &err);
+            rc = sd_prompt_chunks(pt_vocab, "(cat) BREAK dog", 15, SD_CLIP_PAD_EOS, 1, 20, 2, &pi, &pw, &chunks, a, &err);
+            ok = rc == SD_ERR_MEMORY && a->used == 64 && !pi && !pw && chunks == 0;
+            free_arena(a);
+        }
+        CHECK(rc == 0 && chunks == 2, "prompt chunks: small arenas give SD_ERR_MEMORY and are restored (%zu bytes: %s)", n, rc ? err.message : "");
+    }
+}
+
+/* The weighting rule against a double-precision reference: keep the chunk's mean, scale each
+   token's row by its weight. */
+static void test_prompt_weight(void)
+{
+    enum { T = 77, W = 48 };
+    static float z[T * W], orig[T * W], want[T * W];
+    float weights[T];
+    uint32_t seed = 12345;
+    double before = 0, after = 0;
+    int t, c, trial;
+    for (trial = 0; trial < 3; trial++) {
+        for (t = 0; t < T * W; t++) {
+            seed = seed * 1664525u + 1013904223u;
+            z[t] = orig[t] = (float)((seed >> 8) / 16777216.0 * 4.0 - 1.5);   /* mean about 0.5 */
+        }
+        for (t = 0; t < T; t++) {
+            seed = seed * 1664525u + 1013904223u;
+            weights[t] = t == 0 || t > 20 ? 1.0f : trial == 2 ? -0.5f : (float)(0.5 + (seed >> 8) / 16777216.0);
+        }
+        before = after = 0;
+        for (t = 0; t < T * W; t++) before += orig[t];
+        for (t = 0; t < T; t++) for (c = 0; c < W; c++) after += (double)orig[t * W + c] * weights[t];
+        for (t = 0; t < T; t++) for (c = 0; c < W; c++) want[t * W + c] = (float)((double)orig[t * W + c] * weights[t] * (before / after));
+        sd_prompt_weight(z, weights, T, W);
+        check_close("prompt weight: against a double reference", z, want, T * W, 1e-6);
+        {   /* the mean is kept */
+            double m = 0;
+            for (t = 0; t < T * W; t++) m += z[t];
+            CHECK(fabs(m - before) <= 1e-5 * fabs(before), "prompt weight: mean kept (%g vs %g)", m / (T * W), before / (T * W));
+        }
+    }
+    /* all weights 1: untouched, bit for bit (NaN and -0 included) */
+    for (t = 0; t < T; t++) weights[t] = 1.0f;
+    memcpy(z, orig, sizeof z);
+    z[5] = -0.0f; z[7] = (float)NAN; memcpy(orig, z, sizeof z);
+    sd_prompt_weight(z, weights, T, W);
+    CHECK(!memcmp(z, orig, sizeof z), "prompt weight: all weights 1 leave the output untouched");
+    /* a weighted sum of exactly 0 is not divided by */
+    {
+        float zz[2] = {1.0f, 1.0f}, ww[2] = {1.0f, -1.0f};
+        sd_prompt_weight(zz, ww, 2, 1);
+        CHECK(zz[0] == 1.0f && zz[1] == -1.0f, "prompt weight: weighted mean 0");
+        sd_prompt_weight(NULL, ww, 2, 1);
+        sd_prompt_weight(zz, NULL, 2, 1);
+        sd_prompt_weight(zz, ww, 0, 1);
+        CHECK(zz[0] == 1.0f && zz[1] == -1.0f, "prompt weight: NULL and empty arguments do nothing");
+    }
+}
+
+static void test_prompt(void)
+{
+    size_t size = 0;
+    unsigned char *merges = merges_path ? read_file(merges_path, &size) : NULL;
+    sd_arena *va;
+    sd_error err;
+    test_prompt_weight();
+    if (!merges) { printf("prompt: no merges.txt (%s), prompt parsing and chunking tests skipped\n", merges_path ? merges_path : "none"); return; }
+    va = test_arena(sd_clip_vocab_arena_bytes(size));
+    if (!CHECK(sd_clip_vocab_load(&pt_vocab, merges, size, NULL, 0, va, &err) == 0, "prompt: loading %s: %s", merges_path, err.message)) {
+        free(merges);
+        free_arena(va);
+        return;
+    }
+    test_prompt_parse();
+    test_prompt_chunks();
+    test_prompt_golden();
+    free(merges);
+    free_arena(va);
+    pt_vocab = NULL;
+}
+
 /* Tests of section 8 (VAE): every model under GOLDEN_DIR/models that has a GOLDEN_DIR/NAME/vae.safetensors,
    every decode/encode case in it (with its debug activations), arena sizes, tiled decoding, and the
    errors of broken files. */
@@ -3199,7 +4168,35 @@ static int run_golden(const sd_model *m, golden_file *g, int threads, int vae_ti
     p.eta = strtof(meta_or(g, "eta", "0"), NULL);
     p.threads = threads;
     p.vae_tile = vae_tile;
-    if (ddim_config_from_json(&c, meta_or(g, "scheduler", "{}"), g->path)) p.spacing = c.spacing;
+    const char *cfg = meta_or(g, "scheduler", "{}"), *cls = meta_or(g, "scheduler_class", "DDIMScheduler");
+    if (ddim_config_from_json(&c, cfg, g->path)) p.spacing = c.spacing;
+    /* the sampler: diffusers' scheduler class and its config */
+    p.sampler = !strcmp(cls, "EulerDiscreteScheduler") ? SD_SAMPLER_EULER : !strcmp(cls, "EulerAncestralDiscreteScheduler") ? SD_SAMPLER_EULER_A
+              : !strcmp(cls, "DPMSolverMultistepScheduler") ? SD_SAMPLER_DPMPP_2M : SD_SAMPLER_DDIM;
+    CHECK(p.sampler != SD_SAMPLER_DDIM || !strcmp(cls, "DDIMScheduler"), "%s: scheduler class %s not known to the test", g->path, cls);
+    json jk;
+    p.karras = config_find(&jk, cfg, "use_karras_sigmas") && !strncmp(jk.p, "true", 4);
+    /* SDXL's size conditioning, "[h, w]" in the metadata */
+    static const char *const sizes[3] = {"original_size", "crops_coords_top_left", "target_size"};
+    int *dst[3] = {p.original_size, p.crop_top_left, p.target_size};
+    for (int i = 0; i < 3; i++) {
+        const char *v = sd_safetensors_meta(&g->st, sizes[i]);
+        if (v) CHECK(sscanf(v, "[%d, %d]", &dst[i][0], &dst[i][1]) == 2, "%s: %s = '%s'", g->path, sizes[i], v);
+    }
+    /* Euler a's per-step noise, given */
+    float *step_noise = NULL;
+    if (sd_safetensors_find(&g->st, "step0.noise")) {
+        int64_t n = 0;
+        size_t lat = (size_t)4 * (p.height / 8) * (p.width / 8);
+        step_noise = (float *)calloc((size_t)(p.steps > 0 ? p.steps : 1) * lat, sizeof(float));
+        for (int k = 0; k < p.steps; k++) {
+            char key[64];
+            snprintf(key, sizeof key, "step%d.noise", k);
+            const float *v = golden_f32(g, key, &n);
+            if (v && CHECK((size_t)n == lat, "%s: %s size", g->path, key)) memcpy(step_noise + (size_t)k * lat, v, lat * sizeof(float));
+        }
+        p.step_noise = step_noise;
+    }
     const sd_tensor *init = sd_safetensors_find(&g->st, "init_image_uint8");
     if (init) {
         p.init_rgb = (const uint8_t *)init->data;
@@ -3216,6 +4213,7 @@ static int run_golden(const sd_model *m, golden_file *g, int threads, int vae_ti
     int rc = sd_generate(m, &p, a, rgb, err);
     CHECK(rc != SD_OK || a->peak <= need, "%s: generation peaked at %zu arena bytes, promised %zu", g->path, a->peak, need);
     free_arena(a);
+    free(step_noise);
     return rc;
 }
 
@@ -3227,8 +4225,6 @@ static void check_pipeline(const sd_model *m, const char *rel)
     char what[1400];
     sd_error err;
     if (!g) return;
-    const char *cls = sd_safetensors_meta(&g->st, "scheduler_class"), *sampler = sd_safetensors_meta(&g->st, "sampler");
-    if ((cls && strcmp(cls, "DDIMScheduler")) || (sampler && strcmp(sampler, "ddim"))) { golden_close(g); return; }
     int64_t nl, ni, nu;
     const float *want_lat = golden_f32(g, "final_latents", &nl), *want_img = golden_f32(g, "image_decoded", &ni);
     const sd_tensor *want_u8 = sd_safetensors_find(&g->st, "image_uint8");
@@ -3250,15 +4246,16 @@ static void check_pipeline(const sd_model *m, const char *rel)
         }
         CHECK(worst <= 1, "%s image_uint8: a pixel differs by %d", rel, worst);
     }
-    /* prompt ids as the pipeline tokenizes them */
-    const sd_tensor *pid = sd_safetensors_find(&g->st, "prompt_ids");
-    if (pid && pid->dtype == SD_I64 && sd_tensor_numel(pid) == SD_CLIP_CONTEXT) {
+    /* prompt ids as the pipeline tokenizes them (SDXL: both tokenizers) */
+    for (int e = 0; e < m->encoders; e++) {
+        const sd_tensor *pid = sd_safetensors_find(&g->st, e ? "prompt_ids_2" : "prompt_ids");
+        if (!CHECK(pid && pid->dtype == SD_I64 && sd_tensor_numel(pid) == SD_CLIP_CONTEXT, "%s: no prompt_ids%s", rel, e ? "_2" : "")) continue;
         int32_t ids[SD_CLIP_CONTEXT];
         sd_arena *a = test_arena(sd_clip_scratch_bytes(1024));
         const char *prompt = meta_or(g, "prompt", "");
-        int same = !sd_clip_tokenize(m->vocab, prompt, strlen(prompt), m->pad[0], ids, NULL, a, &err);
+        int same = !sd_clip_tokenize(m->vocab, prompt, strlen(prompt), m->pad[e], ids, NULL, a, &err);
         for (int i = 0; same && i < SD_CLIP_CONTEXT; i++) same = ids[i] == ((const int64_t *)pid->data)[i];
-        CHECK(same, "%s: prompt_ids differ from ours", rel);
+        CHECK(same, "%s: prompt_ids%s differ from ours", rel, e ? "_2" : "");
         free_arena(a);
     }
     free(lat);
@@ -3407,6 +4404,95 @@ static void run_pipeline_goldens(const sd_model *m, const char *name, int contra
     if (dir) closedir(dir);
 }
 
+/* Long and weighted prompts through the pipeline's text stage (the tiny models of each family):
+   a 200-token prompt is 3 chunks (231 context tokens), each the encoder's output of its own 77
+   ids; a weighted prompt's context is the plain encoding weighted by the rule written out here
+   in double precision; both run end to end. */
+static void check_long_prompts(const sd_model *m, const char *label)
+{
+    char longp[2000] = "";
+    for (int i = 0; strlen(longp) < 1100; i++) strcat(longp, i % 2 ? "castle " : "red ");   /* one token per word */
+    sd_params p;
+    sd_error err;
+    sd_params_init(&p);
+    p.prompt = longp;
+    p.negative_prompt = "blurry";
+    p.width = p.height = 64;
+    p.steps = 2;
+    size_t need = sd_generate_arena_bytes(m, &p);
+    sd_arena *a = test_arena(need + (1u << 20)), *pa = test_arena(pool_arena_bytes(1) + SD_ALIGN);
+    sd_pool pool;
+    int C = 0, B = 2, D = m->context_dim, add = sd_unet_add_dim(m->unet);
+    CHECK(pool_init(&pool, 1, pa, &err) == SD_OK, "pool");
+    if (CHECK(count_chunks(m, &p, B, &C, a, &err) == SD_OK, "%s: %s", label, err.message))
+        CHECK(C == 3 && C * SD_TEXT_TOKENS == 231, "%s: a %zu-byte prompt of ~275 tokens gives %d chunks, expected 3", label, strlen(longp), C);
+    /* each chunk is its own 77 ids through the encoder(s) */
+    float *ctx = (float *)malloc((size_t)B * C * SD_TEXT_TOKENS * D * sizeof(float)), *y = (float *)malloc((size_t)(B * add + 1) * sizeof(float));
+    float *one = (float *)malloc((size_t)SD_TEXT_TOKENS * D * sizeof(float));
+    if (C == 3 && CHECK(encode_text(m, &p, B, C, ctx, y, &pool, a, &err) == SD_OK, "%s: %s", label, err.message)) {
+        int32_t *ids;
+        float *w;
+        int got;
+        size_t mark = sd_arena_mark(a);
+        if (CHECK(sd_prompt_chunks(m->vocab, longp, strlen(longp), m->pad[0], 1, 0, 0, &ids, &w, &got, a, &err) == SD_OK && got == 3, "%s: chunks", label)) {
+            int same = 1;
+            for (int c = 0; c < 3; c++) {
+                CHECK(ids[c * SD_TEXT_TOKENS] == SD_CLIP_BOS, "%s: chunk %d starts with BOS", label, c);
+                if (m->encoders == 1 && sd_text_encode(&m->te[0], ids + c * SD_TEXT_TOKENS, 1, 0, one, NULL, &pool, a, &err) == SD_OK)
+                    same &= !memcmp(one, ctx + ((size_t)C + c) * SD_TEXT_TOKENS * D, (size_t)SD_TEXT_TOKENS * D * sizeof(float));
+            }
+            CHECK(same, "%s: the context of chunk c is not the encoder's output for its 77 ids", label);
+        }
+        sd_arena_reset(a, mark);
+    }
+    /* weighting: "a (castle:1.5) [at] night" against the plain prompt's encoding, weighted here */
+    if (m->encoders == 1) {
+        const char *weighted = "a (castle:1.5) [at] night";
+        int32_t *ids;
+        float *w;
+        int got;
+        p.prompt = weighted;
+        p.negative_prompt = NULL;
+        p.guidance = 1;   /* one prompt: no unconditional half */
+        size_t mark = sd_arena_mark(a);
+        if (CHECK(encode_text(m, &p, 1, 1, ctx, y, &pool, a, &err) == SD_OK, "%s: %s", label, err.message) &&
+            CHECK(sd_prompt_chunks(m->vocab, weighted, strlen(weighted), m->pad[0], 1, 0, 1, &ids, &w, &got, a, &err) == SD_OK, "%s: %s", label, err.message) &&
+            CHECK(sd_text_encode(&m->te[0], ids, 1, 0, one, NULL, &pool, a, &err) == SD_OK, "%s: %s", label, err.message)) {
+            double before = 0, after = 0;
+            int weighted_tokens = 0;
+            size_t n = (size_t)SD_TEXT_TOKENS * D;
+            double *ref = (double *)malloc(n * sizeof(double));
+            for (size_t i = 0; i < n; i++) before += one[i];
+            for (size_t i = 0; i < n; i++) after += ref[i] = (double)one[i] * w[i / D];
+            for (int t = 0; t < SD_TEXT_TOKENS; t++) weighted_tokens += w[t] != 1.0f;
+            CHECK(weighted_tokens >= 2, "%s: '%s' has %d weighted tokens", label, weighted, weighted_tokens);
+            float *r = (float *)malloc(n * sizeof(float));
+            for (size_t i = 0; i < n; i++) r[i] = (float)(ref[i] * (before / n) / (after / n));
+            char what[300];
+            snprintf(what, sizeof what, "%s weighted context", label);
+            check_close(what, ctx, r, (int64_t)n, 1e-5);
+            free(r);
+            free(ref);
+        }
+        sd_arena_reset(a, mark);
+        p.prompt = longp;
+        p.negative_prompt = "blurry";
+        p.guidance = 7.5f;
+    }
+    /* and the long prompt end to end */
+    uint8_t *rgb = (uint8_t *)malloc((size_t)3 * 64 * 64);
+    free_arena(a);
+    a = test_arena(need);
+    CHECK(sd_generate(m, &p, a, rgb, &err) == SD_OK && a->peak <= need, "%s: long prompt generation: %s (peak %zu of %zu)", label, err.message, a->peak, need);
+    free(rgb);
+    free(ctx);
+    free(y);
+    free(one);
+    pool_free(&pool);
+    free_arena(pa);
+    free_arena(a);
+}
+
 static void test_pipeline(void)
 {
     DIR *top = opendir(golden_dir);
@@ -3424,6 +4510,7 @@ static void test_pipeline(void)
         if (open_test_model(&lm, path)) { unload_model(&lm); continue; }
         models++;
         run_pipeline_goldens(lm.model, d->d_name, 1);
+        check_long_prompts(lm.model, d->d_name);
         unload_model(&lm);
         /* the same goldens through the diffusers folder, when there is one */
         unsigned char *keep[DIFFUSERS_PARTS + DIFFUSERS_CONFIGS] = {0};
@@ -3440,7 +4527,7 @@ static void test_pipeline(void)
     }
     closedir(top);
     CHECK(models > 0 || !file_exists(merges_path), "pipeline: no model found under %s", golden_dir);
-    printf("pipeline: %d models, %d DDIM pipeline goldens run end to end\n", models, pipelines_checked);
+    printf("pipeline: %d models, %d pipeline goldens run end to end\n", models, pipelines_checked);
 }
 
 /* example.c's image files: round trips, the golden init images, PNGs made by python's zlib
@@ -3841,7 +4928,9 @@ int main(int argc, char **argv)
     test_model_files();
     test_rng();
     test_ddim();
+    test_samplers();
     test_tokenizer();
+    test_prompt();
     test_text_encoder();
     test_unet();
     test_vae();
