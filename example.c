@@ -94,6 +94,7 @@ static int inspect(const char *path)
 typedef struct options {
     const char *model, *tokenizer, *prompt, *negative, *init, *output, *preview;
     int width, height, steps, threads, batch, clip_skip, verbose, have_seed, vae_tile;
+    int sampler, karras, spacing, plain_prompt, turbo, have_steps, have_cfg, have_sampler;
     float cfg;
     double strength;
     uint64_t seed;
@@ -120,6 +121,11 @@ static void usage(FILE *f)
         "  -o, --output FILE         .png or .ppm (default output.png; with -b N: output_2.png, ...)\n"
         "  -b, --batch-count N       images to make, seeds seed, seed+1, ...\n"
         "      --clip-skip N         stop the text encoder N-1 layers early (A1111 style)\n"
+        "      --sampling-method M   ddim (default), euler, euler_a, dpm++2m, dpm++2m_karras\n"
+        "      --scheduler S         karras (DPM++ 2M sigmas), or the timestep spacing: leading,\n"
+        "                            trailing, linspace (default: the model's config, else the sampler's)\n"
+        "      --turbo               SD-Turbo / SDXL-Turbo: euler_a, trailing, 1 step, no guidance\n"
+        "      --no-weighting        (text:1.2), [text] and BREAK are plain text\n"
         "      --vae-tiling [N]      decode in N x N latent tiles (default 32): flat memory, approximate\n"
         "      --preview DIR         write each step's latent as DIR/step_NN.png (a rough RGB view)\n"
         "  -v, --verbose             more detail\n"
@@ -233,8 +239,10 @@ static void parameters_text(char *buf, size_t cap, const options *o, uint64_t se
     const char *name = strrchr(o->model, '/') ? strrchr(o->model, '/') + 1 : o->model;
     int n = snprintf(buf, cap, "%s\n", o->prompt);
     if (o->negative && *o->negative) n += snprintf(buf + n, cap > (size_t)n ? cap - n : 0, "Negative prompt: %s\n", o->negative);
-    snprintf(buf + n, cap > (size_t)n ? cap - n : 0, "Steps: %d, Sampler: DDIM, CFG scale: %g, Seed: %llu, Size: %dx%d, Model: %s%s",
-             o->steps, o->cfg, (unsigned long long)seed, o->width, o->height, name, o->init ? ", Denoising strength: " : "");
+    static const char *const samplers[4] = {"DDIM", "Euler", "Euler a", "DPM++ 2M"};
+    snprintf(buf + n, cap > (size_t)n ? cap - n : 0, "Steps: %d, Sampler: %s%s, CFG scale: %g, Seed: %llu, Size: %dx%d, Model: %s%s",
+             o->steps, samplers[o->sampler], o->karras ? " Karras" : "", o->cfg, (unsigned long long)seed, o->width, o->height,
+             name, o->init ? ", Denoising strength: " : "");
     if (o->init) snprintf(buf + strlen(buf), cap - strlen(buf), "%g", o->strength);
 }
 
@@ -271,6 +279,10 @@ static int run(options *o)
     p.threads = o->threads;
     p.clip_skip = o->clip_skip;
     p.vae_tile = o->vae_tile;
+    p.sampler = o->sampler;
+    p.karras = o->karras;
+    p.spacing = o->spacing;
+    p.weighting = !o->plain_prompt;
     p.init_rgb = init;
     p.strength = o->strength;
     size_t need = sd_generate_arena_bytes(model, &p);
@@ -280,7 +292,8 @@ static int run(options *o)
         fprintf(stderr, "%s\n", err.message);
         return 1;
     }
-    fprintf(stderr, "model: SD %d (%s prediction%s), text %d wide x %d layers, VAE scale %g\n", info.version,
+    fprintf(stderr, "model: %s (%s prediction%s), text %d wide x %d layers, VAE scale %g\n",
+            info.version == SD_VERSION_XL ? "SDXL" : info.version == SD_VERSION_2 ? "SD 2" : "SD 1",
             info.prediction == SD_PREDICT_V ? "v" : "epsilon", info.diffusers ? ", diffusers folder" : "",
             info.text_width, info.text_layers, info.vae_scale);
     fprintf(stderr, "%dx%d, %d steps, cfg %g, %d threads, arena %.1f MiB (+%.1f MiB model tables)\n", p.width, p.height,
@@ -1488,6 +1501,7 @@ int main(int argc, char **argv)
     o.cfg = 7.5f;
     o.strength = 0.8;
     o.batch = 1;
+    o.spacing = -1;
     o.threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (o.threads < 1) o.threads = 1;
     if (o.threads > SD_MAX_THREADS) o.threads = SD_MAX_THREADS;
@@ -1509,8 +1523,8 @@ int main(int argc, char **argv)
         else if (FLAG("-n", "--negative-prompt")) o.negative = VALUE();
         else if (FLAG("-W", "--width")) o.width = parse_int(VALUE(), 8, 8192, a);
         else if (FLAG("-H", "--height")) o.height = parse_int(VALUE(), 8, 8192, a);
-        else if (!strcmp(a, "--steps")) o.steps = parse_int(VALUE(), 1, 1000, a);
-        else if (!strcmp(a, "--cfg-scale")) o.cfg = (float)parse_float(VALUE(), 0, 100, a);
+        else if (!strcmp(a, "--steps")) { o.steps = parse_int(VALUE(), 1, 1000, a); o.have_steps = 1; }
+        else if (!strcmp(a, "--cfg-scale")) { o.cfg = (float)parse_float(VALUE(), 0, 100, a); o.have_cfg = 1; }
         else if (FLAG("-s", "--seed")) { o.seed = strtoull(VALUE(), NULL, 10); o.have_seed = 1; }
         else if (FLAG("-t", "--threads")) o.threads = parse_int(VALUE(), 1, SD_MAX_THREADS, a);
         else if (FLAG("-i", "--init-img")) o.init = VALUE();
@@ -1521,11 +1535,37 @@ int main(int argc, char **argv)
         else if (FLAG("-v", "--verbose")) o.verbose = 1;
         else if (!strcmp(a, "--preview")) o.preview = VALUE();
         else if (!strcmp(a, "--vae-tiling")) o.vae_tile = v && v[0] >= '0' && v[0] <= '9' ? parse_int(VALUE(), 8, 4096, a) : 32;
+        else if (!strcmp(a, "--sampling-method")) {
+            static const char *const names[5] = {"ddim", "euler", "euler_a", "dpm++2m", "dpm++2m_karras"};
+            const char *m = VALUE();
+            int k = 0;
+            while (k < 5 && strcmp(m, names[k])) k++;
+            if (k == 5) { fprintf(stderr, "--sampling-method: '%s' is not one of ddim, euler, euler_a, dpm++2m, dpm++2m_karras\n", m); return 1; }
+            o.sampler = k < 4 ? k : SD_SAMPLER_DPMPP_2M;
+            o.karras |= k == 4;
+            o.have_sampler = 1;
+        } else if (!strcmp(a, "--scheduler")) {
+            const char *m = VALUE();
+            if (!strcmp(m, "karras")) o.karras = 1;
+            else if (!strcmp(m, "leading")) o.spacing = SD_SPACING_LEADING;
+            else if (!strcmp(m, "trailing")) o.spacing = SD_SPACING_TRAILING;
+            else if (!strcmp(m, "linspace")) o.spacing = SD_SPACING_LINSPACE;
+            else if (strcmp(m, "default")) { fprintf(stderr, "--scheduler: '%s' is not one of karras, leading, trailing, linspace, default\n", m); return 1; }
+        }
+        else if (!strcmp(a, "--turbo")) o.turbo = 1;
+        else if (!strcmp(a, "--no-weighting")) o.plain_prompt = 1;
         else { fprintf(stderr, "unknown option '%s' (see --help)\n", a); return 1; }
 #undef FLAG
 #undef VALUE
     }
     if (!o.model || !o.prompt) { usage(stderr); return 1; }
+    if (o.turbo) {   /* what SD-Turbo and SDXL-Turbo were distilled for (their model cards' settings) */
+        if (!o.have_steps) o.steps = 1;
+        if (!o.have_cfg) o.cfg = 0;
+        if (!o.have_sampler) o.sampler = SD_SAMPLER_EULER_A;
+        if (o.spacing < 0) o.spacing = SD_SPACING_TRAILING;
+    }
+    if (o.karras && o.sampler != SD_SAMPLER_DPMPP_2M) { fprintf(stderr, "Karras sigmas are available with dpm++2m only\n"); return 1; }
     if (!o.have_seed) o.seed = ((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 16)) & 0xffffffffu;
     return run(&o);
 }

@@ -4307,6 +4307,28 @@ static void check_pipeline_contracts(const sd_model *m, const char *rel)
     free(img);
     free(tiled);
 
+    /* batch_count: image i is the generation with seed + i */
+    {
+        sd_params q;
+        uint8_t *two = (uint8_t *)malloc(2 * 3 * 64 * 64), *one = (uint8_t *)malloc(3 * 64 * 64);
+        sd_params_init(&q);
+        q.prompt = "a cat";
+        q.width = q.height = 64;
+        q.steps = 2;
+        q.seed = 5;
+        q.batch_count = 2;
+        sd_arena *qa = test_arena(sd_generate_arena_bytes(m, &q));
+        int r2 = sd_generate(m, &q, qa, two, &err);
+        q.batch_count = 1;
+        q.seed = 6;
+        int r1 = sd_generate(m, &q, qa, one, &err);
+        CHECK(!r2 && !r1 && !memcmp(two + 3 * 64 * 64, one, 3 * 64 * 64) && memcmp(two, one, 3 * 64 * 64),
+              "%s: batch_count 2 from seed 5: the second image is not seed 6's (rc %d, %d)", rel, r2, r1);
+        free_arena(qa);
+        free(two);
+        free(one);
+    }
+
     sd_params p;
     int calls = 0;
     uint8_t *out = (uint8_t *)malloc(3 * 64 * 64);
@@ -4891,17 +4913,29 @@ static void test_cli(void)
     FILE *f = fopen(path, "wb");
     if (f) { fputs("hello\n", f); fclose(f); }
     const char *m = *model ? model : "weights/test/models/tiny-sd1-fp16.safetensors";
-    struct { char args[3000]; const char *needle; } bad[6];
+    struct { char args[3000]; const char *needle; } bad[8];
     snprintf(bad[0].args, sizeof bad[0].args, "--bogus");                                         bad[0].needle = "unknown option";
     snprintf(bad[1].args, sizeof bad[1].args, "-m");                                              bad[1].needle = "needs a value";
     snprintf(bad[2].args, sizeof bad[2].args, "-m %s --tokenizer %s -p x -W 100", m, merges_path); bad[2].needle = "multiples of 8";
     snprintf(bad[3].args, sizeof bad[3].args, "-m %s/missing.safetensors -p x", dir);            bad[3].needle = "cannot read";
     snprintf(bad[4].args, sizeof bad[4].args, "-m %s --tokenizer %s -p x", path, merges_path);   bad[4].needle = "safetensors";
     snprintf(bad[5].args, sizeof bad[5].args, "-m %s --tokenizer %s -p x -i %s", m, merges_path, path); bad[5].needle = "not a PNG";
-    for (int i = 0; i < 6; i++) {
+    snprintf(bad[6].args, sizeof bad[6].args, "-m %s -p x --sampling-method lms", m);            bad[6].needle = "not one of";
+    snprintf(bad[7].args, sizeof bad[7].args, "-m %s -p x --scheduler karras", m);               bad[7].needle = "dpm++2m only";
+    for (int i = 0; i < 8; i++) {
         rc = run_example(bad[i].args, errf, &lines);
         CHECK(rc != 0 && lines == 1 && file_contains(errf, bad[i].needle), "CLI '%s': exit %d, %d lines on stderr, want one with '%s'",
               bad[i].args, rc, lines, bad[i].needle);
+    }
+    /* each sampler by name, recorded in the PNG as A1111 names it; --turbo's one step */
+    static const char *const methods[][2] = {{"euler", "Sampler: Euler,"}, {"euler_a", "Sampler: Euler a,"},
+                                              {"dpm++2m_karras", "Sampler: DPM++ 2M Karras,"}, {"ddim --turbo", "Sampler: DDIM, CFG scale: 0,"}};
+    for (int i = 0; i < 4; i++) {
+        snprintf(path, sizeof path, "%s/sampler_%d.png", dir, i);
+        snprintf(args, sizeof args, "-m %s --tokenizer %s -p 'a (red:1.2) cat BREAK on a mat' -W 64 -H 64 --steps 3 -s 1 -t 1 --sampling-method %s -o %s",
+                 m, merges_path, methods[i][0], path);
+        rc = run_example(args, errf, &lines);
+        CHECK(rc == 0 && file_contains(path, methods[i][1]), "CLI --sampling-method %s: exit %d, or no '%s' in the PNG", methods[i][0], rc, methods[i][1]);
     }
     snprintf(args, sizeof args, "rm -rf %s", dir);
     if (system(args)) printf("note: could not remove %s\n", dir);
