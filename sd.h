@@ -7979,6 +7979,25 @@ static const sd_safetensors *find_vae_file(const sd_model *m, int nfiles)
     return NULL;
 }
 
+/* Whether an SD2 checkpoint without a prediction type is the 768 v-prediction model (SD 2.x
+   768) rather than an epsilon one (SD 2.x base, SD-Turbo). The files do not say; the weights do:
+   ComfyUI's rule, that the spread of one LayerNorm bias of the last up block is above 0.09 only
+   in the v models. Without that tensor: v, the 768 model being the common download. */
+static int sd2_looks_v(const sd_model *m)
+{
+    const sd_tensor *t = NULL;
+    for (int i = 0; i < SD_MAX_FILES && !t; i++)
+        if (m->files[i].count) t = sd_safetensors_find(&m->files[i], "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias");
+    if (!t || t->ndim != 1 || t->shape[0] < 2 || (t->dtype != SD_F32 && t->dtype != SD_F16 && t->dtype != SD_BF16)) return 1;
+    double sum = 0, sq = 0, n = (double)t->shape[0];
+    for (int64_t i = 0; i < t->shape[0]; i++) {
+        double v = tensor_get(t, (size_t)i);
+        sum += v;
+        sq += v * v;
+    }
+    return sqrt(sq / n - (sum / n) * (sum / n)) > 0.09;
+}
+
 static int model_load(sd_model *m, const sd_source *src, sd_arena *a, sd_error *err)
 {
     int rc, n = src->count;
@@ -8030,9 +8049,8 @@ static int model_load(sd_model *m, const sd_source *src, sd_arena *a, sd_error *
                     sd_safetensors_find(&m->files[0], "cond_stage_model.transformer.text_model.final_layer_norm.weight") == NULL;
     {
         const char *pt = m->meta ? sd_safetensors_meta(m->meta, "sd.scheduler.prediction_type") : NULL;
-        /* without metadata: SD2 single files are usually the 768-v model */
         in->prediction = pt ? (!strcmp(pt, "v_prediction") ? SD_PREDICT_V : SD_PREDICT_EPSILON)
-                            : in->version == 2 ? SD_PREDICT_V : SD_PREDICT_EPSILON;
+                            : in->version == 2 && sd2_looks_v(m) ? SD_PREDICT_V : SD_PREDICT_EPSILON;
     }
     in->text_width = m->context_dim;
     in->text_layers = m->te[0].layers;

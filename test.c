@@ -4515,8 +4515,30 @@ static void check_long_prompts(const sd_model *m, const char *label)
     free_arena(a);
 }
 
+/* SD2 files without a prediction type: the v model is told from the spread of one LayerNorm
+   bias (above 0.09 in SD 2.x 768; SD 2.x base and SD-Turbo are epsilon models). */
+static void test_sd2_prediction_rule(void)
+{
+    static const char header[] = "{\"model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias\":"
+                                 "{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}";
+    const float narrow[4] = {0.1f, -0.1f, 0.05f, -0.05f}, wide[4] = {0.3f, -0.2f, 0.1f, -0.25f};
+    for (int k = 0; k < 2; k++) {
+        size_t size;
+        unsigned char *bytes = make_file(header, k ? wide : narrow, 16, &size);
+        sd_arena *a = test_arena(1 << 16);
+        sd_model m;
+        sd_error err;
+        memset(&m, 0, sizeof m);
+        if (CHECK(sd_safetensors_open(&m.files[0], bytes, size, a, &err) == SD_OK, "%s", err.message))
+            CHECK(sd2_looks_v(&m) == k, "SD2 prediction rule: a bias spread of %s should read as %s", k ? "0.21" : "0.08", k ? "v" : "epsilon");
+        free_arena(a);
+        free(bytes);
+    }
+}
+
 static void test_pipeline(void)
 {
+    test_sd2_prediction_rule();
     DIR *top = opendir(golden_dir);
     struct dirent *d;
     int models = 0;
