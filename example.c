@@ -4,7 +4,7 @@
      ./example -m diffusers_folder/ -p "a cat" -W 768 -H 512 --steps 30 -s 42
      ./example -m model.safetensors -i photo.png --strength 0.6 -p "oil painting"
      ./example --inspect model.safetensors
-     ./example --bench unet --sizes 64 --threads 2     (make bench: every stage on a random SD 1.5)
+     ./example --bench unet --sizes 64 --threads 2     (make bench: every stage on a random SD 1.5, then SDXL)
 
    How it uses the library: files are mmap'd read-only (sd.h uses the weights in place), the
    model is loaded into one arena, the exact arena size of a generation is asked for and
@@ -106,7 +106,7 @@ static void usage(FILE *f)
         "usage: ./example -m MODEL -p PROMPT [options]\n"
         "       ./example --inspect FILE.safetensors\n"
         "       ./example --bench [WHAT] [options]        speed of each stage (./example --bench --help)\n"
-        "       ./example --make-random-model sd15|sd21 PATH [f16|f32|bf16]   a full-size checkpoint of random weights\n"
+        "       ./example --make-random-model sd15|sd21|sdxl PATH [f16|f32|bf16]   a full-size checkpoint of random weights\n"
         "  -m, --model PATH          single-file .safetensors checkpoint, or a diffusers folder\n"
         "      --tokenizer FILE      CLIP merges.txt (default: next to the model, then weights/merges.txt)\n"
         "  -p, --prompt TEXT         what to draw\n"
@@ -344,19 +344,66 @@ static double parse_float(const char *s, double lo, double hi, const char *flag)
 }
 
 /* ---- random full-size checkpoints ---------------------------------------------------------- */
-/* The tensors of a real single-file SD 1.5 or SD 2.1 checkpoint (names, shapes, dtype, layout of
-   the original LDM code), generated from the architecture written out below and filled with
-   random weights of the scale PyTorch initialises them to. Speed does not depend on the values,
-   so nobody has to download 2 GB to measure it. The same walk over the architecture counts the
-   multiply-adds of each part at a given latent size: the benchmark's GFLOPS come from the model
-   description, not from a table of numbers. */
+/* The tensors of a real single-file SD 1.5, SD 2.1 or SDXL base 1.0 checkpoint (names, shapes,
+   dtype, layout of the original LDM / Stability generative-models code), generated from the
+   architecture written out below and filled with random weights of the scale PyTorch initialises
+   them to. Speed does not depend on the values, so nobody has to download 2 or 7 GB to measure
+   it. The same walk over the architecture counts the multiply-adds of each part at a given latent
+   size: the benchmark's GFLOPS come from the model description, not from a table of numbers. Like
+   a real download, the file has no sd.* metadata: sd.h works the family out from the shapes. */
 
 enum { RM_TEXT, RM_UNET, RM_VAE_DECODER, RM_VAE_ENCODER, RM_PARTS };
 enum { RM_UNIFORM, RM_ONES, RM_ZEROS, RM_NORMAL, RM_ARANGE, RM_CONSTANT };   /* how a tensor is filled */
 
+/* A text encoder: OpenAI's CLIP in transformers' names (q/k/v apart, plus the position_ids
+   buffer) or OpenCLIP's (q/k/v fused in in_proj, plus text_projection and logit_scale). MLP 4x
+   wide; 77 tokens per prompt. */
+typedef struct random_model_encoder {
+    const char *prefix;         /* tensor names start with this */
+    int openclip;               /* 0: OpenAI CLIP names, 1: OpenCLIP names */
+    int width, layers, run;     /* width, layers in the file, layers a generation runs */
+    int pooled;                 /* the pipeline also takes the projected pooled output (SDXL's second) */
+} random_model_encoder;
+
+/* What tells the families apart, as a table: the walk reads everything that differs from here. */
+typedef struct random_model_family {
+    const char *kind, *name;    /* "sd15", "SD 1.5" */
+    int encoders;               /* 1, or 2 (SDXL: context = both encoders' outputs side by side) */
+    random_model_encoder te[2];
+    int levels, mult[4];        /* UNet levels and their channels, times 320 */
+    int depth[4], mid_depth;    /* transformer blocks per level (0: no attention there) and in the middle */
+    int context;                /* cross-attention input width: the encoders' widths summed */
+    int adm;                    /* SDXL's added conditioning (label_emb) input width; 0: none */
+    int linear_proj;            /* proj_in/proj_out are linear layers (SD2, SDXL), not 1x1 convs (SD1) */
+    int latent;                 /* latent side of its native image size (64: 512 px) */
+} random_model_family;
+
+static const random_model_family random_model_families[] = {
+    /* CLIP ViT-L/14 (768 wide, 12 layers); 8 heads of 40 */
+    {"sd15", "SD 1.5", 1, {{"cond_stage_model.transformer.text_model.", 0, 768, 12, 12, 0}, {NULL, 0, 0, 0, 0, 0}},
+     4, {1, 2, 4, 4}, {1, 1, 1, 0}, 1, 768, 0, 0, 64},
+    /* OpenCLIP ViT-H/14 (1024 wide, 24 layers of which SD runs 23); heads of 64 */
+    {"sd21", "SD 2.1", 1, {{"cond_stage_model.model.", 1, 1024, 24, 23, 0}, {NULL, 0, 0, 0, 0, 0}},
+     4, {1, 2, 4, 4}, {1, 1, 1, 0}, 1, 1024, 0, 1, 64},
+    /* CLIP ViT-L (penultimate layer: 11 of 12 run) and OpenCLIP bigG/14 (1280 wide, 32 layers, all
+       run for the pooled output); three levels, no attention at the first, 2 and 10 transformer
+       blocks at the others and 10 in the middle; heads of 64; label_emb takes the pooled text
+       embedding (1280) and six size numbers embedded 256 wide each (2816) */
+    {"sdxl", "SDXL", 2, {{"conditioner.embedders.0.transformer.text_model.", 0, 768, 12, 11, 0},
+                         {"conditioner.embedders.1.model.", 1, 1280, 32, 32, 1}},
+     3, {1, 2, 4, 0}, {0, 2, 10, 0}, 10, 2048, 2816, 1, 128},
+};
+
+static const random_model_family *random_model_family_find(const char *kind)
+{
+    for (size_t i = 0; i < sizeof random_model_families / sizeof *random_model_families; i++)
+        if (!strcmp(kind, random_model_families[i].kind)) return &random_model_families[i];
+    return NULL;
+}
+
 typedef struct random_model_walk random_model_walk;
 struct random_model_walk {
-    int sd2;                    /* 0: SD 1.5, 1: SD 2.1 */
+    const random_model_family *f;
     int h, w, batch;            /* latent size and UNet/text batch the multiply-adds are counted for */
     int part;                   /* RM_*: which part the tensors being walked belong to */
     double macs[RM_PARTS];      /* multiply-adds of each part (one FLOP pair each) */
@@ -402,17 +449,14 @@ static void random_model_norm(random_model_walk *k, const char *p, const char *n
     random_model_put(k, p, name, ".bias", RM_ZEROS, 0, 1, C, 0, 0, 0);
 }
 
-/* The text encoder. SD 1.5: OpenAI's CLIP ViT-L/14 text tower in transformers' names (768 wide,
-   12 layers, q/k/v apart, plus the position_ids buffer). SD 2.1: OpenCLIP ViT-H/14's (1024 wide,
-   24 layers of which SD runs 23, q/k/v fused in in_proj, plus text_projection and logit_scale,
-   which SD does not use). MLP 4x wide; 77 tokens per prompt. */
-static void random_model_text(random_model_walk *k)
+/* One text encoder (random_model_encoder says which). Layers past the one a generation reads
+   cost nothing; a pooled output adds the projection of each prompt's end-of-text vector. */
+static void random_model_encoder_walk(random_model_walk *k, const random_model_encoder *t)
 {
-    int D = k->sd2 ? 1024 : 768, F = 4 * D, layers = k->sd2 ? 24 : 12, run = k->sd2 ? 23 : 12;
-    const char *p = k->sd2 ? "cond_stage_model.model." : "cond_stage_model.transformer.text_model.";
-    char q[128];
-    k->part = RM_TEXT;
-    if (!k->sd2) {   /* the int64 buffer first: at data offset 0 it is aligned for its 8 bytes */
+    int D = t->width, F = 4 * D;
+    const char *p = t->prefix;
+    char q[160];
+    if (!t->openclip) {   /* the int64 buffer first: at data offset 0 it is aligned for its 8 bytes */
         random_model_put(k, p, "embeddings.position_ids", "", RM_ARANGE, 0, 2, 1, 77, 0, 0);
         random_model_put(k, p, "embeddings.token_embedding.weight", "", RM_NORMAL, 0.02f, 2, 49408, D, 0, 0);
         random_model_put(k, p, "embeddings.position_embedding.weight", "", RM_NORMAL, 0.01f, 2, 77, D, 0, 0);
@@ -420,9 +464,9 @@ static void random_model_text(random_model_walk *k)
         random_model_put(k, p, "token_embedding.weight", "", RM_NORMAL, 0.02f, 2, 49408, D, 0, 0);
         random_model_put(k, p, "positional_embedding", "", RM_NORMAL, 0.01f, 2, 77, D, 0, 0);
     }
-    for (int l = 0; l < layers; l++) {
-        double rows = l < run ? 77.0 * k->batch : 0;   /* layers past SD's output cost nothing */
-        if (!k->sd2) {
+    for (int l = 0; l < t->layers; l++) {
+        double rows = l < t->run ? 77.0 * k->batch : 0;
+        if (!t->openclip) {
             snprintf(q, sizeof q, "%sencoder.layers.%d.", p, l);
             random_model_norm(k, q, "layer_norm1", D);
             random_model_linear(k, q, "self_attn.q_proj", D, D, rows);
@@ -446,11 +490,18 @@ static void random_model_text(random_model_walk *k)
         }
         k->macs[k->part] += rows * 77 * D * 2;   /* attention: scores and weighted values (full, though causal) */
     }
-    random_model_norm(k, p, k->sd2 ? "ln_final" : "final_layer_norm", D);
-    if (k->sd2) {
+    random_model_norm(k, p, t->openclip ? "ln_final" : "final_layer_norm", D);
+    if (t->openclip) {   /* stored [width, projection] and used as x·P */
         random_model_put(k, p, "text_projection", "", RM_UNIFORM, 1.0f / sqrtf((float)D), 2, D, D, 0, 0);
         random_model_put(k, p, "logit_scale", "", RM_CONSTANT, 4.6052f, 0, 0, 0, 0, 0);   /* ln 100, as trained */
+        if (t->pooled) k->macs[k->part] += (double)k->batch * D * D;
     }
+}
+
+static void random_model_text(random_model_walk *k)
+{
+    k->part = RM_TEXT;
+    for (int e = 0; e < k->f->encoders; e++) random_model_encoder_walk(k, &k->f->te[e]);
 }
 
 /* ResBlock: GroupNorm-SiLU-conv3x3, + Linear(SiLU(time embedding)), GroupNorm-SiLU-conv3x3, and a
@@ -465,46 +516,50 @@ static void random_model_resblock(random_model_walk *k, const char *p, int cin, 
     if (cin != cout) random_model_conv(k, p, "skip_connection", cout, cin, 1, rows);
 }
 
-/* SpatialTransformer over n pixels: GroupNorm, proj_in (a 1x1 conv in SD 1, a linear layer in SD 2),
-   one block of self-attention, cross-attention to the 77 text vectors and a GEGLU feed-forward
-   (4x wide, value and gate in one matrix), each after a LayerNorm; proj_out. */
-static void random_model_transformer(random_model_walk *k, const char *p, int C, double n)
+/* SpatialTransformer over n pixels: GroupNorm, proj_in (a 1x1 conv in SD 1, a linear layer in SD 2
+   and SDXL), `depth` blocks of self-attention, cross-attention to the 77 text vectors and a GEGLU
+   feed-forward (4x wide, value and gate in one matrix), each after a LayerNorm; proj_out. */
+static void random_model_transformer(random_model_walk *k, const char *p, int C, int depth, double n)
 {
-    int text = k->sd2 ? 1024 : 768;
+    int text = k->f->context;
     double rows = n * k->batch;
     char q[192];
     random_model_norm(k, p, "norm", C);
-    if (k->sd2) random_model_linear(k, p, "proj_in", C, C, rows);
+    if (k->f->linear_proj) random_model_linear(k, p, "proj_in", C, C, rows);
     else random_model_conv(k, p, "proj_in", C, C, 1, rows);
-    for (int a = 1; a <= 2; a++) {   /* attn1 attends to the image, attn2 to the text */
-        int kv = a == 1 ? C : text;
-        double kv_rows = a == 1 ? rows : 77.0 * k->batch, keys = a == 1 ? n : 77;
-        snprintf(q, sizeof q, "%stransformer_blocks.0.attn%d.", p, a);
-        random_model_put(k, q, "to_q.weight", "", RM_UNIFORM, 1.0f / sqrtf((float)C), 2, C, C, 0, 0);
-        random_model_put(k, q, "to_k.weight", "", RM_UNIFORM, 1.0f / sqrtf((float)kv), 2, C, kv, 0, 0);
-        random_model_put(k, q, "to_v.weight", "", RM_UNIFORM, 1.0f / sqrtf((float)kv), 2, C, kv, 0, 0);
-        random_model_linear(k, q, "to_out.0", C, C, rows);
-        k->macs[k->part] += rows * C * C + 2 * kv_rows * C * kv + 2 * rows * keys * C;   /* q; k, v; QKᵀ and PV */
+    for (int d = 0; d < depth; d++) {
+        for (int a = 1; a <= 2; a++) {   /* attn1 attends to the image, attn2 to the text */
+            int kv = a == 1 ? C : text;
+            double kv_rows = a == 1 ? rows : 77.0 * k->batch, keys = a == 1 ? n : 77;
+            snprintf(q, sizeof q, "%stransformer_blocks.%d.attn%d.", p, d, a);
+            random_model_put(k, q, "to_q.weight", "", RM_UNIFORM, 1.0f / sqrtf((float)C), 2, C, C, 0, 0);
+            random_model_put(k, q, "to_k.weight", "", RM_UNIFORM, 1.0f / sqrtf((float)kv), 2, C, kv, 0, 0);
+            random_model_put(k, q, "to_v.weight", "", RM_UNIFORM, 1.0f / sqrtf((float)kv), 2, C, kv, 0, 0);
+            random_model_linear(k, q, "to_out.0", C, C, rows);
+            k->macs[k->part] += rows * C * C + 2 * kv_rows * C * kv + 2 * rows * keys * C;   /* q; k, v; QKᵀ and PV */
+        }
+        snprintf(q, sizeof q, "%stransformer_blocks.%d.", p, d);
+        random_model_linear(k, q, "ff.net.0.proj", 8 * C, C, rows);
+        random_model_linear(k, q, "ff.net.2", C, 4 * C, rows);
+        random_model_norm(k, q, "norm1", C);
+        random_model_norm(k, q, "norm2", C);
+        random_model_norm(k, q, "norm3", C);
     }
-    snprintf(q, sizeof q, "%stransformer_blocks.0.", p);
-    random_model_linear(k, q, "ff.net.0.proj", 8 * C, C, rows);
-    random_model_linear(k, q, "ff.net.2", C, 4 * C, rows);
-    random_model_norm(k, q, "norm1", C);
-    random_model_norm(k, q, "norm2", C);
-    random_model_norm(k, q, "norm3", C);
-    if (k->sd2) random_model_linear(k, p, "proj_out", C, C, rows);
+    if (k->f->linear_proj) random_model_linear(k, p, "proj_out", C, C, rows);
     else random_model_conv(k, p, "proj_out", C, C, 1, rows);
 }
 
-/* The UNet (Rombach et al. 2022, LDM code's openaimodel.py numbering): 320 channels times 1, 2, 4,
-   4 over four levels, two ResBlocks per level on the way down (with a transformer at the first
-   three levels) and three on the way up, each taking the matching skip connection; attention
-   heads of 40 (SD 1: 8 heads) or 64 (SD 2) channels are not visible in the tensors. */
+/* The UNet (Rombach et al. 2022, LDM code's openaimodel.py numbering): 320 channels times the
+   family's multipliers over its levels, two ResBlocks per level on the way down (each followed by
+   a transformer where the level has attention) and three on the way up, each taking the matching
+   skip connection; a stride-2 conv between levels down, nearest 2x + conv up. SDXL adds label_emb:
+   an MLP from its size-and-pooled-text vector into the time embedding. Attention heads (SD 1: 8
+   of 40 channels; SD 2, SDXL: 64-wide) are not visible in the tensors. */
 static void random_model_unet(random_model_walk *k)
 {
-    static const int mult[4] = {1, 2, 4, 4};
+    const random_model_family *f = k->f;
     const char *P = "model.diffusion_model.";
-    int skip[16], nskip = 0, ch = 320, block = 1, H[5], W[5];
+    int skip[16], nskip = 0, ch = 320, block = 1, L = f->levels, H[5], W[5];
     char p[128];
     H[0] = k->h, W[0] = k->w;
     for (int l = 1; l < 5; l++) H[l] = (H[l - 1] + 1) / 2, W[l] = (W[l - 1] + 1) / 2;   /* stride-2 convs round up */
@@ -513,40 +568,45 @@ static void random_model_unet(random_model_walk *k)
     snprintf(p, sizeof p, "%stime_embed.", P);   /* sinusoid(320) → 1280 → SiLU → 1280 */
     random_model_linear(k, p, "0", 1280, 320, k->batch);
     random_model_linear(k, p, "2", 1280, 1280, k->batch);
+    if (f->adm) {   /* y (adm) → 1280 → SiLU → 1280, added to the time embedding */
+        snprintf(p, sizeof p, "%slabel_emb.0.", P);
+        random_model_linear(k, p, "0", 1280, f->adm, k->batch);
+        random_model_linear(k, p, "2", 1280, 1280, k->batch);
+    }
     snprintf(p, sizeof p, "%sinput_blocks.0.", P);
     random_model_conv(k, p, "0", 320, 4, 3, k->batch * RM_PIXELS(0));
     skip[nskip++] = ch;
-    for (int l = 0; l < 4; l++) {
+    for (int l = 0; l < L; l++) {
         for (int j = 0; j < 2; j++, block++) {
             snprintf(p, sizeof p, "%sinput_blocks.%d.0.", P, block);
-            random_model_resblock(k, p, ch, 320 * mult[l], k->batch * RM_PIXELS(l));
-            ch = 320 * mult[l];
+            random_model_resblock(k, p, ch, 320 * f->mult[l], k->batch * RM_PIXELS(l));
+            ch = 320 * f->mult[l];
             snprintf(p, sizeof p, "%sinput_blocks.%d.1.", P, block);
-            if (l < 3) random_model_transformer(k, p, ch, RM_PIXELS(l));
+            if (f->depth[l]) random_model_transformer(k, p, ch, f->depth[l], RM_PIXELS(l));
             skip[nskip++] = ch;
         }
-        if (l < 3) {   /* Downsample: 3x3 conv, stride 2 */
+        if (l < L - 1) {   /* Downsample: 3x3 conv, stride 2 */
             snprintf(p, sizeof p, "%sinput_blocks.%d.0.", P, block++);
             random_model_conv(k, p, "op", ch, ch, 3, k->batch * RM_PIXELS(l + 1));
             skip[nskip++] = ch;
         }
     }
     snprintf(p, sizeof p, "%smiddle_block.0.", P);
-    random_model_resblock(k, p, ch, ch, k->batch * RM_PIXELS(3));
+    random_model_resblock(k, p, ch, ch, k->batch * RM_PIXELS(L - 1));
     snprintf(p, sizeof p, "%smiddle_block.1.", P);
-    random_model_transformer(k, p, ch, RM_PIXELS(3));
+    random_model_transformer(k, p, ch, f->mid_depth, RM_PIXELS(L - 1));
     snprintf(p, sizeof p, "%smiddle_block.2.", P);
-    random_model_resblock(k, p, ch, ch, k->batch * RM_PIXELS(3));
+    random_model_resblock(k, p, ch, ch, k->batch * RM_PIXELS(L - 1));
     block = 0;
-    for (int l = 3; l >= 0; l--)
+    for (int l = L - 1; l >= 0; l--)
         for (int j = 0; j < 3; j++, block++) {
             snprintf(p, sizeof p, "%soutput_blocks.%d.0.", P, block);
-            random_model_resblock(k, p, ch + skip[--nskip], 320 * mult[l], k->batch * RM_PIXELS(l));
-            ch = 320 * mult[l];
+            random_model_resblock(k, p, ch + skip[--nskip], 320 * f->mult[l], k->batch * RM_PIXELS(l));
+            ch = 320 * f->mult[l];
             snprintf(p, sizeof p, "%soutput_blocks.%d.1.", P, block);
-            if (l < 3) random_model_transformer(k, p, ch, RM_PIXELS(l));
+            if (f->depth[l]) random_model_transformer(k, p, ch, f->depth[l], RM_PIXELS(l));
             if (j == 2 && l > 0) {   /* Upsample: nearest 2x, then a 3x3 conv at the new size */
-                snprintf(p, sizeof p, "%soutput_blocks.%d.%d.", P, block, l < 3 ? 2 : 1);
+                snprintf(p, sizeof p, "%soutput_blocks.%d.%d.", P, block, f->depth[l] ? 2 : 1);
                 random_model_conv(k, p, "conv", ch, ch, 3, k->batch * RM_PIXELS(l - 1));
             }
         }
@@ -627,7 +687,7 @@ static void random_model_vae(random_model_walk *k)
     random_model_conv(k, "first_stage_model.decoder.", "conv_out", 3, ch, 3, 64 * h * w);
 }
 
-/* The whole checkpoint, text encoder first (its int64 buffer must lead the data). */
+/* The whole checkpoint, text encoders first (the int64 buffer of the first must lead the data). */
 static void random_model_walk_all(random_model_walk *k)
 {
     random_model_text(k);
@@ -635,12 +695,12 @@ static void random_model_walk_all(random_model_walk *k)
     random_model_vae(k);
 }
 
-/* Multiply-adds of each part of SD 1.5 (sd2 = 0) or SD 2.1 at an h x w latent. */
-static void random_model_count(int sd2, int h, int w, int batch, double macs[RM_PARTS])
+/* Multiply-adds of each part of a family's model at an h x w latent. */
+static void random_model_count(const random_model_family *f, int h, int w, int batch, double macs[RM_PARTS])
 {
     random_model_walk k;
     memset(&k, 0, sizeof k);
-    k.sd2 = sd2, k.h = h, k.w = w, k.batch = batch;
+    k.f = f, k.h = h, k.w = w, k.batch = batch;
     random_model_walk_all(&k);
     memcpy(macs, k.macs, sizeof k.macs);
 }
@@ -747,7 +807,7 @@ static void random_model_data(random_model_walk *k, const char *name, int ndim, 
     }
 }
 
-/* Writes a checkpoint of `kind` ("sd15" or "sd21") with random weights of dtype "f16" (NULL too),
+/* Writes a checkpoint of `kind` ("sd15", "sd21" or "sdxl") with random weights of dtype "f16" (NULL too),
    "f32" or "bf16" to path (through path.tmp, renamed when complete). Returns 0 or prints why not. */
 static int random_model_write(const char *kind, const char *path, const char *dtype)
 {
@@ -758,9 +818,7 @@ static int random_model_write(const char *kind, const char *path, const char *dt
     double t0 = now();
     memset(&k, 0, sizeof k);
     memset(&o, 0, sizeof o);
-    if (!strcmp(kind, "sd15")) k.sd2 = 0;
-    else if (!strcmp(kind, "sd21")) k.sd2 = 1;
-    else { fprintf(stderr, "random model: kind '%s' is not sd15 or sd21\n", kind); return 1; }
+    if (!(k.f = random_model_family_find(kind))) { fprintf(stderr, "random model: kind '%s' is not sd15, sd21 or sdxl\n", kind); return 1; }
     if (!dtype || !strcmp(dtype, "f16")) o.dtype = SD_F16;
     else if (!strcmp(dtype, "f32")) o.dtype = SD_F32;
     else if (!strcmp(dtype, "bf16")) o.dtype = SD_BF16;
@@ -832,7 +890,7 @@ static int random_model_check(const char *path)
 typedef struct bench_options {
     const char *what, *model, *kind, *dtype, *merges;
     int sizes[16], nsizes, vae_sizes[16], nvae, threads[16], nthreads;
-    int batch, runs, image, steps;
+    int batch, runs, image, steps, vae_tile;
 } bench_options;
 
 /* The stages of one checkpoint, opened through the public API, weights used in place. */
@@ -842,10 +900,12 @@ typedef struct bench_model {
     void *tables;
     sd_arena arena;
     sd_safetensors st;
-    sd_text_encoder te;
+    sd_text_encoder te[2];      /* SDXL has two; the UNet's context is their outputs side by side */
+    int encoders, context;      /* how many, and the context width */
     sd_unet_model *unet;
     sd_vae *vae;
-    int sd2, matches;           /* matches: the file has the SD 1.5/2.1 tensors the FLOP count assumes */
+    const random_model_family *family;   /* SD 1.5, SD 2.1 or SDXL: what the FLOP count assumes */
+    int matches;                /* the file has that family's tensors (names and shapes) */
     char w[8];                  /* weight type of the UNet's convs: "f16", ... */
 } bench_model;
 
@@ -934,7 +994,7 @@ static void bench_match(random_model_walk *k, const char *name, int ndim, const 
     int ok = t && t->ndim == ndim;
     (void)init, (void)scale;
     for (int d = 0; ok && d < ndim; d++) ok = t->shape[d] == shape[d];
-    if (!ok && m->matches) fprintf(stderr, "note: the file has no tensor %s as SD %s has it: GFLOPS assume SD 1.5/2.1 shapes\n", name, m->sd2 ? "2.1" : "1.5");
+    if (!ok && m->matches) fprintf(stderr, "note: the file has no tensor %s as %s has it: no GFLOPS\n", name, m->family->name);
     if (!ok) m->matches = 0;
 }
 
@@ -954,28 +1014,31 @@ static int bench_model_load(bench_model *m, const char *path)
     if (!bytes || !(m->tables = malloc(bytes))) { fprintf(stderr, "%s: too short, or no memory for its tables\n", path); return 1; }
     sd_arena_init(&m->arena, m->tables, bytes);
     if (sd_safetensors_open(&m->st, m->data, m->size, &m->arena, &err) ||
-        sd_text_encoder_load(&m->te, &m->st, 1, NULL, 0, &m->arena, &err) ||
+        sd_text_encoder_load(&m->te[0], &m->st, 1, NULL, 0, &m->arena, &err) ||
         sd_unet_load(&m->unet, &m->st, 1, NULL, &m->arena, &err) ||
-        sd_vae_load(&m->vae, &m->st, &m->arena, &err)) {
+        sd_vae_load(&m->vae, &m->st, &m->arena, &err) ||   /* SDXL: a UNet with added conditioning, two encoders */
+        (sd_unet_add_dim(m->unet) > 0 && sd_text_encoder_load(&m->te[1], &m->st, 1, NULL, 1, &m->arena, &err))) {
         fprintf(stderr, "%s: %s\n", path, err.message);
         return 1;
     }
     t1 = now();
     for (size_t i = 0; i < m->size; i += 4096) bench_sink += m->data[i];   /* every page in, once */
-    m->sd2 = m->te.gelu;
+    m->encoders = sd_unet_add_dim(m->unet) > 0 ? 2 : 1;
+    m->context = m->te[0].width + (m->encoders > 1 ? m->te[1].width : 0);
+    m->family = random_model_family_find(m->encoders > 1 ? "sdxl" : m->te[0].gelu ? "sd21" : "sd15");
     const sd_tensor *t = sd_safetensors_find(&m->st, "model.diffusion_model.input_blocks.1.0.in_layers.2.weight");
     if (!t) t = sd_safetensors_find(&m->st, "down_blocks.0.resnets.0.conv1.weight");
     snprintf(m->w, sizeof m->w, "%s", t ? sd_dtype_name(t->dtype) : "?");
     for (char *c = m->w; *c; c++) *c = (char)(*c >= 'A' && *c <= 'Z' ? *c - 'A' + 'a' : *c);
     memset(&k, 0, sizeof k);
-    k.sd2 = m->sd2, k.h = k.w = 64, k.batch = 1, k.emit = bench_match, k.user = m;
+    k.f = m->family, k.h = k.w = 64, k.batch = 1, k.emit = bench_match, k.user = m;
     m->matches = 1;
     random_model_walk_all(&k);
-    printf("model path=%s tensors=%d bytes=%zu w=%s version=%d open_seconds=%.3f touch_seconds=%.2f\n", path,
-           m->st.count, m->size, m->w, m->sd2 ? 2 : 1, t1 - t0, now() - t1);
-    for (int s = 32; s <= 64 && m->matches; s *= 2) {   /* the work the GFLOPS below divide by */
+    printf("model path=%s tensors=%d bytes=%zu w=%s family=%s open_seconds=%.3f touch_seconds=%.2f\n", path,
+           m->st.count, m->size, m->w, m->family->kind, t1 - t0, now() - t1);
+    for (int s = m->family->latent / 2; s <= m->family->latent && m->matches; s *= 2) {   /* the work the GFLOPS below divide by */
         double macs[RM_PARTS];
-        random_model_count(m->sd2, s, s, 1, macs);
+        random_model_count(m->family, s, s, 1, macs);
         printf("flops latent=%d image=%d unet_gflop=%.1f vae_decode_gflop=%.1f vae_encode_gflop=%.1f text_encoder_gflop=%.2f\n",
                s, 8 * s, 2e-9 * macs[RM_UNET], 2e-9 * macs[RM_VAE_DECODER], 2e-9 * macs[RM_VAE_ENCODER], 2e-9 * macs[RM_TEXT]);
     }
@@ -997,41 +1060,45 @@ static void bench_print_tail(double cpu0, double wall0, size_t need, size_t peak
     fflush(stdout);
 }
 
-/* The denoiser: one batched evaluation (batch 2 is a guided sampling step) at size x size latents. */
+/* The denoiser: one batched evaluation (batch 2 is a guided sampling step) at size x size latents,
+   conditioned on random vectors of the right sizes (SDXL: the context and the added-conditioning
+   vector y both). */
 static int bench_unet(const bench_options *o, bench_model *m, int size, int threads)
 {
     sd_arena a;
     sd_pool pool;
     sd_error err;
     double macs[RM_PARTS], t[64];
-    int B = o->batch;
+    int B = o->batch, ydim = sd_unet_add_dim(m->unet);
     size_t lat = (size_t)B * 4 * size * size, need = sd_unet_arena_bytes(m->unet, B, size, size, SD_TEXT_TOKENS);
+    size_t nctx = (size_t)B * SD_TEXT_TOKENS * m->context, ny = (size_t)B * ydim;
     float *x = (float *)malloc(lat * sizeof(float)), *out = (float *)malloc(lat * sizeof(float));
-    float *ctx = (float *)malloc((size_t)B * 77 * m->te.width * sizeof(float)), ts[64];
+    float *ctx = (float *)malloc(nctx * sizeof(float)), *y = (float *)malloc((ny ? ny : 1) * sizeof(float)), ts[64];
     void *mem;
-    if (need == (size_t)-1 || !x || !out || !ctx || !(mem = bench_arena(&a, need, threads, &pool))) return 1;
+    if (need == (size_t)-1 || !x || !out || !ctx || !y || !(mem = bench_arena(&a, need, threads, &pool))) return 1;
     bench_fill(x, lat, 1);
-    bench_fill(ctx, (size_t)B * 77 * m->te.width, 2);
+    bench_fill(ctx, nctx, 2);
+    bench_fill(y, ny, 4);
     for (int b = 0; b < B && b < 64; b++) ts[b] = 981.0f;
     size_t base = sd_arena_mark(&a);
     double wall0 = now(), cpu0 = bench_cpu();
     a.peak = a.used;
     for (int r = 0; r < o->runs; r++) {
         double t0 = now();
-        sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, NULL};
+        sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, ydim ? y : NULL};
         if (sd_unet(m->unet, x, ts, &cond, B, size, size, out, &pool, &a, &err)) {
             fprintf(stderr, "unet size=%d batch=%d threads=%d: %s\n", size, B, threads, err.message);
             return 1;
         }
         t[r] = now() - t0;
     }
-    random_model_count(m->sd2, size, size, B, macs);
+    random_model_count(m->family, size, size, B, macs);
     double s = bench_median(t, o->runs);
     printf("unet size=%d batch=%d threads=%d w=%s runs=%d seconds=%.3f", size, B, threads, m->w, o->runs, s);
     bench_print_flops(m, macs[RM_UNET], s);
     bench_print_tail(cpu0, wall0, need, a.peak - base, out, lat);
     pool_free(&pool);
-    free(mem); free(x); free(out); free(ctx);
+    free(mem); free(x); free(out); free(ctx); free(y);
     return 0;
 }
 
@@ -1059,7 +1126,7 @@ static int bench_vae(const bench_options *o, bench_model *m, int size, int threa
         }
         t[r] = now() - t0;
     }
-    random_model_count(m->sd2, size, size, 1, macs);
+    random_model_count(m->family, size, size, 1, macs);
     double s = bench_median(t, o->runs);
     printf("vae_decode size=%d latent=%d threads=%d w=%s runs=%d seconds=%.3f", 8 * size, size, threads, m->w, o->runs, s);
     bench_print_flops(m, macs[RM_VAE_DECODER], s);
@@ -1069,34 +1136,46 @@ static int bench_vae(const bench_options *o, bench_model *m, int size, int threa
     return 0;
 }
 
-/* The text encoder on `batch` prompts of 77 tokens (what the ids are does not change the work). */
+/* The text encoder on `batch` prompts of 77 tokens (what the ids are does not change the work).
+   SDXL: both encoders, one after the other as a generation runs them, the second with the pooled
+   output; the line gives their time together. */
 static int bench_text(const bench_options *o, bench_model *m, int threads)
 {
     sd_arena a;
     sd_pool pool;
     sd_error err;
     double macs[RM_PARTS], t[64];
-    int B = o->batch;
-    size_t need = sd_text_encoder_arena_bytes(&m->te, B, 0), n = (size_t)B * 77 * m->te.width;
+    int B = o->batch, proj = m->encoders > 1 ? m->te[1].proj_dim : 0;
+    size_t need = 0, n = (size_t)B * SD_TEXT_TOKENS * m->context + (size_t)B * proj;
+    for (int e = 0; e < m->encoders; e++) {   /* one at a time: the larger need */
+        size_t bytes = sd_text_encoder_arena_bytes(&m->te[e], B, e == 1);
+        if (bytes == (size_t)-1) return 1;
+        if (bytes > need) need = bytes;
+    }
     int32_t *ids = (int32_t *)malloc((size_t)B * 77 * sizeof(int32_t));
-    float *out = (float *)malloc(n * sizeof(float));
+    float *out = (float *)malloc(n * sizeof(float));   /* each encoder's output, then the pooled */
     void *mem;
-    if (need == (size_t)-1 || !ids || !out || !(mem = bench_arena(&a, need, threads, &pool))) return 1;
+    if (!ids || !out || !(mem = bench_arena(&a, need, threads, &pool))) return 1;
     for (int i = 0; i < B * 77; i++) ids[i] = i % 77 == 0 ? SD_CLIP_BOS : i % 77 < 20 ? 320 + 37 * (i % 77) : SD_CLIP_EOS;
     size_t base = sd_arena_mark(&a);
     double wall0 = now(), cpu0 = bench_cpu();
     a.peak = a.used;
     for (int r = 0; r < o->runs; r++) {
         double t0 = now();
-        if (sd_text_encode(&m->te, ids, B, 0, out, NULL, &pool, &a, &err)) {
-            fprintf(stderr, "text_encoder threads=%d: %s\n", threads, err.message);
-            return 1;
+        float *dst = out;
+        for (int e = 0; e < m->encoders; e++) {
+            float *pooled = e == 1 ? out + (n - (size_t)B * proj) : NULL;
+            if (sd_text_encode(&m->te[e], ids, B, 0, dst, pooled, &pool, &a, &err)) {
+                fprintf(stderr, "text_encoder %d threads=%d: %s\n", e + 1, threads, err.message);
+                return 1;
+            }
+            dst += (size_t)B * SD_TEXT_TOKENS * m->te[e].width;
         }
         t[r] = now() - t0;
     }
-    random_model_count(m->sd2, 64, 64, B, macs);
+    random_model_count(m->family, 64, 64, B, macs);
     double s = bench_median(t, o->runs);
-    printf("text_encoder batch=%d threads=%d w=%s runs=%d seconds=%.4f", B, threads, m->w, o->runs, s);
+    printf("text_encoder batch=%d encoders=%d threads=%d w=%s runs=%d seconds=%.4f", B, m->encoders, threads, m->w, o->runs, s);
     bench_print_flops(m, macs[RM_TEXT], s);
     bench_print_tail(cpu0, wall0, need, a.peak - base, out, n);
     pool_free(&pool);
@@ -1203,10 +1282,14 @@ static int bench_txt2img(const bench_options *o, bench_model *bm, int threads)
     p.seed = 42;
     p.progress = bench_step_done;
     p.user = &st;
-    size_t need = sd_generate_arena_bytes(model, &p);
+    size_t untiled = sd_generate_arena_bytes(model, &p);   /* the whole-image decode, for comparison */
+    p.vae_tile = o->vae_tile;
+    size_t need = sd_generate_arena_bytes(model, &p), npix = (size_t)3 * p.width * p.height;
     void *mem = need ? malloc(need + SD_ARENA_ALIGN) : NULL;
-    uint8_t *rgb = (uint8_t *)malloc((size_t)3 * p.width * p.height);
-    if (!mem || !rgb) { fprintf(stderr, "txt2img: cannot allocate %zu bytes\n", need); return 1; }
+    uint8_t *rgb = (uint8_t *)malloc(npix);
+    float *image = (float *)malloc(npix * sizeof(float));   /* the decoder's output, to check it is finite */
+    if (!mem || !rgb || !image) { fprintf(stderr, "txt2img: cannot allocate %zu bytes\n", need); return 1; }
+    p.image_out = image;
     memset(mem, 0, need + SD_ARENA_ALIGN);
     sd_arena_init(&a, mem, need + SD_ARENA_ALIGN);
     memset(&st, 0, sizeof st);
@@ -1216,14 +1299,17 @@ static int bench_txt2img(const bench_options *o, bench_model *bm, int threads)
     double end = now(), last = st.at[p.steps];
     for (int k = 2; k <= p.steps; k++) step[k - 2] = st.at[k] - st.at[k - 1];
     double per = p.steps > 1 ? bench_median(step, p.steps - 1) : last - st.start;
-    random_model_count(bm->sd2, o->image / 8, o->image / 8, 2, macs);
-    printf("txt2img size=%d steps=%d threads=%d w=%s seconds=%.2f seconds_per_step=%.2f first_step_seconds=%.2f "
-           "decode_seconds=%.2f", o->image, p.steps, threads, bm->w, end - st.start, per, st.at[1] - st.start, end - last);
+    random_model_count(bm->family, o->image / 8, o->image / 8, 2, macs);
+    printf("txt2img size=%d steps=%d threads=%d w=%s vae_tile=%d seconds=%.2f seconds_per_step=%.2f first_step_seconds=%.2f "
+           "decode_seconds=%.2f", o->image, p.steps, threads, bm->w, p.vae_tile, end - st.start, per, st.at[1] - st.start, end - last);
     bench_print_flops(bm, macs[RM_UNET], per);
-    printf(" cores_busy=%.2f arena_bytes=%zu arena_peak=%zu\n", (bench_cpu() - cpu0) / (end - st.start), need, a.peak);
+    printf(" cores_busy=%.2f arena_bytes=%zu arena_peak=%zu", (bench_cpu() - cpu0) / (end - st.start), need, a.peak);
+    if (p.vae_tile) printf(" untiled_arena_bytes=%zu", untiled);
+    printf("%s\n", bench_finite(image, npix) ? "" : " output=NONFINITE");
     fflush(stdout);
     free(mem);
     free(rgb);
+    free(image);
     free(table_mem);
     return 0;
 }
@@ -1403,7 +1489,7 @@ static void bench_usage(FILE *f)
         "         txt2img, all (all but txt2img;\n"
         "         default tokenizer,text,unet,vae,kernels)\n"
         "  --model PATH       checkpoint (default weights/bench/KIND-DTYPE.safetensors, made if missing)\n"
-        "  --kind sd15|sd21   random model to use or make (default sd15)\n"
+        "  --kind sd15|sd21|sdxl  random model to use or make (default sd15)\n"
         "  --dtype f16|f32|bf16  its weight type (default f16)\n"
         "  --tokenizer FILE   merges.txt (default weights/merges.txt)\n"
         "  --sizes LIST       UNet latent sizes (default 32,64)\n"
@@ -1412,7 +1498,8 @@ static void bench_usage(FILE *f)
         "  --threads LIST     thread counts, 0 = all CPUs (default 1,0)\n"
         "  --runs N           runs per figure, median reported (default 3)\n"
         "  --txt2img-size N   image side for txt2img (default 512)\n"
-        "  --steps N          txt2img steps (default 20; one run)\n");
+        "  --steps N          txt2img steps (default 20; one run)\n"
+        "  --vae-tiling N     txt2img: decode in N x N latent tiles (default 0: whole image)\n");
 }
 
 static int bench_run(int argc, char **argv)
@@ -1444,6 +1531,7 @@ static int bench_run(int argc, char **argv)
         else if (!strcmp(a, "--runs")) o.runs = parse_int(BENCH_VALUE(), 1, 64, a);
         else if (!strcmp(a, "--txt2img-size")) o.image = parse_int(BENCH_VALUE(), 8, 8192, a);
         else if (!strcmp(a, "--steps")) o.steps = parse_int(BENCH_VALUE(), 1, 1000, a);
+        else if (!strcmp(a, "--vae-tiling")) o.vae_tile = parse_int(BENCH_VALUE(), 8, 4096, a);
         else { fprintf(stderr, "unknown bench option '%s'\n", a); bench_usage(stderr); return 1; }
 #undef BENCH_VALUE
     }
@@ -1506,7 +1594,7 @@ int main(int argc, char **argv)
     if (o.threads < 1) o.threads = 1;
     if (o.threads > SD_MAX_THREADS) o.threads = SD_MAX_THREADS;
     if (argc > 1 && !strcmp(argv[1], "--make-random-model")) {
-        if (argc < 4 || argc > 5) { fprintf(stderr, "usage: %s --make-random-model sd15|sd21 PATH [f16|f32|bf16]\n", argv[0]); return 1; }
+        if (argc < 4 || argc > 5) { fprintf(stderr, "usage: %s --make-random-model sd15|sd21|sdxl PATH [f16|f32|bf16]\n", argv[0]); return 1; }
         return random_model_write(argv[2], argv[3], argc > 4 ? argv[4] : "f16") || random_model_check(argv[3]);
     }
     if (argc > 1 && !strcmp(argv[1], "--bench")) return bench_run(argc - 1, argv + 1);
