@@ -5105,6 +5105,11 @@ static int prompt_pack(const sd_clip_vocab *v, const char *text, size_t size, sd
         runs = &whole;
     }
     for (r = 0; r < count; r++) {
+        if (!(fabs(runs[r].weight) <= 1e30)) {   /* e.g. (((a:1e30):1e30):1e30): no float holds it */
+            rc = fail(err, SD_ERR_ARG, "prompt: the weight of \"%.*s\" is %g, beyond any sensible emphasis",
+                      (int)(runs[r].size > 40 ? 40 : runs[r].size), runs[r].text, runs[r].weight);
+            goto done;
+        }
         if (runs[r].chunk_break && (rc = prompt_close_chunk(k, err))) goto done;
         if ((rc = sd_clip_token_ids(v, runs[r].text, runs[r].size, pad, tok, cap, &n, a, err))) goto done;
         if (n >= cap) { rc = fail(err, SD_ERR_ARG, "prompt: more than %d chunks of 75 tokens", SD_PROMPT_MAX_CHUNKS); goto done; }

@@ -226,7 +226,9 @@ static unsigned char *rewrite_file(const sd_safetensors *st, sd_dtype to, tensor
 /* libFuzzer entry points (`make fuzz`). SD_FUZZ=1: the safetensors reader, where each input must
    give SD_OK with every tensor inside the buffer, or an error. SD_FUZZ=2: the tokenizer, arbitrary
    bytes as a prompt in both paddings with a scratch arena of exactly sd_clip_scratch_bytes(size):
-   it must always succeed, deterministically, with well-formed ids. Never a crash or a bad read. */
+   it must always succeed, deterministically, with well-formed ids; then as an A1111-syntax prompt
+   (sd_prompt_chunks): chunks of valid ids and finite weights, or SD_ERR_ARG. Never a crash or a
+   bad read. */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #if SD_FUZZ == 1
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -278,6 +280,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             fuzz_die("tokenize", "not deterministic");
     }
     free_arena(scratch);
+    /* the same bytes as an A1111-syntax prompt: chunks, or a clear SD_ERR_ARG (bad weight, too deep, too long) */
+    sd_arena *pa = test_arena(sd_prompt_arena_bytes(size));
+    int32_t *cids;
+    float *cw;
+    int chunks, rc = sd_prompt_chunks(vocab, (const char *)data, size, SD_CLIP_PAD_EOS, 1, 20, 1, &cids, &cw, &chunks, pa, &err);
+    if (rc && rc != SD_ERR_ARG) fuzz_die("prompt chunks", err.message);
+    if (rc && pa->used != 0) fuzz_die("prompt chunks", "arena not given back after an error");
+    for (int c = 0; !rc && c < chunks; c++) {
+        if (cids[c * SD_CLIP_CONTEXT] != SD_CLIP_BOS) fuzz_die("prompt chunks", "a chunk without BOS");
+        for (int i = 0; i < SD_CLIP_CONTEXT; i++)
+            if (cids[c * SD_CLIP_CONTEXT + i] < 0 || cids[c * SD_CLIP_CONTEXT + i] >= SD_CLIP_VOCAB_SIZE || !isfinite(cw[c * SD_CLIP_CONTEXT + i]))
+                fuzz_die("prompt chunks", "id out of range or weight not finite");
+    }
+    free_arena(pa);
     return 0;
 }
 #endif
@@ -3579,6 +3595,15 @@ static void test_prompt(void)
     test_prompt_parse();
     test_prompt_chunks();
     test_prompt_golden();
+    {   /* nested weights past any float: refused, not turned into inf */
+        const char *huge = "((((((((((((a:1000000000000000000000000000000):1000000000000000000000000000000)))))))))))";
+        sd_arena *a = test_arena(sd_prompt_arena_bytes(strlen(huge)));
+        int32_t *ids;
+        float *w;
+        int chunks, rc = sd_prompt_chunks(pt_vocab, huge, strlen(huge), SD_CLIP_PAD_EOS, 1, 0, 1, &ids, &w, &chunks, a, &err);
+        CHECK(rc == SD_ERR_ARG && strstr(err.message, "weight") && a->used == 0, "prompt: a weight of 1e60: rc %d (%s)", rc, rc ? err.message : "");
+        free_arena(a);
+    }
     free(merges);
     free_arena(va);
     pt_vocab = NULL;

@@ -5,6 +5,8 @@
 #   sh weights/download.sh sd15       + SD 1.5 single-file checkpoint, fp16 (2.1 GB)
 #   sh weights/download.sh sd21       + SD 2.1 768 (v-prediction) single-file checkpoint (5.2 GB)
 #   sh weights/download.sh sd-turbo   + SD-Turbo (SD 2.1 architecture, 1-4 steps; 5.2 GB)
+#   sh weights/download.sh sdxl       + SDXL base 1.0 single-file checkpoint (6.9 GB)
+#   sh weights/download.sh sdxl-turbo + SDXL-Turbo, fp16 (SDXL architecture, 1-4 steps; 6.9 GB)
 set -eu
 cd "$(dirname "$0")"
 hub=https://huggingface.co
@@ -33,6 +35,8 @@ case "${1:-}" in
   sd15) get stable-diffusion-v1-5/stable-diffusion-v1-5 v1-5-pruned-emaonly-fp16.safetensors sd15.safetensors ;;
   sd21) get stabilityai/stable-diffusion-2-1 v2-1_768-ema-pruned.safetensors sd21.safetensors ;;
   sd-turbo) get stabilityai/sd-turbo sd_turbo.safetensors sd-turbo.safetensors ;;
+  sdxl) get stabilityai/stable-diffusion-xl-base-1.0 sd_xl_base_1.0.safetensors sdxl.safetensors ;;
+  sdxl-turbo) get stabilityai/sdxl-turbo sd_xl_turbo_1.0_fp16.safetensors sdxl-turbo.safetensors ;;
   "") ;;
-  *) echo "usage: $0 [sd15|sd21|sd-turbo]"; exit 1 ;;
+  *) echo "usage: $0 [sd15|sd21|sd-turbo|sdxl|sdxl-turbo]"; exit 1 ;;
 esac
