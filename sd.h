@@ -24,8 +24,12 @@
          sd_arena g;  sd_arena_init(&g, malloc(need + SD_ARENA_ALIGN), need + SD_ARENA_ALIGN);
          uint8_t *rgb = malloc(3 * 512 * 512);
          if (sd_generate(model, &p, &g, rgb, &err)) puts(err.message);   // ... never fail midway
-     Every stage is callable on its own too: sd_clip_tokenize, sd_text_encode, sd_unet,
-     sd_vae_decode / sd_vae_encode, sd_ddim_timesteps / sd_ddim_step, sd_randn.
+     The same call runs SD 1.x, SD 2.x and SDXL (two text encoders, size conditioning), single
+     files or diffusers folders; sd_params picks the sampler (DDIM, Euler, Euler a, DPM++ 2M
+     with Karras sigmas) and reads AUTOMATIC1111's prompt syntax ("(castle:1.3)", "[fog]",
+     BREAK) at any prompt length.
+     Every stage is callable on its own too: sd_clip_tokenize, sd_prompt_chunks, sd_text_encode,
+     sd_unet, sd_vae_decode / sd_vae_encode, sd_sampler_init / sd_sampler_step, sd_randn.
 
    CONFIGURATION (define before including the implementation)
      SD_ASSERT(x)     internal consistency checks (default: assert from <assert.h>)
@@ -49,11 +53,11 @@
      2. Arena
      3. safetensors reader (and the small strict JSON parser it needs)
      4. Compute kernels: GEMM, conv2d, norms, attention, activations; thread pool
-     5. Tokenizer (CLIP BPE)
-     6. Text encoder (CLIP ViT-L/14 for SD1, OpenCLIP ViT-H for SD2)
-     7. UNet
+     5. Tokenizer (CLIP BPE), prompt weighting and long prompts
+     6. Text encoder (CLIP ViT-L/14 for SD1, OpenCLIP ViT-H for SD2, both of SDXL's)
+     7. UNet (SD1, SD2, SDXL)
      8. VAE (decoder, encoder)
-     9. Samplers (DDIM)
+     9. Samplers (DDIM, Euler, Euler a, DPM++ 2M)
     10. Pipeline (txt2img, img2img)
 */
 #ifndef SD_H
@@ -344,7 +348,7 @@ typedef struct sd_vae_config {
 } sd_vae_config;
 typedef struct sd_vae sd_vae;   /* opaque; lives in the arena it was loaded into */
 
-/* The VAE of real SD 1.x/2.x checkpoints (SDXL: the same with scaling_factor 0.13025). */
+/* The VAE of SD 1.x/2.x and SDXL checkpoints (SDXL's has scaling_factor 0.13025). */
 SD_API void sd_vae_config_default(sd_vae_config *c);
 
 /* Finds the VAE in one opened file: a single-file checkpoint (`first_stage_model.*`), a
@@ -5203,11 +5207,15 @@ SD_API void sd_prompt_weight(float *context, const float *weights, int tokens, i
    turns the 77 token ids of a prompt into 77 vectors that the UNet attends to. SD1 uses OpenAI's
    ViT-L/14 text tower (width 768, 12 layers, 12 heads, quick_gelu) and reads its last layer;
    SD2 uses OpenCLIP's ViT-H/14 tower (width 1024, 24 layers, 16 heads, gelu) and reads the
-   penultimate one. Both pass the state they read through the final LayerNorm. One layer is
+   penultimate one. Both pass the state they read through the final LayerNorm. SDXL uses both
+   ViT-L and OpenCLIP's bigG (1280 wide, 32 layers), reads each one's penultimate layer without
+   the LayerNorm, and takes from bigG also the pooled embedding: the final-LayerNorm state of the
+   end-of-text token through text_projection. One layer is
        x += out_proj(attention(LN1(x)))     causal: a token sees itself and the tokens before it
        x += fc2(act(fc1(LN2(x))))
-   Checkpoints store it under two name maps: HF transformers' (SD1 files, every diffusers
-   folder) and OpenCLIP's (SD2 files, with q/k/v fused in one in_proj matrix). */
+   Checkpoints store it under two name maps: HF transformers' (SD1 files, SDXL's first encoder,
+   every diffusers folder) and OpenCLIP's (SD2 files, SDXL's second encoder, with q/k/v fused in
+   one in_proj matrix). */
 
 typedef struct sd_clip_layer {
     sd_tensor ln1_w, ln1_b, q_w, q_b, k_w, k_b, v_w, v_b, out_w, out_b;
@@ -5595,7 +5603,10 @@ done:
    and spatial transformers that attend to the text, halving the size between levels, through a
    middle block, and back up, each up block also taking the activations that the down path
    saved at its size (the skip connections). Every ResNet block adds a projection of the
-   timestep's sinusoidal embedding. Activations are NHWC inside; the API speaks NCHW. */
+   timestep's sinusoidal embedding. SDXL (Podell et al. 2023) is the same description with no
+   attention at the first level, deeper transformers (2 and 10 blocks) and a second embedding,
+   of the pooled text and the image sizes, added to the time embedding. Activations are NHWC
+   inside; the API speaks NCHW. */
 
 #define UNET_MAX_LEVELS 6
 #define UNET_MAX_RESNETS 4                     /* per up level (one more than per down level) */
@@ -7893,9 +7904,9 @@ SD_API int sd_sampler_add_noise(const sd_sampler *smp, int k, const float *x0, c
 }
 
 /* ---- 10. Pipeline -------------------------------------------------------------------------- */
-/* The front door: prompt → tokens → text encoder context (unconditional and conditional) → DDIM
-   over the UNet with classifier-free guidance (Ho & Salimans 2022) → VAE decoder → pixels, as
-   diffusers' StableDiffusionPipeline and StableDiffusionImg2ImgPipeline do it. */
+/* The front door: prompt → tokens → text encoder context (unconditional and conditional) → a
+   sampler over the UNet with classifier-free guidance (Ho & Salimans 2022) → VAE decoder →
+   pixels, as diffusers' StableDiffusion(XL)Pipeline and StableDiffusion(XL)Img2ImgPipeline do it. */
 
 struct sd_model {
     sd_safetensors files[SD_MAX_FILES];
@@ -7907,6 +7918,7 @@ struct sd_model {
     sd_text_encoder te[2];        /* te[1]: SDXL's second encoder (no layers otherwise) */
     int encoders;                 /* 1, or 2 for SDXL */
     int context_dim;              /* the encoders' widths together: what the UNet attends to */
+    int zero_negative;            /* SDXL: no negative prompt = zeros (force_zeros_for_empty_prompt) */
     sd_unet_model *unet;
     sd_vae *vae;
     sd_schedule schedule;
@@ -7924,13 +7936,15 @@ static double meta_number(const sd_safetensors *meta, const char *key, double df
 /* The config.json keys of a diffusers folder that say what tensor shapes cannot, and the sd.*
    metadata keys of single files that say the same, by the kind of config that holds them: the
    text encoder's (CLIPTextModel), SDXL's second (CLIPTextModelWithProjection), the others'.
-   diffusers calls the UNet's heads `attention_head_dim` (a list, one per level, for SD2/SDXL). */
+   diffusers calls the UNet's heads `attention_head_dim` (a list, one per level, for SD2/SDXL),
+   or `num_attention_heads` in newer configs. */
 enum { CONFIG_TEXT, CONFIG_TEXT2, CONFIG_OTHER };
 static const struct { int kind; const char *json, *meta; } config_keys[] = {
     {CONFIG_TEXT, "num_attention_heads", "sd.clip.heads"}, {CONFIG_TEXT, "hidden_act", "sd.clip.hidden_act"},
     {CONFIG_TEXT, "layer_norm_eps", "sd.clip.layer_norm_eps"},
     {CONFIG_TEXT2, "num_attention_heads", "sd.clip2.heads"}, {CONFIG_TEXT2, "hidden_act", "sd.clip2.hidden_act"},
     {CONFIG_TEXT2, "layer_norm_eps", "sd.clip2.layer_norm_eps"},
+    {CONFIG_OTHER, "num_attention_heads", "sd.unet.num_heads"},   /* when set, it wins over attention_head_dim */
     {CONFIG_OTHER, "attention_head_dim", "sd.unet.num_heads"},
     {CONFIG_OTHER, "prediction_type", "sd.scheduler.prediction_type"}, {CONFIG_OTHER, "steps_offset", "sd.scheduler.steps_offset"},
     {CONFIG_OTHER, "num_train_timesteps", "sd.scheduler.num_train_timesteps"}, {CONFIG_OTHER, "beta_start", "sd.scheduler.beta_start"},
@@ -8046,10 +8060,11 @@ static int model_load(sd_model *m, const sd_source *src, sd_arena *a, sd_error *
        both encoders' penultimate layer without the final LayerNorm */
     sd_model_info *in = &m->info;
     in->version = m->encoders == 2 ? SD_VERSION_XL : (int)meta_number(m->meta, "sd.version", m->te[0].gelu ? 2 : 1) == 2 ? 2 : 1;
-    for (int e = 0; e < m->encoders && in->version == SD_VERSION_XL; e++) {
-        m->te[e].output_layer = m->te[e].layers - 1;
-        m->te[e].output_final_ln = 0;
-    }
+    for (int e = 0; e < m->encoders && in->version == SD_VERSION_XL; e++)
+        if (!clip_meta(m->meta, e ? "sd.clip2" : "sd.clip", "output")) {
+            m->te[e].output_layer = m->te[e].layers - 1;
+            m->te[e].output_final_ln = 0;
+        }
     in->diffusers = sd_safetensors_find(&m->files[0], "model.diffusion_model.out.2.weight") == NULL &&
                     sd_safetensors_find(&m->files[0], "cond_stage_model.transformer.text_model.final_layer_norm.weight") == NULL;
     {
@@ -8060,9 +8075,21 @@ static int model_load(sd_model *m, const sd_source *src, sd_arena *a, sd_error *
     in->text_width = m->context_dim;
     in->text_layers = m->te[0].layers;
     in->vae_scale = sd_vae_get_config(m->vae)->scaling_factor;
-    /* SD1's tokenizer pads with <|endoftext|>, OpenCLIP's (SD2, SDXL's second) with "!" */
+    /* SD1's tokenizer pads with <|endoftext|>, OpenCLIP's (SD2, SDXL's second) with "!" (id 0),
+       unless the metadata says otherwise */
     m->pad[0] = in->version == 2 ? SD_CLIP_PAD_EXCLAMATION : SD_CLIP_PAD_EOS;
     m->pad[1] = SD_CLIP_PAD_EXCLAMATION;
+    for (int e = 0; e < m->encoders; e++) {
+        const char *pad = clip_meta(m->meta, e ? "sd.clip2" : "sd.clip", "pad_token_id");
+        if (pad && !strcmp(pad, "0")) m->pad[e] = SD_CLIP_PAD_EXCLAMATION;
+        else if (pad && !strcmp(pad, "49407")) m->pad[e] = SD_CLIP_PAD_EOS;
+        else if (pad) return fail(err, SD_ERR_UNSUPPORTED, "model: metadata %s.pad_token_id = '%.20s': sd.h pads with 49407 or 0",
+                                  e ? "sd.clip2" : "sd.clip", pad);
+    }
+    {
+        const char *zeros = m->meta ? sd_safetensors_meta(m->meta, "sd.cond.force_zeros_for_empty_prompt") : NULL;
+        m->zero_negative = in->version == SD_VERSION_XL && !(zeros && !strcmp(zeros, "false"));
+    }
     double offset = meta_number(m->meta, "sd.scheduler.steps_offset", 1), train = meta_number(m->meta, "sd.scheduler.num_train_timesteps", 1000);
     if (!(offset >= 0 && offset < 1000 && train >= 1 && train <= SD_MAX_TRAIN_TIMESTEPS))
         return fail(err, SD_ERR_FORMAT, "model: metadata steps_offset %g / num_train_timesteps %g out of range", offset, train);
@@ -8252,7 +8279,7 @@ static int encode_text(const sd_model *m, const sd_params *p, int B, int C, floa
         /* SDXL: no negative prompt means zeros, not the encoding of ""; the pooled embedding is
            the first chunk's */
         int P = m->te[1].proj_dim, H = p->height, W = p->width;
-        if (B == 2 && !p->negative_prompt) {
+        if (B == 2 && !p->negative_prompt && m->zero_negative) {
             memset(ctx, 0, (size_t)C * SD_TEXT_TOKENS * D * sizeof(float));
             memset(pooled, 0, (size_t)P * sizeof(float));
         }
