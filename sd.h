@@ -27,7 +27,7 @@
      The same call runs SD 1.x, SD 2.x and SDXL (two text encoders, size conditioning), single
      files or diffusers folders; sd_params picks the sampler (DDIM, Euler, Euler a, DPM++ 2M
      with Karras sigmas) and reads AUTOMATIC1111's prompt syntax ("(castle:1.3)", "[fog]",
-     BREAK) at any prompt length.
+     BREAK) at any length up to 64 chunks of 75 tokens.
      Every stage is callable on its own too: sd_clip_tokenize, sd_prompt_chunks, sd_text_encode,
      sd_unet, sd_vae_decode / sd_vae_encode, sd_sampler_init / sd_sampler_step, sd_randn.
 
@@ -230,7 +230,7 @@ SD_API size_t sd_prompt_arena_bytes(size_t text_size);
    comma_wrap (A1111's comma_padding_backtrack, 0..74; its default is 20, 0 turns it off): when a
    chunk is full and one of its last comma_wrap tokens is a comma, the tokens after that comma
    move on to the next chunk. At least max(1, min_chunks) chunks: the extra ones are the chunks
-   of "" (so that a negative prompt matches the positive one's count). *ids and *weights (which
+   of "" (so that a negative prompt matches the positive one's count). *ids and *weights (weights
    may be NULL) get chunks x 77 values in the arena. */
 SD_API int sd_prompt_chunks(const sd_clip_vocab *v, const char *text, size_t size, sd_clip_pad pad, int weighting,
                             int comma_wrap, int min_chunks, int32_t **ids, float **weights, int *chunks,
@@ -484,7 +484,7 @@ typedef struct sd_sampler {
 /* Sets up `steps` steps of a sampler over the schedule s (which must outlive it), as diffusers'
    scheduler classes do from SD's scheduler config: spacing and steps_offset as there (SD 1.x/2.x
    configs give no spacing, so each class's default applies: DDIM leading, the others linspace;
-   SDXL's config says leading), karras (DPM++ 2M only): Karras et al. (2022) sigmas with rho 7,
+   SDXL's config says leading, which sd_generate takes for SDXL models), karras (DPM++ 2M only): Karras et al. (2022) sigmas with rho 7,
    prediction SD_PREDICT_EPSILON / SD_PREDICT_V, eta: DDIM's stochasticity (0 for the others). */
 SD_API int sd_sampler_init(sd_sampler *smp, const sd_schedule *s, int kind, int steps, int spacing,
                            int steps_offset, int karras, int prediction, float eta, sd_error *err);
@@ -521,8 +521,9 @@ typedef struct sd_source {
     const char *merges;   /* Hugging Face merges.txt bytes */
     size_t merges_size;
     /* optional, for diffusers folders: the config.json texts of the parts (unet, text_encoder,
-       vae, scheduler/scheduler_config.json) in any order; they say what shapes cannot (heads,
-       activation, prediction type, VAE scale). Single files carry that in sd.* metadata. */
+       text_encoder_2, vae, scheduler/scheduler_config.json) in any order; they say what shapes
+       cannot (heads, activation, prediction type, spacing, VAE scale). Single files carry that
+       in sd.* metadata. */
     const char *config[SD_MAX_FILES + 2];
     size_t config_size[SD_MAX_FILES + 2];
     int config_count;
@@ -530,9 +531,9 @@ typedef struct sd_source {
 
 typedef struct sd_model sd_model;
 
-/* Opens the files, finds the tokenizer, text encoder, UNet and VAE, and works out the family
-   (SD1 or SD2, epsilon or v prediction) from the tensors and metadata. Tables only: a few MB
-   of the arena (the tokenizer's) and no weight copies. */
+/* Opens the files, finds the tokenizer, text encoder(s), UNet and VAE, and works out the family
+   (SD1, SD2 or SDXL, epsilon or v prediction) from the tensors and metadata. Tables only: a few
+   MB of the arena (the tokenizer's) and no weight copies. */
 SD_API int sd_model_load(sd_model **model, const sd_source *src, sd_arena *a, sd_error *err);
 
 /* Arena bytes that are enough for sd_model_load of these files (a bound from the header sizes;
@@ -555,6 +556,8 @@ typedef struct sd_params {
     const char *prompt, *negative_prompt;   /* UTF-8; NULL = "" (SDXL: NULL = an all-zero negative
                                                context, diffusers' force_zeros_for_empty_prompt) */
     int weighting;   /* 1 (default): A1111's (text:1.2) [text] BREAK syntax (sd_prompt_parse); 0: plain text */
+    int comma_wrap;   /* long prompts: A1111's comma_padding_backtrack (its default 20); 0 (default):
+                         plain chunks of 75 tokens (sd_prompt_chunks) */
     int width, height;   /* pixels, multiples of 8 (default 512 x 512) */
     int steps;   /* default 20 */
     float guidance;   /* classifier-free guidance scale, default 7.5; <= 1: no unconditional pass (diffusers) */
@@ -579,8 +582,8 @@ typedef struct sd_params {
     const float *initial_latents;   /* optional [1, 4, h/8, w/8] instead of noise from the seed */
     const float *posterior_noise;   /* optional img2img noise for the VAE posterior sample */
     const float *noise;   /* optional img2img noise added at the start timestep */
-    const float *step_noise;   /* optional [steps, 4, h/8, w/8]: Euler a's per-step noise instead of
-                                  draws from the seed */
+    const float *step_noise;   /* optional [steps, 4, h/8, w/8]: the noise Euler a (and DDIM with
+                                  eta > 0) adds at each step, instead of draws from the seed */
     float *latents_out;   /* optional: the final latents [1, 4, h/8, w/8] */
     float *image_out;   /* optional: the decoded image [1, 3, h, w] before clamping */
     int (*progress)(void *user, int step, int steps);   /* non-zero return cancels */
@@ -591,12 +594,14 @@ typedef struct sd_params {
 
 SD_API void sd_params_init(sd_params *p);
 
-/* Exact arena bytes sd_generate needs with these parameters (0 if they are invalid): allocate
-   once, and the generation never fails midway for lack of memory. */
+/* Arena bytes sd_generate needs with these parameters (0 if they are invalid): allocate once,
+   and the generation never fails midway for lack of memory. Exact but for the text: memory is
+   planned for the most chunks of 75 tokens the prompts' lengths allow (a chunk per 25 bytes and
+   per "BREAK"), so prompts longer than one chunk reserve a few MB they may not use. */
 SD_API size_t sd_generate_arena_bytes(const sd_model *model, const sd_params *p);
 
-/* Prompt in, RGB8 pixels out (rgb_out: width x height x 3). Checks the parameters and the
-   arena before any work; gives the arena back as it was. */
+/* Prompt in, RGB8 pixels out (rgb_out: batch_count x height x width x 3). Checks the
+   parameters and the arena before any work; gives the arena back as it was. */
 SD_API int sd_generate(const sd_model *model, const sd_params *p, sd_arena *a, uint8_t *rgb_out,
                        sd_error *err);
 
@@ -8159,7 +8164,7 @@ static int sampler_init(const sd_model *m, const sd_params *p, sd_sampler *smp, 
     int spacing = p->spacing;
     const char *s = m->meta ? sd_safetensors_meta(m->meta, "sd.scheduler.timestep_spacing") : NULL;
     if (spacing < 0 && s) spacing = !strcmp(s, "trailing") ? SD_SPACING_TRAILING : !strcmp(s, "linspace") ? SD_SPACING_LINSPACE : SD_SPACING_LEADING;
-    if (spacing < 0) spacing = p->sampler == SD_SAMPLER_DDIM ? SD_SPACING_LEADING : SD_SPACING_LINSPACE;
+    if (spacing < 0) spacing = p->sampler == SD_SAMPLER_DDIM || m->info.version == SD_VERSION_XL ? SD_SPACING_LEADING : SD_SPACING_LINSPACE;
     return sd_sampler_init(smp, &m->schedule, p->sampler, p->steps, spacing, m->steps_offset, p->karras,
                            p->prediction >= 0 ? p->prediction : m->info.prediction, p->eta, err);
 }
@@ -8174,7 +8179,10 @@ static int check_params(const sd_model *m, const sd_params *p, sd_error *err)
     if (!(p->guidance >= 0 && p->guidance < 1000)) return fail(err, SD_ERR_ARG, "generate: guidance %g out of range", p->guidance);
     if (p->batch_count < 1 || p->batch_count > 10000) return fail(err, SD_ERR_ARG, "generate: batch_count %d, expected 1..10000", p->batch_count);
     if (p->threads < 1 || p->threads > SD_MAX_THREADS) return fail(err, SD_ERR_ARG, "generate: %d threads, expected 1..%d", p->threads, SD_MAX_THREADS);
-    if (p->clip_skip < 0 || p->clip_skip > m->te[0].output_layer) return fail(err, SD_ERR_ARG, "generate: clip_skip %d, expected 0..%d", p->clip_skip, m->te[0].output_layer);
+    int skip_max = m->te[0].output_layer;
+    if (m->encoders == 2 && m->te[1].output_layer < skip_max) skip_max = m->te[1].output_layer;
+    if (p->clip_skip < 0 || p->clip_skip > skip_max) return fail(err, SD_ERR_ARG, "generate: clip_skip %d, expected 0..%d", p->clip_skip, skip_max);
+    if (p->comma_wrap < 0 || p->comma_wrap > 74) return fail(err, SD_ERR_ARG, "generate: comma_wrap %d, expected 0..74", p->comma_wrap);
     for (int i = 0; i < 2; i++)
         if (p->original_size[i] < 0 || p->crop_top_left[i] < 0 || p->target_size[i] < 0 ||
             p->original_size[i] > 65536 || p->crop_top_left[i] > 65536 || p->target_size[i] > 65536)
@@ -8203,19 +8211,20 @@ static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 static int tiled_decode(const sd_params *p, int h, int w) { return p->vae_tile > 0 && (h > p->vae_tile || w > p->vae_tile); }
 
 /* The most chunks of 77 tokens a prompt can give, from its length alone, so that memory can be
-   planned before tokenizing: a chunk per BREAK, and one per 75 tokens, where a token takes at
-   least half a byte of text (NFC can split one character into two). */
-static int prompt_chunk_bound(const char *text)
+   planned before tokenizing: a chunk per BREAK, and one per 75 tokens (75 - comma_wrap when
+   chunks may end early at a comma), where a token takes at least a third of a byte of text
+   (NFC turns the 4 bytes of U+1D160 into 12, and those into 9 tokens). */
+static int prompt_chunk_bound(const char *text, int comma_wrap)
 {
-    size_t n = text ? strlen(text) : 0, breaks = 0, chunks;
+    size_t n = text ? strlen(text) : 0, breaks = 0, chunks, per = (size_t)(75 - comma_wrap);
     for (const char *s = text; s && (s = strstr(s, "BREAK")) != NULL; s += 5) breaks++;
-    chunks = 1 + breaks + (2 * n + 74) / 75;
+    chunks = 1 + breaks + (3 * n + per - 1) / per;
     return chunks < SD_PROMPT_MAX_CHUNKS ? (int)chunks : SD_PROMPT_MAX_CHUNKS;
 }
 
 static int chunk_bound(const sd_params *p)
 {
-    int c = prompt_chunk_bound(p->prompt), n = prompt_chunk_bound(p->negative_prompt);
+    int c = prompt_chunk_bound(p->prompt, p->comma_wrap), n = prompt_chunk_bound(p->negative_prompt, p->comma_wrap);
     return c > n ? c : n;
 }
 
@@ -8241,7 +8250,7 @@ static int prompt_chunks(const sd_model *m, const sd_params *p, const char *text
     size_t mark = sd_arena_mark(a);
     int32_t *cids;
     float *cw;
-    int got, rc = sd_prompt_chunks(m->vocab, text, strlen(text), m->pad[e], p->weighting, 0, chunks, &cids, &cw, &got, a, err);
+    int got, rc = sd_prompt_chunks(m->vocab, text, strlen(text), m->pad[e], p->weighting, p->comma_wrap, chunks, &cids, &cw, &got, a, err);
     if (!rc && got != chunks) rc = fail(err, SD_ERR_ARG, "generate: the prompts tokenize to %d chunks, not the %d planned", got, chunks);
     if (!rc) {
         memcpy(ids, cids, (size_t)chunks * SD_TEXT_TOKENS * sizeof *ids);
@@ -8295,19 +8304,22 @@ done:
     return rc;
 }
 
-/* How many chunks the prompts take (the longer one's). */
+/* How many chunks the prompts take (the most of any prompt with either tokenizer: SDXL's second
+   pads with "!", which makes every "!" a token of its own). */
 static int count_chunks(const sd_model *m, const sd_params *p, int B, int *chunks, sd_arena *a, sd_error *err)
 {
     const char *text[2] = {p->negative_prompt ? p->negative_prompt : "", p->prompt ? p->prompt : ""};
     *chunks = 1;
-    for (int b = 0; b < B; b++) {
-        size_t mark = sd_arena_mark(a);
-        int32_t *ids;
-        int got, rc = sd_prompt_chunks(m->vocab, text[2 - B + b], strlen(text[2 - B + b]), m->pad[0], p->weighting, 0, 1, &ids, NULL, &got, a, err);
-        sd_arena_reset(a, mark);
-        if (rc) return rc;
-        if (got > *chunks) *chunks = got;
-    }
+    for (int e = 0; e < m->encoders; e++)
+        for (int b = 0; b < B; b++) {
+            size_t mark = sd_arena_mark(a);
+            int32_t *ids;
+            int got, rc = sd_prompt_chunks(m->vocab, text[2 - B + b], strlen(text[2 - B + b]), m->pad[e], p->weighting, p->comma_wrap,
+                                           1, &ids, NULL, &got, a, err);
+            sd_arena_reset(a, mark);
+            if (rc) return rc;
+            if (got > *chunks) *chunks = got;
+        }
     if (*chunks > chunk_bound(p))
         return fail(err, SD_ERR_ARG, "generate: the prompt tokenizes to %d chunks of 75 tokens, more than the %d its length allows for", *chunks, chunk_bound(p));
     return SD_OK;

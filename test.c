@@ -4515,11 +4515,26 @@ static void check_long_prompts(const sd_model *m, const char *label)
         p.negative_prompt = "blurry";
         p.guidance = 7.5f;
     }
-    /* and the long prompt end to end */
+    /* and the long prompt end to end, and two that tokenize unevenly: "!" is a token of its own
+       for SDXL's second tokenizer (so it may need more chunks than the first), and U+1D160 is
+       9 tokens per 4 bytes after NFC */
     uint8_t *rgb = (uint8_t *)malloc((size_t)3 * 64 * 64);
     free_arena(a);
     a = test_arena(need);
     CHECK(sd_generate(m, &p, a, rgb, &err) == SD_OK && a->peak <= need, "%s: long prompt generation: %s (peak %zu of %zu)", label, err.message, a->peak, need);
+    free_arena(a);
+    char uneven[2][1400] = {"", ""};
+    for (int i = 0; i < 30; i++) strcat(uneven[0], "!!!! ");
+    for (int i = 0; i < 300; i++) strcat(uneven[1], "\xf0\x9d\x85\xa0");
+    for (int k = 0; k < 2; k++) {
+        p.prompt = uneven[k];
+        need = sd_generate_arena_bytes(m, &p);
+        a = test_arena(need);
+        CHECK(need && sd_generate(m, &p, a, rgb, &err) == SD_OK && a->peak <= need, "%s: prompt of %s: %s (peak %zu of %zu)", label,
+              k ? "300 x U+1D160" : "30 x '!!!! '", err.message, a->peak, need);
+        free_arena(a);
+    }
+    a = test_arena(64);
     free(rgb);
     free(ctx);
     free(y);
