@@ -94,7 +94,7 @@ static int inspect(const char *path)
 typedef struct options {
     const char *model, *tokenizer, *prompt, *negative, *init, *output, *preview;
     int width, height, steps, threads, batch, clip_skip, verbose, have_seed, vae_tile;
-    int sampler, karras, spacing, plain_prompt, turbo, have_steps, have_cfg, have_sampler;
+    int sampler, karras, spacing, plain_prompt, turbo, have_steps, have_cfg, have_sampler, comma_wrap;
     float cfg;
     double strength;
     uint64_t seed;
@@ -126,6 +126,7 @@ static void usage(FILE *f)
         "                            trailing, linspace (default: the model's config, else the sampler's)\n"
         "      --turbo               SD-Turbo / SDXL-Turbo: euler_a, trailing, 1 step, no guidance\n"
         "      --no-weighting        (text:1.2), [text] and BREAK are plain text\n"
+        "      --comma-wrap N        long prompts: end a chunk at a comma in its last N tokens (A1111: 20)\n"
         "      --vae-tiling [N]      decode in N x N latent tiles (default 32): flat memory, approximate\n"
         "      --preview DIR         write each step's latent as DIR/step_NN.png (a rough RGB view)\n"
         "  -v, --verbose             more detail\n"
@@ -283,6 +284,7 @@ static int run(options *o)
     p.karras = o->karras;
     p.spacing = o->spacing;
     p.weighting = !o->plain_prompt;
+    p.comma_wrap = o->comma_wrap;
     p.init_rgb = init;
     p.strength = o->strength;
     size_t need = sd_generate_arena_bytes(model, &p);
@@ -1642,6 +1644,7 @@ int main(int argc, char **argv)
         }
         else if (!strcmp(a, "--turbo")) o.turbo = 1;
         else if (!strcmp(a, "--no-weighting")) o.plain_prompt = 1;
+        else if (!strcmp(a, "--comma-wrap")) o.comma_wrap = parse_int(VALUE(), 0, 74, a);
         else { fprintf(stderr, "unknown option '%s' (see --help)\n", a); return 1; }
 #undef FLAG
 #undef VALUE
