@@ -11,15 +11,29 @@ set -eu
 cd "$(dirname "$0")"
 hub=https://huggingface.co
 
+# headers URL / fetch URL OUT: curl, or wget where curl is missing (both resume a partial OUT).
+if command -v curl >/dev/null 2>&1; then
+  headers() { curl -sIL "$1"; }
+  fetch() { curl -fL --retry 3 -C - -o "$2" "$1"; }
+elif command -v wget >/dev/null 2>&1; then
+  headers() { wget -q -S --spider "$1" 2>&1 | sed 's/^ *//'; }
+  fetch() { wget -c -t 3 -O "$2" "$1"; }
+else
+  echo "download.sh needs curl or wget"; exit 1
+fi
+
 # get REPO PATH FILE: download with resume, then compare the SHA-256 with the hub's x-linked-etag.
 get() {
   url="$hub/$1/resolve/main/$2"
-  want=$(curl -sIL "$url" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-linked-etag" {gsub(/"/, "", $2); print $2}' | tail -1)
+  want=$(headers "$url" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-linked-etag" {gsub(/"/, "", $2); print $2}' | tail -1)
   if [ -f "$3" ] && [ -n "$want" ] && [ "$(sha256sum "$3" | cut -d' ' -f1)" = "$want" ]; then
     echo "$3: already here, checksum ok"; return 0
   fi
+  if [ -f "$3" ] && [ -z "$want" ]; then
+    echo "$3: already here; the hub gave no checksum (offline?), kept unchecked"; return 0
+  fi
   echo "fetching $3 from $1"
-  curl -fL --retry 3 -C - -o "$3.part" "$url" || { echo "download of $url failed (rerun to resume)"; exit 1; }
+  fetch "$url" "$3.part" || { echo "download of $url failed (rerun to resume)"; exit 1; }
   if [ -n "$want" ]; then
     got=$(sha256sum "$3.part" | cut -d' ' -f1)
     [ "$got" = "$want" ] || { echo "$3: SHA-256 $got, the hub says $want: removed"; rm -f "$3.part"; exit 1; }
