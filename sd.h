@@ -6857,38 +6857,246 @@ SD_API void sd_vae_set_scaling_factor(sd_vae *vae, float scaling_factor)
 typedef void (*vae_probe)(void *user, const char *stage, const float *x, int h, int w, int c);
 
 /* One pass of the encoder or the decoder. The activation stream is x, which every block reads
-   and overwrites; s, t and u are scratch. Every block first states how many floats it needs in
-   each buffer: a planning pass (planning = 1, no buffers) runs the same code only to collect
-   the maxima, so that the arena size comes from the code that then uses it, and a real pass
-   takes the four buffers once and cannot run out of memory halfway.
-   What sets the size is the decoder's first ResNet at full resolution, which turns 256 channels
-   into 128 in SD: x holds its 256-channel input (256 MiB at 512x512), s and t 128 channels each;
-   the upsampling before it works in bands so that its 4x larger input never exists whole. So a
-   512x512 decode takes 512 MiB plus u (16 MiB: the mid-block attention's k and v). */
+   and overwrites; s, t and u are scratch, n holds GroupNorm statistics. Every block first states
+   how many floats it needs in each buffer: a planning pass (planning = 1, no buffers) runs the
+   same code only to collect the maxima, so that the arena size comes from the code that then
+   uses it, and a real pass takes the five buffers once and cannot run out of memory halfway.
+   The decoder's finest levels hold the memory: there the convolutions run in bands of rows
+   (GroupNorm-SiLU applied as each band's input is gathered, outputs written in place), the
+   finest level recomputes each ResNet's first conv instead of storing it, and the upsampling
+   into the finest level is never held whole (see vae_upsample_resnet). So a 512x512 decode in
+   SD holds one 128-channel 512x512 tensor (128 MiB), the 256-channel 256x256 one it came from
+   (64 MiB), and bands. */
 typedef struct vae_run {
     sd_pool *pool;
     int groups;
     float eps;
-    float *x, *s, *t, *u;
-    size_t cap[4];        /* floats in x, s, t, u */
+    float *x, *s, *t, *u, *n;
+    size_t cap[5];        /* floats in x, s, t, u, n */
     int planning;
     vae_probe probe;
     void *user;
 } vae_run;
 
-static int vae_needs(vae_run *r, size_t x, size_t s, size_t t, size_t u)
+static int vae_needs5(vae_run *r, size_t x, size_t s, size_t t, size_t u, size_t n)
 {
-    size_t want[4] = {x, s, t, u};
-    for (int i = 0; i < 4; i++) {
+    size_t want[5] = {x, s, t, u, n};
+    for (int i = 0; i < 5; i++) {
         if (r->planning && want[i] > r->cap[i]) r->cap[i] = want[i];
         SD_ASSERT(r->planning || want[i] <= r->cap[i]);
     }
     return r->planning;
 }
 
+static int vae_needs(vae_run *r, size_t x, size_t s, size_t t, size_t u) { return vae_needs5(r, x, s, t, u, 0); }
+
 static void vae_show(vae_run *r, const char *stage, const float *x, int H, int W, int C)
 {
     if (!r->planning && r->probe) r->probe(r->user, stage, x, H, W, C);
+}
+
+/* ---- bands: GroupNorm statistics gathered piecewise, inputs gathered a band of rows at a time ---- */
+
+/* GroupNorm statistics of a tensor [pixels, C] that arrives in pieces (bands of rows, always in
+   the same order): per-chunk float sums as in groupnorm (each channel shifted by the first value
+   of its group, for a stable one-pass variance), added up per group in double in chunk order.
+   The pieces depend only on the shape, so the statistics do not depend on the thread count; a
+   tensor given whole gets exactly groupnorm's. finish turns them into the per-channel mean,
+   scale (gamma · rstd) and offset (beta) that vae_fill applies. */
+typedef struct vae_stats {
+    int C, cg;
+    int64_t pixels;
+    float *shift, *mean, *scale, *offset;   /* [C] each */
+    double *sum, *sq;                       /* [C / cg] each */
+} vae_stats;
+
+#define VAE_STATS_FLOATS(C) (8 * (size_t)(C))
+
+static void vae_stats_init(vae_stats *st, float *mem, int C, int groups)
+{
+    st->C = C;
+    st->cg = C / groups;
+    st->pixels = 0;
+    st->shift = mem;
+    st->mean = mem + C;
+    st->scale = mem + 2 * (size_t)C;
+    st->offset = mem + 3 * (size_t)C;
+    st->sum = (double *)(void *)(mem + 4 * (size_t)C);   /* 16·C bytes in: 8-byte aligned */
+    st->sq = st->sum + groups;
+    for (int g = 0; g < groups; g++) st->sum[g] = st->sq[g] = 0.0;
+}
+
+static void vae_stats_add(vae_run *r, vae_stats *st, const float *x, int pixels)
+{
+    sd_pool *pool = r->pool;
+    int C = st->C, cg = st->cg;
+    size_t room = pool->scratch_floats / (2 * (size_t)C);
+    groupnorm_job j;
+    if (pixels <= 0) return;
+    SD_ASSERT(room >= 1);
+    if (st->pixels == 0)
+        for (int c = 0; c < C; c++) st->shift[c] = x[(c / cg) * cg];
+    memset(&j, 0, sizeof j);
+    j.nchunks = (pixels + 63) / 64 < (int64_t)room ? (pixels + 63) / 64 : (int)room;
+    j.chunk = (pixels + j.nchunks - 1) / j.nchunks;
+    j.nchunks = (pixels + j.chunk - 1) / j.chunk;
+    j.x = x; j.HW = pixels; j.C = C;
+    j.shift = st->shift;
+    j.part = pool->scratch[0];
+    pool_run(pool, groupnorm_sums, &j, j.nchunks);
+    for (int g = 0; g < C / cg; g++) {
+        double s = st->sum[g], q = st->sq[g];
+        for (int ch = 0; ch < j.nchunks; ch++) {
+            const float *ps = j.part + (size_t)ch * 2 * C;
+            for (int c = g * cg; c < (g + 1) * cg; c++) { s += ps[c]; q += ps[C + c]; }
+        }
+        st->sum[g] = s;
+        st->sq[g] = q;
+    }
+    st->pixels += pixels;
+}
+
+static void vae_stats_finish(vae_run *r, vae_stats *st, const sd_tensor *gamma, const sd_tensor *beta)
+{
+    int C = st->C, cg = st->cg;
+    tensor_floats(st->scale, gamma, 0, C);
+    tensor_floats(st->offset, beta, 0, C);
+    for (int g = 0; g < C / cg; g++) {
+        double n = (double)st->pixels * cg, mean = st->sum[g] / n, var = st->sq[g] / n - mean * mean;
+        float rstd = (float)(1.0 / sqrt((var > 0 ? var : 0) + r->eps));
+        float m = (float)(mean + st->shift[(size_t)g * cg]);
+        for (int c = g * cg; c < (g + 1) * cg; c++) { st->scale[c] *= rstd; st->mean[c] = m; }
+    }
+}
+
+/* The statistics of a whole tensor, normalisation parameters ready. */
+static void vae_stats_of(vae_run *r, vae_stats *st, float *mem, const float *x, int pixels, int C, const vae_norm *norm)
+{
+    vae_stats_init(st, mem, C, r->groups);
+    vae_stats_add(r, st, x, pixels);
+    vae_stats_finish(r, st, norm->w, norm->b);
+}
+
+/* A band of a 3x3 convolution's input: `rows` rows of W + 2 pixels (a zero pixel at each end),
+   image rows y0 .. y0 + rows - 1, zero rows outside 0 .. H - 1. Row y comes from src, whose
+   first row is image row src_y0, through GroupNorm-SiLU when st is given; with up, the image is
+   src upsampled 2x (nearest): pixel (y, x) is src's (y / 2, x / 2), src being H/2 x W/2. One
+   task per row. */
+typedef struct vae_fill_job {
+    float *dst;
+    const float *src;
+    int src_y0, y0, H, W, C, up;
+    const vae_stats *st;
+} vae_fill_job;
+
+static void vae_fill_row(void *arg, int task, int thread)
+{
+    const vae_fill_job *j = (const vae_fill_job *)arg;
+    int y = j->y0 + task, C = j->C, W = j->W;
+    size_t row = (size_t)(W + 2) * C;
+    float *dst = j->dst + (size_t)task * row;
+    (void)thread;
+    if (y < 0 || y >= j->H) { memset(dst, 0, row * sizeof(float)); return; }
+    memset(dst, 0, (size_t)C * sizeof(float));
+    memset(dst + (size_t)(W + 1) * C, 0, (size_t)C * sizeof(float));
+    const float *src = j->up ? j->src + (size_t)(y / 2 - j->src_y0) * (W / 2) * C : j->src + (size_t)(y - j->src_y0) * W * C;
+    for (int x = 0; x < W; x++) {
+        const float *in = src + (size_t)(j->up ? x / 2 : x) * C;
+        float *out = dst + (size_t)(x + 1) * C;
+        if (!j->st) { memcpy(out, in, (size_t)C * sizeof(float)); continue; }
+        const float *mean = j->st->mean, *scale = j->st->scale, *offset = j->st->offset;
+        int c = 0;   /* as groupnorm_apply, with SiLU */
+        for (; c + VF_WIDTH <= C; c += VF_WIDTH)
+            vf_store(out + c, vf_silu(vf_fma(vf_sub(vf_load(in + c), vf_load(mean + c)), vf_load(scale + c), vf_load(offset + c))));
+        if (c < C)
+            vf_store_n(out + c, vf_silu(vf_fma(vf_sub(vf_load_n(in + c, C - c), vf_load_n(mean + c, C - c)), vf_load_n(scale + c, C - c),
+                                               vf_load_n(offset + c, C - c))), C - c);
+    }
+}
+
+static void vae_fill(vae_run *r, float *dst, const float *src, int src_y0, int y0, int rows, int H, int W, int C,
+                     int up, const vae_stats *st)
+{
+    vae_fill_job j = {dst, src, src_y0, y0, H, W, C, up, st};
+    pool_run(r->pool, vae_fill_row, &j, rows);
+}
+
+#define VAE_BAND_ROWS 16   /* output rows per band of a banded convolution */
+
+static int vae_band(int H) { return H < VAE_BAND_ROWS ? H : VAE_BAND_ROWS; }
+
+/* Floats of t that vae_conv_bands takes. */
+static size_t vae_bands_floats(int H, int W, int cin, int cout)
+{
+    size_t R = (size_t)vae_band(H);
+    return (R + 2) * (W + 2) * cin + R * W * cout;
+}
+
+/* dst [H, W, cout] = conv3x3(silu(gn(src))) (+ res), GroupNorm-SiLU by `in` (none if NULL), a
+   band of VAE_BAND_ROWS output rows at a time: the band's input rows and their one-row border
+   are gathered (normalised) into t, the conv runs unpadded into the band's output in t, which
+   goes to dst, added to res's rows when res is given (res may be dst). out, if given, gathers
+   the output's statistics; dst may be NULL when only they are wanted. dst may be src when
+   cout <= cin: the input rows a band overwrites were all gathered before (the border row above
+   the next band is carried over in t rather than read again). */
+static void vae_conv_bands(vae_run *r, float *dst, const float *src, int H, int W, int cin, const vae_stats *in,
+                           const vae_conv *conv, int cout, const float *res, vae_stats *out)
+{
+    int R = vae_band(H);
+    size_t row = (size_t)(W + 2) * cin, orow = (size_t)W * cout;
+    float *u = r->t, *o = r->t + (size_t)(R + 2) * row;
+    vae_needs(r, 0, 0, vae_bands_floats(H, W, cin, cout), 0);
+    SD_ASSERT(dst != src || cout <= cin);
+    for (int y0 = 0; y0 < H; y0 += R) {
+        int rows = H - y0 < R ? H - y0 : R;
+        if (y0 == 0) vae_fill(r, u, src, 0, -1, rows + 2, H, W, cin, 0, in);
+        else {
+            memmove(u, u + (size_t)R * row, 2 * row * sizeof(float));   /* rows y0 - 1 and y0 */
+            vae_fill(r, u + 2 * row, src, 0, y0 + 1, rows, H, W, cin, 0, in);
+        }
+        conv2d(r->pool, o, u, 1, rows + 2, W + 2, cin, conv->w, conv->b, cout, 3, 1, 0, 0);
+        if (out) vae_stats_add(r, out, o, rows * W);
+        if (!dst) continue;
+        float *d = dst + (size_t)y0 * orow;
+        if (res && res != dst) memcpy(d, res + (size_t)y0 * orow, (size_t)rows * orow * sizeof(float));
+        if (res) add(r->pool, d, o, (size_t)rows * orow);
+        else memcpy(d, o, (size_t)rows * orow * sizeof(float));
+    }
+}
+
+/* A weight or bias of which only rows first .. first + count - 1 of dimension 0 are used. */
+static sd_tensor vae_rows_of(const sd_tensor *t, int64_t first, int64_t count)
+{
+    sd_tensor v = *t;
+    size_t per = sd_dtype_size(t->dtype);
+    for (int i = 1; i < t->ndim; i++) per *= (size_t)t->shape[i];
+    v.data = (const unsigned char *)t->data + (size_t)first * per;
+    v.shape[0] = count;
+    v.nbytes = (size_t)count * per;
+    return v;
+}
+
+/* y [H, W, N] (+)= the 3x3 conv (stride 1, zero padding 1) of x [H, W, cb] through input
+   channels c0 .. c0 + cb - 1 of w [N, cin, 3, 3]; b (the bias, or NULL) added at the end. Slices
+   of 32 channels added up in order are conv2d's own sum over input channels, which goes in K
+   blocks of 32 channels (GEMM_KC_MAX / 9) the same way: so a conv whose input exists one slice
+   at a time gives the bits of the whole one. The packed kernel whatever the size. */
+static void vae_conv_slice(sd_pool *pool, float *y, const float *x, int H, int W, int cb, const sd_tensor *w, int c0,
+                           int cin, const sd_tensor *b, int N, int accumulate)
+{
+    sd_tensor view = *w;
+    gemm_job j;
+    view.data = (const unsigned char *)w->data + (size_t)c0 * 9 * sd_dtype_size(w->dtype);
+    memset(&j, 0, sizeof j);
+    j.pool = pool; j.y = y; j.ldy = N; j.x = x; j.M = H * W; j.N = N;
+    j.w = &view; j.b = b; j.accumulate = accumulate;
+    j.conv = 1; j.H = H; j.W = W; j.Cin = cb; j.Ho = H; j.Wo = W; j.k = 3; j.s = 1; j.pad = 1;
+    j.row_len = (int64_t)cin * 9; j.depth = cb; j.taps = 9;
+    j.nblocks = (cb + GEMM_KC_MAX / 9 - 1) / (GEMM_KC_MAX / 9);
+    j.blen = (cb + j.nblocks - 1) / j.nblocks;
+    SD_ASSERT((size_t)GEMM_KC_MAX * GEMM_NC + GEMM_NC + (size_t)j.taps * GEMM_MR * 2 <= pool->scratch_floats);
+    gemm_plan(&j, pool->threads);
+    pool_run(pool, gemm_task, &j, j.gm * j.gn);
 }
 
 /* x ← x + conv2(silu(gn2(conv1(silu(gn1(x)))))), the skip through shortcut when channels change. */
@@ -6916,13 +7124,13 @@ static void vae_attention_forward(vae_run *r, const vae_attention *a, int H, int
 {
     int HW = H * W, C = a->channels;
     size_t n = (size_t)HW * C;
-    if (vae_needs(r, n, n, n, 2 * n)) return;
-    float *k = r->u, *v = r->u + n;
+    if (vae_needs(r, n, n, 3 * n, 0)) return;
+    float *q = r->t, *k = r->t + n, *v = r->t + 2 * n;
     groupnorm(r->pool, r->s, r->x, 1, HW, C, r->groups, a->norm.w, a->norm.b, r->eps, 0);
-    linear(r->pool, r->t, r->s, HW, C, C, a->q.w, a->q.b);
+    linear(r->pool, q, r->s, HW, C, C, a->q.w, a->q.b);
     linear(r->pool, k, r->s, HW, C, C, a->k.w, a->k.b);
     linear(r->pool, v, r->s, HW, C, C, a->v.w, a->v.b);
-    attention(r->pool, r->s, C, r->t, C, k, C, v, C, 1, HW, HW, 1, C, 0);
+    attention(r->pool, r->s, C, q, C, k, C, v, C, 1, HW, HW, 1, C, 0);
     linear(r->pool, r->t, r->s, HW, C, C, a->out.w, a->out.b);
     add(r->pool, r->x, r->t, n);
 }
@@ -6943,8 +7151,6 @@ static void vae_downsample_forward(vae_run *r, const vae_conv *conv, int H, int 
     conv2d(r->pool, r->s, r->x, 1, H, W, C, conv->w, conv->b, C, 3, 2, 0, 1);
     memcpy(r->x, r->s, n * sizeof(float));
 }
-
-#define VAE_BAND_ROWS 16   /* output rows per band of the upsampling conv */
 
 /* Decoder's Upsample2D: nearest-neighbour 2x, then a 3x3 conv: [H, W] → [2H, 2W]. The upsampled
    image (4x the input) is never held whole: bands of output rows are upsampled into u with their
@@ -6971,6 +7177,157 @@ static void vae_upsample_forward(vae_run *r, const vae_conv *conv, int H, int W,
     }
 }
 
+/* The decoder's ResNets in bands (vae_conv_bands): GroupNorm-SiLU is applied as each conv's input
+   band is gathered, so no normalised copy is ever stored. With the same channels: x, and conv1's
+   output in s. When the channels shrink: the shortcut into s, conv1 in place in x (which becomes
+   cout wide), conv2 in place plus s. recompute (the finest level, same channels): conv1's output
+   is not stored but made twice, band by band, first for its statistics, then with a two-row
+   border as conv2's input; x alone is held, at the price of about one more conv per ResNet. */
+static void vae_resnet_recompute(vae_run *r, const vae_resnet *b, int H, int W);
+
+static void vae_resnet_bands(vae_run *r, const vae_resnet *b, int H, int W, int recompute)
+{
+    int cin = b->cin, cout = b->cout, HW = H * W;
+    size_t P = (size_t)HW;
+    vae_stats g1, g2;
+    if (cout > cin) { vae_resnet_forward(r, b, H, W); return; }   /* (not in SD's decoder) */
+    if (recompute && cin == cout) { vae_resnet_recompute(r, b, H, W); return; }
+    if (vae_needs5(r, P * cin, P * cout, vae_bands_floats(H, W, cin, cout), 0, 2 * VAE_STATS_FLOATS(cin))) return;
+    vae_stats_of(r, &g1, r->n, r->x, HW, cin, &b->norm1);
+    vae_stats_init(&g2, r->n + VAE_STATS_FLOATS(cin), cout, r->groups);
+    if (cin != cout) {
+        linear(r->pool, r->s, r->x, HW, cout, cin, b->shortcut.w, b->shortcut.b);
+        vae_conv_bands(r, r->x, r->x, H, W, cin, &g1, &b->conv1, cout, NULL, &g2);
+        vae_stats_finish(r, &g2, b->norm2.w, b->norm2.b);
+        vae_conv_bands(r, r->x, r->x, H, W, cout, &g2, &b->conv2, cout, r->s, NULL);   /* conv2 + shortcut */
+    } else {
+        vae_conv_bands(r, r->s, r->x, H, W, cin, &g1, &b->conv1, cout, NULL, &g2);
+        vae_stats_finish(r, &g2, b->norm2.w, b->norm2.b);
+        vae_conv_bands(r, r->x, r->s, H, W, cout, &g2, &b->conv2, cout, r->x, NULL);   /* input + conv2 */
+    }
+}
+
+static void vae_resnet_recompute(vae_run *r, const vae_resnet *b, int H, int W)
+{
+    int C = b->cout, HW = H * W, R = vae_band(H);
+    size_t P = (size_t)HW, row = (size_t)(W + 2) * C, orow = (size_t)W * C;
+    size_t na = (size_t)(R + 4) * row, nh = (size_t)(R + 2) * orow, nhn = (size_t)(R + 2) * row, no = (size_t)R * orow;
+    vae_stats g1, g2;
+    if (vae_needs5(r, P * C, 0, na + nh + nhn + no, 0, 2 * VAE_STATS_FLOATS(C))) return;
+    float *a = r->t, *h = a + na, *hn = h + nh, *o = hn + nhn;
+    vae_stats_of(r, &g1, r->n, r->x, HW, C, &b->norm1);
+    vae_stats_init(&g2, r->n + VAE_STATS_FLOATS(C), C, r->groups);
+    vae_conv_bands(r, NULL, r->x, H, W, C, &g1, &b->conv1, C, NULL, &g2);   /* conv1, for its statistics only */
+    vae_stats_finish(r, &g2, b->norm2.w, b->norm2.b);
+    for (int y0 = 0; y0 < H; y0 += R) {
+        int rows = H - y0 < R ? H - y0 : R;
+        /* a: gn1(x) rows y0 - 2 .. y0 + rows + 1; the four above the next band are carried over,
+           since this band overwrites two of them in x */
+        if (y0 == 0) vae_fill(r, a, r->x, 0, -2, rows + 4, H, W, C, 0, &g1);
+        else {
+            memmove(a, a + (size_t)R * row, 4 * row * sizeof(float));
+            vae_fill(r, a + 4 * row, r->x, 0, y0 + 2, rows, H, W, C, 0, &g1);
+        }
+        conv2d(r->pool, h, a, 1, rows + 4, W + 2, C, b->conv1.w, b->conv1.b, C, 3, 1, 0, 0);   /* conv1 rows y0 - 1 .. y0 + rows */
+        vae_fill(r, hn, h, y0 - 1, y0 - 1, rows + 2, H, W, C, 0, &g2);
+        conv2d(r->pool, o, hn, 1, rows + 2, W + 2, C, b->conv2.w, b->conv2.b, C, 3, 1, 0, 0);
+        add(r->pool, r->x + (size_t)y0 * orow, o, (size_t)rows * orow);
+    }
+}
+
+/* The shortcut's 1x1 conv folded into the upsampling conv before it: Ws·(Wup ∗ X + bup) + bs =
+   (Ws·Wup) ∗ X + (Ws·bup + bs). wf [cout, cin, 3, 3], bf [cout]; row: cin·9 floats of scratch. */
+static void vae_fold_shortcut(float *wf, float *bf, float *row, const vae_conv *up, const vae_conv *sc, int cin, int cout)
+{
+    size_t K = (size_t)cin * 9;
+    memset(wf, 0, (size_t)cout * K * sizeof(float));
+    for (int o = 0; o < cout; o++) bf[o] = tensor_get(sc->b, (size_t)o);
+    for (int c = 0; c < cin; c++) {
+        float bu = tensor_get(up->b, (size_t)c);
+        tensor_floats(row, up->w, (size_t)c * K, (int)K);
+        for (int o = 0; o < cout; o++) {
+            float a = tensor_get(sc->w, (size_t)o * cin + c), *d = wf + (size_t)o * K;
+            for (size_t k = 0; k < K; k++) d[k] += a * row[k];
+            bf[o] += a * bu;
+        }
+    }
+}
+
+static sd_tensor vae_f32_tensor(const float *data, int64_t d0, int64_t d1, int ndim)
+{
+    sd_tensor t;
+    memset(&t, 0, sizeof t);
+    t.name = "folded shortcut";
+    t.dtype = SD_F32;
+    t.ndim = ndim;
+    t.shape[0] = d0;
+    if (ndim == 4) { t.shape[1] = d1; t.shape[2] = t.shape[3] = 3; }
+    t.data = data;
+    t.nbytes = (size_t)d0 * (ndim == 4 ? (size_t)d1 * 9 : 1) * sizeof(float);
+    return t;
+}
+
+/* Decoder's Upsample2D and the ResNet after it when that ResNet changes the channel count, at the
+   finest level: x [H, W, cin] → x [2H, 2W, cout] without ever holding the upsampled image U
+   [2H, 2W, cin] (SD: 256 channels at 512x512, 256 MiB) nor conv1's input. x moves to s. U is made
+   a slice of whole GroupNorm groups (32 channels) at a time into t, in bands as
+   vae_upsample_forward makes it; the slice is normalised with its own groups' statistics and its
+   part of conv1 added into conv1's output in x (vae_conv_slice: the sum conv2d would make). The
+   shortcut, a 1x1 conv of U, is folded into the upsampling conv (vae_fold_shortcut), so the last
+   pass needs only s: conv2 in bands, written in place, plus that conv's bands. */
+static void vae_upsample_resnet(vae_run *r, const vae_conv *upc, const vae_resnet *b, int H, int W)
+{
+    int cin = b->cin, cout = b->cout, H2 = 2 * H, W2 = 2 * W, R = vae_band(H2), cg = cin / r->groups;
+    int cb = cg >= 32 ? cg : 32 / cg * cg;
+    size_t P2 = (size_t)H2 * W2, n = (size_t)H * W * cin, row_in = (size_t)(W2 + 2) * cin;
+    size_t row_out = (size_t)(W2 + 2) * cout, orow = (size_t)W2 * cout;
+    size_t slice = P2 * (size_t)(cb < cin ? cb : cin), last = (size_t)(R + 2) * row_out + 2 * (size_t)R * orow;
+    size_t tb = slice > last ? slice : last, folded = (size_t)cout * cin * 9 + (size_t)cout;
+    size_t ub = (size_t)(R + 2) * row_in > 9 * (size_t)cin ? (size_t)(R + 2) * row_in : 9 * (size_t)cin;
+    vae_stats g1, g2;
+    if (vae_needs5(r, P2 * cout, n, tb + folded, ub, VAE_STATS_FLOATS(cin) + VAE_STATS_FLOATS(cout))) return;
+    float *X = r->s, *Y = r->x, *U = r->t, *wf = r->t + tb, *bf = wf + (size_t)cout * cin * 9;
+    memcpy(X, r->x, n * sizeof(float));
+    vae_fold_shortcut(wf, bf, r->u, upc, &b->shortcut, cin, cout);
+    sd_tensor fw = vae_f32_tensor(wf, cout, cin, 4), fb = vae_f32_tensor(bf, cout, 0, 1);
+    for (int c0 = 0; c0 < cin; c0 += cb) {
+        int k = cin - c0 < cb ? cin - c0 : cb;
+        sd_tensor w = vae_rows_of(upc->w, c0, k), bias = vae_rows_of(upc->b, c0, k);
+        sd_tensor gw = vae_rows_of(b->norm1.w, c0, k), gb = vae_rows_of(b->norm1.b, c0, k);
+        for (int y0 = 0; y0 < H2; y0 += R) {   /* U's channels c0 .. c0 + k - 1 */
+            int rows = H2 - y0 < R ? H2 - y0 : R;
+            vae_fill(r, r->u, X, 0, y0 - 1, rows + 2, H2, W2, cin, 1, NULL);
+            conv2d(r->pool, U + (size_t)y0 * W2 * k, r->u, 1, rows + 2, W2 + 2, cin, &w, &bias, k, 3, 1, 0, 0);
+        }
+        vae_stats_init(&g1, r->n, k, k / cg);
+        vae_stats_add(r, &g1, U, (int)P2);
+        vae_stats_finish(r, &g1, &gw, &gb);
+        groupnorm_job j;   /* silu(gn1) in place, with groupnorm's own apply step */
+        memset(&j, 0, sizeof j);
+        j.y = U; j.x = U; j.HW = (int)P2; j.C = k; j.with_silu = 1;
+        j.chunk = 256;
+        j.nchunks = (int)((P2 + 255) / 256);
+        j.shift = g1.mean; j.scale = g1.scale; j.offset = g1.offset;
+        pool_run(r->pool, groupnorm_apply, &j, j.nchunks);
+        vae_conv_slice(r->pool, Y, U, H2, W2, k, b->conv1.w, c0, cin, c0 + k == cin ? b->conv1.b : NULL, cout, c0 > 0);
+    }
+    vae_stats_of(r, &g2, r->n + VAE_STATS_FLOATS(cin), Y, (int)P2, cout, &b->norm2);
+    float *hn = r->t, *o = hn + (size_t)(R + 2) * row_out, *os = o + (size_t)R * orow;
+    for (int y0 = 0; y0 < H2; y0 += R) {
+        int rows = H2 - y0 < R ? H2 - y0 : R;
+        if (y0 == 0) vae_fill(r, hn, Y, 0, -1, rows + 2, H2, W2, cout, 0, &g2);
+        else {
+            memmove(hn, hn + (size_t)R * row_out, 2 * row_out * sizeof(float));
+            vae_fill(r, hn + 2 * row_out, Y, 0, y0 + 1, rows, H2, W2, cout, 0, &g2);
+        }
+        conv2d(r->pool, o, hn, 1, rows + 2, W2 + 2, cout, b->conv2.w, b->conv2.b, cout, 3, 1, 0, 0);
+        vae_fill(r, r->u, X, 0, y0 - 1, rows + 2, H2, W2, cin, 1, NULL);
+        conv2d(r->pool, os, r->u, 1, rows + 2, W2 + 2, cin, &fw, &fb, cout, 3, 1, 0, 0);
+        add(r->pool, o, os, (size_t)rows * orow);   /* conv2 + shortcut */
+        memcpy(Y + (size_t)y0 * orow, o, (size_t)rows * orow * sizeof(float));
+    }
+}
+
 /* conv_in: s [H, W, cin] → x [H, W, cout]. */
 static void vae_conv_in(vae_run *r, const vae_conv *conv, int H, int W, int cin, int cout)
 {
@@ -6978,12 +7335,13 @@ static void vae_conv_in(vae_run *r, const vae_conv *conv, int H, int W, int cin,
     conv2d(r->pool, r->x, r->s, 1, H, W, cin, conv->w, conv->b, cout, 3, 1, 1, 1);
 }
 
-/* GroupNorm-SiLU (in place on x), conv_out: x [H, W, cin] → s [H, W, cout]. */
+/* GroupNorm-SiLU, conv_out: x [H, W, cin] → s [H, W, cout], in bands. */
 static void vae_conv_out(vae_run *r, const vae_stack *st, int H, int W, int cin, int cout)
 {
-    if (vae_needs(r, (size_t)H * W * cin, (size_t)H * W * cout, 0, 0)) return;
-    groupnorm(r->pool, r->x, r->x, 1, H * W, cin, r->groups, st->norm_out.w, st->norm_out.b, r->eps, 1);
-    conv2d(r->pool, r->s, r->x, 1, H, W, cin, st->conv_out.w, st->conv_out.b, cout, 3, 1, 1, 1);
+    vae_stats g;
+    if (vae_needs5(r, (size_t)H * W * cin, (size_t)H * W * cout, vae_bands_floats(H, W, cin, cout), 0, VAE_STATS_FLOATS(cin))) return;
+    vae_stats_of(r, &g, r->n, r->x, H * W, cin, &st->norm_out);
+    vae_conv_bands(r, r->s, r->x, H, W, cin, &g, &st->conv_out, cout, NULL, NULL);
 }
 
 /* Decoder input: latents [e, h, w] (NCHW) → post_quant_conv (1x1) into s. The latents are what
@@ -7004,6 +7362,14 @@ static void vae_write_image(vae_run *r, float *image, int H, int W)
     nhwc_to_nchw(image, r->s, 1, 3, H * W);
 }
 
+/* Whether the decoder's level i gets its input from vae_upsample_resnet: the finest level, when
+   its first ResNet changes the channel count. */
+static int vae_fused_upsample(const sd_vae *v, int i)
+{
+    const vae_level *l = &v->decoder.level[i];
+    return i > 0 && i == v->config.levels - 1 && l->res[0].cin != l->res[0].cout;
+}
+
 /* Latent [e, h, w] → image [3, f·h, f·w]. */
 static void vae_decoder_forward(vae_run *r, const sd_vae *v, const float *z, int h, int w, float *image)
 {
@@ -7019,14 +7385,19 @@ static void vae_decoder_forward(vae_run *r, const sd_vae *v, const float *z, int
     vae_show(r, "decoder.mid_block", r->x, H, W, d->mid2.cout);
     for (int i = 0; i < L; i++) {
         const vae_level *l = &d->level[i];
-        for (int j = 0; j < l->resnets; j++) vae_resnet_forward(r, &l->res[j], H, W);
+        int j = 0, finest = i == L - 1;
+        if (finest && i > 0 && vae_fused_upsample(v, i)) {   /* level i - 1's upsampling, with ResNet 0 */
+            vae_upsample_resnet(r, &d->level[i - 1].resample_conv, &l->res[0], H / 2, W / 2);
+            j = 1;
+        }
+        for (; j < l->resnets; j++) vae_resnet_bands(r, &l->res[j], H, W, finest);
         if (l->resample) {
-            vae_upsample_forward(r, &l->resample_conv, H, W, l->channels);
+            if (!vae_fused_upsample(v, i + 1)) vae_upsample_forward(r, &l->resample_conv, H, W, l->channels);
             H *= 2;
             W *= 2;
         }
         snprintf(stage, sizeof stage, "decoder.up_blocks.%d", i);
-        vae_show(r, stage, r->x, H, W, l->channels);
+        if (!l->resample || !vae_fused_upsample(v, i + 1)) vae_show(r, stage, r->x, H, W, l->channels);   /* (a fused one is never whole) */
     }
     vae_conv_out(r, d, H, W, c->channels[0], 3);
     vae_write_image(r, image, H, W);
@@ -7102,6 +7473,8 @@ static void vae_plan_decoder(vae_run *r, const sd_vae *v, int h, int w)
 {
     memset(r, 0, sizeof *r);
     r->planning = 1;
+    r->groups = v->config.norm_groups;
+    r->eps = v->config.norm_eps;
     vae_decoder_forward(r, v, NULL, h, w, NULL);
 }
 
@@ -7109,19 +7482,21 @@ static void vae_plan_encoder(vae_run *r, const sd_vae *v, int H, int W)
 {
     memset(r, 0, sizeof *r);
     r->planning = 1;
+    r->groups = v->config.norm_groups;
+    r->eps = v->config.norm_eps;
     vae_encoder_forward(r, v, NULL, H, W, NULL);
 }
 
 static size_t vae_run_bytes(const vae_run *r)
 {
-    return vae_bytes(r->cap[0]) + vae_bytes(r->cap[1]) + vae_bytes(r->cap[2]) + vae_bytes(r->cap[3]);
+    return vae_bytes(r->cap[0]) + vae_bytes(r->cap[1]) + vae_bytes(r->cap[2]) + vae_bytes(r->cap[3]) + vae_bytes(r->cap[4]);
 }
 
-/* Turns a planned run into a real one: its four buffers from the arena. */
+/* Turns a planned run into a real one: its five buffers from the arena. */
 static int vae_start(vae_run *r, const sd_vae *v, sd_pool *pool, sd_arena *a, sd_error *err)
 {
-    float **buf[4] = {&r->x, &r->s, &r->t, &r->u};
-    for (int i = 0; i < 4; i++)
+    float **buf[5] = {&r->x, &r->s, &r->t, &r->u, &r->n};
+    for (int i = 0; i < 5; i++)
         if (!(*buf[i] = arena_floats(a, r->cap[i], err))) return SD_ERR_MEMORY;
     r->planning = 0;
     r->pool = pool;
