@@ -596,8 +596,8 @@ SD_API void sd_params_init(sd_params *p);
 
 /* Arena bytes sd_generate needs with these parameters (0 if they are invalid): allocate once,
    and the generation never fails midway for lack of memory. Exact but for the text: memory is
-   planned for the most chunks of 75 tokens the prompts' lengths allow (a chunk per 25 bytes and
-   per "BREAK"), so prompts longer than one chunk reserve a few MB they may not use. */
+   planned for the most chunks of 75 tokens the prompts' lengths allow (a chunk per 50 bytes of
+   ASCII, 25 of other text, and per "BREAK"), so long prompts reserve a few MB they may not use. */
 SD_API size_t sd_generate_arena_bytes(const sd_model *model, const sd_params *p);
 
 /* Prompt in, RGB8 pixels out (rgb_out: batch_count x height x width x 3). Checks the
@@ -8587,13 +8587,15 @@ static int tiled_decode(const sd_params *p, int h, int w) { return p->vae_tile >
 
 /* The most chunks of 77 tokens a prompt can give, from its length alone, so that memory can be
    planned before tokenizing: a chunk per BREAK, and one per 75 tokens (75 - comma_wrap when
-   chunks may end early at a comma), where a token takes at least a third of a byte of text
-   (NFC turns the 4 bytes of U+1D160 into 12, and those into 9 tokens). */
+   chunks may end early at a comma). A token takes at least a third of a byte of non-ASCII
+   text (NFC turns the 4 bytes of U+1D160 into 12, and those into 9 tokens) and two thirds of
+   a byte of ASCII (whose worst is an HTML entity: "&nGt;", 5 bytes, is 2 characters, 6 bytes). */
 static int prompt_chunk_bound(const char *text, int comma_wrap)
 {
-    size_t n = text ? strlen(text) : 0, breaks = 0, chunks, per = (size_t)(75 - comma_wrap);
+    size_t half_tokens = 0, breaks = 0, chunks, per = (size_t)(75 - comma_wrap);   /* the token bound, doubled */
+    for (const unsigned char *c = (const unsigned char *)text; c && *c; c++) half_tokens += *c < 0x80 ? 3 : 6;
     for (const char *s = text; s && (s = strstr(s, "BREAK")) != NULL; s += 5) breaks++;
-    chunks = 1 + breaks + (3 * n + per - 1) / per;
+    chunks = 1 + breaks + (half_tokens + 2 * per - 1) / (2 * per);
     return chunks < SD_PROMPT_MAX_CHUNKS ? (int)chunks : SD_PROMPT_MAX_CHUNKS;
 }
 

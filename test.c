@@ -4716,15 +4716,17 @@ static void check_long_prompts(const sd_model *m, const char *label)
     a = test_arena(need);
     CHECK(sd_generate(m, &p, a, rgb, &err) == SD_OK && a->peak <= need, "%s: long prompt generation: %s (peak %zu of %zu)", label, err.message, a->peak, need);
     free_arena(a);
-    char uneven[2][1400] = {"", ""};
+    char uneven[3][1400] = {"", "", ""};
+    static const char *const uneven_name[3] = {"30 x '!!!! '", "300 x U+1D160", "100 x '&#x1D160;'"};
     for (int i = 0; i < 30; i++) strcat(uneven[0], "!!!! ");
     for (int i = 0; i < 300; i++) strcat(uneven[1], "\xf0\x9d\x85\xa0");
-    for (int k = 0; k < 2; k++) {
+    for (int i = 0; i < 100; i++) strcat(uneven[2], "&#x1D160;");   /* ASCII at one token per byte */
+    for (int k = 0; k < 3; k++) {
         p.prompt = uneven[k];
         need = sd_generate_arena_bytes(m, &p);
         a = test_arena(need);
         CHECK(need && sd_generate(m, &p, a, rgb, &err) == SD_OK && a->peak <= need, "%s: prompt of %s: %s (peak %zu of %zu)", label,
-              k ? "300 x U+1D160" : "30 x '!!!! '", err.message, a->peak, need);
+              uneven_name[k], err.message, a->peak, need);
         free_arena(a);
     }
     a = test_arena(64);
