@@ -6979,13 +6979,11 @@ static void vae_stats_of(vae_run *r, vae_stats *st, float *mem, const float *x, 
 
 /* A band of a 3x3 convolution's input: `rows` rows of W + 2 pixels (a zero pixel at each end),
    image rows y0 .. y0 + rows - 1, zero rows outside 0 .. H - 1. Row y comes from src, whose
-   first row is image row src_y0, through GroupNorm-SiLU when st is given; with up, the image is
-   src upsampled 2x (nearest): pixel (y, x) is src's (y / 2, x / 2), src being H/2 x W/2. One
-   task per row. */
+   first row is image row src_y0, through GroupNorm-SiLU when st is given. One task per row. */
 typedef struct vae_fill_job {
     float *dst;
     const float *src;
-    int src_y0, y0, H, W, C, up;
+    int src_y0, y0, H, W, C;
     const vae_stats *st;
 } vae_fill_job;
 
@@ -6999,9 +6997,9 @@ static void vae_fill_row(void *arg, int task, int thread)
     if (y < 0 || y >= j->H) { memset(dst, 0, row * sizeof(float)); return; }
     memset(dst, 0, (size_t)C * sizeof(float));
     memset(dst + (size_t)(W + 1) * C, 0, (size_t)C * sizeof(float));
-    const float *src = j->up ? j->src + (size_t)(y / 2 - j->src_y0) * (W / 2) * C : j->src + (size_t)(y - j->src_y0) * W * C;
+    const float *src = j->src + (size_t)(y - j->src_y0) * W * C;
     for (int x = 0; x < W; x++) {
-        const float *in = src + (size_t)(j->up ? x / 2 : x) * C;
+        const float *in = src + (size_t)x * C;
         float *out = dst + (size_t)(x + 1) * C;
         if (!j->st) { memcpy(out, in, (size_t)C * sizeof(float)); continue; }
         const float *mean = j->st->mean, *scale = j->st->scale, *offset = j->st->offset;
@@ -7015,9 +7013,9 @@ static void vae_fill_row(void *arg, int task, int thread)
 }
 
 static void vae_fill(vae_run *r, float *dst, const float *src, int src_y0, int y0, int rows, int H, int W, int C,
-                     int up, const vae_stats *st)
+                     const vae_stats *st)
 {
-    vae_fill_job j = {dst, src, src_y0, y0, H, W, C, up, st};
+    vae_fill_job j = {dst, src, src_y0, y0, H, W, C, st};
     pool_run(r->pool, vae_fill_row, &j, rows);
 }
 
@@ -7049,10 +7047,10 @@ static void vae_conv_bands(vae_run *r, float *dst, const float *src, int H, int 
     SD_ASSERT(dst != src || cout <= cin);
     for (int y0 = 0; y0 < H; y0 += R) {
         int rows = H - y0 < R ? H - y0 : R;
-        if (y0 == 0) vae_fill(r, u, src, 0, -1, rows + 2, H, W, cin, 0, in);
+        if (y0 == 0) vae_fill(r, u, src, 0, -1, rows + 2, H, W, cin, in);
         else {
             memmove(u, u + (size_t)R * row, 2 * row * sizeof(float));   /* rows y0 - 1 and y0 */
-            vae_fill(r, u + 2 * row, src, 0, y0 + 1, rows, H, W, cin, 0, in);
+            vae_fill(r, u + 2 * row, src, 0, y0 + 1, rows, H, W, cin, in);
         }
         conv2d(r->pool, o, u, 1, rows + 2, W + 2, cin, conv->w, conv->b, cout, 3, 1, 0, 0);
         if (out) vae_stats_add(r, out, o, rows * W);
@@ -7152,28 +7150,85 @@ static void vae_downsample_forward(vae_run *r, const vae_conv *conv, int H, int 
     memcpy(r->x, r->s, n * sizeof(float));
 }
 
-/* Decoder's Upsample2D: nearest-neighbour 2x, then a 3x3 conv: [H, W] → [2H, 2W]. The upsampled
-   image (4x the input) is never held whole: bands of output rows are upsampled into u with their
-   one-pixel border (neighbour rows, zeros outside the image) and convolved without padding
-   straight into x. The input moves to s first, since x receives the output. */
+/* The 3x3 conv (zero padding 1) of an image upsampled 2x (nearest) gives its output pixels
+   (2i + a, 2j + b) of each phase (a, b) as a 2x2 conv of the low-resolution image: along each
+   axis, phase 0 sees kernel tap 0 on low-resolution row i - 1 and taps 1 + 2 on row i, phase 1
+   sees taps 0 + 1 on row i and tap 2 on row i + 1. So 16 multiply-adds per output and input
+   channel instead of 36: the same sums, rounded in another order. A phase's taps are summed
+   in f32 into the arena: wp [n, cin, 2, 2] from weight rows n0 .. n0 + n - 1 of w [*, cin, 3, 3]
+   (any float dtype); row: 9·cin floats of scratch. */
+static void vae_phase_weights(float *wp, const sd_tensor *w, int n0, int n, int cin, int a, int b, float *row)
+{
+    static const int first[2][2] = {{0, 1}, {0, 2}}, last[2][2] = {{0, 2}, {1, 2}};   /* [phase][tap] */
+    for (int o = 0; o < n; o++) {
+        tensor_floats(row, w, (size_t)(n0 + o) * cin * 9, cin * 9);
+        for (int c = 0; c < cin; c++) {
+            const float *k = row + (size_t)c * 9;
+            float *d = wp + ((size_t)o * cin + c) * 4;
+            for (int dy = 0; dy < 2; dy++)
+                for (int dx = 0; dx < 2; dx++) {
+                    float s = 0.0f;
+                    for (int ky = first[a][dy]; ky <= last[a][dy]; ky++)
+                        for (int kx = first[b][dx]; kx <= last[b][dx]; kx++) s += k[ky * 3 + kx];
+                    d[dy * 2 + dx] = s;
+                }
+        }
+    }
+}
+
+static sd_tensor vae_f32_tensor(const float *data, int64_t d0, int64_t d1, int k, int ndim)
+{
+    sd_tensor t;
+    memset(&t, 0, sizeof t);
+    t.name = "f32 weights";
+    t.dtype = SD_F32;
+    t.ndim = ndim;
+    t.shape[0] = d0;
+    if (ndim == 4) { t.shape[1] = d1; t.shape[2] = t.shape[3] = k; }
+    t.data = data;
+    t.nbytes = (size_t)d0 * (ndim == 4 ? (size_t)d1 * k * k : 1) * sizeof(float);
+    return t;
+}
+
+/* Phase (a, b) of the upsampled conv for `rows` low-resolution rows: xb is their band as vae_fill
+   makes it (rows + 2 rows of W + 2 pixels, C channels, zeros around), wp the phase's taps
+   [N, C, 2, 2]; output pixel (i, j) of the phase goes to y + (i·W + j)·ldy. */
+static void vae_phase_conv(sd_pool *pool, float *y, int ldy, const float *xb, int rows, int W, int C, int a, int b,
+                           const sd_tensor *wp, const sd_tensor *bias, int N)
+{
+    gemm_job j;
+    memset(&j, 0, sizeof j);
+    j.pool = pool; j.y = y; j.ldy = ldy; j.x = xb + ((size_t)a * (W + 2) + b) * C; j.M = rows * W; j.N = N;
+    j.w = wp; j.b = bias;
+    j.conv = 1; j.H = rows + 2; j.W = W + 2; j.Cin = C; j.Ho = rows; j.Wo = W; j.k = 2; j.s = 1; j.pad = 0;
+    j.row_len = (int64_t)C * 4; j.depth = C; j.taps = 4;
+    gemm_run(&j);
+}
+
+/* Decoder's Upsample2D: nearest-neighbour 2x, then a 3x3 conv: [H, W] → [2H, 2W], as the four
+   phases' 2x2 convs of the input (vae_phase_weights), which moves to s first since x receives
+   the output. One phase at a time (its taps in t), in bands of input rows gathered with their
+   border into u; a band's outputs go to t and from there to every other pixel of x. */
 static void vae_upsample_forward(vae_run *r, const vae_conv *conv, int H, int W, int C)
 {
-    int H2 = 2 * H, W2 = 2 * W, band = H2 < VAE_BAND_ROWS ? H2 : VAE_BAND_ROWS;
-    size_t n = (size_t)H * W * C, row = (size_t)(W2 + 2) * C;
-    if (vae_needs(r, 4 * n, n, 0, (size_t)(band + 2) * row)) return;
+    int Rl = vae_band(2 * H) / 2;
+    size_t n = (size_t)H * W * C, band = (size_t)(Rl + 2) * (W + 2) * C, wn = (size_t)C * C * 4, px = (size_t)C * sizeof(float);
+    if (vae_needs(r, 4 * n, n, wn + (size_t)Rl * W * C, band + 9 * (size_t)C)) return;
+    float *wp = r->t, *o = r->t + wn, *row = r->u + band;
+    sd_tensor w = vae_f32_tensor(wp, C, C, 2, 4);
     memcpy(r->s, r->x, n * sizeof(float));
-    for (int y0 = 0; y0 < H2; y0 += band) {
-        int rows = H2 - y0 < band ? H2 - y0 : band;
-        for (int i = 0; i < rows + 2; i++) {   /* band row i is upsampled row y0 - 1 + i */
-            float *dst = r->u + i * row;
-            int y = y0 - 1 + i;
-            if (y < 0 || y >= H2) { memset(dst, 0, row * sizeof(float)); continue; }
-            const float *src = r->s + (size_t)(y / 2) * W * C;
-            memset(dst, 0, C * sizeof(float));
-            memset(dst + (size_t)(W2 + 1) * C, 0, C * sizeof(float));
-            for (int x = 0; x < W2; x++) memcpy(dst + (size_t)(x + 1) * C, src + (size_t)(x / 2) * C, C * sizeof(float));
+    for (int p = 0; p < 4; p++) {
+        int a = p >> 1, b = p & 1;
+        vae_phase_weights(wp, conv->w, 0, C, C, a, b, row);
+        for (int y0 = 0; y0 < H; y0 += Rl) {
+            int rows = H - y0 < Rl ? H - y0 : Rl;
+            vae_fill(r, r->u, r->s, 0, y0 - 1, rows + 2, H, W, C, NULL);
+            vae_phase_conv(r->pool, o, C, r->u, rows, W, C, a, b, &w, conv->b, C);
+            for (int i = 0; i < rows; i++) {
+                float *d = r->x + ((size_t)(2 * (y0 + i) + a) * 2 * W + b) * C;
+                for (int x = 0; x < W; x++) memcpy(d + (size_t)2 * x * C, o + ((size_t)i * W + x) * C, px);
+            }
         }
-        conv2d(r->pool, r->x + (size_t)y0 * W2 * C, r->u, 1, rows + 2, W2 + 2, C, conv->w, conv->b, C, 3, 1, 0, 0);
     }
 }
 
@@ -7223,13 +7278,13 @@ static void vae_resnet_recompute(vae_run *r, const vae_resnet *b, int H, int W)
         int rows = H - y0 < R ? H - y0 : R;
         /* a: gn1(x) rows y0 - 2 .. y0 + rows + 1; the four above the next band are carried over,
            since this band overwrites two of them in x */
-        if (y0 == 0) vae_fill(r, a, r->x, 0, -2, rows + 4, H, W, C, 0, &g1);
+        if (y0 == 0) vae_fill(r, a, r->x, 0, -2, rows + 4, H, W, C, &g1);
         else {
             memmove(a, a + (size_t)R * row, 4 * row * sizeof(float));
-            vae_fill(r, a + 4 * row, r->x, 0, y0 + 2, rows, H, W, C, 0, &g1);
+            vae_fill(r, a + 4 * row, r->x, 0, y0 + 2, rows, H, W, C, &g1);
         }
         conv2d(r->pool, h, a, 1, rows + 4, W + 2, C, b->conv1.w, b->conv1.b, C, 3, 1, 0, 0);   /* conv1 rows y0 - 1 .. y0 + rows */
-        vae_fill(r, hn, h, y0 - 1, y0 - 1, rows + 2, H, W, C, 0, &g2);
+        vae_fill(r, hn, h, y0 - 1, y0 - 1, rows + 2, H, W, C, &g2);
         conv2d(r->pool, o, hn, 1, rows + 2, W + 2, C, b->conv2.w, b->conv2.b, C, 3, 1, 0, 0);
         add(r->pool, r->x + (size_t)y0 * orow, o, (size_t)rows * orow);
     }
@@ -7253,51 +7308,47 @@ static void vae_fold_shortcut(float *wf, float *bf, float *row, const vae_conv *
     }
 }
 
-static sd_tensor vae_f32_tensor(const float *data, int64_t d0, int64_t d1, int ndim)
-{
-    sd_tensor t;
-    memset(&t, 0, sizeof t);
-    t.name = "folded shortcut";
-    t.dtype = SD_F32;
-    t.ndim = ndim;
-    t.shape[0] = d0;
-    if (ndim == 4) { t.shape[1] = d1; t.shape[2] = t.shape[3] = 3; }
-    t.data = data;
-    t.nbytes = (size_t)d0 * (ndim == 4 ? (size_t)d1 * 9 : 1) * sizeof(float);
-    return t;
-}
-
 /* Decoder's Upsample2D and the ResNet after it when that ResNet changes the channel count, at the
    finest level: x [H, W, cin] → x [2H, 2W, cout] without ever holding the upsampled image U
    [2H, 2W, cin] (SD: 256 channels at 512x512, 256 MiB) nor conv1's input. x moves to s. U is made
-   a slice of whole GroupNorm groups (32 channels) at a time into t, in bands as
-   vae_upsample_forward makes it; the slice is normalised with its own groups' statistics and its
-   part of conv1 added into conv1's output in x (vae_conv_slice: the sum conv2d would make). The
-   shortcut, a 1x1 conv of U, is folded into the upsampling conv (vae_fold_shortcut), so the last
-   pass needs only s: conv2 in bands, written in place, plus that conv's bands. */
+   a slice of whole GroupNorm groups (32 channels) at a time into t, in bands of input rows
+   gathered into u, by the four phases' 2x2 convs (vae_phase_weights, the slice's taps in u); the
+   slice is normalised with its own groups' statistics and its part of conv1 added into conv1's
+   output in x (vae_conv_slice: the sum conv2d would make). The shortcut, a 1x1 conv of U, is
+   folded into the upsampling conv (vae_fold_shortcut, then its phases), so the last pass needs
+   only s: conv2 in bands, written in place, plus the folded conv's phases. */
 static void vae_upsample_resnet(vae_run *r, const vae_conv *upc, const vae_resnet *b, int H, int W)
 {
-    int cin = b->cin, cout = b->cout, H2 = 2 * H, W2 = 2 * W, R = vae_band(H2), cg = cin / r->groups;
-    int cb = cg >= 32 ? cg : 32 / cg * cg;
-    size_t P2 = (size_t)H2 * W2, n = (size_t)H * W * cin, row_in = (size_t)(W2 + 2) * cin;
-    size_t row_out = (size_t)(W2 + 2) * cout, orow = (size_t)W2 * cout;
-    size_t slice = P2 * (size_t)(cb < cin ? cb : cin), last = (size_t)(R + 2) * row_out + 2 * (size_t)R * orow;
-    size_t tb = slice > last ? slice : last, folded = (size_t)cout * cin * 9 + (size_t)cout;
-    size_t ub = (size_t)(R + 2) * row_in > 9 * (size_t)cin ? (size_t)(R + 2) * row_in : 9 * (size_t)cin;
+    int cin = b->cin, cout = b->cout, H2 = 2 * H, W2 = 2 * W, R = vae_band(H2), Rl = R / 2, cg = cin / r->groups;
+    int cb = cg >= 32 ? cg : 32 / cg * cg, kb = cb < cin ? cb : cin;
+    size_t P2 = (size_t)H2 * W2, n = (size_t)H * W * cin, row_out = (size_t)(W2 + 2) * cout, orow = (size_t)W2 * cout;
+    size_t cc = (size_t)cout * cin, band = (size_t)(Rl + 2) * (W + 2) * cin;
+    size_t slice = P2 * kb, last = (size_t)(R + 2) * row_out + (size_t)R * orow + (size_t)Rl * orow;
+    size_t folded = 9 * cc + 16 * cc + (size_t)cout;   /* the folded shortcut's weights, their phases, its bias */
+    size_t tb = slice > last + folded ? slice : last + folded;
+    size_t ub = band + 9 * (size_t)cin + 16 * (size_t)kb * cin + (size_t)Rl * W2 * kb;
     vae_stats g1, g2;
-    if (vae_needs5(r, P2 * cout, n, tb + folded, ub, VAE_STATS_FLOATS(cin) + VAE_STATS_FLOATS(cout))) return;
-    float *X = r->s, *Y = r->x, *U = r->t, *wf = r->t + tb, *bf = wf + (size_t)cout * cin * 9;
+    if (vae_needs5(r, P2 * cout, n, tb, ub, VAE_STATS_FLOATS(cin) + VAE_STATS_FLOATS(cout))) return;
+    float *X = r->s, *Y = r->x, *U = r->t, *xb = r->u, *row = xb + band, *wq = row + 9 * (size_t)cin, *ob = wq + 16 * (size_t)kb * cin;
+    sd_tensor pt[4];
     memcpy(X, r->x, n * sizeof(float));
-    vae_fold_shortcut(wf, bf, r->u, upc, &b->shortcut, cin, cout);
-    sd_tensor fw = vae_f32_tensor(wf, cout, cin, 4), fb = vae_f32_tensor(bf, cout, 0, 1);
     for (int c0 = 0; c0 < cin; c0 += cb) {
         int k = cin - c0 < cb ? cin - c0 : cb;
-        sd_tensor w = vae_rows_of(upc->w, c0, k), bias = vae_rows_of(upc->b, c0, k);
+        sd_tensor bias = vae_rows_of(upc->b, c0, k);
         sd_tensor gw = vae_rows_of(b->norm1.w, c0, k), gb = vae_rows_of(b->norm1.b, c0, k);
-        for (int y0 = 0; y0 < H2; y0 += R) {   /* U's channels c0 .. c0 + k - 1 */
-            int rows = H2 - y0 < R ? H2 - y0 : R;
-            vae_fill(r, r->u, X, 0, y0 - 1, rows + 2, H2, W2, cin, 1, NULL);
-            conv2d(r->pool, U + (size_t)y0 * W2 * k, r->u, 1, rows + 2, W2 + 2, cin, &w, &bias, k, 3, 1, 0, 0);
+        for (int p = 0; p < 4; p++) {
+            float *wp = wq + (size_t)p * 4 * k * cin;
+            vae_phase_weights(wp, upc->w, c0, k, cin, p >> 1, p & 1, row);
+            pt[p] = vae_f32_tensor(wp, k, cin, 2, 4);
+        }
+        for (int y0 = 0; y0 < H; y0 += Rl) {   /* U's channels c0 .. c0 + k - 1, output rows 2·y0 .. */
+            int rows = H - y0 < Rl ? H - y0 : Rl;
+            vae_fill(r, xb, X, 0, y0 - 1, rows + 2, H, W, cin, NULL);
+            for (int a = 0; a < 2; a++) {   /* phase (a, b) to every other pixel of ob's rows, then to U's rows 2·i + a */
+                for (int bb = 0; bb < 2; bb++) vae_phase_conv(r->pool, ob + (size_t)bb * k, 2 * k, xb, rows, W, cin, a, bb, &pt[2 * a + bb], &bias, k);
+                for (int i = 0; i < rows; i++)
+                    memcpy(U + (size_t)(2 * (y0 + i) + a) * W2 * k, ob + (size_t)i * W2 * k, (size_t)W2 * k * sizeof(float));
+            }
         }
         vae_stats_init(&g1, r->n, k, k / cg);
         vae_stats_add(r, &g1, U, (int)P2);
@@ -7313,17 +7364,26 @@ static void vae_upsample_resnet(vae_run *r, const vae_conv *upc, const vae_resne
     }
     vae_stats_of(r, &g2, r->n + VAE_STATS_FLOATS(cin), Y, (int)P2, cout, &b->norm2);
     float *hn = r->t, *o = hn + (size_t)(R + 2) * row_out, *os = o + (size_t)R * orow;
+    float *wf = os + (size_t)Rl * orow, *wp = wf + 9 * cc, *bf = wp + 16 * cc;
+    vae_fold_shortcut(wf, bf, row, upc, &b->shortcut, cin, cout);
+    sd_tensor fw = vae_f32_tensor(wf, cout, cin, 3, 4), fb = vae_f32_tensor(bf, cout, 0, 0, 1);
+    for (int p = 0; p < 4; p++) {
+        vae_phase_weights(wp + (size_t)p * 4 * cc, &fw, 0, cout, cin, p >> 1, p & 1, row);
+        pt[p] = vae_f32_tensor(wp + (size_t)p * 4 * cc, cout, cin, 2, 4);
+    }
     for (int y0 = 0; y0 < H2; y0 += R) {
-        int rows = H2 - y0 < R ? H2 - y0 : R;
-        if (y0 == 0) vae_fill(r, hn, Y, 0, -1, rows + 2, H2, W2, cout, 0, &g2);
+        int rows = H2 - y0 < R ? H2 - y0 : R, yl = y0 / 2, rl = rows / 2;   /* (H2 and R are even) */
+        if (y0 == 0) vae_fill(r, hn, Y, 0, -1, rows + 2, H2, W2, cout, &g2);
         else {
             memmove(hn, hn + (size_t)R * row_out, 2 * row_out * sizeof(float));
-            vae_fill(r, hn + 2 * row_out, Y, 0, y0 + 1, rows, H2, W2, cout, 0, &g2);
+            vae_fill(r, hn + 2 * row_out, Y, 0, y0 + 1, rows, H2, W2, cout, &g2);
         }
         conv2d(r->pool, o, hn, 1, rows + 2, W2 + 2, cout, b->conv2.w, b->conv2.b, cout, 3, 1, 0, 0);
-        vae_fill(r, r->u, X, 0, y0 - 1, rows + 2, H2, W2, cin, 1, NULL);
-        conv2d(r->pool, os, r->u, 1, rows + 2, W2 + 2, cin, &fw, &fb, cout, 3, 1, 0, 0);
-        add(r->pool, o, os, (size_t)rows * orow);   /* conv2 + shortcut */
+        vae_fill(r, xb, X, 0, yl - 1, rl + 2, H, W, cin, NULL);
+        for (int a = 0; a < 2; a++) {   /* conv2 + shortcut, the shortcut's output rows 2·i + a */
+            for (int bb = 0; bb < 2; bb++) vae_phase_conv(r->pool, os + (size_t)bb * cout, 2 * cout, xb, rl, W, cin, a, bb, &pt[2 * a + bb], &fb, cout);
+            for (int i = 0; i < rl; i++) add(r->pool, o + (size_t)(2 * i + a) * orow, os + (size_t)i * orow, orow);
+        }
         memcpy(Y + (size_t)y0 * orow, o, (size_t)rows * orow * sizeof(float));
     }
 }

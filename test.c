@@ -3899,9 +3899,20 @@ static void vae_test_tile_weights(void)
    conv1 at the finest level and, when the finest level's first ResNet changes the channel count,
    makes the upsampled image a channel slice at a time with the shortcut folded into the upsampling
    conv. The reference below is the decoder as it was: whole tensors, one conv2d per conv, the
-   upsampling held whole (vae_resnet_forward, vae_upsample_forward). With a latent large enough
-   that every banded loop runs several bands, the two agree to 1e-5 of the image's largest value,
-   and 1, 2 and 4 threads give the same bytes. */
+   upsampling held whole (vae_resnet_forward, and the 3x3 conv of the upsampled image itself
+   rather than the phases' 2x2 convs that vae_upsample_forward and vae_upsample_resnet run). With
+   a latent large enough that every banded loop runs several bands, the two agree to 1e-5 of the
+   image's largest value, and 1, 2 and 4 threads give the same bytes. */
+static void vae_reference_upsample(vae_run *r, const vae_conv *conv, int H, int W, int C)
+{
+    int H2 = 2 * H, W2 = 2 * W;
+    size_t n = (size_t)H * W * C;
+    if (vae_needs(r, 4 * n, 4 * n, 0, 0)) return;
+    for (int y = 0; y < H2; y++)
+        for (int x = 0; x < W2; x++) memcpy(r->s + ((size_t)y * W2 + x) * C, r->x + ((size_t)(y / 2) * W + x / 2) * C, C * sizeof(float));
+    conv2d(r->pool, r->x, r->s, 1, H2, W2, C, conv->w, conv->b, C, 3, 1, 1, 1);
+}
+
 static void vae_reference_pass(vae_run *r, const sd_vae *v, const float *z, int h, int w, float *image)
 {
     const vae_stack *d = &v->decoder;
@@ -3914,7 +3925,7 @@ static void vae_reference_pass(vae_run *r, const sd_vae *v, const float *z, int 
         const vae_level *l = &d->level[i];
         for (int j = 0; j < l->resnets; j++) vae_resnet_forward(r, &l->res[j], H, W);
         if (l->resample) {
-            vae_upsample_forward(r, &l->resample_conv, H, W, l->channels);
+            vae_reference_upsample(r, &l->resample_conv, H, W, l->channels);
             H *= 2;
             W *= 2;
         }
