@@ -2786,6 +2786,16 @@ static void tok_detokenize(const int32_t *ids, size_t n, char *out, size_t cap)
     out[w] = 0;
 }
 
+/* Golden prompt i of tokenizer.safetensors (its UTF-8 bytes as a U8 tensor); NULL, and a
+   failure, when it is not there. */
+static const sd_tensor *golden_prompt(golden_file *g, int i)
+{
+    char name[32];
+    snprintf(name, sizeof name, "prompt.%d", i);
+    const sd_tensor *p = sd_safetensors_find(&g->st, name);
+    return CHECK(p && p->dtype == SD_U8, "%s: no U8 tensor %s", g->path, name) ? p : NULL;
+}
+
 static void test_tokenizer_golden(void)
 {
     golden_file *g = golden_open("tokenizer/tokenizer.safetensors");
@@ -2815,12 +2825,9 @@ static void test_tokenizer_golden(void)
         next_untruncated = untruncated_json;
     }
     for (i = 0; i < n; i++) {
-        char name[32];
-        const sd_tensor *p;
+        const sd_tensor *p = golden_prompt(g, i);
         int mode;
-        snprintf(name, sizeof name, "prompt.%d", i);
-        p = sd_safetensors_find(&g->st, name);
-        if (!CHECK(p && p->dtype == SD_U8, "%s: no U8 tensor %s", g->path, name)) continue;
+        if (!p) continue;
         for (mode = 0; mode < 2; mode++) {
             const sd_tensor *want = mode ? ids2 : ids1, *want_len = mode ? len2 : len1;
             int32_t got[77];
@@ -3300,12 +3307,9 @@ static void test_prompt_golden(void)
     n = count_text ? atoi(count_text) : 0;
     CHECK(n > 0, "%s: no n_prompts", g->path);
     for (i = 0; i < n; i++) {
-        char name[32];
-        const sd_tensor *p;
+        const sd_tensor *p = golden_prompt(g, i);
         int mode;
-        snprintf(name, sizeof name, "prompt.%d", i);
-        p = sd_safetensors_find(&g->st, name);
-        if (!CHECK(p && p->dtype == SD_U8, "%s: no U8 tensor %s", g->path, name)) continue;
+        if (!p) continue;
         for (mode = 0; mode < 2; mode++) {
             sd_clip_pad pad = mode ? SD_CLIP_PAD_EXCLAMATION : SD_CLIP_PAD_EOS;
             const char *text = (const char *)p->data;
