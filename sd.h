@@ -484,8 +484,9 @@ typedef struct sd_sampler {
 /* Sets up `steps` steps of a sampler over the schedule s (which must outlive it), as diffusers'
    scheduler classes do from SD's scheduler config: spacing and steps_offset as there (SD 1.x/2.x
    configs give no spacing, so each class's default applies: DDIM leading, the others linspace;
-   SDXL's config says leading, which sd_generate takes for SDXL models), karras (DPM++ 2M only): Karras et al. (2022) sigmas with rho 7,
-   prediction SD_PREDICT_EPSILON / SD_PREDICT_V, eta: DDIM's stochasticity (0 for the others). */
+   SDXL's config says leading, which sd_generate takes for SDXL models), karras (DPM++ 2M only):
+   Karras et al. (2022) sigmas with rho 7, prediction SD_PREDICT_EPSILON / SD_PREDICT_V, eta:
+   DDIM's stochasticity (0 for the others). */
 SD_API int sd_sampler_init(sd_sampler *smp, const sd_schedule *s, int kind, int steps, int spacing,
                            int steps_offset, int karras, int prediction, float eta, sd_error *err);
 
@@ -564,8 +565,9 @@ typedef struct sd_params {
     uint64_t seed;   /* torch.manual_seed(seed): the same noise diffusers draws on the CPU */
     int sampler;   /* SD_SAMPLER_DDIM (default), _EULER, _EULER_A, _DPMPP_2M */
     int karras;   /* DPM++ 2M: Karras et al.'s sigmas (rho 7) instead of the training schedule's */
-    int spacing;   /* -1 (default): the model's scheduler config, else diffusers' class default (DDIM
-                      leading, the others linspace); or SD_SPACING_LEADING / _TRAILING / _LINSPACE */
+    int spacing;   /* -1 (default): the model's scheduler config, else SDXL's leading, else diffusers'
+                      class default (DDIM leading, the others linspace); or SD_SPACING_LEADING /
+                      _TRAILING / _LINSPACE */
     float eta;   /* DDIM eta, default 0 (deterministic) */
     int batch_count;   /* images made, with seeds seed, seed + 1, ... (default 1); rgb_out holds them
                           one after another; the optional outputs and given noise serve the first */
