@@ -8682,6 +8682,13 @@ static size_t text_stage_bytes(const sd_model *m, const sd_params *p, int B, int
     return 2 * float_bytes(rows) + float_bytes(rows * width) + (m->encoders == 2 ? float_bytes((size_t)B * C * m->te[1].proj_dim) : 0) + most;
 }
 
+/* The text of batch item b of B: with guidance (B = 2) the negative prompt first. */
+static const char *batch_text(const sd_params *p, int B, int b)
+{
+    const char *t = B == 2 && b == 0 ? p->negative_prompt : p->prompt;
+    return t ? t : "";
+}
+
 /* A prompt's chunks for encoder e, padded to `chunks`, into ids and weights [chunks, 77]. */
 static int prompt_chunks(const sd_model *m, const sd_params *p, const char *text, int e, int chunks,
                          int32_t *ids, float *weights, sd_arena *a, sd_error *err)
@@ -8705,7 +8712,6 @@ static int prompt_chunks(const sd_model *m, const sd_params *p, const char *text
    encoder on its own and is weighted by its tokens' (A1111's) weights. */
 static int encode_text(const sd_model *m, const sd_params *p, int B, int C, float *ctx, float *y, sd_pool *pool, sd_arena *a, sd_error *err)
 {
-    const char *text[2] = {p->negative_prompt ? p->negative_prompt : "", p->prompt ? p->prompt : ""};
     size_t mark = sd_arena_mark(a), rows = (size_t)B * C * SD_TEXT_TOKENS, width = 0, D = (size_t)m->context_dim, offset = 0;
     for (int e = 0; e < m->encoders; e++) width = max_size(width, (size_t)m->te[e].width);
     int32_t *ids = (int32_t *)arena_array(a, rows, sizeof(int32_t), err);
@@ -8716,7 +8722,7 @@ static int encode_text(const sd_model *m, const sd_params *p, int B, int C, floa
     for (int e = 0; e < m->encoders; e++) {
         const sd_text_encoder *te = &m->te[e];
         for (int b = 0; b < B && !rc; b++)
-            rc = prompt_chunks(m, p, text[2 - B + b], e, C, ids + (size_t)b * C * SD_TEXT_TOKENS, weights + (size_t)b * C * SD_TEXT_TOKENS, a, err);
+            rc = prompt_chunks(m, p, batch_text(p, B, b), e, C, ids + (size_t)b * C * SD_TEXT_TOKENS, weights + (size_t)b * C * SD_TEXT_TOKENS, a, err);
         if (rc || (rc = sd_text_encode(te, ids, B * C, p->clip_skip, hidden, e == 1 ? pooled : NULL, pool, a, err))) goto done;
         for (int c = 0; c < B * C; c++)
             sd_prompt_weight(hidden + (size_t)c * SD_TEXT_TOKENS * te->width, weights + (size_t)c * SD_TEXT_TOKENS, SD_TEXT_TOKENS, te->width);
@@ -8747,14 +8753,13 @@ done:
    pads with "!", which makes every "!" a token of its own). */
 static int count_chunks(const sd_model *m, const sd_params *p, int B, int *chunks, sd_arena *a, sd_error *err)
 {
-    const char *text[2] = {p->negative_prompt ? p->negative_prompt : "", p->prompt ? p->prompt : ""};
     *chunks = 1;
     for (int e = 0; e < m->encoders; e++)
         for (int b = 0; b < B; b++) {
             size_t mark = sd_arena_mark(a);
             int32_t *ids;
-            int got, rc = sd_prompt_chunks(m->vocab, text[2 - B + b], strlen(text[2 - B + b]), m->pad[e], p->weighting, p->comma_wrap,
-                                           1, &ids, NULL, &got, a, err);
+            const char *text = batch_text(p, B, b);
+            int got, rc = sd_prompt_chunks(m->vocab, text, strlen(text), m->pad[e], p->weighting, p->comma_wrap, 1, &ids, NULL, &got, a, err);
             sd_arena_reset(a, mark);
             if (rc) return rc;
             if (got > *chunks) *chunks = got;

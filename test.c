@@ -4744,14 +4744,12 @@ static void check_long_prompts(const sd_model *m, const char *label)
               uneven_name[k], err.message, a->peak, need);
         free_arena(a);
     }
-    a = test_arena(64);
     free(rgb);
     free(ctx);
     free(y);
     free(one);
     pool_free(&pool);
     free_arena(pa);
-    free_arena(a);
 }
 
 /* SD2 files without a prediction type: the v model is told from the spread of one LayerNorm
