@@ -666,6 +666,16 @@ SD_API void sd_arena_init(sd_arena *a, void *memory, size_t size)
     a->size = size - skip;
 }
 
+/* Plan, then run: every *_arena_bytes function runs the same code as the call it plans, on a
+   measuring arena (no memory, size SIZE_MAX) that counts what would be handed out and gives
+   every allocation the same dummy address. Kernels see the arena's pool in measuring mode and do
+   nothing, so a dry run touches no weights or activations; the arena's peak is the plan. */
+static const float arena_dummy[SD_ALIGN / sizeof(float)];   /* read-only: a stray write in a dry run faults */
+
+static void arena_measure(sd_arena *a) { a->base = NULL; a->size = (size_t)-1; a->used = a->peak = 0; }
+static int arena_measuring(const sd_arena *a) { return !a->base && a->size; }
+static float *dummy_floats(void) { return (float *)(uintptr_t)arena_dummy; }   /* a dry run's inputs and outputs */
+
 SD_API void *sd_arena_alloc(sd_arena *a, size_t bytes, sd_error *err)
 {
     size_t left = a->size - a->used, need;
@@ -676,7 +686,7 @@ SD_API void *sd_arena_alloc(sd_arena *a, size_t bytes, sd_error *err)
              bytes, left, a->size);
         return NULL;
     }
-    void *p = a->base + a->used;
+    void *p = arena_measuring(a) ? (void *)dummy_floats() : a->base + a->used;
     a->used += need;
     if (a->used > a->peak) a->peak = a->used;
     return p;
@@ -1781,6 +1791,7 @@ typedef struct pool_worker { struct sd_pool *pool; int index; } pool_worker;
 
 struct sd_pool {
     int threads;
+    int measure;               /* set up on a measuring arena: a dry run, the kernels do nothing */
     float *scratch[SD_MAX_THREADS];
     size_t scratch_floats;
 #ifndef SD_NO_THREADS
@@ -1802,17 +1813,6 @@ struct sd_pool {
 #define POOL_THREADS(t) (t)
 #endif
 #define POOL_PAGE 4096u
-
-/* Arena bytes pool_init takes for `threads` threads: scratch for each, a stack for each worker. */
-static size_t pool_arena_bytes(int threads)
-{
-    size_t scratch = (SD_POOL_SCRATCH_FLOATS * sizeof(float) + SD_ALIGN - 1) & ~(size_t)(SD_ALIGN - 1);
-    size_t stack = ((size_t)SD_POOL_STACK_BYTES + POOL_PAGE + SD_ALIGN - 1) & ~(size_t)(SD_ALIGN - 1);
-    if (threads < 1) threads = 1;
-    if (threads > SD_MAX_THREADS) threads = SD_MAX_THREADS;
-    threads = POOL_THREADS(threads);
-    return (size_t)threads * scratch + (size_t)(threads - 1) * stack;
-}
 
 #ifndef SD_NO_THREADS
 static void *pool_worker_main(void *p)
@@ -1862,12 +1862,17 @@ static void pool_free(sd_pool *p)
 static int pool_init(sd_pool *p, int threads, sd_arena *a, sd_error *err)
 {
     size_t mark = sd_arena_mark(a);
+    unsigned char *stack[SD_MAX_THREADS];
     memset(p, 0, sizeof *p);
     if (threads < 1 || threads > SD_MAX_THREADS) return fail(err, SD_ERR_ARG, "threads = %d: must be 1..%d", threads, SD_MAX_THREADS);
     p->threads = POOL_THREADS(threads);
     p->scratch_floats = SD_POOL_SCRATCH_FLOATS;
+    p->measure = arena_measuring(a);
     for (int t = 0; t < p->threads; t++)
         if (!(p->scratch[t] = arena_floats(a, p->scratch_floats, err))) { sd_arena_reset(a, mark); return SD_ERR_MEMORY; }
+    for (int t = 1; t < p->threads; t++)
+        if (!(stack[t] = (unsigned char *)sd_arena_alloc(a, SD_POOL_STACK_BYTES + POOL_PAGE, err))) { sd_arena_reset(a, mark); return SD_ERR_MEMORY; }
+    if (p->measure) return SD_OK;   /* a dry run: the threads' memory counted, no threads started */
 #ifndef SD_NO_THREADS
     if (p->threads > 1) {
         if (pthread_mutex_init(&p->lock, NULL)) {
@@ -1881,15 +1886,12 @@ static int pool_init(sd_pool *p, int threads, sd_arena *a, sd_error *err)
         }
         p->sync_ready = 1;
         for (int t = 1; t < p->threads; t++) {
-            unsigned char *stack = (unsigned char *)sd_arena_alloc(a, SD_POOL_STACK_BYTES + POOL_PAGE, err);
             pthread_attr_t attr;
             int rc;
-            if (!stack) { pool_free(p); sd_arena_reset(a, mark); return SD_ERR_MEMORY; }
-            stack += (POOL_PAGE - (uintptr_t)stack % POOL_PAGE) % POOL_PAGE;
             p->worker[t].pool = p;
             p->worker[t].index = t;
             pthread_attr_init(&attr);
-            rc = pthread_attr_setstack(&attr, stack, SD_POOL_STACK_BYTES);
+            rc = pthread_attr_setstack(&attr, stack[t] + (POOL_PAGE - (uintptr_t)stack[t] % POOL_PAGE) % POOL_PAGE, SD_POOL_STACK_BYTES);
             if (!rc) rc = pthread_create(&p->tid[p->started], &attr, pool_worker_main, &p->worker[t]);
             pthread_attr_destroy(&attr);
             if (rc) {
@@ -1902,6 +1904,23 @@ static int pool_init(sd_pool *p, int threads, sd_arena *a, sd_error *err)
     }
 #endif
     return SD_OK;
+}
+
+/* Arena bytes pool_init takes for `threads` (clamped to 1..SD_MAX_THREADS): a dry run of it. */
+static size_t pool_arena_bytes(int threads)
+{
+    sd_arena m;
+    sd_pool p;
+    arena_measure(&m);
+    return pool_init(&p, threads < 1 ? 1 : threads > SD_MAX_THREADS ? SD_MAX_THREADS : threads, &m, NULL) ? 0 : m.peak;
+}
+
+/* The pool of a stage's dry run, whose own memory is not part of the stage's plan. */
+static void pool_measure(sd_pool *p)
+{
+    sd_arena m;
+    arena_measure(&m);
+    pool_init(p, 1, &m, NULL);   /* cannot fail on a measuring arena */
 }
 
 SD_API size_t sd_pool_arena_bytes(int threads)
@@ -1930,6 +1949,7 @@ SD_API void sd_pool_destroy(sd_pool *pool)
    writes its own part of the output, so the result does not depend on which thread ran it. */
 static void pool_run(sd_pool *pool, pool_task fn, void *arg, int ntasks)
 {
+    if (pool->measure) return;   /* a dry run */
 #ifndef SD_NO_THREADS
     if (pool->started > 0 && ntasks > 1) {
         pthread_mutex_lock(&pool->lock);
@@ -2298,7 +2318,7 @@ static void weight_row(const sd_tensor *w, int64_t i, int64_t K, float *out)
 static void matmul(sd_pool *pool, float *y, int ldy, const float *x, int ldx, int M, int N, int K,
                    const sd_tensor *w, const sd_tensor *b, int accumulate)
 {
-    if (M <= 0 || N <= 0) return;
+    if (M <= 0 || N <= 0 || pool->measure) return;
     gemm_job j;
     memset(&j, 0, sizeof j);
     j.pool = pool; j.y = y; j.ldy = ldy; j.x = x; j.ldx = ldx; j.M = M; j.N = N;
@@ -2430,7 +2450,7 @@ static void groupnorm_items(sd_pool *pool, float *y, const float *x, int B, int 
 {
     groupnorm_job j;
     size_t bc = (size_t)B * C, room;
-    if (B <= 0 || HW <= 0 || C <= 0) return;
+    if (B <= 0 || HW <= 0 || C <= 0 || pool->measure) return;
     SD_ASSERT(groups > 0 && C % groups == 0);
     SD_ASSERT(5 * bc <= pool->scratch_floats);
     room = (pool->scratch_floats - 3 * bc) / (2 * bc);   /* chunks of partials that fit */
@@ -2590,7 +2610,7 @@ static void layernorm(sd_pool *pool, float *y, const float *x, int M, int C, con
 static void geglu(sd_pool *pool, float *y, const float *x, int M, int C)
 {
     rows_job j = {ROWS_GEGLU, y, x, (size_t)(M > 0 ? M : 0), 0, C, 0, NULL, NULL, 0};
-    if (y == x) { geglu_span(y, x, M, C); return; }
+    if (y == x) { if (!pool->measure) geglu_span(y, x, M, C); return; }
     rows_run(pool, &j, 2 * (size_t)C);
 }
 static void upsample2x(sd_pool *pool, float *y, const float *x, int B, int H, int W, int C)
@@ -2599,16 +2619,58 @@ static void upsample2x(sd_pool *pool, float *y, const float *x, int B, int H, in
     rows_run(pool, &j, 4 * (size_t)W * C);
 }
 
-/* Layout changes at the API boundary: stage functions speak PyTorch's NCHW, the kernels NHWC. */
-static void nchw_to_nhwc(float *y, const float *x, int B, int C, int HW)
+/* y[b, i, :] += e[b, :] for every position i of y [B, HW, C]: a per-item vector (the UNet's
+   time embedding) added to every pixel. */
+static void add_rows(sd_pool *pool, float *y, const float *e, int B, int HW, int C)
 {
+    if (pool->measure) return;
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < HW; i++) add_span(y + ((size_t)b * HW + i) * C, e + (size_t)b * C, (size_t)C);
+}
+
+/* y [M, Ca + Cb] = each row of a [M, Ca] followed by the same row of b [M, Cb]: torch.cat on
+   the channel axis, in NHWC. */
+static void concat_channels(sd_pool *pool, float *y, const float *a, int Ca, const float *b, int Cb, size_t M)
+{
+    if (pool->measure) return;
+    for (size_t i = 0; i < M; i++) {
+        memcpy(y + i * (Ca + Cb), a + i * Ca, (size_t)Ca * sizeof(float));
+        memcpy(y + i * (Ca + Cb) + Ca, b + i * Cb, (size_t)Cb * sizeof(float));
+    }
+}
+
+/* Nearest-neighbour resize, NHWC, picking source pixels as PyTorch's interpolate(size=...) does
+   (source = floor(dst · in/out) in float32). The up path needs it when a size was odd on the way
+   down: 5 rows were halved to 3, and 3 must come back to 5, not 6. */
+static int nearest_source(int o, int in, int out)
+{
+    int i = (int)floorf((float)o * ((float)in / (float)out));
+    return i < in - 1 ? i : in - 1;
+}
+
+static void resize_nearest(sd_pool *pool, float *y, const float *x, int B, int H, int W, int C, int Ho, int Wo)
+{
+    if (pool->measure) return;
+    for (int b = 0; b < B; b++)
+        for (int oy = 0; oy < Ho; oy++)
+            for (int ox = 0; ox < Wo; ox++)
+                memcpy(y + (((size_t)b * Ho + oy) * Wo + ox) * C,
+                       x + (((size_t)b * H + nearest_source(oy, H, Ho)) * W + nearest_source(ox, W, Wo)) * C,
+                       (size_t)C * sizeof(float));
+}
+
+/* Layout changes at the API boundary: stage functions speak PyTorch's NCHW, the kernels NHWC. */
+static void nchw_to_nhwc(sd_pool *pool, float *y, const float *x, int B, int C, int HW)
+{
+    if (pool->measure) return;
     for (int b = 0; b < B; b++)
         for (int c = 0; c < C; c++)
             for (int i = 0; i < HW; i++) y[((size_t)b * HW + i) * C + c] = x[((size_t)b * C + c) * HW + i];
 }
 
-static void nhwc_to_nchw(float *y, const float *x, int B, int C, int HW)
+static void nhwc_to_nchw(sd_pool *pool, float *y, const float *x, int B, int C, int HW)
 {
+    if (pool->measure) return;
     for (int b = 0; b < B; b++)
         for (int c = 0; c < C; c++)
             for (int i = 0; i < HW; i++) y[((size_t)b * C + c) * HW + i] = x[((size_t)b * HW + i) * C + c];
@@ -6061,7 +6123,7 @@ static float *run_alloc(unet_run *r, size_t n)
 static void run_probe(unet_run *r, const char *name, int index, const float *x, int H, int W, int C)
 {
     char s[64];
-    if (!r->probe || r->rc) return;
+    if (!r->probe || r->rc || r->pool->measure) return;
     if (index >= 0) snprintf(s, sizeof s, "%s.%d", name, index);
     else snprintf(s, sizeof s, "%s", name);
     r->probe(r->probe_user, s, x, r->B, H, W, C);
@@ -6078,35 +6140,6 @@ static float *push_skip(unet_run *r, int H, int W, int C)
     return x;
 }
 
-/* y [M, Ca + Cb] = each row of a [M, Ca] followed by the same row of b [M, Cb]: torch.cat on
-   the channel axis, in NHWC. */
-static void concat_channels(float *y, const float *a, int Ca, const float *b, int Cb, size_t M)
-{
-    for (size_t i = 0; i < M; i++) {
-        memcpy(y + i * (Ca + Cb), a + i * Ca, (size_t)Ca * sizeof(float));
-        memcpy(y + i * (Ca + Cb) + Ca, b + i * Cb, (size_t)Cb * sizeof(float));
-    }
-}
-
-/* Nearest-neighbour resize, NHWC, picking source pixels as PyTorch's interpolate(size=...) does
-   (source = floor(dst · in/out) in float32). The up path needs it when a size was odd on the way
-   down: 5 rows were halved to 3, and 3 must come back to 5, not 6. */
-static int nearest_source(int o, int in, int out)
-{
-    int i = (int)floorf((float)o * ((float)in / (float)out));
-    return i < in - 1 ? i : in - 1;
-}
-
-static void resize_nearest(float *y, const float *x, int B, int H, int W, int C, int Ho, int Wo)
-{
-    for (int b = 0; b < B; b++)
-        for (int oy = 0; oy < Ho; oy++)
-            for (int ox = 0; ox < Wo; ox++)
-                memcpy(y + (((size_t)b * Ho + oy) * Wo + ox) * C,
-                       x + (((size_t)b * H + nearest_source(oy, H, Ho)) * W + nearest_source(ox, W, Wo)) * C,
-                       (size_t)C * sizeof(float));
-}
-
 /* ResnetBlock2D: y = conv(SiLU(GN(conv(SiLU(GN(x))) + linear(SiLU(temb))))) + skip(x).
    x [B, H, W, cin] and y [B, H, W, cout] must not overlap. */
 static void time_resnet(unet_run *r, const unet_resnet *p, const float *x, float *y, int H, int W)
@@ -6120,8 +6153,7 @@ static void time_resnet(unet_run *r, const unet_resnet *p, const float *x, float
     conv2d(r->pool, y, t, B, H, W, p->cin, p->conv1_w, p->conv1_b, p->cout, 3, 1, 1, 1);
     /* the timestep, projected to this block's channels, shifts every position */
     linear(r->pool, e, r->temb, B, p->cout, r->u->time_dim, p->time_w, p->time_b);
-    for (int b = 0; b < B; b++)
-        for (int i = 0; i < HW; i++) add_span(y + ((size_t)b * HW + i) * p->cout, e + (size_t)b * p->cout, (size_t)p->cout);
+    add_rows(r->pool, y, e, B, HW, p->cout);
     sd_arena_reset(r->a, after_e);
     if (!(t = run_alloc(r, (size_t)M * p->cout))) return;
     groupnorm(r->pool, t, y, B, HW, p->cout, UNET_GROUPS, p->norm2_w, p->norm2_b, 1e-5f, 1);
@@ -6196,7 +6228,7 @@ static void unet_time_embedding(unet_run *r, const float *timesteps)
     size_t mark = sd_arena_mark(r->a);
     float *f = run_alloc(r, (size_t)B * C0), *hid = run_alloc(r, (size_t)B * T);
     if (!hid) return;
-    for (int b = 0; b < B; b++) timestep_embedding(f + (size_t)b * C0, timesteps[b], C0);
+    for (int b = 0; b < B && !r->pool->measure; b++) timestep_embedding(f + (size_t)b * C0, timesteps[b], C0);
     run_probe(r, "time_proj", -1, f, 1, 1, C0);
     linear(r->pool, hid, f, B, T, C0, u->time1_w, u->time1_b);
     silu(r->pool, hid, (size_t)B * T);
@@ -6209,7 +6241,7 @@ static void unet_time_embedding(unet_run *r, const float *timesteps)
         silu(r->pool, hid, (size_t)B * T);
         linear(r->pool, add, hid, B, T, T, u->add2_w, u->add2_b);
         run_probe(r, "add_embedding", -1, add, 1, 1, T);
-        add_span(temb, add, (size_t)B * T);
+        add(r->pool, temb, add, (size_t)B * T);
     }
     silu(r->pool, temb, (size_t)B * T);
     r->temb = temb;
@@ -6224,7 +6256,7 @@ static void unet_input(unet_run *r, const float *x, int H, int W)
     size_t mark = sd_arena_mark(r->a);
     float *t = run_alloc(r, (size_t)r->B * H * W * u->in_channels);
     if (!t) return;
-    nchw_to_nhwc(t, x, r->B, u->in_channels, H * W);
+    nchw_to_nhwc(r->pool, t, x, r->B, u->in_channels, H * W);
     conv2d(r->pool, y, t, r->B, H, W, u->in_channels, u->conv_in_w, u->conv_in_b, u->model_channels, 3, 1, 1, 1);
     sd_arena_reset(r->a, mark);
     run_probe(r, "conv_in", -1, y, H, W, u->model_channels);
@@ -6279,7 +6311,7 @@ static void unet_up_block(unet_run *r, int l)
         size_t M = (size_t)B * r->H * r->W;
         float *cat = run_alloc(r, M * (size_t)(r->C + s->C));
         if (!cat) return;
-        concat_channels(cat, r->h, r->C, s->x, s->C, M);
+        concat_channels(r->pool, cat, r->h, r->C, s->x, s->C, M);
         time_resnet(r, &lv->up[j], cat, r->h, r->H, r->W);
         r->C = lv->up[j].cout;
         sd_arena_reset(r->a, s->mark);   /* drops the skip and the concatenation above it */
@@ -6292,7 +6324,7 @@ static void unet_up_block(unet_run *r, int l)
         float *t = run_alloc(r, (size_t)B * next->H * next->W * r->C);
         if (!t) return;
         if (next->H == 2 * r->H && next->W == 2 * r->W) upsample2x(r->pool, t, r->h, B, r->H, r->W, r->C);
-        else resize_nearest(t, r->h, B, r->H, r->W, r->C, next->H, next->W);
+        else resize_nearest(r->pool, t, r->h, B, r->H, r->W, r->C, next->H, next->W);
         r->H = next->H; r->W = next->W;
         conv2d(r->pool, r->h, t, B, r->H, r->W, r->C, lv->upsample_w, lv->upsample_b, r->C, 3, 1, 1, 1);
         sd_arena_reset(r->a, mark);
@@ -6314,11 +6346,11 @@ static void unet_output(unet_run *r, float *out)
     silu(r->pool, t, (size_t)B * HW * r->C);
     conv2d(r->pool, r->h, t, B, r->H, r->W, r->C, u->conv_out_w, u->conv_out_b, u->out_channels, 3, 1, 1, 1);
     run_probe(r, "conv_out", -1, r->h, r->H, r->W, u->out_channels);
-    nhwc_to_nchw(out, r->h, B, u->out_channels, HW);
+    nhwc_to_nchw(r->pool, out, r->h, B, u->out_channels, HW);
     sd_arena_reset(r->a, mark);
 }
 
-/* ---- arena bytes: the forward pass's allocations, replayed on sizes alone ---- */
+/* ---- the sizes of the levels, and of h ---- */
 
 static void unet_sizes(const sd_unet_model *u, int h, int w, int *H, int *W)
 {
@@ -6344,77 +6376,8 @@ static size_t unet_h_floats(const sd_unet_model *u, int h, int w)
     return most;
 }
 
-static uint64_t max64(uint64_t a, uint64_t b) { return a > b ? a : b; }
-
-static uint64_t resnet_scratch(const unet_resnet *p, uint64_t B, uint64_t HW)
-{
-    return float_bytes(B * p->cout) + max64(float_bytes(B * HW * p->cin), float_bytes(B * HW * p->cout));
-}
-
-static uint64_t transformer_scratch(const unet_transformer *t, uint64_t B, uint64_t HW, uint64_t L)
-{
-    uint64_t M = B * HW, D = (uint64_t)t->inner, most = float_bytes(M * t->channels);
-    if (!t->depth) return 0;
-    for (int i = 0; i < t->depth; i++) {
-        most = max64(most, 4 * float_bytes(M * D));                                        /* self-attention */
-        most = max64(most, 2 * float_bytes(M * D) + 2 * float_bytes(B * L * D));     /* cross-attention */
-        most = max64(most, float_bytes(M * D) + float_bytes(M * 2 * (uint64_t)t->blocks[i].ff_inner));   /* GEGLU */
-    }
-    return float_bytes(M * D) + most;
-}
-
-static uint64_t unet_bytes(const sd_unet_model *u, int batch, int h, int w, int context_len)
-{
-    int H[UNET_MAX_LEVELS], W[UNET_MAX_LEVELS], n = 0, last = u->levels - 1;
-    uint64_t B = (uint64_t)batch, L = (uint64_t)context_len, skips[UNET_MAX_SKIPS], stack = 0, base, peak, HW;
-    unet_sizes(u, h, w, H, W);
-    base = float_bytes(B * u->time_dim);                                            /* temb */
-    peak = base + float_bytes(B * u->model_channels) + float_bytes(B * u->time_dim)      /* its scratch */
-         + (u->add_dim ? float_bytes(B * u->time_dim) : 0);
-    base += float_bytes(B * unet_h_floats(u, h, w));                                /* h */
-    HW = (uint64_t)h * w;
-    stack += skips[n++] = float_bytes(B * HW * u->model_channels);
-    peak = max64(peak, base + stack + float_bytes(B * HW * u->in_channels));
-    for (int l = 0; l < u->levels; l++) {
-        const unet_level *lv = &u->level[l];
-        HW = (uint64_t)H[l] * W[l];
-        for (int j = 0; j < u->resnets; j++) {
-            stack += skips[n++] = float_bytes(B * HW * lv->down[j].cout);
-            peak = max64(peak, base + stack + resnet_scratch(&lv->down[j], B, HW));
-            peak = max64(peak, base + stack + transformer_scratch(&lv->down_attn[j], B, HW, L));
-        }
-        if (lv->downsample_w) stack += skips[n++] = float_bytes(B * H[l + 1] * W[l + 1] * lv->down[u->resnets - 1].cout);
-    }
-    HW = (uint64_t)H[last] * W[last];
-    base += float_bytes(B * HW * u->mid[0].cout);                                   /* the mid block's m */
-    peak = max64(peak, base + stack + resnet_scratch(&u->mid[0], B, HW));
-    peak = max64(peak, base + stack + transformer_scratch(&u->mid_attn, B, HW, L));
-    peak = max64(peak, base + stack + resnet_scratch(&u->mid[1], B, HW));
-    base -= float_bytes(B * HW * u->mid[0].cout);
-    for (int l = last; l >= 0; l--) {
-        const unet_level *lv = &u->level[l];
-        HW = (uint64_t)H[l] * W[l];
-        for (int j = 0; j <= u->resnets; j++) {
-            peak = max64(peak, base + stack + float_bytes(B * HW * lv->up[j].cin) + resnet_scratch(&lv->up[j], B, HW));
-            stack -= skips[--n];
-            peak = max64(peak, base + stack + transformer_scratch(&lv->up_attn[j], B, HW, L));
-        }
-        if (l > 0) peak = max64(peak, base + stack + float_bytes(B * H[l - 1] * W[l - 1] * lv->up[u->resnets].cout));
-    }
-    return max64(peak, base + float_bytes(B * h * w * u->level[0].up[u->resnets].cout));   /* norm_out */
-}
-
 #define UNET_MAX_POSITIONS (1 << 24)   /* batch · h · w */
 #define UNET_MAX_CONTEXT 16384         /* text tokens per item: 212 chunks of 77 */
-
-SD_API size_t sd_unet_arena_bytes(const sd_unet_model *unet, int batch, int h, int w, int context_len)
-{
-    uint64_t n;
-    if (!unet || batch < 1 || h < 1 || w < 1 || (int64_t)batch * h * w > UNET_MAX_POSITIONS ||
-        context_len < 1 || context_len > UNET_MAX_CONTEXT) return (size_t)-1;
-    n = unet_bytes(unet, batch, h, w, context_len);
-    return n > (uint64_t)(size_t)-1 ? (size_t)-1 : (size_t)n;
-}
 
 /* One pass of the denoiser: time embedding, conv_in, down path, middle, up path, conv_out.
    sd_unet checks the arena first; here an allocation that fails ends the pass with
@@ -6437,6 +6400,20 @@ static int unet_forward(const sd_unet_model *u, const float *x, const float *tim
     for (int l = u->levels - 1; l >= 0; l--) unet_up_block(&r, l);
     unet_output(&r, out);
     return r.rc;
+}
+
+SD_API size_t sd_unet_arena_bytes(const sd_unet_model *unet, int batch, int h, int w, int context_len)
+{
+    sd_arena m;
+    sd_pool pool;
+    if (!unet || batch < 1 || h < 1 || w < 1 || (int64_t)batch * h * w > UNET_MAX_POSITIONS ||
+        context_len < 1 || context_len > UNET_MAX_CONTEXT) return (size_t)-1;
+    sd_unet_cond cond = {dummy_floats(), context_len, unet->add_dim ? dummy_floats() : NULL};
+    arena_measure(&m);
+    pool_measure(&pool);
+    if (unet_forward(unet, dummy_floats(), dummy_floats(), &cond, batch, h, w, dummy_floats(), &pool, &m, NULL, NULL, NULL))
+        return (size_t)-1;
+    return m.peak;
 }
 
 SD_API int sd_unet(const sd_unet_model *unet, const float *x, const float *timesteps, const sd_unet_cond *cond,
@@ -7413,7 +7390,7 @@ static void vae_post_quant(vae_run *r, const sd_vae *v, const float *z, int h, i
     int e = v->config.embed_dim, zc = v->config.z_channels;
     size_t P = (size_t)h * w;
     if (vae_needs(r, 0, P * zc, P * e, 0)) return;
-    nchw_to_nhwc(r->t, z, 1, e, (int)P);
+    nchw_to_nhwc(r->pool, r->t, z, 1, e, (int)P);
     linear(r->pool, r->s, r->t, h * w, zc, e, v->post_quant_conv.w, v->post_quant_conv.b);
 }
 
@@ -7421,7 +7398,7 @@ static void vae_post_quant(vae_run *r, const sd_vae *v, const float *z, int h, i
 static void vae_write_image(vae_run *r, float *image, int H, int W)
 {
     if (vae_needs(r, 0, (size_t)H * W * 3, 0, 0)) return;
-    nhwc_to_nchw(image, r->s, 1, 3, H * W);
+    nhwc_to_nchw(r->pool, image, r->s, 1, 3, H * W);
 }
 
 /* Whether the decoder's level i gets its input from vae_upsample_resnet: the finest level, when
@@ -7469,7 +7446,7 @@ static void vae_decoder_forward(vae_run *r, const sd_vae *v, const float *z, int
 static void vae_read_image(vae_run *r, const float *image, int H, int W)
 {
     if (vae_needs(r, 0, (size_t)H * W * 3, 0, 0)) return;
-    nchw_to_nhwc(r->s, image, 1, 3, H * W);
+    nchw_to_nhwc(r->pool, r->s, image, 1, 3, H * W);
 }
 
 /* quant_conv (1x1): s [h, w, 2z] → t [h, w, 2e], then moments [2e, h, w] (NCHW). */
@@ -7480,7 +7457,7 @@ static void vae_quant(vae_run *r, const sd_vae *v, int h, int w, float *moments)
     if (vae_needs(r, 0, P * z2, P * e2, 0)) return;
     linear(r->pool, r->t, r->s, h * w, e2, z2, v->quant_conv.w, v->quant_conv.b);
     vae_show(r, "quant_conv", r->t, h, w, e2);
-    nhwc_to_nchw(moments, r->t, 1, e2, (int)P);
+    nhwc_to_nchw(r->pool, moments, r->t, 1, e2, (int)P);
 }
 
 /* Image [3, H, W] → moments [2e, H/f, W/f]. */
