@@ -5543,16 +5543,6 @@ SD_API int sd_text_encoder_load(sd_text_encoder *te, const sd_safetensors *files
                 prefixes[index][0], prefixes[index][1], index ? " beside a text_projection.weight" : "");
 }
 
-SD_API size_t sd_text_encoder_arena_bytes(const sd_text_encoder *te, int n_prompts, int pooled)
-{
-    if (!te || !te->layer || n_prompts < 1 || n_prompts > (1 << 16)) return (size_t)-1;
-    size_t rows = (size_t)n_prompts * SD_TEXT_TOKENS, big = te->width > te->mlp ? (size_t)te->width : (size_t)te->mlp;
-    if (rows > (size_t)-1 / 16 / big) return (size_t)-1;
-    /* h, q, k, v [rows, width] and the MLP's hidden layer [rows, mlp]; the residual stream is
-       `out`, and for the pooled output a copy of it runs on to the last layer */
-    return (pooled ? 5 : 4) * float_bytes(rows * (size_t)te->width) + float_bytes(rows * (size_t)te->mlp);
-}
-
 /* One transformer layer on the residual stream x [B·77, D]; h, q, k, v [B·77, D] and
    mlp [B·77, F] are scratch. */
 static void clip_layer_forward(const sd_text_encoder *te, const clip_layer *L, float *x, int B,
@@ -5599,9 +5589,10 @@ static int check_ids(const sd_text_encoder *te, const int32_t *ids, int n_prompt
 }
 
 /* Token embedding + learned position embedding (positions 0..76, whatever position_ids say). */
-static void clip_embed(const sd_text_encoder *te, const int32_t *ids, int n_prompts, float *out)
+static void clip_embed(const sd_text_encoder *te, const int32_t *ids, int n_prompts, float *out, sd_pool *pool)
 {
     int D = te->width;
+    if (pool->measure) return;
     for (int i = 0; i < n_prompts * SD_TEXT_TOKENS; i++) {
         float *x = out + (size_t)i * D;
         weight_row(&te->token_embedding, ids[i], D, x);
@@ -5609,45 +5600,14 @@ static void clip_embed(const sd_text_encoder *te, const int32_t *ids, int n_prom
     }
 }
 
-SD_API int sd_text_encoder_hidden(const sd_text_encoder *te, const int32_t *ids, int n_prompts,
-                                  int layer, int final_ln, float *out, sd_pool *pool,
-                                  sd_arena *a, sd_error *err)
+/* SDXL's pooled text embedding: the last layer's final-LayerNorm state at each prompt's
+   end-of-text token (the highest id: CLIP's argmax rule, 49407 comes last in the vocabulary),
+   projected. last [n_prompts, 77, width] is the last layer's output. */
+static void clip_pool(const sd_text_encoder *te, const int32_t *ids, int n_prompts, float *last, float *pooled, sd_pool *pool)
 {
-    int rc;
-    if (!te || !te->layer || !ids || !out || !pool || !a) return fail(err, SD_ERR_ARG, "text encoder: NULL argument (or encoder not loaded)");
-    if (n_prompts < 1 || n_prompts > (1 << 16)) return fail(err, SD_ERR_ARG, "text encoder: n_prompts = %d not in 1..65536", n_prompts);
-    if (layer < 0 || layer > te->layers) return fail(err, SD_ERR_ARG, "text encoder: layer %d not in 0..%d", layer, te->layers);
-    if ((rc = check_ids(te, ids, n_prompts, err))) return rc;
-    clip_embed(te, ids, n_prompts, out);
-    if ((rc = clip_layers(te, out, n_prompts, 0, layer, pool, a, err))) return rc;
-    if (final_ln) layernorm(pool, out, out, n_prompts * SD_TEXT_TOKENS, te->width, &te->final_ln_w, &te->final_ln_b, te->eps);
-    return SD_OK;
-}
-
-SD_API int sd_text_encode(const sd_text_encoder *te, const int32_t *ids, int n_prompts, int clip_skip,
-                          float *out, float *pooled, sd_pool *pool, sd_arena *a, sd_error *err)
-{
-    if (!te || !te->layer) return fail(err, SD_ERR_ARG, "sd_text_encode: encoder not loaded");
-    int layer = te->output_layer - (clip_skip > 1 ? clip_skip - 1 : 0), D = te->width, rc;
-    if (clip_skip < 0 || layer < 1)
-        return fail(err, SD_ERR_ARG, "sd_text_encode: clip_skip %d not in 0..%d (the output is layer %d of %d)", clip_skip,
-                    te->output_layer, te->output_layer, te->layers);
-    if (pooled && !te->proj_dim) return fail(err, SD_ERR_ARG, "sd_text_encode: a pooled output needs a text_projection, which this encoder lacks");
-    if (!pooled) return sd_text_encoder_hidden(te, ids, n_prompts, layer, te->output_final_ln, out, pool, a, err);
-    if (!ids || !out || !pool || !a || n_prompts < 1 || n_prompts > (1 << 16)) return fail(err, SD_ERR_ARG, "sd_text_encode: NULL argument or n_prompts = %d not in 1..65536", n_prompts);
-    if ((rc = check_ids(te, ids, n_prompts, err))) return rc;
-
-    /* the context at `layer`; a copy runs on through the last layer and the final LayerNorm */
-    size_t M = (size_t)n_prompts * SD_TEXT_TOKENS, mark = sd_arena_mark(a);
-    float *last = arena_floats(a, M * D, err);
-    if (!last) return SD_ERR_MEMORY;
-    clip_embed(te, ids, n_prompts, out);
-    if ((rc = clip_layers(te, out, n_prompts, 0, layer, pool, a, err))) goto done;
-    memcpy(last, out, M * D * sizeof(float));
-    if (te->output_final_ln) layernorm(pool, out, out, (int)M, D, &te->final_ln_w, &te->final_ln_b, te->eps);
-    if ((rc = clip_layers(te, last, n_prompts, layer, te->layers, pool, a, err))) goto done;
+    int D = te->width;
+    if (pool->measure) return;
     for (int b = 0; b < n_prompts; b++) {
-        /* the end-of-text token: the highest id (CLIP's argmax rule; 49407 comes last in the vocabulary) */
         const int32_t *row = ids + (size_t)b * SD_TEXT_TOKENS;
         int eos = 0;
         for (int i = 1; i < SD_TEXT_TOKENS; i++) if (row[i] > row[eos]) eos = i;
@@ -5660,9 +5620,66 @@ SD_API int sd_text_encode(const sd_text_encoder *te, const int32_t *ids, int n_p
             y[j] = (float)acc;
         }
     }
+}
+
+/* The encoder on checked ids: out gets the hidden state after `layer` layers (through the final
+   LayerNorm when final_ln is set); pooled (may be NULL) the pooled embedding, for which a copy
+   of the stream runs on through the last layer. */
+static int text_encoder_run(const sd_text_encoder *te, const int32_t *ids, int n_prompts, int layer, int final_ln,
+                            float *out, float *pooled, sd_pool *pool, sd_arena *a, sd_error *err)
+{
+    size_t M = (size_t)n_prompts * SD_TEXT_TOKENS, D = (size_t)te->width, mark = sd_arena_mark(a);
+    float *last = pooled ? arena_floats(a, M * D, err) : NULL;
+    int rc;
+    if (pooled && !last) return SD_ERR_MEMORY;
+    clip_embed(te, ids, n_prompts, out, pool);
+    if ((rc = clip_layers(te, out, n_prompts, 0, layer, pool, a, err))) goto done;
+    if (pooled && !pool->measure) memcpy(last, out, M * D * sizeof(float));
+    if (final_ln) layernorm(pool, out, out, (int)M, (int)D, &te->final_ln_w, &te->final_ln_b, te->eps);
+    if (pooled && !(rc = clip_layers(te, last, n_prompts, layer, te->layers, pool, a, err)))
+        clip_pool(te, ids, n_prompts, last, pooled, pool);
 done:
     sd_arena_reset(a, mark);
     return rc;
+}
+
+SD_API size_t sd_text_encoder_arena_bytes(const sd_text_encoder *te, int n_prompts, int pooled)
+{
+    sd_arena m;
+    sd_pool pool;
+    if (!te || !te->layer || n_prompts < 1 || n_prompts > (1 << 16)) return (size_t)-1;
+    arena_measure(&m);
+    pool_measure(&pool);
+    if (text_encoder_run(te, NULL, n_prompts, te->layers, 1, dummy_floats(), pooled ? dummy_floats() : NULL, &pool, &m, NULL))
+        return (size_t)-1;
+    return m.peak;
+}
+
+SD_API int sd_text_encoder_hidden(const sd_text_encoder *te, const int32_t *ids, int n_prompts,
+                                  int layer, int final_ln, float *out, sd_pool *pool,
+                                  sd_arena *a, sd_error *err)
+{
+    int rc;
+    if (!te || !te->layer || !ids || !out || !pool || !a) return fail(err, SD_ERR_ARG, "text encoder: NULL argument (or encoder not loaded)");
+    if (n_prompts < 1 || n_prompts > (1 << 16)) return fail(err, SD_ERR_ARG, "text encoder: n_prompts = %d not in 1..65536", n_prompts);
+    if (layer < 0 || layer > te->layers) return fail(err, SD_ERR_ARG, "text encoder: layer %d not in 0..%d", layer, te->layers);
+    if (!pool->measure && (rc = check_ids(te, ids, n_prompts, err))) return rc;
+    return text_encoder_run(te, ids, n_prompts, layer, final_ln, out, NULL, pool, a, err);
+}
+
+SD_API int sd_text_encode(const sd_text_encoder *te, const int32_t *ids, int n_prompts, int clip_skip,
+                          float *out, float *pooled, sd_pool *pool, sd_arena *a, sd_error *err)
+{
+    if (!te || !te->layer) return fail(err, SD_ERR_ARG, "sd_text_encode: encoder not loaded");
+    int layer = te->output_layer - (clip_skip > 1 ? clip_skip - 1 : 0), rc;
+    if (clip_skip < 0 || layer < 1)
+        return fail(err, SD_ERR_ARG, "sd_text_encode: clip_skip %d not in 0..%d (the output is layer %d of %d)", clip_skip,
+                    te->output_layer, te->output_layer, te->layers);
+    if (pooled && !te->proj_dim) return fail(err, SD_ERR_ARG, "sd_text_encode: a pooled output needs a text_projection, which this encoder lacks");
+    if (!pooled) return sd_text_encoder_hidden(te, ids, n_prompts, layer, te->output_final_ln, out, pool, a, err);
+    if (!ids || !out || !pool || !a || n_prompts < 1 || n_prompts > (1 << 16)) return fail(err, SD_ERR_ARG, "sd_text_encode: NULL argument or n_prompts = %d not in 1..65536", n_prompts);
+    if (!pool->measure && (rc = check_ids(te, ids, n_prompts, err))) return rc;
+    return text_encoder_run(te, ids, n_prompts, layer, te->output_final_ln, out, pooled, pool, a, err);
 }
 
 
@@ -6235,13 +6252,13 @@ static void unet_time_embedding(unet_run *r, const float *timesteps)
     linear(r->pool, temb, hid, B, T, T, u->time2_w, u->time2_b);
     run_probe(r, "time_embedding", -1, temb, 1, 1, T);
     if (u->add_dim) {
-        float *add = run_alloc(r, (size_t)B * T);
-        if (!add) return;
+        float *added = run_alloc(r, (size_t)B * T);
+        if (!added) return;
         linear(r->pool, hid, r->y, B, T, u->add_dim, u->add1_w, u->add1_b);
         silu(r->pool, hid, (size_t)B * T);
-        linear(r->pool, add, hid, B, T, T, u->add2_w, u->add2_b);
-        run_probe(r, "add_embedding", -1, add, 1, 1, T);
-        add(r->pool, temb, add, (size_t)B * T);
+        linear(r->pool, added, hid, B, T, T, u->add2_w, u->add2_b);
+        run_probe(r, "add_embedding", -1, added, 1, 1, T);
+        add(r->pool, temb, added, (size_t)B * T);
     }
     silu(r->pool, temb, (size_t)B * T);
     r->temb = temb;

@@ -77,6 +77,15 @@ static void free_arena(sd_arena *a)
     free(a);
 }
 
+/* A one-thread pool for tests that call a kernel outside a stage (layout changes of probes). */
+static sd_pool *host_pool(void)
+{
+    static sd_pool pool;
+    static sd_arena *arena;
+    if (!arena && pool_init(&pool, 1, arena = test_arena(pool_arena_bytes(1)), NULL)) { fprintf(stderr, "host pool\n"); exit(2); }
+    return &pool;
+}
+
 /* A golden file opened from GOLDEN_DIR/rel, with its bytes and table; NULL if absent. */
 typedef struct golden_file {
     unsigned char *bytes;
@@ -2426,7 +2435,7 @@ static void unet_check_debug(void *user, const char *name, const float *x, int B
     int64_t n = (int64_t)B * C * H * W;
     if (!CHECK(t->dtype == SD_F32 && sd_tensor_numel(t) == n, "%s: %s has %lld values, the UNet gave %lld", pc->label, key, (long long)sd_tensor_numel(t), (long long)n)) return;
     float *nchw = (float *)malloc((size_t)n * sizeof(float));
-    nhwc_to_nchw(nchw, x, B, C, H * W);
+    nhwc_to_nchw(host_pool(), nchw, x, B, C, H * W);
     snprintf(what, sizeof what, "%s %s", pc->label, key);
     check_close(what, nchw, (const float *)t->data, n, 2e-5);
     free(nchw);
@@ -3626,7 +3635,7 @@ static void vae_debug_probe(void *user, const char *stage, const float *x, int h
     if (!CHECK(t->dtype == SD_F32 && sd_tensor_numel(t) == n, "%s: golden %s has %lld values, the stage %d x %d x %d",
                d->label, name, (long long)sd_tensor_numel(t), c, h, w)) return;
     float *nchw = (float *)malloc((size_t)n * sizeof(float));
-    nhwc_to_nchw(nchw, x, 1, c, h * w);
+    nhwc_to_nchw(host_pool(), nchw, x, 1, c, h * w);
     snprintf(what, sizeof what, "%s %s", d->label, name);
     check_close(what, nchw, (const float *)t->data, n, d->tol);
     free(nchw);
