@@ -7507,11 +7507,6 @@ static void vae_encoder_forward(vae_run *r, const sd_vae *v, const float *image,
 
 /* ---- memory: plan, then allocate once ---- */
 
-static size_t vae_bytes(size_t floats)
-{
-    return (floats * sizeof(float) + SD_ALIGN - 1) & ~(size_t)(SD_ALIGN - 1);   /* what the arena takes */
-}
-
 /* Whether a pass whose finest level is H x W pixels keeps every count inside the kernels' int
    arguments and every buffer inside size_t (each buffer holds at most H·W·max channels floats). */
 static int vae_size_ok(const sd_vae_config *c, int64_t H, int64_t W)
@@ -7543,18 +7538,14 @@ static void vae_plan_encoder(vae_run *r, const sd_vae *v, int H, int W)
     vae_encoder_forward(r, v, NULL, H, W, NULL);
 }
 
-static size_t vae_run_bytes(const vae_run *r)
-{
-    return vae_bytes(r->cap[0]) + vae_bytes(r->cap[1]) + vae_bytes(r->cap[2]) + vae_bytes(r->cap[3]) + vae_bytes(r->cap[4]);
-}
-
-/* Turns a planned run into a real one: its five buffers from the arena. */
+/* Turns a planned run into a real one: its five buffers from the arena. On a measuring pool it
+   stays a planning pass, which runs no kernel. */
 static int vae_start(vae_run *r, const sd_vae *v, sd_pool *pool, sd_arena *a, sd_error *err)
 {
     float **buf[5] = {&r->x, &r->s, &r->t, &r->u, &r->n};
     for (int i = 0; i < 5; i++)
         if (!(*buf[i] = arena_floats(a, r->cap[i], err))) return SD_ERR_MEMORY;
-    r->planning = 0;
+    r->planning = pool->measure;
     r->pool = pool;
     r->groups = v->config.norm_groups;
     r->eps = v->config.norm_eps;
@@ -7577,24 +7568,6 @@ static int vae_encode_args(const sd_vae_config *c, int H, int W, sd_error *err)
     if (H < f || W < f || H % f || W % f || !vae_size_ok(c, H, W))
         return fail(err, SD_ERR_ARG, "VAE encode: image %d x %d: height and width must be positive multiples of %d (and fit in 2^31 - 1 pixels)", H, W, f);
     return SD_OK;
-}
-
-SD_API size_t sd_vae_decode_arena_bytes(const sd_vae_config *c, int h, int w)
-{
-    sd_vae v;
-    vae_run r;
-    if (!c || vae_describe(&v, c, NULL) || vae_decode_args(c, h, w, NULL)) return 0;
-    vae_plan_decoder(&r, &v, h, w);
-    return vae_run_bytes(&r);
-}
-
-SD_API size_t sd_vae_encode_arena_bytes(const sd_vae_config *c, int height, int width)
-{
-    sd_vae v;
-    vae_run r;
-    if (!c || vae_describe(&v, c, NULL) || vae_encode_args(c, height, width, NULL)) return 0;
-    vae_plan_encoder(&r, &v, height, width);
-    return vae_run_bytes(&r);
 }
 
 /* The decoder run with a probe (NULL for none): the public call and the tests' window into it. */
@@ -7715,41 +7688,13 @@ static int vae_tiled_args(const sd_vae_config *c, int h, int w, int tile, int ov
     return SD_OK;
 }
 
-/* The tiles' buffers (latent tile, image tile, row and column weights) and then one decode's:
-   the order in which vae_decode_tiled_run takes them. */
-static size_t vae_tiled_bytes(const vae_run *plan, const sd_vae_config *c, int th, int tw)
+/* Decodes every tile into img and adds it, weighted, into image. */
+static void vae_tiles(vae_run *r, const sd_vae *v, const float *z, int h, int w, int th, int tw, int overlap,
+                      float *zt, float *img, float *wy, float *wx, float *image)
 {
-    size_t f = (size_t)vae_scale(c);
-    return vae_bytes((size_t)c->embed_dim * th * tw) + vae_bytes(3 * f * th * f * tw) +
-           vae_bytes(f * th) + vae_bytes(f * tw) + vae_run_bytes(plan);
-}
-
-SD_API size_t sd_vae_decode_tiled_arena_bytes(const sd_vae_config *c, int h, int w, int tile, int overlap)
-{
-    sd_vae v;
-    vae_run r;
-    if (!c || vae_describe(&v, c, NULL) || vae_tiled_args(c, h, w, tile, overlap, NULL)) return 0;
-    int th = h < tile ? h : tile, tw = w < tile ? w : tile;
-    vae_plan_decoder(&r, &v, th, tw);
-    return vae_tiled_bytes(&r, c, th, tw);
-}
-
-static int vae_decode_tiled_run(const sd_vae *v, const float *z, int h, int w, int tile, int overlap, float *image,
-                                sd_pool *pool, sd_arena *a, sd_error *err)
-{
-    vae_run r;
-    int rc;
-    if (!v || !z || !image || !pool || !a) return fail(err, SD_ERR_ARG, "sd_vae_decode_tiled: NULL argument");
-    if ((rc = vae_tiled_args(&v->config, h, w, tile, overlap, err))) return rc;
     int e = v->config.embed_dim, f = vae_scale(&v->config);
-    int th = h < tile ? h : tile, tw = w < tile ? w : tile;
     int ny = vae_tile_count(h, th, overlap), nx = vae_tile_count(w, tw, overlap);
     size_t H = (size_t)f * h, W = (size_t)f * w, tH = (size_t)f * th, tW = (size_t)f * tw;
-    size_t mark = sd_arena_mark(a);
-    float *zt = arena_floats(a, (size_t)e * th * tw, err), *img = zt ? arena_floats(a, 3 * tH * tW, err) : NULL;
-    float *wy = img ? arena_floats(a, tH, err) : NULL, *wx = wy ? arena_floats(a, tW, err) : NULL;
-    vae_plan_decoder(&r, v, th, tw);
-    if (!wx || (rc = vae_start(&r, v, pool, a, err))) { sd_arena_reset(a, mark); return SD_ERR_MEMORY; }
     memset(image, 0, 3 * H * W * sizeof(float));
     for (int ty = 0; ty < ny; ty++) {
         int sy = vae_tile_start(ty, ny, h, th);
@@ -7760,7 +7705,7 @@ static int vae_decode_tiled_run(const sd_vae *v, const float *z, int h, int w, i
             for (int c = 0; c < e; c++)
                 for (int y = 0; y < th; y++)
                     memcpy(zt + ((size_t)c * th + y) * tw, z + ((size_t)c * h + sy + y) * w + sx, (size_t)tw * sizeof(float));
-            vae_decoder_forward(&r, v, zt, th, tw, img);
+            vae_decoder_forward(r, v, zt, th, tw, img);
             for (int c = 0; c < 3; c++)
                 for (size_t y = 0; y < tH; y++) {
                     float *dst = image + ((size_t)c * H + (size_t)f * sy + y) * W + (size_t)f * sx;
@@ -7769,8 +7714,51 @@ static int vae_decode_tiled_run(const sd_vae *v, const float *z, int h, int w, i
                 }
         }
     }
+}
+
+/* The tiles' buffers (latent tile, image tile, row and column weights), then one decode's. */
+static int vae_decode_tiled_run(const sd_vae *v, const float *z, int h, int w, int tile, int overlap, float *image,
+                                sd_pool *pool, sd_arena *a, sd_error *err)
+{
+    vae_run r;
+    int rc;
+    if (!v || !z || !image || !pool || !a) return fail(err, SD_ERR_ARG, "sd_vae_decode_tiled: NULL argument");
+    if ((rc = vae_tiled_args(&v->config, h, w, tile, overlap, err))) return rc;
+    int e = v->config.embed_dim, f = vae_scale(&v->config);
+    int th = h < tile ? h : tile, tw = w < tile ? w : tile;
+    size_t tH = (size_t)f * th, tW = (size_t)f * tw, mark = sd_arena_mark(a);
+    float *zt = arena_floats(a, (size_t)e * th * tw, err), *img = zt ? arena_floats(a, 3 * tH * tW, err) : NULL;
+    float *wy = img ? arena_floats(a, tH, err) : NULL, *wx = wy ? arena_floats(a, tW, err) : NULL;
+    vae_plan_decoder(&r, v, th, tw);
+    if (!wx || (rc = vae_start(&r, v, pool, a, err))) { sd_arena_reset(a, mark); return SD_ERR_MEMORY; }
+    if (!pool->measure) vae_tiles(&r, v, z, h, w, th, tw, overlap, zt, img, wy, wx, image);
     sd_arena_reset(a, mark);
     return SD_OK;
+}
+
+/* The arena bytes of the three VAE calls: their dry runs on a weightless description. */
+enum { VAE_DECODE, VAE_DECODE_TILED, VAE_ENCODE };
+static size_t vae_plan(const sd_vae_config *c, int call, int h, int w, int tile, int overlap)
+{
+    sd_vae v;
+    sd_arena m;
+    sd_pool pool;
+    float *x = dummy_floats();
+    int rc;
+    if (!c || vae_describe(&v, c, NULL)) return 0;
+    arena_measure(&m);
+    pool_measure(&pool);
+    rc = call == VAE_DECODE ? vae_decode_run(&v, x, h, w, x, &pool, NULL, NULL, &m, NULL)
+       : call == VAE_ENCODE ? vae_encode_run(&v, x, h, w, x, &pool, NULL, NULL, &m, NULL)
+                            : vae_decode_tiled_run(&v, x, h, w, tile, overlap, x, &pool, &m, NULL);
+    return rc ? 0 : m.peak;
+}
+
+SD_API size_t sd_vae_decode_arena_bytes(const sd_vae_config *c, int h, int w) { return vae_plan(c, VAE_DECODE, h, w, 0, 0); }
+SD_API size_t sd_vae_encode_arena_bytes(const sd_vae_config *c, int height, int width) { return vae_plan(c, VAE_ENCODE, height, width, 0, 0); }
+SD_API size_t sd_vae_decode_tiled_arena_bytes(const sd_vae_config *c, int h, int w, int tile, int overlap)
+{
+    return vae_plan(c, VAE_DECODE_TILED, h, w, tile, overlap);
 }
 
 SD_API int sd_vae_decode_tiled(const sd_vae *vae, const float *latents, int h, int w, int tile,
