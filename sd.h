@@ -711,10 +711,6 @@ static void *arena_array(sd_arena *a, size_t count, size_t size, sd_error *err)
 }
 #define arena_floats(a, n, err) ((float *)arena_array((a), (size_t)(n), sizeof(float), (err)))
 
-/* The arena bytes an allocation of n floats takes (as sd_arena_alloc rounds it): the unit of
-   every *_arena_bytes computation. */
-static uint64_t float_bytes(uint64_t n) { return (n * sizeof(float) + SD_ALIGN - 1) / SD_ALIGN * SD_ALIGN; }
-
 /* ---- 3. safetensors reader ---------------------------------------------------------------- */
 /* Format: 8-byte little-endian header length N, N bytes of JSON
    {"name": {"dtype": "F16", "shape": [..], "data_offsets": [begin, end]}, ...,
@@ -8622,8 +8618,6 @@ static int check_params(const sd_model *m, const sd_params *p, sd_error *err)
     return SD_OK;
 }
 
-static size_t prompt_size(const char *s) { return s ? strlen(s) : 0; }
-
 static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 
 /* Whether the decode goes in tiles: asked for, and the latent larger than one tile. */
@@ -8649,26 +8643,20 @@ static int chunk_bound(const sd_params *p)
     return c > n ? c : n;
 }
 
-/* The text stage's arena bytes for B prompts of C chunks: ids, weights, one encoder's output,
-   the pooled embeddings, then the larger of the chunker's and the encoders' scratch. */
-static size_t text_stage_bytes(const sd_model *m, const sd_params *p, int B, int C)
-{
-    size_t rows = (size_t)B * C * SD_TEXT_TOKENS, width = 0;
-    size_t most = sd_prompt_arena_bytes(max_size(prompt_size(p->prompt), prompt_size(p->negative_prompt)));
-    for (int e = 0; e < m->encoders; e++) {
-        size_t enc = sd_text_encoder_arena_bytes(&m->te[e], B * C, e == 1);
-        if (enc == (size_t)-1) return (size_t)-1;
-        most = max_size(most, enc);
-        width = max_size(width, (size_t)m->te[e].width);
-    }
-    return 2 * float_bytes(rows) + float_bytes(rows * width) + (m->encoders == 2 ? float_bytes((size_t)B * C * m->te[1].proj_dim) : 0) + most;
-}
-
 /* The text of batch item b of B: with guidance (B = 2) the negative prompt first. */
 static const char *batch_text(const sd_params *p, int B, int b)
 {
     const char *t = B == 2 && b == 0 ? p->negative_prompt : p->prompt;
     return t ? t : "";
+}
+
+/* The tokenizer's scratch depends on the text: a dry run takes its bound. */
+static int prompt_scratch_plan(const char *text, sd_arena *a, sd_error *err)
+{
+    size_t mark = sd_arena_mark(a);
+    int rc = sd_arena_alloc(a, sd_prompt_arena_bytes(strlen(text)), err) ? SD_OK : SD_ERR_MEMORY;
+    sd_arena_reset(a, mark);
+    return rc;
 }
 
 /* A prompt's chunks for encoder e, padded to `chunks`, into ids and weights [chunks, 77]. */
@@ -8678,6 +8666,7 @@ static int prompt_chunks(const sd_model *m, const sd_params *p, const char *text
     size_t mark = sd_arena_mark(a);
     int32_t *cids;
     float *cw;
+    if (arena_measuring(a)) return prompt_scratch_plan(text, a, err);
     int got, rc = sd_prompt_chunks(m->vocab, text, strlen(text), m->pad[e], p->weighting, p->comma_wrap, chunks, &cids, &cw, &got, a, err);
     if (!rc && got != chunks) rc = fail(err, SD_ERR_ARG, "generate: the prompts tokenize to %d chunks, not the %d planned", got, chunks);
     if (!rc) {
@@ -8706,12 +8695,13 @@ static int encode_text(const sd_model *m, const sd_params *p, int B, int C, floa
         for (int b = 0; b < B && !rc; b++)
             rc = prompt_chunks(m, p, batch_text(p, B, b), e, C, ids + (size_t)b * C * SD_TEXT_TOKENS, weights + (size_t)b * C * SD_TEXT_TOKENS, a, err);
         if (rc || (rc = sd_text_encode(te, ids, B * C, p->clip_skip, hidden, e == 1 ? pooled : NULL, pool, a, err))) goto done;
+        if (pool->measure) continue;
         for (int c = 0; c < B * C; c++)
             sd_prompt_weight(hidden + (size_t)c * SD_TEXT_TOKENS * te->width, weights + (size_t)c * SD_TEXT_TOKENS, SD_TEXT_TOKENS, te->width);
         for (size_t r = 0; r < rows; r++) memcpy(ctx + r * D + offset, hidden + r * te->width, (size_t)te->width * sizeof(float));
         offset += (size_t)te->width;
     }
-    if (m->encoders == 2) {
+    if (m->encoders == 2 && !pool->measure) {
         /* SDXL: no negative prompt means zeros, not the encoding of ""; the pooled embedding is
            the first chunk's */
         int P = m->te[1].proj_dim, H = p->height, W = p->width;
@@ -8741,6 +8731,11 @@ static int count_chunks(const sd_model *m, const sd_params *p, int B, int *chunk
             size_t mark = sd_arena_mark(a);
             int32_t *ids;
             const char *text = batch_text(p, B, b);
+            if (arena_measuring(a)) {   /* a dry run plans for the most chunks the lengths allow */
+                *chunks = chunk_bound(p);
+                if (prompt_scratch_plan(text, a, err)) return SD_ERR_MEMORY;
+                continue;
+            }
             int got, rc = sd_prompt_chunks(m->vocab, text, strlen(text), m->pad[e], p->weighting, p->comma_wrap, 1, &ids, NULL, &got, a, err);
             sd_arena_reset(a, mark);
             if (rc) return rc;
@@ -8751,30 +8746,56 @@ static int count_chunks(const sd_model *m, const sd_params *p, int B, int *chunk
     return SD_OK;
 }
 
-/* The memory plan of sd_generate, in the order it allocates: what lives through the whole run,
-   then the largest of the stages that run one after another on top of it. */
-SD_API size_t sd_generate_arena_bytes(const sd_model *m, const sd_params *p)
+/* 2. img2img's starting latents: the init image's latent (VAE encoder, a sample of its
+   posterior, scaled) noised to the first kept step, drawing from the generator in diffusers'
+   order. spare is scratch. */
+static int init_image_latents(const sd_model *m, const sd_params *p, int first, const sd_sampler *smp, int start,
+                              sd_rng *rng, float *latents, float *spare, sd_pool *pool, sd_arena *a, sd_error *err)
 {
-    if (check_params(m, p, NULL)) return 0;
-    int h = p->height / 8, w = p->width / 8, B = p->guidance > 1.0f ? 2 : 1, C = chunk_bound(p), L = C * SD_TEXT_TOKENS;
-    const sd_vae_config *vc = sd_vae_get_config(m->vae);
-    uint64_t lat = (uint64_t)4 * h * w, pix = (uint64_t)3 * p->height * p->width;
-    size_t text_enc = text_stage_bytes(m, p, B, C), unet_pass = sd_unet_arena_bytes(m->unet, B, h, w, L);
-    size_t vae_dec = tiled_decode(p, h, w) ? sd_vae_decode_tiled_arena_bytes(vc, h, w, p->vae_tile, p->vae_tile / 4)
-                                           : sd_vae_decode_arena_bytes(vc, h, w), vae_enc = p->init_rgb ? sd_vae_encode_arena_bytes(vc, p->height, p->width) : 1;
-    if (text_enc == (size_t)-1 || unet_pass == (size_t)-1 || !vae_dec || !vae_enc) return 0;   /* a stage cannot run this size */
-    uint64_t keep = pool_arena_bytes(p->threads) + float_bytes((uint64_t)B * L * m->context_dim)   /* context */
-                  + float_bytes((uint64_t)B * sd_unet_add_dim(m->unet))   /* SDXL's y */
-                  + 3 * float_bytes(lat)                                  /* latents, noise_pred, spare */
-                  + (p->sampler == SD_SAMPLER_DPMPP_2M ? float_bytes(lat) : 0)   /* DPM++'s previous x0 */
-                  + 2 * float_bytes((uint64_t)B * lat) + float_bytes(B);  /* UNet in and out, timesteps */
-    uint64_t text = text_enc;
-    uint64_t encode = p->init_rgb ? float_bytes(pix) + float_bytes(2 * lat) + 2 * float_bytes(lat) + vae_enc : 0;
-    uint64_t unet = unet_pass, decode = float_bytes(pix) + vae_dec;
-    uint64_t stage = text > encode ? text : encode;
-    if (unet > stage) stage = unet;
-    if (decode > stage) stage = decode;
-    return keep + stage > (uint64_t)SIZE_MAX ? 0 : (size_t)(keep + stage);
+    int h = p->height / 8, w = p->width / 8, rc;
+    size_t lat = (size_t)4 * h * w, plane = (size_t)p->height * p->width, mark = sd_arena_mark(a);
+    float *image = arena_floats(a, 3 * plane, err), *moments = arena_floats(a, 2 * lat, err);
+    float *mean = arena_floats(a, lat, err), *std = arena_floats(a, lat, err);
+    if (!std) return SD_ERR_MEMORY;
+    for (int c = 0; c < 3 && !pool->measure; c++)   /* RGB8 HWC → [-1, 1] NCHW, as the image processor does */
+        for (size_t i = 0; i < plane; i++) image[c * plane + i] = (float)p->init_rgb[3 * i + c] / 255.0f * 2.0f - 1.0f;
+    if ((rc = sd_vae_encode(m->vae, image, p->height, p->width, moments, pool, a, err)) || pool->measure) goto done;
+    sd_vae_posterior(moments, 4, h, w, mean, NULL, std);
+    if (p->posterior_noise && first) memcpy(spare, p->posterior_noise, lat * sizeof(float));
+    else sd_randn(rng, spare, lat);
+    sd_vae_sample(mean, std, spare, lat, latents);
+    for (size_t i = 0; i < lat; i++) latents[i] *= m->info.vae_scale;
+    if (p->noise && first) memcpy(spare, p->noise, lat * sizeof(float));
+    else sd_randn(rng, spare, lat);
+    rc = sd_sampler_add_noise(smp, start, latents, spare, lat, latents, err);
+done:
+    sd_arena_reset(a, mark);
+    return rc;
+}
+
+/* 4. The VAE decoder sees latents / scaling_factor; pixels = round(255·clamp(x/2 + 1/2)).
+   latents is overwritten. */
+static int decode_image(const sd_model *m, const sd_params *p, int first, float *latents, sd_pool *pool, sd_arena *a,
+                        uint8_t *rgb, sd_error *err)
+{
+    int h = p->height / 8, w = p->width / 8, rc;
+    size_t lat = (size_t)4 * h * w, plane = (size_t)p->height * p->width, mark = sd_arena_mark(a);
+    float *image = arena_floats(a, 3 * plane, err);
+    if (!image) return SD_ERR_MEMORY;
+    for (size_t i = 0; i < lat && !pool->measure; i++) latents[i] /= m->info.vae_scale;
+    rc = tiled_decode(p, h, w) ? sd_vae_decode_tiled(m->vae, latents, h, w, p->vae_tile, p->vae_tile / 4, image, pool, a, err)
+                               : sd_vae_decode(m->vae, latents, h, w, image, pool, a, err);
+    if (!rc && !pool->measure) {
+        if (p->image_out && first) memcpy(p->image_out, image, 3 * plane * sizeof(float));
+        for (size_t i = 0; i < plane; i++)
+            for (int c = 0; c < 3; c++) {
+                float v = image[c * plane + i] * 0.5f + 0.5f;
+                v = v < 0 ? 0 : v > 1 ? 1 : v;
+                rgb[3 * i + c] = (uint8_t)nearbyintf(v * 255.0f);   /* numpy's round: half to even */
+            }
+    }
+    sd_arena_reset(a, mark);
+    return rc;
 }
 
 /* One image of a generation (steps 2-4) from the text stage's conditioning, with the generator
@@ -8783,8 +8804,7 @@ static int generate_image(const sd_model *m, const sd_params *p, int first, cons
                           sd_pool *pool, sd_arena *a, uint8_t *rgb, sd_error *err)
 {
     int h = p->height / 8, w = p->width / 8, rc, start = 0;
-    size_t lat = (size_t)4 * h * w, pix = (size_t)3 * p->height * p->width, mark = sd_arena_mark(a);
-    float scale = m->info.vae_scale;
+    size_t lat = (size_t)4 * h * w, mark = sd_arena_mark(a);
     float *latents = arena_floats(a, lat, err), *noise_pred = arena_floats(a, lat, err), *spare = arena_floats(a, lat, err);
     float *unet_in = arena_floats(a, (size_t)B * lat, err), *unet_out = arena_floats(a, (size_t)B * lat, err);
     float *timesteps = arena_floats(a, (size_t)B, err);
@@ -8792,44 +8812,27 @@ static int generate_image(const sd_model *m, const sd_params *p, int first, cons
     sd_sampler smp;
     if (!timesteps || (p->sampler == SD_SAMPLER_DPMPP_2M && !history)) return SD_ERR_MEMORY;
     if ((rc = sampler_init(m, p, &smp, err))) return rc;
+    if (p->init_rgb && (rc = sd_img2img_start(p->steps, p->strength, &start, err))) return rc;
 
     /* 2. The starting latents: noise from the seed at the sampler's first noise level (txt2img),
-       or the init image's latent noised to the first kept step (img2img), drawing from the
-       generator in diffusers' order. */
-    if (!p->init_rgb) {
+       or the init image's latent noised to the first kept step (img2img). */
+    if (p->init_rgb) {
+        if ((rc = init_image_latents(m, p, first, &smp, start, rng, latents, spare, pool, a, err))) return rc;
+    } else if (!pool->measure) {
         if (p->initial_latents && first) memcpy(latents, p->initial_latents, lat * sizeof(float));
         else sd_randn(rng, latents, lat);
         for (size_t i = 0; i < lat; i++) latents[i] *= smp.init_noise_sigma;
-    } else {
-        size_t stage = sd_arena_mark(a);
-        float *image = arena_floats(a, pix, err), *moments = arena_floats(a, 2 * lat, err);
-        float *mean = arena_floats(a, lat, err), *std = arena_floats(a, lat, err);
-        if (!std) return SD_ERR_MEMORY;
-        if ((rc = sd_img2img_start(p->steps, p->strength, &start, err))) return rc;
-        for (int c = 0; c < 3; c++)   /* RGB8 HWC → [-1, 1] NCHW, as the image processor does */
-            for (size_t i = 0; i < (size_t)p->height * p->width; i++)
-                image[c * (size_t)p->height * p->width + i] = (float)p->init_rgb[3 * i + c] / 255.0f * 2.0f - 1.0f;
-        if ((rc = sd_vae_encode(m->vae, image, p->height, p->width, moments, pool, a, err))) return rc;
-        sd_vae_posterior(moments, 4, h, w, mean, NULL, std);
-        if (p->posterior_noise && first) memcpy(spare, p->posterior_noise, lat * sizeof(float));
-        else sd_randn(rng, spare, lat);
-        sd_vae_sample(mean, std, spare, lat, latents);
-        for (size_t i = 0; i < lat; i++) latents[i] *= scale;
-        if (p->noise && first) memcpy(spare, p->noise, lat * sizeof(float));
-        else sd_randn(rng, spare, lat);
-        if ((rc = sd_sampler_add_noise(&smp, start, latents, spare, lat, latents, err))) return rc;
-        sd_arena_reset(a, stage);
     }
 
     /* 3. Denoise: one batched UNet pass per step (both halves see the same scaled latents),
-       guidance, one sampler step. */
+       guidance, one sampler step. A dry run plans one step: they all take the same memory. */
     for (int k = start; k < p->steps; k++) {
         float in_scale = sd_sampler_input_scale(&smp, k);
-        for (int b = 0; b < B; b++) {
+        for (int b = 0; b < B && !pool->measure; b++) {
             for (size_t i = 0; i < lat; i++) unet_in[b * lat + i] = latents[i] * in_scale;
             timesteps[b] = smp.timesteps[k];
         }
-        if ((rc = sd_unet(m->unet, unet_in, timesteps, cond, B, h, w, unet_out, pool, a, err))) return rc;
+        if ((rc = sd_unet(m->unet, unet_in, timesteps, cond, B, h, w, unet_out, pool, a, err)) || pool->measure) break;
         if (B == 2) sd_guidance(unet_out, unet_out + lat, p->guidance, lat, noise_pred);
         else memcpy(noise_pred, unet_out, lat * sizeof(float));
         const float *noise = p->step_noise && first ? p->step_noise + (size_t)k * lat : NULL;
@@ -8839,46 +8842,42 @@ static int generate_image(const sd_model *m, const sd_params *p, int first, cons
         if (p->progress && p->progress(p->user, k - start + 1, p->steps - start))
             return fail(err, SD_ERR_CANCELLED, "generate: cancelled after step %d of %d", k - start + 1, p->steps - start);
     }
-    if (p->latents_out && first) memcpy(p->latents_out, latents, lat * sizeof(float));
-
-    /* 4. Decode: the VAE sees latents / scaling_factor; pixels = round(255·clamp(x/2 + 1/2)). */
-    {
-        float *image = arena_floats(a, pix, err);
-        if (!image) return SD_ERR_MEMORY;
-        for (size_t i = 0; i < lat; i++) spare[i] = latents[i] / scale;
-        rc = tiled_decode(p, h, w) ? sd_vae_decode_tiled(m->vae, spare, h, w, p->vae_tile, p->vae_tile / 4, image, pool, a, err)
-                                   : sd_vae_decode(m->vae, spare, h, w, image, pool, a, err);
-        if (rc) return rc;
-        if (p->image_out && first) memcpy(p->image_out, image, pix * sizeof(float));
-        size_t plane = (size_t)p->height * p->width;
-        for (size_t i = 0; i < plane; i++)
-            for (int c = 0; c < 3; c++) {
-                float v = image[c * plane + i] * 0.5f + 0.5f;
-                v = v < 0 ? 0 : v > 1 ? 1 : v;
-                rgb[3 * i + c] = (uint8_t)nearbyintf(v * 255.0f);   /* numpy's round: half to even */
-            }
-    }
+    if (rc) return rc;
+    if (p->latents_out && first && !pool->measure) memcpy(p->latents_out, latents, lat * sizeof(float));
+    if ((rc = decode_image(m, p, first, latents, pool, a, rgb, err))) return rc;
     sd_arena_reset(a, mark);
     return SD_OK;
 }
 
-/* The body of sd_generate, on an arena already known to be large enough: the text once, then
-   each image. */
-static int generate(const sd_model *m, const sd_params *p, sd_pool *pool, sd_arena *a, uint8_t *rgb, sd_error *err)
+/* The body of sd_generate, also its plan: the pool, the text once, then each image (a dry run
+   plans one). */
+static int generate(const sd_model *m, const sd_params *p, sd_arena *a, uint8_t *rgb, sd_error *err)
 {
     int B = p->guidance > 1.0f ? 2 : 1, rc, add = sd_unet_add_dim(m->unet), C;
-    if ((rc = count_chunks(m, p, B, &C, a, err))) return rc;
+    sd_pool pool;
+    if ((rc = pool_init(&pool, p->threads, a, err))) return rc;
+    if ((rc = count_chunks(m, p, B, &C, a, err))) goto done;
     float *ctx = arena_floats(a, (size_t)B * C * SD_TEXT_TOKENS * m->context_dim, err);
     float *y = add ? arena_floats(a, (size_t)B * add, err) : NULL;
     sd_unet_cond cond = {ctx, C * SD_TEXT_TOKENS, y};
-    if (!ctx || (add && !y)) return SD_ERR_MEMORY;
-    if ((rc = encode_text(m, p, B, C, ctx, y, pool, a, err))) return rc;
-    for (int i = 0; i < p->batch_count; i++) {
+    if (!ctx || (add && !y)) { rc = SD_ERR_MEMORY; goto done; }
+    if ((rc = encode_text(m, p, B, C, ctx, y, &pool, a, err))) goto done;
+    for (int i = 0; i < (pool.measure ? 1 : p->batch_count) && !rc; i++) {
         sd_rng rng;
         sd_rng_seed(&rng, p->seed + (uint64_t)i);
-        if ((rc = generate_image(m, p, i == 0, &cond, B, &rng, pool, a, rgb + (size_t)i * 3 * p->width * p->height, err))) return rc;
+        rc = generate_image(m, p, i == 0, &cond, B, &rng, &pool, a, rgb + (size_t)i * 3 * p->width * p->height, err);
     }
-    return SD_OK;
+done:
+    pool_free(&pool);
+    return rc;
+}
+
+SD_API size_t sd_generate_arena_bytes(const sd_model *m, const sd_params *p)
+{
+    sd_arena dry;
+    if (check_params(m, p, NULL)) return 0;
+    arena_measure(&dry);
+    return generate(m, p, &dry, (uint8_t *)dummy_floats(), NULL) ? 0 : dry.peak;
 }
 
 SD_API int sd_generate(const sd_model *m, const sd_params *p, sd_arena *a, uint8_t *rgb_out, sd_error *err)
@@ -8891,10 +8890,7 @@ SD_API int sd_generate(const sd_model *m, const sd_params *p, sd_arena *a, uint8
     if (a->size - a->used < need)
         return fail(err, SD_ERR_MEMORY, "generate: needs %zu arena bytes for %d x %d, the arena has %zu free",
                     need, p->width, p->height, a->size - a->used);
-    sd_pool pool;
-    if ((rc = pool_init(&pool, p->threads, a, err))) { sd_arena_reset(a, mark); return rc; }
-    rc = generate(m, p, &pool, a, rgb_out, err);
-    pool_free(&pool);
+    rc = generate(m, p, a, rgb_out, err);
     sd_arena_reset(a, mark);
     return rc;
 }
