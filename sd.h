@@ -8633,7 +8633,7 @@ static int prompt_chunk_bound(const char *text, int comma_wrap)
     size_t half_tokens = 0, breaks = 0, chunks, per = (size_t)(75 - comma_wrap);   /* the token bound, doubled */
     for (const unsigned char *c = (const unsigned char *)text; c && *c; c++) half_tokens += *c < 0x80 ? 3 : 6;
     for (const char *s = text; s && (s = strstr(s, "BREAK")) != NULL; s += 5) breaks++;
-    chunks = 1 + breaks + (half_tokens + 2 * per - 1) / (2 * per);
+    chunks = breaks + (half_tokens ? (half_tokens + 2 * per - 1) / (2 * per) : 1);   /* each run between BREAKs wastes less than a chunk */
     return chunks < SD_PROMPT_MAX_CHUNKS ? (int)chunks : SD_PROMPT_MAX_CHUNKS;
 }
 

@@ -4442,7 +4442,7 @@ static int run_golden(const sd_model *m, golden_file *g, int threads, int vae_ti
     size_t need = sd_generate_arena_bytes(m, &p);
     sd_arena *a = test_arena(need + 64);
     int rc = sd_generate(m, &p, a, rgb, err);
-    CHECK(rc != SD_OK || a->peak <= need, "%s: generation peaked at %zu arena bytes, promised %zu", g->path, a->peak, need);
+    CHECK(rc != SD_OK || a->peak == need, "%s: generation peaked at %zu arena bytes, planned %zu", g->path, a->peak, need);
     free_arena(a);
     free(step_noise);
     return rc;
