@@ -1,4 +1,4 @@
-# sd.h - build, test, benchmark.  `make` builds ./example and ./test; `make test` is what CI runs.
+# sd.h - build, test, benchmark.  `make` builds ./example, ./test and ./bench; `make test` is what CI runs.
 # bash with pipefail: a test binary that crashes inside a pipe fails its target
 SHELL    = /bin/bash
 .SHELLFLAGS = -o pipefail -c
@@ -14,11 +14,18 @@ MERGES_URL = https://huggingface.co/openai/clip-vit-large-patch14/resolve/main/m
 # every SIMD path this machine can run, each a build of the kernel tests: name=flags
 PATHS    = avx512:-mavx512f avx2:-mavx2\ -mfma\ -mf16c sse2: scalar:-DSD_NO_SIMD nothreads:-march=native\ -DSD_NO_THREADS
 
-.PHONY: all run testbin test test-run test-paths test-neon check-nm check-cxx tsan fuzz bench clean
-all: example testbin
+.PHONY: all run testbin bench-bin test test-run test-paths test-neon check-nm check-cxx tsan fuzz bench clean
+all: example testbin bench-bin
 
 example: example.c sd.h
 	$(CC) $(WARN) $(OPT) -o $@ example.c $(LIBS)
+
+# ./bench (tools/bench.c, built on example.c): the benchmark and the random-checkpoint writer.
+# `make bench-bin` builds it; its file is named by full path, as `bench` is the target that runs it.
+BENCH = $(CURDIR)/bench
+bench-bin: $(BENCH)
+$(BENCH): tools/bench.c example.c sd.h
+	$(CC) $(WARN) $(OPT) -o $@ tools/bench.c $(LIBS)
 
 # The README's first command: fetch SD 1.5 if missing, build, draw one picture.
 PROMPT ?= a lighthouse on a cliff at dusk, oil painting
@@ -72,7 +79,7 @@ test-neon: test.c sd.h
 
 # PNG files from an independent encoder (python's zlib) for the reader, when python3 is there.
 TEST_ENV = SD_MERGES=$(MERGES) SD_PNG_CASES=.png_cases
-test-run: test-san example $(MERGES)
+test-run: test-san example $(BENCH) $(MERGES)
 	@if command -v python3 >/dev/null; then rm -rf .png_cases; python3 tools/png_cases.py .png_cases >/dev/null; \
 	else echo "note: no python3, generated PNG cases skipped"; fi
 	$(TEST_ENV) ./test-san weights/test 2>&1 | tee -a .test.log | grep -v '^  '
@@ -105,22 +112,22 @@ tsan: test.c sd.h
 # BENCH_FULL=1 adds the whole 20-step 512x512 SD 1.5 txt2img (~3.5 minutes), an SDXL UNet step at
 # 128x128 latents (1024 px) and a 1-step 1024x1024 SDXL txt2img with the VAE decoded in 32x32
 # tiles (arena 478 MB, 2.2 GB untiled; the two ~4 minutes more, estimated from the GFLOPS);
-# BENCH_ARGS adds options to every run (see ./example --bench --help), e.g. BENCH_ARGS=--runs\ 1.
+# BENCH_ARGS adds options to every run (see ./bench --help), e.g. BENCH_ARGS=--runs\ 1.
 BENCH_MODEL = weights/bench/sd15-f16.safetensors
 BENCH_MODEL_XL = weights/bench/sdxl-f16.safetensors
-bench: example $(MERGES) $(BENCH_MODEL) $(BENCH_MODEL_XL)
-	./example --bench tokenizer,text,unet,vae,kernels --sizes 32,64 --vae-sizes 32 --threads 1,0 $(BENCH_ARGS)
-	./example --bench vae,txt2img --vae-sizes 64 --threads 0 --txt2img-size 256 --steps 4 $(BENCH_ARGS)
-	./example --bench text,unet,vae --dtype f32 --sizes 32,64 --threads 1,0 $(BENCH_ARGS)
-	./example --bench text,unet --kind sdxl --sizes 64 --threads 0 $(BENCH_ARGS)
-	@if [ "$(BENCH_FULL)" = 1 ]; then ./example --bench txt2img --threads 0 --txt2img-size 512 --steps 20 $(BENCH_ARGS) && \
-	  ./example --bench unet --kind sdxl --sizes 128 --threads 0 --runs 1 $(BENCH_ARGS) && \
-	  ./example --bench txt2img --kind sdxl --threads 0 --txt2img-size 1024 --steps 1 --vae-tiling 32 $(BENCH_ARGS); fi
+bench: $(BENCH) $(MERGES) $(BENCH_MODEL) $(BENCH_MODEL_XL)
+	./bench tokenizer,text,unet,vae,kernels --sizes 32,64 --vae-sizes 32 --threads 1,0 $(BENCH_ARGS)
+	./bench vae,txt2img --vae-sizes 64 --threads 0 --txt2img-size 256 --steps 4 $(BENCH_ARGS)
+	./bench text,unet,vae --dtype f32 --sizes 32,64 --threads 1,0 $(BENCH_ARGS)
+	./bench text,unet --kind sdxl --sizes 64 --threads 0 $(BENCH_ARGS)
+	@if [ "$(BENCH_FULL)" = 1 ]; then ./bench txt2img --threads 0 --txt2img-size 512 --steps 20 $(BENCH_ARGS) && \
+	  ./bench unet --kind sdxl --sizes 128 --threads 0 --runs 1 $(BENCH_ARGS) && \
+	  ./bench txt2img --kind sdxl --threads 0 --txt2img-size 1024 --steps 1 --vae-tiling 32 $(BENCH_ARGS); fi
 
-# Order-only: a rebuilt ./example does not make a new model.
-$(BENCH_MODEL) $(BENCH_MODEL_XL): weights/bench/%-f16.safetensors: | example
+# Order-only: a rebuilt ./bench does not make a new model.
+$(BENCH_MODEL) $(BENCH_MODEL_XL): weights/bench/%-f16.safetensors: | $(BENCH)
 	@mkdir -p weights/bench
-	./example --make-random-model $* $@
+	./bench --make-random-model $* $@
 
 # libFuzzer targets (clang): `make fuzz`, then e.g. ./fuzz_tokenizer -max_total_time=600 corpus/
 FUZZ = clang -std=c99 -g -O1 -fsanitize=fuzzer,address,undefined -D_DEFAULT_SOURCE
@@ -131,4 +138,4 @@ fuzz_tokenizer: test.c sd.h $(MERGES)
 	$(FUZZ) -DSD_FUZZ=2 -o $@ test.c $(LIBS)
 
 clean:
-	rm -rf example test test-* .test.log .impl.* fuzz_* .png_cases
+	rm -rf example bench test test-* .test.log .impl.* fuzz_* .png_cases

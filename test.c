@@ -1,6 +1,6 @@
 /* test.c - every test of sd.h. `./test [GOLDEN_DIR]` (default ../shared/golden) runs the checks
    that need no data, then every golden file it finds under GOLDEN_DIR, and ends with the line
-   `N passed, N failed`. Tests never time anything; benchmarks live in example.c. */
+   `N passed, N failed`. Tests never time anything; benchmarks live in tools/bench.c. */
 #define main example_main   /* example.c's CLI and image files are tested here too */
 #include "example.c"
 #undef main
