@@ -720,12 +720,17 @@ static void bench_print_flops(const bench_model *m, double macs, double seconds)
     if (m->matches) printf(" gflops=%.1f", 2 * macs / seconds * 1e-9);
 }
 
-/* The end of a stage's line: how busy the cores were, the predicted and measured arena, and a
-   warning if the output is not finite. */
-static void bench_print_tail(double cpu0, double wall0, size_t need, size_t peak, const float *out, size_t n)
+/* plan_us: microseconds one call of a plan takes (the dry run behind an *_arena_bytes function),
+   the mean of 100 calls. */
+#define BENCH_PLAN_US(us, call) \
+    do { double t0_ = now(); for (int i_ = 0; i_ < 100; i_++) bench_sink += (unsigned)(call); (us) = (now() - t0_) * 1e4; } while (0)
+
+/* The end of a stage's line: how busy the cores were, the planned and measured arena, how long
+   planning took, and a warning if the output is not finite. */
+static void bench_print_tail(double cpu0, double wall0, size_t need, size_t peak, double plan_us, const float *out, size_t n)
 {
-    printf(" cores_busy=%.2f arena_bytes=%zu arena_peak=%zu%s\n", (bench_cpu() - cpu0) / (now() - wall0), need, peak,
-           bench_finite(out, n) ? "" : " output=NONFINITE");
+    printf(" cores_busy=%.2f arena_bytes=%zu arena_peak=%zu plan_us=%.1f%s\n", (bench_cpu() - cpu0) / (now() - wall0), need, peak,
+           plan_us, bench_finite(out, n) ? "" : " output=NONFINITE");
     fflush(stdout);
 }
 
@@ -737,9 +742,10 @@ static int bench_unet(const bench_options *o, bench_model *m, int size, int thre
     sd_arena a;
     sd_pool pool;
     sd_error err;
-    double macs[RM_PARTS], t[64];
+    double macs[RM_PARTS], t[64], plan_us;
     int B = o->batch, ydim = sd_unet_add_dim(m->unet);
     size_t lat = (size_t)B * 4 * size * size, need = sd_unet_arena_bytes(m->unet, B, size, size, SD_TEXT_TOKENS);
+    BENCH_PLAN_US(plan_us, sd_unet_arena_bytes(m->unet, B, size, size, SD_TEXT_TOKENS));
     size_t nctx = (size_t)B * SD_TEXT_TOKENS * m->context, ny = (size_t)B * ydim;
     float *x = (float *)malloc(lat * sizeof(float)), *out = (float *)malloc(lat * sizeof(float));
     float *ctx = (float *)malloc(nctx * sizeof(float)), *y = (float *)malloc((ny ? ny : 1) * sizeof(float)), ts[64];
@@ -765,7 +771,7 @@ static int bench_unet(const bench_options *o, bench_model *m, int size, int thre
     double s = bench_median(t, o->runs);
     printf("unet size=%d batch=%d threads=%d w=%s runs=%d seconds=%.3f", size, B, threads, m->w, o->runs, s);
     bench_print_flops(m, macs[RM_UNET], s);
-    bench_print_tail(cpu0, wall0, need, a.peak - base, out, lat);
+    bench_print_tail(cpu0, wall0, need, a.peak - base, plan_us, out, lat);
     pool_free(&pool);
     free(mem); free(x); free(out); free(ctx); free(y);
     return 0;
@@ -777,9 +783,10 @@ static int bench_vae(const bench_options *o, bench_model *m, int size, int threa
     sd_arena a;
     sd_pool pool;
     sd_error err;
-    double macs[RM_PARTS], t[64];
+    double macs[RM_PARTS], t[64], plan_us;
     size_t lat = (size_t)4 * size * size, pix = (size_t)3 * 64 * size * size;
     size_t need = sd_vae_decode_arena_bytes(sd_vae_get_config(m->vae), size, size);
+    BENCH_PLAN_US(plan_us, sd_vae_decode_arena_bytes(sd_vae_get_config(m->vae), size, size));
     float *z = (float *)malloc(lat * sizeof(float)), *image = (float *)malloc(pix * sizeof(float));
     void *mem;
     if (!need || !z || !image || !(mem = bench_arena(&a, need, threads, &pool))) return 1;
@@ -799,7 +806,7 @@ static int bench_vae(const bench_options *o, bench_model *m, int size, int threa
     double s = bench_median(t, o->runs);
     printf("vae_decode size=%d latent=%d threads=%d w=%s runs=%d seconds=%.3f", 8 * size, size, threads, m->w, o->runs, s);
     bench_print_flops(m, macs[RM_VAE_DECODER], s);
-    bench_print_tail(cpu0, wall0, need, a.peak - base, image, pix);
+    bench_print_tail(cpu0, wall0, need, a.peak - base, plan_us, image, pix);
     pool_free(&pool);
     free(mem); free(z); free(image);
     return 0;
@@ -813,7 +820,7 @@ static int bench_text(const bench_options *o, bench_model *m, int threads)
     sd_arena a;
     sd_pool pool;
     sd_error err;
-    double macs[RM_PARTS], t[64];
+    double macs[RM_PARTS], t[64], plan_us;
     int B = o->batch, proj = m->encoders > 1 ? m->te[1].proj_dim : 0;
     size_t need = 0, n = (size_t)B * SD_TEXT_TOKENS * m->context + (size_t)B * proj;
     for (int e = 0; e < m->encoders; e++) {   /* one at a time: the larger need */
@@ -821,6 +828,7 @@ static int bench_text(const bench_options *o, bench_model *m, int threads)
         if (bytes == (size_t)-1) return 1;
         if (bytes > need) need = bytes;
     }
+    BENCH_PLAN_US(plan_us, sd_text_encoder_arena_bytes(&m->te[m->encoders - 1], B, m->encoders > 1));
     int32_t *ids = (int32_t *)malloc((size_t)B * 77 * sizeof(int32_t));
     float *out = (float *)malloc(n * sizeof(float));   /* each encoder's output, then the pooled */
     void *mem;
@@ -846,7 +854,7 @@ static int bench_text(const bench_options *o, bench_model *m, int threads)
     double s = bench_median(t, o->runs);
     printf("text_encoder batch=%d encoders=%d threads=%d w=%s runs=%d seconds=%.4f", B, m->encoders, threads, m->w, o->runs, s);
     bench_print_flops(m, macs[RM_TEXT], s);
-    bench_print_tail(cpu0, wall0, need, a.peak - base, out, n);
+    bench_print_tail(cpu0, wall0, need, a.peak - base, plan_us, out, n);
     pool_free(&pool);
     free(mem); free(ids); free(out);
     return 0;
@@ -954,6 +962,8 @@ static int bench_txt2img(const bench_options *o, bench_model *bm, int threads)
     size_t untiled = sd_generate_arena_bytes(model, &p);   /* the whole-image decode, for comparison */
     p.vae_tile = o->vae_tile;
     size_t need = sd_generate_arena_bytes(model, &p), npix = (size_t)3 * p.width * p.height;
+    double plan_us;
+    BENCH_PLAN_US(plan_us, sd_generate_arena_bytes(model, &p));
     void *mem = need ? malloc(need + SD_ARENA_ALIGN) : NULL;
     uint8_t *rgb = (uint8_t *)malloc(npix);
     float *image = (float *)malloc(npix * sizeof(float));   /* the decoder's output, to check it is finite */
@@ -972,7 +982,7 @@ static int bench_txt2img(const bench_options *o, bench_model *bm, int threads)
     printf("txt2img size=%d steps=%d threads=%d w=%s vae_tile=%d seconds=%.2f seconds_per_step=%.2f first_step_seconds=%.2f "
            "decode_seconds=%.2f", o->image, p.steps, threads, bm->w, p.vae_tile, end - st.start, per, st.at[1] - st.start, end - last);
     bench_print_flops(bm, macs[RM_UNET], per);
-    printf(" cores_busy=%.2f arena_bytes=%zu arena_peak=%zu", (bench_cpu() - cpu0) / (end - st.start), need, a.peak);
+    printf(" cores_busy=%.2f arena_bytes=%zu arena_peak=%zu plan_us=%.1f", (bench_cpu() - cpu0) / (end - st.start), need, a.peak, plan_us);
     if (p.vae_tile) printf(" untiled_arena_bytes=%zu", untiled);
     printf("%s\n", bench_finite(image, npix) ? "" : " output=NONFINITE");
     fflush(stdout);
