@@ -3,6 +3,8 @@
      ./example -m model.safetensors -p "a lighthouse at dusk" -o out.png
      ./example -m diffusers_folder/ -p "a cat" -W 768 -H 512 --steps 30 -s 42
      ./example -m model.safetensors -i photo.png --strength 0.6 -p "oil painting"
+     ./example -m sd-v1-5-inpainting.safetensors -i photo.png --mask mask.png -p "a red sofa"
+     ./example -m instruct-pix2pix.safetensors -i photo.png -p "make it snowy" --image-cfg-scale 1.5
      ./example --inspect model.safetensors
 
    How it uses the library: files are mmap'd read-only (sd.h uses the weights in place), the
@@ -92,10 +94,10 @@ static int inspect(const char *path)
 }
 
 typedef struct options {
-    const char *model, *tokenizer, *prompt, *negative, *init, *output, *preview;
+    const char *model, *tokenizer, *prompt, *negative, *init, *mask, *output, *preview;
     int width, height, steps, threads, batch, clip_skip, verbose, have_seed, vae_tile;
     int sampler, karras, spacing, plain_prompt, turbo, have_steps, have_cfg, have_sampler, comma_wrap;
-    float cfg;
+    float cfg, image_cfg;
     double strength;
     uint64_t seed;
 } options;
@@ -114,8 +116,13 @@ static void usage(FILE *f)
         "      --cfg-scale X         classifier-free guidance scale (default 7.5)\n"
         "  -s, --seed N              random seed (default: random, printed)\n"
         "  -t, --threads N           threads (default: all cores)\n"
-        "  -i, --init-img FILE       img2img: start from this PNG/PPM (resized? no: must match -W/-H)\n"
-        "      --strength X          img2img: how much to change it, 0..1 (default 0.8)\n"
+        "  -i, --init-img FILE       img2img: start from this PNG/PPM (resized? no: must match -W/-H);\n"
+        "                            inpainting and InstructPix2Pix models (9 / 8 UNet input channels) need it\n"
+        "      --mask FILE           inpainting: PNG/PPM of the init image's size, white (>= 128) = repaint;\n"
+        "                            with an ordinary model the kept area is blended back after each step\n"
+        "      --strength X          how much to change the init image, 0..1 (default 0.8; inpainting 1,\n"
+        "                            SDXL inpainting 0.9999)\n"
+        "      --image-cfg-scale X   InstructPix2Pix: how closely to follow the init image (default 1.5)\n"
         "  -o, --output FILE         .png or .ppm (default output.png; with -b N: output_2.png, ...)\n"
         "  -b, --batch-count N       images to make, seeds seed, seed+1, ...\n"
         "      --clip-skip N         stop the text encoder N-1 layers early (A1111 style)\n"
@@ -241,8 +248,27 @@ static void parameters_text(char *buf, size_t cap, const options *o, uint64_t se
     static const char *const samplers[4] = {"DDIM", "Euler", "Euler a", "DPM++ 2M"};
     snprintf(buf + n, cap > (size_t)n ? cap - n : 0, "Steps: %d, Sampler: %s%s, CFG scale: %g, Seed: %llu, Size: %dx%d, Model: %s%s",
              o->steps, samplers[o->sampler], o->karras ? " Karras" : "", o->cfg, (unsigned long long)seed, o->width, o->height,
-             name, o->init ? ", Denoising strength: " : "");
-    if (o->init) snprintf(buf + strlen(buf), cap - strlen(buf), "%g", o->strength);
+             name, o->init && o->strength > 0 ? ", Denoising strength: " : "");
+    if (o->init && o->strength > 0) snprintf(buf + strlen(buf), cap - strlen(buf), "%g", o->strength);
+}
+
+/* An inpainting mask as 8-bit grey of the init image's size: PIL's convert("L") luma of the
+   file's RGB (grey files give their own values). */
+static uint8_t *mask_read(const char *path, int width, int height)
+{
+    int w, h;
+    char msg[512];
+    uint8_t *rgb = image_read(path, &w, &h, msg, sizeof msg), *grey;
+    if (!rgb) { fprintf(stderr, "%s\n", msg); return NULL; }
+    if (w != width || h != height) {
+        fprintf(stderr, "%s is %dx%d but the image is %dx%d: the mask must have the image's size\n", path, w, h, width, height);
+        free(rgb);
+        return NULL;
+    }
+    grey = rgb;   /* in place: pixel i is read before byte i is written */
+    for (size_t i = 0; i < (size_t)w * h; i++)
+        grey[i] = (uint8_t)((rgb[3 * i] * 19595u + rgb[3 * i + 1] * 38470u + rgb[3 * i + 2] * 7471u + 0x8000u) >> 16);
+    return grey;
 }
 
 static int run(options *o)
@@ -252,7 +278,7 @@ static int run(options *o)
     sd_model_info info;
     sd_params p;
     sd_error err;
-    uint8_t *init = NULL;
+    uint8_t *init = NULL, *mask = NULL;
     if (load_model(o, &model, &model_arena)) return 1;
     sd_model_get_info(model, &info);
     if (o->init) {
@@ -266,6 +292,7 @@ static int run(options *o)
         o->width = w;
         o->height = h;
     }
+    if (o->mask && !(mask = mask_read(o->mask, o->width, o->height))) return 1;
     if (!o->width) o->width = 512;
     if (!o->height) o->height = 512;
     sd_params_init(&p);
@@ -285,6 +312,8 @@ static int run(options *o)
     p.comma_wrap = o->comma_wrap;
     p.init_rgb = init;
     p.strength = o->strength;
+    p.mask = mask;
+    p.image_guidance = o->image_cfg;
     size_t need = sd_generate_arena_bytes(model, &p);
     if (!need) {   /* sd_generate says why */
         uint8_t dummy;
@@ -292,8 +321,9 @@ static int run(options *o)
         fprintf(stderr, "%s\n", err.message);
         return 1;
     }
-    fprintf(stderr, "model: %s (%s prediction%s), text %d wide x %d layers, VAE scale %g\n",
+    fprintf(stderr, "model: %s%s (%s prediction%s), text %d wide x %d layers, VAE scale %g\n",
             info.version == SD_VERSION_XL ? "SDXL" : info.version == SD_VERSION_2 ? "SD 2" : "SD 1",
+            info.unet_in_channels == 9 ? " inpainting" : info.unet_in_channels == 8 ? " InstructPix2Pix" : "",
             info.prediction == SD_PREDICT_V ? "v" : "epsilon", info.diffusers ? ", diffusers folder" : "",
             info.text_width, info.text_layers, info.vae_scale);
     fprintf(stderr, "%dx%d, %d steps, cfg %g, %d threads, arena %.1f MiB (+%.1f MiB model tables)\n", p.width, p.height,
@@ -350,7 +380,7 @@ int main(int argc, char **argv)
     o.output = "output.png";
     o.steps = 20;
     o.cfg = 7.5f;
-    o.strength = 0.8;
+    o.image_cfg = 1.5f;
     o.batch = 1;
     o.spacing = -1;
     o.threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
@@ -374,7 +404,9 @@ int main(int argc, char **argv)
         else if (FLAG("-s", "--seed")) { o.seed = strtoull(VALUE(), NULL, 10); o.have_seed = 1; }
         else if (FLAG("-t", "--threads")) o.threads = parse_int(VALUE(), 1, SD_MAX_THREADS, a);
         else if (FLAG("-i", "--init-img")) o.init = VALUE();
-        else if (!strcmp(a, "--strength")) o.strength = parse_float(VALUE(), 0, 1, a);
+        else if (!strcmp(a, "--strength")) o.strength = parse_float(VALUE(), 1e-6, 1, a);
+        else if (!strcmp(a, "--mask")) o.mask = VALUE();
+        else if (!strcmp(a, "--image-cfg-scale")) o.image_cfg = (float)parse_float(VALUE(), 0, 100, a);
         else if (FLAG("-o", "--output")) o.output = VALUE();
         else if (FLAG("-b", "--batch-count")) o.batch = parse_int(VALUE(), 1, 10000, a);
         else if (!strcmp(a, "--clip-skip")) o.clip_skip = parse_int(VALUE(), 0, 64, a);

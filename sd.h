@@ -313,8 +313,9 @@ typedef struct sd_unet_cond {
 SD_API size_t sd_unet_arena_bytes(const sd_unet_model *unet, int batch, int h, int w, int context_len);
 
 /* One denoiser evaluation of a batch (batch 2: classifier-free guidance's unconditional and
-   conditional halves in one pass). x [batch, 4, h, w] latents (NCHW), timesteps [batch] (may be
-   fractional); out [batch, 4, h, w] gets the prediction (epsilon, or v for v-prediction
+   conditional halves in one pass). x [batch, in_channels, h, w] (NCHW): the latents, and for
+   inpainting UNets (9 input channels) the latent mask and the masked image's latent after them,
+   for InstructPix2Pix UNets (8) the image's latent; timesteps [batch] (may be fractional); out [batch, 4, h, w] gets the prediction (epsilon, or v for v-prediction
    models). Any h, w: odd sizes are rounded up on the way down and come back as diffusers
    brings them back. The arena is scratch only. */
 SD_API int sd_unet(const sd_unet_model *unet, const float *x, const float *timesteps,
@@ -461,6 +462,19 @@ SD_API int sd_add_noise(const sd_schedule *s, int t, const float *x0, const floa
 
 /* Classifier-free guidance: out = uncond + scale·(cond - uncond). */
 SD_API void sd_guidance(const float *uncond, const float *cond, float scale, size_t n, float *out);
+/* InstructPix2Pix's guidance over its three predictions (text + image, image only, neither):
+   out = uncond + scale·(text - image) + image_scale·(image - uncond). */
+SD_API void sd_image_guidance(const float *text, const float *image, const float *uncond, float scale,
+                              float image_scale, size_t n, float *out);
+
+/* Inpainting's inputs, as diffusers' VaeImageProcessor prepares them. mask: 8-bit grey height x
+   width (>= 128 = repaint, as mask / 255 >= 0.5); mask_image (may be NULL) gets it binarized,
+   [height, width] of 0 and 1; mask_latent (may be NULL) the latent mask [height/8, width/8]: the
+   top-left pixel of each 8 x 8 block (nearest downsampling), 0 or 1. */
+SD_API void sd_inpaint_mask(const uint8_t *mask, int height, int width, float *mask_image, float *mask_latent);
+/* The masked image [3, height, width] NCHW in [-1, 1]: rgb (RGB8 HWC) where the mask keeps it,
+   0 (mid grey) where it repaints. */
+SD_API void sd_masked_image(const uint8_t *rgb, const uint8_t *mask, int height, int width, float *out);
 
 /* Which sampler walks the UNet back from noise (diffusers' scheduler classes). DDIM stays first,
    so that 0 means DDIM. */
@@ -548,6 +562,7 @@ typedef struct sd_model_info {
     int prediction;   /* SD_PREDICT_EPSILON or SD_PREDICT_V */
     int diffusers;   /* 1 if loaded from a diffusers folder's files */
     int text_width, text_layers;   /* context width (SDXL: both encoders'), first encoder's layers */
+    int unet_in_channels;   /* 4, or 9 for inpainting and 8 for InstructPix2Pix models */
     float vae_scale;
 } sd_model_info;
 SD_API void sd_model_get_info(const sd_model *model, sd_model_info *info);
@@ -577,13 +592,24 @@ typedef struct sd_params {
     int vae_tile;   /* 0 (default): decode the whole latent at once, exactly as diffusers; N: in
                        overlapping N x N latent tiles (memory flat in the image size, seams
                        blended, colours within a few percent of the whole decode) */
-    const uint8_t *init_rgb;   /* img2img: RGB8 width x height image, or NULL for txt2img */
-    double strength;   /* img2img: how much of the schedule to run (default 0.8) */
+    const uint8_t *init_rgb;   /* img2img: RGB8 width x height image, or NULL for txt2img; needed
+                                  by inpainting and InstructPix2Pix models (UNets with 9 and 8 input
+                                  channels), which take it as extra UNet input channels */
+    const uint8_t *mask;   /* inpainting: 8-bit grey width x height, >= 128 = repaint (white), or
+                              NULL. With a 9-channel model: its mask and masked-image latent are UNet
+                              inputs; with an ordinary model: after each step the kept area is reset
+                              to the init image's latent noised to the next step (diffusers' blend) */
+    double strength;   /* how much of the schedule to run, in (0, 1]; 0 (default): the pipeline's
+                          own, 0.8 for img2img, 1 for inpainting (SDXL 0.9999, as diffusers); an
+                          inpainting strength of exactly 1 starts from pure noise */
+    float image_guidance;   /* InstructPix2Pix: how closely to follow the init image (default 1.5);
+                               guidance runs when guidance > 1 and image_guidance >= 1 */
     int original_size[2], crop_top_left[2], target_size[2];   /* SDXL size conditioning, pixels
                        (height, width), (top, left); 0, 0 = the defaults: the image size, 0, 0, the image size */
     const float *initial_latents;   /* optional [1, 4, h/8, w/8] instead of noise from the seed */
     const float *posterior_noise;   /* optional img2img noise for the VAE posterior sample */
     const float *noise;   /* optional img2img noise added at the start timestep */
+    const float *masked_image_noise;   /* optional inpainting noise for the masked image's posterior sample */
     const float *step_noise;   /* optional [steps, 4, h/8, w/8]: the noise Euler a (and DDIM with
                                   eta > 0) adds at each step, instead of draws from the seed */
     float *latents_out;   /* optional: the final latents [1, 4, h/8, w/8] */
@@ -8079,6 +8105,12 @@ SD_API void sd_guidance(const float *uncond, const float *cond, float scale, siz
     for (size_t i = 0; i < n; i++) out[i] = uncond[i] + scale * (cond[i] - uncond[i]);
 }
 
+SD_API void sd_image_guidance(const float *text, const float *image, const float *uncond, float scale,
+                              float image_scale, size_t n, float *out)
+{
+    for (size_t i = 0; i < n; i++) out[i] = uncond[i] + scale * (text[i] - image[i]) + image_scale * (image[i] - uncond[i]);
+}
+
 /* The i-th of n points of numpy.linspace(0, T - 1, n), counted from the top: numpy multiplies the
    index by the step in double and puts the end point exactly. */
 static double linspace_from_top(int T, int n, int i)
@@ -8464,9 +8496,11 @@ static int model_load(sd_model *m, const sd_source *src, sd_arena *a, sd_error *
     /* the parts must fit together the way the pipeline joins them */
     const sd_vae_config *vc = sd_vae_get_config(m->vae);
     m->context_dim = m->te[0].width + (m->encoders == 2 ? m->te[1].width : 0);
-    if (m->unet->in_channels != 4 || m->unet->out_channels != 4)
-        return fail(err, SD_ERR_UNSUPPORTED, "model: the UNet takes %d and gives %d channels; only 4 (txt2img/img2img UNets, not inpainting ones) are supported",
-                    m->unet->in_channels, m->unet->out_channels);
+    /* 4 input channels: the latents; 9: latents, mask and masked-image latents (inpainting);
+       8: latents and image latents (InstructPix2Pix) */
+    if ((m->unet->in_channels != 4 && m->unet->in_channels != 8 && m->unet->in_channels != 9) || m->unet->out_channels != 4)
+        return fail(err, SD_ERR_UNSUPPORTED, "model: the UNet takes %d and gives %d channels; sd.h runs UNets of 4 (txt2img), 9 (inpainting) "
+                    "or 8 (InstructPix2Pix) input channels and 4 output channels", m->unet->in_channels, m->unet->out_channels);
     if (vc->embed_dim != 4 || vc->levels != 4)
         return fail(err, SD_ERR_UNSUPPORTED, "model: the VAE has %d latent channels and %d levels; the pipeline needs 4 and 4 (8x)", vc->embed_dim, vc->levels);
     if (m->unet->context_dim != m->context_dim)
@@ -8494,6 +8528,7 @@ static int model_load(sd_model *m, const sd_source *src, sd_arena *a, sd_error *
     }
     in->text_width = m->context_dim;
     in->text_layers = m->te[0].layers;
+    in->unet_in_channels = m->unet->in_channels;
     in->vae_scale = sd_vae_get_config(m->vae)->scaling_factor;
     /* SD1's tokenizer pads with <|endoftext|>, OpenCLIP's (SD2, SDXL's second) with "!" (id 0),
        unless the metadata says otherwise */
@@ -8569,7 +8604,7 @@ SD_API void sd_params_init(sd_params *p)
     p->weighting = 1;
     p->prediction = -1;
     p->threads = 1;
-    p->strength = 0.8;
+    p->image_guidance = 1.5f;
 }
 
 /* The sampler of a generation: the spacing asked for, or the model's scheduler config's, or
@@ -8582,6 +8617,35 @@ static int sampler_init(const sd_model *m, const sd_params *p, sd_sampler *smp, 
     if (spacing < 0) spacing = p->sampler == SD_SAMPLER_DDIM || m->info.version == SD_VERSION_XL ? SD_SPACING_LEADING : SD_SPACING_LINSPACE;
     return sd_sampler_init(smp, &m->schedule, p->sampler, p->steps, spacing, m->steps_offset, p->karras,
                            p->prediction >= 0 ? p->prediction : m->info.prediction, p->eta, err);
+}
+
+/* How the init image guides a generation: follows the UNet's input channels and the inputs. */
+enum { GUIDE_NONE, GUIDE_IMG2IMG, GUIDE_BLEND, GUIDE_INPAINT, GUIDE_IP2P };
+
+static int guide_mode(const sd_model *m, const sd_params *p)
+{
+    int ch = m->unet->in_channels;
+    return ch == 9 ? GUIDE_INPAINT : ch == 8 ? GUIDE_IP2P : !p->init_rgb ? GUIDE_NONE : p->mask ? GUIDE_BLEND : GUIDE_IMG2IMG;
+}
+
+/* The UNet's batch: 1, or 2 with classifier-free guidance (unconditional row first), or
+   InstructPix2Pix's 3 (text + image, image only, neither), which diffusers runs only when
+   guidance > 1 and image_guidance >= 1. */
+static int batch_rows(const sd_model *m, const sd_params *p)
+{
+    if (guide_mode(m, p) == GUIDE_IP2P) return p->guidance > 1.0f && p->image_guidance >= 1.0f ? 3 : 1;
+    return p->guidance > 1.0f ? 2 : 1;
+}
+
+/* Whether row b of B takes the negative prompt: the first of CFG's two, the last two of InstructPix2Pix's three. */
+static int negative_row(int B, int b) { return B == 3 ? b > 0 : B == 2 && b == 0; }
+
+/* The strength asked for, or the pipeline's default (diffusers'): inpainting 1 (SDXL 0.9999), img2img 0.8. */
+static double strength_of(const sd_model *m, const sd_params *p)
+{
+    int mode = guide_mode(m, p);
+    if (p->strength > 0) return p->strength;
+    return mode == GUIDE_INPAINT || mode == GUIDE_BLEND ? (m->info.version == SD_VERSION_XL ? 0.9999 : 1.0) : 0.8;
 }
 
 static int check_params(const sd_model *m, const sd_params *p, sd_error *err)
@@ -8602,7 +8666,14 @@ static int check_params(const sd_model *m, const sd_params *p, sd_error *err)
         if (p->original_size[i] < 0 || p->crop_top_left[i] < 0 || p->target_size[i] < 0 ||
             p->original_size[i] > 65536 || p->crop_top_left[i] > 65536 || p->target_size[i] > 65536)
             return fail(err, SD_ERR_ARG, "generate: SDXL size conditioning out of 0..65536");
-    if (p->init_rgb && !(p->strength > 0 && p->strength <= 1)) return fail(err, SD_ERR_ARG, "generate: strength %g, expected (0, 1]", p->strength);
+    if (!(p->strength >= 0 && p->strength <= 1)) return fail(err, SD_ERR_ARG, "generate: strength %g, expected (0, 1] (0: the default)", p->strength);
+    if (!(p->image_guidance >= 0 && p->image_guidance < 1000)) return fail(err, SD_ERR_ARG, "generate: image guidance %g out of range", p->image_guidance);
+    int ch = m->unet->in_channels;
+    if (ch != 4 && !p->init_rgb)
+        return fail(err, SD_ERR_ARG, "generate: this %s model (%d-channel UNet) needs an init image", ch == 9 ? "inpainting" : "InstructPix2Pix", ch);
+    if (ch == 9 && !p->mask) return fail(err, SD_ERR_ARG, "generate: this inpainting model (9-channel UNet) needs a mask");
+    if (ch == 8 && p->mask) return fail(err, SD_ERR_ARG, "generate: an InstructPix2Pix model (8-channel UNet) takes no mask");
+    if (p->mask && !p->init_rgb) return fail(err, SD_ERR_ARG, "generate: a mask needs an init image (the picture to repaint)");
     if (p->prediction != -1 && p->prediction != SD_PREDICT_EPSILON && p->prediction != SD_PREDICT_V)
         return fail(err, SD_ERR_ARG, "generate: unknown prediction type %d", p->prediction);
     if (!(p->eta >= 0 && p->eta <= 1)) return fail(err, SD_ERR_ARG, "generate: eta %g, expected 0..1", p->eta);
@@ -8614,7 +8685,7 @@ static int check_params(const sd_model *m, const sd_params *p, sd_error *err)
     sd_sampler smp;
     int start, rc;
     if ((rc = sampler_init(m, p, &smp, err))) return rc;
-    if (p->init_rgb && (rc = sd_img2img_start(p->steps, p->strength, &start, err))) return rc;
+    if (p->init_rgb && guide_mode(m, p) != GUIDE_IP2P && (rc = sd_img2img_start(p->steps, strength_of(m, p), &start, err))) return rc;
     return SD_OK;
 }
 
@@ -8646,7 +8717,7 @@ static int chunk_bound(const sd_params *p)
 /* The text of batch item b of B: with guidance (B = 2) the negative prompt first. */
 static const char *batch_text(const sd_params *p, int B, int b)
 {
-    const char *t = B == 2 && b == 0 ? p->negative_prompt : p->prompt;
+    const char *t = negative_row(B, b) ? p->negative_prompt : p->prompt;
     return t ? t : "";
 }
 
@@ -8705,10 +8776,11 @@ static int encode_text(const sd_model *m, const sd_params *p, int B, int C, floa
         /* SDXL: no negative prompt means zeros, not the encoding of ""; the pooled embedding is
            the first chunk's */
         int P = m->te[1].proj_dim, H = p->height, W = p->width;
-        if (B == 2 && !p->negative_prompt && m->zero_negative) {
-            memset(ctx, 0, (size_t)C * SD_TEXT_TOKENS * D * sizeof(float));
-            memset(pooled, 0, (size_t)P * sizeof(float));
-        }
+        for (int b = 0; b < B; b++)
+            if (negative_row(B, b) && !p->negative_prompt && m->zero_negative) {
+                memset(ctx + (size_t)b * C * SD_TEXT_TOKENS * D, 0, (size_t)C * SD_TEXT_TOKENS * D * sizeof(float));
+                memset(pooled + (size_t)b * C * P, 0, (size_t)P * sizeof(float));
+            }
         /* the size conditioning: the image's original size, the crop's top-left corner, the target size */
         float sizes[6] = {(float)(p->original_size[0] ? p->original_size[0] : H), (float)(p->original_size[1] ? p->original_size[1] : W),
                           (float)p->crop_top_left[0], (float)p->crop_top_left[1],
@@ -8746,30 +8818,95 @@ static int count_chunks(const sd_model *m, const sd_params *p, int B, int *chunk
     return SD_OK;
 }
 
-/* 2. img2img's starting latents: the init image's latent (VAE encoder, a sample of its
-   posterior, scaled) noised to the first kept step, drawing from the generator in diffusers'
-   order. spare is scratch. */
-static int init_image_latents(const sd_model *m, const sd_params *p, int first, const sd_sampler *smp, int start,
-                              sd_rng *rng, float *latents, float *spare, sd_pool *pool, sd_arena *a, sd_error *err)
+/* ---- the init image: img2img, inpainting, InstructPix2Pix ---- */
+
+SD_API void sd_inpaint_mask(const uint8_t *mask, int height, int width, float *mask_image, float *mask_latent)
+{
+    for (size_t i = 0; mask_image && i < (size_t)height * width; i++) mask_image[i] = mask[i] >= 128 ? 1.0f : 0.0f;
+    for (int y = 0; mask_latent && y < height / 8; y++)
+        for (int x = 0; x < width / 8; x++) mask_latent[(size_t)y * (width / 8) + x] = mask[(size_t)8 * y * width + 8 * x] >= 128 ? 1.0f : 0.0f;
+}
+
+SD_API void sd_masked_image(const uint8_t *rgb, const uint8_t *mask, int height, int width, float *out)
+{
+    size_t plane = (size_t)height * width;
+    for (int c = 0; c < 3; c++)
+        for (size_t i = 0; i < plane; i++) out[c * plane + i] = mask && mask[i] >= 128 ? 0.0f : (float)rgb[3 * i + c] / 255.0f * 2.0f - 1.0f;
+}
+
+/* An image's latent: the VAE encoder's posterior of image [3, H, W] in [-1, 1] (NULL: the init
+   image), either sampled with the next draw (or the caller's noise) and scaled, as img2img and
+   inpainting take it, or its unscaled mode (mean), as InstructPix2Pix takes it. */
+static int encode_latent(const sd_model *m, const sd_params *p, const float *image, int sample, const float *given, int first,
+                         sd_rng *rng, float *out, sd_pool *pool, sd_arena *a, sd_error *err)
 {
     int h = p->height / 8, w = p->width / 8, rc;
     size_t lat = (size_t)4 * h * w, plane = (size_t)p->height * p->width, mark = sd_arena_mark(a);
-    float *image = arena_floats(a, 3 * plane, err), *moments = arena_floats(a, 2 * lat, err);
-    float *mean = arena_floats(a, lat, err), *std = arena_floats(a, lat, err);
-    if (!std) return SD_ERR_MEMORY;
-    for (int c = 0; c < 3 && !pool->measure; c++)   /* RGB8 HWC → [-1, 1] NCHW, as the image processor does */
-        for (size_t i = 0; i < plane; i++) image[c * plane + i] = (float)p->init_rgb[3 * i + c] / 255.0f * 2.0f - 1.0f;
-    if ((rc = sd_vae_encode(m->vae, image, p->height, p->width, moments, pool, a, err)) || pool->measure) goto done;
-    sd_vae_posterior(moments, 4, h, w, mean, NULL, std);
-    if (p->posterior_noise && first) memcpy(spare, p->posterior_noise, lat * sizeof(float));
-    else sd_randn(rng, spare, lat);
-    sd_vae_sample(mean, std, spare, lat, latents);
-    for (size_t i = 0; i < lat; i++) latents[i] *= m->info.vae_scale;
-    if (p->noise && first) memcpy(spare, p->noise, lat * sizeof(float));
-    else sd_randn(rng, spare, lat);
-    rc = sd_sampler_add_noise(smp, start, latents, spare, lat, latents, err);
+    float *rgb = image ? NULL : arena_floats(a, 3 * plane, err), *moments = arena_floats(a, 2 * lat, err);
+    float *std = arena_floats(a, lat, err), *noise = arena_floats(a, lat, err);
+    if (!noise || (!image && !rgb)) return SD_ERR_MEMORY;
+    if (!image && !pool->measure) sd_masked_image(p->init_rgb, NULL, p->height, p->width, rgb);
+    if ((rc = sd_vae_encode(m->vae, image ? image : rgb, p->height, p->width, moments, pool, a, err)) || pool->measure) goto done;
+    sd_vae_posterior(moments, 4, h, w, out, NULL, std);
+    if (sample) {
+        if (given && first) memcpy(noise, given, lat * sizeof(float));
+        else sd_randn(rng, noise, lat);
+        sd_vae_sample(out, std, noise, lat, out);
+        for (size_t i = 0; i < lat; i++) out[i] *= m->info.vae_scale;
+    }
 done:
     sd_arena_reset(a, mark);
+    return rc;
+}
+
+/* What the run keeps of the init image: the UNet's extra input channels (inpainting: the latent
+   mask and the masked image's latent; InstructPix2Pix: the image's latent) and, for the blend
+   of ordinary models, the clean latent, its noise and the latent mask. */
+typedef struct image_cond {
+    float *extra;   /* [extra_channels, h, w], concatenated after the latents */
+    int extra_channels;
+    float *init, *noise, *mask;   /* GUIDE_BLEND */
+} image_cond;
+
+/* 2. The starting latents and the image conditioning, drawing from the generator in diffusers'
+   order: txt2img and InstructPix2Pix noise from the seed at the sampler's first noise level;
+   img2img the init image's latent (a posterior sample) noised to the first kept step;
+   inpainting the same unless strength is exactly 1 (pure noise), then the masked image's latent
+   (the draw is taken by ordinary models too, which do not use it). */
+static int start_latents(const sd_model *m, const sd_params *p, int first, const sd_sampler *smp, int start, sd_rng *rng,
+                         float *latents, image_cond *ic, sd_pool *pool, sd_arena *a, sd_error *err)
+{
+    int mode = guide_mode(m, p), h = p->height / 8, w = p->width / 8, rc = SD_OK, dry = pool->measure;
+    size_t lat = (size_t)4 * h * w, hw = (size_t)h * w, mark = sd_arena_mark(a);
+    float *init = ic->init ? ic->init : arena_floats(a, lat, err), *noise = ic->noise ? ic->noise : arena_floats(a, lat, err);
+    if (!init || !noise) return SD_ERR_MEMORY;
+    if (mode == GUIDE_IP2P) rc = encode_latent(m, p, NULL, 0, NULL, first, rng, ic->extra, pool, a, err);
+    int masked = mode == GUIDE_INPAINT || mode == GUIDE_BLEND, strength_max = masked && strength_of(m, p) == 1.0;
+    int pure_noise = mode == GUIDE_NONE || mode == GUIDE_IP2P || strength_max;
+    if (!rc && (mode == GUIDE_IMG2IMG || mode == GUIDE_BLEND || (mode == GUIDE_INPAINT && !strength_max)))
+        rc = encode_latent(m, p, NULL, 1, p->posterior_noise, first, rng, init, pool, a, err);
+    if (rc) return rc;
+    if (!dry) {   /* the latent noise */
+        const float *given = p->init_rgb ? p->noise : p->initial_latents;
+        if (given && first) memcpy(noise, given, lat * sizeof(float));
+        else sd_randn(rng, noise, lat);
+    }
+    if (masked) {
+        size_t stage = sd_arena_mark(a);
+        float *image = arena_floats(a, 3 * (size_t)p->height * p->width, err);
+        if (!image) return SD_ERR_MEMORY;
+        if (!dry) sd_masked_image(p->init_rgb, p->mask, p->height, p->width, image);
+        if (!dry) sd_inpaint_mask(p->mask, p->height, p->width, NULL, mode == GUIDE_INPAINT ? ic->extra : ic->mask);
+        if (mode == GUIDE_INPAINT) rc = encode_latent(m, p, image, 1, p->masked_image_noise, first, rng, ic->extra + hw, pool, a, err);
+        else if (!dry && !(p->masked_image_noise && first)) sd_randn(rng, image, lat);   /* the draw an ordinary model does not use */
+        sd_arena_reset(a, stage);
+        if (rc) return rc;
+    }
+    if (!dry) {
+        if (pure_noise) for (size_t i = 0; i < lat; i++) latents[i] = noise[i] * smp->init_noise_sigma;
+        else rc = sd_sampler_add_noise(smp, start, init, noise, lat, latents, err);
+    }
+    if (!ic->init) sd_arena_reset(a, mark);   /* the blend keeps them */
     return rc;
 }
 
@@ -8798,46 +8935,72 @@ static int decode_image(const sd_model *m, const sd_params *p, int first, float 
     return rc;
 }
 
+/* The UNet input of step k: each row's latents, scaled for the sampler, followed by the image
+   conditioning's channels (InstructPix2Pix's unconditional row has zeros there). */
+static void unet_input_rows(const sd_model *m, const sd_sampler *smp, int k, int B, const float *latents, const image_cond *ic,
+                            size_t hw, float *unet_in, float *timesteps)
+{
+    int ch = m->unet->in_channels;
+    float in_scale = sd_sampler_input_scale(smp, k);
+    for (int b = 0; b < B; b++) {
+        float *row = unet_in + (size_t)b * ch * hw;
+        for (size_t i = 0; i < 4 * hw; i++) row[i] = latents[i] * in_scale;
+        if (ic->extra_channels) {
+            if (B == 3 && b == 2) memset(row + 4 * hw, 0, (size_t)ic->extra_channels * hw * sizeof(float));
+            else memcpy(row + 4 * hw, ic->extra, (size_t)ic->extra_channels * hw * sizeof(float));
+        }
+        timesteps[b] = smp->timesteps[k];
+    }
+}
+
+/* The inpainting blend of ordinary models after step k: the kept area (mask 0) goes back to the
+   init image's latent noised to the next step's level (after the last step: the clean latent). */
+static int blend_kept_area(const sd_sampler *smp, int k, const image_cond *ic, size_t hw, float *latents, float *spare, sd_error *err)
+{
+    int rc = k + 1 < smp->steps ? sd_sampler_add_noise(smp, k + 1, ic->init, ic->noise, 4 * hw, spare, err) : SD_OK;
+    const float *kept = k + 1 < smp->steps ? spare : ic->init;
+    for (size_t i = 0; i < 4 * hw && !rc; i++) {
+        float mk = ic->mask[i % hw];
+        latents[i] = (1.0f - mk) * kept[i] + mk * latents[i];
+    }
+    return rc;
+}
+
 /* One image of a generation (steps 2-4) from the text stage's conditioning, with the generator
    seeded for it; rgb gets its pixels. */
 static int generate_image(const sd_model *m, const sd_params *p, int first, const sd_unet_cond *cond, int B, sd_rng *rng,
                           sd_pool *pool, sd_arena *a, uint8_t *rgb, sd_error *err)
 {
-    int h = p->height / 8, w = p->width / 8, rc, start = 0;
-    size_t lat = (size_t)4 * h * w, mark = sd_arena_mark(a);
+    int h = p->height / 8, w = p->width / 8, rc, start = 0, mode = guide_mode(m, p), ch = m->unet->in_channels;
+    size_t hw = (size_t)h * w, lat = 4 * hw, mark = sd_arena_mark(a);
     float *latents = arena_floats(a, lat, err), *noise_pred = arena_floats(a, lat, err), *spare = arena_floats(a, lat, err);
-    float *unet_in = arena_floats(a, (size_t)B * lat, err), *unet_out = arena_floats(a, (size_t)B * lat, err);
+    float *unet_in = arena_floats(a, (size_t)B * ch * hw, err), *unet_out = arena_floats(a, (size_t)B * lat, err);
     float *timesteps = arena_floats(a, (size_t)B, err);
     float *history = p->sampler == SD_SAMPLER_DPMPP_2M ? arena_floats(a, lat, err) : NULL;
+    image_cond ic;
     sd_sampler smp;
+    memset(&ic, 0, sizeof ic);
+    ic.extra_channels = ch - 4;
+    if (ic.extra_channels && !(ic.extra = arena_floats(a, (size_t)ic.extra_channels * hw, err))) return SD_ERR_MEMORY;
+    if (mode == GUIDE_BLEND && (!(ic.init = arena_floats(a, lat, err)) || !(ic.noise = arena_floats(a, lat, err)) ||
+                                !(ic.mask = arena_floats(a, hw, err)))) return SD_ERR_MEMORY;
     if (!timesteps || (p->sampler == SD_SAMPLER_DPMPP_2M && !history)) return SD_ERR_MEMORY;
     if ((rc = sampler_init(m, p, &smp, err))) return rc;
-    if (p->init_rgb && (rc = sd_img2img_start(p->steps, p->strength, &start, err))) return rc;
+    if (p->init_rgb && mode != GUIDE_IP2P && (rc = sd_img2img_start(p->steps, strength_of(m, p), &start, err))) return rc;
+    if ((rc = start_latents(m, p, first, &smp, start, rng, latents, &ic, pool, a, err))) return rc;
 
-    /* 2. The starting latents: noise from the seed at the sampler's first noise level (txt2img),
-       or the init image's latent noised to the first kept step (img2img). */
-    if (p->init_rgb) {
-        if ((rc = init_image_latents(m, p, first, &smp, start, rng, latents, spare, pool, a, err))) return rc;
-    } else if (!pool->measure) {
-        if (p->initial_latents && first) memcpy(latents, p->initial_latents, lat * sizeof(float));
-        else sd_randn(rng, latents, lat);
-        for (size_t i = 0; i < lat; i++) latents[i] *= smp.init_noise_sigma;
-    }
-
-    /* 3. Denoise: one batched UNet pass per step (both halves see the same scaled latents),
+    /* 3. Denoise: one batched UNet pass per step (every row sees the same scaled latents),
        guidance, one sampler step. A dry run plans one step: they all take the same memory. */
     for (int k = start; k < p->steps; k++) {
-        float in_scale = sd_sampler_input_scale(&smp, k);
-        for (int b = 0; b < B && !pool->measure; b++) {
-            for (size_t i = 0; i < lat; i++) unet_in[b * lat + i] = latents[i] * in_scale;
-            timesteps[b] = smp.timesteps[k];
-        }
+        if (!pool->measure) unet_input_rows(m, &smp, k, B, latents, &ic, hw, unet_in, timesteps);
         if ((rc = sd_unet(m->unet, unet_in, timesteps, cond, B, h, w, unet_out, pool, a, err)) || pool->measure) break;
-        if (B == 2) sd_guidance(unet_out, unet_out + lat, p->guidance, lat, noise_pred);
+        if (B == 3) sd_image_guidance(unet_out, unet_out + lat, unet_out + 2 * lat, p->guidance, p->image_guidance, lat, noise_pred);
+        else if (B == 2) sd_guidance(unet_out, unet_out + lat, p->guidance, lat, noise_pred);
         else memcpy(noise_pred, unet_out, lat * sizeof(float));
         const float *noise = p->step_noise && first ? p->step_noise + (size_t)k * lat : NULL;
         if ((rc = sd_sampler_step(&smp, k, latents, noise_pred, lat, noise, rng, history, spare, NULL, err))) return rc;
         memcpy(latents, spare, lat * sizeof(float));
+        if (mode == GUIDE_BLEND && (rc = blend_kept_area(&smp, k, &ic, hw, latents, spare, err))) return rc;
         if (p->preview) p->preview(p->user, k - start + 1, latents, h, w);
         if (p->progress && p->progress(p->user, k - start + 1, p->steps - start))
             return fail(err, SD_ERR_CANCELLED, "generate: cancelled after step %d of %d", k - start + 1, p->steps - start);
@@ -8853,7 +9016,7 @@ static int generate_image(const sd_model *m, const sd_params *p, int first, cons
    plans one). */
 static int generate(const sd_model *m, const sd_params *p, sd_arena *a, uint8_t *rgb, sd_error *err)
 {
-    int B = p->guidance > 1.0f ? 2 : 1, rc, add = sd_unet_add_dim(m->unet), C;
+    int B = batch_rows(m, p), rc, add = sd_unet_add_dim(m->unet), C;
     sd_pool pool;
     if ((rc = pool_init(&pool, p->threads, a, err))) return rc;
     if ((rc = count_chunks(m, p, B, &C, a, err))) goto done;
