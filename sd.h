@@ -6231,13 +6231,18 @@ static void basic_transformer_block(unet_run *r, const unet_transformer *t, cons
     attention(r->pool, x, D, q, D, k, D, v, D, B, n, r->context_len, t->heads, t->head_dim, 0);
     matmul(r->pool, hs, D, x, D, M, D, D, blk->cross.out_w, blk->cross.out_b, 1);
     sd_arena_reset(r->a, mark);
-    /* feed-forward: GEGLU to 4·D, back to D */
-    x = run_alloc(r, (size_t)M * D); g = run_alloc(r, (size_t)M * 2 * F);
+    /* feed-forward: GEGLU to 4·D, back to D, a block of rows at a time (the rows are independent)
+       so that its 8·D-wide hidden layer takes no more memory than one D-wide activation */
+    int rows = M * D / (2 * F) > 64 ? M * D / (2 * F) : 64;
+    x = run_alloc(r, (size_t)M * D); g = run_alloc(r, (size_t)(rows < M ? rows : M) * 2 * F);
     if (!g) return;
     layernorm(r->pool, x, hs, M, D, blk->norm3_w, blk->norm3_b, 1e-5f);
-    linear(r->pool, g, x, M, 2 * F, D, blk->ff1_w, blk->ff1_b);
-    geglu(r->pool, g, g, M, F);
-    matmul(r->pool, hs, D, g, F, M, D, F, blk->ff2_w, blk->ff2_b, 1);
+    for (int m0 = 0; m0 < M; m0 += rows) {
+        int n = M - m0 < rows ? M - m0 : rows;
+        linear(r->pool, g, x + (size_t)m0 * D, n, 2 * F, D, blk->ff1_w, blk->ff1_b);
+        geglu(r->pool, g, g, n, F);
+        matmul(r->pool, hs + (size_t)m0 * D, D, g, F, n, D, F, blk->ff2_w, blk->ff2_b, 1);
+    }
     sd_arena_reset(r->a, mark);
 }
 
