@@ -31,7 +31,7 @@ $(BENCH): tools/bench.c example.c sd.h
 PROMPT ?= a lighthouse on a cliff at dusk, oil painting
 run: example
 	@[ -f weights/sd15.safetensors ] || sh weights/download.sh sd15
-	./example -m weights/sd15.safetensors -p "$(PROMPT)" -s 42 -o lighthouse.png
+	./example -m weights/sd15.safetensors -p "$(PROMPT)" -s 42 -o lighthouse.png $(RUN_ARGS)
 
 # `make` builds ./test (run it as ./test [GOLDEN_DIR]); `make test` runs the whole check.
 testbin: test.c sd.h
