@@ -261,6 +261,97 @@ static void note_no_pipeline_goldens(void)
     note_absent("pipeline goldens", "no pipeline goldens (NAME/txt2img_*, img2img_*) in %s: the checks that use them skipped", golden_dir);
 }
 
+/* A whole model loaded as users load it (sd_model_load), from a single file or a diffusers folder. */
+#define DIFFUSERS_PARTS (int)(sizeof diffusers_parts / sizeof *diffusers_parts)
+#define DIFFUSERS_CONFIGS (int)(sizeof diffusers_config_files / sizeof *diffusers_config_files)
+
+typedef struct loaded_model {
+    unsigned char *bytes, *merges;
+    unsigned char *keep[DIFFUSERS_PARTS + DIFFUSERS_CONFIGS];   /* a diffusers folder's files and configs */
+    size_t size, merges_size;
+    sd_arena *arena;
+    sd_model *model;
+} loaded_model;
+
+/* A model from a diffusers folder (example.c's list of parts and configs). */
+static int open_diffusers_model(loaded_model *lm, const char *dir)
+{
+    unsigned char **keep = lm->keep;
+    sd_source src;
+    sd_error err;
+    char path[1600];
+    memset(lm, 0, sizeof *lm);
+    memset(&src, 0, sizeof src);
+    for (int i = 0; i < DIFFUSERS_PARTS; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, diffusers_parts[i]);
+        if ((keep[i] = read_file(path, &src.size[src.count]))) src.data[src.count++] = keep[i];
+        else if (i < DIFFUSERS_REQUIRED) return -1;
+    }
+    for (int i = 0; i < DIFFUSERS_CONFIGS; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, diffusers_config_files[i]);
+        if ((keep[DIFFUSERS_PARTS + i] = read_file(path, &src.config_size[src.config_count])))
+            src.config[src.config_count++] = (const char *)keep[DIFFUSERS_PARTS + i];
+    }
+    lm->merges = read_file(merges_path, &lm->merges_size);
+    if (!lm->merges) return -1;
+    src.merges = (const char *)lm->merges;
+    src.merges_size = lm->merges_size;
+    lm->arena = test_arena(sd_model_arena_bytes(&src));
+    int rc = sd_model_load(&lm->model, &src, lm->arena, &err);
+    if (rc == SD_ERR_UNSUPPORTED) printf("note: %s: %s; skipped\n", dir, err.message);
+    else CHECK(rc == SD_OK, "%s: %s", dir, err.message);
+    return rc;
+}
+
+static int open_test_model(loaded_model *lm, const char *path)
+{
+    sd_source src;
+    sd_error err;
+    memset(lm, 0, sizeof *lm);
+    lm->bytes = read_file(path, &lm->size);
+    lm->merges = read_file(merges_path, &lm->merges_size);
+    if (!lm->bytes || !lm->merges) return -1;
+    memset(&src, 0, sizeof src);
+    src.data[0] = lm->bytes;
+    src.size[0] = lm->size;
+    src.count = 1;
+    src.merges = (const char *)lm->merges;
+    src.merges_size = lm->merges_size;
+    lm->arena = test_arena(sd_clip_vocab_arena_bytes(lm->merges_size) + (1u << 22));
+    int rc = sd_model_load(&lm->model, &src, lm->arena, &err);
+    if (rc == SD_ERR_UNSUPPORTED) printf("note: %s: %s; skipped\n", path, err.message);
+    else CHECK(rc == SD_OK, "%s: %s", path, err.message);
+    return rc;
+}
+
+static void unload_model(loaded_model *lm)
+{
+    free(lm->bytes);
+    free(lm->merges);
+    free_arena(lm->arena);
+    for (int i = 0; i < DIFFUSERS_PARTS + DIFFUSERS_CONFIGS; i++) free(lm->keep[i]);
+}
+
+/* Loads model gm from its single file or its diffusers folder; the first try notes in gm->loads
+   whether sd_model_load took it. Returns what open_*_model returned. */
+static int load_golden_model(loaded_model *lm, golden_model *gm, int diffusers)
+{
+    int rc = diffusers ? open_diffusers_model(lm, gm->path[LAYOUT_DIFFUSERS]) : open_test_model(lm, golden_model_file(gm));
+    if (!gm->loads) gm->loads = rc ? -1 : 1;
+    return rc;
+}
+
+/* Whether sd_model_load takes model gm (tried once; a model it refuses gets its note then). */
+static int golden_model_loads(golden_model *gm)
+{
+    loaded_model lm;
+    if (!gm->loads && (golden_model_file(gm) || *gm->path[LAYOUT_DIFFUSERS])) {
+        load_golden_model(&lm, gm, !golden_model_file(gm));
+        unload_model(&lm);
+    }
+    return gm->loads > 0;
+}
+
 /* A named F32 tensor of a golden file (fails the test and returns NULL if missing). */
 static const float *golden_f32(golden_file *g, const char *name, int64_t *numel)
 {
@@ -1923,8 +2014,9 @@ static int32_t *te_golden_ids(golden_file *g, const char *name, int *n)
 
 /* SDXL's two encoders (§8 of the golden README): every hidden state of each, the pooled output
    before and after text_projection, and the UNet's context = both penultimate states side by
-   side; the pooled call's arena bytes exact. */
-static void te_check_xl(const sd_safetensors *files, int nfiles, const sd_safetensors *meta, golden_file *g, const char *label)
+   side; the pooled call's arena bytes exact. The encoders are `loaded` (a model's), or loaded
+   here from files with meta. */
+static void te_check_xl(const sd_text_encoder *loaded, const sd_safetensors *files, int nfiles, const sd_safetensors *meta, golden_file *g, const char *label)
 {
     sd_text_encoder te[2];
     sd_error err;
@@ -1935,7 +2027,8 @@ static void te_check_xl(const sd_safetensors *files, int nfiles, const sd_safete
     char what[900], name[64];
     CHECK(pool_init(&pool, 1, pa, &err) == SD_OK, "pool_init");
     for (int e = 0; e < 2; e++)
-        if (!CHECK(sd_text_encoder_load(&te[e], files, nfiles, meta, e, arena, &err) == SD_OK, "%s: encoder %d: %s", label, e, err.message)) goto done;
+        if (loaded) te[e] = loaded[e];
+        else if (!CHECK(sd_text_encoder_load(&te[e], files, nfiles, meta, e, arena, &err) == SD_OK, "%s: encoder %d: %s", label, e, err.message)) goto done;
     if (!ids[0] || !ids[1] || !CHECK(n == n2 && te[1].proj_dim > 0 && te[0].proj_dim == 0, "%s: ids, or a projection on the wrong encoder", label)) goto done;
     size_t rows = (size_t)n * SD_TEXT_TOKENS, D = (size_t)(te[0].width + te[1].width);
     float *ctx = (float *)malloc(rows * D * sizeof(float)), *pooled = (float *)malloc((size_t)n * te[1].proj_dim * sizeof(float));
@@ -1990,80 +2083,68 @@ done:
 }
 
 /* One layout of a model of GOLDEN/models: its text encoder against GOLDEN/NAME/text_encoder.safetensors,
-   as stored and (for F16 files) widened to F32, plus the error cases. */
+   as stored and (for F16 files) widened to F32, plus the error cases. A single file's hyperparameters
+   are its metadata; a diffusers folder's come from its config.json files, so it is tested as
+   sd_model_load reads it. */
 static void te_check_model(const golden_model *gm, int layout)
 {
-    char path[1600], label[700];
-    size_t size = 0, msize = 0;
-    unsigned char *bytes, *mbytes = NULL;
+    char path[1600], label[700], rel[300];
+    size_t size = 0;
+    unsigned char *bytes = NULL;
     sd_error err;
-    sd_safetensors st, mst;
-    const sd_safetensors *meta = &st;
+    sd_safetensors st;
+    const sd_safetensors *meta = NULL;   /* none beyond the file's own */
     sd_text_encoder te;
-    int diffusers = layout == LAYOUT_DIFFUSERS;
-    const char *name = gm->name;
+    loaded_model lm;
+    int diffusers = layout == LAYOUT_DIFFUSERS, rc;
+    golden_file *g = NULL;
+    sd_arena *arena = test_arena(1u << 24);
 
+    memset(&lm, 0, sizeof lm);
     snprintf(label, sizeof label, "%s", strrchr(gm->path[layout], '/') + 1);
     snprintf(path, sizeof path, "%s%s", gm->path[layout], diffusers ? "/text_encoder/model.safetensors" : "");
-    if (!CHECK((bytes = read_file(path, &size)) != NULL, "cannot read %s", path)) return;
-    sd_arena *arena = test_arena(1u << 24);
+    if (!CHECK((bytes = read_file(path, &size)) != NULL, "cannot read %s", path)) goto done;
     if (!CHECK(sd_safetensors_open(&st, bytes, size, arena, &err) == SD_OK, "%s: %s", path, err.message)) goto done;
-
-    /* a diffusers folder keeps the hyperparameters in config.json: take the single file's metadata */
     if (diffusers) {
-        const char *single = golden_model_file(gm);
-        if (single && (mbytes = read_file(single, &msize)) &&
-            CHECK(sd_safetensors_open(&mst, mbytes, msize, arena, &err) == SD_OK, "%s: %s", single, err.message)) meta = &mst;
-        else printf("  text encoder: %s: no single file beside it, using the defaults for its family\n", label);
+        if (open_diffusers_model(&lm, gm->path[layout])) goto done;   /* a note or a failure there */
+        meta = lm.model->meta;
     }
-    const char *version = sd_safetensors_meta(meta, "sd.version");
-    char rel[300];
-    snprintf(rel, sizeof rel, "%.250s/text_encoder.safetensors", name);
-    golden_file *g = golden_open(rel);
-    if (!g) goto done;
+    snprintf(rel, sizeof rel, "%.250s/text_encoder.safetensors", gm->name);
+    if (!(g = golden_open(rel))) goto done;
     n_cases++;
-    if (version && !strcmp(version, "xl")) {   /* SDXL: the second encoder is in the same file, or in text_encoder_2/ */
-        sd_safetensors xl[2];
-        size_t size2 = 0;
-        unsigned char *bytes2 = NULL;
-        xl[0] = st;
-        if (diffusers) {
-            snprintf(path, sizeof path, "%s/text_encoder_2/model.safetensors", gm->path[layout]);
-            if (CHECK((bytes2 = read_file(path, &size2)) != NULL, "cannot read %s", path))
-                CHECK(sd_safetensors_open(&xl[1], bytes2, size2, arena, &err) == SD_OK, "%s: %s", path, err.message);
-        }
-        if (!diffusers || bytes2) te_check_xl(xl, diffusers ? 2 : 1, meta == &st ? NULL : meta, g, label);
-        free(bytes2);
-        golden_close(g);
+    const char *version = sd_safetensors_meta(meta ? meta : &st, "sd.version");
+    if (diffusers ? lm.model->encoders == 2 : version && !strcmp(version, "xl")) {   /* SDXL: the second encoder is in the same file, or in text_encoder_2/ */
+        te_check_xl(diffusers ? lm.model->te : NULL, &st, 1, meta, g, label);
         goto done;
     }
-    int rc = sd_text_encoder_load(&te, &st, 1, meta == &st ? NULL : meta, 0, arena, &err);
-    if (rc == SD_ERR_UNSUPPORTED) printf("note: text encoder of %s: %s; skipped\n", label, err.message);
-    else if (CHECK(rc == SD_OK, "%s: load: %s", label, err.message)) {
-        int has_f16 = 0;
-        te_check_goldens(&te, g, label);
-        te_check_errors(&te, &st, meta, label);
-        te_check_bad_metadata(&te, bytes, size, label);
-        for (int i = 0; i < st.count; i++) has_f16 |= st.tensors[i].dtype == SD_F16 || st.tensors[i].dtype == SD_BF16;
-        if (has_f16) {
-            size_t wsize;
-            unsigned char *wide = te_rebuild(&st, 1, NULL, NULL, &wsize);
-            sd_arena *warena = test_arena(1u << 24);
-            sd_safetensors wst;
-            sd_text_encoder wte;
-            snprintf(label + strlen(label), sizeof label - strlen(label), " (as F32)");
-            rc = te_load_bytes(&wte, &wst, wide, wsize, meta == &st ? NULL : meta, warena, &err);
-            if (CHECK(rc == SD_OK && wte.token_embedding.dtype == SD_F32, "%s: load: %s", label, rc ? err.message : "not F32"))
-                te_check_goldens(&wte, g, label);
-            free_arena(warena);
-            free(wide);
-        }
+    if (diffusers) te = lm.model->te[0];
+    else if ((rc = sd_text_encoder_load(&te, &st, 1, meta, 0, arena, &err)) == SD_ERR_UNSUPPORTED) {
+        printf("note: text encoder of %s: %s; skipped\n", label, err.message);
+        goto done;
+    } else if (!CHECK(rc == SD_OK, "%s: load: %s", label, err.message)) goto done;
+    int has_f16 = 0;
+    te_check_goldens(&te, g, label);
+    te_check_errors(&te, &st, meta ? meta : &st, label);
+    te_check_bad_metadata(&te, bytes, size, label);
+    for (int i = 0; i < st.count; i++) has_f16 |= st.tensors[i].dtype == SD_F16 || st.tensors[i].dtype == SD_BF16;
+    if (has_f16) {
+        size_t wsize;
+        unsigned char *wide = te_rebuild(&st, 1, NULL, NULL, &wsize);
+        sd_arena *warena = test_arena(1u << 24);
+        sd_safetensors wst;
+        sd_text_encoder wte;
+        snprintf(label + strlen(label), sizeof label - strlen(label), " (as F32)");
+        rc = te_load_bytes(&wte, &wst, wide, wsize, meta, warena, &err);
+        if (CHECK(rc == SD_OK && wte.token_embedding.dtype == SD_F32, "%s: load: %s", label, rc ? err.message : "not F32"))
+            te_check_goldens(&wte, g, label);
+        free_arena(warena);
+        free(wide);
     }
-    golden_close(g);
 done:
+    golden_close(g);
+    unload_model(&lm);
     free_arena(arena);
     free(bytes);
-    free(mbytes);
 }
 
 static void test_text_encoder(void)
@@ -2802,17 +2883,14 @@ static void unet_test_file(const golden_model *gm, int layout, sd_pool *pool)
     sd_unet_model *u = NULL;
     sd_error err = {0, ""};
     snprintf(label, sizeof label, "unet %.250s", strrchr(gm->path[layout], '/') + 1);
-    /* a diffusers unet/ file keeps its heads in config.json: take the single file's metadata */
-    unsigned char *mbytes = NULL;
-    sd_safetensors mst;
+    /* a diffusers unet/ file keeps its heads in config.json: what sd_model_load reads from there */
+    loaded_model lm;
     const sd_safetensors *meta = NULL;
-    const char *single = golden_model_file(gm);
-    if (layout == LAYOUT_DIFFUSERS && single) {
-        size_t msize;
-        if ((mbytes = read_file(single, &msize)) && CHECK(sd_safetensors_open(&mst, mbytes, msize, a, &err) == SD_OK, "%s: %s", single, err.message))
-            meta = &mst;
-    }
-    if (CHECK(bytes != NULL, "%s: cannot read", path) && CHECK(sd_safetensors_open(&st, bytes, size, a, &err) == SD_OK, "%s: %s", path, err.message)) {
+    memset(&lm, 0, sizeof lm);
+    int usable = layout != LAYOUT_DIFFUSERS || !open_diffusers_model(&lm, gm->path[layout]);   /* else noted or failed there */
+    if (layout == LAYOUT_DIFFUSERS && usable) meta = lm.model->meta;
+    if (usable && CHECK(bytes != NULL, "%s: cannot read", path) &&
+        CHECK(sd_safetensors_open(&st, bytes, size, a, &err) == SD_OK, "%s: %s", path, err.message)) {
         int rc = sd_unet_load(&u, &st, 1, meta, a, &err);
         if (rc == SD_ERR_UNSUPPORTED) printf("note: %s: %s; skipped\n", label, err.message);
         else if (CHECK(rc == SD_OK, "%s: %s", label, err.message)) {
@@ -2824,7 +2902,7 @@ static void unet_test_file(const golden_model *gm, int layout, sd_pool *pool)
     }
     free_arena(a);
     free(bytes);
-    free(mbytes);
+    unload_model(&lm);
     golden_close(g);
 }
 
@@ -4432,96 +4510,6 @@ static void test_vae(void)
    diffusers folder. Parameters come from each golden's metadata; initial latents and img2img noise
    from its tensors (or, for a golden that only gives a seed, from our torch-exact generator). */
 
-typedef struct loaded_model {
-    unsigned char *bytes, *merges;
-    size_t size, merges_size;
-    sd_arena *arena;
-    sd_model *model;
-} loaded_model;
-
-#define DIFFUSERS_PARTS (int)(sizeof diffusers_parts / sizeof *diffusers_parts)
-#define DIFFUSERS_CONFIGS (int)(sizeof diffusers_config_files / sizeof *diffusers_config_files)
-
-/* A model from a diffusers folder (example.c's list of parts): its files and configs are kept
-   in `keep` (DIFFUSERS_PARTS + DIFFUSERS_CONFIGS pointers, freed by the caller). */
-static int open_diffusers_model(loaded_model *lm, const char *dir, unsigned char **keep)
-{
-    sd_source src;
-    sd_error err;
-    char path[1600];
-    memset(lm, 0, sizeof *lm);
-    memset(&src, 0, sizeof src);
-    for (int i = 0; i < DIFFUSERS_PARTS; i++) {
-        snprintf(path, sizeof path, "%s/%s", dir, diffusers_parts[i]);
-        if ((keep[i] = read_file(path, &src.size[src.count]))) src.data[src.count++] = keep[i];
-        else if (i < DIFFUSERS_REQUIRED) return -1;
-    }
-    for (int i = 0; i < DIFFUSERS_CONFIGS; i++) {
-        snprintf(path, sizeof path, "%s/%s", dir, diffusers_config_files[i]);
-        if ((keep[DIFFUSERS_PARTS + i] = read_file(path, &src.config_size[src.config_count])))
-            src.config[src.config_count++] = (const char *)keep[DIFFUSERS_PARTS + i];
-    }
-    lm->merges = read_file(merges_path, &lm->merges_size);
-    if (!lm->merges) return -1;
-    src.merges = (const char *)lm->merges;
-    src.merges_size = lm->merges_size;
-    lm->arena = test_arena(sd_model_arena_bytes(&src));
-    int rc = sd_model_load(&lm->model, &src, lm->arena, &err);
-    if (rc == SD_ERR_UNSUPPORTED) printf("note: %s: %s; skipped\n", dir, err.message);
-    else CHECK(rc == SD_OK, "%s: %s", dir, err.message);
-    return rc;
-}
-
-static int open_test_model(loaded_model *lm, const char *path)
-{
-    sd_source src;
-    sd_error err;
-    memset(lm, 0, sizeof *lm);
-    lm->bytes = read_file(path, &lm->size);
-    lm->merges = read_file(merges_path, &lm->merges_size);
-    if (!lm->bytes || !lm->merges) return -1;
-    memset(&src, 0, sizeof src);
-    src.data[0] = lm->bytes;
-    src.size[0] = lm->size;
-    src.count = 1;
-    src.merges = (const char *)lm->merges;
-    src.merges_size = lm->merges_size;
-    lm->arena = test_arena(sd_clip_vocab_arena_bytes(lm->merges_size) + (1u << 22));
-    int rc = sd_model_load(&lm->model, &src, lm->arena, &err);
-    if (rc == SD_ERR_UNSUPPORTED) printf("note: %s: %s; skipped\n", path, err.message);
-    else CHECK(rc == SD_OK, "%s: %s", path, err.message);
-    return rc;
-}
-
-static void unload_model(loaded_model *lm)
-{
-    free(lm->bytes);
-    free(lm->merges);
-    free_arena(lm->arena);
-}
-
-/* Loads model gm from its single file or its diffusers folder; the first try notes in gm->loads
-   whether sd_model_load took it. Returns what open_*_model returned. */
-static int load_golden_model(loaded_model *lm, golden_model *gm, int diffusers, unsigned char **keep)
-{
-    int rc = diffusers ? open_diffusers_model(lm, gm->path[LAYOUT_DIFFUSERS], keep) : open_test_model(lm, golden_model_file(gm));
-    if (!gm->loads) gm->loads = rc ? -1 : 1;
-    return rc;
-}
-
-/* Whether sd_model_load takes model gm (tried once; a model it refuses gets its note then). */
-static int golden_model_loads(golden_model *gm)
-{
-    loaded_model lm;
-    unsigned char *keep[DIFFUSERS_PARTS + DIFFUSERS_CONFIGS] = {0};
-    if (!gm->loads && (golden_model_file(gm) || *gm->path[LAYOUT_DIFFUSERS])) {
-        load_golden_model(&lm, gm, !golden_model_file(gm), keep);
-        unload_model(&lm);
-        for (int k = 0; k < DIFFUSERS_PARTS + DIFFUSERS_CONFIGS; k++) free(keep[k]);
-    }
-    return gm->loads > 0;
-}
-
 static const char *meta_or(golden_file *g, const char *key, const char *dflt)
 {
     const char *v = sd_safetensors_meta(&g->st, key);
@@ -4949,7 +4937,7 @@ static void test_pipeline(void)
         if (!(dir = opendir(sub))) continue;
         closedir(dir);
         if (single) {
-            if (!load_golden_model(&lm, gm, 0, NULL)) {
+            if (!load_golden_model(&lm, gm, 0)) {
                 models++;
                 run_pipeline_goldens(lm.model, gm->name, 1);
                 check_long_prompts(lm.model, gm->name);
@@ -4958,14 +4946,12 @@ static void test_pipeline(void)
         }
         /* the same goldens through the diffusers folder, when there is one */
         if (*gm->path[LAYOUT_DIFFUSERS]) {
-            unsigned char *keep[DIFFUSERS_PARTS + DIFFUSERS_CONFIGS] = {0};
-            if (!load_golden_model(&lm, gm, 1, keep)) {
+            if (!load_golden_model(&lm, gm, 1)) {
                 run_pipeline_goldens(lm.model, gm->name, !single);
                 if (!single) check_long_prompts(lm.model, gm->name);
                 models++;
             }
             unload_model(&lm);
-            for (int k = 0; k < DIFFUSERS_PARTS + DIFFUSERS_CONFIGS; k++) free(keep[k]);
         }
     }
     if (!pipelines_checked && !count_pipeline_goldens()) note_no_pipeline_goldens();
