@@ -399,9 +399,11 @@ typedef int (*tensor_edit)(sd_tensor *t, char *name, size_t cap, void *user);
 
 static unsigned char *rewrite_file(const sd_safetensors *st, sd_dtype to, tensor_edit edit, void *user, size_t *size)
 {
-    size_t hcap = 1 << 20, hlen = 0, dcap = 0, dlen = 0;
-    char *h = (char *)malloc(hcap);
+    size_t hcap = 4096, hlen = 0, dcap = 0, dlen = 0;
     unsigned char *data;
+    for (int i = 0; i < st->meta_count; i++) hcap += 6 * (strlen(st->meta_keys[i]) + strlen(st->meta_values[i])) + 8;   /* escapes */
+    hcap += (size_t)st->count * (512 + 300);   /* a name (edits may rename it) and up to 8 dims and 2 offsets */
+    char *h = (char *)malloc(hcap);
     for (int i = 0; i < st->count; i++) dcap += st->tensors[i].nbytes * 2 + 8;
     data = (unsigned char *)malloc(dcap + 1);
 #define HPUT(...) (hlen += (size_t)snprintf(h + hlen, hcap - hlen, __VA_ARGS__))
