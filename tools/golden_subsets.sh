@@ -4,8 +4,9 @@
 # ./test: a set holding only part of the layout passes, with one note: per kind it lacks; a
 # damaged set fails. Appends one "N passed, N failed" line per run to LOG (default .test.log).
 #   tokenizer-only    tokenizer/ alone
-#   one-golden        one model and its unet golden, manifest.json listing absent files, and
-#                     entries no test reads (models/taesd/, a .gguf, lora/, lora_* in the model folder)
+#   one-golden        one model and its unet golden, manifest.json listing absent files, entries
+#                     no test reads (models/taesd/, a .gguf, lora/, lora_* in the model folder) and
+#                     a pipeline golden of a scheduler sd.h lacks (noted, skipped)
 #   f32-renamed       tiny-sd1 as an F32-only models/renamed.safetensors with its goldens in renamed/
 #   te-some-layers    text-encoder goldens holding only hidden_states.0 and the last layer's
 #   bumped (fails)    one-golden with one value of the unet golden's case0.out moved by 1 %
@@ -56,6 +57,8 @@ cp "$SRC/rng/torch_randn.safetensors" "$T/one-golden/models/taesd/taesd_decoder.
 cp "$SRC/rng/torch_randn.safetensors" "$T/one-golden/lora/tiny-sd1_kohya_r4.safetensors"
 cp "$SRC/rng/torch_randn.safetensors" "$T/one-golden/tiny-sd1/lora_unet.safetensors"
 echo "GGUF" > "$T/one-golden/models/tiny-sd1-q8_0.gguf"
+rewrite "$SRC/tiny-sd1/txt2img_4steps_256x256.safetensors" "$T/one-golden/tiny-sd1/txt2img_lcm_4steps_256x256.safetensors" \
+    --meta scheduler_class=LCMScheduler
 check one-golden pass
 
 mkdir -p "$T/f32-renamed/models" "$T/f32-renamed/renamed"
