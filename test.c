@@ -818,7 +818,7 @@ static void test_golden_manifest(void)
                 } else json_skip(&j, 0);
             } while (json_eat(&j, ','));
             json_eat(&j, '}');
-            if (g) files++;
+            if (g) files++, n_cases++;
             golden_close(g);
         } while (json_eat(&j, ','));
         json_eat(&j, '}');
@@ -868,6 +868,7 @@ static void test_model_files(void)
             CHECK(same && floats > 0, "%s: F16, F32 copy%s hold identical numbers", rel, f32 ? " and the F32 file" : "");
             CHECK(!f32 || f32->st.count == f16->st.count, "%s: same tensor count in F32 and F16 files", rel);
             compared++;
+            n_cases++;
             free_arena(a);
             free(conv);
         }
