@@ -124,9 +124,11 @@ $(BENCH_MODEL) $(BENCH_MODEL_XL): weights/bench/%-f16.safetensors: | example
 
 # libFuzzer targets (clang): `make fuzz`, then e.g. ./fuzz_tokenizer -max_total_time=600 corpus/
 FUZZ = clang -std=c99 -g -O1 -fsanitize=fuzzer,address,undefined -D_DEFAULT_SOURCE
-fuzz: fuzz_safetensors fuzz_tokenizer
+fuzz: fuzz_safetensors fuzz_tokenizer fuzz_gguf
 fuzz_safetensors: test.c sd.h
 	$(FUZZ) -DSD_FUZZ=1 -o $@ test.c $(LIBS)
+fuzz_gguf: test.c sd.h
+	$(FUZZ) -DSD_FUZZ=3 -o $@ test.c $(LIBS)
 fuzz_tokenizer: test.c sd.h $(MERGES)
 	$(FUZZ) -DSD_FUZZ=2 -o $@ test.c $(LIBS)
 

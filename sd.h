@@ -1420,18 +1420,26 @@ static int st_open(sd_safetensors *st, const unsigned char *b, size_t size, sd_a
     return st_check_coverage(st, b + 8 + hlen, data_size, a, err);
 }
 
-SD_API int sd_safetensors_open(sd_safetensors *st, const void *data, size_t size,
-                               sd_arena *a, sd_error *err)
+static int gguf_open(sd_safetensors *st, const unsigned char *b, size_t size, sd_arena *a, sd_error *err);
+
+/* The public open calls: arguments checked, and on failure the arena and table as they were. */
+static int file_open(int gguf, sd_safetensors *st, const void *data, size_t size, sd_arena *a, sd_error *err)
 {
-    if (!st || !a || (!data && size)) return fail(err, SD_ERR_ARG, "safetensors: NULL argument");
+    if (!st || !a || (!data && size)) return fail(err, SD_ERR_ARG, "%s: NULL argument", gguf ? "gguf" : "safetensors");
     size_t mark = sd_arena_mark(a);
     memset(st, 0, sizeof *st);
-    int rc = st_open(st, (const unsigned char *)data, size, a, err);
+    int rc = (gguf ? gguf_open : st_open)(st, (const unsigned char *)data, size, a, err);
     if (rc) {
         sd_arena_reset(a, mark);
         memset(st, 0, sizeof *st);
     }
     return rc;
+}
+
+SD_API int sd_safetensors_open(sd_safetensors *st, const void *data, size_t size,
+                               sd_arena *a, sd_error *err)
+{
+    return file_open(0, st, data, size, a, err);
 }
 
 SD_API const sd_tensor *sd_safetensors_find(const sd_safetensors *st, const char *name)
@@ -1802,15 +1810,7 @@ static int gguf_open(sd_safetensors *st, const unsigned char *b, size_t size, sd
 
 SD_API int sd_gguf_open(sd_safetensors *st, const void *data, size_t size, sd_arena *a, sd_error *err)
 {
-    if (!st || !a || (!data && size)) return fail(err, SD_ERR_ARG, "gguf: NULL argument");
-    size_t mark = sd_arena_mark(a);
-    memset(st, 0, sizeof *st);
-    int rc = gguf_open(st, (const unsigned char *)data, size, a, err);
-    if (rc) {
-        sd_arena_reset(a, mark);
-        memset(st, 0, sizeof *st);
-    }
-    return rc;
+    return file_open(1, st, data, size, a, err);
 }
 
 /* Arena bytes that sd_gguf_open of these bytes takes at most (its first pass, run here); 0 if
@@ -6172,11 +6172,26 @@ SD_API int sd_text_encode(const sd_text_encoder *te, const int32_t *ids, int n_p
         for (int i = 1; i < SD_TEXT_TOKENS; i++) if (row[i] > row[eos]) eos = i;
         float *x = last + ((size_t)b * SD_TEXT_TOKENS + eos) * D, *y = pooled + (size_t)b * te->proj_dim;
         layernorm(pool, x, x, 1, D, &te->final_ln_w, &te->final_ln_b, te->eps);
-        for (int j = 0; j < te->proj_dim; j++) {
-            double acc = 0;
-            for (int c = 0; c < D; c++)
-                acc += (double)x[c] * tensor_get(&te->projection, te->proj_openclip ? (size_t)c * te->proj_dim + j : (size_t)j * D + c);
-            y[j] = (float)acc;
+        /* y[j] = sum over c of x[c]·P(c, j), in double, c ascending; P read a row piece at a
+           time (x·P: 256 outputs' weights per input c; a linear weight: 256 inputs of output j),
+           so that quantized blocks are decoded once, not once per value */
+        for (int j0 = 0; j0 < te->proj_dim; j0 += 256) {
+            int nj = te->proj_dim - j0 < 256 ? te->proj_dim - j0 : 256;
+            double acc[256] = {0};
+            float w[256];
+            for (int c0 = 0; c0 < D; c0 += te->proj_openclip ? 1 : 256) {
+                int nc = D - c0 < 256 ? D - c0 : 256;
+                if (te->proj_openclip) {
+                    tensor_floats(w, &te->projection, (size_t)c0 * te->proj_dim + j0, nj);
+                    for (int j = 0; j < nj; j++) acc[j] += (double)x[c0] * w[j];
+                } else {
+                    for (int j = 0; j < nj; j++) {
+                        tensor_floats(w, &te->projection, (size_t)(j0 + j) * D + c0, nc);
+                        for (int c = 0; c < nc; c++) acc[j] += (double)x[c0 + c] * w[c];
+                    }
+                }
+            }
+            for (int j = 0; j < nj; j++) y[j0 + j] = (float)acc[j];
         }
     }
 done:

@@ -227,10 +227,12 @@ static unsigned char *rewrite_file(const sd_safetensors *st, sd_dtype to, tensor
    give SD_OK with every tensor inside the buffer, or an error. SD_FUZZ=2: the tokenizer, arbitrary
    bytes as a prompt in both paddings with a scratch arena of exactly sd_clip_scratch_bytes(size):
    it must always succeed, deterministically, with well-formed ids; then as an A1111-syntax prompt
-   (sd_prompt_chunks): chunks of valid ids and finite weights, or SD_ERR_ARG. Never a crash or a
-   bad read. */
+   (sd_prompt_chunks): chunks of valid ids and finite weights, or SD_ERR_ARG. SD_FUZZ=3: the GGUF
+   reader, as SD_FUZZ=1 (and every block-typed tensor's first and last values decoded), which
+   must also open in an arena of exactly the bytes gguf_arena_bytes plans, filling it exactly.
+   Never a crash or a bad read. */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-#if SD_FUZZ == 1
+#if SD_FUZZ == 1 || SD_FUZZ == 3
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static sd_arena *a;
@@ -238,12 +240,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     sd_error err;
     if (!a) a = test_arena(1 << 24);
     sd_arena_reset(a, 0);
-    if (sd_safetensors_open(&st, data, size, a, &err) == SD_OK)
-        for (int i = 0; i < st.count; i++) {
-            const sd_tensor *t = sd_safetensors_find(&st, st.tensors[i].name);
-            if (t != &st.tensors[i] || (const uint8_t *)t->data + t->nbytes > data + size) __builtin_trap();
-            if (t->dtype == SD_F16 && t->nbytes >= 2) (void)tensor_get(t, t->nbytes / 2 - 1);
-        }
+    int rc = (SD_FUZZ == 1 ? sd_safetensors_open : sd_gguf_open)(&st, data, size, a, &err);
+    for (int i = 0; rc == SD_OK && i < st.count; i++) {   /* found by name, inside the buffer, readable */
+        const sd_tensor *t = sd_safetensors_find(&st, st.tensors[i].name);
+        if (t != &st.tensors[i] || (const uint8_t *)t->data < data || (const uint8_t *)t->data + t->nbytes > data + size) __builtin_trap();
+        int64_t n = sd_tensor_numel(t);
+        float v[DTYPE_MAX_BLOCK];
+        if (n > 0) (void)tensor_get(t, (size_t)n - 1);
+        if (dtype_is_block(t->dtype) && n > 0) tensor_floats(v, t, 0, n < DTYPE_MAX_BLOCK ? (int)n : DTYPE_MAX_BLOCK);
+    }
+#if SD_FUZZ == 3
+    size_t plan = (size_t)gguf_arena_bytes(data, size);
+    sd_arena *exact = test_arena(plan);
+    if (sd_gguf_open(&st, data, size, exact, &err) != rc || (rc == SD_OK && exact->peak != plan)) __builtin_trap();
+    free_arena(exact);
+#endif
     return 0;
 }
 #else
@@ -5460,6 +5471,13 @@ static void test_gguf_reader(void)
         free(c);
     }
     CHECK(flips_ok, "GGUF byte changes never give tensors outside the buffer");
+
+    /* version 2 has the same layout */
+    b[4] = 2;
+    a = test_arena(1 << 16);
+    CHECK(sd_gguf_open(&st, b, size, a, &err) == SD_OK && st.count == 4, "a version 2 file opens: %s", err.message);
+    free_arena(a);
+    b[4] = 3;
 
     /* the header's fields, each made wrong */
     expect_bad_gguf_patch("no magic", b, size, 0, 'X', 1, "magic");
