@@ -1648,7 +1648,7 @@ static int gguf_tensor_infos(gguf_reader *r, sd_safetensors *st)
     int rc;
     for (uint64_t i = 0; i < r->n_tensors; i++) {
         const unsigned char *name;
-        uint64_t len, nd, type, offset, ne[4], numel = 1;
+        uint64_t len, nd, type, offset, ne[4], numel = 1, nonzero = 1;
         sd_tensor t;
         memset(&t, 0, sizeof t);
         if ((rc = gguf_string(r, &name, &len, "the name of tensor info", i))) return rc;
@@ -1656,10 +1656,11 @@ static int gguf_tensor_infos(gguf_reader *r, sd_safetensors *st)
             return fail(r->err, SD_ERR_FORMAT, "gguf: tensor info %llu: a name of %llu bytes (1..%d, no NUL)", (unsigned long long)i, (unsigned long long)len, GGUF_MAX_NAME);
         if ((rc = gguf_uint(r, 4, &nd, "tensor info", i))) return rc;
         if (nd > 4) return fail(r->err, SD_ERR_FORMAT, "gguf: tensor '%.*s' has %llu dimensions (at most 4)", (int)len, name, (unsigned long long)nd);
-        for (uint64_t d = 0; d < nd; d++) {
+        for (uint64_t d = 0; d < nd; d++) {   /* the product of the non-zero dims must fit, so that any order of multiplying them does */
             if ((rc = gguf_uint(r, 8, &ne[d], "tensor info", i))) return rc;
-            if (ne[d] > (uint64_t)INT64_MAX || (ne[d] && numel > (uint64_t)INT64_MAX / ne[d]))
+            if (ne[d] > (uint64_t)INT64_MAX || (ne[d] && nonzero > (uint64_t)INT64_MAX / ne[d]))
                 return fail(r->err, SD_ERR_FORMAT, "gguf: tensor '%.*s': dimensions overflow (ne[%llu] = %llu)", (int)len, name, (unsigned long long)d, (unsigned long long)ne[d]);
+            if (ne[d]) nonzero *= ne[d];
             numel *= ne[d];
             t.shape[nd - 1 - d] = (int64_t)ne[d];
         }

@@ -5532,6 +5532,8 @@ static void test_gguf_reader(void)
     bad.n_dims = 5; expect_bad_gguf_tensors("5 dimensions", &bad, 1, 32, 0, "dimensions");
     bad = t[0]; bad.n_dims = 2; bad.ne[0] = (uint64_t)1 << 40; bad.ne[1] = (uint64_t)1 << 40;
     expect_bad_gguf_tensors("dims whose product overflows", &bad, 1, 32, 0, "overflow");
+    bad = t[0]; bad.n_dims = 3; bad.ne[0] = 0; bad.ne[1] = (uint64_t)1 << 40; bad.ne[2] = (uint64_t)1 << 40; bad.nbytes = 0;
+    expect_bad_gguf_tensors("an empty tensor whose other dims overflow", &bad, 1, 32, 0, "overflow");
     bad = t[0]; bad.ne[0] = (uint64_t)1 << 63;
     expect_bad_gguf_tensors("a dim past int64", &bad, 1, 32, 0, "overflow");
     bad = t[0]; bad.ne[0] = (uint64_t)1 << 40;
