@@ -2423,10 +2423,54 @@ static void test_kernels_threads(void)
     kt_free_tensor(&w); kt_free_tensor(&b); kt_free_tensor(&cw); kt_free_tensor(&cb);
 }
 
+/* GGUF's block types through the GEMM on this build's SIMD path: a matmul with a block-typed
+   weight gives the bits of the matmul with its dequantized f32 copy (K = 2304: packed K blocks of
+   288 start inside 256-value blocks; few rows take the dot-product path). The bytes are random,
+   but no byte has the exponent bits of an fp16 inf or NaN, so every scale is finite. The values
+   themselves are checked against ggml's in test_gguf. */
+static void test_kernels_blocks(sd_pool *pool)
+{
+    enum { N = 24, K = 2304 };
+    int ok = 1;
+    for (int d = 0; d < SD_DTYPE_COUNT; d++) {
+        if (!dtype_is_block((sd_dtype)d)) continue;
+        sd_tensor w;
+        memset(&w, 0, sizeof w);
+        w.dtype = (sd_dtype)d;
+        w.ndim = 2;
+        w.shape[0] = N;
+        w.shape[1] = K;
+        w.nbytes = dtype_bytes(w.dtype, (uint64_t)N * K);
+        unsigned char *bytes = (unsigned char *)malloc(w.nbytes);
+        for (size_t i = 0; i < w.nbytes; i++) {
+            uint32_t r = (uint32_t)((kt_rand() + 1.0f) * 32768.0f);
+            bytes[i] = (unsigned char)((r & 0x80) | (r >> 8) % 0x3c);
+        }
+        w.data = bytes;
+        sd_tensor f = w;
+        float *values = (float *)malloc((size_t)N * K * sizeof(float));
+        tensor_floats(values, &w, 0, N * K);
+        f.dtype = SD_F32;
+        f.data = values;
+        f.nbytes = (size_t)N * K * sizeof(float);
+        for (int M = 3; M <= 50; M += 47) {
+            float *x = kt_floats((size_t)M * K, 1.0f), *y = (float *)malloc((size_t)M * N * sizeof(float)), *yf = (float *)malloc((size_t)M * N * sizeof(float));
+            linear(pool, y, x, M, N, K, &w, NULL);
+            linear(pool, yf, x, M, N, K, &f, NULL);
+            if (memcmp(y, yf, (size_t)M * N * sizeof(float))) { ok = 0; printf("  matmul M=%d with a %s weight differs from its f32 copy\n", M, sd_dtype_name(w.dtype)); }
+            free(x); free(y); free(yf);
+        }
+        free(bytes);
+        free(values);
+    }
+    CHECK(ok, "matmul with block-typed weights = matmul with their f32 values, bit for bit");
+}
+
 static void test_kernels(void)
 {
     kt_pool *p = kt_pool_new(2);
     test_kernels_matmul(&p->pool);
+    test_kernels_blocks(&p->pool);
     test_kernels_conv(&p->pool);
     test_kernels_attention(&p->pool);
     test_kernels_norms(&p->pool);
