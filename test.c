@@ -473,10 +473,12 @@ static unsigned char *rewrite_file(const sd_safetensors *st, sd_dtype to, tensor
    give SD_OK with every tensor inside the buffer, or an error. SD_FUZZ=2: the tokenizer, arbitrary
    bytes as a prompt in both paddings with a scratch arena of exactly sd_clip_scratch_bytes(size):
    it must always succeed, deterministically, with well-formed ids; then as an A1111-syntax prompt
-   (sd_prompt_chunks): chunks of valid ids and finite weights, or SD_ERR_ARG. Never a crash or a
-   bad read. */
+   (sd_prompt_chunks): chunks of valid ids and finite weights, or SD_ERR_ARG. SD_FUZZ=3: the GGUF
+   reader, as SD_FUZZ=1 (and every block-typed tensor's first and last values decoded), which
+   must also open in an arena of exactly the bytes gguf_arena_bytes plans, filling it exactly.
+   Never a crash or a bad read. */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-#if SD_FUZZ == 1
+#if SD_FUZZ == 1 || SD_FUZZ == 3
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static sd_arena *a;
@@ -484,12 +486,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     sd_error err;
     if (!a) a = test_arena(1 << 24);
     sd_arena_reset(a, 0);
-    if (sd_safetensors_open(&st, data, size, a, &err) == SD_OK)
-        for (int i = 0; i < st.count; i++) {
-            const sd_tensor *t = sd_safetensors_find(&st, st.tensors[i].name);
-            if (t != &st.tensors[i] || (const uint8_t *)t->data + t->nbytes > data + size) __builtin_trap();
-            if (t->dtype == SD_F16 && t->nbytes >= 2) (void)tensor_get(t, t->nbytes / 2 - 1);
-        }
+    int rc = (SD_FUZZ == 1 ? sd_safetensors_open : sd_gguf_open)(&st, data, size, a, &err);
+    for (int i = 0; rc == SD_OK && i < st.count; i++) {   /* found by name, inside the buffer, readable */
+        const sd_tensor *t = sd_safetensors_find(&st, st.tensors[i].name);
+        if (t != &st.tensors[i] || (const uint8_t *)t->data < data || (const uint8_t *)t->data + t->nbytes > data + size) __builtin_trap();
+        int64_t n = sd_tensor_numel(t);
+        float v[DTYPE_MAX_BLOCK];
+        if (n > 0) (void)tensor_get(t, (size_t)n - 1);
+        if (dtype_is_block(t->dtype) && n > 0) tensor_floats(v, t, 0, n < DTYPE_MAX_BLOCK ? (int)n : DTYPE_MAX_BLOCK);
+    }
+#if SD_FUZZ == 3
+    size_t plan = (size_t)gguf_arena_bytes(data, size);
+    sd_arena *exact = test_arena(plan);
+    if (sd_gguf_open(&st, data, size, exact, &err) != rc || (rc == SD_OK && exact->peak != plan)) __builtin_trap();
+    free_arena(exact);
+#endif
     return 0;
 }
 #else
@@ -587,19 +598,45 @@ static void test_f16(void)
     CHECK(sd_bf16_to_f32(0x3f80) == 1.0f, "bf16 value");
 }
 
-/* Opens the bytes and expects failure with a message containing `needle`. */
-static void expect_bad(const char *what, const unsigned char *b, size_t size, const char *needle)
+/* A reader: sd_safetensors_open or sd_gguf_open. */
+typedef int (*file_opener)(sd_safetensors *st, const void *data, size_t size, sd_arena *a, sd_error *err);
+
+/* Opens the bytes with `open` and expects failure with a message containing `needle`. */
+static void expect_bad_open(file_opener open, const char *what, const unsigned char *b, size_t size, const char *needle)
 {
     sd_arena *a = test_arena(1 << 16);
     sd_safetensors st;
     sd_error err = {0, ""};
     size_t used = a->used;
-    int rc = sd_safetensors_open(&st, b, size, a, &err);
+    int rc = open(&st, b, size, a, &err);
     CHECK(rc != SD_OK, "%s: accepted", what);
     CHECK(rc == SD_OK || err.code == rc, "%s: error code not filled", what);
     CHECK(rc == SD_OK || !needle || strstr(err.message, needle), "%s: message '%s' lacks '%s'", what, err.message, needle);
     CHECK(a->used == used && st.count == 0, "%s: arena or table not restored", what);
     free_arena(a);
+}
+
+static void expect_bad(const char *what, const unsigned char *b, size_t size, const char *needle)
+{
+    expect_bad_open(sd_safetensors_open, what, b, size, needle);
+}
+
+/* Every strict prefix of a valid file is refused (each in a buffer of its own size, so that the
+   sanitizers see any read past it). */
+static void check_truncations(file_opener open, const char *what, const unsigned char *b, size_t size)
+{
+    int truncs_ok = 1;
+    sd_safetensors st;
+    sd_error err;
+    for (size_t n = 0; n < size; n++) {
+        unsigned char *c = (unsigned char *)malloc(n ? n : 1);
+        memcpy(c, b, n);
+        sd_arena *a = test_arena(1 << 16);
+        if (open(&st, c, n, a, &err) == SD_OK) truncs_ok = 0;
+        free_arena(a);
+        free(c);
+    }
+    CHECK(truncs_ok, "every truncation of %s is rejected", what);
 }
 
 static void expect_bad_header(const char *what, const char *header, size_t data_size, const char *needle)
@@ -633,17 +670,7 @@ static void test_safetensors_malformed(void)
     }
     free_arena(a);
 
-    /* every truncation of it fails cleanly */
-    int truncs_ok = 1;
-    for (size_t n = 0; n < size; n++) {
-        unsigned char *c = (unsigned char *)malloc(n ? n : 1);
-        memcpy(c, b, n);
-        a = test_arena(1 << 16);
-        if (sd_safetensors_open(&st, c, n, a, &err) == SD_OK) truncs_ok = 0;
-        free_arena(a);
-        free(c);
-    }
-    CHECK(truncs_ok, "every truncation of a valid file is rejected");
+    check_truncations(sd_safetensors_open, "a valid safetensors file", b, size);
 
     /* random byte flips in the header never crash (the sanitizers watch) and never succeed
        silently with a table that points outside the buffer */
@@ -2661,10 +2688,54 @@ static void test_kernels_threads(void)
     kt_free_tensor(&w); kt_free_tensor(&b); kt_free_tensor(&cw); kt_free_tensor(&cb);
 }
 
+/* GGUF's block types through the GEMM on this build's SIMD path: a matmul with a block-typed
+   weight gives the bits of the matmul with its dequantized f32 copy (K = 2304: packed K blocks of
+   288 start inside 256-value blocks; few rows take the dot-product path). The bytes are random,
+   but no byte has the exponent bits of an fp16 inf or NaN, so every scale is finite. The values
+   themselves are checked against ggml's in test_gguf. */
+static void test_kernels_blocks(sd_pool *pool)
+{
+    enum { N = 24, K = 2304 };
+    int ok = 1;
+    for (int d = 0; d < SD_DTYPE_COUNT; d++) {
+        if (!dtype_is_block((sd_dtype)d)) continue;
+        sd_tensor w;
+        memset(&w, 0, sizeof w);
+        w.dtype = (sd_dtype)d;
+        w.ndim = 2;
+        w.shape[0] = N;
+        w.shape[1] = K;
+        w.nbytes = dtype_bytes(w.dtype, (uint64_t)N * K);
+        unsigned char *bytes = (unsigned char *)malloc(w.nbytes);
+        for (size_t i = 0; i < w.nbytes; i++) {
+            uint32_t r = (uint32_t)((kt_rand() + 1.0f) * 32768.0f);
+            bytes[i] = (unsigned char)((r & 0x80) | (r >> 8) % 0x3c);
+        }
+        w.data = bytes;
+        sd_tensor f = w;
+        float *values = (float *)malloc((size_t)N * K * sizeof(float));
+        tensor_floats(values, &w, 0, N * K);
+        f.dtype = SD_F32;
+        f.data = values;
+        f.nbytes = (size_t)N * K * sizeof(float);
+        for (int M = 3; M <= 50; M += 47) {
+            float *x = kt_floats((size_t)M * K, 1.0f), *y = (float *)malloc((size_t)M * N * sizeof(float)), *yf = (float *)malloc((size_t)M * N * sizeof(float));
+            linear(pool, y, x, M, N, K, &w, NULL);
+            linear(pool, yf, x, M, N, K, &f, NULL);
+            if (memcmp(y, yf, (size_t)M * N * sizeof(float))) { ok = 0; printf("  matmul M=%d with a %s weight differs from its f32 copy\n", M, sd_dtype_name(w.dtype)); }
+            free(x); free(y); free(yf);
+        }
+        free(bytes);
+        free(values);
+    }
+    CHECK(ok, "matmul with block-typed weights = matmul with their f32 values, bit for bit");
+}
+
 static void test_kernels(void)
 {
     kt_pool *p = kt_pool_new(2);
     test_kernels_matmul(&p->pool);
+    test_kernels_blocks(&p->pool);
     test_kernels_conv(&p->pool);
     test_kernels_attention(&p->pool);
     test_kernels_norms(&p->pool);
@@ -5422,6 +5493,704 @@ static void test_cli(void)
     if (system(args)) printf("note: could not remove %s\n", dir);
 }
 
+/* GGUF: the reader against hand-made files (every value type, every malformed case), the
+   dequantizer and the GEMM on every block type, a model written as GGUF by the test (its
+   pipeline and CLI runs), and, when GOLDEN_DIR/gguf/ is there, stable-diffusion.cpp's files:
+   their tables, dequantized tensors and pipelines (golden README section 13). */
+
+/* A GGUF file being written: GGUF's little-endian fields into a growing buffer. */
+typedef struct gguf_buf { unsigned char *b; size_t len, cap; } gguf_buf;
+
+static void gb_put(gguf_buf *o, const void *p, size_t n)
+{
+    if (o->len + n > o->cap) {
+        o->cap = (o->len + n) * 2 + 256;
+        o->b = (unsigned char *)realloc(o->b, o->cap);
+    }
+    if (n) memcpy(o->b + o->len, p, n);
+    o->len += n;
+}
+static void gb_uint(gguf_buf *o, uint64_t v, int bytes)
+{
+    unsigned char c[8];
+    for (int i = 0; i < bytes; i++) c[i] = (unsigned char)(v >> 8 * i);
+    gb_put(o, c, (size_t)bytes);
+}
+static void gb_str(gguf_buf *o, const char *s) { gb_uint(o, strlen(s), 8); gb_put(o, s, strlen(s)); }
+static void gb_kv(gguf_buf *o, const char *key, uint32_t type) { gb_str(o, key); gb_uint(o, type, 4); }   /* the value follows */
+static void gb_kv_str(gguf_buf *o, const char *key, const char *value) { gb_kv(o, key, GGUF_STRING); gb_str(o, value); }
+
+/* A tensor to write: ne[0] innermost; offset -1 places it at the next multiple of the alignment. */
+typedef struct gguf_spec { const char *name; uint32_t type; int n_dims; uint64_t ne[4]; const void *data; size_t nbytes; int64_t offset; } gguf_spec;
+
+/* Version 3: header, the n_kv pairs already in kv, tensor infos, padding, data (no padding after
+   the last tensor, so that every strict prefix cuts something off). *infos_end (may be NULL)
+   gets where the tensor infos end. */
+static unsigned char *gguf_write(const gguf_buf *kv, uint64_t n_kv, const gguf_spec *t, int nt, uint64_t alignment, size_t *size,
+                                 size_t *infos_end)
+{
+    gguf_buf o = {NULL, 0, 0};
+    uint64_t *at = (uint64_t *)calloc((size_t)nt + 1, sizeof(uint64_t)), end = 0, pos = 0;
+    gb_put(&o, "GGUF", 4);
+    gb_uint(&o, 3, 4);
+    gb_uint(&o, (uint64_t)nt, 8);
+    gb_uint(&o, n_kv, 8);
+    if (kv) gb_put(&o, kv->b, kv->len);
+    for (int i = 0; i < nt; i++) {
+        at[i] = t[i].offset >= 0 ? (uint64_t)t[i].offset : (pos + alignment - 1) / alignment * alignment;
+        pos = at[i] + t[i].nbytes;
+        if (pos > end) end = pos;
+        gb_str(&o, t[i].name);
+        gb_uint(&o, (uint64_t)t[i].n_dims, 4);
+        for (int d = 0; d < t[i].n_dims; d++) gb_uint(&o, d < 4 ? t[i].ne[d] : 1, 8);   /* (a 5th dim for a malformed case) */
+        gb_uint(&o, t[i].type, 4);
+        gb_uint(&o, at[i], 8);
+    }
+    size_t start = (o.len + alignment - 1) / alignment * alignment;
+    if (infos_end) *infos_end = o.len;
+    unsigned char *b = (unsigned char *)calloc(start + end + 1, 1);
+    memcpy(b, o.b, o.len);
+    for (int i = 0; i < nt; i++) if (t[i].nbytes) memcpy(b + start + at[i], t[i].data, t[i].nbytes);
+    *size = start + end;
+    free(o.b);
+    free(at);
+    return b;
+}
+
+static uint32_t ggml_type_of(sd_dtype t)
+{
+    for (size_t k = 0; k < sizeof gguf_types / sizeof gguf_types[0]; k++) if (gguf_types[k].dtype == t) return gguf_types[k].ggml;
+    return 9999;
+}
+
+/* An opened safetensors model as GGUF, the way stable-diffusion.cpp's converter lays it out
+   (ne reversed, 32-byte alignment), its metadata as string pairs, plus n_extra pairs of `extra`. */
+static unsigned char *gguf_from_safetensors(const sd_safetensors *st, const gguf_buf *extra, uint64_t n_extra, size_t *size)
+{
+    gguf_buf kv = {NULL, 0, 0};
+    gguf_spec *t = (gguf_spec *)calloc((size_t)st->count + 1, sizeof *t);
+    for (int i = 0; i < st->meta_count; i++) gb_kv_str(&kv, st->meta_keys[i], st->meta_values[i]);
+    if (extra) gb_put(&kv, extra->b, extra->len);
+    for (int i = 0; i < st->count; i++) {
+        const sd_tensor *s = &st->tensors[i];
+        t[i].name = s->name;
+        t[i].type = ggml_type_of(s->dtype);
+        t[i].n_dims = s->ndim;
+        for (int d = 0; d < s->ndim; d++) t[i].ne[d] = (uint64_t)s->shape[s->ndim - 1 - d];
+        t[i].data = s->data;
+        t[i].nbytes = s->nbytes;
+        t[i].offset = -1;
+    }
+    unsigned char *b = gguf_write(&kv, (uint64_t)st->meta_count + n_extra, t, st->count, 32, size, NULL);
+    free(kv.b);
+    free(t);
+    return b;
+}
+
+/* Opens GGUF bytes in an arena of exactly what gguf_arena_bytes plans, which it must fill exactly. */
+static int gguf_open_planned(sd_safetensors *st, const unsigned char *b, size_t size, sd_arena **a, sd_error *err, const char *what)
+{
+    size_t plan = (size_t)gguf_arena_bytes(b, size);
+    *a = test_arena(plan);
+    int rc = sd_gguf_open(st, b, size, *a, err);
+    if (CHECK(rc == SD_OK, "%s: %s", what, rc ? err->message : ""))
+        CHECK((*a)->peak == plan, "%s: the open peaked at %zu arena bytes, gguf_arena_bytes planned %zu", what, (*a)->peak, plan);
+    return rc;
+}
+
+/* The small valid file of the reader tests: every value type among its pairs, an alignment of
+   64, four tensors of four types (q8_0 rows of made-up blocks). */
+static unsigned char *gguf_small(size_t *size, gguf_buf *extra, uint64_t n_extra)
+{
+    static float f32[3] = {1.5f, -2.0f, 0.25f};
+    static uint16_t f16[4] = {0x3c00, 0xc000, 0x0001, 0x8000}, bf16[4] = {0x3f80, 0xbf80, 0x4049, 0x0000};
+    static unsigned char q8[3 * 34];
+    for (int r = 0; r < 3; r++) {
+        q8[34 * r] = 0x00; q8[34 * r + 1] = (unsigned char)(r == 1 ? 0xb8 : 0x38);   /* d = 0.5, -0.5, 0.5 */
+        for (int e = 0; e < 32; e++) q8[34 * r + 2 + e] = (unsigned char)(int8_t)(e - 16 + r);
+    }
+    gguf_buf kv = {NULL, 0, 0};
+    gb_kv(&kv, "general.alignment", GGUF_U32); gb_uint(&kv, 64, 4);
+    gb_kv(&kv, "v.u8", GGUF_U8); gb_uint(&kv, 200, 1);
+    gb_kv(&kv, "v.i8", GGUF_I8); gb_uint(&kv, (uint8_t)-5, 1);
+    gb_kv(&kv, "v.u16", GGUF_U16); gb_uint(&kv, 65535, 2);
+    gb_kv(&kv, "v.i16", GGUF_I16); gb_uint(&kv, (uint16_t)-300, 2);
+    gb_kv(&kv, "v.u32", GGUF_U32); gb_uint(&kv, 4000000000u, 4);
+    gb_kv(&kv, "v.i32", GGUF_I32); gb_uint(&kv, (uint32_t)-70000, 4);
+    gb_kv(&kv, "v.f32", GGUF_F32); gb_uint(&kv, 0x3f000000u, 4);
+    gb_kv(&kv, "v.bool", GGUF_BOOL); gb_uint(&kv, 1, 1);
+    gb_kv_str(&kv, "general.name", "tiny \xc3\xa9");
+    gb_kv(&kv, "v.array_u8", GGUF_ARRAY); gb_uint(&kv, GGUF_U8, 4); gb_uint(&kv, 3, 8); gb_uint(&kv, 0x030201, 3);
+    gb_kv(&kv, "v.array_str", GGUF_ARRAY); gb_uint(&kv, GGUF_STRING, 4); gb_uint(&kv, 2, 8); gb_str(&kv, "a"); gb_str(&kv, "bc");
+    gb_kv(&kv, "v.array_bool", GGUF_ARRAY); gb_uint(&kv, GGUF_BOOL, 4); gb_uint(&kv, 2, 8); gb_uint(&kv, 0x0100, 2);
+    gb_kv(&kv, "v.u64", GGUF_U64); gb_uint(&kv, UINT64_MAX, 8);
+    gb_kv(&kv, "v.i64", GGUF_I64); gb_uint(&kv, (uint64_t)INT64_MIN, 8);
+    gb_kv(&kv, "v.f64", GGUF_F64); gb_uint(&kv, 0x3fd0000000000000ull, 8);   /* 0.25 */
+    if (extra) gb_put(&kv, extra->b, extra->len);
+    gguf_spec t[4] = {
+        {"blk.q8", 8, 2, {32, 3, 1, 1}, q8, sizeof q8, -1},
+        {"b.f32", 0, 1, {3, 1, 1, 1}, f32, sizeof f32, -1},
+        {"c.f16", 1, 4, {2, 2, 1, 1}, f16, sizeof f16, -1},
+        {"d.bf16", 30, 1, {4, 1, 1, 1}, bf16, sizeof bf16, -1},
+    };
+    unsigned char *b = gguf_write(&kv, 16 + n_extra, t, 4, 64, size, NULL);
+    free(kv.b);
+    return b;
+}
+
+/* One malformed variant of a file: a copy with `n` bytes at `at` replaced by v (little-endian). */
+static void expect_bad_gguf_patch(const char *what, const unsigned char *b, size_t size, size_t at, uint64_t v, int n, const char *needle)
+{
+    unsigned char *c = (unsigned char *)malloc(size);
+    memcpy(c, b, size);
+    for (int i = 0; i < n; i++) c[at + (size_t)i] = (unsigned char)(v >> 8 * i);
+    expect_bad_open(sd_gguf_open, what, c, size, needle);
+    free(c);
+}
+
+/* A file of one key-value pair (the bytes given) and no tensors, expected to be refused. */
+static void expect_bad_gguf_kv(const char *what, const gguf_buf *kv, uint64_t n_kv, const char *needle)
+{
+    size_t size;
+    unsigned char *b = gguf_write(kv, n_kv, NULL, 0, 32, &size, NULL);
+    expect_bad_open(sd_gguf_open, what, b, size, needle);
+    free(b);
+}
+
+/* A file of the tensors given (one pair: alignment), expected to be refused; offset_past_end
+   moves the last tensor's offset past the end of the file. */
+static void expect_bad_gguf_tensors(const char *what, const gguf_spec *t, int nt, uint64_t alignment, int offset_past_end, const char *needle)
+{
+    size_t size, infos;
+    gguf_buf kv = {NULL, 0, 0};
+    gb_kv(&kv, "general.alignment", GGUF_U32);
+    gb_uint(&kv, alignment, 4);
+    unsigned char *b = gguf_write(&kv, 1, t, nt, alignment, &size, &infos);
+    for (int i = 0; offset_past_end && i < 8; i++) b[infos - 8 + (size_t)i] = (unsigned char)((uint64_t)(size + 63) / 32 * 32 >> 8 * i);
+    expect_bad_open(sd_gguf_open, what, b, size, needle);
+    free(b);
+    free(kv.b);
+}
+
+static void test_gguf_reader(void)
+{
+    size_t size;
+    unsigned char *b = gguf_small(&size, NULL, 0);
+    sd_safetensors st;
+    sd_arena *a;
+    sd_error err;
+    if (gguf_open_planned(&st, b, size, &a, &err, "small GGUF") == SD_OK) {
+        static const char *const want[][2] = {
+            {"v.u8", "200"}, {"v.i8", "-5"}, {"v.u16", "65535"}, {"v.i16", "-300"}, {"v.u32", "4000000000"}, {"v.i32", "-70000"},
+            {"v.f32", "0.5"}, {"v.bool", "true"}, {"general.name", "tiny \xc3\xa9"}, {"v.u64", "18446744073709551615"},
+            {"v.i64", "-9223372036854775808"}, {"v.f64", "0.25"}, {"general.alignment", "64"}};
+        int meta_ok = st.meta_count == 13 && !sd_safetensors_meta(&st, "v.array_u8") && !sd_safetensors_meta(&st, "v.array_str");
+        for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+            const char *v = sd_safetensors_meta(&st, want[i][0]);
+            if (!v || strcmp(v, want[i][1])) { meta_ok = 0; printf("  metadata %s = %s, want %s\n", want[i][0], v ? v : "(none)", want[i][1]); }
+        }
+        CHECK(meta_ok, "GGUF metadata: scalars as text, arrays skipped (%d pairs)", st.meta_count);
+        const sd_tensor *q = sd_safetensors_find(&st, "blk.q8"), *f = sd_safetensors_find(&st, "b.f32");
+        const sd_tensor *h = sd_safetensors_find(&st, "c.f16"), *g = sd_safetensors_find(&st, "d.bf16");
+        CHECK(st.count == 4 && q && f && h && g, "small GGUF: four tensors found");
+        if (q && f && h && g) {
+            CHECK(q->dtype == SD_Q8_0 && q->ndim == 2 && q->shape[0] == 3 && q->shape[1] == 32 && q->nbytes == 102, "q8_0 [3, 32], 102 bytes");
+            CHECK(h->dtype == SD_F16 && h->ndim == 4 && h->shape[0] == 1 && h->shape[1] == 1 && h->shape[2] == 2 && h->shape[3] == 2, "f16 ne [2,2,1,1] reads as [1,1,2,2]");
+            size_t data = (size_t)((const unsigned char *)q->data - b);
+            CHECK(data % 64 == 0 && (const unsigned char *)f->data == b + data + 128 && (const unsigned char *)h->data == b + data + 192 &&
+                  (const unsigned char *)g->data == b + data + 256, "tensors at the data section + their offsets, 64-aligned");
+            float v[96], one = tensor_get(f, 2);
+            tensor_floats(v, q, 0, 96);
+            int ok = one == 0.25f && tensor_get(h, 2) == sd_f16_to_f32(1) && tensor_get(g, 2) == sd_bf16_to_f32(0x4049);
+            for (int e = 0; e < 96; e++) ok &= v[e] == (float)(e % 32 - 16 + e / 32) * (e / 32 == 1 ? -0.5f : 0.5f);
+            CHECK(ok, "small GGUF: values read back");
+        }
+        CHECK(sd_safetensors_open(&st, b, size, a, &err) != SD_OK && strstr(err.message, "GGUF"), "safetensors reader names a GGUF file: %s", err.message);
+    }
+    free_arena(a);
+    check_truncations(sd_gguf_open, "a valid GGUF file", b, size);
+
+    /* random byte changes in the header and infos: an error, or a table inside the buffer */
+    uint32_t rng = 777;
+    int flips_ok = 1;
+    size_t header = size;   /* the bytes before the data section */
+    a = test_arena(1 << 16);
+    if (sd_gguf_open(&st, b, size, a, &err) == SD_OK) header = (size_t)((const unsigned char *)st.tensors[0].data - b);
+    free_arena(a);
+    for (int i = 0; i < 3000; i++) {
+        unsigned char *c = (unsigned char *)malloc(size);
+        memcpy(c, b, size);
+        for (int k = 0; k < 1 + i % 3; k++) {
+            rng = rng * 1664525u + 1013904223u;
+            size_t at = (rng >> 8) % header;
+            rng = rng * 1664525u + 1013904223u;
+            c[at] = (unsigned char)(rng >> 24);
+        }
+        a = test_arena(1 << 16);
+        if (sd_gguf_open(&st, c, size, a, &err) == SD_OK)
+            for (int t = 0; t < st.count; t++) {
+                const sd_tensor *x = &st.tensors[t];
+                if ((const unsigned char *)x->data < c || (const unsigned char *)x->data + x->nbytes > c + size) flips_ok = 0;
+                if (dtype_is_block(x->dtype) && x->nbytes) (void)tensor_get(x, (size_t)sd_tensor_numel(x) - 1);
+            }
+        free_arena(a);
+        free(c);
+    }
+    CHECK(flips_ok, "GGUF byte changes never give tensors outside the buffer");
+
+    /* version 2 has the same layout */
+    b[4] = 2;
+    a = test_arena(1 << 16);
+    CHECK(sd_gguf_open(&st, b, size, a, &err) == SD_OK && st.count == 4, "a version 2 file opens: %s", err.message);
+    free_arena(a);
+    b[4] = 3;
+
+    /* the header's fields, each made wrong */
+    expect_bad_gguf_patch("no magic", b, size, 0, 'X', 1, "magic");
+    expect_bad_gguf_patch("version 1", b, size, 4, 1, 4, "version 1");
+    expect_bad_gguf_patch("big-endian version", b, size, 4, 0x03000000, 4, "big-endian");
+    expect_bad_gguf_patch("version 4", b, size, 4, 4, 4, "version 4");
+    expect_bad_gguf_patch("a huge tensor count", b, size, 8, (uint64_t)1 << 40, 8, "cannot fit");
+    expect_bad_gguf_patch("one tensor too many", b, size, 8, 5, 8, "gguf:");
+    expect_bad_gguf_patch("a huge n_kv", b, size, 16, (uint64_t)1 << 50, 8, "cannot fit");
+    expect_bad_gguf_patch("n_kv one too many", b, size, 16, 17, 8, "gguf:");
+    expect_bad_gguf_patch("n_kv one too few", b, size, 16, 15, 8, "gguf:");
+    unsigned char tiny[24] = {'G', 'G', 'U', 'F', 3};
+    expect_bad_open(sd_gguf_open, "empty file", tiny, 0, "magic");
+    expect_bad_open(sd_gguf_open, "header cut short", tiny, 20, "shorter");
+
+    /* key-value pairs */
+    gguf_buf kv = {NULL, 0, 0};
+    gb_kv(&kv, "x", 13); gb_uint(&kv, 0, 4);
+    expect_bad_gguf_kv("unknown value type", &kv, 1, "unknown value type");
+    kv.len = 0; gb_kv(&kv, "x", GGUF_BOOL); gb_uint(&kv, 2, 1);
+    expect_bad_gguf_kv("a bool of 2", &kv, 1, "bool");
+    kv.len = 0; gb_kv(&kv, "x", GGUF_ARRAY); gb_uint(&kv, GGUF_BOOL, 4); gb_uint(&kv, 2, 8); gb_uint(&kv, 0x0201, 2);
+    expect_bad_gguf_kv("a bool of 2 in an array", &kv, 1, "bool");
+    kv.len = 0; gb_kv(&kv, "x", GGUF_ARRAY); gb_uint(&kv, GGUF_ARRAY, 4); gb_uint(&kv, 0, 8);
+    expect_bad_gguf_kv("an array of arrays", &kv, 1, "arrays");
+    kv.len = 0; gb_kv(&kv, "x", GGUF_ARRAY); gb_uint(&kv, 77, 4); gb_uint(&kv, 0, 8);
+    expect_bad_gguf_kv("an array of an unknown type", &kv, 1, "unknown type");
+    kv.len = 0; gb_kv(&kv, "x", GGUF_ARRAY); gb_uint(&kv, GGUF_U32, 4); gb_uint(&kv, (uint64_t)1 << 61, 8);
+    expect_bad_gguf_kv("a huge array", &kv, 1, "cannot fit");
+    kv.len = 0; gb_kv(&kv, "x", GGUF_ARRAY); gb_uint(&kv, GGUF_STRING, 4); gb_uint(&kv, 1, 8); gb_uint(&kv, 100, 8);
+    expect_bad_gguf_kv("a string past the end in an array", &kv, 1, "cut off");
+    kv.len = 0; gb_kv_str(&kv, "x", "1"); gb_kv_str(&kv, "x", "2");
+    expect_bad_gguf_kv("a key twice", &kv, 2, "twice");
+    kv.len = 0; gb_kv_str(&kv, "", "1");
+    expect_bad_gguf_kv("an empty key", &kv, 1, "empty key");
+    kv.len = 0; gb_uint(&kv, 3, 8); gb_put(&kv, "a\0b", 3); gb_uint(&kv, GGUF_U8, 4); gb_uint(&kv, 0, 1);
+    expect_bad_gguf_kv("a NUL in a key", &kv, 1, "NUL");
+    kv.len = 0; gb_kv(&kv, "x", GGUF_STRING); gb_uint(&kv, (uint64_t)1 << 62, 8);
+    expect_bad_gguf_kv("a string longer than the file", &kv, 1, "cut off");
+    kv.len = 0; gb_kv(&kv, "general.alignment", GGUF_U32); gb_uint(&kv, 48, 4);
+    expect_bad_gguf_kv("alignment 48", &kv, 1, "power of two");
+    kv.len = 0; gb_kv(&kv, "general.alignment", GGUF_U32); gb_uint(&kv, 0, 4);
+    expect_bad_gguf_kv("alignment 0", &kv, 1, "power of two");
+    kv.len = 0; gb_kv(&kv, "general.alignment", GGUF_U64); gb_uint(&kv, 32, 8);
+    expect_bad_gguf_kv("alignment as u64", &kv, 1, "u32");
+    free(kv.b);
+
+    /* tensor infos */
+    static const unsigned char zeros[4096];
+    gguf_spec t[2] = {{"a", 0, 1, {4, 1, 1, 1}, zeros, 16, -1}, {"b", 0, 1, {4, 1, 1, 1}, zeros, 16, -1}};
+    gguf_spec bad = t[0];
+    bad.n_dims = 5; expect_bad_gguf_tensors("5 dimensions", &bad, 1, 32, 0, "dimensions");
+    bad = t[0]; bad.n_dims = 2; bad.ne[0] = (uint64_t)1 << 40; bad.ne[1] = (uint64_t)1 << 40;
+    expect_bad_gguf_tensors("dims whose product overflows", &bad, 1, 32, 0, "overflow");
+    bad = t[0]; bad.n_dims = 3; bad.ne[0] = 0; bad.ne[1] = (uint64_t)1 << 40; bad.ne[2] = (uint64_t)1 << 40; bad.nbytes = 0;
+    expect_bad_gguf_tensors("an empty tensor whose other dims overflow", &bad, 1, 32, 0, "overflow");
+    bad = t[0]; bad.ne[0] = (uint64_t)1 << 63;
+    expect_bad_gguf_tensors("a dim past int64", &bad, 1, 32, 0, "overflow");
+    bad = t[0]; bad.ne[0] = (uint64_t)1 << 40;
+    expect_bad_gguf_tensors("a tensor larger than the file", &bad, 1, 32, 0, "larger than the file");
+    bad = t[0]; bad.type = 16;
+    expect_bad_gguf_tensors("ggml type 16", &bad, 1, 32, 0, "'a' has ggml type 16");
+    bad = t[0]; bad.type = 4;
+    expect_bad_gguf_tensors("ggml type 4 (gone)", &bad, 1, 32, 0, "ggml type 4");
+    bad = t[0]; bad.type = 8; bad.ne[0] = 16; bad.n_dims = 2; bad.ne[1] = 2; bad.nbytes = 34;
+    expect_bad_gguf_tensors("q8_0 rows of 16", &bad, 1, 32, 0, "not a whole number of 32-value blocks");
+    bad = t[0]; bad.type = 12; bad.ne[0] = 32; bad.nbytes = 18;
+    expect_bad_gguf_tensors("q4_K rows of 32", &bad, 1, 32, 0, "256-value blocks");
+    bad = t[0]; bad.type = 8; bad.n_dims = 0; bad.nbytes = 34;
+    expect_bad_gguf_tensors("a 0-dim q8_0", &bad, 1, 32, 0, "whole number");
+    bad = t[0]; bad.offset = 8;
+    expect_bad_gguf_tensors("misaligned offset", &bad, 1, 32, 0, "not a multiple of the alignment");
+    expect_bad_gguf_tensors("offset past the end", t, 1, 32, 1, "past the end");
+    bad = t[0]; bad.offset = 1; bad.nbytes = 16;
+    expect_bad_gguf_tensors("f32 at an odd offset (alignment 1)", &bad, 1, 1, 0, "not aligned for F32");
+    gguf_spec two[2] = {t[0], t[1]};
+    two[1].name = "a";
+    expect_bad_gguf_tensors("the same name twice", two, 2, 32, 0, "duplicate tensor name 'a'");
+    two[1] = t[1]; two[1].offset = 0;
+    expect_bad_gguf_tensors("two tensors at one offset", two, 2, 32, 0, "overlaps");
+    two[0].ne[0] = 12; two[0].nbytes = 48; two[1].offset = 32;
+    expect_bad_gguf_tensors("a tensor reaching into the next", two, 2, 32, 0, "overlaps");
+    bad = t[0]; bad.name = "";
+    expect_bad_gguf_tensors("an empty name", &bad, 1, 32, 0, "name of 0 bytes");
+    free(b);
+
+    /* metadata-heavy: 30000 more pairs of every kind; the plan still fits the open exactly */
+    gguf_buf extra = {NULL, 0, 0};
+    for (int i = 0; i < 30000; i++) {
+        char key[64], value[200];
+        snprintf(key, sizeof key, "extra.%d", i);
+        if (i % 3 == 0) { memset(value, 'a' + i % 26, (size_t)(i % 150)); value[i % 150] = 0; gb_kv_str(&extra, key, value); }
+        else if (i % 3 == 1) { gb_kv(&extra, key, GGUF_F64); gb_uint(&extra, (uint64_t)i * 0x9e3779b97f4a7c15ull, 8); }
+        else { gb_kv(&extra, key, GGUF_ARRAY); gb_uint(&extra, GGUF_STRING, 4); gb_uint(&extra, 2, 8); gb_str(&extra, key); gb_str(&extra, "x"); }
+    }
+    b = gguf_small(&size, &extra, 30000);
+    if (gguf_open_planned(&st, b, size, &a, &err, "small GGUF with 30000 more pairs") == SD_OK)
+        CHECK(st.meta_count == 13 + 20000 && sd_safetensors_meta(&st, "extra.29997") && strlen(sd_safetensors_meta(&st, "extra.29997")) == 29997 % 150,
+              "30000 more pairs: %d kept as metadata", st.meta_count);
+    free_arena(a);
+    free(b);
+    free(extra.b);
+}
+
+/* The raw bytes of one type in the blocks golden, made an [N, 256] tensor (N = 4 rows times
+   `copies`), and the matching values. */
+static int gguf_blocks_tensor(golden_file *g, const char *type, int copies, sd_tensor *t, float **values)
+{
+    char key[64];
+    snprintf(key, sizeof key, "%s.raw", type);
+    const sd_tensor *raw = sd_safetensors_find(&g->st, key);
+    snprintf(key, sizeof key, "%s.values", type);
+    const sd_tensor *val = sd_safetensors_find(&g->st, key);
+    memset(t, 0, sizeof *t);
+    t->dtype = SD_DTYPE_COUNT;
+    for (int d = 0; d < SD_DTYPE_COUNT; d++) {   /* "q4_K" is Q4_K, "bf16" BF16 */
+        const char *name = sd_dtype_name((sd_dtype)d);
+        size_t i = 0;
+        while (name[i] && (name[i] == type[i] || name[i] == type[i] - 'a' + 'A')) i++;
+        if (!name[i] && !type[i]) t->dtype = (sd_dtype)d;
+    }
+    if (!CHECK(raw && val && t->dtype != SD_DTYPE_COUNT && val->ndim == 2 && val->shape[1] == 256 && val->dtype == SD_F32, "%s: no usable %s.raw / %s.values", g->path, type, type))
+        return 0;
+    int64_t rows = val->shape[0];
+    unsigned char *bytes = (unsigned char *)malloc(raw->nbytes * (size_t)copies);
+    *values = (float *)malloc((size_t)(rows * 256 * copies) * sizeof(float));
+    for (int c = 0; c < copies; c++) {
+        memcpy(bytes + raw->nbytes * (size_t)c, raw->data, raw->nbytes);
+        memcpy(*values + (size_t)(rows * 256 * c), val->data, (size_t)rows * 256 * sizeof(float));
+    }
+    t->name = type;
+    t->ndim = 2;
+    t->shape[0] = rows * copies;
+    t->shape[1] = 256;
+    t->data = bytes;
+    t->nbytes = raw->nbytes * (size_t)copies;
+    return CHECK(dtype_bytes(t->dtype, (uint64_t)(rows * 256)) == raw->nbytes, "%s: %s.raw has %zu bytes", g->path, type, raw->nbytes);
+}
+
+static int floats_equal(const float *a, const float *b, size_t n)   /* as floats: -0.0 == +0.0 */
+{
+    for (size_t i = 0; i < n; i++) if (!(a[i] == b[i])) return 0;
+    return 1;
+}
+
+/* Every type's bytes through the dequantizer the kernels use (whole rows, pieces cut inside
+   blocks, single elements), through a GGUF file holding all of them, and through the GEMM:
+   a matmul with the block-typed weight equals the matmul with its f32 values bit for bit
+   (packed and dot-product paths, 1 and 3 threads). */
+static void check_gguf_blocks(const char *rel)
+{
+    static const char *const types[13] = {"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K"};
+    golden_file *g = golden_open(rel);
+    if (!g) return;
+    gguf_spec spec[13];
+    sd_tensor kept[13];
+    float *kept_values[13];
+    int nt = 0, checked = 0;
+    kt_pool *pools[2] = {kt_pool_new(1), kt_pool_new(3)};
+    for (int k = 0; k < 13; k++) {
+        sd_tensor t;
+        float *values, out[10 * 4 * 256];
+        if (!gguf_blocks_tensor(g, types[k], 10, &t, &values)) continue;
+        size_t n = (size_t)sd_tensor_numel(&t), per = (size_t)dtype_info[t.dtype].block;
+        tensor_floats(out, &t, 0, (int)n);
+        int ok = floats_equal(out, values, n);
+        static const size_t cuts[][2] = {{1, 30}, {17, 300}, {255, 2}, {300, 700}, {1023, 1}, {31, 33}};
+        for (size_t c = 0; c < sizeof cuts / sizeof cuts[0]; c++) {
+            tensor_floats(out, &t, cuts[c][0], (int)cuts[c][1]);
+            ok &= floats_equal(out, values + cuts[c][0], cuts[c][1]);
+        }
+        for (size_t e = 0; e < n; e += 97) ok &= tensor_get(&t, e) == values[e];
+        CHECK(ok, "%s: %s dequantized (whole, cut at %zu-value block edges, one by one) = ggml's values", rel, types[k], per);
+        /* the GEMM: M = 3 (dot products) and 70 (packed panels), N = 40, K = 256 */
+        sd_tensor f = t;
+        f.dtype = SD_F32;
+        f.data = values;
+        f.nbytes = n * sizeof(float);
+        for (int p = 0; p < 2; p++)
+            for (int M = 3; M <= 70; M += 67) {
+                float *x = kt_floats((size_t)M * 256, 1.0f), *y = (float *)malloc((size_t)M * 40 * sizeof(float)), *yf = (float *)malloc((size_t)M * 40 * sizeof(float));
+                linear(&pools[p]->pool, y, x, M, 40, 256, &t, NULL);
+                linear(&pools[p]->pool, yf, x, M, 40, 256, &f, NULL);
+                CHECK(!memcmp(y, yf, (size_t)M * 40 * sizeof(float)), "%s: matmul with a %s weight differs from its f32 values (M %d, %d threads)",
+                      rel, types[k], M, pools[p]->pool.threads);
+                free(x); free(y); free(yf);
+            }
+        /* the first 4 rows go into a GGUF file of all the types */
+        spec[nt].name = types[k];
+        spec[nt].type = ggml_type_of(t.dtype);
+        spec[nt].n_dims = 2;
+        spec[nt].ne[0] = 256;
+        spec[nt].ne[1] = 4;
+        spec[nt].data = t.data;
+        spec[nt].nbytes = t.nbytes / 10;
+        spec[nt].offset = -1;
+        kept[nt] = t;
+        kept_values[nt++] = values;
+        checked++;
+    }
+    size_t size;
+    unsigned char *file = gguf_write(NULL, 0, spec, nt, 32, &size, NULL);
+    sd_safetensors st;
+    sd_arena *a;
+    sd_error err;
+    if (gguf_open_planned(&st, file, size, &a, &err, "a GGUF of every block type") == SD_OK) {
+        int ok = st.count == nt;
+        for (int k = 0; ok && k < nt; k++) {
+            const sd_tensor *t = sd_safetensors_find(&st, spec[k].name);
+            float out[4 * 256];
+            ok = t && t->dtype == kept[k].dtype && t->shape[0] == 4 && t->shape[1] == 256 && t->nbytes == spec[k].nbytes;
+            if (ok) tensor_floats(out, t, 0, 1024);
+            ok = ok && floats_equal(out, kept_values[k], 1024);
+        }
+        CHECK(ok, "a GGUF of the %d types reads back every value", nt);
+    }
+    free_arena(a);
+    free(file);
+    for (int k = 0; k < nt; k++) { free((void *)kept[k].data); free(kept_values[k]); }
+    kt_pool_free(pools[0]);
+    kt_pool_free(pools[1]);
+    printf("gguf: %s: %d weight types dequantized and multiplied\n", rel, checked);
+    golden_close(g);
+}
+
+/* A GGUF file of stable-diffusion.cpp's against its dequant golden: the table (names, types,
+   dims, offsets, sizes) exactly, the selected tensors' values and raw bytes, and every tensor's
+   CRC-32 (after -0.0 -> +0.0) and max |value|. */
+static void check_gguf_dequant(const char *rel)
+{
+    golden_file *g = golden_open(rel);
+    if (!g) return;
+    const char *file = sd_safetensors_meta(&g->st, "gguf_file");
+    char path[1200];
+    size_t size;
+    snprintf(path, sizeof path, "%s/%s", golden_dir, file ? file : "?");
+    unsigned char *b = read_file(path, &size);
+    const sd_tensor *names = sd_safetensors_find(&g->st, "all.names"), *type = golden_i64(g, "all.ggml_type"), *nd = golden_i64(g, "all.n_dims");
+    const sd_tensor *ne = golden_i64(g, "all.ne"), *off = golden_i64(g, "all.data_offset"), *nb = golden_i64(g, "all.nbytes"), *crc = golden_i64(g, "all.crc32");
+    const float *absmax = golden_f32(g, "all.absmax", NULL);
+    sd_safetensors st;
+    sd_arena *a = NULL;
+    sd_error err;
+    if (!CHECK(b && names && type && nd && ne && off && nb && crc && absmax, "%s: GGUF %s or a table missing", rel, path)) goto done;
+    if (gguf_open_planned(&st, b, size, &a, &err, path)) goto done;
+    int64_t n = sd_tensor_numel(type);
+    int bad = 0, values = 0;
+    const char *name = (const char *)names->data, *names_end = name + names->nbytes;
+    CHECK(st.count == n, "%s: %d tensors, the golden lists %lld", path, st.count, (long long)n);
+    for (int i = 0; i < st.count && i < n; i++) {
+        const sd_tensor *t = &st.tensors[i];
+        const char *nl = memchr(name, '\n', (size_t)(names_end - name));
+        size_t len = nl ? (size_t)(nl - name) : (size_t)(names_end - name);
+        int ok = strlen(t->name) == len && !memcmp(t->name, name, len);
+        name += len + 1;
+        ok &= golden_i64_at(type, i) == ggml_type_of(t->dtype) && golden_i64_at(nd, i) == t->ndim;
+        for (int d = 0; d < 4; d++) ok &= golden_i64_at(ne, 4 * i + d) == (d < t->ndim ? t->shape[t->ndim - 1 - d] : 1);
+        ok &= golden_i64_at(off, i) == (const unsigned char *)t->data - b && golden_i64_at(nb, i) == (int64_t)t->nbytes;
+        size_t count = (size_t)sd_tensor_numel(t);
+        float *v = (float *)malloc((count ? count : 1) * sizeof(float)), m = 0;
+        tensor_floats(v, t, 0, (int)count);
+        for (size_t k = 0; k < count; k++) { v[k] += 0.0f; if (fabsf(v[k]) > m) m = fabsf(v[k]); }
+        ok &= png_crc32((const uint8_t *)v, count * sizeof(float)) == (uint32_t)golden_i64_at(crc, i) && m == absmax[i];
+        char key[600];
+        snprintf(key, sizeof key, "tensor.%s", t->name);
+        const sd_tensor *sel = sd_safetensors_find(&g->st, key);
+        if (sel) {
+            ok &= sd_tensor_numel(sel) == (int64_t)count && sel->ndim == t->ndim && floats_equal(v, (const float *)sel->data, count);
+            for (int d = 0; d < t->ndim; d++) ok &= sel->shape[d] == t->shape[d];
+            snprintf(key, sizeof key, "raw.%s", t->name);
+            const sd_tensor *raw = sd_safetensors_find(&g->st, key);
+            ok &= raw && raw->nbytes == t->nbytes && !memcmp(raw->data, t->data, t->nbytes);
+            values++;
+        }
+        free(v);
+        if (!ok && bad++ < 5) CHECK(0, "%s: tensor %d '%s' (%s) differs from the golden's table or values", path, i, t->name, sd_dtype_name(t->dtype));
+    }
+    CHECK(bad == 0, "%s: %d of %d tensors differ", path, bad, st.count);
+    CHECK(values > 0, "%s: no tensor.* values checked", rel);
+    printf("gguf: %s: %d tensors, table and CRCs exact, %d selected tensors equal\n", file, st.count, values);
+done:
+    free_arena(a);
+    free(b);
+    golden_close(g);
+}
+
+/* A GGUF model with the sd.* hyperparameters that it lacks: the golden's model_metadata as a
+   second file of `__metadata__` only (what sd_source documents for such files). */
+static int gguf_model_load(loaded_model *lm, unsigned char *gguf, size_t size, const char *meta_json, unsigned char **meta_file)
+{
+    sd_source src;
+    sd_error err;
+    size_t msize = 0;
+    memset(lm, 0, sizeof *lm);
+    memset(&src, 0, sizeof src);
+    lm->bytes = gguf;
+    lm->size = size;
+    lm->merges = read_file(merges_path, &lm->merges_size);
+    src.data[0] = gguf;
+    src.size[0] = size;
+    src.count = 1;
+    *meta_file = NULL;
+    if (meta_json) {
+        size_t hl = strlen(meta_json) + 32;
+        char *h = (char *)malloc(hl);
+        snprintf(h, hl, "{\"__metadata__\":%s}", meta_json);
+        *meta_file = make_file(h, NULL, 0, &msize);
+        free(h);
+        src.data[src.count] = *meta_file;
+        src.size[src.count++] = msize;
+    }
+    if (!lm->merges) return -1;
+    src.merges = (const char *)lm->merges;
+    src.merges_size = lm->merges_size;
+    size_t plan = sd_model_arena_bytes(&src);
+    lm->arena = test_arena(plan);
+    int rc = sd_model_load(&lm->model, &src, lm->arena, &err);
+    CHECK(rc == SD_OK, "GGUF model: %s", rc ? err.message : "");
+    CHECK(lm->arena->peak <= plan, "GGUF model: loading peaked at %zu arena bytes, sd_model_arena_bytes planned %zu", lm->arena->peak, plan);
+    return rc;
+}
+
+/* A pipeline golden of a GGUF file, run end to end from that file. */
+static void check_gguf_pipeline(const char *rel)
+{
+    golden_file *g = golden_open(rel);
+    if (!g) return;
+    const char *file = sd_safetensors_meta(&g->st, "gguf_file"), *meta = sd_safetensors_meta(&g->st, "model_metadata");
+    char path[1200];
+    size_t size;
+    loaded_model lm;
+    unsigned char *meta_file;
+    snprintf(path, sizeof path, "%s/%s", golden_dir, file ? file : "?");
+    unsigned char *b = read_file(path, &size);
+    if (CHECK(b && meta, "%s: GGUF %s or model_metadata missing", rel, path)) {
+        if (gguf_model_load(&lm, b, size, meta, &meta_file) == SD_OK) check_pipeline(lm.model, rel);
+        unload_model(&lm);   /* b with it */
+        free(meta_file);
+    } else {
+        free(b);
+    }
+    golden_close(g);
+}
+
+/* A model of the golden set written as GGUF by the test (F16 tensors, its metadata as pairs, and
+   20000 more pairs): sd_model_arena_bytes plans its loading, the tensors are the same bytes, a
+   pipeline golden passes, and the CLI lists it and draws from it what it draws from the
+   safetensors file. */
+static void test_gguf_model(void)
+{
+    char path[1200], rel[1200] = "", dir[] = "/tmp/sdh_gguf_XXXXXX";
+    snprintf(path, sizeof path, "%s/models/tiny-sd1-fp16.safetensors", golden_dir);
+    golden_file *g = golden_open("models/tiny-sd1-fp16.safetensors");
+    if (!g || !file_exists(merges_path)) { note_absent("gguf model", "no %s or merges.txt, the GGUF model checks skipped", path); golden_close(g); return; }
+    gguf_buf extra = {NULL, 0, 0};
+    for (int i = 0; i < 20000; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "filler.%05d", i);
+        gb_kv_str(&extra, key, i % 2 ? "some text that a writer left" : "");
+    }
+    size_t size;
+    unsigned char *b = gguf_from_safetensors(&g->st, &extra, 20000, &size), *meta_file;
+    free(extra.b);
+    loaded_model lm;
+    if (gguf_model_load(&lm, b, size, NULL, &meta_file) == SD_OK) {
+        const sd_safetensors *st = &lm.model->files[0];
+        int same = st->count == g->st.count;
+        for (int i = 0; same && i < g->st.count; i++) {
+            const sd_tensor *s = &g->st.tensors[i], *t = sd_safetensors_find(st, s->name);
+            same = t && t->dtype == s->dtype && t->ndim == s->ndim && t->nbytes == s->nbytes && !memcmp(t->data, s->data, s->nbytes);
+            for (int d = 0; same && d < s->ndim; d++) same = t->shape[d] == s->shape[d];
+        }
+        CHECK(same, "tiny-sd1 as GGUF: every tensor the same as in the safetensors file");
+        /* the first txt2img golden of tiny-sd1 */
+        char sub[1300];
+        snprintf(sub, sizeof sub, "%s/tiny-sd1", golden_dir);
+        DIR *d = opendir(sub);
+        struct dirent *f;
+        while (d && !*rel && (f = readdir(d)))
+            if (!strncmp(f->d_name, "txt2img_", 8) && is_pipeline_golden(f->d_name)) snprintf(rel, sizeof rel, "tiny-sd1/%.255s", f->d_name);
+        if (d) closedir(d);
+        if (*rel) check_pipeline(lm.model, rel);
+        printf("gguf: tiny-sd1 written as GGUF (%zu bytes, 20000 extra pairs): same tensors%s%s\n", size, *rel ? ", pipeline " : "", rel);
+    }
+    /* the CLI: --inspect lists it, -m draws the same image as from the safetensors file */
+    if (file_exists("./example") && mkdtemp(dir)) {
+        char gpath[1300], args[4000], out[2][1300], errf[1300];
+        int lines, rc;
+        snprintf(gpath, sizeof gpath, "%s/tiny.gguf", dir);
+        snprintf(errf, sizeof errf, "%s/stderr.txt", dir);
+        FILE *fp = fopen(gpath, "wb");
+        if (fp) { fwrite(b, 1, size, fp); fclose(fp); }
+        char cmd[5400];
+        snprintf(cmd, sizeof cmd, "./example --inspect %s > %s/inspect.txt 2>%s", gpath, dir, errf);
+        rc = system(cmd);
+        snprintf(args, sizeof args, "%s/inspect.txt", dir);
+        CHECK(rc == 0 && file_contains(args, "model.diffusion_model.out.2.weight") && file_contains(args, "F16") &&
+              file_contains(args, "metadata sd.version = 1"), "CLI --inspect of a GGUF file: exit %d", rc);
+        uint8_t *img[2] = {NULL, NULL};
+        int w = 0, h = 0;
+        for (int k = 0; k < 2; k++) {
+            char e[256];
+            snprintf(out[k], sizeof out[k], "%s/out%d.ppm", dir, k);
+            snprintf(args, sizeof args, "-m %s --tokenizer %s -p 'a red castle' -W 64 -H 64 --steps 2 -s 5 -t 2 -o %s", k ? gpath : path, merges_path, out[k]);
+            rc = run_example(args, errf, &lines);
+            img[k] = rc == 0 ? image_read(out[k], &w, &h, e, sizeof e) : NULL;
+            CHECK(img[k] != NULL, "CLI -m %s: exit %d", k ? "tiny.gguf" : path, rc);
+        }
+        CHECK(img[0] && img[1] && !memcmp(img[0], img[1], (size_t)w * h * 3), "CLI: the GGUF copy draws another image than the safetensors file");
+        free(img[0]);
+        free(img[1]);
+        snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+        if (system(cmd)) printf("note: could not remove %s\n", dir);
+    }
+    unload_model(&lm);
+    free(meta_file);
+    golden_close(g);
+}
+
+/* GOLDEN_DIR/gguf/: every dequant.safetensors and pipeline golden of every GGUF file, and the blocks golden. */
+static void test_gguf(void)
+{
+    char top[1100], sub[1400], rel[1400];
+    struct dirent *e, *f;
+    test_gguf_reader();
+    test_gguf_model();
+    snprintf(top, sizeof top, "%s/gguf", golden_dir);
+    DIR *d = opendir(top);
+    if (!d) { note_absent("gguf", "no %s, GGUF golden checks skipped", top); return; }
+    int pipelines = pipelines_checked;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        snprintf(rel, sizeof rel, "gguf/%.255s", e->d_name);
+        if (!strcmp(e->d_name, "tiny-sd1-blocks.safetensors")) { check_gguf_blocks(rel); n_cases++; continue; }
+        snprintf(sub, sizeof sub, "%s/%.255s", top, e->d_name);
+        DIR *in = opendir(sub);
+        while (in && (f = readdir(in))) {
+            snprintf(rel, sizeof rel, "gguf/%.255s/%.255s", e->d_name, f->d_name);
+            if (!strcmp(f->d_name, "dequant.safetensors")) check_gguf_dequant(rel), n_cases++;
+            else if (is_pipeline_golden(f->d_name)) check_gguf_pipeline(rel), n_cases++;
+        }
+        if (in) closedir(in);
+    }
+    closedir(d);
+    printf("gguf: %d pipeline goldens run from GGUF files\n", pipelines_checked - pipelines);
+}
+
 /* ./test --rewrite IN OUT [--f32] [--drop NAME]... [--bump NAME] [--meta KEY=VALUE]...: a copy of
    a safetensors file with 2-byte floats widened to F32, tensors left out, one tensor's first value
    moved by 1 % of its largest magnitude (a change no tolerance accepts), or metadata set. make
@@ -5503,7 +6272,7 @@ static const struct test_group { const char *name; void (*run)(void); int golden
     {"safetensors", test_safetensors_malformed, 0}, {"manifest", test_golden_manifest, 1}, {"models", test_model_files, 1},
     {"rng", test_rng, 1}, {"ddim", test_ddim, 1}, {"samplers", test_samplers, 1}, {"tokenizer", test_tokenizer, 1},
     {"prompt", test_prompt, 1}, {"text_encoder", test_text_encoder, 1}, {"unet", test_unet, 1}, {"vae", test_vae, 1},
-    {"pipeline", test_pipeline, 1}, {"png", test_png, 1}, {"cli", test_cli, 1},
+    {"pipeline", test_pipeline, 1}, {"gguf", test_gguf, 1}, {"png", test_png, 1}, {"cli", test_cli, 1},
 };
 #define TEST_GROUPS (int)(sizeof test_groups / sizeof test_groups[0])
 
