@@ -4617,13 +4617,28 @@ static int golden_sampler(golden_file *g, int *karras)
 }
 
 /* Runs one golden's generation with `threads` threads; fills rgb (and latents, image when given). */
-static int run_golden(const sd_model *m, golden_file *g, int threads, int vae_tile, uint8_t *rgb, float *latents, float *image, sd_error *err)
+/* Every step's latents of a run (what the preview callback sees), for the step{k}.latents_out goldens. */
+typedef struct golden_steps { float *latents; int steps, seen; size_t lat; } golden_steps;
+
+static void golden_collect(void *user, int step, const float *latents, int h, int w)
+{
+    golden_steps *s = (golden_steps *)user;
+    (void)h; (void)w;
+    if (step >= 1 && step <= s->steps) memcpy(s->latents + (size_t)(step - 1) * s->lat, latents, s->lat * sizeof(float));
+    s->seen = step;
+}
+
+/* Runs one golden's generation with `threads` threads; fills rgb (and latents, image and each
+   step's latents when given). */
+static int run_golden_steps(const sd_model *m, golden_file *g, int threads, int vae_tile, uint8_t *rgb, float *latents, float *image,
+                            golden_steps *steps, sd_error *err)
 {
     sd_params p;
     ddim_config c;
     sd_params_init(&p);
     p.prompt = meta_or(g, "prompt", "");
     p.negative_prompt = meta_or(g, "negative_prompt", "");
+    if (!strncmp(p.negative_prompt, "(None", 5)) p.negative_prompt = NULL;   /* how a golden says none was given */
     p.steps = atoi(meta_or(g, "num_inference_steps", "0"));
     p.guidance = strtof(meta_or(g, "guidance_scale", "7.5"), NULL);
     p.width = atoi(meta_or(g, "width", "0"));
@@ -4656,17 +4671,21 @@ static int run_golden(const sd_model *m, golden_file *g, int threads, int vae_ti
         }
         p.step_noise = step_noise;
     }
-    const sd_tensor *init = sd_safetensors_find(&g->st, "init_image_uint8");
-    if (init) {
-        p.init_rgb = (const uint8_t *)init->data;
-        p.strength = strtod(meta_or(g, "strength", "0.8"), NULL);
-        p.posterior_noise = golden_f32(g, "posterior_noise", NULL);
-        p.noise = golden_f32(g, "noise", NULL);
-    } else if (sd_safetensors_find(&g->st, "initial_latents") && !sd_safetensors_meta(&g->st, "seed")) {
-        p.initial_latents = golden_f32(g, "initial_latents", NULL);
+    /* the init image (img2img, inpainting, InstructPix2Pix), its mask, and the given draws */
+    const sd_tensor *init = sd_safetensors_find(&g->st, "init_image_uint8"), *mask = sd_safetensors_find(&g->st, "mask_uint8");
+    p.init_rgb = init ? (const uint8_t *)init->data : NULL;
+    p.mask = mask ? (const uint8_t *)mask->data : NULL;
+    p.strength = strtod(meta_or(g, "strength", "0"), NULL);
+    p.image_guidance = strtof(meta_or(g, "image_guidance_scale", "1.5"), NULL);
+    if (!sd_safetensors_meta(&g->st, "seed")) {
+        static const char *const given[4] = {"initial_latents", "posterior_noise", "noise", "masked_image_posterior_noise"};
+        const float **field[4] = {&p.initial_latents, &p.posterior_noise, &p.noise, &p.masked_image_noise};
+        for (int i = 0; i < 4; i++) *field[i] = sd_safetensors_find(&g->st, given[i]) ? golden_f32(g, given[i], NULL) : NULL;
     }
     p.latents_out = latents;
     p.image_out = image;
+    p.preview = steps ? golden_collect : NULL;
+    p.user = steps;
     size_t need = sd_generate_arena_bytes(m, &p);
     sd_arena *a = test_arena(need + 64);
     int rc = sd_generate(m, &p, a, rgb, err);
@@ -4674,6 +4693,11 @@ static int run_golden(const sd_model *m, golden_file *g, int threads, int vae_ti
     free_arena(a);
     free(step_noise);
     return rc;
+}
+
+static int run_golden(const sd_model *m, golden_file *g, int threads, int vae_tile, uint8_t *rgb, float *latents, float *image, sd_error *err)
+{
+    return run_golden_steps(m, g, threads, vae_tile, rgb, latents, image, NULL, err);
 }
 
 static int pipelines_checked;
@@ -4698,10 +4722,20 @@ static int check_pipeline(const sd_model *m, const char *rel)
     nu = sd_tensor_numel(want_u8);
     float *lat = (float *)malloc((size_t)nl * sizeof(float)), *img = (float *)malloc((size_t)ni * sizeof(float));
     uint8_t *rgb = (uint8_t *)malloc((size_t)nu);
-    int rc = run_golden(m, g, 1, 0, rgb, lat, img, &err);
+    const sd_tensor *ts = sd_safetensors_find(&g->st, "timesteps");
+    golden_steps st = {NULL, ts ? (int)sd_tensor_numel(ts) : 0, 0, (size_t)nl};
+    st.latents = (float *)calloc((size_t)(st.steps > 0 ? st.steps : 1) * st.lat, sizeof(float));
+    int rc = run_golden_steps(m, g, 1, 0, rgb, lat, img, &st, &err);
     pipelines_checked++;
     n_cases++;
     if (CHECK(rc == SD_OK, "%s: %s", g->path, err.message)) {
+        CHECK(!ts || st.seen == st.steps, "%s: %d steps run, the golden's timesteps are %d", rel, st.seen, st.steps);
+        for (int k = 0; k < st.seen && k < st.steps; k++) {   /* each step's latents, where the golden has them */
+            char name[64];
+            snprintf(name, sizeof name, "step%d.latents_out", k);
+            snprintf(what, sizeof what, "%s %s", rel, name);
+            if (sd_safetensors_find(&g->st, name)) check_close(what, st.latents + (size_t)k * st.lat, golden_f32(g, name, NULL), (int64_t)st.lat, 1e-4);
+        }
         snprintf(what, sizeof what, "%s final_latents", rel);
         check_close(what, lat, want_lat, nl, 1e-4);
         snprintf(what, sizeof what, "%s image_decoded", rel);
@@ -4725,6 +4759,7 @@ static int check_pipeline(const sd_model *m, const char *rel)
         CHECK(same, "%s: prompt_ids%s differ from ours", rel, e ? "_2" : "");
         free_arena(a);
     }
+    free(st.latents);
     free(lat);
     free(img);
     free(rgb);
@@ -6191,6 +6226,230 @@ static void test_gguf(void)
     printf("gguf: %d pipeline goldens run from GGUF files\n", pipelines_checked - pipelines);
 }
 
+/* ---- image-guided generation: inpainting and InstructPix2Pix --------------------------------- */
+/* Every GOLDEN_DIR/NAME/inpaint_* and ip2p_* golden (README §10) on the model its `model`
+   metadata names: the mask and masked-image stages exactly, the VAE posteriors and latents, each
+   recorded step's UNet call from its stored input, and the whole pipeline through sd_generate. */
+
+static int is_image_guided_golden(const char *name)
+{
+    return (!strncmp(name, "inpaint_", 8) || !strncmp(name, "ip2p_", 5)) && ends_with(name, ".safetensors");
+}
+
+/* Compares a golden tensor exactly (float32 ==). */
+static void check_exact(const char *what, const float *got, const float *want, int64_t n)
+{
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; i++) bad += got[i] != want[i];
+    CHECK(!bad, "%s: %lld of %lld values differ", what, (long long)bad, (long long)n);
+}
+
+/* The encoder's posterior of image [3, H, W], and its sample with `noise` times the VAE scale. */
+static void ig_check_posterior(const sd_model *m, golden_file *g, const float *image, int H, int W, const char *prefix,
+                               const char *noise_name, const char *latents_name, sd_pool *pool)
+{
+    char name[128], what[1600];
+    int h = H / 8, w = W / 8;
+    size_t lat = (size_t)4 * h * w;
+    float *moments = (float *)malloc(2 * lat * sizeof(float)), *mean = (float *)malloc(lat * sizeof(float));
+    float *std = (float *)malloc(lat * sizeof(float)), *sample = (float *)malloc(lat * sizeof(float));
+    sd_arena *a = test_arena(sd_vae_encode_arena_bytes(sd_vae_get_config(m->vae), H, W));
+    sd_error err;
+    if (CHECK(sd_vae_encode(m->vae, image, H, W, moments, pool, a, &err) == SD_OK, "%s: encode: %s", g->path, err.message)) {
+        sd_vae_posterior(moments, 4, h, w, mean, NULL, std);
+        snprintf(name, sizeof name, "%sposterior_mean", prefix);
+        snprintf(what, sizeof what, "%s %s", g->path, name);
+        const float *want = sd_safetensors_find(&g->st, name) ? golden_f32(g, name, NULL) : NULL;
+        if (want) check_close(what, mean, want, (int64_t)lat, 1e-4);
+        snprintf(name, sizeof name, "%sposterior_std", prefix);
+        snprintf(what, sizeof what, "%s %s", g->path, name);
+        if ((want = sd_safetensors_find(&g->st, name) ? golden_f32(g, name, NULL) : NULL)) check_close(what, std, want, (int64_t)lat, 1e-4);
+        const float *noise = noise_name && sd_safetensors_find(&g->st, noise_name) ? golden_f32(g, noise_name, NULL) : NULL;
+        want = latents_name && sd_safetensors_find(&g->st, latents_name) ? golden_f32(g, latents_name, NULL) : NULL;
+        if (noise && want) {
+            sd_vae_sample(mean, std, noise, lat, sample);
+            for (size_t i = 0; i < lat; i++) sample[i] *= m->info.vae_scale;
+            snprintf(what, sizeof what, "%s %s", g->path, latents_name);
+            check_close(what, sample, want, (int64_t)lat, 1e-4);
+        } else if (want) {   /* InstructPix2Pix: the unscaled mode */
+            snprintf(what, sizeof what, "%s %s", g->path, latents_name);
+            check_close(what, mean, want, (int64_t)lat, 1e-4);
+        }
+    }
+    free_arena(a);
+    free(moments); free(mean); free(std); free(sample);
+}
+
+/* Each recorded step's UNet call from its stored input and the golden's text encodings. */
+static void ig_check_unet_steps(const sd_model *m, golden_file *g, int H, int W, sd_pool *pool)
+{
+    const sd_tensor *in0 = sd_safetensors_find(&g->st, "step0.unet_input"), *ts = sd_safetensors_find(&g->st, "timesteps");
+    if (!CHECK(in0 && in0->ndim == 4 && ts && ts->dtype == SD_I64, "%s: no step0.unet_input / timesteps", g->path)) return;
+    int B = (int)in0->shape[0], ch = (int)in0->shape[1], h = H / 8, w = W / 8, D = m->context_dim, add = sd_unet_add_dim(m->unet);
+    if (!CHECK(ch == m->unet->in_channels && in0->shape[2] == h && in0->shape[3] == w && B >= 1 && B <= 3,
+               "%s: step0.unet_input [%d, %d, ...] does not fit the %d-channel UNet at %dx%d", g->path, B, ch, m->unet->in_channels, H, W)) return;
+    const float *pe = golden_f32(g, "prompt_embeds", NULL), *ne = B > 1 ? golden_f32(g, "negative_prompt_embeds", NULL) : NULL;
+    if (!pe || (B > 1 && !ne)) return;
+    size_t ctx_n = (size_t)SD_TEXT_TOKENS * D, lat = (size_t)4 * h * w;
+    float *ctx = (float *)malloc((size_t)B * ctx_n * sizeof(float)), *y = (float *)malloc(((size_t)B * add + 1) * sizeof(float));
+    float *out = (float *)malloc((size_t)B * lat * sizeof(float)), t[3];
+    for (int b = 0; b < B; b++)   /* (uncond, cond) as CFG; InstructPix2Pix (text, negative, negative) */
+        memcpy(ctx + (size_t)b * ctx_n, negative_row(B, b) ? ne : pe, ctx_n * sizeof(float));
+    if (add) {   /* SDXL: pooled text and the size ids */
+        const float *pp = golden_f32(g, "pooled_prompt_embeds", NULL), *np = golden_f32(g, "negative_pooled_prompt_embeds", NULL);
+        const float *ids = golden_f32(g, "add_time_ids", NULL);
+        for (int b = 0; pp && np && ids && b < B; b++)
+            CHECK(sd_unet_add_vector(m->unet, negative_row(B, b) ? np : pp, m->te[1].proj_dim, ids + 6 * b, y + (size_t)b * add, NULL) == SD_OK,
+                  "%s: added conditioning", g->path);
+    }
+    sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, add ? y : NULL};
+    sd_arena *a = test_arena(sd_unet_arena_bytes(m->unet, B, h, w, SD_TEXT_TOKENS));
+    int steps = (int)sd_tensor_numel(ts);
+    for (int k = 0; k < steps; k++) {
+        char name[64], what[1600];
+        snprintf(name, sizeof name, "step%d.unet_input", k);
+        const sd_tensor *in = sd_safetensors_find(&g->st, name);
+        snprintf(name, sizeof name, "step%d.unet_out", k);
+        if (!in || !sd_safetensors_find(&g->st, name)) continue;
+        const float *want = golden_f32(g, name, NULL);
+        for (int b = 0; b < B; b++) t[b] = (float)golden_i64_at(ts, k);
+        sd_error err;
+        snprintf(what, sizeof what, "%s %s (from the stored input)", g->path, name);
+        if (CHECK(sd_unet(m->unet, (const float *)in->data, t, &cond, B, h, w, out, pool, a, &err) == SD_OK, "%s: %s", what, err.message))
+            check_close(what, out, want, (int64_t)B * lat, 2e-5);
+    }
+    free_arena(a);
+    free(ctx); free(y); free(out);
+}
+
+/* The stages of an inpainting or InstructPix2Pix golden before and inside the loop (the whole
+   run is check_pipeline's). */
+static void check_image_guided(const sd_model *m, golden_file *g, sd_pool *pool)
+{
+    char what[1600];
+    int H = atoi(meta_or(g, "height", "0")), W = atoi(meta_or(g, "width", "0"));
+    const sd_tensor *init = sd_safetensors_find(&g->st, "init_image_uint8"), *mask = sd_safetensors_find(&g->st, "mask_uint8");
+    if (!CHECK(init && init->dtype == SD_U8 && sd_tensor_numel(init) == (int64_t)3 * H * W, "%s: no init_image_uint8 [%d, %d, 3]", g->path, H, W)) return;
+    if (mask && !CHECK(mask->dtype == SD_U8 && sd_tensor_numel(mask) == (int64_t)H * W, "%s: mask_uint8 is not [%d, %d]", g->path, H, W)) return;
+    size_t plane = (size_t)H * W, hw = plane / 64;
+    float *img = (float *)malloc(3 * plane * sizeof(float)), *mb = (float *)malloc(plane * sizeof(float)), *ml = (float *)malloc(hw * sizeof(float));
+    const uint8_t *rgb = (const uint8_t *)init->data, *mk = mask ? (const uint8_t *)mask->data : NULL;
+
+    /* the stages before the loop */
+    if (mk) {
+        sd_inpaint_mask(mk, H, W, mb, ml);
+        snprintf(what, sizeof what, "%s mask_binarized", g->path);
+        if (sd_safetensors_find(&g->st, "mask_binarized")) check_exact(what, mb, golden_f32(g, "mask_binarized", NULL), (int64_t)plane);
+        snprintf(what, sizeof what, "%s mask_latent", g->path);
+        if (sd_safetensors_find(&g->st, "mask_latent")) check_exact(what, ml, golden_f32(g, "mask_latent", NULL), (int64_t)hw);
+        sd_masked_image(rgb, mk, H, W, img);
+        snprintf(what, sizeof what, "%s masked_image", g->path);
+        if (sd_safetensors_find(&g->st, "masked_image")) check_exact(what, img, golden_f32(g, "masked_image", NULL), (int64_t)(3 * plane));
+        ig_check_posterior(m, g, img, H, W, "masked_image_", "masked_image_posterior_noise", "masked_image_latents", pool);
+    }
+    sd_masked_image(rgb, NULL, H, W, img);
+    ig_check_posterior(m, g, img, H, W, "", "posterior_noise", mask ? "init_latents" : "image_latents", pool);
+    if (sd_safetensors_find(&g->st, "step0.unet_out")) ig_check_unet_steps(m, g, H, W, pool);
+
+    free(img); free(mb); free(ml);
+}
+
+/* Inputs that do not fit the model: clear errors before any work, nothing written. */
+static void check_image_guided_errors(const sd_model *m, const char *label)
+{
+    sd_params p;
+    sd_error err;
+    int ch = m->unet->in_channels;
+    uint8_t rgb[3 * 64 * 64], mask[64 * 64], out[3 * 64 * 64];
+    memset(rgb, 100, sizeof rgb);
+    memset(mask, 255, sizeof mask);
+    memset(out, 7, sizeof out);
+    sd_params_init(&p);
+    p.prompt = "a cat";
+    p.width = p.height = 64;
+    p.steps = 2;
+    sd_arena *a = test_arena(1u << 20);
+    if (ch != 4) {   /* no init image */
+        CHECK(sd_generate(m, &p, a, out, &err) == SD_ERR_ARG && strstr(err.message, "init image") && a->peak == 0,
+              "%s: a %d-channel model without an init image: %s", label, ch, err.message);
+    } else {   /* a mask without an init image */
+        p.mask = mask;
+        CHECK(sd_generate(m, &p, a, out, &err) == SD_ERR_ARG && strstr(err.message, "mask") && a->peak == 0,
+              "%s: a mask without an init image: %s", label, err.message);
+    }
+    p.init_rgb = rgb;
+    p.mask = ch == 8 ? mask : NULL;
+    if (ch == 8) CHECK(sd_generate(m, &p, a, out, &err) == SD_ERR_ARG && strstr(err.message, "no mask"), "%s: a mask for InstructPix2Pix: %s", label, err.message);
+    if (ch == 9) CHECK(sd_generate(m, &p, a, out, &err) == SD_ERR_ARG && strstr(err.message, "mask"), "%s: inpainting without a mask: %s", label, err.message);
+    p.strength = 1.5;
+    p.mask = ch == 9 ? mask : NULL;
+    CHECK(sd_generate(m, &p, a, out, &err) == SD_ERR_ARG, "%s: strength 1.5 accepted", label);
+    CHECK(out[0] == 7 && out[sizeof out - 1] == 7 && a->peak == 0, "%s: a refused call wrote its output or took memory", label);
+    free_arena(a);
+    /* masks of all 0 and all 1 run (inpainting and the blend) */
+    if (ch != 8) {
+        for (int v = 0; v < 2; v++) {
+            memset(mask, v ? 255 : 0, sizeof mask);
+            p.mask = mask;
+            p.strength = 0;
+            size_t need = sd_generate_arena_bytes(m, &p);
+            sd_arena *b = test_arena(need);
+            int rc = sd_generate(m, &p, b, out, &err);
+            CHECK(rc == SD_OK && b->peak == need, "%s: a mask of all %d: %s (peak %zu of %zu)", label, v * 255, rc ? err.message : "ok", b->peak, need);
+            free_arena(b);
+        }
+    }
+}
+
+static void test_image_guided(void)
+{
+    int n = golden_models_read(), files = 0;
+    DIR *top = opendir(golden_dir);
+    struct dirent *d;
+    sd_pool *pool = host_pool();
+    while (top && (d = readdir(top))) {
+        char sub[1400];
+        if (d->d_name[0] == '.') continue;
+        snprintf(sub, sizeof sub, "%s/%s", golden_dir, d->d_name);
+        DIR *dir = opendir(sub);
+        struct dirent *f;
+        while (dir && (f = readdir(dir))) {
+            if (!is_image_guided_golden(f->d_name)) continue;
+            char rel[1400];
+            snprintf(rel, sizeof rel, "%.600s/%.600s", d->d_name, f->d_name);
+            golden_file *g = golden_open(rel);
+            if (!g) continue;
+            const char *model = meta_or(g, "model", d->d_name);
+            golden_model *gm = NULL;
+            for (int i = 0; i < n; i++) if (!strcmp(golden_models[i].name, model)) gm = &golden_models[i];
+            loaded_model lm;
+            if (!gm || !golden_model_file(gm)) {
+                note_absent(model, "%s: its model %s is not in %s/models, skipped", rel, model, golden_dir);
+            } else if (!load_golden_model(&lm, gm, 0)) {
+                files++;
+                check_image_guided(lm.model, g, pool);
+                check_pipeline(lm.model, rel);
+                unload_model(&lm);
+            }
+            golden_close(g);
+        }
+        if (dir) closedir(dir);
+    }
+    if (top) closedir(top);
+    /* the errors, on one model of each kind present */
+    int seen[10] = {0};
+    for (int i = 0; i < n; i++) {
+        loaded_model lm;
+        if (!golden_model_file(&golden_models[i]) || load_golden_model(&lm, &golden_models[i], 0)) continue;
+        int ch = lm.model->unet->in_channels;
+        if (!seen[ch]++) check_image_guided_errors(lm.model, golden_models[i].name);
+        unload_model(&lm);
+    }
+    n_cases += files;
+    if (!files) note_absent("image-guided", "no inpainting or InstructPix2Pix goldens (NAME/inpaint_*, ip2p_*) in %s, skipped", golden_dir);
+    else printf("image-guided: %d inpainting and InstructPix2Pix goldens, every stage\n", files);
+}
+
 /* ./test --rewrite IN OUT [--f32] [--drop NAME]... [--bump NAME] [--meta KEY=VALUE]...: a copy of
    a safetensors file with 2-byte floats widened to F32, tensors left out, one tensor's first value
    moved by 1 % of its largest magnitude (a change no tolerance accepts), or metadata set. make
@@ -6272,7 +6531,7 @@ static const struct test_group { const char *name; void (*run)(void); int golden
     {"safetensors", test_safetensors_malformed, 0}, {"manifest", test_golden_manifest, 1}, {"models", test_model_files, 1},
     {"rng", test_rng, 1}, {"ddim", test_ddim, 1}, {"samplers", test_samplers, 1}, {"tokenizer", test_tokenizer, 1},
     {"prompt", test_prompt, 1}, {"text_encoder", test_text_encoder, 1}, {"unet", test_unet, 1}, {"vae", test_vae, 1},
-    {"pipeline", test_pipeline, 1}, {"gguf", test_gguf, 1}, {"png", test_png, 1}, {"cli", test_cli, 1},
+    {"pipeline", test_pipeline, 1}, {"image_guided", test_image_guided, 1}, {"gguf", test_gguf, 1}, {"png", test_png, 1}, {"cli", test_cli, 1},
 };
 #define TEST_GROUPS (int)(sizeof test_groups / sizeof test_groups[0])
 
