@@ -5405,6 +5405,64 @@ static int file_contains(const char *path, const char *needle)
 
 /* The CLI with a seed golden's settings gives diffusers' pixels; img2img from PNG and PPM agree;
    each kind of bad input gives one line on stderr and a non-zero exit. */
+/* The CLI's inpainting: a seeded inpainting golden (README §10, its _init.png and _mask.png
+   beside it) drawn through --mask with the golden's seed, and a mask of another size refused. */
+static void check_cli_inpainting(const char *dir, const char *merges)
+{
+    char sub[1400], rel[1400], args[16000], errf[1400], out[1400], init[1400], mask[1400];
+    int n = golden_models_read(), lines, rc, done = 0;
+    snprintf(errf, sizeof errf, "%s/stderr.txt", dir);
+    for (int i = 0; i < n && !done; i++) {
+        golden_model *gm = &golden_models[i];
+        snprintf(sub, sizeof sub, "%s/%s", golden_dir, gm->name);
+        DIR *in = golden_model_file(gm) && golden_model_loads(gm) ? opendir(sub) : NULL;
+        struct dirent *f;
+        while (in && (f = readdir(in)) && !done) {
+            if (strncmp(f->d_name, "inpaint_", 8) || !ends_with(f->d_name, ".safetensors")) continue;
+            snprintf(rel, sizeof rel, "%.600s/%.600s", gm->name, f->d_name);
+            golden_file *g = golden_open(rel);
+            const sd_tensor *want = g ? sd_safetensors_find(&g->st, "image_uint8") : NULL;
+            if (!want || !sd_safetensors_meta(&g->st, "seed") || strcmp(meta_or(g, "model", ""), gm->name)) { golden_close(g); continue; }
+            size_t stem = strlen(g->path) - 12;
+            snprintf(init, sizeof init, "%.*s_init.png", (int)stem, g->path);
+            snprintf(mask, sizeof mask, "%.*s_mask.png", (int)stem, g->path);
+            snprintf(out, sizeof out, "%s/inpaint.png", dir);
+            char prompt[1500], negative[1500];
+            shell_quote(prompt, sizeof prompt, meta_or(g, "prompt", ""));
+            shell_quote(negative, sizeof negative, meta_or(g, "negative_prompt", ""));
+            snprintf(args, sizeof args, "-m %s --tokenizer %s -p %s -n %s -i %s --mask %s --steps %s --strength %s --cfg-scale %s -s %s -t 2 -o %s",
+                     golden_model_file(gm), merges, prompt, negative, init, mask, meta_or(g, "num_inference_steps", "0"),
+                     meta_or(g, "strength", "1"), meta_or(g, "guidance_scale", "7.5"), meta_or(g, "seed", "0"), out);
+            rc = run_example(args, errf, &lines);
+            int w = 0, h = 0, worst = 256;
+            char e[256];
+            uint8_t *rgb = rc == 0 ? image_read(out, &w, &h, e, sizeof e) : NULL;
+            if (rgb && (int64_t)w * h * 3 == sd_tensor_numel(want)) {
+                worst = 0;
+                for (int64_t k = 0; k < sd_tensor_numel(want); k++) {
+                    int d = abs((int)rgb[k] - (int)((const uint8_t *)want->data)[k]);
+                    worst = d > worst ? d : worst;
+                }
+            }
+            CHECK(worst <= 1, "CLI --mask with -s %s: exit %d, the image differs from %s's by %d", meta_or(g, "seed", ""), rc, rel, worst);
+            /* a mask of another size than the image */
+            uint8_t small[16 * 16 * 3] = {0};
+            snprintf(mask, sizeof mask, "%s/small_mask.ppm", dir);
+            if (!image_write(mask, small, 16, 16, NULL, e, sizeof e)) {
+                snprintf(args, sizeof args, "-m %s --tokenizer %s -p x -i %s --mask %s -o %s", golden_model_file(gm), merges, init, mask, out);
+                rc = run_example(args, errf, &lines);
+                CHECK(rc != 0 && lines == 1 && file_contains(errf, "the mask must have the image's size"), "CLI mask of another size: exit %d", rc);
+            }
+            free(rgb);
+            golden_close(g);
+            n_cases++;
+            done = 1;
+        }
+        if (in) closedir(in);
+    }
+    if (!done) note_absent("cli inpainting", "no seeded inpainting golden with its model in %s, the CLI --mask check skipped", golden_dir);
+}
+
 static void test_cli(void)
 {
     char dir[] = "/tmp/sdh_cli_XXXXXX", golden[1200] = "", model[1400] = "", path[1400], args[6000], errf[1400];
@@ -5524,6 +5582,26 @@ static void test_cli(void)
         rc = run_example(args, errf, &lines);
         CHECK(rc == 0 && file_contains(path, methods[i][1]), "CLI --sampling-method %s: exit %d, or no '%s' in the PNG", methods[i][0], rc, methods[i][1]);
     }
+    /* -i without -W/-H: the init image's size rounded down to a multiple of 8, said on stderr */
+    if (*model) {
+        uint8_t odd[100 * 75 * 3];
+        char e[256], outp[1400];
+        int ow = 0, oh = 0;
+        for (size_t i = 0; i < sizeof odd; i++) odd[i] = (uint8_t)(i * 7 % 251);
+        snprintf(path, sizeof path, "%s/odd.ppm", dir);
+        snprintf(outp, sizeof outp, "%s/odd_out.ppm", dir);
+        if (!image_write(path, odd, 100, 75, NULL, e, sizeof e)) {
+            snprintf(args, sizeof args, "-m %s --tokenizer %s -p x -i %s --steps 2 -s 1 -t 1 -o %s", m, merges_path, path, outp);
+            rc = run_example(args, errf, &lines);
+            uint8_t *o = rc == 0 ? image_read(outp, &ow, &oh, e, sizeof e) : NULL;
+            CHECK(o && ow == 96 && oh == 72 && file_contains(errf, "resized to 96x72"), "CLI -i of a 100x75 image: exit %d, %dx%d", rc, ow, oh);
+            free(o);
+        }
+        snprintf(args, sizeof args, "-m %s --tokenizer %s -p x --mask %s", m, merges_path, path);
+        rc = run_example(args, errf, &lines);
+        CHECK(rc != 0 && lines == 1 && file_contains(errf, "needs an init image"), "CLI --mask without -i: exit %d", rc);
+    }
+    check_cli_inpainting(dir, merges_path);
     snprintf(args, sizeof args, "rm -rf %s", dir);
     if (system(args)) printf("note: could not remove %s\n", dir);
 }
