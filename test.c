@@ -2951,6 +2951,61 @@ static void unet_check_broken(const unsigned char *bytes, size_t size, int diffu
 
 /* One layout of a model against GOLDEN_DIR/NAME/unet.safetensors: every case (case0 with the
    debug activations), an odd size, and broken copies of the file. */
+/* conv_in widened to `channels` inputs, the new ones with zero weights (f16 or f32 as the file's). */
+typedef struct widen_edit { const char *name; int channels; void *data; } widen_edit;
+
+static int widen_conv_in(sd_tensor *t, char *name, size_t cap, void *user)
+{
+    widen_edit *e = (widen_edit *)user;
+    (void)cap;
+    if (strcmp(name, e->name) || t->ndim != 4) return 1;
+    size_t es = sd_dtype_size(t->dtype), tap = (size_t)(t->shape[2] * t->shape[3]) * es, in = (size_t)t->shape[1];
+    unsigned char *w = (unsigned char *)calloc((size_t)t->shape[0] * e->channels * tap, 1);
+    for (int64_t o = 0; o < t->shape[0]; o++) memcpy(w + (size_t)o * e->channels * tap, (const unsigned char *)t->data + (size_t)o * in * tap, in * tap);
+    t->shape[1] = e->channels;
+    t->nbytes = (size_t)t->shape[0] * e->channels * tap;
+    t->data = e->data = w;
+    return 1;
+}
+
+/* Inpainting (9) and InstructPix2Pix (8) UNets in this file's layout: a copy whose conv_in takes
+   the extra channels with zero weights loads with those channels and gives the 4-channel UNet's
+   output whatever the extra channels hold. */
+static void unet_check_wide_input(const sd_safetensors *st, const sd_unet_model *u4, const sd_safetensors *meta, const char *label, sd_pool *pool)
+{
+    const char *conv_in = sd_safetensors_find(st, "conv_in.weight") ? "conv_in.weight" : "model.diffusion_model.input_blocks.0.0.weight";
+    int h = 8, w = 8, B = 2, add = sd_unet_add_dim(u4);
+    size_t hw = (size_t)h * w, nctx = (size_t)B * SD_TEXT_TOKENS * u4->context_dim;
+    float *ctx = kt_floats(nctx, 1), *y = kt_floats((size_t)B * add + 1, 1), *x4 = kt_floats((size_t)B * 4 * hw, 1), *xw = kt_floats((size_t)B * 9 * hw, 1);
+    float *out4 = (float *)malloc((size_t)B * 4 * hw * sizeof(float)), *outw = (float *)malloc((size_t)B * 4 * hw * sizeof(float)), t[2] = {700, 300};
+    sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, add ? y : NULL};
+    sd_arena *a = test_arena(sd_unet_arena_bytes(u4, B, h, w, SD_TEXT_TOKENS));
+    sd_error err;
+    int ok = sd_unet(u4, x4, t, &cond, B, h, w, out4, pool, a, &err) == SD_OK;
+    for (int ch = 8; ch <= 9 && ok; ch++) {
+        widen_edit e = {conv_in, ch, NULL};
+        size_t size;
+        unsigned char *bytes = rewrite_file(st, SD_DTYPE_COUNT, widen_conv_in, &e, &size);
+        sd_arena *ta = test_arena(1u << 24);
+        sd_safetensors wide;
+        sd_unet_model *uw;
+        for (int b = 0; b < B; b++) memcpy(xw + (size_t)b * ch * hw, x4 + (size_t)b * 4 * hw, 4 * hw * sizeof(float));   /* then random extra channels */
+        if (CHECK(sd_safetensors_open(&wide, bytes, size, ta, &err) == SD_OK && sd_unet_load(&uw, &wide, 1, meta, ta, &err) == SD_OK,
+                  "%s with %d input channels: %s", label, ch, err.message)) {
+            CHECK(uw->in_channels == ch, "%s: the widened UNet reads %d input channels, not %d", label, uw->in_channels, ch);
+            char what[400];
+            snprintf(what, sizeof what, "%s with %d input channels (zero weights on the extra ones)", label, ch);
+            if (CHECK(sd_unet(uw, xw, t, &cond, B, h, w, outw, pool, a, &err) == SD_OK, "%s: %s", what, err.message))
+                check_close(what, outw, out4, (int64_t)B * 4 * hw, 1e-6);
+        }
+        free_arena(ta);
+        free(bytes);
+        free(e.data);
+    }
+    free_arena(a);
+    free(ctx); free(y); free(x4); free(xw); free(out4); free(outw);
+}
+
 static void unet_test_file(const golden_model *gm, int layout, sd_pool *pool)
 {
     char rel[512], label[300], path[1600];
@@ -2981,6 +3036,7 @@ static void unet_test_file(const golden_model *gm, int layout, sd_pool *pool)
             const float *ctx = golden_f32(g, "case0.context", NULL);
             if (ctx) unet_check_odd_size(u, ctx, pool, label);
             unet_check_broken(bytes, size, !sd_safetensors_find(&st, "model.diffusion_model.input_blocks.0.0.weight"), label);
+            if (u->in_channels == 4) unet_check_wide_input(&st, u, meta, label, pool);
         }
     }
     free_arena(a);
