@@ -476,7 +476,7 @@ static unsigned char *rewrite_file(const sd_safetensors *st, sd_dtype to, tensor
    (sd_prompt_chunks): chunks of valid ids and finite weights, or SD_ERR_ARG. SD_FUZZ=3: the GGUF
    reader, as SD_FUZZ=1 (and every block-typed tensor's first and last values decoded), which
    must also open in an arena of exactly the bytes gguf_arena_bytes plans, filling it exactly.
-   Never a crash or a bad read. */
+   SD_FUZZ=4: the CLI's PNG and PPM readers (below). Never a crash or a bad read. */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #if SD_FUZZ == 1 || SD_FUZZ == 3
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -501,6 +501,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (sd_gguf_open(&st, data, size, exact, &err) != rc || (rc == SD_OK && exact->peak != plan)) __builtin_trap();
     free_arena(exact);
 #endif
+    return 0;
+}
+#elif SD_FUZZ == 4
+/* The CLI's image readers: any bytes as a PNG and as a PPM give an image whose every byte can be
+   read (w x h x 3, at most IMAGE_MAX_PIXELS), or an error message. */
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    for (int k = 0; k < 2; k++) {
+        char err[256] = "";
+        int w = -1, h = -1;
+        uint8_t *rgb = (k ? ppm_decode : png_decode)(data, size, &w, &h, err, sizeof err);
+        if (rgb) {
+            if (w < 1 || h < 1 || (uint64_t)w * (uint64_t)h > IMAGE_MAX_PIXELS) __builtin_trap();
+            unsigned sum = 0;
+            for (size_t i = 0; i < (size_t)w * h * 3; i += 4093) sum += rgb[i];
+            sum += rgb[(size_t)w * h * 3 - 1];
+            (void)sum;
+            free(rgb);
+        } else if (!err[0]) {
+            __builtin_trap();   /* a refusal says why */
+        }
+    }
     return 0;
 }
 #else
@@ -6584,6 +6606,76 @@ static void test_image_guided(void)
     else printf("image-guided: %d inpainting and InstructPix2Pix goldens, every stage\n", files);
 }
 
+/* ---- one model, many threads ----------------------------------------------------------------- */
+/* A loaded model is read-only: sd_generate calls on one sd_model from several threads at once,
+   each with its own arena (and pool), give the bytes of the same calls one after another. make
+   tsan runs this group under ThreadSanitizer. */
+
+typedef struct gen_job { const sd_model *m; sd_params p; uint8_t *rgb; int rc; } gen_job;
+
+#ifndef SD_NO_THREADS
+static void *gen_thread(void *arg)
+{
+    gen_job *j = (gen_job *)arg;
+    sd_error err;
+    sd_arena *a = test_arena(sd_generate_arena_bytes(j->m, &j->p));
+    j->rc = sd_generate(j->m, &j->p, a, j->rgb, &err);
+    free_arena(a);
+    return NULL;
+}
+#endif
+
+static void test_threads(void)
+{
+#ifdef SD_NO_THREADS
+    printf("note: SD_NO_THREADS: the concurrent sd_generate checks skipped\n");
+#else
+    int n = golden_models_read(), done = 0;
+    for (int i = 0; i < n && !done; i++) {
+        golden_model *gm = &golden_models[i];
+        loaded_model lm;
+        if (!golden_model_file(gm) || load_golden_model(&lm, gm, 0)) continue;
+        if (lm.model->unet->in_channels != 4) { unload_model(&lm); continue; }
+        enum { JOBS = 4 };
+        gen_job job[JOBS];
+        size_t px = (size_t)3 * 64 * 64;
+        uint8_t *ref = (uint8_t *)malloc(JOBS * px);
+        for (int k = 0; k < JOBS; k++) {   /* four different generations, Euler a drawing from each seed */
+            job[k].m = lm.model;
+            sd_params_init(&job[k].p);
+            job[k].p.prompt = k % 2 ? "a red castle on a hill" : "a (blue:1.2) boat BREAK at sea";
+            job[k].p.width = job[k].p.height = 64;
+            job[k].p.steps = 3;
+            job[k].p.sampler = SD_SAMPLER_EULER_A;
+            job[k].p.seed = 100 + (uint64_t)k;
+            job[k].p.threads = 1 + k % 2;   /* pools of one and of two threads inside */
+            job[k].rgb = (uint8_t *)malloc(px);
+            gen_thread(&job[k]);
+            memcpy(ref + k * px, job[k].rgb, px);
+            CHECK(job[k].rc == SD_OK, "threads: generation %d alone", k);
+        }
+        for (int count = 2; count <= JOBS; count += 2) {
+            pthread_t tid[JOBS];
+            for (int k = 0; k < count; k++) {
+                memset(job[k].rgb, 0, px);
+                CHECK(pthread_create(&tid[k], NULL, gen_thread, &job[k]) == 0, "threads: pthread_create");
+            }
+            for (int k = 0; k < count; k++) pthread_join(tid[k], NULL);
+            for (int k = 0; k < count; k++)
+                CHECK(job[k].rc == SD_OK && !memcmp(job[k].rgb, ref + k * px, px), "threads: %s: generation %d of %d at once differs from it alone",
+                      gm->name, k, count);
+        }
+        for (int k = 0; k < JOBS; k++) free(job[k].rgb);
+        free(ref);
+        unload_model(&lm);
+        n_cases++;
+        done = 1;
+        printf("threads: 2 and 4 generations at once on one %s model give the bytes of each alone\n", gm->name);
+    }
+    if (!done) note_absent("threads", "no model that loads in %s/models: the concurrent sd_generate checks skipped", golden_dir);
+#endif
+}
+
 /* ./test --rewrite IN OUT [--f32] [--drop NAME]... [--bump NAME] [--meta KEY=VALUE]...: a copy of
    a safetensors file with 2-byte floats widened to F32, tensors left out, one tensor's first value
    moved by 1 % of its largest magnitude (a change no tolerance accepts), or metadata set. make
@@ -6665,7 +6757,7 @@ static const struct test_group { const char *name; void (*run)(void); int golden
     {"safetensors", test_safetensors_malformed, 0}, {"manifest", test_golden_manifest, 1}, {"models", test_model_files, 1},
     {"rng", test_rng, 1}, {"ddim", test_ddim, 1}, {"samplers", test_samplers, 1}, {"tokenizer", test_tokenizer, 1},
     {"prompt", test_prompt, 1}, {"text_encoder", test_text_encoder, 1}, {"unet", test_unet, 1}, {"vae", test_vae, 1},
-    {"pipeline", test_pipeline, 1}, {"image_guided", test_image_guided, 1}, {"gguf", test_gguf, 1}, {"png", test_png, 1}, {"cli", test_cli, 1},
+    {"pipeline", test_pipeline, 1}, {"image_guided", test_image_guided, 1}, {"gguf", test_gguf, 1}, {"png", test_png, 1}, {"cli", test_cli, 1}, {"threads", test_threads, 1},
 };
 #define TEST_GROUPS (int)(sizeof test_groups / sizeof test_groups[0])
 
