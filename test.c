@@ -5635,7 +5635,21 @@ static void test_cli(void)
     const char *m = *model ? model : "no-model.safetensors";   /* the cases that need one are skipped then */
     if (!*model && !n) note_no_models();
     else if (!*model) note_absent("cli model", "no model that loads in %s/models: the CLI runs that need one skipped", golden_dir);
-    struct { char args[3000]; const char *needle; } bad[8];
+    /* files that lie: a header that says 2 GB of JSON in a 1 KB file, and a model cut to 1 KB */
+    char liar[1400], cut[1400];
+    snprintf(liar, sizeof liar, "%s/liar.safetensors", dir);
+    snprintf(cut, sizeof cut, "%s/cut.safetensors", dir);
+    if ((f = fopen(liar, "wb"))) {
+        unsigned char head[1024] = {0x00, 0x00, 0x00, 0x80};   /* header length 2^31, little-endian */
+        memset(head + 8, '{', sizeof head - 8);
+        fwrite(head, 1, sizeof head, f);
+        fclose(f);
+    }
+    size_t msize = 0;
+    unsigned char *mbytes = *model && file_exists(model) ? read_file(model, &msize) : NULL;
+    if (mbytes && (f = fopen(cut, "wb"))) { fwrite(mbytes, 1, msize < 1024 ? msize : 1024, f); fclose(f); }
+    free(mbytes);
+    struct { char args[3000]; const char *needle; } bad[10];
     snprintf(bad[0].args, sizeof bad[0].args, "--bogus");                                         bad[0].needle = "unknown option";
     snprintf(bad[1].args, sizeof bad[1].args, "-m");                                              bad[1].needle = "needs a value";
     snprintf(bad[2].args, sizeof bad[2].args, "-m %s --tokenizer %s -p x -W 100", m, merges_path); bad[2].needle = "multiples of 8";
@@ -5644,8 +5658,10 @@ static void test_cli(void)
     snprintf(bad[5].args, sizeof bad[5].args, "-m %s --tokenizer %s -p x -i %s", m, merges_path, path); bad[5].needle = "not a PNG";
     snprintf(bad[6].args, sizeof bad[6].args, "-m %s -p x --sampling-method lms", m);            bad[6].needle = "not one of";
     snprintf(bad[7].args, sizeof bad[7].args, "-m %s -p x --scheduler karras", m);               bad[7].needle = "dpm++2m only";
-    for (int i = 0; i < 8; i++) {
-        if (!*model && (i == 2 || i == 5)) continue;   /* checked once the model is loaded */
+    snprintf(bad[8].args, sizeof bad[8].args, "-m %s --tokenizer %s -p x", liar, merges_path);  bad[8].needle = "header";
+    snprintf(bad[9].args, sizeof bad[9].args, "-m %s --tokenizer %s -p x", cut, merges_path);   bad[9].needle = "cut.safetensors";
+    for (int i = 0; i < 10; i++) {
+        if (!*model && (i == 2 || i == 5 || i == 9)) continue;   /* checked once the model is loaded */
         rc = run_example(bad[i].args, errf, &lines);
         CHECK(rc != 0 && lines == 1 && file_contains(errf, bad[i].needle), "CLI '%s': exit %d, %d lines on stderr, want one with '%s'",
               bad[i].args, rc, lines, bad[i].needle);
