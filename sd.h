@@ -2059,18 +2059,24 @@ static const float zero_row[GEMM_KC_MAX] = {0};   /* the input "pixel" in the pa
 #define GEMM_ROWS(X) X(0) X(1) X(2) X(3)
 #endif
 
+/* How a tile's sums are stored: added to what c holds (a later K block, or accumulate), and
+   through ReLU after the bias (TAESD's convs, on the last K block). */
+enum { TILE_LOAD = 1, TILE_RELU = 2 };
+
 /* c[0..nr) (+)= v0:v1, + bias, for one row of a tile. */
-static inline void tile_store_row(float *c, vfloat v0, vfloat v1, int nr, int load, const float *bias)
+static inline void tile_store_row(float *c, vfloat v0, vfloat v1, int nr, int mode, const float *bias)
 {
     if (nr == GEMM_NR) {
-        if (load) { v0 = vf_add(vf_load(c), v0); v1 = vf_add(vf_load(c + VF_WIDTH), v1); }
+        if (mode & TILE_LOAD) { v0 = vf_add(vf_load(c), v0); v1 = vf_add(vf_load(c + VF_WIDTH), v1); }
         if (bias) { v0 = vf_add(v0, vf_load(bias)); v1 = vf_add(v1, vf_load(bias + VF_WIDTH)); }
+        if (mode & TILE_RELU) { v0 = vf_max(v0, vf_zero()); v1 = vf_max(v1, vf_zero()); }
         vf_store(c, v0);
         vf_store(c + VF_WIDTH, v1);
     } else {
         int n0 = nr < VF_WIDTH ? nr : VF_WIDTH, n1 = nr - n0;
-        if (load) { v0 = vf_add(vf_load_n(c, n0), v0); if (n1) v1 = vf_add(vf_load_n(c + VF_WIDTH, n1), v1); }
+        if (mode & TILE_LOAD) { v0 = vf_add(vf_load_n(c, n0), v0); if (n1) v1 = vf_add(vf_load_n(c + VF_WIDTH, n1), v1); }
         if (bias) { v0 = vf_add(v0, vf_load_n(bias, n0)); if (n1) v1 = vf_add(v1, vf_load_n(bias + VF_WIDTH, n1)); }
+        if (mode & TILE_RELU) { v0 = vf_max(v0, vf_zero()); v1 = vf_max(v1, vf_zero()); }
         vf_store_n(c, v0, n0);
         if (n1) vf_store_n(c + VF_WIDTH, v1, n1);
     }
@@ -2079,14 +2085,15 @@ static inline void tile_store_row(float *c, vfloat v0, vfloat v1, int nr, int lo
 /* The micro-kernel: a GEMM_MR x GEMM_NR tile of c (row stride ldc) (+)= Σ_k a_i[k] · bp[k][j].
    The K axis is nseg segments of len values; a[s·GEMM_MR + i] points at row i's values for
    segment s, and bp holds nseg·len packed rows of GEMM_NR. Only rows < mr and columns < nr
-   are stored (the others compute on duplicated or zero data); bias (if not NULL) is added. */
+   are stored (the others compute on duplicated or zero data); bias (if not NULL) is added; mode:
+   TILE_LOAD, TILE_RELU. */
 static void gemm_tile(const float *const *a, int nseg, int len, const float *bp, float *c, int ldc,
-                      int mr, int nr, int load, const float *bias)
+                      int mr, int nr, int mode, const float *bias)
 {
 #define TILE_DECL(i) vfloat c##i##0 = vf_zero(), c##i##1 = vf_zero();
 #define TILE_PTR(i) const float *a##i = a[i];
 #define TILE_FMA(i) t = vf_set1(a##i[k]); c##i##0 = vf_fma(t, b0, c##i##0); c##i##1 = vf_fma(t, b1, c##i##1);
-#define TILE_STORE(i) if (i < mr) tile_store_row(c + (size_t)i * ldc, c##i##0, c##i##1, nr, load, bias);
+#define TILE_STORE(i) if (i < mr) tile_store_row(c + (size_t)i * ldc, c##i##0, c##i##1, nr, mode, bias);
     GEMM_ROWS(TILE_DECL)
     for (int s = 0; s < nseg; s++, a += GEMM_MR) {
         GEMM_ROWS(TILE_PTR)
@@ -2159,30 +2166,40 @@ typedef struct gemm_job {
     const float *x;
     int ldx, M, N;
     const sd_tensor *w, *b;
-    int accumulate;
+    int accumulate, relu;                        /* y += the product; y = max(y, 0) at the end */
     int conv, H, W, Cin, Ho, Wo, k, s, pad;      /* implicit GEMM geometry when conv */
+    int y0, x_y0;                                /* conv2d_rows: the first output row made, x's first row */
     int64_t row_len;                             /* weight values per output column */
     int depth, taps, nblocks, blen;              /* K = depth x taps, in blocks of blen x taps */
     int gm, gn, mb, nb;                          /* task grid and its block sizes */
 } gemm_job;
 
 /* Row pointers of the micro-tile at output rows m.. (mr valid) for the K block starting at
-   channel c0: GEMM_MR of them per tap. Rows past mr repeat row m. */
+   channel c0: GEMM_MR of them per tap. Rows past mr repeat row m. A conv's output pixel (bi, oy,
+   ox) is worked out once for row m and stepped along after, and each tap row's start once per
+   pixel: at 64 channels this bookkeeping is a tenth of a conv's time. */
 static void gemm_rows(const gemm_job *j, int m, int mr, int c0, const float **rows)
 {
-    for (int i = 0; i < GEMM_MR; i++) {
-        int r = m + (i < mr ? i : 0);
-        if (!j->conv) { rows[i] = j->x + (size_t)r * j->ldx + c0; continue; }
-        int hw = j->Ho * j->Wo, bi = r / hw, oy = (r % hw) / j->Wo, ox = r % j->Wo;
-        for (int ky = 0, t = 0; ky < j->k; ky++) {
-            int iy = oy * j->s + ky - j->pad;
-            for (int kx = 0; kx < j->k; kx++, t++) {
-                int ix = ox * j->s + kx - j->pad;
-                rows[t * GEMM_MR + i] = (iy < 0 || iy >= j->H || ix < 0 || ix >= j->W) ? zero_row
-                    : j->x + (((size_t)bi * j->H + iy) * j->W + ix) * j->Cin + c0;
-            }
-        }
+    const float *x = j->x;
+    int k = j->k, s = j->s, pad = j->pad, H = j->H, W = j->W, Ho = j->Ho, Wo = j->Wo, taps = k * k;
+    size_t C = (size_t)j->Cin;
+    if (!j->conv) {
+        for (int i = 0; i < GEMM_MR; i++) rows[i] = x + (size_t)(m + (i < mr ? i : 0)) * j->ldx + c0;
+        return;
     }
+    int bi = m / (Ho * Wo), oy = m % (Ho * Wo) / Wo, ox = m % Wo;
+    for (int i = 0; i < mr; i++) {
+        int iy0 = (j->y0 + oy) * s - pad, ix0 = ox * s - pad;
+        for (int ky = 0; ky < k; ky++) {
+            int iy = iy0 + ky;
+            const float *line = iy < 0 || iy >= H ? NULL : x + (((size_t)bi * H + iy - j->x_y0) * W + ix0) * C + c0;
+            for (int kx = 0; kx < k; kx++)
+                rows[(ky * k + kx) * GEMM_MR + i] = !line || ix0 + kx < 0 || ix0 + kx >= W ? zero_row : line + kx * C;
+        }
+        if (++ox == Wo) { ox = 0; if (++oy == Ho) { oy = 0; bi++; } }
+    }
+    for (int i = mr; i < GEMM_MR; i++)
+        for (int t = 0; t < taps; t++) rows[t * GEMM_MR + i] = rows[t * GEMM_MR];
 }
 
 static void gemm_task(void *arg, int task, int thread)
@@ -2197,7 +2214,7 @@ static void gemm_task(void *arg, int task, int thread)
         if (j->b) tensor_floats(bias, j->b, (size_t)jc, nc);
         for (int p = 0; p < j->nblocks; p++) {
             int c0 = p * j->blen, len = j->depth - c0 < j->blen ? j->depth - c0 : j->blen, kb = len * j->taps;
-            int load = p > 0 || j->accumulate;
+            int mode = (p > 0 || j->accumulate ? TILE_LOAD : 0) | (p == j->nblocks - 1 && j->relu ? TILE_RELU : 0);
             const float *bb = p == j->nblocks - 1 && j->b ? bias : NULL;
             pack_weights(bp, j->w, j->row_len, jc, nc, (int64_t)c0 * j->taps, len, j->taps);
             for (int m = m_lo; m < m_hi; m += GEMM_MR) {
@@ -2206,7 +2223,7 @@ static void gemm_task(void *arg, int task, int thread)
                 for (int pn = 0; pn * GEMM_NR < nc; pn++) {
                     int nr = nc - pn * GEMM_NR < GEMM_NR ? nc - pn * GEMM_NR : GEMM_NR;
                     gemm_tile(rows, j->taps, len, bp + (size_t)pn * kb * GEMM_NR,
-                              j->y + (size_t)m * j->ldy + jc + pn * GEMM_NR, j->ldy, mr, nr, load,
+                              j->y + (size_t)m * j->ldy + jc + pn * GEMM_NR, j->ldy, mr, nr, mode,
                               bb ? bb + pn * GEMM_NR : NULL);
                 }
             }
@@ -2301,9 +2318,9 @@ static void dot_im2col(const gemm_job *j, float *col, int64_t k0, int kl)
         int ci = (int)(k0 / j->taps), t = (int)(k0 % j->taps);
         float *o = col + (size_t)m * kl;
         for (int kk = 0; kk < kl; kk++) {
-            int iy = oy * j->s + t / j->k - j->pad, ix = ox * j->s + t % j->k - j->pad;
+            int iy = (j->y0 + oy) * j->s + t / j->k - j->pad, ix = ox * j->s + t % j->k - j->pad;
             o[kk] = iy < 0 || iy >= j->H || ix < 0 || ix >= j->W ? 0.0f
-                  : j->x[(((size_t)bi * j->H + iy) * j->W + ix) * j->Cin + ci];
+                  : j->x[(((size_t)bi * j->H + iy - j->x_y0) * j->W + ix) * j->Cin + ci];
             if (++t == j->taps) { t = 0; ci++; }
         }
     }
@@ -2340,6 +2357,7 @@ static void gemm_dot_task(void *arg, int task, int thread)
                         float *yo = j->y + (size_t)(m + r) * j->ldy + n + i, v = s[r * 4 + i];
                         if (load) v = *yo + v;
                         if (last && j->b) v += tensor_get(j->b, (size_t)(n + i));
+                        if (last && j->relu && v < 0) v = 0;
                         *yo = v;
                     }
             }
@@ -2423,6 +2441,30 @@ static void conv2d(sd_pool *pool, float *y, const float *x, int B, int H, int W,
     gemm_run(&j);
 }
 
+/* Output rows y0 .. y0 + rows - 1 (Wo wide, row i of y at y + i·Wo·ldy) of a k x k convolution of
+   one NHWC image of H x W x Cin that is not all in memory: x holds its rows from x_y0 on (those
+   the taps read must be there), rows and columns outside the image are zero padding. The taps
+   of output pixel (oy, ox) start at row oy·s − pad, column ox·s − pad. How an image too large
+   to hold is convolved a band of rows at a time, each band read where it lies. mode: CONV_ADD
+   adds the result to what y holds (a residual, in place), CONV_RELU applies ReLU last. */
+enum { CONV_ADD = 1, CONV_RELU = 2 };
+static void conv2d_rows(sd_pool *pool, float *y, int ldy, const float *x, int x_y0, int H, int W, int Cin,
+                        const sd_tensor *w, const sd_tensor *b, int Cout, int k, int s, int pad, int y0, int rows, int Wo, int mode)
+{
+    gemm_job j;
+    if (rows <= 0 || Wo <= 0 || Cout <= 0) return;
+    SD_ASSERT(k * k <= GEMM_KC_MAX);
+    memset(&j, 0, sizeof j);
+    j.pool = pool; j.y = y; j.ldy = ldy; j.x = x; j.M = rows * Wo; j.N = Cout;
+    j.w = w; j.b = b;
+    j.conv = 1; j.H = H; j.W = W; j.Cin = Cin; j.Ho = rows; j.Wo = Wo; j.k = k; j.s = s; j.pad = pad;
+    j.y0 = y0; j.x_y0 = x_y0;
+    j.accumulate = (mode & CONV_ADD) != 0;
+    j.relu = (mode & CONV_RELU) != 0;
+    j.row_len = (int64_t)Cin * k * k; j.depth = Cin; j.taps = k * k;
+    gemm_run(&j);
+}
+
 /* ---- activations ---- */
 
 #define ELEMENTWISE(name, expr)                                                        \
@@ -2434,6 +2476,7 @@ static void conv2d(sd_pool *pool, float *y, const float *x, int B, int H, int W,
     }
 ELEMENTWISE(silu_span, vf_silu(v))
 ELEMENTWISE(gelu_span, vf_gelu(v))
+ELEMENTWISE(relu_span, vf_max(v, vf_zero()))   /* (TAESD's convs apply theirs as they store) */
 /* CLIP's activation: x · sigmoid(1.702 x). */
 ELEMENTWISE(quick_gelu_span, vf_div(v, vf_add(vf_set1(1.0f), vf_exp(vf_mul(vf_set1(-1.702f), v)))))
 #undef ELEMENTWISE
@@ -2445,19 +2488,6 @@ static void add_span(float *y, const float *x, size_t n)
     if (i < n) vf_store_n(y + i, vf_add(vf_load_n(y + i, (int)(n - i)), vf_load_n(x + i, (int)(n - i))), (int)(n - i));
 }
 
-/* y = max(y + x, 0), or max(y, 0) without x: TAESD's ReLU, which ends each of its blocks after
-   the skip is added. */
-static void relu_span(float *y, const float *x, size_t n)
-{
-    size_t i = 0;
-    vfloat z = vf_zero();
-    for (; i + VF_WIDTH <= n; i += VF_WIDTH)
-        vf_store(y + i, vf_max(x ? vf_add(vf_load(y + i), vf_load(x + i)) : vf_load(y + i), z));
-    if (i < n) {
-        int k = (int)(n - i);
-        vf_store_n(y + i, vf_max(x ? vf_add(vf_load_n(y + i, k), vf_load_n(x + i, k)) : vf_load_n(y + i, k), z), k);
-    }
-}
 
 /* ---- norms ---- */
 
@@ -2654,7 +2684,7 @@ static void rows_task(void *arg, int task, int thread)
     case ROWS_GELU: gelu_span(j->y + lo, hi - lo); break;
     case ROWS_QUICK_GELU: quick_gelu_span(j->y + lo, hi - lo); break;
     case ROWS_ADD: add_span(j->y + lo, j->x + lo, hi - lo); break;
-    case ROWS_RELU: relu_span(j->y + lo, j->x ? j->x + lo : NULL, hi - lo); break;
+    case ROWS_RELU: relu_span(j->y + lo, hi - lo); break;
     case ROWS_LAYERNORM: layernorm_span(j->y + lo * C, j->x + lo * C, (int)(hi - lo), j->C, j->gamma, j->beta, j->eps); break;
     case ROWS_GEGLU: geglu_span(j->y + lo * C, j->x + lo * 2 * C, (int)(hi - lo), j->C); break;
     default:   /* upsample: input rows (b, iy) are independent */
@@ -2675,7 +2705,7 @@ static void silu(sd_pool *pool, float *x, size_t n) { rows_job j = {ROWS_SILU, x
 static void gelu(sd_pool *pool, float *x, size_t n) { rows_job j = {ROWS_GELU, x, NULL, n, 0, 0, 0, NULL, NULL, 0}; rows_run(pool, &j, 1); }
 static void quick_gelu(sd_pool *pool, float *x, size_t n) { rows_job j = {ROWS_QUICK_GELU, x, NULL, n, 0, 0, 0, NULL, NULL, 0}; rows_run(pool, &j, 1); }
 static void add(sd_pool *pool, float *y, const float *x, size_t n) { rows_job j = {ROWS_ADD, y, x, n, 0, 0, 0, NULL, NULL, 0}; rows_run(pool, &j, 1); }
-static void relu(sd_pool *pool, float *y, const float *x, size_t n) { rows_job j = {ROWS_RELU, y, x, n, 0, 0, 0, NULL, NULL, 0}; rows_run(pool, &j, 1); }
+static void relu(sd_pool *pool, float *x, size_t n) { rows_job j = {ROWS_RELU, x, NULL, n, 0, 0, 0, NULL, NULL, 0}; rows_run(pool, &j, 1); }
 static void layernorm(sd_pool *pool, float *y, const float *x, int M, int C, const sd_tensor *gamma,
                          const sd_tensor *beta, float eps)
 {
@@ -8080,54 +8110,45 @@ static void taesd_show(taesd_run *r, const char *name, int layer, const float *x
 
 /* Output rows each band of the full-size level makes. Each conv in a band needs one more input
    row at each side than it makes, so a band recomputes the 2·4 rows its neighbours also make
-   (four chained convs): about 10% more work at that level, for memory that no longer grows with
+   (four chained convs): about 4% more work at that level, for memory that no longer grows with
    the image's height. */
-#define TAESD_BAND_ROWS 32
+#define TAESD_BAND_ROWS 64
 
-/* Rows [y0, y0 + rows) of an H x W x cin image, of which src holds rows [src_y0, ...), into dst
-   with a zero pixel at each end of every row and zero rows outside the image: the input band of
-   an unpadded conv (the VAE's gatherer). */
-static void taesd_gather(taesd_run *r, float *dst, const float *src, int src_y0, int y0, int rows, int H, int W, int cin)
-{
-    vae_fill_job j = {dst, src, src_y0, y0, H, W, cin, NULL};
-    pool_run(r->pool, vae_fill_row, &j, rows);
-}
+static int imax(int a, int b) { return a > b ? a : b; }
+static int imin(int a, int b) { return a < b ? a : b; }
 
 /* Output rows [y0, y1) of a 3x3 conv (zero padding 1, stride s) of an H x W x cin image of which
-   src holds rows [src_y0, ...): its input rows s·y0 − 1 .. s·(y1 − 1) + 1 are gathered into pad,
-   then convolved without padding into dst [y1 − y0, ceil(W/s), cout]. */
-static void taesd_conv_rows(taesd_run *r, float *dst, const float *src, int src_y0, int y0, int y1, int H, int W,
-                            int cin, int s, const vae_conv *conv, int cout, float *pad)
+   src holds the rows from src_y0 on (at least s·y0 − 1 .. s·(y1 − 1) + 1 of those in the image),
+   into dst [y1 − y0, ceil(W/s), cout]; mode: CONV_RELU, CONV_ADD (dst += the conv). */
+static void taesd_conv(taesd_run *r, float *dst, const float *src, int src_y0, int y0, int y1, int H, int W,
+                       int cin, int s, const vae_conv *conv, int cout, int mode)
 {
-    int rows = s * (y1 - y0 - 1) + 3;
     SD_ASSERT(y1 > y0 && (s * y0 - 1 < 0 || s * y0 - 1 >= src_y0));
-    taesd_gather(r, pad, src, src_y0, s * y0 - 1, rows, H, W, cin);
-    conv2d(r->pool, dst, pad, 1, rows, W + 2, cin, conv->w, conv->b, cout, 3, s, 0, 0);
+    conv2d_rows(r->pool, dst, cout, src, src_y0, H, W, cin, conv->w, conv->b, cout, 3, s, 1, y0, y1 - y0, (W - 1) / s + 1, mode);
 }
 
-/* Block: x ← relu(conv(relu(conv(relu(conv(x))))) + x), at a level held whole (x [H, W, C]). */
-static void taesd_block(taesd_run *r, const taesd_layer *b, float *x, int H, int W)
+/* Block, x ← relu(conv(relu(conv(relu(conv(x))))) + x), on rows [v0, v1) of an H x W x C image of
+   which x holds the rows from x_y0 on (at least v0 − 3 .. v1 + 2): the inner convs make rows
+   v0 − 2 .. v1 + 1 into t1 and v0 − 1 .. v1 into t2, the last adds into x in place. A level held
+   whole is one band. */
+static void taesd_block(taesd_run *r, const taesd_layer *b, float *x, int x_y0, int v0, int v1, int H, int W, float *t1, float *t2)
 {
-    int C = r->C;
-    size_t n = (size_t)H * W * C, mark = sd_arena_mark(r->a);
-    float *t1 = taesd_alloc(r, n), *t2 = taesd_alloc(r, n);
-    if (!t2) return;
-    conv2d(r->pool, t1, x, 1, H, W, C, b->conv[0].w, b->conv[0].b, C, 3, 1, 1, 1);
-    relu(r->pool, t1, NULL, n);
-    conv2d(r->pool, t2, t1, 1, H, W, C, b->conv[1].w, b->conv[1].b, C, 3, 1, 1, 1);
-    relu(r->pool, t2, NULL, n);
-    conv2d(r->pool, t1, t2, 1, H, W, C, b->conv[2].w, b->conv[2].b, C, 3, 1, 1, 1);
-    relu(r->pool, x, t1, n);
-    sd_arena_reset(r->a, mark);
+    int C = r->C, ta = imax(0, v0 - 2), tb = imin(H, v1 + 2), ua = imax(0, v0 - 1), ub = imin(H, v1 + 1);
+    taesd_conv(r, t1, x, x_y0, ta, tb, H, W, C, 1, &b->conv[0], C, CONV_RELU);
+    taesd_conv(r, t2, t1, ta, ua, ub, H, W, C, 1, &b->conv[1], C, CONV_RELU);
+    taesd_conv(r, x + (size_t)(v0 - x_y0) * W * C, t2, ua, v0, v1, H, W, C, 1, &b->conv[2], C, CONV_ADD | CONV_RELU);
 }
 
-/* Blocks first .. last of a stack at a level held whole, each shown to the probe. */
+/* Blocks first .. last of a stack at a level held whole (x [H, W, C]), each shown to the probe. */
 static void taesd_blocks(taesd_run *r, const taesd_layer *stack, int first, int last, float *x, int H, int W)
 {
-    for (int i = first; i <= last; i++) {
-        taesd_block(r, &stack[i], x, H, W);
+    size_t n = (size_t)H * W * r->C, mark = sd_arena_mark(r->a);
+    float *t1 = taesd_alloc(r, n), *t2 = taesd_alloc(r, n);
+    for (int i = first; i <= last && t2; i++) {
+        taesd_block(r, &stack[i], x, 0, 0, H, H, W, t1, t2);
         taesd_show(r, NULL, i, x, 0, H, H, W, r->C);
     }
+    sd_arena_reset(r->a, mark);
 }
 
 /* Stride-2 conv (zero padding 1 all round: H → ceil(H/2)) of a level held whole, into a new one. */
@@ -8135,7 +8156,7 @@ static float *taesd_down(taesd_run *r, const taesd_layer *l, const float *x, int
 {
     int Ho = (*H + 1) / 2, Wo = (*W + 1) / 2;
     float *y = taesd_alloc(r, (size_t)Ho * Wo * r->C);
-    if (y) conv2d(r->pool, y, x, 1, *H, *W, r->C, l->conv[0].w, NULL, r->C, 3, 2, 1, 1);
+    if (y) taesd_conv(r, y, x, 0, 0, Ho, *H, *W, r->C, 2, &l->conv[0], r->C, 0);
     *H = Ho;
     *W = Wo;
     return y;
@@ -8154,17 +8175,18 @@ static void taesd_phase_taps(taesd_run *r, const vae_conv *conv, float *mem, sd_
 }
 
 /* Upsample (nearest 2x) and the conv after it: rows [2·i0, 2·i1) of conv(upsample2x(A)) into X,
-   from rows i0 − 1 .. i1 of A [h, w, C], without making the upsampled image: each phase's 2x2
-   conv of A's rows (gathered into pad) writes every other pixel of every other row, by way of ob
-   (i1 − i0 rows of 2w pixels). */
+   from rows i0 − 1 .. i1 of A [h, w, C], without making the upsampled image: phase (a, b)'s 2x2
+   conv reads A's rows i − 1 + a .. i + a and columns j − 1 + b .. j + b for output pixel
+   (2i + a, 2j + b) (padding 1 − b, and its rows shifted by a − b to match), writing every other
+   pixel of every other row, by way of ob (i1 − i0 rows of 2w pixels). */
 static void taesd_upsample_rows(taesd_run *r, float *X, const float *A, int i0, int i1, int h, int w,
-                                const sd_tensor pt[4], float *pad, float *ob)
+                                const sd_tensor pt[4], float *ob)
 {
     int C = r->C, n = i1 - i0;
     size_t row = (size_t)2 * w * C;
-    taesd_gather(r, pad, A, 0, i0 - 1, n + 2, h, w, C);
     for (int a = 0; a < 2; a++) {
-        for (int b = 0; b < 2; b++) vae_phase_conv(r->pool, ob + (size_t)b * C, 2 * C, pad, n, w, C, a, b, &pt[2 * a + b], NULL, C);
+        for (int b = 0; b < 2; b++)
+            conv2d_rows(r->pool, ob + (size_t)b * C, 2 * C, A, 0, h, w, C, &pt[2 * a + b], NULL, C, 2, 1, 1 - b, i0 + a - b, n, w, 0);
         for (int i = 0; i < n && !r->pool->measure; i++) memcpy(X + (size_t)(2 * i + a) * row, ob + (size_t)i * row, row * sizeof(float));
     }
 }
@@ -8175,50 +8197,39 @@ static float *taesd_upsample(taesd_run *r, const taesd_layer *stack, int i, cons
     int C = r->C;
     float *X = taesd_alloc(r, (size_t)4 * h * w * C);
     size_t mark = sd_arena_mark(r->a);
-    float *taps = taesd_alloc(r, (size_t)16 * C * C + 9 * (size_t)C), *pad = taesd_alloc(r, (size_t)(h + 2) * (w + 2) * C);
-    float *ob = taesd_alloc(r, (size_t)h * 2 * w * C);
+    float *taps = taesd_alloc(r, (size_t)16 * C * C + 9 * (size_t)C), *ob = taesd_alloc(r, (size_t)h * 2 * w * C);
     sd_tensor pt[4];
     if (!ob) return NULL;
     taesd_phase_taps(r, &stack[i + 1].conv[0], taps, pt);
-    taesd_upsample_rows(r, X, A, 0, h, h, w, pt, pad, ob);
+    taesd_upsample_rows(r, X, A, 0, h, h, w, pt, ob);
     sd_arena_reset(r->a, mark);
     taesd_show(r, NULL, i + 1, X, 0, 2 * h, 2 * h, 2 * w, C);
     return X;
 }
 
-static int imax(int a, int b) { return a > b ? a : b; }
-static int imin(int a, int b) { return a < b ? a : b; }
-
 /* The decoder's full-size level, layers 16-19: Upsample, conv, Block, conv to RGB, from A
    [h, w, C] to image rows of the [3, 2h, 2w] output (NCHW, as 2y − 1), a band of output rows at
-   a time. For output rows [y0, y1) the band makes conv 17's output X on rows y0 − 4 .. y1 + 3,
-   the Block's inner convs t1 on y0 − 3 .. y1 + 2 and t2 on y0 − 2 .. y1 + 1, its output on
-   y0 − 1 .. y1 (into t1, with X added), and RGB on y0 .. y1 − 1: none of them is ever whole. */
+   a time. For output rows [y0, y1) the band makes conv 17's output X on rows y0 − 4 .. y1 + 3
+   (what the Block reads for its rows y0 − 1 .. y1, which conv 19 reads), so none of these is
+   ever whole. */
 static void taesd_decoder_tail(taesd_run *r, const float *A, int h, int w, float *image)
 {
-    const taesd_layer *d = r->t->decoder, *b = &d[18];
+    const taesd_layer *d = r->t->decoder;
     int C = r->C, H = 2 * h, W = 2 * w, R = TAESD_BAND_ROWS < H ? TAESD_BAND_ROWS : H;
     size_t row = (size_t)W * C, plane = (size_t)H * W, mark = sd_arena_mark(r->a);
-    float *taps = taesd_alloc(r, (size_t)16 * C * C + 9 * (size_t)C);
-    float *X = taesd_alloc(r, (size_t)(R + 8) * row), *t1 = taesd_alloc(r, (size_t)(R + 6) * row);
-    float *t2 = taesd_alloc(r, (size_t)(R + 4) * row), *rgb = taesd_alloc(r, (size_t)R * W * 3);
-    float *pad = taesd_alloc(r, (size_t)(R + 8) * (W + 2) * C), *lpad = taesd_alloc(r, (size_t)((R + 8) / 2 + 2) * (w + 2) * C);
+    float *taps = taesd_alloc(r, (size_t)16 * C * C + 9 * (size_t)C), *X = taesd_alloc(r, (size_t)(R + 8) * row);
+    float *t1 = taesd_alloc(r, (size_t)(R + 6) * row), *t2 = taesd_alloc(r, (size_t)(R + 4) * row);
+    float *ob = taesd_alloc(r, (size_t)(R + 8) * row), *rgb = taesd_alloc(r, (size_t)R * W * 3);
     sd_tensor pt[4];
-    if (!lpad) return;
+    if (!rgb) return;
     taesd_phase_taps(r, &d[17].conv[0], taps, pt);
-    for (int y0 = 0; y0 < H; y0 += R) {   /* (H and R are even, so are y0, y1 and the X rows) */
-        int y1 = imin(H, y0 + R), xa = imax(0, y0 - 4), xb = imin(H, y1 + 4), ta = imax(0, y0 - 3), tb = imin(H, y1 + 3);
-        int ua = imax(0, y0 - 2), ub = imin(H, y1 + 2), va = imax(0, y0 - 1), vb = imin(H, y1 + 1);
-        taesd_upsample_rows(r, X, A, xa / 2, xb / 2, h, w, pt, lpad, pad);                  /* 16, 17 */
+    for (int y0 = 0; y0 < H; y0 += R) {   /* (H and R are even, so are y0, y1 and X's rows) */
+        int y1 = imin(H, y0 + R), xa = imax(0, y0 - 4), xb = imin(H, y1 + 4), va = imax(0, y0 - 1), vb = imin(H, y1 + 1);
+        taesd_upsample_rows(r, X, A, xa / 2, xb / 2, h, w, pt, ob);                         /* 16, 17 */
         taesd_show(r, NULL, 17, X, xa, xb - xa, H, W, C);
-        taesd_conv_rows(r, t1, X, xa, ta, tb, H, W, C, 1, &b->conv[0], C, pad);             /* 18: the Block */
-        relu(r->pool, t1, NULL, (size_t)(tb - ta) * row);
-        taesd_conv_rows(r, t2, t1, ta, ua, ub, H, W, C, 1, &b->conv[1], C, pad);
-        relu(r->pool, t2, NULL, (size_t)(ub - ua) * row);
-        taesd_conv_rows(r, t1, t2, ua, va, vb, H, W, C, 1, &b->conv[2], C, pad);
-        relu(r->pool, t1, X + (size_t)(va - xa) * row, (size_t)(vb - va) * row);
-        taesd_show(r, NULL, 18, t1, va, vb - va, H, W, C);
-        taesd_conv_rows(r, rgb, t1, va, y0, y1, H, W, C, 1, &d[19].conv[0], 3, pad);       /* 19: RGB, in [0, 1] */
+        taesd_block(r, &d[18], X, xa, va, vb, H, W, t1, t2);                                /* 18 */
+        taesd_show(r, NULL, 18, X + (size_t)(va - xa) * row, va, vb - va, H, W, C);
+        taesd_conv(r, rgb, X, xa, y0, y1, H, W, C, 1, &d[19].conv[0], 3, 0);                 /* 19: RGB, in [0, 1] */
         taesd_show(r, NULL, 19, rgb, y0, y1 - y0, H, W, 3);
         for (int c = 0; c < 3 && !r->pool->measure; c++)   /* diffusers' decode: image = 2y − 1, NCHW */
             for (size_t i = 0; i < (size_t)(y1 - y0) * W; i++) image[c * plane + (size_t)y0 * W + i] = rgb[3 * i + c] * 2.0f - 1.0f;
@@ -8237,9 +8248,9 @@ static void taesd_decoder_forward(taesd_run *r, const float *latents, int h, int
     for (int c = 0; c < lat && !r->pool->measure; c++)   /* 0: Clamp, tanh(z/3)·3, on z = latents / scaling_factor */
         for (size_t i = 0; i < P; i++) z[i * lat + c] = tanhf(latents[c * P + i] / s / 3.0f) * 3.0f;
     taesd_show(r, "clamped", -1, z, 0, H, H, W, lat);
-    conv2d(r->pool, x, z, 1, H, W, lat, d[1].conv[0].w, d[1].conv[0].b, C, 3, 1, 1, 1);    /* 1: conv latent → C */
+    taesd_conv(r, x, z, 0, 0, H, H, W, lat, 1, &d[1].conv[0], C, 0);                      /* 1: conv latent → C */
     taesd_show(r, NULL, 1, x, 0, H, H, W, C);
-    relu(r->pool, x, NULL, P * C);                                                         /* 2: ReLU */
+    relu(r->pool, x, P * C);                                                               /* 2: ReLU */
     taesd_show(r, NULL, 2, x, 0, H, H, W, C);
     taesd_blocks(r, d, 3, 5, x, H, W);                                                     /* 3-5 */
     x = taesd_upsample(r, d, 6, x, H, W);                                                  /* 6, 7: to 2h x 2w */
@@ -8254,28 +8265,22 @@ static void taesd_decoder_forward(taesd_run *r, const float *latents, int h, int
 /* The encoder's full-size level, layers 0-2: conv RGB → C, Block, stride-2 conv, from the image
    [H, W, 3] in [0, 1] to out [ceil(H/2), ceil(W/2), C], a band of output rows at a time (the
    mirror of taesd_decoder_tail). Output rows [o0, o1) read the Block's rows 2·o0 − 1 .. 2·o1 − 1,
-   which read t2 one row further, t1 two and conv 0's output X (also the Block's skip) three. */
+   which read conv 0's output X three rows further each way. */
 static void taesd_encoder_head(taesd_run *r, const float *img, int H, int W, float *out)
 {
-    const taesd_layer *e = r->t->encoder, *b = &e[1];
+    const taesd_layer *e = r->t->encoder;
     int C = r->C, Ho = (H + 1) / 2, Wo = (W + 1) / 2, R = imin(TAESD_BAND_ROWS / 2, Ho);
     size_t row = (size_t)W * C, mark = sd_arena_mark(r->a);
     float *X = taesd_alloc(r, (size_t)(2 * R + 7) * row), *t1 = taesd_alloc(r, (size_t)(2 * R + 5) * row);
-    float *t2 = taesd_alloc(r, (size_t)(2 * R + 3) * row), *pad = taesd_alloc(r, (size_t)(2 * R + 9) * (W + 2) * C);
-    if (!pad) return;
+    float *t2 = taesd_alloc(r, (size_t)(2 * R + 3) * row);
+    if (!t2) return;
     for (int o0 = 0; o0 < Ho; o0 += R) {
-        int o1 = imin(Ho, o0 + R), ba = imax(0, 2 * o0 - 1), bb = imin(H, 2 * o1), ua = imax(0, ba - 1), ub = imin(H, bb + 1);
-        int ta = imax(0, ba - 2), tb = imin(H, bb + 2), xa = imax(0, ba - 3), xb = imin(H, bb + 3);
-        taesd_conv_rows(r, X, img, 0, xa, xb, H, W, 3, 1, &e[0].conv[0], C, pad);           /* 0: conv RGB → C */
+        int o1 = imin(Ho, o0 + R), ba = imax(0, 2 * o0 - 1), bb = imin(H, 2 * o1), xa = imax(0, ba - 3), xb = imin(H, bb + 3);
+        taesd_conv(r, X, img, 0, xa, xb, H, W, 3, 1, &e[0].conv[0], C, 0);                  /* 0: conv RGB → C */
         taesd_show(r, NULL, 0, X, xa, xb - xa, H, W, C);
-        taesd_conv_rows(r, t1, X, xa, ta, tb, H, W, C, 1, &b->conv[0], C, pad);             /* 1: the Block */
-        relu(r->pool, t1, NULL, (size_t)(tb - ta) * row);
-        taesd_conv_rows(r, t2, t1, ta, ua, ub, H, W, C, 1, &b->conv[1], C, pad);
-        relu(r->pool, t2, NULL, (size_t)(ub - ua) * row);
-        taesd_conv_rows(r, t1, t2, ua, ba, bb, H, W, C, 1, &b->conv[2], C, pad);
-        relu(r->pool, t1, X + (size_t)(ba - xa) * row, (size_t)(bb - ba) * row);
-        taesd_show(r, NULL, 1, t1, ba, bb - ba, H, W, C);
-        taesd_conv_rows(r, out + (size_t)o0 * Wo * C, t1, ba, o0, o1, H, W, C, 2, &e[2].conv[0], C, pad);   /* 2: stride 2 */
+        taesd_block(r, &e[1], X, xa, ba, bb, H, W, t1, t2);                                 /* 1 */
+        taesd_show(r, NULL, 1, X + (size_t)(ba - xa) * row, ba, bb - ba, H, W, C);
+        taesd_conv(r, out + (size_t)o0 * Wo * C, X, xa, o0, o1, H, W, C, 2, &e[2].conv[0], C, 0);   /* 2: stride 2 */
         taesd_show(r, NULL, 2, out + (size_t)o0 * Wo * C, o0, o1 - o0, Ho, Wo, C);
     }
     sd_arena_reset(r->a, mark);
@@ -8303,7 +8308,7 @@ static void taesd_encoder_forward(taesd_run *r, const float *image, int H, int W
     taesd_blocks(r, e, 11, 13, x, H, W);                                                   /* 11-13 */
     P = (size_t)H * W;
     if (!(z = taesd_alloc(r, P * lat))) return;
-    conv2d(r->pool, z, x, 1, H, W, C, e[14].conv[0].w, e[14].conv[0].b, lat, 3, 1, 1, 1);  /* 14: conv C → latent */
+    taesd_conv(r, z, x, 0, 0, H, H, W, C, 1, &e[14].conv[0], lat, 0);                     /* 14: conv C → latent */
     taesd_show(r, NULL, 14, z, 0, H, H, W, lat);
     for (int c = 0; c < lat && !r->pool->measure; c++)   /* NCHW, on the pipeline's scale */
         for (size_t i = 0; i < P; i++) latents[c * P + i] = z[i * lat + c] * r->t->info.scaling_factor;
