@@ -2169,6 +2169,7 @@ typedef struct gemm_job {
     int accumulate, relu;                        /* y += the product; y = max(y, 0) at the end */
     int conv, H, W, Cin, Ho, Wo, k, s, pad;      /* implicit GEMM geometry when conv */
     int y0, x_y0;                                /* conv2d_rows: the first output row made, x's first row */
+    int deep;                                    /* K in as few blocks as the scratch holds (narrow N) */
     int64_t row_len;                             /* weight values per output column */
     int depth, taps, nblocks, blen;              /* K = depth x taps, in blocks of blen x taps */
     int gm, gn, mb, nb;                          /* task grid and its block sizes */
@@ -2376,6 +2377,11 @@ static void gemm_run(gemm_job *j)
         return;
     }
     int maxlen = GEMM_KC_MAX / j->taps;
+    if (j->deep) {   /* a narrow output: a block as deep as the packed panels of all its columns fit */
+        size_t wide = (size_t)(j->N < GEMM_NC ? (j->N + GEMM_NR - 1) / GEMM_NR * GEMM_NR : GEMM_NC);
+        int fit = (int)((size_t)GEMM_KC_MAX * GEMM_NC / (wide * (size_t)j->taps));
+        maxlen = fit > maxlen ? fit : maxlen;
+    }
     SD_ASSERT(maxlen >= 1);
     j->nblocks = (j->depth + maxlen - 1) / maxlen;
     j->blen = (j->depth + j->nblocks - 1) / j->nblocks;
@@ -2459,6 +2465,7 @@ static void conv2d_rows(sd_pool *pool, float *y, int ldy, const float *x, int x_
     j.w = w; j.b = b;
     j.conv = 1; j.H = H; j.W = W; j.Cin = Cin; j.Ho = rows; j.Wo = Wo; j.k = k; j.s = s; j.pad = pad;
     j.y0 = y0; j.x_y0 = x_y0;
+    j.deep = 1;   /* TAESD's 64 channels: all 9 taps x 64 in one block, no partial sums read back */
     j.accumulate = (mode & CONV_ADD) != 0;
     j.relu = (mode & CONV_RELU) != 0;
     j.row_len = (int64_t)Cin * k * k; j.depth = Cin; j.taps = k * k;
