@@ -774,6 +774,16 @@ static void *arena_array(sd_arena *a, size_t count, size_t size, sd_error *err)
 }
 #define arena_floats(a, n, err) ((float *)arena_array((a), (size_t)(n), sizeof(float), (err)))
 
+/* n floats for a forward pass that stops at its first failure (*rc): NULL once one happened,
+   or now if the arena is full. */
+static float *pass_floats(sd_arena *a, size_t n, sd_error *err, int *rc)
+{
+    float *p;
+    if (*rc) return NULL;
+    if (!(p = arena_floats(a, n, err))) *rc = SD_ERR_MEMORY;
+    return p;
+}
+
 /* ---- 3. safetensors reader ---------------------------------------------------------------- */
 /* Format: 8-byte little-endian header length N, N bytes of JSON
    {"name": {"dtype": "F16", "shape": [..], "data_offsets": [begin, end]}, ...,
@@ -6241,13 +6251,7 @@ typedef struct unet_run {
     void *probe_user;
 } unet_run;
 
-static float *run_alloc(unet_run *r, size_t n)
-{
-    float *p;
-    if (r->rc) return NULL;
-    if (!(p = arena_floats(r->a, n, r->err))) r->rc = SD_ERR_MEMORY;
-    return p;
-}
+static float *run_alloc(unet_run *r, size_t n) { return pass_floats(r->a, n, r->err, &r->rc); }
 
 static void run_probe(unet_run *r, const char *name, int index, const float *x, int H, int W, int C)
 {
@@ -8099,13 +8103,7 @@ typedef struct taesd_run {
     void *user;
 } taesd_run;
 
-static float *taesd_alloc(taesd_run *r, size_t n)
-{
-    float *p;
-    if (r->rc) return NULL;
-    if (!(p = arena_floats(r->a, n, r->err))) r->rc = SD_ERR_MEMORY;
-    return p;
-}
+static float *taesd_alloc(taesd_run *r, size_t n) { return pass_floats(r->a, n, r->err, &r->rc); }
 
 static void taesd_show(taesd_run *r, const char *name, int layer, const float *x, int y0, int rows, int H, int W, int C)
 {

@@ -3651,6 +3651,21 @@ static int vae_debug_count(golden_file *g, const char *prefix)
     return n;
 }
 
+/* Decode case i of a golden file ("decode{i}.decoder_input" [1, channels, h, w], "decode{i}.image"):
+   the input, NULL after the last; *want NULL (the test failed) when the case is malformed. */
+static const sd_tensor *golden_decode_case(golden_file *g, int i, int channels, const float **want, int64_t *n, const char *label)
+{
+    char name[64];
+    snprintf(name, sizeof name, "decode%d.decoder_input", i);
+    const sd_tensor *zt = sd_safetensors_find(&g->st, name);
+    *want = NULL;
+    if (!zt) return NULL;
+    snprintf(name, sizeof name, "decode%d.image", i);
+    *want = golden_f32(g, name, n);
+    if (*want && !CHECK(zt->ndim == 4 && zt->shape[1] == channels, "%s: decode%d input shape", label, i)) *want = NULL;
+    return zt;
+}
+
 /* Edits of a checkpoint's tensors for rewrite_file(), to make broken and alternative files. */
 typedef struct vae_edit {
     const char *keep;           /* only tensors whose name starts with this (NULL: all) */
@@ -4134,13 +4149,11 @@ static void vae_test_model(const char *label, const char *model_path, const char
            sd_safetensors_meta(&st, "sd.vae.scaling_factor") ? "" : " (default: no metadata)", sd_dtype_name(v->decoder.conv_in.w->dtype));
 
     for (int i = 0;; i++) {   /* decode cases */
-        snprintf(name, sizeof name, "decode%d.decoder_input", i);
-        const sd_tensor *zt = sd_safetensors_find(&g->st, name);
-        if (!zt) break;
         int64_t n;
-        snprintf(name, sizeof name, "decode%d.image", i);
-        const float *want = golden_f32(g, name, &n);
-        if (!want || !CHECK(zt->ndim == 4 && zt->shape[1] == c->embed_dim, "%s: decode%d input shape", label, i)) continue;
+        const float *want;
+        const sd_tensor *zt = golden_decode_case(g, i, c->embed_dim, &want, &n, label);
+        if (!zt) break;
+        if (!want) continue;
         int h = (int)zt->shape[2], w = (int)zt->shape[3];
         size_t need = sd_vae_decode_arena_bytes(c, h, w);
         sd_arena *a = vae_exact_arena(need);
@@ -5319,13 +5332,11 @@ static void taesd_check_golden(const taesd_model *m, golden_file *g, const char 
     char name[160], what[400];
     int lat = m->t->info.latent_channels;
     for (int i = 0;; i++) {
-        snprintf(name, sizeof name, "decode%d.decoder_input", i);
-        const sd_tensor *zt = sd_safetensors_find(&g->st, name);
-        if (!zt) break;
         int64_t n;
-        snprintf(name, sizeof name, "decode%d.image", i);
-        const float *want = golden_f32(g, name, &n);
-        if (!want || !CHECK(zt->ndim == 4 && zt->shape[1] == lat, "%s: decode%d input shape", label, i)) continue;
+        const float *want;
+        const sd_tensor *zt = golden_decode_case(g, i, lat, &want, &n, label);
+        if (!zt) break;
+        if (!want) continue;
         int h = (int)zt->shape[2], w = (int)zt->shape[3];
         snprintf(name, sizeof name, "decode%d", i);
         taesd_debug d = {g, label, name, 2e-5, 0};
