@@ -29,7 +29,9 @@
      with Karras sigmas) and reads AUTOMATIC1111's prompt syntax ("(castle:1.3)", "[fog]",
      BREAK) at any length up to 64 chunks of 75 tokens.
      Every stage is callable on its own too: sd_clip_tokenize, sd_prompt_chunks, sd_text_encode,
-     sd_unet, sd_vae_decode / sd_vae_encode, sd_sampler_init / sd_sampler_step, sd_randn.
+     sd_unet, sd_vae_decode / sd_vae_encode, sd_sampler_init / sd_sampler_step, sd_randn; and
+     TAESD, the tiny autoencoder (sd_taesd_load, sd_taesd_decode / sd_taesd_encode), for fast
+     final images and live RGB previews (sd_params.taesd, preview_rgb).
 
    CONFIGURATION (define before including the implementation)
      SD_ASSERT(x)     internal consistency checks (default: assert from <assert.h>)
@@ -424,7 +426,7 @@ SD_API void sd_taesd_get_info(const sd_taesd *taesd, sd_taesd_info *info);
 
 /* Exact arena bytes of one decode of h x w latents or one encode of a height x width image (the
    pool is set up separately); 0 for sizes that cannot be run or a missing half. The calls give it
-   all back. About 50 MB for a 512 x 512 image, 220 MB for 1024 x 1024. */
+   all back. About 60 MB to decode a 512 x 512 image (the VAE: 240 MB), 225 MB for 1024 x 1024. */
 SD_API size_t sd_taesd_decode_arena_bytes(const sd_taesd *taesd, int h, int w);
 SD_API size_t sd_taesd_encode_arena_bytes(const sd_taesd *taesd, int height, int width);
 
@@ -7928,8 +7930,8 @@ struct sd_taesd {
 
 /* ---- loading: which file holds which half, in which layout ---- */
 
-/* The layout of the half (decoder or encoder) that `f` was given for: 1 original, 2 diffusers,
-   0 with an error that says what the file is instead. */
+/* The layout of the half (decoder or encoder) that `f` was given for: 1 original, 2 diffusers, or
+   minus an SD_ERR_* code with an error that says what the file is instead. */
 static int taesd_layout(const sd_safetensors *f, int decoder, sd_error *err)
 {
     static const char *const vae_keys[4] = {"decoder.conv_in.weight", "encoder.conv_in.weight",
@@ -7941,16 +7943,16 @@ static int taesd_layout(const sd_safetensors *f, int decoder, sd_error *err)
     if (sd_safetensors_find(f, decoder ? "decoder.layers.0.weight" : "encoder.layers.0.weight")) return 2;
     if (decoder ? dec : enc) return 1;
     if (decoder ? enc : dec)
-        return fail(err, SD_ERR_ARG, "TAESD: the file given as the %s is a TAESD %s (it has '%s', the %s's first conv)", half,
-                    decoder ? "encoder" : "decoder", decoder ? "0.weight" : "1.weight", decoder ? "encoder" : "decoder"), 0;
+        return -fail(err, SD_ERR_ARG, "TAESD: the file given as the %s is a TAESD %s (it has '%s', the %s's first conv)", half,
+                    decoder ? "encoder" : "decoder", decoder ? "0.weight" : "1.weight", decoder ? "encoder" : "decoder");
     if (sd_safetensors_find(f, decoder ? "encoder.layers.0.weight" : "decoder.layers.0.weight"))
-        return fail(err, SD_ERR_MISSING, "TAESD: this diffusers AutoencoderTiny file has no %s ('%s.layers.0.weight')", half, half), 0;
+        return -fail(err, SD_ERR_MISSING, "TAESD: this diffusers AutoencoderTiny file has no %s ('%s.layers.0.weight')", half, half);
     for (int i = 0; i < 4; i++)
         if (sd_safetensors_find(f, vae_keys[i]))
-            return fail(err, SD_ERR_ARG, "TAESD: the file given as the %s is a VAE (AutoencoderKL: '%s'), not TAESD; sd_vae_load reads it",
-                        half, vae_keys[i]), 0;
-    return fail(err, SD_ERR_MISSING, "TAESD: no %s in this file: neither '%s' (taesd_%s.safetensors) nor '%s.layers.0.weight' "
-                "(diffusers' AutoencoderTiny)", half, decoder ? "1.weight" : "0.weight", half, half), 0;
+            return -fail(err, SD_ERR_ARG, "TAESD: the file given as the %s is a VAE (AutoencoderKL: '%s'), not TAESD; sd_vae_load reads it",
+                        half, vae_keys[i]);
+    return -fail(err, SD_ERR_MISSING, "TAESD: no %s in this file: neither '%s' (taesd_%s.safetensors) nor '%s.layers.0.weight' "
+                "(diffusers' AutoencoderTiny)", half, decoder ? "1.weight" : "0.weight", half, half);
 }
 
 /* Every weight of one stack, by walking its layer list; C is the layers' width, lat the latent
@@ -7989,7 +7991,7 @@ static int taesd_load_half(sd_taesd *t, const sd_safetensors *f, int decoder, sd
 {
     weights w;
     int layout = taesd_layout(f, decoder, err), C, lat;
-    if (!layout) return err ? err->code : SD_ERR_MISSING;
+    if (layout < 0) return -layout;
     memset(&w, 0, sizeof w);
     w.files[0] = f;
     w.nfiles = 1;
