@@ -8186,15 +8186,24 @@ static void taesd_phase_taps(taesd_run *r, const vae_conv *conv, float *mem, sd_
    conv reads A's rows i − 1 + a .. i + a and columns j − 1 + b .. j + b for output pixel
    (2i + a, 2j + b) (padding 1 − b, and its rows shifted by a − b to match), writing every other
    pixel of every other row, by way of ob (i1 − i0 rows of 2w pixels). */
+typedef struct taesd_phase_rows { float *X; const float *ob; size_t row; int a; } taesd_phase_rows;
+
+static void taesd_phase_row(void *arg, int task, int thread)   /* row i of ob to row 2i + a of X */
+{
+    const taesd_phase_rows *j = (const taesd_phase_rows *)arg;
+    (void)thread;
+    memcpy(j->X + (size_t)(2 * task + j->a) * j->row, j->ob + (size_t)task * j->row, j->row * sizeof(float));
+}
+
 static void taesd_upsample_rows(taesd_run *r, float *X, const float *A, int i0, int i1, int h, int w,
                                 const sd_tensor pt[4], float *ob)
 {
     int C = r->C, n = i1 - i0;
-    size_t row = (size_t)2 * w * C;
     for (int a = 0; a < 2; a++) {
+        taesd_phase_rows j = {X, ob, (size_t)2 * w * C, a};
         for (int b = 0; b < 2; b++)
             conv2d_rows(r->pool, ob + (size_t)b * C, 2 * C, A, 0, h, w, C, &pt[2 * a + b], NULL, C, 2, 1, 1 - b, i0 + a - b, n, w, 0);
-        for (int i = 0; i < n && !r->pool->measure; i++) memcpy(X + (size_t)(2 * i + a) * row, ob + (size_t)i * row, row * sizeof(float));
+        pool_run(r->pool, taesd_phase_row, &j, n);   /* (a copy, but on every thread) */
     }
 }
 
@@ -8212,6 +8221,18 @@ static float *taesd_upsample(taesd_run *r, const taesd_layer *stack, int i, cons
     sd_arena_reset(r->a, mark);
     taesd_show(r, NULL, i + 1, X, 0, 2 * h, 2 * h, 2 * w, C);
     return X;
+}
+
+/* Rows of TAESD's RGB output [rows, W, 3] in [0, 1] to the rows of image [3, H, W] that
+   diffusers' decode returns: 2y − 1. One task per row. */
+typedef struct taesd_rgb_rows { float *image; const float *rgb; size_t plane; int W; } taesd_rgb_rows;
+
+static void taesd_rgb_row(void *arg, int task, int thread)
+{
+    const taesd_rgb_rows *j = (const taesd_rgb_rows *)arg;
+    (void)thread;
+    for (int c = 0; c < 3; c++)
+        for (size_t x = 0, at = (size_t)task * j->W; x < (size_t)j->W; x++) j->image[c * j->plane + at + x] = j->rgb[3 * (at + x) + c] * 2.0f - 1.0f;
 }
 
 /* The decoder's full-size level, layers 16-19: Upsample, conv, Block, conv to RGB, from A
@@ -8238,8 +8259,8 @@ static void taesd_decoder_tail(taesd_run *r, const float *A, int h, int w, float
         taesd_show(r, NULL, 18, X + (size_t)(va - xa) * row, va, vb - va, H, W, C);
         taesd_conv(r, rgb, X, xa, y0, y1, H, W, C, 1, &d[19].conv[0], 3, 0);                 /* 19: RGB, in [0, 1] */
         taesd_show(r, NULL, 19, rgb, y0, y1 - y0, H, W, 3);
-        for (int c = 0; c < 3 && !r->pool->measure; c++)   /* diffusers' decode: image = 2y − 1, NCHW */
-            for (size_t i = 0; i < (size_t)(y1 - y0) * W; i++) image[c * plane + (size_t)y0 * W + i] = rgb[3 * i + c] * 2.0f - 1.0f;
+        taesd_rgb_rows out = {image + (size_t)y0 * W, rgb, plane, W};
+        pool_run(r->pool, taesd_rgb_row, &out, y1 - y0);
     }
     sd_arena_reset(r->a, mark);
 }
