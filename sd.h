@@ -735,7 +735,7 @@ SD_API void sd_arena_init(sd_arena *a, void *memory, size_t size)
    measuring arena (no memory, size SIZE_MAX) that counts what would be handed out and gives
    every allocation the same dummy address. Kernels see the arena's pool in measuring mode and do
    nothing, so a dry run touches no weights or activations; the arena's peak is the plan. */
-static const float arena_dummy[SD_ALIGN / sizeof(float)];   /* read-only: a stray write in a dry run faults */
+static const float arena_dummy[SD_ALIGN / sizeof(float)] = {0};   /* read-only: a stray write in a dry run faults */
 
 static void arena_measure(sd_arena *a) { a->base = NULL; a->size = (size_t)-1; a->used = a->peak = 0; }
 static int arena_measuring(const sd_arena *a) { return !a->base && a->size; }
@@ -2205,9 +2205,9 @@ static void gemm_rows(const gemm_job *j, int m, int mr, int c0, const float **ro
         int iy0 = (j->y0 + oy) * s - pad, ix0 = ox * s - pad;
         for (int ky = 0; ky < k; ky++) {
             int iy = iy0 + ky;
-            const float *line = iy < 0 || iy >= H ? NULL : x + (((size_t)bi * H + iy - j->x_y0) * W + ix0) * C + c0;
-            for (int kx = 0; kx < k; kx++)
-                rows[(ky * k + kx) * GEMM_MR + i] = !line || ix0 + kx < 0 || ix0 + kx >= W ? zero_row : line + kx * C;
+            const float *line = iy < 0 || iy >= H ? NULL : x + ((size_t)bi * H + iy - j->x_y0) * W * C + c0;
+            for (int kx = 0, ix = ix0; kx < k; kx++, ix++)
+                rows[(ky * k + kx) * GEMM_MR + i] = !line || ix < 0 || ix >= W ? zero_row : line + (size_t)ix * C;
         }
         if (++ox == Wo) { ox = 0; if (++oy == Ho) { oy = 0; bi++; } }
     }
@@ -9558,7 +9558,7 @@ static int generate(const sd_model *m, const sd_params *p, sd_arena *a, uint8_t 
     int B = p->guidance > 1.0f ? 2 : 1, rc, add = sd_unet_add_dim(m->unet), C;
     sd_pool pool;
     if ((rc = pool_init(&pool, p->threads, a, err))) return rc;
-    if ((rc = count_chunks(m, p, B, &C, a, err))) goto done;
+    if ((rc = count_chunks(m, p, B, &C, a, err))) { pool_free(&pool); return rc; }   /* (C++: no jump past the lines below) */
     float *ctx = arena_floats(a, (size_t)B * C * SD_TEXT_TOKENS * m->context_dim, err);
     float *y = add ? arena_floats(a, (size_t)B * add, err) : NULL;
     sd_unet_cond cond = {ctx, C * SD_TEXT_TOKENS, y};
