@@ -5276,15 +5276,16 @@ static int taesd_open(taesd_model *m, const char *name, int diffusers)
     return 1;
 }
 
-/* Checks the probe's rows [y0, y0 + rows) (NHWC) against GOLDEN "PREFIX.debug.LAYER" (NCHW), as
+/* Checks the probe's rows [y0, y0 + rows) (NHWC) against the golden tensor (NCHW) named by
+   printf(name, prefix, layer) ("decode2.debug.layers.4"; a pipeline's "decoder_clamped"), as
    max|diff| / max|golden over the whole tensor|; `seen` counts the layers met to their last row. */
-typedef struct taesd_debug { golden_file *g; const char *label, *prefix; double tol; int seen; } taesd_debug;
+typedef struct taesd_debug { golden_file *g; const char *label, *name, *prefix; double tol; int seen; } taesd_debug;
 
 static void taesd_debug_probe(void *user, const char *layer, const float *x, int y0, int rows, int H, int W, int C)
 {
     taesd_debug *d = (taesd_debug *)user;
     char name[160];
-    snprintf(name, sizeof name, strcmp(d->prefix, "decoder") ? "%s.debug.%s" : "%s_%s", d->prefix, layer);
+    snprintf(name, sizeof name, d->name, d->prefix, layer);
     const sd_tensor *t = sd_safetensors_find(&d->g->st, name);
     if (!t) return;
     d->seen += y0 + rows == H;
@@ -5340,7 +5341,7 @@ static void taesd_check_golden(const taesd_model *m, golden_file *g, const char 
         if (!want) continue;
         int h = (int)zt->shape[2], w = (int)zt->shape[3];
         snprintf(name, sizeof name, "decode%d", i);
-        taesd_debug d = {g, label, name, 2e-5, 0};
+        taesd_debug d = {g, label, "%s.debug.%s", name, 2e-5, 0};
         float *img = taesd_pass(m->t, 1, (const float *)zt->data, h, w, pool, taesd_debug_probe, &d, label);
         CHECK(n == (int64_t)3 * 64 * h * w, "%s: decode%d image size", label, i);
         snprintf(what, sizeof what, "%s decode%d.image (%dx%d latents)", label, i, h, w);
@@ -5357,7 +5358,7 @@ static void taesd_check_golden(const taesd_model *m, golden_file *g, const char 
         int64_t n;
         float *x = taesd_image_from_u8((const uint8_t *)ut->data, H, W);
         snprintf(name, sizeof name, "encode%d", i);
-        taesd_debug d = {g, label, name, 2e-5, 0};
+        taesd_debug d = {g, label, "%s.debug.%s", name, 2e-5, 0};
         float *z = taesd_pass(m->t, 0, x, H, W, pool, taesd_debug_probe, &d, label);
         snprintf(name, sizeof name, "encode%d.latents", i);
         const float *want = golden_f32(g, name, &n);
@@ -5654,13 +5655,12 @@ static void taesd_check_pipelines(sd_pool *pool)
             check_pipeline(lm.model, rel);
             pipeline_taesd = NULL;
             ran++;
-            /* the decode from the golden's own decoder input, and its clamp (a golden named
-               "decoder_clamped" where the probe says "clamped": a prefix of "decoder" finds it) */
+            /* the decode from the golden's own decoder input, and its clamp ("decoder_clamped") */
             const sd_tensor *zt = sd_safetensors_find(&g->st, "decoder_input");
             int64_t n;
             const float *want = golden_f32(g, "image_decoded", &n);
             if (zt && want && zt->ndim == 4) {
-                taesd_debug dbg = {g, rel, "decoder", 2e-5, 0};
+                taesd_debug dbg = {g, rel, "%s_%s", "decoder", 2e-5, 0};
                 float *img = taesd_pass(tm.t, 1, (const float *)zt->data, (int)zt->shape[2], (int)zt->shape[3], pool, taesd_debug_probe, &dbg, rel);
                 char what[1500];
                 snprintf(what, sizeof what, "%s image_decoded from decoder_input", rel);
