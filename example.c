@@ -6,6 +6,7 @@
      ./example -m sd-v1-5-inpainting.safetensors -i photo.png --mask mask.png -p "a red sofa"
      ./example -m instruct-pix2pix.safetensors -i photo.png -p "make it snowy" --image-cfg-scale 1.5
      ./example -m model-q8_0.gguf -p "a cat"        (stable-diffusion.cpp's GGUF files, quantized too)
+     ./example -m sd-turbo.safetensors --turbo --taesd taesd/ --preview steps/ -p "a fox"
      ./example --inspect model.safetensors
 
    How it uses the library: files are mmap'd read-only (sd.h uses the weights in place), the
@@ -103,8 +104,8 @@ static int inspect(const char *path)
 }
 
 typedef struct options {
-    const char *model, *tokenizer, *prompt, *negative, *init, *mask, *output, *preview;
-    int width, height, steps, threads, batch, clip_skip, verbose, have_seed, vae_tile;
+    const char *model, *tokenizer, *prompt, *negative, *init, *mask, *output, *preview, *taesd;
+    int width, height, steps, threads, batch, clip_skip, verbose, have_seed, vae_tile, taesd_preview_only;
     int init_width, init_height;   /* the init image's own size */
     int sampler, karras, spacing, plain_prompt, turbo, have_steps, have_cfg, have_sampler, comma_wrap;
     float cfg, image_cfg;
@@ -145,7 +146,13 @@ static void usage(FILE *f)
         "      --no-weighting        (text:1.2), [text] and BREAK are plain text\n"
         "      --comma-wrap N        long prompts: end a chunk at a comma in its last N tokens (A1111: 20)\n"
         "      --vae-tiling [N]      decode in N x N latent tiles (default 32): flat memory, approximate\n"
-        "      --preview DIR         write each step's latent as DIR/step_NN.png (a rough RGB view)\n"
+        "      --preview DIR         write each step's image as DIR/step_NN.png: decoded by TAESD with\n"
+        "                            --taesd, else the latent seen through a linear map (a rough view)\n"
+        "      --taesd FILE|DIR      TAESD, the tiny autoencoder, for previews and the final image (~20x\n"
+        "                            faster than the VAE, slightly softer): taesd_decoder.safetensors, a\n"
+        "                            folder with the taesd_*/taesdxl_* pair, or a diffusers AutoencoderTiny\n"
+        "                            folder; TAESDXL for SDXL models (chosen by the model's family)\n"
+        "      --taesd-preview-only  TAESD for --preview only; the final image by the full VAE\n"
         "  -v, --verbose             more detail\n"
         "  -h, --help, --version\n");
 }
@@ -164,6 +171,14 @@ static const char *const diffusers_config_files[] = {
 
 /* What the callbacks of one generation share. */
 typedef struct progress_state { double start; const char *preview_dir; } progress_state;
+
+/* A step's image as TAESD decoded it, to DIR/step_NN.png. */
+static void write_preview_rgb(void *user, int step, const uint8_t *rgb, int width, int height)
+{
+    char path[4096], err[256];
+    snprintf(path, sizeof path, "%s/step_%02d.png", ((const progress_state *)user)->preview_dir, step);
+    if (image_write(path, rgb, width, height, NULL, err, sizeof err)) fprintf(stderr, "%s\n", err);
+}
 
 /* The usual linear look at SD 1.x/2.x latents (the factors AUTOMATIC1111 and ComfyUI preview
    with): RGB = latent · M, [-1, 1] mapped to [0, 255]. Good enough to watch noise become a picture. */
@@ -248,6 +263,51 @@ static int load_model(const options *o, sd_model **model, sd_arena *arena)
         fprintf(stderr, "%s: %s\n", o->model, err.message);
         return 1;
     }
+    return 0;
+}
+
+/* --taesd FILE|DIR: a decoder file (the original taesd_decoder.safetensors, or a diffusers file,
+   which holds the encoder too), or a folder: diffusers' AutoencoderTiny (its safetensors file and
+   config.json) or the original pair NAME_decoder / NAME_encoder.safetensors, taesdxl_* first for
+   SDXL models, taesd_* first for the others. Only the file names tell TAESD from TAESDXL: the
+   model's family decides (xl), and a name that says otherwise gets a warning. */
+static int load_taesd(const options *o, int xl, sd_taesd **taesd, sd_arena *arena)
+{
+    static const char *const names[2] = {"taesd", "taesdxl"};
+    char dec[4096], enc[4096] = "", cfg[4096] = "";
+    void *data[2] = {NULL, NULL}, *config = NULL;
+    size_t size[2] = {0, 0}, config_size = 0;
+    sd_safetensors st[2];
+    sd_error err;
+    snprintf(dec, sizeof dec, "%s", o->taesd);
+    if (is_dir(o->taesd)) {
+        snprintf(dec, sizeof dec, "%s/diffusion_pytorch_model.safetensors", o->taesd);
+        snprintf(cfg, sizeof cfg, "%s/config.json", o->taesd);
+        for (int i = 0; i < 2 && access(dec, R_OK); i++) {   /* not diffusers: the original pair */
+            snprintf(dec, sizeof dec, "%s/%s_decoder.safetensors", o->taesd, names[i ^ xl]);
+            snprintf(enc, sizeof enc, "%s/%s_encoder.safetensors", o->taesd, names[i ^ xl]);
+            cfg[0] = 0;
+        }
+    }
+    const char *said = strstr(dec, "taesdxl") ? "TAESDXL" : strstr(dec, "taesd") ? "TAESD" : NULL;
+    if (said && (said[5] == 'X') != xl)
+        fprintf(stderr, "warning: %s looks like %s, but this %s model needs %s: the colours will be off\n", dec, said,
+                xl ? "SDXL" : "SD 1.x/2.x", xl ? "TAESDXL" : "TAESD");
+    if (!(data[1] = map_file(dec, &size[1]))) { fprintf(stderr, "cannot read %s: %s\n", dec, strerror(errno)); return 1; }
+    if (*enc) data[0] = map_file(enc, &size[0]);   /* optional: img2img only */
+    if (*cfg) config = map_file(cfg, &config_size);
+    void *mem = malloc(4u << 20);
+    if (!mem) { fprintf(stderr, "out of memory\n"); return 1; }
+    sd_arena_init(arena, mem, 4u << 20);
+    for (int i = 1; i >= 0; i--)
+        if (data[i] && sd_safetensors_open(&st[i], data[i], size[i], arena, &err)) { fprintf(stderr, "%s: %s\n", i ? dec : enc, err.message); return 1; }
+    int both = !*enc && sd_safetensors_find(&st[1], "encoder.layers.0.weight");   /* a diffusers file: both halves */
+    if (sd_taesd_load(taesd, both ? &st[1] : data[0] ? &st[0] : NULL, &st[1], (const char *)config, config_size,
+                      xl ? SD_TAESD_XL : SD_TAESD_SD, arena, &err)) {
+        fprintf(stderr, "%s: %s\n", o->taesd, err.message);
+        return 1;
+    }
+    if (o->verbose) fprintf(stderr, "taesd: %s%s%s\n", dec, data[0] ? " + " : "", data[0] ? enc : "");
     return 0;
 }
 
@@ -358,14 +418,16 @@ static uint8_t *mask_read(const options *o)
 
 static int run(options *o)
 {
-    sd_arena model_arena, arena;
+    sd_arena model_arena, arena, taesd_arena;
     sd_model *model;
+    sd_taesd *taesd = NULL;
     sd_model_info info;
     sd_params p;
     sd_error err;
     uint8_t *init = NULL, *mask = NULL;
     if (load_model(o, &model, &model_arena)) return 1;
     sd_model_get_info(model, &info);
+    if (o->taesd && load_taesd(o, info.version == SD_VERSION_XL, &taesd, &taesd_arena)) return 1;
     if (o->init && !(init = init_read(o))) return 1;
     if (o->mask && !o->init) { fprintf(stderr, "--mask needs an init image (-i)\n"); return 1; }
     if (o->mask && !(mask = mask_read(o))) return 1;
@@ -390,6 +452,11 @@ static int run(options *o)
     p.strength = o->strength;
     p.mask = mask;
     p.image_guidance = o->image_cfg;
+    p.taesd = taesd;
+    p.taesd_use = o->taesd_preview_only ? SD_TAESD_USE_PREVIEW : SD_TAESD_USE_ALL;
+    p.progress = progress_bar;
+    p.preview = o->preview && !taesd ? write_preview : NULL;
+    p.preview_rgb = o->preview && taesd ? write_preview_rgb : NULL;   /* (its decodes are part of the plan) */
     size_t need = sd_generate_arena_bytes(model, &p);
     if (!need) {   /* sd_generate says why */
         uint8_t dummy;
@@ -412,8 +479,6 @@ static int run(options *o)
         char path[4096], params[8192], msg[512];
         progress_state state = {now(), o->preview};
         p.seed = o->seed + (uint64_t)i;
-        p.progress = progress_bar;
-        p.preview = o->preview ? write_preview : NULL;
         p.user = &state;
         fprintf(stderr, "seed %llu\n", (unsigned long long)p.seed);
         if (sd_generate(model, &p, &arena, rgb, &err)) { fprintf(stderr, "%s\n", err.message); return 1; }
@@ -488,6 +553,8 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--clip-skip")) o.clip_skip = parse_int(VALUE(), 0, 64, a);
         else if (FLAG("-v", "--verbose")) o.verbose = 1;
         else if (!strcmp(a, "--preview")) o.preview = VALUE();
+        else if (!strcmp(a, "--taesd")) o.taesd = VALUE();
+        else if (!strcmp(a, "--taesd-preview-only")) o.taesd_preview_only = 1;
         else if (!strcmp(a, "--vae-tiling")) o.vae_tile = v && v[0] >= '0' && v[0] <= '9' ? parse_int(VALUE(), 8, 4096, a) : 32;
         else if (!strcmp(a, "--sampling-method")) {
             static const char *const names[5] = {"ddim", "euler", "euler_a", "dpm++2m", "dpm++2m_karras"};
@@ -514,6 +581,7 @@ int main(int argc, char **argv)
 #undef VALUE
     }
     if (!o.model || !o.prompt) { usage(stderr); return 1; }
+    if (o.taesd_preview_only && !o.taesd) { fprintf(stderr, "--taesd-preview-only needs --taesd FILE|DIR\n"); return 1; }
     if (o.turbo) {   /* what SD-Turbo and SDXL-Turbo were distilled for (their model cards' settings) */
         if (!o.have_steps) o.steps = 1;
         if (!o.have_cfg) o.cfg = 0;

@@ -29,7 +29,9 @@
      with Karras sigmas) and reads AUTOMATIC1111's prompt syntax ("(castle:1.3)", "[fog]",
      BREAK) at any length up to 64 chunks of 75 tokens.
      Every stage is callable on its own too: sd_clip_tokenize, sd_prompt_chunks, sd_text_encode,
-     sd_unet, sd_vae_decode / sd_vae_encode, sd_sampler_init / sd_sampler_step, sd_randn.
+     sd_unet, sd_vae_decode / sd_vae_encode, sd_sampler_init / sd_sampler_step, sd_randn; and
+     TAESD, the tiny autoencoder (sd_taesd_load, sd_taesd_decode / sd_taesd_encode), for fast
+     final images and live RGB previews (sd_params.taesd, preview_rgb).
 
    CONFIGURATION (define before including the implementation)
      SD_ASSERT(x)     internal consistency checks (default: assert from <assert.h>)
@@ -59,6 +61,7 @@
      6. Text encoder (CLIP ViT-L/14 for SD1, OpenCLIP ViT-H for SD2, both of SDXL's)
      7. UNet (SD1, SD2, SDXL)
      8. VAE (decoder, encoder)
+    8b. TAESD, the tiny autoencoder (decoder, encoder)
      9. Samplers (DDIM, Euler, Euler a, DPM++ 2M)
     10. Pipeline (txt2img, img2img)
 */
@@ -412,6 +415,55 @@ SD_API void sd_vae_posterior(const float *moments, int channels, int h, int w,
    (unscaled: the pipeline multiplies by scaling_factor). */
 SD_API void sd_vae_sample(const float *mean, const float *std, const float *noise, size_t n, float *out);
 
+/* TAESD, the tiny autoencoder (madebyollin/taesd; diffusers' AutoencoderTiny): a decoder of 1.2 M
+   parameters that turns the pipeline's latents into an image about 20 times faster than the VAE,
+   close to (not equal to) the VAE's image, and an encoder of the same size. Used for live
+   previews, for fast final images, or both. TAESD decodes SD 1.x / 2.x latents, TAESDXL SDXL's;
+   nothing in the files tells the two apart (only the file names do), so the caller says which. */
+enum { SD_TAESD_SD = 1, SD_TAESD_XL = 2 };
+typedef struct sd_taesd sd_taesd;   /* opaque; lives in the arena it was loaded into */
+
+typedef struct sd_taesd_info {
+    int variant;           /* SD_TAESD_SD or SD_TAESD_XL, as the caller said */
+    int latent_channels;   /* 4 for TAESD and TAESDXL */
+    int channels;          /* width of every layer (64) */
+    int has_encoder, has_decoder;
+    float scaling_factor;  /* pipeline latents = scaling_factor · raw latents: 1.0 (config.json may say otherwise) */
+} sd_taesd_info;
+
+/* Finds the two halves in the files users download: the original pair taesd_encoder.safetensors
+   and taesd_decoder.safetensors (keys of taesd.py's nn.Sequential, "1.weight", "3.conv.0.weight",
+   ...), or diffusers' AutoencoderTiny folder, whose diffusion_pytorch_model.safetensors holds both
+   ("encoder.layers.N.*", "decoder.layers.N.*": pass it as encoder and as decoder). Either file may
+   be NULL (decoder only is the common case: previews and final images need no encoder). config
+   (may be NULL, config_size bytes) is the folder's config.json: the architecture it describes is
+   checked and its scaling_factor taken. variant: SD_TAESD_SD or SD_TAESD_XL. A few KB of the
+   arena; the files must stay open while the model is used. */
+SD_API int sd_taesd_load(sd_taesd **taesd, const sd_safetensors *encoder, const sd_safetensors *decoder,
+                         const char *config, size_t config_size, int variant, sd_arena *a, sd_error *err);
+SD_API void sd_taesd_get_info(const sd_taesd *taesd, sd_taesd_info *info);
+
+/* Exact arena bytes of one decode of h x w latents or one encode of a height x width image (the
+   pool is set up separately); 0 for sizes that cannot be run or a missing half. The calls give it
+   all back. About 60 MB to decode a 512 x 512 image (the VAE: 240 MB), 225 MB for 1024 x 1024. */
+SD_API size_t sd_taesd_decode_arena_bytes(const sd_taesd *taesd, int h, int w);
+SD_API size_t sd_taesd_encode_arena_bytes(const sd_taesd *taesd, int height, int width);
+
+/* Decoder: latents [1, C, h, w] NCHW as the pipeline holds them (what the UNet makes, not divided
+   by the VAE's 0.18215 / 0.13025: TAESD decodes them directly) → image [1, 3, 8h, 8w] in the VAE
+   decoder's convention, about [-1, 1], not clamped: image = 2·D(tanh(z/3)·3) − 1 with
+   z = latents / scaling_factor, D the decoder's layers (whose own output is a [0, 1] image), as
+   diffusers' AutoencoderTiny.decode returns it. So it can stand in for sd_vae_decode after the
+   pipeline's division: pixels = round(255·clamp(image/2 + 1/2, 0, 1)). */
+SD_API int sd_taesd_decode(const sd_taesd *taesd, const float *latents, int h, int w, float *image,
+                           sd_pool *pool, sd_arena *a, sd_error *err);
+
+/* Encoder: image [1, 3, H, W] NCHW in [-1, 1] (uint8/255·2−1), any size → latents
+   [1, C, ceil(H/8), ceil(W/8)] on the pipeline's scale: scaling_factor · E((image + 1)/2). There is
+   no posterior and nothing random: img2img uses these latents as they are. */
+SD_API int sd_taesd_encode(const sd_taesd *taesd, const float *image, int height, int width, float *latents,
+                           sd_pool *pool, sd_arena *a, sd_error *err);
+
 /* PyTorch's CPU random generator, bit for bit: after sd_rng_seed(&r, seed), sd_randn(&r, x, n)
    gives what g = torch.Generator("cpu").manual_seed(seed); torch.randn(n, generator=g) gives
    (float32, any shape of n elements), and further calls continue the same generator, so a seed
@@ -590,6 +642,9 @@ typedef struct sd_model_info {
 } sd_model_info;
 SD_API void sd_model_get_info(const sd_model *model, sd_model_info *info);
 
+/* What sd_params.taesd is used for (sd_params.taesd_use, any of them). */
+enum { SD_TAESD_USE_DECODE = 1, SD_TAESD_USE_ENCODE = 2, SD_TAESD_USE_PREVIEW = 4, SD_TAESD_USE_ALL = 7 };
+
 /* One generation. sd_params_init() fills the defaults; change what you need. */
 typedef struct sd_params {
     const char *prompt, *negative_prompt;   /* UTF-8; NULL = "" (SDXL: NULL = an all-zero negative
@@ -643,6 +698,16 @@ typedef struct sd_params {
     int (*progress)(void *user, int step, int steps);   /* non-zero return cancels */
     /* optional: the latents [4, h/8, w/8] after each step, to watch the image form */
     void (*preview)(void *user, int step, const float *latents, int h, int w);
+    /* optional: TAESD (sd_taesd_load; TAESDXL for SDXL models) and what it does instead of the VAE,
+       a set of SD_TAESD_USE_* (default all three): DECODE the final image, ENCODE img2img's init
+       image (TAESD's latents as they are: no posterior draw), PREVIEW each step for preview_rgb.
+       A use needs the half of TAESD it runs on; without it the VAE does that work (and there are
+       no RGB previews). */
+    const sd_taesd *taesd;
+    int taesd_use;
+    /* optional, with a TAESD decoder: each step's latents decoded by it, RGB8 width x height,
+       valid during the call (about 20x cheaper than the VAE: a fraction of a UNet step) */
+    void (*preview_rgb)(void *user, int step, const uint8_t *rgb, int width, int height);
     void *user;
 } sd_params;
 
@@ -762,6 +827,16 @@ static void *arena_array(sd_arena *a, size_t count, size_t size, sd_error *err)
     return sd_arena_alloc(a, count * size, err);
 }
 #define arena_floats(a, n, err) ((float *)arena_array((a), (size_t)(n), sizeof(float), (err)))
+
+/* n floats for a forward pass that stops at its first failure (*rc): NULL once one happened,
+   or now if the arena is full. */
+static float *pass_floats(sd_arena *a, size_t n, sd_error *err, int *rc)
+{
+    float *p;
+    if (*rc) return NULL;
+    if (!(p = arena_floats(a, n, err))) *rc = SD_ERR_MEMORY;
+    return p;
+}
 
 /* ---- 3. safetensors and GGUF readers ------------------------------------------------------ */
 /* Format: 8-byte little-endian header length N, N bytes of JSON
@@ -2606,18 +2681,24 @@ static const float zero_row[GEMM_KC_MAX] = {0};   /* the input "pixel" in the pa
 #define GEMM_ROWS(X) X(0) X(1) X(2) X(3)
 #endif
 
+/* How a tile's sums are stored: added to what c holds (a later K block, or accumulate), and
+   through ReLU after the bias (TAESD's convs, on the last K block). */
+enum { TILE_LOAD = 1, TILE_RELU = 2 };
+
 /* c[0..nr) (+)= v0:v1, + bias, for one row of a tile. */
-static inline void tile_store_row(float *c, vfloat v0, vfloat v1, int nr, int load, const float *bias)
+static inline void tile_store_row(float *c, vfloat v0, vfloat v1, int nr, int mode, const float *bias)
 {
     if (nr == GEMM_NR) {
-        if (load) { v0 = vf_add(vf_load(c), v0); v1 = vf_add(vf_load(c + VF_WIDTH), v1); }
+        if (mode & TILE_LOAD) { v0 = vf_add(vf_load(c), v0); v1 = vf_add(vf_load(c + VF_WIDTH), v1); }
         if (bias) { v0 = vf_add(v0, vf_load(bias)); v1 = vf_add(v1, vf_load(bias + VF_WIDTH)); }
+        if (mode & TILE_RELU) { v0 = vf_max(v0, vf_zero()); v1 = vf_max(v1, vf_zero()); }
         vf_store(c, v0);
         vf_store(c + VF_WIDTH, v1);
     } else {
         int n0 = nr < VF_WIDTH ? nr : VF_WIDTH, n1 = nr - n0;
-        if (load) { v0 = vf_add(vf_load_n(c, n0), v0); if (n1) v1 = vf_add(vf_load_n(c + VF_WIDTH, n1), v1); }
+        if (mode & TILE_LOAD) { v0 = vf_add(vf_load_n(c, n0), v0); if (n1) v1 = vf_add(vf_load_n(c + VF_WIDTH, n1), v1); }
         if (bias) { v0 = vf_add(v0, vf_load_n(bias, n0)); if (n1) v1 = vf_add(v1, vf_load_n(bias + VF_WIDTH, n1)); }
+        if (mode & TILE_RELU) { v0 = vf_max(v0, vf_zero()); v1 = vf_max(v1, vf_zero()); }
         vf_store_n(c, v0, n0);
         if (n1) vf_store_n(c + VF_WIDTH, v1, n1);
     }
@@ -2626,14 +2707,15 @@ static inline void tile_store_row(float *c, vfloat v0, vfloat v1, int nr, int lo
 /* The micro-kernel: a GEMM_MR x GEMM_NR tile of c (row stride ldc) (+)= Σ_k a_i[k] · bp[k][j].
    The K axis is nseg segments of len values; a[s·GEMM_MR + i] points at row i's values for
    segment s, and bp holds nseg·len packed rows of GEMM_NR. Only rows < mr and columns < nr
-   are stored (the others compute on duplicated or zero data); bias (if not NULL) is added. */
+   are stored (the others compute on duplicated or zero data); bias (if not NULL) is added; mode:
+   TILE_LOAD, TILE_RELU. */
 static void gemm_tile(const float *const *a, int nseg, int len, const float *bp, float *c, int ldc,
-                      int mr, int nr, int load, const float *bias)
+                      int mr, int nr, int mode, const float *bias)
 {
 #define TILE_DECL(i) vfloat c##i##0 = vf_zero(), c##i##1 = vf_zero();
 #define TILE_PTR(i) const float *a##i = a[i];
 #define TILE_FMA(i) t = vf_set1(a##i[k]); c##i##0 = vf_fma(t, b0, c##i##0); c##i##1 = vf_fma(t, b1, c##i##1);
-#define TILE_STORE(i) if (i < mr) tile_store_row(c + (size_t)i * ldc, c##i##0, c##i##1, nr, load, bias);
+#define TILE_STORE(i) if (i < mr) tile_store_row(c + (size_t)i * ldc, c##i##0, c##i##1, nr, mode, bias);
     GEMM_ROWS(TILE_DECL)
     for (int s = 0; s < nseg; s++, a += GEMM_MR) {
         GEMM_ROWS(TILE_PTR)
@@ -2665,8 +2747,9 @@ static inline vfloat pack_load(const unsigned char *p, sd_dtype dt, int n)
    VF_WIDTH weight rows x VF_WIDTH values at a time: converted as loaded, transposed in
    registers, stored as VF_WIDTH packed k-rows (several times faster than a scalar scatter,
    which matters when few rows of x share each packed block). Other types (GGUF's blocks, F64)
-   have their VF_WIDTH rows' kb values converted into `rowbuf` first (VF_WIDTH x GEMM_KC_MAX
-   floats), which are then packed as f32: the same floats the f32 weight would give. */
+   have their VF_WIDTH rows' values converted into `rowbuf` first, GEMM_KC_MAX of each row at a
+   time (VF_WIDTH x GEMM_KC_MAX floats; a deep block is longer), which are then packed as f32:
+   the same floats the f32 weight would give. */
 static void pack_weights(float *bp, const sd_tensor *w, int64_t row_len, int n0, int nc, int64_t src0,
                          int len, int taps, float *rowbuf)
 {
@@ -2674,20 +2757,22 @@ static void pack_weights(float *bp, const sd_tensor *w, int64_t row_len, int n0,
     int fast = w->dtype == SD_F32 || w->dtype == SD_F16 || w->dtype == SD_BF16;
     sd_dtype dt = fast ? w->dtype : SD_F32;
     size_t es = sd_dtype_size(dt);
-    SD_ASSERT(kb <= GEMM_KC_MAX);
     for (int p = 0; p < panels; p++)
         for (int g = 0; g < GEMM_NR; g += VF_WIDTH) {
             float *dst = bp + (size_t)p * kb * GEMM_NR + g;
-            int rows = nc - p * GEMM_NR - g;
+            int rows = nc - p * GEMM_NR - g, piece = 0;
             int64_t first = (int64_t)(n0 + p * GEMM_NR + g) * row_len + src0;
-            for (int i = 0; !fast && i < VF_WIDTH && i < rows; i++)
-                tensor_floats(rowbuf + (size_t)i * kb, w, (size_t)(first + (int64_t)i * row_len), kb);
             for (int s0 = 0; s0 < kb; s0 += VF_WIDTH) {
                 int ns = kb - s0 < VF_WIDTH ? kb - s0 : VF_WIDTH;
                 vfloat r[VF_WIDTH];
+                if (!fast && s0 % GEMM_KC_MAX == 0) {   /* the next GEMM_KC_MAX values of each row (VF_WIDTH divides it) */
+                    piece = kb - s0 < GEMM_KC_MAX ? kb - s0 : GEMM_KC_MAX;
+                    for (int i = 0; i < VF_WIDTH && i < rows; i++)
+                        tensor_floats(rowbuf + (size_t)i * GEMM_KC_MAX, w, (size_t)(first + (int64_t)i * row_len + s0), piece);
+                }
                 for (int i = 0; i < VF_WIDTH; i++) {
                     const void *src = fast ? (const unsigned char *)w->data + (size_t)(first + (int64_t)i * row_len + s0) * es
-                                           : (const void *)(rowbuf + (size_t)i * kb + s0);
+                                           : (const void *)(rowbuf + (size_t)i * GEMM_KC_MAX + s0 % GEMM_KC_MAX);
                     r[i] = i < rows ? pack_load((const unsigned char *)src, dt, ns) : vf_zero();
                 }
                 vf_transpose(r);
@@ -2707,30 +2792,41 @@ typedef struct gemm_job {
     const float *x;
     int ldx, M, N;
     const sd_tensor *w, *b;
-    int accumulate;
+    int accumulate, relu;                        /* y += the product; y = max(y, 0) at the end */
     int conv, H, W, Cin, Ho, Wo, k, s, pad;      /* implicit GEMM geometry when conv */
+    int y0, x_y0;                                /* conv2d_rows: the first output row made, x's first row */
+    int deep;                                    /* K in as few blocks as the scratch holds (narrow N) */
     int64_t row_len;                             /* weight values per output column */
     int depth, taps, nblocks, blen;              /* K = depth x taps, in blocks of blen x taps */
     int gm, gn, mb, nb;                          /* task grid and its block sizes */
 } gemm_job;
 
 /* Row pointers of the micro-tile at output rows m.. (mr valid) for the K block starting at
-   channel c0: GEMM_MR of them per tap. Rows past mr repeat row m. */
+   channel c0: GEMM_MR of them per tap. Rows past mr repeat row m. A conv's output pixel (bi, oy,
+   ox) is worked out once for row m and stepped along after, and each tap row's start once per
+   pixel: at 64 channels this bookkeeping is a tenth of a conv's time. */
 static void gemm_rows(const gemm_job *j, int m, int mr, int c0, const float **rows)
 {
-    for (int i = 0; i < GEMM_MR; i++) {
-        int r = m + (i < mr ? i : 0);
-        if (!j->conv) { rows[i] = j->x + (size_t)r * j->ldx + c0; continue; }
-        int hw = j->Ho * j->Wo, bi = r / hw, oy = (r % hw) / j->Wo, ox = r % j->Wo;
-        for (int ky = 0, t = 0; ky < j->k; ky++) {
-            int iy = oy * j->s + ky - j->pad;
-            for (int kx = 0; kx < j->k; kx++, t++) {
-                int ix = ox * j->s + kx - j->pad;
-                rows[t * GEMM_MR + i] = (iy < 0 || iy >= j->H || ix < 0 || ix >= j->W) ? zero_row
-                    : j->x + (((size_t)bi * j->H + iy) * j->W + ix) * j->Cin + c0;
-            }
-        }
+    const float *x = j->x;
+    int k = j->k, s = j->s, pad = j->pad, H = j->H, W = j->W, Ho = j->Ho, Wo = j->Wo, taps = k * k;
+    size_t C = (size_t)j->Cin;
+    if (!j->conv) {
+        for (int i = 0; i < GEMM_MR; i++) rows[i] = x + (size_t)(m + (i < mr ? i : 0)) * j->ldx + c0;
+        return;
     }
+    int bi = m / (Ho * Wo), oy = m % (Ho * Wo) / Wo, ox = m % Wo;
+    for (int i = 0; i < mr; i++) {
+        int iy0 = (j->y0 + oy) * s - pad, ix0 = ox * s - pad;
+        for (int ky = 0; ky < k; ky++) {
+            int iy = iy0 + ky;
+            const float *line = iy < 0 || iy >= H ? NULL : x + ((size_t)bi * H + iy - j->x_y0) * W * C + c0;
+            for (int kx = 0, ix = ix0; kx < k; kx++, ix++)
+                rows[(ky * k + kx) * GEMM_MR + i] = !line || ix < 0 || ix >= W ? zero_row : line + (size_t)ix * C;
+        }
+        if (++ox == Wo) { ox = 0; if (++oy == Ho) { oy = 0; bi++; } }
+    }
+    for (int i = mr; i < GEMM_MR; i++)
+        for (int t = 0; t < taps; t++) rows[t * GEMM_MR + i] = rows[t * GEMM_MR];
 }
 
 static void gemm_task(void *arg, int task, int thread)
@@ -2745,7 +2841,7 @@ static void gemm_task(void *arg, int task, int thread)
         if (j->b) tensor_floats(bias, j->b, (size_t)jc, nc);
         for (int p = 0; p < j->nblocks; p++) {
             int c0 = p * j->blen, len = j->depth - c0 < j->blen ? j->depth - c0 : j->blen, kb = len * j->taps;
-            int load = p > 0 || j->accumulate;
+            int mode = (p > 0 || j->accumulate ? TILE_LOAD : 0) | (p == j->nblocks - 1 && j->relu ? TILE_RELU : 0);
             const float *bb = p == j->nblocks - 1 && j->b ? bias : NULL;
             pack_weights(bp, j->w, j->row_len, jc, nc, (int64_t)c0 * j->taps, len, j->taps, rowbuf);
             for (int m = m_lo; m < m_hi; m += GEMM_MR) {
@@ -2754,7 +2850,7 @@ static void gemm_task(void *arg, int task, int thread)
                 for (int pn = 0; pn * GEMM_NR < nc; pn++) {
                     int nr = nc - pn * GEMM_NR < GEMM_NR ? nc - pn * GEMM_NR : GEMM_NR;
                     gemm_tile(rows, j->taps, len, bp + (size_t)pn * kb * GEMM_NR,
-                              j->y + (size_t)m * j->ldy + jc + pn * GEMM_NR, j->ldy, mr, nr, load,
+                              j->y + (size_t)m * j->ldy + jc + pn * GEMM_NR, j->ldy, mr, nr, mode,
                               bb ? bb + pn * GEMM_NR : NULL);
                 }
             }
@@ -2849,9 +2945,9 @@ static void dot_im2col(const gemm_job *j, float *col, int64_t k0, int kl)
         int ci = (int)(k0 / j->taps), t = (int)(k0 % j->taps);
         float *o = col + (size_t)m * kl;
         for (int kk = 0; kk < kl; kk++) {
-            int iy = oy * j->s + t / j->k - j->pad, ix = ox * j->s + t % j->k - j->pad;
+            int iy = (j->y0 + oy) * j->s + t / j->k - j->pad, ix = ox * j->s + t % j->k - j->pad;
             o[kk] = iy < 0 || iy >= j->H || ix < 0 || ix >= j->W ? 0.0f
-                  : j->x[(((size_t)bi * j->H + iy) * j->W + ix) * j->Cin + ci];
+                  : j->x[(((size_t)bi * j->H + iy - j->x_y0) * j->W + ix) * j->Cin + ci];
             if (++t == j->taps) { t = 0; ci++; }
         }
     }
@@ -2888,6 +2984,7 @@ static void gemm_dot_task(void *arg, int task, int thread)
                         float *yo = j->y + (size_t)(m + r) * j->ldy + n + i, v = s[r * 4 + i];
                         if (load) v = *yo + v;
                         if (last && j->b) v += tensor_get(j->b, (size_t)(n + i));
+                        if (last && j->relu && v < 0) v = 0;
                         *yo = v;
                     }
             }
@@ -2906,6 +3003,11 @@ static void gemm_run(gemm_job *j)
         return;
     }
     int maxlen = GEMM_KC_MAX / j->taps;
+    if (j->deep) {   /* a narrow output: a block as deep as the packed panels of all its columns fit */
+        size_t wide = (size_t)(j->N < GEMM_NC ? (j->N + GEMM_NR - 1) / GEMM_NR * GEMM_NR : GEMM_NC);
+        int fit = (int)((size_t)GEMM_KC_MAX * GEMM_NC / (wide * (size_t)j->taps));
+        maxlen = fit > maxlen ? fit : maxlen;
+    }
     SD_ASSERT(maxlen >= 1);
     j->nblocks = (j->depth + maxlen - 1) / maxlen;
     j->blen = (j->depth + j->nblocks - 1) / j->nblocks;
@@ -2971,6 +3073,31 @@ static void conv2d(sd_pool *pool, float *y, const float *x, int B, int H, int W,
     gemm_run(&j);
 }
 
+/* Output rows y0 .. y0 + rows - 1 (Wo wide, row i of y at y + i·Wo·ldy) of a k x k convolution of
+   one NHWC image of H x W x Cin that is not all in memory: x holds its rows from x_y0 on (those
+   the taps read must be there), rows and columns outside the image are zero padding. The taps
+   of output pixel (oy, ox) start at row oy·s − pad, column ox·s − pad. How an image too large
+   to hold is convolved a band of rows at a time, each band read where it lies. mode: CONV_ADD
+   adds the result to what y holds (a residual, in place), CONV_RELU applies ReLU last. */
+enum { CONV_ADD = 1, CONV_RELU = 2 };
+static void conv2d_rows(sd_pool *pool, float *y, int ldy, const float *x, int x_y0, int H, int W, int Cin,
+                        const sd_tensor *w, const sd_tensor *b, int Cout, int k, int s, int pad, int y0, int rows, int Wo, int mode)
+{
+    gemm_job j;
+    if (rows <= 0 || Wo <= 0 || Cout <= 0) return;
+    SD_ASSERT(k * k <= GEMM_KC_MAX);
+    memset(&j, 0, sizeof j);
+    j.pool = pool; j.y = y; j.ldy = ldy; j.x = x; j.M = rows * Wo; j.N = Cout;
+    j.w = w; j.b = b;
+    j.conv = 1; j.H = H; j.W = W; j.Cin = Cin; j.Ho = rows; j.Wo = Wo; j.k = k; j.s = s; j.pad = pad;
+    j.y0 = y0; j.x_y0 = x_y0;
+    j.deep = 1;   /* TAESD's 64 channels: all 9 taps x 64 in one block, no partial sums read back */
+    j.accumulate = (mode & CONV_ADD) != 0;
+    j.relu = (mode & CONV_RELU) != 0;
+    j.row_len = (int64_t)Cin * k * k; j.depth = Cin; j.taps = k * k;
+    gemm_run(&j);
+}
+
 /* ---- activations ---- */
 
 #define ELEMENTWISE(name, expr)                                                        \
@@ -2982,6 +3109,7 @@ static void conv2d(sd_pool *pool, float *y, const float *x, int B, int H, int W,
     }
 ELEMENTWISE(silu_span, vf_silu(v))
 ELEMENTWISE(gelu_span, vf_gelu(v))
+ELEMENTWISE(relu_span, vf_max(v, vf_zero()))   /* (TAESD's convs apply theirs as they store) */
 /* CLIP's activation: x · sigmoid(1.702 x). */
 ELEMENTWISE(quick_gelu_span, vf_div(v, vf_add(vf_set1(1.0f), vf_exp(vf_mul(vf_set1(-1.702f), v)))))
 #undef ELEMENTWISE
@@ -2992,6 +3120,7 @@ static void add_span(float *y, const float *x, size_t n)
     for (; i + VF_WIDTH <= n; i += VF_WIDTH) vf_store(y + i, vf_add(vf_load(y + i), vf_load(x + i)));
     if (i < n) vf_store_n(y + i, vf_add(vf_load_n(y + i, (int)(n - i)), vf_load_n(x + i, (int)(n - i))), (int)(n - i));
 }
+
 
 /* ---- norms ---- */
 
@@ -3167,7 +3296,7 @@ static void upsample2x_span(float *y, const float *x, int B, int H, int W, int C
    fixed chunks spread over the pool, so the results do not depend on the thread count. geglu
    needs y != x to split (in place, a chunk's output would overwrite rows another chunk still has
    to read); given y == x it runs on one thread. */
-enum { ROWS_SILU, ROWS_GELU, ROWS_QUICK_GELU, ROWS_ADD, ROWS_LAYERNORM, ROWS_GEGLU, ROWS_UPSAMPLE };
+enum { ROWS_SILU, ROWS_GELU, ROWS_QUICK_GELU, ROWS_ADD, ROWS_RELU, ROWS_LAYERNORM, ROWS_GEGLU, ROWS_UPSAMPLE };
 typedef struct rows_job {
     int op;
     float *y;
@@ -3188,6 +3317,7 @@ static void rows_task(void *arg, int task, int thread)
     case ROWS_GELU: gelu_span(j->y + lo, hi - lo); break;
     case ROWS_QUICK_GELU: quick_gelu_span(j->y + lo, hi - lo); break;
     case ROWS_ADD: add_span(j->y + lo, j->x + lo, hi - lo); break;
+    case ROWS_RELU: relu_span(j->y + lo, hi - lo); break;
     case ROWS_LAYERNORM: layernorm_span(j->y + lo * C, j->x + lo * C, (int)(hi - lo), j->C, j->gamma, j->beta, j->eps); break;
     case ROWS_GEGLU: geglu_span(j->y + lo * C, j->x + lo * 2 * C, (int)(hi - lo), j->C); break;
     default:   /* upsample: input rows (b, iy) are independent */
@@ -3208,6 +3338,7 @@ static void silu(sd_pool *pool, float *x, size_t n) { rows_job j = {ROWS_SILU, x
 static void gelu(sd_pool *pool, float *x, size_t n) { rows_job j = {ROWS_GELU, x, NULL, n, 0, 0, 0, NULL, NULL, 0}; rows_run(pool, &j, 1); }
 static void quick_gelu(sd_pool *pool, float *x, size_t n) { rows_job j = {ROWS_QUICK_GELU, x, NULL, n, 0, 0, 0, NULL, NULL, 0}; rows_run(pool, &j, 1); }
 static void add(sd_pool *pool, float *y, const float *x, size_t n) { rows_job j = {ROWS_ADD, y, x, n, 0, 0, 0, NULL, NULL, 0}; rows_run(pool, &j, 1); }
+static void relu(sd_pool *pool, float *x, size_t n) { rows_job j = {ROWS_RELU, x, NULL, n, 0, 0, 0, NULL, NULL, 0}; rows_run(pool, &j, 1); }
 static void layernorm(sd_pool *pool, float *y, const float *x, int M, int C, const sd_tensor *gamma,
                          const sd_tensor *beta, float eps)
 {
@@ -6751,13 +6882,7 @@ typedef struct unet_run {
     void *probe_user;
 } unet_run;
 
-static float *run_alloc(unet_run *r, size_t n)
-{
-    float *p;
-    if (r->rc) return NULL;
-    if (!(p = arena_floats(r->a, n, r->err))) r->rc = SD_ERR_MEMORY;
-    return p;
-}
+static float *run_alloc(unet_run *r, size_t n) { return pass_floats(r->a, n, r->err, &r->rc); }
 
 static void run_probe(unet_run *r, const char *name, int index, const float *x, int H, int W, int C)
 {
@@ -8394,6 +8519,529 @@ SD_API int sd_vae_decode_tiled(const sd_vae *vae, const float *latents, int h, i
 }
 
 
+/* ---- 8b. TAESD (tiny autoencoder) ----------------------------------------------------------- */
+/* TAESD (Ollin Boer Bohan, madebyollin/taesd) is an autoencoder distilled to reproduce the SD
+   VAE's latent space with a fraction of its work: every layer is a 3x3 convolution of 64
+   channels with ReLU, grouped into residual Blocks, relu(conv(relu(conv(relu(conv(x))))) + x);
+   no normalisation, no attention. The encoder halves the size three times with stride-2 convs,
+   the decoder doubles it three times with nearest-neighbour upsampling followed by a conv. Its
+   latents are the pipeline's latents themselves (scaling factor 1): the UNet's output decodes
+   as it is. The decoder first squashes its input softly into ±3 (tanh(z/3)·3), since latents
+   far outside what TAESD was trained on would otherwise blow up. Both halves work on images in
+   [0, 1]; diffusers' AutoencoderTiny wraps them for [-1, 1] ((x + 1)/2 in, 2y − 1 out), and so
+   does this section, so that TAESD can stand in for the VAE. */
+
+/* The layers of taesd.py's two nn.Sequential stacks, in order: entry i is the layer whose
+   tensors the original files name "i.*", and diffusers "encoder.layers.i.*" / "decoder.layers.
+   (i − 1).*" (the decoder's Clamp, entry 0, is a module of the original stack only: diffusers'
+   DecoderTiny applies it inline, so its decoder indices are one lower). */
+enum { TAESD_CLAMP, TAESD_CONV, TAESD_RELU, TAESD_BLOCK, TAESD_DOWN, TAESD_UP, TAESD_UP_CONV };
+#define TAESD_ENCODER_LAYERS 15
+#define TAESD_DECODER_LAYERS 20
+static const unsigned char taesd_encoder_kinds[TAESD_ENCODER_LAYERS] = {
+    TAESD_CONV, TAESD_BLOCK,                                    /* 0-1: RGB → C, at the image size */
+    TAESD_DOWN, TAESD_BLOCK, TAESD_BLOCK, TAESD_BLOCK,          /* 2-5: stride-2 conv, 1/2 size */
+    TAESD_DOWN, TAESD_BLOCK, TAESD_BLOCK, TAESD_BLOCK,          /* 6-9: 1/4 */
+    TAESD_DOWN, TAESD_BLOCK, TAESD_BLOCK, TAESD_BLOCK,          /* 10-13: 1/8 */
+    TAESD_CONV};                                                /* 14: C → latent channels */
+static const unsigned char taesd_decoder_kinds[TAESD_DECODER_LAYERS] = {
+    TAESD_CLAMP, TAESD_CONV, TAESD_RELU,                        /* 0-2: tanh(z/3)·3, latent → C, ReLU */
+    TAESD_BLOCK, TAESD_BLOCK, TAESD_BLOCK,                      /* 3-5: at the latent size */
+    TAESD_UP, TAESD_UP_CONV, TAESD_BLOCK, TAESD_BLOCK, TAESD_BLOCK,   /* 6-10: nearest 2x, conv (no bias), x2 */
+    TAESD_UP, TAESD_UP_CONV, TAESD_BLOCK, TAESD_BLOCK, TAESD_BLOCK,   /* 11-15: x4 */
+    TAESD_UP, TAESD_UP_CONV, TAESD_BLOCK,                       /* 16-18: x8 */
+    TAESD_CONV};                                                /* 19: C → RGB */
+
+/* A plain conv's weights in conv[0] (the stride-2 and upsampling ones have no bias); a Block's
+   three convs (conv.0, conv.2, conv.4 of its nn.Sequential) in conv[0..2]. */
+typedef struct taesd_layer { vae_conv conv[3]; } taesd_layer;
+
+struct sd_taesd {
+    sd_taesd_info info;
+    taesd_layer encoder[TAESD_ENCODER_LAYERS], decoder[TAESD_DECODER_LAYERS];
+};
+
+/* ---- loading: which file holds which half, in which layout ---- */
+
+/* The layout of the half (decoder or encoder) that `f` was given for: 1 original, 2 diffusers, or
+   minus an SD_ERR_* code with an error that says what the file is instead. */
+static int taesd_layout(const sd_safetensors *f, int decoder, sd_error *err)
+{
+    static const char *const vae_keys[4] = {"decoder.conv_in.weight", "encoder.conv_in.weight",
+                                            "first_stage_model.decoder.conv_in.weight", "first_stage_model.encoder.conv_in.weight"};
+    const char *half = decoder ? "decoder" : "encoder";
+    const sd_tensor *t0 = sd_safetensors_find(f, "0.weight");
+    int enc = t0 && t0->ndim == 4 && t0->shape[1] == 3;   /* a conv from RGB: the encoder's first layer */
+    int dec = !enc && (t0 || sd_safetensors_find(f, "1.weight"));
+    if (sd_safetensors_find(f, decoder ? "decoder.layers.0.weight" : "encoder.layers.0.weight")) return 2;
+    if (decoder ? dec : enc) return 1;
+    if (decoder ? enc : dec)
+        return -fail(err, SD_ERR_ARG, "TAESD: the file given as the %s is a TAESD %s (it has '%s', the %s's first conv)", half,
+                    decoder ? "encoder" : "decoder", decoder ? "0.weight" : "1.weight", decoder ? "encoder" : "decoder");
+    if (sd_safetensors_find(f, decoder ? "encoder.layers.0.weight" : "decoder.layers.0.weight"))
+        return -fail(err, SD_ERR_MISSING, "TAESD: this diffusers AutoencoderTiny file has no %s ('%s.layers.0.weight')", half, half);
+    for (int i = 0; i < 4; i++)
+        if (sd_safetensors_find(f, vae_keys[i]))
+            return -fail(err, SD_ERR_ARG, "TAESD: the file given as the %s is a VAE (AutoencoderKL: '%s'), not TAESD; sd_vae_load reads it",
+                        half, vae_keys[i]);
+    return -fail(err, SD_ERR_MISSING, "TAESD: no %s in this file: neither '%s' (taesd_%s.safetensors) nor '%s.layers.0.weight' "
+                "(diffusers' AutoencoderTiny)", half, decoder ? "1.weight" : "0.weight", half, half);
+}
+
+/* Every weight of one stack, by walking its layer list; C is the layers' width, lat the latent
+   channels. Names are "i.*" in the original files, "encoder.layers.i.*" / "decoder.layers.(i−1).*"
+   in diffusers' (the prefix and index shift are set here). */
+static void taesd_load_stack(weights *w, taesd_layer *layer, int decoder, int C, int lat)
+{
+    const unsigned char *kinds = decoder ? taesd_decoder_kinds : taesd_encoder_kinds;
+    int n = decoder ? TAESD_DECODER_LAYERS : TAESD_ENCODER_LAYERS, shift = w->diffusers && decoder;
+    for (int i = 0; i < n && !w->failed; i++) {
+        int k = i - shift, first = i == (decoder ? 1 : 0), last = i == n - 1;
+        int cin = first ? (decoder ? lat : 3) : C, cout = last ? (decoder ? 3 : lat) : C;
+        vae_conv *c = layer[i].conv;
+        switch (kinds[i]) {
+        case TAESD_CONV:
+            c->w = need(w, cout, cin, 3, 3, "%d.weight", k);
+            c->b = need(w, cout, 0, 0, 0, "%d.bias", k);
+            break;
+        case TAESD_DOWN: case TAESD_UP_CONV:
+            c->w = need(w, C, C, 3, 3, "%d.weight", k);
+            break;
+        case TAESD_BLOCK:
+            for (int j = 0; j < 3; j++) {
+                c[j].w = need(w, C, C, 3, 3, "%d.conv.%d.weight", k, 2 * j);
+                c[j].b = need(w, C, 0, 0, 0, "%d.conv.%d.bias", k, 2 * j);
+            }
+            break;
+        default: break;   /* Clamp, ReLU, Upsample: no weights */
+        }
+    }
+}
+
+/* One half from file f: its layout, the widths its first (or, for the encoder's latents, last)
+   conv says, then every weight. */
+static int taesd_load_half(sd_taesd *t, const sd_safetensors *f, int decoder, sd_error *err)
+{
+    weights w;
+    int layout = taesd_layout(f, decoder, err), C, lat;
+    if (layout < 0) return -layout;
+    memset(&w, 0, sizeof w);
+    w.files[0] = f;
+    w.nfiles = 1;
+    w.diffusers = layout == 2;
+    w.prefix = w.diffusers ? (decoder ? "decoder.layers." : "encoder.layers.") : "";
+    w.err = err;
+    if (decoder) {   /* conv latent → C */
+        const sd_tensor *in = need(&w, -1, -1, 3, 3, "%d.weight", w.diffusers ? 0 : 1);
+        C = vae_dim(&w, in, 0);
+        lat = vae_dim(&w, in, 1);
+    } else {         /* conv RGB → C, ..., conv C → latent */
+        C = vae_dim(&w, need(&w, -1, 3, 3, 3, "0.weight"), 0);
+        lat = vae_dim(&w, need(&w, -1, C, 3, 3, "%d.weight", TAESD_ENCODER_LAYERS - 1), 0);
+    }
+    if (w.failed) return w.failed;
+    if (C > 1024 || lat > 256)
+        return fail(err, SD_ERR_UNSUPPORTED, "TAESD: %d channels and %d latent channels; sd.h takes up to 1024 and 256", C, lat);
+    if ((t->info.channels && C != t->info.channels) || (t->info.latent_channels && lat != t->info.latent_channels))
+        return fail(err, SD_ERR_SHAPE, "TAESD: the encoder has %d channels and %d latent channels, the decoder %d and %d",
+                    decoder ? t->info.channels : C, decoder ? t->info.latent_channels : lat, decoder ? C : t->info.channels,
+                    decoder ? lat : t->info.latent_channels);
+    t->info.channels = C;
+    t->info.latent_channels = lat;
+    taesd_load_stack(&w, decoder ? t->decoder : t->encoder, decoder, C, lat);
+    return w.failed;
+}
+
+/* A diffusers config.json: the architecture it describes must be the one loaded (sd.h runs only
+   TAESD's own: ReLU, nearest 2x upsampling, blocks 1,3,3,3 / 3,3,3,1, one width throughout), and
+   its scaling_factor is the pipeline's. Keys it lacks take diffusers' defaults. */
+static int taesd_read_config(sd_taesd *t, const char *text, size_t size, sd_error *err)
+{
+    char want[4][64], got[128];
+    const char *keys[8] = {"act_fn", "upsampling_scaling_factor", "num_encoder_blocks", "num_decoder_blocks",
+                           "latent_channels", "encoder_block_out_channels", "decoder_block_out_channels", "_class_name"};
+    json j = {text, text, text + size, NULL};
+    double v;
+    int C = t->info.channels;
+    snprintf(want[0], sizeof want[0], "%d", t->info.latent_channels);
+    snprintf(want[1], sizeof want[1], "%d,%d,%d,%d", C, C, C, C);
+    const char *expect[8] = {"relu", "2", "1,3,3,3", "3,3,3,1", want[0], want[1], want[1], "AutoencoderTiny"};
+    json_ws(&j);
+    if (j.p == j.end || *j.p != '{' || json_skip(&j, 0))
+        return fail(err, SD_ERR_FORMAT, "TAESD config.json: not a JSON object%s%s", j.error ? ": " : "", j.error ? j.error : "");
+    for (int k = 0; k < 8; k++) {
+        if (!json_find(&j, text, size, keys[k])) continue;
+        if (!json_scalar(&j, got, sizeof got)) snprintf(got, sizeof got, "?");
+        if (strcmp(got, expect[k]))
+            return fail(err, k == 4 ? SD_ERR_SHAPE : SD_ERR_UNSUPPORTED, "TAESD config.json: %s is '%.40s'; %s '%s'", keys[k], got,
+                        k >= 4 && k < 7 ? "the tensors give" : "sd.h runs TAESD's", expect[k]);
+    }
+    if (json_find(&j, text, size, "scaling_factor")) {
+        if (!json_scalar(&j, got, sizeof got) || !parse_number(got, &v) || !(v > 0 && v < 1e6))
+            return fail(err, SD_ERR_FORMAT, "TAESD config.json: scaling_factor is not a positive number");
+        t->info.scaling_factor = (float)v;
+    }
+    return SD_OK;
+}
+
+SD_API int sd_taesd_load(sd_taesd **out, const sd_safetensors *encoder, const sd_safetensors *decoder,
+                         const char *config, size_t config_size, int variant, sd_arena *a, sd_error *err)
+{
+    if (out) *out = NULL;
+    if (!out || !a || (!encoder && !decoder)) return fail(err, SD_ERR_ARG, "sd_taesd_load: no file, or a NULL argument");
+    if (variant != SD_TAESD_SD && variant != SD_TAESD_XL)
+        return fail(err, SD_ERR_ARG, "sd_taesd_load: variant %d is neither SD_TAESD_SD nor SD_TAESD_XL", variant);
+    size_t mark = sd_arena_mark(a);
+    sd_taesd *t = (sd_taesd *)sd_arena_alloc(a, sizeof *t, err);
+    int rc;
+    if (!t) return SD_ERR_MEMORY;
+    memset(t, 0, sizeof *t);
+    t->info.variant = variant;
+    t->info.scaling_factor = 1.0f;
+    t->info.has_decoder = decoder != NULL;
+    t->info.has_encoder = encoder != NULL;
+    if ((decoder && (rc = taesd_load_half(t, decoder, 1, err))) || (encoder && (rc = taesd_load_half(t, encoder, 0, err))) ||
+        (config && (rc = taesd_read_config(t, config, config_size, err)))) {
+        sd_arena_reset(a, mark);
+        return rc;
+    }
+    *out = t;
+    return SD_OK;
+}
+
+SD_API void sd_taesd_get_info(const sd_taesd *taesd, sd_taesd_info *info)
+{
+    if (taesd && info) *info = taesd->info;
+    else if (info) memset(info, 0, sizeof *info);
+}
+
+/* ---- forward passes ---- */
+
+/* Test hook: rows [y0, y0 + rows) of a layer's output (NHWC, H x W x C in all), named as
+   diffusers' modules: "layers.N" (N in diffusers' numbering), "clamped", "layers_input". */
+typedef void (*taesd_probe)(void *user, const char *layer, const float *x, int y0, int rows, int H, int W, int C);
+
+/* One pass. Activations live in the arena: each layer allocates its output, a level's tensors
+   stay until the pass ends (a smaller level's are a third of the next one's), a Block takes two
+   scratch tensors and gives them back. The level at the image size would hold three tensors of
+   C channels at full size (64 MB each for a 512 x 512 image), so it runs in bands of rows: see
+   taesd_decoder_tail and taesd_encoder_head. */
+typedef struct taesd_run {
+    const sd_taesd *t;
+    sd_pool *pool;
+    sd_arena *a;
+    sd_error *err;
+    int rc;         /* first failure; the pass then returns without further work */
+    int C;          /* the layers' width */
+    int decoder;    /* names for the probe: diffusers' decoder layers are numbered one lower */
+    taesd_probe probe;
+    void *user;
+} taesd_run;
+
+static float *taesd_alloc(taesd_run *r, size_t n) { return pass_floats(r->a, n, r->err, &r->rc); }
+
+static void taesd_show(taesd_run *r, const char *name, int layer, const float *x, int y0, int rows, int H, int W, int C)
+{
+    char s[32];
+    if (!r->probe || r->rc || r->pool->measure) return;
+    if (layer >= 0) snprintf(s, sizeof s, "layers.%d", layer - r->decoder);
+    r->probe(r->user, layer >= 0 ? s : name, x, y0, rows, H, W, C);
+}
+
+/* Output rows each band of the full-size level makes. Each conv in a band needs one more input
+   row at each side than it makes, so a band recomputes the 2·4 rows its neighbours also make
+   (four chained convs): about 4% more work at that level, for memory that no longer grows with
+   the image's height. */
+#define TAESD_BAND_ROWS 64
+
+static int imax(int a, int b) { return a > b ? a : b; }
+static int imin(int a, int b) { return a < b ? a : b; }
+
+/* Output rows [y0, y1) of a 3x3 conv (zero padding 1, stride s) of an H x W x cin image of which
+   src holds the rows from src_y0 on (at least s·y0 − 1 .. s·(y1 − 1) + 1 of those in the image),
+   into dst [y1 − y0, ceil(W/s), cout]; mode: CONV_RELU, CONV_ADD (dst += the conv). */
+static void taesd_conv(taesd_run *r, float *dst, const float *src, int src_y0, int y0, int y1, int H, int W,
+                       int cin, int s, const vae_conv *conv, int cout, int mode)
+{
+    SD_ASSERT(y1 > y0 && (s * y0 - 1 < 0 || s * y0 - 1 >= src_y0));
+    conv2d_rows(r->pool, dst, cout, src, src_y0, H, W, cin, conv->w, conv->b, cout, 3, s, 1, y0, y1 - y0, (W - 1) / s + 1, mode);
+}
+
+/* Block, x ← relu(conv(relu(conv(relu(conv(x))))) + x), on rows [v0, v1) of an H x W x C image of
+   which x holds the rows from x_y0 on (at least v0 − 3 .. v1 + 2): the inner convs make rows
+   v0 − 2 .. v1 + 1 into t1 and v0 − 1 .. v1 into t2, the last adds into x in place. A level held
+   whole is one band. */
+static void taesd_block(taesd_run *r, const taesd_layer *b, float *x, int x_y0, int v0, int v1, int H, int W, float *t1, float *t2)
+{
+    int C = r->C, ta = imax(0, v0 - 2), tb = imin(H, v1 + 2), ua = imax(0, v0 - 1), ub = imin(H, v1 + 1);
+    taesd_conv(r, t1, x, x_y0, ta, tb, H, W, C, 1, &b->conv[0], C, CONV_RELU);
+    taesd_conv(r, t2, t1, ta, ua, ub, H, W, C, 1, &b->conv[1], C, CONV_RELU);
+    taesd_conv(r, x + (size_t)(v0 - x_y0) * W * C, t2, ua, v0, v1, H, W, C, 1, &b->conv[2], C, CONV_ADD | CONV_RELU);
+}
+
+/* Blocks first .. last of a stack at a level held whole (x [H, W, C]), each shown to the probe. */
+static void taesd_blocks(taesd_run *r, const taesd_layer *stack, int first, int last, float *x, int H, int W)
+{
+    size_t n = (size_t)H * W * r->C, mark = sd_arena_mark(r->a);
+    float *t1 = taesd_alloc(r, n), *t2 = taesd_alloc(r, n);
+    for (int i = first; i <= last && t2; i++) {
+        taesd_block(r, &stack[i], x, 0, 0, H, H, W, t1, t2);
+        taesd_show(r, NULL, i, x, 0, H, H, W, r->C);
+    }
+    sd_arena_reset(r->a, mark);
+}
+
+/* Stride-2 conv (zero padding 1 all round: H → ceil(H/2)) of a level held whole, into a new one. */
+static float *taesd_down(taesd_run *r, const taesd_layer *l, const float *x, int *H, int *W)
+{
+    int Ho = (*H + 1) / 2, Wo = (*W + 1) / 2;
+    float *y = taesd_alloc(r, (size_t)Ho * Wo * r->C);
+    if (y) taesd_conv(r, y, x, 0, 0, Ho, *H, *W, r->C, 2, &l->conv[0], r->C, 0);
+    *H = Ho;
+    *W = Wo;
+    return y;
+}
+
+/* The taps of conv(upsample2x(·)) as four 2x2 convs of the small image, one per output phase
+   (vae_phase_weights): mem holds 16·C·C + 9·C floats. */
+static void taesd_phase_taps(taesd_run *r, const vae_conv *conv, float *mem, sd_tensor pt[4])
+{
+    int C = r->C;
+    for (int p = 0; p < 4; p++) {
+        float *wp = mem + (size_t)p * 4 * C * C;
+        if (!r->pool->measure) vae_phase_weights(wp, conv->w, 0, C, C, p >> 1, p & 1, mem + (size_t)16 * C * C);
+        pt[p] = vae_f32_tensor(wp, C, C, 2, 4);
+    }
+}
+
+/* Upsample (nearest 2x) and the conv after it: rows [2·i0, 2·i1) of conv(upsample2x(A)) into X,
+   from rows i0 − 1 .. i1 of A [h, w, C], without making the upsampled image: phase (a, b)'s 2x2
+   conv reads A's rows i − 1 + a .. i + a and columns j − 1 + b .. j + b for output pixel
+   (2i + a, 2j + b) (padding 1 − b, and its rows shifted by a − b to match), writing every other
+   pixel of every other row, by way of ob (i1 − i0 rows of 2w pixels). */
+typedef struct taesd_phase_rows { float *X; const float *ob; size_t row; int a; } taesd_phase_rows;
+
+static void taesd_phase_row(void *arg, int task, int thread)   /* row i of ob to row 2i + a of X */
+{
+    const taesd_phase_rows *j = (const taesd_phase_rows *)arg;
+    (void)thread;
+    memcpy(j->X + (size_t)(2 * task + j->a) * j->row, j->ob + (size_t)task * j->row, j->row * sizeof(float));
+}
+
+static void taesd_upsample_rows(taesd_run *r, float *X, const float *A, int i0, int i1, int h, int w,
+                                const sd_tensor pt[4], float *ob)
+{
+    int C = r->C, n = i1 - i0;
+    for (int a = 0; a < 2; a++) {
+        taesd_phase_rows j = {X, ob, (size_t)2 * w * C, a};
+        for (int b = 0; b < 2; b++)
+            conv2d_rows(r->pool, ob + (size_t)b * C, 2 * C, A, 0, h, w, C, &pt[2 * a + b], NULL, C, 2, 1, 1 - b, i0 + a - b, n, w, 0);
+        pool_run(r->pool, taesd_phase_row, &j, n);   /* (a copy, but on every thread) */
+    }
+}
+
+/* Layers i (Upsample) and i + 1 (conv) on a level held whole: A [h, w, C] → a new [2h, 2w, C]. */
+static float *taesd_upsample(taesd_run *r, const taesd_layer *stack, int i, const float *A, int h, int w)
+{
+    int C = r->C;
+    float *X = taesd_alloc(r, (size_t)4 * h * w * C);
+    size_t mark = sd_arena_mark(r->a);
+    float *taps = taesd_alloc(r, (size_t)16 * C * C + 9 * (size_t)C), *ob = taesd_alloc(r, (size_t)h * 2 * w * C);
+    sd_tensor pt[4];
+    if (!ob) return NULL;
+    taesd_phase_taps(r, &stack[i + 1].conv[0], taps, pt);
+    taesd_upsample_rows(r, X, A, 0, h, h, w, pt, ob);
+    sd_arena_reset(r->a, mark);
+    taesd_show(r, NULL, i + 1, X, 0, 2 * h, 2 * h, 2 * w, C);
+    return X;
+}
+
+/* Rows of TAESD's RGB output [rows, W, 3] in [0, 1] to the rows of image [3, H, W] that
+   diffusers' decode returns: 2y − 1. One task per row. */
+typedef struct taesd_rgb_rows { float *image; const float *rgb; size_t plane; int W; } taesd_rgb_rows;
+
+static void taesd_rgb_row(void *arg, int task, int thread)
+{
+    const taesd_rgb_rows *j = (const taesd_rgb_rows *)arg;
+    (void)thread;
+    for (int c = 0; c < 3; c++)
+        for (size_t x = 0, at = (size_t)task * j->W; x < (size_t)j->W; x++) j->image[c * j->plane + at + x] = j->rgb[3 * (at + x) + c] * 2.0f - 1.0f;
+}
+
+/* The decoder's full-size level, layers 16-19: Upsample, conv, Block, conv to RGB, from A
+   [h, w, C] to image rows of the [3, 2h, 2w] output (NCHW, as 2y − 1), a band of output rows at
+   a time. For output rows [y0, y1) the band makes conv 17's output X on rows y0 − 4 .. y1 + 3
+   (what the Block reads for its rows y0 − 1 .. y1, which conv 19 reads), so none of these is
+   ever whole. */
+static void taesd_decoder_tail(taesd_run *r, const float *A, int h, int w, float *image)
+{
+    const taesd_layer *d = r->t->decoder;
+    int C = r->C, H = 2 * h, W = 2 * w, R = TAESD_BAND_ROWS < H ? TAESD_BAND_ROWS : H;
+    size_t row = (size_t)W * C, plane = (size_t)H * W, mark = sd_arena_mark(r->a);
+    float *taps = taesd_alloc(r, (size_t)16 * C * C + 9 * (size_t)C), *X = taesd_alloc(r, (size_t)(R + 8) * row);
+    float *t1 = taesd_alloc(r, (size_t)(R + 6) * row), *t2 = taesd_alloc(r, (size_t)(R + 4) * row);
+    float *ob = taesd_alloc(r, (size_t)(R + 8) * row), *rgb = taesd_alloc(r, (size_t)R * W * 3);
+    sd_tensor pt[4];
+    if (!rgb) return;
+    taesd_phase_taps(r, &d[17].conv[0], taps, pt);
+    for (int y0 = 0; y0 < H; y0 += R) {   /* (H and R are even, so are y0, y1 and X's rows) */
+        int y1 = imin(H, y0 + R), xa = imax(0, y0 - 4), xb = imin(H, y1 + 4), va = imax(0, y0 - 1), vb = imin(H, y1 + 1);
+        taesd_upsample_rows(r, X, A, xa / 2, xb / 2, h, w, pt, ob);                         /* 16, 17 */
+        taesd_show(r, NULL, 17, X, xa, xb - xa, H, W, C);
+        taesd_block(r, &d[18], X, xa, va, vb, H, W, t1, t2);                                /* 18 */
+        taesd_show(r, NULL, 18, X + (size_t)(va - xa) * row, va, vb - va, H, W, C);
+        taesd_conv(r, rgb, X, xa, y0, y1, H, W, C, 1, &d[19].conv[0], 3, 0);                 /* 19: RGB, in [0, 1] */
+        taesd_show(r, NULL, 19, rgb, y0, y1 - y0, H, W, 3);
+        taesd_rgb_rows out = {image + (size_t)y0 * W, rgb, plane, W};
+        pool_run(r->pool, taesd_rgb_row, &out, y1 - y0);
+    }
+    sd_arena_reset(r->a, mark);
+}
+
+/* Latents [lat, h, w] → image [3, 8h, 8w]: the decoder's layers in order. */
+static void taesd_decoder_forward(taesd_run *r, const float *latents, int h, int w, float *image)
+{
+    const taesd_layer *d = r->t->decoder;
+    int C = r->C, lat = r->t->info.latent_channels, H = h, W = w;
+    size_t P = (size_t)h * w;
+    float s = r->t->info.scaling_factor, *z = taesd_alloc(r, P * lat), *x = taesd_alloc(r, P * C);
+    if (!x) return;
+    for (int c = 0; c < lat && !r->pool->measure; c++)   /* 0: Clamp, tanh(z/3)·3, on z = latents / scaling_factor */
+        for (size_t i = 0; i < P; i++) z[i * lat + c] = tanhf(latents[c * P + i] / s / 3.0f) * 3.0f;
+    taesd_show(r, "clamped", -1, z, 0, H, H, W, lat);
+    taesd_conv(r, x, z, 0, 0, H, H, W, lat, 1, &d[1].conv[0], C, 0);                      /* 1: conv latent → C */
+    taesd_show(r, NULL, 1, x, 0, H, H, W, C);
+    relu(r->pool, x, P * C);                                                               /* 2: ReLU */
+    taesd_show(r, NULL, 2, x, 0, H, H, W, C);
+    taesd_blocks(r, d, 3, 5, x, H, W);                                                     /* 3-5 */
+    x = taesd_upsample(r, d, 6, x, H, W);                                                  /* 6, 7: to 2h x 2w */
+    H *= 2, W *= 2;
+    taesd_blocks(r, d, 8, 10, x, H, W);                                                    /* 8-10 */
+    x = taesd_upsample(r, d, 11, x, H, W);                                                 /* 11, 12: to 4h x 4w */
+    H *= 2, W *= 2;
+    taesd_blocks(r, d, 13, 15, x, H, W);                                                   /* 13-15 */
+    if (x) taesd_decoder_tail(r, x, H, W, image);                                          /* 16-19: to 8h x 8w, RGB */
+}
+
+/* The encoder's full-size level, layers 0-2: conv RGB → C, Block, stride-2 conv, from the image
+   [H, W, 3] in [0, 1] to out [ceil(H/2), ceil(W/2), C], a band of output rows at a time (the
+   mirror of taesd_decoder_tail). Output rows [o0, o1) read the Block's rows 2·o0 − 1 .. 2·o1 − 1,
+   which read conv 0's output X three rows further each way. */
+static void taesd_encoder_head(taesd_run *r, const float *img, int H, int W, float *out)
+{
+    const taesd_layer *e = r->t->encoder;
+    int C = r->C, Ho = (H + 1) / 2, Wo = (W + 1) / 2, R = imin(TAESD_BAND_ROWS / 2, Ho);
+    size_t row = (size_t)W * C, mark = sd_arena_mark(r->a);
+    float *X = taesd_alloc(r, (size_t)(2 * R + 7) * row), *t1 = taesd_alloc(r, (size_t)(2 * R + 5) * row);
+    float *t2 = taesd_alloc(r, (size_t)(2 * R + 3) * row);
+    if (!t2) return;
+    for (int o0 = 0; o0 < Ho; o0 += R) {
+        int o1 = imin(Ho, o0 + R), ba = imax(0, 2 * o0 - 1), bb = imin(H, 2 * o1), xa = imax(0, ba - 3), xb = imin(H, bb + 3);
+        taesd_conv(r, X, img, 0, xa, xb, H, W, 3, 1, &e[0].conv[0], C, 0);                  /* 0: conv RGB → C */
+        taesd_show(r, NULL, 0, X, xa, xb - xa, H, W, C);
+        taesd_block(r, &e[1], X, xa, ba, bb, H, W, t1, t2);                                 /* 1 */
+        taesd_show(r, NULL, 1, X + (size_t)(ba - xa) * row, ba, bb - ba, H, W, C);
+        taesd_conv(r, out + (size_t)o0 * Wo * C, X, xa, o0, o1, H, W, C, 2, &e[2].conv[0], C, 0);   /* 2: stride 2 */
+        taesd_show(r, NULL, 2, out + (size_t)o0 * Wo * C, o0, o1 - o0, Ho, Wo, C);
+    }
+    sd_arena_reset(r->a, mark);
+}
+
+/* Image [3, H, W] in [-1, 1] → latents [lat, ceil(H/8), ceil(W/8)]: the encoder's layers in order. */
+static void taesd_encoder_forward(taesd_run *r, const float *image, int H, int W, float *latents)
+{
+    const taesd_layer *e = r->t->encoder;
+    int C = r->C, lat = r->t->info.latent_channels;
+    size_t P = (size_t)H * W;
+    float *img = taesd_alloc(r, 3 * P), *x = taesd_alloc(r, (size_t)((H + 1) / 2) * ((W + 1) / 2) * C), *z;
+    if (!x) return;
+    for (int c = 0; c < 3 && !r->pool->measure; c++)   /* diffusers' encode: the layers see (x + 1)/2, NHWC */
+        for (size_t i = 0; i < P; i++) img[i * 3 + c] = (image[c * P + i] + 1.0f) / 2.0f;
+    taesd_show(r, "layers_input", -1, img, 0, H, H, W, 3);
+    taesd_encoder_head(r, img, H, W, x);                                                    /* 0-2: to H/2 */
+    H = (H + 1) / 2, W = (W + 1) / 2;
+    taesd_blocks(r, e, 3, 5, x, H, W);                                                     /* 3-5 */
+    x = taesd_down(r, &e[6], x, &H, &W);                                                   /* 6: to H/4 */
+    taesd_show(r, NULL, 6, x, 0, H, H, W, C);
+    taesd_blocks(r, e, 7, 9, x, H, W);                                                     /* 7-9 */
+    x = taesd_down(r, &e[10], x, &H, &W);                                                  /* 10: to H/8 */
+    taesd_show(r, NULL, 10, x, 0, H, H, W, C);
+    taesd_blocks(r, e, 11, 13, x, H, W);                                                   /* 11-13 */
+    P = (size_t)H * W;
+    if (!(z = taesd_alloc(r, P * lat))) return;
+    taesd_conv(r, z, x, 0, 0, H, H, W, C, 1, &e[14].conv[0], lat, 0);                     /* 14: conv C → latent */
+    taesd_show(r, NULL, 14, z, 0, H, H, W, lat);
+    for (int c = 0; c < lat && !r->pool->measure; c++)   /* NCHW, on the pipeline's scale */
+        for (size_t i = 0; i < P; i++) latents[c * P + i] = z[i * lat + c] * r->t->info.scaling_factor;
+}
+
+/* ---- the calls, and their plans ---- */
+
+/* Whether an H x W image keeps every count inside the kernels' ints and every tensor (C
+   channels) inside size_t. */
+static int taesd_size_ok(int64_t H, int64_t W, int C)
+{
+    if (H < 1 || W < 1 || H > INT32_MAX || W > INT32_MAX || H * W > INT32_MAX) return 0;
+    return (uint64_t)(H * W) * (uint64_t)(C > 3 ? C : 3) <= (uint64_t)(SIZE_MAX / (8 * sizeof(float)));
+}
+
+/* A decode or encode with a probe (NULL for none): the public calls, their plans (on a measuring
+   arena and pool) and the tests' window into the layers. */
+static int taesd_run_pass(const sd_taesd *t, int decode, const float *in, int h, int w, float *out, sd_pool *pool,
+                          taesd_probe probe, void *user, sd_arena *a, sd_error *err)
+{
+    const char *call = decode ? "sd_taesd_decode" : "sd_taesd_encode";
+    taesd_run r;
+    if (!t || !in || !out || !pool || !a) return fail(err, SD_ERR_ARG, "%s: NULL argument", call);
+    if (!(decode ? t->info.has_decoder : t->info.has_encoder))
+        return fail(err, SD_ERR_UNSUPPORTED, "%s: this TAESD was loaded without %s", call, decode ? "a decoder" : "an encoder");
+    if (!taesd_size_ok(decode ? 8 * (int64_t)h : h, decode ? 8 * (int64_t)w : w, t->info.channels))
+        return fail(err, SD_ERR_ARG, "%s: %s %d x %d is outside 1 .. 2^31 - 1 pixels", call, decode ? "latent" : "image", h, w);
+    memset(&r, 0, sizeof r);
+    r.t = t; r.pool = pool; r.a = a; r.err = err; r.C = t->info.channels; r.decoder = decode;
+    r.probe = probe; r.user = user;
+    size_t mark = sd_arena_mark(a);
+    if (decode) taesd_decoder_forward(&r, in, h, w, out);
+    else taesd_encoder_forward(&r, in, h, w, out);
+    sd_arena_reset(a, mark);
+    return r.rc;
+}
+
+static size_t taesd_plan(const sd_taesd *t, int decode, int h, int w)
+{
+    sd_arena m;
+    sd_pool pool;
+    arena_measure(&m);
+    pool_measure(&pool);
+    return taesd_run_pass(t, decode, dummy_floats(), h, w, dummy_floats(), &pool, NULL, NULL, &m, NULL) ? 0 : m.peak;
+}
+
+SD_API size_t sd_taesd_decode_arena_bytes(const sd_taesd *taesd, int h, int w) { return taesd_plan(taesd, 1, h, w); }
+SD_API size_t sd_taesd_encode_arena_bytes(const sd_taesd *taesd, int height, int width) { return taesd_plan(taesd, 0, height, width); }
+
+/* The arena is checked against the plan first, so that a call never fails halfway. */
+static int taesd_call(const sd_taesd *t, int decode, const float *in, int h, int w, float *out, sd_pool *pool, sd_arena *a, sd_error *err)
+{
+    size_t need = taesd_plan(t, decode, h, w);
+    if (!need || !a || !pool || pool->measure) return taesd_run_pass(t, decode, in, h, w, out, pool, NULL, NULL, a, err);
+    if (need > a->size - a->used)
+        return fail(err, SD_ERR_MEMORY, "%s: %d x %d needs %zu arena bytes, %zu are left", decode ? "sd_taesd_decode" : "sd_taesd_encode",
+                    h, w, need, a->size - a->used);
+    return taesd_run_pass(t, decode, in, h, w, out, pool, NULL, NULL, a, err);
+}
+
+SD_API int sd_taesd_decode(const sd_taesd *taesd, const float *latents, int h, int w, float *image,
+                           sd_pool *pool, sd_arena *a, sd_error *err)
+{
+    return taesd_call(taesd, 1, latents, h, w, image, pool, a, err);
+}
+
+SD_API int sd_taesd_encode(const sd_taesd *taesd, const float *image, int height, int width, float *latents,
+                           sd_pool *pool, sd_arena *a, sd_error *err)
+{
+    return taesd_call(taesd, 0, image, height, width, latents, pool, a, err);
+}
+
 /* ---- 9. Samplers ---------------------------------------------------------------------------- */
 /* Diffusion adds Gaussian noise over T training steps: x_t = sqrt(a_t)·x_0 + sqrt(1 - a_t)·noise,
    with a_t the cumulative product of (1 - beta) (Ho et al. 2020, eq. 4). A sampler walks back
@@ -9220,6 +9868,7 @@ SD_API void sd_params_init(sd_params *p)
     p->prediction = -1;
     p->threads = 1;
     p->image_guidance = 1.5f;
+    p->taesd_use = SD_TAESD_USE_ALL;
 }
 
 /* The sampler of a generation: the spacing asked for, or the model's scheduler config's, or
@@ -9263,8 +9912,32 @@ static double strength_of(const sd_model *m, const sd_params *p)
     return mode == GUIDE_INPAINT || mode == GUIDE_BLEND ? (m->info.version == SD_VERSION_XL ? 0.9999 : 1.0) : 0.8;
 }
 
+/* Whether TAESD does `use` (SD_TAESD_USE_*) in this generation: asked for, and it has the half
+   that does it (the encoder for ENCODE, the decoder for the others). */
+static int taesd_does(const sd_params *p, int use)
+{
+    return p->taesd && (p->taesd_use & use) && (use == SD_TAESD_USE_ENCODE ? p->taesd->info.has_encoder : p->taesd->info.has_decoder);
+}
+
+/* A TAESD must work in the model's latent space: as many channels, and the variant made for its
+   family (TAESDXL for SDXL's latents, TAESD for SD 1.x / 2.x's; the other runs but gives wrong
+   colours). */
+static int check_taesd(const sd_model *m, const sd_params *p, sd_error *err)
+{
+    const sd_taesd_info *t = &p->taesd->info;
+    int lat = sd_vae_get_config(m->vae)->embed_dim, xl = m->info.version == SD_VERSION_XL;
+    if (p->taesd_use & ~SD_TAESD_USE_ALL) return fail(err, SD_ERR_ARG, "generate: taesd_use %d is not a set of SD_TAESD_USE_*", p->taesd_use);
+    if (t->latent_channels != lat)
+        return fail(err, SD_ERR_SHAPE, "generate: the TAESD takes %d latent channels, this model's latents have %d", t->latent_channels, lat);
+    if ((t->variant == SD_TAESD_XL) != xl)
+        return fail(err, SD_ERR_ARG, "generate: a %s was given for an %s model; TAESDXL decodes SDXL latents, TAESD those of SD 1.x and 2.x",
+                    t->variant == SD_TAESD_XL ? "TAESDXL" : "TAESD (SD 1.x/2.x)", xl ? "SDXL" : m->info.version == 2 ? "SD 2" : "SD 1");
+    return SD_OK;
+}
+
 static int check_params(const sd_model *m, const sd_params *p, sd_error *err)
 {
+    int rc;
     if (!m || !p) return fail(err, SD_ERR_ARG, "generate: NULL model or parameters");
     if (p->width < 8 || p->height < 8 || p->width % 8 || p->height % 8 || p->width > 8192 || p->height > 8192)
         return fail(err, SD_ERR_ARG, "generate: %d x %d pixels: width and height must be multiples of 8 in 8..8192", p->width, p->height);
@@ -9294,11 +9967,12 @@ static int check_params(const sd_model *m, const sd_params *p, sd_error *err)
     if (!(p->eta >= 0 && p->eta <= 1)) return fail(err, SD_ERR_ARG, "generate: eta %g, expected 0..1", p->eta);
     if (p->vae_tile < 0 || (p->vae_tile > 0 && p->vae_tile < 8))
         return fail(err, SD_ERR_ARG, "generate: vae_tile %d, expected 0 (off) or at least 8 latent pixels", p->vae_tile);
-    if (p->init_rgb && !sd_vae_get_config(m->vae)->has_encoder)
+    if (p->init_rgb && !sd_vae_get_config(m->vae)->has_encoder && !taesd_does(p, SD_TAESD_USE_ENCODE))
         return fail(err, SD_ERR_UNSUPPORTED, "generate: img2img needs a VAE encoder; this checkpoint has only the decoder");
+    if (p->taesd && (rc = check_taesd(m, p, err))) return rc;
     /* the schedule itself, so that no error waits until after the text encoder has run */
     sd_sampler smp;
-    int start, rc;
+    int start;
     if ((rc = sampler_init(m, p, &smp, err))) return rc;
     if (p->init_rgb && guide_mode(m, p) != GUIDE_IP2P && (rc = sd_img2img_start(p->steps, strength_of(m, p), &start, err))) return rc;
     return SD_OK;
@@ -9461,6 +10135,10 @@ static int encode_latent(const sd_model *m, const sd_params *p, const float *ima
     float *std = arena_floats(a, lat, err), *noise = arena_floats(a, lat, err);
     if (!noise || (!image && !rgb)) return SD_ERR_MEMORY;
     if (!image && !pool->measure) sd_masked_image(p->init_rgb, NULL, p->height, p->width, rgb);
+    if (taesd_does(p, SD_TAESD_USE_ENCODE)) {   /* TAESD: the latent itself, no posterior, no draw */
+        rc = sd_taesd_encode(p->taesd, image ? image : rgb, p->height, p->width, out, pool, a, err);
+        goto done;
+    }
     if ((rc = sd_vae_encode(m->vae, image ? image : rgb, p->height, p->width, moments, pool, a, err)) || pool->measure) goto done;
     sd_vae_posterior(moments, 4, h, w, out, NULL, std);
     if (sample) {
@@ -9525,26 +10203,51 @@ static int start_latents(const sd_model *m, const sd_params *p, int first, const
     return rc;
 }
 
-/* 4. The VAE decoder sees latents / scaling_factor; pixels = round(255·clamp(x/2 + 1/2)).
-   latents is overwritten. */
+/* Decoded image [3, plane] (about [-1, 1]) → RGB8 pixels: round(255·clamp(x/2 + 1/2)). */
+static void image_to_rgb8(const float *image, size_t plane, uint8_t *rgb)
+{
+    for (size_t i = 0; i < plane; i++)
+        for (int c = 0; c < 3; c++) {
+            float v = image[c * plane + i] * 0.5f + 0.5f;
+            v = v < 0 ? 0 : v > 1 ? 1 : v;
+            rgb[3 * i + c] = (uint8_t)nearbyintf(v * 255.0f);   /* numpy's round: half to even */
+        }
+}
+
+/* The latents after step `step` as TAESD decodes them, for preview_rgb (when asked for). */
+static int preview_image(const sd_params *p, int step, const float *latents, sd_pool *pool, sd_arena *a, sd_error *err)
+{
+    size_t plane = (size_t)p->height * p->width, mark = sd_arena_mark(a);
+    if (!p->preview_rgb || !taesd_does(p, SD_TAESD_USE_PREVIEW)) return SD_OK;
+    float *image = arena_floats(a, 3 * plane, err);
+    uint8_t *rgb = image ? (uint8_t *)sd_arena_alloc(a, 3 * plane, err) : NULL;
+    int rc = rgb ? sd_taesd_decode(p->taesd, latents, p->height / 8, p->width / 8, image, pool, a, err) : SD_ERR_MEMORY;
+    if (!rc && !pool->measure) {
+        image_to_rgb8(image, plane, rgb);
+        p->preview_rgb(p->user, step, rgb, p->width, p->height);
+    }
+    sd_arena_reset(a, mark);
+    return rc;
+}
+
+/* 4. The VAE decoder sees latents / scaling_factor (TAESD the latents as they are); pixels =
+   round(255·clamp(x/2 + 1/2)). latents is overwritten. A dry run also plans the steps' previews,
+   which decode at this depth of the arena. */
 static int decode_image(const sd_model *m, const sd_params *p, int first, float *latents, sd_pool *pool, sd_arena *a,
                         uint8_t *rgb, sd_error *err)
 {
-    int h = p->height / 8, w = p->width / 8, rc;
+    int h = p->height / 8, w = p->width / 8, rc, tiny = taesd_does(p, SD_TAESD_USE_DECODE);
     size_t lat = (size_t)4 * h * w, plane = (size_t)p->height * p->width, mark = sd_arena_mark(a);
+    if (pool->measure && (rc = preview_image(p, 0, latents, pool, a, err))) return rc;
     float *image = arena_floats(a, 3 * plane, err);
     if (!image) return SD_ERR_MEMORY;
-    for (size_t i = 0; i < lat && !pool->measure; i++) latents[i] /= m->info.vae_scale;
-    rc = tiled_decode(p, h, w) ? sd_vae_decode_tiled(m->vae, latents, h, w, p->vae_tile, p->vae_tile / 4, image, pool, a, err)
+    for (size_t i = 0; i < lat && !pool->measure && !tiny; i++) latents[i] /= m->info.vae_scale;
+    rc = tiny ? sd_taesd_decode(p->taesd, latents, h, w, image, pool, a, err)
+       : tiled_decode(p, h, w) ? sd_vae_decode_tiled(m->vae, latents, h, w, p->vae_tile, p->vae_tile / 4, image, pool, a, err)
                                : sd_vae_decode(m->vae, latents, h, w, image, pool, a, err);
     if (!rc && !pool->measure) {
         if (p->image_out && first) memcpy(p->image_out, image, 3 * plane * sizeof(float));
-        for (size_t i = 0; i < plane; i++)
-            for (int c = 0; c < 3; c++) {
-                float v = image[c * plane + i] * 0.5f + 0.5f;
-                v = v < 0 ? 0 : v > 1 ? 1 : v;
-                rgb[3 * i + c] = (uint8_t)nearbyintf(v * 255.0f);   /* numpy's round: half to even */
-            }
+        image_to_rgb8(image, plane, rgb);
     }
     sd_arena_reset(a, mark);
     return rc;
@@ -9617,6 +10320,7 @@ static int generate_image(const sd_model *m, const sd_params *p, int first, cons
         memcpy(latents, spare, lat * sizeof(float));
         if (mode == GUIDE_BLEND && (rc = blend_kept_area(&smp, k, &ic, hw, latents, spare, err))) return rc;
         if (p->preview) p->preview(p->user, k - start + 1, latents, h, w);
+        if ((rc = preview_image(p, k - start + 1, latents, pool, a, err))) return rc;
         if (p->progress && p->progress(p->user, k - start + 1, p->steps - start))
             return fail(err, SD_ERR_CANCELLED, "generate: cancelled after step %d of %d", k - start + 1, p->steps - start);
     }

@@ -2694,7 +2694,8 @@ static void test_kernels_threads(void)
     float *qkv = kt_floats((size_t)Nq * 3 * heads * d, 2.0f), *gx = kt_floats((size_t)HW * C, 3.0f);
     size_t ny = (size_t)M * N, nc = (size_t)B * H * W * Cout, na = (size_t)Nq * heads * d, ng = (size_t)HW * C;
     size_t total = ny + nc + 2 * na + ng + 2 * (size_t)((H + 1) / 2) * ((W + 1) / 2) * Cout + ny;
-    float *first = (float *)malloc(total * sizeof(float)), *out = (float *)malloc(total * sizeof(float));
+    /* zeroed: the second stride-2 conv (pad 0, 1) leaves the end of its share unwritten */
+    float *first = (float *)calloc(total, sizeof(float)), *out = (float *)calloc(total, sizeof(float));
     for (int threads = 1; threads <= 4; threads++) {
         kt_pool *p = kt_pool_new(threads);
         float *o = threads == 1 ? first : out;
@@ -2764,10 +2765,22 @@ static void test_kernels_blocks(sd_pool *pool)
             if (memcmp(y, yf, (size_t)M * N * sizeof(float))) { ok = 0; printf("  matmul M=%d with a %s weight differs from its f32 copy\n", M, sd_dtype_name(w.dtype)); }
             free(x); free(y); free(yf);
         }
+        {   /* as a 3x3 conv [N, K/9, 3, 3] on the deep path (conv2d_rows: K in one block, longer than GEMM_KC_MAX) */
+            int Cin = K / 9, H = 4, W = 5;
+            float *x = kt_floats((size_t)H * W * Cin, 1.0f), *y = (float *)malloc((size_t)H * W * N * sizeof(float)), *yf = (float *)malloc((size_t)H * W * N * sizeof(float));
+            sd_tensor wc = w, fc = f;
+            wc.ndim = fc.ndim = 4;
+            wc.shape[1] = fc.shape[1] = Cin;
+            wc.shape[2] = wc.shape[3] = fc.shape[2] = fc.shape[3] = 3;
+            conv2d_rows(pool, y, N, x, 0, H, W, Cin, &wc, NULL, N, 3, 1, 1, 0, H, W, 0);
+            conv2d_rows(pool, yf, N, x, 0, H, W, Cin, &fc, NULL, N, 3, 1, 1, 0, H, W, 0);
+            if (memcmp(y, yf, (size_t)H * W * N * sizeof(float))) { ok = 0; printf("  deep conv with a %s weight differs from its f32 copy\n", sd_dtype_name(w.dtype)); }
+            free(x); free(y); free(yf);
+        }
         free(bytes);
         free(values);
     }
-    CHECK(ok, "matmul with block-typed weights = matmul with their f32 values, bit for bit");
+    CHECK(ok, "matmul and deep conv with block-typed weights = with their f32 values, bit for bit");
 }
 
 static void test_kernels(void)
@@ -4052,6 +4065,21 @@ static int vae_debug_count(golden_file *g, const char *prefix)
     return n;
 }
 
+/* Decode case i of a golden file ("decode{i}.decoder_input" [1, channels, h, w], "decode{i}.image"):
+   the input, NULL after the last; *want NULL (the test failed) when the case is malformed. */
+static const sd_tensor *golden_decode_case(golden_file *g, int i, int channels, const float **want, int64_t *n, const char *label)
+{
+    char name[64];
+    snprintf(name, sizeof name, "decode%d.decoder_input", i);
+    const sd_tensor *zt = sd_safetensors_find(&g->st, name);
+    *want = NULL;
+    if (!zt) return NULL;
+    snprintf(name, sizeof name, "decode%d.image", i);
+    *want = golden_f32(g, name, n);
+    if (*want && !CHECK(zt->ndim == 4 && zt->shape[1] == channels, "%s: decode%d input shape", label, i)) *want = NULL;
+    return zt;
+}
+
 /* Edits of a checkpoint's tensors for rewrite_file(), to make broken and alternative files. */
 typedef struct vae_edit {
     const char *keep;           /* only tensors whose name starts with this (NULL: all) */
@@ -4538,13 +4566,11 @@ static void vae_test_model(const char *label, const char *model_path, const char
            sd_safetensors_meta(&st, "sd.vae.scaling_factor") ? "" : " (default: no metadata)", sd_dtype_name(v->decoder.conv_in.w->dtype));
 
     for (int i = 0;; i++) {   /* decode cases */
-        snprintf(name, sizeof name, "decode%d.decoder_input", i);
-        const sd_tensor *zt = sd_safetensors_find(&g->st, name);
-        if (!zt) break;
         int64_t n;
-        snprintf(name, sizeof name, "decode%d.image", i);
-        const float *want = golden_f32(g, name, &n);
-        if (!want || !CHECK(zt->ndim == 4 && zt->shape[1] == c->embed_dim, "%s: decode%d input shape", label, i)) continue;
+        const float *want;
+        const sd_tensor *zt = golden_decode_case(g, i, c->embed_dim, &want, &n, label);
+        if (!zt) break;
+        if (!want) continue;
         int h = (int)zt->shape[2], w = (int)zt->shape[3];
         size_t need = sd_vae_decode_arena_bytes(c, h, w);
         sd_arena *a = vae_exact_arena(need);
@@ -4711,7 +4737,6 @@ static int golden_sampler(golden_file *g, int *karras)
     return kind >= 0 && sampler_config_unsupported(kind, cfg) ? -1 : kind;
 }
 
-/* Runs one golden's generation with `threads` threads; fills rgb (and latents, image when given). */
 /* Every step's latents of a run (what the preview callback sees), for the step{k}.latents_out goldens. */
 typedef struct golden_steps { float *latents; int steps, seen; size_t lat; } golden_steps;
 
@@ -4722,6 +4747,9 @@ static void golden_collect(void *user, int step, const float *latents, int h, in
     if (step >= 1 && step <= s->steps) memcpy(s->latents + (size_t)(step - 1) * s->lat, latents, s->lat * sizeof(float));
     s->seen = step;
 }
+
+/* The TAESD that the TAESD tests set for run_golden's decodes (and img2img encodes), or NULL. */
+static const sd_taesd *pipeline_taesd;
 
 /* Runs one golden's generation with `threads` threads; fills rgb (and latents, image and each
    step's latents when given). */
@@ -4781,6 +4809,7 @@ static int run_golden_steps(const sd_model *m, golden_file *g, int threads, int 
     p.image_out = image;
     p.preview = steps ? golden_collect : NULL;
     p.user = steps;
+    p.taesd = pipeline_taesd;
     size_t need = sd_generate_arena_bytes(m, &p);
     sd_arena *a = test_arena(need + 64);
     int rc = sd_generate(m, &p, a, rgb, err);
@@ -6773,13 +6802,658 @@ static int rewrite_main(int argc, char **argv)
     return !ok;
 }
 
+/* ---- TAESD ----------------------------------------------------------------------------------- */
+/* The tiny autoencoder against diffusers' AutoencoderTiny (GOLDEN/taesd/, §12 of the golden
+   README): decodes, encodes and their layers, the 8-bit round trip of AutoencoderTiny.forward,
+   both file layouts (bit-identical), plans against measured peaks at many sizes, files of the
+   wrong kind, and the pipelines decoded (and img2img encoded) through TAESD. */
+
+/* A TAESD as users have it: models/NAME/NAME_{encoder,decoder}.safetensors (the original pair)
+   or models/NAME-diffusers/ (one safetensors file and config.json). */
+typedef struct taesd_model {
+    unsigned char *bytes[2], *config;
+    size_t size[2], config_size;
+    sd_safetensors st[2];
+    sd_arena *arena;
+    sd_taesd *t;
+} taesd_model;
+
+static void taesd_close(taesd_model *m)
+{
+    free(m->bytes[0]);
+    free(m->bytes[1]);
+    free(m->config);
+    free_arena(m->arena);
+    memset(m, 0, sizeof *m);
+}
+
+/* Loads the model from GOLDEN/models/`name` (and `-diffusers`); 1 on success, 0 if absent. */
+static int taesd_open(taesd_model *m, const char *name, int diffusers)
+{
+    char path[1300];
+    sd_error err;
+    int parts = diffusers ? 1 : 2, rc = SD_OK;
+    memset(m, 0, sizeof *m);
+    for (int i = 0; i < parts; i++) {
+        if (diffusers) snprintf(path, sizeof path, "%s/models/%s-diffusers/diffusion_pytorch_model.safetensors", golden_dir, name);
+        else snprintf(path, sizeof path, "%s/models/%s/%s_%s.safetensors", golden_dir, name, name, i ? "decoder" : "encoder");
+        if (!(m->bytes[i] = read_file(path, &m->size[i]))) { taesd_close(m); return 0; }
+    }
+    if (diffusers) {
+        snprintf(path, sizeof path, "%s/models/%s-diffusers/config.json", golden_dir, name);
+        m->config = read_file(path, &m->config_size);
+    }
+    m->arena = test_arena(1 << 20);
+    for (int i = 0; i < parts && !rc; i++) rc = sd_safetensors_open(&m->st[i], m->bytes[i], m->size[i], m->arena, &err);
+    if (!rc) rc = sd_taesd_load(&m->t, &m->st[0], &m->st[parts - 1], (const char *)m->config, m->config_size,
+                                strstr(name, "taesdxl") ? SD_TAESD_XL : SD_TAESD_SD, m->arena, &err);
+    if (!CHECK(rc == SD_OK, "TAESD %s%s: %s", name, diffusers ? "-diffusers" : "", err.message)) { taesd_close(m); return 0; }
+    return 1;
+}
+
+/* Checks the probe's rows [y0, y0 + rows) (NHWC) against the golden tensor (NCHW) named by
+   printf(name, prefix, layer) ("decode2.debug.layers.4"; a pipeline's "decoder_clamped"), as
+   max|diff| / max|golden over the whole tensor|; `seen` counts the layers met to their last row. */
+typedef struct taesd_debug { golden_file *g; const char *label, *name, *prefix; double tol; int seen; } taesd_debug;
+
+static void taesd_debug_probe(void *user, const char *layer, const float *x, int y0, int rows, int H, int W, int C)
+{
+    taesd_debug *d = (taesd_debug *)user;
+    char name[160];
+    snprintf(name, sizeof name, d->name, d->prefix, layer);
+    const sd_tensor *t = sd_safetensors_find(&d->g->st, name);
+    if (!t) return;
+    d->seen += y0 + rows == H;
+    if (!CHECK(t->dtype == SD_F32 && sd_tensor_numel(t) == (int64_t)C * H * W, "%s: golden %s is not %d x %d x %d", d->label, name, C, H, W)) return;
+    const float *want = (const float *)t->data;
+    double ref = 0, diff = 0;
+    for (int64_t i = 0; i < sd_tensor_numel(t); i++) ref = fabs(want[i]) > ref ? fabs(want[i]) : ref;
+    for (int c = 0; c < C; c++)
+        for (int y = y0; y < y0 + rows; y++)
+            for (int xx = 0; xx < W; xx++) {
+                double e = fabs((double)x[((size_t)(y - y0) * W + xx) * C + c] - want[((size_t)c * H + y) * W + xx]);
+                if (!(e <= diff)) diff = e;
+            }
+    CHECK(diff <= d->tol * ref, "%s %s rows %d..%d: max|diff| %.3g > %.3g x max|golden| %.3g", d->label, name, y0, y0 + rows - 1, diff, d->tol, ref);
+}
+
+/* One pass with an arena of exactly its plan: the result (malloc'd), checked to peak at the plan. */
+static float *taesd_pass(const sd_taesd *t, int decode, const float *in, int h, int w, sd_pool *pool, taesd_probe probe, void *user,
+                         const char *label)
+{
+    int oh = decode ? 8 * h : (h + 7) / 8, ow = decode ? 8 * w : (w + 7) / 8, oc = decode ? 3 : t->info.latent_channels;
+    size_t need = decode ? sd_taesd_decode_arena_bytes(t, h, w) : sd_taesd_encode_arena_bytes(t, h, w);
+    sd_arena *a = vae_exact_arena(need);
+    float *out = (float *)calloc((size_t)oc * oh * ow, sizeof(float));
+    sd_error err;
+    int rc = taesd_run_pass(t, decode, in, h, w, out, pool, probe, user, a, &err);
+    CHECK(need > 0 && rc == SD_OK && a->peak == need && a->used == 0, "%s: %s %d x %d: %s (plan %zu, peak %zu)", label,
+          decode ? "decode" : "encode", h, w, rc ? err.message : "ok", need, a->peak);
+    free_arena(a);
+    return out;
+}
+
+/* uint8 HWC → [-1, 1] NCHW, as diffusers' VaeImageProcessor. */
+static float *taesd_image_from_u8(const uint8_t *u8, int H, int W)
+{
+    size_t P = (size_t)H * W;
+    float *x = (float *)malloc(3 * P * sizeof(float));
+    for (size_t k = 0; k < P; k++)
+        for (int c = 0; c < 3; c++) x[c * P + k] = (float)u8[k * 3 + c] / 255.0f * 2.0f - 1.0f;
+    return x;
+}
+
+/* The decode, encode and forward cases of GOLDEN/taesd/FILE for model m. */
+static void taesd_check_golden(const taesd_model *m, golden_file *g, const char *label, sd_pool *pool)
+{
+    char name[160], what[400];
+    int lat = m->t->info.latent_channels;
+    for (int i = 0;; i++) {
+        int64_t n;
+        const float *want;
+        const sd_tensor *zt = golden_decode_case(g, i, lat, &want, &n, label);
+        if (!zt) break;
+        if (!want) continue;
+        int h = (int)zt->shape[2], w = (int)zt->shape[3];
+        snprintf(name, sizeof name, "decode%d", i);
+        taesd_debug d = {g, label, "%s.debug.%s", name, 2e-5, 0};
+        float *img = taesd_pass(m->t, 1, (const float *)zt->data, h, w, pool, taesd_debug_probe, &d, label);
+        CHECK(n == (int64_t)3 * 64 * h * w, "%s: decode%d image size", label, i);
+        snprintf(what, sizeof what, "%s decode%d.image (%dx%d latents)", label, i, h, w);
+        check_close(what, img, want, n, 2e-5);
+        CHECK(d.seen == vae_debug_count(g, name), "%s: %d of %d debug tensors of decode%d met", label, d.seen, vae_debug_count(g, name), i);
+        free(img);
+    }
+    for (int i = 0; m->t->info.has_encoder; i++) {
+        snprintf(name, sizeof name, "encode%d.image_uint8", i);
+        const sd_tensor *ut = sd_safetensors_find(&g->st, name);
+        if (!ut) break;
+        if (!CHECK(ut->dtype == SD_U8 && ut->ndim == 3 && ut->shape[2] == 3, "%s: %s shape", label, name)) continue;
+        int H = (int)ut->shape[0], W = (int)ut->shape[1];
+        int64_t n;
+        float *x = taesd_image_from_u8((const uint8_t *)ut->data, H, W);
+        snprintf(name, sizeof name, "encode%d", i);
+        taesd_debug d = {g, label, "%s.debug.%s", name, 2e-5, 0};
+        float *z = taesd_pass(m->t, 0, x, H, W, pool, taesd_debug_probe, &d, label);
+        snprintf(name, sizeof name, "encode%d.latents", i);
+        const float *want = golden_f32(g, name, &n);
+        snprintf(what, sizeof what, "%s encode%d.latents (%dx%d image)", label, i, H, W);
+        if (want && CHECK(n == (int64_t)lat * ((H + 7) / 8) * ((W + 7) / 8), "%s: %s size", label, name)) check_close(what, z, want, n, 1e-4);
+        snprintf(name, sizeof name, "encode%d", i);
+        CHECK(d.seen == vae_debug_count(g, name), "%s: %d of %d debug tensors of encode%d met", label, d.seen, vae_debug_count(g, name), i);
+        /* AutoencoderTiny.forward on this case: latents to 8 bits and back, then decoded */
+        const sd_tensor *fi = sd_safetensors_find(&g->st, "forward.image_uint8_index");
+        if (fi && fi->dtype == SD_I64 && ((const int64_t *)fi->data)[0] == i) {
+            int64_t nf, ni;
+            const float *scaled = golden_f32(g, "forward.latents_scaled", &nf), *zin = golden_f32(g, "forward.decoder_input", NULL);
+            const float *fimg = golden_f32(g, "forward.image", &ni);
+            const sd_tensor *q = sd_safetensors_find(&g->st, "forward.latents_uint8");
+            if (scaled && zin && fimg && CHECK(q && q->dtype == SD_U8 && sd_tensor_numel(q) == nf && nf == n, "%s: forward tensors", label)) {
+                float *s = (float *)malloc((size_t)nf * sizeof(float)), *dq = (float *)malloc((size_t)nf * sizeof(float));
+                int worst = 0, exact = 1;
+                for (int64_t k = 0; k < nf; k++) {
+                    float v = z[k] / (2 * 3.0f) + 0.5f;   /* scale_latents: / (2·latent_magnitude) + latent_shift */
+                    s[k] = v < 0 ? 0 : v > 1 ? 1 : v;
+                    int u = (int)nearbyintf(s[k] * 255.0f), gq = ((const uint8_t *)q->data)[k];   /* torch.round: half to even */
+                    worst = abs(u - gq) > worst ? abs(u - gq) : worst;
+                    dq[k] = ((float)gq / 255.0f - 0.5f) * 6.0f;   /* unscale_latents */
+                    exact &= dq[k] == zin[k];
+                }
+                snprintf(what, sizeof what, "%s forward.latents_scaled", label);
+                check_close(what, s, scaled, nf, 2e-5);
+                CHECK(worst <= 1, "%s forward.latents_uint8: a value is %d steps off", label, worst);
+                CHECK(exact, "%s forward.decoder_input is not (q/255 - 0.5)·6 of the golden's q", label);
+                float *img = taesd_pass(m->t, 1, zin, H / 8, W / 8, pool, NULL, NULL, label);
+                snprintf(what, sizeof what, "%s forward.image", label);
+                check_close(what, img, fimg, ni, 2e-5);
+                free(img);
+                free(s);
+                free(dq);
+            }
+        }
+        free(x);
+        free(z);
+    }
+}
+
+/* TAESD's layers on whole tensors with the plain kernels (nearest 2x upsampling then a 3x3 conv,
+   ReLU and the skip as steps of their own): the reference for the banded, fused passes. */
+static float *taesd_ref_conv(sd_pool *pool, float *x, int *H, int *W, int cin, const vae_conv *c, int cout, int s, int with_relu)
+{
+    int Ho = (*H - 1) / s + 1, Wo = (*W - 1) / s + 1;
+    size_t n = (size_t)Ho * Wo * cout;
+    float *y = (float *)malloc(n * sizeof(float));
+    conv2d(pool, y, x, 1, *H, *W, cin, c->w, c->b, cout, 3, s, 1, 1);
+    if (with_relu) relu(pool, y, n);
+    free(x);
+    *H = Ho, *W = Wo;
+    return y;
+}
+
+static float *taesd_ref_block(sd_pool *pool, const taesd_layer *b, float *x, int H, int W, int C)
+{
+    size_t n = (size_t)H * W * C;
+    float *t = (float *)malloc(n * sizeof(float));
+    int h = H, w = W;
+    memcpy(t, x, n * sizeof(float));
+    for (int j = 0; j < 3; j++) t = taesd_ref_conv(pool, t, &h, &w, C, &b->conv[j], C, 1, j < 2);
+    add(pool, t, x, n);
+    relu(pool, t, n);
+    free(x);
+    return t;
+}
+
+static float *taesd_reference(const sd_taesd *t, int decode, const float *in, int H, int W, sd_pool *pool)
+{
+    const taesd_layer *L = decode ? t->decoder : t->encoder;
+    int C = t->info.channels, lat = t->info.latent_channels, cin = decode ? lat : 3, n = decode ? TAESD_DECODER_LAYERS : TAESD_ENCODER_LAYERS;
+    size_t P = (size_t)H * W;
+    float *x = (float *)malloc(P * cin * sizeof(float)), *out;
+    for (size_t i = 0; i < P; i++)
+        for (int c = 0; c < cin; c++) x[i * cin + c] = decode ? tanhf(in[c * P + i] / 3.0f) * 3.0f : (in[c * P + i] + 1.0f) / 2.0f;
+    for (int i = decode; i < n; i++) {
+        const unsigned char kind = (decode ? taesd_decoder_kinds : taesd_encoder_kinds)[i];
+        int last = i == n - 1, first = i == decode;
+        if (kind == TAESD_CONV) x = taesd_ref_conv(pool, x, &H, &W, first ? cin : C, &L[i].conv[0], last ? (decode ? 3 : lat) : C, 1, 0);
+        else if (kind == TAESD_RELU) relu(pool, x, (size_t)H * W * C);
+        else if (kind == TAESD_BLOCK) x = taesd_ref_block(pool, &L[i], x, H, W, C);
+        else if (kind == TAESD_DOWN || kind == TAESD_UP_CONV) x = taesd_ref_conv(pool, x, &H, &W, C, &L[i].conv[0], C, kind == TAESD_DOWN ? 2 : 1, 0);
+        else if (kind == TAESD_UP) {
+            float *u = (float *)malloc((size_t)4 * H * W * C * sizeof(float));
+            upsample2x(pool, u, x, 1, H, W, C);
+            free(x);
+            x = u, H *= 2, W *= 2;
+        }
+    }
+    int oc = decode ? 3 : lat;
+    P = (size_t)H * W;
+    out = (float *)malloc(P * oc * sizeof(float));
+    for (size_t i = 0; i < P; i++)
+        for (int c = 0; c < oc; c++) out[c * P + i] = decode ? x[i * 3 + c] * 2.0f - 1.0f : x[i * oc + c] * t->info.scaling_factor;
+    free(x);
+    return out;
+}
+
+/* Plans against the measured peaks at many sizes (odd ones, one band and several), public calls
+   with an arena one byte short, and the same bits for 1 and 3 threads. */
+static void taesd_check_memory(const taesd_model *m, sd_pool *pool)
+{
+    static const int dec[][2] = {{1, 1}, {3, 5}, {2, 7}, {9, 5}, {17, 3}, {12, 20}, {64, 64}};
+    static const int enc[][2] = {{8, 8}, {13, 21}, {1, 1}, {24, 40}, {131, 67}, {70, 9}, {512, 512}};
+    sd_error err;
+    for (int k = 0; k < 7; k++) {
+        int h = dec[k][0], w = dec[k][1], H = enc[k][0], W = enc[k][1];
+        size_t nz = (size_t)4 * h * w, nx = (size_t)3 * H * W;
+        float *z = (float *)malloc(nz * sizeof(float)), *x = (float *)malloc(nx * sizeof(float));
+        for (size_t i = 0; i < nz; i++) z[i] = (float)sin(0.7 * (double)i) * 4.0f;
+        for (size_t i = 0; i < nx; i++) x[i] = (float)cos(0.3 * (double)i);
+        float *img = taesd_pass(m->t, 1, z, h, w, pool, NULL, NULL, "TAESD plan"), *lat = taesd_pass(m->t, 0, x, H, W, pool, NULL, NULL, "TAESD plan");
+        if (k < 6) {   /* the bands, the phases of the upsampling convs and the fused ReLU and skip against whole tensors */
+            char what[160];
+            float *ri = taesd_reference(m->t, 1, z, h, w, pool), *rl = taesd_reference(m->t, 0, x, H, W, pool);
+            snprintf(what, sizeof what, "TAESD decode %d x %d against whole tensors", h, w);
+            check_close(what, img, ri, (int64_t)192 * h * w, 1e-5);
+            snprintf(what, sizeof what, "TAESD encode %d x %d against whole tensors", H, W);
+            check_close(what, lat, rl, (int64_t)4 * ((H + 7) / 8) * ((W + 7) / 8), 1e-5);
+            free(ri);
+            free(rl);
+        }
+        if (k < 5) {   /* the public calls: the same results, and the arena checked first */
+            size_t need = sd_taesd_decode_arena_bytes(m->t, h, w);
+            sd_arena *a = vae_exact_arena(need - 1);
+            float *again = (float *)malloc((size_t)192 * h * w * sizeof(float));
+            int rc = sd_taesd_decode(m->t, z, h, w, again, pool, a, &err);
+            CHECK(rc == SD_ERR_MEMORY && a->peak == 0, "TAESD decode %d x %d with one byte short: rc %d, peak %zu", h, w, rc, a->peak);
+            free_arena(a);
+            a = vae_exact_arena(need);
+            rc = sd_taesd_decode(m->t, z, h, w, again, pool, a, &err);
+            CHECK(rc == SD_OK && !memcmp(img, again, (size_t)192 * h * w * sizeof(float)), "TAESD sd_taesd_decode %d x %d: %s", h, w, rc ? err.message : "differs");
+            free_arena(a);
+            free(again);
+            need = sd_taesd_encode_arena_bytes(m->t, H, W);
+            a = vae_exact_arena(need - 1);
+            CHECK(sd_taesd_encode(m->t, x, H, W, z, pool, a, &err) == SD_ERR_MEMORY && a->peak == 0, "TAESD encode %d x %d with one byte short", H, W);
+            free_arena(a);
+        }
+        if (k == 6) {
+            size_t d = sd_taesd_decode_arena_bytes(m->t, 64, 64), d2 = sd_taesd_decode_arena_bytes(m->t, 128, 128);
+            size_t e = sd_taesd_encode_arena_bytes(m->t, 512, 512);
+            printf("  TAESD arena: decode 512x512 %.1f MiB, 1024x1024 %.1f MiB; encode 512x512 %.1f MiB\n", d / 1048576.0, d2 / 1048576.0, e / 1048576.0);
+            /* a 4h x 4w level (three C-channel tensors, 48 MiB at 512 x 512) and bands; the VAE takes ~240 MB */
+            CHECK(d < (64u << 20) && e < (64u << 20) && d2 < (256u << 20), "TAESD arena: decode 512 %zu, encode 512 %zu, decode 1024 %zu bytes", d, e, d2);
+        }
+        free(img); free(lat); free(z); free(x);
+    }
+    CHECK(sd_taesd_decode_arena_bytes(m->t, 0, 4) == 0 && sd_taesd_encode_arena_bytes(m->t, 5, -1) == 0 && sd_taesd_decode_arena_bytes(NULL, 4, 4) == 0,
+          "TAESD plans of impossible sizes are 0");
+    /* threads: the same bits */
+    {
+        sd_arena *pa = test_arena(pool_arena_bytes(3) + SD_ALIGN);
+        sd_pool p3;
+        float z[4 * 6 * 10];
+        for (int i = 0; i < 4 * 60; i++) z[i] = (float)sin(1.3 * i) * 2.0f;
+        if (CHECK(pool_init(&p3, 3, pa, &err) == SD_OK, "pool: %s", err.message)) {
+            float *a = taesd_pass(m->t, 1, z, 6, 10, pool, NULL, NULL, "TAESD 1 thread"), *b = taesd_pass(m->t, 1, z, 6, 10, &p3, NULL, NULL, "TAESD 3 threads");
+            CHECK(!memcmp(a, b, (size_t)3 * 48 * 80 * sizeof(float)), "TAESD decode: 1 and 3 threads differ");
+            float *ea = taesd_pass(m->t, 0, a, 48, 80, pool, NULL, NULL, "TAESD 1 thread"), *eb = taesd_pass(m->t, 0, a, 48, 80, &p3, NULL, NULL, "TAESD 3 threads");
+            CHECK(!memcmp(ea, eb, (size_t)4 * 60 * sizeof(float)), "TAESD encode: 1 and 3 threads differ");
+            free(a); free(b); free(ea); free(eb);
+            pool_free(&p3);
+        }
+        free_arena(pa);
+    }
+}
+
+/* Loads `which` (encoder, decoder) of an edited copy of file st; the error it gives. */
+static int taesd_load_edited(const sd_safetensors *st, const vae_edit *e, int as_decoder, const char *config, sd_error *err)
+{
+    size_t size;
+    unsigned char *bytes = rewrite_file(st, SD_DTYPE_COUNT, vae_edit_tensor, (void *)e, &size);
+    sd_arena *a = test_arena(1 << 20);
+    sd_safetensors f;
+    sd_taesd *t;
+    int rc = sd_safetensors_open(&f, bytes, size, a, err);
+    size_t mark = a->used;
+    if (!rc) rc = sd_taesd_load(&t, as_decoder ? NULL : &f, as_decoder ? &f : NULL, config, config ? strlen(config) : 0, SD_TAESD_SD, a, err);
+    if (rc) CHECK(a->used == mark, "TAESD load failed but kept %zu arena bytes", a->used - mark);
+    free_arena(a);
+    free(bytes);
+    return rc;
+}
+
+/* Files of the wrong kind, broken files and configs: errors that say what and where. */
+static void taesd_check_errors(const taesd_model *orig, const taesd_model *diff)
+{
+    sd_error err;
+    sd_arena *a = test_arena(1 << 20);
+    sd_taesd *t;
+    struct { const sd_safetensors *enc, *dec; int rc; const char *needle; } cases[4] = {
+        {NULL, &orig->st[0], SD_ERR_ARG, "is a TAESD encoder"},   /* the encoder file given as the decoder */
+        {&orig->st[1], NULL, SD_ERR_ARG, "is a TAESD decoder"},
+        {NULL, NULL, SD_ERR_ARG, "no file"},
+        {&orig->st[0], &orig->st[1], SD_ERR_ARG, "variant"},
+    };
+    for (int k = 0; k < 4; k++) {
+        int rc = sd_taesd_load(&t, cases[k].enc, cases[k].dec, NULL, 0, k == 3 ? 7 : SD_TAESD_SD, a, &err);
+        CHECK(rc == cases[k].rc && strstr(err.message, cases[k].needle) && a->used == 0, "TAESD bad load %d: rc %d, '%s'", k, rc, err.message);
+    }
+    /* a VAE given as TAESD: the tiny models' own */
+    {
+        char path[1300];
+        size_t size;
+        snprintf(path, sizeof path, "%s/models/tiny-sd1-fp16.safetensors", golden_dir);
+        unsigned char *bytes = read_file(path, &size);
+        sd_safetensors st;
+        if (bytes && CHECK(sd_safetensors_open(&st, bytes, size, a, &err) == SD_OK, "%s", err.message)) {
+            int rc = sd_taesd_load(&t, NULL, &st, NULL, 0, SD_TAESD_SD, a, &err);
+            CHECK(rc == SD_ERR_ARG && strstr(err.message, "VAE") && strstr(err.message, "first_stage_model.decoder.conv_in.weight"),
+                  "a checkpoint given as TAESD: rc %d, '%s'", rc, err.message);
+        }
+        sd_arena_reset(a, 0);
+        free(bytes);
+    }
+    /* missing and mis-shaped tensors, by name; keys shifted by one (a loader's classic mistake) */
+    static const char *const shift[] = {"decoder.layers.", "", NULL};
+    static const struct { int diffusers, as_decoder; vae_edit e; int rc; const char *needle; } broken[] = {
+        {0, 1, {NULL, NULL, "8.conv.2.bias", NULL, NULL}, SD_ERR_MISSING, "'8.conv.2.bias'"},
+        {0, 1, {NULL, NULL, NULL, "12.weight", NULL}, SD_ERR_SHAPE, "'12.weight' has shape [32, 128, 3, 3], expected [64, 64, 3, 3]"},
+        {0, 0, {NULL, NULL, "14.bias", NULL, NULL}, SD_ERR_MISSING, "'14.bias'"},
+        {1, 1, {NULL, NULL, "decoder.layers.17.conv.4.weight", NULL, NULL}, SD_ERR_MISSING, "'decoder.layers.17.conv.4.weight'"},
+        {1, 0, {"encoder.", NULL, NULL, NULL, NULL}, SD_ERR_MISSING, "has no decoder"},
+        {1, 1, {"decoder.", NULL, NULL, NULL, shift}, SD_ERR_MISSING, "'1.weight'"},
+    };
+    for (size_t k = 0; k < sizeof broken / sizeof *broken; k++) {
+        const taesd_model *m = broken[k].diffusers ? diff : orig;
+        if (!m->t) continue;
+        const sd_safetensors *st = broken[k].diffusers ? &m->st[0] : &m->st[broken[k].as_decoder];
+        int rc = taesd_load_edited(st, &broken[k].e, broken[k].as_decoder || k == 4, NULL, &err);
+        CHECK(rc == broken[k].rc && strstr(err.message, broken[k].needle), "TAESD broken file %zu: rc %d, '%s' (want '%s')", k, rc, err.message, broken[k].needle);
+    }
+    /* a truncated file does not open */
+    {
+        sd_safetensors st;
+        int rc = sd_safetensors_open(&st, orig->bytes[1], orig->size[1] / 2, a, &err);
+        CHECK(rc != SD_OK, "a truncated TAESD file opens");
+        sd_arena_reset(a, 0);
+    }
+    /* config.json that describes another model */
+    if (diff->t) {
+        static const struct { const char *config; int rc; const char *needle; } configs[] = {
+            {"{\"latent_channels\": 16}", SD_ERR_SHAPE, "latent_channels is '16'"},
+            {"{\"act_fn\": \"silu\"}", SD_ERR_UNSUPPORTED, "act_fn is 'silu'"},
+            {"{\"num_decoder_blocks\": [3, 3, 3, 3]}", SD_ERR_UNSUPPORTED, "num_decoder_blocks"},
+            {"{\"scaling_factor\": \"big\"}", SD_ERR_FORMAT, "scaling_factor"},
+            {"[1, 2]", SD_ERR_FORMAT, "not a JSON object"},
+        };
+        vae_edit all = {NULL, NULL, NULL, NULL, NULL};
+        for (size_t k = 0; k < sizeof configs / sizeof *configs; k++) {
+            int rc = taesd_load_edited(&diff->st[0], &all, 1, configs[k].config, &err);
+            CHECK(rc == configs[k].rc && strstr(err.message, configs[k].needle), "TAESD config %zu: rc %d, '%s'", k, rc, err.message);
+        }
+        int rc = sd_taesd_load(&t, NULL, &diff->st[0], "{\"scaling_factor\": 0.5}", 23, SD_TAESD_SD, a, &err);
+        CHECK(rc == SD_OK && t->info.scaling_factor == 0.5f && !t->info.has_encoder, "TAESD config scaling_factor 0.5: rc %d", rc);
+        sd_arena_reset(a, 0);
+    }
+    /* a half that was not loaded */
+    if (!sd_taesd_load(&t, &orig->st[0], NULL, NULL, 0, SD_TAESD_SD, a, &err)) {
+        float z[4] = {0}, img[192];
+        sd_arena *b = test_arena(1 << 20);
+        int rc = sd_taesd_decode(t, z, 1, 1, img, host_pool(), b, &err);
+        CHECK(rc == SD_ERR_UNSUPPORTED && strstr(err.message, "without a decoder") && sd_taesd_decode_arena_bytes(t, 1, 1) == 0,
+              "TAESD encoder alone decoding: rc %d, '%s'", rc, err.message);
+        free_arena(b);
+    }
+    free_arena(a);
+}
+
+/* The pipelines whose final image (and img2img's init latents) TAESD made: GOLDEN/taesd/txt2img_*,
+   img2img_*, with the model (metadata pipeline_model) and TAESD (vae) they name. */
+static void taesd_check_pipelines(sd_pool *pool)
+{
+    char dir[1100], rel[1400], path[1400], name[64];
+    struct dirent *f;
+    snprintf(dir, sizeof dir, "%s/taesd", golden_dir);
+    DIR *d = opendir(dir);
+    int ran = 0;
+    while (d && (f = readdir(d))) {
+        if (!is_pipeline_golden(f->d_name)) continue;
+        snprintf(rel, sizeof rel, "taesd/%.255s", f->d_name);
+        golden_file *g = golden_open(rel);
+        loaded_model lm;
+        taesd_model tm;
+        const char *model = meta_or(g, "pipeline_model", ""), *vae = meta_or(g, "vae", "");
+        snprintf(path, sizeof path, "%s/%s", golden_dir, model);
+        snprintf(name, sizeof name, "%.60s", strncmp(vae, "models/", 7) ? vae : vae + 7);
+        if (!file_exists(path) || !taesd_open(&tm, name, 0)) { printf("  %s: no %s or %s, skipped\n", rel, model, vae); golden_close(g); continue; }
+        if (!open_test_model(&lm, path)) {
+            pipeline_taesd = tm.t;
+            check_pipeline(lm.model, rel);
+            pipeline_taesd = NULL;
+            ran++;
+            /* the decode from the golden's own decoder input, and its clamp ("decoder_clamped") */
+            const sd_tensor *zt = sd_safetensors_find(&g->st, "decoder_input");
+            int64_t n;
+            const float *want = golden_f32(g, "image_decoded", &n);
+            if (zt && want && zt->ndim == 4) {
+                taesd_debug dbg = {g, rel, "%s_%s", "decoder", 2e-5, 0};
+                float *img = taesd_pass(tm.t, 1, (const float *)zt->data, (int)zt->shape[2], (int)zt->shape[3], pool, taesd_debug_probe, &dbg, rel);
+                char what[1500];
+                snprintf(what, sizeof what, "%s image_decoded from decoder_input", rel);
+                check_close(what, img, want, n, 2e-5);
+                CHECK(dbg.seen == 1, "%s: decoder_clamped not compared", rel);
+                free(img);
+            }
+            /* img2img: TAESD's latents of the init image, as they are */
+            const sd_tensor *init = sd_safetensors_find(&g->st, "init_image_uint8");
+            const float *enc = sd_safetensors_find(&g->st, "encoder_latents") ? golden_f32(g, "encoder_latents", &n) : NULL;
+            if (init && enc && init->ndim == 3) {
+                int H = (int)init->shape[0], W = (int)init->shape[1];
+                float *x = taesd_image_from_u8((const uint8_t *)init->data, H, W), *z = taesd_pass(tm.t, 0, x, H, W, pool, NULL, NULL, rel);
+                char what[1500];
+                snprintf(what, sizeof what, "%s encoder_latents", rel);
+                check_close(what, z, enc, n, 1e-4);
+                free(x);
+                free(z);
+            }
+        }
+        unload_model(&lm);
+        taesd_close(&tm);
+        golden_close(g);
+    }
+    if (d) closedir(d);
+    printf("  TAESD: %d pipeline goldens decoded through TAESD\n", ran);
+}
+
+/* sd_generate with a TAESD: previews, each use alone, img2img's noise (the generator's first
+   draw, as there is no posterior to sample), and TAESDs that do not fit the model. */
+typedef struct taesd_previews { int calls, last_step, width, height; uint8_t *last; } taesd_previews;
+
+static void taesd_preview_cb(void *user, int step, const uint8_t *rgb, int width, int height)
+{
+    taesd_previews *v = (taesd_previews *)user;
+    v->calls++;
+    v->last_step = step;
+    if (width == v->width && height == v->height) memcpy(v->last, rgb, (size_t)3 * width * height);
+}
+
+static int taesd_generate(const sd_model *m, const sd_params *p, uint8_t *rgb, sd_error *err)
+{
+    size_t need = sd_generate_arena_bytes(m, p);
+    sd_arena *a = vae_exact_arena(need);
+    int rc = need ? sd_generate(m, p, a, rgb, err) : sd_generate(m, p, NULL, rgb, err);
+    CHECK(rc != SD_OK || a->peak == need, "TAESD generation peaked at %zu arena bytes, planned %zu", a->peak, need);
+    free_arena(a);
+    return rc;
+}
+
+static void taesd_check_generation(const sd_model *m, const sd_taesd *t, const sd_taesd *txl)
+{
+    enum { S = 64 };
+    sd_params p;
+    sd_error err;
+    uint8_t *vae = (uint8_t *)malloc(3 * S * S), *tiny = (uint8_t *)malloc(3 * S * S), *other = (uint8_t *)malloc(3 * S * S);
+    taesd_previews v = {0, 0, S, S, (uint8_t *)malloc(3 * S * S)};
+    sd_params_init(&p);
+    p.prompt = "a cat";
+    p.width = p.height = S;
+    p.steps = 3;
+    p.seed = 9;
+    p.preview_rgb = taesd_preview_cb;
+    p.user = &v;
+    int rc = taesd_generate(m, &p, vae, &err);   /* no TAESD: no RGB previews */
+    CHECK(rc == SD_OK && v.calls == 0, "generation without TAESD: rc %d, %d RGB previews", rc, v.calls);
+    p.taesd = t;
+    rc = taesd_generate(m, &p, tiny, &err);
+    CHECK(rc == SD_OK && v.calls == 3 && v.last_step == 3 && !memcmp(v.last, tiny, 3 * S * S) && memcmp(tiny, vae, 3 * S * S),
+          "TAESD generation: rc %d (%s), %d previews, the last %s the image", rc, rc ? err.message : "", v.calls, memcmp(v.last, tiny, 3 * S * S) ? "is not" : "is");
+    v.calls = 0;
+    p.taesd_use = SD_TAESD_USE_PREVIEW;   /* previews only: the VAE's image */
+    rc = taesd_generate(m, &p, other, &err);
+    CHECK(rc == SD_OK && v.calls == 3 && !memcmp(other, vae, 3 * S * S) && !memcmp(v.last, tiny, 3 * S * S),
+          "TAESD previews only: rc %d, %d previews, image %s the VAE's", rc, v.calls, memcmp(other, vae, 3 * S * S) ? "is not" : "is");
+    v.calls = 0;
+    p.taesd_use = SD_TAESD_USE_DECODE;
+    rc = taesd_generate(m, &p, other, &err);
+    CHECK(rc == SD_OK && v.calls == 0 && !memcmp(other, tiny, 3 * S * S), "TAESD final image only: rc %d, %d previews", rc, v.calls);
+    /* img2img through TAESD's encoder: no posterior, so the noise is the generator's first draw */
+    {
+        size_t lat = (size_t)4 * (S / 8) * (S / 8);
+        float *noise = (float *)malloc(lat * sizeof(float));
+        sd_rng r;
+        sd_rng_seed(&r, 11);
+        sd_randn(&r, noise, lat);
+        sd_params q = p;
+        q.taesd_use = SD_TAESD_USE_ALL;
+        q.preview_rgb = NULL;
+        q.init_rgb = vae;
+        q.strength = 0.5;
+        q.seed = 11;
+        rc = taesd_generate(m, &q, tiny, &err);
+        q.noise = noise;
+        int rc2 = taesd_generate(m, &q, other, &err);
+        CHECK(rc == SD_OK && rc2 == SD_OK && !memcmp(tiny, other, 3 * S * S), "TAESD img2img: the noise is not the seed's first draw (rc %d, %d)", rc, rc2);
+        free(noise);
+    }
+    /* TAESDs that do not fit */
+    sd_taesd fake = *t;
+    fake.info.latent_channels = 16;   /* as TAESD3 / TAEF1 */
+    const sd_taesd *wrong[3] = {txl, &fake, t};
+    static const char *const needle[3] = {"TAESDXL", "16 latent channels", "taesd_use"};
+    for (int k = 0; k < 3; k++) {
+        if (!wrong[k]) continue;
+        p.taesd = wrong[k];
+        p.taesd_use = k == 2 ? 8 : SD_TAESD_USE_ALL;
+        rc = sd_generate(m, &p, NULL, other, &err);
+        CHECK(rc != SD_OK && strstr(err.message, needle[k]) && sd_generate_arena_bytes(m, &p) == 0, "a TAESD that does not fit (%d): rc %d, '%s'", k, rc, err.message);
+    }
+    free(vae); free(tiny); free(other); free(v.last);
+}
+
+/* The CLI's --taesd (a file, the original pair's folder, a diffusers folder when there is one),
+   --preview with it, --taesd-preview-only, the warning for a TAESD of the other family (when
+   there is TAESDXL) and an encoder given alone. */
+static void taesd_check_cli(int diffusers, int xl)
+{
+    char dir[] = "/tmp/sdh_taesd_XXXXXX", model[1200], base[3000], args[6000], errf[1400], path[1400];
+    int lines, rc;
+    snprintf(model, sizeof model, "%s/models/tiny-sd1-fp16.safetensors", golden_dir);
+    if (!file_exists("./example") || !file_exists(merges_path) || !file_exists(model)) { printf("note: ./example, merges.txt or tiny-sd1 missing, TAESD CLI checks skipped\n"); return; }
+    if (!mkdtemp(dir)) { CHECK(0, "mkdtemp failed"); return; }
+    snprintf(errf, sizeof errf, "%s/stderr.txt", dir);
+    snprintf(base, sizeof base, "-m %s --tokenizer %s -p 'a cat' -W 64 -H 48 --steps 2 -s 3 -t 2", model, merges_path);
+    static const char *const taesd[5] = {"taesd", "taesd/taesd_decoder.safetensors", "taesd --taesd-preview-only", "", "taesd-diffusers"};
+    uint8_t *img[5] = {NULL, NULL, NULL, NULL, NULL}, *step2[5] = {NULL, NULL, NULL, NULL, NULL};
+    for (int k = 0; k < 4 + diffusers; k++) {
+        char e[256];
+        int w = 0, h = 0, pw = 0, ph = 0;
+        if (*taesd[k]) snprintf(args, sizeof args, "%s --taesd %s/models/%s --preview %s -o %s/out%d.png", base, golden_dir, taesd[k], dir, dir, k);
+        else snprintf(args, sizeof args, "%s -o %s/out%d.png", base, dir, k);
+        rc = run_example(args, errf, &lines);
+        snprintf(path, sizeof path, "%s/out%d.png", dir, k);
+        img[k] = rc == 0 ? image_read(path, &w, &h, e, sizeof e) : NULL;
+        snprintf(path, sizeof path, "%s/step_02.png", dir);
+        step2[k] = rc == 0 && *taesd[k] ? image_read(path, &pw, &ph, e, sizeof e) : NULL;
+        remove(path);
+        CHECK(img[k] && w == 64 && h == 48 && (!*taesd[k] || (step2[k] && pw == 64 && ph == 48)), "CLI --taesd %s: exit %d, preview %dx%d", taesd[k], rc, pw, ph);
+    }
+    if (img[0] && img[1] && img[2] && img[3] && step2[0] && step2[2]) {
+        size_t n = (size_t)3 * 64 * 48;
+        CHECK(!memcmp(img[0], img[1], n) && (!diffusers || (img[4] && !memcmp(img[0], img[4], n))),
+              "CLI --taesd: the original pair, the decoder file%s give different images", diffusers ? " and the diffusers folder" : "");
+        CHECK(!memcmp(step2[0], img[0], n) && memcmp(img[0], img[3], n), "CLI --taesd: the last preview is not the final image, or the VAE's is the same");
+        CHECK(!memcmp(img[2], img[3], n) && !memcmp(step2[2], img[0], n), "CLI --taesd-preview-only: the final image is not the VAE's, or the preview not TAESD's");
+    }
+    for (int k = 0; k < 5; k++) { free(img[k]); free(step2[k]); }
+    /* TAESDXL on an SD 1 model: a warning, then it runs; an encoder alone: an error */
+    snprintf(args, sizeof args, "%s --taesd %s/models/taesdxl -o %s/xl.png", base, golden_dir, dir);
+    rc = xl ? run_example(args, errf, &lines) : 0;
+    CHECK(!xl || (rc == 0 && file_contains(errf, "warning") && file_contains(errf, "TAESDXL")), "CLI --taesd taesdxl with an SD 1 model: exit %d, no warning", rc);
+    snprintf(args, sizeof args, "%s --taesd %s/models/taesd/taesd_encoder.safetensors -o %s/x.png", base, golden_dir, dir);
+    rc = run_example(args, errf, &lines);
+    CHECK(rc != 0 && lines == 1 && file_contains(errf, "encoder"), "CLI --taesd with the encoder file: exit %d, %d lines", rc, lines);
+    snprintf(args, sizeof args, "%s --taesd-preview-only -o %s/x.png", base, dir);
+    rc = run_example(args, errf, &lines);
+    CHECK(rc != 0 && lines == 1 && file_contains(errf, "needs --taesd"), "CLI --taesd-preview-only alone: exit %d", rc);
+    snprintf(args, sizeof args, "rm -rf %s", dir);
+    if (system(args)) printf("note: could not remove %s\n", dir);
+}
+
+static void test_taesd(void)
+{
+    char path[1200];
+    taesd_model orig, diff, xl;
+    sd_arena *pa = test_arena(pool_arena_bytes(1) + SD_ALIGN);
+    sd_pool pool;
+    sd_error err;
+    snprintf(path, sizeof path, "%s/models/taesd/taesd_decoder.safetensors", golden_dir);
+    if (!file_exists(path)) { printf("note: no TAESD in %s (models/taesd/), TAESD tests skipped\n", golden_dir); free_arena(pa); return; }
+    if (!CHECK(pool_init(&pool, 1, pa, &err) == SD_OK, "pool: %s", err.message)) { free_arena(pa); return; }
+    int have[3] = {taesd_open(&orig, "taesd", 0), taesd_open(&diff, "taesd", 1), taesd_open(&xl, "taesdxl", 0)};
+    const taesd_model *models[3] = {&orig, &diff, &xl};
+    static const char *const goldens[3] = {"taesd/taesd.safetensors", "taesd/taesd.safetensors", "taesd/taesdxl.safetensors"};
+    static const char *const labels[3] = {"taesd", "taesd-diffusers", "taesdxl"};
+    int files = 0;
+    for (int k = 0; k < 3; k++) {
+        golden_file *g = have[k] ? golden_open(goldens[k]) : NULL;
+        if (!g) continue;
+        printf("  %s: %d channels, %d latent channels, %s\n", labels[k], models[k]->t->info.channels, models[k]->t->info.latent_channels, goldens[k]);
+        taesd_check_golden(models[k], g, labels[k], &pool);
+        golden_close(g);
+        files++;
+    }
+    if (!files) printf("note: no TAESD goldens in %s/taesd/, decode and encode cases skipped\n", golden_dir);
+    if (have[0] && have[1]) {   /* the two layouts: the same numbers, to the bit */
+        float z[4 * 5 * 7];
+        for (int i = 0; i < 4 * 35; i++) z[i] = (float)sin(0.9 * i) * 3.0f;
+        float *a = taesd_pass(orig.t, 1, z, 5, 7, &pool, NULL, NULL, "taesd"), *b = taesd_pass(diff.t, 1, z, 5, 7, &pool, NULL, NULL, "taesd-diffusers");
+        float *ea = taesd_pass(orig.t, 0, a, 40, 56, &pool, NULL, NULL, "taesd"), *eb = taesd_pass(diff.t, 0, a, 40, 56, &pool, NULL, NULL, "taesd-diffusers");
+        CHECK(!memcmp(a, b, (size_t)3 * 40 * 56 * sizeof(float)) && !memcmp(ea, eb, sizeof z), "TAESD: the original files and the diffusers folder differ");
+        free(a); free(b); free(ea); free(eb);
+    }
+    if (have[0]) {
+        taesd_check_memory(&orig, &pool);
+        taesd_check_errors(&orig, &diff);
+        taesd_check_pipelines(&pool);
+        snprintf(path, sizeof path, "%s/models/tiny-sd1-fp16.safetensors", golden_dir);
+        loaded_model lm;
+        memset(&lm, 0, sizeof lm);
+        if (file_exists(path) && !open_test_model(&lm, path)) taesd_check_generation(lm.model, orig.t, have[2] ? xl.t : NULL);
+        else printf("note: no tiny-sd1 model, TAESD generation checks skipped\n");
+        unload_model(&lm);
+        taesd_check_cli(have[1], have[2]);
+    }
+    for (int k = 0; k < 3; k++) if (have[k]) taesd_close((taesd_model *)models[k]);
+    pool_free(&pool);
+    free_arena(pa);
+}
+
 /* The test groups, in the order they run; `--only a,b` runs some of them. golden: reads the golden set. */
 static const struct test_group { const char *name; void (*run)(void); int golden; } test_groups[] = {
     {"arena", test_arena_basics, 0}, {"f16", test_f16, 0}, {"kernels", test_kernels, 0},
     {"safetensors", test_safetensors_malformed, 0}, {"manifest", test_golden_manifest, 1}, {"models", test_model_files, 1},
     {"rng", test_rng, 1}, {"ddim", test_ddim, 1}, {"samplers", test_samplers, 1}, {"tokenizer", test_tokenizer, 1},
     {"prompt", test_prompt, 1}, {"text_encoder", test_text_encoder, 1}, {"unet", test_unet, 1}, {"vae", test_vae, 1},
-    {"pipeline", test_pipeline, 1}, {"image_guided", test_image_guided, 1}, {"gguf", test_gguf, 1}, {"png", test_png, 1}, {"cli", test_cli, 1}, {"threads", test_threads, 1},
+    {"pipeline", test_pipeline, 1}, {"image_guided", test_image_guided, 1}, {"taesd", test_taesd, 1}, {"gguf", test_gguf, 1}, {"png", test_png, 1}, {"cli", test_cli, 1}, {"threads", test_threads, 1},
 };
 #define TEST_GROUPS (int)(sizeof test_groups / sizeof test_groups[0])
 

@@ -2,7 +2,7 @@
 
      make bench                                  every stage on a random SD 1.5, then SDXL
      ./bench unet --sizes 64 --threads 2         one stage (./bench --help lists them)
-     ./bench --make-random-model sd15|sd21|sdxl PATH [f16|f32|bf16]   write such a checkpoint
+     ./bench --make-random-model sd15|sd21|sdxl|taesd PATH [f16|f32|bf16]   write such a checkpoint
 
    It is built on example.c (its main renamed, as test.c does): files are mapped and models
    loaded exactly as the CLI does it, so the figures are those of what users run. */
@@ -21,7 +21,7 @@
    size: the benchmark's GFLOPS come from the model description, not from a table of numbers. Like
    a real download, the file has no sd.* metadata: sd.h works the family out from the shapes. */
 
-enum { RM_TEXT, RM_UNET, RM_VAE_DECODER, RM_VAE_ENCODER, RM_PARTS };
+enum { RM_TEXT, RM_UNET, RM_VAE_DECODER, RM_VAE_ENCODER, RM_TAESD_DECODER, RM_TAESD_ENCODER, RM_PARTS };
 enum { RM_UNIFORM, RM_ONES, RM_ZEROS, RM_NORMAL, RM_ARANGE, RM_CONSTANT };   /* how a tensor is filled */
 
 /* A text encoder: OpenAI's CLIP in transformers' names (q/k/v apart, plus the position_ids
@@ -356,6 +356,43 @@ static void random_model_vae(random_model_walk *k)
     random_model_conv(k, "first_stage_model.decoder.", "conv_out", 3, ch, 3, 64 * h * w);
 }
 
+/* TAESD, the tiny autoencoder, as diffusers' AutoencoderTiny file holds it (encoder.layers.N.*,
+   decoder.layers.N.*; the original pair of files has the same tensors, numbered from 0 in each):
+   every layer a 3x3 conv of 64 channels, Blocks of three with ReLU. Encoder: conv RGB → 64,
+   Block, then three times a stride-2 conv without bias and three Blocks, conv 64 → 4. Decoder
+   (its tanh clamp has no weights): conv 4 → 64, ReLU, three Blocks, then three times nearest 2x,
+   a conv without bias and Blocks (3, 3, 1), conv 64 → 3. Layers as letters: C conv, R ReLU, B Block,
+   D stride-2 conv, U upsampling, K the conv after it, which sd.h runs as four 2x2 convs of the
+   small image (4 multiply-adds per tap and channel pair instead of 9: counted so). The image is
+   8h x 8w. */
+static void random_model_taesd(random_model_walk *k)
+{
+    static const char *const stacks[2] = {"CBDBBBDBBBDBBBC", "CRBBBUKBBBUKBBBUKBC"};
+    char p[64];
+    for (int d = 0; d < 2; d++) {
+        double H = d ? k->h : 8.0 * k->h, W = d ? k->w : 8.0 * k->w;
+        k->part = d ? RM_TAESD_DECODER : RM_TAESD_ENCODER;
+        for (int i = 0; stacks[d][i]; i++) {
+            char c = stacks[d][i];
+            int first = i == 0, last = !stacks[d][i + 1];
+            int in = first ? (d ? 4 : 3) : 64, out = last ? (d ? 3 : 4) : 64;
+            snprintf(p, sizeof p, "%s.layers.%d", d ? "decoder" : "encoder", i);
+            if (c == 'D') H = ceil(H / 2), W = ceil(W / 2);
+            if (c == 'U') H *= 2, W *= 2;
+            if (c == 'C') random_model_conv(k, p, "", out, in, 3, H * W);
+            if (c == 'D' || c == 'K') {   /* no bias; default bound 1/sqrt(fan_in) */
+                random_model_put(k, p, ".weight", "", RM_UNIFORM, 1.0f / sqrtf(64.0f * 9), 4, 64, 64, 3, 3);
+                k->macs[k->part] += H * W * 64 * 64 * (c == 'K' ? 4 : 9);
+            }
+            for (int j = 0; c == 'B' && j < 3; j++) {
+                char q[80];
+                snprintf(q, sizeof q, "%s.conv.%d", p, 2 * j);
+                random_model_conv(k, q, "", 64, 64, 3, H * W);
+            }
+        }
+    }
+}
+
 /* The whole checkpoint, text encoders first (the int64 buffer of the first must lead the data). */
 static void random_model_walk_all(random_model_walk *k)
 {
@@ -476,7 +513,7 @@ static void random_model_data(random_model_walk *k, const char *name, int ndim, 
     }
 }
 
-/* Writes a checkpoint of `kind` ("sd15", "sd21" or "sdxl") with random weights of dtype "f16" (NULL too),
+/* Writes a checkpoint of `kind` ("sd15", "sd21", "sdxl", or "taesd": a TAESD) with random weights of dtype "f16" (NULL too),
    "f32" or "bf16" to path (through path.tmp, renamed when complete). Returns 0 or prints why not. */
 static int random_model_write(const char *kind, const char *path, const char *dtype)
 {
@@ -485,9 +522,13 @@ static int random_model_write(const char *kind, const char *path, const char *dt
     char tmp[4096];
     unsigned char len8[8];
     double t0 = now();
+    void (*walk)(random_model_walk *) = strcmp(kind, "taesd") ? random_model_walk_all : random_model_taesd;
     memset(&k, 0, sizeof k);
     memset(&o, 0, sizeof o);
-    if (!(k.f = random_model_family_find(kind))) { fprintf(stderr, "random model: kind '%s' is not sd15, sd21 or sdxl\n", kind); return 1; }
+    if (!(k.f = random_model_family_find(kind)) && strcmp(kind, "taesd")) {
+        fprintf(stderr, "random model: kind '%s' is not sd15, sd21, sdxl or taesd\n", kind);
+        return 1;
+    }
     if (!dtype || !strcmp(dtype, "f16")) o.dtype = SD_F16;
     else if (!strcmp(dtype, "f32")) o.dtype = SD_F32;
     else if (!strcmp(dtype, "bf16")) o.dtype = SD_BF16;
@@ -501,7 +542,7 @@ static int random_model_write(const char *kind, const char *path, const char *dt
     if (!(o.json = (char *)malloc(o.cap))) { fprintf(stderr, "random model: out of memory\n"); return 1; }
     random_model_json(&o, "{");
     k.emit = random_model_header_entry;
-    random_model_walk_all(&k);
+    walk(&k);
     random_model_json(&o, "}");
     while ((8 + o.len) % 8) random_model_json(&o, " ");
     if (o.failed) { fprintf(stderr, "random model: out of memory for the header\n"); free(o.json); return 1; }
@@ -518,7 +559,7 @@ static int random_model_write(const char *kind, const char *path, const char *dt
     if (!o.chunk || !o.bytes) o.failed = 1;
     k.emit = random_model_data;
     k.count = 0;
-    if (!o.failed) random_model_walk_all(&k);
+    if (!o.failed) walk(&k);
     free(o.chunk);
     free(o.bytes);
     if (fclose(o.f) || o.failed) {
@@ -534,15 +575,21 @@ static int random_model_write(const char *kind, const char *path, const char *dt
 
 /* Loads a checkpoint as the CLI does (sd_model_load, merges.txt found the usual way) and says what
    the loader made of it: a random model must pass for the real thing. */
-static int random_model_check(const char *path)
+static int random_model_check(const char *kind, const char *path)
 {
     options o;
     sd_model *model;
     sd_model_info info;
     sd_arena arena;
+    sd_taesd *taesd;
     double t0 = now();
     memset(&o, 0, sizeof o);
-    o.model = path;
+    o.model = o.taesd = path;
+    if (!strcmp(kind, "taesd")) {
+        if (load_taesd(&o, 0, &taesd, &arena)) return 1;
+        printf("random_model_check path=%s loaded=1 taesd=1 seconds=%.2f\n", path, now() - t0);
+        return 0;
+    }
     if (load_model(&o, &model, &arena)) return 1;
     sd_model_get_info(model, &info);
     printf("random_model_check path=%s loaded=1 version=%d prediction=%s text_width=%d text_layers=%d vae_scale=%g "
@@ -557,9 +604,11 @@ static int random_model_check(const char *path)
    GFLOPS count 2 per multiply-add from the architecture walk above. */
 
 typedef struct bench_options {
-    const char *what, *model, *kind, *dtype, *merges;
-    int sizes[16], nsizes, vae_sizes[16], nvae, threads[16], nthreads;
+    const char *what, *model, *kind, *dtype, *merges, *taesd;
+    int sizes[16], nsizes, vae_sizes[16], nvae, taesd_sizes[16], ntaesd, threads[16], nthreads;
     int batch, runs, image, steps, vae_tile;
+    int decoders;               /* txt2img: 1 the VAE, 2 TAESD, 3 one run with each */
+    float guidance;             /* txt2img: 0 for a Turbo/LCM-style run (no unconditional half) */
 } bench_options;
 
 /* The stages of one checkpoint, opened through the public API, weights used in place. */
@@ -576,6 +625,10 @@ typedef struct bench_model {
     const random_model_family *family;   /* SD 1.5, SD 2.1 or SDXL: what the FLOP count assumes */
     int matches;                /* the file has that family's tensors (names and shapes) */
     char w[8];                  /* weight type of the UNet's convs: "f16", ... */
+    sd_taesd *taesd;            /* the tiny autoencoder, when a stage wants it (bench_taesd_load) */
+    sd_arena taesd_tables;
+    struct { int size, threads; double seconds; } vae_timed[32];   /* the VAE decodes timed so far, for TAESD's lines */
+    int nvae;
 } bench_model;
 
 /* CPU seconds of the whole process: CPU time over wall time is how many cores the runs kept
@@ -669,6 +722,31 @@ static void bench_match(random_model_walk *k, const char *name, int ndim, const 
 
 static volatile unsigned bench_sink;   /* keeps the page-touching loop from being optimised away */
 
+/* A weight type as the lines give it: "f16", ... */
+static void bench_dtype(char w[8], const sd_tensor *t)
+{
+    snprintf(w, 8, "%s", t ? sd_dtype_name(t->dtype) : "?");
+    for (char *c = w; *c; c++) *c = (char)(*c >= 'A' && *c <= 'Z' ? *c - 'A' + 'a' : *c);
+}
+
+/* The TAESD of the taesd stages: --taesd PATH (a file or folder, as the CLI takes it), else a
+   random one in weights/bench/taesd-f16.safetensors (diffusers layout, 4.9 MB, made once). */
+static int bench_taesd_load(const bench_options *bo, bench_model *m)
+{
+    options o;
+    struct stat sb;
+    const char *path = bo->taesd ? bo->taesd : "weights/bench/taesd-f16.safetensors";
+    if (m->taesd) return 0;
+    if (!bo->taesd && stat(path, &sb)) {
+        mkdir("weights", 0777);
+        mkdir("weights/bench", 0777);
+        if (random_model_write("taesd", path, "f16")) return 1;
+    }
+    memset(&o, 0, sizeof o);
+    o.taesd = path;
+    return load_taesd(&o, m->encoders > 1, &m->taesd, &m->taesd_tables);
+}
+
 static int bench_model_load(bench_model *m, const char *path)
 {
     sd_source src;
@@ -697,8 +775,7 @@ static int bench_model_load(bench_model *m, const char *path)
     m->family = random_model_family_find(m->encoders > 1 ? "sdxl" : m->te[0].gelu ? "sd21" : "sd15");
     const sd_tensor *t = sd_safetensors_find(&m->st, "model.diffusion_model.input_blocks.1.0.in_layers.2.weight");
     if (!t) t = sd_safetensors_find(&m->st, "down_blocks.0.resnets.0.conv1.weight");
-    snprintf(m->w, sizeof m->w, "%s", t ? sd_dtype_name(t->dtype) : "?");
-    for (char *c = m->w; *c; c++) *c = (char)(*c >= 'A' && *c <= 'Z' ? *c - 'A' + 'a' : *c);
+    bench_dtype(m->w, t);
     memset(&k, 0, sizeof k);
     k.f = m->family, k.h = k.w = 64, k.batch = 1, k.emit = bench_match, k.user = m;
     m->matches = 1;
@@ -777,16 +854,22 @@ static int bench_unet(const bench_options *o, bench_model *m, int size, int thre
     return 0;
 }
 
-/* The VAE decoder: one size x size latent to an 8x larger image. */
-static int bench_vae(const bench_options *o, bench_model *m, int size, int threads)
+/* The decoder: one size x size latent to an 8x larger image, by the VAE or (taesd) by TAESD,
+   whose line also gives the VAE's time at that size when this run measured it. */
+static size_t bench_decode_plan(const bench_model *m, int taesd, int size)
+{
+    return taesd ? sd_taesd_decode_arena_bytes(m->taesd, size, size) : sd_vae_decode_arena_bytes(sd_vae_get_config(m->vae), size, size);
+}
+
+static int bench_decode(const bench_options *o, bench_model *m, int size, int threads, int taesd)
 {
     sd_arena a;
     sd_pool pool;
     sd_error err;
     double macs[RM_PARTS], t[64], plan_us;
-    size_t lat = (size_t)4 * size * size, pix = (size_t)3 * 64 * size * size;
-    size_t need = sd_vae_decode_arena_bytes(sd_vae_get_config(m->vae), size, size);
-    BENCH_PLAN_US(plan_us, sd_vae_decode_arena_bytes(sd_vae_get_config(m->vae), size, size));
+    const char *name = taesd ? "taesd_decode" : "vae_decode";
+    size_t lat = (size_t)4 * size * size, pix = (size_t)3 * 64 * size * size, need = bench_decode_plan(m, taesd, size);
+    BENCH_PLAN_US(plan_us, bench_decode_plan(m, taesd, size));
     float *z = (float *)malloc(lat * sizeof(float)), *image = (float *)malloc(pix * sizeof(float));
     void *mem;
     if (!need || !z || !image || !(mem = bench_arena(&a, need, threads, &pool))) return 1;
@@ -796,16 +879,33 @@ static int bench_vae(const bench_options *o, bench_model *m, int size, int threa
     a.peak = a.used;
     for (int r = 0; r < o->runs; r++) {
         double t0 = now();
-        if (sd_vae_decode(m->vae, z, size, size, image, &pool, &a, &err)) {
-            fprintf(stderr, "vae_decode size=%d threads=%d: %s\n", 8 * size, threads, err.message);
+        if (taesd ? sd_taesd_decode(m->taesd, z, size, size, image, &pool, &a, &err) : sd_vae_decode(m->vae, z, size, size, image, &pool, &a, &err)) {
+            fprintf(stderr, "%s size=%d threads=%d: %s\n", name, 8 * size, threads, err.message);
             return 1;
         }
         t[r] = now() - t0;
     }
     random_model_count(m->family, size, size, 1, macs);
+    if (taesd) {   /* its multiply-adds from its own walk */
+        random_model_walk k;
+        memset(&k, 0, sizeof k);
+        k.h = k.w = size;
+        random_model_taesd(&k);
+        macs[RM_TAESD_DECODER] = k.macs[RM_TAESD_DECODER];
+    }
     double s = bench_median(t, o->runs);
-    printf("vae_decode size=%d latent=%d threads=%d w=%s runs=%d seconds=%.3f", 8 * size, size, threads, m->w, o->runs, s);
-    bench_print_flops(m, macs[RM_VAE_DECODER], s);
+    char w[8];
+    bench_dtype(w, taesd ? m->taesd->decoder[1].conv[0].w : NULL);
+    printf("%s size=%d latent=%d threads=%d w=%s runs=%d seconds=%.3f", name, 8 * size, size, threads, taesd ? w : m->w, o->runs, s);
+    if (taesd) printf(" gflops=%.1f", 2 * macs[RM_TAESD_DECODER] / s * 1e-9);
+    else bench_print_flops(m, macs[RM_VAE_DECODER], s);
+    for (int i = 0; i < m->nvae; i++)
+        if (taesd && m->vae_timed[i].size == size && m->vae_timed[i].threads == threads)
+            printf(" vae_seconds=%.3f speedup=%.1f", m->vae_timed[i].seconds, m->vae_timed[i].seconds / s);
+    if (!taesd && m->nvae < 32) {
+        m->vae_timed[m->nvae].size = size, m->vae_timed[m->nvae].threads = threads, m->vae_timed[m->nvae].seconds = s;
+        m->nvae++;
+    }
     bench_print_tail(cpu0, wall0, need, a.peak - base, plan_us, image, pix);
     pool_free(&pool);
     free(mem); free(z); free(image);
@@ -930,7 +1030,7 @@ static int bench_step_done(void *user, int step, int steps)
     return 0;
 }
 
-static int bench_txt2img(const bench_options *o, bench_model *bm, int threads)
+static int bench_txt2img(const bench_options *o, bench_model *bm, int threads, int taesd)
 {
     sd_source src;
     sd_model *model;
@@ -955,8 +1055,11 @@ static int bench_txt2img(const bench_options *o, bench_model *bm, int threads)
     p.negative_prompt = "";
     p.width = p.height = o->image;
     p.steps = o->steps;
+    p.guidance = o->guidance;
     p.threads = threads;
     p.seed = 42;
+    p.taesd = taesd ? bm->taesd : NULL;   /* the final image only: no previews */
+    p.taesd_use = SD_TAESD_USE_DECODE;
     p.progress = bench_step_done;
     p.user = &st;
     size_t untiled = sd_generate_arena_bytes(model, &p);   /* the whole-image decode, for comparison */
@@ -978,9 +1081,10 @@ static int bench_txt2img(const bench_options *o, bench_model *bm, int threads)
     double end = now(), last = st.at[p.steps];
     for (int k = 2; k <= p.steps; k++) step[k - 2] = st.at[k] - st.at[k - 1];
     double per = p.steps > 1 ? bench_median(step, p.steps - 1) : last - st.start;
-    random_model_count(bm->family, o->image / 8, o->image / 8, 2, macs);
-    printf("txt2img size=%d steps=%d threads=%d w=%s vae_tile=%d seconds=%.2f seconds_per_step=%.2f first_step_seconds=%.2f "
-           "decode_seconds=%.2f", o->image, p.steps, threads, bm->w, p.vae_tile, end - st.start, per, st.at[1] - st.start, end - last);
+    random_model_count(bm->family, o->image / 8, o->image / 8, p.guidance > 1 ? 2 : 1, macs);
+    printf("txt2img size=%d steps=%d guidance=%g decoder=%s threads=%d w=%s vae_tile=%d seconds=%.2f seconds_per_step=%.2f "
+           "first_step_seconds=%.2f decode_seconds=%.2f", o->image, p.steps, p.guidance, taesd ? "taesd" : "vae", threads, bm->w,
+           p.vae_tile, end - st.start, per, st.at[1] - st.start, end - last);
     bench_print_flops(bm, macs[RM_UNET], per);
     printf(" cores_busy=%.2f arena_bytes=%zu arena_peak=%zu plan_us=%.1f", (bench_cpu() - cpu0) / (end - st.start), need, a.peak, plan_us);
     if (p.vae_tile) printf(" untiled_arena_bytes=%zu", untiled);
@@ -1164,21 +1268,25 @@ static void bench_usage(FILE *f)
 {
     fprintf(f,
         "usage: ./bench [WHAT] [options]\n"
-        "       ./bench --make-random-model sd15|sd21|sdxl PATH [f16|f32|bf16]   a full-size checkpoint of random weights\n"
-        "  WHAT   comma list of tokenizer, text (text_encoder), unet, vae (vae_decode), kernels,\n"
-        "         txt2img, all (all but txt2img); default tokenizer,text,unet,vae,kernels\n"
+        "       ./bench --make-random-model sd15|sd21|sdxl|taesd PATH [f16|f32|bf16]   a full-size model of random weights\n"
+        "  WHAT   comma list of tokenizer, text (text_encoder), unet, vae (vae_decode), taesd (taesd_decode),\n"
+        "         kernels, txt2img, all (all but txt2img); default tokenizer,text,unet,vae,kernels\n"
         "  --model PATH       checkpoint (default weights/bench/KIND-DTYPE.safetensors, made if missing)\n"
         "  --kind sd15|sd21|sdxl  random model to use or make (default sd15)\n"
         "  --dtype f16|f32|bf16  its weight type (default f16)\n"
         "  --tokenizer FILE   merges.txt (default weights/merges.txt)\n"
         "  --sizes LIST       UNet latent sizes (default 32,64)\n"
         "  --vae-sizes LIST   VAE latent sizes; the image is 8x (default: --sizes)\n"
+        "  --taesd-sizes LIST TAESD latent sizes (default: --vae-sizes)\n"
+        "  --taesd PATH       TAESD file or folder (default weights/bench/taesd-f16.safetensors, random, made if missing)\n"
         "  --batch N          UNet and text batch (default 2: a guided step)\n"
         "  --threads LIST     thread counts, 0 = all CPUs (default 1,0)\n"
         "  --runs N           runs per figure, median reported (default 3)\n"
         "  --txt2img-size N   image side for txt2img (default 512)\n"
         "  --steps N          txt2img steps (default 20; one run)\n"
-        "  --vae-tiling N     txt2img: decode in N x N latent tiles (default 0: whole image)\n");
+        "  --vae-tiling N     txt2img: decode in N x N latent tiles (default 0: whole image)\n"
+        "  --decoder LIST     txt2img: vae, taesd or vae,taesd (one run each; default vae)\n"
+        "  --guidance X       txt2img: guidance scale (default 7.5; 0 as Turbo/LCM: one UNet pass a step)\n");
 }
 
 static int bench_run(int argc, char **argv)
@@ -1193,7 +1301,7 @@ static int bench_run(int argc, char **argv)
     o.sizes[0] = 32, o.sizes[1] = 64, o.nsizes = 2;
     o.threads[0] = 1, o.nthreads = 1;
     if (cpus > 1) o.threads[o.nthreads++] = cpus > SD_MAX_THREADS ? SD_MAX_THREADS : cpus;
-    o.batch = 2, o.runs = 3, o.image = 512, o.steps = 20;
+    o.batch = 2, o.runs = 3, o.image = 512, o.steps = 20, o.decoders = 1, o.guidance = 7.5f;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define BENCH_VALUE() (v ? (i++, v) : (fprintf(stderr, "%s needs a value\n", a), exit(1), ""))
@@ -1211,10 +1319,19 @@ static int bench_run(int argc, char **argv)
         else if (!strcmp(a, "--txt2img-size")) o.image = parse_int(BENCH_VALUE(), 8, 8192, a);
         else if (!strcmp(a, "--steps")) o.steps = parse_int(BENCH_VALUE(), 1, 1000, a);
         else if (!strcmp(a, "--vae-tiling")) o.vae_tile = parse_int(BENCH_VALUE(), 8, 4096, a);
+        else if (!strcmp(a, "--taesd-sizes")) o.ntaesd = bench_list(BENCH_VALUE(), o.taesd_sizes, 16, 1, a);
+        else if (!strcmp(a, "--taesd")) o.taesd = BENCH_VALUE();
+        else if (!strcmp(a, "--guidance")) o.guidance = (float)parse_float(BENCH_VALUE(), 0, 100, a);
+        else if (!strcmp(a, "--decoder")) {
+            const char *d = BENCH_VALUE();
+            o.decoders = !strcmp(d, "vae") ? 1 : !strcmp(d, "taesd") ? 2 : !strcmp(d, "vae,taesd") || !strcmp(d, "taesd,vae") ? 3 : 0;
+            if (!o.decoders) { fprintf(stderr, "--decoder: '%s' is not vae, taesd or vae,taesd\n", d); return 1; }
+        }
         else { fprintf(stderr, "unknown bench option '%s'\n", a); bench_usage(stderr); return 1; }
 #undef BENCH_VALUE
     }
     if (!o.nvae) memcpy(o.vae_sizes, o.sizes, sizeof o.sizes), o.nvae = o.nsizes;
+    if (!o.ntaesd) memcpy(o.taesd_sizes, o.vae_sizes, sizeof o.vae_sizes), o.ntaesd = o.nvae;
     for (int i = 0; i < o.nthreads; i++) {
         if (!o.threads[i]) o.threads[i] = cpus < 1 ? 1 : cpus > SD_MAX_THREADS ? SD_MAX_THREADS : cpus;   /* 0: every CPU */
         if (o.threads[i] > SD_MAX_THREADS) { fprintf(stderr, "--threads: at most %d\n", SD_MAX_THREADS); return 1; }
@@ -1222,7 +1339,8 @@ static int bench_run(int argc, char **argv)
     if (o.image % 8) { fprintf(stderr, "--txt2img-size must be a multiple of 8\n"); return 1; }
 
     for (const char *s = o.what; *s; s += strcspn(s, ",") + (s[strcspn(s, ",")] == ',')) {
-        static const char *const known[] = {"tokenizer", "text", "text_encoder", "unet", "vae", "vae_decode", "kernels", "gemm", "txt2img", "all"};
+        static const char *const known[] = {"tokenizer", "text", "text_encoder", "unet", "vae", "vae_decode", "taesd", "taesd_decode", "kernels", "gemm",
+                                            "txt2img", "all"};
         size_t len = strcspn(s, ","), k = 0;
         while (k < sizeof known / sizeof *known && (strlen(known[k]) != len || strncmp(s, known[k], len))) k++;
         if (k == sizeof known / sizeof *known) { fprintf(stderr, "bench: unknown stage '%.*s'\n", (int)len, s); bench_usage(stderr); return 1; }
@@ -1231,7 +1349,8 @@ static int bench_run(int argc, char **argv)
     if (bench_wants(&o, "tokenizer", "tokenizer")) rc |= bench_tokenizer(&o);
     if (bench_wants(&o, "kernels", "gemm"))
         for (int t = 0; t < o.nthreads; t++) bench_kernels(o.threads[t]);
-    if (!bench_wants(&o, "text", "text_encoder") && !bench_wants(&o, "unet", "unet") && !bench_wants(&o, "vae", "vae_decode") && !bench_wants(&o, "txt2img", "txt2img")) return rc;
+    if (!bench_wants(&o, "text", "text_encoder") && !bench_wants(&o, "unet", "unet") && !bench_wants(&o, "vae", "vae_decode") &&
+        !bench_wants(&o, "taesd", "taesd_decode") && !bench_wants(&o, "txt2img", "txt2img")) return rc;
 
     if (!o.model) {   /* the random model, made on first use */
         struct stat sb;
@@ -1252,9 +1371,15 @@ static int bench_run(int argc, char **argv)
             if (bench_wants(&o, "unet", "unet")) rc |= bench_unet(&o, &m, o.sizes[s], o.threads[t]);
     for (int s = 0; s < o.nvae && !rc; s++)
         for (int t = 0; t < o.nthreads && !rc; t++)
-            if (bench_wants(&o, "vae", "vae_decode")) rc |= bench_vae(&o, &m, o.vae_sizes[s], o.threads[t]);
+            if (bench_wants(&o, "vae", "vae_decode")) rc |= bench_decode(&o, &m, o.vae_sizes[s], o.threads[t], 0);
+    if (!rc && (bench_wants(&o, "taesd", "taesd_decode") || (bench_wants(&o, "txt2img", "txt2img") && o.decoders & 2)))
+        rc |= bench_taesd_load(&o, &m);
+    for (int s = 0; s < o.ntaesd && !rc; s++)
+        for (int t = 0; t < o.nthreads && !rc; t++)
+            if (bench_wants(&o, "taesd", "taesd_decode")) rc |= bench_decode(&o, &m, o.taesd_sizes[s], o.threads[t], 1);
     for (int t = 0; t < o.nthreads && !rc; t++)
-        if (bench_wants(&o, "txt2img", "txt2img")) rc |= bench_txt2img(&o, &m, o.threads[t]);
+        for (int d = 0; d < 2 && !rc; d++)
+            if (bench_wants(&o, "txt2img", "txt2img") && o.decoders & (1 << d)) rc |= bench_txt2img(&o, &m, o.threads[t], d);
     free(m.tables);
     return rc;
 }
@@ -1262,8 +1387,8 @@ static int bench_run(int argc, char **argv)
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "--make-random-model")) {
-        if (argc < 4 || argc > 5) { fprintf(stderr, "usage: %s --make-random-model sd15|sd21|sdxl PATH [f16|f32|bf16]\n", argv[0]); return 1; }
-        return random_model_write(argv[2], argv[3], argc > 4 ? argv[4] : "f16") || random_model_check(argv[3]);
+        if (argc < 4 || argc > 5) { fprintf(stderr, "usage: %s --make-random-model sd15|sd21|sdxl|taesd PATH [f16|f32|bf16]\n", argv[0]); return 1; }
+        return random_model_write(argv[2], argv[3], argc > 4 ? argv[4] : "f16") || random_model_check(argv[2], argv[3]);
     }
     return bench_run(argc, argv);
 }
