@@ -126,7 +126,8 @@ static void usage(FILE *f)
         "  -o, --output FILE         .png or .ppm (default output.png; with -b N: output_2.png, ...)\n"
         "  -b, --batch-count N       images to make, seeds seed, seed+1, ...\n"
         "      --clip-skip N         stop the text encoder N-1 layers early (A1111 style)\n"
-        "      --sampling-method M   ddim (default), euler, euler_a, dpm++2m, dpm++2m_karras\n"
+        "      --sampling-method M   ddim (default), euler, euler_a, dpm++2m, dpm++2m_karras, lcm\n"
+        "                            (an LCM-distilled model defaults to lcm, 4 steps, cfg 8.5)\n"
         "      --scheduler S         karras (DPM++ 2M sigmas), or the timestep spacing: leading,\n"
         "                            trailing, linspace (default: the model's config, else the sampler's)\n"
         "      --turbo               SD-Turbo / SDXL-Turbo: euler_a, trailing, 1 step, no guidance\n"
@@ -245,7 +246,7 @@ static void parameters_text(char *buf, size_t cap, const options *o, uint64_t se
     const char *name = strrchr(o->model, '/') ? strrchr(o->model, '/') + 1 : o->model;
     int n = snprintf(buf, cap, "%s\n", o->prompt);
     if (o->negative && *o->negative) n += snprintf(buf + n, cap > (size_t)n ? cap - n : 0, "Negative prompt: %s\n", o->negative);
-    static const char *const samplers[4] = {"DDIM", "Euler", "Euler a", "DPM++ 2M"};
+    static const char *const samplers[5] = {"DDIM", "Euler", "Euler a", "DPM++ 2M", "LCM"};
     snprintf(buf + n, cap > (size_t)n ? cap - n : 0, "Steps: %d, Sampler: %s%s, CFG scale: %g, Seed: %llu, Size: %dx%d, Model: %s%s",
              o->steps, samplers[o->sampler], o->karras ? " Karras" : "", o->cfg, (unsigned long long)seed, o->width, o->height,
              name, o->init && o->strength > 0 ? ", Denoising strength: " : "");
@@ -281,6 +282,11 @@ static int run(options *o)
     uint8_t *init = NULL, *mask = NULL;
     if (load_model(o, &model, &model_arena)) return 1;
     sd_model_get_info(model, &info);
+    if (info.guidance_dim) {   /* LCM-distilled: what LatentConsistencyModelPipeline runs by default */
+        if (!o->have_sampler) o->sampler = SD_SAMPLER_LCM;
+        if (!o->have_steps) o->steps = 4;
+        if (!o->have_cfg) o->cfg = 8.5f;
+    }
     if (o->init) {
         int w, h;
         char msg[512];
@@ -323,7 +329,7 @@ static int run(options *o)
     }
     fprintf(stderr, "model: %s%s (%s prediction%s), text %d wide x %d layers, VAE scale %g\n",
             info.version == SD_VERSION_XL ? "SDXL" : info.version == SD_VERSION_2 ? "SD 2" : "SD 1",
-            info.unet_in_channels == 9 ? " inpainting" : info.unet_in_channels == 8 ? " InstructPix2Pix" : "",
+            info.unet_in_channels == 9 ? " inpainting" : info.unet_in_channels == 8 ? " InstructPix2Pix" : info.guidance_dim ? " LCM" : "",
             info.prediction == SD_PREDICT_V ? "v" : "epsilon", info.diffusers ? ", diffusers folder" : "",
             info.text_width, info.text_layers, info.vae_scale);
     fprintf(stderr, "%dx%d, %d steps, cfg %g, %d threads, arena %.1f MiB (+%.1f MiB model tables)\n", p.width, p.height,
@@ -414,12 +420,12 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--preview")) o.preview = VALUE();
         else if (!strcmp(a, "--vae-tiling")) o.vae_tile = v && v[0] >= '0' && v[0] <= '9' ? parse_int(VALUE(), 8, 4096, a) : 32;
         else if (!strcmp(a, "--sampling-method")) {
-            static const char *const names[5] = {"ddim", "euler", "euler_a", "dpm++2m", "dpm++2m_karras"};
+            static const char *const names[6] = {"ddim", "euler", "euler_a", "dpm++2m", "dpm++2m_karras", "lcm"};
             const char *m = VALUE();
             int k = 0;
-            while (k < 5 && strcmp(m, names[k])) k++;
-            if (k == 5) { fprintf(stderr, "--sampling-method: '%s' is not one of ddim, euler, euler_a, dpm++2m, dpm++2m_karras\n", m); return 1; }
-            o.sampler = k < 4 ? k : SD_SAMPLER_DPMPP_2M;
+            while (k < 6 && strcmp(m, names[k])) k++;
+            if (k == 6) { fprintf(stderr, "--sampling-method: '%s' is not one of ddim, euler, euler_a, dpm++2m, dpm++2m_karras, lcm\n", m); return 1; }
+            o.sampler = k < 4 ? k : k == 4 ? SD_SAMPLER_DPMPP_2M : SD_SAMPLER_LCM;
             o.karras |= k == 4;
             o.have_sampler = 1;
         } else if (!strcmp(a, "--scheduler")) {

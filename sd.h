@@ -26,8 +26,9 @@
          if (sd_generate(model, &p, &g, rgb, &err)) puts(err.message);   // ... never fail midway
      The same call runs SD 1.x, SD 2.x and SDXL (two text encoders, size conditioning), single
      files or diffusers folders; sd_params picks the sampler (DDIM, Euler, Euler a, DPM++ 2M
-     with Karras sigmas) and reads AUTOMATIC1111's prompt syntax ("(castle:1.3)", "[fog]",
-     BREAK) at any length up to 64 chunks of 75 tokens.
+     with Karras sigmas, LCM) and reads AUTOMATIC1111's prompt syntax ("(castle:1.3)", "[fog]",
+     BREAK) at any length up to 64 chunks of 75 tokens. LCM-distilled models take the guidance
+     scale as a UNet input.
      Every stage is callable on its own too: sd_clip_tokenize, sd_prompt_chunks, sd_text_encode,
      sd_unet, sd_vae_decode / sd_vae_encode, sd_sampler_init / sd_sampler_step, sd_randn.
 
@@ -57,7 +58,7 @@
      6. Text encoder (CLIP ViT-L/14 for SD1, OpenCLIP ViT-H for SD2, both of SDXL's)
      7. UNet (SD1, SD2, SDXL)
      8. VAE (decoder, encoder)
-     9. Samplers (DDIM, Euler, Euler a, DPM++ 2M)
+     9. Samplers (DDIM, Euler, Euler a, DPM++ 2M, LCM)
     10. Pipeline (txt2img, img2img)
 */
 #ifndef SD_H
@@ -257,6 +258,11 @@ typedef struct sd_text_encoder {
     int proj_openclip;    /* 1: stored [width, proj] and used as x·P (OpenCLIP); 0: a linear weight [proj, width] */
     sd_tensor projection;
     struct sd_clip_layer *layer;   /* [layers], in the arena */
+    /* textual inversion: token id SD_CLIP_VOCAB_SIZE + i stands for extra_tokens[i], a learned
+       [1, width] vector (a view into an embedding file) instead of a row of the token table;
+       NULL / 0: none. sd_embeddings_text_encoder fills them in a copy of a model's encoder. */
+    const sd_tensor *extra_tokens;
+    int extra_token_count;
 } sd_text_encoder;
 
 /* Finds text encoder `index` in `files` and describes it: index 0 is the one of SD1/SD2
@@ -273,12 +279,15 @@ SD_API int sd_text_encoder_load(sd_text_encoder *te, const sd_safetensors *files
    cannot be met. */
 SD_API size_t sd_text_encoder_arena_bytes(const sd_text_encoder *te, int n_prompts, int pooled);
 
-/* ids [n_prompts, 77] → out [n_prompts, 77, width]: the UNet's context. clip_skip 0 or 1 is the
+/* ids [n_prompts, 77] → out [n_prompts, 77, width]: the UNet's context (ids below the
+   vocabulary size, or an extra_tokens vector's id). clip_skip 0 or 1 is the
    model's own output (SD1: last layer, SD2: penultimate, both through the final LayerNorm;
    SDXL: penultimate without it); clip_skip N stops N - 1 layers earlier (A1111/ComfyUI "clip
    skip"). pooled (may be NULL; needs a text_projection) gets [n_prompts, proj_dim]: the last
    layer's final-LayerNorm state at each prompt's end-of-text token, projected (SDXL's pooled
-   text embedding). */
+   text embedding). With extra tokens in the prompt that is still the end-of-text token, as in
+   AUTOMATIC1111 and Stability's SGM code; diffusers pools at the highest id, which is then the
+   learned token's (a quirk of its argmax rule). */
 SD_API int sd_text_encode(const sd_text_encoder *te, const int32_t *ids, int n_prompts, int clip_skip,
                           float *out, float *pooled, sd_pool *pool, sd_arena *a, sd_error *err);
 
@@ -306,6 +315,9 @@ typedef struct sd_unet_cond {
     const float *context;   /* [batch, context_len, context_dim]: the text encoder's output */
     int context_len;        /* tokens per item: 77 per prompt chunk */
     const float *y;         /* SDXL: [batch, sd_unet_add_dim()] from sd_unet_add_vector; else NULL */
+    const float *guidance;  /* guidance-distilled (LCM) UNets: [batch, sd_unet_guidance_dim()], each
+                               row sd_guidance_embedding(guidance scale - 1) (diffusers'
+                               timestep_cond); NULL for the others */
 } sd_unet_cond;
 
 /* Exact arena bytes that sd_unet takes for `batch` latents of h x w attending to context_len
@@ -317,7 +329,8 @@ SD_API size_t sd_unet_arena_bytes(const sd_unet_model *unet, int batch, int h, i
    inpainting UNets (9 input channels) the latent mask and the masked image's latent after them,
    for InstructPix2Pix UNets (8) the image's latent; timesteps [batch] (may be fractional); out [batch, 4, h, w] gets the prediction (epsilon, or v for v-prediction
    models). Any h, w: odd sizes are rounded up on the way down and come back as diffusers
-   brings them back. The arena is scratch only. */
+   brings them back. A guidance-distilled (LCM) UNet needs cond->guidance, the others must not
+   get it. The arena is scratch only. */
 SD_API int sd_unet(const sd_unet_model *unet, const float *x, const float *timesteps,
                    const sd_unet_cond *cond, int batch, int h, int w, float *out,
                    sd_pool *pool, sd_arena *a, sd_error *err);
@@ -329,6 +342,16 @@ SD_API int sd_unet(const sd_unet_model *unet, const float *x, const float *times
 SD_API int sd_unet_add_dim(const sd_unet_model *unet);
 SD_API int sd_unet_add_vector(const sd_unet_model *unet, const float *pooled, int pooled_dim,
                               const float size_ids[6], float *y, sd_error *err);
+
+/* Latent Consistency Models (Luo et al. 2023) distil classifier-free guidance into the UNet: the
+   guidance scale enters as an embedding (time_cond_proj_dim wide; LCM_Dreamshaper_v7: 256),
+   projected by time_embedding.cond_proj and added to the sinusoidal timestep embedding, so a
+   guided step needs no unconditional pass. sd_unet_guidance_dim is that width (0: an ordinary
+   UNet). sd_guidance_embedding writes the embedding of w (LatentConsistencyModelPipeline passes
+   w = guidance scale - 1) as diffusers' get_guidance_scale_embedding does: sin(1000·w·f_k) for
+   k < dim/2, then the cosines, f_k = 10000^(-k/(dim/2 - 1)), float32; dim >= 4. */
+SD_API int sd_unet_guidance_dim(const sd_unet_model *unet);
+SD_API void sd_guidance_embedding(float w, int dim, float *out);
 
 #define SD_VAE_MAX_LEVELS 8   /* resolution levels (SD: 4, i.e. a factor 8 between image and latent) */
 #define SD_VAE_MAX_RESNETS 8   /* ResNet blocks per level (SD: 2 in the encoder, 3 in the decoder) */
@@ -477,8 +500,9 @@ SD_API void sd_inpaint_mask(const uint8_t *mask, int height, int width, float *m
 SD_API void sd_masked_image(const uint8_t *rgb, const uint8_t *mask, int height, int width, float *out);
 
 /* Which sampler walks the UNet back from noise (diffusers' scheduler classes). DDIM stays first,
-   so that 0 means DDIM. */
-enum { SD_SAMPLER_DDIM, SD_SAMPLER_EULER, SD_SAMPLER_EULER_A, SD_SAMPLER_DPMPP_2M };
+   so that 0 means DDIM. LCM is LCMScheduler: the multi-step consistency sampling of Latent
+   Consistency Models (2-8 steps), for LCM-distilled UNets and for ordinary ones with an LCM-LoRA. */
+enum { SD_SAMPLER_DDIM, SD_SAMPLER_EULER, SD_SAMPLER_EULER_A, SD_SAMPLER_DPMPP_2M, SD_SAMPLER_LCM };
 
 /* One sampler run: the timesteps the UNet sees and what each step needs, for any kind, so
    that a pipeline has one loop. Written by sd_sampler_init; the steps keep DPM++'s
@@ -500,7 +524,8 @@ typedef struct sd_sampler {
    configs give no spacing, so each class's default applies: DDIM leading, the others linspace;
    SDXL's config says leading, which sd_generate takes for SDXL models), karras (DPM++ 2M only):
    Karras et al. (2022) sigmas with rho 7, prediction SD_PREDICT_EPSILON / SD_PREDICT_V, eta:
-   DDIM's stochasticity (0 for the others). */
+   DDIM's stochasticity (0 for the others). LCM takes 1..50 steps from its own schedule (every
+   20th timestep of 1000, as distilled: 4 steps are 999, 759, 499, 259) whatever the spacing. */
 SD_API int sd_sampler_init(sd_sampler *smp, const sd_schedule *s, int kind, int steps, int spacing,
                            int steps_offset, int karras, int prediction, float eta, sd_error *err);
 
@@ -512,7 +537,8 @@ SD_API float sd_sampler_input_scale(const sd_sampler *smp, int k);
    of step k + 1 (out; may be x unless noise is drawn into it) and the predicted clean latents
    (x0_out, may be NULL). Euler a adds fresh noise every step, also the last: `noise` (n floats)
    if given, else drawn from rng as diffusers' randn_tensor inside step() draws it (into out,
-   which must then differ from x and model_out). DDIM with eta > 0 likewise. DPM++ 2M keeps the
+   which must then differ from x and model_out). DDIM with eta > 0 likewise, and LCM at every
+   step but the last (whose output is its x0_out, the denoised latents). DPM++ 2M keeps the
    previous step's x0 in `history` (n floats of the caller's, untouched between steps, not
    overlapping the other buffers); the other kinds ignore it (may be NULL). */
 SD_API int sd_sampler_step(sd_sampler *smp, int k, const float *x, const float *model_out, size_t n,
@@ -520,10 +546,15 @@ SD_API int sd_sampler_step(sd_sampler *smp, int k, const float *x, const float *
                            float *x0_out, sd_error *err);
 
 /* img2img: the clean latents x0 noised to the level of step k, where the run then starts
-   (k from sd_img2img_start), as the sampler's scheduler.add_noise: DDIM sqrt(a)·x0 +
+   (k from sd_img2img_start), as the sampler's scheduler.add_noise: DDIM and LCM sqrt(a)·x0 +
    sqrt(1-a)·noise, Euler x0 + sigma·noise, DPM++ the latter times 1/sqrt(sigma² + 1). */
 SD_API int sd_sampler_add_noise(const sd_sampler *smp, int k, const float *x0, const float *noise,
                                 size_t n, float *out, sd_error *err);
+
+/* LCM's boundary-condition scalings at timestep t (consistency models' c_skip and c_out with
+   sigma_data 0.5, the timestep scaled by 10 as LCMScheduler does): the step's denoised latents
+   are c_out·x0 + c_skip·x, so that t = 0 gives x itself. */
+SD_API void sd_lcm_scalings(float t, float *c_skip, float *c_out);
 
 /* What a model is made of: one single-file checkpoint, or the safetensors files of a diffusers
    folder (unet, vae and text_encoder files, in any order), plus CLIP's merges.txt. The bytes stay
@@ -564,8 +595,46 @@ typedef struct sd_model_info {
     int text_width, text_layers;   /* context width (SDXL: both encoders'), first encoder's layers */
     int unet_in_channels;   /* 4, or 9 for inpainting and 8 for InstructPix2Pix models */
     float vae_scale;
+    int guidance_dim;   /* > 0: an LCM-distilled UNet (sd_unet_guidance_dim): the guidance scale is an
+                           input, a generation runs no unconditional pass and reads no negative prompt */
 } sd_model_info;
 SD_API void sd_model_get_info(const sd_model *model, sd_model_info *info);
+
+/* Textual inversion (Gal et al. 2022): an embedding file holds learned vectors that a word of the
+   prompt stands for. Formats: AUTOMATIC1111's (`emb_params` [n, width], or `string_to_param.*`
+   as its .pt files convert), SDXL's (`clip_l` [n, 768] for the first text encoder and `clip_g`
+   [n, 1280] for the second), and diffusers' learned_embeds (one tensor named after its token,
+   [width] or [n, width]). The name is the caller's: AUTOMATIC1111 uses the file name without
+   .safetensors (example.c's --embd-dir does).
+   A prompt uses an embedding as AUTOMATIC1111 does: wherever its tokens spell the name's tokens
+   (so case does not matter, "TinyStyle" calls "tinystyle", and only whole words match), the n
+   vectors take n token positions, count towards the chunk's 75 and never straddle two chunks (an
+   embedding that does not fit moves to the next chunk); weights apply as to words. diffusers'
+   load_textual_inversion differs: its tokens match case-sensitively, inside words too. A word
+   that names no embedding is just text. The vectors get ids SD_CLIP_VOCAB_SIZE + 0, 1, ... in
+   file order, as diffusers numbers the tokens it adds. */
+typedef struct sd_embedding_file {
+    const char *name;   /* what a prompt writes to use it (copied) */
+    const void *data;   /* the safetensors bytes, used in place: they must outlive the set */
+    size_t size;
+} sd_embedding_file;
+typedef struct sd_embeddings sd_embeddings;   /* opaque; read-only once loaded, lives in the arena */
+
+/* Arena bytes that are enough for sd_embeddings_load of these files (a bound from the header sizes). */
+SD_API size_t sd_embeddings_arena_bytes(const sd_embedding_file *files, int count);
+/* Opens the files for `model`, checking each vector's width against its text encoder (an error
+   names the embedding and the tensor); the model itself is not touched, so threads may use
+   different sets with one model. Hand the set to sd_params.embeddings. */
+SD_API int sd_embeddings_load(sd_embeddings **set, const sd_model *model, const sd_embedding_file *files, int count,
+                              sd_arena *a, sd_error *err);
+/* The stages with a set: sd_prompt_chunks for text encoder `encoder` (0, or 1: SDXL's second) of
+   the set's model, embedding names becoming vector ids; and in *te that encoder's description
+   with the set's vectors as its extra tokens (nothing is copied but the description), for
+   sd_text_encode of those ids. */
+SD_API int sd_embeddings_prompt_chunks(const sd_embeddings *set, int encoder, const char *text, size_t size, int weighting,
+                                       int comma_wrap, int min_chunks, int32_t **ids, float **weights, int *chunks,
+                                       sd_arena *a, sd_error *err);
+SD_API int sd_embeddings_text_encoder(const sd_embeddings *set, int encoder, sd_text_encoder *te, sd_error *err);
 
 /* One generation. sd_params_init() fills the defaults; change what you need. */
 typedef struct sd_params {
@@ -576,9 +645,10 @@ typedef struct sd_params {
                          plain chunks of 75 tokens (sd_prompt_chunks) */
     int width, height;   /* pixels, multiples of 8 (default 512 x 512) */
     int steps;   /* default 20 */
-    float guidance;   /* classifier-free guidance scale, default 7.5; <= 1: no unconditional pass (diffusers) */
+    float guidance;   /* classifier-free guidance scale, default 7.5; <= 1: no unconditional pass (diffusers);
+                         an LCM-distilled model takes it as an input instead (w = guidance - 1) */
     uint64_t seed;   /* torch.manual_seed(seed): the same noise diffusers draws on the CPU */
-    int sampler;   /* SD_SAMPLER_DDIM (default), _EULER, _EULER_A, _DPMPP_2M */
+    int sampler;   /* SD_SAMPLER_DDIM (default), _EULER, _EULER_A, _DPMPP_2M, _LCM */
     int karras;   /* DPM++ 2M: Karras et al.'s sigmas (rho 7) instead of the training schedule's */
     int spacing;   /* -1 (default): the model's scheduler config, else SDXL's leading, else diffusers'
                       class default (DDIM leading, the others linspace); or SD_SPACING_LEADING /
@@ -610,8 +680,9 @@ typedef struct sd_params {
     const float *posterior_noise;   /* optional img2img noise for the VAE posterior sample */
     const float *noise;   /* optional img2img noise added at the start timestep */
     const float *masked_image_noise;   /* optional inpainting noise for the masked image's posterior sample */
-    const float *step_noise;   /* optional [steps, 4, h/8, w/8]: the noise Euler a (and DDIM with
-                                  eta > 0) adds at each step, instead of draws from the seed */
+    const float *step_noise;   /* optional [steps, 4, h/8, w/8]: the noise Euler a, LCM (and DDIM
+                                  with eta > 0) add at each step, instead of draws from the seed */
+    const sd_embeddings *embeddings;   /* textual inversion: a set loaded for this model, or NULL */
     float *latents_out;   /* optional: the final latents [1, 4, h/8, w/8] */
     float *image_out;   /* optional: the decoded image [1, 3, h, w] before clamping */
     int (*progress)(void *user, int step, int steps);   /* non-zero return cancels */
@@ -5713,8 +5784,9 @@ SD_API int sd_text_encode(const sd_text_encoder *te, const int32_t *ids, int n_p
    saved at its size (the skip connections). Every ResNet block adds a projection of the
    timestep's sinusoidal embedding. SDXL (Podell et al. 2023) is the same description with no
    attention at the first level, deeper transformers (2 and 10 blocks) and a second embedding,
-   of the pooled text and the image sizes, added to the time embedding. Activations are NHWC
-   inside; the API speaks NCHW. */
+   of the pooled text and the image sizes, added to the time embedding. An LCM-distilled UNet
+   (Luo et al. 2023) adds a projection of the guidance scale's embedding to the sinusoidal one.
+   Activations are NHWC inside; the API speaks NCHW. */
 
 #define UNET_MAX_LEVELS 6
 #define UNET_MAX_RESNETS 4                     /* per up level (one more than per down level) */
@@ -5768,6 +5840,8 @@ struct sd_unet_model {
     const sd_tensor *time1_w, *time1_b, *time2_w, *time2_b;
     int add_dim;                                /* SDXL: width of y (pooled text + size embeddings); 0 otherwise */
     const sd_tensor *add1_w, *add1_b, *add2_w, *add2_b;
+    int guidance_dim;                           /* LCM: width of the guidance embedding; 0 otherwise */
+    const sd_tensor *cond_proj_w;               /* LCM: time_embedding.cond_proj [model_channels, guidance_dim] */
     const sd_tensor *conv_in_w, *conv_in_b, *norm_out_w, *norm_out_b, *conv_out_w, *conv_out_b;
     unet_level level[UNET_MAX_LEVELS];
     unet_resnet mid[2];
@@ -6014,6 +6088,15 @@ static void describe_unet(weights *w, sd_unet_model *u, const sd_safetensors *me
         u->add2_w = need(w, u->time_dim, u->time_dim, 0, 0, "%s.weight", l2);
         u->add2_b = need(w, u->time_dim, 0, 0, 0, "%s.bias", l2);
     }
+    /* LCM: the guidance embedding's projection onto the sinusoid, no bias. Single files keep
+       diffusers' name under the prefix (the conversion script has no rule for it). */
+    if (weights_find(w, "time_embedding.cond_proj.weight")) {
+        u->cond_proj_w = need(w, u->model_channels, -1, 0, 0, "time_embedding.cond_proj.weight");
+        u->guidance_dim = unet_dim(w, u->cond_proj_w, 1);
+        if (!w->failed && u->guidance_dim < 4)
+            w->failed = fail(w->err, SD_ERR_UNSUPPORTED, "tensor '%s': a guidance embedding %d wide, expected at least 4",
+                             u->cond_proj_w->name, u->guidance_dim);
+    }
 
     /* resnets per level (counted at level 0), then levels */
     while (u->resnets < UNET_MAX_RESNETS && unet_has(w, unet_part(p, sizeof p, w, u, UNET_DOWN_RES, 0, u->resnets), conv1)) u->resnets++;
@@ -6142,6 +6225,7 @@ typedef struct unet_run {
     const float *context;       /* [B, context_len, context_dim] */
     int context_len;
     const float *y;             /* SDXL's added conditioning [B, add_dim], or NULL */
+    const float *guidance;      /* LCM's guidance embedding [B, guidance_dim], or NULL */
     float *temb;                /* SiLU(time embedding) [B, time_dim]: what every resnet takes */
     float *h;                   /* the middle and up path's activation [B, H, W, C] */
     int H, W, C;
@@ -6262,8 +6346,8 @@ static void spatial_transformer(unet_run *r, const unet_transformer *t, float *x
     sd_arena_reset(r->a, mark);
 }
 
-/* Sinusoidal embedding of each batch item's timestep → linear–SiLU–linear; SDXL adds its y
-   through a second linear–SiLU–linear. */
+/* Sinusoidal embedding of each batch item's timestep (LCM: plus the projected guidance
+   embedding) → linear–SiLU–linear; SDXL adds its y through a second linear–SiLU–linear. */
 static void unet_time_embedding(unet_run *r, const float *timesteps)
 {
     const sd_unet_model *u = r->u;
@@ -6274,6 +6358,13 @@ static void unet_time_embedding(unet_run *r, const float *timesteps)
     if (!hid) return;
     for (int b = 0; b < B && !r->pool->measure; b++) timestep_embedding(f + (size_t)b * C0, timesteps[b], C0);
     run_probe(r, "time_proj", -1, f, 1, 1, C0);
+    if (u->guidance_dim) {
+        float *g = run_alloc(r, (size_t)B * C0);
+        if (!g) return;
+        linear(r->pool, g, r->guidance, B, C0, u->guidance_dim, u->cond_proj_w, NULL);
+        run_probe(r, "time_embedding.cond_proj", -1, g, 1, 1, C0);
+        add(r->pool, f, g, (size_t)B * C0);
+    }
     linear(r->pool, hid, f, B, T, C0, u->time1_w, u->time1_b);
     silu(r->pool, hid, (size_t)B * T);
     linear(r->pool, temb, hid, B, T, T, u->time2_w, u->time2_b);
@@ -6433,7 +6524,7 @@ static int unet_forward(const sd_unet_model *u, const float *x, const float *tim
     unet_run r;
     memset(&r, 0, sizeof r);
     r.u = u; r.pool = pool; r.a = a; r.err = err; r.B = batch;
-    r.context = cond->context; r.context_len = cond->context_len; r.y = cond->y;
+    r.context = cond->context; r.context_len = cond->context_len; r.y = cond->y; r.guidance = cond->guidance;
     r.probe = probe; r.probe_user = probe_user;
 
     unet_time_embedding(&r, timesteps);
@@ -6452,7 +6543,7 @@ SD_API size_t sd_unet_arena_bytes(const sd_unet_model *unet, int batch, int h, i
     sd_pool pool;
     if (!unet || batch < 1 || h < 1 || w < 1 || (int64_t)batch * h * w > UNET_MAX_POSITIONS ||
         context_len < 1 || context_len > UNET_MAX_CONTEXT) return (size_t)-1;
-    sd_unet_cond cond = {dummy_floats(), context_len, unet->add_dim ? dummy_floats() : NULL};
+    sd_unet_cond cond = {dummy_floats(), context_len, unet->add_dim ? dummy_floats() : NULL, unet->guidance_dim ? dummy_floats() : NULL};
     arena_measure(&m);
     pool_measure(&pool);
     if (unet_forward(unet, dummy_floats(), dummy_floats(), &cond, batch, h, w, dummy_floats(), &pool, &m, NULL, NULL, NULL))
@@ -6474,6 +6565,11 @@ SD_API int sd_unet(const sd_unet_model *unet, const float *x, const float *times
     if (!unet->add_dim != !cond->y)
         return fail(err, SD_ERR_ARG, unet->add_dim ? "sd_unet: this SDXL UNet needs y, the pooled text and size conditioning"
                                                    : "sd_unet: y given, but this UNet has no added conditioning");
+    if (!unet->guidance_dim != !cond->guidance)
+        return unet->guidance_dim ? fail(err, SD_ERR_ARG, "sd_unet: this UNet is LCM-distilled (tensor '%s' [%d, %d]): it needs "
+                                         "cond->guidance, sd_guidance_embedding(guidance scale - 1) per batch item",
+                                         unet->cond_proj_w->name, unet->model_channels, unet->guidance_dim)
+                                  : fail(err, SD_ERR_ARG, "sd_unet: a guidance embedding given, but this UNet has no time_embedding.cond_proj");
     need = sd_unet_arena_bytes(unet, batch, h, w, cond->context_len);
     left = a->size - a->used;
     if (need > left)
@@ -6486,6 +6582,22 @@ SD_API int sd_unet(const sd_unet_model *unet, const float *x, const float *times
 }
 
 SD_API int sd_unet_add_dim(const sd_unet_model *unet) { return unet ? unet->add_dim : 0; }
+SD_API int sd_unet_guidance_dim(const sd_unet_model *unet) { return unet ? unet->guidance_dim : 0; }
+
+/* Like timestep_embedding but as LCM's pipeline writes it: sin first, frequencies over
+   half - 1, the argument scaled by 1000. */
+SD_API void sd_guidance_embedding(float w, int dim, float *out)
+{
+    if (dim < 4 || !out) return;
+    int half = dim / 2;
+    float step = logf(10000.0f) / (float)(half - 1), a = w * 1000.0f;
+    for (int k = 0; k < half; k++) {
+        float arg = a * expf((float)k * -step);
+        out[k] = sinf(arg);
+        out[half + k] = cosf(arg);
+    }
+    if (dim % 2) out[dim - 1] = 0;   /* diffusers pads an odd width with a zero */
+}
 
 /* The width of each size embedding when y = pooled text + six of them (SDXL: (2816 - 1280) / 6
    = 256); 0 when the widths do not add up that way. */
@@ -8178,13 +8290,63 @@ static float dpm_lambda(float sigma)
     return logf(alpha) - logf(sigma * alpha);
 }
 
+/* LCM (Luo et al. 2023, §4.2 and alg. 3): the UNet was distilled to map any point of the
+   probability-flow ODE to its origin, on a skipping schedule of 50 of the training timesteps
+   (every 20th: 999, 979, ..., 19). Inference takes `steps` of those, evenly spaced (numpy's
+   linspace(0, 50, steps, endpoint=False), floored, as LCMScheduler picks them), and at each one
+   predicts the clean latents and noises them afresh down to the next timestep. */
+#define LCM_ORIGINAL_STEPS 50
+#define LCM_TIMESTEP_SCALING 10.0
+
+static int lcm_schedule(sd_sampler *smp, const sd_schedule *s, sd_error *err)
+{
+    int n = smp->steps, every = s->num_train_timesteps / LCM_ORIGINAL_STEPS;
+    if (every < 1 || n > LCM_ORIGINAL_STEPS)
+        return fail(err, SD_ERR_ARG, "sampler: LCM takes 1..%d steps of a schedule of %d or more training timesteps, not %d of %d",
+                    LCM_ORIGINAL_STEPS, LCM_ORIGINAL_STEPS, n, s->num_train_timesteps);
+    for (int k = 0; k < n; k++) {
+        int index = (int)floor(k * ((double)LCM_ORIGINAL_STEPS / n));   /* into the 50, largest first */
+        smp->timesteps[k] = (float)((LCM_ORIGINAL_STEPS - index) * every - 1);
+    }
+    return SD_OK;
+}
+
+SD_API void sd_lcm_scalings(float t, float *c_skip, float *c_out)
+{
+    double u = LCM_TIMESTEP_SCALING * t, sigma_data2 = 0.25;
+    if (c_skip) *c_skip = (float)(sigma_data2 / (u * u + sigma_data2));
+    if (c_out) *c_out = (float)(u / sqrt(u * u + sigma_data2));
+}
+
+/* One LCM step: x0 from the UNet's output as DDIM reads it, the consistency function's output
+   denoised = c_out·x0 + c_skip·x (at these timesteps c_skip < 1e-5: nearly x0 itself), then
+   unless this is the last step, denoised noised to the next timestep with fresh noise. */
+static void lcm_step(const sd_sampler *smp, int k, const float *x, const float *m, size_t n, const float *noise,
+                     float *out, float *denoised_out)
+{
+    const sd_schedule *s = smp->schedule;
+    int t = (int)smp->timesteps[k], last = k + 1 == smp->steps;
+    float a_t = s->alphas_cumprod[t], sa = sqrtf(a_t), sb = sqrtf(1.0f - a_t), c_skip, c_out;
+    float a_next = last ? a_t : s->alphas_cumprod[(int)smp->timesteps[k + 1]], sa_next = sqrtf(a_next), sb_next = sqrtf(1.0f - a_next);
+    sd_lcm_scalings((float)t, &c_skip, &c_out);
+    for (size_t i = 0; i < n; i++) {
+        float x0 = smp->prediction == SD_PREDICT_EPSILON ? (x[i] - sb * m[i]) / sa : sa * x[i] - sb * m[i];
+        float denoised = c_out * x0 + c_skip * x[i];
+        if (denoised_out) denoised_out[i] = denoised;
+        out[i] = last ? denoised : sa_next * denoised + sb_next * noise[i];
+    }
+}
+
 /* The timesteps and sigmas of the run. Everything but Euler's linspace and Karras is integral and
-   is DDIM's spacing rule; DPM-Solver spreads steps + 1 points and drops the last (leading, linspace). */
+   is DDIM's spacing rule (LCM: its own); DPM-Solver spreads steps + 1 points and drops the last
+   (leading, linspace). */
 static int sampler_schedule(sd_sampler *smp, const sd_schedule *s, int spacing, int steps_offset, sd_error *err)
 {
     int T = s->num_train_timesteps, n = smp->steps, ts[SD_MAX_TRAIN_TIMESTEPS], rc;
     int euler = smp->kind == SD_SAMPLER_EULER || smp->kind == SD_SAMPLER_EULER_A;
-    if (smp->kind == SD_SAMPLER_DPMPP_2M && smp->karras) {
+    if (smp->kind == SD_SAMPLER_LCM) {
+        if ((rc = lcm_schedule(smp, s, err))) return rc;
+    } else if (smp->kind == SD_SAMPLER_DPMPP_2M && smp->karras) {
         karras_schedule(smp, s);
     } else if (euler && spacing == SD_SPACING_LINSPACE) {   /* float32 and fractional: 999, 799.2, ... */
         for (int k = 0; k < n; k++) smp->timesteps[k] = (float)linspace_from_top(T, n, k);
@@ -8211,10 +8373,10 @@ static int sampler_schedule(sd_sampler *smp, const sd_schedule *s, int spacing, 
 SD_API int sd_sampler_init(sd_sampler *smp, const sd_schedule *s, int kind, int steps, int spacing,
                            int steps_offset, int karras, int prediction, float eta, sd_error *err)
 {
-    static const char *names[] = { "DDIM", "Euler", "Euler a", "DPM++ 2M" };
+    static const char *names[] = { "DDIM", "Euler", "Euler a", "DPM++ 2M", "LCM" };
     if (!smp || !s) return fail(err, SD_ERR_ARG, "sampler: NULL argument");
     int T = s->num_train_timesteps;
-    if (kind < SD_SAMPLER_DDIM || kind > SD_SAMPLER_DPMPP_2M) return fail(err, SD_ERR_ARG, "sampler: unknown kind %d", kind);
+    if (kind < SD_SAMPLER_DDIM || kind > SD_SAMPLER_LCM) return fail(err, SD_ERR_ARG, "sampler: unknown kind %d", kind);
     if (T < 2 || T > SD_MAX_TRAIN_TIMESTEPS) return fail(err, SD_ERR_ARG, "sampler: schedule of %d training timesteps, expected 2..%d", T, SD_MAX_TRAIN_TIMESTEPS);
     if (steps < 1 || steps > T) return fail(err, SD_ERR_ARG, "sampler: %d steps, expected 1..%d", steps, T);
     if (spacing != SD_SPACING_LEADING && spacing != SD_SPACING_TRAILING && spacing != SD_SPACING_LINSPACE)
@@ -8326,6 +8488,16 @@ SD_API int sd_sampler_step(sd_sampler *smp, int k, const float *x, const float *
         dpm_step(smp, k, x, model_out, n, history, out, x0_out);
         return SD_OK;
     }
+    if (smp->kind == SD_SAMPLER_LCM) {
+        if (k + 1 < smp->steps && !noise) {   /* diffusers' step() draws at every step but the last */
+            if (!rng) return fail(err, SD_ERR_ARG, "sampler step: LCM needs noise or a generator before its last step");
+            if (out == x || out == model_out) return fail(err, SD_ERR_ARG, "sampler step: drawing LCM's noise into out would overwrite its input");
+            sd_randn(rng, out, n);
+            noise = out;
+        }
+        lcm_step(smp, k, x, model_out, n, noise, out, x0_out);
+        return SD_OK;
+    }
     float sigma = smp->sigmas[k], sigma_next = smp->sigmas[k + 1], sigma_up = 0, sigma_down = sigma_next;
     if (smp->kind == SD_SAMPLER_EULER_A) {
         if (!noise && !rng) return fail(err, SD_ERR_ARG, "sampler step: Euler a needs noise or a generator");
@@ -8349,7 +8521,7 @@ SD_API int sd_sampler_add_noise(const sd_sampler *smp, int k, const float *x0, c
 {
     if (!smp || !smp->schedule || !x0 || !noise || !out) return fail(err, SD_ERR_ARG, "sampler add noise: NULL argument");
     if (k < 0 || k >= smp->steps) return fail(err, SD_ERR_ARG, "sampler add noise: step %d of %d steps", k, smp->steps);
-    if (smp->kind == SD_SAMPLER_DDIM) return sd_add_noise(smp->schedule, (int)smp->timesteps[k], x0, noise, n, out, err);
+    if (smp->kind == SD_SAMPLER_DDIM || smp->kind == SD_SAMPLER_LCM) return sd_add_noise(smp->schedule, (int)smp->timesteps[k], x0, noise, n, out, err);
     float sigma = smp->sigmas[k];
     if (smp->kind == SD_SAMPLER_DPMPP_2M) {   /* variance preserving: alpha·x0 + sigma·alpha·noise */
         float alpha = vp_alpha(sigma), sigma_t = sigma * alpha;
@@ -8535,6 +8707,7 @@ static int model_load(sd_model *m, const sd_source *src, sd_arena *a, sd_error *
     in->text_layers = m->te[0].layers;
     in->unet_in_channels = m->unet->in_channels;
     in->vae_scale = sd_vae_get_config(m->vae)->scaling_factor;
+    in->guidance_dim = m->unet->guidance_dim;
     /* SD1's tokenizer pads with <|endoftext|>, OpenCLIP's (SD2, SDXL's second) with "!" (id 0),
        unless the metadata says otherwise */
     m->pad[0] = in->version == 2 ? SD_CLIP_PAD_EXCLAMATION : SD_CLIP_PAD_EOS;
@@ -8635,9 +8808,10 @@ static int guide_mode(const sd_model *m, const sd_params *p)
 
 /* The UNet's batch: 1, or 2 with classifier-free guidance (unconditional row first), or
    InstructPix2Pix's 3 (text + image, image only, neither), which diffusers runs only when
-   guidance > 1 and image_guidance >= 1. */
+   guidance > 1 and image_guidance >= 1. An LCM-distilled UNet is guided by its input: 1. */
 static int batch_rows(const sd_model *m, const sd_params *p)
 {
+    if (m->unet->guidance_dim) return 1;
     if (guide_mode(m, p) == GUIDE_IP2P) return p->guidance > 1.0f && p->image_guidance >= 1.0f ? 3 : 1;
     return p->guidance > 1.0f ? 2 : 1;
 }
@@ -9027,8 +9201,11 @@ static int generate(const sd_model *m, const sd_params *p, sd_arena *a, uint8_t 
     if ((rc = count_chunks(m, p, B, &C, a, err))) goto done;
     float *ctx = arena_floats(a, (size_t)B * C * SD_TEXT_TOKENS * m->context_dim, err);
     float *y = add ? arena_floats(a, (size_t)B * add, err) : NULL;
-    sd_unet_cond cond = {ctx, C * SD_TEXT_TOKENS, y};
-    if (!ctx || (add && !y)) { rc = SD_ERR_MEMORY; goto done; }
+    int gd = m->unet->guidance_dim;   /* LCM: the guidance scale as the UNet's input */
+    float *guidance = gd ? arena_floats(a, (size_t)B * gd, err) : NULL;
+    sd_unet_cond cond = {ctx, C * SD_TEXT_TOKENS, y, guidance};
+    if (!ctx || (add && !y) || (gd && !guidance)) { rc = SD_ERR_MEMORY; goto done; }
+    for (int b = 0; b < B && gd && !pool.measure; b++) sd_guidance_embedding(p->guidance - 1.0f, gd, guidance + (size_t)b * gd);
     if ((rc = encode_text(m, p, B, C, ctx, y, &pool, a, err))) goto done;
     for (int i = 0; i < (pool.measure ? 1 : p->batch_count) && !rc; i++) {
         sd_rng rng;

@@ -119,11 +119,13 @@ static void golden_close(golden_file *g)
     free(g);
 }
 
-/* Whether a file in a model's golden folder is a whole-pipeline golden (txt2img_*, img2img_*). */
+/* Whether a file in a model's golden folder is a whole-pipeline golden (txt2img_*, img2img_*,
+   and LCM's lcm_txt2img_*, lcm_pipeline_*). */
 static int is_pipeline_golden(const char *name)
 {
     size_t len = strlen(name);
-    return (!strncmp(name, "txt2img_", 8) || !strncmp(name, "img2img_", 8)) && len > 12 && !strcmp(name + len - 12, ".safetensors");
+    return (!strncmp(name, "txt2img_", 8) || !strncmp(name, "img2img_", 8) || !strncmp(name, "lcm_txt2img_", 12) ||
+            !strncmp(name, "lcm_pipeline_", 13)) && len > 12 && !strcmp(name + len - 12, ".safetensors");
 }
 
 /* A named F32 tensor of a golden file (fails the test and returns NULL if missing). */
@@ -1051,7 +1053,8 @@ static int sampler_kind_from_class(const char *cls)
     return !cls || !strcmp(cls, "DDIMScheduler") ? SD_SAMPLER_DDIM
          : !strcmp(cls, "EulerDiscreteScheduler") ? SD_SAMPLER_EULER
          : !strcmp(cls, "EulerAncestralDiscreteScheduler") ? SD_SAMPLER_EULER_A
-         : !strcmp(cls, "DPMSolverMultistepScheduler") ? SD_SAMPLER_DPMPP_2M : -1;
+         : !strcmp(cls, "DPMSolverMultistepScheduler") ? SD_SAMPLER_DPMPP_2M
+         : !strcmp(cls, "LCMScheduler") ? SD_SAMPLER_LCM : -1;
 }
 
 /* A JSON boolean of the config, or dflt when absent. */
@@ -1081,6 +1084,12 @@ static const char *sampler_config_unsupported(int kind, const char *cfg)
         if (config_flag(cfg, "thresholding", 0)) return "thresholding";
         json j;   /* a finite lambda_min_clipped cuts the top timesteps (cosine schedules) */
         if (config_find(&j, cfg, "lambda_min_clipped") && strncmp(j.p, "\"-inf\"", 6) && strncmp(j.p, "-Infinity", 9)) return "lambda_min_clipped";
+    }
+    if (kind == SD_SAMPLER_LCM) {   /* sd.h's LCM is the released models' schedule */
+        if (config_number(cfg, "original_inference_steps", 50) != 50) return "original_inference_steps";
+        if (config_number(cfg, "timestep_scaling", 10) != 10) return "timestep_scaling";
+        if (config_flag(cfg, "thresholding", 0)) return "thresholding";
+        if (config_flag(cfg, "clip_sample", 0)) return "clip_sample";
     }
     return NULL;
 }
@@ -1206,6 +1215,78 @@ static void check_sampler_ddim_step(golden_file *g, const ddim_config *c, const 
     free(out);
 }
 
+/* LCMScheduler's file (README §11.4): the boundary scalings at given timesteps, each n-step
+   schedule with its scalings, and the n-step sequences of both prediction types from the given
+   model outputs and per-step noise: each step from diffusers' sample, then the chain from ours. */
+static void check_lcm_scheduler(golden_file *g, const ddim_config *c)
+{
+    char name[160], what[1300];
+    sd_sampler smp;
+    sd_error err;
+    int64_t n, m;
+    const float *want;
+    if ((want = golden_f32(g, "alphas_cumprod", &n)) && CHECK(n == c->s.num_train_timesteps, "%s: alphas_cumprod size", g->path))
+        check_close("lcm alphas_cumprod", c->s.alphas_cumprod, want, n, 2e-6);
+    const sd_tensor *bt = golden_i64(g, "boundary.timesteps");
+    const float *bskip = golden_f32(g, "boundary.c_skip", NULL), *bout = golden_f32(g, "boundary.c_out", NULL);
+    if (bt && bskip && bout && sd_tensor_numel(bt) <= 64) {
+        float skip[64], out[64];
+        for (int64_t i = 0; i < sd_tensor_numel(bt); i++) sd_lcm_scalings((float)golden_i64_at(bt, i), &skip[i], &out[i]);
+        check_close("lcm boundary.c_skip", skip, bskip, sd_tensor_numel(bt), 2e-6);
+        check_close("lcm boundary.c_out", out, bout, sd_tensor_numel(bt), 2e-6);
+        CHECK(skip[0] == 1 && out[0] == 0 && golden_i64_at(bt, 0) == 0, "lcm: at t = 0 c_skip %g, c_out %g: the step must return x", skip[0], out[0]);
+    }
+    for (int i = 0; i < g->st.count; i++) {
+        const sd_tensor *t = &g->st.tensors[i];
+        char pt[32];
+        int steps, len = 0;
+        if (sscanf(t->name, "timesteps.%d%n", &steps, &len) == 1 && len && !t->name[len]) {
+            float skip[64], out[64];
+            snprintf(what, sizeof what, "%s %s", g->path, t->name);
+            if (!CHECK(steps <= 64 && !sd_sampler_init(&smp, &c->s, SD_SAMPLER_LCM, steps, c->spacing, c->steps_offset, 0, c->prediction, 0, &err),
+                       "%s: %s", what, err.message)) continue;
+            check_sampler_timesteps(what, &smp, t);
+            for (int k = 0; k < steps; k++) sd_lcm_scalings(smp.timesteps[k], &skip[k], &out[k]);
+            snprintf(name, sizeof name, "c_skip.%d", steps);
+            if ((want = golden_f32(g, name, &m)) && CHECK(m == steps, "%s: %s size", g->path, name)) check_close(name, skip, want, m, 2e-6);
+            snprintf(name, sizeof name, "c_out.%d", steps);
+            if ((want = golden_f32(g, name, &m)) && CHECK(m == steps, "%s: %s size", g->path, name)) check_close(name, out, want, m, 2e-6);
+            continue;
+        }
+        if (sscanf(t->name, "seq%d.%31[a-z_].step0.prev_sample%n", &steps, pt, &len) != 2 || !len || t->name[len]) continue;
+        int prediction = !strcmp(pt, "epsilon") ? SD_PREDICT_EPSILON : !strcmp(pt, "v_prediction") ? SD_PREDICT_V : -1;
+        const float *initial = golden_f32(g, "seq.initial_sample", &n);
+        if (!CHECK(prediction >= 0 && steps >= 1 && steps <= 50, "%s: %s: unknown prediction or steps", g->path, t->name) || !initial) continue;
+        float *buf = (float *)malloc((size_t)n * 3 * sizeof(float)), *x = buf, *out = buf + n, *denoised = buf + 2 * n;
+        /* pass 0: single steps from diffusers' samples (2e-6); pass 1: the chain from ours (1e-5) */
+        for (int pass = 0; pass < 2; pass++) {
+            double tol = pass ? 1e-5 : 2e-6;
+            if (!CHECK(!sd_sampler_init(&smp, &c->s, SD_SAMPLER_LCM, steps, c->spacing, c->steps_offset, 0, prediction, 0, &err), "%s: %s", g->path, err.message)) break;
+            memcpy(x, initial, (size_t)n * sizeof(float));
+            for (int k = 0; k < steps; k++) {
+                const float *model, *noise = NULL, *want_prev, *want_denoised;
+                snprintf(name, sizeof name, "seq.step%d.model_output", k);
+                if (!(model = golden_f32(g, name, &m)) || !CHECK(m == n, "%s %s: size", g->path, name)) break;
+                snprintf(name, sizeof name, "seq.step%d.noise", k);
+                if (k + 1 < steps && !(noise = golden_f32(g, name, NULL))) break;
+                snprintf(name, sizeof name, "seq%d.%s.step%d.prev_sample", steps, pt, k);
+                want_prev = golden_f32(g, name, NULL);
+                snprintf(name, sizeof name, "seq%d.%s.step%d.denoised", steps, pt, k);
+                want_denoised = golden_f32(g, name, NULL);
+                if (!want_prev || !want_denoised) break;
+                if (!CHECK(!sd_sampler_step(&smp, k, x, model, (size_t)n, noise, NULL, NULL, out, denoised, &err), "%s: %s", g->path, err.message)) break;
+                snprintf(what, sizeof what, "%s seq%d %s step%d prev_sample (%s, t=%g)", g->path, steps, pt, k, pass ? "chained" : "single", smp.timesteps[k]);
+                check_close(what, out, want_prev, n, tol);
+                snprintf(what, sizeof what, "%s seq%d %s step%d denoised (%s)", g->path, steps, pt, k, pass ? "chained" : "single");
+                check_close(what, denoised, want_denoised, n, tol);
+                CHECK(k + 1 < steps || !memcmp(out, denoised, (size_t)n * sizeof(float)), "%s seq%d: the last step is not its denoised latents", g->path, steps);
+                memcpy(x, pass ? out : want_prev, (size_t)n * sizeof(float));
+            }
+        }
+        free(buf);
+    }
+}
+
 static void check_sampler_file(const char *rel)
 {
     golden_file *g = golden_open(rel);
@@ -1216,6 +1297,7 @@ static void check_sampler_file(const char *rel)
     if (kind < 0) { printf("note: %s: scheduler class %s not implemented, skipped\n", g->path, cls); goto done; }
     if (!CHECK(cfg, "%s: no config in metadata", g->path) || !ddim_config_from_json(&c, cfg, g->path)) goto done;
     if ((why = sampler_config_unsupported(kind, cfg))) { printf("note: %s: config %s not implemented, skipped\n", g->path, why); goto done; }
+    if (kind == SD_SAMPLER_LCM) { check_lcm_scheduler(g, &c); goto done; }
     int karras = config_flag(cfg, "use_karras_sigmas", 0);
     json j;
     if (kind != SD_SAMPLER_DDIM && !config_find(&j, cfg, "timestep_spacing")) c.spacing = SD_SPACING_LINSPACE;   /* their default */
@@ -1266,9 +1348,10 @@ static void test_sampler_goldens(void)
     closedir(dir);
 }
 
-/* The sampler's part of a pipeline golden that uses Euler, Euler a or DPM++ (DDIM ones are
+/* The sampler's part of a pipeline golden that uses Euler, Euler a, DPM++ or LCM (DDIM ones are
    check_ddim_pipeline's): timesteps, sigmas, init_noise_sigma, the initial latents, and per step
-   the UNet's scaled input, the guidance and the step from diffusers' inputs — no model needed. */
+   the UNet's scaled input, the guidance (when the golden ran two halves) and the step from
+   diffusers' inputs — no model needed. */
 static void check_sampler_pipeline(const char *rel)
 {
     golden_file *g = golden_open(rel);
@@ -1293,11 +1376,11 @@ static void check_sampler_pipeline(const char *rel)
                "%s: %s", g->path, err.message)) goto done;
     snprintf(what, sizeof what, "%s timesteps", rel);
     check_sampler_timesteps(what, &smp, sd_safetensors_find(&g->st, "timesteps"));
-    const float *want = golden_f32(g, "sigmas", &m);
+    const float *want = kind != SD_SAMPLER_LCM ? golden_f32(g, "sigmas", &m) : NULL;   /* LCM's golden has none */
     snprintf(what, sizeof what, "%s sigmas", rel);
     if (want && CHECK(m == steps + 1, "%s: %lld values", what, (long long)m)) check_close(what, smp.sigmas, want, m, 2e-6);
     snprintf(what, sizeof what, "%s init_noise_sigma", rel);
-    if ((want = golden_f32(g, "init_noise_sigma", NULL))) check_close(what, &smp.init_noise_sigma, want, 1, 2e-6);
+    if (kind != SD_SAMPLER_LCM && (want = golden_f32(g, "init_noise_sigma", NULL))) check_close(what, &smp.init_noise_sigma, want, 1, 2e-6);
     const float *initial = golden_f32(g, "initial_latents", &n), *x = golden_f32(g, "latents_in", &m);
     if (!initial || !x || !CHECK(m == n, "%s: latents_in size", g->path)) goto done;
     float *buf = (float *)malloc((size_t)n * 4 * sizeof(float)), *out = buf, *x0 = buf + n, *history = buf + 2 * n, *eps = buf + 3 * n;
@@ -1305,31 +1388,33 @@ static void check_sampler_pipeline(const char *rel)
     snprintf(what, sizeof what, "%s latents_in (initial_latents · init_noise_sigma)", rel);
     check_close(what, out, x, n, 2e-6);
     for (int k = 0; k < steps; k++) {
-        const float *unet, *noise_pred, *scaled, *latents_out, *x0_want, *noise = NULL;
+        const float *unet, *noise_pred, *scaled = NULL, *latents_out, *x0_want = NULL, *noise = NULL;
         snprintf(name, sizeof name, "step%d.unet_out", k);
-        if (!(unet = golden_f32(g, name, &m)) || !CHECK(m == 2 * n, "%s: %s is not the two CFG halves", g->path, name)) break;
+        if (!(unet = golden_f32(g, name, &m)) || !CHECK(m == 2 * n || m == n, "%s: %s is neither one prediction nor the two CFG halves", g->path, name)) break;
         snprintf(name, sizeof name, "step%d.noise_pred", k);
-        noise_pred = golden_f32(g, name, NULL);
+        noise_pred = m == n ? unet : golden_f32(g, name, NULL);   /* no CFG (guidance <= 1, LCM models): the UNet's output */
         snprintf(name, sizeof name, "step%d.scaled_input", k);
-        scaled = golden_f32(g, name, NULL);
+        if (kind != SD_SAMPLER_LCM && !(scaled = golden_f32(g, name, NULL))) break;   /* LCM's input scale is 1 */
         snprintf(name, sizeof name, "step%d.latents_out", k);
         latents_out = golden_f32(g, name, NULL);
         snprintf(name, sizeof name, "step%d.noise", k);
-        if (kind == SD_SAMPLER_EULER_A && !(noise = golden_f32(g, name, NULL))) break;
-        snprintf(name, sizeof name, "step%d.pred_original_sample", k);
-        x0_want = sd_safetensors_find(&g->st, name) ? golden_f32(g, name, NULL) : NULL;
-        if (!noise_pred || !scaled || !latents_out) break;
+        if ((kind == SD_SAMPLER_EULER_A || (kind == SD_SAMPLER_LCM && k + 1 < steps)) && !(noise = golden_f32(g, name, NULL))) break;
+        snprintf(name, sizeof name, kind == SD_SAMPLER_LCM ? "step%d.denoised" : "step%d.pred_original_sample", k);
+        if (sd_safetensors_find(&g->st, name)) x0_want = golden_f32(g, name, NULL);
+        if (!noise_pred || !latents_out) break;
         float scale = sd_sampler_input_scale(&smp, k);
-        for (int64_t i = 0; i < n; i++) out[i] = x[i] * scale;
+        for (int64_t i = 0; i < n && scaled; i++) out[i] = x[i] * scale;
         snprintf(what, sizeof what, "%s step%d scaled_input", rel, k);
-        check_close(what, out, scaled, n, 2e-6);
-        sd_guidance(unet, unet + n, guidance, (size_t)n, eps);
-        snprintf(what, sizeof what, "%s step%d noise_pred (guidance %g)", rel, k, guidance);
-        check_close(what, eps, noise_pred, n, 1e-5);
+        if (scaled) check_close(what, out, scaled, n, 2e-6);
+        if (m == 2 * n) {
+            sd_guidance(unet, unet + n, guidance, (size_t)n, eps);
+            snprintf(what, sizeof what, "%s step%d noise_pred (guidance %g)", rel, k, guidance);
+            check_close(what, eps, noise_pred, n, 1e-5);
+        }
         if (!CHECK(!sd_sampler_step(&smp, k, x, noise_pred, (size_t)n, noise, NULL, history, out, x0, &err), "%s: %s", g->path, err.message)) break;
         snprintf(what, sizeof what, "%s step%d latents_out (t=%g)", rel, k, smp.timesteps[k]);
         check_close(what, out, latents_out, n, 2e-6);
-        snprintf(what, sizeof what, "%s step%d pred_original_sample", rel, k);
+        snprintf(what, sizeof what, "%s step%d %s", rel, k, kind == SD_SAMPLER_LCM ? "denoised" : "pred_original_sample");
         if (x0_want) check_close(what, x0, x0_want, n, 2e-6);
         x = latents_out;   /* the next step starts from diffusers' latents */
     }
@@ -1355,7 +1440,9 @@ static void test_sampler_errors(const sd_schedule *s)
     BAD(sd_sampler_init(NULL, s, SD_SAMPLER_EULER, 10, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "NULL sampler");
     BAD(sd_sampler_init(&smp, NULL, SD_SAMPLER_EULER, 10, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "NULL schedule");
     BAD(sd_sampler_init(&smp, &blank, SD_SAMPLER_EULER, 10, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "a blank schedule");
-    BAD(sd_sampler_init(&smp, s, SD_SAMPLER_DPMPP_2M + 1, 10, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "an unknown kind");
+    BAD(sd_sampler_init(&smp, s, SD_SAMPLER_LCM + 1, 10, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "an unknown kind");
+    BAD(sd_sampler_init(&smp, s, SD_SAMPLER_LCM, 51, SD_SPACING_LEADING, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "51 LCM steps (of 50 distilled)");
+    BAD(sd_sampler_init(&smp, s, SD_SAMPLER_LCM, 4, SD_SPACING_LEADING, 1, 1, SD_PREDICT_EPSILON, 0, &err), SD_ERR_UNSUPPORTED, "Karras with LCM");
     BAD(sd_sampler_init(&smp, s, -1, 10, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "kind -1");
     BAD(sd_sampler_init(&smp, s, SD_SAMPLER_EULER, 0, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "0 steps");
     BAD(sd_sampler_init(&smp, s, SD_SAMPLER_EULER, 1001, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "1001 steps");
@@ -1393,32 +1480,39 @@ static void test_sampler_errors(const sd_schedule *s)
           "sampler: input scale outside the steps, for DPM++ or at sigma 14.6 is off");
 }
 
-/* Euler a: noise drawn from the generator = the same torch.randn draw given, every step, the last too. */
-static void test_sampler_euler_a_noise(const sd_schedule *s)
+/* Noise drawn from the generator = the same torch.randn draws given: Euler a draws at every step,
+   the last too; LCM at every step but the last (its last needs neither noise nor generator). */
+static void test_sampler_step_noise(const sd_schedule *s)
 {
     enum { N = 40 };
-    sd_sampler a, b;
-    sd_rng r1, r2;
-    sd_error err;
-    float x[N], e[N], noise[N], out1[N], out2[N], after1, after2;
-    for (int i = 0; i < N; i++) { x[i] = (float)i / 8 - 2.5f; e[i] = (float)(i % 7) / 3 - 1; }
-    if (!CHECK(!sd_sampler_init(&a, s, SD_SAMPLER_EULER_A, 3, SD_SPACING_TRAILING, 1, 0, SD_PREDICT_EPSILON, 0, &err) &&
-               !sd_sampler_init(&b, s, SD_SAMPLER_EULER_A, 3, SD_SPACING_TRAILING, 1, 0, SD_PREDICT_EPSILON, 0, &err), "euler a: %s", err.message)) return;
-    sd_rng_seed(&r1, 77);
-    sd_rng_seed(&r2, 77);
-    int same = 1;
-    for (int k = 0; k < 3; k++) {
-        sd_randn(&r2, noise, N);
-        same &= !sd_sampler_step(&a, k, x, e, N, NULL, &r1, NULL, out1, NULL, &err) &&
-                !sd_sampler_step(&b, k, x, e, N, noise, NULL, NULL, out2, NULL, &err) && !memcmp(out1, out2, sizeof out1);
+    static const int kinds[2] = {SD_SAMPLER_EULER_A, SD_SAMPLER_LCM};
+    for (int q = 0; q < 2; q++) {
+        sd_sampler a, b;
+        sd_rng r1, r2;
+        sd_error err;
+        float x[N], e[N], noise[N], out1[N], out2[N], after1, after2;
+        int kind = kinds[q], lcm = kind == SD_SAMPLER_LCM;
+        const char *name = lcm ? "lcm" : "euler a";
+        for (int i = 0; i < N; i++) { x[i] = (float)i / 8 - 2.5f; e[i] = (float)(i % 7) / 3 - 1; }
+        if (!CHECK(!sd_sampler_init(&a, s, kind, 3, SD_SPACING_TRAILING, 1, 0, SD_PREDICT_EPSILON, 0, &err) &&
+                   !sd_sampler_init(&b, s, kind, 3, SD_SPACING_TRAILING, 1, 0, SD_PREDICT_EPSILON, 0, &err), "%s: %s", name, err.message)) continue;
+        sd_rng_seed(&r1, 77);
+        sd_rng_seed(&r2, 77);
+        int same = 1;
+        for (int k = 0; k < 3; k++) {
+            int draws = !lcm || k < 2;
+            if (draws) sd_randn(&r2, noise, N);
+            same &= !sd_sampler_step(&a, k, x, e, N, NULL, draws ? &r1 : NULL, NULL, out1, NULL, &err) &&
+                    !sd_sampler_step(&b, k, x, e, N, draws ? noise : NULL, NULL, NULL, out2, NULL, &err) && !memcmp(out1, out2, sizeof out1);
+        }
+        sd_randn(&r1, &after1, 1);
+        sd_randn(&r2, &after2, 1);
+        CHECK(same && after1 == after2, "%s: generator noise differs from the same draws given, or the steps drew a different count", name);
+        /* fresh noise moves the result (before the last step) */
+        for (int i = 0; i < N; i++) noise[i] = 0;
+        CHECK(!sd_sampler_step(&b, 0, x, e, N, noise, NULL, NULL, out2, NULL, &err) && memcmp(out1, out2, sizeof out1),
+              "%s: the noise has no effect", name);
     }
-    sd_randn(&r1, &after1, 1);
-    sd_randn(&r2, &after2, 1);
-    CHECK(same && after1 == after2, "euler a: generator noise differs from the same draws given, or the last step did not draw");
-    /* fresh noise moves the result (sigma_up > 0 before the last step) */
-    for (int i = 0; i < N; i++) noise[i] = 0;
-    CHECK(!sd_sampler_step(&b, 0, x, e, N, noise, NULL, NULL, out2, NULL, &err) && memcmp(out1, out2, sizeof out1),
-          "euler a: the noise has no effect");
 }
 
 /* img2img: latents noised to step k by sd_sampler_add_noise, denoised by a model that predicts the
@@ -1427,19 +1521,19 @@ static void test_sampler_euler_a_noise(const sd_schedule *s)
 static void test_sampler_img2img(const sd_schedule *s)
 {
     enum { N = 48 };
-    static const char *names[] = { "DDIM", "Euler", "Euler a", "DPM++ 2M" };
+    static const char *names[] = { "DDIM", "Euler", "Euler a", "DPM++ 2M", "LCM" };
     float x0[N], noise[N], xt[N], model[N], out[N], got[N], hist[N], zero[N];
     sd_sampler smp;
     sd_error err;
     for (int i = 0; i < N; i++) { x0[i] = (float)((i * 37) % 17) / 8 - 1; noise[i] = (float)((i * 11) % 13) / 4 - 1.5f; zero[i] = 0; }
-    for (int kind = SD_SAMPLER_DDIM; kind <= SD_SAMPLER_DPMPP_2M; kind++)
+    for (int kind = SD_SAMPLER_DDIM; kind <= SD_SAMPLER_LCM; kind++)
         for (int p = SD_PREDICT_EPSILON; p <= SD_PREDICT_V; p++) {
             int spacing = kind == SD_SAMPLER_DDIM ? SD_SPACING_LEADING : SD_SPACING_LINSPACE, start = -1;
             if (!CHECK(!sd_img2img_start(10, 0.6, &start, &err) &&
                        !sd_sampler_init(&smp, s, kind, 10, spacing, 1, 0, p, 0, &err) &&
                        !sd_sampler_add_noise(&smp, start, x0, noise, N, xt, &err), "img2img %s: %s", names[kind], err.message)) continue;
             /* v = alpha·noise - sigma·alpha·x0 with alpha = sqrt(a_t) = 1/sqrt(sigma² + 1) */
-            float sigma = kind == SD_SAMPLER_DDIM ? s->sigmas[(int)smp.timesteps[start]] : smp.sigmas[start];
+            float sigma = kind == SD_SAMPLER_DDIM || kind == SD_SAMPLER_LCM ? s->sigmas[(int)smp.timesteps[start]] : smp.sigmas[start];
             float alpha = 1.0f / sqrtf(sigma * sigma + 1.0f);
             for (int i = 0; i < N; i++) model[i] = p == SD_PREDICT_EPSILON ? noise[i] : alpha * noise[i] - sigma * alpha * x0[i];
             char what[96];
@@ -1471,7 +1565,7 @@ static void test_samplers(void)
     sd_error err;
     if (!CHECK(!sd_schedule_init(&s, 1000, 0.00085, 0.012, SD_BETA_SCALED_LINEAR, &err), "schedule: %s", err.message)) return;
     test_sampler_errors(&s);
-    test_sampler_euler_a_noise(&s);
+    test_sampler_step_noise(&s);
     test_sampler_img2img(&s);
     test_sampler_dpm_state(&s);
     test_sampler_goldens();
@@ -2503,7 +2597,13 @@ static void unet_run_cases(const sd_unet_model *u, golden_file *g, const char *l
                 pc.checked++;
             }
         }
-        sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, y};
+        /* LCM: the guidance embedding as diffusers computed it (timestep_cond) */
+        snprintf(key, sizeof key, "case%d.timestep_cond", c);
+        const sd_tensor *tcond = sd_safetensors_find(&g->st, key);
+        if (!CHECK(!tcond == !sd_unet_guidance_dim(u) && (!tcond || sd_tensor_numel(tcond) == (int64_t)B * sd_unet_guidance_dim(u)),
+                   "%s: case%d: timestep_cond %s but the UNet's guidance embedding is %d wide", g->path, c, tcond ? "given" : "absent",
+                   sd_unet_guidance_dim(u))) { free(y); continue; }
+        sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, y, tcond ? golden_f32(g, key, NULL) : NULL};
 
         /* exactly the advertised arena bytes suffice, and all of them are used */
         size_t need = sd_unet_arena_bytes(u, B, h, w, SD_TEXT_TOKENS);
@@ -2557,7 +2657,9 @@ static void unet_check_odd_size(const sd_unet_model *u, const float *context, sd
     sd_error err = {0, ""};
     float *y = (float *)calloc((size_t)sd_unet_add_dim(u) + 1, sizeof(float));   /* SDXL: some added conditioning */
     for (int i = 0; i < sd_unet_add_dim(u); i++) y[i] = (float)(i % 7) / 7.0f;
-    sd_unet_cond cond = {context, SD_TEXT_TOKENS, sd_unet_add_dim(u) ? y : NULL};
+    float *guidance = (float *)calloc((size_t)sd_unet_guidance_dim(u) + 1, sizeof(float));   /* LCM: guidance 8 */
+    sd_guidance_embedding(7.0f, sd_unet_guidance_dim(u), guidance);
+    sd_unet_cond cond = {context, SD_TEXT_TOKENS, sd_unet_add_dim(u) ? y : NULL, sd_unet_guidance_dim(u) ? guidance : NULL};
     if (CHECK(sd_unet(u, x, &t, &cond, 1, h, w, out, pool, &a, &err) == SD_OK, "%s at %dx%d: %s", label, h, w, err.message)) {
         int finite = 1;
         for (int i = 0; i < u->out_channels * h * w; i++) finite &= out[i] == out[i] && fabsf(out[i]) < 1e6f;
@@ -2567,6 +2669,7 @@ static void unet_check_odd_size(const sd_unet_model *u, const float *context, sd
     free(out);
     free(x);
     free(y);
+    free(guidance);
 }
 
 /* Reverses the shape of tensor `name` in a safetensors header in place (same length), or renames
@@ -2713,7 +2816,7 @@ static void test_unet(void)
         unsigned char mem[256];
         sd_arena a;
         sd_arena_init(&a, mem, sizeof mem);
-        sd_unet_cond cond = {&x, SD_TEXT_TOKENS, NULL};
+        sd_unet_cond cond = {&x, SD_TEXT_TOKENS, NULL, NULL};
         CHECK(sd_unet(NULL, &x, &x, &cond, 2, 8, 8, &x, &pool, &a, &err) == SD_ERR_ARG, "sd_unet(NULL model) should be SD_ERR_ARG");
         CHECK(sd_unet_arena_bytes(NULL, 2, 8, 8, SD_TEXT_TOKENS) == (size_t)-1, "sd_unet_arena_bytes(NULL) should be SIZE_MAX");
     }
@@ -4414,7 +4517,7 @@ static int run_golden(const sd_model *m, golden_file *g, int threads, int vae_ti
         const char *v = sd_safetensors_meta(&g->st, sizes[i]);
         if (v) CHECK(sscanf(v, "[%d, %d]", &dst[i][0], &dst[i][1]) == 2, "%s: %s = '%s'", g->path, sizes[i], v);
     }
-    /* Euler a's per-step noise, given */
+    /* the per-step noise of Euler a and LCM (which draws none at its last step), given */
     float *step_noise = NULL;
     if (sd_safetensors_find(&g->st, "step0.noise")) {
         int64_t n = 0;
@@ -4423,7 +4526,7 @@ static int run_golden(const sd_model *m, golden_file *g, int threads, int vae_ti
         for (int k = 0; k < p.steps; k++) {
             char key[64];
             snprintf(key, sizeof key, "step%d.noise", k);
-            const float *v = golden_f32(g, key, &n);
+            const float *v = sd_safetensors_find(&g->st, key) ? golden_f32(g, key, &n) : NULL;
             if (v && CHECK((size_t)n == lat, "%s: %s size", g->path, key)) memcpy(step_noise + (size_t)k * lat, v, lat * sizeof(float));
         }
         p.step_noise = step_noise;
@@ -4818,6 +4921,151 @@ static void test_pipeline(void)
     closedir(top);
     CHECK(models > 0 || !file_exists(merges_path), "pipeline: no model found under %s", golden_dir);
     printf("pipeline: %d models, %d pipeline goldens run end to end\n", models, pipelines_checked);
+}
+
+/* ---- textual inversion and LCM (golden README §11.3-11.6) --------------------------------- */
+/* The LCM scheduler's goldens run with the other samplers' (check_lcm_scheduler), the LCM
+   pipelines with the other pipelines (run_golden); here: the LCM UNet against lcm_unet (with
+   diffusers' guidance embedding and with ours), its errors and its diffusers key, and the
+   textual-inversion goldens, formats and errors. */
+
+/* An LCM UNet: every case of GOLDEN/name/lcm_unet.safetensors with diffusers' timestep_cond
+   (unet_run_cases, debug stages included), then sd_guidance_embedding against timestep_cond
+   (~1e-3 absolute, README §11.5: float32 sin of arguments up to 7000) and the UNet's output
+   with our embedding. */
+static void lcm_unet_goldens(const sd_unet_model *u, golden_file *g, const char *label, sd_pool *pool)
+{
+    int gd = sd_unet_guidance_dim(u);
+    char key[64], what[400];
+    unet_run_cases(u, g, label, pool);
+    for (int c = 0;; c++) {
+        int64_t nw, nc, nout;
+        snprintf(key, sizeof key, "case%d.w", c);
+        if (!sd_safetensors_find(&g->st, key)) break;
+        const float *w = golden_f32(g, key, &nw), *want_cond, *want, *ctx;
+        snprintf(key, sizeof key, "case%d.timestep_cond", c);
+        want_cond = golden_f32(g, key, &nc);
+        snprintf(key, sizeof key, "case%d.out", c);
+        want = golden_f32(g, key, &nout);
+        snprintf(key, sizeof key, "case%d.x", c);
+        const sd_tensor *tx = sd_safetensors_find(&g->st, key);
+        snprintf(key, sizeof key, "case%d.context", c);
+        ctx = golden_f32(g, key, NULL);
+        snprintf(key, sizeof key, "case%d.timesteps", c);
+        const sd_tensor *tt = golden_i64(g, key);
+        if (!w || !want_cond || !want || !tx || !ctx || !tt || !CHECK(nc == nw * gd && tx->ndim == 4 && tx->shape[0] == nw, "%s: case%d shapes", g->path, c)) continue;
+        int B = (int)nw, h = (int)tx->shape[2], wd = (int)tx->shape[3];
+        float *emb = (float *)malloc((size_t)nc * sizeof(float)), *out = (float *)malloc((size_t)nout * sizeof(float)), t[16];
+        double worst = 0;
+        for (int b = 0; b < B && b < 16; b++) {
+            sd_guidance_embedding(w[b], gd, emb + (size_t)b * gd);
+            t[b] = (float)golden_i64_at(tt, b);
+        }
+        for (int64_t i = 0; i < nc; i++) worst = fmax(worst, fabs((double)emb[i] - want_cond[i]));
+        CHECK(worst <= 1e-3, "%s case%d: sd_guidance_embedding is %.3g from timestep_cond (1e-3 allowed)", label, c, worst);
+        sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, NULL, emb};
+        sd_arena *a = test_arena(sd_unet_arena_bytes(u, B, h, wd, SD_TEXT_TOKENS));
+        sd_error err;
+        if (CHECK(B <= 16 && sd_unet(u, (const float *)tx->data, t, &cond, B, h, wd, out, pool, a, &err) == SD_OK, "%s case%d: %s", label, c, err.message)) {
+            snprintf(what, sizeof what, "%s case%d.out with our guidance embedding", label, c);
+            check_close(what, out, want, nout, 2e-5);
+        }
+        /* without the embedding: a clear error naming the tensor, and the model works after it */
+        cond.guidance = NULL;
+        int rc = sd_unet(u, (const float *)tx->data, t, &cond, B, h, wd, out, pool, a, &err);
+        CHECK(rc == SD_ERR_ARG && strstr(err.message, "time_embedding.cond_proj.weight") && a->used == 0,
+              "%s: an LCM UNet without its guidance embedding: rc %d, '%s'", label, rc, err.message);
+        cond.guidance = emb;
+        CHECK(sd_unet(u, (const float *)tx->data, t, &cond, B, h, wd, out, pool, a, &err) == SD_OK, "%s: after the error: %s", label, err.message);
+        free_arena(a);
+        free(emb);
+        free(out);
+    }
+    const float *ctx = golden_f32(g, "case0.context", NULL);
+    if (ctx) unet_check_odd_size(u, ctx, pool, label);
+}
+
+/* The guidance projection under its diffusers name too: the LCM model's cond_proj beside
+   tiny-sd1's UNet in both layouts (a second file holding just that tensor) gives the same
+   output, which differs from the plain UNet's. */
+static void lcm_unet_layouts(const sd_tensor *cond_proj, sd_pool *pool)
+{
+    static const char *const parts[2] = {"models/tiny-sd1-fp16.safetensors", "models/tiny-sd1-diffusers/unet/diffusion_pytorch_model.safetensors"};
+    static const char *const keys[2] = {"model.diffusion_model.time_embedding.cond_proj.weight", "time_embedding.cond_proj.weight"};
+    enum { H = 8, W = 8 };
+    float x[4 * H * W], ctx[SD_TEXT_TOKENS * 32], out[3][4 * H * W], t = 499, emb[1024];
+    int ran = 0;
+    if (cond_proj->ndim != 2 || cond_proj->shape[1] > 1024 || cond_proj->shape[0] != 32) return;
+    for (int i = 0; i < 4 * H * W; i++) x[i] = (float)((i * 7919) % 1000) / 500.0f - 1.0f;
+    for (int i = 0; i < SD_TEXT_TOKENS * 32; i++) ctx[i] = (float)((i * 104729) % 997) / 500.0f - 1.0f;
+    sd_guidance_embedding(7.0f, (int)cond_proj->shape[1], emb);
+    for (int k = 0; k < 3; k++) {
+        char path[1200], header[400];
+        size_t size, extra_size;
+        snprintf(path, sizeof path, "%s/%s", golden_dir, parts[k % 2]);
+        unsigned char *bytes = read_file(path, &size);
+        if (!bytes) { printf("note: %s absent, the LCM layout check skipped\n", path); return; }
+        snprintf(header, sizeof header, "{\"%s\":{\"dtype\":\"%s\",\"shape\":[%lld,%lld],\"data_offsets\":[0,%zu]}}", keys[k % 2],
+                 sd_dtype_name(cond_proj->dtype), (long long)cond_proj->shape[0], (long long)cond_proj->shape[1], cond_proj->nbytes);
+        unsigned char *extra = make_file(header, cond_proj->data, cond_proj->nbytes, &extra_size);
+        sd_arena *a = test_arena(1u << 24);
+        sd_safetensors st[2];
+        sd_unet_model *u;
+        sd_error err;
+        int plain = k == 2;   /* k 2: the diffusers file alone */
+        if (CHECK(!sd_safetensors_open(&st[0], bytes, size, a, &err) && !sd_safetensors_open(&st[1], extra, extra_size, a, &err) &&
+                  !sd_unet_load(&u, st, plain ? 1 : 2, NULL, a, &err), "%s + %s: %s", parts[k % 2], keys[k % 2], err.message) &&
+            CHECK(sd_unet_guidance_dim(u) == (plain ? 0 : (int)cond_proj->shape[1]), "%s: guidance width %d", parts[k % 2], sd_unet_guidance_dim(u))) {
+            sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, NULL, plain ? NULL : emb};
+            ran += CHECK(sd_unet(u, x, &t, &cond, 1, H, W, out[k], pool, a, &err) == SD_OK, "%s: %s", parts[k % 2], err.message);
+        }
+        free_arena(a);
+        free(extra);
+        free(bytes);
+    }
+    CHECK(ran == 3 && !memcmp(out[0], out[1], sizeof out[0]) && memcmp(out[1], out[2], sizeof out[1]),
+          "lcm: cond_proj under the single-file and the diffusers name differ, or has no effect");
+}
+
+static void test_lcm(void)
+{
+    DIR *top = opendir(golden_dir);
+    struct dirent *d;
+    sd_arena *pa = test_arena(pool_arena_bytes(1) + 64);
+    sd_pool pool;
+    sd_error err;
+    int found = 0;
+    if (!top || !CHECK(pool_init(&pool, 1, pa, &err) == SD_OK, "pool: %s", err.message)) { if (top) closedir(top); free_arena(pa); return; }
+    while ((d = readdir(top))) {   /* each NAME with NAME/lcm_unet.safetensors and models/NAME[-fp16].safetensors */
+        char rel[600], path[1200], label[300];
+        if (d->d_name[0] == '.' || strlen(d->d_name) > 256) continue;
+        snprintf(rel, sizeof rel, "%s/lcm_unet.safetensors", d->d_name);
+        snprintf(path, sizeof path, "%s/%s", golden_dir, rel);
+        if (!file_exists(path)) continue;
+        snprintf(path, sizeof path, "%s/models/%s-fp16.safetensors", golden_dir, d->d_name);
+        if (!file_exists(path)) snprintf(path, sizeof path, "%s/models/%s.safetensors", golden_dir, d->d_name);
+        size_t size;
+        unsigned char *bytes = read_file(path, &size);
+        golden_file *g = golden_open(rel);
+        sd_arena *a = test_arena(1u << 24);
+        sd_safetensors st;
+        sd_unet_model *u;
+        snprintf(label, sizeof label, "lcm unet %s", d->d_name);
+        if (CHECK(bytes && g, "%s: no model %s", rel, path) && CHECK(!sd_safetensors_open(&st, bytes, size, a, &err) && !sd_unet_load(&u, &st, 1, NULL, a, &err),
+                                                                     "%s: %s", path, err.message) &&
+            CHECK(sd_unet_guidance_dim(u) > 0, "%s: no guidance embedding (time_cond_proj_dim)", path)) {
+            found++;
+            lcm_unet_goldens(u, g, label, &pool);
+            if (found == 1) lcm_unet_layouts(sd_safetensors_find(&st, "model.diffusion_model.time_embedding.cond_proj.weight"), &pool);
+        }
+        free_arena(a);
+        free(bytes);
+        golden_close(g);
+    }
+    closedir(top);
+    if (!found) printf("note: no lcm_unet golden with its model under %s, the LCM UNet checks skipped\n", golden_dir);
+    pool_free(&pool);
+    free_arena(pa);
 }
 
 /* example.c's image files: round trips, the golden init images, PNGs made by python's zlib
@@ -5237,6 +5485,7 @@ int main(int argc, char **argv)
     test_unet();
     test_vae();
     test_pipeline();
+    test_lcm();
     test_png();
     test_cli();
     printf("%d passed, %d failed\n", n_pass, n_fail);

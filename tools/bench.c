@@ -760,7 +760,7 @@ static int bench_unet(const bench_options *o, bench_model *m, int size, int thre
     a.peak = a.used;
     for (int r = 0; r < o->runs; r++) {
         double t0 = now();
-        sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, ydim ? y : NULL};
+        sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, ydim ? y : NULL, NULL};
         if (sd_unet(m->unet, x, ts, &cond, B, size, size, out, &pool, &a, &err)) {
             fprintf(stderr, "unet size=%d batch=%d threads=%d: %s\n", size, B, threads, err.message);
             return 1;
