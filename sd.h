@@ -696,7 +696,8 @@ SD_API void sd_params_init(sd_params *p);
 /* Arena bytes sd_generate needs with these parameters (0 if they are invalid): allocate once,
    and the generation never fails midway for lack of memory. Exact but for the text: memory is
    planned for the most chunks of 75 tokens the prompts' lengths allow (a chunk per 50 bytes of
-   ASCII, 25 of other text, and per "BREAK"), so long prompts reserve a few MB they may not use. */
+   ASCII, 25 of other text, and per "BREAK"; fewer bytes with embeddings whose names are shorter
+   than their vectors), so long prompts reserve a few MB they may not use. */
 SD_API size_t sd_generate_arena_bytes(const sd_model *model, const sd_params *p);
 
 /* Prompt in, RGB8 pixels out (rgb_out: batch_count x height x width x 3). Checks the
@@ -5199,9 +5200,43 @@ SD_API int sd_prompt_parse(const sd_clip_vocab *v, const char *text, size_t size
     return SD_OK;
 }
 
+/* Textual inversion in the prompt, as AUTOMATIC1111's EmbeddingDatabase finds embeddings: by
+   the token ids of their names (tokenized like the prompt, per text encoder, since SDXL's second
+   tokenizer reads '!' differently), longest name first, at any token of a run of text. A match
+   puts the embedding's vectors, as ids from SD_CLIP_VOCAB_SIZE up, where the name's tokens were.
+   The set is loaded in section 10 (it needs the model). */
+typedef struct ti_embedding {
+    const char *name;
+    int vectors;                 /* token positions it takes, 1..75 */
+    int32_t first_id;            /* SD_CLIP_VOCAB_SIZE + the index of its first vector in the set */
+    const int32_t *name_ids[2];  /* the name's tokens for text encoder 0 and 1 */
+    int name_len[2];
+} ti_embedding;
+
+struct sd_embeddings {
+    const sd_model *model;       /* the model they were checked against */
+    ti_embedding *items;         /* in file order */
+    int count, total;            /* embeddings, and their vectors together */
+    const sd_tensor *vectors[2]; /* per text encoder: [total] views of one vector each */
+    int growth, widest;          /* for planning: the most vectors per name token (rounded up), the most of one embedding */
+};
+
+/* The embedding whose name's tokens (for encoder e) start at tok[i], the longest such; NULL if none. */
+static const ti_embedding *embedding_at(const sd_embeddings *set, int e, const int32_t *tok, size_t n, size_t i)
+{
+    const ti_embedding *best = NULL;
+    for (int j = 0; set && j < set->count; j++) {
+        const ti_embedding *x = &set->items[j];
+        size_t len = (size_t)x->name_len[e];
+        if (len <= n - i && (!best || len > (size_t)best->name_len[e]) && !memcmp(tok + i, x->name_ids[e], len * sizeof(int32_t)))
+            best = x;
+    }
+    return best;
+}
+
 /* Chunks of 77 ids as tokenize_line builds them: tokens go into the open chunk, which is closed
    (framed and padded) when a token finds it full, at a BREAK, and at the end if it holds tokens
-   or is the only one. `ids` NULL only counts. */
+   or is the only one; an embedding's vectors go in together. `ids` NULL only counts. */
 typedef struct prompt_packer {
     int32_t tok[75];
     float weight[75];
@@ -5209,6 +5244,8 @@ typedef struct prompt_packer {
     int32_t comma, pad;
     int32_t *ids;
     float *weights;
+    const sd_embeddings *set;    /* textual inversion (may be NULL), for text encoder `encoder` */
+    int encoder;
 } prompt_packer;
 
 static int prompt_close_chunk(prompt_packer *k, sd_error *err)
@@ -5233,7 +5270,9 @@ static int prompt_close_chunk(prompt_packer *k, sd_error *err)
     return SD_OK;
 }
 
-static int prompt_add_token(prompt_packer *k, int32_t id, float weight, sd_error *err)
+/* What tokenize_line does with a token before it goes in: note a comma; when the chunk is full,
+   move the words after a recent comma to the next chunk (comma_wrap), or else start the next. */
+static int prompt_make_room(prompt_packer *k, int32_t id, sd_error *err)
 {
     int rc;
     if (id == k->comma) k->last_comma = k->n;
@@ -5247,8 +5286,29 @@ static int prompt_add_token(prompt_packer *k, int32_t id, float weight, sd_error
         k->n = moved;
     }
     if (k->n == 75 && (rc = prompt_close_chunk(k, err))) return rc;
+    return SD_OK;
+}
+
+static int prompt_add_token(prompt_packer *k, int32_t id, float weight, sd_error *err)
+{
+    int rc = prompt_make_room(k, id, err);
+    if (rc) return rc;
     k->tok[k->n] = id;
     k->weight[k->n++] = weight;
+    return SD_OK;
+}
+
+/* An embedding at a token whose name starts there: that token is seen as any token is, then the
+   vectors go in together, in the next chunk if this one has no room for all of them. */
+static int prompt_add_embedding(prompt_packer *k, int32_t first_token, const ti_embedding *x, float weight, sd_error *err)
+{
+    int rc = prompt_make_room(k, first_token, err);
+    if (!rc && k->n + x->vectors > 75) rc = prompt_close_chunk(k, err);
+    if (rc) return rc;
+    for (int v = 0; v < x->vectors; v++) {
+        k->tok[k->n] = x->first_id + v;
+        k->weight[k->n++] = weight;
+    }
     return SD_OK;
 }
 
@@ -5279,8 +5339,12 @@ static int prompt_pack(const sd_clip_vocab *v, const char *text, size_t size, sd
         if (runs[r].chunk_break && (rc = prompt_close_chunk(k, err))) goto done;
         if ((rc = sd_clip_token_ids(v, runs[r].text, runs[r].size, pad, tok, cap, &n, a, err))) goto done;
         if (n >= cap) { rc = fail(err, SD_ERR_ARG, "prompt: more than %d chunks of 75 tokens", SD_PROMPT_MAX_CHUNKS); goto done; }
-        for (size_t t = 0; t < n; t++)
-            if ((rc = prompt_add_token(k, tok[t], (float)runs[r].weight, err))) goto done;
+        for (size_t t = 0; t < n && !rc; ) {
+            const ti_embedding *x = embedding_at(k->set, k->encoder, tok, n, t);
+            if (x) rc = prompt_add_embedding(k, tok[t], x, (float)runs[r].weight, err), t += (size_t)x->name_len[k->encoder];
+            else rc = prompt_add_token(k, tok[t++], (float)runs[r].weight, err);
+        }
+        if (rc) goto done;
     }
     if (k->n || !k->chunks) rc = prompt_close_chunk(k, err);
 done:
@@ -5296,9 +5360,10 @@ SD_API size_t sd_prompt_arena_bytes(size_t text_size)
     return 2 * out + tok + parse + sd_clip_scratch_bytes(text_size > 1 ? text_size : 1);
 }
 
-SD_API int sd_prompt_chunks(const sd_clip_vocab *v, const char *text, size_t size, sd_clip_pad pad, int weighting,
-                            int comma_wrap, int min_chunks, int32_t **ids, float **weights, int *chunks,
-                            sd_arena *a, sd_error *err)
+/* sd_prompt_chunks, reading the names of `set` (may be NULL) as text encoder e's embeddings. */
+static int prompt_chunks_with(const sd_clip_vocab *v, const sd_embeddings *set, int e, const char *text, size_t size,
+                              sd_clip_pad pad, int weighting, int comma_wrap, int min_chunks, int32_t **ids, float **weights,
+                              int *chunks, sd_arena *a, sd_error *err)
 {
     prompt_packer k;
     size_t mark;
@@ -5317,6 +5382,8 @@ SD_API int sd_prompt_chunks(const sd_clip_vocab *v, const char *text, size_t siz
     memset(&k, 0, sizeof k);
     k.comma_wrap = comma_wrap;
     k.last_comma = -1;
+    k.set = set;
+    k.encoder = e;
     if ((rc = prompt_pack(v, text, size, pad, weighting, &k, a, err))) return rc;
     total = k.chunks > min_chunks ? k.chunks : min_chunks;
     mark = sd_arena_mark(a);
@@ -5330,6 +5397,8 @@ SD_API int sd_prompt_chunks(const sd_clip_vocab *v, const char *text, size_t siz
     memset(&k, 0, sizeof k);
     k.comma_wrap = comma_wrap;
     k.last_comma = -1;
+    k.set = set;
+    k.encoder = e;
     k.ids = *ids;
     k.weights = weights ? *weights : NULL;
     if ((rc = prompt_pack(v, text, size, pad, weighting, &k, a, err))) {
@@ -5341,6 +5410,13 @@ SD_API int sd_prompt_chunks(const sd_clip_vocab *v, const char *text, size_t siz
     for (c = k.chunks; c < total; c++) prompt_close_chunk(&k, err);   /* the chunks of "" */
     *chunks = total;
     return SD_OK;
+}
+
+SD_API int sd_prompt_chunks(const sd_clip_vocab *v, const char *text, size_t size, sd_clip_pad pad, int weighting,
+                            int comma_wrap, int min_chunks, int32_t **ids, float **weights, int *chunks,
+                            sd_arena *a, sd_error *err)
+{
+    return prompt_chunks_with(v, NULL, 0, text, size, pad, weighting, comma_wrap, min_chunks, ids, weights, chunks, a, err);
 }
 
 SD_API void sd_prompt_weight(float *context, const float *weights, int tokens, int width)
@@ -5672,30 +5748,40 @@ static int clip_layers(const sd_text_encoder *te, float *x, int n, int from, int
     return SD_OK;
 }
 
+/* Whether id is a row of the token table, or (textual inversion) one of the extra vectors. */
+static int token_known(const sd_text_encoder *te, int32_t id)
+{
+    return (id >= 0 && id < te->vocab) || (id >= SD_CLIP_VOCAB_SIZE && id - SD_CLIP_VOCAB_SIZE < te->extra_token_count);
+}
+
 static int check_ids(const sd_text_encoder *te, const int32_t *ids, int n_prompts, sd_error *err)
 {
     for (int i = 0; i < n_prompts * SD_TEXT_TOKENS; i++)
-        if (ids[i] < 0 || ids[i] >= te->vocab)
-            return fail(err, SD_ERR_ARG, "text encoder: token id %ld at prompt %d, position %d is outside the vocabulary (0..%d)",
-                        (long)ids[i], i / SD_TEXT_TOKENS, i % SD_TEXT_TOKENS, te->vocab - 1);
+        if (!token_known(te, ids[i]))
+            return fail(err, SD_ERR_ARG, "text encoder: token id %ld at prompt %d, position %d is outside the vocabulary (0..%d)%s",
+                        (long)ids[i], i / SD_TEXT_TOKENS, i % SD_TEXT_TOKENS, te->vocab - 1,
+                        te->extra_token_count ? " and the embeddings' vectors" : "");
     return SD_OK;
 }
 
-/* Token embedding + learned position embedding (positions 0..76, whatever position_ids say). */
+/* Token embedding (a row of the table, or an embedding file's learned vector) + learned position
+   embedding (positions 0..76, whatever position_ids say). */
 static void clip_embed(const sd_text_encoder *te, const int32_t *ids, int n_prompts, float *out, sd_pool *pool)
 {
     int D = te->width;
     if (pool->measure) return;
     for (int i = 0; i < n_prompts * SD_TEXT_TOKENS; i++) {
         float *x = out + (size_t)i * D;
-        weight_row(&te->token_embedding, ids[i], D, x);
+        if (ids[i] < te->vocab) weight_row(&te->token_embedding, ids[i], D, x);
+        else weight_row(&te->extra_tokens[ids[i] - SD_CLIP_VOCAB_SIZE], 0, D, x);
         for (int c = 0; c < D; c++) x[c] += tensor_get(&te->position_embedding, (size_t)(i % SD_TEXT_TOKENS) * D + c);
     }
 }
 
 /* SDXL's pooled text embedding: the last layer's final-LayerNorm state at each prompt's
-   end-of-text token (the highest id: CLIP's argmax rule, 49407 comes last in the vocabulary),
-   projected. last [n_prompts, 77, width] is the last layer's output. */
+   end-of-text token (the highest id: CLIP's argmax rule, 49407 comes last in the vocabulary;
+   embedding vectors, numbered after it, are passed over as AUTOMATIC1111 and SGM, which give
+   them ordinary ids, do), projected. last [n_prompts, 77, width] is the last layer's output. */
 static void clip_pool(const sd_text_encoder *te, const int32_t *ids, int n_prompts, float *last, float *pooled, sd_pool *pool)
 {
     int D = te->width;
@@ -5703,7 +5789,7 @@ static void clip_pool(const sd_text_encoder *te, const int32_t *ids, int n_promp
     for (int b = 0; b < n_prompts; b++) {
         const int32_t *row = ids + (size_t)b * SD_TEXT_TOKENS;
         int eos = 0;
-        for (int i = 1; i < SD_TEXT_TOKENS; i++) if (row[i] > row[eos]) eos = i;
+        for (int i = 1; i < SD_TEXT_TOKENS; i++) if (row[i] > row[eos] && row[i] < te->vocab) eos = i;
         float *x = last + ((size_t)b * SD_TEXT_TOKENS + eos) * D, *y = pooled + (size_t)b * te->proj_dim;
         layernorm(pool, x, x, 1, D, &te->final_ln_w, &te->final_ln_b, te->eps);
         for (int j = 0; j < te->proj_dim; j++) {
@@ -8748,19 +8834,23 @@ SD_API int sd_model_load(sd_model **model, const sd_source *src, sd_arena *a, sd
     return SD_OK;
 }
 
+/* Arena bytes enough for sd_safetensors_open of a file, from its header size. Per header byte,
+   the most the tables can take: a metadata pair ("":"", 6 bytes) becomes two 64-byte arena
+   pieces and two pointers (144 bytes, 24 per byte); a tensor entry (at least 48 bytes) a table
+   row, its name and hash slots (about 200). A bad header: the open says what. */
+static size_t header_tables_bound(const void *data, size_t size)
+{
+    const unsigned char *b = (const unsigned char *)data;
+    uint64_t hlen = 0;
+    if (b && size >= 8)
+        for (int k = 7; k >= 0; k--) hlen = hlen << 8 | b[k];
+    return 24 * (size_t)(hlen <= size ? hlen : 0) + 65536;
+}
+
 SD_API size_t sd_model_arena_bytes(const sd_source *src)
 {
-    /* per header byte, the most the tables can take: a metadata pair ("":"", 6 bytes) becomes two
-       64-byte arena pieces and two pointers (144 bytes, 24 per byte); a tensor entry (at least
-       48 bytes) a table row, its name and hash slots (about 200) */
     size_t total = sizeof(sd_model) + sd_clip_vocab_arena_bytes(src ? src->merges_size : 0) + (4u << 20);
-    for (int i = 0; src && i < src->count && i < SD_MAX_FILES; i++) {
-        const unsigned char *b = (const unsigned char *)src->data[i];
-        uint64_t hlen = 0;
-        if (b && src->size[i] >= 8)
-            for (int k = 7; k >= 0; k--) hlen = hlen << 8 | b[k];
-        total += 24 * (size_t)(hlen <= src->size[i] ? hlen : 0) + 65536;   /* a bad header: sd_model_load says what */
-    }
+    for (int i = 0; src && i < src->count && i < SD_MAX_FILES; i++) total += header_tables_bound(src->data[i], src->size[i]);
     return total;
 }
 
@@ -8858,6 +8948,7 @@ static int check_params(const sd_model *m, const sd_params *p, sd_error *err)
     if (!(p->eta >= 0 && p->eta <= 1)) return fail(err, SD_ERR_ARG, "generate: eta %g, expected 0..1", p->eta);
     if (p->vae_tile < 0 || (p->vae_tile > 0 && p->vae_tile < 8))
         return fail(err, SD_ERR_ARG, "generate: vae_tile %d, expected 0 (off) or at least 8 latent pixels", p->vae_tile);
+    if (p->embeddings && p->embeddings->model != m) return fail(err, SD_ERR_ARG, "generate: the embeddings were loaded for another model");
     if (p->init_rgb && !sd_vae_get_config(m->vae)->has_encoder)
         return fail(err, SD_ERR_UNSUPPORTED, "generate: img2img needs a VAE encoder; this checkpoint has only the decoder");
     /* the schedule itself, so that no error waits until after the text encoder has run */
@@ -8873,15 +8964,206 @@ static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 /* Whether the decode goes in tiles: asked for, and the latent larger than one tile. */
 static int tiled_decode(const sd_params *p, int h, int w) { return p->vae_tile > 0 && (h > p->vae_tile || w > p->vae_tile); }
 
+/* ---- textual inversion: the embedding files ---- */
+/* Each file is checked against the model's text encoders and its name tokenized for each; the
+   vectors stay in the caller's bytes, one view per vector, numbered across the files in order. */
+
+#define TI_MAX_EMBEDDINGS 65536
+#define TI_MAX_NAME 1024   /* bytes of a name */
+
+/* The tensor of an embedding file for each text encoder of the model, by the formats' names:
+   SDXL's clip_l and clip_g, A1111's emb_params or string_to_param.*, or diffusers' one tensor. */
+static int embedding_tensors(const sd_safetensors *st, const char *name, int encoders, const sd_tensor **t, sd_error *err)
+{
+    const sd_tensor *l = sd_safetensors_find(st, "clip_l"), *g = sd_safetensors_find(st, "clip_g"), *one;
+    if (l || g) {
+        if (encoders != 2)
+            return fail(err, SD_ERR_SHAPE, "embedding '%s': tensors 'clip_l' and 'clip_g' are for SDXL's two text encoders; this model has one", name);
+        if (!l || !g) return fail(err, SD_ERR_MISSING, "embedding '%s' has tensor '%s' but no '%s'", name, l ? "clip_l" : "clip_g", l ? "clip_g" : "clip_l");
+        t[0] = l;
+        t[1] = g;
+        return SD_OK;
+    }
+    one = sd_safetensors_find(st, "emb_params");
+    for (int i = 0; i < st->count && !one; i++)
+        if (!strncmp(st->tensors[i].name, "string_to_param.", 16)) one = &st->tensors[i];
+    if (!one && st->count == 1) one = &st->tensors[0];   /* diffusers' learned_embeds: named after its token */
+    if (!one)
+        return fail(err, SD_ERR_MISSING, "embedding '%s': no tensor 'emb_params', 'string_to_param.*' or 'clip_l'/'clip_g', and not "
+                    "one tensor alone (the file has %d)", name, st->count);
+    if (encoders == 2)
+        return fail(err, SD_ERR_SHAPE, "embedding '%s': tensor '%s' is for one text encoder; SDXL's two take 'clip_l' and 'clip_g'", name, one->name);
+    t[0] = one;
+    return SD_OK;
+}
+
+/* Tensor t as vectors for text encoder te: [n, width], or [width] for one; *n gets n. */
+static int embedding_vectors(const sd_tensor *t, const sd_text_encoder *te, const char *name, int *n, sd_error *err)
+{
+    int64_t rows = t->ndim == 2 ? t->shape[0] : 1, width = t->ndim >= 1 ? t->shape[t->ndim - 1] : 0;
+    if (t->dtype != SD_F32 && t->dtype != SD_F16 && t->dtype != SD_BF16)
+        return fail(err, SD_ERR_SHAPE, "embedding '%s': tensor '%s' is %s; F32, F16 or BF16 expected", name, t->name, sd_dtype_name(t->dtype));
+    if ((t->ndim != 1 && t->ndim != 2) || width != te->width)
+        return fail(err, SD_ERR_SHAPE, "embedding '%s': tensor '%s' has %d dimensions of which the last is %lld; the text encoder takes "
+                    "vectors [n, %d]", name, t->name, t->ndim, (long long)width, te->width);
+    if (rows < 1 || rows > 75)
+        return fail(err, SD_ERR_UNSUPPORTED, "embedding '%s': tensor '%s' holds %lld vectors; a prompt chunk has room for 1..75",
+                    name, t->name, (long long)rows);
+    *n = (int)rows;
+    return SD_OK;
+}
+
+/* Opens embedding file f (its tables in the arena, which the caller gives back) and checks it
+   against the model's encoders: t[e] gets the tensor for encoder e, *vectors their count. */
+static int embedding_open(const sd_model *m, const sd_embedding_file *f, const sd_tensor **t, int *vectors, sd_arena *a, sd_error *err)
+{
+    sd_safetensors st;
+    int n[2] = {0, 0}, rc = sd_safetensors_open(&st, f->data, f->size, a, err);
+    if (rc) {
+        char why[sizeof err->message];
+        snprintf(why, sizeof why, "%s", err ? err->message : "");
+        return fail(err, rc, "embedding '%.60s': %s", f->name, why);
+    }
+    if ((rc = embedding_tensors(&st, f->name, m->encoders, t, err))) return rc;
+    for (int e = 0; e < m->encoders && !rc; e++) rc = embedding_vectors(t[e], &m->te[e], f->name, &n[e], err);
+    if (!rc && m->encoders == 2 && n[0] != n[1])
+        rc = fail(err, SD_ERR_SHAPE, "embedding '%s': tensor 'clip_l' holds %d vectors, 'clip_g' %d", f->name, n[0], n[1]);
+    *vectors = n[0];
+    return rc;
+}
+
+/* The tokens of f's name for text encoder e, as a prompt's would be (cap may be 0: *len only). */
+static int embedding_name_ids(const sd_model *m, const sd_embedding_file *f, int e, int32_t *ids, int cap, int *len, sd_arena *a, sd_error *err)
+{
+    size_t n;
+    int rc = sd_clip_token_ids(m->vocab, f->name, strlen(f->name), m->pad[e], ids, (size_t)cap, &n, a, err);
+    if (rc) return rc;
+    if (n == 0 || n > 1000) return fail(err, SD_ERR_ARG, "embedding '%s': the name is %zu tokens; a prompt could not name it", f->name, n);
+    *len = (int)n;
+    return SD_OK;
+}
+
+SD_API size_t sd_embeddings_arena_bytes(const sd_embedding_file *files, int count)
+{
+    size_t total = aligned_bytes(sizeof(sd_embeddings)) + aligned_bytes((size_t)(count > 0 ? count : 1) * sizeof(ti_embedding)), scratch = 0;
+    if (count < 0 || count > TI_MAX_EMBEDDINGS || (count && !files)) return 0;
+    total += 2 * aligned_bytes((size_t)75 * (count > 0 ? count : 1) * sizeof(sd_tensor));   /* the vector tables */
+    for (int i = 0; i < count; i++) {
+        size_t len = files[i].name ? strlen(files[i].name) : 0;
+        /* the name, its tokens for two encoders (at most 3 a byte), then the larger scratch */
+        total += aligned_bytes(len + 1) + 2 * aligned_bytes((3 * len + 1) * sizeof(int32_t));
+        scratch = max_size(scratch, max_size(header_tables_bound(files[i].data, files[i].size), sd_clip_scratch_bytes(len)));
+    }
+    return total + scratch;
+}
+
+SD_API int sd_embeddings_load(sd_embeddings **out, const sd_model *m, const sd_embedding_file *files, int count,
+                              sd_arena *a, sd_error *err)
+{
+    if (out) *out = NULL;
+    if (!out || !m || !a || count < 0 || count > TI_MAX_EMBEDDINGS || (count && !files))
+        return fail(err, SD_ERR_ARG, "embeddings: NULL argument or %d files (0..%d)", count, TI_MAX_EMBEDDINGS);
+    size_t mark = sd_arena_mark(a), scratch;
+    sd_embeddings *set = (sd_embeddings *)arena_array(a, 1, sizeof *set, err);
+    ti_embedding *items = set ? (ti_embedding *)arena_array(a, (size_t)(count > 0 ? count : 1), sizeof *items, err) : NULL;
+    const sd_tensor *t[2];
+    sd_tensor *table[2] = {NULL, NULL};
+    int rc = items ? SD_OK : SD_ERR_MEMORY;
+    if (rc) goto done;
+    memset(set, 0, sizeof *set);
+    memset(items, 0, (size_t)(count > 0 ? count : 1) * sizeof *items);
+    set->model = m;
+    set->items = items;
+    set->count = count;
+    set->growth = 1;
+    /* the names and the files' checks, and how many vectors there are */
+    for (int i = 0; i < count && !rc; i++) {
+        const sd_embedding_file *f = &files[i];
+        ti_embedding *x = &items[i];
+        size_t len = f->name ? strlen(f->name) : 0;
+        char *name;
+        if (!len || len > TI_MAX_NAME || !f->data) {
+            rc = fail(err, SD_ERR_ARG, "embedding %d: needs a name of 1..%d bytes and the file's bytes", i, TI_MAX_NAME);
+            break;
+        }
+        if (!(name = (char *)sd_arena_alloc(a, len + 1, err))) { rc = SD_ERR_MEMORY; break; }
+        memcpy(name, f->name, len + 1);
+        x->name = name;
+        scratch = sd_arena_mark(a);
+        rc = embedding_open(m, f, t, &x->vectors, a, err);
+        for (int e = 0; e < m->encoders && !rc; e++) rc = embedding_name_ids(m, f, e, NULL, 0, &x->name_len[e], a, err);
+        sd_arena_reset(a, scratch);
+        if (rc) break;
+        x->first_id = SD_CLIP_VOCAB_SIZE + set->total;
+        set->total += x->vectors;
+        if (x->vectors > set->widest) set->widest = x->vectors;
+        for (int e = 0; e < m->encoders; e++)   /* a name of L tokens becomes n vectors */
+            if ((x->vectors + x->name_len[e] - 1) / x->name_len[e] > set->growth) set->growth = (x->vectors + x->name_len[e] - 1) / x->name_len[e];
+    }
+    /* then the tables: one view per vector, and each name's tokens */
+    for (int e = 0; e < m->encoders && !rc; e++)
+        if (!(set->vectors[e] = table[e] = (sd_tensor *)arena_array(a, (size_t)(set->total > 0 ? set->total : 1), sizeof(sd_tensor), err)))
+            rc = SD_ERR_MEMORY;
+    for (int i = 0; i < count && !rc; i++) {
+        ti_embedding *x = &items[i];
+        int n, len;
+        for (int e = 0; e < m->encoders && !rc; e++) {
+            int32_t *ids = (int32_t *)arena_array(a, (size_t)x->name_len[e], sizeof(int32_t), err);
+            if (!ids) { rc = SD_ERR_MEMORY; break; }
+            rc = embedding_name_ids(m, &files[i], e, ids, x->name_len[e], &len, a, err);
+            x->name_ids[e] = ids;
+        }
+        scratch = sd_arena_mark(a);
+        if (!rc) rc = embedding_open(m, &files[i], t, &n, a, err);
+        for (int e = 0; e < m->encoders && !rc; e++)
+            for (int v = 0; v < x->vectors; v++) {
+                sd_tensor *view = &table[e][x->first_id - SD_CLIP_VOCAB_SIZE + v];
+                *view = t[e]->ndim == 2 ? tensor_rows(t[e], v, 1) : *t[e];
+                view->name = x->name;   /* the file's own tables are given back below */
+            }
+        sd_arena_reset(a, scratch);
+    }
+done:
+    if (rc) { sd_arena_reset(a, mark); return rc; }
+    *out = set;
+    return SD_OK;
+}
+
+SD_API int sd_embeddings_prompt_chunks(const sd_embeddings *set, int encoder, const char *text, size_t size, int weighting,
+                                       int comma_wrap, int min_chunks, int32_t **ids, float **weights, int *chunks,
+                                       sd_arena *a, sd_error *err)
+{
+    if (!set || encoder < 0 || encoder >= set->model->encoders)
+        return fail(err, SD_ERR_ARG, "embeddings prompt chunks: no set, or no text encoder %d", encoder);
+    return prompt_chunks_with(set->model->vocab, set, encoder, text, size, set->model->pad[encoder], weighting, comma_wrap,
+                              min_chunks, ids, weights, chunks, a, err);
+}
+
+SD_API int sd_embeddings_text_encoder(const sd_embeddings *set, int encoder, sd_text_encoder *te, sd_error *err)
+{
+    if (!set || !te || encoder < 0 || encoder >= set->model->encoders)
+        return fail(err, SD_ERR_ARG, "embeddings text encoder: NULL argument, or no text encoder %d", encoder);
+    *te = set->model->te[encoder];
+    te->extra_tokens = set->vectors[encoder];
+    te->extra_token_count = set->total;
+    return SD_OK;
+}
+
 /* The most chunks of 77 tokens a prompt can give, from its length alone, so that memory can be
    planned before tokenizing: a chunk per BREAK, and one per 75 tokens (75 - comma_wrap when
    chunks may end early at a comma). A token takes at least a third of a byte of non-ASCII
    text (NFC turns the 4 bytes of U+1D160 into 12, and those into 9 tokens) and two thirds of
-   a byte of ASCII (whose worst is an HTML entity: "&nGt;", 5 bytes, is 2 characters, 6 bytes). */
-static int prompt_chunk_bound(const char *text, int comma_wrap)
+   a byte of ASCII (whose worst is an HTML entity: "&nGt;", 5 bytes, is 2 characters, 6 bytes).
+   Embeddings: a name's L tokens become n vectors (at most `growth` per token), and a chunk
+   whose room an embedding of n vectors does not find still holds 76 - n. */
+static int prompt_chunk_bound(const char *text, int comma_wrap, const sd_embeddings *set)
 {
     size_t half_tokens = 0, breaks = 0, chunks, per = (size_t)(75 - comma_wrap);   /* the token bound, doubled */
     for (const unsigned char *c = (const unsigned char *)text; c && *c; c++) half_tokens += *c < 0x80 ? 3 : 6;
+    if (set) {
+        half_tokens *= (size_t)set->growth;
+        if (per > (size_t)(76 - set->widest)) per = (size_t)(76 - set->widest);
+    }
     for (const char *s = text; s && (s = strstr(s, "BREAK")) != NULL; s += 5) breaks++;
     chunks = breaks + (half_tokens ? (half_tokens + 2 * per - 1) / (2 * per) : 1);   /* each run between BREAKs wastes less than a chunk */
     return chunks < SD_PROMPT_MAX_CHUNKS ? (int)chunks : SD_PROMPT_MAX_CHUNKS;
@@ -8889,7 +9171,7 @@ static int prompt_chunk_bound(const char *text, int comma_wrap)
 
 static int chunk_bound(const sd_params *p)
 {
-    int c = prompt_chunk_bound(p->prompt, p->comma_wrap), n = prompt_chunk_bound(p->negative_prompt, p->comma_wrap);
+    int c = prompt_chunk_bound(p->prompt, p->comma_wrap, p->embeddings), n = prompt_chunk_bound(p->negative_prompt, p->comma_wrap, p->embeddings);
     return c > n ? c : n;
 }
 
@@ -8917,7 +9199,8 @@ static int prompt_chunks(const sd_model *m, const sd_params *p, const char *text
     int32_t *cids;
     float *cw;
     if (arena_measuring(a)) return prompt_scratch_plan(text, a, err);
-    int got, rc = sd_prompt_chunks(m->vocab, text, strlen(text), m->pad[e], p->weighting, p->comma_wrap, chunks, &cids, &cw, &got, a, err);
+    int got, rc = prompt_chunks_with(m->vocab, p->embeddings, e, text, strlen(text), m->pad[e], p->weighting, p->comma_wrap, chunks,
+                                     &cids, &cw, &got, a, err);
     if (!rc && got != chunks) rc = fail(err, SD_ERR_ARG, "generate: the prompts tokenize to %d chunks, not the %d planned", got, chunks);
     if (!rc) {
         memcpy(ids, cids, (size_t)chunks * SD_TEXT_TOKENS * sizeof *ids);
@@ -8941,15 +9224,16 @@ static int encode_text(const sd_model *m, const sd_params *p, int B, int C, floa
     int rc = SD_OK;
     if (!hidden || (m->encoders == 2 && !pooled)) { rc = SD_ERR_MEMORY; goto done; }
     for (int e = 0; e < m->encoders; e++) {
-        const sd_text_encoder *te = &m->te[e];
+        sd_text_encoder te = m->te[e];   /* with the embeddings' vectors, if any */
+        if (p->embeddings) sd_embeddings_text_encoder(p->embeddings, e, &te, NULL);
         for (int b = 0; b < B && !rc; b++)
             rc = prompt_chunks(m, p, batch_text(p, B, b), e, C, ids + (size_t)b * C * SD_TEXT_TOKENS, weights + (size_t)b * C * SD_TEXT_TOKENS, a, err);
-        if (rc || (rc = sd_text_encode(te, ids, B * C, p->clip_skip, hidden, e == 1 ? pooled : NULL, pool, a, err))) goto done;
+        if (rc || (rc = sd_text_encode(&te, ids, B * C, p->clip_skip, hidden, e == 1 ? pooled : NULL, pool, a, err))) goto done;
         if (pool->measure) continue;
         for (int c = 0; c < B * C; c++)
-            sd_prompt_weight(hidden + (size_t)c * SD_TEXT_TOKENS * te->width, weights + (size_t)c * SD_TEXT_TOKENS, SD_TEXT_TOKENS, te->width);
-        for (size_t r = 0; r < rows; r++) memcpy(ctx + r * D + offset, hidden + r * te->width, (size_t)te->width * sizeof(float));
-        offset += (size_t)te->width;
+            sd_prompt_weight(hidden + (size_t)c * SD_TEXT_TOKENS * te.width, weights + (size_t)c * SD_TEXT_TOKENS, SD_TEXT_TOKENS, te.width);
+        for (size_t r = 0; r < rows; r++) memcpy(ctx + r * D + offset, hidden + r * te.width, (size_t)te.width * sizeof(float));
+        offset += (size_t)te.width;
     }
     if (m->encoders == 2 && !pool->measure) {
         /* SDXL: no negative prompt means zeros, not the encoding of ""; the pooled embedding is
@@ -8987,7 +9271,8 @@ static int count_chunks(const sd_model *m, const sd_params *p, int B, int *chunk
                 if (prompt_scratch_plan(text, a, err)) return SD_ERR_MEMORY;
                 continue;
             }
-            int got, rc = sd_prompt_chunks(m->vocab, text, strlen(text), m->pad[e], p->weighting, p->comma_wrap, 1, &ids, NULL, &got, a, err);
+            int got, rc = prompt_chunks_with(m->vocab, p->embeddings, e, text, strlen(text), m->pad[e], p->weighting, p->comma_wrap, 1,
+                                             &ids, NULL, &got, a, err);
             sd_arena_reset(a, mark);
             if (rc) return rc;
             if (got > *chunks) *chunks = got;
