@@ -5,6 +5,8 @@
      ./example -m model.safetensors -i photo.png --strength 0.6 -p "oil painting"
      ./example -m sd-v1-5-inpainting.safetensors -i photo.png --mask mask.png -p "a red sofa"
      ./example -m instruct-pix2pix.safetensors -i photo.png -p "make it snowy" --image-cfg-scale 1.5
+     ./example -m model.safetensors --embd-dir embeddings/ -p "a portrait, mystyle" -n "easynegative"
+     ./example -m lcm_dreamshaper_v7.safetensors -p "a cat"       (LCM: 4 steps, no negative pass)
      ./example --inspect model.safetensors
 
    How it uses the library: files are mmap'd read-only (sd.h uses the weights in place), the
@@ -17,6 +19,7 @@
 #define SD_IMPLEMENTATION
 #include "sd.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -94,7 +97,7 @@ static int inspect(const char *path)
 }
 
 typedef struct options {
-    const char *model, *tokenizer, *prompt, *negative, *init, *mask, *output, *preview;
+    const char *model, *tokenizer, *prompt, *negative, *init, *mask, *output, *preview, *embd_dir;
     int width, height, steps, threads, batch, clip_skip, verbose, have_seed, vae_tile;
     int sampler, karras, spacing, plain_prompt, turbo, have_steps, have_cfg, have_sampler, comma_wrap;
     float cfg, image_cfg;
@@ -133,6 +136,8 @@ static void usage(FILE *f)
         "      --turbo               SD-Turbo / SDXL-Turbo: euler_a, trailing, 1 step, no guidance\n"
         "      --no-weighting        (text:1.2), [text] and BREAK are plain text\n"
         "      --comma-wrap N        long prompts: end a chunk at a comma in its last N tokens (A1111: 20)\n"
+        "      --embd-dir DIR        textual inversion: each DIR/NAME.safetensors is an embedding that the\n"
+        "                            word NAME in a prompt calls up (any case, as AUTOMATIC1111)\n"
         "      --vae-tiling [N]      decode in N x N latent tiles (default 32): flat memory, approximate\n"
         "      --preview DIR         write each step's latent as DIR/step_NN.png (a rough RGB view)\n"
         "  -v, --verbose             more detail\n"
@@ -240,6 +245,57 @@ static int load_model(const options *o, sd_model **model, sd_arena *arena)
     return 0;
 }
 
+static int compare_embedding_names(const void *x, const void *y)
+{
+    return strcmp(((const sd_embedding_file *)x)->name, ((const sd_embedding_file *)y)->name);
+}
+
+/* The embeddings of --embd-dir: every NAME.safetensors in it, named NAME (AUTOMATIC1111's rule).
+   Files this model cannot use (another family's, or broken) are skipped with a note, as A1111
+   skips them; the rest are loaded together into their own arena. */
+static int load_embeddings(const char *dir, const sd_model *model, int verbose, sd_embeddings **set, sd_arena *arena)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    sd_embedding_file *files = NULL;
+    int n = 0, cap = 0;
+    sd_error err;
+    *set = NULL;
+    if (!d) { fprintf(stderr, "--embd-dir %s: %s\n", dir, strerror(errno)); return 1; }
+    while ((e = readdir(d))) {
+        size_t len = strlen(e->d_name);
+        char path[4096];
+        if (len <= 12 || strcmp(e->d_name + len - 12, ".safetensors")) continue;
+        if (n == cap && !(files = (sd_embedding_file *)realloc(files, (size_t)(cap = cap ? 2 * cap : 16) * sizeof *files))) return 1;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        char *name = (char *)malloc(len - 11);
+        if (!name || !(files[n].data = map_file(path, &files[n].size))) { fprintf(stderr, "cannot read %s: %s\n", path, strerror(errno)); free(name); continue; }
+        memcpy(name, e->d_name, len - 12);
+        name[len - 12] = 0;
+        files[n].name = name;
+        /* this file alone, to skip it if it does not fit */
+        size_t bytes = sd_embeddings_arena_bytes(&files[n], 1);
+        void *mem = malloc(bytes + SD_ARENA_ALIGN);
+        sd_embeddings *one;
+        sd_arena_init(arena, mem, bytes + SD_ARENA_ALIGN);
+        if (mem && sd_embeddings_load(&one, model, &files[n], 1, arena, &err)) {
+            fprintf(stderr, "note: skipped %s: %s\n", path, err.message);
+            free(name);
+        } else if (mem) n++;
+        free(mem);
+    }
+    closedir(d);
+    qsort(files, (size_t)n, sizeof *files, compare_embedding_names);   /* a fixed order, whatever readdir's */
+    size_t bytes = sd_embeddings_arena_bytes(files, n);
+    void *mem = malloc(bytes + SD_ARENA_ALIGN);
+    if (!mem) return 1;
+    sd_arena_init(arena, mem, bytes + SD_ARENA_ALIGN);
+    if (sd_embeddings_load(set, model, files, n, arena, &err)) { fprintf(stderr, "%s: %s\n", dir, err.message); return 1; }
+    fprintf(stderr, "embeddings: %d from %s%s", n, dir, verbose && n ? ":" : "\n");
+    for (int i = 0; verbose && i < n; i++) fprintf(stderr, " %s%s", files[i].name, i + 1 < n ? "" : "\n");
+    return 0;   /* the names and mapped files stay for the set's lifetime: the program's */
+}
+
 /* AUTOMATIC1111's "parameters" text, so that web UIs and viewers show how an image was made. */
 static void parameters_text(char *buf, size_t cap, const options *o, uint64_t seed)
 {
@@ -274,14 +330,16 @@ static uint8_t *mask_read(const char *path, int width, int height)
 
 static int run(options *o)
 {
-    sd_arena model_arena, arena;
+    sd_arena model_arena, arena, embd_arena;
     sd_model *model;
+    sd_embeddings *embeddings = NULL;
     sd_model_info info;
     sd_params p;
     sd_error err;
     uint8_t *init = NULL, *mask = NULL;
     if (load_model(o, &model, &model_arena)) return 1;
     sd_model_get_info(model, &info);
+    if (o->embd_dir && load_embeddings(o->embd_dir, model, o->verbose, &embeddings, &embd_arena)) return 1;
     if (info.guidance_dim) {   /* LCM-distilled: what LatentConsistencyModelPipeline runs by default */
         if (!o->have_sampler) o->sampler = SD_SAMPLER_LCM;
         if (!o->have_steps) o->steps = 4;
@@ -320,6 +378,7 @@ static int run(options *o)
     p.strength = o->strength;
     p.mask = mask;
     p.image_guidance = o->image_cfg;
+    p.embeddings = embeddings;
     size_t need = sd_generate_arena_bytes(model, &p);
     if (!need) {   /* sd_generate says why */
         uint8_t dummy;
@@ -439,6 +498,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--turbo")) o.turbo = 1;
         else if (!strcmp(a, "--no-weighting")) o.plain_prompt = 1;
         else if (!strcmp(a, "--comma-wrap")) o.comma_wrap = parse_int(VALUE(), 0, 74, a);
+        else if (!strcmp(a, "--embd-dir")) o.embd_dir = VALUE();
         else { fprintf(stderr, "unknown option '%s' (see --help)\n", a); return 1; }
 #undef FLAG
 #undef VALUE

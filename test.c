@@ -5727,6 +5727,13 @@ static int run_example(const char *args, const char *errfile, int *err_lines)
     return rc == -1 ? -1 : WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
 }
 
+static int opendir_exists(const char *path)
+{
+    DIR *d = opendir(path);
+    if (d) closedir(d);
+    return d != NULL;
+}
+
 static int file_contains(const char *path, const char *needle)
 {
     size_t n, k = strlen(needle);
@@ -5819,7 +5826,7 @@ static void test_cli(void)
     FILE *f = fopen(path, "wb");
     if (f) { fputs("hello\n", f); fclose(f); }
     const char *m = *model ? model : "weights/test/models/tiny-sd1-fp16.safetensors";
-    struct { char args[3000]; const char *needle; } bad[8];
+    struct { char args[3000]; const char *needle; } bad[9];
     snprintf(bad[0].args, sizeof bad[0].args, "--bogus");                                         bad[0].needle = "unknown option";
     snprintf(bad[1].args, sizeof bad[1].args, "-m");                                              bad[1].needle = "needs a value";
     snprintf(bad[2].args, sizeof bad[2].args, "-m %s --tokenizer %s -p x -W 100", m, merges_path); bad[2].needle = "multiples of 8";
@@ -5828,20 +5835,33 @@ static void test_cli(void)
     snprintf(bad[5].args, sizeof bad[5].args, "-m %s --tokenizer %s -p x -i %s", m, merges_path, path); bad[5].needle = "not a PNG";
     snprintf(bad[6].args, sizeof bad[6].args, "-m %s -p x --sampling-method lms", m);            bad[6].needle = "not one of";
     snprintf(bad[7].args, sizeof bad[7].args, "-m %s -p x --scheduler karras", m);               bad[7].needle = "dpm++2m only";
-    for (int i = 0; i < 8; i++) {
+    snprintf(bad[8].args, sizeof bad[8].args, "-m %s --tokenizer %s -p x --embd-dir %s/none", m, merges_path, dir); bad[8].needle = "--embd-dir";
+    for (int i = 0; i < 9; i++) {
         rc = run_example(bad[i].args, errf, &lines);
         CHECK(rc != 0 && lines == 1 && file_contains(errf, bad[i].needle), "CLI '%s': exit %d, %d lines on stderr, want one with '%s'",
               bad[i].args, rc, lines, bad[i].needle);
     }
     /* each sampler by name, recorded in the PNG as A1111 names it; --turbo's one step */
     static const char *const methods[][2] = {{"euler", "Sampler: Euler,"}, {"euler_a", "Sampler: Euler a,"},
-                                              {"dpm++2m_karras", "Sampler: DPM++ 2M Karras,"}, {"ddim --turbo", "Sampler: DDIM, CFG scale: 0,"}};
-    for (int i = 0; i < 4; i++) {
+                                              {"dpm++2m_karras", "Sampler: DPM++ 2M Karras,"}, {"ddim --turbo", "Sampler: DDIM, CFG scale: 0,"},
+                                              {"lcm --cfg-scale 1", "Sampler: LCM, CFG scale: 1,"}};
+    for (int i = 0; i < 5; i++) {
         snprintf(path, sizeof path, "%s/sampler_%d.png", dir, i);
         snprintf(args, sizeof args, "-m %s --tokenizer %s -p 'a (red:1.2) cat BREAK on a mat' -W 64 -H 64 --steps 3 -s 1 -t 1 --sampling-method %s -o %s",
                  m, merges_path, methods[i][0], path);
         rc = run_example(args, errf, &lines);
         CHECK(rc == 0 && file_contains(path, methods[i][1]), "CLI --sampling-method %s: exit %d, or no '%s' in the PNG", methods[i][0], rc, methods[i][1]);
+    }
+    /* --embd-dir: the golden embeddings, of which this SD1-family model takes the SD1 ones and skips the SDXL one */
+    char embd[1200];
+    snprintf(embd, sizeof embd, "%s/embeddings", golden_dir);
+    if (opendir_exists(embd)) {
+        snprintf(path, sizeof path, "%s/ti.png", dir);
+        snprintf(args, sizeof args, "-m %s --tokenizer %s -p 'a TinyStyle cat' -W 64 -H 64 --steps 2 -s 1 -t 1 --embd-dir %s -v -o %s",
+                 m, merges_path, embd, path);
+        rc = run_example(args, errf, &lines);
+        CHECK(rc == 0 && file_contains(errf, "embeddings: 2 from") && file_contains(errf, "tinystyle") && file_contains(errf, "skipped"),
+              "CLI --embd-dir %s: exit %d, or its stderr does not list 2 embeddings and one skipped", embd, rc);
     }
     snprintf(args, sizeof args, "rm -rf %s", dir);
     if (system(args)) printf("note: could not remove %s\n", dir);
