@@ -768,7 +768,7 @@ SD_API void sd_arena_init(sd_arena *a, void *memory, size_t size)
    measuring arena (no memory, size SIZE_MAX) that counts what would be handed out and gives
    every allocation the same dummy address. Kernels see the arena's pool in measuring mode and do
    nothing, so a dry run touches no weights or activations; the arena's peak is the plan. */
-static const float arena_dummy[SD_ALIGN / sizeof(float)];   /* read-only: a stray write in a dry run faults */
+static const float arena_dummy[SD_ALIGN / sizeof(float)] = {0};   /* read-only: a stray write in a dry run faults */
 
 static void arena_measure(sd_arena *a) { a->base = NULL; a->size = (size_t)-1; a->used = a->peak = 0; }
 static int arena_measuring(const sd_arena *a) { return !a->base && a->size; }
@@ -9483,7 +9483,7 @@ static int generate(const sd_model *m, const sd_params *p, sd_arena *a, uint8_t 
     int B = batch_rows(m, p), rc, add = sd_unet_add_dim(m->unet), C;
     sd_pool pool;
     if ((rc = pool_init(&pool, p->threads, a, err))) return rc;
-    if ((rc = count_chunks(m, p, B, &C, a, err))) goto done;
+    if ((rc = count_chunks(m, p, B, &C, a, err))) { pool_free(&pool); return rc; }   /* (C++: no goto past the declarations) */
     float *ctx = arena_floats(a, (size_t)B * C * SD_TEXT_TOKENS * m->context_dim, err);
     float *y = add ? arena_floats(a, (size_t)B * add, err) : NULL;
     int gd = m->unet->guidance_dim;   /* LCM: the guidance scale as the UNet's input */

@@ -4468,6 +4468,24 @@ static int open_test_model(loaded_model *lm, const char *path)
     return rc;
 }
 
+/* GOLDEN/models/NAME-fp16.safetensors, else NAME.safetensors, into path; 0 if neither is there. */
+static int golden_model_path(const char *name, char *path, size_t cap)
+{
+    snprintf(path, cap, "%s/models/%s-fp16.safetensors", golden_dir, name);
+    if (!file_exists(path)) snprintf(path, cap, "%s/models/%s.safetensors", golden_dir, name);
+    return file_exists(path);
+}
+
+/* Whether model NAME has the golden NAME/file (rel gets its path in the golden set) and a checkpoint (path). */
+static int golden_for_model(const char *name, const char *file, char *rel, size_t rel_cap, char *path, size_t cap)
+{
+    char full[1400];
+    if (name[0] == '.' || strlen(name) > 256) return 0;
+    snprintf(rel, rel_cap, "%s/%s", name, file);
+    snprintf(full, sizeof full, "%s/%s", golden_dir, rel);
+    return file_exists(full) && golden_model_path(name, path, cap);
+}
+
 static void unload_model(loaded_model *lm)
 {
     free(lm->bytes);
@@ -4897,10 +4915,7 @@ static void test_pipeline(void)
         char path[1200];
         loaded_model lm;
         DIR *dir;
-        if (d->d_name[0] == '.') continue;
-        snprintf(path, sizeof path, "%s/models/%s-fp16.safetensors", golden_dir, d->d_name);
-        if (!file_exists(path)) snprintf(path, sizeof path, "%s/models/%s.safetensors", golden_dir, d->d_name);
-        if (!file_exists(path)) continue;
+        if (d->d_name[0] == '.' || !golden_model_path(d->d_name, path, sizeof path)) continue;
         if (open_test_model(&lm, path)) { unload_model(&lm); continue; }
         models++;
         run_pipeline_goldens(lm.model, d->d_name, 1);
@@ -5039,12 +5054,7 @@ static void test_lcm(void)
     if (!top || !CHECK(pool_init(&pool, 1, pa, &err) == SD_OK, "pool: %s", err.message)) { if (top) closedir(top); free_arena(pa); return; }
     while ((d = readdir(top))) {   /* each NAME with NAME/lcm_unet.safetensors and models/NAME[-fp16].safetensors */
         char rel[600], path[1200], label[300];
-        if (d->d_name[0] == '.' || strlen(d->d_name) > 256) continue;
-        snprintf(rel, sizeof rel, "%s/lcm_unet.safetensors", d->d_name);
-        snprintf(path, sizeof path, "%s/%s", golden_dir, rel);
-        if (!file_exists(path)) continue;
-        snprintf(path, sizeof path, "%s/models/%s-fp16.safetensors", golden_dir, d->d_name);
-        if (!file_exists(path)) snprintf(path, sizeof path, "%s/models/%s.safetensors", golden_dir, d->d_name);
+        if (!golden_for_model(d->d_name, "lcm_unet.safetensors", rel, sizeof rel, path, sizeof path)) continue;
         size_t size;
         unsigned char *bytes = read_file(path, &size);
         golden_file *g = golden_open(rel);
@@ -5410,12 +5420,7 @@ static void test_ti(void)
         loaded_model lm = {0};
         ti_files t;
         sd_arena *a;
-        if (d->d_name[0] == '.' || strlen(d->d_name) > 256) continue;
-        snprintf(rel, sizeof rel, "%s/ti_encode_prompt.safetensors", d->d_name);
-        snprintf(path, sizeof path, "%s/%s", golden_dir, rel);
-        if (!file_exists(path)) continue;
-        snprintf(path, sizeof path, "%s/models/%s-fp16.safetensors", golden_dir, d->d_name);
-        if (!file_exists(path)) snprintf(path, sizeof path, "%s/models/%s.safetensors", golden_dir, d->d_name);
+        if (!golden_for_model(d->d_name, "ti_encode_prompt.safetensors", rel, sizeof rel, path, sizeof path)) continue;
         golden_file *g = golden_open(rel);
         if (!g || open_test_model(&lm, path) || !ti_read_files(g, &t)) { unload_model(&lm); golden_close(g); continue; }
         sd_embeddings *set = ti_load(lm.model, t.f, t.n, &a, &err);

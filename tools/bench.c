@@ -559,7 +559,8 @@ static int random_model_check(const char *path)
 typedef struct bench_options {
     const char *what, *model, *kind, *dtype, *merges;
     int sizes[16], nsizes, vae_sizes[16], nvae, threads[16], nthreads;
-    int batch, runs, image, steps, vae_tile;
+    int batch, runs, image, steps, vae_tile, sampler;
+    float cfg;                  /* txt2img guidance; < 0: 7.5, but 1 (no unconditional pass) for LCM */
 } bench_options;
 
 /* The stages of one checkpoint, opened through the public API, weights used in place. */
@@ -919,7 +920,8 @@ static int bench_tokenizer(const bench_options *o)
     return 0;
 }
 
-/* The whole pipeline as a user runs it: text, `steps` guided DDIM steps, VAE decode. */
+/* The whole pipeline as a user runs it: text, `steps` steps of the sampler (DDIM: guided, batch 2;
+   LCM, the LCM-LoRA recipe: guidance 1, batch 1), VAE decode. */
 typedef struct bench_steps { double start, at[1001]; int steps; } bench_steps;
 
 static int bench_step_done(void *user, int step, int steps)
@@ -955,6 +957,8 @@ static int bench_txt2img(const bench_options *o, bench_model *bm, int threads)
     p.negative_prompt = "";
     p.width = p.height = o->image;
     p.steps = o->steps;
+    p.sampler = o->sampler;
+    p.guidance = o->cfg >= 0 ? o->cfg : o->sampler == SD_SAMPLER_LCM ? 1.0f : 7.5f;
     p.threads = threads;
     p.seed = 42;
     p.progress = bench_step_done;
@@ -978,9 +982,11 @@ static int bench_txt2img(const bench_options *o, bench_model *bm, int threads)
     double end = now(), last = st.at[p.steps];
     for (int k = 2; k <= p.steps; k++) step[k - 2] = st.at[k] - st.at[k - 1];
     double per = p.steps > 1 ? bench_median(step, p.steps - 1) : last - st.start;
-    random_model_count(bm->family, o->image / 8, o->image / 8, 2, macs);
-    printf("txt2img size=%d steps=%d threads=%d w=%s vae_tile=%d seconds=%.2f seconds_per_step=%.2f first_step_seconds=%.2f "
-           "decode_seconds=%.2f", o->image, p.steps, threads, bm->w, p.vae_tile, end - st.start, per, st.at[1] - st.start, end - last);
+    static const char *const samplers[5] = {"ddim", "euler", "euler_a", "dpm++2m", "lcm"};
+    random_model_count(bm->family, o->image / 8, o->image / 8, p.guidance > 1 ? 2 : 1, macs);
+    printf("txt2img size=%d sampler=%s steps=%d cfg=%g threads=%d w=%s vae_tile=%d seconds=%.2f seconds_per_step=%.2f first_step_seconds=%.2f "
+           "decode_seconds=%.2f", o->image, samplers[p.sampler], p.steps, p.guidance, threads, bm->w, p.vae_tile, end - st.start, per,
+           st.at[1] - st.start, end - last);
     bench_print_flops(bm, macs[RM_UNET], per);
     printf(" cores_busy=%.2f arena_bytes=%zu arena_peak=%zu plan_us=%.1f", (bench_cpu() - cpu0) / (end - st.start), need, a.peak, plan_us);
     if (p.vae_tile) printf(" untiled_arena_bytes=%zu", untiled);
@@ -1178,6 +1184,8 @@ static void bench_usage(FILE *f)
         "  --runs N           runs per figure, median reported (default 3)\n"
         "  --txt2img-size N   image side for txt2img (default 512)\n"
         "  --steps N          txt2img steps (default 20; one run)\n"
+        "  --sampler NAME     txt2img sampler: ddim (default), euler, euler_a, dpm++2m, lcm\n"
+        "  --cfg X            txt2img guidance (default 7.5; lcm 1, no unconditional pass)\n"
         "  --vae-tiling N     txt2img: decode in N x N latent tiles (default 0: whole image)\n");
 }
 
@@ -1193,7 +1201,7 @@ static int bench_run(int argc, char **argv)
     o.sizes[0] = 32, o.sizes[1] = 64, o.nsizes = 2;
     o.threads[0] = 1, o.nthreads = 1;
     if (cpus > 1) o.threads[o.nthreads++] = cpus > SD_MAX_THREADS ? SD_MAX_THREADS : cpus;
-    o.batch = 2, o.runs = 3, o.image = 512, o.steps = 20;
+    o.batch = 2, o.runs = 3, o.image = 512, o.steps = 20, o.cfg = -1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define BENCH_VALUE() (v ? (i++, v) : (fprintf(stderr, "%s needs a value\n", a), exit(1), ""))
@@ -1211,6 +1219,13 @@ static int bench_run(int argc, char **argv)
         else if (!strcmp(a, "--txt2img-size")) o.image = parse_int(BENCH_VALUE(), 8, 8192, a);
         else if (!strcmp(a, "--steps")) o.steps = parse_int(BENCH_VALUE(), 1, 1000, a);
         else if (!strcmp(a, "--vae-tiling")) o.vae_tile = parse_int(BENCH_VALUE(), 8, 4096, a);
+        else if (!strcmp(a, "--cfg")) o.cfg = (float)parse_float(BENCH_VALUE(), 0, 100, a);
+        else if (!strcmp(a, "--sampler")) {
+            static const char *const names[5] = {"ddim", "euler", "euler_a", "dpm++2m", "lcm"};
+            const char *m = BENCH_VALUE();
+            while (o.sampler < 5 && strcmp(m, names[o.sampler])) o.sampler++;
+            if (o.sampler == 5) { fprintf(stderr, "--sampler: '%s' is not one of ddim, euler, euler_a, dpm++2m, lcm\n", m); return 1; }
+        }
         else { fprintf(stderr, "unknown bench option '%s'\n", a); bench_usage(stderr); return 1; }
 #undef BENCH_VALUE
     }
