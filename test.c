@@ -1382,6 +1382,16 @@ static void check_sampler_pipeline(const char *rel)
     if (want && CHECK(m == steps + 1, "%s: %lld values", what, (long long)m)) check_close(what, smp.sigmas, want, m, 2e-6);
     snprintf(what, sizeof what, "%s init_noise_sigma", rel);
     if (kind != SD_SAMPLER_LCM && (want = golden_f32(g, "init_noise_sigma", NULL))) check_close(what, &smp.init_noise_sigma, want, 1, 2e-6);
+    if (sd_safetensors_find(&g->st, "w_embedding")) {   /* an LCM model's guidance input (~1e-3 absolute, README §11.5) */
+        const float *w = golden_f32(g, "w", NULL), *we = golden_f32(g, "w_embedding", &m);
+        float emb[4096];
+        double worst = 0;
+        if (w && we && CHECK(m <= 4096, "%s: w_embedding size", g->path)) {
+            sd_guidance_embedding(guidance - 1.0f, (int)m, emb);
+            for (int64_t i = 0; i < m; i++) worst = fmax(worst, fabs((double)emb[i] - we[i]));
+            CHECK(w[0] == guidance - 1.0f && worst <= 1e-3, "%s: w %g (guidance %g), w_embedding %.3g from ours", rel, w[0], guidance, worst);
+        }
+    }
     const float *initial = golden_f32(g, "initial_latents", &n), *x = golden_f32(g, "latents_in", &m);
     if (!initial || !x || !CHECK(m == n, "%s: latents_in size", g->path)) goto done;
     float *buf = (float *)malloc((size_t)n * 4 * sizeof(float)), *out = buf, *x0 = buf + n, *history = buf + 2 * n, *eps = buf + 3 * n;
