@@ -99,6 +99,7 @@ static int inspect(const char *path)
 typedef struct options {
     const char *model, *tokenizer, *prompt, *negative, *init, *mask, *output, *preview, *embd_dir;
     int width, height, steps, threads, batch, clip_skip, verbose, have_seed, vae_tile;
+    int init_width, init_height;   /* the init image's own size */
     int sampler, karras, spacing, plain_prompt, turbo, have_steps, have_cfg, have_sampler, comma_wrap;
     float cfg, image_cfg;
     double strength;
@@ -119,9 +120,11 @@ static void usage(FILE *f)
         "      --cfg-scale X         classifier-free guidance scale (default 7.5)\n"
         "  -s, --seed N              random seed (default: random, printed)\n"
         "  -t, --threads N           threads (default: all cores)\n"
-        "  -i, --init-img FILE       img2img: start from this PNG/PPM (resized? no: must match -W/-H);\n"
-        "                            inpainting and InstructPix2Pix models (9 / 8 UNet input channels) need it\n"
-        "      --mask FILE           inpainting: PNG/PPM of the init image's size, white (>= 128) = repaint;\n"
+        "  -i, --init-img FILE       img2img: start from this PNG/PPM (without -W/-H: its size rounded down\n"
+        "                            to a multiple of 8; resized otherwise); inpainting and InstructPix2Pix\n"
+        "                            models (9 / 8 UNet input channels) need it\n"
+        "      --mask FILE           inpainting: PNG/PPM of the init image's size (resized with it),\n"
+        "                            white (>= 128) = repaint;\n"
         "                            with an ordinary model the kept area is blended back after each step\n"
         "      --strength X          how much to change the init image, 0..1 (default 0.8; inpainting 1,\n"
         "                            SDXL inpainting 0.9999)\n"
@@ -309,22 +312,95 @@ static void parameters_text(char *buf, size_t cap, const options *o, uint64_t se
     if (o->init && o->strength > 0) snprintf(buf + strlen(buf), cap - strlen(buf), "%g", o->strength);
 }
 
-/* An inpainting mask as 8-bit grey of the init image's size: PIL's convert("L") luma of the
-   file's RGB (grey files give their own values). */
-static uint8_t *mask_read(const char *path, int width, int height)
+/* The Lanczos-3 kernel. */
+static double lanczos3(double x)
+{
+    const double pi = 3.14159265358979323846;
+    if (x == 0) return 1;
+    if (x <= -3 || x >= 3) return 0;
+    return 3 * sin(pi * x) * sin(pi * x / 3) / (pi * pi * x * x);
+}
+
+/* One axis of a resize: n lines of `len` samples, `channels` interleaved, from `in` source samples
+   to `out`; src steps by `stride` between samples. Each output sample is a Lanczos-3 weighted sum,
+   the kernel widened by the scale when shrinking (antialiasing), as PIL's resize(LANCZOS) does. */
+static void resample_axis(const float *src, float *dst, int in, int out, int lines, int channels, size_t src_step, size_t src_line,
+                          size_t dst_step, size_t dst_line)
+{
+    double scale = (double)in / out, widen = scale > 1 ? scale : 1, support = 3 * widen;
+    for (int o = 0; o < out; o++) {
+        double center = (o + 0.5) * scale, weights[64], total = 0;
+        int first = (int)floor(center - support + 0.5), last = (int)floor(center + support + 0.5), taps = 0;
+        if (first < 0) first = 0;
+        if (last > in) last = in;
+        if (last - first > 64) last = first + 64;
+        for (int i = first; i < last; i++) total += weights[taps++] = lanczos3((i + 0.5 - center) / widen);
+        for (int l = 0; l < lines; l++)
+            for (int c = 0; c < channels; c++) {
+                double v = 0;
+                for (int t = 0; t < taps; t++) v += weights[t] * src[(size_t)l * src_line + (size_t)(first + t) * src_step + c];
+                dst[(size_t)l * dst_line + (size_t)o * dst_step + c] = (float)(total != 0 ? v / total : 0);
+            }
+    }
+}
+
+/* img (channels x w x h, 8-bit, interleaved) resized to dw x dh with Lanczos-3, as diffusers' and
+   AUTOMATIC1111's image preprocessing does (PIL); the old buffer is freed. NULL if out of memory. */
+static uint8_t *image_resize(uint8_t *img, int channels, int w, int h, int dw, int dh)
+{
+    float *a = (float *)malloc((size_t)w * h * channels * sizeof(float)), *b = (float *)malloc((size_t)dw * h * channels * sizeof(float));
+    float *c = (float *)malloc((size_t)dw * dh * channels * sizeof(float));
+    uint8_t *out = (uint8_t *)malloc((size_t)dw * dh * channels);
+    if (a && b && c && out) {
+        for (size_t i = 0; i < (size_t)w * h * channels; i++) a[i] = img[i];
+        resample_axis(a, b, w, dw, h, channels, channels, (size_t)w * channels, channels, (size_t)dw * channels);   /* rows */
+        resample_axis(b, c, h, dh, dw, channels, (size_t)dw * channels, channels, (size_t)dw * channels, channels);  /* columns */
+        for (size_t i = 0; i < (size_t)dw * dh * channels; i++) out[i] = (uint8_t)(c[i] < 0 ? 0 : c[i] > 255 ? 255 : c[i] + 0.5f);
+    } else {
+        free(out);
+        out = NULL;
+    }
+    free(a); free(b); free(c); free(img);
+    return out;
+}
+
+/* The init image at the generation's size: -W/-H if given, else its own size rounded down to a
+   multiple of 8; resized when that differs (said on stderr). */
+static uint8_t *init_read(options *o)
 {
     int w, h;
     char msg[512];
-    uint8_t *rgb = image_read(path, &w, &h, msg, sizeof msg), *grey;
+    uint8_t *rgb = image_read(o->init, &w, &h, msg, sizeof msg);
     if (!rgb) { fprintf(stderr, "%s\n", msg); return NULL; }
-    if (w != width || h != height) {
-        fprintf(stderr, "%s is %dx%d but the image is %dx%d: the mask must have the image's size\n", path, w, h, width, height);
+    o->init_width = w;
+    o->init_height = h;
+    if (!o->width) o->width = w < 8 ? 8 : w / 8 * 8;
+    if (!o->height) o->height = h < 8 ? 8 : h / 8 * 8;
+    if (o->width == w && o->height == h) return rgb;
+    fprintf(stderr, "%s: %dx%d resized to %dx%d\n", o->init, w, h, o->width, o->height);
+    if (!(rgb = image_resize(rgb, 3, w, h, o->width, o->height))) fprintf(stderr, "out of memory resizing %s\n", o->init);
+    return rgb;
+}
+
+/* An inpainting mask as 8-bit grey, PIL's convert("L") luma of the file's RGB (grey files give
+   their own values), which must have the init image's size; resized with it. */
+static uint8_t *mask_read(const options *o)
+{
+    int w, h;
+    char msg[512];
+    uint8_t *rgb = image_read(o->mask, &w, &h, msg, sizeof msg), *grey;
+    if (!rgb) { fprintf(stderr, "%s\n", msg); return NULL; }
+    if (w != o->init_width || h != o->init_height) {
+        fprintf(stderr, "%s is %dx%d but the init image is %dx%d: the mask must have the image's size\n", o->mask, w, h,
+                o->init_width, o->init_height);
         free(rgb);
         return NULL;
     }
     grey = rgb;   /* in place: pixel i is read before byte i is written */
     for (size_t i = 0; i < (size_t)w * h; i++)
         grey[i] = (uint8_t)((rgb[3 * i] * 19595u + rgb[3 * i + 1] * 38470u + rgb[3 * i + 2] * 7471u + 0x8000u) >> 16);
+    if ((w != o->width || h != o->height) && !(grey = image_resize(grey, 1, w, h, o->width, o->height)))
+        fprintf(stderr, "out of memory resizing %s\n", o->mask);
     return grey;
 }
 
@@ -345,18 +421,9 @@ static int run(options *o)
         if (!o->have_steps) o->steps = 4;
         if (!o->have_cfg) o->cfg = 8.5f;
     }
-    if (o->init) {
-        int w, h;
-        char msg[512];
-        if (!(init = image_read(o->init, &w, &h, msg, sizeof msg))) { fprintf(stderr, "%s\n", msg); return 1; }
-        if ((o->width && o->width != w) || (o->height && o->height != h)) {
-            fprintf(stderr, "%s is %dx%d but -W/-H ask for %dx%d: resize it first\n", o->init, w, h, o->width, o->height);
-            return 1;
-        }
-        o->width = w;
-        o->height = h;
-    }
-    if (o->mask && !(mask = mask_read(o->mask, o->width, o->height))) return 1;
+    if (o->init && !(init = init_read(o))) return 1;
+    if (o->mask && !o->init) { fprintf(stderr, "--mask needs an init image (-i)\n"); return 1; }
+    if (o->mask && !(mask = mask_read(o))) return 1;
     if (!o->width) o->width = 512;
     if (!o->height) o->height = 512;
     sd_params_init(&p);

@@ -676,10 +676,13 @@ typedef struct sd_params {
                                guidance runs when guidance > 1 and image_guidance >= 1 */
     int original_size[2], crop_top_left[2], target_size[2];   /* SDXL size conditioning, pixels
                        (height, width), (top, left); 0, 0 = the defaults: the image size, 0, 0, the image size */
-    const float *initial_latents;   /* optional [1, 4, h/8, w/8] instead of noise from the seed */
-    const float *posterior_noise;   /* optional img2img noise for the VAE posterior sample */
-    const float *noise;   /* optional img2img noise added at the start timestep */
-    const float *masked_image_noise;   /* optional inpainting noise for the masked image's posterior sample */
+    /* Optional given noise instead of draws from the seed (diffusers' latents= and the tests'
+       fixed draws), each [1, 4, h/8, w/8], for the first image of a batch: */
+    const float *initial_latents;   /* txt2img and InstructPix2Pix: the starting noise */
+    const float *posterior_noise;   /* img2img and inpainting: the init image's posterior sample */
+    const float *noise;   /* img2img and inpainting: the noise added at the start timestep (the
+                             starting noise of an inpainting at strength 1) */
+    const float *masked_image_noise;   /* inpainting: the masked image's posterior sample */
     const float *step_noise;   /* optional [steps, 4, h/8, w/8]: the noise Euler a, LCM (and DDIM
                                   with eta > 0) add at each step, instead of draws from the seed */
     const sd_embeddings *embeddings;   /* textual inversion: a set loaded for this model, or NULL */
@@ -9351,7 +9354,7 @@ static int start_latents(const sd_model *m, const sd_params *p, int first, const
         rc = encode_latent(m, p, NULL, 1, p->posterior_noise, first, rng, init, pool, a, err);
     if (rc) return rc;
     if (!dry) {   /* the latent noise */
-        const float *given = p->init_rgb ? p->noise : p->initial_latents;
+        const float *given = pure_noise && mode != GUIDE_INPAINT && mode != GUIDE_BLEND ? p->initial_latents : p->noise;
         if (given && first) memcpy(noise, given, lat * sizeof(float));
         else sd_randn(rng, noise, lat);
     }
