@@ -5,6 +5,7 @@
      ./example -m model.safetensors -i photo.png --strength 0.6 -p "oil painting"
      ./example -m sd-v1-5-inpainting.safetensors -i photo.png --mask mask.png -p "a red sofa"
      ./example -m instruct-pix2pix.safetensors -i photo.png -p "make it snowy" --image-cfg-scale 1.5
+     ./example -m model-q8_0.gguf -p "a cat"        (stable-diffusion.cpp's GGUF files, quantized too)
      ./example -m model.safetensors --embd-dir embeddings/ -p "a portrait, mystyle" -n "easynegative"
      ./example -m lcm_dreamshaper_v7.safetensors -p "a cat"       (LCM: 4 steps, no negative pass)
      ./example --inspect model.safetensors
@@ -71,14 +72,22 @@ static double now(void)
 
 static int inspect(const char *path)
 {
-    size_t size = 0, arena_size = 64u << 20;
-    void *data = map_file(path, &size), *mem = malloc(arena_size);
+    size_t size = 0;
+    void *data = map_file(path, &size), *mem;
     sd_arena arena;
     sd_safetensors st;
     sd_error err;
+    sd_source src;
     if (!data) { fprintf(stderr, "cannot read %s: %s\n", path, strerror(errno)); return 1; }
+    memset(&src, 0, sizeof src);   /* what a model of this one file would need: its tables fit */
+    src.data[0] = data;
+    src.size[0] = size;
+    src.count = 1;
+    size_t arena_size = sd_model_arena_bytes(&src);
+    if (!(mem = malloc(arena_size))) { fprintf(stderr, "cannot allocate %zu bytes\n", arena_size); return 1; }
     sd_arena_init(&arena, mem, arena_size);
-    if (sd_safetensors_open(&st, data, size, &arena, &err)) {
+    int gguf = size >= 4 && !memcmp(data, "GGUF", 4);
+    if ((gguf ? sd_gguf_open : sd_safetensors_open)(&st, data, size, &arena, &err)) {
         fprintf(stderr, "%s: %s\n", path, err.message);
         return 1;
     }
@@ -88,7 +97,7 @@ static int inspect(const char *path)
         char shape[128] = "";
         for (int d = 0; d < t->ndim; d++)
             snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "%s%lld", d ? ", " : "", (long long)t->shape[d]);
-        printf("%-80s %-5s [%s] %zu\n", t->name, sd_dtype_name(t->dtype), shape, t->nbytes);
+        printf("%-80s %-5s [%s] %zu\n", t->name, sd_dtype_name(t->dtype), shape, t->nbytes);   /* PyTorch's shape order */
         total += t->nbytes;
     }
     for (int i = 0; i < st.meta_count; i++) printf("metadata %s = %s\n", st.meta_keys[i], st.meta_values[i]);
@@ -110,8 +119,8 @@ static void usage(FILE *f)
 {
     fprintf(f,
         "usage: ./example -m MODEL -p PROMPT [options]\n"
-        "       ./example --inspect FILE.safetensors\n"
-        "  -m, --model PATH          single-file .safetensors checkpoint, or a diffusers folder\n"
+        "       ./example --inspect FILE.safetensors|FILE.gguf   tensors (name, type, shape, bytes) and metadata\n"
+        "  -m, --model PATH          single-file .safetensors or .gguf checkpoint, or a diffusers folder\n"
         "      --tokenizer FILE      CLIP merges.txt (default: next to the model, then weights/merges.txt)\n"
         "  -p, --prompt TEXT         what to draw\n"
         "  -n, --negative-prompt T   what to avoid (default: empty)\n"

@@ -471,15 +471,29 @@ static unsigned char *rewrite_file(const sd_safetensors *st, sd_dtype to, tensor
     return b;
 }
 
+/* Rewrites every chunk CRC of a PNG to match its bytes (damage that only the inflater can see). */
+static void png_fix_crcs(uint8_t *png, size_t size)
+{
+    for (size_t p = 8; size - p >= 12;) {
+        uint32_t len = get_be32(png + p);
+        if (len > size - p - 12) return;
+        uint32_t crc = png_crc32(png + p + 4, len + 4u);
+        for (int k = 0; k < 4; k++) png[p + 8 + len + k] = (uint8_t)(crc >> (24 - 8 * k));
+        p += 12 + (size_t)len;
+    }
+}
+
 #if defined(SD_FUZZ)
 /* libFuzzer entry points (`make fuzz`). SD_FUZZ=1: the safetensors reader, where each input must
    give SD_OK with every tensor inside the buffer, or an error. SD_FUZZ=2: the tokenizer, arbitrary
    bytes as a prompt in both paddings with a scratch arena of exactly sd_clip_scratch_bytes(size):
    it must always succeed, deterministically, with well-formed ids; then as an A1111-syntax prompt
-   (sd_prompt_chunks): chunks of valid ids and finite weights, or SD_ERR_ARG. Never a crash or a
-   bad read. */
+   (sd_prompt_chunks): chunks of valid ids and finite weights, or SD_ERR_ARG. SD_FUZZ=3: the GGUF
+   reader, as SD_FUZZ=1 (and every block-typed tensor's first and last values decoded), which
+   must also open in an arena of exactly the bytes gguf_arena_bytes plans, filling it exactly.
+   SD_FUZZ=4: the CLI's PNG and PPM readers (below). Never a crash or a bad read. */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-#if SD_FUZZ == 1
+#if SD_FUZZ == 1 || SD_FUZZ == 3
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static sd_arena *a;
@@ -487,12 +501,48 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     sd_error err;
     if (!a) a = test_arena(1 << 24);
     sd_arena_reset(a, 0);
-    if (sd_safetensors_open(&st, data, size, a, &err) == SD_OK)
-        for (int i = 0; i < st.count; i++) {
-            const sd_tensor *t = sd_safetensors_find(&st, st.tensors[i].name);
-            if (t != &st.tensors[i] || (const uint8_t *)t->data + t->nbytes > data + size) __builtin_trap();
-            if (t->dtype == SD_F16 && t->nbytes >= 2) (void)tensor_get(t, t->nbytes / 2 - 1);
+    int rc = (SD_FUZZ == 1 ? sd_safetensors_open : sd_gguf_open)(&st, data, size, a, &err);
+    for (int i = 0; rc == SD_OK && i < st.count; i++) {   /* found by name, inside the buffer, readable */
+        const sd_tensor *t = sd_safetensors_find(&st, st.tensors[i].name);
+        if (t != &st.tensors[i] || (const uint8_t *)t->data < data || (const uint8_t *)t->data + t->nbytes > data + size) __builtin_trap();
+        int64_t n = sd_tensor_numel(t);
+        float v[DTYPE_MAX_BLOCK];
+        if (n > 0) (void)tensor_get(t, (size_t)n - 1);
+        if (dtype_is_block(t->dtype) && n > 0) tensor_floats(v, t, 0, n < DTYPE_MAX_BLOCK ? (int)n : DTYPE_MAX_BLOCK);
+    }
+#if SD_FUZZ == 3
+    size_t plan = (size_t)gguf_arena_bytes(data, size);
+    sd_arena *exact = test_arena(plan);
+    if (sd_gguf_open(&st, data, size, exact, &err) != rc || (rc == SD_OK && exact->peak != plan)) __builtin_trap();
+    free_arena(exact);
+#endif
+    return 0;
+}
+#elif SD_FUZZ == 4
+/* The CLI's image readers: any bytes as a PNG and as a PPM give an image whose every byte can be
+   read (w x h x 3, at most IMAGE_MAX_PIXELS), or an error message. The PNG is also read with its
+   chunks' CRCs made right, so that mutations reach the inflater and the filters behind them. */
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    uint8_t *fixed = (uint8_t *)malloc(size ? size : 1);
+    memcpy(fixed, data, size);
+    if (size >= 8) png_fix_crcs(fixed, size);
+    for (int k = 0; k < 3; k++) {
+        char err[256] = "";
+        int w = -1, h = -1;
+        uint8_t *rgb = (k == 2 ? ppm_decode : png_decode)(k == 1 ? fixed : data, size, &w, &h, err, sizeof err);
+        if (rgb) {
+            if (w < 1 || h < 1 || (uint64_t)w * (uint64_t)h > IMAGE_MAX_PIXELS) __builtin_trap();
+            unsigned sum = 0;
+            for (size_t i = 0; i < (size_t)w * h * 3; i += 4093) sum += rgb[i];
+            sum += rgb[(size_t)w * h * 3 - 1];
+            (void)sum;
+            free(rgb);
+        } else if (!err[0]) {
+            __builtin_trap();   /* a refusal says why */
         }
+    }
+    free(fixed);
     return 0;
 }
 #else
@@ -590,19 +640,45 @@ static void test_f16(void)
     CHECK(sd_bf16_to_f32(0x3f80) == 1.0f, "bf16 value");
 }
 
-/* Opens the bytes and expects failure with a message containing `needle`. */
-static void expect_bad(const char *what, const unsigned char *b, size_t size, const char *needle)
+/* A reader: sd_safetensors_open or sd_gguf_open. */
+typedef int (*file_opener)(sd_safetensors *st, const void *data, size_t size, sd_arena *a, sd_error *err);
+
+/* Opens the bytes with `open` and expects failure with a message containing `needle`. */
+static void expect_bad_open(file_opener open, const char *what, const unsigned char *b, size_t size, const char *needle)
 {
     sd_arena *a = test_arena(1 << 16);
     sd_safetensors st;
     sd_error err = {0, ""};
     size_t used = a->used;
-    int rc = sd_safetensors_open(&st, b, size, a, &err);
+    int rc = open(&st, b, size, a, &err);
     CHECK(rc != SD_OK, "%s: accepted", what);
     CHECK(rc == SD_OK || err.code == rc, "%s: error code not filled", what);
     CHECK(rc == SD_OK || !needle || strstr(err.message, needle), "%s: message '%s' lacks '%s'", what, err.message, needle);
     CHECK(a->used == used && st.count == 0, "%s: arena or table not restored", what);
     free_arena(a);
+}
+
+static void expect_bad(const char *what, const unsigned char *b, size_t size, const char *needle)
+{
+    expect_bad_open(sd_safetensors_open, what, b, size, needle);
+}
+
+/* Every strict prefix of a valid file is refused (each in a buffer of its own size, so that the
+   sanitizers see any read past it). */
+static void check_truncations(file_opener open, const char *what, const unsigned char *b, size_t size)
+{
+    int truncs_ok = 1;
+    sd_safetensors st;
+    sd_error err;
+    for (size_t n = 0; n < size; n++) {
+        unsigned char *c = (unsigned char *)malloc(n ? n : 1);
+        memcpy(c, b, n);
+        sd_arena *a = test_arena(1 << 16);
+        if (open(&st, c, n, a, &err) == SD_OK) truncs_ok = 0;
+        free_arena(a);
+        free(c);
+    }
+    CHECK(truncs_ok, "every truncation of %s is rejected", what);
 }
 
 static void expect_bad_header(const char *what, const char *header, size_t data_size, const char *needle)
@@ -636,17 +712,7 @@ static void test_safetensors_malformed(void)
     }
     free_arena(a);
 
-    /* every truncation of it fails cleanly */
-    int truncs_ok = 1;
-    for (size_t n = 0; n < size; n++) {
-        unsigned char *c = (unsigned char *)malloc(n ? n : 1);
-        memcpy(c, b, n);
-        a = test_arena(1 << 16);
-        if (sd_safetensors_open(&st, c, n, a, &err) == SD_OK) truncs_ok = 0;
-        free_arena(a);
-        free(c);
-    }
-    CHECK(truncs_ok, "every truncation of a valid file is rejected");
+    check_truncations(sd_safetensors_open, "a valid safetensors file", b, size);
 
     /* random byte flips in the header never crash (the sanitizers watch) and never succeed
        silently with a table that points outside the buffer */
@@ -2767,10 +2833,54 @@ static void test_kernels_threads(void)
     kt_free_tensor(&w); kt_free_tensor(&b); kt_free_tensor(&cw); kt_free_tensor(&cb);
 }
 
+/* GGUF's block types through the GEMM on this build's SIMD path: a matmul with a block-typed
+   weight gives the bits of the matmul with its dequantized f32 copy (K = 2304: packed K blocks of
+   288 start inside 256-value blocks; few rows take the dot-product path). The bytes are random,
+   but no byte has the exponent bits of an fp16 inf or NaN, so every scale is finite. The values
+   themselves are checked against ggml's in test_gguf. */
+static void test_kernels_blocks(sd_pool *pool)
+{
+    enum { N = 24, K = 2304 };
+    int ok = 1;
+    for (int d = 0; d < SD_DTYPE_COUNT; d++) {
+        if (!dtype_is_block((sd_dtype)d)) continue;
+        sd_tensor w;
+        memset(&w, 0, sizeof w);
+        w.dtype = (sd_dtype)d;
+        w.ndim = 2;
+        w.shape[0] = N;
+        w.shape[1] = K;
+        w.nbytes = dtype_bytes(w.dtype, (uint64_t)N * K);
+        unsigned char *bytes = (unsigned char *)malloc(w.nbytes);
+        for (size_t i = 0; i < w.nbytes; i++) {
+            uint32_t r = (uint32_t)((kt_rand() + 1.0f) * 32768.0f);
+            bytes[i] = (unsigned char)((r & 0x80) | (r >> 8) % 0x3c);
+        }
+        w.data = bytes;
+        sd_tensor f = w;
+        float *values = (float *)malloc((size_t)N * K * sizeof(float));
+        tensor_floats(values, &w, 0, N * K);
+        f.dtype = SD_F32;
+        f.data = values;
+        f.nbytes = (size_t)N * K * sizeof(float);
+        for (int M = 3; M <= 50; M += 47) {
+            float *x = kt_floats((size_t)M * K, 1.0f), *y = (float *)malloc((size_t)M * N * sizeof(float)), *yf = (float *)malloc((size_t)M * N * sizeof(float));
+            linear(pool, y, x, M, N, K, &w, NULL);
+            linear(pool, yf, x, M, N, K, &f, NULL);
+            if (memcmp(y, yf, (size_t)M * N * sizeof(float))) { ok = 0; printf("  matmul M=%d with a %s weight differs from its f32 copy\n", M, sd_dtype_name(w.dtype)); }
+            free(x); free(y); free(yf);
+        }
+        free(bytes);
+        free(values);
+    }
+    CHECK(ok, "matmul with block-typed weights = matmul with their f32 values, bit for bit");
+}
+
 static void test_kernels(void)
 {
     kt_pool *p = kt_pool_new(2);
     test_kernels_matmul(&p->pool);
+    test_kernels_blocks(&p->pool);
     test_kernels_conv(&p->pool);
     test_kernels_attention(&p->pool);
     test_kernels_norms(&p->pool);
@@ -2995,6 +3105,61 @@ static void unet_check_broken(const unsigned char *bytes, size_t size, int diffu
 
 /* One layout of a model against GOLDEN_DIR/NAME/unet.safetensors: every case (case0 with the
    debug activations), an odd size, and broken copies of the file. */
+/* conv_in widened to `channels` inputs, the new ones with zero weights (f16 or f32 as the file's). */
+typedef struct widen_edit { const char *name; int channels; void *data; } widen_edit;
+
+static int widen_conv_in(sd_tensor *t, char *name, size_t cap, void *user)
+{
+    widen_edit *e = (widen_edit *)user;
+    (void)cap;
+    if (strcmp(name, e->name) || t->ndim != 4) return 1;
+    size_t es = sd_dtype_size(t->dtype), tap = (size_t)(t->shape[2] * t->shape[3]) * es, in = (size_t)t->shape[1];
+    unsigned char *w = (unsigned char *)calloc((size_t)t->shape[0] * e->channels * tap, 1);
+    for (int64_t o = 0; o < t->shape[0]; o++) memcpy(w + (size_t)o * e->channels * tap, (const unsigned char *)t->data + (size_t)o * in * tap, in * tap);
+    t->shape[1] = e->channels;
+    t->nbytes = (size_t)t->shape[0] * e->channels * tap;
+    t->data = e->data = w;
+    return 1;
+}
+
+/* Inpainting (9) and InstructPix2Pix (8) UNets in this file's layout: a copy whose conv_in takes
+   the extra channels with zero weights loads with those channels and gives the 4-channel UNet's
+   output whatever the extra channels hold. */
+static void unet_check_wide_input(const sd_safetensors *st, const sd_unet_model *u4, const sd_safetensors *meta, const char *label, sd_pool *pool)
+{
+    const char *conv_in = sd_safetensors_find(st, "conv_in.weight") ? "conv_in.weight" : "model.diffusion_model.input_blocks.0.0.weight";
+    int h = 8, w = 8, B = 2, add = sd_unet_add_dim(u4);
+    size_t hw = (size_t)h * w, nctx = (size_t)B * SD_TEXT_TOKENS * u4->context_dim;
+    float *ctx = kt_floats(nctx, 1), *y = kt_floats((size_t)B * add + 1, 1), *x4 = kt_floats((size_t)B * 4 * hw, 1), *xw = kt_floats((size_t)B * 9 * hw, 1);
+    float *out4 = (float *)malloc((size_t)B * 4 * hw * sizeof(float)), *outw = (float *)malloc((size_t)B * 4 * hw * sizeof(float)), t[2] = {700, 300};
+    sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, add ? y : NULL, NULL};
+    sd_arena *a = test_arena(sd_unet_arena_bytes(u4, B, h, w, SD_TEXT_TOKENS));
+    sd_error err;
+    int ok = sd_unet(u4, x4, t, &cond, B, h, w, out4, pool, a, &err) == SD_OK;
+    for (int ch = 8; ch <= 9 && ok; ch++) {
+        widen_edit e = {conv_in, ch, NULL};
+        size_t size;
+        unsigned char *bytes = rewrite_file(st, SD_DTYPE_COUNT, widen_conv_in, &e, &size);
+        sd_arena *ta = test_arena(1u << 24);
+        sd_safetensors wide;
+        sd_unet_model *uw;
+        for (int b = 0; b < B; b++) memcpy(xw + (size_t)b * ch * hw, x4 + (size_t)b * 4 * hw, 4 * hw * sizeof(float));   /* then random extra channels */
+        if (CHECK(sd_safetensors_open(&wide, bytes, size, ta, &err) == SD_OK && sd_unet_load(&uw, &wide, 1, meta, ta, &err) == SD_OK,
+                  "%s with %d input channels: %s", label, ch, err.message)) {
+            CHECK(uw->in_channels == ch, "%s: the widened UNet reads %d input channels, not %d", label, uw->in_channels, ch);
+            char what[400];
+            snprintf(what, sizeof what, "%s with %d input channels (zero weights on the extra ones)", label, ch);
+            if (CHECK(sd_unet(uw, xw, t, &cond, B, h, w, outw, pool, a, &err) == SD_OK, "%s: %s", what, err.message))
+                check_close(what, outw, out4, (int64_t)B * 4 * hw, 1e-6);
+        }
+        free_arena(ta);
+        free(bytes);
+        free(e.data);
+    }
+    free_arena(a);
+    free(ctx); free(y); free(x4); free(xw); free(out4); free(outw);
+}
+
 static void unet_test_file(const golden_model *gm, int layout, sd_pool *pool)
 {
     char rel[512], label[300], path[1600];
@@ -3025,6 +3190,7 @@ static void unet_test_file(const golden_model *gm, int layout, sd_pool *pool)
             const float *ctx = golden_f32(g, "case0.context", NULL);
             if (ctx) unet_check_odd_size(u, ctx, pool, label);
             unet_check_broken(bytes, size, !sd_safetensors_find(&st, "model.diffusion_model.input_blocks.0.0.weight"), label);
+            if (u->in_channels == 4) unet_check_wide_input(&st, u, meta, label, pool);
         }
     }
     free_arena(a);
@@ -4661,13 +4827,28 @@ static int golden_sampler(golden_file *g, int *karras)
 }
 
 /* Runs one golden's generation with `threads` threads; fills rgb (and latents, image when given). */
-static int run_golden(const sd_model *m, golden_file *g, int threads, int vae_tile, uint8_t *rgb, float *latents, float *image, sd_error *err)
+/* Every step's latents of a run (what the preview callback sees), for the step{k}.latents_out goldens. */
+typedef struct golden_steps { float *latents; int steps, seen; size_t lat; } golden_steps;
+
+static void golden_collect(void *user, int step, const float *latents, int h, int w)
+{
+    golden_steps *s = (golden_steps *)user;
+    (void)h; (void)w;
+    if (step >= 1 && step <= s->steps) memcpy(s->latents + (size_t)(step - 1) * s->lat, latents, s->lat * sizeof(float));
+    s->seen = step;
+}
+
+/* Runs one golden's generation with `threads` threads; fills rgb (and latents, image and each
+   step's latents when given). */
+static int run_golden_steps(const sd_model *m, golden_file *g, int threads, int vae_tile, uint8_t *rgb, float *latents, float *image,
+                            golden_steps *steps, sd_error *err)
 {
     sd_params p;
     ddim_config c;
     sd_params_init(&p);
     p.prompt = meta_or(g, "prompt", "");
     p.negative_prompt = meta_or(g, "negative_prompt", "");
+    if (!strncmp(p.negative_prompt, "(None", 5)) p.negative_prompt = NULL;   /* how a golden says none was given */
     p.steps = atoi(meta_or(g, "num_inference_steps", "0"));
     p.guidance = strtof(meta_or(g, "guidance_scale", "7.5"), NULL);
     p.width = atoi(meta_or(g, "width", "0"));
@@ -4700,17 +4881,21 @@ static int run_golden(const sd_model *m, golden_file *g, int threads, int vae_ti
         }
         p.step_noise = step_noise;
     }
-    const sd_tensor *init = sd_safetensors_find(&g->st, "init_image_uint8");
-    if (init) {
-        p.init_rgb = (const uint8_t *)init->data;
-        p.strength = strtod(meta_or(g, "strength", "0.8"), NULL);
-        p.posterior_noise = golden_f32(g, "posterior_noise", NULL);
-        p.noise = golden_f32(g, "noise", NULL);
-    } else if (sd_safetensors_find(&g->st, "initial_latents") && !sd_safetensors_meta(&g->st, "seed")) {
-        p.initial_latents = golden_f32(g, "initial_latents", NULL);
+    /* the init image (img2img, inpainting, InstructPix2Pix), its mask, and the given draws */
+    const sd_tensor *init = sd_safetensors_find(&g->st, "init_image_uint8"), *mask = sd_safetensors_find(&g->st, "mask_uint8");
+    p.init_rgb = init ? (const uint8_t *)init->data : NULL;
+    p.mask = mask ? (const uint8_t *)mask->data : NULL;
+    p.strength = strtod(meta_or(g, "strength", "0"), NULL);
+    p.image_guidance = strtof(meta_or(g, "image_guidance_scale", "1.5"), NULL);
+    if (!sd_safetensors_meta(&g->st, "seed")) {
+        static const char *const given[4] = {"initial_latents", "posterior_noise", "noise", "masked_image_posterior_noise"};
+        const float **field[4] = {&p.initial_latents, &p.posterior_noise, &p.noise, &p.masked_image_noise};
+        for (int i = 0; i < 4; i++) *field[i] = sd_safetensors_find(&g->st, given[i]) ? golden_f32(g, given[i], NULL) : NULL;
     }
     p.latents_out = latents;
     p.image_out = image;
+    p.preview = steps ? golden_collect : NULL;
+    p.user = steps;
     size_t need = sd_generate_arena_bytes(m, &p);
     sd_arena *a = test_arena(need + 64);
     int rc = sd_generate(m, &p, a, rgb, err);
@@ -4718,6 +4903,11 @@ static int run_golden(const sd_model *m, golden_file *g, int threads, int vae_ti
     free_arena(a);
     free(step_noise);
     return rc;
+}
+
+static int run_golden(const sd_model *m, golden_file *g, int threads, int vae_tile, uint8_t *rgb, float *latents, float *image, sd_error *err)
+{
+    return run_golden_steps(m, g, threads, vae_tile, rgb, latents, image, NULL, err);
 }
 
 static int pipelines_checked;
@@ -4742,10 +4932,20 @@ static int check_pipeline(const sd_model *m, const char *rel)
     nu = sd_tensor_numel(want_u8);
     float *lat = (float *)malloc((size_t)nl * sizeof(float)), *img = (float *)malloc((size_t)ni * sizeof(float));
     uint8_t *rgb = (uint8_t *)malloc((size_t)nu);
-    int rc = run_golden(m, g, 1, 0, rgb, lat, img, &err);
+    const sd_tensor *ts = sd_safetensors_find(&g->st, "timesteps");
+    golden_steps st = {NULL, ts ? (int)sd_tensor_numel(ts) : 0, 0, (size_t)nl};
+    st.latents = (float *)calloc((size_t)(st.steps > 0 ? st.steps : 1) * st.lat, sizeof(float));
+    int rc = run_golden_steps(m, g, 1, 0, rgb, lat, img, &st, &err);
     pipelines_checked++;
     n_cases++;
     if (CHECK(rc == SD_OK, "%s: %s", g->path, err.message)) {
+        CHECK(!ts || st.seen == st.steps, "%s: %d steps run, the golden's timesteps are %d", rel, st.seen, st.steps);
+        for (int k = 0; k < st.seen && k < st.steps; k++) {   /* each step's latents, where the golden has them */
+            char name[64];
+            snprintf(name, sizeof name, "step%d.latents_out", k);
+            snprintf(what, sizeof what, "%s %s", rel, name);
+            if (sd_safetensors_find(&g->st, name)) check_close(what, st.latents + (size_t)k * st.lat, golden_f32(g, name, NULL), (int64_t)st.lat, 1e-4);
+        }
         snprintf(what, sizeof what, "%s final_latents", rel);
         check_close(what, lat, want_lat, nl, 1e-4);
         snprintf(what, sizeof what, "%s image_decoded", rel);
@@ -4769,6 +4969,7 @@ static int check_pipeline(const sd_model *m, const char *rel)
         CHECK(same, "%s: prompt_ids%s differ from ours", rel, e ? "_2" : "");
         free_arena(a);
     }
+    free(st.latents);
     free(lat);
     free(img);
     free(rgb);
@@ -5802,17 +6003,6 @@ static void test_png_generated(void)
     printf("png: %d generated PNGs decoded exactly, %d bad ones refused\n", good, bad);
 }
 
-static void png_fix_crcs(uint8_t *png, size_t size)
-{
-    for (size_t p = 8; size - p >= 12;) {
-        uint32_t len = get_be32(png + p);
-        if (len > size - p - 12) return;
-        uint32_t crc = png_crc32(png + p + 4, len + 4u);
-        for (int k = 0; k < 4; k++) png[p + 8 + len + k] = (uint8_t)(crc >> (24 - 8 * k));
-        p += 12 + (size_t)len;
-    }
-}
-
 /* Every truncation and every flipped bit of a PNG is an error; damage behind valid CRCs (which
    only the inflater and the Adler-32 can catch) gives an error or an image, never a crash. The
    corrupt copy lives in a buffer of exactly its size, so ASan sees any read past the end. */
@@ -5952,6 +6142,64 @@ static int file_contains(const char *path, const char *needle)
 
 /* The CLI with a seed golden's settings gives diffusers' pixels; img2img from PNG and PPM agree;
    each kind of bad input gives one line on stderr and a non-zero exit. */
+/* The CLI's inpainting: a seeded inpainting golden (README §10, its _init.png and _mask.png
+   beside it) drawn through --mask with the golden's seed, and a mask of another size refused. */
+static void check_cli_inpainting(const char *dir, const char *merges)
+{
+    char sub[1400], rel[1400], args[16000], errf[1400], out[1400], init[1400], mask[1400];
+    int n = golden_models_read(), lines, rc, done = 0;
+    snprintf(errf, sizeof errf, "%s/stderr.txt", dir);
+    for (int i = 0; i < n && !done; i++) {
+        golden_model *gm = &golden_models[i];
+        snprintf(sub, sizeof sub, "%s/%s", golden_dir, gm->name);
+        DIR *in = golden_model_file(gm) && golden_model_loads(gm) ? opendir(sub) : NULL;
+        struct dirent *f;
+        while (in && (f = readdir(in)) && !done) {
+            if (strncmp(f->d_name, "inpaint_", 8) || !ends_with(f->d_name, ".safetensors")) continue;
+            snprintf(rel, sizeof rel, "%.600s/%.600s", gm->name, f->d_name);
+            golden_file *g = golden_open(rel);
+            const sd_tensor *want = g ? sd_safetensors_find(&g->st, "image_uint8") : NULL;
+            if (!want || !sd_safetensors_meta(&g->st, "seed") || strcmp(meta_or(g, "model", ""), gm->name)) { golden_close(g); continue; }
+            size_t stem = strlen(g->path) - 12;
+            snprintf(init, sizeof init, "%.*s_init.png", (int)stem, g->path);
+            snprintf(mask, sizeof mask, "%.*s_mask.png", (int)stem, g->path);
+            snprintf(out, sizeof out, "%s/inpaint.png", dir);
+            char prompt[1500], negative[1500];
+            shell_quote(prompt, sizeof prompt, meta_or(g, "prompt", ""));
+            shell_quote(negative, sizeof negative, meta_or(g, "negative_prompt", ""));
+            snprintf(args, sizeof args, "-m %s --tokenizer %s -p %s -n %s -i %s --mask %s --steps %s --strength %s --cfg-scale %s -s %s -t 2 -o %s",
+                     golden_model_file(gm), merges, prompt, negative, init, mask, meta_or(g, "num_inference_steps", "0"),
+                     meta_or(g, "strength", "1"), meta_or(g, "guidance_scale", "7.5"), meta_or(g, "seed", "0"), out);
+            rc = run_example(args, errf, &lines);
+            int w = 0, h = 0, worst = 256;
+            char e[256];
+            uint8_t *rgb = rc == 0 ? image_read(out, &w, &h, e, sizeof e) : NULL;
+            if (rgb && (int64_t)w * h * 3 == sd_tensor_numel(want)) {
+                worst = 0;
+                for (int64_t k = 0; k < sd_tensor_numel(want); k++) {
+                    int d = abs((int)rgb[k] - (int)((const uint8_t *)want->data)[k]);
+                    worst = d > worst ? d : worst;
+                }
+            }
+            CHECK(worst <= 1, "CLI --mask with -s %s: exit %d, the image differs from %s's by %d", meta_or(g, "seed", ""), rc, rel, worst);
+            /* a mask of another size than the image */
+            uint8_t small[16 * 16 * 3] = {0};
+            snprintf(mask, sizeof mask, "%s/small_mask.ppm", dir);
+            if (!image_write(mask, small, 16, 16, NULL, e, sizeof e)) {
+                snprintf(args, sizeof args, "-m %s --tokenizer %s -p x -i %s --mask %s -o %s", golden_model_file(gm), merges, init, mask, out);
+                rc = run_example(args, errf, &lines);
+                CHECK(rc != 0 && lines == 1 && file_contains(errf, "the mask must have the image's size"), "CLI mask of another size: exit %d", rc);
+            }
+            free(rgb);
+            golden_close(g);
+            n_cases++;
+            done = 1;
+        }
+        if (in) closedir(in);
+    }
+    if (!done) note_absent("cli inpainting", "no seeded inpainting golden with its model in %s, the CLI --mask check skipped", golden_dir);
+}
+
 static void test_cli(void)
 {
     char dir[] = "/tmp/sdh_cli_XXXXXX", golden[1200] = "", model[1400] = "", path[1400], args[6000], errf[1400];
@@ -6046,7 +6294,21 @@ static void test_cli(void)
     const char *m = *model ? model : "no-model.safetensors";   /* the cases that need one are skipped then */
     if (!*model && !n) note_no_models();
     else if (!*model) note_absent("cli model", "no model that loads in %s/models: the CLI runs that need one skipped", golden_dir);
-    struct { char args[3000]; const char *needle; } bad[9];
+    /* files that lie: a header that says 2 GB of JSON in a 1 KB file, and a model cut to 1 KB */
+    char liar[1400], cut[1400];
+    snprintf(liar, sizeof liar, "%s/liar.safetensors", dir);
+    snprintf(cut, sizeof cut, "%s/cut.safetensors", dir);
+    if ((f = fopen(liar, "wb"))) {
+        unsigned char head[1024] = {0x00, 0x00, 0x00, 0x80};   /* header length 2^31, little-endian */
+        memset(head + 8, '{', sizeof head - 8);
+        fwrite(head, 1, sizeof head, f);
+        fclose(f);
+    }
+    size_t msize = 0;
+    unsigned char *mbytes = *model && file_exists(model) ? read_file(model, &msize) : NULL;
+    if (mbytes && (f = fopen(cut, "wb"))) { fwrite(mbytes, 1, msize < 1024 ? msize : 1024, f); fclose(f); }
+    free(mbytes);
+    struct { char args[3000]; const char *needle; } bad[11];
     snprintf(bad[0].args, sizeof bad[0].args, "--bogus");                                         bad[0].needle = "unknown option";
     snprintf(bad[1].args, sizeof bad[1].args, "-m");                                              bad[1].needle = "needs a value";
     snprintf(bad[2].args, sizeof bad[2].args, "-m %s --tokenizer %s -p x -W 100", m, merges_path); bad[2].needle = "multiples of 8";
@@ -6055,9 +6317,11 @@ static void test_cli(void)
     snprintf(bad[5].args, sizeof bad[5].args, "-m %s --tokenizer %s -p x -i %s", m, merges_path, path); bad[5].needle = "not a PNG";
     snprintf(bad[6].args, sizeof bad[6].args, "-m %s -p x --sampling-method lms", m);            bad[6].needle = "not one of";
     snprintf(bad[7].args, sizeof bad[7].args, "-m %s -p x --scheduler karras", m);               bad[7].needle = "dpm++2m only";
-    snprintf(bad[8].args, sizeof bad[8].args, "-m %s --tokenizer %s -p x --embd-dir %s/none", m, merges_path, dir); bad[8].needle = "--embd-dir";
-    for (int i = 0; i < 9; i++) {
-        if (!*model && (i == 2 || i == 5 || i == 8)) continue;   /* checked once the model is loaded */
+    snprintf(bad[8].args, sizeof bad[8].args, "-m %s --tokenizer %s -p x", liar, merges_path);  bad[8].needle = "header";
+    snprintf(bad[9].args, sizeof bad[9].args, "-m %s --tokenizer %s -p x", cut, merges_path);   bad[9].needle = "cut.safetensors";
+    snprintf(bad[10].args, sizeof bad[10].args, "-m %s --tokenizer %s -p x --embd-dir %s/none", m, merges_path, dir); bad[10].needle = "--embd-dir";
+    for (int i = 0; i < 11; i++) {
+        if (!*model && (i == 2 || i == 5 || i == 9 || i == 10)) continue;   /* checked once the model is loaded */
         rc = run_example(bad[i].args, errf, &lines);
         CHECK(rc != 0 && lines == 1 && file_contains(errf, bad[i].needle), "CLI '%s': exit %d, %d lines on stderr, want one with '%s'",
               bad[i].args, rc, lines, bad[i].needle);
@@ -6084,8 +6348,1020 @@ static void test_cli(void)
         CHECK(rc == 0 && file_contains(errf, "embeddings: 2 from") && file_contains(errf, "tinystyle") && file_contains(errf, "skipped"),
               "CLI --embd-dir %s: exit %d, or its stderr does not list 2 embeddings and one skipped", embd, rc);
     }
+    /* -i without -W/-H: the init image's size rounded down to a multiple of 8, said on stderr */
+    if (*model) {
+        uint8_t odd[100 * 75 * 3];
+        char e[256], outp[1400];
+        int ow = 0, oh = 0;
+        for (size_t i = 0; i < sizeof odd; i++) odd[i] = (uint8_t)(i * 7 % 251);
+        snprintf(path, sizeof path, "%s/odd.ppm", dir);
+        snprintf(outp, sizeof outp, "%s/odd_out.ppm", dir);
+        if (!image_write(path, odd, 100, 75, NULL, e, sizeof e)) {
+            snprintf(args, sizeof args, "-m %s --tokenizer %s -p x -i %s --steps 2 -s 1 -t 1 -o %s", m, merges_path, path, outp);
+            rc = run_example(args, errf, &lines);
+            uint8_t *o = rc == 0 ? image_read(outp, &ow, &oh, e, sizeof e) : NULL;
+            CHECK(o && ow == 96 && oh == 72 && file_contains(errf, "resized to 96x72"), "CLI -i of a 100x75 image: exit %d, %dx%d", rc, ow, oh);
+            free(o);
+        }
+        snprintf(args, sizeof args, "-m %s --tokenizer %s -p x --mask %s", m, merges_path, path);
+        rc = run_example(args, errf, &lines);
+        CHECK(rc != 0 && lines == 1 && file_contains(errf, "needs an init image"), "CLI --mask without -i: exit %d", rc);
+    }
+    check_cli_inpainting(dir, merges_path);
     snprintf(args, sizeof args, "rm -rf %s", dir);
     if (system(args)) printf("note: could not remove %s\n", dir);
+}
+
+/* GGUF: the reader against hand-made files (every value type, every malformed case), the
+   dequantizer and the GEMM on every block type, a model written as GGUF by the test (its
+   pipeline and CLI runs), and, when GOLDEN_DIR/gguf/ is there, stable-diffusion.cpp's files:
+   their tables, dequantized tensors and pipelines (golden README section 13). */
+
+/* A GGUF file being written: GGUF's little-endian fields into a growing buffer. */
+typedef struct gguf_buf { unsigned char *b; size_t len, cap; } gguf_buf;
+
+static void gb_put(gguf_buf *o, const void *p, size_t n)
+{
+    if (o->len + n > o->cap) {
+        o->cap = (o->len + n) * 2 + 256;
+        o->b = (unsigned char *)realloc(o->b, o->cap);
+    }
+    if (n) memcpy(o->b + o->len, p, n);
+    o->len += n;
+}
+static void gb_uint(gguf_buf *o, uint64_t v, int bytes)
+{
+    unsigned char c[8];
+    for (int i = 0; i < bytes; i++) c[i] = (unsigned char)(v >> 8 * i);
+    gb_put(o, c, (size_t)bytes);
+}
+static void gb_str(gguf_buf *o, const char *s) { gb_uint(o, strlen(s), 8); gb_put(o, s, strlen(s)); }
+static void gb_kv(gguf_buf *o, const char *key, uint32_t type) { gb_str(o, key); gb_uint(o, type, 4); }   /* the value follows */
+static void gb_kv_str(gguf_buf *o, const char *key, const char *value) { gb_kv(o, key, GGUF_STRING); gb_str(o, value); }
+
+/* A tensor to write: ne[0] innermost; offset -1 places it at the next multiple of the alignment. */
+typedef struct gguf_spec { const char *name; uint32_t type; int n_dims; uint64_t ne[4]; const void *data; size_t nbytes; int64_t offset; } gguf_spec;
+
+/* Version 3: header, the n_kv pairs already in kv, tensor infos, padding, data (no padding after
+   the last tensor, so that every strict prefix cuts something off). *infos_end (may be NULL)
+   gets where the tensor infos end. */
+static unsigned char *gguf_write(const gguf_buf *kv, uint64_t n_kv, const gguf_spec *t, int nt, uint64_t alignment, size_t *size,
+                                 size_t *infos_end)
+{
+    gguf_buf o = {NULL, 0, 0};
+    uint64_t *at = (uint64_t *)calloc((size_t)nt + 1, sizeof(uint64_t)), end = 0, pos = 0;
+    gb_put(&o, "GGUF", 4);
+    gb_uint(&o, 3, 4);
+    gb_uint(&o, (uint64_t)nt, 8);
+    gb_uint(&o, n_kv, 8);
+    if (kv) gb_put(&o, kv->b, kv->len);
+    for (int i = 0; i < nt; i++) {
+        at[i] = t[i].offset >= 0 ? (uint64_t)t[i].offset : (pos + alignment - 1) / alignment * alignment;
+        pos = at[i] + t[i].nbytes;
+        if (pos > end) end = pos;
+        gb_str(&o, t[i].name);
+        gb_uint(&o, (uint64_t)t[i].n_dims, 4);
+        for (int d = 0; d < t[i].n_dims; d++) gb_uint(&o, d < 4 ? t[i].ne[d] : 1, 8);   /* (a 5th dim for a malformed case) */
+        gb_uint(&o, t[i].type, 4);
+        gb_uint(&o, at[i], 8);
+    }
+    size_t start = (o.len + alignment - 1) / alignment * alignment;
+    if (infos_end) *infos_end = o.len;
+    unsigned char *b = (unsigned char *)calloc(start + end + 1, 1);
+    memcpy(b, o.b, o.len);
+    for (int i = 0; i < nt; i++) if (t[i].nbytes) memcpy(b + start + at[i], t[i].data, t[i].nbytes);
+    *size = start + end;
+    free(o.b);
+    free(at);
+    return b;
+}
+
+static uint32_t ggml_type_of(sd_dtype t)
+{
+    for (size_t k = 0; k < sizeof gguf_types / sizeof gguf_types[0]; k++) if (gguf_types[k].dtype == t) return gguf_types[k].ggml;
+    return 9999;
+}
+
+/* An opened safetensors model as GGUF, the way stable-diffusion.cpp's converter lays it out
+   (ne reversed, 32-byte alignment), its metadata as string pairs, plus n_extra pairs of `extra`. */
+static unsigned char *gguf_from_safetensors(const sd_safetensors *st, const gguf_buf *extra, uint64_t n_extra, size_t *size)
+{
+    gguf_buf kv = {NULL, 0, 0};
+    gguf_spec *t = (gguf_spec *)calloc((size_t)st->count + 1, sizeof *t);
+    for (int i = 0; i < st->meta_count; i++) gb_kv_str(&kv, st->meta_keys[i], st->meta_values[i]);
+    if (extra) gb_put(&kv, extra->b, extra->len);
+    for (int i = 0; i < st->count; i++) {
+        const sd_tensor *s = &st->tensors[i];
+        t[i].name = s->name;
+        t[i].type = ggml_type_of(s->dtype);
+        t[i].n_dims = s->ndim;
+        for (int d = 0; d < s->ndim; d++) t[i].ne[d] = (uint64_t)s->shape[s->ndim - 1 - d];
+        t[i].data = s->data;
+        t[i].nbytes = s->nbytes;
+        t[i].offset = -1;
+    }
+    unsigned char *b = gguf_write(&kv, (uint64_t)st->meta_count + n_extra, t, st->count, 32, size, NULL);
+    free(kv.b);
+    free(t);
+    return b;
+}
+
+/* Opens GGUF bytes in an arena of exactly what gguf_arena_bytes plans, which it must fill exactly. */
+static int gguf_open_planned(sd_safetensors *st, const unsigned char *b, size_t size, sd_arena **a, sd_error *err, const char *what)
+{
+    size_t plan = (size_t)gguf_arena_bytes(b, size);
+    *a = test_arena(plan);
+    int rc = sd_gguf_open(st, b, size, *a, err);
+    if (CHECK(rc == SD_OK, "%s: %s", what, rc ? err->message : ""))
+        CHECK((*a)->peak == plan, "%s: the open peaked at %zu arena bytes, gguf_arena_bytes planned %zu", what, (*a)->peak, plan);
+    return rc;
+}
+
+/* The small valid file of the reader tests: every value type among its pairs, an alignment of
+   64, four tensors of four types (q8_0 rows of made-up blocks). */
+static unsigned char *gguf_small(size_t *size, gguf_buf *extra, uint64_t n_extra)
+{
+    static float f32[3] = {1.5f, -2.0f, 0.25f};
+    static uint16_t f16[4] = {0x3c00, 0xc000, 0x0001, 0x8000}, bf16[4] = {0x3f80, 0xbf80, 0x4049, 0x0000};
+    static unsigned char q8[3 * 34];
+    for (int r = 0; r < 3; r++) {
+        q8[34 * r] = 0x00; q8[34 * r + 1] = (unsigned char)(r == 1 ? 0xb8 : 0x38);   /* d = 0.5, -0.5, 0.5 */
+        for (int e = 0; e < 32; e++) q8[34 * r + 2 + e] = (unsigned char)(int8_t)(e - 16 + r);
+    }
+    gguf_buf kv = {NULL, 0, 0};
+    gb_kv(&kv, "general.alignment", GGUF_U32); gb_uint(&kv, 64, 4);
+    gb_kv(&kv, "v.u8", GGUF_U8); gb_uint(&kv, 200, 1);
+    gb_kv(&kv, "v.i8", GGUF_I8); gb_uint(&kv, (uint8_t)-5, 1);
+    gb_kv(&kv, "v.u16", GGUF_U16); gb_uint(&kv, 65535, 2);
+    gb_kv(&kv, "v.i16", GGUF_I16); gb_uint(&kv, (uint16_t)-300, 2);
+    gb_kv(&kv, "v.u32", GGUF_U32); gb_uint(&kv, 4000000000u, 4);
+    gb_kv(&kv, "v.i32", GGUF_I32); gb_uint(&kv, (uint32_t)-70000, 4);
+    gb_kv(&kv, "v.f32", GGUF_F32); gb_uint(&kv, 0x3f000000u, 4);
+    gb_kv(&kv, "v.bool", GGUF_BOOL); gb_uint(&kv, 1, 1);
+    gb_kv_str(&kv, "general.name", "tiny \xc3\xa9");
+    gb_kv(&kv, "v.array_u8", GGUF_ARRAY); gb_uint(&kv, GGUF_U8, 4); gb_uint(&kv, 3, 8); gb_uint(&kv, 0x030201, 3);
+    gb_kv(&kv, "v.array_str", GGUF_ARRAY); gb_uint(&kv, GGUF_STRING, 4); gb_uint(&kv, 2, 8); gb_str(&kv, "a"); gb_str(&kv, "bc");
+    gb_kv(&kv, "v.array_bool", GGUF_ARRAY); gb_uint(&kv, GGUF_BOOL, 4); gb_uint(&kv, 2, 8); gb_uint(&kv, 0x0100, 2);
+    gb_kv(&kv, "v.u64", GGUF_U64); gb_uint(&kv, UINT64_MAX, 8);
+    gb_kv(&kv, "v.i64", GGUF_I64); gb_uint(&kv, (uint64_t)INT64_MIN, 8);
+    gb_kv(&kv, "v.f64", GGUF_F64); gb_uint(&kv, 0x3fd0000000000000ull, 8);   /* 0.25 */
+    if (extra) gb_put(&kv, extra->b, extra->len);
+    gguf_spec t[4] = {
+        {"blk.q8", 8, 2, {32, 3, 1, 1}, q8, sizeof q8, -1},
+        {"b.f32", 0, 1, {3, 1, 1, 1}, f32, sizeof f32, -1},
+        {"c.f16", 1, 4, {2, 2, 1, 1}, f16, sizeof f16, -1},
+        {"d.bf16", 30, 1, {4, 1, 1, 1}, bf16, sizeof bf16, -1},
+    };
+    unsigned char *b = gguf_write(&kv, 16 + n_extra, t, 4, 64, size, NULL);
+    free(kv.b);
+    return b;
+}
+
+/* One malformed variant of a file: a copy with `n` bytes at `at` replaced by v (little-endian). */
+static void expect_bad_gguf_patch(const char *what, const unsigned char *b, size_t size, size_t at, uint64_t v, int n, const char *needle)
+{
+    unsigned char *c = (unsigned char *)malloc(size);
+    memcpy(c, b, size);
+    for (int i = 0; i < n; i++) c[at + (size_t)i] = (unsigned char)(v >> 8 * i);
+    expect_bad_open(sd_gguf_open, what, c, size, needle);
+    free(c);
+}
+
+/* A file of one key-value pair (the bytes given) and no tensors, expected to be refused. */
+static void expect_bad_gguf_kv(const char *what, const gguf_buf *kv, uint64_t n_kv, const char *needle)
+{
+    size_t size;
+    unsigned char *b = gguf_write(kv, n_kv, NULL, 0, 32, &size, NULL);
+    expect_bad_open(sd_gguf_open, what, b, size, needle);
+    free(b);
+}
+
+/* A file of the tensors given (one pair: alignment), expected to be refused; offset_past_end
+   moves the last tensor's offset past the end of the file. */
+static void expect_bad_gguf_tensors(const char *what, const gguf_spec *t, int nt, uint64_t alignment, int offset_past_end, const char *needle)
+{
+    size_t size, infos;
+    gguf_buf kv = {NULL, 0, 0};
+    gb_kv(&kv, "general.alignment", GGUF_U32);
+    gb_uint(&kv, alignment, 4);
+    unsigned char *b = gguf_write(&kv, 1, t, nt, alignment, &size, &infos);
+    for (int i = 0; offset_past_end && i < 8; i++) b[infos - 8 + (size_t)i] = (unsigned char)((uint64_t)(size + 63) / 32 * 32 >> 8 * i);
+    expect_bad_open(sd_gguf_open, what, b, size, needle);
+    free(b);
+    free(kv.b);
+}
+
+static void test_gguf_reader(void)
+{
+    size_t size;
+    unsigned char *b = gguf_small(&size, NULL, 0);
+    sd_safetensors st;
+    sd_arena *a;
+    sd_error err;
+    if (gguf_open_planned(&st, b, size, &a, &err, "small GGUF") == SD_OK) {
+        static const char *const want[][2] = {
+            {"v.u8", "200"}, {"v.i8", "-5"}, {"v.u16", "65535"}, {"v.i16", "-300"}, {"v.u32", "4000000000"}, {"v.i32", "-70000"},
+            {"v.f32", "0.5"}, {"v.bool", "true"}, {"general.name", "tiny \xc3\xa9"}, {"v.u64", "18446744073709551615"},
+            {"v.i64", "-9223372036854775808"}, {"v.f64", "0.25"}, {"general.alignment", "64"}};
+        int meta_ok = st.meta_count == 13 && !sd_safetensors_meta(&st, "v.array_u8") && !sd_safetensors_meta(&st, "v.array_str");
+        for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+            const char *v = sd_safetensors_meta(&st, want[i][0]);
+            if (!v || strcmp(v, want[i][1])) { meta_ok = 0; printf("  metadata %s = %s, want %s\n", want[i][0], v ? v : "(none)", want[i][1]); }
+        }
+        CHECK(meta_ok, "GGUF metadata: scalars as text, arrays skipped (%d pairs)", st.meta_count);
+        const sd_tensor *q = sd_safetensors_find(&st, "blk.q8"), *f = sd_safetensors_find(&st, "b.f32");
+        const sd_tensor *h = sd_safetensors_find(&st, "c.f16"), *g = sd_safetensors_find(&st, "d.bf16");
+        CHECK(st.count == 4 && q && f && h && g, "small GGUF: four tensors found");
+        if (q && f && h && g) {
+            CHECK(q->dtype == SD_Q8_0 && q->ndim == 2 && q->shape[0] == 3 && q->shape[1] == 32 && q->nbytes == 102, "q8_0 [3, 32], 102 bytes");
+            CHECK(h->dtype == SD_F16 && h->ndim == 4 && h->shape[0] == 1 && h->shape[1] == 1 && h->shape[2] == 2 && h->shape[3] == 2, "f16 ne [2,2,1,1] reads as [1,1,2,2]");
+            size_t data = (size_t)((const unsigned char *)q->data - b);
+            CHECK(data % 64 == 0 && (const unsigned char *)f->data == b + data + 128 && (const unsigned char *)h->data == b + data + 192 &&
+                  (const unsigned char *)g->data == b + data + 256, "tensors at the data section + their offsets, 64-aligned");
+            float v[96], one = tensor_get(f, 2);
+            tensor_floats(v, q, 0, 96);
+            int ok = one == 0.25f && tensor_get(h, 2) == sd_f16_to_f32(1) && tensor_get(g, 2) == sd_bf16_to_f32(0x4049);
+            for (int e = 0; e < 96; e++) ok &= v[e] == (float)(e % 32 - 16 + e / 32) * (e / 32 == 1 ? -0.5f : 0.5f);
+            CHECK(ok, "small GGUF: values read back");
+        }
+        CHECK(sd_safetensors_open(&st, b, size, a, &err) != SD_OK && strstr(err.message, "GGUF"), "safetensors reader names a GGUF file: %s", err.message);
+    }
+    free_arena(a);
+    check_truncations(sd_gguf_open, "a valid GGUF file", b, size);
+
+    /* random byte changes in the header and infos: an error, or a table inside the buffer */
+    uint32_t rng = 777;
+    int flips_ok = 1;
+    size_t header = size;   /* the bytes before the data section */
+    a = test_arena(1 << 16);
+    if (sd_gguf_open(&st, b, size, a, &err) == SD_OK) header = (size_t)((const unsigned char *)st.tensors[0].data - b);
+    free_arena(a);
+    for (int i = 0; i < 3000; i++) {
+        unsigned char *c = (unsigned char *)malloc(size);
+        memcpy(c, b, size);
+        for (int k = 0; k < 1 + i % 3; k++) {
+            rng = rng * 1664525u + 1013904223u;
+            size_t at = (rng >> 8) % header;
+            rng = rng * 1664525u + 1013904223u;
+            c[at] = (unsigned char)(rng >> 24);
+        }
+        a = test_arena(1 << 16);
+        if (sd_gguf_open(&st, c, size, a, &err) == SD_OK)
+            for (int t = 0; t < st.count; t++) {
+                const sd_tensor *x = &st.tensors[t];
+                if ((const unsigned char *)x->data < c || (const unsigned char *)x->data + x->nbytes > c + size) flips_ok = 0;
+                if (dtype_is_block(x->dtype) && x->nbytes) (void)tensor_get(x, (size_t)sd_tensor_numel(x) - 1);
+            }
+        free_arena(a);
+        free(c);
+    }
+    CHECK(flips_ok, "GGUF byte changes never give tensors outside the buffer");
+
+    /* version 2 has the same layout */
+    b[4] = 2;
+    a = test_arena(1 << 16);
+    CHECK(sd_gguf_open(&st, b, size, a, &err) == SD_OK && st.count == 4, "a version 2 file opens: %s", err.message);
+    free_arena(a);
+    b[4] = 3;
+
+    /* the header's fields, each made wrong */
+    expect_bad_gguf_patch("no magic", b, size, 0, 'X', 1, "magic");
+    expect_bad_gguf_patch("version 1", b, size, 4, 1, 4, "version 1");
+    expect_bad_gguf_patch("big-endian version", b, size, 4, 0x03000000, 4, "big-endian");
+    expect_bad_gguf_patch("version 4", b, size, 4, 4, 4, "version 4");
+    expect_bad_gguf_patch("a huge tensor count", b, size, 8, (uint64_t)1 << 40, 8, "cannot fit");
+    expect_bad_gguf_patch("one tensor too many", b, size, 8, 5, 8, "gguf:");
+    expect_bad_gguf_patch("a huge n_kv", b, size, 16, (uint64_t)1 << 50, 8, "cannot fit");
+    expect_bad_gguf_patch("n_kv one too many", b, size, 16, 17, 8, "gguf:");
+    expect_bad_gguf_patch("n_kv one too few", b, size, 16, 15, 8, "gguf:");
+    unsigned char tiny[24] = {'G', 'G', 'U', 'F', 3};
+    expect_bad_open(sd_gguf_open, "empty file", tiny, 0, "magic");
+    expect_bad_open(sd_gguf_open, "header cut short", tiny, 20, "shorter");
+
+    /* key-value pairs */
+    gguf_buf kv = {NULL, 0, 0};
+    gb_kv(&kv, "x", 13); gb_uint(&kv, 0, 4);
+    expect_bad_gguf_kv("unknown value type", &kv, 1, "unknown value type");
+    kv.len = 0; gb_kv(&kv, "x", GGUF_BOOL); gb_uint(&kv, 2, 1);
+    expect_bad_gguf_kv("a bool of 2", &kv, 1, "bool");
+    kv.len = 0; gb_kv(&kv, "x", GGUF_ARRAY); gb_uint(&kv, GGUF_BOOL, 4); gb_uint(&kv, 2, 8); gb_uint(&kv, 0x0201, 2);
+    expect_bad_gguf_kv("a bool of 2 in an array", &kv, 1, "bool");
+    kv.len = 0; gb_kv(&kv, "x", GGUF_ARRAY); gb_uint(&kv, GGUF_ARRAY, 4); gb_uint(&kv, 0, 8);
+    expect_bad_gguf_kv("an array of arrays", &kv, 1, "arrays");
+    kv.len = 0; gb_kv(&kv, "x", GGUF_ARRAY); gb_uint(&kv, 77, 4); gb_uint(&kv, 0, 8);
+    expect_bad_gguf_kv("an array of an unknown type", &kv, 1, "unknown type");
+    kv.len = 0; gb_kv(&kv, "x", GGUF_ARRAY); gb_uint(&kv, GGUF_U32, 4); gb_uint(&kv, (uint64_t)1 << 61, 8);
+    expect_bad_gguf_kv("a huge array", &kv, 1, "cannot fit");
+    kv.len = 0; gb_kv(&kv, "x", GGUF_ARRAY); gb_uint(&kv, GGUF_STRING, 4); gb_uint(&kv, 1, 8); gb_uint(&kv, 100, 8);
+    expect_bad_gguf_kv("a string past the end in an array", &kv, 1, "cut off");
+    kv.len = 0; gb_kv_str(&kv, "x", "1"); gb_kv_str(&kv, "x", "2");
+    expect_bad_gguf_kv("a key twice", &kv, 2, "twice");
+    kv.len = 0; gb_kv_str(&kv, "", "1");
+    expect_bad_gguf_kv("an empty key", &kv, 1, "empty key");
+    kv.len = 0; gb_uint(&kv, 3, 8); gb_put(&kv, "a\0b", 3); gb_uint(&kv, GGUF_U8, 4); gb_uint(&kv, 0, 1);
+    expect_bad_gguf_kv("a NUL in a key", &kv, 1, "NUL");
+    kv.len = 0; gb_kv(&kv, "x", GGUF_STRING); gb_uint(&kv, (uint64_t)1 << 62, 8);
+    expect_bad_gguf_kv("a string longer than the file", &kv, 1, "cut off");
+    kv.len = 0; gb_kv(&kv, "general.alignment", GGUF_U32); gb_uint(&kv, 48, 4);
+    expect_bad_gguf_kv("alignment 48", &kv, 1, "power of two");
+    kv.len = 0; gb_kv(&kv, "general.alignment", GGUF_U32); gb_uint(&kv, 0, 4);
+    expect_bad_gguf_kv("alignment 0", &kv, 1, "power of two");
+    kv.len = 0; gb_kv(&kv, "general.alignment", GGUF_U64); gb_uint(&kv, 32, 8);
+    expect_bad_gguf_kv("alignment as u64", &kv, 1, "u32");
+    free(kv.b);
+
+    /* tensor infos */
+    static const unsigned char zeros[4096];
+    gguf_spec t[2] = {{"a", 0, 1, {4, 1, 1, 1}, zeros, 16, -1}, {"b", 0, 1, {4, 1, 1, 1}, zeros, 16, -1}};
+    gguf_spec bad = t[0];
+    bad.n_dims = 5; expect_bad_gguf_tensors("5 dimensions", &bad, 1, 32, 0, "dimensions");
+    bad = t[0]; bad.n_dims = 2; bad.ne[0] = (uint64_t)1 << 40; bad.ne[1] = (uint64_t)1 << 40;
+    expect_bad_gguf_tensors("dims whose product overflows", &bad, 1, 32, 0, "overflow");
+    bad = t[0]; bad.n_dims = 3; bad.ne[0] = 0; bad.ne[1] = (uint64_t)1 << 40; bad.ne[2] = (uint64_t)1 << 40; bad.nbytes = 0;
+    expect_bad_gguf_tensors("an empty tensor whose other dims overflow", &bad, 1, 32, 0, "overflow");
+    bad = t[0]; bad.ne[0] = (uint64_t)1 << 63;
+    expect_bad_gguf_tensors("a dim past int64", &bad, 1, 32, 0, "overflow");
+    bad = t[0]; bad.ne[0] = (uint64_t)1 << 40;
+    expect_bad_gguf_tensors("a tensor larger than the file", &bad, 1, 32, 0, "larger than the file");
+    bad = t[0]; bad.type = 16;
+    expect_bad_gguf_tensors("ggml type 16", &bad, 1, 32, 0, "'a' has ggml type 16");
+    bad = t[0]; bad.type = 4;
+    expect_bad_gguf_tensors("ggml type 4 (gone)", &bad, 1, 32, 0, "ggml type 4");
+    bad = t[0]; bad.type = 8; bad.ne[0] = 16; bad.n_dims = 2; bad.ne[1] = 2; bad.nbytes = 34;
+    expect_bad_gguf_tensors("q8_0 rows of 16", &bad, 1, 32, 0, "not a whole number of 32-value blocks");
+    bad = t[0]; bad.type = 12; bad.ne[0] = 32; bad.nbytes = 18;
+    expect_bad_gguf_tensors("q4_K rows of 32", &bad, 1, 32, 0, "256-value blocks");
+    bad = t[0]; bad.type = 8; bad.n_dims = 0; bad.nbytes = 34;
+    expect_bad_gguf_tensors("a 0-dim q8_0", &bad, 1, 32, 0, "whole number");
+    bad = t[0]; bad.offset = 8;
+    expect_bad_gguf_tensors("misaligned offset", &bad, 1, 32, 0, "not a multiple of the alignment");
+    expect_bad_gguf_tensors("offset past the end", t, 1, 32, 1, "past the end");
+    bad = t[0]; bad.offset = 1; bad.nbytes = 16;
+    expect_bad_gguf_tensors("f32 at an odd offset (alignment 1)", &bad, 1, 1, 0, "not aligned for F32");
+    gguf_spec two[2] = {t[0], t[1]};
+    two[1].name = "a";
+    expect_bad_gguf_tensors("the same name twice", two, 2, 32, 0, "duplicate tensor name 'a'");
+    two[1] = t[1]; two[1].offset = 0;
+    expect_bad_gguf_tensors("two tensors at one offset", two, 2, 32, 0, "overlaps");
+    two[0].ne[0] = 12; two[0].nbytes = 48; two[1].offset = 32;
+    expect_bad_gguf_tensors("a tensor reaching into the next", two, 2, 32, 0, "overlaps");
+    bad = t[0]; bad.name = "";
+    expect_bad_gguf_tensors("an empty name", &bad, 1, 32, 0, "name of 0 bytes");
+    free(b);
+
+    /* metadata-heavy: 30000 more pairs of every kind; the plan still fits the open exactly */
+    gguf_buf extra = {NULL, 0, 0};
+    for (int i = 0; i < 30000; i++) {
+        char key[64], value[200];
+        snprintf(key, sizeof key, "extra.%d", i);
+        if (i % 3 == 0) { memset(value, 'a' + i % 26, (size_t)(i % 150)); value[i % 150] = 0; gb_kv_str(&extra, key, value); }
+        else if (i % 3 == 1) { gb_kv(&extra, key, GGUF_F64); gb_uint(&extra, (uint64_t)i * 0x9e3779b97f4a7c15ull, 8); }
+        else { gb_kv(&extra, key, GGUF_ARRAY); gb_uint(&extra, GGUF_STRING, 4); gb_uint(&extra, 2, 8); gb_str(&extra, key); gb_str(&extra, "x"); }
+    }
+    b = gguf_small(&size, &extra, 30000);
+    if (gguf_open_planned(&st, b, size, &a, &err, "small GGUF with 30000 more pairs") == SD_OK)
+        CHECK(st.meta_count == 13 + 20000 && sd_safetensors_meta(&st, "extra.29997") && strlen(sd_safetensors_meta(&st, "extra.29997")) == 29997 % 150,
+              "30000 more pairs: %d kept as metadata", st.meta_count);
+    free_arena(a);
+    free(b);
+    free(extra.b);
+}
+
+/* The raw bytes of one type in the blocks golden, made an [N, 256] tensor (N = 4 rows times
+   `copies`), and the matching values. */
+static int gguf_blocks_tensor(golden_file *g, const char *type, int copies, sd_tensor *t, float **values)
+{
+    char key[64];
+    snprintf(key, sizeof key, "%s.raw", type);
+    const sd_tensor *raw = sd_safetensors_find(&g->st, key);
+    snprintf(key, sizeof key, "%s.values", type);
+    const sd_tensor *val = sd_safetensors_find(&g->st, key);
+    memset(t, 0, sizeof *t);
+    t->dtype = SD_DTYPE_COUNT;
+    for (int d = 0; d < SD_DTYPE_COUNT; d++) {   /* "q4_K" is Q4_K, "bf16" BF16 */
+        const char *name = sd_dtype_name((sd_dtype)d);
+        size_t i = 0;
+        while (name[i] && (name[i] == type[i] || name[i] == type[i] - 'a' + 'A')) i++;
+        if (!name[i] && !type[i]) t->dtype = (sd_dtype)d;
+    }
+    if (!CHECK(raw && val && t->dtype != SD_DTYPE_COUNT && val->ndim == 2 && val->shape[1] == 256 && val->dtype == SD_F32, "%s: no usable %s.raw / %s.values", g->path, type, type))
+        return 0;
+    int64_t rows = val->shape[0];
+    unsigned char *bytes = (unsigned char *)malloc(raw->nbytes * (size_t)copies);
+    *values = (float *)malloc((size_t)(rows * 256 * copies) * sizeof(float));
+    for (int c = 0; c < copies; c++) {
+        memcpy(bytes + raw->nbytes * (size_t)c, raw->data, raw->nbytes);
+        memcpy(*values + (size_t)(rows * 256 * c), val->data, (size_t)rows * 256 * sizeof(float));
+    }
+    t->name = type;
+    t->ndim = 2;
+    t->shape[0] = rows * copies;
+    t->shape[1] = 256;
+    t->data = bytes;
+    t->nbytes = raw->nbytes * (size_t)copies;
+    return CHECK(dtype_bytes(t->dtype, (uint64_t)(rows * 256)) == raw->nbytes, "%s: %s.raw has %zu bytes", g->path, type, raw->nbytes);
+}
+
+static int floats_equal(const float *a, const float *b, size_t n)   /* as floats: -0.0 == +0.0 */
+{
+    for (size_t i = 0; i < n; i++) if (!(a[i] == b[i])) return 0;
+    return 1;
+}
+
+/* Every type's bytes through the dequantizer the kernels use (whole rows, pieces cut inside
+   blocks, single elements), through a GGUF file holding all of them, and through the GEMM:
+   a matmul with the block-typed weight equals the matmul with its f32 values bit for bit
+   (packed and dot-product paths, 1 and 3 threads). */
+static void check_gguf_blocks(const char *rel)
+{
+    static const char *const types[13] = {"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K"};
+    golden_file *g = golden_open(rel);
+    if (!g) return;
+    gguf_spec spec[13];
+    sd_tensor kept[13];
+    float *kept_values[13];
+    int nt = 0, checked = 0;
+    kt_pool *pools[2] = {kt_pool_new(1), kt_pool_new(3)};
+    for (int k = 0; k < 13; k++) {
+        sd_tensor t;
+        float *values, out[10 * 4 * 256];
+        if (!gguf_blocks_tensor(g, types[k], 10, &t, &values)) continue;
+        size_t n = (size_t)sd_tensor_numel(&t), per = (size_t)dtype_info[t.dtype].block;
+        tensor_floats(out, &t, 0, (int)n);
+        int ok = floats_equal(out, values, n);
+        static const size_t cuts[][2] = {{1, 30}, {17, 300}, {255, 2}, {300, 700}, {1023, 1}, {31, 33}};
+        for (size_t c = 0; c < sizeof cuts / sizeof cuts[0]; c++) {
+            tensor_floats(out, &t, cuts[c][0], (int)cuts[c][1]);
+            ok &= floats_equal(out, values + cuts[c][0], cuts[c][1]);
+        }
+        for (size_t e = 0; e < n; e += 97) ok &= tensor_get(&t, e) == values[e];
+        CHECK(ok, "%s: %s dequantized (whole, cut at %zu-value block edges, one by one) = ggml's values", rel, types[k], per);
+        /* the GEMM: M = 3 (dot products) and 70 (packed panels), N = 40, K = 256 */
+        sd_tensor f = t;
+        f.dtype = SD_F32;
+        f.data = values;
+        f.nbytes = n * sizeof(float);
+        for (int p = 0; p < 2; p++)
+            for (int M = 3; M <= 70; M += 67) {
+                float *x = kt_floats((size_t)M * 256, 1.0f), *y = (float *)malloc((size_t)M * 40 * sizeof(float)), *yf = (float *)malloc((size_t)M * 40 * sizeof(float));
+                linear(&pools[p]->pool, y, x, M, 40, 256, &t, NULL);
+                linear(&pools[p]->pool, yf, x, M, 40, 256, &f, NULL);
+                CHECK(!memcmp(y, yf, (size_t)M * 40 * sizeof(float)), "%s: matmul with a %s weight differs from its f32 values (M %d, %d threads)",
+                      rel, types[k], M, pools[p]->pool.threads);
+                free(x); free(y); free(yf);
+            }
+        /* the first 4 rows go into a GGUF file of all the types */
+        spec[nt].name = types[k];
+        spec[nt].type = ggml_type_of(t.dtype);
+        spec[nt].n_dims = 2;
+        spec[nt].ne[0] = 256;
+        spec[nt].ne[1] = 4;
+        spec[nt].data = t.data;
+        spec[nt].nbytes = t.nbytes / 10;
+        spec[nt].offset = -1;
+        kept[nt] = t;
+        kept_values[nt++] = values;
+        checked++;
+    }
+    size_t size;
+    unsigned char *file = gguf_write(NULL, 0, spec, nt, 32, &size, NULL);
+    sd_safetensors st;
+    sd_arena *a;
+    sd_error err;
+    if (gguf_open_planned(&st, file, size, &a, &err, "a GGUF of every block type") == SD_OK) {
+        int ok = st.count == nt;
+        for (int k = 0; ok && k < nt; k++) {
+            const sd_tensor *t = sd_safetensors_find(&st, spec[k].name);
+            float out[4 * 256];
+            ok = t && t->dtype == kept[k].dtype && t->shape[0] == 4 && t->shape[1] == 256 && t->nbytes == spec[k].nbytes;
+            if (ok) tensor_floats(out, t, 0, 1024);
+            ok = ok && floats_equal(out, kept_values[k], 1024);
+        }
+        CHECK(ok, "a GGUF of the %d types reads back every value", nt);
+    }
+    free_arena(a);
+    free(file);
+    for (int k = 0; k < nt; k++) { free((void *)kept[k].data); free(kept_values[k]); }
+    kt_pool_free(pools[0]);
+    kt_pool_free(pools[1]);
+    printf("gguf: %s: %d weight types dequantized and multiplied\n", rel, checked);
+    golden_close(g);
+}
+
+/* A GGUF file of stable-diffusion.cpp's against its dequant golden: the table (names, types,
+   dims, offsets, sizes) exactly, the selected tensors' values and raw bytes, and every tensor's
+   CRC-32 (after -0.0 -> +0.0) and max |value|. */
+static void check_gguf_dequant(const char *rel)
+{
+    golden_file *g = golden_open(rel);
+    if (!g) return;
+    const char *file = sd_safetensors_meta(&g->st, "gguf_file");
+    char path[1200];
+    size_t size;
+    snprintf(path, sizeof path, "%s/%s", golden_dir, file ? file : "?");
+    unsigned char *b = read_file(path, &size);
+    const sd_tensor *names = sd_safetensors_find(&g->st, "all.names"), *type = golden_i64(g, "all.ggml_type"), *nd = golden_i64(g, "all.n_dims");
+    const sd_tensor *ne = golden_i64(g, "all.ne"), *off = golden_i64(g, "all.data_offset"), *nb = golden_i64(g, "all.nbytes"), *crc = golden_i64(g, "all.crc32");
+    const float *absmax = golden_f32(g, "all.absmax", NULL);
+    sd_safetensors st;
+    sd_arena *a = NULL;
+    sd_error err;
+    if (!CHECK(b && names && type && nd && ne && off && nb && crc && absmax, "%s: GGUF %s or a table missing", rel, path)) goto done;
+    if (gguf_open_planned(&st, b, size, &a, &err, path)) goto done;
+    int64_t n = sd_tensor_numel(type);
+    int bad = 0, values = 0;
+    const char *name = (const char *)names->data, *names_end = name + names->nbytes;
+    CHECK(st.count == n, "%s: %d tensors, the golden lists %lld", path, st.count, (long long)n);
+    for (int i = 0; i < st.count && i < n; i++) {
+        const sd_tensor *t = &st.tensors[i];
+        const char *nl = memchr(name, '\n', (size_t)(names_end - name));
+        size_t len = nl ? (size_t)(nl - name) : (size_t)(names_end - name);
+        int ok = strlen(t->name) == len && !memcmp(t->name, name, len);
+        name += len + 1;
+        ok &= golden_i64_at(type, i) == ggml_type_of(t->dtype) && golden_i64_at(nd, i) == t->ndim;
+        for (int d = 0; d < 4; d++) ok &= golden_i64_at(ne, 4 * i + d) == (d < t->ndim ? t->shape[t->ndim - 1 - d] : 1);
+        ok &= golden_i64_at(off, i) == (const unsigned char *)t->data - b && golden_i64_at(nb, i) == (int64_t)t->nbytes;
+        size_t count = (size_t)sd_tensor_numel(t);
+        float *v = (float *)malloc((count ? count : 1) * sizeof(float)), m = 0;
+        tensor_floats(v, t, 0, (int)count);
+        for (size_t k = 0; k < count; k++) { v[k] += 0.0f; if (fabsf(v[k]) > m) m = fabsf(v[k]); }
+        ok &= png_crc32((const uint8_t *)v, count * sizeof(float)) == (uint32_t)golden_i64_at(crc, i) && m == absmax[i];
+        char key[600];
+        snprintf(key, sizeof key, "tensor.%s", t->name);
+        const sd_tensor *sel = sd_safetensors_find(&g->st, key);
+        if (sel) {
+            ok &= sd_tensor_numel(sel) == (int64_t)count && sel->ndim == t->ndim && floats_equal(v, (const float *)sel->data, count);
+            for (int d = 0; d < t->ndim; d++) ok &= sel->shape[d] == t->shape[d];
+            snprintf(key, sizeof key, "raw.%s", t->name);
+            const sd_tensor *raw = sd_safetensors_find(&g->st, key);
+            ok &= raw && raw->nbytes == t->nbytes && !memcmp(raw->data, t->data, t->nbytes);
+            values++;
+        }
+        free(v);
+        if (!ok && bad++ < 5) CHECK(0, "%s: tensor %d '%s' (%s) differs from the golden's table or values", path, i, t->name, sd_dtype_name(t->dtype));
+    }
+    CHECK(bad == 0, "%s: %d of %d tensors differ", path, bad, st.count);
+    CHECK(values > 0, "%s: no tensor.* values checked", rel);
+    printf("gguf: %s: %d tensors, table and CRCs exact, %d selected tensors equal\n", file, st.count, values);
+done:
+    free_arena(a);
+    free(b);
+    golden_close(g);
+}
+
+/* A GGUF model with the sd.* hyperparameters that it lacks: the golden's model_metadata as a
+   second file of `__metadata__` only (what sd_source documents for such files). */
+static int gguf_model_load(loaded_model *lm, unsigned char *gguf, size_t size, const char *meta_json, unsigned char **meta_file)
+{
+    sd_source src;
+    sd_error err;
+    size_t msize = 0;
+    memset(lm, 0, sizeof *lm);
+    memset(&src, 0, sizeof src);
+    lm->bytes = gguf;
+    lm->size = size;
+    lm->merges = read_file(merges_path, &lm->merges_size);
+    src.data[0] = gguf;
+    src.size[0] = size;
+    src.count = 1;
+    *meta_file = NULL;
+    if (meta_json) {
+        size_t hl = strlen(meta_json) + 32;
+        char *h = (char *)malloc(hl);
+        snprintf(h, hl, "{\"__metadata__\":%s}", meta_json);
+        *meta_file = make_file(h, NULL, 0, &msize);
+        free(h);
+        src.data[src.count] = *meta_file;
+        src.size[src.count++] = msize;
+    }
+    if (!lm->merges) return -1;
+    src.merges = (const char *)lm->merges;
+    src.merges_size = lm->merges_size;
+    size_t plan = sd_model_arena_bytes(&src);
+    lm->arena = test_arena(plan);
+    int rc = sd_model_load(&lm->model, &src, lm->arena, &err);
+    CHECK(rc == SD_OK, "GGUF model: %s", rc ? err.message : "");
+    CHECK(lm->arena->peak <= plan, "GGUF model: loading peaked at %zu arena bytes, sd_model_arena_bytes planned %zu", lm->arena->peak, plan);
+    return rc;
+}
+
+/* A pipeline golden of a GGUF file, run end to end from that file. */
+static void check_gguf_pipeline(const char *rel)
+{
+    golden_file *g = golden_open(rel);
+    if (!g) return;
+    const char *file = sd_safetensors_meta(&g->st, "gguf_file"), *meta = sd_safetensors_meta(&g->st, "model_metadata");
+    char path[1200];
+    size_t size;
+    loaded_model lm;
+    unsigned char *meta_file;
+    snprintf(path, sizeof path, "%s/%s", golden_dir, file ? file : "?");
+    unsigned char *b = read_file(path, &size);
+    if (CHECK(b && meta, "%s: GGUF %s or model_metadata missing", rel, path)) {
+        if (gguf_model_load(&lm, b, size, meta, &meta_file) == SD_OK) check_pipeline(lm.model, rel);
+        unload_model(&lm);   /* b with it */
+        free(meta_file);
+    } else {
+        free(b);
+    }
+    golden_close(g);
+}
+
+/* A model of the golden set written as GGUF by the test (F16 tensors, its metadata as pairs, and
+   20000 more pairs): sd_model_arena_bytes plans its loading, the tensors are the same bytes, a
+   pipeline golden passes, and the CLI lists it and draws from it what it draws from the
+   safetensors file. */
+static void test_gguf_model(void)
+{
+    char path[1200], rel[1200] = "", dir[] = "/tmp/sdh_gguf_XXXXXX";
+    snprintf(path, sizeof path, "%s/models/tiny-sd1-fp16.safetensors", golden_dir);
+    golden_file *g = golden_open("models/tiny-sd1-fp16.safetensors");
+    if (!g || !file_exists(merges_path)) { note_absent("gguf model", "no %s or merges.txt, the GGUF model checks skipped", path); golden_close(g); return; }
+    gguf_buf extra = {NULL, 0, 0};
+    for (int i = 0; i < 20000; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "filler.%05d", i);
+        gb_kv_str(&extra, key, i % 2 ? "some text that a writer left" : "");
+    }
+    size_t size;
+    unsigned char *b = gguf_from_safetensors(&g->st, &extra, 20000, &size), *meta_file;
+    free(extra.b);
+    loaded_model lm;
+    if (gguf_model_load(&lm, b, size, NULL, &meta_file) == SD_OK) {
+        const sd_safetensors *st = &lm.model->files[0];
+        int same = st->count == g->st.count;
+        for (int i = 0; same && i < g->st.count; i++) {
+            const sd_tensor *s = &g->st.tensors[i], *t = sd_safetensors_find(st, s->name);
+            same = t && t->dtype == s->dtype && t->ndim == s->ndim && t->nbytes == s->nbytes && !memcmp(t->data, s->data, s->nbytes);
+            for (int d = 0; same && d < s->ndim; d++) same = t->shape[d] == s->shape[d];
+        }
+        CHECK(same, "tiny-sd1 as GGUF: every tensor the same as in the safetensors file");
+        /* the first txt2img golden of tiny-sd1 */
+        char sub[1300];
+        snprintf(sub, sizeof sub, "%s/tiny-sd1", golden_dir);
+        DIR *d = opendir(sub);
+        struct dirent *f;
+        while (d && !*rel && (f = readdir(d)))
+            if (!strncmp(f->d_name, "txt2img_", 8) && is_pipeline_golden(f->d_name)) snprintf(rel, sizeof rel, "tiny-sd1/%.255s", f->d_name);
+        if (d) closedir(d);
+        if (*rel) check_pipeline(lm.model, rel);
+        printf("gguf: tiny-sd1 written as GGUF (%zu bytes, 20000 extra pairs): same tensors%s%s\n", size, *rel ? ", pipeline " : "", rel);
+    }
+    /* the CLI: --inspect lists it, -m draws the same image as from the safetensors file */
+    if (file_exists("./example") && mkdtemp(dir)) {
+        char gpath[1300], args[4000], out[2][1300], errf[1300];
+        int lines, rc;
+        snprintf(gpath, sizeof gpath, "%s/tiny.gguf", dir);
+        snprintf(errf, sizeof errf, "%s/stderr.txt", dir);
+        FILE *fp = fopen(gpath, "wb");
+        if (fp) { fwrite(b, 1, size, fp); fclose(fp); }
+        char cmd[5400];
+        snprintf(cmd, sizeof cmd, "./example --inspect %s > %s/inspect.txt 2>%s", gpath, dir, errf);
+        rc = system(cmd);
+        snprintf(args, sizeof args, "%s/inspect.txt", dir);
+        CHECK(rc == 0 && file_contains(args, "model.diffusion_model.out.2.weight") && file_contains(args, "F16") &&
+              file_contains(args, "metadata sd.version = 1"), "CLI --inspect of a GGUF file: exit %d", rc);
+        uint8_t *img[2] = {NULL, NULL};
+        int w = 0, h = 0;
+        for (int k = 0; k < 2; k++) {
+            char e[256];
+            snprintf(out[k], sizeof out[k], "%s/out%d.ppm", dir, k);
+            snprintf(args, sizeof args, "-m %s --tokenizer %s -p 'a red castle' -W 64 -H 64 --steps 2 -s 5 -t 2 -o %s", k ? gpath : path, merges_path, out[k]);
+            rc = run_example(args, errf, &lines);
+            img[k] = rc == 0 ? image_read(out[k], &w, &h, e, sizeof e) : NULL;
+            CHECK(img[k] != NULL, "CLI -m %s: exit %d", k ? "tiny.gguf" : path, rc);
+        }
+        CHECK(img[0] && img[1] && !memcmp(img[0], img[1], (size_t)w * h * 3), "CLI: the GGUF copy draws another image than the safetensors file");
+        free(img[0]);
+        free(img[1]);
+        snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+        if (system(cmd)) printf("note: could not remove %s\n", dir);
+    }
+    unload_model(&lm);
+    free(meta_file);
+    golden_close(g);
+}
+
+/* GOLDEN_DIR/gguf/: every dequant.safetensors and pipeline golden of every GGUF file, and the blocks golden. */
+static void test_gguf(void)
+{
+    char top[1100], sub[1400], rel[1400];
+    struct dirent *e, *f;
+    test_gguf_reader();
+    test_gguf_model();
+    snprintf(top, sizeof top, "%s/gguf", golden_dir);
+    DIR *d = opendir(top);
+    if (!d) { note_absent("gguf", "no %s, GGUF golden checks skipped", top); return; }
+    int pipelines = pipelines_checked;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        snprintf(rel, sizeof rel, "gguf/%.255s", e->d_name);
+        if (!strcmp(e->d_name, "tiny-sd1-blocks.safetensors")) { check_gguf_blocks(rel); n_cases++; continue; }
+        snprintf(sub, sizeof sub, "%s/%.255s", top, e->d_name);
+        DIR *in = opendir(sub);
+        while (in && (f = readdir(in))) {
+            snprintf(rel, sizeof rel, "gguf/%.255s/%.255s", e->d_name, f->d_name);
+            if (!strcmp(f->d_name, "dequant.safetensors")) check_gguf_dequant(rel), n_cases++;
+            else if (is_pipeline_golden(f->d_name)) check_gguf_pipeline(rel), n_cases++;
+        }
+        if (in) closedir(in);
+    }
+    closedir(d);
+    printf("gguf: %d pipeline goldens run from GGUF files\n", pipelines_checked - pipelines);
+}
+
+/* ---- image-guided generation: inpainting and InstructPix2Pix --------------------------------- */
+/* Every GOLDEN_DIR/NAME/inpaint_* and ip2p_* golden (README §10) on the model its `model`
+   metadata names: the mask and masked-image stages exactly, the VAE posteriors and latents, each
+   recorded step's UNet call from its stored input, and the whole pipeline through sd_generate. */
+
+static int is_image_guided_golden(const char *name)
+{
+    return (!strncmp(name, "inpaint_", 8) || !strncmp(name, "ip2p_", 5)) && ends_with(name, ".safetensors");
+}
+
+/* Compares a golden tensor exactly (float32 ==). */
+static void check_exact(const char *what, const float *got, const float *want, int64_t n)
+{
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; i++) bad += got[i] != want[i];
+    CHECK(!bad, "%s: %lld of %lld values differ", what, (long long)bad, (long long)n);
+}
+
+/* The encoder's posterior of image [3, H, W], and its sample with `noise` times the VAE scale. */
+static void ig_check_posterior(const sd_model *m, golden_file *g, const float *image, int H, int W, const char *prefix,
+                               const char *noise_name, const char *latents_name, sd_pool *pool)
+{
+    char name[128], what[1600];
+    int h = H / 8, w = W / 8;
+    size_t lat = (size_t)4 * h * w;
+    float *moments = (float *)malloc(2 * lat * sizeof(float)), *mean = (float *)malloc(lat * sizeof(float));
+    float *std = (float *)malloc(lat * sizeof(float)), *sample = (float *)malloc(lat * sizeof(float));
+    sd_arena *a = test_arena(sd_vae_encode_arena_bytes(sd_vae_get_config(m->vae), H, W));
+    sd_error err;
+    if (CHECK(sd_vae_encode(m->vae, image, H, W, moments, pool, a, &err) == SD_OK, "%s: encode: %s", g->path, err.message)) {
+        sd_vae_posterior(moments, 4, h, w, mean, NULL, std);
+        snprintf(name, sizeof name, "%sposterior_mean", prefix);
+        snprintf(what, sizeof what, "%s %s", g->path, name);
+        const float *want = sd_safetensors_find(&g->st, name) ? golden_f32(g, name, NULL) : NULL;
+        if (want) check_close(what, mean, want, (int64_t)lat, 1e-4);
+        snprintf(name, sizeof name, "%sposterior_std", prefix);
+        snprintf(what, sizeof what, "%s %s", g->path, name);
+        if ((want = sd_safetensors_find(&g->st, name) ? golden_f32(g, name, NULL) : NULL)) check_close(what, std, want, (int64_t)lat, 1e-4);
+        const float *noise = noise_name && sd_safetensors_find(&g->st, noise_name) ? golden_f32(g, noise_name, NULL) : NULL;
+        want = latents_name && sd_safetensors_find(&g->st, latents_name) ? golden_f32(g, latents_name, NULL) : NULL;
+        if (noise && want) {
+            sd_vae_sample(mean, std, noise, lat, sample);
+            for (size_t i = 0; i < lat; i++) sample[i] *= m->info.vae_scale;
+            snprintf(what, sizeof what, "%s %s", g->path, latents_name);
+            check_close(what, sample, want, (int64_t)lat, 1e-4);
+        } else if (want) {   /* InstructPix2Pix: the unscaled mode */
+            snprintf(what, sizeof what, "%s %s", g->path, latents_name);
+            check_close(what, mean, want, (int64_t)lat, 1e-4);
+        }
+    }
+    free_arena(a);
+    free(moments); free(mean); free(std); free(sample);
+}
+
+/* Each recorded step's UNet call from its stored input and the golden's text encodings. */
+static void ig_check_unet_steps(const sd_model *m, golden_file *g, int H, int W, sd_pool *pool)
+{
+    const sd_tensor *in0 = sd_safetensors_find(&g->st, "step0.unet_input"), *ts = sd_safetensors_find(&g->st, "timesteps");
+    if (!CHECK(in0 && in0->ndim == 4 && ts && ts->dtype == SD_I64, "%s: no step0.unet_input / timesteps", g->path)) return;
+    int B = (int)in0->shape[0], ch = (int)in0->shape[1], h = H / 8, w = W / 8, D = m->context_dim, add = sd_unet_add_dim(m->unet);
+    if (!CHECK(ch == m->unet->in_channels && in0->shape[2] == h && in0->shape[3] == w && B >= 1 && B <= 3,
+               "%s: step0.unet_input [%d, %d, ...] does not fit the %d-channel UNet at %dx%d", g->path, B, ch, m->unet->in_channels, H, W)) return;
+    const float *pe = golden_f32(g, "prompt_embeds", NULL), *ne = B > 1 ? golden_f32(g, "negative_prompt_embeds", NULL) : NULL;
+    if (!pe || (B > 1 && !ne)) return;
+    size_t ctx_n = (size_t)SD_TEXT_TOKENS * D, lat = (size_t)4 * h * w;
+    float *ctx = (float *)malloc((size_t)B * ctx_n * sizeof(float)), *y = (float *)malloc(((size_t)B * add + 1) * sizeof(float));
+    float *out = (float *)malloc((size_t)B * lat * sizeof(float)), t[3];
+    for (int b = 0; b < B; b++)   /* (uncond, cond) as CFG; InstructPix2Pix (text, negative, negative) */
+        memcpy(ctx + (size_t)b * ctx_n, negative_row(B, b) ? ne : pe, ctx_n * sizeof(float));
+    if (add) {   /* SDXL: pooled text and the size ids */
+        const float *pp = golden_f32(g, "pooled_prompt_embeds", NULL), *np = golden_f32(g, "negative_pooled_prompt_embeds", NULL);
+        const float *ids = golden_f32(g, "add_time_ids", NULL);
+        for (int b = 0; pp && np && ids && b < B; b++)
+            CHECK(sd_unet_add_vector(m->unet, negative_row(B, b) ? np : pp, m->te[1].proj_dim, ids + 6 * b, y + (size_t)b * add, NULL) == SD_OK,
+                  "%s: added conditioning", g->path);
+    }
+    sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, add ? y : NULL, NULL};
+    sd_arena *a = test_arena(sd_unet_arena_bytes(m->unet, B, h, w, SD_TEXT_TOKENS));
+    int steps = (int)sd_tensor_numel(ts);
+    for (int k = 0; k < steps; k++) {
+        char name[64], what[1600];
+        snprintf(name, sizeof name, "step%d.unet_input", k);
+        const sd_tensor *in = sd_safetensors_find(&g->st, name);
+        snprintf(name, sizeof name, "step%d.unet_out", k);
+        if (!in || !sd_safetensors_find(&g->st, name)) continue;
+        const float *want = golden_f32(g, name, NULL);
+        for (int b = 0; b < B; b++) t[b] = (float)golden_i64_at(ts, k);
+        sd_error err;
+        snprintf(what, sizeof what, "%s %s (from the stored input)", g->path, name);
+        if (CHECK(sd_unet(m->unet, (const float *)in->data, t, &cond, B, h, w, out, pool, a, &err) == SD_OK, "%s: %s", what, err.message))
+            check_close(what, out, want, (int64_t)B * lat, 2e-5);
+    }
+    free_arena(a);
+    free(ctx); free(y); free(out);
+}
+
+/* The stages of an inpainting or InstructPix2Pix golden before and inside the loop (the whole
+   run is check_pipeline's). */
+static void check_image_guided(const sd_model *m, golden_file *g, sd_pool *pool)
+{
+    char what[1600];
+    int H = atoi(meta_or(g, "height", "0")), W = atoi(meta_or(g, "width", "0"));
+    const sd_tensor *init = sd_safetensors_find(&g->st, "init_image_uint8"), *mask = sd_safetensors_find(&g->st, "mask_uint8");
+    if (!CHECK(init && init->dtype == SD_U8 && sd_tensor_numel(init) == (int64_t)3 * H * W, "%s: no init_image_uint8 [%d, %d, 3]", g->path, H, W)) return;
+    if (mask && !CHECK(mask->dtype == SD_U8 && sd_tensor_numel(mask) == (int64_t)H * W, "%s: mask_uint8 is not [%d, %d]", g->path, H, W)) return;
+    size_t plane = (size_t)H * W, hw = plane / 64;
+    float *img = (float *)malloc(3 * plane * sizeof(float)), *mb = (float *)malloc(plane * sizeof(float)), *ml = (float *)malloc(hw * sizeof(float));
+    const uint8_t *rgb = (const uint8_t *)init->data, *mk = mask ? (const uint8_t *)mask->data : NULL;
+
+    /* the stages before the loop */
+    if (mk) {
+        sd_inpaint_mask(mk, H, W, mb, ml);
+        snprintf(what, sizeof what, "%s mask_binarized", g->path);
+        if (sd_safetensors_find(&g->st, "mask_binarized")) check_exact(what, mb, golden_f32(g, "mask_binarized", NULL), (int64_t)plane);
+        snprintf(what, sizeof what, "%s mask_latent", g->path);
+        if (sd_safetensors_find(&g->st, "mask_latent")) check_exact(what, ml, golden_f32(g, "mask_latent", NULL), (int64_t)hw);
+        sd_masked_image(rgb, mk, H, W, img);
+        snprintf(what, sizeof what, "%s masked_image", g->path);
+        if (sd_safetensors_find(&g->st, "masked_image")) check_exact(what, img, golden_f32(g, "masked_image", NULL), (int64_t)(3 * plane));
+        ig_check_posterior(m, g, img, H, W, "masked_image_", "masked_image_posterior_noise", "masked_image_latents", pool);
+    }
+    sd_masked_image(rgb, NULL, H, W, img);
+    ig_check_posterior(m, g, img, H, W, "", "posterior_noise", mask ? "init_latents" : "image_latents", pool);
+    if (sd_safetensors_find(&g->st, "step0.unet_out")) ig_check_unet_steps(m, g, H, W, pool);
+
+    free(img); free(mb); free(ml);
+}
+
+/* Inputs that do not fit the model: clear errors before any work, nothing written. */
+static void check_image_guided_errors(const sd_model *m, const char *label)
+{
+    sd_params p;
+    sd_error err;
+    int ch = m->unet->in_channels;
+    uint8_t rgb[3 * 64 * 64], mask[64 * 64], out[3 * 64 * 64];
+    memset(rgb, 100, sizeof rgb);
+    memset(mask, 255, sizeof mask);
+    memset(out, 7, sizeof out);
+    sd_params_init(&p);
+    p.prompt = "a cat";
+    p.width = p.height = 64;
+    p.steps = 2;
+    sd_arena *a = test_arena(1u << 20);
+    if (ch != 4) {   /* no init image */
+        CHECK(sd_generate(m, &p, a, out, &err) == SD_ERR_ARG && strstr(err.message, "init image") && a->peak == 0,
+              "%s: a %d-channel model without an init image: %s", label, ch, err.message);
+    } else {   /* a mask without an init image */
+        p.mask = mask;
+        CHECK(sd_generate(m, &p, a, out, &err) == SD_ERR_ARG && strstr(err.message, "mask") && a->peak == 0,
+              "%s: a mask without an init image: %s", label, err.message);
+    }
+    p.init_rgb = rgb;
+    p.mask = ch == 8 ? mask : NULL;
+    if (ch == 8) CHECK(sd_generate(m, &p, a, out, &err) == SD_ERR_ARG && strstr(err.message, "no mask"), "%s: a mask for InstructPix2Pix: %s", label, err.message);
+    if (ch == 9) CHECK(sd_generate(m, &p, a, out, &err) == SD_ERR_ARG && strstr(err.message, "mask"), "%s: inpainting without a mask: %s", label, err.message);
+    p.strength = 1.5;
+    p.mask = ch == 9 ? mask : NULL;
+    CHECK(sd_generate(m, &p, a, out, &err) == SD_ERR_ARG, "%s: strength 1.5 accepted", label);
+    CHECK(out[0] == 7 && out[sizeof out - 1] == 7 && a->peak == 0, "%s: a refused call wrote its output or took memory", label);
+    free_arena(a);
+    /* masks of all 0 and all 1 run (inpainting and the blend) */
+    if (ch != 8) {
+        for (int v = 0; v < 2; v++) {
+            memset(mask, v ? 255 : 0, sizeof mask);
+            p.mask = mask;
+            p.strength = 0;
+            size_t need = sd_generate_arena_bytes(m, &p);
+            sd_arena *b = test_arena(need);
+            int rc = sd_generate(m, &p, b, out, &err);
+            CHECK(rc == SD_OK && b->peak == need, "%s: a mask of all %d: %s (peak %zu of %zu)", label, v * 255, rc ? err.message : "ok", b->peak, need);
+            free_arena(b);
+        }
+    }
+}
+
+static void test_image_guided(void)
+{
+    int n = golden_models_read(), files = 0;
+    DIR *top = opendir(golden_dir);
+    struct dirent *d;
+    sd_pool *pool = host_pool();
+    while (top && (d = readdir(top))) {
+        char sub[1400];
+        if (d->d_name[0] == '.') continue;
+        snprintf(sub, sizeof sub, "%s/%s", golden_dir, d->d_name);
+        DIR *dir = opendir(sub);
+        struct dirent *f;
+        while (dir && (f = readdir(dir))) {
+            if (!is_image_guided_golden(f->d_name)) continue;
+            char rel[1400];
+            snprintf(rel, sizeof rel, "%.600s/%.600s", d->d_name, f->d_name);
+            golden_file *g = golden_open(rel);
+            if (!g) continue;
+            const char *model = meta_or(g, "model", d->d_name);
+            golden_model *gm = NULL;
+            for (int i = 0; i < n; i++) if (!strcmp(golden_models[i].name, model)) gm = &golden_models[i];
+            loaded_model lm;
+            if (!gm || !golden_model_file(gm)) {
+                note_absent(model, "%s: its model %s is not in %s/models, skipped", rel, model, golden_dir);
+            } else if (!load_golden_model(&lm, gm, 0)) {
+                files++;
+                check_image_guided(lm.model, g, pool);
+                check_pipeline(lm.model, rel);
+                unload_model(&lm);
+            }
+            golden_close(g);
+        }
+        if (dir) closedir(dir);
+    }
+    if (top) closedir(top);
+    /* the errors, on one model of each kind present */
+    int seen[10] = {0};
+    for (int i = 0; i < n; i++) {
+        loaded_model lm;
+        if (!golden_model_file(&golden_models[i]) || load_golden_model(&lm, &golden_models[i], 0)) continue;
+        int ch = lm.model->unet->in_channels;
+        if (!seen[ch]++) check_image_guided_errors(lm.model, golden_models[i].name);
+        unload_model(&lm);
+    }
+    n_cases += files;
+    if (!files) note_absent("image-guided", "no inpainting or InstructPix2Pix goldens (NAME/inpaint_*, ip2p_*) in %s, skipped", golden_dir);
+    else printf("image-guided: %d inpainting and InstructPix2Pix goldens, every stage\n", files);
+}
+
+/* ---- one model, many threads ----------------------------------------------------------------- */
+/* A loaded model is read-only: sd_generate calls on one sd_model from several threads at once,
+   each with its own arena (and pool), give the bytes of the same calls one after another. make
+   tsan runs this group under ThreadSanitizer. */
+
+typedef struct gen_job { const sd_model *m; sd_params p; uint8_t *rgb; int rc; } gen_job;
+
+#ifndef SD_NO_THREADS
+static void *gen_thread(void *arg)
+{
+    gen_job *j = (gen_job *)arg;
+    sd_error err;
+    sd_arena *a = test_arena(sd_generate_arena_bytes(j->m, &j->p));
+    j->rc = sd_generate(j->m, &j->p, a, j->rgb, &err);
+    free_arena(a);
+    return NULL;
+}
+#endif
+
+static void test_threads(void)
+{
+#ifdef SD_NO_THREADS
+    printf("note: SD_NO_THREADS: the concurrent sd_generate checks skipped\n");
+#else
+    int n = golden_models_read(), done = 0;
+    for (int i = 0; i < n && !done; i++) {
+        golden_model *gm = &golden_models[i];
+        loaded_model lm;
+        if (!golden_model_file(gm) || load_golden_model(&lm, gm, 0)) continue;
+        if (lm.model->unet->in_channels != 4) { unload_model(&lm); continue; }
+        enum { JOBS = 4 };
+        gen_job job[JOBS];
+        size_t px = (size_t)3 * 64 * 64;
+        uint8_t *ref = (uint8_t *)malloc(JOBS * px);
+        for (int k = 0; k < JOBS; k++) {   /* four different generations, Euler a drawing from each seed */
+            job[k].m = lm.model;
+            sd_params_init(&job[k].p);
+            job[k].p.prompt = k % 2 ? "a red castle on a hill" : "a (blue:1.2) boat BREAK at sea";
+            job[k].p.width = job[k].p.height = 64;
+            job[k].p.steps = 3;
+            job[k].p.sampler = SD_SAMPLER_EULER_A;
+            job[k].p.seed = 100 + (uint64_t)k;
+            job[k].p.threads = 1 + k % 2;   /* pools of one and of two threads inside */
+            job[k].rgb = (uint8_t *)malloc(px);
+            gen_thread(&job[k]);
+            memcpy(ref + k * px, job[k].rgb, px);
+            CHECK(job[k].rc == SD_OK, "threads: generation %d alone", k);
+        }
+        for (int count = 2; count <= JOBS; count += 2) {
+            pthread_t tid[JOBS];
+            for (int k = 0; k < count; k++) {
+                memset(job[k].rgb, 0, px);
+                CHECK(pthread_create(&tid[k], NULL, gen_thread, &job[k]) == 0, "threads: pthread_create");
+            }
+            for (int k = 0; k < count; k++) pthread_join(tid[k], NULL);
+            for (int k = 0; k < count; k++)
+                CHECK(job[k].rc == SD_OK && !memcmp(job[k].rgb, ref + k * px, px), "threads: %s: generation %d of %d at once differs from it alone",
+                      gm->name, k, count);
+        }
+        for (int k = 0; k < JOBS; k++) free(job[k].rgb);
+        free(ref);
+        unload_model(&lm);
+        n_cases++;
+        done = 1;
+        printf("threads: 2 and 4 generations at once on one %s model give the bytes of each alone\n", gm->name);
+    }
+    if (!done) note_absent("threads", "no model that loads in %s/models: the concurrent sd_generate checks skipped", golden_dir);
+#endif
 }
 
 /* ./test --rewrite IN OUT [--f32] [--drop NAME]... [--bump NAME] [--meta KEY=VALUE]...: a copy of
@@ -6169,7 +7445,8 @@ static const struct test_group { const char *name; void (*run)(void); int golden
     {"safetensors", test_safetensors_malformed, 0}, {"manifest", test_golden_manifest, 1}, {"models", test_model_files, 1},
     {"rng", test_rng, 1}, {"ddim", test_ddim, 1}, {"samplers", test_samplers, 1}, {"tokenizer", test_tokenizer, 1},
     {"prompt", test_prompt, 1}, {"text_encoder", test_text_encoder, 1}, {"unet", test_unet, 1}, {"vae", test_vae, 1},
-    {"pipeline", test_pipeline, 1}, {"lcm", test_lcm, 1}, {"ti", test_ti, 1}, {"png", test_png, 1}, {"cli", test_cli, 1},
+    {"pipeline", test_pipeline, 1}, {"lcm", test_lcm, 1}, {"ti", test_ti, 1}, {"image_guided", test_image_guided, 1},
+    {"gguf", test_gguf, 1}, {"png", test_png, 1}, {"cli", test_cli, 1}, {"threads", test_threads, 1},
 };
 #define TEST_GROUPS (int)(sizeof test_groups / sizeof test_groups[0])
 
