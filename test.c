@@ -7326,12 +7326,23 @@ static void test_threads(void)
         if (lm.model->unet->in_channels != 4) { unload_model(&lm); continue; }
         enum { JOBS = 4 };
         gen_job job[JOBS];
-        size_t px = (size_t)3 * 64 * 64;
+        size_t px = (size_t)3 * 64 * 64, esize[2];
         uint8_t *ref = (uint8_t *)malloc(JOBS * px);
+        /* two embedding sets of one name, other vectors: each thread reads its own (one text encoder) */
+        unsigned char *ebytes[2] = {NULL, NULL};
+        sd_arena *earena[2] = {NULL, NULL};
+        sd_embeddings *set[2] = {NULL, NULL};
+        sd_error err;
+        for (int k = 0; k < 2 && lm.model->encoders == 1; k++) {
+            ebytes[k] = ti_make("emb_params", 2 + k, lm.model->te[0].width, 0.4f + 0.5f * k, &esize[k]);
+            sd_embedding_file f = {"mystyle", ebytes[k], esize[k]};
+            set[k] = ti_load(lm.model, &f, 1, &earena[k], &err);
+        }
         for (int k = 0; k < JOBS; k++) {   /* four different generations, Euler a drawing from each seed */
             job[k].m = lm.model;
             sd_params_init(&job[k].p);
-            job[k].p.prompt = k % 2 ? "a red castle on a hill" : "a (blue:1.2) boat BREAK at sea";
+            job[k].p.prompt = k % 2 ? "a red castle on a hill, mystyle" : "a (blue:1.2) boat BREAK at sea, mystyle";
+            job[k].p.embeddings = set[k % 2];
             job[k].p.width = job[k].p.height = 64;
             job[k].p.steps = 3;
             job[k].p.sampler = SD_SAMPLER_EULER_A;
@@ -7354,11 +7365,13 @@ static void test_threads(void)
                       gm->name, k, count);
         }
         for (int k = 0; k < JOBS; k++) free(job[k].rgb);
+        for (int k = 0; k < 2; k++) free_arena(earena[k]), free(ebytes[k]);
         free(ref);
         unload_model(&lm);
         n_cases++;
         done = 1;
-        printf("threads: 2 and 4 generations at once on one %s model give the bytes of each alone\n", gm->name);
+        printf("threads: 2 and 4 generations at once on one %s model give the bytes of each alone%s\n", gm->name,
+               set[0] ? " (two of them with one embedding set, two with another)" : "");
     }
     if (!done) note_absent("threads", "no model that loads in %s/models: the concurrent sd_generate checks skipped", golden_dir);
 #endif
