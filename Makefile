@@ -117,10 +117,11 @@ tsan: test.c sd.h $(MERGES)
 # `make bench`: the speed of every stage on a full-size SD 1.5 with random f16 weights (made once
 # into weights/bench/, 2.1 GB, ~15 s, no download): GEMM/conv/attention kernels (beside OpenBLAS
 # when it is installed), tokenizer, text encoder, UNet at 32x32 and 64x64 latents (batch 2: one
-# guided step), VAE decoder to 256x256 and 512x512, and a 4-step 256x256 txt2img. About 4 minutes
-# on 2 idle cores. TAESD (a random one, 4.9 MB, made once into weights/bench/): its decode to 512x512
-# and 1024x1024 beside the VAE's (the line gives both times and the speedup), and a Turbo/LCM-style
-# 1-step 512x512 txt2img without guidance decoded by each (~40 s). Text encoder, UNet and VAE again with f32 weights (the same model written in
+# guided step), VAE decoder to 256x256 and 512x512, a 4-step 256x256 txt2img, and a 4-step LCM
+# 512x512 txt2img (the LCM-LoRA recipe: guidance 1, one UNet pass a step). About 5 minutes on 2
+# idle cores. TAESD (a random one, 4.9 MB, made once into weights/bench/): its decode to 512x512
+# and 1024x1024 beside the VAE's (the line gives both times and the speedup), and the 1-step
+# (Turbo-style, no guidance) and 4-step LCM 512x512 txt2img decoded by each (~2 minutes). Text encoder, UNet and VAE again with f32 weights (the same model written in
 # f32 on first use, 4.3 GB), about 4 minutes. Then a full-size SDXL base 1.0 with random f16 weights (made once, 6.9 GB, ~45 s):
 # both text encoders and one guided UNet step at 64x64 latents (512 px), about 1.2 minutes more.
 # BENCH_FULL=1 adds the whole 20-step 512x512 SD 1.5 txt2img (~3.5 minutes), an SDXL UNet step at
@@ -133,6 +134,7 @@ bench: $(BENCH) $(MERGES) $(BENCH_MODEL) $(BENCH_MODEL_XL)
 	./bench tokenizer,text,unet,vae,kernels --sizes 32,64 --vae-sizes 32 --threads 1,0 $(BENCH_ARGS)
 	./bench vae,taesd,txt2img --vae-sizes 64 --taesd-sizes 64,128 --threads 0 --txt2img-size 256 --steps 4 $(BENCH_ARGS)
 	./bench txt2img --threads 0 --txt2img-size 512 --steps 1 --guidance 0 --decoder vae,taesd $(BENCH_ARGS)
+	./bench txt2img --threads 0 --txt2img-size 512 --steps 4 --sampler lcm --decoder vae,taesd $(BENCH_ARGS)
 	./bench text,unet,vae --dtype f32 --sizes 32,64 --threads 1,0 $(BENCH_ARGS)
 	./bench text,unet --kind sdxl --sizes 64 --threads 0 $(BENCH_ARGS)
 	@if [ "$(BENCH_FULL)" = 1 ]; then ./bench txt2img --threads 0 --txt2img-size 512 --steps 20 $(BENCH_ARGS) && \

@@ -7,6 +7,8 @@
      ./example -m instruct-pix2pix.safetensors -i photo.png -p "make it snowy" --image-cfg-scale 1.5
      ./example -m model-q8_0.gguf -p "a cat"        (stable-diffusion.cpp's GGUF files, quantized too)
      ./example -m sd-turbo.safetensors --turbo --taesd taesd/ --preview steps/ -p "a fox"
+     ./example -m model.safetensors --embd-dir embeddings/ -p "a portrait, mystyle" -n "easynegative"
+     ./example -m lcm_dreamshaper_v7.safetensors -p "a cat"       (LCM: 4 steps, no negative pass)
      ./example --inspect model.safetensors
 
    How it uses the library: files are mmap'd read-only (sd.h uses the weights in place), the
@@ -19,6 +21,7 @@
 #define SD_IMPLEMENTATION
 #include "sd.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -104,7 +107,7 @@ static int inspect(const char *path)
 }
 
 typedef struct options {
-    const char *model, *tokenizer, *prompt, *negative, *init, *mask, *output, *preview, *taesd;
+    const char *model, *tokenizer, *prompt, *negative, *init, *mask, *output, *preview, *taesd, *embd_dir;
     int width, height, steps, threads, batch, clip_skip, verbose, have_seed, vae_tile, taesd_preview_only;
     int init_width, init_height;   /* the init image's own size */
     int sampler, karras, spacing, plain_prompt, turbo, have_steps, have_cfg, have_sampler, comma_wrap;
@@ -139,12 +142,15 @@ static void usage(FILE *f)
         "  -o, --output FILE         .png or .ppm (default output.png; with -b N: output_2.png, ...)\n"
         "  -b, --batch-count N       images to make, seeds seed, seed+1, ...\n"
         "      --clip-skip N         stop the text encoder N-1 layers early (A1111 style)\n"
-        "      --sampling-method M   ddim (default), euler, euler_a, dpm++2m, dpm++2m_karras\n"
+        "      --sampling-method M   ddim (default), euler, euler_a, dpm++2m, dpm++2m_karras, lcm\n"
+        "                            (an LCM-distilled model defaults to lcm, 4 steps, cfg 8.5)\n"
         "      --scheduler S         karras (DPM++ 2M sigmas), or the timestep spacing: leading,\n"
         "                            trailing, linspace (default: the model's config, else the sampler's)\n"
         "      --turbo               SD-Turbo / SDXL-Turbo: euler_a, trailing, 1 step, no guidance\n"
         "      --no-weighting        (text:1.2), [text] and BREAK are plain text\n"
         "      --comma-wrap N        long prompts: end a chunk at a comma in its last N tokens (A1111: 20)\n"
+        "      --embd-dir DIR        textual inversion: each DIR/NAME.safetensors is an embedding that the\n"
+        "                            word NAME in a prompt calls up (any case, as AUTOMATIC1111)\n"
         "      --vae-tiling [N]      decode in N x N latent tiles (default 32): flat memory, approximate\n"
         "      --preview DIR         write each step's image as DIR/step_NN.png: decoded by TAESD with\n"
         "                            --taesd, else the latent seen through a linear map (a rough view)\n"
@@ -311,13 +317,64 @@ static int load_taesd(const options *o, int xl, sd_taesd **taesd, sd_arena *aren
     return 0;
 }
 
+static int compare_embedding_names(const void *x, const void *y)
+{
+    return strcmp(((const sd_embedding_file *)x)->name, ((const sd_embedding_file *)y)->name);
+}
+
+/* The embeddings of --embd-dir: every NAME.safetensors in it, named NAME (AUTOMATIC1111's rule).
+   Files this model cannot use (another family's, or broken) are skipped with a note, as A1111
+   skips them; the rest are loaded together into their own arena. */
+static int load_embeddings(const char *dir, const sd_model *model, int verbose, sd_embeddings **set, sd_arena *arena)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    sd_embedding_file *files = NULL;
+    int n = 0, cap = 0;
+    sd_error err;
+    *set = NULL;
+    if (!d) { fprintf(stderr, "--embd-dir %s: %s\n", dir, strerror(errno)); return 1; }
+    while ((e = readdir(d))) {
+        size_t len = strlen(e->d_name);
+        char path[4096];
+        if (len <= 12 || strcmp(e->d_name + len - 12, ".safetensors")) continue;
+        if (n == cap && !(files = (sd_embedding_file *)realloc(files, (size_t)(cap = cap ? 2 * cap : 16) * sizeof *files))) return 1;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        char *name = (char *)malloc(len - 11);
+        if (!name || !(files[n].data = map_file(path, &files[n].size))) { fprintf(stderr, "cannot read %s: %s\n", path, strerror(errno)); free(name); continue; }
+        memcpy(name, e->d_name, len - 12);
+        name[len - 12] = 0;
+        files[n].name = name;
+        /* this file alone, to skip it if it does not fit */
+        size_t bytes = sd_embeddings_arena_bytes(&files[n], 1);
+        void *mem = malloc(bytes + SD_ARENA_ALIGN);
+        sd_embeddings *one;
+        sd_arena_init(arena, mem, bytes + SD_ARENA_ALIGN);
+        if (mem && sd_embeddings_load(&one, model, &files[n], 1, arena, &err)) {
+            fprintf(stderr, "note: skipped %s: %s\n", path, err.message);
+            free(name);
+        } else if (mem) n++;
+        free(mem);
+    }
+    closedir(d);
+    qsort(files, (size_t)n, sizeof *files, compare_embedding_names);   /* a fixed order, whatever readdir's */
+    size_t bytes = sd_embeddings_arena_bytes(files, n);
+    void *mem = malloc(bytes + SD_ARENA_ALIGN);
+    if (!mem) return 1;
+    sd_arena_init(arena, mem, bytes + SD_ARENA_ALIGN);
+    if (sd_embeddings_load(set, model, files, n, arena, &err)) { fprintf(stderr, "%s: %s\n", dir, err.message); return 1; }
+    fprintf(stderr, "embeddings: %d from %s%s", n, dir, verbose && n ? ":" : "\n");
+    for (int i = 0; verbose && i < n; i++) fprintf(stderr, " %s%s", files[i].name, i + 1 < n ? "" : "\n");
+    return 0;   /* the names and mapped files stay for the set's lifetime: the program's */
+}
+
 /* AUTOMATIC1111's "parameters" text, so that web UIs and viewers show how an image was made. */
 static void parameters_text(char *buf, size_t cap, const options *o, uint64_t seed)
 {
     const char *name = strrchr(o->model, '/') ? strrchr(o->model, '/') + 1 : o->model;
     int n = snprintf(buf, cap, "%s\n", o->prompt);
     if (o->negative && *o->negative) n += snprintf(buf + n, cap > (size_t)n ? cap - n : 0, "Negative prompt: %s\n", o->negative);
-    static const char *const samplers[4] = {"DDIM", "Euler", "Euler a", "DPM++ 2M"};
+    static const char *const samplers[5] = {"DDIM", "Euler", "Euler a", "DPM++ 2M", "LCM"};
     snprintf(buf + n, cap > (size_t)n ? cap - n : 0, "Steps: %d, Sampler: %s%s, CFG scale: %g, Seed: %llu, Size: %dx%d, Model: %s%s",
              o->steps, samplers[o->sampler], o->karras ? " Karras" : "", o->cfg, (unsigned long long)seed, o->width, o->height,
              name, o->init && o->strength > 0 ? ", Denoising strength: " : "");
@@ -418,9 +475,10 @@ static uint8_t *mask_read(const options *o)
 
 static int run(options *o)
 {
-    sd_arena model_arena, arena, taesd_arena;
+    sd_arena model_arena, arena, taesd_arena, embd_arena;
     sd_model *model;
     sd_taesd *taesd = NULL;
+    sd_embeddings *embeddings = NULL;
     sd_model_info info;
     sd_params p;
     sd_error err;
@@ -428,6 +486,12 @@ static int run(options *o)
     if (load_model(o, &model, &model_arena)) return 1;
     sd_model_get_info(model, &info);
     if (o->taesd && load_taesd(o, info.version == SD_VERSION_XL, &taesd, &taesd_arena)) return 1;
+    if (o->embd_dir && load_embeddings(o->embd_dir, model, o->verbose, &embeddings, &embd_arena)) return 1;
+    if (info.guidance_dim) {   /* LCM-distilled: what LatentConsistencyModelPipeline runs by default */
+        if (!o->have_sampler) o->sampler = SD_SAMPLER_LCM;
+        if (!o->have_steps) o->steps = 4;
+        if (!o->have_cfg) o->cfg = 8.5f;
+    }
     if (o->init && !(init = init_read(o))) return 1;
     if (o->mask && !o->init) { fprintf(stderr, "--mask needs an init image (-i)\n"); return 1; }
     if (o->mask && !(mask = mask_read(o))) return 1;
@@ -457,6 +521,7 @@ static int run(options *o)
     p.progress = progress_bar;
     p.preview = o->preview && !taesd ? write_preview : NULL;
     p.preview_rgb = o->preview && taesd ? write_preview_rgb : NULL;   /* (its decodes are part of the plan) */
+    p.embeddings = embeddings;
     size_t need = sd_generate_arena_bytes(model, &p);
     if (!need) {   /* sd_generate says why */
         uint8_t dummy;
@@ -466,7 +531,7 @@ static int run(options *o)
     }
     fprintf(stderr, "model: %s%s (%s prediction%s), text %d wide x %d layers, VAE scale %g\n",
             info.version == SD_VERSION_XL ? "SDXL" : info.version == SD_VERSION_2 ? "SD 2" : "SD 1",
-            info.unet_in_channels == 9 ? " inpainting" : info.unet_in_channels == 8 ? " InstructPix2Pix" : "",
+            info.unet_in_channels == 9 ? " inpainting" : info.unet_in_channels == 8 ? " InstructPix2Pix" : info.guidance_dim ? " LCM" : "",
             info.prediction == SD_PREDICT_V ? "v" : "epsilon", info.diffusers ? ", diffusers folder" : "",
             info.text_width, info.text_layers, info.vae_scale);
     fprintf(stderr, "%dx%d, %d steps, cfg %g, %d threads, arena %.1f MiB (+%.1f MiB model tables)\n", p.width, p.height,
@@ -557,12 +622,12 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--taesd-preview-only")) o.taesd_preview_only = 1;
         else if (!strcmp(a, "--vae-tiling")) o.vae_tile = v && v[0] >= '0' && v[0] <= '9' ? parse_int(VALUE(), 8, 4096, a) : 32;
         else if (!strcmp(a, "--sampling-method")) {
-            static const char *const names[5] = {"ddim", "euler", "euler_a", "dpm++2m", "dpm++2m_karras"};
+            static const char *const names[6] = {"ddim", "euler", "euler_a", "dpm++2m", "dpm++2m_karras", "lcm"};
             const char *m = VALUE();
             int k = 0;
-            while (k < 5 && strcmp(m, names[k])) k++;
-            if (k == 5) { fprintf(stderr, "--sampling-method: '%s' is not one of ddim, euler, euler_a, dpm++2m, dpm++2m_karras\n", m); return 1; }
-            o.sampler = k < 4 ? k : SD_SAMPLER_DPMPP_2M;
+            while (k < 6 && strcmp(m, names[k])) k++;
+            if (k == 6) { fprintf(stderr, "--sampling-method: '%s' is not one of ddim, euler, euler_a, dpm++2m, dpm++2m_karras, lcm\n", m); return 1; }
+            o.sampler = k < 4 ? k : k == 4 ? SD_SAMPLER_DPMPP_2M : SD_SAMPLER_LCM;
             o.karras |= k == 4;
             o.have_sampler = 1;
         } else if (!strcmp(a, "--scheduler")) {
@@ -576,6 +641,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--turbo")) o.turbo = 1;
         else if (!strcmp(a, "--no-weighting")) o.plain_prompt = 1;
         else if (!strcmp(a, "--comma-wrap")) o.comma_wrap = parse_int(VALUE(), 0, 74, a);
+        else if (!strcmp(a, "--embd-dir")) o.embd_dir = VALUE();
         else { fprintf(stderr, "unknown option '%s' (see --help)\n", a); return 1; }
 #undef FLAG
 #undef VALUE

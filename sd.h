@@ -26,8 +26,9 @@
          if (sd_generate(model, &p, &g, rgb, &err)) puts(err.message);   // ... never fail midway
      The same call runs SD 1.x, SD 2.x and SDXL (two text encoders, size conditioning), single
      files or diffusers folders; sd_params picks the sampler (DDIM, Euler, Euler a, DPM++ 2M
-     with Karras sigmas) and reads AUTOMATIC1111's prompt syntax ("(castle:1.3)", "[fog]",
-     BREAK) at any length up to 64 chunks of 75 tokens.
+     with Karras sigmas, LCM) and reads AUTOMATIC1111's prompt syntax ("(castle:1.3)", "[fog]",
+     BREAK) at any length up to 64 chunks of 75 tokens. LCM-distilled models take the guidance
+     scale as a UNet input.
      Every stage is callable on its own too: sd_clip_tokenize, sd_prompt_chunks, sd_text_encode,
      sd_unet, sd_vae_decode / sd_vae_encode, sd_sampler_init / sd_sampler_step, sd_randn; and
      TAESD, the tiny autoencoder (sd_taesd_load, sd_taesd_decode / sd_taesd_encode), for fast
@@ -62,7 +63,7 @@
      7. UNet (SD1, SD2, SDXL)
      8. VAE (decoder, encoder)
     8b. TAESD, the tiny autoencoder (decoder, encoder)
-     9. Samplers (DDIM, Euler, Euler a, DPM++ 2M)
+     9. Samplers (DDIM, Euler, Euler a, DPM++ 2M, LCM)
     10. Pipeline (txt2img, img2img)
 */
 #ifndef SD_H
@@ -278,6 +279,11 @@ typedef struct sd_text_encoder {
     int proj_openclip;    /* 1: stored [width, proj] and used as x·P (OpenCLIP); 0: a linear weight [proj, width] */
     sd_tensor projection;
     struct sd_clip_layer *layer;   /* [layers], in the arena */
+    /* textual inversion: token id SD_CLIP_VOCAB_SIZE + i stands for extra_tokens[i], a learned
+       [1, width] vector (a view into an embedding file) instead of a row of the token table;
+       NULL / 0: none. sd_embeddings_text_encoder fills them in a copy of a model's encoder. */
+    const sd_tensor *extra_tokens;
+    int extra_token_count;
 } sd_text_encoder;
 
 /* Finds text encoder `index` in `files` and describes it: index 0 is the one of SD1/SD2
@@ -294,12 +300,15 @@ SD_API int sd_text_encoder_load(sd_text_encoder *te, const sd_safetensors *files
    cannot be met. */
 SD_API size_t sd_text_encoder_arena_bytes(const sd_text_encoder *te, int n_prompts, int pooled);
 
-/* ids [n_prompts, 77] → out [n_prompts, 77, width]: the UNet's context. clip_skip 0 or 1 is the
+/* ids [n_prompts, 77] → out [n_prompts, 77, width]: the UNet's context (ids below the
+   vocabulary size, or an extra_tokens vector's id). clip_skip 0 or 1 is the
    model's own output (SD1: last layer, SD2: penultimate, both through the final LayerNorm;
    SDXL: penultimate without it); clip_skip N stops N - 1 layers earlier (A1111/ComfyUI "clip
    skip"). pooled (may be NULL; needs a text_projection) gets [n_prompts, proj_dim]: the last
    layer's final-LayerNorm state at each prompt's end-of-text token, projected (SDXL's pooled
-   text embedding). */
+   text embedding). With extra tokens in the prompt that is still the end-of-text token, as in
+   AUTOMATIC1111 and Stability's SGM code; diffusers pools at the highest id, which is then the
+   learned token's (a quirk of its argmax rule). */
 SD_API int sd_text_encode(const sd_text_encoder *te, const int32_t *ids, int n_prompts, int clip_skip,
                           float *out, float *pooled, sd_pool *pool, sd_arena *a, sd_error *err);
 
@@ -327,6 +336,9 @@ typedef struct sd_unet_cond {
     const float *context;   /* [batch, context_len, context_dim]: the text encoder's output */
     int context_len;        /* tokens per item: 77 per prompt chunk */
     const float *y;         /* SDXL: [batch, sd_unet_add_dim()] from sd_unet_add_vector; else NULL */
+    const float *guidance;  /* guidance-distilled (LCM) UNets: [batch, sd_unet_guidance_dim()], each
+                               row sd_guidance_embedding(guidance scale - 1) (diffusers'
+                               timestep_cond); NULL for the others */
 } sd_unet_cond;
 
 /* Exact arena bytes that sd_unet takes for `batch` latents of h x w attending to context_len
@@ -338,7 +350,8 @@ SD_API size_t sd_unet_arena_bytes(const sd_unet_model *unet, int batch, int h, i
    inpainting UNets (9 input channels) the latent mask and the masked image's latent after them,
    for InstructPix2Pix UNets (8) the image's latent; timesteps [batch] (may be fractional); out [batch, 4, h, w] gets the prediction (epsilon, or v for v-prediction
    models). Any h, w: odd sizes are rounded up on the way down and come back as diffusers
-   brings them back. The arena is scratch only. */
+   brings them back. A guidance-distilled (LCM) UNet needs cond->guidance, the others must not
+   get it. The arena is scratch only. */
 SD_API int sd_unet(const sd_unet_model *unet, const float *x, const float *timesteps,
                    const sd_unet_cond *cond, int batch, int h, int w, float *out,
                    sd_pool *pool, sd_arena *a, sd_error *err);
@@ -350,6 +363,16 @@ SD_API int sd_unet(const sd_unet_model *unet, const float *x, const float *times
 SD_API int sd_unet_add_dim(const sd_unet_model *unet);
 SD_API int sd_unet_add_vector(const sd_unet_model *unet, const float *pooled, int pooled_dim,
                               const float size_ids[6], float *y, sd_error *err);
+
+/* Latent Consistency Models (Luo et al. 2023) distil classifier-free guidance into the UNet: the
+   guidance scale enters as an embedding (time_cond_proj_dim wide; LCM_Dreamshaper_v7: 256),
+   projected by time_embedding.cond_proj and added to the sinusoidal timestep embedding, so a
+   guided step needs no unconditional pass. sd_unet_guidance_dim is that width (0: an ordinary
+   UNet). sd_guidance_embedding writes the embedding of w (LatentConsistencyModelPipeline passes
+   w = guidance scale - 1) as diffusers' get_guidance_scale_embedding does: sin(1000·w·f_k) for
+   k < dim/2, then the cosines, f_k = 10000^(-k/(dim/2 - 1)), float32; dim >= 4. */
+SD_API int sd_unet_guidance_dim(const sd_unet_model *unet);
+SD_API void sd_guidance_embedding(float w, int dim, float *out);
 
 #define SD_VAE_MAX_LEVELS 8   /* resolution levels (SD: 4, i.e. a factor 8 between image and latent) */
 #define SD_VAE_MAX_RESNETS 8   /* ResNet blocks per level (SD: 2 in the encoder, 3 in the decoder) */
@@ -547,8 +570,9 @@ SD_API void sd_inpaint_mask(const uint8_t *mask, int height, int width, float *m
 SD_API void sd_masked_image(const uint8_t *rgb, const uint8_t *mask, int height, int width, float *out);
 
 /* Which sampler walks the UNet back from noise (diffusers' scheduler classes). DDIM stays first,
-   so that 0 means DDIM. */
-enum { SD_SAMPLER_DDIM, SD_SAMPLER_EULER, SD_SAMPLER_EULER_A, SD_SAMPLER_DPMPP_2M };
+   so that 0 means DDIM. LCM is LCMScheduler: the multi-step consistency sampling of Latent
+   Consistency Models (2-8 steps), for LCM-distilled UNets and for ordinary ones with an LCM-LoRA. */
+enum { SD_SAMPLER_DDIM, SD_SAMPLER_EULER, SD_SAMPLER_EULER_A, SD_SAMPLER_DPMPP_2M, SD_SAMPLER_LCM };
 
 /* One sampler run: the timesteps the UNet sees and what each step needs, for any kind, so
    that a pipeline has one loop. Written by sd_sampler_init; the steps keep DPM++'s
@@ -570,7 +594,8 @@ typedef struct sd_sampler {
    configs give no spacing, so each class's default applies: DDIM leading, the others linspace;
    SDXL's config says leading, which sd_generate takes for SDXL models), karras (DPM++ 2M only):
    Karras et al. (2022) sigmas with rho 7, prediction SD_PREDICT_EPSILON / SD_PREDICT_V, eta:
-   DDIM's stochasticity (0 for the others). */
+   DDIM's stochasticity (0 for the others). LCM takes 1..50 steps from its own schedule (every
+   20th timestep of 1000, as distilled: 4 steps are 999, 759, 499, 259) whatever the spacing. */
 SD_API int sd_sampler_init(sd_sampler *smp, const sd_schedule *s, int kind, int steps, int spacing,
                            int steps_offset, int karras, int prediction, float eta, sd_error *err);
 
@@ -582,7 +607,8 @@ SD_API float sd_sampler_input_scale(const sd_sampler *smp, int k);
    of step k + 1 (out; may be x unless noise is drawn into it) and the predicted clean latents
    (x0_out, may be NULL). Euler a adds fresh noise every step, also the last: `noise` (n floats)
    if given, else drawn from rng as diffusers' randn_tensor inside step() draws it (into out,
-   which must then differ from x and model_out). DDIM with eta > 0 likewise. DPM++ 2M keeps the
+   which must then differ from x and model_out). DDIM with eta > 0 likewise, and LCM at every
+   step but the last (whose output is its x0_out, the denoised latents). DPM++ 2M keeps the
    previous step's x0 in `history` (n floats of the caller's, untouched between steps, not
    overlapping the other buffers); the other kinds ignore it (may be NULL). */
 SD_API int sd_sampler_step(sd_sampler *smp, int k, const float *x, const float *model_out, size_t n,
@@ -590,10 +616,15 @@ SD_API int sd_sampler_step(sd_sampler *smp, int k, const float *x, const float *
                            float *x0_out, sd_error *err);
 
 /* img2img: the clean latents x0 noised to the level of step k, where the run then starts
-   (k from sd_img2img_start), as the sampler's scheduler.add_noise: DDIM sqrt(a)·x0 +
+   (k from sd_img2img_start), as the sampler's scheduler.add_noise: DDIM and LCM sqrt(a)·x0 +
    sqrt(1-a)·noise, Euler x0 + sigma·noise, DPM++ the latter times 1/sqrt(sigma² + 1). */
 SD_API int sd_sampler_add_noise(const sd_sampler *smp, int k, const float *x0, const float *noise,
                                 size_t n, float *out, sd_error *err);
+
+/* LCM's boundary-condition scalings at timestep t (consistency models' c_skip and c_out with
+   sigma_data 0.5, the timestep scaled by 10 as LCMScheduler does): the step's denoised latents
+   are c_out·x0 + c_skip·x, so that t = 0 gives x itself. */
+SD_API void sd_lcm_scalings(float t, float *c_skip, float *c_out);
 
 /* What a model is made of: one single-file checkpoint (safetensors or GGUF, told apart by the
    GGUF magic), or the safetensors files of a diffusers folder (unet, vae and text_encoder files,
@@ -639,11 +670,49 @@ typedef struct sd_model_info {
     int text_width, text_layers;   /* context width (SDXL: both encoders'), first encoder's layers */
     int unet_in_channels;   /* 4, or 9 for inpainting and 8 for InstructPix2Pix models */
     float vae_scale;
+    int guidance_dim;   /* > 0: an LCM-distilled UNet (sd_unet_guidance_dim): the guidance scale is an
+                           input, a generation runs no unconditional pass and reads no negative prompt */
 } sd_model_info;
 SD_API void sd_model_get_info(const sd_model *model, sd_model_info *info);
 
 /* What sd_params.taesd is used for (sd_params.taesd_use, any of them). */
 enum { SD_TAESD_USE_DECODE = 1, SD_TAESD_USE_ENCODE = 2, SD_TAESD_USE_PREVIEW = 4, SD_TAESD_USE_ALL = 7 };
+
+/* Textual inversion (Gal et al. 2022): an embedding file holds learned vectors that a word of the
+   prompt stands for. Formats: AUTOMATIC1111's (`emb_params` [n, width], or `string_to_param.*`
+   as its .pt files convert), SDXL's (`clip_l` [n, 768] for the first text encoder and `clip_g`
+   [n, 1280] for the second), and diffusers' learned_embeds (one tensor named after its token,
+   [width] or [n, width]). The name is the caller's: AUTOMATIC1111 uses the file name without
+   .safetensors (example.c's --embd-dir does).
+   A prompt uses an embedding as AUTOMATIC1111 does: wherever its tokens spell the name's tokens
+   (so case does not matter, "TinyStyle" calls "tinystyle", and only whole words match), the n
+   vectors take n token positions, count towards the chunk's 75 and never straddle two chunks (an
+   embedding that does not fit moves to the next chunk); weights apply as to words. diffusers'
+   load_textual_inversion differs: its tokens match case-sensitively, inside words too. A word
+   that names no embedding is just text. The vectors get ids SD_CLIP_VOCAB_SIZE + 0, 1, ... in
+   file order, as diffusers numbers the tokens it adds. */
+typedef struct sd_embedding_file {
+    const char *name;   /* what a prompt writes to use it (copied) */
+    const void *data;   /* the safetensors bytes, used in place: they must outlive the set */
+    size_t size;
+} sd_embedding_file;
+typedef struct sd_embeddings sd_embeddings;   /* opaque; read-only once loaded, lives in the arena */
+
+/* Arena bytes that are enough for sd_embeddings_load of these files (a bound from the header sizes). */
+SD_API size_t sd_embeddings_arena_bytes(const sd_embedding_file *files, int count);
+/* Opens the files for `model`, checking each vector's width against its text encoder (an error
+   names the embedding and the tensor); the model itself is not touched, so threads may use
+   different sets with one model. Hand the set to sd_params.embeddings. */
+SD_API int sd_embeddings_load(sd_embeddings **set, const sd_model *model, const sd_embedding_file *files, int count,
+                              sd_arena *a, sd_error *err);
+/* The stages with a set: sd_prompt_chunks for text encoder `encoder` (0, or 1: SDXL's second) of
+   the set's model, embedding names becoming vector ids; and in *te that encoder's description
+   with the set's vectors as its extra tokens (nothing is copied but the description), for
+   sd_text_encode of those ids. */
+SD_API int sd_embeddings_prompt_chunks(const sd_embeddings *set, int encoder, const char *text, size_t size, int weighting,
+                                       int comma_wrap, int min_chunks, int32_t **ids, float **weights, int *chunks,
+                                       sd_arena *a, sd_error *err);
+SD_API int sd_embeddings_text_encoder(const sd_embeddings *set, int encoder, sd_text_encoder *te, sd_error *err);
 
 /* One generation. sd_params_init() fills the defaults; change what you need. */
 typedef struct sd_params {
@@ -654,9 +723,10 @@ typedef struct sd_params {
                          plain chunks of 75 tokens (sd_prompt_chunks) */
     int width, height;   /* pixels, multiples of 8 (default 512 x 512) */
     int steps;   /* default 20 */
-    float guidance;   /* classifier-free guidance scale, default 7.5; <= 1: no unconditional pass (diffusers) */
+    float guidance;   /* classifier-free guidance scale, default 7.5; <= 1: no unconditional pass (diffusers);
+                         an LCM-distilled model takes it as an input instead (w = guidance - 1) */
     uint64_t seed;   /* torch.manual_seed(seed): the same noise diffusers draws on the CPU */
-    int sampler;   /* SD_SAMPLER_DDIM (default), _EULER, _EULER_A, _DPMPP_2M */
+    int sampler;   /* SD_SAMPLER_DDIM (default), _EULER, _EULER_A, _DPMPP_2M, _LCM */
     int karras;   /* DPM++ 2M: Karras et al.'s sigmas (rho 7) instead of the training schedule's */
     int spacing;   /* -1 (default): the model's scheduler config, else SDXL's leading, else diffusers'
                       class default (DDIM leading, the others linspace); or SD_SPACING_LEADING /
@@ -691,8 +761,9 @@ typedef struct sd_params {
     const float *noise;   /* img2img and inpainting: the noise added at the start timestep (the
                              starting noise of an inpainting at strength 1) */
     const float *masked_image_noise;   /* inpainting: the masked image's posterior sample */
-    const float *step_noise;   /* optional [steps, 4, h/8, w/8]: the noise Euler a (and DDIM with
-                                  eta > 0) adds at each step, instead of draws from the seed */
+    const float *step_noise;   /* optional [steps, 4, h/8, w/8]: the noise Euler a, LCM (and DDIM
+                                  with eta > 0) add at each step, instead of draws from the seed */
+    const sd_embeddings *embeddings;   /* textual inversion: a set loaded for this model, or NULL */
     float *latents_out;   /* optional: the final latents [1, 4, h/8, w/8] */
     float *image_out;   /* optional: the decoded image [1, 3, h, w] before clamping */
     int (*progress)(void *user, int step, int steps);   /* non-zero return cancels */
@@ -716,7 +787,8 @@ SD_API void sd_params_init(sd_params *p);
 /* Arena bytes sd_generate needs with these parameters (0 if they are invalid): allocate once,
    and the generation never fails midway for lack of memory. Exact but for the text: memory is
    planned for the most chunks of 75 tokens the prompts' lengths allow (a chunk per 50 bytes of
-   ASCII, 25 of other text, and per "BREAK"), so long prompts reserve a few MB they may not use. */
+   ASCII, 25 of other text, and per "BREAK"; fewer bytes with embeddings whose names are shorter
+   than their vectors), so long prompts reserve a few MB they may not use. */
 SD_API size_t sd_generate_arena_bytes(const sd_model *model, const sd_params *p);
 
 /* Prompt in, RGB8 pixels out (rgb_out: batch_count x height x width x 3). Checks the
@@ -5844,9 +5916,43 @@ SD_API int sd_prompt_parse(const sd_clip_vocab *v, const char *text, size_t size
     return SD_OK;
 }
 
+/* Textual inversion in the prompt, as AUTOMATIC1111's EmbeddingDatabase finds embeddings: by
+   the token ids of their names (tokenized like the prompt, per text encoder, since SDXL's second
+   tokenizer reads '!' differently), longest name first, at any token of a run of text. A match
+   puts the embedding's vectors, as ids from SD_CLIP_VOCAB_SIZE up, where the name's tokens were.
+   The set is loaded in section 10 (it needs the model). */
+typedef struct ti_embedding {
+    const char *name;
+    int vectors;                 /* token positions it takes, 1..75 */
+    int32_t first_id;            /* SD_CLIP_VOCAB_SIZE + the index of its first vector in the set */
+    const int32_t *name_ids[2];  /* the name's tokens for text encoder 0 and 1 */
+    int name_len[2];
+} ti_embedding;
+
+struct sd_embeddings {
+    const sd_model *model;       /* the model they were checked against */
+    ti_embedding *items;         /* in file order */
+    int count, total;            /* embeddings, and their vectors together */
+    const sd_tensor *vectors[2]; /* per text encoder: [total] views of one vector each */
+    int growth, widest;          /* for planning: the most vectors per name token (rounded up), the most of one embedding */
+};
+
+/* The embedding whose name's tokens (for encoder e) start at tok[i], the longest such; NULL if none. */
+static const ti_embedding *embedding_at(const sd_embeddings *set, int e, const int32_t *tok, size_t n, size_t i)
+{
+    const ti_embedding *best = NULL;
+    for (int j = 0; set && j < set->count; j++) {
+        const ti_embedding *x = &set->items[j];
+        size_t len = (size_t)x->name_len[e];
+        if (len <= n - i && (!best || len > (size_t)best->name_len[e]) && !memcmp(tok + i, x->name_ids[e], len * sizeof(int32_t)))
+            best = x;
+    }
+    return best;
+}
+
 /* Chunks of 77 ids as tokenize_line builds them: tokens go into the open chunk, which is closed
    (framed and padded) when a token finds it full, at a BREAK, and at the end if it holds tokens
-   or is the only one. `ids` NULL only counts. */
+   or is the only one; an embedding's vectors go in together. `ids` NULL only counts. */
 typedef struct prompt_packer {
     int32_t tok[75];
     float weight[75];
@@ -5854,6 +5960,8 @@ typedef struct prompt_packer {
     int32_t comma, pad;
     int32_t *ids;
     float *weights;
+    const sd_embeddings *set;    /* textual inversion (may be NULL), for text encoder `encoder` */
+    int encoder;
 } prompt_packer;
 
 static int prompt_close_chunk(prompt_packer *k, sd_error *err)
@@ -5878,7 +5986,9 @@ static int prompt_close_chunk(prompt_packer *k, sd_error *err)
     return SD_OK;
 }
 
-static int prompt_add_token(prompt_packer *k, int32_t id, float weight, sd_error *err)
+/* What tokenize_line does with a token before it goes in: note a comma; when the chunk is full,
+   move the words after a recent comma to the next chunk (comma_wrap), or else start the next. */
+static int prompt_make_room(prompt_packer *k, int32_t id, sd_error *err)
 {
     int rc;
     if (id == k->comma) k->last_comma = k->n;
@@ -5892,8 +6002,29 @@ static int prompt_add_token(prompt_packer *k, int32_t id, float weight, sd_error
         k->n = moved;
     }
     if (k->n == 75 && (rc = prompt_close_chunk(k, err))) return rc;
+    return SD_OK;
+}
+
+static int prompt_add_token(prompt_packer *k, int32_t id, float weight, sd_error *err)
+{
+    int rc = prompt_make_room(k, id, err);
+    if (rc) return rc;
     k->tok[k->n] = id;
     k->weight[k->n++] = weight;
+    return SD_OK;
+}
+
+/* An embedding at a token whose name starts there: that token is seen as any token is, then the
+   vectors go in together, in the next chunk if this one has no room for all of them. */
+static int prompt_add_embedding(prompt_packer *k, int32_t first_token, const ti_embedding *x, float weight, sd_error *err)
+{
+    int rc = prompt_make_room(k, first_token, err);
+    if (!rc && k->n + x->vectors > 75) rc = prompt_close_chunk(k, err);
+    if (rc) return rc;
+    for (int v = 0; v < x->vectors; v++) {
+        k->tok[k->n] = x->first_id + v;
+        k->weight[k->n++] = weight;
+    }
     return SD_OK;
 }
 
@@ -5924,8 +6055,12 @@ static int prompt_pack(const sd_clip_vocab *v, const char *text, size_t size, sd
         if (runs[r].chunk_break && (rc = prompt_close_chunk(k, err))) goto done;
         if ((rc = sd_clip_token_ids(v, runs[r].text, runs[r].size, pad, tok, cap, &n, a, err))) goto done;
         if (n >= cap) { rc = fail(err, SD_ERR_ARG, "prompt: more than %d chunks of 75 tokens", SD_PROMPT_MAX_CHUNKS); goto done; }
-        for (size_t t = 0; t < n; t++)
-            if ((rc = prompt_add_token(k, tok[t], (float)runs[r].weight, err))) goto done;
+        for (size_t t = 0; t < n && !rc; ) {
+            const ti_embedding *x = embedding_at(k->set, k->encoder, tok, n, t);
+            if (x) rc = prompt_add_embedding(k, tok[t], x, (float)runs[r].weight, err), t += (size_t)x->name_len[k->encoder];
+            else rc = prompt_add_token(k, tok[t++], (float)runs[r].weight, err);
+        }
+        if (rc) goto done;
     }
     if (k->n || !k->chunks) rc = prompt_close_chunk(k, err);
 done:
@@ -5941,9 +6076,10 @@ SD_API size_t sd_prompt_arena_bytes(size_t text_size)
     return 2 * out + tok + parse + sd_clip_scratch_bytes(text_size > 1 ? text_size : 1);
 }
 
-SD_API int sd_prompt_chunks(const sd_clip_vocab *v, const char *text, size_t size, sd_clip_pad pad, int weighting,
-                            int comma_wrap, int min_chunks, int32_t **ids, float **weights, int *chunks,
-                            sd_arena *a, sd_error *err)
+/* sd_prompt_chunks, reading the names of `set` (may be NULL) as text encoder e's embeddings. */
+static int prompt_chunks_with(const sd_clip_vocab *v, const sd_embeddings *set, int e, const char *text, size_t size,
+                              sd_clip_pad pad, int weighting, int comma_wrap, int min_chunks, int32_t **ids, float **weights,
+                              int *chunks, sd_arena *a, sd_error *err)
 {
     prompt_packer k;
     size_t mark;
@@ -5962,6 +6098,8 @@ SD_API int sd_prompt_chunks(const sd_clip_vocab *v, const char *text, size_t siz
     memset(&k, 0, sizeof k);
     k.comma_wrap = comma_wrap;
     k.last_comma = -1;
+    k.set = set;
+    k.encoder = e;
     if ((rc = prompt_pack(v, text, size, pad, weighting, &k, a, err))) return rc;
     total = k.chunks > min_chunks ? k.chunks : min_chunks;
     mark = sd_arena_mark(a);
@@ -5975,6 +6113,8 @@ SD_API int sd_prompt_chunks(const sd_clip_vocab *v, const char *text, size_t siz
     memset(&k, 0, sizeof k);
     k.comma_wrap = comma_wrap;
     k.last_comma = -1;
+    k.set = set;
+    k.encoder = e;
     k.ids = *ids;
     k.weights = weights ? *weights : NULL;
     if ((rc = prompt_pack(v, text, size, pad, weighting, &k, a, err))) {
@@ -5986,6 +6126,13 @@ SD_API int sd_prompt_chunks(const sd_clip_vocab *v, const char *text, size_t siz
     for (c = k.chunks; c < total; c++) prompt_close_chunk(&k, err);   /* the chunks of "" */
     *chunks = total;
     return SD_OK;
+}
+
+SD_API int sd_prompt_chunks(const sd_clip_vocab *v, const char *text, size_t size, sd_clip_pad pad, int weighting,
+                            int comma_wrap, int min_chunks, int32_t **ids, float **weights, int *chunks,
+                            sd_arena *a, sd_error *err)
+{
+    return prompt_chunks_with(v, NULL, 0, text, size, pad, weighting, comma_wrap, min_chunks, ids, weights, chunks, a, err);
 }
 
 SD_API void sd_prompt_weight(float *context, const float *weights, int tokens, int width)
@@ -6317,30 +6464,40 @@ static int clip_layers(const sd_text_encoder *te, float *x, int n, int from, int
     return SD_OK;
 }
 
+/* Whether id is a row of the token table, or (textual inversion) one of the extra vectors. */
+static int token_known(const sd_text_encoder *te, int32_t id)
+{
+    return (id >= 0 && id < te->vocab) || (id >= SD_CLIP_VOCAB_SIZE && id - SD_CLIP_VOCAB_SIZE < te->extra_token_count);
+}
+
 static int check_ids(const sd_text_encoder *te, const int32_t *ids, int n_prompts, sd_error *err)
 {
     for (int i = 0; i < n_prompts * SD_TEXT_TOKENS; i++)
-        if (ids[i] < 0 || ids[i] >= te->vocab)
-            return fail(err, SD_ERR_ARG, "text encoder: token id %ld at prompt %d, position %d is outside the vocabulary (0..%d)",
-                        (long)ids[i], i / SD_TEXT_TOKENS, i % SD_TEXT_TOKENS, te->vocab - 1);
+        if (!token_known(te, ids[i]))
+            return fail(err, SD_ERR_ARG, "text encoder: token id %ld at prompt %d, position %d is outside the vocabulary (0..%d)%s",
+                        (long)ids[i], i / SD_TEXT_TOKENS, i % SD_TEXT_TOKENS, te->vocab - 1,
+                        te->extra_token_count ? " and the embeddings' vectors" : "");
     return SD_OK;
 }
 
-/* Token embedding + learned position embedding (positions 0..76, whatever position_ids say). */
+/* Token embedding (a row of the table, or an embedding file's learned vector) + learned position
+   embedding (positions 0..76, whatever position_ids say). */
 static void clip_embed(const sd_text_encoder *te, const int32_t *ids, int n_prompts, float *out, sd_pool *pool)
 {
     int D = te->width;
     if (pool->measure) return;
     for (int i = 0; i < n_prompts * SD_TEXT_TOKENS; i++) {
         float *x = out + (size_t)i * D;
-        weight_row(&te->token_embedding, ids[i], D, x);
+        if (ids[i] < te->vocab) weight_row(&te->token_embedding, ids[i], D, x);
+        else weight_row(&te->extra_tokens[ids[i] - SD_CLIP_VOCAB_SIZE], 0, D, x);
         for (int c = 0; c < D; c++) x[c] += tensor_get(&te->position_embedding, (size_t)(i % SD_TEXT_TOKENS) * D + c);
     }
 }
 
 /* SDXL's pooled text embedding: the last layer's final-LayerNorm state at each prompt's
-   end-of-text token (the highest id: CLIP's argmax rule, 49407 comes last in the vocabulary),
-   projected. last [n_prompts, 77, width] is the last layer's output. */
+   end-of-text token (the highest id: CLIP's argmax rule, 49407 comes last in the vocabulary;
+   embedding vectors, numbered after it, are passed over as AUTOMATIC1111 and SGM, which give
+   them ordinary ids, do), projected. last [n_prompts, 77, width] is the last layer's output. */
 static void clip_pool(const sd_text_encoder *te, const int32_t *ids, int n_prompts, float *last, float *pooled, sd_pool *pool)
 {
     int D = te->width;
@@ -6348,7 +6505,7 @@ static void clip_pool(const sd_text_encoder *te, const int32_t *ids, int n_promp
     for (int b = 0; b < n_prompts; b++) {
         const int32_t *row = ids + (size_t)b * SD_TEXT_TOKENS;
         int eos = 0;
-        for (int i = 1; i < SD_TEXT_TOKENS; i++) if (row[i] > row[eos]) eos = i;
+        for (int i = 1; i < SD_TEXT_TOKENS; i++) if (row[i] > row[eos] && row[i] < te->vocab) eos = i;
         float *x = last + ((size_t)b * SD_TEXT_TOKENS + eos) * D, *y = pooled + (size_t)b * te->proj_dim;
         layernorm(pool, x, x, 1, D, &te->final_ln_w, &te->final_ln_b, te->eps);
         /* y[j] = sum over c of x[c]·P(c, j), in double, c ascending; P read a row piece at a
@@ -6444,8 +6601,9 @@ SD_API int sd_text_encode(const sd_text_encoder *te, const int32_t *ids, int n_p
    saved at its size (the skip connections). Every ResNet block adds a projection of the
    timestep's sinusoidal embedding. SDXL (Podell et al. 2023) is the same description with no
    attention at the first level, deeper transformers (2 and 10 blocks) and a second embedding,
-   of the pooled text and the image sizes, added to the time embedding. Activations are NHWC
-   inside; the API speaks NCHW. */
+   of the pooled text and the image sizes, added to the time embedding. An LCM-distilled UNet
+   (Luo et al. 2023) adds a projection of the guidance scale's embedding to the sinusoidal one.
+   Activations are NHWC inside; the API speaks NCHW. */
 
 #define UNET_MAX_LEVELS 6
 #define UNET_MAX_RESNETS 4                     /* per up level (one more than per down level) */
@@ -6499,6 +6657,8 @@ struct sd_unet_model {
     const sd_tensor *time1_w, *time1_b, *time2_w, *time2_b;
     int add_dim;                                /* SDXL: width of y (pooled text + size embeddings); 0 otherwise */
     const sd_tensor *add1_w, *add1_b, *add2_w, *add2_b;
+    int guidance_dim;                           /* LCM: width of the guidance embedding; 0 otherwise */
+    const sd_tensor *cond_proj_w;               /* LCM: time_embedding.cond_proj [model_channels, guidance_dim] */
     const sd_tensor *conv_in_w, *conv_in_b, *norm_out_w, *norm_out_b, *conv_out_w, *conv_out_b;
     unet_level level[UNET_MAX_LEVELS];
     unet_resnet mid[2];
@@ -6745,6 +6905,15 @@ static void describe_unet(weights *w, sd_unet_model *u, const sd_safetensors *me
         u->add2_w = need(w, u->time_dim, u->time_dim, 0, 0, "%s.weight", l2);
         u->add2_b = need(w, u->time_dim, 0, 0, 0, "%s.bias", l2);
     }
+    /* LCM: the guidance embedding's projection onto the sinusoid, no bias. Single files keep
+       diffusers' name under the prefix (the conversion script has no rule for it). */
+    if (weights_find(w, "time_embedding.cond_proj.weight")) {
+        u->cond_proj_w = need(w, u->model_channels, -1, 0, 0, "time_embedding.cond_proj.weight");
+        u->guidance_dim = unet_dim(w, u->cond_proj_w, 1);
+        if (!w->failed && u->guidance_dim < 4)
+            w->failed = fail(w->err, SD_ERR_UNSUPPORTED, "tensor '%s': a guidance embedding %d wide, expected at least 4",
+                             u->cond_proj_w->name, u->guidance_dim);
+    }
 
     /* resnets per level (counted at level 0), then levels */
     while (u->resnets < UNET_MAX_RESNETS && unet_has(w, unet_part(p, sizeof p, w, u, UNET_DOWN_RES, 0, u->resnets), conv1)) u->resnets++;
@@ -6873,6 +7042,7 @@ typedef struct unet_run {
     const float *context;       /* [B, context_len, context_dim] */
     int context_len;
     const float *y;             /* SDXL's added conditioning [B, add_dim], or NULL */
+    const float *guidance;      /* LCM's guidance embedding [B, guidance_dim], or NULL */
     float *temb;                /* SiLU(time embedding) [B, time_dim]: what every resnet takes */
     float *h;                   /* the middle and up path's activation [B, H, W, C] */
     int H, W, C;
@@ -6987,8 +7157,8 @@ static void spatial_transformer(unet_run *r, const unet_transformer *t, float *x
     sd_arena_reset(r->a, mark);
 }
 
-/* Sinusoidal embedding of each batch item's timestep → linear–SiLU–linear; SDXL adds its y
-   through a second linear–SiLU–linear. */
+/* Sinusoidal embedding of each batch item's timestep (LCM: plus the projected guidance
+   embedding) → linear–SiLU–linear; SDXL adds its y through a second linear–SiLU–linear. */
 static void unet_time_embedding(unet_run *r, const float *timesteps)
 {
     const sd_unet_model *u = r->u;
@@ -6999,6 +7169,13 @@ static void unet_time_embedding(unet_run *r, const float *timesteps)
     if (!hid) return;
     for (int b = 0; b < B && !r->pool->measure; b++) timestep_embedding(f + (size_t)b * C0, timesteps[b], C0);
     run_probe(r, "time_proj", -1, f, 1, 1, C0);
+    if (u->guidance_dim) {
+        float *g = run_alloc(r, (size_t)B * C0);
+        if (!g) return;
+        linear(r->pool, g, r->guidance, B, C0, u->guidance_dim, u->cond_proj_w, NULL);
+        run_probe(r, "time_embedding.cond_proj", -1, g, 1, 1, C0);
+        add(r->pool, f, g, (size_t)B * C0);
+    }
     linear(r->pool, hid, f, B, T, C0, u->time1_w, u->time1_b);
     silu(r->pool, hid, (size_t)B * T);
     linear(r->pool, temb, hid, B, T, T, u->time2_w, u->time2_b);
@@ -7158,7 +7335,7 @@ static int unet_forward(const sd_unet_model *u, const float *x, const float *tim
     unet_run r;
     memset(&r, 0, sizeof r);
     r.u = u; r.pool = pool; r.a = a; r.err = err; r.B = batch;
-    r.context = cond->context; r.context_len = cond->context_len; r.y = cond->y;
+    r.context = cond->context; r.context_len = cond->context_len; r.y = cond->y; r.guidance = cond->guidance;
     r.probe = probe; r.probe_user = probe_user;
 
     unet_time_embedding(&r, timesteps);
@@ -7177,7 +7354,7 @@ SD_API size_t sd_unet_arena_bytes(const sd_unet_model *unet, int batch, int h, i
     sd_pool pool;
     if (!unet || batch < 1 || h < 1 || w < 1 || (int64_t)batch * h * w > UNET_MAX_POSITIONS ||
         context_len < 1 || context_len > UNET_MAX_CONTEXT) return (size_t)-1;
-    sd_unet_cond cond = {dummy_floats(), context_len, unet->add_dim ? dummy_floats() : NULL};
+    sd_unet_cond cond = {dummy_floats(), context_len, unet->add_dim ? dummy_floats() : NULL, unet->guidance_dim ? dummy_floats() : NULL};
     arena_measure(&m);
     pool_measure(&pool);
     if (unet_forward(unet, dummy_floats(), dummy_floats(), &cond, batch, h, w, dummy_floats(), &pool, &m, NULL, NULL, NULL))
@@ -7199,6 +7376,11 @@ SD_API int sd_unet(const sd_unet_model *unet, const float *x, const float *times
     if (!unet->add_dim != !cond->y)
         return fail(err, SD_ERR_ARG, unet->add_dim ? "sd_unet: this SDXL UNet needs y, the pooled text and size conditioning"
                                                    : "sd_unet: y given, but this UNet has no added conditioning");
+    if (!unet->guidance_dim != !cond->guidance)
+        return unet->guidance_dim ? fail(err, SD_ERR_ARG, "sd_unet: this UNet is LCM-distilled (tensor '%s' [%d, %d]): it needs "
+                                         "cond->guidance, sd_guidance_embedding(guidance scale - 1) per batch item",
+                                         unet->cond_proj_w->name, unet->model_channels, unet->guidance_dim)
+                                  : fail(err, SD_ERR_ARG, "sd_unet: a guidance embedding given, but this UNet has no time_embedding.cond_proj");
     need = sd_unet_arena_bytes(unet, batch, h, w, cond->context_len);
     left = a->size - a->used;
     if (need > left)
@@ -7211,6 +7393,22 @@ SD_API int sd_unet(const sd_unet_model *unet, const float *x, const float *times
 }
 
 SD_API int sd_unet_add_dim(const sd_unet_model *unet) { return unet ? unet->add_dim : 0; }
+SD_API int sd_unet_guidance_dim(const sd_unet_model *unet) { return unet ? unet->guidance_dim : 0; }
+
+/* Like timestep_embedding but as LCM's pipeline writes it: sin first, frequencies over
+   half - 1, the argument scaled by 1000. */
+SD_API void sd_guidance_embedding(float w, int dim, float *out)
+{
+    if (dim < 4 || !out) return;
+    int half = dim / 2;
+    float step = logf(10000.0f) / (float)(half - 1), a = w * 1000.0f;
+    for (int k = 0; k < half; k++) {
+        float arg = a * expf((float)k * -step);
+        out[k] = sinf(arg);
+        out[half + k] = cosf(arg);
+    }
+    if (dim % 2) out[dim - 1] = 0;   /* diffusers pads an odd width with a zero */
+}
 
 /* The width of each size embedding when y = pooled text + six of them (SDXL: (2816 - 1280) / 6
    = 256); 0 when the widths do not add up that way. */
@@ -9425,13 +9623,63 @@ static float dpm_lambda(float sigma)
     return logf(alpha) - logf(sigma * alpha);
 }
 
+/* LCM (Luo et al. 2023, §4.2 and alg. 3): the UNet was distilled to map any point of the
+   probability-flow ODE to its origin, on a skipping schedule of 50 of the training timesteps
+   (every 20th: 999, 979, ..., 19). Inference takes `steps` of those, evenly spaced (numpy's
+   linspace(0, 50, steps, endpoint=False), floored, as LCMScheduler picks them), and at each one
+   predicts the clean latents and noises them afresh down to the next timestep. */
+#define LCM_ORIGINAL_STEPS 50
+#define LCM_TIMESTEP_SCALING 10.0
+
+static int lcm_schedule(sd_sampler *smp, const sd_schedule *s, sd_error *err)
+{
+    int n = smp->steps, every = s->num_train_timesteps / LCM_ORIGINAL_STEPS;
+    if (every < 1 || n > LCM_ORIGINAL_STEPS)
+        return fail(err, SD_ERR_ARG, "sampler: LCM takes 1..%d steps of a schedule of %d or more training timesteps, not %d of %d",
+                    LCM_ORIGINAL_STEPS, LCM_ORIGINAL_STEPS, n, s->num_train_timesteps);
+    for (int k = 0; k < n; k++) {
+        int index = (int)floor(k * ((double)LCM_ORIGINAL_STEPS / n));   /* into the 50, largest first */
+        smp->timesteps[k] = (float)((LCM_ORIGINAL_STEPS - index) * every - 1);
+    }
+    return SD_OK;
+}
+
+SD_API void sd_lcm_scalings(float t, float *c_skip, float *c_out)
+{
+    double u = LCM_TIMESTEP_SCALING * t, sigma_data2 = 0.25;
+    if (c_skip) *c_skip = (float)(sigma_data2 / (u * u + sigma_data2));
+    if (c_out) *c_out = (float)(u / sqrt(u * u + sigma_data2));
+}
+
+/* One LCM step: x0 from the UNet's output as DDIM reads it, the consistency function's output
+   denoised = c_out·x0 + c_skip·x (at these timesteps c_skip < 1e-5: nearly x0 itself), then
+   unless this is the last step, denoised noised to the next timestep with fresh noise. */
+static void lcm_step(const sd_sampler *smp, int k, const float *x, const float *m, size_t n, const float *noise,
+                     float *out, float *denoised_out)
+{
+    const sd_schedule *s = smp->schedule;
+    int t = (int)smp->timesteps[k], last = k + 1 == smp->steps;
+    float a_t = s->alphas_cumprod[t], sa = sqrtf(a_t), sb = sqrtf(1.0f - a_t), c_skip, c_out;
+    float a_next = last ? a_t : s->alphas_cumprod[(int)smp->timesteps[k + 1]], sa_next = sqrtf(a_next), sb_next = sqrtf(1.0f - a_next);
+    sd_lcm_scalings((float)t, &c_skip, &c_out);
+    for (size_t i = 0; i < n; i++) {
+        float x0 = smp->prediction == SD_PREDICT_EPSILON ? (x[i] - sb * m[i]) / sa : sa * x[i] - sb * m[i];
+        float denoised = c_out * x0 + c_skip * x[i];
+        if (denoised_out) denoised_out[i] = denoised;
+        out[i] = last ? denoised : sa_next * denoised + sb_next * noise[i];
+    }
+}
+
 /* The timesteps and sigmas of the run. Everything but Euler's linspace and Karras is integral and
-   is DDIM's spacing rule; DPM-Solver spreads steps + 1 points and drops the last (leading, linspace). */
+   is DDIM's spacing rule (LCM: its own); DPM-Solver spreads steps + 1 points and drops the last
+   (leading, linspace). */
 static int sampler_schedule(sd_sampler *smp, const sd_schedule *s, int spacing, int steps_offset, sd_error *err)
 {
     int T = s->num_train_timesteps, n = smp->steps, ts[SD_MAX_TRAIN_TIMESTEPS], rc;
     int euler = smp->kind == SD_SAMPLER_EULER || smp->kind == SD_SAMPLER_EULER_A;
-    if (smp->kind == SD_SAMPLER_DPMPP_2M && smp->karras) {
+    if (smp->kind == SD_SAMPLER_LCM) {
+        if ((rc = lcm_schedule(smp, s, err))) return rc;
+    } else if (smp->kind == SD_SAMPLER_DPMPP_2M && smp->karras) {
         karras_schedule(smp, s);
     } else if (euler && spacing == SD_SPACING_LINSPACE) {   /* float32 and fractional: 999, 799.2, ... */
         for (int k = 0; k < n; k++) smp->timesteps[k] = (float)linspace_from_top(T, n, k);
@@ -9458,10 +9706,10 @@ static int sampler_schedule(sd_sampler *smp, const sd_schedule *s, int spacing, 
 SD_API int sd_sampler_init(sd_sampler *smp, const sd_schedule *s, int kind, int steps, int spacing,
                            int steps_offset, int karras, int prediction, float eta, sd_error *err)
 {
-    static const char *names[] = { "DDIM", "Euler", "Euler a", "DPM++ 2M" };
+    static const char *names[] = { "DDIM", "Euler", "Euler a", "DPM++ 2M", "LCM" };
     if (!smp || !s) return fail(err, SD_ERR_ARG, "sampler: NULL argument");
     int T = s->num_train_timesteps;
-    if (kind < SD_SAMPLER_DDIM || kind > SD_SAMPLER_DPMPP_2M) return fail(err, SD_ERR_ARG, "sampler: unknown kind %d", kind);
+    if (kind < SD_SAMPLER_DDIM || kind > SD_SAMPLER_LCM) return fail(err, SD_ERR_ARG, "sampler: unknown kind %d", kind);
     if (T < 2 || T > SD_MAX_TRAIN_TIMESTEPS) return fail(err, SD_ERR_ARG, "sampler: schedule of %d training timesteps, expected 2..%d", T, SD_MAX_TRAIN_TIMESTEPS);
     if (steps < 1 || steps > T) return fail(err, SD_ERR_ARG, "sampler: %d steps, expected 1..%d", steps, T);
     if (spacing != SD_SPACING_LEADING && spacing != SD_SPACING_TRAILING && spacing != SD_SPACING_LINSPACE)
@@ -9573,6 +9821,16 @@ SD_API int sd_sampler_step(sd_sampler *smp, int k, const float *x, const float *
         dpm_step(smp, k, x, model_out, n, history, out, x0_out);
         return SD_OK;
     }
+    if (smp->kind == SD_SAMPLER_LCM) {
+        if (k + 1 < smp->steps && !noise) {   /* diffusers' step() draws at every step but the last */
+            if (!rng) return fail(err, SD_ERR_ARG, "sampler step: LCM needs noise or a generator before its last step");
+            if (out == x || out == model_out) return fail(err, SD_ERR_ARG, "sampler step: drawing LCM's noise into out would overwrite its input");
+            sd_randn(rng, out, n);
+            noise = out;
+        }
+        lcm_step(smp, k, x, model_out, n, noise, out, x0_out);
+        return SD_OK;
+    }
     float sigma = smp->sigmas[k], sigma_next = smp->sigmas[k + 1], sigma_up = 0, sigma_down = sigma_next;
     if (smp->kind == SD_SAMPLER_EULER_A) {
         if (!noise && !rng) return fail(err, SD_ERR_ARG, "sampler step: Euler a needs noise or a generator");
@@ -9596,7 +9854,7 @@ SD_API int sd_sampler_add_noise(const sd_sampler *smp, int k, const float *x0, c
 {
     if (!smp || !smp->schedule || !x0 || !noise || !out) return fail(err, SD_ERR_ARG, "sampler add noise: NULL argument");
     if (k < 0 || k >= smp->steps) return fail(err, SD_ERR_ARG, "sampler add noise: step %d of %d steps", k, smp->steps);
-    if (smp->kind == SD_SAMPLER_DDIM) return sd_add_noise(smp->schedule, (int)smp->timesteps[k], x0, noise, n, out, err);
+    if (smp->kind == SD_SAMPLER_DDIM || smp->kind == SD_SAMPLER_LCM) return sd_add_noise(smp->schedule, (int)smp->timesteps[k], x0, noise, n, out, err);
     float sigma = smp->sigmas[k];
     if (smp->kind == SD_SAMPLER_DPMPP_2M) {   /* variance preserving: alpha·x0 + sigma·alpha·noise */
         float alpha = vp_alpha(sigma), sigma_t = sigma * alpha;
@@ -9789,6 +10047,7 @@ static int model_load(sd_model *m, const sd_source *src, sd_arena *a, sd_error *
     in->text_layers = m->te[0].layers;
     in->unet_in_channels = m->unet->in_channels;
     in->vae_scale = sd_vae_get_config(m->vae)->scaling_factor;
+    in->guidance_dim = m->unet->guidance_dim;
     /* SD1's tokenizer pads with <|endoftext|>, OpenCLIP's (SD2, SDXL's second) with "!" (id 0),
        unless the metadata says otherwise */
     m->pad[0] = in->version == 2 ? SD_CLIP_PAD_EXCLAMATION : SD_CLIP_PAD_EOS;
@@ -9829,22 +10088,28 @@ SD_API int sd_model_load(sd_model **model, const sd_source *src, sd_arena *a, sd
     return SD_OK;
 }
 
+/* Arena bytes enough for sd_safetensors_open of a file, from its header size. Per header byte,
+   the most the tables can take: a metadata pair ("":"", 6 bytes) becomes two 64-byte arena
+   pieces and two pointers (144 bytes, 24 per byte); a tensor entry (at least 48 bytes) a table
+   row, its name and hash slots (about 200). A bad header: the open says what. */
+static size_t header_tables_bound(const void *data, size_t size)
+{
+    const unsigned char *b = (const unsigned char *)data;
+    uint64_t hlen = 0;
+    if (b && size >= 8)
+        for (int k = 7; k >= 0; k--) hlen = hlen << 8 | b[k];
+    return 24 * (size_t)(hlen <= size ? hlen : 0) + 65536;
+}
+
 SD_API size_t sd_model_arena_bytes(const sd_source *src)
 {
-    /* per header byte, the most the tables can take: a metadata pair ("":"", 6 bytes) becomes two
-       64-byte arena pieces and two pointers (144 bytes, 24 per byte); a tensor entry (at least
-       48 bytes) a table row, its name and hash slots (about 200) */
     size_t total = sizeof(sd_model) + sd_clip_vocab_arena_bytes(src ? src->merges_size : 0) + (4u << 20);
     for (int i = 0; src && i < src->count && i < SD_MAX_FILES; i++) {
-        const unsigned char *b = (const unsigned char *)src->data[i];
-        uint64_t hlen = 0;
         if (model_file_is_gguf(src, i)) {   /* GGUF: what the reader's first pass counts */
-            total += (size_t)gguf_arena_bytes(b, src->size[i]) + 65536;
+            total += (size_t)gguf_arena_bytes((const unsigned char *)src->data[i], src->size[i]) + 65536;
             continue;
         }
-        if (b && src->size[i] >= 8)
-            for (int k = 7; k >= 0; k--) hlen = hlen << 8 | b[k];
-        total += 24 * (size_t)(hlen <= src->size[i] ? hlen : 0) + 65536;   /* a bad header: sd_model_load says what */
+        total += header_tables_bound(src->data[i], src->size[i]);
     }
     return total;
 }
@@ -9894,9 +10159,10 @@ static int guide_mode(const sd_model *m, const sd_params *p)
 
 /* The UNet's batch: 1, or 2 with classifier-free guidance (unconditional row first), or
    InstructPix2Pix's 3 (text + image, image only, neither), which diffusers runs only when
-   guidance > 1 and image_guidance >= 1. */
+   guidance > 1 and image_guidance >= 1. An LCM-distilled UNet is guided by its input: 1. */
 static int batch_rows(const sd_model *m, const sd_params *p)
 {
+    if (m->unet->guidance_dim) return 1;
     if (guide_mode(m, p) == GUIDE_IP2P) return p->guidance > 1.0f && p->image_guidance >= 1.0f ? 3 : 1;
     return p->guidance > 1.0f ? 2 : 1;
 }
@@ -9967,6 +10233,7 @@ static int check_params(const sd_model *m, const sd_params *p, sd_error *err)
     if (!(p->eta >= 0 && p->eta <= 1)) return fail(err, SD_ERR_ARG, "generate: eta %g, expected 0..1", p->eta);
     if (p->vae_tile < 0 || (p->vae_tile > 0 && p->vae_tile < 8))
         return fail(err, SD_ERR_ARG, "generate: vae_tile %d, expected 0 (off) or at least 8 latent pixels", p->vae_tile);
+    if (p->embeddings && p->embeddings->model != m) return fail(err, SD_ERR_ARG, "generate: the embeddings were loaded for another model");
     if (p->init_rgb && !sd_vae_get_config(m->vae)->has_encoder && !taesd_does(p, SD_TAESD_USE_ENCODE))
         return fail(err, SD_ERR_UNSUPPORTED, "generate: img2img needs a VAE encoder; this checkpoint has only the decoder");
     if (p->taesd && (rc = check_taesd(m, p, err))) return rc;
@@ -9983,15 +10250,206 @@ static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 /* Whether the decode goes in tiles: asked for, and the latent larger than one tile. */
 static int tiled_decode(const sd_params *p, int h, int w) { return p->vae_tile > 0 && (h > p->vae_tile || w > p->vae_tile); }
 
+/* ---- textual inversion: the embedding files ---- */
+/* Each file is checked against the model's text encoders and its name tokenized for each; the
+   vectors stay in the caller's bytes, one view per vector, numbered across the files in order. */
+
+#define TI_MAX_EMBEDDINGS 65536
+#define TI_MAX_NAME 1024   /* bytes of a name */
+
+/* The tensor of an embedding file for each text encoder of the model, by the formats' names:
+   SDXL's clip_l and clip_g, A1111's emb_params or string_to_param.*, or diffusers' one tensor. */
+static int embedding_tensors(const sd_safetensors *st, const char *name, int encoders, const sd_tensor **t, sd_error *err)
+{
+    const sd_tensor *l = sd_safetensors_find(st, "clip_l"), *g = sd_safetensors_find(st, "clip_g"), *one;
+    if (l || g) {
+        if (encoders != 2)
+            return fail(err, SD_ERR_SHAPE, "embedding '%s': tensors 'clip_l' and 'clip_g' are for SDXL's two text encoders; this model has one", name);
+        if (!l || !g) return fail(err, SD_ERR_MISSING, "embedding '%s' has tensor '%s' but no '%s'", name, l ? "clip_l" : "clip_g", l ? "clip_g" : "clip_l");
+        t[0] = l;
+        t[1] = g;
+        return SD_OK;
+    }
+    one = sd_safetensors_find(st, "emb_params");
+    for (int i = 0; i < st->count && !one; i++)
+        if (!strncmp(st->tensors[i].name, "string_to_param.", 16)) one = &st->tensors[i];
+    if (!one && st->count == 1) one = &st->tensors[0];   /* diffusers' learned_embeds: named after its token */
+    if (!one)
+        return fail(err, SD_ERR_MISSING, "embedding '%s': no tensor 'emb_params', 'string_to_param.*' or 'clip_l'/'clip_g', and not "
+                    "one tensor alone (the file has %d)", name, st->count);
+    if (encoders == 2)
+        return fail(err, SD_ERR_SHAPE, "embedding '%s': tensor '%s' is for one text encoder; SDXL's two take 'clip_l' and 'clip_g'", name, one->name);
+    t[0] = one;
+    return SD_OK;
+}
+
+/* Tensor t as vectors for text encoder te: [n, width], or [width] for one; *n gets n. */
+static int embedding_vectors(const sd_tensor *t, const sd_text_encoder *te, const char *name, int *n, sd_error *err)
+{
+    int64_t rows = t->ndim == 2 ? t->shape[0] : 1, width = t->ndim >= 1 ? t->shape[t->ndim - 1] : 0;
+    if (t->dtype != SD_F32 && t->dtype != SD_F16 && t->dtype != SD_BF16)
+        return fail(err, SD_ERR_SHAPE, "embedding '%s': tensor '%s' is %s; F32, F16 or BF16 expected", name, t->name, sd_dtype_name(t->dtype));
+    if ((t->ndim != 1 && t->ndim != 2) || width != te->width)
+        return fail(err, SD_ERR_SHAPE, "embedding '%s': tensor '%s' has %d dimensions of which the last is %lld; the text encoder takes "
+                    "vectors [n, %d]", name, t->name, t->ndim, (long long)width, te->width);
+    if (rows < 1 || rows > 75)
+        return fail(err, SD_ERR_UNSUPPORTED, "embedding '%s': tensor '%s' holds %lld vectors; a prompt chunk has room for 1..75",
+                    name, t->name, (long long)rows);
+    *n = (int)rows;
+    return SD_OK;
+}
+
+/* Opens embedding file f (its tables in the arena, which the caller gives back) and checks it
+   against the model's encoders: t[e] gets the tensor for encoder e, *vectors their count. */
+static int embedding_open(const sd_model *m, const sd_embedding_file *f, const sd_tensor **t, int *vectors, sd_arena *a, sd_error *err)
+{
+    sd_safetensors st;
+    int n[2] = {0, 0}, rc = sd_safetensors_open(&st, f->data, f->size, a, err);
+    if (rc) {
+        char why[sizeof err->message];
+        snprintf(why, sizeof why, "%s", err ? err->message : "");
+        return fail(err, rc, "embedding '%.60s': %s", f->name, why);
+    }
+    if ((rc = embedding_tensors(&st, f->name, m->encoders, t, err))) return rc;
+    for (int e = 0; e < m->encoders && !rc; e++) rc = embedding_vectors(t[e], &m->te[e], f->name, &n[e], err);
+    if (!rc && m->encoders == 2 && n[0] != n[1])
+        rc = fail(err, SD_ERR_SHAPE, "embedding '%s': tensor 'clip_l' holds %d vectors, 'clip_g' %d", f->name, n[0], n[1]);
+    *vectors = n[0];
+    return rc;
+}
+
+/* The tokens of f's name for text encoder e, as a prompt's would be (cap may be 0: *len only). */
+static int embedding_name_ids(const sd_model *m, const sd_embedding_file *f, int e, int32_t *ids, int cap, int *len, sd_arena *a, sd_error *err)
+{
+    size_t n;
+    int rc = sd_clip_token_ids(m->vocab, f->name, strlen(f->name), m->pad[e], ids, (size_t)cap, &n, a, err);
+    if (rc) return rc;
+    if (n == 0 || n > 1000) return fail(err, SD_ERR_ARG, "embedding '%s': the name is %zu tokens; a prompt could not name it", f->name, n);
+    *len = (int)n;
+    return SD_OK;
+}
+
+SD_API size_t sd_embeddings_arena_bytes(const sd_embedding_file *files, int count)
+{
+    size_t total = aligned_bytes(sizeof(sd_embeddings)) + aligned_bytes((size_t)(count > 0 ? count : 1) * sizeof(ti_embedding)), scratch = 0;
+    if (count < 0 || count > TI_MAX_EMBEDDINGS || (count && !files)) return 0;
+    total += 2 * aligned_bytes((size_t)75 * (count > 0 ? count : 1) * sizeof(sd_tensor));   /* the vector tables */
+    for (int i = 0; i < count; i++) {
+        size_t len = files[i].name ? strlen(files[i].name) : 0;
+        /* the name, its tokens for two encoders (at most 3 a byte), then the larger scratch */
+        total += aligned_bytes(len + 1) + 2 * aligned_bytes((3 * len + 1) * sizeof(int32_t));
+        scratch = max_size(scratch, max_size(header_tables_bound(files[i].data, files[i].size), sd_clip_scratch_bytes(len)));
+    }
+    return total + scratch;
+}
+
+SD_API int sd_embeddings_load(sd_embeddings **out, const sd_model *m, const sd_embedding_file *files, int count,
+                              sd_arena *a, sd_error *err)
+{
+    if (out) *out = NULL;
+    if (!out || !m || !a || count < 0 || count > TI_MAX_EMBEDDINGS || (count && !files))
+        return fail(err, SD_ERR_ARG, "embeddings: NULL argument or %d files (0..%d)", count, TI_MAX_EMBEDDINGS);
+    size_t mark = sd_arena_mark(a), scratch;
+    sd_embeddings *set = (sd_embeddings *)arena_array(a, 1, sizeof *set, err);
+    ti_embedding *items = set ? (ti_embedding *)arena_array(a, (size_t)(count > 0 ? count : 1), sizeof *items, err) : NULL;
+    const sd_tensor *t[2];
+    sd_tensor *table[2] = {NULL, NULL};
+    int rc = items ? SD_OK : SD_ERR_MEMORY;
+    if (rc) goto done;
+    memset(set, 0, sizeof *set);
+    memset(items, 0, (size_t)(count > 0 ? count : 1) * sizeof *items);
+    set->model = m;
+    set->items = items;
+    set->count = count;
+    set->growth = 1;
+    /* the names and the files' checks, and how many vectors there are */
+    for (int i = 0; i < count && !rc; i++) {
+        const sd_embedding_file *f = &files[i];
+        ti_embedding *x = &items[i];
+        size_t len = f->name ? strlen(f->name) : 0;
+        char *name;
+        if (!len || len > TI_MAX_NAME || !f->data) {
+            rc = fail(err, SD_ERR_ARG, "embedding %d: needs a name of 1..%d bytes and the file's bytes", i, TI_MAX_NAME);
+            break;
+        }
+        if (!(name = (char *)sd_arena_alloc(a, len + 1, err))) { rc = SD_ERR_MEMORY; break; }
+        memcpy(name, f->name, len + 1);
+        x->name = name;
+        scratch = sd_arena_mark(a);
+        rc = embedding_open(m, f, t, &x->vectors, a, err);
+        for (int e = 0; e < m->encoders && !rc; e++) rc = embedding_name_ids(m, f, e, NULL, 0, &x->name_len[e], a, err);
+        sd_arena_reset(a, scratch);
+        if (rc) break;
+        x->first_id = SD_CLIP_VOCAB_SIZE + set->total;
+        set->total += x->vectors;
+        if (x->vectors > set->widest) set->widest = x->vectors;
+        for (int e = 0; e < m->encoders; e++)   /* a name of L tokens becomes n vectors */
+            if ((x->vectors + x->name_len[e] - 1) / x->name_len[e] > set->growth) set->growth = (x->vectors + x->name_len[e] - 1) / x->name_len[e];
+    }
+    /* then the tables: one view per vector, and each name's tokens */
+    for (int e = 0; e < m->encoders && !rc; e++)
+        if (!(set->vectors[e] = table[e] = (sd_tensor *)arena_array(a, (size_t)(set->total > 0 ? set->total : 1), sizeof(sd_tensor), err)))
+            rc = SD_ERR_MEMORY;
+    for (int i = 0; i < count && !rc; i++) {
+        ti_embedding *x = &items[i];
+        int n, len;
+        for (int e = 0; e < m->encoders && !rc; e++) {
+            int32_t *ids = (int32_t *)arena_array(a, (size_t)x->name_len[e], sizeof(int32_t), err);
+            if (!ids) { rc = SD_ERR_MEMORY; break; }
+            rc = embedding_name_ids(m, &files[i], e, ids, x->name_len[e], &len, a, err);
+            x->name_ids[e] = ids;
+        }
+        scratch = sd_arena_mark(a);
+        if (!rc) rc = embedding_open(m, &files[i], t, &n, a, err);
+        for (int e = 0; e < m->encoders && !rc; e++)
+            for (int v = 0; v < x->vectors; v++) {
+                sd_tensor *view = &table[e][x->first_id - SD_CLIP_VOCAB_SIZE + v];
+                *view = t[e]->ndim == 2 ? tensor_rows(t[e], v, 1) : *t[e];
+                view->name = x->name;   /* the file's own tables are given back below */
+            }
+        sd_arena_reset(a, scratch);
+    }
+done:
+    if (rc) { sd_arena_reset(a, mark); return rc; }
+    *out = set;
+    return SD_OK;
+}
+
+SD_API int sd_embeddings_prompt_chunks(const sd_embeddings *set, int encoder, const char *text, size_t size, int weighting,
+                                       int comma_wrap, int min_chunks, int32_t **ids, float **weights, int *chunks,
+                                       sd_arena *a, sd_error *err)
+{
+    if (!set || encoder < 0 || encoder >= set->model->encoders)
+        return fail(err, SD_ERR_ARG, "embeddings prompt chunks: no set, or no text encoder %d", encoder);
+    return prompt_chunks_with(set->model->vocab, set, encoder, text, size, set->model->pad[encoder], weighting, comma_wrap,
+                              min_chunks, ids, weights, chunks, a, err);
+}
+
+SD_API int sd_embeddings_text_encoder(const sd_embeddings *set, int encoder, sd_text_encoder *te, sd_error *err)
+{
+    if (!set || !te || encoder < 0 || encoder >= set->model->encoders)
+        return fail(err, SD_ERR_ARG, "embeddings text encoder: NULL argument, or no text encoder %d", encoder);
+    *te = set->model->te[encoder];
+    te->extra_tokens = set->vectors[encoder];
+    te->extra_token_count = set->total;
+    return SD_OK;
+}
+
 /* The most chunks of 77 tokens a prompt can give, from its length alone, so that memory can be
    planned before tokenizing: a chunk per BREAK, and one per 75 tokens (75 - comma_wrap when
    chunks may end early at a comma). A token takes at least a third of a byte of non-ASCII
    text (NFC turns the 4 bytes of U+1D160 into 12, and those into 9 tokens) and two thirds of
-   a byte of ASCII (whose worst is an HTML entity: "&nGt;", 5 bytes, is 2 characters, 6 bytes). */
-static int prompt_chunk_bound(const char *text, int comma_wrap)
+   a byte of ASCII (whose worst is an HTML entity: "&nGt;", 5 bytes, is 2 characters, 6 bytes).
+   Embeddings: a name's L tokens become n vectors (at most `growth` per token), and a chunk
+   whose room an embedding of n vectors does not find still holds 76 - n. */
+static int prompt_chunk_bound(const char *text, int comma_wrap, const sd_embeddings *set)
 {
     size_t half_tokens = 0, breaks = 0, chunks, per = (size_t)(75 - comma_wrap);   /* the token bound, doubled */
     for (const unsigned char *c = (const unsigned char *)text; c && *c; c++) half_tokens += *c < 0x80 ? 3 : 6;
+    if (set) {
+        half_tokens *= (size_t)set->growth;
+        if (per > (size_t)(76 - set->widest)) per = (size_t)(76 - set->widest);
+    }
     for (const char *s = text; s && (s = strstr(s, "BREAK")) != NULL; s += 5) breaks++;
     chunks = breaks + (half_tokens ? (half_tokens + 2 * per - 1) / (2 * per) : 1);   /* each run between BREAKs wastes less than a chunk */
     return chunks < SD_PROMPT_MAX_CHUNKS ? (int)chunks : SD_PROMPT_MAX_CHUNKS;
@@ -9999,7 +10457,7 @@ static int prompt_chunk_bound(const char *text, int comma_wrap)
 
 static int chunk_bound(const sd_params *p)
 {
-    int c = prompt_chunk_bound(p->prompt, p->comma_wrap), n = prompt_chunk_bound(p->negative_prompt, p->comma_wrap);
+    int c = prompt_chunk_bound(p->prompt, p->comma_wrap, p->embeddings), n = prompt_chunk_bound(p->negative_prompt, p->comma_wrap, p->embeddings);
     return c > n ? c : n;
 }
 
@@ -10027,7 +10485,8 @@ static int prompt_chunks(const sd_model *m, const sd_params *p, const char *text
     int32_t *cids;
     float *cw;
     if (arena_measuring(a)) return prompt_scratch_plan(text, a, err);
-    int got, rc = sd_prompt_chunks(m->vocab, text, strlen(text), m->pad[e], p->weighting, p->comma_wrap, chunks, &cids, &cw, &got, a, err);
+    int got, rc = prompt_chunks_with(m->vocab, p->embeddings, e, text, strlen(text), m->pad[e], p->weighting, p->comma_wrap, chunks,
+                                     &cids, &cw, &got, a, err);
     if (!rc && got != chunks) rc = fail(err, SD_ERR_ARG, "generate: the prompts tokenize to %d chunks, not the %d planned", got, chunks);
     if (!rc) {
         memcpy(ids, cids, (size_t)chunks * SD_TEXT_TOKENS * sizeof *ids);
@@ -10051,15 +10510,16 @@ static int encode_text(const sd_model *m, const sd_params *p, int B, int C, floa
     int rc = SD_OK;
     if (!hidden || (m->encoders == 2 && !pooled)) { rc = SD_ERR_MEMORY; goto done; }
     for (int e = 0; e < m->encoders; e++) {
-        const sd_text_encoder *te = &m->te[e];
+        sd_text_encoder te = m->te[e];   /* with the embeddings' vectors, if any */
+        if (p->embeddings) sd_embeddings_text_encoder(p->embeddings, e, &te, NULL);
         for (int b = 0; b < B && !rc; b++)
             rc = prompt_chunks(m, p, batch_text(p, B, b), e, C, ids + (size_t)b * C * SD_TEXT_TOKENS, weights + (size_t)b * C * SD_TEXT_TOKENS, a, err);
-        if (rc || (rc = sd_text_encode(te, ids, B * C, p->clip_skip, hidden, e == 1 ? pooled : NULL, pool, a, err))) goto done;
+        if (rc || (rc = sd_text_encode(&te, ids, B * C, p->clip_skip, hidden, e == 1 ? pooled : NULL, pool, a, err))) goto done;
         if (pool->measure) continue;
         for (int c = 0; c < B * C; c++)
-            sd_prompt_weight(hidden + (size_t)c * SD_TEXT_TOKENS * te->width, weights + (size_t)c * SD_TEXT_TOKENS, SD_TEXT_TOKENS, te->width);
-        for (size_t r = 0; r < rows; r++) memcpy(ctx + r * D + offset, hidden + r * te->width, (size_t)te->width * sizeof(float));
-        offset += (size_t)te->width;
+            sd_prompt_weight(hidden + (size_t)c * SD_TEXT_TOKENS * te.width, weights + (size_t)c * SD_TEXT_TOKENS, SD_TEXT_TOKENS, te.width);
+        for (size_t r = 0; r < rows; r++) memcpy(ctx + r * D + offset, hidden + r * te.width, (size_t)te.width * sizeof(float));
+        offset += (size_t)te.width;
     }
     if (m->encoders == 2 && !pool->measure) {
         /* SDXL: no negative prompt means zeros, not the encoding of ""; the pooled embedding is
@@ -10097,7 +10557,8 @@ static int count_chunks(const sd_model *m, const sd_params *p, int B, int *chunk
                 if (prompt_scratch_plan(text, a, err)) return SD_ERR_MEMORY;
                 continue;
             }
-            int got, rc = sd_prompt_chunks(m->vocab, text, strlen(text), m->pad[e], p->weighting, p->comma_wrap, 1, &ids, NULL, &got, a, err);
+            int got, rc = prompt_chunks_with(m->vocab, p->embeddings, e, text, strlen(text), m->pad[e], p->weighting, p->comma_wrap, 1,
+                                             &ids, NULL, &got, a, err);
             sd_arena_reset(a, mark);
             if (rc) return rc;
             if (got > *chunks) *chunks = got;
@@ -10341,8 +10802,11 @@ static int generate(const sd_model *m, const sd_params *p, sd_arena *a, uint8_t 
     if ((rc = count_chunks(m, p, B, &C, a, err))) { pool_free(&pool); return rc; }   /* (C++: no goto past the declarations) */
     float *ctx = arena_floats(a, (size_t)B * C * SD_TEXT_TOKENS * m->context_dim, err);
     float *y = add ? arena_floats(a, (size_t)B * add, err) : NULL;
-    sd_unet_cond cond = {ctx, C * SD_TEXT_TOKENS, y};
-    if (!ctx || (add && !y)) { rc = SD_ERR_MEMORY; goto done; }
+    int gd = m->unet->guidance_dim;   /* LCM: the guidance scale as the UNet's input */
+    float *guidance = gd ? arena_floats(a, (size_t)B * gd, err) : NULL;
+    sd_unet_cond cond = {ctx, C * SD_TEXT_TOKENS, y, guidance};
+    if (!ctx || (add && !y) || (gd && !guidance)) { rc = SD_ERR_MEMORY; goto done; }
+    for (int b = 0; b < B && gd && !pool.measure; b++) sd_guidance_embedding(p->guidance - 1.0f, gd, guidance + (size_t)b * gd);
     if ((rc = encode_text(m, p, B, C, ctx, y, &pool, a, err))) goto done;
     for (int i = 0; i < (pool.measure ? 1 : p->batch_count) && !rc; i++) {
         sd_rng rng;

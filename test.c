@@ -6,6 +6,7 @@
 #include "example.c"
 #undef main
 
+#include <ctype.h>
 #include <dirent.h>
 #include <sys/wait.h>
 #include <stdarg.h>
@@ -126,11 +127,13 @@ static int ends_with(const char *s, const char *tail)
     return n >= k && !strcmp(s + n - k, tail);
 }
 
-/* Whether a file in a model's golden folder is a whole-pipeline golden (txt2img_*, img2img_*).
-   Other files there (lora_*, ti_*, lcm_*, inpaint_*, ...) belong to tests of their own. */
+/* Whether a file in a model's golden folder is a whole-pipeline golden (txt2img_*, img2img_*, and
+   LCM's lcm_txt2img_*, lcm_pipeline_*, which hold the same tensors). Other files there (lora_*,
+   ti_*, lcm_unet, inpaint_*, ...) belong to tests of their own. */
 static int is_pipeline_golden(const char *name)
 {
-    return (!strncmp(name, "txt2img_", 8) || !strncmp(name, "img2img_", 8)) && ends_with(name, ".safetensors");
+    return (!strncmp(name, "txt2img_", 8) || !strncmp(name, "img2img_", 8) || !strncmp(name, "lcm_txt2img_", 12) ||
+            !strncmp(name, "lcm_pipeline_", 13)) && ends_with(name, ".safetensors");
 }
 
 /* A golden set may hold any part of the layout (golden README §7). Each golden file a test
@@ -1364,18 +1367,20 @@ static void test_ddim(void)
 
 /* The samplers against diffusers: every GOLDEN_DIR/scheduler/ file, by its `class` metadata
    (none: the DDIM file of §3) — Euler, Euler a, DPM++ 2M with or without Karras sigmas, and DDIM
-   through the same sampler object. For each: the timesteps, sigmas and init_noise_sigma of every
-   spacing and step count the file holds, and its step sequences (scale_model_input, prev_sample,
-   pred_original_sample per step), fed diffusers' sample at every step, then run on from our own
-   outputs (which exercises DPM++'s multistep state). Then the checks that need no data:
-   argument errors, Euler a's noise drawn like torch, img2img noising against the steps. */
+   through the same sampler object, and LCM (check_lcm_scheduler: its file has a layout of its
+   own). For each: the timesteps, sigmas and init_noise_sigma of every spacing and step count the
+   file holds, and its step sequences (scale_model_input, prev_sample, pred_original_sample per
+   step), fed diffusers' sample at every step, then run on from our own outputs (which exercises
+   DPM++'s multistep state). Then the checks that need no data: argument errors, Euler a's and
+   LCM's noise drawn like torch, img2img noising against the steps. */
 
 static int sampler_kind_from_class(const char *cls)
 {
     return !cls || !strcmp(cls, "DDIMScheduler") ? SD_SAMPLER_DDIM
          : !strcmp(cls, "EulerDiscreteScheduler") ? SD_SAMPLER_EULER
          : !strcmp(cls, "EulerAncestralDiscreteScheduler") ? SD_SAMPLER_EULER_A
-         : !strcmp(cls, "DPMSolverMultistepScheduler") ? SD_SAMPLER_DPMPP_2M : -1;
+         : !strcmp(cls, "DPMSolverMultistepScheduler") ? SD_SAMPLER_DPMPP_2M
+         : !strcmp(cls, "LCMScheduler") ? SD_SAMPLER_LCM : -1;
 }
 
 /* A JSON boolean of the config, or dflt when absent. */
@@ -1405,6 +1410,12 @@ static const char *sampler_config_unsupported(int kind, const char *cfg)
         if (config_flag(cfg, "thresholding", 0)) return "thresholding";
         json j;   /* a finite lambda_min_clipped cuts the top timesteps (cosine schedules) */
         if (config_find(&j, cfg, "lambda_min_clipped") && strncmp(j.p, "\"-inf\"", 6) && strncmp(j.p, "-Infinity", 9)) return "lambda_min_clipped";
+    }
+    if (kind == SD_SAMPLER_LCM) {   /* sd.h's LCM is the released models' schedule */
+        if (config_number(cfg, "original_inference_steps", 50) != 50) return "original_inference_steps";
+        if (config_number(cfg, "timestep_scaling", 10) != 10) return "timestep_scaling";
+        if (config_flag(cfg, "thresholding", 0)) return "thresholding";
+        if (config_flag(cfg, "clip_sample", 0)) return "clip_sample";
     }
     return NULL;
 }
@@ -1530,6 +1541,78 @@ static void check_sampler_ddim_step(golden_file *g, const ddim_config *c, const 
     free(out);
 }
 
+/* LCMScheduler's file (README §11.4): the boundary scalings at given timesteps, each n-step
+   schedule with its scalings, and the n-step sequences of both prediction types from the given
+   model outputs and per-step noise: each step from diffusers' sample, then the chain from ours. */
+static void check_lcm_scheduler(golden_file *g, const ddim_config *c)
+{
+    char name[160], what[1300];
+    sd_sampler smp;
+    sd_error err;
+    int64_t n, m;
+    const float *want;
+    if ((want = golden_f32(g, "alphas_cumprod", &n)) && CHECK(n == c->s.num_train_timesteps, "%s: alphas_cumprod size", g->path))
+        check_close("lcm alphas_cumprod", c->s.alphas_cumprod, want, n, 2e-6);
+    const sd_tensor *bt = golden_i64(g, "boundary.timesteps");
+    const float *bskip = golden_f32(g, "boundary.c_skip", NULL), *bout = golden_f32(g, "boundary.c_out", NULL);
+    if (bt && bskip && bout && sd_tensor_numel(bt) <= 64) {
+        float skip[64], out[64];
+        for (int64_t i = 0; i < sd_tensor_numel(bt); i++) sd_lcm_scalings((float)golden_i64_at(bt, i), &skip[i], &out[i]);
+        check_close("lcm boundary.c_skip", skip, bskip, sd_tensor_numel(bt), 2e-6);
+        check_close("lcm boundary.c_out", out, bout, sd_tensor_numel(bt), 2e-6);
+        CHECK(skip[0] == 1 && out[0] == 0 && golden_i64_at(bt, 0) == 0, "lcm: at t = 0 c_skip %g, c_out %g: the step must return x", skip[0], out[0]);
+    }
+    for (int i = 0; i < g->st.count; i++) {
+        const sd_tensor *t = &g->st.tensors[i];
+        char pt[32];
+        int steps, len = 0;
+        if (sscanf(t->name, "timesteps.%d%n", &steps, &len) == 1 && len && !t->name[len]) {
+            float skip[64], out[64];
+            snprintf(what, sizeof what, "%s %s", g->path, t->name);
+            if (!CHECK(steps <= 64 && !sd_sampler_init(&smp, &c->s, SD_SAMPLER_LCM, steps, c->spacing, c->steps_offset, 0, c->prediction, 0, &err),
+                       "%s: %s", what, err.message)) continue;
+            check_sampler_timesteps(what, &smp, t);
+            for (int k = 0; k < steps; k++) sd_lcm_scalings(smp.timesteps[k], &skip[k], &out[k]);
+            snprintf(name, sizeof name, "c_skip.%d", steps);
+            if ((want = golden_f32(g, name, &m)) && CHECK(m == steps, "%s: %s size", g->path, name)) check_close(name, skip, want, m, 2e-6);
+            snprintf(name, sizeof name, "c_out.%d", steps);
+            if ((want = golden_f32(g, name, &m)) && CHECK(m == steps, "%s: %s size", g->path, name)) check_close(name, out, want, m, 2e-6);
+            continue;
+        }
+        if (sscanf(t->name, "seq%d.%31[a-z_].step0.prev_sample%n", &steps, pt, &len) != 2 || !len || t->name[len]) continue;
+        int prediction = !strcmp(pt, "epsilon") ? SD_PREDICT_EPSILON : !strcmp(pt, "v_prediction") ? SD_PREDICT_V : -1;
+        const float *initial = golden_f32(g, "seq.initial_sample", &n);
+        if (!CHECK(prediction >= 0 && steps >= 1 && steps <= 50, "%s: %s: unknown prediction or steps", g->path, t->name) || !initial) continue;
+        float *buf = (float *)malloc((size_t)n * 3 * sizeof(float)), *x = buf, *out = buf + n, *denoised = buf + 2 * n;
+        /* pass 0: single steps from diffusers' samples (2e-6); pass 1: the chain from ours (1e-5) */
+        for (int pass = 0; pass < 2; pass++) {
+            double tol = pass ? 1e-5 : 2e-6;
+            if (!CHECK(!sd_sampler_init(&smp, &c->s, SD_SAMPLER_LCM, steps, c->spacing, c->steps_offset, 0, prediction, 0, &err), "%s: %s", g->path, err.message)) break;
+            memcpy(x, initial, (size_t)n * sizeof(float));
+            for (int k = 0; k < steps; k++) {
+                const float *model, *noise = NULL, *want_prev, *want_denoised;
+                snprintf(name, sizeof name, "seq.step%d.model_output", k);
+                if (!(model = golden_f32(g, name, &m)) || !CHECK(m == n, "%s %s: size", g->path, name)) break;
+                snprintf(name, sizeof name, "seq.step%d.noise", k);
+                if (k + 1 < steps && !(noise = golden_f32(g, name, NULL))) break;
+                snprintf(name, sizeof name, "seq%d.%s.step%d.prev_sample", steps, pt, k);
+                want_prev = golden_f32(g, name, NULL);
+                snprintf(name, sizeof name, "seq%d.%s.step%d.denoised", steps, pt, k);
+                want_denoised = golden_f32(g, name, NULL);
+                if (!want_prev || !want_denoised) break;
+                if (!CHECK(!sd_sampler_step(&smp, k, x, model, (size_t)n, noise, NULL, NULL, out, denoised, &err), "%s: %s", g->path, err.message)) break;
+                snprintf(what, sizeof what, "%s seq%d %s step%d prev_sample (%s, t=%g)", g->path, steps, pt, k, pass ? "chained" : "single", smp.timesteps[k]);
+                check_close(what, out, want_prev, n, tol);
+                snprintf(what, sizeof what, "%s seq%d %s step%d denoised (%s)", g->path, steps, pt, k, pass ? "chained" : "single");
+                check_close(what, denoised, want_denoised, n, tol);
+                CHECK(k + 1 < steps || !memcmp(out, denoised, (size_t)n * sizeof(float)), "%s seq%d: the last step is not its denoised latents", g->path, steps);
+                memcpy(x, pass ? out : want_prev, (size_t)n * sizeof(float));
+            }
+        }
+        free(buf);
+    }
+}
+
 static void check_sampler_file(const char *rel)
 {
     golden_file *g = golden_open(rel);
@@ -1540,6 +1623,7 @@ static void check_sampler_file(const char *rel)
     if (kind < 0) { printf("note: %s: scheduler class %s not implemented, skipped\n", g->path, cls); goto done; }
     if (!CHECK(cfg, "%s: no config in metadata", g->path) || !ddim_config_from_json(&c, cfg, g->path)) goto done;
     if ((why = sampler_config_unsupported(kind, cfg))) { printf("note: %s: config %s not implemented, skipped\n", g->path, why); goto done; }
+    if (kind == SD_SAMPLER_LCM) { check_lcm_scheduler(g, &c); goto done; }
     int karras = config_flag(cfg, "use_karras_sigmas", 0);
     json j;
     if (kind != SD_SAMPLER_DDIM && !config_find(&j, cfg, "timestep_spacing")) c.spacing = SD_SPACING_LINSPACE;   /* their default */
@@ -1591,9 +1675,10 @@ static void test_sampler_goldens(void)
     closedir(dir);
 }
 
-/* The sampler's part of a pipeline golden that uses Euler, Euler a or DPM++ (DDIM ones are
+/* The sampler's part of a pipeline golden that uses Euler, Euler a, DPM++ or LCM (DDIM ones are
    check_ddim_pipeline's): timesteps, sigmas, init_noise_sigma, the initial latents, and per step
-   the UNet's scaled input, the guidance and the step from diffusers' inputs — no model needed. */
+   the UNet's scaled input, the guidance (when the golden ran two halves) and the step from
+   diffusers' inputs — no model needed. */
 static void check_sampler_pipeline(const char *rel)
 {
     golden_file *g = golden_open(rel);
@@ -1618,11 +1703,21 @@ static void check_sampler_pipeline(const char *rel)
                "%s: %s", g->path, err.message)) goto done;
     snprintf(what, sizeof what, "%s timesteps", rel);
     check_sampler_timesteps(what, &smp, sd_safetensors_find(&g->st, "timesteps"));
-    const float *want = golden_f32(g, "sigmas", &m);
+    const float *want = kind != SD_SAMPLER_LCM ? golden_f32(g, "sigmas", &m) : NULL;   /* LCM's golden has none */
     snprintf(what, sizeof what, "%s sigmas", rel);
     if (want && CHECK(m == steps + 1, "%s: %lld values", what, (long long)m)) check_close(what, smp.sigmas, want, m, 2e-6);
     snprintf(what, sizeof what, "%s init_noise_sigma", rel);
-    if ((want = golden_f32(g, "init_noise_sigma", NULL))) check_close(what, &smp.init_noise_sigma, want, 1, 2e-6);
+    if (kind != SD_SAMPLER_LCM && (want = golden_f32(g, "init_noise_sigma", NULL))) check_close(what, &smp.init_noise_sigma, want, 1, 2e-6);
+    if (sd_safetensors_find(&g->st, "w_embedding")) {   /* an LCM model's guidance input (~1e-3 absolute, README §11.5) */
+        const float *w = golden_f32(g, "w", NULL), *we = golden_f32(g, "w_embedding", &m);
+        float emb[4096];
+        double worst = 0;
+        if (w && we && CHECK(m <= 4096, "%s: w_embedding size", g->path)) {
+            sd_guidance_embedding(guidance - 1.0f, (int)m, emb);
+            for (int64_t i = 0; i < m; i++) worst = fmax(worst, fabs((double)emb[i] - we[i]));
+            CHECK(w[0] == guidance - 1.0f && worst <= 1e-3, "%s: w %g (guidance %g), w_embedding %.3g from ours", rel, w[0], guidance, worst);
+        }
+    }
     const float *initial = golden_f32(g, "initial_latents", &n), *x = golden_f32(g, "latents_in", &m);
     if (!initial || !x || !CHECK(m == n, "%s: latents_in size", g->path)) goto done;
     float *buf = (float *)malloc((size_t)n * 4 * sizeof(float)), *out = buf, *x0 = buf + n, *history = buf + 2 * n, *eps = buf + 3 * n;
@@ -1630,31 +1725,33 @@ static void check_sampler_pipeline(const char *rel)
     snprintf(what, sizeof what, "%s latents_in (initial_latents · init_noise_sigma)", rel);
     check_close(what, out, x, n, 2e-6);
     for (int k = 0; k < steps; k++) {
-        const float *unet, *noise_pred, *scaled, *latents_out, *x0_want, *noise = NULL;
+        const float *unet, *noise_pred, *scaled = NULL, *latents_out, *x0_want = NULL, *noise = NULL;
         snprintf(name, sizeof name, "step%d.unet_out", k);
-        if (!(unet = golden_f32(g, name, &m)) || !CHECK(m == 2 * n, "%s: %s is not the two CFG halves", g->path, name)) break;
+        if (!(unet = golden_f32(g, name, &m)) || !CHECK(m == 2 * n || m == n, "%s: %s is neither one prediction nor the two CFG halves", g->path, name)) break;
         snprintf(name, sizeof name, "step%d.noise_pred", k);
-        noise_pred = golden_f32(g, name, NULL);
+        noise_pred = m == n ? unet : golden_f32(g, name, NULL);   /* no CFG (guidance <= 1, LCM models): the UNet's output */
         snprintf(name, sizeof name, "step%d.scaled_input", k);
-        scaled = golden_f32(g, name, NULL);
+        if (kind != SD_SAMPLER_LCM && !(scaled = golden_f32(g, name, NULL))) break;   /* LCM's input scale is 1 */
         snprintf(name, sizeof name, "step%d.latents_out", k);
         latents_out = golden_f32(g, name, NULL);
         snprintf(name, sizeof name, "step%d.noise", k);
-        if (kind == SD_SAMPLER_EULER_A && !(noise = golden_f32(g, name, NULL))) break;
-        snprintf(name, sizeof name, "step%d.pred_original_sample", k);
-        x0_want = sd_safetensors_find(&g->st, name) ? golden_f32(g, name, NULL) : NULL;
-        if (!noise_pred || !scaled || !latents_out) break;
+        if ((kind == SD_SAMPLER_EULER_A || (kind == SD_SAMPLER_LCM && k + 1 < steps)) && !(noise = golden_f32(g, name, NULL))) break;
+        snprintf(name, sizeof name, kind == SD_SAMPLER_LCM ? "step%d.denoised" : "step%d.pred_original_sample", k);
+        if (sd_safetensors_find(&g->st, name)) x0_want = golden_f32(g, name, NULL);
+        if (!noise_pred || !latents_out) break;
         float scale = sd_sampler_input_scale(&smp, k);
-        for (int64_t i = 0; i < n; i++) out[i] = x[i] * scale;
+        for (int64_t i = 0; i < n && scaled; i++) out[i] = x[i] * scale;
         snprintf(what, sizeof what, "%s step%d scaled_input", rel, k);
-        check_close(what, out, scaled, n, 2e-6);
-        sd_guidance(unet, unet + n, guidance, (size_t)n, eps);
-        snprintf(what, sizeof what, "%s step%d noise_pred (guidance %g)", rel, k, guidance);
-        check_close(what, eps, noise_pred, n, 1e-5);
+        if (scaled) check_close(what, out, scaled, n, 2e-6);
+        if (m == 2 * n) {
+            sd_guidance(unet, unet + n, guidance, (size_t)n, eps);
+            snprintf(what, sizeof what, "%s step%d noise_pred (guidance %g)", rel, k, guidance);
+            check_close(what, eps, noise_pred, n, 1e-5);
+        }
         if (!CHECK(!sd_sampler_step(&smp, k, x, noise_pred, (size_t)n, noise, NULL, history, out, x0, &err), "%s: %s", g->path, err.message)) break;
         snprintf(what, sizeof what, "%s step%d latents_out (t=%g)", rel, k, smp.timesteps[k]);
         check_close(what, out, latents_out, n, 2e-6);
-        snprintf(what, sizeof what, "%s step%d pred_original_sample", rel, k);
+        snprintf(what, sizeof what, "%s step%d %s", rel, k, kind == SD_SAMPLER_LCM ? "denoised" : "pred_original_sample");
         if (x0_want) check_close(what, x0, x0_want, n, 2e-6);
         x = latents_out;   /* the next step starts from diffusers' latents */
     }
@@ -1680,7 +1777,9 @@ static void test_sampler_errors(const sd_schedule *s)
     BAD(sd_sampler_init(NULL, s, SD_SAMPLER_EULER, 10, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "NULL sampler");
     BAD(sd_sampler_init(&smp, NULL, SD_SAMPLER_EULER, 10, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "NULL schedule");
     BAD(sd_sampler_init(&smp, &blank, SD_SAMPLER_EULER, 10, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "a blank schedule");
-    BAD(sd_sampler_init(&smp, s, SD_SAMPLER_DPMPP_2M + 1, 10, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "an unknown kind");
+    BAD(sd_sampler_init(&smp, s, SD_SAMPLER_LCM + 1, 10, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "an unknown kind");
+    BAD(sd_sampler_init(&smp, s, SD_SAMPLER_LCM, 51, SD_SPACING_LEADING, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "51 LCM steps (of 50 distilled)");
+    BAD(sd_sampler_init(&smp, s, SD_SAMPLER_LCM, 4, SD_SPACING_LEADING, 1, 1, SD_PREDICT_EPSILON, 0, &err), SD_ERR_UNSUPPORTED, "Karras with LCM");
     BAD(sd_sampler_init(&smp, s, -1, 10, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "kind -1");
     BAD(sd_sampler_init(&smp, s, SD_SAMPLER_EULER, 0, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "0 steps");
     BAD(sd_sampler_init(&smp, s, SD_SAMPLER_EULER, 1001, SD_SPACING_LINSPACE, 1, 0, SD_PREDICT_EPSILON, 0, &err), SD_ERR_ARG, "1001 steps");
@@ -1718,32 +1817,39 @@ static void test_sampler_errors(const sd_schedule *s)
           "sampler: input scale outside the steps, for DPM++ or at sigma 14.6 is off");
 }
 
-/* Euler a: noise drawn from the generator = the same torch.randn draw given, every step, the last too. */
-static void test_sampler_euler_a_noise(const sd_schedule *s)
+/* Noise drawn from the generator = the same torch.randn draws given: Euler a draws at every step,
+   the last too; LCM at every step but the last (its last needs neither noise nor generator). */
+static void test_sampler_step_noise(const sd_schedule *s)
 {
     enum { N = 40 };
-    sd_sampler a, b;
-    sd_rng r1, r2;
-    sd_error err;
-    float x[N], e[N], noise[N], out1[N], out2[N], after1, after2;
-    for (int i = 0; i < N; i++) { x[i] = (float)i / 8 - 2.5f; e[i] = (float)(i % 7) / 3 - 1; }
-    if (!CHECK(!sd_sampler_init(&a, s, SD_SAMPLER_EULER_A, 3, SD_SPACING_TRAILING, 1, 0, SD_PREDICT_EPSILON, 0, &err) &&
-               !sd_sampler_init(&b, s, SD_SAMPLER_EULER_A, 3, SD_SPACING_TRAILING, 1, 0, SD_PREDICT_EPSILON, 0, &err), "euler a: %s", err.message)) return;
-    sd_rng_seed(&r1, 77);
-    sd_rng_seed(&r2, 77);
-    int same = 1;
-    for (int k = 0; k < 3; k++) {
-        sd_randn(&r2, noise, N);
-        same &= !sd_sampler_step(&a, k, x, e, N, NULL, &r1, NULL, out1, NULL, &err) &&
-                !sd_sampler_step(&b, k, x, e, N, noise, NULL, NULL, out2, NULL, &err) && !memcmp(out1, out2, sizeof out1);
+    static const int kinds[2] = {SD_SAMPLER_EULER_A, SD_SAMPLER_LCM};
+    for (int q = 0; q < 2; q++) {
+        sd_sampler a, b;
+        sd_rng r1, r2;
+        sd_error err;
+        float x[N], e[N], noise[N], out1[N], out2[N], after1, after2;
+        int kind = kinds[q], lcm = kind == SD_SAMPLER_LCM;
+        const char *name = lcm ? "lcm" : "euler a";
+        for (int i = 0; i < N; i++) { x[i] = (float)i / 8 - 2.5f; e[i] = (float)(i % 7) / 3 - 1; }
+        if (!CHECK(!sd_sampler_init(&a, s, kind, 3, SD_SPACING_TRAILING, 1, 0, SD_PREDICT_EPSILON, 0, &err) &&
+                   !sd_sampler_init(&b, s, kind, 3, SD_SPACING_TRAILING, 1, 0, SD_PREDICT_EPSILON, 0, &err), "%s: %s", name, err.message)) continue;
+        sd_rng_seed(&r1, 77);
+        sd_rng_seed(&r2, 77);
+        int same = 1;
+        for (int k = 0; k < 3; k++) {
+            int draws = !lcm || k < 2;
+            if (draws) sd_randn(&r2, noise, N);
+            same &= !sd_sampler_step(&a, k, x, e, N, NULL, draws ? &r1 : NULL, NULL, out1, NULL, &err) &&
+                    !sd_sampler_step(&b, k, x, e, N, draws ? noise : NULL, NULL, NULL, out2, NULL, &err) && !memcmp(out1, out2, sizeof out1);
+        }
+        sd_randn(&r1, &after1, 1);
+        sd_randn(&r2, &after2, 1);
+        CHECK(same && after1 == after2, "%s: generator noise differs from the same draws given, or the steps drew a different count", name);
+        /* fresh noise moves the result (before the last step) */
+        for (int i = 0; i < N; i++) noise[i] = 0;
+        CHECK(!sd_sampler_step(&b, 0, x, e, N, noise, NULL, NULL, out2, NULL, &err) && memcmp(out1, out2, sizeof out1),
+              "%s: the noise has no effect", name);
     }
-    sd_randn(&r1, &after1, 1);
-    sd_randn(&r2, &after2, 1);
-    CHECK(same && after1 == after2, "euler a: generator noise differs from the same draws given, or the last step did not draw");
-    /* fresh noise moves the result (sigma_up > 0 before the last step) */
-    for (int i = 0; i < N; i++) noise[i] = 0;
-    CHECK(!sd_sampler_step(&b, 0, x, e, N, noise, NULL, NULL, out2, NULL, &err) && memcmp(out1, out2, sizeof out1),
-          "euler a: the noise has no effect");
 }
 
 /* img2img: latents noised to step k by sd_sampler_add_noise, denoised by a model that predicts the
@@ -1752,19 +1858,19 @@ static void test_sampler_euler_a_noise(const sd_schedule *s)
 static void test_sampler_img2img(const sd_schedule *s)
 {
     enum { N = 48 };
-    static const char *names[] = { "DDIM", "Euler", "Euler a", "DPM++ 2M" };
+    static const char *names[] = { "DDIM", "Euler", "Euler a", "DPM++ 2M", "LCM" };
     float x0[N], noise[N], xt[N], model[N], out[N], got[N], hist[N], zero[N];
     sd_sampler smp;
     sd_error err;
     for (int i = 0; i < N; i++) { x0[i] = (float)((i * 37) % 17) / 8 - 1; noise[i] = (float)((i * 11) % 13) / 4 - 1.5f; zero[i] = 0; }
-    for (int kind = SD_SAMPLER_DDIM; kind <= SD_SAMPLER_DPMPP_2M; kind++)
+    for (int kind = SD_SAMPLER_DDIM; kind <= SD_SAMPLER_LCM; kind++)
         for (int p = SD_PREDICT_EPSILON; p <= SD_PREDICT_V; p++) {
             int spacing = kind == SD_SAMPLER_DDIM ? SD_SPACING_LEADING : SD_SPACING_LINSPACE, start = -1;
             if (!CHECK(!sd_img2img_start(10, 0.6, &start, &err) &&
                        !sd_sampler_init(&smp, s, kind, 10, spacing, 1, 0, p, 0, &err) &&
                        !sd_sampler_add_noise(&smp, start, x0, noise, N, xt, &err), "img2img %s: %s", names[kind], err.message)) continue;
             /* v = alpha·noise - sigma·alpha·x0 with alpha = sqrt(a_t) = 1/sqrt(sigma² + 1) */
-            float sigma = kind == SD_SAMPLER_DDIM ? s->sigmas[(int)smp.timesteps[start]] : smp.sigmas[start];
+            float sigma = kind == SD_SAMPLER_DDIM || kind == SD_SAMPLER_LCM ? s->sigmas[(int)smp.timesteps[start]] : smp.sigmas[start];
             float alpha = 1.0f / sqrtf(sigma * sigma + 1.0f);
             for (int i = 0; i < N; i++) model[i] = p == SD_PREDICT_EPSILON ? noise[i] : alpha * noise[i] - sigma * alpha * x0[i];
             char what[96];
@@ -1796,7 +1902,7 @@ static void test_samplers(void)
     sd_error err;
     if (!CHECK(!sd_schedule_init(&s, 1000, 0.00085, 0.012, SD_BETA_SCALED_LINEAR, &err), "schedule: %s", err.message)) return;
     test_sampler_errors(&s);
-    test_sampler_euler_a_noise(&s);
+    test_sampler_step_noise(&s);
     test_sampler_img2img(&s);
     test_sampler_dpm_state(&s);
     test_sampler_goldens();
@@ -2882,7 +2988,13 @@ static void unet_run_cases(const sd_unet_model *u, golden_file *g, const char *l
                 pc.checked++;
             }
         }
-        sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, y};
+        /* LCM: the guidance embedding as diffusers computed it (timestep_cond) */
+        snprintf(key, sizeof key, "case%d.timestep_cond", c);
+        const sd_tensor *tcond = sd_safetensors_find(&g->st, key);
+        if (!CHECK(!tcond == !sd_unet_guidance_dim(u) && (!tcond || sd_tensor_numel(tcond) == (int64_t)B * sd_unet_guidance_dim(u)),
+                   "%s: case%d: timestep_cond %s but the UNet's guidance embedding is %d wide", g->path, c, tcond ? "given" : "absent",
+                   sd_unet_guidance_dim(u))) { free(y); continue; }
+        sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, y, tcond ? golden_f32(g, key, NULL) : NULL};
 
         /* exactly the advertised arena bytes suffice, and all of them are used */
         size_t need = sd_unet_arena_bytes(u, B, h, w, SD_TEXT_TOKENS);
@@ -2936,7 +3048,9 @@ static void unet_check_odd_size(const sd_unet_model *u, const float *context, sd
     sd_error err = {0, ""};
     float *y = (float *)calloc((size_t)sd_unet_add_dim(u) + 1, sizeof(float));   /* SDXL: some added conditioning */
     for (int i = 0; i < sd_unet_add_dim(u); i++) y[i] = (float)(i % 7) / 7.0f;
-    sd_unet_cond cond = {context, SD_TEXT_TOKENS, sd_unet_add_dim(u) ? y : NULL};
+    float *guidance = (float *)calloc((size_t)sd_unet_guidance_dim(u) + 1, sizeof(float));   /* LCM: guidance 8 */
+    sd_guidance_embedding(7.0f, sd_unet_guidance_dim(u), guidance);
+    sd_unet_cond cond = {context, SD_TEXT_TOKENS, sd_unet_add_dim(u) ? y : NULL, sd_unet_guidance_dim(u) ? guidance : NULL};
     if (CHECK(sd_unet(u, x, &t, &cond, 1, h, w, out, pool, &a, &err) == SD_OK, "%s at %dx%d: %s", label, h, w, err.message)) {
         int finite = 1;
         for (int i = 0; i < u->out_channels * h * w; i++) finite &= out[i] == out[i] && fabsf(out[i]) < 1e6f;
@@ -2946,6 +3060,7 @@ static void unet_check_odd_size(const sd_unet_model *u, const float *context, sd
     free(out);
     free(x);
     free(y);
+    free(guidance);
 }
 
 /* Reverses the shape of tensor `name` in a safetensors header in place (same length), or renames
@@ -3030,7 +3145,7 @@ static void unet_check_wide_input(const sd_safetensors *st, const sd_unet_model 
     size_t hw = (size_t)h * w, nctx = (size_t)B * SD_TEXT_TOKENS * u4->context_dim;
     float *ctx = kt_floats(nctx, 1), *y = kt_floats((size_t)B * add + 1, 1), *x4 = kt_floats((size_t)B * 4 * hw, 1), *xw = kt_floats((size_t)B * 9 * hw, 1);
     float *out4 = (float *)malloc((size_t)B * 4 * hw * sizeof(float)), *outw = (float *)malloc((size_t)B * 4 * hw * sizeof(float)), t[2] = {700, 300};
-    sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, add ? y : NULL};
+    sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, add ? y : NULL, NULL};
     sd_arena *a = test_arena(sd_unet_arena_bytes(u4, B, h, w, SD_TEXT_TOKENS));
     sd_error err;
     int ok = sd_unet(u4, x4, t, &cond, B, h, w, out4, pool, a, &err) == SD_OK;
@@ -3119,7 +3234,7 @@ static void test_unet(void)
         unsigned char mem[256];
         sd_arena a;
         sd_arena_init(&a, mem, sizeof mem);
-        sd_unet_cond cond = {&x, SD_TEXT_TOKENS, NULL};
+        sd_unet_cond cond = {&x, SD_TEXT_TOKENS, NULL, NULL};
         CHECK(sd_unet(NULL, &x, &x, &cond, 2, 8, 8, &x, &pool, &a, &err) == SD_ERR_ARG, "sd_unet(NULL model) should be SD_ERR_ARG");
         CHECK(sd_unet_arena_bytes(NULL, 2, 8, 8, SD_TEXT_TOKENS) == (size_t)-1, "sd_unet_arena_bytes(NULL) should be SIZE_MAX");
     }
@@ -4780,7 +4895,7 @@ static int run_golden_steps(const sd_model *m, golden_file *g, int threads, int 
         const char *v = sd_safetensors_meta(&g->st, sizes[i]);
         if (v) CHECK(sscanf(v, "[%d, %d]", &dst[i][0], &dst[i][1]) == 2, "%s: %s = '%s'", g->path, sizes[i], v);
     }
-    /* Euler a's per-step noise, given */
+    /* the per-step noise of Euler a and LCM (which draws none at its last step), given */
     float *step_noise = NULL;
     if (sd_safetensors_find(&g->st, "step0.noise")) {
         int64_t n = 0;
@@ -4789,7 +4904,7 @@ static int run_golden_steps(const sd_model *m, golden_file *g, int threads, int 
         for (int k = 0; k < p.steps; k++) {
             char key[64];
             snprintf(key, sizeof key, "step%d.noise", k);
-            const float *v = golden_f32(g, key, &n);
+            const float *v = sd_safetensors_find(&g->st, key) ? golden_f32(g, key, &n) : NULL;
             if (v && CHECK((size_t)n == lat, "%s: %s size", g->path, key)) memcpy(step_noise + (size_t)k * lat, v, lat * sizeof(float));
         }
         p.step_noise = step_noise;
@@ -5223,6 +5338,537 @@ static void test_pipeline(void)
     printf("pipeline: %d models, %d pipeline goldens run end to end\n", models, pipelines_checked);
 }
 
+/* ---- textual inversion and LCM (golden README §11.3-11.6) --------------------------------- */
+/* The LCM scheduler's goldens run with the other samplers' (check_lcm_scheduler), the LCM
+   pipelines with the other pipelines (run_golden); here: the LCM UNet against lcm_unet (with
+   diffusers' guidance embedding and with ours), its errors and its diffusers key, and the
+   textual-inversion goldens, formats and errors. */
+
+/* An LCM UNet: every case of GOLDEN/name/lcm_unet.safetensors with diffusers' timestep_cond
+   (unet_run_cases, debug stages included), then sd_guidance_embedding against timestep_cond
+   (~1e-3 absolute, README §11.5: float32 sin of arguments up to 7000) and the UNet's output
+   with our embedding. */
+static void lcm_unet_goldens(const sd_unet_model *u, golden_file *g, const char *label, sd_pool *pool)
+{
+    int gd = sd_unet_guidance_dim(u);
+    char key[64], what[400];
+    unet_run_cases(u, g, label, pool);
+    for (int c = 0;; c++) {
+        int64_t nw, nc, nout;
+        snprintf(key, sizeof key, "case%d.w", c);
+        if (!sd_safetensors_find(&g->st, key)) break;
+        const float *w = golden_f32(g, key, &nw), *want_cond, *want, *ctx;
+        snprintf(key, sizeof key, "case%d.timestep_cond", c);
+        want_cond = golden_f32(g, key, &nc);
+        snprintf(key, sizeof key, "case%d.out", c);
+        want = golden_f32(g, key, &nout);
+        snprintf(key, sizeof key, "case%d.x", c);
+        const sd_tensor *tx = sd_safetensors_find(&g->st, key);
+        snprintf(key, sizeof key, "case%d.context", c);
+        ctx = golden_f32(g, key, NULL);
+        snprintf(key, sizeof key, "case%d.timesteps", c);
+        const sd_tensor *tt = golden_i64(g, key);
+        if (!w || !want_cond || !want || !tx || !ctx || !tt || !CHECK(nc == nw * gd && tx->ndim == 4 && tx->shape[0] == nw, "%s: case%d shapes", g->path, c)) continue;
+        int B = (int)nw, h = (int)tx->shape[2], wd = (int)tx->shape[3];
+        float *emb = (float *)malloc((size_t)nc * sizeof(float)), *out = (float *)malloc((size_t)nout * sizeof(float)), t[16];
+        double worst = 0;
+        for (int b = 0; b < B && b < 16; b++) {
+            sd_guidance_embedding(w[b], gd, emb + (size_t)b * gd);
+            t[b] = (float)golden_i64_at(tt, b);
+        }
+        for (int64_t i = 0; i < nc; i++) worst = fmax(worst, fabs((double)emb[i] - want_cond[i]));
+        CHECK(worst <= 1e-3, "%s case%d: sd_guidance_embedding is %.3g from timestep_cond (1e-3 allowed)", label, c, worst);
+        sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, NULL, emb};
+        sd_arena *a = test_arena(sd_unet_arena_bytes(u, B, h, wd, SD_TEXT_TOKENS));
+        sd_error err;
+        if (CHECK(B <= 16 && sd_unet(u, (const float *)tx->data, t, &cond, B, h, wd, out, pool, a, &err) == SD_OK, "%s case%d: %s", label, c, err.message)) {
+            snprintf(what, sizeof what, "%s case%d.out with our guidance embedding", label, c);
+            check_close(what, out, want, nout, 2e-5);
+        }
+        /* without the embedding: a clear error naming the tensor, and the model works after it */
+        cond.guidance = NULL;
+        int rc = sd_unet(u, (const float *)tx->data, t, &cond, B, h, wd, out, pool, a, &err);
+        CHECK(rc == SD_ERR_ARG && strstr(err.message, "time_embedding.cond_proj.weight") && a->used == 0,
+              "%s: an LCM UNet without its guidance embedding: rc %d, '%s'", label, rc, err.message);
+        cond.guidance = emb;
+        CHECK(sd_unet(u, (const float *)tx->data, t, &cond, B, h, wd, out, pool, a, &err) == SD_OK, "%s: after the error: %s", label, err.message);
+        free_arena(a);
+        free(emb);
+        free(out);
+    }
+    const float *ctx = golden_f32(g, "case0.context", NULL);
+    if (ctx) unet_check_odd_size(u, ctx, pool, label);
+}
+
+/* The guidance projection under its diffusers name too: the LCM model's cond_proj beside
+   tiny-sd1's UNet in both layouts (a second file holding just that tensor) gives the same
+   output, which differs from the plain UNet's. */
+static void lcm_unet_layouts(const sd_tensor *cond_proj, sd_pool *pool)
+{
+    static const char *const parts[2] = {"models/tiny-sd1-fp16.safetensors", "models/tiny-sd1-diffusers/unet/diffusion_pytorch_model.safetensors"};
+    static const char *const keys[2] = {"model.diffusion_model.time_embedding.cond_proj.weight", "time_embedding.cond_proj.weight"};
+    enum { H = 8, W = 8 };
+    float x[4 * H * W], ctx[SD_TEXT_TOKENS * 32], out[3][4 * H * W], t = 499, emb[1024];
+    int ran = 0;
+    if (cond_proj->ndim != 2 || cond_proj->shape[1] > 1024 || cond_proj->shape[0] != 32) return;
+    for (int i = 0; i < 4 * H * W; i++) x[i] = (float)((i * 7919) % 1000) / 500.0f - 1.0f;
+    for (int i = 0; i < SD_TEXT_TOKENS * 32; i++) ctx[i] = (float)((i * 104729) % 997) / 500.0f - 1.0f;
+    sd_guidance_embedding(7.0f, (int)cond_proj->shape[1], emb);
+    for (int k = 0; k < 3; k++) {
+        char path[1200], header[400];
+        size_t size, extra_size;
+        snprintf(path, sizeof path, "%s/%s", golden_dir, parts[k % 2]);
+        unsigned char *bytes = read_file(path, &size);
+        if (!bytes) { printf("note: %s absent, the LCM layout check skipped\n", path); return; }
+        snprintf(header, sizeof header, "{\"%s\":{\"dtype\":\"%s\",\"shape\":[%lld,%lld],\"data_offsets\":[0,%zu]}}", keys[k % 2],
+                 sd_dtype_name(cond_proj->dtype), (long long)cond_proj->shape[0], (long long)cond_proj->shape[1], cond_proj->nbytes);
+        unsigned char *extra = make_file(header, cond_proj->data, cond_proj->nbytes, &extra_size);
+        sd_arena *a = test_arena(1u << 24);
+        sd_safetensors st[2];
+        sd_unet_model *u;
+        sd_error err;
+        int plain = k == 2;   /* k 2: the diffusers file alone */
+        if (CHECK(!sd_safetensors_open(&st[0], bytes, size, a, &err) && !sd_safetensors_open(&st[1], extra, extra_size, a, &err) &&
+                  !sd_unet_load(&u, st, plain ? 1 : 2, NULL, a, &err), "%s + %s: %s", parts[k % 2], keys[k % 2], err.message) &&
+            CHECK(sd_unet_guidance_dim(u) == (plain ? 0 : (int)cond_proj->shape[1]), "%s: guidance width %d", parts[k % 2], sd_unet_guidance_dim(u))) {
+            sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, NULL, plain ? NULL : emb};
+            ran += CHECK(sd_unet(u, x, &t, &cond, 1, H, W, out[k], pool, a, &err) == SD_OK, "%s: %s", parts[k % 2], err.message);
+        }
+        free_arena(a);
+        free(extra);
+        free(bytes);
+    }
+    CHECK(ran == 3 && !memcmp(out[0], out[1], sizeof out[0]) && memcmp(out[1], out[2], sizeof out[1]),
+          "lcm: cond_proj under the single-file and the diffusers name differ, or has no effect");
+}
+
+static void test_lcm(void)
+{
+    sd_arena *pa = test_arena(pool_arena_bytes(1) + 64);
+    sd_pool pool;
+    sd_error err;
+    int found = 0, n = golden_models_read();
+    if (!CHECK(pool_init(&pool, 1, pa, &err) == SD_OK, "pool: %s", err.message)) { free_arena(pa); return; }
+    for (int i = 0; i < n; i++) {   /* each model with a NAME/lcm_unet.safetensors */
+        const char *path = golden_model_file(&golden_models[i]);
+        char rel[600], label[300];
+        if (!path || !golden_exists(golden_models[i].name, "lcm_unet.safetensors")) continue;
+        snprintf(rel, sizeof rel, "%.500s/lcm_unet.safetensors", golden_models[i].name);
+        snprintf(label, sizeof label, "lcm unet %.250s", golden_models[i].name);
+        size_t size;
+        unsigned char *bytes = read_file(path, &size);
+        golden_file *g = golden_open(rel);
+        sd_arena *a = test_arena(1u << 24);
+        sd_safetensors st;
+        sd_unet_model *u;
+        if (CHECK(bytes && g, "%s: cannot read it or %s", rel, path) &&
+            CHECK(!sd_safetensors_open(&st, bytes, size, a, &err) && !sd_unet_load(&u, &st, 1, NULL, a, &err), "%s: %s", path, err.message) &&
+            CHECK(sd_unet_guidance_dim(u) > 0, "%s: no guidance embedding (time_cond_proj_dim)", path)) {
+            found++;
+            n_cases++;
+            lcm_unet_goldens(u, g, label, &pool);
+            if (found == 1) lcm_unet_layouts(sd_safetensors_find(&st, "model.diffusion_model.time_embedding.cond_proj.weight"), &pool);
+        }
+        free_arena(a);
+        free(bytes);
+        golden_close(g);
+    }
+    if (!n) note_no_models();
+    else if (!found) note_absent("lcm_unet", "no model of %s/models has a NAME/lcm_unet.safetensors: the LCM UNet checks skipped", golden_dir);
+    pool_free(&pool);
+    free_arena(pa);
+}
+
+/* Textual inversion: every GOLDEN/NAME/ti_encode_prompt.safetensors with its model and the
+   embedding files its metadata lists, through the stage API (sd_embeddings_prompt_chunks, then
+   sd_text_encode with sd_embeddings_text_encoder's description) and the pipeline's text stage;
+   then the formats, the planning bound, and bad files. sd.h follows AUTOMATIC1111, the goldens
+   diffusers: where diffusers' case-sensitive text match finds other occurrences than A1111's
+   token match, the prompt is checked against its lower-cased self instead (README §11.3). */
+
+typedef struct ti_files { sd_embedding_file f[8]; unsigned char *bytes[8]; int n; } ti_files;
+
+static void ti_free_files(ti_files *t) { for (int i = 0; i < t->n; i++) free(t->bytes[i]); t->n = 0; }
+
+/* The files of metadata `embeddings` (a JSON list of {file, token, ...}), named by their tokens,
+   which is what the goldens' prompts write. */
+static int ti_read_files(golden_file *g, ti_files *out)
+{
+    const char *list = sd_safetensors_meta(&g->st, "embeddings");
+    static char tokens[8][128];
+    json j = {list, list, list ? list + strlen(list) : NULL, NULL};
+    memset(out, 0, sizeof *out);
+    if (!CHECK(list && json_eat(&j, '['), "%s: no embeddings list in metadata", g->path)) return 0;
+    do {
+        char file[512], path[1600];
+        json o;
+        json_ws(&j);
+        const char *start = j.p;
+        if (out->n == 8 || json_skip(&j, 0)) break;
+        if (!json_find(&o, start, (size_t)(j.p - start), "file") || !json_scalar(&o, file, sizeof file) ||
+            !json_find(&o, start, (size_t)(j.p - start), "token") || !json_scalar(&o, tokens[out->n], sizeof tokens[0])) break;
+        snprintf(path, sizeof path, "%s/%s", golden_dir, file);
+        if (!(out->bytes[out->n] = read_file(path, &out->f[out->n].size))) {   /* a set without its embeddings/ */
+            note_absent("embeddings", "no %s (listed by %s): the textual-inversion goldens skipped", path, g->path);
+            ti_free_files(out);
+            return 0;
+        }
+        out->f[out->n].data = out->bytes[out->n];
+        out->f[out->n].name = tokens[out->n];
+        out->n++;
+    } while (json_eat(&j, ','));
+    return out->n;
+}
+
+/* A set loaded into an arena of exactly sd_embeddings_arena_bytes; NULL (and the arena freed) on failure. */
+static sd_embeddings *ti_load(const sd_model *m, const sd_embedding_file *f, int n, sd_arena **arena, sd_error *err)
+{
+    sd_embeddings *set = NULL;
+    *arena = test_arena(sd_embeddings_arena_bytes(f, n));
+    if (sd_embeddings_load(&set, m, f, n, *arena, err) != SD_OK) { free_arena(*arena); *arena = NULL; return NULL; }
+    return set;
+}
+
+/* The 77 ids of a one-chunk prompt for encoder e (0 on success). */
+static int ti_ids(const sd_embeddings *set, int e, const char *text, int32_t *ids, sd_error *err)
+{
+    sd_arena *a = test_arena(sd_prompt_arena_bytes(strlen(text)));
+    int32_t *got;
+    int chunks, rc = sd_embeddings_prompt_chunks(set, e, text, strlen(text), 1, 0, 1, &got, NULL, &chunks, a, err);
+    if (!rc && chunks != 1) rc = fail(err, SD_ERR_ARG, "%d chunks", chunks);
+    if (!rc) memcpy(ids, got, SD_CLIP_CONTEXT * sizeof(int32_t));
+    free_arena(a);
+    return rc;
+}
+
+/* How many embeddings a one-chunk ids row calls up (each starts at its first vector id). */
+static int ti_matches(const sd_embeddings *set, const int32_t *ids)
+{
+    int n = 0;
+    for (int i = 0; i < SD_CLIP_CONTEXT; i++)
+        for (int k = 0; k < set->count; k++) n += ids[i] == set->items[k].first_id;
+    return n;
+}
+
+/* How many times diffusers' rule finds the tokens in the text: case-sensitive, anywhere. */
+static int ti_text_matches(const ti_files *t, const char *text)
+{
+    int n = 0;
+    for (int k = 0; k < t->n; k++)
+        for (const char *s = text; (s = strstr(s, t->f[k].name)) != NULL; s += strlen(t->f[k].name)) n++;
+    return n;
+}
+
+/* Encoder e's context [77, width] (and pooled, if asked) of one ids row, with the set's vectors. */
+static int ti_encode(const sd_embeddings *set, int e, const int32_t *ids, int layer0, float *out, float *pooled, sd_error *err)
+{
+    sd_text_encoder te;
+    int rc = sd_embeddings_text_encoder(set, e, &te, err);
+    if (rc) return rc;
+    sd_arena *a = test_arena(sd_text_encoder_arena_bytes(&te, 1, pooled != NULL));
+    if (layer0) {   /* the token embeddings alone: layer 0 less the positions */
+        rc = sd_text_encoder_hidden(&te, ids, 1, 0, 0, out, host_pool(), a, err);
+        for (int i = 0; !rc && i < SD_TEXT_TOKENS * te.width; i++) out[i] -= tensor_get(&te.position_embedding, (size_t)i);
+    } else {
+        rc = sd_text_encode(&te, ids, 1, 0, out, pooled, host_pool(), a, err);
+    }
+    free_arena(a);
+    return rc;
+}
+
+/* One golden prompt: ids, token embeddings, context (SDXL: both encoders side by side, pooled at
+   the end-of-text token). */
+static void ti_check_prompt(const sd_model *m, const sd_embeddings *set, const ti_files *t, golden_file *g, int i, const char *text)
+{
+    int D = m->context_dim, P = m->encoders == 2 ? m->te[1].proj_dim : 0, off = 0;
+    char what[1400], lower[512], key[64];
+    float *ctx = (float *)calloc((size_t)SD_TEXT_TOKENS * D, sizeof(float)), *x = (float *)malloc((size_t)SD_TEXT_TOKENS * 4096 * sizeof(float));
+    float pooled[4096];
+    sd_error err;
+    size_t len = strlen(text);
+    for (size_t c = 0; c <= len && c < sizeof lower; c++) lower[c] = (char)tolower((unsigned char)text[c]);
+    lower[sizeof lower - 1] = 0;
+    for (int e = 0; e < m->encoders; e++) {
+        int32_t ids[SD_CLIP_CONTEXT], low[SD_CLIP_CONTEXT];
+        int W = m->te[e].width;
+        snprintf(key, sizeof key, e ? "input_ids_2" : "input_ids");
+        const sd_tensor *gid = golden_i64(g, key);
+        if (!gid || !CHECK(!ti_ids(set, e, text, ids, &err), "%s prompt %d: %s", g->path, i, err.message)) break;
+        int ours = ti_matches(set, ids), theirs = ti_text_matches(t, text), golden_ti = 0;
+        for (int k = 0; k < SD_CLIP_CONTEXT; k++) golden_ti += golden_i64_at(gid, (int64_t)i * SD_CLIP_CONTEXT + k) >= SD_CLIP_VOCAB_SIZE;
+        if (ours != theirs) {   /* A1111 and diffusers read this prompt differently */
+            if (e == 0) printf("  %s prompt %d '%s': AUTOMATIC1111's rule finds %d embeddings, diffusers' %d: checked as A1111 reads it\n",
+                               g->path, i, text, ours, theirs);
+            CHECK(!ti_ids(set, e, lower, low, &err) && !memcmp(ids, low, sizeof ids) && ti_text_matches(t, lower) == ours,
+                  "%s prompt %d: not read as its lower-cased self '%s' (case-insensitive, as A1111)", g->path, i, lower);
+            CHECK(theirs || !golden_ti, "%s prompt %d: the golden has learned tokens diffusers' rule would not give", g->path, i);
+            continue;
+        }
+        int same = 1;
+        for (int k = 0; k < SD_CLIP_CONTEXT; k++) same &= ids[k] == golden_i64_at(gid, (int64_t)i * SD_CLIP_CONTEXT + k);
+        CHECK(same && ours, "%s prompt %d '%s': %s differ from diffusers' (%d embeddings found)", g->path, i, text, key, ours);
+        snprintf(key, sizeof key, e ? "inputs_embeds_2" : "inputs_embeds");
+        const float *want = golden_f32(g, key, NULL);
+        if (want && CHECK(!ti_encode(set, e, ids, 1, x, NULL, &err), "%s: %s", g->path, err.message)) {
+            snprintf(what, sizeof what, "%s prompt %d %s", g->path, i, key);
+            check_close(what, x, want + (size_t)i * SD_TEXT_TOKENS * W, (int64_t)SD_TEXT_TOKENS * W, 1e-6);
+        }
+        if (!CHECK(!ti_encode(set, e, ids, 0, x, e == 1 ? pooled : NULL, &err), "%s: %s", g->path, err.message)) break;
+        for (int r = 0; r < SD_TEXT_TOKENS; r++) memcpy(ctx + (size_t)r * D + off, x + (size_t)r * W, (size_t)W * sizeof(float));
+        off += W;
+        if (e == 1) {   /* pooled at the end-of-text token (sgm/A1111), not diffusers' argmax (the learned token) */
+            const float *eos = golden_f32(g, "pooled_prompt_embeds_at_eos", NULL), *quirk = golden_f32(g, "pooled_prompt_embeds", NULL);
+            snprintf(what, sizeof what, "%s prompt %d pooled_prompt_embeds_at_eos", g->path, i);
+            if (eos) check_close(what, pooled, eos + (size_t)i * P, P, 1e-5);
+            double diff = 0, ref = 0;
+            for (int k = 0; quirk && k < P; k++) diff = fmax(diff, fabs(pooled[k] - quirk[(size_t)i * P + k])), ref = fmax(ref, fabs(quirk[(size_t)i * P + k]));
+            CHECK(!quirk || diff > 0.1 * ref, "%s prompt %d: pooled where diffusers pools (the learned token), not at the end-of-text token", g->path, i);
+        }
+    }
+    if (off == D) {
+        const float *want = golden_f32(g, "prompt_embeds", NULL);
+        snprintf(what, sizeof what, "%s prompt %d prompt_embeds", g->path, i);
+        if (want) check_close(what, ctx, want + (size_t)i * SD_TEXT_TOKENS * D, (int64_t)SD_TEXT_TOKENS * D, 1e-5);
+    }
+    free(ctx);
+    free(x);
+}
+
+/* The CFG case through the pipeline's text stage (encode_text, as sd_generate runs it): negative
+   first, then the prompt; SDXL's y begins with the pooled embedding. */
+static void ti_check_negative(const sd_model *m, const sd_embeddings *set, golden_file *g)
+{
+    const sd_tensor *tp = sd_safetensors_find(&g->st, "neg.prompt"), *tn = sd_safetensors_find(&g->st, "neg.negative_prompt");
+    char prompt[512], negative[512], what[1400];
+    sd_params p;
+    sd_error err;
+    int C = 0, D = m->context_dim, add = sd_unet_add_dim(m->unet);
+    if (!tp || !tn || tp->nbytes >= sizeof prompt || tn->nbytes >= sizeof negative) return;
+    memcpy(prompt, tp->data, tp->nbytes), prompt[tp->nbytes] = 0;
+    memcpy(negative, tn->data, tn->nbytes), negative[tn->nbytes] = 0;
+    sd_params_init(&p);
+    p.prompt = prompt;
+    p.negative_prompt = negative;
+    p.width = p.height = 64;
+    p.embeddings = set;
+    sd_arena *a = test_arena(sd_generate_arena_bytes(m, &p) + (1u << 20));
+    float *ctx = (float *)malloc((size_t)2 * SD_TEXT_TOKENS * D * sizeof(float)), *y = (float *)malloc((size_t)(2 * add + 1) * sizeof(float));
+    if (CHECK(!count_chunks(m, &p, 2, &C, a, &err) && C == 1 && !encode_text(m, &p, 2, 1, ctx, y, host_pool(), a, &err),
+              "%s negative case: %s (%d chunks)", g->path, err.message, C)) {
+        const float *neg = golden_f32(g, "neg.negative_prompt_embeds", NULL), *pos = golden_f32(g, "neg.prompt_embeds", NULL);
+        snprintf(what, sizeof what, "%s neg.negative_prompt_embeds (pipeline)", g->path);
+        if (neg) check_close(what, ctx, neg, (int64_t)SD_TEXT_TOKENS * D, 1e-5);
+        snprintf(what, sizeof what, "%s neg.prompt_embeds (pipeline)", g->path);
+        if (pos) check_close(what, ctx + (size_t)SD_TEXT_TOKENS * D, pos, (int64_t)SD_TEXT_TOKENS * D, 1e-5);
+        const float *npool = add ? golden_f32(g, "neg.negative_pooled_prompt_embeds", NULL) : NULL;
+        snprintf(what, sizeof what, "%s neg.negative_pooled_prompt_embeds (pipeline)", g->path);
+        if (npool) check_close(what, y, npool, m->te[1].proj_dim, 1e-5);
+    }
+    free(ctx);
+    free(y);
+    free_arena(a);
+}
+
+/* A safetensors file of one F32 tensor `name` [rows, width] (rows 0: [width]) of values v(i). */
+static unsigned char *ti_make(const char *name, int rows, int width, float scale, size_t *size)
+{
+    int n = (rows ? rows : 1) * width;
+    float *v = (float *)malloc((size_t)n * sizeof(float));
+    char header[300];
+    for (int i = 0; i < n; i++) v[i] = scale * (float)((i * 7919) % 1000 - 500) / 500.0f;
+    if (rows) snprintf(header, sizeof header, "{\"%s\":{\"dtype\":\"F32\",\"shape\":[%d,%d],\"data_offsets\":[0,%zu]}}", name, rows, width, (size_t)n * 4);
+    else snprintf(header, sizeof header, "{\"%s\":{\"dtype\":\"F32\",\"shape\":[%d],\"data_offsets\":[0,%zu]}}", name, width, (size_t)n * 4);
+    unsigned char *b = make_file(header, v, (size_t)n * 4, size);
+    free(v);
+    return b;
+}
+
+/* A generation with the plan checked: the peak is the plan when the prompts take the chunks
+   their lengths allow for, else below it (embeddings with more vectors than name tokens make that
+   bound loose). */
+static int ti_generate_planned(const sd_model *m, const sd_params *p, uint8_t *rgb, const char *label, sd_error *err)
+{
+    size_t need = sd_generate_arena_bytes(m, p);
+    sd_arena *a = test_arena(need);
+    int C = 0, rc = need ? sd_generate(m, p, a, rgb, err) : SD_ERR_ARG, exact;
+    size_t peak = a->peak;
+    sd_arena_reset(a, 0);
+    exact = !count_chunks(m, p, p->guidance > 1 ? 2 : 1, &C, a, err) && C == chunk_bound(p);
+    CHECK(rc == SD_OK && (exact ? peak == need : peak < need), "%s: '%s': %s (peak %zu, plan %zu, %d of %d chunks)", label, p->prompt,
+          rc ? err->message : "", peak, need, C, chunk_bound(p));
+    free_arena(a);
+    return rc;
+}
+
+/* Generation with a set: a prompt naming no embedding gives the image the set-less run gives; a
+   prompt with one gives another. 64x64, 2 steps. */
+static void ti_check_generate(const sd_model *m, const sd_embeddings *set, const char *with, const char *label)
+{
+    uint8_t rgb[3][3 * 64 * 64];
+    sd_error err;
+    for (int k = 0; k < 3; k++) {
+        sd_params p;
+        sd_params_init(&p);
+        p.prompt = k == 2 ? with : "a photo of <tiny-dog>, no embedding here";
+        p.negative_prompt = "blurry";
+        p.width = p.height = 64;
+        p.steps = 2;
+        p.embeddings = k ? set : NULL;
+        ti_generate_planned(m, &p, rgb[k], label, &err);
+    }
+    CHECK(!memcmp(rgb[0], rgb[1], sizeof rgb[0]) && memcmp(rgb[1], rgb[2], sizeof rgb[0]),
+          "%s: a word that names no embedding is not plain text, or '%s' changes nothing", label, with);
+}
+
+/* Formats, chunking and planning on one SD1/SD2 model (one text encoder of width W). */
+static void ti_check_formats(const sd_model *m, const char *label)
+{
+    int W = m->te[0].width;
+    size_t sz[4];
+    sd_error err;
+    sd_arena *a;
+    /* the same vectors as emb_params, string_to_param.*, and diffusers' [n, width] */
+    unsigned char *f[3] = {ti_make("emb_params", 2, W, 0.5f, &sz[0]), ti_make("string_to_param.*", 2, W, 0.5f, &sz[1]), ti_make("<cat>", 2, W, 0.5f, &sz[2])};
+    int32_t ids[3][SD_CLIP_CONTEXT];
+    float *ctx[3];
+    for (int k = 0; k < 3; k++) {
+        sd_embedding_file e = {"tinything", f[k], sz[k]};
+        sd_embeddings *set = ti_load(m, &e, 1, &a, &err);
+        ctx[k] = (float *)malloc((size_t)SD_TEXT_TOKENS * W * sizeof(float));
+        CHECK(set && !ti_ids(set, 0, "a (TinyThing:1.2) cat", ids[k], &err) && ids[k][2] == SD_CLIP_VOCAB_SIZE && ids[k][3] == SD_CLIP_VOCAB_SIZE + 1 &&
+              !ti_encode(set, 0, ids[k], 0, ctx[k], NULL, &err), "%s: embedding format %d: %s", label, k, err.message);
+        free_arena(a);
+    }
+    CHECK(!memcmp(ctx[0], ctx[1], (size_t)SD_TEXT_TOKENS * W * 4) && !memcmp(ctx[0], ctx[2], (size_t)SD_TEXT_TOKENS * W * 4),
+          "%s: emb_params, string_to_param.* and a diffusers tensor give different contexts", label);
+    for (int k = 0; k < 3; k++) free(ctx[k]);
+
+    /* never across two chunks: 74 words and a 2-vector embedding: it starts the second chunk */
+    {
+        sd_embedding_file e = {"tinything", f[0], sz[0]};
+        sd_embeddings *set = ti_load(m, &e, 1, &a, &err);
+        char text[800] = "";
+        int32_t *out;
+        int chunks = 0;
+        for (int i = 0; i < 74; i++) strcat(text, "cat ");
+        strcat(text, "tinything");
+        sd_arena *s = test_arena(sd_prompt_arena_bytes(strlen(text)));
+        CHECK(set && !sd_embeddings_prompt_chunks(set, 0, text, strlen(text), 1, 0, 1, &out, NULL, &chunks, s, &err) && chunks == 2 &&
+              out[75] == SD_CLIP_EOS && out[77 + 1] == SD_CLIP_VOCAB_SIZE && out[77 + 2] == SD_CLIP_VOCAB_SIZE + 1 && out[77 + 3] == SD_CLIP_EOS,
+              "%s: an embedding that does not fit in the chunk must start the next (%d chunks): %s", label, chunks, err.message);
+        free_arena(s);
+        free_arena(a);
+    }
+    /* planning: a one-token name of 75 vectors takes a chunk per use; the plan covers it, the run peaks at it */
+    {
+        unsigned char *big = ti_make("emb_params", 75, W, 0.3f, &sz[3]);
+        sd_embedding_file e = {"x", big, sz[3]};
+        sd_embeddings *set = ti_load(m, &e, 1, &a, &err);
+        sd_params p;
+        uint8_t rgb[3 * 64 * 64];
+        sd_params_init(&p);
+        p.prompt = "x x x x x";
+        p.width = p.height = 64;
+        p.steps = 1;
+        p.embeddings = set;
+        sd_arena *g = test_arena(sd_generate_arena_bytes(m, &p));
+        int C = 0;
+        CHECK(set && !count_chunks(m, &p, 2, &C, g, &err) && C == 5, "%s: 'x x x x x' with a 75-vector x is %d chunks, not 5: %s", label, C, err.message);
+        if (set) ti_generate_planned(m, &p, rgb, label, &err);
+        free_arena(g);
+        free_arena(a);
+        free(big);
+    }
+    /* bad files: the wrong width, too many vectors, a truncated file, no usable tensor; then a good load */
+    {
+        size_t n1, n2, n3;
+        unsigned char *wide = ti_make("emb_params", 2, W + 8, 0.5f, &n1), *many = ti_make("emb_params", 76, W, 0.5f, &n2);
+        unsigned char *two = make_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+                                       NULL, 8, &n3);
+        const struct { const char *why; sd_embedding_file f; int code; const char *needle; } bad[] = {
+            {"a vector of the wrong width", {"wide", wide, n1}, SD_ERR_SHAPE, "emb_params"},
+            {"76 vectors", {"many", many, n2}, SD_ERR_UNSUPPORTED, "emb_params"},
+            {"a truncated file", {"cut", f[0], sz[0] - 9}, SD_ERR_FORMAT, "cut"},
+            {"two tensors, none of the known names", {"two", two, n3}, SD_ERR_MISSING, "two"},
+            {"a name without tokens", {"   ", f[0], sz[0]}, SD_ERR_ARG, "name"},
+        };
+        for (size_t k = 0; k < sizeof bad / sizeof *bad; k++) {
+            sd_embeddings *set = (sd_embeddings *)&err;   /* must come back NULL */
+            sd_embedding_file files[2] = {{"fine", f[0], sz[0]}, bad[k].f};
+            a = test_arena(sd_embeddings_arena_bytes(files, 2));
+            int rc = sd_embeddings_load(&set, m, files, 2, a, &err);
+            CHECK(rc == bad[k].code && !set && a->used == 0 && strstr(err.message, bad[k].needle) && strstr(err.message, bad[k].f.name),
+                  "%s: %s: rc %d, '%s'", label, bad[k].why, rc, err.message);
+            free_arena(a);
+        }
+        sd_embedding_file good = {"fine", f[0], sz[0]};
+        sd_embeddings *set = ti_load(m, &good, 1, &a, &err);
+        CHECK(set != NULL, "%s: a good embedding after the bad ones: %s", label, err.message);
+        if (set) ti_check_generate(m, set, "a fine cat", label);
+        free_arena(a);
+        free(wide);
+        free(many);
+        free(two);
+    }
+    for (int k = 0; k < 3; k++) free(f[k]);
+}
+
+static void test_ti(void)
+{
+    int found = 0, n = golden_models_read();
+    sd_error err;
+    for (int i = 0; i < n; i++) {   /* each model with a NAME/ti_encode_prompt.safetensors */
+        const char *path = golden_model_file(&golden_models[i]);
+        char rel[600];
+        loaded_model lm = {0};
+        ti_files t;
+        sd_arena *a;
+        if (!path || !golden_exists(golden_models[i].name, "ti_encode_prompt.safetensors")) continue;
+        snprintf(rel, sizeof rel, "%.500s/ti_encode_prompt.safetensors", golden_models[i].name);
+        golden_file *g = golden_open(rel);
+        if (!g || open_test_model(&lm, path) || !ti_read_files(g, &t)) { unload_model(&lm); golden_close(g); continue; }
+        sd_embeddings *set = ti_load(lm.model, t.f, t.n, &a, &err);
+        if (CHECK(set != NULL, "%s: %s", rel, err.message)) {
+            found++;
+            n_cases++;
+            for (int k = 0;; k++) {
+                char key[32], text[512];
+                snprintf(key, sizeof key, "prompt.%d", k);
+                const sd_tensor *tp = sd_safetensors_find(&g->st, key);
+                if (!tp || tp->nbytes >= sizeof text) break;
+                memcpy(text, tp->data, tp->nbytes);
+                text[tp->nbytes] = 0;
+                ti_check_prompt(lm.model, set, &t, g, k, text);
+            }
+            ti_check_negative(lm.model, set, g);
+            ti_check_generate(lm.model, set, t.f[0].name, rel);
+            /* the other family's files are refused by name; the model works on */
+            sd_embeddings *other = NULL;
+            size_t bytes;
+            int wrong_kind = 0;
+            char other_path[1200];
+            snprintf(other_path, sizeof other_path, "%s/embeddings/%s", golden_dir, lm.model->encoders == 2 ? "tinystyle.safetensors" : "tinyxl.safetensors");
+            unsigned char *ob = read_file(other_path, &bytes);
+            if (ob) {
+                sd_embedding_file of = {"other", ob, bytes};
+                sd_arena *oa = test_arena(sd_embeddings_arena_bytes(&of, 1));
+                int rc = sd_embeddings_load(&other, lm.model, &of, 1, oa, &err);
+                wrong_kind = rc == SD_ERR_SHAPE && !other && strstr(err.message, lm.model->encoders == 2 ? "emb_params" : "clip_l");
+                CHECK(wrong_kind, "%s: %s loaded for a model of %d text encoders: rc %d, '%s'", rel, other_path, lm.model->encoders, rc, err.message);
+                free_arena(oa);
+                free(ob);
+            }
+            if (lm.model->encoders == 1) ti_check_formats(lm.model, rel);
+        }
+        free_arena(a);
+        ti_free_files(&t);
+        unload_model(&lm);
+        golden_close(g);
+    }
+    if (!n) note_no_models();
+    else if (!found) note_absent("ti", "no model of %s/models has a NAME/ti_encode_prompt.safetensors with its embeddings: textual inversion skipped", golden_dir);
+}
+
 /* example.c's image files: round trips, the golden init images, PNGs made by python's zlib
    (tools/png_cases.py), and corrupt files, which must give errors, not crashes. */
 
@@ -5492,6 +6138,13 @@ static int run_example(const char *args, const char *errfile, int *err_lines)
     return rc == -1 ? -1 : WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
 }
 
+static int opendir_exists(const char *path)
+{
+    DIR *d = opendir(path);
+    if (d) closedir(d);
+    return d != NULL;
+}
+
 /* s in single quotes for the shell ('\'' for each quote inside). */
 static void shell_quote(char *out, size_t cap, const char *s)
 {
@@ -5684,7 +6337,7 @@ static void test_cli(void)
     unsigned char *mbytes = *model && file_exists(model) ? read_file(model, &msize) : NULL;
     if (mbytes && (f = fopen(cut, "wb"))) { fwrite(mbytes, 1, msize < 1024 ? msize : 1024, f); fclose(f); }
     free(mbytes);
-    struct { char args[3000]; const char *needle; } bad[10];
+    struct { char args[3000]; const char *needle; } bad[11];
     snprintf(bad[0].args, sizeof bad[0].args, "--bogus");                                         bad[0].needle = "unknown option";
     snprintf(bad[1].args, sizeof bad[1].args, "-m");                                              bad[1].needle = "needs a value";
     snprintf(bad[2].args, sizeof bad[2].args, "-m %s --tokenizer %s -p x -W 100", m, merges_path); bad[2].needle = "multiples of 8";
@@ -5695,21 +6348,34 @@ static void test_cli(void)
     snprintf(bad[7].args, sizeof bad[7].args, "-m %s -p x --scheduler karras", m);               bad[7].needle = "dpm++2m only";
     snprintf(bad[8].args, sizeof bad[8].args, "-m %s --tokenizer %s -p x", liar, merges_path);  bad[8].needle = "header";
     snprintf(bad[9].args, sizeof bad[9].args, "-m %s --tokenizer %s -p x", cut, merges_path);   bad[9].needle = "cut.safetensors";
-    for (int i = 0; i < 10; i++) {
-        if (!*model && (i == 2 || i == 5 || i == 9)) continue;   /* checked once the model is loaded */
+    snprintf(bad[10].args, sizeof bad[10].args, "-m %s --tokenizer %s -p x --embd-dir %s/none", m, merges_path, dir); bad[10].needle = "--embd-dir";
+    for (int i = 0; i < 11; i++) {
+        if (!*model && (i == 2 || i == 5 || i == 9 || i == 10)) continue;   /* checked once the model is loaded */
         rc = run_example(bad[i].args, errf, &lines);
         CHECK(rc != 0 && lines == 1 && file_contains(errf, bad[i].needle), "CLI '%s': exit %d, %d lines on stderr, want one with '%s'",
               bad[i].args, rc, lines, bad[i].needle);
     }
     /* each sampler by name, recorded in the PNG as A1111 names it; --turbo's one step */
     static const char *const methods[][2] = {{"euler", "Sampler: Euler,"}, {"euler_a", "Sampler: Euler a,"},
-                                              {"dpm++2m_karras", "Sampler: DPM++ 2M Karras,"}, {"ddim --turbo", "Sampler: DDIM, CFG scale: 0,"}};
-    for (int i = 0; i < 4 && *model; i++) {
+                                              {"dpm++2m_karras", "Sampler: DPM++ 2M Karras,"}, {"ddim --turbo", "Sampler: DDIM, CFG scale: 0,"},
+                                              {"lcm --cfg-scale 1", "Sampler: LCM, CFG scale: 1,"}};
+    for (int i = 0; i < 5 && *model; i++) {
         snprintf(path, sizeof path, "%s/sampler_%d.png", dir, i);
         snprintf(args, sizeof args, "-m %s --tokenizer %s -p 'a (red:1.2) cat BREAK on a mat' -W 64 -H 64 --steps 3 -s 1 -t 1 --sampling-method %s -o %s",
                  m, merges_path, methods[i][0], path);
         rc = run_example(args, errf, &lines);
         CHECK(rc == 0 && file_contains(path, methods[i][1]), "CLI --sampling-method %s: exit %d, or no '%s' in the PNG", methods[i][0], rc, methods[i][1]);
+    }
+    /* --embd-dir: the golden embeddings, of which this SD1-family model takes the SD1 ones and skips the SDXL one */
+    char embd[1200];
+    snprintf(embd, sizeof embd, "%s/embeddings", golden_dir);
+    if (*model && opendir_exists(embd)) {
+        snprintf(path, sizeof path, "%s/ti.png", dir);
+        snprintf(args, sizeof args, "-m %s --tokenizer %s -p 'a TinyStyle cat' -W 64 -H 64 --steps 2 -s 1 -t 1 --embd-dir %s -v -o %s",
+                 m, merges_path, embd, path);
+        rc = run_example(args, errf, &lines);
+        CHECK(rc == 0 && file_contains(errf, "embeddings: 2 from") && file_contains(errf, "tinystyle") && file_contains(errf, "skipped"),
+              "CLI --embd-dir %s: exit %d, or its stderr does not list 2 embeddings and one skipped", embd, rc);
     }
     /* -i without -W/-H: the init image's size rounded down to a multiple of 8, said on stderr */
     if (*model) {
@@ -6509,7 +7175,7 @@ static void ig_check_unet_steps(const sd_model *m, golden_file *g, int H, int W,
             CHECK(sd_unet_add_vector(m->unet, negative_row(B, b) ? np : pp, m->te[1].proj_dim, ids + 6 * b, y + (size_t)b * add, NULL) == SD_OK,
                   "%s: added conditioning", g->path);
     }
-    sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, add ? y : NULL};
+    sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, add ? y : NULL, NULL};
     sd_arena *a = test_arena(sd_unet_arena_bytes(m->unet, B, h, w, SD_TEXT_TOKENS));
     int steps = (int)sd_tensor_numel(ts);
     for (int k = 0; k < steps; k++) {
@@ -6689,12 +7355,23 @@ static void test_threads(void)
         if (lm.model->unet->in_channels != 4) { unload_model(&lm); continue; }
         enum { JOBS = 4 };
         gen_job job[JOBS];
-        size_t px = (size_t)3 * 64 * 64;
+        size_t px = (size_t)3 * 64 * 64, esize[2];
         uint8_t *ref = (uint8_t *)malloc(JOBS * px);
+        /* two embedding sets of one name, other vectors: each thread reads its own (one text encoder) */
+        unsigned char *ebytes[2] = {NULL, NULL};
+        sd_arena *earena[2] = {NULL, NULL};
+        sd_embeddings *set[2] = {NULL, NULL};
+        sd_error err;
+        for (int k = 0; k < 2 && lm.model->encoders == 1; k++) {
+            ebytes[k] = ti_make("emb_params", 2 + k, lm.model->te[0].width, 0.4f + 0.5f * k, &esize[k]);
+            sd_embedding_file f = {"mystyle", ebytes[k], esize[k]};
+            set[k] = ti_load(lm.model, &f, 1, &earena[k], &err);
+        }
         for (int k = 0; k < JOBS; k++) {   /* four different generations, Euler a drawing from each seed */
             job[k].m = lm.model;
             sd_params_init(&job[k].p);
-            job[k].p.prompt = k % 2 ? "a red castle on a hill" : "a (blue:1.2) boat BREAK at sea";
+            job[k].p.prompt = k % 2 ? "a red castle on a hill, mystyle" : "a (blue:1.2) boat BREAK at sea, mystyle";
+            job[k].p.embeddings = set[k % 2];
             job[k].p.width = job[k].p.height = 64;
             job[k].p.steps = 3;
             job[k].p.sampler = SD_SAMPLER_EULER_A;
@@ -6717,11 +7394,13 @@ static void test_threads(void)
                       gm->name, k, count);
         }
         for (int k = 0; k < JOBS; k++) free(job[k].rgb);
+        for (int k = 0; k < 2; k++) free_arena(earena[k]), free(ebytes[k]);
         free(ref);
         unload_model(&lm);
         n_cases++;
         done = 1;
-        printf("threads: 2 and 4 generations at once on one %s model give the bytes of each alone\n", gm->name);
+        printf("threads: 2 and 4 generations at once on one %s model give the bytes of each alone%s\n", gm->name,
+               set[0] ? " (two of them with one embedding set, two with another)" : "");
     }
     if (!done) note_absent("threads", "no model that loads in %s/models: the concurrent sd_generate checks skipped", golden_dir);
 #endif
@@ -7453,7 +8132,8 @@ static const struct test_group { const char *name; void (*run)(void); int golden
     {"safetensors", test_safetensors_malformed, 0}, {"manifest", test_golden_manifest, 1}, {"models", test_model_files, 1},
     {"rng", test_rng, 1}, {"ddim", test_ddim, 1}, {"samplers", test_samplers, 1}, {"tokenizer", test_tokenizer, 1},
     {"prompt", test_prompt, 1}, {"text_encoder", test_text_encoder, 1}, {"unet", test_unet, 1}, {"vae", test_vae, 1},
-    {"pipeline", test_pipeline, 1}, {"image_guided", test_image_guided, 1}, {"taesd", test_taesd, 1}, {"gguf", test_gguf, 1}, {"png", test_png, 1}, {"cli", test_cli, 1}, {"threads", test_threads, 1},
+    {"pipeline", test_pipeline, 1}, {"lcm", test_lcm, 1}, {"ti", test_ti, 1}, {"image_guided", test_image_guided, 1},
+    {"taesd", test_taesd, 1}, {"gguf", test_gguf, 1}, {"png", test_png, 1}, {"cli", test_cli, 1}, {"threads", test_threads, 1},
 };
 #define TEST_GROUPS (int)(sizeof test_groups / sizeof test_groups[0])
 

@@ -606,9 +606,9 @@ static int random_model_check(const char *kind, const char *path)
 typedef struct bench_options {
     const char *what, *model, *kind, *dtype, *merges, *taesd;
     int sizes[16], nsizes, vae_sizes[16], nvae, taesd_sizes[16], ntaesd, threads[16], nthreads;
-    int batch, runs, image, steps, vae_tile;
+    int batch, runs, image, steps, vae_tile, sampler;
     int decoders;               /* txt2img: 1 the VAE, 2 TAESD, 3 one run with each */
-    float guidance;             /* txt2img: 0 for a Turbo/LCM-style run (no unconditional half) */
+    float guidance;             /* txt2img guidance; < 0: 7.5, but 1 (no unconditional pass) for LCM */
 } bench_options;
 
 /* The stages of one checkpoint, opened through the public API, weights used in place. */
@@ -837,7 +837,7 @@ static int bench_unet(const bench_options *o, bench_model *m, int size, int thre
     a.peak = a.used;
     for (int r = 0; r < o->runs; r++) {
         double t0 = now();
-        sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, ydim ? y : NULL};
+        sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, ydim ? y : NULL, NULL};
         if (sd_unet(m->unet, x, ts, &cond, B, size, size, out, &pool, &a, &err)) {
             fprintf(stderr, "unet size=%d batch=%d threads=%d: %s\n", size, B, threads, err.message);
             return 1;
@@ -1019,7 +1019,8 @@ static int bench_tokenizer(const bench_options *o)
     return 0;
 }
 
-/* The whole pipeline as a user runs it: text, `steps` guided DDIM steps, VAE decode. */
+/* The whole pipeline as a user runs it: text, `steps` steps of the sampler (DDIM: guided, batch 2;
+   LCM, the LCM-LoRA recipe: guidance 1, batch 1), VAE decode. */
 typedef struct bench_steps { double start, at[1001]; int steps; } bench_steps;
 
 static int bench_step_done(void *user, int step, int steps)
@@ -1055,7 +1056,8 @@ static int bench_txt2img(const bench_options *o, bench_model *bm, int threads, i
     p.negative_prompt = "";
     p.width = p.height = o->image;
     p.steps = o->steps;
-    p.guidance = o->guidance;
+    p.sampler = o->sampler;
+    p.guidance = o->guidance >= 0 ? o->guidance : o->sampler == SD_SAMPLER_LCM ? 1.0f : 7.5f;
     p.threads = threads;
     p.seed = 42;
     p.taesd = taesd ? bm->taesd : NULL;   /* the final image only: no previews */
@@ -1081,10 +1083,11 @@ static int bench_txt2img(const bench_options *o, bench_model *bm, int threads, i
     double end = now(), last = st.at[p.steps];
     for (int k = 2; k <= p.steps; k++) step[k - 2] = st.at[k] - st.at[k - 1];
     double per = p.steps > 1 ? bench_median(step, p.steps - 1) : last - st.start;
+    static const char *const samplers[5] = {"ddim", "euler", "euler_a", "dpm++2m", "lcm"};
     random_model_count(bm->family, o->image / 8, o->image / 8, p.guidance > 1 ? 2 : 1, macs);
-    printf("txt2img size=%d steps=%d guidance=%g decoder=%s threads=%d w=%s vae_tile=%d seconds=%.2f seconds_per_step=%.2f "
-           "first_step_seconds=%.2f decode_seconds=%.2f", o->image, p.steps, p.guidance, taesd ? "taesd" : "vae", threads, bm->w,
-           p.vae_tile, end - st.start, per, st.at[1] - st.start, end - last);
+    printf("txt2img size=%d sampler=%s steps=%d guidance=%g decoder=%s threads=%d w=%s vae_tile=%d seconds=%.2f seconds_per_step=%.2f "
+           "first_step_seconds=%.2f decode_seconds=%.2f", o->image, samplers[p.sampler], p.steps, p.guidance, taesd ? "taesd" : "vae",
+           threads, bm->w, p.vae_tile, end - st.start, per, st.at[1] - st.start, end - last);
     bench_print_flops(bm, macs[RM_UNET], per);
     printf(" cores_busy=%.2f arena_bytes=%zu arena_peak=%zu plan_us=%.1f", (bench_cpu() - cpu0) / (end - st.start), need, a.peak, plan_us);
     if (p.vae_tile) printf(" untiled_arena_bytes=%zu", untiled);
@@ -1286,7 +1289,8 @@ static void bench_usage(FILE *f)
         "  --steps N          txt2img steps (default 20; one run)\n"
         "  --vae-tiling N     txt2img: decode in N x N latent tiles (default 0: whole image)\n"
         "  --decoder LIST     txt2img: vae, taesd or vae,taesd (one run each; default vae)\n"
-        "  --guidance X       txt2img: guidance scale (default 7.5; 0 as Turbo/LCM: one UNet pass a step)\n");
+        "  --sampler NAME     txt2img sampler: ddim (default), euler, euler_a, dpm++2m, lcm\n"
+        "  --guidance X       txt2img: guidance scale (default 7.5; lcm 1; <= 1: one UNet pass a step)\n");
 }
 
 static int bench_run(int argc, char **argv)
@@ -1301,7 +1305,7 @@ static int bench_run(int argc, char **argv)
     o.sizes[0] = 32, o.sizes[1] = 64, o.nsizes = 2;
     o.threads[0] = 1, o.nthreads = 1;
     if (cpus > 1) o.threads[o.nthreads++] = cpus > SD_MAX_THREADS ? SD_MAX_THREADS : cpus;
-    o.batch = 2, o.runs = 3, o.image = 512, o.steps = 20, o.decoders = 1, o.guidance = 7.5f;
+    o.batch = 2, o.runs = 3, o.image = 512, o.steps = 20, o.decoders = 1, o.guidance = -1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define BENCH_VALUE() (v ? (i++, v) : (fprintf(stderr, "%s needs a value\n", a), exit(1), ""))
@@ -1326,6 +1330,11 @@ static int bench_run(int argc, char **argv)
             const char *d = BENCH_VALUE();
             o.decoders = !strcmp(d, "vae") ? 1 : !strcmp(d, "taesd") ? 2 : !strcmp(d, "vae,taesd") || !strcmp(d, "taesd,vae") ? 3 : 0;
             if (!o.decoders) { fprintf(stderr, "--decoder: '%s' is not vae, taesd or vae,taesd\n", d); return 1; }
+        } else if (!strcmp(a, "--sampler")) {
+            static const char *const names[5] = {"ddim", "euler", "euler_a", "dpm++2m", "lcm"};
+            const char *m = BENCH_VALUE();
+            while (o.sampler < 5 && strcmp(m, names[o.sampler])) o.sampler++;
+            if (o.sampler == 5) { fprintf(stderr, "--sampler: '%s' is not one of ddim, euler, euler_a, dpm++2m, lcm\n", m); return 1; }
         }
         else { fprintf(stderr, "unknown bench option '%s'\n", a); bench_usage(stderr); return 1; }
 #undef BENCH_VALUE

@@ -57,8 +57,8 @@ cp "$SRC/rng/torch_randn.safetensors" "$T/one-golden/models/taesd/taesd_decoder.
 cp "$SRC/rng/torch_randn.safetensors" "$T/one-golden/lora/tiny-sd1_kohya_r4.safetensors"
 cp "$SRC/rng/torch_randn.safetensors" "$T/one-golden/tiny-sd1/lora_unet.safetensors"
 echo "GGUF" > "$T/one-golden/models/tiny-sd1-q8_0.gguf"
-rewrite "$SRC/tiny-sd1/txt2img_4steps_256x256.safetensors" "$T/one-golden/tiny-sd1/txt2img_lcm_4steps_256x256.safetensors" \
-    --meta scheduler_class=LCMScheduler
+rewrite "$SRC/tiny-sd1/txt2img_4steps_256x256.safetensors" "$T/one-golden/tiny-sd1/txt2img_unipc_4steps_256x256.safetensors" \
+    --meta scheduler_class=UniPCMultistepScheduler
 check one-golden pass
 
 mkdir -p "$T/f32-renamed/models" "$T/f32-renamed/renamed"
