@@ -143,11 +143,11 @@ static int n_cases;
 
 static void note_absent(const char *kind, const char *fmt, ...)
 {
-    static char noted[32][32];
+    static char noted[64][512];
     static int count;
     va_list ap;
     for (int i = 0; i < count; i++) if (!strcmp(noted[i], kind)) return;
-    if (count < 32) snprintf(noted[count++], sizeof noted[0], "%s", kind);
+    if (count < 64) snprintf(noted[count++], sizeof noted[0], "%s", kind);
     printf("note: ");
     va_start(ap, fmt);
     vprintf(fmt, ap);
@@ -1620,9 +1620,9 @@ static void check_sampler_file(const char *rel)
     const char *cls = sd_safetensors_meta(&g->st, "class"), *cfg = sd_safetensors_meta(&g->st, "config"), *why;
     int kind = sampler_kind_from_class(cls);
     ddim_config c;
-    if (kind < 0) { printf("note: %s: scheduler class %s not implemented, skipped\n", g->path, cls); goto done; }
+    if (kind < 0) { note_absent(g->path, "%s: scheduler class %s not implemented, skipped", g->path, cls); goto done; }
     if (!CHECK(cfg, "%s: no config in metadata", g->path) || !ddim_config_from_json(&c, cfg, g->path)) goto done;
-    if ((why = sampler_config_unsupported(kind, cfg))) { printf("note: %s: config %s not implemented, skipped\n", g->path, why); goto done; }
+    if ((why = sampler_config_unsupported(kind, cfg))) { note_absent(g->path, "%s: config %s not implemented, skipped", g->path, why); goto done; }
     if (kind == SD_SAMPLER_LCM) { check_lcm_scheduler(g, &c); goto done; }
     int karras = config_flag(cfg, "use_karras_sigmas", 0);
     json j;
@@ -1695,7 +1695,7 @@ static void check_sampler_pipeline(const char *rel)
     if (kind <= SD_SAMPLER_DDIM || sd_safetensors_meta(&g->st, "strength")) goto done;   /* DDIM, unknown, or img2img */
     if (!CHECK(cfg && steps_s && guidance_s, "%s: metadata lacks scheduler, num_inference_steps or guidance_scale", g->path) ||
         !ddim_config_from_json(&c, cfg, g->path)) goto done;
-    if (sampler_config_unsupported(kind, cfg)) { printf("note: %s: scheduler config not implemented, skipped\n", g->path); goto done; }
+    if (sampler_config_unsupported(kind, cfg)) { note_absent(g->path, "%s: scheduler config not implemented, skipped", g->path); goto done; }
     if (!config_find(&j, cfg, "timestep_spacing")) c.spacing = SD_SPACING_LINSPACE;
     int steps = atoi(steps_s);
     float guidance = strtof(guidance_s, NULL);
@@ -4950,7 +4950,7 @@ static int check_pipeline(const sd_model *m, const char *rel)
     if (!g) return 0;
     int karras;
     if (golden_sampler(g, &karras) < 0) {   /* a scheduler sd.h does not have yet */
-        printf("note: %s: scheduler %s not implemented, skipped\n", g->path, meta_or(g, "scheduler_class", meta_or(g, "sampler", "?")));
+        note_absent(g->path, "%s: scheduler %s not implemented, skipped", g->path, meta_or(g, "scheduler_class", meta_or(g, "sampler", "?")));
         golden_close(g);
         return 0;
     }
