@@ -105,7 +105,8 @@ tsan: test.c sd.h
 # `make bench`: the speed of every stage on a full-size SD 1.5 with random f16 weights (made once
 # into weights/bench/, 2.1 GB, ~15 s, no download): GEMM/conv/attention kernels (beside OpenBLAS
 # when it is installed), tokenizer, text encoder, UNet at 32x32 and 64x64 latents (batch 2: one
-# guided step), VAE decoder to 256x256 and 512x512, and a 4-step 256x256 txt2img. About 4 minutes
+# guided step), VAE decoder to 256x256 and 512x512, a 4-step 256x256 txt2img, and the 64x64 UNet
+# again with a random rank-32 LoRA on every attention and resnet layer (its cost). About 5 minutes
 # on 2 idle cores. Text encoder, UNet and VAE again with f32 weights (the same model written in
 # f32 on first use, 4.3 GB), about 4 minutes. Then a full-size SDXL base 1.0 with random f16 weights (made once, 6.9 GB, ~45 s):
 # both text encoders and one guided UNet step at 64x64 latents (512 px), about 1.2 minutes more.
@@ -118,6 +119,7 @@ BENCH_MODEL_XL = weights/bench/sdxl-f16.safetensors
 bench: $(BENCH) $(MERGES) $(BENCH_MODEL) $(BENCH_MODEL_XL)
 	./bench tokenizer,text,unet,vae,kernels --sizes 32,64 --vae-sizes 32 --threads 1,0 $(BENCH_ARGS)
 	./bench vae,txt2img --vae-sizes 64 --threads 0 --txt2img-size 256 --steps 4 $(BENCH_ARGS)
+	./bench unet --sizes 64 --threads 0 --lora-rank 32 $(BENCH_ARGS)
 	./bench text,unet,vae --dtype f32 --sizes 32,64 --threads 1,0 $(BENCH_ARGS)
 	./bench text,unet --kind sdxl --sizes 64 --threads 0 $(BENCH_ARGS)
 	@if [ "$(BENCH_FULL)" = 1 ]; then ./bench txt2img --threads 0 --txt2img-size 512 --steps 20 $(BENCH_ARGS) && \

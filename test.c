@@ -6,6 +6,7 @@
 #undef main
 
 #include <dirent.h>
+#include <pthread.h>
 #include <sys/wait.h>
 #include <stdarg.h>
 #include <math.h>
@@ -5041,6 +5042,58 @@ static unsigned char *lora_broken_copy(const char *name, const char *victim, int
     return b;
 }
 
+/* Two generations on one model at the same time, each with LoRAs of its own (the model and the
+   weights are shared and read-only): each gives the bytes it gives alone. */
+typedef struct lora_job { const sd_model *m; const char *prompt; lora_dir *dir; uint8_t rgb[3 * 64 * 64]; int rc; } lora_job;
+
+static void *lora_job_run(void *arg)
+{
+    lora_job *j = (lora_job *)arg;
+    sd_params p;
+    sd_error err;
+    progress_state state = {0, NULL, j->dir};
+    sd_params_init(&p);
+    p.prompt = j->prompt;
+    p.width = p.height = 64;
+    p.steps = 2;
+    p.threads = 2;
+    p.lora_resolve = lora_from_dir;
+    p.user = &state;
+    size_t need = sd_generate_arena_bytes(j->m, &p);
+    sd_arena *a = test_arena(need ? need : 64);
+    j->rc = sd_generate(j->m, &p, a, j->rgb, &err);
+    free_arena(a);
+    return NULL;
+}
+
+static void lora_check_threads(const sd_model *m)
+{
+    static const char *const prompts[2] = {"a cat <lora:tiny-sd1_kohya_r4:0.7>", "a cat <lora:tiny-sd1_locon_r8:-0.3> <lora:tiny-sd1_peft_r4:1>"};
+    lora_job *jobs = (lora_job *)calloc(4, sizeof *jobs);
+    lora_dir *dirs = (lora_dir *)calloc(4, sizeof *dirs);
+    char path[1100];
+    pthread_t tid[2];
+    snprintf(path, sizeof path, "%s/lora", golden_dir);
+    for (int i = 0; i < 4; i++) {
+        dirs[i].dir = path;
+        jobs[i].m = m, jobs[i].prompt = prompts[i % 2], jobs[i].dir = &dirs[i];
+    }
+    lora_job_run(&jobs[0]);
+    lora_job_run(&jobs[1]);
+    int started = !pthread_create(&tid[0], NULL, lora_job_run, &jobs[2]) && !pthread_create(&tid[1], NULL, lora_job_run, &jobs[3]);
+    if (CHECK(started, "LoRA: cannot start two threads")) {
+        pthread_join(tid[0], NULL);
+        pthread_join(tid[1], NULL);
+        CHECK(!jobs[0].rc && !jobs[1].rc && !jobs[2].rc && !jobs[3].rc && memcmp(jobs[0].rgb, jobs[1].rgb, sizeof jobs[0].rgb) &&
+              !memcmp(jobs[0].rgb, jobs[2].rgb, sizeof jobs[0].rgb) && !memcmp(jobs[1].rgb, jobs[3].rgb, sizeof jobs[0].rgb),
+              "LoRA: two generations at once with different LoRAs do not give what each gives alone (rc %d %d %d %d)", jobs[0].rc, jobs[1].rc,
+              jobs[2].rc, jobs[3].rc);
+    }
+    for (int i = 0; i < 4; i++) lora_dir_close(&dirs[i]);
+    free(dirs);
+    free(jobs);
+}
+
 /* Bad LoRAs and tags on tiny-sd1: clear errors naming the file and the tensor (or the tag),
    nothing kept in the arena, and the model as it was (its bytes, and a golden run after). */
 static void lora_check_errors(loaded_model *lm, lora_dir *dir, const char *name)
@@ -5186,6 +5239,7 @@ static void test_lora(void)
             if (gd) closedir(gd);
             if (i == 0 && layout == 0) {
                 lora_check_tags(lm.model->vocab);
+                lora_check_threads(lm.model);
                 lora_check_errors(&lm, &dir, names[i]);
             }
             unload_model(&lm);
