@@ -27,7 +27,9 @@
      The same call runs SD 1.x, SD 2.x and SDXL (two text encoders, size conditioning), single
      files or diffusers folders; sd_params picks the sampler (DDIM, Euler, Euler a, DPM++ 2M
      with Karras sigmas) and reads AUTOMATIC1111's prompt syntax ("(castle:1.3)", "[fog]",
-     BREAK) at any length up to 64 chunks of 75 tokens.
+     BREAK) at any length up to 64 chunks of 75 tokens. LoRAs come as A1111's <lora:NAME:0.8> tags
+     in the prompt (p.lora_resolve, a callback, hands over the file NAME stands for) or as a list
+     (p.loras), and are applied at run time: the model's weights stay untouched (see sd_lora).
      Every stage is callable on its own too: sd_clip_tokenize, sd_prompt_chunks, sd_text_encode,
      sd_unet, sd_vae_decode / sd_vae_encode, sd_sampler_init / sd_sampler_step, sd_randn.
 
@@ -52,10 +54,11 @@
      1. Public API and configuration
      2. Arena
      3. safetensors reader (and the small strict JSON parser it needs)
-     4. Compute kernels: GEMM, conv2d, norms, attention, activations; thread pool
+     4. Compute kernels: GEMM, conv2d, LoRA updates, norms, attention, activations; thread pool
      5. Tokenizer (CLIP BPE), prompt weighting and long prompts
      6. Text encoder (CLIP ViT-L/14 for SD1, OpenCLIP ViT-H for SD2, both of SDXL's)
      7. UNet (SD1, SD2, SDXL)
+    7b. LoRA: which layer each tensor of a LoRA file updates (the run-time half is in 4)
      8. VAE (decoder, encoder)
      9. Samplers (DDIM, Euler, Euler a, DPM++ 2M)
     10. Pipeline (txt2img, img2img)

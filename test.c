@@ -4839,418 +4839,6 @@ static void test_pipeline(void)
     printf("pipeline: %d models, %d pipeline goldens run end to end\n", models, pipelines_checked);
 }
 
-/* ---- LoRA (golden README §11) ------------------------------------------------------------------ */
-/* The goldens GOLDEN_DIR/NAME/lora_*: the text encoder(s) and the UNet with the LoRAs each case's
-   A1111 tags name (files from GOLDEN_DIR/lora, found as the CLI finds them), and whole pipelines
-   with the tags in the prompt, in every layout of the model (single file: original names;
-   diffusers folder: diffusers names); then bad LoRAs, which must fail cleanly and leave the
-   model as it was. */
-
-static int opendir_ok(const char *path)
-{
-    DIR *d = opendir(path);
-    if (d) closedir(d);
-    return d != NULL;
-}
-
-/* The LoRAs of one case, read from its tags with the pipeline's own tag reader, in an arena of
-   exactly sd_lora_arena_bytes. */
-typedef struct lora_case {
-    sd_lora list[8];
-    char names[8][256];
-    int n;
-    sd_arena *arena;
-    sd_lora_set *set;
-} lora_case;
-
-static int lora_case_load(lora_case *lc, const sd_model *m, const char *tags, lora_dir *dir, sd_error *err)
-{
-    progress_state state = {0, NULL, dir};
-    size_t end = prompt_tags_end(tags), kind, len;
-    int rc;
-    memset(lc, 0, sizeof *lc);
-    for (size_t i = 0; tags[i] && lc->n < 8; i += len ? len : 1) {
-        sd_lora *l = &lc->list[lc->n];
-        if (!(len = prompt_tag(m->vocab, tags, i, end, &kind))) continue;
-        if ((rc = lora_tag(tags + i, len, kind, lc->names[lc->n], sizeof lc->names[0], l, err))) return rc;
-        if (lora_from_dir(&state, lc->names[lc->n], &l->data, &l->size)) return fail(err, SD_ERR_MISSING, "no LoRA '%s' in %s", lc->names[lc->n], dir->dir);
-        l->name = lc->names[lc->n++];
-    }
-    lc->arena = test_arena(sd_lora_arena_bytes(lc->list, lc->n));
-    return sd_lora_load(&lc->set, m->unet, m->te, m->encoders, lc->list, lc->n, lc->arena, err);
-}
-
-/* The A1111 tags of case c in a golden's "cases" metadata (a JSON list of objects with "a1111"). */
-static int lora_case_tags(golden_file *g, int c, char *buf, size_t cap)
-{
-    const char *s = sd_safetensors_meta(&g->st, "cases");
-    for (int i = 0; s && (s = strstr(s, "\"a1111\": \"")) != NULL; i++) {
-        size_t n;
-        s += 10;
-        if (i < c) continue;
-        n = strcspn(s, "\"");
-        if (n >= cap) return 0;
-        memcpy(buf, s, n);
-        buf[n] = 0;
-        return 1;
-    }
-    return 0;
-}
-
-/* GOLDEN/NAME/lora_text_encoder: each layer's hidden state of each encoder, and what the UNet
-   gets (SD1: the last state; SDXL: prompt_embeds and the pooled embedding), per case. */
-static void lora_check_text(const sd_model *m, golden_file *g, lora_dir *dir, sd_pool *pool, const char *label)
-{
-    int n = 0, n2 = 0, xl = m->encoders == 2, cases = 0;
-    int32_t *ids[2] = {te_golden_ids(g, "input_ids", &n), xl ? te_golden_ids(g, "input_ids_2", &n2) : NULL};
-    char tags[300], name[96], what[1200];
-    sd_error err;
-    if (!ids[0] || (xl && (!ids[1] || n2 != n))) { free(ids[0]); free(ids[1]); return; }
-    size_t rows = (size_t)n * SD_TEXT_TOKENS, D = (size_t)m->context_dim, bytes = 0;
-    float *out = (float *)malloc(rows * D * sizeof(float)), *ctx = (float *)malloc(rows * D * sizeof(float));
-    float *pooled = (float *)malloc((size_t)n * (xl ? m->te[1].proj_dim : 1) * sizeof(float));
-    for (int e = 0; e < m->encoders; e++) bytes = max_size(bytes, sd_text_encoder_arena_bytes(&m->te[e], n, e == 1));
-    sd_arena *a = test_arena(bytes);
-    for (int c = 0; lora_case_tags(g, c, tags, sizeof tags); c++, cases++) {
-        lora_case lc;
-        if (!CHECK(lora_case_load(&lc, m, tags, dir, &err) == SD_OK && sd_pool_set_lora(pool, lc.set, NULL, &err) == SD_OK,
-                   "%s case%d %s: %s", label, c, tags, err.message)) { free_arena(lc.arena); continue; }
-        for (int e = 0; e < m->encoders; e++) {
-            const sd_text_encoder *te = &m->te[e];
-            size_t W = (size_t)te->width, off = e ? (size_t)m->te[0].width : 0;
-            for (int l = 1; l <= te->layers; l++) {
-                int64_t gn;
-                if (xl) snprintf(name, sizeof name, "case%d.te%d.hidden_states.%d", c, e + 1, l);
-                else snprintf(name, sizeof name, "case%d.hidden_states.%d", c, l);
-                if (!sd_safetensors_find(&g->st, name)) continue;
-                const float *want = golden_f32(g, name, &gn);
-                snprintf(what, sizeof what, "%s %s (%s)", label, name, tags);
-                if (want && CHECK((size_t)gn == rows * W, "%s: size", what) &&
-                    CHECK(sd_text_encoder_hidden(te, ids[e], n, l, 0, out, pool, a, &err) == SD_OK, "%s: %s", what, err.message))
-                    check_close(what, out, want, gn, 1e-5);
-            }
-            /* the encoder's output, as the pipeline takes it */
-            if (CHECK(sd_text_encode(te, ids[e], n, 0, out, e == 1 ? pooled : NULL, pool, a, &err) == SD_OK, "%s case%d: %s", label, c, err.message))
-                for (size_t r = 0; r < rows; r++) memcpy(ctx + r * D + off, out + r * W, W * sizeof(float));
-        }
-        CHECK(a->used == 0 && a->peak <= bytes, "%s case%d: the text encoder's arena peaked at %zu of %zu", label, c, a->peak, bytes);
-        static const char *const outputs[2][2] = {{"last_hidden_state", NULL}, {"prompt_embeds", "pooled_prompt_embeds"}};
-        for (int k = 0; k < 2 && outputs[xl][k]; k++) {
-            int64_t gn;
-            snprintf(name, sizeof name, "case%d.%s", c, outputs[xl][k]);
-            const float *want = golden_f32(g, name, &gn);
-            snprintf(what, sizeof what, "%s %s (%s)", label, name, tags);
-            if (want && CHECK((size_t)gn == (k ? (size_t)n * m->te[1].proj_dim : rows * D), "%s: size", what))
-                check_close(what, k ? pooled : ctx, want, gn, 1e-5);
-        }
-        sd_pool_set_lora(pool, NULL, NULL, &err);
-        free_arena(lc.arena);
-    }
-    CHECK(cases > 0, "%s: no cases in %s", label, g->path);
-    free_arena(a);
-    free(ids[0]);
-    free(ids[1]);
-    free(out);
-    free(ctx);
-    free(pooled);
-}
-
-/* GOLDEN/NAME/lora_unet through unet_run_cases, each case's LoRAs put on the pool first. */
-typedef struct lora_unet_run { const sd_model *m; golden_file *g; lora_dir *dir; lora_case lc; const char *label; } lora_unet_run;
-
-static int lora_unet_setup(void *user, int c, sd_pool *pool)
-{
-    lora_unet_run *r = (lora_unet_run *)user;
-    char tags[512];
-    sd_error err;
-    sd_pool_set_lora(pool, NULL, NULL, &err);
-    free_arena(r->lc.arena);
-    r->lc.arena = NULL;
-    if (!CHECK(lora_case_tags(r->g, c, tags, sizeof tags), "%s: no a1111 tags for case%d", r->label, c)) return 0;
-    return CHECK(lora_case_load(&r->lc, r->m, tags, r->dir, &err) == SD_OK && sd_pool_set_lora(pool, r->lc.set, NULL, &err) == SD_OK,
-                 "%s case%d %s: %s", r->label, c, tags, err.message);
-}
-
-/* And without the LoRAs the same pool gives out_no_lora: the base path is untouched. */
-static void lora_check_unet(const sd_model *m, golden_file *g, lora_dir *dir, sd_pool *pool, const char *label)
-{
-    lora_unet_run r;
-    sd_error err;
-    memset(&r, 0, sizeof r);
-    r.m = m, r.g = g, r.dir = dir, r.label = label;
-    unet_run_cases(m->unet, g, label, pool, lora_unet_setup, &r);
-    sd_pool_set_lora(pool, NULL, NULL, &err);
-    free_arena(r.lc.arena);
-    const sd_tensor *tx = sd_safetensors_find(&g->st, "case0.x");
-    int64_t nout, ny = 0;
-    const float *want = golden_f32(g, "case0.out_no_lora", &nout), *ctx = golden_f32(g, "case0.context", NULL);
-    const float *pooled = sd_unet_add_dim(m->unet) ? golden_f32(g, "case0.text_embeds", &ny) : NULL, *sizes = pooled ? golden_f32(g, "case0.time_ids", NULL) : NULL;
-    const sd_tensor *tt = sd_safetensors_find(&g->st, "case0.timesteps");
-    if (!tx || !want || !ctx || !tt || (sd_unet_add_dim(m->unet) && !sizes)) return;
-    int B = (int)tx->shape[0], h = (int)tx->shape[2], w = (int)tx->shape[3], add = sd_unet_add_dim(m->unet);
-    float t[2] = {(float)golden_i64_at(tt, 0), (float)golden_i64_at(tt, 1)}, *y = (float *)malloc((size_t)(B * add + 1) * sizeof(float));
-    float *out = (float *)malloc((size_t)nout * sizeof(float));
-    for (int b = 0; b < B && pooled; b++) sd_unet_add_vector(m->unet, pooled + b * (ny / B), (int)(ny / B), sizes + 6 * b, y + b * add, &err);
-    sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, add ? y : NULL};
-    sd_arena *a = test_arena(sd_unet_arena_bytes(m->unet, B, h, w, SD_TEXT_TOKENS));
-    char what[400];
-    snprintf(what, sizeof what, "%s case0.out_no_lora (the pool's LoRAs taken off)", label);
-    if (CHECK(B == 2 && sd_unet(m->unet, (const float *)tx->data, t, &cond, B, h, w, out, pool, a, &err) == SD_OK, "%s: %s", what, err.message))
-        check_close(what, out, want, nout, 2e-5);
-    free_arena(a);
-    free(out);
-    free(y);
-}
-
-/* A generation of 2 steps at 64x64 of `prompt` (with tags, or p->loras from `list`). */
-static int lora_generate(const sd_model *m, const char *prompt, lora_dir *dir, const sd_lora *list, int count, int resolve,
-                         char *warnings, size_t *used, sd_error *err)
-{
-    sd_params p;
-    progress_state state = {0, NULL, dir};
-    uint8_t rgb[3 * 64 * 64];
-    sd_params_init(&p);
-    p.prompt = prompt;
-    p.negative_prompt = "blurry";
-    p.width = p.height = 64;
-    p.steps = 2;
-    p.lora_resolve = resolve ? lora_from_dir : NULL;
-    p.user = &state;
-    p.loras = list;
-    p.lora_count = count;
-    p.warnings = warnings;
-    p.warnings_size = warnings ? 1024 : 0;
-    size_t need = sd_generate_arena_bytes(m, &p);
-    sd_arena *a = test_arena(need ? need : 4096);
-    int rc = sd_generate(m, &p, a, rgb, err);
-    *used = a->used;
-    CHECK(rc || a->peak == need, "LoRA generation '%s': peak %zu, planned %zu", prompt, a->peak, need);
-    free_arena(a);
-    return rc;
-}
-
-/* A copy of LoRA file `name` from GOLDEN_DIR/lora, changed by unet_corrupt (tensor `victim`
-   reshaped, or renamed), or cut to `keep` bytes. */
-static unsigned char *lora_broken_copy(const char *name, const char *victim, int rename, size_t keep, size_t *size)
-{
-    char path[1200];
-    snprintf(path, sizeof path, "%s/lora/%s.safetensors", golden_dir, name);
-    unsigned char *b = read_file(path, size);
-    if (!CHECK(b != NULL, "cannot read %s", path)) return NULL;
-    if (keep) *size = keep < *size ? keep : *size;
-    if (victim && !CHECK(unet_corrupt(b, victim, rename), "%s: no tensor %s to break", path, victim)) { free(b); return NULL; }
-    return b;
-}
-
-/* Two generations on one model at the same time, each with LoRAs of its own (the model and the
-   weights are shared and read-only): each gives the bytes it gives alone. */
-typedef struct lora_job { const sd_model *m; const char *prompt; lora_dir *dir; uint8_t rgb[3 * 64 * 64]; int rc; } lora_job;
-
-static void *lora_job_run(void *arg)
-{
-    lora_job *j = (lora_job *)arg;
-    sd_params p;
-    sd_error err;
-    progress_state state = {0, NULL, j->dir};
-    sd_params_init(&p);
-    p.prompt = j->prompt;
-    p.width = p.height = 64;
-    p.steps = 2;
-    p.threads = 2;
-    p.lora_resolve = lora_from_dir;
-    p.user = &state;
-    size_t need = sd_generate_arena_bytes(j->m, &p);
-    sd_arena *a = test_arena(need ? need : 64);
-    j->rc = sd_generate(j->m, &p, a, j->rgb, &err);
-    free_arena(a);
-    return NULL;
-}
-
-static void lora_check_threads(const sd_model *m)
-{
-    static const char *const prompts[2] = {"a cat <lora:tiny-sd1_kohya_r4:0.7>", "a cat <lora:tiny-sd1_locon_r8:-0.3> <lora:tiny-sd1_peft_r4:1>"};
-    lora_job *jobs = (lora_job *)calloc(4, sizeof *jobs);
-    lora_dir *dirs = (lora_dir *)calloc(4, sizeof *dirs);
-    char path[1100];
-    pthread_t tid[2];
-    snprintf(path, sizeof path, "%s/lora", golden_dir);
-    for (int i = 0; i < 4; i++) {
-        dirs[i].dir = path;
-        jobs[i].m = m, jobs[i].prompt = prompts[i % 2], jobs[i].dir = &dirs[i];
-    }
-    lora_job_run(&jobs[0]);
-    lora_job_run(&jobs[1]);
-    int started = !pthread_create(&tid[0], NULL, lora_job_run, &jobs[2]) && !pthread_create(&tid[1], NULL, lora_job_run, &jobs[3]);
-    if (CHECK(started, "LoRA: cannot start two threads")) {
-        pthread_join(tid[0], NULL);
-        pthread_join(tid[1], NULL);
-        CHECK(!jobs[0].rc && !jobs[1].rc && !jobs[2].rc && !jobs[3].rc && memcmp(jobs[0].rgb, jobs[1].rgb, sizeof jobs[0].rgb) &&
-              !memcmp(jobs[0].rgb, jobs[2].rgb, sizeof jobs[0].rgb) && !memcmp(jobs[1].rgb, jobs[3].rgb, sizeof jobs[0].rgb),
-              "LoRA: two generations at once with different LoRAs do not give what each gives alone (rc %d %d %d %d)", jobs[0].rc, jobs[1].rc,
-              jobs[2].rc, jobs[3].rc);
-    }
-    for (int i = 0; i < 4; i++) lora_dir_close(&dirs[i]);
-    free(dirs);
-    free(jobs);
-}
-
-/* Bad LoRAs and tags on tiny-sd1: clear errors naming the file and the tensor (or the tag),
-   nothing kept in the arena, and the model as it was (its bytes, and a golden run after). */
-static void lora_check_errors(loaded_model *lm, lora_dir *dir, const char *name)
-{
-    static const char *const q_down = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight";
-    static const char *const alpha = "lora_unet_down_blocks_0_attentions_0_proj_in.alpha";
-    const sd_model *m = lm->model;
-    uint32_t before = hash_bytes((const char *)lm->bytes, lm->size);
-    char warnings[1024];
-    size_t size, used;
-    sd_error err;
-    int rc;
-    /* tags */
-    static const struct { const char *prompt; int resolve, code; const char *needle; } tag_cases[] = {
-        {"a cat <lora:nosuch:0.5>", 1, SD_ERR_MISSING, "no LoRA named 'nosuch'"},
-        {"a cat <lora:tiny-sd1_kohya_r4:0.5>", 0, SD_ERR_ARG, "no lora_resolve"},
-        {"a cat <lora:tiny-sd1_kohya_r4:abc>", 1, SD_ERR_ARG, "not a number"},
-        {"a cat <lora:tiny-sd1_kohya_r4:1:1:8>", 1, SD_ERR_UNSUPPORTED, "dyn"},
-        {"a cat <lora:tiny-sdxl_kohya_r4:1>", 1, SD_ERR_SHAPE, "LoRA 'tiny-sdxl_kohya_r4': tensor '"},   /* a layer of both, in other shapes */
-    };
-    for (size_t i = 0; i < sizeof tag_cases / sizeof *tag_cases; i++) {
-        rc = lora_generate(m, tag_cases[i].prompt, dir, NULL, 0, tag_cases[i].resolve, NULL, &used, &err);
-        CHECK(rc == tag_cases[i].code && strstr(err.message, tag_cases[i].needle) && used == 0, "LoRA '%s': rc %d, '%s'",
-              tag_cases[i].prompt, rc, rc ? err.message : "");
-    }
-    /* broken files through the list */
-    static const struct { const char *file, *victim; int rename; size_t keep; int code; const char *needle; } file_cases[] = {
-        {"tiny-sd1_kohya_r4", NULL, 0, 5000, SD_ERR_FORMAT, "LoRA 'broken': safetensors: header length"},
-        {"tiny-sd1_kohya_r4", NULL, 0, 200000, SD_ERR_FORMAT, "LoRA 'broken': safetensors:"},
-        {"tiny-sd1_kohya_r4", "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight", 0, 0, SD_ERR_SHAPE,
-         "LoRA 'broken': tensor 'lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight' has shape [32, 4]"},
-        {"tiny-sd1_kohya_r4", "lora_unet_down_blocks_0_attentions_0_proj_in.alpha", 1, 0, SD_ERR_SHAPE,
-         "LoRA 'broken': tensor 'lora_unet_down_blocks_0_attentions_0_proj_in.alph_' matches no layer"},
-        {"tiny-sd1_locon_r8", "lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight", 1, 0, SD_ERR_MISSING, "has no 'lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight'"},
-    };
-    (void)q_down, (void)alpha;
-    for (size_t i = 0; i < sizeof file_cases / sizeof *file_cases; i++) {
-        unsigned char *b = lora_broken_copy(file_cases[i].file, file_cases[i].victim, file_cases[i].rename, file_cases[i].keep, &size);
-        sd_lora l = {b, size, 1.0f, 1.0f, "broken"};
-        if (!b) continue;
-        rc = lora_generate(m, "a cat", dir, &l, 1, 1, NULL, &used, &err);
-        CHECK(rc == file_cases[i].code && strstr(err.message, file_cases[i].needle) && used == 0, "broken LoRA %zu (%s): rc %d, '%s'", i,
-              file_cases[i].file, rc, rc ? err.message : "");
-        free(b);
-    }
-    /* a LyCORIS kind, and what is skipped with a warning: an embedding bundled in the file, a
-       text-encoder layer the model lacks; and a tag of another kind */
-    {
-        static const char hada[] = "{\"lora_unet_conv_in.hada_w1_a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}";
-        static const char skips[] = "{\"bundle_emb.x.string_to_param.*\":{\"dtype\":\"F32\",\"shape\":[1,32],\"data_offsets\":[0,128]},"
-            "\"lora_te_text_model_encoder_layers_7_mlp_fc1.alpha\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[128,132]},"
-            "\"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight\":{\"dtype\":\"F32\",\"shape\":[1,32],\"data_offsets\":[132,260]},"
-            "\"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight\":{\"dtype\":\"F32\",\"shape\":[128,1],\"data_offsets\":[260,772]}}";
-        float zeros[193] = {0};
-        unsigned char *f1 = make_file(hada, zeros, 4, &size);
-        sd_lora l = {f1, size, 1.0f, 1.0f, "hada"};
-        rc = lora_generate(m, "a cat", dir, &l, 1, 1, NULL, &used, &err);
-        CHECK(rc == SD_ERR_UNSUPPORTED && strstr(err.message, "'lora_unet_conv_in.hada_w1_a'") && strstr(err.message, "LoHa"), "LoHa tensor: rc %d, '%s'",
-              rc, rc ? err.message : "");
-        free(f1);
-        f1 = make_file(skips, zeros, 772, &size);
-        l.data = f1, l.size = size, l.name = "skips";
-        rc = lora_generate(m, "a <hypernet:x:1>cat", dir, &l, 1, 1, warnings, &used, &err);
-        CHECK(rc == SD_OK && strstr(warnings, "'bundle_emb.x.string_to_param.*'") && strstr(warnings, "layers this model does not have") &&
-              strstr(warnings, "removed '<hypernet:x:1>'"), "skipped tensors and tags: rc %d (%s), warnings '%s'", rc, rc ? err.message : "", warnings);
-        free(f1);
-    }
-    CHECK(hash_bytes((const char *)lm->bytes, lm->size) == before, "the model's bytes changed");
-    run_pipeline_goldens(m, name, 0);   /* and it still gives the goldens */
-}
-
-/* Tag reading: A1111's arguments, and removal in one pass. */
-static void lora_check_tags(const sd_clip_vocab *v)
-{
-    static const struct { const char *tag; float te, unet; } args[] = {
-        {"<lora:x>", 1, 1}, {"<lora:x:0.8>", 0.8f, 0.8f}, {"<lora:x:0.8:0.5>", 0.8f, 0.5f}, {"<lora:x:-1.5>", -1.5f, -1.5f},
-        {"<lora:x:te=0.3:unet=0.4>", 0.3f, 0.4f}, {"<lora:x:0.5:te=0.7>", 0.7f, 0.7f}, {"<lyco:x: 2 >", 2, 2},
-    };
-    static const struct { const char *in, *out; } strip[] = {
-        {"a <lora:x:1>b <hypernet:y:2> c", "a b  c"}, {"<lo<lora:x:1>ra:y:1>", "<lora:y:1>"}, {"<a:> <:b> <a b:c> x<y:z", "<a:> <:b> <a b:c> x<y:z"},
-        {"caf\xc3\xa9<\xc3\xa9t\xc3\xa9:1>!", "caf\xc3\xa9!"}, {"BRE<lora:x:1>AK", "BREAK"},
-    };
-    char name[256], out[128];
-    sd_error err;
-    for (size_t i = 0; i < sizeof args / sizeof *args; i++) {
-        sd_lora l = {NULL, 0, 0, 0, NULL};
-        size_t kind, len = prompt_tag(v, args[i].tag, 0, prompt_tags_end(args[i].tag), &kind);
-        CHECK(len == strlen(args[i].tag) && lora_tag(args[i].tag, len, kind, name, sizeof name, &l, &err) == SD_OK && !strcmp(name, "x") &&
-              l.text_scale == args[i].te && l.unet_scale == args[i].unet, "tag %s: text %g, UNet %g", args[i].tag, l.text_scale, l.unet_scale);
-    }
-    for (size_t i = 0; i < sizeof strip / sizeof *strip; i++) {
-        size_t n = prompt_untagged(v, strip[i].in, out);
-        CHECK(!strcmp(out, strip[i].out) && n == strlen(out), "'%s' without tags is '%s', expected '%s'", strip[i].in, out, strip[i].out);
-        CHECK(prompt_chunk_bound(v, strip[i].in, 1, 0) == prompt_chunk_bound(v, out, 0, 0), "'%s': the dry run's chunk bound differs", strip[i].in);
-    }
-}
-
-static void test_lora(void)
-{
-    static const char *const names[2] = {"tiny-sd1", "tiny-sdxl"};
-    char path[1200], rel[1200], lora_path[1100], label[300];
-    lora_dir dir;
-    sd_arena *pa = test_arena(pool_arena_bytes(1) + SD_LORA_SCRATCH_BYTES + SD_ALIGN);
-    sd_pool pool;
-    sd_error err;
-    int before = n_fail, runs = 0;
-    snprintf(lora_path, sizeof lora_path, "%s/lora", golden_dir);
-    DIR *d = opendir(lora_path);
-    if (!d) { printf("note: no %s: the LoRA goldens are skipped\n", lora_path); free_arena(pa); return; }
-    closedir(d);
-    memset(&dir, 0, sizeof dir);
-    dir.dir = lora_path;
-    CHECK(pool_init(&pool, 1, pa, &err) == SD_OK && sd_pool_set_lora(&pool, NULL, pa, &err) == SD_OK, "pool");
-    pool_set_lora(&pool, NULL, pa, &err);   /* the scratch, once */
-    for (int i = 0; i < 2; i++)
-        for (int layout = 0; layout < 3; layout++) {   /* NAME-fp16.safetensors, NAME.safetensors, NAME-diffusers/ */
-            static const char *const layouts[3] = {"%s/models/%s-fp16.safetensors", "%s/models/%s.safetensors", "%s/models/%s-diffusers"};
-            unsigned char *keep[DIFFUSERS_PARTS + DIFFUSERS_CONFIGS] = {0};
-            loaded_model lm;
-            snprintf(path, sizeof path, layouts[layout], golden_dir, names[i]);
-            if (layout < 2 ? !file_exists(path) : !opendir_ok(path)) continue;
-            if (layout < 2 ? open_test_model(&lm, path) : open_diffusers_model(&lm, path, keep)) { unload_model(&lm); continue; }
-            snprintf(label, sizeof label, "LoRA on %s", strrchr(path, '/') + 1);
-            static const char *const goldens[2] = {"lora_text_encoder", "lora_unet"};
-            for (int k = 0; k < 2; k++) {
-                snprintf(rel, sizeof rel, "%s/%s.safetensors", names[i], goldens[k]);
-                golden_file *g = golden_open(rel);
-                if (!g) continue;
-                if (k == 0) lora_check_text(lm.model, g, &dir, &pool, label);
-                else lora_check_unet(lm.model, g, &dir, &pool, label);
-                golden_close(g);
-                runs++;
-            }
-            snprintf(path, sizeof path, "%s/%s", golden_dir, names[i]);
-            DIR *gd = opendir(path);
-            for (struct dirent *f; gd && (f = readdir(gd)) != NULL; ) {
-                if (strncmp(f->d_name, "lora_txt2img_", 13)) continue;
-                snprintf(rel, sizeof rel, "%s/%.300s", names[i], f->d_name);
-                check_pipeline(lm.model, rel);
-                if (layout == 0) check_pipeline_contracts(lm.model, rel);
-                runs++;
-            }
-            if (gd) closedir(gd);
-            if (i == 0 && layout == 0) {
-                lora_check_tags(lm.model->vocab);
-                lora_check_threads(lm.model);
-                lora_check_errors(&lm, &dir, names[i]);
-            }
-            unload_model(&lm);
-            for (int k = 0; k < DIFFUSERS_PARTS + DIFFUSERS_CONFIGS; k++) free(keep[k]);
-        }
-    lora_dir_close(&dir);
-    pool_free(&pool);
-    free_arena(pa);
-    printf("lora: %d goldens run, %s\n", runs, n_fail == before ? "ok" : "FAILED");
-}
-
 /* example.c's image files: round trips, the golden init images, PNGs made by python's zlib
    (tools/png_cases.py), and corrupt files, which must give errors, not crashes. */
 
@@ -5638,6 +5226,446 @@ static void test_cli(void)
     }
     snprintf(args, sizeof args, "rm -rf %s", dir);
     if (system(args)) printf("note: could not remove %s\n", dir);
+}
+
+/* ---- LoRA (golden README §11) ------------------------------------------------------------------ */
+/* The goldens GOLDEN_DIR/NAME/lora_*: the text encoder(s) and the UNet with the LoRAs each case's
+   A1111 tags name (files from GOLDEN_DIR/lora, found as the CLI finds them), and whole pipelines
+   with the tags in the prompt, in every layout of the model (single file: original names;
+   diffusers folder: diffusers names); then bad LoRAs, which must fail cleanly and leave the
+   model as it was. */
+
+static int opendir_ok(const char *path)
+{
+    DIR *d = opendir(path);
+    if (d) closedir(d);
+    return d != NULL;
+}
+
+/* The LoRAs of one case, read from its tags with the pipeline's own tag reader, in an arena of
+   exactly sd_lora_arena_bytes. */
+typedef struct lora_case {
+    sd_lora list[8];
+    char names[8][256];
+    int n;
+    sd_arena *arena;
+    sd_lora_set *set;
+} lora_case;
+
+static int lora_case_load(lora_case *lc, const sd_model *m, const char *tags, lora_dir *dir, sd_error *err)
+{
+    progress_state state = {0, NULL, dir};
+    size_t end = prompt_tags_end(tags), kind, len;
+    int rc;
+    memset(lc, 0, sizeof *lc);
+    for (size_t i = 0; tags[i] && lc->n < 8; i += len ? len : 1) {
+        sd_lora *l = &lc->list[lc->n];
+        if (!(len = prompt_tag(m->vocab, tags, i, end, &kind))) continue;
+        if ((rc = lora_tag(tags + i, len, kind, lc->names[lc->n], sizeof lc->names[0], l, err))) return rc;
+        if (lora_from_dir(&state, lc->names[lc->n], &l->data, &l->size)) return fail(err, SD_ERR_MISSING, "no LoRA '%s' in %s", lc->names[lc->n], dir->dir);
+        l->name = lc->names[lc->n++];
+    }
+    lc->arena = test_arena(sd_lora_arena_bytes(lc->list, lc->n));
+    return sd_lora_load(&lc->set, m->unet, m->te, m->encoders, lc->list, lc->n, lc->arena, err);
+}
+
+/* The A1111 tags of case c in a golden's "cases" metadata (a JSON list of objects with "a1111"). */
+static int lora_case_tags(golden_file *g, int c, char *buf, size_t cap)
+{
+    const char *s = sd_safetensors_meta(&g->st, "cases");
+    for (int i = 0; s && (s = strstr(s, "\"a1111\": \"")) != NULL; i++) {
+        size_t n;
+        s += 10;
+        if (i < c) continue;
+        n = strcspn(s, "\"");
+        if (n >= cap) return 0;
+        memcpy(buf, s, n);
+        buf[n] = 0;
+        return 1;
+    }
+    return 0;
+}
+
+/* GOLDEN/NAME/lora_text_encoder: each layer's hidden state of each encoder, and what the UNet
+   gets (SD1: the last state; SDXL: prompt_embeds and the pooled embedding), per case. */
+static void lora_check_text(const sd_model *m, golden_file *g, lora_dir *dir, sd_pool *pool, const char *label)
+{
+    int n = 0, n2 = 0, xl = m->encoders == 2, cases = 0;
+    int32_t *ids[2] = {te_golden_ids(g, "input_ids", &n), xl ? te_golden_ids(g, "input_ids_2", &n2) : NULL};
+    char tags[300], name[96], what[1200];
+    sd_error err;
+    if (!ids[0] || (xl && (!ids[1] || n2 != n))) { free(ids[0]); free(ids[1]); return; }
+    size_t rows = (size_t)n * SD_TEXT_TOKENS, D = (size_t)m->context_dim, bytes = 0;
+    float *out = (float *)malloc(rows * D * sizeof(float)), *ctx = (float *)malloc(rows * D * sizeof(float));
+    float *pooled = (float *)malloc((size_t)n * (xl ? m->te[1].proj_dim : 1) * sizeof(float));
+    for (int e = 0; e < m->encoders; e++) bytes = max_size(bytes, sd_text_encoder_arena_bytes(&m->te[e], n, e == 1));
+    sd_arena *a = test_arena(bytes);
+    for (int c = 0; lora_case_tags(g, c, tags, sizeof tags); c++, cases++) {
+        lora_case lc;
+        if (!CHECK(lora_case_load(&lc, m, tags, dir, &err) == SD_OK && sd_pool_set_lora(pool, lc.set, NULL, &err) == SD_OK,
+                   "%s case%d %s: %s", label, c, tags, err.message)) { free_arena(lc.arena); continue; }
+        for (int e = 0; e < m->encoders; e++) {
+            const sd_text_encoder *te = &m->te[e];
+            size_t W = (size_t)te->width, off = e ? (size_t)m->te[0].width : 0;
+            for (int l = 1; l <= te->layers; l++) {
+                int64_t gn;
+                if (xl) snprintf(name, sizeof name, "case%d.te%d.hidden_states.%d", c, e + 1, l);
+                else snprintf(name, sizeof name, "case%d.hidden_states.%d", c, l);
+                if (!sd_safetensors_find(&g->st, name)) continue;
+                const float *want = golden_f32(g, name, &gn);
+                snprintf(what, sizeof what, "%s %s (%s)", label, name, tags);
+                if (want && CHECK((size_t)gn == rows * W, "%s: size", what) &&
+                    CHECK(sd_text_encoder_hidden(te, ids[e], n, l, 0, out, pool, a, &err) == SD_OK, "%s: %s", what, err.message))
+                    check_close(what, out, want, gn, 1e-5);
+            }
+            /* the encoder's output, as the pipeline takes it */
+            if (CHECK(sd_text_encode(te, ids[e], n, 0, out, e == 1 ? pooled : NULL, pool, a, &err) == SD_OK, "%s case%d: %s", label, c, err.message))
+                for (size_t r = 0; r < rows; r++) memcpy(ctx + r * D + off, out + r * W, W * sizeof(float));
+        }
+        CHECK(a->used == 0 && a->peak <= bytes, "%s case%d: the text encoder's arena peaked at %zu of %zu", label, c, a->peak, bytes);
+        static const char *const outputs[2][2] = {{"last_hidden_state", NULL}, {"prompt_embeds", "pooled_prompt_embeds"}};
+        for (int k = 0; k < 2 && outputs[xl][k]; k++) {
+            int64_t gn;
+            snprintf(name, sizeof name, "case%d.%s", c, outputs[xl][k]);
+            const float *want = golden_f32(g, name, &gn);
+            snprintf(what, sizeof what, "%s %s (%s)", label, name, tags);
+            if (want && CHECK((size_t)gn == (k ? (size_t)n * m->te[1].proj_dim : rows * D), "%s: size", what))
+                check_close(what, k ? pooled : ctx, want, gn, 1e-5);
+        }
+        sd_pool_set_lora(pool, NULL, NULL, &err);
+        free_arena(lc.arena);
+    }
+    CHECK(cases > 0, "%s: no cases in %s", label, g->path);
+    free_arena(a);
+    free(ids[0]);
+    free(ids[1]);
+    free(out);
+    free(ctx);
+    free(pooled);
+}
+
+/* GOLDEN/NAME/lora_unet through unet_run_cases, each case's LoRAs put on the pool first. */
+typedef struct lora_unet_run { const sd_model *m; golden_file *g; lora_dir *dir; lora_case lc; const char *label; } lora_unet_run;
+
+static int lora_unet_setup(void *user, int c, sd_pool *pool)
+{
+    lora_unet_run *r = (lora_unet_run *)user;
+    char tags[512];
+    sd_error err;
+    sd_pool_set_lora(pool, NULL, NULL, &err);
+    free_arena(r->lc.arena);
+    r->lc.arena = NULL;
+    if (!CHECK(lora_case_tags(r->g, c, tags, sizeof tags), "%s: no a1111 tags for case%d", r->label, c)) return 0;
+    return CHECK(lora_case_load(&r->lc, r->m, tags, r->dir, &err) == SD_OK && sd_pool_set_lora(pool, r->lc.set, NULL, &err) == SD_OK,
+                 "%s case%d %s: %s", r->label, c, tags, err.message);
+}
+
+/* And without the LoRAs the same pool gives out_no_lora: the base path is untouched. */
+static void lora_check_unet(const sd_model *m, golden_file *g, lora_dir *dir, sd_pool *pool, const char *label)
+{
+    lora_unet_run r;
+    sd_error err;
+    memset(&r, 0, sizeof r);
+    r.m = m, r.g = g, r.dir = dir, r.label = label;
+    unet_run_cases(m->unet, g, label, pool, lora_unet_setup, &r);
+    sd_pool_set_lora(pool, NULL, NULL, &err);
+    free_arena(r.lc.arena);
+    const sd_tensor *tx = sd_safetensors_find(&g->st, "case0.x");
+    int64_t nout, ny = 0;
+    const float *want = golden_f32(g, "case0.out_no_lora", &nout), *ctx = golden_f32(g, "case0.context", NULL);
+    const float *pooled = sd_unet_add_dim(m->unet) ? golden_f32(g, "case0.text_embeds", &ny) : NULL, *sizes = pooled ? golden_f32(g, "case0.time_ids", NULL) : NULL;
+    const sd_tensor *tt = sd_safetensors_find(&g->st, "case0.timesteps");
+    if (!tx || !want || !ctx || !tt || (sd_unet_add_dim(m->unet) && !sizes)) return;
+    int B = (int)tx->shape[0], h = (int)tx->shape[2], w = (int)tx->shape[3], add = sd_unet_add_dim(m->unet);
+    float t[2] = {(float)golden_i64_at(tt, 0), (float)golden_i64_at(tt, 1)}, *y = (float *)malloc((size_t)(B * add + 1) * sizeof(float));
+    float *out = (float *)malloc((size_t)nout * sizeof(float));
+    for (int b = 0; b < B && pooled; b++) sd_unet_add_vector(m->unet, pooled + b * (ny / B), (int)(ny / B), sizes + 6 * b, y + b * add, &err);
+    sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, add ? y : NULL};
+    sd_arena *a = test_arena(sd_unet_arena_bytes(m->unet, B, h, w, SD_TEXT_TOKENS));
+    char what[400];
+    snprintf(what, sizeof what, "%s case0.out_no_lora (the pool's LoRAs taken off)", label);
+    if (CHECK(B == 2 && sd_unet(m->unet, (const float *)tx->data, t, &cond, B, h, w, out, pool, a, &err) == SD_OK, "%s: %s", what, err.message))
+        check_close(what, out, want, nout, 2e-5);
+    free_arena(a);
+    free(out);
+    free(y);
+}
+
+/* A generation of 2 steps at 64x64 of `prompt` (with tags, or p->loras from `list`). */
+static int lora_generate(const sd_model *m, const char *prompt, lora_dir *dir, const sd_lora *list, int count, int resolve,
+                         char *warnings, size_t *used, sd_error *err)
+{
+    sd_params p;
+    progress_state state = {0, NULL, dir};
+    uint8_t rgb[3 * 64 * 64];
+    sd_params_init(&p);
+    p.prompt = prompt;
+    p.negative_prompt = "blurry";
+    p.width = p.height = 64;
+    p.steps = 2;
+    p.lora_resolve = resolve ? lora_from_dir : NULL;
+    p.user = &state;
+    p.loras = list;
+    p.lora_count = count;
+    p.warnings = warnings;
+    p.warnings_size = warnings ? 1024 : 0;
+    size_t need = sd_generate_arena_bytes(m, &p);
+    sd_arena *a = test_arena(need ? need : 4096);
+    int rc = sd_generate(m, &p, a, rgb, err);
+    *used = a->used;
+    CHECK(rc || a->peak == need, "LoRA generation '%s': peak %zu, planned %zu", prompt, a->peak, need);
+    free_arena(a);
+    return rc;
+}
+
+/* A copy of LoRA file `name` from GOLDEN_DIR/lora, changed by unet_corrupt (tensor `victim`
+   reshaped, or renamed), or cut to `keep` bytes. */
+static unsigned char *lora_broken_copy(const char *name, const char *victim, int rename, size_t keep, size_t *size)
+{
+    char path[1200];
+    snprintf(path, sizeof path, "%s/lora/%s.safetensors", golden_dir, name);
+    unsigned char *b = read_file(path, size);
+    if (!CHECK(b != NULL, "cannot read %s", path)) return NULL;
+    if (keep) *size = keep < *size ? keep : *size;
+    if (victim && !CHECK(unet_corrupt(b, victim, rename), "%s: no tensor %s to break", path, victim)) { free(b); return NULL; }
+    return b;
+}
+
+/* Two generations on one model at the same time, each with LoRAs of its own (the model and the
+   weights are shared and read-only): each gives the bytes it gives alone. */
+typedef struct lora_job { const sd_model *m; const char *prompt; lora_dir *dir; uint8_t rgb[3 * 64 * 64]; int rc; } lora_job;
+
+static void *lora_job_run(void *arg)
+{
+    lora_job *j = (lora_job *)arg;
+    sd_params p;
+    sd_error err;
+    progress_state state = {0, NULL, j->dir};
+    sd_params_init(&p);
+    p.prompt = j->prompt;
+    p.width = p.height = 64;
+    p.steps = 2;
+    p.threads = 2;
+    p.lora_resolve = lora_from_dir;
+    p.user = &state;
+    size_t need = sd_generate_arena_bytes(j->m, &p);
+    sd_arena *a = test_arena(need ? need : 64);
+    j->rc = sd_generate(j->m, &p, a, j->rgb, &err);
+    free_arena(a);
+    return NULL;
+}
+
+static void lora_check_threads(const sd_model *m)
+{
+    static const char *const prompts[2] = {"a cat <lora:tiny-sd1_kohya_r4:0.7>", "a cat <lora:tiny-sd1_locon_r8:-0.3> <lora:tiny-sd1_peft_r4:1>"};
+    lora_job *jobs = (lora_job *)calloc(4, sizeof *jobs);
+    lora_dir *dirs = (lora_dir *)calloc(4, sizeof *dirs);
+    char path[1100];
+    pthread_t tid[2];
+    snprintf(path, sizeof path, "%s/lora", golden_dir);
+    for (int i = 0; i < 4; i++) {
+        dirs[i].dir = path;
+        jobs[i].m = m, jobs[i].prompt = prompts[i % 2], jobs[i].dir = &dirs[i];
+    }
+    lora_job_run(&jobs[0]);
+    lora_job_run(&jobs[1]);
+    int started = !pthread_create(&tid[0], NULL, lora_job_run, &jobs[2]) && !pthread_create(&tid[1], NULL, lora_job_run, &jobs[3]);
+    if (CHECK(started, "LoRA: cannot start two threads")) {
+        pthread_join(tid[0], NULL);
+        pthread_join(tid[1], NULL);
+        CHECK(!jobs[0].rc && !jobs[1].rc && !jobs[2].rc && !jobs[3].rc && memcmp(jobs[0].rgb, jobs[1].rgb, sizeof jobs[0].rgb) &&
+              !memcmp(jobs[0].rgb, jobs[2].rgb, sizeof jobs[0].rgb) && !memcmp(jobs[1].rgb, jobs[3].rgb, sizeof jobs[0].rgb),
+              "LoRA: two generations at once with different LoRAs do not give what each gives alone (rc %d %d %d %d)", jobs[0].rc, jobs[1].rc,
+              jobs[2].rc, jobs[3].rc);
+    }
+    for (int i = 0; i < 4; i++) lora_dir_close(&dirs[i]);
+    free(dirs);
+    free(jobs);
+}
+
+/* The CLI's --lora-model-dir: a tag finds NAME.safetensors there and changes the image; an
+   unknown NAME is an error naming it; a name that would leave the folder is no LoRA. */
+static void lora_check_cli(const char *model, const char *lora_path)
+{
+    char dir[] = "/tmp/sdh_lora_XXXXXX", args[4000], errf[100], png[3][100];
+    static const char *const prompts[3] = {"a cat", "a cat <lora:tiny-sd1_kohya_r4:0.9>", "a cat <lora:../lora/tiny-sd1_kohya_r4:0.9>"};
+    int lines, rc[3];
+    size_t n[3] = {0, 0, 0};
+    unsigned char *img[3] = {NULL, NULL, NULL};
+    if (!file_exists("./example")) { printf("note: no ./example, the CLI's LoRA check is skipped\n"); return; }
+    if (!CHECK(mkdtemp(dir) != NULL, "mkdtemp")) return;
+    snprintf(errf, sizeof errf, "%s/err.txt", dir);
+    for (int i = 0; i < 3; i++) {
+        snprintf(png[i], sizeof png[i], "%s/%d.ppm", dir, i);
+        snprintf(args, sizeof args, "-m %s --tokenizer %s --lora-model-dir %s -p '%s' -W 64 -H 64 --steps 2 -s 1 -t 1 -o %s", model,
+                 merges_path, lora_path, prompts[i], png[i]);
+        rc[i] = run_example(args, errf, &lines);
+        img[i] = read_file(png[i], &n[i]);
+    }
+    CHECK(!rc[0] && !rc[1] && n[0] && n[0] == n[1] && memcmp(img[0], img[1], n[0]), "CLI --lora-model-dir: exit %d, %d, or the tag changed nothing", rc[0], rc[1]);
+    CHECK(rc[2] == 1 && !img[2] && file_contains(errf, "no LoRA named '../lora/tiny-sd1_kohya_r4'"), "CLI: a LoRA name with '/' gave exit %d", rc[2]);
+    for (int i = 0; i < 3; i++) { free(img[i]); remove(png[i]); }
+    remove(errf);
+    rmdir(dir);
+}
+
+/* Bad LoRAs and tags on tiny-sd1: clear errors naming the file and the tensor (or the tag),
+   nothing kept in the arena, and the model as it was (its bytes, and a golden run after). */
+static void lora_check_errors(loaded_model *lm, lora_dir *dir, const char *name)
+{
+    static const char *const q_down = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight";
+    static const char *const alpha = "lora_unet_down_blocks_0_attentions_0_proj_in.alpha";
+    const sd_model *m = lm->model;
+    uint32_t before = hash_bytes((const char *)lm->bytes, lm->size);
+    char warnings[1024];
+    size_t size, used;
+    sd_error err;
+    int rc;
+    /* tags */
+    static const struct { const char *prompt; int resolve, code; const char *needle; } tag_cases[] = {
+        {"a cat <lora:nosuch:0.5>", 1, SD_ERR_MISSING, "no LoRA named 'nosuch'"},
+        {"a cat <lora:tiny-sd1_kohya_r4:0.5>", 0, SD_ERR_ARG, "no lora_resolve"},
+        {"a cat <lora:tiny-sd1_kohya_r4:abc>", 1, SD_ERR_ARG, "not a number"},
+        {"a cat <lora:tiny-sd1_kohya_r4:1:1:8>", 1, SD_ERR_UNSUPPORTED, "dyn"},
+        {"a cat <lora:tiny-sdxl_kohya_r4:1>", 1, SD_ERR_SHAPE, "LoRA 'tiny-sdxl_kohya_r4': tensor '"},   /* a layer of both, in other shapes */
+    };
+    for (size_t i = 0; i < sizeof tag_cases / sizeof *tag_cases; i++) {
+        rc = lora_generate(m, tag_cases[i].prompt, dir, NULL, 0, tag_cases[i].resolve, NULL, &used, &err);
+        CHECK(rc == tag_cases[i].code && strstr(err.message, tag_cases[i].needle) && used == 0, "LoRA '%s': rc %d, '%s'",
+              tag_cases[i].prompt, rc, rc ? err.message : "");
+    }
+    /* broken files through the list */
+    static const struct { const char *file, *victim; int rename; size_t keep; int code; const char *needle; } file_cases[] = {
+        {"tiny-sd1_kohya_r4", NULL, 0, 5000, SD_ERR_FORMAT, "LoRA 'broken': safetensors: header length"},
+        {"tiny-sd1_kohya_r4", NULL, 0, 200000, SD_ERR_FORMAT, "LoRA 'broken': safetensors:"},
+        {"tiny-sd1_kohya_r4", "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight", 0, 0, SD_ERR_SHAPE,
+         "LoRA 'broken': tensor 'lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight' has shape [32, 4]"},
+        {"tiny-sd1_kohya_r4", "lora_unet_down_blocks_0_attentions_0_proj_in.alpha", 1, 0, SD_ERR_SHAPE,
+         "LoRA 'broken': tensor 'lora_unet_down_blocks_0_attentions_0_proj_in.alph_' matches no layer"},
+        {"tiny-sd1_locon_r8", "lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight", 1, 0, SD_ERR_MISSING, "has no 'lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight'"},
+    };
+    (void)q_down, (void)alpha;
+    for (size_t i = 0; i < sizeof file_cases / sizeof *file_cases; i++) {
+        unsigned char *b = lora_broken_copy(file_cases[i].file, file_cases[i].victim, file_cases[i].rename, file_cases[i].keep, &size);
+        sd_lora l = {b, size, 1.0f, 1.0f, "broken"};
+        if (!b) continue;
+        rc = lora_generate(m, "a cat", dir, &l, 1, 1, NULL, &used, &err);
+        CHECK(rc == file_cases[i].code && strstr(err.message, file_cases[i].needle) && used == 0, "broken LoRA %zu (%s): rc %d, '%s'", i,
+              file_cases[i].file, rc, rc ? err.message : "");
+        free(b);
+    }
+    /* a LyCORIS kind, and what is skipped with a warning: an embedding bundled in the file, a
+       text-encoder layer the model lacks; and a tag of another kind */
+    {
+        static const char hada[] = "{\"lora_unet_conv_in.hada_w1_a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}";
+        static const char skips[] = "{\"bundle_emb.x.string_to_param.*\":{\"dtype\":\"F32\",\"shape\":[1,32],\"data_offsets\":[0,128]},"
+            "\"lora_te_text_model_encoder_layers_7_mlp_fc1.alpha\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[128,132]},"
+            "\"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight\":{\"dtype\":\"F32\",\"shape\":[1,32],\"data_offsets\":[132,260]},"
+            "\"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight\":{\"dtype\":\"F32\",\"shape\":[128,1],\"data_offsets\":[260,772]}}";
+        float zeros[193] = {0};
+        unsigned char *f1 = make_file(hada, zeros, 4, &size);
+        sd_lora l = {f1, size, 1.0f, 1.0f, "hada"};
+        rc = lora_generate(m, "a cat", dir, &l, 1, 1, NULL, &used, &err);
+        CHECK(rc == SD_ERR_UNSUPPORTED && strstr(err.message, "'lora_unet_conv_in.hada_w1_a'") && strstr(err.message, "LoHa"), "LoHa tensor: rc %d, '%s'",
+              rc, rc ? err.message : "");
+        free(f1);
+        f1 = make_file(skips, zeros, 772, &size);
+        l.data = f1, l.size = size, l.name = "skips";
+        rc = lora_generate(m, "a <hypernet:x:1>cat", dir, &l, 1, 1, warnings, &used, &err);
+        CHECK(rc == SD_OK && strstr(warnings, "'bundle_emb.x.string_to_param.*'") && strstr(warnings, "layers this model does not have") &&
+              strstr(warnings, "removed '<hypernet:x:1>'"), "skipped tensors and tags: rc %d (%s), warnings '%s'", rc, rc ? err.message : "", warnings);
+        free(f1);
+    }
+    CHECK(hash_bytes((const char *)lm->bytes, lm->size) == before, "the model's bytes changed");
+    run_pipeline_goldens(m, name, 0);   /* and it still gives the goldens */
+}
+
+/* Tag reading: A1111's arguments, and removal in one pass. */
+static void lora_check_tags(const sd_clip_vocab *v)
+{
+    static const struct { const char *tag; float te, unet; } args[] = {
+        {"<lora:x>", 1, 1}, {"<lora:x:0.8>", 0.8f, 0.8f}, {"<lora:x:0.8:0.5>", 0.8f, 0.5f}, {"<lora:x:-1.5>", -1.5f, -1.5f},
+        {"<lora:x:te=0.3:unet=0.4>", 0.3f, 0.4f}, {"<lora:x:0.5:te=0.7>", 0.7f, 0.7f}, {"<lyco:x: 2 >", 2, 2},
+    };
+    static const struct { const char *in, *out; } strip[] = {
+        {"a <lora:x:1>b <hypernet:y:2> c", "a b  c"}, {"<lo<lora:x:1>ra:y:1>", "<lora:y:1>"}, {"<a:> <:b> <a b:c> x<y:z", "<a:> <:b> <a b:c> x<y:z"},
+        {"caf\xc3\xa9<\xc3\xa9t\xc3\xa9:1>!", "caf\xc3\xa9!"}, {"BRE<lora:x:1>AK", "BREAK"},
+    };
+    char name[256], out[128];
+    sd_error err;
+    for (size_t i = 0; i < sizeof args / sizeof *args; i++) {
+        sd_lora l = {NULL, 0, 0, 0, NULL};
+        size_t kind, len = prompt_tag(v, args[i].tag, 0, prompt_tags_end(args[i].tag), &kind);
+        CHECK(len == strlen(args[i].tag) && lora_tag(args[i].tag, len, kind, name, sizeof name, &l, &err) == SD_OK && !strcmp(name, "x") &&
+              l.text_scale == args[i].te && l.unet_scale == args[i].unet, "tag %s: text %g, UNet %g", args[i].tag, l.text_scale, l.unet_scale);
+    }
+    for (size_t i = 0; i < sizeof strip / sizeof *strip; i++) {
+        size_t n = prompt_untagged(v, strip[i].in, out);
+        CHECK(!strcmp(out, strip[i].out) && n == strlen(out), "'%s' without tags is '%s', expected '%s'", strip[i].in, out, strip[i].out);
+        CHECK(prompt_chunk_bound(v, strip[i].in, 1, 0) == prompt_chunk_bound(v, out, 0, 0), "'%s': the dry run's chunk bound differs", strip[i].in);
+    }
+}
+
+static void test_lora(void)
+{
+    static const char *const names[2] = {"tiny-sd1", "tiny-sdxl"};
+    char path[1200], rel[1200], lora_path[1100], label[300];
+    lora_dir dir;
+    sd_arena *pa = test_arena(pool_arena_bytes(1) + SD_LORA_SCRATCH_BYTES + SD_ALIGN);
+    sd_pool pool;
+    sd_error err;
+    int before = n_fail, runs = 0;
+    snprintf(lora_path, sizeof lora_path, "%s/lora", golden_dir);
+    DIR *d = opendir(lora_path);
+    if (!d) { printf("note: no %s: the LoRA goldens are skipped\n", lora_path); free_arena(pa); return; }
+    closedir(d);
+    memset(&dir, 0, sizeof dir);
+    dir.dir = lora_path;
+    CHECK(pool_init(&pool, 1, pa, &err) == SD_OK && sd_pool_set_lora(&pool, NULL, pa, &err) == SD_OK, "pool");
+    pool_set_lora(&pool, NULL, pa, &err);   /* the scratch, once */
+    for (int i = 0; i < 2; i++)
+        for (int layout = 0; layout < 3; layout++) {   /* NAME-fp16.safetensors, NAME.safetensors, NAME-diffusers/ */
+            static const char *const layouts[3] = {"%s/models/%s-fp16.safetensors", "%s/models/%s.safetensors", "%s/models/%s-diffusers"};
+            unsigned char *keep[DIFFUSERS_PARTS + DIFFUSERS_CONFIGS] = {0};
+            loaded_model lm;
+            snprintf(path, sizeof path, layouts[layout], golden_dir, names[i]);
+            if (layout < 2 ? !file_exists(path) : !opendir_ok(path)) continue;
+            if (layout < 2 ? open_test_model(&lm, path) : open_diffusers_model(&lm, path, keep)) { unload_model(&lm); continue; }
+            snprintf(label, sizeof label, "LoRA on %s", strrchr(path, '/') + 1);
+            static const char *const goldens[2] = {"lora_text_encoder", "lora_unet"};
+            for (int k = 0; k < 2; k++) {
+                snprintf(rel, sizeof rel, "%s/%s.safetensors", names[i], goldens[k]);
+                golden_file *g = golden_open(rel);
+                if (!g) continue;
+                if (k == 0) lora_check_text(lm.model, g, &dir, &pool, label);
+                else lora_check_unet(lm.model, g, &dir, &pool, label);
+                golden_close(g);
+                runs++;
+            }
+            snprintf(rel, sizeof rel, "%s/%s", golden_dir, names[i]);
+            DIR *gd = opendir(rel);
+            for (struct dirent *f; gd && (f = readdir(gd)) != NULL; ) {
+                char pipe[400];
+                if (strncmp(f->d_name, "lora_txt2img_", 13)) continue;
+                snprintf(pipe, sizeof pipe, "%s/%.300s", names[i], f->d_name);
+                check_pipeline(lm.model, pipe);
+                if (layout == 0) check_pipeline_contracts(lm.model, pipe);
+                runs++;
+            }
+            if (gd) closedir(gd);
+            if (i == 0 && layout == 0) {
+                lora_check_tags(lm.model->vocab);
+                lora_check_threads(lm.model);
+                lora_check_cli(path, lora_path);
+                lora_check_errors(&lm, &dir, names[i]);
+            }
+            unload_model(&lm);
+            for (int k = 0; k < DIFFUSERS_PARTS + DIFFUSERS_CONFIGS; k++) free(keep[k]);
+        }
+    lora_dir_close(&dir);
+    pool_free(&pool);
+    free_arena(pa);
+    printf("lora: %d goldens run, %s\n", runs, n_fail == before ? "ok" : "FAILED");
 }
 
 int main(int argc, char **argv)
