@@ -2373,7 +2373,7 @@ static void test_kernels_threads(void)
     float *qkv = kt_floats((size_t)Nq * 3 * heads * d, 2.0f), *gx = kt_floats((size_t)HW * C, 3.0f);
     size_t ny = (size_t)M * N, nc = (size_t)B * H * W * Cout, na = (size_t)Nq * heads * d, ng = (size_t)HW * C;
     size_t total = ny + nc + 2 * na + ng + 2 * (size_t)((H + 1) / 2) * ((W + 1) / 2) * Cout + ny;
-    float *first = (float *)malloc(total * sizeof(float)), *out = (float *)malloc(total * sizeof(float));
+    float *first = (float *)calloc(total, sizeof(float)), *out = (float *)calloc(total, sizeof(float));   /* the (0, 1)-padded conv fills less than its part */
     for (int threads = 1; threads <= 4; threads++) {
         kt_pool *p = kt_pool_new(threads);
         float *o = threads == 1 ? first : out;
@@ -2406,6 +2406,70 @@ static void test_kernels_threads(void)
     kt_free_tensor(&w); kt_free_tensor(&b); kt_free_tensor(&cw); kt_free_tensor(&cb);
 }
 
+/* LoRA updates (lora_update): two adapters on one weight (another LoRA's chained after the
+   first), ranks so large that the [rows, rank] products go through the scratch in several
+   chunks of rows, for a linear layer and a strided convolution whose chunks start inside a batch
+   item (the last of 16 rows: the dot-product path) — against W·x + b + Σ s·up·(down·x) in double. */
+static void kt_lora_case(sd_pool *pool, int conv)
+{
+    /* linear: M x K -> N; conv: B H W Cin -> Cout, 3x3, stride 2, padding 1 */
+    int B = 2, H = 21, W = 19, Cin = 9, k = conv ? 3 : 1, s = conv ? 2 : 1, Ho = conv ? 11 : 0, Wo = conv ? 10 : 0;
+    int M = conv ? B * Ho * Wo : 700, K = conv ? Cin : 300, N = conv ? 10 : 200, ranks[2] = {conv ? 3855 : 1000, 7};
+    size_t nx = conv ? (size_t)B * H * W * Cin : (size_t)M * K, KK = (size_t)K * k * k;
+    sd_tensor w = kt_tensor(SD_F16, N, K, conv ? k : 0, conv ? k : 0, 1.0f), b = kt_tensor(SD_F32, N, 0, 0, 0, 1.0f), down[2], up[2];
+    float *x = kt_floats(nx, 1.0f), *y = (float *)malloc((size_t)M * N * sizeof(float)), scale[2] = {0.37f, -1.25f};
+    double *ref = (double *)malloc((size_t)M * N * sizeof(double)), *t = (double *)malloc((size_t)M * sizeof(double));
+    lora_adapter ad[2];
+    int32_t slot[16];
+    sd_lora_set set;
+    memset(&set, 0, sizeof set);
+    memset(ad, 0, sizeof ad);
+    for (int i = 0; i < 16; i++) slot[i] = -1;
+    for (int a = 0; a < 2; a++) {
+        down[a] = kt_tensor(a ? SD_BF16 : SD_F32, ranks[a], K, conv ? k : 0, conv ? k : 0, 1.0f / (float)sqrt((double)KK));
+        up[a] = kt_tensor(SD_F16, N, ranks[a], 0, 0, 1.0f / (float)sqrt((double)ranks[a]));
+        ad[a].base = &w, ad[a].down = &down[a], ad[a].up = &up[a], ad[a].rank = ranks[a], ad[a].scale = scale[a];
+    }
+    ad[0].next = &ad[1];
+    slot[lora_hash(&w) & 15] = 0;
+    set.adapters = ad, set.count = 2, set.slot = slot, set.mask = 15;
+    /* the reference: the convolution (or product) with the base weight, plus each adapter's */
+    if (conv) kt_conv_ref(ref, x, B, H, W, Cin, &w, &b, N, k, s, 1, 1);
+    else
+        for (int m = 0; m < M; m++)
+            for (int n = 0; n < N; n++) {
+                double acc = tensor_get(&b, (size_t)n);
+                for (int c = 0; c < K; c++) acc += (double)x[(size_t)m * K + c] * tensor_get(&w, (size_t)n * K + c);
+                ref[(size_t)m * N + n] = acc;
+            }
+    for (int a = 0; a < 2; a++)
+        for (int r = 0; r < ranks[a]; r++) {
+            sd_tensor one = down[a];   /* row r of down as a 1-output layer */
+            one.shape[0] = 1;
+            one.data = (const char *)down[a].data + (size_t)r * KK * sd_dtype_size(down[a].dtype);
+            if (conv) kt_conv_ref(t, x, B, H, W, Cin, &one, NULL, 1, k, s, 1, 1);
+            else kt_matmul_ref(t, x, &one, M, 1, K);
+            for (int m = 0; m < M; m++)
+                for (int n = 0; n < N; n++) ref[(size_t)m * N + n] += scale[a] * tensor_get(&up[a], (size_t)n * ranks[a] + r) * t[m];
+        }
+    float *scratch = (float *)malloc(SD_LORA_SCRATCH_BYTES);
+    pool->lora = &set, pool->lora_scratch = scratch;
+    if (conv) conv2d(pool, y, x, B, H, W, Cin, &w, &b, N, k, s, 1, 1);
+    else linear(pool, y, x, M, N, K, &w, &b);
+    pool->lora = NULL, pool->lora_scratch = NULL;
+    kt_close(conv ? "conv2d 3x3 s2 + two LoRAs (rank 3855: 3 chunks of 68 rows and one of 16, dot products; rank 7)" : "linear + two LoRAs (rank 1000 in 3 chunks, rank 7)",
+             y, ref, (size_t)M * N, 2e-6 * sqrt((double)KK + ranks[0]));
+    for (int a = 0; a < 2; a++) { kt_free_tensor(&down[a]); kt_free_tensor(&up[a]); }
+    kt_free_tensor(&w); kt_free_tensor(&b);
+    free(scratch); free(x); free(y); free(ref); free(t);
+}
+
+static void test_kernels_lora(sd_pool *pool)
+{
+    kt_lora_case(pool, 0);
+    kt_lora_case(pool, 1);
+}
+
 static void test_kernels(void)
 {
     kt_pool *p = kt_pool_new(2);
@@ -2413,6 +2477,7 @@ static void test_kernels(void)
     test_kernels_conv(&p->pool);
     test_kernels_attention(&p->pool);
     test_kernels_norms(&p->pool);
+    test_kernels_lora(&p->pool);
     kt_pool_free(p);
     test_kernels_elementwise();
     test_kernels_pool();
