@@ -3,6 +3,9 @@
      ./example -m model.safetensors -p "a lighthouse at dusk" -o out.png
      ./example -m diffusers_folder/ -p "a cat" -W 768 -H 512 --steps 30 -s 42
      ./example -m model.safetensors -i photo.png --strength 0.6 -p "oil painting"
+     ./example -m sd-v1-5-inpainting.safetensors -i photo.png --mask mask.png -p "a red sofa"
+     ./example -m instruct-pix2pix.safetensors -i photo.png -p "make it snowy" --image-cfg-scale 1.5
+     ./example -m model-q8_0.gguf -p "a cat"        (stable-diffusion.cpp's GGUF files, quantized too)
      ./example --inspect model.safetensors
 
    How it uses the library: files are mmap'd read-only (sd.h uses the weights in place), the
@@ -74,14 +77,22 @@ static double now(void)
 
 static int inspect(const char *path)
 {
-    size_t size = 0, arena_size = 64u << 20;
-    void *data = map_file(path, &size), *mem = malloc(arena_size);
+    size_t size = 0;
+    void *data = map_file(path, &size), *mem;
     sd_arena arena;
     sd_safetensors st;
     sd_error err;
+    sd_source src;
     if (!data) { fprintf(stderr, "cannot read %s: %s\n", path, strerror(errno)); return 1; }
+    memset(&src, 0, sizeof src);   /* what a model of this one file would need: its tables fit */
+    src.data[0] = data;
+    src.size[0] = size;
+    src.count = 1;
+    size_t arena_size = sd_model_arena_bytes(&src);
+    if (!(mem = malloc(arena_size))) { fprintf(stderr, "cannot allocate %zu bytes\n", arena_size); return 1; }
     sd_arena_init(&arena, mem, arena_size);
-    if (sd_safetensors_open(&st, data, size, &arena, &err)) {
+    int gguf = size >= 4 && !memcmp(data, "GGUF", 4);
+    if ((gguf ? sd_gguf_open : sd_safetensors_open)(&st, data, size, &arena, &err)) {
         fprintf(stderr, "%s: %s\n", path, err.message);
         return 1;
     }
@@ -91,7 +102,7 @@ static int inspect(const char *path)
         char shape[128] = "";
         for (int d = 0; d < t->ndim; d++)
             snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "%s%lld", d ? ", " : "", (long long)t->shape[d]);
-        printf("%-80s %-5s [%s] %zu\n", t->name, sd_dtype_name(t->dtype), shape, t->nbytes);
+        printf("%-80s %-5s [%s] %zu\n", t->name, sd_dtype_name(t->dtype), shape, t->nbytes);   /* PyTorch's shape order */
         total += t->nbytes;
     }
     for (int i = 0; i < st.meta_count; i++) printf("metadata %s = %s\n", st.meta_keys[i], st.meta_values[i]);
@@ -100,10 +111,11 @@ static int inspect(const char *path)
 }
 
 typedef struct options {
-    const char *model, *tokenizer, *prompt, *negative, *init, *output, *preview, *lora_dir;
+    const char *model, *tokenizer, *prompt, *negative, *init, *mask, *output, *preview, *lora_dir;
     int width, height, steps, threads, batch, clip_skip, verbose, have_seed, vae_tile;
+    int init_width, init_height;   /* the init image's own size */
     int sampler, karras, spacing, plain_prompt, turbo, have_steps, have_cfg, have_sampler, comma_wrap;
-    float cfg;
+    float cfg, image_cfg;
     double strength;
     uint64_t seed;
 } options;
@@ -112,8 +124,8 @@ static void usage(FILE *f)
 {
     fprintf(f,
         "usage: ./example -m MODEL -p PROMPT [options]\n"
-        "       ./example --inspect FILE.safetensors\n"
-        "  -m, --model PATH          single-file .safetensors checkpoint, or a diffusers folder\n"
+        "       ./example --inspect FILE.safetensors|FILE.gguf   tensors (name, type, shape, bytes) and metadata\n"
+        "  -m, --model PATH          single-file .safetensors or .gguf checkpoint, or a diffusers folder\n"
         "      --tokenizer FILE      CLIP merges.txt (default: next to the model, then weights/merges.txt)\n"
         "  -p, --prompt TEXT         what to draw\n"
         "  -n, --negative-prompt T   what to avoid (default: empty)\n"
@@ -122,8 +134,15 @@ static void usage(FILE *f)
         "      --cfg-scale X         classifier-free guidance scale (default 7.5)\n"
         "  -s, --seed N              random seed (default: random, printed)\n"
         "  -t, --threads N           threads (default: all cores)\n"
-        "  -i, --init-img FILE       img2img: start from this PNG/PPM (resized? no: must match -W/-H)\n"
-        "      --strength X          img2img: how much to change it, 0..1 (default 0.8)\n"
+        "  -i, --init-img FILE       img2img: start from this PNG/PPM (without -W/-H: its size rounded down\n"
+        "                            to a multiple of 8; resized otherwise); inpainting and InstructPix2Pix\n"
+        "                            models (9 / 8 UNet input channels) need it\n"
+        "      --mask FILE           inpainting: PNG/PPM of the init image's size (resized with it),\n"
+        "                            white (>= 128) = repaint;\n"
+        "                            with an ordinary model the kept area is blended back after each step\n"
+        "      --strength X          how much to change the init image, 0..1 (default 0.8; inpainting 1,\n"
+        "                            SDXL inpainting 0.9999)\n"
+        "      --image-cfg-scale X   InstructPix2Pix: how closely to follow the init image (default 1.5)\n"
         "  -o, --output FILE         .png or .ppm (default output.png; with -b N: output_2.png, ...)\n"
         "  -b, --batch-count N       images to make, seeds seed, seed+1, ...\n"
         "      --clip-skip N         stop the text encoder N-1 layers early (A1111 style)\n"
@@ -175,13 +194,13 @@ static void lora_dir_close(lora_dir *d)
 }
 
 /* What the callbacks of one generation share. */
-typedef struct progress_state { double start; const char *preview_dir; lora_dir *loras; } progress_state;
+typedef struct progress_state { double start; const char *preview_dir; } progress_state;
 
 /* sd_params.lora_resolve: NAME.safetensors in the LoRA folder. A NAME that would leave the
    folder ('/', '\\', a leading '.') is no LoRA. */
 static int lora_from_dir(void *user, const char *name, const void **data, size_t *size)
 {
-    lora_dir *d = ((const progress_state *)user)->loras;
+    lora_dir *d = (lora_dir *)user;
     char path[4096];
     int i = 0;
     if (!d || !d->dir || !*name || name[0] == '.' || strchr(name, '/') || strchr(name, '\\') || strlen(name) >= sizeof d->name[0]) return 1;
@@ -293,8 +312,100 @@ static void parameters_text(char *buf, size_t cap, const options *o, uint64_t se
     static const char *const samplers[4] = {"DDIM", "Euler", "Euler a", "DPM++ 2M"};
     snprintf(buf + n, cap > (size_t)n ? cap - n : 0, "Steps: %d, Sampler: %s%s, CFG scale: %g, Seed: %llu, Size: %dx%d, Model: %s%s",
              o->steps, samplers[o->sampler], o->karras ? " Karras" : "", o->cfg, (unsigned long long)seed, o->width, o->height,
-             name, o->init ? ", Denoising strength: " : "");
-    if (o->init) snprintf(buf + strlen(buf), cap - strlen(buf), "%g", o->strength);
+             name, o->init && o->strength > 0 ? ", Denoising strength: " : "");
+    if (o->init && o->strength > 0) snprintf(buf + strlen(buf), cap - strlen(buf), "%g", o->strength);
+}
+
+/* The Lanczos-3 kernel. */
+static double lanczos3(double x)
+{
+    const double pi = 3.14159265358979323846;
+    if (x == 0) return 1;
+    if (x <= -3 || x >= 3) return 0;
+    return 3 * sin(pi * x) * sin(pi * x / 3) / (pi * pi * x * x);
+}
+
+/* One axis of a resize: n lines of `len` samples, `channels` interleaved, from `in` source samples
+   to `out`; src steps by `stride` between samples. Each output sample is a Lanczos-3 weighted sum,
+   the kernel widened by the scale when shrinking (antialiasing), as PIL's resize(LANCZOS) does. */
+static void resample_axis(const float *src, float *dst, int in, int out, int lines, int channels, size_t src_step, size_t src_line,
+                          size_t dst_step, size_t dst_line)
+{
+    double scale = (double)in / out, widen = scale > 1 ? scale : 1, support = 3 * widen;
+    for (int o = 0; o < out; o++) {
+        double center = (o + 0.5) * scale, weights[64], total = 0;
+        int first = (int)floor(center - support + 0.5), last = (int)floor(center + support + 0.5), taps = 0;
+        if (first < 0) first = 0;
+        if (last > in) last = in;
+        if (last - first > 64) last = first + 64;
+        for (int i = first; i < last; i++) total += weights[taps++] = lanczos3((i + 0.5 - center) / widen);
+        for (int l = 0; l < lines; l++)
+            for (int c = 0; c < channels; c++) {
+                double v = 0;
+                for (int t = 0; t < taps; t++) v += weights[t] * src[(size_t)l * src_line + (size_t)(first + t) * src_step + c];
+                dst[(size_t)l * dst_line + (size_t)o * dst_step + c] = (float)(total != 0 ? v / total : 0);
+            }
+    }
+}
+
+/* img (channels x w x h, 8-bit, interleaved) resized to dw x dh with Lanczos-3, as diffusers' and
+   AUTOMATIC1111's image preprocessing does (PIL); the old buffer is freed. NULL if out of memory. */
+static uint8_t *image_resize(uint8_t *img, int channels, int w, int h, int dw, int dh)
+{
+    float *a = (float *)malloc((size_t)w * h * channels * sizeof(float)), *b = (float *)malloc((size_t)dw * h * channels * sizeof(float));
+    float *c = (float *)malloc((size_t)dw * dh * channels * sizeof(float));
+    uint8_t *out = (uint8_t *)malloc((size_t)dw * dh * channels);
+    if (a && b && c && out) {
+        for (size_t i = 0; i < (size_t)w * h * channels; i++) a[i] = img[i];
+        resample_axis(a, b, w, dw, h, channels, channels, (size_t)w * channels, channels, (size_t)dw * channels);   /* rows */
+        resample_axis(b, c, h, dh, dw, channels, (size_t)dw * channels, channels, (size_t)dw * channels, channels);  /* columns */
+        for (size_t i = 0; i < (size_t)dw * dh * channels; i++) out[i] = (uint8_t)(c[i] < 0 ? 0 : c[i] > 255 ? 255 : c[i] + 0.5f);
+    } else {
+        free(out);
+        out = NULL;
+    }
+    free(a); free(b); free(c); free(img);
+    return out;
+}
+
+/* The init image at the generation's size: -W/-H if given, else its own size rounded down to a
+   multiple of 8; resized when that differs (said on stderr). */
+static uint8_t *init_read(options *o)
+{
+    int w, h;
+    char msg[512];
+    uint8_t *rgb = image_read(o->init, &w, &h, msg, sizeof msg);
+    if (!rgb) { fprintf(stderr, "%s\n", msg); return NULL; }
+    o->init_width = w;
+    o->init_height = h;
+    if (!o->width) o->width = w < 8 ? 8 : w / 8 * 8;
+    if (!o->height) o->height = h < 8 ? 8 : h / 8 * 8;
+    if (o->width == w && o->height == h) return rgb;
+    fprintf(stderr, "%s: %dx%d resized to %dx%d\n", o->init, w, h, o->width, o->height);
+    if (!(rgb = image_resize(rgb, 3, w, h, o->width, o->height))) fprintf(stderr, "out of memory resizing %s\n", o->init);
+    return rgb;
+}
+
+/* An inpainting mask as 8-bit grey, PIL's convert("L") luma of the file's RGB (grey files give
+   their own values), which must have the init image's size; resized with it. */
+static uint8_t *mask_read(const options *o)
+{
+    int w, h;
+    char msg[512];
+    uint8_t *rgb = image_read(o->mask, &w, &h, msg, sizeof msg), *grey;
+    if (!rgb) { fprintf(stderr, "%s\n", msg); return NULL; }
+    if (w != o->init_width || h != o->init_height) {
+        fprintf(stderr, "%s is %dx%d but the init image is %dx%d: the mask must have the image's size\n", o->mask, w, h,
+                o->init_width, o->init_height);
+        free(rgb);
+        return NULL;
+    }
+    grey = rgb;   /* in place: pixel i is read before byte i is written */
+    for (size_t i = 0; i < (size_t)w * h; i++)
+        grey[i] = (uint8_t)((rgb[3 * i] * 19595u + rgb[3 * i + 1] * 38470u + rgb[3 * i + 2] * 7471u + 0x8000u) >> 16);
+    if ((w != o->width || h != o->height) && !(grey = image_resize(grey, 1, w, h, o->width, o->height)))
+        fprintf(stderr, "out of memory resizing %s\n", o->mask);
+    return grey;
 }
 
 static int run(options *o)
@@ -304,20 +415,12 @@ static int run(options *o)
     sd_model_info info;
     sd_params p;
     sd_error err;
-    uint8_t *init = NULL;
+    uint8_t *init = NULL, *mask = NULL;
     if (load_model(o, &model, &model_arena)) return 1;
     sd_model_get_info(model, &info);
-    if (o->init) {
-        int w, h;
-        char msg[512];
-        if (!(init = image_read(o->init, &w, &h, msg, sizeof msg))) { fprintf(stderr, "%s\n", msg); return 1; }
-        if ((o->width && o->width != w) || (o->height && o->height != h)) {
-            fprintf(stderr, "%s is %dx%d but -W/-H ask for %dx%d: resize it first\n", o->init, w, h, o->width, o->height);
-            return 1;
-        }
-        o->width = w;
-        o->height = h;
-    }
+    if (o->init && !(init = init_read(o))) return 1;
+    if (o->mask && !o->init) { fprintf(stderr, "--mask needs an init image (-i)\n"); return 1; }
+    if (o->mask && !(mask = mask_read(o))) return 1;
     if (!o->width) o->width = 512;
     if (!o->height) o->height = 512;
     sd_params_init(&p);
@@ -337,12 +440,15 @@ static int run(options *o)
     p.comma_wrap = o->comma_wrap;
     p.init_rgb = init;
     p.strength = o->strength;
+    p.mask = mask;
+    p.image_guidance = o->image_cfg;
     lora_dir loras;
-    progress_state state = {now(), o->preview, &loras};
+    progress_state state = {now(), o->preview};
     char warnings[2048];
     memset(&loras, 0, sizeof loras);
     loras.dir = o->lora_dir;
     p.lora_resolve = lora_from_dir;
+    p.lora_user = &loras;
     p.user = &state;
     p.warnings = warnings;
     p.warnings_size = sizeof warnings;
@@ -355,8 +461,9 @@ static int run(options *o)
         fprintf(stderr, "%s\n", err.message);
         return 1;
     }
-    fprintf(stderr, "model: %s (%s prediction%s), text %d wide x %d layers, VAE scale %g\n",
+    fprintf(stderr, "model: %s%s (%s prediction%s), text %d wide x %d layers, VAE scale %g\n",
             info.version == SD_VERSION_XL ? "SDXL" : info.version == SD_VERSION_2 ? "SD 2" : "SD 1",
+            info.unet_in_channels == 9 ? " inpainting" : info.unet_in_channels == 8 ? " InstructPix2Pix" : "",
             info.prediction == SD_PREDICT_V ? "v" : "epsilon", info.diffusers ? ", diffusers folder" : "",
             info.text_width, info.text_layers, info.vae_scale);
     fprintf(stderr, "%dx%d, %d steps, cfg %g, %d threads, arena %.1f MiB (+%.1f MiB model tables)\n", p.width, p.height,
@@ -414,7 +521,7 @@ int main(int argc, char **argv)
     o.output = "output.png";
     o.steps = 20;
     o.cfg = 7.5f;
-    o.strength = 0.8;
+    o.image_cfg = 1.5f;
     o.batch = 1;
     o.spacing = -1;
     o.threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
@@ -438,7 +545,9 @@ int main(int argc, char **argv)
         else if (FLAG("-s", "--seed")) { o.seed = strtoull(VALUE(), NULL, 10); o.have_seed = 1; }
         else if (FLAG("-t", "--threads")) o.threads = parse_int(VALUE(), 1, SD_MAX_THREADS, a);
         else if (FLAG("-i", "--init-img")) o.init = VALUE();
-        else if (!strcmp(a, "--strength")) o.strength = parse_float(VALUE(), 0, 1, a);
+        else if (!strcmp(a, "--strength")) o.strength = parse_float(VALUE(), 1e-6, 1, a);
+        else if (!strcmp(a, "--mask")) o.mask = VALUE();
+        else if (!strcmp(a, "--image-cfg-scale")) o.image_cfg = (float)parse_float(VALUE(), 0, 100, a);
         else if (FLAG("-o", "--output")) o.output = VALUE();
         else if (FLAG("-b", "--batch-count")) o.batch = parse_int(VALUE(), 1, 10000, a);
         else if (!strcmp(a, "--clip-skip")) o.clip_skip = parse_int(VALUE(), 0, 64, a);

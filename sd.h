@@ -43,7 +43,8 @@
    CONTRACTS
      Memory   sd.h never calls malloc/free. Everything comes from an sd_arena the caller
               initialises over a block of its own; weights are used in place from the caller's
-              safetensors bytes (read or mmap'd), never copied whole.
+              safetensors or GGUF bytes (read or mmap'd), never copied whole; quantized GGUF
+              blocks are dequantized to float32 as the kernels read them.
      Errors   every fallible call returns 0 on success or an SD_ERR_* code, and fills the
               caller's sd_error with a message that says what and where. On failure the arena
               is put back where it was, so the caller's state is intact.
@@ -53,7 +54,8 @@
    CONTENTS
      1. Public API and configuration
      2. Arena
-     3. safetensors reader (and the small strict JSON parser it needs)
+     3. safetensors and GGUF readers (the small strict JSON parser safetensors needs, GGUF's
+        quantized blocks)
      4. Compute kernels: GEMM, conv2d, LoRA updates, norms, attention, activations; thread pool
      5. Tokenizer (CLIP BPE), prompt weighting and long prompts
      6. Text encoder (CLIP ViT-L/14 for SD1, OpenCLIP ViT-H for SD2, both of SDXL's)
@@ -105,14 +107,19 @@ SD_API void  *sd_arena_alloc(sd_arena *a, size_t bytes, sd_error *err); /* NULL 
 SD_API size_t sd_arena_mark(const sd_arena *a);
 SD_API void   sd_arena_reset(sd_arena *a, size_t mark);
 
-/* Element types of safetensors files. */
+/* Element types of safetensors and GGUF files. The Q types are GGUF's quantized blocks (ggml's
+   q8_0 ... q6_K): a row's values come in blocks of 32 or 256 (sd_dtype_block), each a few bits
+   per value with fp16 scales; sd.h dequantizes them to float32 as the kernels read them. */
 typedef enum sd_dtype {
-    SD_F32, SD_F16, SD_BF16, SD_F64, SD_I64, SD_I32, SD_I16, SD_I8, SD_U8, SD_BOOL, SD_DTYPE_COUNT
+    SD_F32, SD_F16, SD_BF16, SD_F64, SD_I64, SD_I32, SD_I16, SD_I8, SD_U8, SD_BOOL,
+    SD_Q8_0, SD_Q4_0, SD_Q4_1, SD_Q5_0, SD_Q5_1, SD_Q2_K, SD_Q3_K, SD_Q4_K, SD_Q5_K, SD_Q6_K,
+    SD_DTYPE_COUNT
 } sd_dtype;
 
 #define SD_MAX_DIMS 8
 
-/* A tensor as stored in a file: its bytes stay in the caller's buffer. */
+/* A tensor as stored in a file: its bytes stay in the caller's buffer. shape is PyTorch's order
+   (outermost first; a GGUF file's ne reversed); nbytes is the stored size. */
 typedef struct sd_tensor {
     const char *name;
     sd_dtype dtype;
@@ -122,7 +129,8 @@ typedef struct sd_tensor {
     size_t nbytes;
 } sd_tensor;
 
-/* One opened safetensors file: a table of tensors and the string pairs of `__metadata__`. */
+/* One opened safetensors (or GGUF) file: a table of tensors and the string pairs of
+   `__metadata__` (GGUF: its key-value pairs, see sd_gguf_open). */
 typedef struct sd_safetensors {
     const unsigned char *bytes;  /* the caller's buffer */
     size_t size;
@@ -141,8 +149,18 @@ SD_API int sd_safetensors_open(sd_safetensors *st, const void *data, size_t size
 SD_API const sd_tensor *sd_safetensors_find(const sd_safetensors *st, const char *name);
 SD_API const char *sd_safetensors_meta(const sd_safetensors *st, const char *key);
 
-SD_API const char *sd_dtype_name(sd_dtype t);  /* "F32", "F16", ... */
-SD_API size_t sd_dtype_size(sd_dtype t);
+/* The same for a GGUF file (version 2 or 3, as stable-diffusion.cpp's converter writes them):
+   the same table, shapes in PyTorch order, types F32, F16, BF16, the Q block types (and ggml's
+   I8..I64, F64). Every count, size and offset is checked against the buffer; tensors may not
+   overlap; a block type's rows (the last dimension) must be whole blocks. Metadata: string,
+   number and bool values become pairs (numbers as decimal text, bools "true"/"false"); arrays
+   are checked and skipped. */
+SD_API int sd_gguf_open(sd_safetensors *st, const void *data, size_t size, sd_arena *a, sd_error *err);
+
+SD_API const char *sd_dtype_name(sd_dtype t);  /* "F32", "F16", ..., "Q8_0", "Q4_K" */
+SD_API size_t sd_dtype_size(sd_dtype t);       /* bytes of one element; 0 for the block types */
+SD_API size_t sd_dtype_block(sd_dtype t, int *elements);   /* bytes of one block of *elements
+                                                              values (1 for the other types) */
 SD_API int64_t sd_tensor_numel(const sd_tensor *t);
 SD_API float sd_f16_to_f32(uint16_t h);
 SD_API float sd_bf16_to_f32(uint16_t h);
@@ -316,8 +334,9 @@ typedef struct sd_unet_cond {
 SD_API size_t sd_unet_arena_bytes(const sd_unet_model *unet, int batch, int h, int w, int context_len);
 
 /* One denoiser evaluation of a batch (batch 2: classifier-free guidance's unconditional and
-   conditional halves in one pass). x [batch, 4, h, w] latents (NCHW), timesteps [batch] (may be
-   fractional); out [batch, 4, h, w] gets the prediction (epsilon, or v for v-prediction
+   conditional halves in one pass). x [batch, in_channels, h, w] (NCHW): the latents, and for
+   inpainting UNets (9 input channels) the latent mask and the masked image's latent after them,
+   for InstructPix2Pix UNets (8) the image's latent; timesteps [batch] (may be fractional); out [batch, 4, h, w] gets the prediction (epsilon, or v for v-prediction
    models). Any h, w: odd sizes are rounded up on the way down and come back as diffusers
    brings them back. The arena is scratch only. */
 SD_API int sd_unet(const sd_unet_model *unet, const float *x, const float *timesteps,
@@ -510,6 +529,19 @@ SD_API int sd_add_noise(const sd_schedule *s, int t, const float *x0, const floa
 
 /* Classifier-free guidance: out = uncond + scale·(cond - uncond). */
 SD_API void sd_guidance(const float *uncond, const float *cond, float scale, size_t n, float *out);
+/* InstructPix2Pix's guidance over its three predictions (text + image, image only, neither):
+   out = uncond + scale·(text - image) + image_scale·(image - uncond). */
+SD_API void sd_image_guidance(const float *text, const float *image, const float *uncond, float scale,
+                              float image_scale, size_t n, float *out);
+
+/* Inpainting's inputs, as diffusers' VaeImageProcessor prepares them. mask: 8-bit grey height x
+   width (>= 128 = repaint, as mask / 255 >= 0.5); mask_image (may be NULL) gets it binarized,
+   [height, width] of 0 and 1; mask_latent (may be NULL) the latent mask [height/8, width/8]: the
+   top-left pixel of each 8 x 8 block (nearest downsampling), 0 or 1. */
+SD_API void sd_inpaint_mask(const uint8_t *mask, int height, int width, float *mask_image, float *mask_latent);
+/* The masked image [3, height, width] NCHW in [-1, 1]: rgb (RGB8 HWC) where the mask keeps it,
+   0 (mid grey) where it repaints. */
+SD_API void sd_masked_image(const uint8_t *rgb, const uint8_t *mask, int height, int width, float *out);
 
 /* Which sampler walks the UNet back from noise (diffusers' scheduler classes). DDIM stays first,
    so that 0 means DDIM. */
@@ -560,9 +592,13 @@ SD_API int sd_sampler_step(sd_sampler *smp, int k, const float *x, const float *
 SD_API int sd_sampler_add_noise(const sd_sampler *smp, int k, const float *x0, const float *noise,
                                 size_t n, float *out, sd_error *err);
 
-/* What a model is made of: one single-file checkpoint, or the safetensors files of a diffusers
-   folder (unet, vae and text_encoder files, in any order), plus CLIP's merges.txt. The bytes stay
-   the caller's (read or mmap'd) and must outlive the model. */
+/* What a model is made of: one single-file checkpoint (safetensors or GGUF, told apart by the
+   GGUF magic), or the safetensors files of a diffusers folder (unet, vae and text_encoder files,
+   in any order), plus CLIP's merges.txt. The bytes stay the caller's (read or mmap'd) and must
+   outlive the model. The file whose metadata has `sd.version` describes the model (sd.* keys,
+   see the golden set's README); a file without any (a GGUF from stable-diffusion.cpp's
+   converter) can be described by adding a safetensors file that holds only a `__metadata__`
+   table ({"__metadata__": {"sd.version": "1", ...}}, no tensors). */
 #define SD_MAX_FILES 4
 typedef struct sd_source {
     const void *data[SD_MAX_FILES];
@@ -586,8 +622,9 @@ typedef struct sd_model sd_model;
    MB of the arena (the tokenizer's) and no weight copies. */
 SD_API int sd_model_load(sd_model **model, const sd_source *src, sd_arena *a, sd_error *err);
 
-/* Arena bytes that are enough for sd_model_load of these files (a bound from the header sizes;
-   the tables are a few MB: nothing is copied). */
+/* Arena bytes that are enough for sd_model_load of these files (a bound from the header sizes,
+   for GGUF files from their counts of tensors and metadata; the tables are a few MB: nothing is
+   copied). */
 SD_API size_t sd_model_arena_bytes(const sd_source *src);
 
 /* What was found, for display. */
@@ -597,6 +634,7 @@ typedef struct sd_model_info {
     int prediction;   /* SD_PREDICT_EPSILON or SD_PREDICT_V */
     int diffusers;   /* 1 if loaded from a diffusers folder's files */
     int text_width, text_layers;   /* context width (SDXL: both encoders'), first encoder's layers */
+    int unet_in_channels;   /* 4, or 9 for inpainting and 8 for InstructPix2Pix models */
     float vae_scale;
 } sd_model_info;
 SD_API void sd_model_get_info(const sd_model *model, sd_model_info *info);
@@ -615,7 +653,8 @@ typedef struct sd_params {
        (the tables are planned from the files' headers): it must give the same bytes each time.
        As in A1111 and stable-diffusion.cpp, tags in negative_prompt stay plain text; other
        <word:...> tags (hypernetworks, ...) are removed with a warning, as A1111 does. */
-    int (*lora_resolve)(void *user, const char *name, const void **data, size_t *size);
+    int (*lora_resolve)(void *lora_user, const char *name, const void **data, size_t *size);
+    void *lora_user;   /* lora_resolve's first argument */
     const sd_lora *loras;   /* more LoRAs, not from tags: applied after the tags' ones */
     int lora_count;
     char *warnings;   /* optional: what was skipped (LoRA tensors, tags), one line each; "" if nothing */
@@ -638,13 +677,27 @@ typedef struct sd_params {
     int vae_tile;   /* 0 (default): decode the whole latent at once, exactly as diffusers; N: in
                        overlapping N x N latent tiles (memory flat in the image size, seams
                        blended, colours within a few percent of the whole decode) */
-    const uint8_t *init_rgb;   /* img2img: RGB8 width x height image, or NULL for txt2img */
-    double strength;   /* img2img: how much of the schedule to run (default 0.8) */
+    const uint8_t *init_rgb;   /* img2img: RGB8 width x height image, or NULL for txt2img; needed
+                                  by inpainting and InstructPix2Pix models (UNets with 9 and 8 input
+                                  channels), which take it as extra UNet input channels */
+    const uint8_t *mask;   /* inpainting: 8-bit grey width x height, >= 128 = repaint (white), or
+                              NULL. With a 9-channel model: its mask and masked-image latent are UNet
+                              inputs; with an ordinary model: after each step the kept area is reset
+                              to the init image's latent noised to the next step (diffusers' blend) */
+    double strength;   /* how much of the schedule to run, in (0, 1]; 0 (default): the pipeline's
+                          own, 0.8 for img2img, 1 for inpainting (SDXL 0.9999, as diffusers); an
+                          inpainting strength of exactly 1 starts from pure noise */
+    float image_guidance;   /* InstructPix2Pix: how closely to follow the init image (default 1.5);
+                               guidance runs when guidance > 1 and image_guidance >= 1 */
     int original_size[2], crop_top_left[2], target_size[2];   /* SDXL size conditioning, pixels
                        (height, width), (top, left); 0, 0 = the defaults: the image size, 0, 0, the image size */
-    const float *initial_latents;   /* optional [1, 4, h/8, w/8] instead of noise from the seed */
-    const float *posterior_noise;   /* optional img2img noise for the VAE posterior sample */
-    const float *noise;   /* optional img2img noise added at the start timestep */
+    /* Optional given noise instead of draws from the seed (diffusers' latents= and the tests'
+       fixed draws), each [1, 4, h/8, w/8], for the first image of a batch: */
+    const float *initial_latents;   /* txt2img and InstructPix2Pix: the starting noise */
+    const float *posterior_noise;   /* img2img and inpainting: the init image's posterior sample */
+    const float *noise;   /* img2img and inpainting: the noise added at the start timestep (the
+                             starting noise of an inpainting at strength 1) */
+    const float *masked_image_noise;   /* inpainting: the masked image's posterior sample */
     const float *step_noise;   /* optional [steps, 4, h/8, w/8]: the noise Euler a (and DDIM with
                                   eta > 0) adds at each step, instead of draws from the seed */
     float *latents_out;   /* optional: the final latents [1, 4, h/8, w/8] */
@@ -772,18 +825,40 @@ static void *arena_array(sd_arena *a, size_t count, size_t size, sd_error *err)
 }
 #define arena_floats(a, n, err) ((float *)arena_array((a), (size_t)(n), sizeof(float), (err)))
 
-/* ---- 3. safetensors reader ---------------------------------------------------------------- */
+/* ---- 3. safetensors and GGUF readers ------------------------------------------------------ */
 /* Format: 8-byte little-endian header length N, N bytes of JSON
    {"name": {"dtype": "F16", "shape": [..], "data_offsets": [begin, end]}, ...,
-    "__metadata__": {"key": "value", ...}}, then the data region that the offsets index. */
+    "__metadata__": {"key": "value", ...}}, then the data region that the offsets index.
+   GGUF files (below the safetensors reader) fill the same table. */
 
-static const struct { const char *name; size_t size; } dtype_info[SD_DTYPE_COUNT] = {
-    {"F32", 4}, {"F16", 2}, {"BF16", 2}, {"F64", 8}, {"I64", 8},
-    {"I32", 4}, {"I16", 2}, {"I8", 1}, {"U8", 1}, {"BOOL", 1},
+/* name, bytes of a block, values in a block (1: a plain element type) */
+static const struct { const char *name; size_t size; int block; } dtype_info[SD_DTYPE_COUNT] = {
+    {"F32", 4, 1}, {"F16", 2, 1}, {"BF16", 2, 1}, {"F64", 8, 1}, {"I64", 8, 1},
+    {"I32", 4, 1}, {"I16", 2, 1}, {"I8", 1, 1}, {"U8", 1, 1}, {"BOOL", 1, 1},
+    {"Q8_0", 34, 32}, {"Q4_0", 18, 32}, {"Q4_1", 20, 32}, {"Q5_0", 22, 32}, {"Q5_1", 24, 32},
+    {"Q2_K", 84, 256}, {"Q3_K", 110, 256}, {"Q4_K", 144, 256}, {"Q5_K", 176, 256}, {"Q6_K", 210, 256},
 };
+#define DTYPE_MAX_BLOCK 256   /* the most values in one block (the K types') */
+
+static int dtype_is_block(sd_dtype t) { return (unsigned)t < SD_DTYPE_COUNT && dtype_info[t].block > 1; }
+/* The types a weight may have: the kernels convert these to f32 as they read them. */
+static int dtype_is_weight(sd_dtype t) { return t == SD_F32 || t == SD_F16 || t == SD_BF16 || dtype_is_block(t); }
 
 SD_API const char *sd_dtype_name(sd_dtype t) { return (unsigned)t < SD_DTYPE_COUNT ? dtype_info[t].name : "?"; }
-SD_API size_t sd_dtype_size(sd_dtype t) { return (unsigned)t < SD_DTYPE_COUNT ? dtype_info[t].size : 0; }
+SD_API size_t sd_dtype_size(sd_dtype t) { return (unsigned)t < SD_DTYPE_COUNT && !dtype_is_block(t) ? dtype_info[t].size : 0; }
+SD_API size_t sd_dtype_block(sd_dtype t, int *elements)
+{
+    if (elements) *elements = (unsigned)t < SD_DTYPE_COUNT ? dtype_info[t].block : 0;
+    return (unsigned)t < SD_DTYPE_COUNT ? dtype_info[t].size : 0;
+}
+
+/* Bytes that n values of type t take from a block boundary on (n a whole number of blocks):
+   how views into rows of a weight find their bytes whatever the type. */
+static size_t dtype_bytes(sd_dtype t, uint64_t n)
+{
+    SD_ASSERT(n % (uint64_t)dtype_info[t].block == 0);
+    return (size_t)(n / (uint64_t)dtype_info[t].block * dtype_info[t].size);
+}
 
 SD_API int64_t sd_tensor_numel(const sd_tensor *t)
 {
@@ -837,6 +912,128 @@ SD_API uint16_t sd_f32_to_f16(float f)
     return (uint16_t)(sign | half);
 }
 
+/* ---- quantized blocks: GGUF's weight types, dequantized as ggml defines them ----
+   A block type stores each row of a tensor (its last PyTorch dimension, GGUF's ne[0]) as whole
+   blocks of 32 values (q4_0 ... q8_0) or 256 (the "K" types), so element e of the tensor is
+   value e % n of block e / n. A block holds small integers and fp16 scales (little-endian,
+   subnormals included); a value is d·q, d·q + m or (d·s)·q - dmin·m with s, m small sub-block
+   scales. Each product is exact in float32 (at most 24 significant bits) and at most one add
+   rounds, so every value is one correctly rounded float, whatever the order of evaluation: the
+   very numbers ggml's dequantize_row_* (its to_float) gives, -0.0 included. Written from the
+   layouts below (README of the golden set, section 13), one decoder per type. */
+
+static float f16_le(const unsigned char *p) { return sd_f16_to_f32((uint16_t)(p[0] | p[1] << 8)); }
+
+/* q4_K / q5_K: the 6-bit scale and min of sub-block i (of 8), packed in 12 bytes: for i < 4 in
+   the low 6 bits of bytes i and i + 4; for i >= 4 a nibble of byte i + 4 plus the top 2 bits of
+   bytes i - 4 (scale) and i (min). */
+static void k_scale_min(const unsigned char *s, int i, float *sc, float *m)
+{
+    *sc = (float)(i < 4 ? s[i] & 63 : (s[i + 4] & 15) | (s[i - 4] >> 6) << 4);
+    *m = (float)(i < 4 ? s[i + 4] & 63 : (s[i + 4] >> 4) | (s[i] >> 6) << 4);
+}
+
+/* One block of type t at b → its dtype_info[t].block values in y. */
+static void dequant_block(sd_dtype t, const unsigned char *b, float *y)
+{
+    switch (t) {
+    case SD_Q8_0: {   /* d f16, qs[32] int8: qs[e]·d */
+        float d = f16_le(b);
+        for (int e = 0; e < 32; e++) y[e] = (float)(int8_t)b[2 + e] * d;
+        return;
+    }
+    case SD_Q4_0: case SD_Q4_1: case SD_Q5_0: case SD_Q5_1: {
+        /* d f16, (q4_1, q5_1: m f16), (q5: qh u32), qs[16]: element e < 16 is the low nibble of
+           qs[e], element e >= 16 the high nibble of qs[e - 16]; the q5 types take bit e of qh as
+           a fifth bit. q4_0: (n - 8)·d, q5_0: (n - 16)·d, q4_1 and q5_1: n·d + m. */
+        int with_min = t == SD_Q4_1 || t == SD_Q5_1, five = t == SD_Q5_0 || t == SD_Q5_1;
+        float d = f16_le(b), m = with_min ? f16_le(b + 2) : 0.0f;
+        const unsigned char *q = b + (with_min ? 4 : 2);
+        uint32_t qh = 0;
+        if (five) { qh = q[0] | (uint32_t)q[1] << 8 | (uint32_t)q[2] << 16 | (uint32_t)q[3] << 24; q += 4; }
+        int offset = with_min ? 0 : five ? 16 : 8;
+        for (int e = 0; e < 32; e++) {
+            int n = (e < 16 ? q[e] & 15 : q[e - 16] >> 4) | (int)((qh >> e & 1) << 4);
+            y[e] = with_min ? (float)n * d + m : (float)(n - offset) * d;
+        }
+        return;
+    }
+    case SD_Q4_K: case SD_Q5_K: {
+        /* d, dmin f16, scales[12], (q5_K: qh[32]), qs[128]: eight sub-blocks of 32; the 64 values
+           of sub-blocks 2j, 2j + 1 are the low, then the high nibbles of qs[32j .. 32j + 31];
+           q5_K's fifth bit of value l of sub-block i is bit i of qh[l]. (d·sc)·n - dmin·m. */
+        float d = f16_le(b), dmin = f16_le(b + 2);
+        const unsigned char *scales = b + 4, *qh = b + 16, *qs = b + (t == SD_Q5_K ? 48 : 16);
+        for (int i = 0; i < 8; i++) {
+            float sc, m;
+            k_scale_min(scales, i, &sc, &m);
+            float ds = d * sc, dm = dmin * m;
+            for (int l = 0; l < 32; l++) {
+                int n = qs[32 * (i / 2) + l] >> 4 * (i & 1) & 15;
+                if (t == SD_Q5_K) n |= (qh[l] >> i & 1) << 4;
+                y[32 * i + l] = ds * (float)n - dm;
+            }
+        }
+        return;
+    }
+    case SD_Q6_K: {
+        /* ql[128], qh[64], scales[16] int8, d f16 last. Value e = 128h + 32k + l (k < 4, l < 32):
+           4 low bits from ql[64h + 32(k & 1) + l] (low nibble for k < 2, high for k >= 2), 2
+           high bits from qh[32h + l] >> 2k; d·scales[e / 16]·(q - 32). */
+        float d = f16_le(b + 208);
+        for (int e = 0; e < 256; e++) {
+            int h = e / 128, k = e / 32 % 4, l = e % 32;
+            int lo = b[64 * h + 32 * (k & 1) + l] >> 4 * (k >> 1) & 15, hi = b[128 + 32 * h + l] >> 2 * k & 3;
+            y[e] = d * (float)(int8_t)b[192 + e / 16] * (float)((lo | hi << 4) - 32);
+        }
+        return;
+    }
+    case SD_Q2_K: case SD_Q3_K: {
+        /* 2-bit quants q of value e = 128h + 32j + l (l < 32): (qs[32h + l] >> 2j) & 3, with 16
+           sub-blocks of 16 values. q2_K: scales[16], qs[64], d, dmin f16 last; sub-block s has
+           scale and min nibbles: (d·(sc & 15))·q - dmin·(sc >> 4). q3_K: hmask[32], qs[64],
+           scales[12], d f16 last; a clear bit e / 32 of hmask[e % 32] subtracts 4 from q, and the
+           6-bit scale S of sub-block s = 4g + i comes from a nibble of byte i (g even) or i + 4
+           (g odd), low for g < 2, plus bits 2g, 2g + 1 of byte 8 + i: (d·(S - 32))·q. */
+        int q3 = t == SD_Q3_K;
+        const unsigned char *qs = b + (q3 ? 32 : 16), *sb = b + (q3 ? 96 : 0);
+        float d = f16_le(b + (q3 ? 108 : 80)), dmin = q3 ? 0.0f : f16_le(b + 82);
+        for (int s = 0; s < 16; s++) {
+            int g = s / 4, i = s % 4;
+            float scale, min = 0.0f;
+            if (q3) scale = d * (float)(((sb[i + 4 * (g & 1)] >> 4 * (g >> 1) & 15) | (sb[8 + i] >> 2 * g & 3) << 4) - 32);
+            else { scale = d * (float)(sb[s] & 15); min = dmin * (float)(sb[s] >> 4); }
+            for (int e = 16 * s; e < 16 * s + 16; e++) {
+                int q = qs[32 * (e / 128) + e % 32] >> 2 * (e / 32 % 4) & 3;
+                if (q3) y[e] = scale * (float)(q - ((b[e % 32] >> e / 32 & 1) ? 0 : 4));
+                else y[e] = scale * (float)q - min;
+            }
+        }
+        return;
+    }
+    default:
+        SD_ASSERT(0);
+        return;
+    }
+}
+
+/* Values first .. first + n - 1 of a block-typed tensor's data into dst: whole blocks straight
+   into dst, a block cut at either end through a one-block buffer. The one dequantizer that
+   every reader of weights (tensor_get, tensor_floats, the GEMM's packing) goes through. */
+static void dequant_row(sd_dtype t, const void *data, size_t first, size_t n, float *dst)
+{
+    size_t per = (size_t)dtype_info[t].block, skip = first % per;
+    const unsigned char *b = (const unsigned char *)data + first / per * dtype_info[t].size;
+    float tmp[DTYPE_MAX_BLOCK];
+    for (; n; b += dtype_info[t].size, skip = 0) {
+        size_t take = per - skip < n ? per - skip : n;
+        if (take == per) dequant_block(t, b, dst);
+        else { dequant_block(t, b, tmp); memcpy(dst, tmp + skip, take * sizeof(float)); }
+        dst += take;
+        n -= take;
+    }
+}
+
 /* Element i of a float tensor of any float dtype, as f32 (for small vectors: norms, biases). */
 SD_MAYBE_UNUSED static float tensor_get(const sd_tensor *t, size_t i)
 {
@@ -845,7 +1042,11 @@ SD_MAYBE_UNUSED static float tensor_get(const sd_tensor *t, size_t i)
     case SD_F16: { uint16_t v; memcpy(&v, (const char *)t->data + 2 * i, 2); return sd_f16_to_f32(v); }
     case SD_BF16: { uint16_t v; memcpy(&v, (const char *)t->data + 2 * i, 2); return sd_bf16_to_f32(v); }
     case SD_F64: { double v; memcpy(&v, (const char *)t->data + 8 * i, 8); return (float)v; }
-    default: return 0.0f;
+    default: {
+        float v = 0.0f;
+        if (dtype_is_block(t->dtype)) dequant_row(t->dtype, t->data, i, 1, &v);
+        return v;
+    }
     }
 }
 
@@ -1138,8 +1339,8 @@ static int st_parse(sd_safetensors *st, json *j, size_t data_size, sd_arena *a,
             if (!json_eat(j, ':')) { json_fail(j, "expected ':'"); goto bad_json; }
             if (!strcmp(field, "dtype")) {
                 if (json_string(j, dt, sizeof dt, &len)) goto bad_json;
-                for (int d = 0; d < SD_DTYPE_COUNT; d++)
-                    if (len < sizeof dt && !strcmp(dt, dtype_info[d].name)) t.dtype = (sd_dtype)d;
+                for (int d = 0; d < SD_DTYPE_COUNT; d++)   /* block types are GGUF's, not safetensors' */
+                    if (len < sizeof dt && !dtype_is_block((sd_dtype)d) && !strcmp(dt, dtype_info[d].name)) t.dtype = (sd_dtype)d;
                 if (t.dtype == SD_DTYPE_COUNT)
                     return fail(err, SD_ERR_FORMAT, "safetensors: tensor '%s' has unknown dtype '%.15s'", name, len < sizeof dt ? dt : "(too long)");
                 have |= 1;
@@ -1248,12 +1449,55 @@ static int st_check_coverage(const sd_safetensors *st, const unsigned char *regi
     return SD_OK;
 }
 
+/* Slots of the name hash for nt tensors: a power of two, at most half full. */
+static uint32_t st_hash_slots(int nt)
+{
+    uint32_t cap = 16;
+    while (cap < 2u * (uint32_t)nt) cap *= 2;
+    return cap;
+}
+
+/* The tables of an opened file, sized by a first pass over its header: nt tensors, nm metadata
+   pairs, the name hash. st_tables_bytes is what they take of the arena. */
+static int st_alloc_tables(sd_safetensors *st, int nt, int nm, sd_arena *a, sd_error *err)
+{
+    uint32_t cap = st_hash_slots(nt);
+    st->tensors = (sd_tensor *)arena_array(a, (size_t)nt + 1, sizeof(sd_tensor), err);
+    st->meta_keys = (const char **)arena_array(a, (size_t)nm + 1, sizeof(char *), err);
+    st->meta_values = (const char **)arena_array(a, (size_t)nm + 1, sizeof(char *), err);
+    st->hash = (int32_t *)arena_array(a, cap, sizeof(int32_t), err);
+    st->hash_mask = cap - 1;
+    return st->tensors && st->meta_keys && st->meta_values && st->hash ? SD_OK : SD_ERR_MEMORY;
+}
+
+static uint64_t arena_piece(uint64_t bytes) { return (bytes + SD_ALIGN - 1) / SD_ALIGN * SD_ALIGN; }
+
+static uint64_t st_tables_bytes(int nt, int nm)
+{
+    return arena_piece(((uint64_t)nt + 1) * sizeof(sd_tensor)) + 2 * arena_piece(((uint64_t)nm + 1) * sizeof(char *)) +
+           arena_piece((uint64_t)st_hash_slots(nt) * sizeof(int32_t));
+}
+
+/* Fills the name hash of the st->count tensors; a name twice is an error (`format` says whose). */
+static int st_index(sd_safetensors *st, const char *format, sd_error *err)
+{
+    memset(st->hash, 0xff, ((size_t)st->hash_mask + 1) * sizeof(int32_t));
+    for (int i = 0; i < st->count; i++) {
+        uint32_t h = hash_string(st->tensors[i].name) & st->hash_mask;
+        for (; st->hash[h] >= 0; h = (h + 1) & st->hash_mask)
+            if (!strcmp(st->tensors[st->hash[h]].name, st->tensors[i].name))
+                return fail(err, SD_ERR_FORMAT, "%s: duplicate tensor name '%s'", format, st->tensors[i].name);
+        st->hash[h] = i;
+    }
+    return SD_OK;
+}
+
 static int st_open(sd_safetensors *st, const unsigned char *b, size_t size, sd_arena *a, sd_error *err)
 {
     uint64_t hlen = 0;
     int nt, nm, rc;
-    uint32_t cap = 16;
     if (size < 8) return fail(err, SD_ERR_FORMAT, "safetensors: file of %zu bytes is shorter than the 8-byte header length", size);
+    if (!memcmp(b, "GGUF", 4)) return fail(err, SD_ERR_FORMAT, "safetensors: this is a GGUF file (sd_gguf_open reads those)");
     for (int i = 7; i >= 0; i--) hlen = hlen << 8 | b[i];
     if (hlen > 100u << 20) return fail(err, SD_ERR_FORMAT, "safetensors: header length %llu is absurd (over 100 MB)", (unsigned long long)hlen);
     if (hlen > size - 8) return fail(err, SD_ERR_FORMAT, "safetensors: header length %llu is larger than the %zu bytes after it", (unsigned long long)hlen, size - 8);
@@ -1264,40 +1508,35 @@ static int st_open(sd_safetensors *st, const unsigned char *b, size_t size, sd_a
     if ((rc = st_parse(st, &j, data_size, a, &nt, &nm, err))) return rc;
 
     /* the second pass fills tables sized by the first */
-    while (cap < 2u * (uint32_t)nt) cap *= 2;
-    st->tensors = (sd_tensor *)arena_array(a, (size_t)nt + 1, sizeof(sd_tensor), err);
-    st->meta_keys = (const char **)arena_array(a, (size_t)nm + 1, sizeof(char *), err);
-    st->meta_values = (const char **)arena_array(a, (size_t)nm + 1, sizeof(char *), err);
-    st->hash = (int32_t *)arena_array(a, cap, sizeof(int32_t), err);
-    if (!st->tensors || !st->meta_keys || !st->meta_values || !st->hash) return SD_ERR_MEMORY;
+    if ((rc = st_alloc_tables(st, nt, nm, a, err))) return rc;
     j.p = j.start;
     if ((rc = st_parse(st, &j, data_size, a, &nt, &nm, err))) return rc;
     st->count = nt;
     st->meta_count = nm;
-    st->hash_mask = cap - 1;
-    memset(st->hash, 0xff, cap * sizeof(int32_t));
-    for (int i = 0; i < nt; i++) {
-        uint32_t h = hash_string(st->tensors[i].name) & st->hash_mask;
-        for (; st->hash[h] >= 0; h = (h + 1) & st->hash_mask)
-            if (!strcmp(st->tensors[st->hash[h]].name, st->tensors[i].name))
-                return fail(err, SD_ERR_FORMAT, "safetensors: duplicate tensor name '%s'", st->tensors[i].name);
-        st->hash[h] = i;
-    }
+    if ((rc = st_index(st, "safetensors", err))) return rc;
     return st_check_coverage(st, b + 8 + hlen, data_size, a, err);
 }
 
-SD_API int sd_safetensors_open(sd_safetensors *st, const void *data, size_t size,
-                               sd_arena *a, sd_error *err)
+static int gguf_open(sd_safetensors *st, const unsigned char *b, size_t size, sd_arena *a, sd_error *err);
+
+/* The public open calls: arguments checked, and on failure the arena and table as they were. */
+static int file_open(int gguf, sd_safetensors *st, const void *data, size_t size, sd_arena *a, sd_error *err)
 {
-    if (!st || !a || (!data && size)) return fail(err, SD_ERR_ARG, "safetensors: NULL argument");
+    if (!st || !a || (!data && size)) return fail(err, SD_ERR_ARG, "%s: NULL argument", gguf ? "gguf" : "safetensors");
     size_t mark = sd_arena_mark(a);
     memset(st, 0, sizeof *st);
-    int rc = st_open(st, (const unsigned char *)data, size, a, err);
+    int rc = (gguf ? gguf_open : st_open)(st, (const unsigned char *)data, size, a, err);
     if (rc) {
         sd_arena_reset(a, mark);
         memset(st, 0, sizeof *st);
     }
     return rc;
+}
+
+SD_API int sd_safetensors_open(sd_safetensors *st, const void *data, size_t size,
+                               sd_arena *a, sd_error *err)
+{
+    return file_open(0, st, data, size, a, err);
 }
 
 SD_API const sd_tensor *sd_safetensors_find(const sd_safetensors *st, const char *name)
@@ -1333,6 +1572,374 @@ SD_API const char *sd_safetensors_meta(const sd_safetensors *st, const char *key
     for (int i = 0; i < st->meta_count; i++)
         if (!strcmp(st->meta_keys[i], key)) return st->meta_values[i];
     return NULL;
+}
+
+/* ---- GGUF reader ----
+   stable-diffusion.cpp's (and llama.cpp's) container, versions 2 and 3, little-endian:
+     "GGUF" · u32 version · u64 n_tensors · u64 n_kv
+     n_kv key-value pairs:   string key · u32 value type · the value
+     n_tensors tensor infos: string name · u32 n_dims · n_dims × u64 ne · u32 ggml type · u64 offset
+     zero padding to a multiple of the alignment (u32 metadata general.alignment, else 32)
+     the data section: a tensor's bytes at data section start + its offset.
+   A string is a u64 length and that many bytes (no NUL). ne[0] is the innermost, contiguous
+   dimension: the PyTorch shape is ne reversed, and a block type's blocks run along ne[0].
+   Two passes, like the safetensors reader's: the first checks everything it can without the
+   tables and counts what they need (so the arena is asked once, for the exact size, and
+   sd_model_arena_bytes can plan it); the second fills them. */
+
+enum { GGUF_U8, GGUF_I8, GGUF_U16, GGUF_I16, GGUF_U32, GGUF_I32, GGUF_F32, GGUF_BOOL, GGUF_STRING,
+       GGUF_ARRAY, GGUF_U64, GGUF_I64, GGUF_F64, GGUF_VALUE_TYPES };
+static const unsigned char gguf_value_bytes[GGUF_VALUE_TYPES] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
+
+/* ggml's type numbers (ggml.h enum ggml_type) of the types sd.h reads. */
+static const struct { uint32_t ggml; sd_dtype dtype; } gguf_types[] = {
+    {0, SD_F32}, {1, SD_F16}, {2, SD_Q4_0}, {3, SD_Q4_1}, {6, SD_Q5_0}, {7, SD_Q5_1}, {8, SD_Q8_0},
+    {10, SD_Q2_K}, {11, SD_Q3_K}, {12, SD_Q4_K}, {13, SD_Q5_K}, {14, SD_Q6_K},
+    {24, SD_I8}, {25, SD_I16}, {26, SD_I32}, {27, SD_I64}, {28, SD_F64}, {30, SD_BF16},
+};
+
+#define GGUF_MAX_TENSORS 1000000   /* as the safetensors reader */
+#define GGUF_MAX_KV (1 << 24)
+#define GGUF_MAX_NAME 1023
+
+typedef struct gguf_reader {
+    const unsigned char *b;
+    size_t size, pos;
+    sd_error *err;
+    int fill;                    /* second pass: write the tables */
+    uint64_t n_tensors, n_kv;
+    uint64_t alignment;
+    size_t data_start;           /* file offset of the data section */
+    int n_meta;                  /* pairs kept as metadata */
+    uint64_t strings;            /* bytes of the names and metadata texts, NULs included */
+    char *pool;                  /* second pass: where those go */
+} gguf_reader;
+
+static uint64_t gguf_le(const unsigned char *p, int n)
+{
+    uint64_t v = 0;
+    while (n-- > 0) v = v << 8 | p[n];
+    return v;
+}
+
+/* That n more bytes are there, else an error naming the part (`what` number `index`). */
+static int gguf_need(gguf_reader *r, uint64_t n, const char *what, uint64_t index)
+{
+    if (n <= r->size - r->pos) return SD_OK;
+    return fail(r->err, SD_ERR_FORMAT, "gguf: %s %llu is cut off at byte %zu (it needs %llu more bytes, the file has %zu)",
+                what, (unsigned long long)index, r->pos, (unsigned long long)n, r->size - r->pos);
+}
+
+static int gguf_uint(gguf_reader *r, int bytes, uint64_t *v, const char *what, uint64_t index)
+{
+    int rc = gguf_need(r, (uint64_t)bytes, what, index);
+    if (rc) return rc;
+    *v = gguf_le(r->b + r->pos, bytes);
+    r->pos += (size_t)bytes;
+    return SD_OK;
+}
+
+static int gguf_string(gguf_reader *r, const unsigned char **s, uint64_t *len, const char *what, uint64_t index)
+{
+    int rc = gguf_uint(r, 8, len, what, index);
+    if (!rc) rc = gguf_need(r, *len, what, index);
+    if (rc) return rc;
+    *s = r->b + r->pos;
+    r->pos += (size_t)*len;
+    return SD_OK;
+}
+
+/* A scalar value as metadata text (buf: 32 bytes): integers in decimal, floats to round trip. */
+static void gguf_scalar_text(int type, const unsigned char *p, char *buf)
+{
+    int bytes = gguf_value_bytes[type];
+    uint64_t v = gguf_le(p, bytes), sign = (uint64_t)1 << (8 * bytes - 1), mask = sign * 2 - 1;
+    if (type == GGUF_F32 || type == GGUF_F64) {
+        uint32_t u = (uint32_t)v;
+        float f;
+        double d;
+        memcpy(&f, &u, 4);
+        memcpy(&d, &v, 8);
+        snprintf(buf, 32, type == GGUF_F32 ? "%.9g" : "%.17g", type == GGUF_F32 ? (double)f : d);
+    } else if (type == GGUF_BOOL) {
+        snprintf(buf, 32, "%s", v ? "true" : "false");
+    } else if ((type == GGUF_I8 || type == GGUF_I16 || type == GGUF_I32 || type == GGUF_I64) && (v & sign)) {
+        snprintf(buf, 32, "-%llu", (unsigned long long)((~v & mask) + 1));   /* two's complement */
+    } else {
+        snprintf(buf, 32, "%llu", (unsigned long long)v);
+    }
+}
+
+/* Checks a value of `type` at r->pos and moves past it; *text gets scalar and string values as
+   metadata text (NULL for arrays), *len its length. Arrays of any type but arrays are read
+   through; a bool must be 0 or 1. */
+static int gguf_value(gguf_reader *r, uint64_t type, uint64_t k, const char **text, uint64_t *len, char *buf)
+{
+    uint64_t n, et;
+    int rc;
+    *text = NULL;
+    if (type >= GGUF_VALUE_TYPES) return fail(r->err, SD_ERR_FORMAT, "gguf: key-value pair %llu has unknown value type %llu", (unsigned long long)k, (unsigned long long)type);
+    if (type == GGUF_STRING) {
+        const unsigned char *s;
+        if ((rc = gguf_string(r, &s, len, "the value of key-value pair", k))) return rc;
+        *text = (const char *)s;
+        return SD_OK;
+    }
+    if (type != GGUF_ARRAY) {
+        if ((rc = gguf_need(r, gguf_value_bytes[type], "the value of key-value pair", k))) return rc;
+        if (type == GGUF_BOOL && r->b[r->pos] > 1) return fail(r->err, SD_ERR_FORMAT, "gguf: key-value pair %llu: a bool of value %d", (unsigned long long)k, r->b[r->pos]);
+        gguf_scalar_text((int)type, r->b + r->pos, buf);
+        r->pos += gguf_value_bytes[type];
+        *text = buf;
+        *len = strlen(buf);
+        return SD_OK;
+    }
+    if ((rc = gguf_uint(r, 4, &et, "the array of key-value pair", k)) || (rc = gguf_uint(r, 8, &n, "the array of key-value pair", k))) return rc;
+    if (et >= GGUF_VALUE_TYPES || et == GGUF_ARRAY)
+        return fail(r->err, SD_ERR_FORMAT, "gguf: key-value pair %llu: an array of %s", (unsigned long long)k, et == GGUF_ARRAY ? "arrays (not supported)" : "an unknown type");
+    uint64_t least = et == GGUF_STRING ? 8 : gguf_value_bytes[et];   /* bytes per element at least */
+    if (n > (r->size - r->pos) / least)
+        return fail(r->err, SD_ERR_FORMAT, "gguf: key-value pair %llu: an array of %llu elements cannot fit in the %zu bytes left",
+                    (unsigned long long)k, (unsigned long long)n, r->size - r->pos);
+    if (et != GGUF_STRING && et != GGUF_BOOL) { r->pos += (size_t)(n * least); return SD_OK; }
+    for (uint64_t i = 0; i < n; i++) {
+        const char *t;
+        uint64_t l;
+        if ((rc = gguf_value(r, et, k, &t, &l, buf))) return rc;
+    }
+    return SD_OK;
+}
+
+/* Copies s[0..len) and a NUL into the second pass's string pool. */
+static const char *gguf_keep(gguf_reader *r, const void *s, uint64_t len)
+{
+    char *p = r->pool;
+    memcpy(p, s, (size_t)len);
+    p[len] = 0;
+    r->pool += len + 1;
+    return p;
+}
+
+/* The key-value pairs: general.alignment, and the metadata pairs. `keys` (may be NULL) gets each
+   key's file offset, for the duplicate check. */
+static int gguf_kvs(gguf_reader *r, sd_safetensors *st, uint64_t *keys)
+{
+    char buf[32];
+    int rc;
+    r->alignment = 32;
+    r->n_meta = 0;
+    for (uint64_t k = 0; k < r->n_kv; k++) {
+        const unsigned char *key;
+        const char *text;
+        uint64_t klen, type, vlen = 0;
+        size_t at = r->pos;
+        if ((rc = gguf_string(r, &key, &klen, "the key of key-value pair", k))) return rc;
+        if (klen == 0 || memchr(key, 0, (size_t)klen))
+            return fail(r->err, SD_ERR_FORMAT, "gguf: key-value pair %llu at byte %zu has an empty key or a NUL in it", (unsigned long long)k, at);
+        if ((rc = gguf_uint(r, 4, &type, "the value type of key-value pair", k))) return rc;
+        size_t value_at = r->pos;
+        if ((rc = gguf_value(r, type, k, &text, &vlen, buf))) return rc;
+        if (klen == 17 && !memcmp(key, "general.alignment", 17)) {
+            if (type != GGUF_U32) return fail(r->err, SD_ERR_FORMAT, "gguf: general.alignment has value type %llu; it must be a u32", (unsigned long long)type);
+            r->alignment = gguf_le(r->b + value_at, 4);
+            if (!r->alignment || (r->alignment & (r->alignment - 1)))
+                return fail(r->err, SD_ERR_FORMAT, "gguf: general.alignment %llu is not a power of two", (unsigned long long)r->alignment);
+        }
+        if (keys) keys[k] = at;
+        if (!text) continue;   /* arrays are not kept */
+        if (r->fill) {
+            st->meta_keys[r->n_meta] = gguf_keep(r, key, klen);
+            st->meta_values[r->n_meta] = gguf_keep(r, text, vlen);
+        }
+        r->n_meta++;
+        r->strings += klen + 1 + vlen + 1;
+    }
+    return SD_OK;
+}
+
+/* The tensor infos (the first pass checks them, the second fills st->tensors), and where the
+   data section starts. */
+static int gguf_tensor_infos(gguf_reader *r, sd_safetensors *st)
+{
+    int rc;
+    for (uint64_t i = 0; i < r->n_tensors; i++) {
+        const unsigned char *name;
+        uint64_t len, nd, type, offset, ne[4], numel = 1, nonzero = 1;
+        sd_tensor t;
+        memset(&t, 0, sizeof t);
+        if ((rc = gguf_string(r, &name, &len, "the name of tensor info", i))) return rc;
+        if (len == 0 || len > GGUF_MAX_NAME || memchr(name, 0, (size_t)len))
+            return fail(r->err, SD_ERR_FORMAT, "gguf: tensor info %llu: a name of %llu bytes (1..%d, no NUL)", (unsigned long long)i, (unsigned long long)len, GGUF_MAX_NAME);
+        if ((rc = gguf_uint(r, 4, &nd, "tensor info", i))) return rc;
+        if (nd > 4) return fail(r->err, SD_ERR_FORMAT, "gguf: tensor '%.*s' has %llu dimensions (at most 4)", (int)len, name, (unsigned long long)nd);
+        for (uint64_t d = 0; d < nd; d++) {   /* the product of the non-zero dims must fit, so that any order of multiplying them does */
+            if ((rc = gguf_uint(r, 8, &ne[d], "tensor info", i))) return rc;
+            if (ne[d] > (uint64_t)INT64_MAX || (ne[d] && nonzero > (uint64_t)INT64_MAX / ne[d]))
+                return fail(r->err, SD_ERR_FORMAT, "gguf: tensor '%.*s': dimensions overflow (ne[%llu] = %llu)", (int)len, name, (unsigned long long)d, (unsigned long long)ne[d]);
+            if (ne[d]) nonzero *= ne[d];
+            numel *= ne[d];
+            t.shape[nd - 1 - d] = (int64_t)ne[d];
+        }
+        if ((rc = gguf_uint(r, 4, &type, "tensor info", i)) || (rc = gguf_uint(r, 8, &offset, "tensor info", i))) return rc;
+        t.dtype = SD_DTYPE_COUNT;
+        for (size_t k = 0; k < sizeof gguf_types / sizeof gguf_types[0]; k++)
+            if (gguf_types[k].ggml == type) t.dtype = gguf_types[k].dtype;
+        if (t.dtype == SD_DTYPE_COUNT)
+            return fail(r->err, SD_ERR_UNSUPPORTED, "gguf: tensor '%.*s' has ggml type %llu, which sd.h does not read (it reads F32, F16, BF16, "
+                        "Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K)", (int)len, name, (unsigned long long)type);
+        int per = dtype_info[t.dtype].block;
+        if ((nd == 0 ? 1 : ne[0]) % (uint64_t)per)
+            return fail(r->err, SD_ERR_FORMAT, "gguf: tensor '%.*s' (%s): its rows of %llu values are not a whole number of %d-value blocks",
+                        (int)len, name, sd_dtype_name(t.dtype), (unsigned long long)(nd == 0 ? 1 : ne[0]), per);
+        uint64_t bytes = numel / (uint64_t)per;   /* blocks, then bytes, checked against the file below */
+        if (bytes > r->size / dtype_info[t.dtype].size)
+            return fail(r->err, SD_ERR_FORMAT, "gguf: tensor '%.*s': %llu values of %s are larger than the file", (int)len, name, (unsigned long long)numel, sd_dtype_name(t.dtype));
+        bytes *= dtype_info[t.dtype].size;
+        t.ndim = (int)nd;
+        t.nbytes = (size_t)bytes;
+        r->strings += len + 1;
+        if (!r->fill) continue;
+        /* the second pass knows where the data section starts */
+        t.name = gguf_keep(r, name, len);
+        if (offset % r->alignment)
+            return fail(r->err, SD_ERR_FORMAT, "gguf: tensor '%s': offset %llu is not a multiple of the alignment %llu", t.name, (unsigned long long)offset, (unsigned long long)r->alignment);
+        if (offset > r->size - r->data_start || bytes > r->size - r->data_start - offset)
+            return fail(r->err, SD_ERR_FORMAT, "gguf: tensor '%s': %llu bytes at offset %llu run past the end of the data section (%zu bytes)",
+                        t.name, (unsigned long long)bytes, (unsigned long long)offset, r->size - r->data_start);
+        size_t at = r->data_start + (size_t)offset, es = sd_dtype_size(t.dtype);
+        if (es && at % es)
+            return fail(r->err, SD_ERR_FORMAT, "gguf: tensor '%s' at file offset %zu is not aligned for %s (sd.h uses data in place and will not copy it)", t.name, at, sd_dtype_name(t.dtype));
+        if (es && (uintptr_t)(r->b + at) % es)
+            return fail(r->err, SD_ERR_ARG, "gguf: the caller's buffer is not aligned for tensor '%s' (%s); pass a buffer from malloc or mmap", t.name, sd_dtype_name(t.dtype));
+        t.data = r->b + at;
+        st->tensors[i] = t;
+    }
+    /* the data section: after the infos, at the next multiple of the alignment */
+    uint64_t start = ((uint64_t)r->pos + r->alignment - 1) / r->alignment * r->alignment;
+    if (start > r->size && r->n_tensors)
+        return fail(r->err, SD_ERR_FORMAT, "gguf: the data section would start at byte %llu, past the end of the file (%zu bytes)", (unsigned long long)start, r->size);
+    r->data_start = start > r->size ? r->size : (size_t)start;
+    return SD_OK;
+}
+
+/* Header and both tables, one pass. */
+static int gguf_pass(gguf_reader *r, sd_safetensors *st, uint64_t *keys)
+{
+    uint64_t version;
+    int rc;
+    r->pos = 0;
+    r->strings = 0;
+    if (r->size < 24 || memcmp(r->b, "GGUF", 4))
+        return fail(r->err, SD_ERR_FORMAT, "gguf: %s", r->size >= 4 && !memcmp(r->b, "GGUF", 4) ? "file shorter than its 24-byte header" : "no GGUF magic at the start");
+    version = gguf_le(r->b + 4, 4);
+    if (version != 2 && version != 3)
+        return fail(r->err, SD_ERR_UNSUPPORTED, "gguf: version %llu%s; sd.h reads versions 2 and 3", (unsigned long long)version,
+                    version == 1 ? " (2023's first format)" : version == 0x02000000 || version == 0x03000000 ? " (a big-endian file)" : "");
+    r->n_tensors = gguf_le(r->b + 8, 8);
+    r->n_kv = gguf_le(r->b + 16, 8);
+    r->pos = 24;
+    /* every pair takes at least 14 bytes (key length, a 1-byte key, type, a 1-byte value), every
+       tensor info 25: counts that cannot fit are refused before anything is sized by them */
+    if (r->n_kv > (r->size - 24) / 14 || r->n_kv > GGUF_MAX_KV)
+        return fail(r->err, SD_ERR_FORMAT, "gguf: %llu key-value pairs cannot fit in the %zu bytes of the file (or are over %d)", (unsigned long long)r->n_kv, r->size, GGUF_MAX_KV);
+    if (r->n_tensors > (r->size - 24) / 25 || r->n_tensors > GGUF_MAX_TENSORS)
+        return fail(r->err, SD_ERR_FORMAT, "gguf: %llu tensors cannot fit in the %zu bytes of the file (or are over %d)", (unsigned long long)r->n_tensors, r->size, GGUF_MAX_TENSORS);
+    if ((rc = gguf_kvs(r, st, keys))) return rc;
+    return gguf_tensor_infos(r, st);
+}
+
+/* Arena bytes of the tables and strings, then of the scratch the checks use (given back). */
+static uint64_t gguf_tables_bytes(const gguf_reader *r) { return st_tables_bytes((int)r->n_tensors, r->n_meta) + arena_piece(r->strings + 1); }
+static uint64_t gguf_scratch_bytes(const gguf_reader *r)
+{
+    uint64_t keys = arena_piece((r->n_kv + 1) * sizeof(uint64_t)) + arena_piece((uint64_t)st_hash_slots((int)r->n_kv) * sizeof(int32_t));
+    uint64_t order = arena_piece((r->n_tensors + 1) * sizeof(int32_t));
+    return keys > order ? keys : order;
+}
+
+/* No key twice (keys[k]: the file offset of key k's length). */
+static int gguf_check_keys(const gguf_reader *r, const uint64_t *keys, sd_arena *a)
+{
+    size_t mark = sd_arena_mark(a);
+    uint32_t cap = st_hash_slots((int)r->n_kv);
+    int32_t *slot = (int32_t *)arena_array(a, cap, sizeof(int32_t), r->err);
+    if (!slot) return SD_ERR_MEMORY;
+    memset(slot, 0xff, cap * sizeof(int32_t));
+    for (uint64_t k = 0; k < r->n_kv; k++) {
+        uint64_t len = gguf_le(r->b + keys[k], 8), h = 2166136261u;   /* FNV-1a, as hash_string */
+        const unsigned char *s = r->b + keys[k] + 8;
+        for (uint64_t i = 0; i < len; i++) h = ((h ^ s[i]) * 16777619u) & 0xffffffffu;
+        for (h &= cap - 1; slot[h] >= 0; h = (h + 1) & (cap - 1)) {
+            const unsigned char *o = r->b + keys[slot[h]];
+            if (gguf_le(o, 8) == len && !memcmp(o + 8, s, (size_t)len))
+                return fail(r->err, SD_ERR_FORMAT, "gguf: key '%.*s' appears twice", (int)(len < 200 ? len : 200), (const char *)s);
+        }
+        slot[h] = (int32_t)k;
+    }
+    sd_arena_reset(a, mark);
+    return SD_OK;
+}
+
+/* No two tensors share a byte (holes are padding, allowed). */
+static int gguf_check_overlaps(const sd_safetensors *st, sd_arena *a, sd_error *err)
+{
+    size_t mark = sd_arena_mark(a);
+    int32_t *idx = (int32_t *)arena_array(a, (size_t)st->count + 1, sizeof(int32_t), err);
+    if (!idx) return SD_ERR_MEMORY;
+    for (int i = 0; i < st->count; i++) idx[i] = i;
+    st_sort_by_offset(st->tensors, idx, st->count);
+    for (int i = 1; i < st->count; i++) {
+        const sd_tensor *p = &st->tensors[idx[i - 1]], *t = &st->tensors[idx[i]];
+        if ((const unsigned char *)t->data < (const unsigned char *)p->data + p->nbytes)
+            return fail(err, SD_ERR_FORMAT, "gguf: tensor '%s' (file offset %zu) overlaps tensor '%s' (bytes %zu..%zu)", t->name,
+                        (size_t)((const unsigned char *)t->data - st->bytes), p->name, (size_t)((const unsigned char *)p->data - st->bytes),
+                        (size_t)((const unsigned char *)p->data - st->bytes) + p->nbytes);
+    }
+    sd_arena_reset(a, mark);
+    return SD_OK;
+}
+
+static int gguf_open(sd_safetensors *st, const unsigned char *b, size_t size, sd_arena *a, sd_error *err)
+{
+    gguf_reader r;
+    int rc;
+    memset(&r, 0, sizeof r);
+    r.b = b;
+    r.size = size;
+    r.err = err;
+    if ((rc = gguf_pass(&r, st, NULL))) return rc;
+    /* the second pass: tables, the string pool, then the key offsets as scratch */
+    st->bytes = b;
+    st->size = size;
+    if ((rc = st_alloc_tables(st, (int)r.n_tensors, r.n_meta, a, err))) return rc;
+    if (!(r.pool = (char *)sd_arena_alloc(a, (size_t)r.strings + 1, err))) return SD_ERR_MEMORY;
+    size_t mark = sd_arena_mark(a);
+    uint64_t *keys = (uint64_t *)arena_array(a, (size_t)r.n_kv + 1, sizeof(uint64_t), err);
+    if (!keys) return SD_ERR_MEMORY;
+    r.fill = 1;
+    if ((rc = gguf_pass(&r, st, keys)) || (rc = gguf_check_keys(&r, keys, a))) return rc;
+    sd_arena_reset(a, mark);
+    st->count = (int)r.n_tensors;
+    st->meta_count = r.n_meta;
+    if ((rc = st_index(st, "gguf", err))) return rc;
+    return gguf_check_overlaps(st, a, err);
+}
+
+SD_API int sd_gguf_open(sd_safetensors *st, const void *data, size_t size, sd_arena *a, sd_error *err)
+{
+    return file_open(1, st, data, size, a, err);
+}
+
+/* Arena bytes that sd_gguf_open of these bytes takes at most (its first pass, run here); 0 if
+   the first pass already fails (the open will then say why, taking no more than the tables). */
+static uint64_t gguf_arena_bytes(const void *data, size_t size)
+{
+    gguf_reader r;
+    memset(&r, 0, sizeof r);
+    r.b = (const unsigned char *)data;
+    r.size = size;
+    if (!data || gguf_pass(&r, NULL, NULL)) return 0;
+    return gguf_tables_bytes(&r) + gguf_scratch_bytes(&r);
 }
 
 
@@ -1387,8 +1994,8 @@ static const sd_tensor *need(weights *w, int64_t d0, int64_t d1, int64_t d2, int
         w->failed = fail(w->err, SD_ERR_MISSING, "missing tensor '%s%s'", w->prefix ? w->prefix : "", name);
         return NULL;
     }
-    if (t->dtype != SD_F32 && t->dtype != SD_F16 && t->dtype != SD_BF16) {
-        w->failed = fail(w->err, SD_ERR_SHAPE, "tensor '%s' is %s; sd.h needs F32, F16 or BF16", t->name, sd_dtype_name(t->dtype));
+    if (!dtype_is_weight(t->dtype)) {
+        w->failed = fail(w->err, SD_ERR_SHAPE, "tensor '%s' is %s; sd.h needs F32, F16, BF16 or a GGUF block type", t->name, sd_dtype_name(t->dtype));
         return NULL;
     }
     int ok = 1, tnd = t->ndim;
@@ -1426,11 +2033,11 @@ static const sd_tensor *maybe(weights *w, int64_t d0, int64_t d1, int64_t d2, in
 static sd_tensor tensor_rows(const sd_tensor *t, int64_t r0, int64_t n)
 {
     sd_tensor v = *t;
-    size_t row = sd_dtype_size(t->dtype);
-    for (int i = 1; i < t->ndim; i++) row *= (size_t)t->shape[i];
-    v.data = (const char *)t->data + (size_t)r0 * row;
+    uint64_t row = 1;   /* values per row: whole blocks, as the last dimension is */
+    for (int i = 1; i < t->ndim; i++) row *= (uint64_t)t->shape[i];
+    v.data = (const char *)t->data + dtype_bytes(t->dtype, (uint64_t)r0 * row);
     v.shape[0] = n;
-    v.nbytes = (size_t)n * row;
+    v.nbytes = dtype_bytes(t->dtype, (uint64_t)n * row);
     return v;
 }
 
@@ -1843,7 +2450,8 @@ static void tensor_floats(float *dst, const sd_tensor *t, size_t i, int n)
         for (; k < n; k++) { uint16_t h; memcpy(&h, src + 2 * k, 2); dst[k] = sd_bf16_to_f32(h); }
         return;
     default:
-        for (; k < n; k++) dst[k] = tensor_get(t, i + (size_t)k);
+        if (dtype_is_block(t->dtype)) dequant_row(t->dtype, t->data, i, (size_t)n, dst);
+        else for (; k < n; k++) dst[k] = tensor_get(t, i + (size_t)k);
         return;
     }
 }
@@ -2073,6 +2681,9 @@ static void pool_run(sd_pool *pool, pool_task fn, void *arg, int ntasks)
 #define GEMM_NR (2 * VF_WIDTH)
 #define GEMM_KC_MAX 288          /* K per packed block: a 3x3 conv's 9 taps x 32 channels */
 #define GEMM_NC 512              /* N per packed block: 288 x 512 floats = 576 KiB, fits L2 */
+/* A packing task's part of the thread's scratch: the packed block, the bias, the row pointers of
+   `taps` taps, and VF_WIDTH rows of a block-typed weight dequantized before they are packed. */
+#define GEMM_SCRATCH_FLOATS(taps) ((size_t)GEMM_KC_MAX * GEMM_NC + GEMM_NC + (size_t)(taps) * GEMM_MR * 2 + (size_t)VF_WIDTH * GEMM_KC_MAX)
 
 static const float zero_row[GEMM_KC_MAX] = {0};   /* the input "pixel" in the padding */
 
@@ -2144,30 +2755,31 @@ static inline vfloat pack_load(const unsigned char *p, sd_dtype dt, int n)
    taps outermost (k = tap·len + channel), matching the micro-kernel's segments. It goes
    VF_WIDTH weight rows x VF_WIDTH values at a time: converted as loaded, transposed in
    registers, stored as VF_WIDTH packed k-rows (several times faster than a scalar scatter,
-   which matters when few rows of x share each packed block). */
+   which matters when few rows of x share each packed block). Other types (GGUF's blocks, F64)
+   have their VF_WIDTH rows' kb values converted into `rowbuf` first (VF_WIDTH x GEMM_KC_MAX
+   floats), which are then packed as f32: the same floats the f32 weight would give. */
 static void pack_weights(float *bp, const sd_tensor *w, int64_t row_len, int n0, int nc, int64_t src0,
-                         int len, int taps)
+                         int len, int taps, float *rowbuf)
 {
     int kb = len * taps, panels = (nc + GEMM_NR - 1) / GEMM_NR;
-    size_t es = sd_dtype_size(w->dtype);
     int fast = w->dtype == SD_F32 || w->dtype == SD_F16 || w->dtype == SD_BF16;
+    sd_dtype dt = fast ? w->dtype : SD_F32;
+    size_t es = sd_dtype_size(dt);
+    SD_ASSERT(kb <= GEMM_KC_MAX);
     for (int p = 0; p < panels; p++)
         for (int g = 0; g < GEMM_NR; g += VF_WIDTH) {
             float *dst = bp + (size_t)p * kb * GEMM_NR + g;
             int rows = nc - p * GEMM_NR - g;
             int64_t first = (int64_t)(n0 + p * GEMM_NR + g) * row_len + src0;
+            for (int i = 0; !fast && i < VF_WIDTH && i < rows; i++)
+                tensor_floats(rowbuf + (size_t)i * kb, w, (size_t)(first + (int64_t)i * row_len), kb);
             for (int s0 = 0; s0 < kb; s0 += VF_WIDTH) {
                 int ns = kb - s0 < VF_WIDTH ? kb - s0 : VF_WIDTH;
                 vfloat r[VF_WIDTH];
                 for (int i = 0; i < VF_WIDTH; i++) {
-                    int64_t at = first + (int64_t)i * row_len + s0;
-                    if (i >= rows) r[i] = vf_zero();
-                    else if (fast) r[i] = pack_load((const unsigned char *)w->data + (size_t)at * es, w->dtype, ns);
-                    else {   /* other float types (F64): element by element */
-                        float f[VF_WIDTH] = {0};
-                        for (int c = 0; c < ns; c++) f[c] = tensor_get(w, (size_t)(at + c));
-                        r[i] = vf_load(f);
-                    }
+                    const void *src = fast ? (const unsigned char *)w->data + (size_t)(first + (int64_t)i * row_len + s0) * es
+                                           : (const void *)(rowbuf + (size_t)i * kb + s0);
+                    r[i] = i < rows ? pack_load((const unsigned char *)src, dt, ns) : vf_zero();
                 }
                 vf_transpose(r);
                 for (int c = 0; c < ns; c++) {
@@ -2219,7 +2831,7 @@ static void gemm_task(void *arg, int task, int thread)
     const gemm_job *j = (const gemm_job *)arg;
     int m_lo = (task / j->gn) * j->mb, n_lo = (task % j->gn) * j->nb;
     int m_hi = m_lo + j->mb < j->M ? m_lo + j->mb : j->M, n_hi = n_lo + j->nb < j->N ? n_lo + j->nb : j->N;
-    float *bp = j->pool->scratch[thread], *bias = bp + GEMM_KC_MAX * GEMM_NC;
+    float *bp = j->pool->scratch[thread], *bias = bp + GEMM_KC_MAX * GEMM_NC, *rowbuf = bias + GEMM_NC + (size_t)j->taps * GEMM_MR * 2;
     const float **rows = (const float **)(void *)(bias + GEMM_NC);
     for (int jc = n_lo; jc < n_hi; jc += GEMM_NC) {
         int nc = n_hi - jc < GEMM_NC ? n_hi - jc : GEMM_NC;
@@ -2228,7 +2840,7 @@ static void gemm_task(void *arg, int task, int thread)
             int c0 = p * j->blen, len = j->depth - c0 < j->blen ? j->depth - c0 : j->blen, kb = len * j->taps;
             int load = p > 0 || j->accumulate;
             const float *bb = p == j->nblocks - 1 && j->b ? bias : NULL;
-            pack_weights(bp, j->w, j->row_len, jc, nc, (int64_t)c0 * j->taps, len, j->taps);
+            pack_weights(bp, j->w, j->row_len, jc, nc, (int64_t)c0 * j->taps, len, j->taps, rowbuf);
             for (int m = m_lo; m < m_hi; m += GEMM_MR) {
                 int mr = m_hi - m < GEMM_MR ? m_hi - m : GEMM_MR;
                 gemm_rows(j, m, mr, c0, rows);
@@ -2353,9 +2965,9 @@ static void gemm_dot_task(void *arg, int task, int thread)
             int nn = n_hi - n < 4 ? n_hi - n : 4;
             for (int i = 0; i < 4; i++) tensor_floats(wb + (size_t)i * kl, j->w, (size_t)((n + (i < nn ? i : 0)) * K + k0), kl);
             if (n + 4 < n_hi) {   /* start fetching the next 4 weight rows while these compute */
-                size_t es = sd_dtype_size(j->w->dtype), bytes = (size_t)kl * es;
+                size_t bytes = dtype_bytes(j->w->dtype, (uint64_t)kl);   /* K and k0: whole blocks */
                 for (int i = 0; i < 4 && n + 4 + i < n_hi; i++) {
-                    const char *p = (const char *)j->w->data + ((size_t)(n + 4 + i) * K + k0) * es;
+                    const char *p = (const char *)j->w->data + dtype_bytes(j->w->dtype, (uint64_t)(n + 4 + i) * K + k0);
                     for (size_t o = 0; o < bytes; o += 64) prefetch_l2(p + o);
                 }
             }
@@ -2390,7 +3002,7 @@ static void gemm_run(gemm_job *j)
     SD_ASSERT(maxlen >= 1);
     j->nblocks = (j->depth + maxlen - 1) / maxlen;
     j->blen = (j->depth + j->nblocks - 1) / j->nblocks;
-    SD_ASSERT((size_t)GEMM_KC_MAX * GEMM_NC + GEMM_NC + (size_t)j->taps * GEMM_MR * 2 <= j->pool->scratch_floats);
+    SD_ASSERT(GEMM_SCRATCH_FLOATS(j->taps) <= j->pool->scratch_floats);
     gemm_plan(j, j->pool->threads);
     pool_run(j->pool, gemm_task, j, j->gm * j->gn);
 }
@@ -5785,11 +6397,26 @@ static void clip_pool(const sd_text_encoder *te, const int32_t *ids, int n_promp
         for (int i = 1; i < SD_TEXT_TOKENS; i++) if (row[i] > row[eos]) eos = i;
         float *x = last + ((size_t)b * SD_TEXT_TOKENS + eos) * D, *y = pooled + (size_t)b * te->proj_dim;
         layernorm(pool, x, x, 1, D, &te->final_ln_w, &te->final_ln_b, te->eps);
-        for (int j = 0; j < te->proj_dim; j++) {
-            double acc = 0;
-            for (int c = 0; c < D; c++)
-                acc += (double)x[c] * tensor_get(&te->projection, te->proj_openclip ? (size_t)c * te->proj_dim + j : (size_t)j * D + c);
-            y[j] = (float)acc;
+        /* y[j] = sum over c of x[c]·P(c, j), in double, c ascending; P read a row piece at a
+           time (x·P: 256 outputs' weights per input c; a linear weight: 256 inputs of output j),
+           so that quantized blocks are decoded once, not once per value */
+        for (int j0 = 0; j0 < te->proj_dim; j0 += 256) {
+            int nj = te->proj_dim - j0 < 256 ? te->proj_dim - j0 : 256;
+            double acc[256] = {0};
+            float w[256];
+            for (int c0 = 0; c0 < D; c0 += te->proj_openclip ? 1 : 256) {
+                int nc = D - c0 < 256 ? D - c0 : 256;
+                if (te->proj_openclip) {
+                    tensor_floats(w, &te->projection, (size_t)c0 * te->proj_dim + j0, nj);
+                    for (int j = 0; j < nj; j++) acc[j] += (double)x[c0] * w[j];
+                } else {
+                    for (int j = 0; j < nj; j++) {
+                        tensor_floats(w, &te->projection, (size_t)(j0 + j) * D + c0, nc);
+                        for (int c = 0; c < nc; c++) acc[j] += (double)x[c0 + c] * w[c];
+                    }
+                }
+            }
+            for (int j = 0; j < nj; j++) y[j0 + j] = (float)acc[j];
         }
     }
 }
@@ -6393,13 +7020,18 @@ static void basic_transformer_block(unet_run *r, const unet_transformer *t, cons
     attention(r->pool, x, D, q, D, k, D, v, D, B, n, r->context_len, t->heads, t->head_dim, 0);
     matmul(r->pool, hs, D, x, D, M, D, D, blk->cross.out_w, blk->cross.out_b, 1);
     sd_arena_reset(r->a, mark);
-    /* feed-forward: GEGLU to 4·D, back to D */
-    x = run_alloc(r, (size_t)M * D); g = run_alloc(r, (size_t)M * 2 * F);
+    /* feed-forward: GEGLU to 4·D, back to D, a block of rows at a time (the rows are independent)
+       so that its 8·D-wide hidden layer takes no more memory than one D-wide activation */
+    int rows = M * D / (2 * F) > 64 ? M * D / (2 * F) : 64;
+    x = run_alloc(r, (size_t)M * D); g = run_alloc(r, (size_t)(rows < M ? rows : M) * 2 * F);
     if (!g) return;
     layernorm(r->pool, x, hs, M, D, blk->norm3_w, blk->norm3_b, 1e-5f);
-    linear(r->pool, g, x, M, 2 * F, D, blk->ff1_w, blk->ff1_b);
-    geglu(r->pool, g, g, M, F);
-    matmul(r->pool, hs, D, g, F, M, D, F, blk->ff2_w, blk->ff2_b, 1);
+    for (int m0 = 0; m0 < M; m0 += rows) {
+        int n = M - m0 < rows ? M - m0 : rows;
+        linear(r->pool, g, x + (size_t)m0 * D, n, 2 * F, D, blk->ff1_w, blk->ff1_b);
+        geglu(r->pool, g, g, n, F);
+        matmul(r->pool, hs + (size_t)m0 * D, D, g, F, n, D, F, blk->ff2_w, blk->ff2_b, 1);
+    }
     sd_arena_reset(r->a, mark);
 }
 
@@ -7691,18 +8323,6 @@ static void vae_conv_bands(vae_run *r, float *dst, const float *src, int H, int 
     }
 }
 
-/* A weight or bias of which only rows first .. first + count - 1 of dimension 0 are used. */
-static sd_tensor vae_rows_of(const sd_tensor *t, int64_t first, int64_t count)
-{
-    sd_tensor v = *t;
-    size_t per = sd_dtype_size(t->dtype);
-    for (int i = 1; i < t->ndim; i++) per *= (size_t)t->shape[i];
-    v.data = (const unsigned char *)t->data + (size_t)first * per;
-    v.shape[0] = count;
-    v.nbytes = (size_t)count * per;
-    return v;
-}
-
 /* y [H, W, N] (+)= the 3x3 conv (stride 1, zero padding 1) of x [H, W, cb] through input
    channels c0 .. c0 + cb - 1 of w [N, cin, 3, 3]; b (the bias, or NULL) added at the end. Slices
    of 32 channels added up in order are conv2d's own sum over input channels, which goes in K
@@ -7713,7 +8333,7 @@ static void vae_conv_slice(sd_pool *pool, float *y, const float *x, int H, int W
 {
     sd_tensor view = *w;
     gemm_job j;
-    view.data = (const unsigned char *)w->data + (size_t)c0 * 9 * sd_dtype_size(w->dtype);
+    view.data = (const unsigned char *)w->data + dtype_bytes(w->dtype, (uint64_t)c0 * 9);   /* never a block type: rows of 3 */
     memset(&j, 0, sizeof j);
     j.pool = pool; j.y = y; j.ldy = N; j.x = x; j.M = H * W; j.N = N;
     j.w = &view; j.b = b; j.accumulate = accumulate;
@@ -7721,7 +8341,7 @@ static void vae_conv_slice(sd_pool *pool, float *y, const float *x, int H, int W
     j.row_len = (int64_t)cin * 9; j.depth = cb; j.taps = 9;
     j.nblocks = (cb + GEMM_KC_MAX / 9 - 1) / (GEMM_KC_MAX / 9);
     j.blen = (cb + j.nblocks - 1) / j.nblocks;
-    SD_ASSERT((size_t)GEMM_KC_MAX * GEMM_NC + GEMM_NC + (size_t)j.taps * GEMM_MR * 2 <= pool->scratch_floats);
+    SD_ASSERT(GEMM_SCRATCH_FLOATS(j.taps) <= pool->scratch_floats);
     gemm_plan(&j, pool->threads);
     pool_run(pool, gemm_task, &j, j.gm * j.gn);
 }
@@ -7817,6 +8437,16 @@ static sd_tensor vae_f32_tensor(const float *data, int64_t d0, int64_t d1, int k
     t.data = data;
     t.nbytes = (size_t)d0 * (ndim == 4 ? (size_t)d1 * k * k : 1) * sizeof(float);
     return t;
+}
+
+/* A 1-D weight or bias of which only elements first .. first + count - 1 are used: a view of
+   them, or, for a block type where `first` may fall inside a block, their values as f32 in
+   buf (count floats). */
+static sd_tensor vae_rows_of(const sd_tensor *t, int64_t first, int64_t count, float *buf)
+{
+    if (!dtype_is_block(t->dtype)) return tensor_rows(t, first, count);
+    tensor_floats(buf, t, (size_t)first, (int)count);
+    return vae_f32_tensor(buf, count, 0, 0, 1);
 }
 
 /* Phase (a, b) of the upsampled conv for `rows` low-resolution rows: xb is their band as vae_fill
@@ -7963,13 +8593,14 @@ static void vae_upsample_resnet(vae_run *r, const vae_conv *upc, const vae_resne
     memcpy(X, r->x, n * sizeof(float));
     for (int c0 = 0; c0 < cin; c0 += cb) {
         int k = cin - c0 < cb ? cin - c0 : cb;
-        sd_tensor bias = vae_rows_of(upc->b, c0, k);
-        sd_tensor gw = vae_rows_of(b->norm1.w, c0, k), gb = vae_rows_of(b->norm1.b, c0, k);
         for (int p = 0; p < 4; p++) {
             float *wp = wq + (size_t)p * 4 * k * cin;
             vae_phase_weights(wp, upc->w, c0, k, cin, p >> 1, p & 1, row);
             pt[p] = vae_f32_tensor(wp, k, cin, 2, 4);
         }
+        /* row (9·cin floats) is free again: it holds the slices of block-typed vectors */
+        sd_tensor bias = vae_rows_of(upc->b, c0, k, row);
+        sd_tensor gw = vae_rows_of(b->norm1.w, c0, k, row + k), gb = vae_rows_of(b->norm1.b, c0, k, row + 2 * k);
         for (int y0 = 0; y0 < H; y0 += Rl) {   /* U's channels c0 .. c0 + k - 1, output rows 2·y0 .. */
             int rows = H - y0 < Rl ? H - y0 : Rl;
             vae_fill(r, xb, X, 0, y0 - 1, rows + 2, H, W, cin, NULL);
@@ -8716,6 +9347,12 @@ SD_API void sd_guidance(const float *uncond, const float *cond, float scale, siz
     for (size_t i = 0; i < n; i++) out[i] = uncond[i] + scale * (cond[i] - uncond[i]);
 }
 
+SD_API void sd_image_guidance(const float *text, const float *image, const float *uncond, float scale,
+                              float image_scale, size_t n, float *out)
+{
+    for (size_t i = 0; i < n; i++) out[i] = uncond[i] + scale * (text[i] - image[i]) + image_scale * (image[i] - uncond[i]);
+}
+
 /* The i-th of n points of numpy.linspace(0, T - 1, n), counted from the top: numpy multiplies the
    index by the step in double and puts the end point exactly. */
 static double linspace_from_top(int T, int n, int i)
@@ -9064,7 +9701,7 @@ static int sd2_looks_v(const sd_model *m)
     const sd_tensor *t = NULL;
     for (int i = 0; i < SD_MAX_FILES && !t; i++)
         if (m->files[i].count) t = sd_safetensors_find(&m->files[i], "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias");
-    if (!t || t->ndim != 1 || t->shape[0] < 2 || (t->dtype != SD_F32 && t->dtype != SD_F16 && t->dtype != SD_BF16)) return 1;
+    if (!t || t->ndim != 1 || t->shape[0] < 2 || !dtype_is_weight(t->dtype)) return 1;
     double sum = 0, sq = 0, n = (double)t->shape[0];
     for (int64_t i = 0; i < t->shape[0]; i++) {
         double v = tensor_get(t, (size_t)i);
@@ -9074,11 +9711,18 @@ static int sd2_looks_v(const sd_model *m)
     return sqrt(sq / n - (sum / n) * (sum / n)) > 0.09;
 }
 
+/* Whether file i of a model is a GGUF file (by its magic) rather than safetensors. */
+static int model_file_is_gguf(const sd_source *src, int i)
+{
+    return src->data[i] && src->size[i] >= 4 && !memcmp(src->data[i], "GGUF", 4);
+}
+
 static int model_load(sd_model *m, const sd_source *src, sd_arena *a, sd_error *err)
 {
     int rc, n = src->count;
     for (int i = 0; i < n; i++) {
-        if ((rc = sd_safetensors_open(&m->files[i], src->data[i], src->size[i], a, err))) return rc;
+        if ((rc = model_file_is_gguf(src, i) ? sd_gguf_open(&m->files[i], src->data[i], src->size[i], a, err)
+                                             : sd_safetensors_open(&m->files[i], src->data[i], src->size[i], a, err))) return rc;
         if (sd_safetensors_meta(&m->files[i], "sd.version")) m->meta = &m->files[i];
     }
     if (!m->meta && src->config_count > 0 && (rc = read_configs(m, src, a, err))) return rc;
@@ -9101,9 +9745,11 @@ static int model_load(sd_model *m, const sd_source *src, sd_arena *a, sd_error *
     /* the parts must fit together the way the pipeline joins them */
     const sd_vae_config *vc = sd_vae_get_config(m->vae);
     m->context_dim = m->te[0].width + (m->encoders == 2 ? m->te[1].width : 0);
-    if (m->unet->in_channels != 4 || m->unet->out_channels != 4)
-        return fail(err, SD_ERR_UNSUPPORTED, "model: the UNet takes %d and gives %d channels; only 4 (txt2img/img2img UNets, not inpainting ones) are supported",
-                    m->unet->in_channels, m->unet->out_channels);
+    /* 4 input channels: the latents; 9: latents, mask and masked-image latents (inpainting);
+       8: latents and image latents (InstructPix2Pix) */
+    if ((m->unet->in_channels != 4 && m->unet->in_channels != 8 && m->unet->in_channels != 9) || m->unet->out_channels != 4)
+        return fail(err, SD_ERR_UNSUPPORTED, "model: the UNet takes %d and gives %d channels; sd.h runs UNets of 4 (txt2img), 9 (inpainting) "
+                    "or 8 (InstructPix2Pix) input channels and 4 output channels", m->unet->in_channels, m->unet->out_channels);
     if (vc->embed_dim != 4 || vc->levels != 4)
         return fail(err, SD_ERR_UNSUPPORTED, "model: the VAE has %d latent channels and %d levels; the pipeline needs 4 and 4 (8x)", vc->embed_dim, vc->levels);
     if (m->unet->context_dim != m->context_dim)
@@ -9131,6 +9777,7 @@ static int model_load(sd_model *m, const sd_source *src, sd_arena *a, sd_error *
     }
     in->text_width = m->context_dim;
     in->text_layers = m->te[0].layers;
+    in->unet_in_channels = m->unet->in_channels;
     in->vae_scale = sd_vae_get_config(m->vae)->scaling_factor;
     /* SD1's tokenizer pads with <|endoftext|>, OpenCLIP's (SD2, SDXL's second) with "!" (id 0),
        unless the metadata says otherwise */
@@ -9175,7 +9822,13 @@ SD_API int sd_model_load(sd_model **model, const sd_source *src, sd_arena *a, sd
 SD_API size_t sd_model_arena_bytes(const sd_source *src)
 {
     size_t total = sizeof(sd_model) + sd_clip_vocab_arena_bytes(src ? src->merges_size : 0) + (4u << 20);
-    for (int i = 0; src && i < src->count && i < SD_MAX_FILES; i++) total += safetensors_arena_bound(src->data[i], src->size[i]);
+    for (int i = 0; src && i < src->count && i < SD_MAX_FILES; i++) {
+        if (model_file_is_gguf(src, i)) {   /* GGUF: what the reader's first pass counts */
+            total += (size_t)gguf_arena_bytes((const unsigned char *)src->data[i], src->size[i]) + 65536;
+            continue;
+        }
+        total += safetensors_arena_bound(src->data[i], src->size[i]);   /* a bad header: sd_model_load says what */
+    }
     return total;
 }
 
@@ -9197,7 +9850,7 @@ SD_API void sd_params_init(sd_params *p)
     p->weighting = 1;
     p->prediction = -1;
     p->threads = 1;
-    p->strength = 0.8;
+    p->image_guidance = 1.5f;
 }
 
 /* The sampler of a generation: the spacing asked for, or the model's scheduler config's, or
@@ -9210,6 +9863,35 @@ static int sampler_init(const sd_model *m, const sd_params *p, sd_sampler *smp, 
     if (spacing < 0) spacing = p->sampler == SD_SAMPLER_DDIM || m->info.version == SD_VERSION_XL ? SD_SPACING_LEADING : SD_SPACING_LINSPACE;
     return sd_sampler_init(smp, &m->schedule, p->sampler, p->steps, spacing, m->steps_offset, p->karras,
                            p->prediction >= 0 ? p->prediction : m->info.prediction, p->eta, err);
+}
+
+/* How the init image guides a generation: follows the UNet's input channels and the inputs. */
+enum { GUIDE_NONE, GUIDE_IMG2IMG, GUIDE_BLEND, GUIDE_INPAINT, GUIDE_IP2P };
+
+static int guide_mode(const sd_model *m, const sd_params *p)
+{
+    int ch = m->unet->in_channels;
+    return ch == 9 ? GUIDE_INPAINT : ch == 8 ? GUIDE_IP2P : !p->init_rgb ? GUIDE_NONE : p->mask ? GUIDE_BLEND : GUIDE_IMG2IMG;
+}
+
+/* The UNet's batch: 1, or 2 with classifier-free guidance (unconditional row first), or
+   InstructPix2Pix's 3 (text + image, image only, neither), which diffusers runs only when
+   guidance > 1 and image_guidance >= 1. */
+static int batch_rows(const sd_model *m, const sd_params *p)
+{
+    if (guide_mode(m, p) == GUIDE_IP2P) return p->guidance > 1.0f && p->image_guidance >= 1.0f ? 3 : 1;
+    return p->guidance > 1.0f ? 2 : 1;
+}
+
+/* Whether row b of B takes the negative prompt: the first of CFG's two, the last two of InstructPix2Pix's three. */
+static int negative_row(int B, int b) { return B == 3 ? b > 0 : B == 2 && b == 0; }
+
+/* The strength asked for, or the pipeline's default (diffusers'): inpainting 1 (SDXL 0.9999), img2img 0.8. */
+static double strength_of(const sd_model *m, const sd_params *p)
+{
+    int mode = guide_mode(m, p);
+    if (p->strength > 0) return p->strength;
+    return mode == GUIDE_INPAINT || mode == GUIDE_BLEND ? (m->info.version == SD_VERSION_XL ? 0.9999 : 1.0) : 0.8;
 }
 
 static int check_params(const sd_model *m, const sd_params *p, sd_error *err)
@@ -9232,7 +9914,14 @@ static int check_params(const sd_model *m, const sd_params *p, sd_error *err)
         if (p->original_size[i] < 0 || p->crop_top_left[i] < 0 || p->target_size[i] < 0 ||
             p->original_size[i] > 65536 || p->crop_top_left[i] > 65536 || p->target_size[i] > 65536)
             return fail(err, SD_ERR_ARG, "generate: SDXL size conditioning out of 0..65536");
-    if (p->init_rgb && !(p->strength > 0 && p->strength <= 1)) return fail(err, SD_ERR_ARG, "generate: strength %g, expected (0, 1]", p->strength);
+    if (!(p->strength >= 0 && p->strength <= 1)) return fail(err, SD_ERR_ARG, "generate: strength %g, expected (0, 1] (0: the default)", p->strength);
+    if (!(p->image_guidance >= 0 && p->image_guidance < 1000)) return fail(err, SD_ERR_ARG, "generate: image guidance %g out of range", p->image_guidance);
+    int ch = m->unet->in_channels;
+    if (ch != 4 && !p->init_rgb)
+        return fail(err, SD_ERR_ARG, "generate: this %s model (%d-channel UNet) needs an init image", ch == 9 ? "inpainting" : "InstructPix2Pix", ch);
+    if (ch == 9 && !p->mask) return fail(err, SD_ERR_ARG, "generate: this inpainting model (9-channel UNet) needs a mask");
+    if (ch == 8 && p->mask) return fail(err, SD_ERR_ARG, "generate: an InstructPix2Pix model (8-channel UNet) takes no mask");
+    if (p->mask && !p->init_rgb) return fail(err, SD_ERR_ARG, "generate: a mask needs an init image (the picture to repaint)");
     if (p->prediction != -1 && p->prediction != SD_PREDICT_EPSILON && p->prediction != SD_PREDICT_V)
         return fail(err, SD_ERR_ARG, "generate: unknown prediction type %d", p->prediction);
     if (!(p->eta >= 0 && p->eta <= 1)) return fail(err, SD_ERR_ARG, "generate: eta %g, expected 0..1", p->eta);
@@ -9244,7 +9933,7 @@ static int check_params(const sd_model *m, const sd_params *p, sd_error *err)
     sd_sampler smp;
     int start, rc;
     if ((rc = sampler_init(m, p, &smp, err))) return rc;
-    if (p->init_rgb && (rc = sd_img2img_start(p->steps, p->strength, &start, err))) return rc;
+    if (p->init_rgb && guide_mode(m, p) != GUIDE_IP2P && (rc = sd_img2img_start(p->steps, strength_of(m, p), &start, err))) return rc;
     return SD_OK;
 }
 
@@ -9324,7 +10013,7 @@ static int chunk_bound(const sd_clip_vocab *v, const sd_params *p, int tags)
 /* The text of batch item b of B: with guidance (B = 2) the negative prompt first. */
 static const char *batch_text(const sd_params *p, int B, int b)
 {
-    const char *t = B == 2 && b == 0 ? p->negative_prompt : p->prompt;
+    const char *t = negative_row(B, b) ? p->negative_prompt : p->prompt;
     return t ? t : "";
 }
 
@@ -9346,7 +10035,7 @@ static int prompt_chunks(const sd_model *m, const sd_params *p, int B, int b, in
     const char *text = batch_text(p, B, b);
     int32_t *cids;
     float *cw;
-    if (arena_measuring(a)) return prompt_scratch_plan(m->vocab, text, b == B - 1, a, err);
+    if (arena_measuring(a)) return prompt_scratch_plan(m->vocab, text, !negative_row(B, b), a, err);
     int got, rc = sd_prompt_chunks(m->vocab, text, strlen(text), m->pad[e], p->weighting, p->comma_wrap, chunks, &cids, &cw, &got, a, err);
     if (!rc && got != chunks) rc = fail(err, SD_ERR_ARG, "generate: the prompts tokenize to %d chunks, not the %d planned", got, chunks);
     if (!rc) {
@@ -9385,10 +10074,11 @@ static int encode_text(const sd_model *m, const sd_params *p, int B, int C, floa
         /* SDXL: no negative prompt means zeros, not the encoding of ""; the pooled embedding is
            the first chunk's */
         int P = m->te[1].proj_dim, H = p->height, W = p->width;
-        if (B == 2 && !p->negative_prompt && m->zero_negative) {
-            memset(ctx, 0, (size_t)C * SD_TEXT_TOKENS * D * sizeof(float));
-            memset(pooled, 0, (size_t)P * sizeof(float));
-        }
+        for (int b = 0; b < B; b++)
+            if (negative_row(B, b) && !p->negative_prompt && m->zero_negative) {
+                memset(ctx + (size_t)b * C * SD_TEXT_TOKENS * D, 0, (size_t)C * SD_TEXT_TOKENS * D * sizeof(float));
+                memset(pooled + (size_t)b * C * P, 0, (size_t)P * sizeof(float));
+            }
         /* the size conditioning: the image's original size, the crop's top-left corner, the target size */
         float sizes[6] = {(float)(p->original_size[0] ? p->original_size[0] : H), (float)(p->original_size[1] ? p->original_size[1] : W),
                           (float)p->crop_top_left[0], (float)p->crop_top_left[1],
@@ -9413,7 +10103,7 @@ static int count_chunks(const sd_model *m, const sd_params *p, int B, int *chunk
             const char *text = batch_text(p, B, b);
             if (arena_measuring(a)) {   /* a dry run plans for the most chunks the lengths allow */
                 *chunks = chunk_bound(m->vocab, p, 1);
-                if (prompt_scratch_plan(m->vocab, text, b == B - 1, a, err)) return SD_ERR_MEMORY;
+                if (prompt_scratch_plan(m->vocab, text, !negative_row(B, b), a, err)) return SD_ERR_MEMORY;
                 continue;
             }
             int got, rc = sd_prompt_chunks(m->vocab, text, strlen(text), m->pad[e], p->weighting, p->comma_wrap, 1, &ids, NULL, &got, a, err);
@@ -9427,30 +10117,95 @@ static int count_chunks(const sd_model *m, const sd_params *p, int B, int *chunk
     return SD_OK;
 }
 
-/* 2. img2img's starting latents: the init image's latent (VAE encoder, a sample of its
-   posterior, scaled) noised to the first kept step, drawing from the generator in diffusers'
-   order. spare is scratch. */
-static int init_image_latents(const sd_model *m, const sd_params *p, int first, const sd_sampler *smp, int start,
-                              sd_rng *rng, float *latents, float *spare, sd_pool *pool, sd_arena *a, sd_error *err)
+/* ---- the init image: img2img, inpainting, InstructPix2Pix ---- */
+
+SD_API void sd_inpaint_mask(const uint8_t *mask, int height, int width, float *mask_image, float *mask_latent)
+{
+    for (size_t i = 0; mask_image && i < (size_t)height * width; i++) mask_image[i] = mask[i] >= 128 ? 1.0f : 0.0f;
+    for (int y = 0; mask_latent && y < height / 8; y++)
+        for (int x = 0; x < width / 8; x++) mask_latent[(size_t)y * (width / 8) + x] = mask[(size_t)8 * y * width + 8 * x] >= 128 ? 1.0f : 0.0f;
+}
+
+SD_API void sd_masked_image(const uint8_t *rgb, const uint8_t *mask, int height, int width, float *out)
+{
+    size_t plane = (size_t)height * width;
+    for (int c = 0; c < 3; c++)
+        for (size_t i = 0; i < plane; i++) out[c * plane + i] = mask && mask[i] >= 128 ? 0.0f : (float)rgb[3 * i + c] / 255.0f * 2.0f - 1.0f;
+}
+
+/* An image's latent: the VAE encoder's posterior of image [3, H, W] in [-1, 1] (NULL: the init
+   image), either sampled with the next draw (or the caller's noise) and scaled, as img2img and
+   inpainting take it, or its unscaled mode (mean), as InstructPix2Pix takes it. */
+static int encode_latent(const sd_model *m, const sd_params *p, const float *image, int sample, const float *given, int first,
+                         sd_rng *rng, float *out, sd_pool *pool, sd_arena *a, sd_error *err)
 {
     int h = p->height / 8, w = p->width / 8, rc;
     size_t lat = (size_t)4 * h * w, plane = (size_t)p->height * p->width, mark = sd_arena_mark(a);
-    float *image = arena_floats(a, 3 * plane, err), *moments = arena_floats(a, 2 * lat, err);
-    float *mean = arena_floats(a, lat, err), *std = arena_floats(a, lat, err);
-    if (!std) return SD_ERR_MEMORY;
-    for (int c = 0; c < 3 && !pool->measure; c++)   /* RGB8 HWC → [-1, 1] NCHW, as the image processor does */
-        for (size_t i = 0; i < plane; i++) image[c * plane + i] = (float)p->init_rgb[3 * i + c] / 255.0f * 2.0f - 1.0f;
-    if ((rc = sd_vae_encode(m->vae, image, p->height, p->width, moments, pool, a, err)) || pool->measure) goto done;
-    sd_vae_posterior(moments, 4, h, w, mean, NULL, std);
-    if (p->posterior_noise && first) memcpy(spare, p->posterior_noise, lat * sizeof(float));
-    else sd_randn(rng, spare, lat);
-    sd_vae_sample(mean, std, spare, lat, latents);
-    for (size_t i = 0; i < lat; i++) latents[i] *= m->info.vae_scale;
-    if (p->noise && first) memcpy(spare, p->noise, lat * sizeof(float));
-    else sd_randn(rng, spare, lat);
-    rc = sd_sampler_add_noise(smp, start, latents, spare, lat, latents, err);
+    float *rgb = image ? NULL : arena_floats(a, 3 * plane, err), *moments = arena_floats(a, 2 * lat, err);
+    float *std = arena_floats(a, lat, err), *noise = arena_floats(a, lat, err);
+    if (!noise || (!image && !rgb)) return SD_ERR_MEMORY;
+    if (!image && !pool->measure) sd_masked_image(p->init_rgb, NULL, p->height, p->width, rgb);
+    if ((rc = sd_vae_encode(m->vae, image ? image : rgb, p->height, p->width, moments, pool, a, err)) || pool->measure) goto done;
+    sd_vae_posterior(moments, 4, h, w, out, NULL, std);
+    if (sample) {
+        if (given && first) memcpy(noise, given, lat * sizeof(float));
+        else sd_randn(rng, noise, lat);
+        sd_vae_sample(out, std, noise, lat, out);
+        for (size_t i = 0; i < lat; i++) out[i] *= m->info.vae_scale;
+    }
 done:
     sd_arena_reset(a, mark);
+    return rc;
+}
+
+/* What the run keeps of the init image: the UNet's extra input channels (inpainting: the latent
+   mask and the masked image's latent; InstructPix2Pix: the image's latent) and, for the blend
+   of ordinary models, the clean latent, its noise and the latent mask. */
+typedef struct image_cond {
+    float *extra;   /* [extra_channels, h, w], concatenated after the latents */
+    int extra_channels;
+    float *init, *noise, *mask;   /* GUIDE_BLEND */
+} image_cond;
+
+/* 2. The starting latents and the image conditioning, drawing from the generator in diffusers'
+   order: txt2img and InstructPix2Pix noise from the seed at the sampler's first noise level;
+   img2img the init image's latent (a posterior sample) noised to the first kept step;
+   inpainting the same unless strength is exactly 1 (pure noise), then the masked image's latent
+   (the draw is taken by ordinary models too, which do not use it). */
+static int start_latents(const sd_model *m, const sd_params *p, int first, const sd_sampler *smp, int start, sd_rng *rng,
+                         float *latents, image_cond *ic, sd_pool *pool, sd_arena *a, sd_error *err)
+{
+    int mode = guide_mode(m, p), h = p->height / 8, w = p->width / 8, rc = SD_OK, dry = pool->measure;
+    size_t lat = (size_t)4 * h * w, hw = (size_t)h * w, mark = sd_arena_mark(a);
+    float *init = ic->init ? ic->init : arena_floats(a, lat, err), *noise = ic->noise ? ic->noise : arena_floats(a, lat, err);
+    if (!init || !noise) return SD_ERR_MEMORY;
+    if (mode == GUIDE_IP2P) rc = encode_latent(m, p, NULL, 0, NULL, first, rng, ic->extra, pool, a, err);
+    int masked = mode == GUIDE_INPAINT || mode == GUIDE_BLEND, strength_max = masked && strength_of(m, p) == 1.0;
+    int pure_noise = mode == GUIDE_NONE || mode == GUIDE_IP2P || strength_max;
+    if (!rc && (mode == GUIDE_IMG2IMG || mode == GUIDE_BLEND || (mode == GUIDE_INPAINT && !strength_max)))
+        rc = encode_latent(m, p, NULL, 1, p->posterior_noise, first, rng, init, pool, a, err);
+    if (rc) return rc;
+    if (!dry) {   /* the latent noise */
+        const float *given = pure_noise && mode != GUIDE_INPAINT && mode != GUIDE_BLEND ? p->initial_latents : p->noise;
+        if (given && first) memcpy(noise, given, lat * sizeof(float));
+        else sd_randn(rng, noise, lat);
+    }
+    if (masked) {
+        size_t stage = sd_arena_mark(a);
+        float *image = arena_floats(a, 3 * (size_t)p->height * p->width, err);
+        if (!image) return SD_ERR_MEMORY;
+        if (!dry) sd_masked_image(p->init_rgb, p->mask, p->height, p->width, image);
+        if (!dry) sd_inpaint_mask(p->mask, p->height, p->width, NULL, mode == GUIDE_INPAINT ? ic->extra : ic->mask);
+        if (mode == GUIDE_INPAINT) rc = encode_latent(m, p, image, 1, p->masked_image_noise, first, rng, ic->extra + hw, pool, a, err);
+        else if (!dry && !(p->masked_image_noise && first)) sd_randn(rng, image, lat);   /* the draw an ordinary model does not use */
+        sd_arena_reset(a, stage);
+        if (rc) return rc;
+    }
+    if (!dry) {
+        if (pure_noise) for (size_t i = 0; i < lat; i++) latents[i] = noise[i] * smp->init_noise_sigma;
+        else rc = sd_sampler_add_noise(smp, start, init, noise, lat, latents, err);
+    }
+    if (!ic->init) sd_arena_reset(a, mark);   /* the blend keeps them */
     return rc;
 }
 
@@ -9479,46 +10234,72 @@ static int decode_image(const sd_model *m, const sd_params *p, int first, float 
     return rc;
 }
 
+/* The UNet input of step k: each row's latents, scaled for the sampler, followed by the image
+   conditioning's channels (InstructPix2Pix's unconditional row has zeros there). */
+static void unet_input_rows(const sd_model *m, const sd_sampler *smp, int k, int B, const float *latents, const image_cond *ic,
+                            size_t hw, float *unet_in, float *timesteps)
+{
+    int ch = m->unet->in_channels;
+    float in_scale = sd_sampler_input_scale(smp, k);
+    for (int b = 0; b < B; b++) {
+        float *row = unet_in + (size_t)b * ch * hw;
+        for (size_t i = 0; i < 4 * hw; i++) row[i] = latents[i] * in_scale;
+        if (ic->extra_channels) {
+            if (B == 3 && b == 2) memset(row + 4 * hw, 0, (size_t)ic->extra_channels * hw * sizeof(float));
+            else memcpy(row + 4 * hw, ic->extra, (size_t)ic->extra_channels * hw * sizeof(float));
+        }
+        timesteps[b] = smp->timesteps[k];
+    }
+}
+
+/* The inpainting blend of ordinary models after step k: the kept area (mask 0) goes back to the
+   init image's latent noised to the next step's level (after the last step: the clean latent). */
+static int blend_kept_area(const sd_sampler *smp, int k, const image_cond *ic, size_t hw, float *latents, float *spare, sd_error *err)
+{
+    int rc = k + 1 < smp->steps ? sd_sampler_add_noise(smp, k + 1, ic->init, ic->noise, 4 * hw, spare, err) : SD_OK;
+    const float *kept = k + 1 < smp->steps ? spare : ic->init;
+    for (size_t i = 0; i < 4 * hw && !rc; i++) {
+        float mk = ic->mask[i % hw];
+        latents[i] = (1.0f - mk) * kept[i] + mk * latents[i];
+    }
+    return rc;
+}
+
 /* One image of a generation (steps 2-4) from the text stage's conditioning, with the generator
    seeded for it; rgb gets its pixels. */
 static int generate_image(const sd_model *m, const sd_params *p, int first, const sd_unet_cond *cond, int B, sd_rng *rng,
                           sd_pool *pool, sd_arena *a, uint8_t *rgb, sd_error *err)
 {
-    int h = p->height / 8, w = p->width / 8, rc, start = 0;
-    size_t lat = (size_t)4 * h * w, mark = sd_arena_mark(a);
+    int h = p->height / 8, w = p->width / 8, rc, start = 0, mode = guide_mode(m, p), ch = m->unet->in_channels;
+    size_t hw = (size_t)h * w, lat = 4 * hw, mark = sd_arena_mark(a);
     float *latents = arena_floats(a, lat, err), *noise_pred = arena_floats(a, lat, err), *spare = arena_floats(a, lat, err);
-    float *unet_in = arena_floats(a, (size_t)B * lat, err), *unet_out = arena_floats(a, (size_t)B * lat, err);
+    float *unet_in = arena_floats(a, (size_t)B * ch * hw, err), *unet_out = arena_floats(a, (size_t)B * lat, err);
     float *timesteps = arena_floats(a, (size_t)B, err);
     float *history = p->sampler == SD_SAMPLER_DPMPP_2M ? arena_floats(a, lat, err) : NULL;
+    image_cond ic;
     sd_sampler smp;
+    memset(&ic, 0, sizeof ic);
+    ic.extra_channels = ch - 4;
+    if (ic.extra_channels && !(ic.extra = arena_floats(a, (size_t)ic.extra_channels * hw, err))) return SD_ERR_MEMORY;
+    if (mode == GUIDE_BLEND && (!(ic.init = arena_floats(a, lat, err)) || !(ic.noise = arena_floats(a, lat, err)) ||
+                                !(ic.mask = arena_floats(a, hw, err)))) return SD_ERR_MEMORY;
     if (!timesteps || (p->sampler == SD_SAMPLER_DPMPP_2M && !history)) return SD_ERR_MEMORY;
     if ((rc = sampler_init(m, p, &smp, err))) return rc;
-    if (p->init_rgb && (rc = sd_img2img_start(p->steps, p->strength, &start, err))) return rc;
+    if (p->init_rgb && mode != GUIDE_IP2P && (rc = sd_img2img_start(p->steps, strength_of(m, p), &start, err))) return rc;
+    if ((rc = start_latents(m, p, first, &smp, start, rng, latents, &ic, pool, a, err))) return rc;
 
-    /* 2. The starting latents: noise from the seed at the sampler's first noise level (txt2img),
-       or the init image's latent noised to the first kept step (img2img). */
-    if (p->init_rgb) {
-        if ((rc = init_image_latents(m, p, first, &smp, start, rng, latents, spare, pool, a, err))) return rc;
-    } else if (!pool->measure) {
-        if (p->initial_latents && first) memcpy(latents, p->initial_latents, lat * sizeof(float));
-        else sd_randn(rng, latents, lat);
-        for (size_t i = 0; i < lat; i++) latents[i] *= smp.init_noise_sigma;
-    }
-
-    /* 3. Denoise: one batched UNet pass per step (both halves see the same scaled latents),
+    /* 3. Denoise: one batched UNet pass per step (every row sees the same scaled latents),
        guidance, one sampler step. A dry run plans one step: they all take the same memory. */
     for (int k = start; k < p->steps; k++) {
-        float in_scale = sd_sampler_input_scale(&smp, k);
-        for (int b = 0; b < B && !pool->measure; b++) {
-            for (size_t i = 0; i < lat; i++) unet_in[b * lat + i] = latents[i] * in_scale;
-            timesteps[b] = smp.timesteps[k];
-        }
+        if (!pool->measure) unet_input_rows(m, &smp, k, B, latents, &ic, hw, unet_in, timesteps);
         if ((rc = sd_unet(m->unet, unet_in, timesteps, cond, B, h, w, unet_out, pool, a, err)) || pool->measure) break;
-        if (B == 2) sd_guidance(unet_out, unet_out + lat, p->guidance, lat, noise_pred);
+        if (B == 3) sd_image_guidance(unet_out, unet_out + lat, unet_out + 2 * lat, p->guidance, p->image_guidance, lat, noise_pred);
+        else if (B == 2) sd_guidance(unet_out, unet_out + lat, p->guidance, lat, noise_pred);
         else memcpy(noise_pred, unet_out, lat * sizeof(float));
         const float *noise = p->step_noise && first ? p->step_noise + (size_t)k * lat : NULL;
         if ((rc = sd_sampler_step(&smp, k, latents, noise_pred, lat, noise, rng, history, spare, NULL, err))) return rc;
         memcpy(latents, spare, lat * sizeof(float));
+        if (mode == GUIDE_BLEND && (rc = blend_kept_area(&smp, k, &ic, hw, latents, spare, err))) return rc;
         if (p->preview) p->preview(p->user, k - start + 1, latents, h, w);
         if (p->progress && p->progress(p->user, k - start + 1, p->steps - start))
             return fail(err, SD_ERR_CANCELLED, "generate: cancelled after step %d of %d", k - start + 1, p->steps - start);
@@ -9618,7 +10399,7 @@ static int lora_begin(const sd_model *m, const sd_params *p, sd_params *q, sd_po
         }
         if ((rc = lora_tag(text + i, tag, kind, name, sizeof name, &l, err))) return rc;
         if (!p->lora_resolve) return fail(err, SD_ERR_ARG, "prompt tag '%.*s': no lora_resolve callback to find LoRA '%s' with", shown, text + i, name);
-        if (p->lora_resolve(p->user, name, &data, &size) || (!data && size))
+        if (p->lora_resolve(p->lora_user, name, &data, &size) || (!data && size))
             return fail(err, SD_ERR_MISSING, "prompt tag '%.*s': there is no LoRA named '%s'", shown, text + i, name);
         char *copy = (char *)sd_arena_alloc(a, strlen(name) + 1, err);   /* for messages */
         if (!copy) return SD_ERR_MEMORY;
@@ -9645,7 +10426,7 @@ static int generate(const sd_model *m, const sd_params *params, sd_arena *a, uin
 {
     sd_params q = *params;   /* with the prompt's tags taken out (lora_begin) */
     const sd_params *p = &q;
-    int B = p->guidance > 1.0f ? 2 : 1, rc, add = sd_unet_add_dim(m->unet), C = 0;
+    int B = batch_rows(m, p), rc, add = sd_unet_add_dim(m->unet), C = 0;
     float *ctx = NULL, *y = NULL;
     sd_unet_cond cond;
     sd_pool pool;

@@ -7,12 +7,14 @@
 #   sh weights/download.sh sd-turbo   + SD-Turbo (SD 2.1 architecture, 1-4 steps; 5.2 GB)
 #   sh weights/download.sh sdxl       + SDXL base 1.0 single-file checkpoint (6.9 GB)
 #   sh weights/download.sh sdxl-turbo + SDXL-Turbo, fp16 (SDXL architecture, 1-4 steps; 6.9 GB)
+# SD_HUB=URL points it at a mirror (or tools/hub_standin.py, which the tests use); SD_FETCH=wget
+# uses wget even where curl is installed.
 set -eu
 cd "$(dirname "$0")"
-hub=https://huggingface.co
+hub=${SD_HUB:-https://huggingface.co}
 
 # headers URL / fetch URL OUT: curl, or wget where curl is missing (both resume a partial OUT).
-if command -v curl >/dev/null 2>&1; then
+if [ "${SD_FETCH:-}" != wget ] && command -v curl >/dev/null 2>&1; then
   headers() { curl -sIL "$1"; }
   fetch() { curl -fL --retry 3 -C - -o "$2" "$1"; }
 elif command -v wget >/dev/null 2>&1; then
