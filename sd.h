@@ -10393,7 +10393,7 @@ static int lora_begin(const sd_model *m, const sd_params *p, sd_params *q, sd_po
         if (!(tag = prompt_tag(m->vocab, text, i, end, &kind))) continue;
         shown = tag < 120 ? (int)tag : 120;
         if (kind != 4 || (strncmp(text + i + 1, "lora", 4) && strncmp(text + i + 1, "lyco", 4))) {
-            if (!dry && p->warnings)
+            if (!dry && p->warnings && p->warnings_size)
                 text_append(p->warnings, p->warnings_size, "prompt: removed '%.*s': sd.h applies LoRA tags only\n", shown, text + i);
             continue;
         }
@@ -10415,8 +10415,9 @@ static int lora_begin(const sd_model *m, const sd_params *p, sd_params *q, sd_po
         bound += lora_file_bound(p->loras[k].data, p->loras[k].size);
         if (!dry) list[n] = p->loras[k];
     }
+    if (!n) return SD_OK;   /* tags of other kinds only */
     if ((rc = lora_load(&set, m->unet, m->te, m->encoders, list, n, bound, a, err)) || (rc = pool_set_lora(pool, set, a, err))) return rc;
-    if (!dry && p->warnings) text_append(p->warnings, p->warnings_size, "%s", set->warnings);
+    if (!dry && p->warnings && p->warnings_size) text_append(p->warnings, p->warnings_size, "%s", set->warnings);
     return SD_OK;
 }
 

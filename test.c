@@ -7193,6 +7193,9 @@ static void lora_check_errors(loaded_model *lm, lora_dir *dir, const char *name)
         CHECK(rc == SD_OK && strstr(warnings, "'bundle_emb.x.string_to_param.*'") && strstr(warnings, "layers this model does not have") &&
               strstr(warnings, "removed '<hypernet:x:1>'"), "skipped tensors and tags: rc %d (%s), warnings '%s'", rc, rc ? err.message : "", warnings);
         free(f1);
+        rc = lora_generate(m, "a <hypernet:x:1>cat", dir, NULL, 0, 0, warnings, &used, &err);   /* no LoRA at all: no resolver needed */
+        CHECK(rc == SD_OK && strstr(warnings, "removed '<hypernet:x:1>'"), "a hypernetwork tag alone: rc %d (%s), warnings '%s'", rc,
+              rc ? err.message : "", warnings);
     }
     CHECK(hash_bytes((const char *)lm->bytes, lm->size) == before, "the model's bytes changed");
     run_pipeline_goldens(m, name, 0);   /* and it still gives the goldens */
