@@ -117,9 +117,10 @@ tsan: test.c sd.h $(MERGES)
 # `make bench`: the speed of every stage on a full-size SD 1.5 with random f16 weights (made once
 # into weights/bench/, 2.1 GB, ~15 s, no download): GEMM/conv/attention kernels (beside OpenBLAS
 # when it is installed), tokenizer, text encoder, UNet at 32x32 and 64x64 latents (batch 2: one
-# guided step), VAE decoder to 256x256 and 512x512, a 4-step 256x256 txt2img, and a 4-step LCM
-# 512x512 txt2img (the LCM-LoRA recipe: guidance 1, one UNet pass a step). About 5 minutes on 2
-# idle cores. TAESD (a random one, 4.9 MB, made once into weights/bench/): its decode to 512x512
+# guided step), VAE decoder to 256x256 and 512x512, a 4-step 256x256 txt2img, a 4-step LCM
+# 512x512 txt2img (the LCM-LoRA recipe: guidance 1, one UNet pass a step), and the 64x64 UNet
+# again with a random rank-32 LoRA on every attention and resnet layer (its cost). About 6 minutes
+# on 2 idle cores. TAESD (a random one, 4.9 MB, made once into weights/bench/): its decode to 512x512
 # and 1024x1024 beside the VAE's (the line gives both times and the speedup), and the 1-step
 # (Turbo-style, no guidance) and 4-step LCM 512x512 txt2img decoded by each (~2 minutes). Text encoder, UNet and VAE again with f32 weights (the same model written in
 # f32 on first use, 4.3 GB), about 4 minutes. Then a full-size SDXL base 1.0 with random f16 weights (made once, 6.9 GB, ~45 s):
@@ -135,6 +136,7 @@ bench: $(BENCH) $(MERGES) $(BENCH_MODEL) $(BENCH_MODEL_XL)
 	./bench vae,taesd,txt2img --vae-sizes 64 --taesd-sizes 64,128 --threads 0 --txt2img-size 256 --steps 4 $(BENCH_ARGS)
 	./bench txt2img --threads 0 --txt2img-size 512 --steps 1 --guidance 0 --decoder vae,taesd $(BENCH_ARGS)
 	./bench txt2img --threads 0 --txt2img-size 512 --steps 4 --sampler lcm --decoder vae,taesd $(BENCH_ARGS)
+	./bench unet --sizes 64 --threads 0 --lora-rank 32 $(BENCH_ARGS)
 	./bench text,unet,vae --dtype f32 --sizes 32,64 --threads 1,0 $(BENCH_ARGS)
 	./bench text,unet --kind sdxl --sizes 64 --threads 0 $(BENCH_ARGS)
 	@if [ "$(BENCH_FULL)" = 1 ]; then ./bench txt2img --threads 0 --txt2img-size 512 --steps 20 $(BENCH_ARGS) && \

@@ -38,24 +38,32 @@
 static uint8_t *image_read(const char *path, int *w, int *h, char *err, size_t errcap);
 static int image_write(const char *path, const uint8_t *rgb, int w, int h, const char *parameters, char *err, size_t errcap);
 
-/* Maps a file read-only; falls back to reading it when mmap is not possible. */
-static void *map_file(const char *path, size_t *size)
+/* Maps a file read-only; falls back to reading it when mmap is not possible (*mapped = 0). */
+static void *map_file_how(const char *path, size_t *size, int *mapped)
 {
     struct stat sb;
     void *p;
     int fd = open(path, O_RDONLY);
+    *mapped = 0;
     if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
         if (fd >= 0) close(fd);
         return NULL;
     }
     *size = (size_t)sb.st_size;
     p = mmap(NULL, *size ? *size : 1, PROT_READ, MAP_PRIVATE, fd, 0);
+    *mapped = p != MAP_FAILED;
     if (p == MAP_FAILED) {
         p = malloc(*size ? *size : 1);
         if (p && read(fd, p, *size) != (ssize_t)*size) { free(p); p = NULL; }
     }
     close(fd);
     return p;
+}
+
+static void *map_file(const char *path, size_t *size)
+{
+    int mapped;
+    return map_file_how(path, size, &mapped);
 }
 
 static int is_dir(const char *path)
@@ -107,7 +115,7 @@ static int inspect(const char *path)
 }
 
 typedef struct options {
-    const char *model, *tokenizer, *prompt, *negative, *init, *mask, *output, *preview, *taesd, *embd_dir;
+    const char *model, *tokenizer, *prompt, *negative, *init, *mask, *output, *preview, *taesd, *embd_dir, *lora_dir;
     int width, height, steps, threads, batch, clip_skip, verbose, have_seed, vae_tile, taesd_preview_only;
     int init_width, init_height;   /* the init image's own size */
     int sampler, karras, spacing, plain_prompt, turbo, have_steps, have_cfg, have_sampler, comma_wrap;
@@ -159,6 +167,8 @@ static void usage(FILE *f)
         "                            folder with the taesd_*/taesdxl_* pair, or a diffusers AutoencoderTiny\n"
         "                            folder; TAESDXL for SDXL models (chosen by the model's family)\n"
         "      --taesd-preview-only  TAESD for --preview only; the final image by the full VAE\n"
+        "      --lora-model-dir DIR  where <lora:NAME:w> in the prompt finds NAME.safetensors (A1111 syntax:\n"
+        "                            w = strength, <lora:NAME:w:u> UNet strength u, <lora:NAME> = 1)\n"
         "  -v, --verbose             more detail\n"
         "  -h, --help, --version\n");
 }
@@ -175,6 +185,27 @@ static const char *const diffusers_config_files[] = {
     "scheduler/scheduler_config.json",
 };
 
+/* --lora-model-dir: the LoRA files that <lora:NAME:w> tags name, DIR/NAME.safetensors, each
+   mapped once (sd.h asks for a file when it plans a generation and again when it runs it). */
+#define LORA_DIR_FILES 64
+typedef struct lora_dir {
+    const char *dir;
+    int count;
+    char name[LORA_DIR_FILES][256];
+    void *data[LORA_DIR_FILES];
+    size_t size[LORA_DIR_FILES];
+    int mapped[LORA_DIR_FILES];
+} lora_dir;
+
+static void lora_dir_close(lora_dir *d)
+{
+    for (int i = 0; i < d->count; i++) {
+        if (d->mapped[i]) munmap(d->data[i], d->size[i] ? d->size[i] : 1);
+        else free(d->data[i]);
+    }
+    d->count = 0;
+}
+
 /* What the callbacks of one generation share. */
 typedef struct progress_state { double start; const char *preview_dir; } progress_state;
 
@@ -184,6 +215,27 @@ static void write_preview_rgb(void *user, int step, const uint8_t *rgb, int widt
     char path[4096], err[256];
     snprintf(path, sizeof path, "%s/step_%02d.png", ((const progress_state *)user)->preview_dir, step);
     if (image_write(path, rgb, width, height, NULL, err, sizeof err)) fprintf(stderr, "%s\n", err);
+}
+
+/* sd_params.lora_resolve: NAME.safetensors in the LoRA folder. A NAME that would leave the
+   folder ('/', '\\', a leading '.') is no LoRA. */
+static int lora_from_dir(void *user, const char *name, const void **data, size_t *size)
+{
+    lora_dir *d = (lora_dir *)user;
+    char path[4096];
+    int i = 0;
+    if (!d || !d->dir || !*name || name[0] == '.' || strchr(name, '/') || strchr(name, '\\') || strlen(name) >= sizeof d->name[0]) return 1;
+    while (i < d->count && strcmp(d->name[i], name)) i++;
+    if (i == d->count) {
+        if (i == LORA_DIR_FILES) return 1;
+        snprintf(path, sizeof path, "%s/%s.safetensors", d->dir, name);
+        if (!(d->data[i] = map_file_how(path, &d->size[i], &d->mapped[i]))) return 1;
+        memcpy(d->name[i], name, strlen(name) + 1);
+        d->count++;
+    }
+    *data = d->data[i];
+    *size = d->size[i];
+    return 0;
 }
 
 /* The usual linear look at SD 1.x/2.x latents (the factors AUTOMATIC1111 and ComfyUI preview
@@ -522,10 +574,22 @@ static int run(options *o)
     p.preview = o->preview && !taesd ? write_preview : NULL;
     p.preview_rgb = o->preview && taesd ? write_preview_rgb : NULL;   /* (its decodes are part of the plan) */
     p.embeddings = embeddings;
+    lora_dir loras;
+    progress_state state = {now(), o->preview};
+    char warnings[2048];
+    memset(&loras, 0, sizeof loras);
+    loras.dir = o->lora_dir;
+    p.lora_resolve = lora_from_dir;
+    p.lora_user = &loras;
+    p.user = &state;
+    p.warnings = warnings;
+    p.warnings_size = sizeof warnings;
     size_t need = sd_generate_arena_bytes(model, &p);
     if (!need) {   /* sd_generate says why */
         uint8_t dummy;
-        sd_generate(model, &p, NULL, &dummy, &err);
+        sd_arena none;
+        sd_arena_init(&none, NULL, 0);
+        sd_generate(model, &p, &none, &dummy, &err);
         fprintf(stderr, "%s\n", err.message);
         return 1;
     }
@@ -542,11 +606,11 @@ static int run(options *o)
     sd_arena_init(&arena, mem, need + SD_ARENA_ALIGN);
     for (int i = 0; i < o->batch; i++) {
         char path[4096], params[8192], msg[512];
-        progress_state state = {now(), o->preview};
+        state.start = now();
         p.seed = o->seed + (uint64_t)i;
-        p.user = &state;
         fprintf(stderr, "seed %llu\n", (unsigned long long)p.seed);
         if (sd_generate(model, &p, &arena, rgb, &err)) { fprintf(stderr, "%s\n", err.message); return 1; }
+        if (i == 0 && *warnings) fprintf(stderr, "%s", warnings);
         const char *dot = strrchr(o->output, '.');
         if (i == 0) snprintf(path, sizeof path, "%s", o->output);
         else snprintf(path, sizeof path, "%.*s_%d%s", (int)(dot ? dot - o->output : (long)strlen(o->output)), o->output, i + 1, dot ? dot : "");
@@ -554,6 +618,7 @@ static int run(options *o)
         if (image_write(path, rgb, p.width, p.height, params, msg, sizeof msg)) { fprintf(stderr, "%s\n", msg); return 1; }
         fprintf(stderr, "wrote %s in %.1f s (peak arena %.1f MiB)\n", path, now() - state.start, arena.peak / 1048576.0);
     }
+    lora_dir_close(&loras);
     return 0;
 }
 
@@ -620,6 +685,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--preview")) o.preview = VALUE();
         else if (!strcmp(a, "--taesd")) o.taesd = VALUE();
         else if (!strcmp(a, "--taesd-preview-only")) o.taesd_preview_only = 1;
+        else if (!strcmp(a, "--lora-model-dir")) o.lora_dir = VALUE();
         else if (!strcmp(a, "--vae-tiling")) o.vae_tile = v && v[0] >= '0' && v[0] <= '9' ? parse_int(VALUE(), 8, 4096, a) : 32;
         else if (!strcmp(a, "--sampling-method")) {
             static const char *const names[6] = {"ddim", "euler", "euler_a", "dpm++2m", "dpm++2m_karras", "lcm"};

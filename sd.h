@@ -28,7 +28,9 @@
      files or diffusers folders; sd_params picks the sampler (DDIM, Euler, Euler a, DPM++ 2M
      with Karras sigmas, LCM) and reads AUTOMATIC1111's prompt syntax ("(castle:1.3)", "[fog]",
      BREAK) at any length up to 64 chunks of 75 tokens. LCM-distilled models take the guidance
-     scale as a UNet input.
+     scale as a UNet input. LoRAs come as A1111's <lora:NAME:0.8> tags in the prompt
+     (p.lora_resolve, a callback, hands over the file NAME stands for) or as a list (p.loras), and
+     are applied at run time: the model's weights stay untouched (see sd_lora).
      Every stage is callable on its own too: sd_clip_tokenize, sd_prompt_chunks, sd_text_encode,
      sd_unet, sd_vae_decode / sd_vae_encode, sd_sampler_init / sd_sampler_step, sd_randn; and
      TAESD, the tiny autoencoder (sd_taesd_load, sd_taesd_decode / sd_taesd_encode), for fast
@@ -57,10 +59,11 @@
      2. Arena
      3. safetensors and GGUF readers (the small strict JSON parser safetensors needs, GGUF's
         quantized blocks)
-     4. Compute kernels: GEMM, conv2d, norms, attention, activations; thread pool
+     4. Compute kernels: GEMM, conv2d, LoRA updates, norms, attention, activations; thread pool
      5. Tokenizer (CLIP BPE), prompt weighting and long prompts
      6. Text encoder (CLIP ViT-L/14 for SD1, OpenCLIP ViT-H for SD2, both of SDXL's)
      7. UNet (SD1, SD2, SDXL)
+    7b. LoRA: which layer each tensor of a LoRA file updates (the run-time half is in 4)
      8. VAE (decoder, encoder)
     8b. TAESD, the tiny autoencoder (decoder, encoder)
      9. Samplers (DDIM, Euler, Euler a, DPM++ 2M, LCM)
@@ -373,6 +376,52 @@ SD_API int sd_unet_add_vector(const sd_unet_model *unet, const float *pooled, in
    k < dim/2, then the cosines, f_k = 10000^(-k/(dim/2 - 1)), float32; dim >= 4. */
 SD_API int sd_unet_guidance_dim(const sd_unet_model *unet);
 SD_API void sd_guidance_embedding(float w, int dim, float *out);
+
+/* LoRA (Hu et al. 2021): low-rank updates of the text encoders' and the UNet's linear layers and
+   convolutions, y = W·x + b + s·(alpha/rank)·up·(down·x), applied at run time: the model's
+   weights are never copied or changed, so one loaded model serves any number of generations, on
+   any threads, each with LoRAs of its own. sd_generate does all of this from sd_params (the
+   prompt's <lora:NAME:w> tags, or a list); the calls below are for the stage functions.
+
+   Files (.safetensors, used in place): kohya / AUTOMATIC1111 (what civitai serves): per module
+   .lora_down.weight, .lora_up.weight and an optional 0-dim .alpha (absent: alpha = rank), named
+   lora_unet_<module path with '.' as '_'> (diffusers' or the original SGM paths: SD1 files use the
+   first, SDXL files the second), lora_te_ (one text encoder), lora_te1_ / lora_te2_ (SDXL); LoCon
+   convolutions (a k x k down with the layer's stride and padding, a 1x1 up); diffusers / PEFT:
+   unet.<path>.lora_A.weight / .lora_B.weight (also the older .lora.down / .lora.up), text_encoder.*
+   and text_encoder_2.*, alpha = rank unless given. Every Linear and Conv2d of the model is named
+   as each format names it, under both name maps, and looked up; shapes must fit. Every tensor of
+   a file must find its module, else sd_lora_load fails naming the file and the tensor. Two kinds
+   are skipped with a warning instead, as AUTOMATIC1111 skips them: text-encoder layers the model
+   lacks (diffusers' SD2 encoder drops the last layer, which SD2 never runs) and embeddings bundled
+   in the file (bundle_emb.*). LoHa, LoKr, DoRA and other LyCORIS kinds are refused. */
+typedef struct sd_lora {
+    const void *data;   /* the .safetensors bytes (read or mmap'd), kept by the caller while used */
+    size_t size;
+    float text_scale;   /* strength on the text encoder(s): A1111's <lora:NAME:w> sets both to w */
+    float unet_scale;   /* strength on the UNet (<lora:NAME:w:u>: u); negative values are allowed */
+    const char *name;   /* for messages: the tag's NAME or the file's; may be NULL */
+} sd_lora;
+
+typedef struct sd_lora_set sd_lora_set;   /* opaque: LoRAs matched to one model's layers, read-only */
+
+/* Arena bytes that sd_lora_load takes at most for these files (a bound from their header sizes). */
+SD_API size_t sd_lora_arena_bytes(const sd_lora *loras, int count);
+
+/* Reads `count` LoRA files and matches them to the UNet (may be NULL) and the n_te text encoders
+   te[0..n_te) (SDXL: 2; may be 0) of one model. The set lives in the arena and points into the
+   files, the UNet and te[]. On failure the arena is put back and *set is NULL. */
+SD_API int sd_lora_load(sd_lora_set **set, const sd_unet_model *unet, const sd_text_encoder *te, int n_te,
+                        const sd_lora *loras, int count, sd_arena *a, sd_error *err);
+
+/* What sd_lora_load skipped, and why; "" when nothing was. */
+SD_API const char *sd_lora_warnings(const sd_lora_set *set);
+
+/* Stage functions run on `pool` apply `set` from now on (NULL: none). The first set attached
+   takes SD_LORA_SCRATCH_BYTES of `a` for the pool (the low-rank products, a chunk of rows at a
+   time); reset the arena below it only with the pool. One set may serve several pools at once. */
+#define SD_LORA_SCRATCH_BYTES ((size_t)1 << 20)
+SD_API int sd_pool_set_lora(sd_pool *pool, const sd_lora_set *set, sd_arena *a, sd_error *err);
 
 #define SD_VAE_MAX_LEVELS 8   /* resolution levels (SD: 4, i.e. a factor 8 between image and latent) */
 #define SD_VAE_MAX_RESNETS 8   /* ResNet blocks per level (SD: 2 in the encoder, 3 in the decoder) */
@@ -721,6 +770,19 @@ typedef struct sd_params {
     int weighting;   /* 1 (default): A1111's (text:1.2) [text] BREAK syntax (sd_prompt_parse); 0: plain text */
     int comma_wrap;   /* long prompts: A1111's comma_padding_backtrack (its default 20); 0 (default):
                          plain chunks of 75 tokens (sd_prompt_chunks) */
+    /* LoRA (see sd_lora): AUTOMATIC1111's tags in `prompt`, <lora:NAME:w> (text encoders and UNet
+       at w), <lora:NAME:w:u> (UNet at u), <lora:NAME> (1), are taken out of the text before it is
+       parsed and their NAME passed to lora_resolve, which sets the file's bytes and returns 0, or
+       returns non-zero when it has no such LoRA (an error). sd_generate_arena_bytes calls it too
+       (the tables are planned from the files' headers): it must give the same bytes each time.
+       As in A1111 and stable-diffusion.cpp, tags in negative_prompt stay plain text; other
+       <word:...> tags (hypernetworks, ...) are removed with a warning, as A1111 does. */
+    int (*lora_resolve)(void *lora_user, const char *name, const void **data, size_t *size);
+    void *lora_user;   /* lora_resolve's first argument */
+    const sd_lora *loras;   /* more LoRAs, not from tags: applied after the tags' ones */
+    int lora_count;
+    char *warnings;   /* optional: what was skipped (LoRA tensors, tags), one line each; "" if nothing */
+    size_t warnings_size;
     int width, height;   /* pixels, multiples of 8 (default 512 x 512) */
     int steps;   /* default 20 */
     float guidance;   /* classifier-free guidance scale, default 7.5; <= 1: no unconditional pass (diffusers);
@@ -1632,6 +1694,25 @@ SD_API const sd_tensor *sd_safetensors_find(const sd_safetensors *st, const char
     return NULL;
 }
 
+/* The header length a file's first 8 bytes give (0 if they do not: opening it says why). */
+static size_t safetensors_header_bytes(const void *data, size_t size)
+{
+    const unsigned char *b = (const unsigned char *)data;
+    uint64_t hlen = 0;
+    if (!b || size < 8) return 0;
+    for (int k = 7; k >= 0; k--) hlen = hlen << 8 | b[k];
+    return hlen <= size - 8 && hlen <= 100u << 20 ? (size_t)hlen : 0;
+}
+
+/* Arena bytes that sd_safetensors_open of a file takes at most, from its header length: per
+   header byte, a metadata pair ("":"", 6 bytes) becomes two 64-byte arena pieces and two pointers
+   (144 bytes, 24 per byte); a tensor entry (at least 48 bytes) a table row, its name and hash
+   slots (about 200). */
+static size_t safetensors_arena_bound(const void *data, size_t size)
+{
+    return 24 * safetensors_header_bytes(data, size) + 65536;
+}
+
 SD_API const char *sd_safetensors_meta(const sd_safetensors *st, const char *key)
 {
     if (!st || !key) return NULL;
@@ -2033,6 +2114,14 @@ static const sd_tensor *weights_find(const weights *w, const char *name)
     return NULL;
 }
 
+/* "4, 32, 3, 3": a tensor's shape for messages. */
+static const char *shape_text(const sd_tensor *t, char *buf, size_t cap)
+{
+    buf[0] = 0;
+    for (int i = 0; i < t->ndim; i++) snprintf(buf + strlen(buf), cap - strlen(buf), "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+    return buf;
+}
+
 /* The tensor named by fmt, checked to be a float tensor of shape [d0, d1, d2, d3] where a 0 ends
    the shape and -1 accepts any size. A linear weight [N, K] is also accepted as a 1x1
    convolution [N, K, 1, 1] and vice versa, since checkpoints store both. NULL on failure. */
@@ -2062,8 +2151,8 @@ static const sd_tensor *need(weights *w, int64_t d0, int64_t d1, int64_t d2, int
     ok = tnd == nd;
     for (int i = 0; ok && i < nd; i++) ok = want[i] < 0 || t->shape[i] == want[i];
     if (!ok) {
-        char got[128] = "", exp[128] = "";
-        for (int i = 0; i < t->ndim; i++) snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+        char got[128], exp[128] = "";
+        shape_text(t, got, sizeof got);
         for (int i = 0; i < nd; i++) {
             if (want[i] < 0) snprintf(exp + strlen(exp), sizeof exp - strlen(exp), "%s*", i ? ", " : "");
             else snprintf(exp + strlen(exp), sizeof exp - strlen(exp), "%s%lld", i ? ", " : "", (long long)want[i]);
@@ -2544,6 +2633,8 @@ struct sd_pool {
     int measure;               /* set up on a measuring arena: a dry run, the kernels do nothing */
     float *scratch[SD_MAX_THREADS];
     size_t scratch_floats;
+    const struct sd_lora_set *lora;   /* LoRA adapters matmul and conv2d add (sd_pool_set_lora), or NULL */
+    float *lora_scratch;       /* the calling thread's [rows, rank] low-rank products, SD_LORA_SCRATCH_BYTES */
 #ifndef SD_NO_THREADS
     int started, sync_ready;
     pthread_t tid[SD_MAX_THREADS];
@@ -2868,6 +2959,7 @@ typedef struct gemm_job {
     int conv, H, W, Cin, Ho, Wo, k, s, pad;      /* implicit GEMM geometry when conv */
     int y0, x_y0;                                /* conv2d_rows: the first output row made, x's first row */
     int deep;                                    /* K in as few blocks as the scratch holds (narrow N) */
+    int row0;                                    /* conv: output pixel of row 0 (a band of B·Ho·Wo) */
     int64_t row_len;                             /* weight values per output column */
     int depth, taps, nblocks, blen;              /* K = depth x taps, in blocks of blen x taps */
     int gm, gn, mb, nb;                          /* task grid and its block sizes */
@@ -2886,7 +2978,7 @@ static void gemm_rows(const gemm_job *j, int m, int mr, int c0, const float **ro
         for (int i = 0; i < GEMM_MR; i++) rows[i] = x + (size_t)(m + (i < mr ? i : 0)) * j->ldx + c0;
         return;
     }
-    int bi = m / (Ho * Wo), oy = m % (Ho * Wo) / Wo, ox = m % Wo;
+    int r = m + j->row0, bi = r / (Ho * Wo), oy = r % (Ho * Wo) / Wo, ox = r % Wo;   /* row0: a band of the output's pixels */
     for (int i = 0; i < mr; i++) {
         int iy0 = (j->y0 + oy) * s - pad, ix0 = ox * s - pad;
         for (int ky = 0; ky < k; ky++) {
@@ -3013,7 +3105,7 @@ static void dot_tile(const float *const *a, const float *wb, int kl, float *out)
 static void dot_im2col(const gemm_job *j, float *col, int64_t k0, int kl)
 {
     for (int m = 0; m < j->M; m++) {
-        int hw = j->Ho * j->Wo, bi = m / hw, oy = (m % hw) / j->Wo, ox = m % j->Wo;
+        int hw = j->Ho * j->Wo, r = j->row0 + m, bi = r / hw, oy = (r % hw) / j->Wo, ox = r % j->Wo;
         int ci = (int)(k0 / j->taps), t = (int)(k0 % j->taps);
         float *o = col + (size_t)m * kl;
         for (int kk = 0; kk < kl; kk++) {
@@ -3094,10 +3186,15 @@ static void weight_row(const sd_tensor *w, int64_t i, int64_t K, float *out)
     tensor_floats(out, w, (size_t)(i * K), (int)K);
 }
 
-/* y[m, n] (+)= sum_k x[m, k] · w[n, k] + b[n]: a linear layer, and every convolution's core.
-   x has row stride ldx, y row stride ldy; b may be NULL. */
-static void matmul(sd_pool *pool, float *y, int ldy, const float *x, int ldx, int M, int N, int K,
-                   const sd_tensor *w, const sd_tensor *b, int accumulate)
+/* Adds the LoRA updates of weight w that the pool's set holds, after the base GEMM (below). */
+typedef struct conv_geometry { int H, W, Cin, k, s, pad, Ho, Wo; } conv_geometry;
+static void lora_update(sd_pool *pool, float *y, int ldy, const float *x, int ldx, int M, int N, int K, const sd_tensor *w,
+                        const conv_geometry *conv);
+
+/* y[m, n] (+)= sum_k x[m, k] · w[n, k] + b[n], the GEMM itself. x has row stride ldx, y row
+   stride ldy; b may be NULL. */
+static void gemm_matmul(sd_pool *pool, float *y, int ldy, const float *x, int ldx, int M, int N, int K,
+                        const sd_tensor *w, const sd_tensor *b, int accumulate)
 {
     if (M <= 0 || N <= 0 || pool->measure) return;
     gemm_job j;
@@ -3114,11 +3211,34 @@ static void matmul(sd_pool *pool, float *y, int ldy, const float *x, int ldx, in
     gemm_run(&j);
 }
 
+/* A linear layer, and every convolution's core: gemm_matmul, plus the low-rank updates of w
+   when LoRAs are on the pool. */
+static void matmul(sd_pool *pool, float *y, int ldy, const float *x, int ldx, int M, int N, int K,
+                   const sd_tensor *w, const sd_tensor *b, int accumulate)
+{
+    gemm_matmul(pool, y, ldy, x, ldx, M, N, K, w, b, accumulate);
+    if (pool->lora && !pool->measure) lora_update(pool, y, ldy, x, ldx, M, N, K, w, NULL);
+}
+
 /* y[M, N] = x[M, K] · wᵀ + b for a linear layer with weight [N, K] (or a [N, K, 1, 1] conv). */
 static void linear(sd_pool *pool, float *y, const float *x, int M, int N, int K,
                    const sd_tensor *w, const sd_tensor *b)
 {
     matmul(pool, y, N, x, K, M, N, K, w, b, 0);
+}
+
+/* Output pixels row0 .. row0 + rows - 1 (of B·Ho·Wo, in order) of a k x k convolution of x
+   [B, H, W, Cin] with w [Cout, Cin, k, k] into y [rows, Cout]: the implicit GEMM of conv2d. */
+static void conv_gemm(sd_pool *pool, float *y, const float *x, int H, int W, int Cin, const sd_tensor *w, const sd_tensor *b,
+                      int Cout, int k, int s, int pad, int Ho, int Wo, int row0, int rows)
+{
+    gemm_job j;
+    memset(&j, 0, sizeof j);
+    j.pool = pool; j.y = y; j.ldy = Cout; j.x = x; j.M = rows; j.N = Cout;
+    j.w = w; j.b = b;
+    j.conv = 1; j.H = H; j.W = W; j.Cin = Cin; j.Ho = Ho; j.Wo = Wo; j.k = k; j.s = s; j.pad = pad; j.row0 = row0;
+    j.row_len = (int64_t)Cin * k * k; j.depth = Cin; j.taps = k * k;
+    gemm_run(&j);
 }
 
 /* 2-D convolution, NHWC: x [B, H, W, Cin] → y [B, Ho, Wo, Cout] with w [Cout, Cin, k, k],
@@ -3136,13 +3256,69 @@ static void conv2d(sd_pool *pool, float *y, const float *x, int B, int H, int W,
         return;
     }
     SD_ASSERT(k * k <= GEMM_KC_MAX);
-    gemm_job j;
-    memset(&j, 0, sizeof j);
-    j.pool = pool; j.y = y; j.ldy = Cout; j.x = x; j.M = B * Ho * Wo; j.N = Cout;
-    j.w = w; j.b = b;
-    j.conv = 1; j.H = H; j.W = W; j.Cin = Cin; j.Ho = Ho; j.Wo = Wo; j.k = k; j.s = s; j.pad = pad;
-    j.row_len = (int64_t)Cin * k * k; j.depth = Cin; j.taps = k * k;
-    gemm_run(&j);
+    conv_gemm(pool, y, x, H, W, Cin, w, b, Cout, k, s, pad, Ho, Wo, 0, B * Ho * Wo);
+    if (pool->lora && !pool->measure) {
+        conv_geometry g = {H, W, Cin, k, s, pad, Ho, Wo};
+        lora_update(pool, y, Cout, x, 0, B * Ho * Wo, Cout, Cin * k * k, w, &g);
+    }
+}
+
+/* ---- LoRA: low-rank updates after the base GEMM ---- */
+/* A LoRA (Hu et al. 2021, eq. 3) changes a layer's weight W [N, K] into W + s·up·down, with
+   down [r, K] and up [N, r] of a small rank r. That sum is never formed here: W stays as it is
+   (read-only, shared by threads and generations) and the product is added to the layer's
+   output, y += up·(s·(down·x)): two small GEMMs on the same kernels, with r values per row in
+   between. A convolution's down is a k x k convolution with the layer's own stride and padding,
+   its up a 1x1 one (LoCon). The adapters of a generation are a table keyed by the address of
+   the model's weight, which the pool points to, so model code calls matmul and conv2d as always;
+   without a table the base path is untouched. The [rows, r] products go through a fixed scratch
+   of the pool, a chunk of rows at a time. */
+
+#define LORA_SCRATCH_FLOATS (SD_LORA_SCRATCH_BYTES / sizeof(float))
+#define LORA_MAX_RANK 4096   /* so that a chunk has at least 64 rows */
+
+typedef struct lora_adapter {
+    const sd_tensor *base;             /* the model's weight it updates: the key */
+    const sd_tensor *down, *up;        /* the LoRA file's tensors, used in place */
+    int rank;
+    float scale;                       /* strength · alpha / rank */
+    struct lora_adapter *next;         /* the next adapter of the same weight (another LoRA), or NULL */
+} lora_adapter;
+
+struct sd_lora_set {
+    lora_adapter *adapters;    /* [count], in the order files and modules were matched */
+    int count;
+    int32_t *slot;             /* open addressing over base weights: index of its first adapter, -1 empty */
+    uint32_t mask;
+    char warnings[1024];       /* what was skipped and why (sd_lora_warnings) */
+};
+
+static uint32_t lora_hash(const sd_tensor *w) { return (uint32_t)((uintptr_t)w >> 4) * 2654435761u; }
+
+static const lora_adapter *lora_find(const sd_lora_set *set, const sd_tensor *w)
+{
+    for (uint32_t h = lora_hash(w) & set->mask; set->slot[h] >= 0; h = (h + 1) & set->mask)
+        if (set->adapters[set->slot[h]].base == w) return &set->adapters[set->slot[h]];
+    return NULL;
+}
+
+/* y [M, N] (row stride ldy) += up·(scale·(down·x)) for every adapter of w: x [M, K] (row
+   stride ldx) for a linear layer, or the NHWC input of convolution `conv` whose M output pixels
+   y holds. */
+static void lora_update(sd_pool *pool, float *y, int ldy, const float *x, int ldx, int M, int N, int K, const sd_tensor *w,
+                        const conv_geometry *conv)
+{
+    float *t = pool->lora_scratch;
+    for (const lora_adapter *ad = lora_find(pool->lora, w); ad; ad = ad->next) {
+        int r = ad->rank, rows = (int)(LORA_SCRATCH_FLOATS / (size_t)r);
+        for (int m0 = 0; m0 < M; m0 += rows) {
+            int mc = M - m0 < rows ? M - m0 : rows;
+            if (conv) conv_gemm(pool, t, x, conv->H, conv->W, conv->Cin, ad->down, NULL, r, conv->k, conv->s, conv->pad, conv->Ho, conv->Wo, m0, mc);
+            else gemm_matmul(pool, t, r, x + (size_t)m0 * ldx, ldx, mc, r, K, ad->down, NULL, 0);
+            for (size_t i = 0; i < (size_t)mc * r; i++) t[i] *= ad->scale;
+            gemm_matmul(pool, y + (size_t)m0 * ldy, ldy, t, r, mc, N, r, ad->up, NULL, 1);
+        }
+    }
 }
 
 /* Output rows y0 .. y0 + rows - 1 (Wo wide, row i of y at y + i·Wo·ldy) of a k x k convolution of
@@ -6734,12 +6910,22 @@ static void unet_groupnorm(weights *w, const sd_tensor **g, const sd_tensor **b,
                          (*g)->name, C, UNET_GROUPS);
 }
 
+/* A resnet's modules under the two name maps ([0] original, [1] diffusers), after its part's prefix. */
+enum { RESNET_NORM1, RESNET_CONV1, RESNET_TIME, RESNET_NORM2, RESNET_CONV2, RESNET_SKIP, RESNET_MODULES };
+static const char *const unet_resnet_names[2][RESNET_MODULES] = {
+    {"in_layers.0", "in_layers.2", "emb_layers.1", "out_layers.0", "out_layers.3", "skip_connection"},
+    {"norm1", "conv1", "time_emb_proj", "norm2", "conv2", "conv_shortcut"}};
+
+/* The modules outside the levels (conv_in, the time and SDXL's added-conditioning MLPs, the head). */
+enum { UNET_CONV_IN, UNET_TIME1, UNET_TIME2, UNET_ADD1, UNET_ADD2, UNET_NORM_OUT, UNET_CONV_OUT, UNET_STEM_MODULES };
+static const char *const unet_stem_names[2][UNET_STEM_MODULES] = {
+    {"input_blocks.0.0", "time_embed.0", "time_embed.2", "label_emb.0.0", "label_emb.0.2", "out.0", "out.2"},
+    {"conv_in", "time_embedding.linear_1", "time_embedding.linear_2", "add_embedding.linear_1", "add_embedding.linear_2",
+     "conv_norm_out", "conv_out"}};
+
 static void load_resnet(weights *w, const sd_unet_model *u, unet_resnet *r, const char *p, int cin)
 {
-    static const char *const names[2][6] = {
-        {"in_layers.0", "in_layers.2", "emb_layers.1", "out_layers.0", "out_layers.3", "skip_connection"},
-        {"norm1", "conv1", "time_emb_proj", "norm2", "conv2", "conv_shortcut"}};
-    const char *const *n = names[w->diffusers ? 1 : 0];
+    const char *const *n = unet_resnet_names[w->diffusers ? 1 : 0];
     r->cin = cin;
     if (!w->failed && cin > UNET_MAX_CHANNELS)   /* an up resnet's input: two widths added */
         w->failed = fail(w->err, SD_ERR_UNSUPPORTED, "UNet block '%s%s': %d input channels, more than %d",
@@ -6881,24 +7067,26 @@ static void describe_unet(weights *w, sd_unet_model *u, const sd_safetensors *me
     char p[128];
     const char *conv1 = w->diffusers ? "conv1.weight" : "in_layers.2.weight";
     int dif = w->diffusers, skip_ch[UNET_MAX_SKIPS], nskip = 0, ch;
+    const char *const *stem = unet_stem_names[dif];
 
     /* stem: conv_in and the time MLP */
-    u->conv_in_w = need(w, -1, -1, 3, 3, "%s.weight", dif ? "conv_in" : "input_blocks.0.0");
+    u->conv_in_w = need(w, -1, -1, 3, 3, "%s.weight", stem[UNET_CONV_IN]);
     u->model_channels = unet_dim(w, u->conv_in_w, 0);
     u->in_channels = unet_dim(w, u->conv_in_w, 1);
-    u->conv_in_b = need(w, u->model_channels, 0, 0, 0, "%s.bias", dif ? "conv_in" : "input_blocks.0.0");
-    u->time1_w = need(w, -1, u->model_channels, 0, 0, "%s.weight", dif ? "time_embedding.linear_1" : "time_embed.0");
+    u->conv_in_b = need(w, u->model_channels, 0, 0, 0, "%s.bias", stem[UNET_CONV_IN]);
+    u->time1_w = need(w, -1, u->model_channels, 0, 0, "%s.weight", stem[UNET_TIME1]);
     u->time_dim = unet_dim(w, u->time1_w, 0);
     if (w->failed) return;
-    u->time1_b = need(w, u->time_dim, 0, 0, 0, "%s.bias", dif ? "time_embedding.linear_1" : "time_embed.0");
-    u->time2_w = need(w, u->time_dim, u->time_dim, 0, 0, "%s.weight", dif ? "time_embedding.linear_2" : "time_embed.2");
-    u->time2_b = need(w, u->time_dim, 0, 0, 0, "%s.bias", dif ? "time_embedding.linear_2" : "time_embed.2");
+    u->time1_b = need(w, u->time_dim, 0, 0, 0, "%s.bias", stem[UNET_TIME1]);
+    u->time2_w = need(w, u->time_dim, u->time_dim, 0, 0, "%s.weight", stem[UNET_TIME2]);
+    u->time2_b = need(w, u->time_dim, 0, 0, 0, "%s.bias", stem[UNET_TIME2]);
     if (!w->failed && u->model_channels % 2)
         w->failed = fail(w->err, SD_ERR_UNSUPPORTED, "tensor '%s': the sinusoidal time embedding needs an even width, not %d",
                          u->conv_in_w->name, u->model_channels);
     /* SDXL: y (pooled text, embedded sizes) through its own MLP, added to the time embedding */
-    if (weights_find(w, dif ? "add_embedding.linear_1.weight" : "label_emb.0.0.weight")) {
-        const char *l1 = dif ? "add_embedding.linear_1" : "label_emb.0.0", *l2 = dif ? "add_embedding.linear_2" : "label_emb.0.2";
+    snprintf(p, sizeof p, "%s.weight", stem[UNET_ADD1]);
+    if (weights_find(w, p)) {
+        const char *l1 = stem[UNET_ADD1], *l2 = stem[UNET_ADD2];
         u->add1_w = need(w, u->time_dim, -1, 0, 0, "%s.weight", l1);
         u->add_dim = unet_dim(w, u->add1_w, 1);
         u->add1_b = need(w, u->time_dim, 0, 0, 0, "%s.bias", l1);
@@ -6965,10 +7153,10 @@ static void describe_unet(weights *w, sd_unet_model *u, const sd_safetensors *me
     }
     /* head: GroupNorm-SiLU-conv back to latent channels */
     if (w->failed) return;
-    unet_groupnorm(w, &u->norm_out_w, &u->norm_out_b, ch, "", dif ? "conv_norm_out" : "out.0");
-    u->conv_out_w = need(w, -1, ch, 3, 3, "%s.weight", dif ? "conv_out" : "out.2");
+    unet_groupnorm(w, &u->norm_out_w, &u->norm_out_b, ch, "", stem[UNET_NORM_OUT]);
+    u->conv_out_w = need(w, -1, ch, 3, 3, "%s.weight", stem[UNET_CONV_OUT]);
     u->out_channels = unet_dim(w, u->conv_out_w, 0);
-    u->conv_out_b = need(w, u->out_channels, 0, 0, 0, "%s.bias", dif ? "conv_out" : "out.2");
+    u->conv_out_b = need(w, u->out_channels, 0, 0, 0, "%s.bias", stem[UNET_CONV_OUT]);
 
     for (int l = 0; l < u->levels; l++)
         for (int j = 0; j <= u->resnets; j++) {
@@ -7429,6 +7617,455 @@ SD_API int sd_unet_add_vector(const sd_unet_model *unet, const float *pooled, in
     memcpy(y, pooled, (size_t)pooled_dim * sizeof(float));
     for (int i = 0; i < 6; i++) timestep_embedding(y + pooled_dim + i * each, size_ids[i], each);
     return SD_OK;
+}
+
+/* ---- 7b. LoRA: which layer each tensor of a LoRA file updates ------------------------------ */
+/* The run-time half is in section 4 (lora_update); this half reads the files. Every Linear and
+   Conv2d of the loaded text encoders and UNet is visited with its module path under both name
+   maps (for the UNet, unet_part's: the description the loader reads), named as each file format
+   names it, and looked up in the file. Whatever no layer took is an error naming it, or a warning
+   where AUTOMATIC1111 skips it too. Shapes must fit the layer; nothing is copied. */
+
+enum { LORA_UNET, LORA_TE, LORA_TE1, LORA_TE2, LORA_PARTS };   /* whose layer: kohya's lora_unet_, lora_te_, lora_te1_, lora_te2_ */
+
+/* One Linear or Conv2d of the model: its weight (the key of its adapters), kernel size, and
+   module path under the original [0] and the diffusers [1] name maps. */
+typedef struct lora_module {
+    const sd_tensor *w;
+    int k, part;
+    char path[2][192];
+} lora_module;
+
+typedef void (*lora_visit)(void *user, const lora_module *m);
+
+/* A transformer block's linear layers, the same in both name maps. */
+static const struct { size_t field; const char *name; } lora_block_modules[] = {
+    {offsetof(unet_block, self.q), "attn1.to_q"}, {offsetof(unet_block, self.k), "attn1.to_k"},
+    {offsetof(unet_block, self.v), "attn1.to_v"}, {offsetof(unet_block, self.out_w), "attn1.to_out.0"},
+    {offsetof(unet_block, cross.q), "attn2.to_q"}, {offsetof(unet_block, cross.k), "attn2.to_k"},
+    {offsetof(unet_block, cross.v), "attn2.to_v"}, {offsetof(unet_block, cross.out_w), "attn2.to_out.0"},
+    {offsetof(unet_block, ff1_w), "ff.net.0.proj"}, {offsetof(unet_block, ff2_w), "ff.net.2"},
+};
+
+typedef struct lora_walk {
+    const sd_unet_model *u;
+    weights map[2];   /* unet_part's name maps: [0] original, [1] diffusers */
+    lora_visit visit;
+    void *user;
+} lora_walk;
+
+/* Visits weight w (if there is one) as prefix[i] + name[i]; a sampler's prefix is its module. */
+static void lora_emit(lora_walk *k, const sd_tensor *w, int ksize, const char *const prefix[2], const char *const name[2])
+{
+    lora_module m;
+    if (!w) return;
+    m.w = w;
+    m.k = ksize;
+    m.part = LORA_UNET;
+    for (int i = 0; i < 2; i++) {
+        size_t n = (size_t)snprintf(m.path[i], sizeof m.path[i], "%s%s", prefix[i], name[i]);
+        if (n > 0 && n < sizeof m.path[i] && m.path[i][n - 1] == '.') m.path[i][n - 1] = 0;
+    }
+    k->visit(k->user, &m);
+}
+
+/* The layers of one part of the UNet: a resnet's two 3x3 convs, time projection and shortcut,
+   a transformer's projections and its blocks' attention and feed-forward layers, a sampler. */
+static void lora_unet_part(lora_walk *k, int part, int l, int j)
+{
+    static const int resnet[4] = {RESNET_CONV1, RESNET_TIME, RESNET_CONV2, RESNET_SKIP};
+    const sd_unet_model *u = k->u;
+    const unet_level *lv = &u->level[l];
+    char p0[128], p1[128], name[96];
+    const char *prefix[2] = {unet_part(p0, sizeof p0, &k->map[0], u, part, l, j), unet_part(p1, sizeof p1, &k->map[1], u, part, l, j)};
+    const char *names[2] = {name, name};
+    const unet_resnet *r = part == UNET_DOWN_RES ? &lv->down[j] : part == UNET_UP_RES ? &lv->up[j] : part == UNET_MID_RES ? &u->mid[j] : NULL;
+    const unet_transformer *t = part == UNET_DOWN_ATTN ? &lv->down_attn[j] : part == UNET_UP_ATTN ? &lv->up_attn[j]
+                              : part == UNET_MID_ATTN ? &u->mid_attn : NULL;
+    if (r) {
+        const sd_tensor *w[4] = {r->conv1_w, r->time_w, r->conv2_w, r->skip_w};
+        for (int i = 0; i < 4; i++) {
+            const char *n[2] = {unet_resnet_names[0][resnet[i]], unet_resnet_names[1][resnet[i]]};
+            lora_emit(k, w[i], i == 0 || i == 2 ? 3 : 1, prefix, n);
+        }
+    } else if (t) {
+        if (!t->depth) return;
+        snprintf(name, sizeof name, "proj_in");
+        lora_emit(k, t->proj_in_w, 1, prefix, names);
+        snprintf(name, sizeof name, "proj_out");
+        lora_emit(k, t->proj_out_w, 1, prefix, names);
+        for (int b = 0; b < t->depth; b++)
+            for (size_t i = 0; i < sizeof lora_block_modules / sizeof *lora_block_modules; i++) {
+                snprintf(name, sizeof name, "transformer_blocks.%d.%s", b, lora_block_modules[i].name);
+                lora_emit(k, *(const sd_tensor *const *)(const void *)((const char *)&t->blocks[b] + lora_block_modules[i].field), 1, prefix, names);
+            }
+    } else {
+        name[0] = 0;
+        lora_emit(k, part == UNET_DOWNSAMPLE ? lv->downsample_w : lv->upsample_w, 3, prefix, names);
+    }
+}
+
+/* Every Linear and Conv2d of the UNet, in the order of the forward pass. */
+static void lora_unet_modules(const sd_unet_model *u, lora_visit visit, void *user)
+{
+    static const char *const none[2] = {"", ""};
+    const sd_tensor *stem[UNET_STEM_MODULES] = {u->conv_in_w, u->time1_w, u->time2_w, u->add1_w, u->add2_w, NULL, u->conv_out_w};
+    lora_walk k;
+    memset(&k, 0, sizeof k);
+    k.u = u;
+    k.map[1].diffusers = 1;
+    k.visit = visit;
+    k.user = user;
+    for (int i = 0; i < UNET_STEM_MODULES; i++) {
+        const char *n[2] = {unet_stem_names[0][i], unet_stem_names[1][i]};
+        lora_emit(&k, stem[i], i == UNET_CONV_IN || i == UNET_CONV_OUT ? 3 : 1, none, n);
+    }
+    for (int l = 0; l < u->levels; l++) {
+        for (int j = 0; j < u->resnets; j++) {
+            lora_unet_part(&k, UNET_DOWN_RES, l, j);
+            lora_unet_part(&k, UNET_DOWN_ATTN, l, j);
+        }
+        lora_unet_part(&k, UNET_DOWNSAMPLE, l, 0);
+    }
+    lora_unet_part(&k, UNET_MID_RES, 0, 0);
+    lora_unet_part(&k, UNET_MID_ATTN, 0, 0);
+    lora_unet_part(&k, UNET_MID_RES, 0, 1);
+    for (int l = u->levels - 1; l >= 0; l--) {
+        for (int j = 0; j <= u->resnets; j++) {
+            lora_unet_part(&k, UNET_UP_RES, l, j);
+            lora_unet_part(&k, UNET_UP_ATTN, l, j);
+        }
+        lora_unet_part(&k, UNET_UPSAMPLE, l, 0);
+    }
+}
+
+/* Every linear layer of a text encoder, under HF's names (text_model.encoder.layers.N...): the
+   names LoRA files use for OpenCLIP towers too, whose q, k and v are row views of in_proj. */
+static void lora_text_modules(const sd_text_encoder *te, int part, lora_visit visit, void *user)
+{
+    lora_module m;
+    char name[160];
+    m.k = 1;
+    m.part = part;
+    for (int l = 0; l < te->layers; l++)
+        for (size_t i = 0; i < sizeof clip_layer_names / sizeof *clip_layer_names; i++) {
+            const struct clip_tensor_name *n = &clip_layer_names[i];
+            if (!n->cols) continue;   /* norms and biases */
+            snprintf(name, sizeof name, n->hf, l);
+            m.w = (const sd_tensor *)(const void *)((const char *)&te->layer[l] + n->field);
+            snprintf(m.path[0], sizeof m.path[0], "text_model.%.*s", (int)(strlen(name) - strlen(".weight")), name);
+            memcpy(m.path[1], m.path[0], sizeof m.path[0]);
+            visit(user, &m);
+        }
+}
+
+/* How each format names a layer's tensors: a prefix per part, the module path with '.' as '_'
+   (kohya) or as it is, and the down and up suffixes; any format may add <stem>.alpha. */
+static const struct lora_format {
+    const char *prefix[LORA_PARTS], *down, *up;
+    int underscores;
+} lora_formats[] = {
+    {{"lora_unet_", "lora_te_", "lora_te1_", "lora_te2_"}, ".lora_down.weight", ".lora_up.weight", 1},              /* kohya, A1111 */
+    {{"unet.", "text_encoder.", "text_encoder.", "text_encoder_2."}, ".lora_A.weight", ".lora_B.weight", 0},       /* diffusers (PEFT) */
+    {{"unet.", "text_encoder.", "text_encoder.", "text_encoder_2."}, ".lora.down.weight", ".lora.up.weight", 0},   /* diffusers before PEFT */
+};
+#define LORA_FORMATS (int)(sizeof lora_formats / sizeof *lora_formats)
+
+/* Matching one file. */
+typedef struct lora_matcher {
+    const sd_safetensors *st;
+    const char *name;             /* the LoRA's name, for messages */
+    unsigned char *used;          /* [st->count]: the tensors a layer took */
+    float strength[LORA_PARTS];
+    lora_adapter *adapters;       /* the set's: count made so far, room for cap */
+    int count, cap;
+    sd_error *err;
+    int rc;                       /* the first failure */
+} lora_matcher;
+
+static const sd_tensor *lora_tensor(lora_matcher *mt, const char *stem, const char *suffix)
+{
+    char name[512];
+    snprintf(name, sizeof name, "%s%s", stem, suffix);
+    const sd_tensor *t = sd_safetensors_find(mt->st, name);
+    if (t) mt->used[t - mt->st->tensors] = 1;
+    return t;
+}
+
+static int lora_float_dtype(const sd_tensor *t) { return t->dtype == SD_F32 || t->dtype == SD_F16 || t->dtype == SD_BF16; }
+
+/* The adapter of down and up (and alpha, may be NULL) on layer m, if their shapes fit it: down
+   [r, in] (or [r, in, 1, 1]; a k x k conv's [r, in, k, k]), up [out, r] (or [out, r, 1, 1]). */
+static void lora_adapt(lora_matcher *mt, const lora_module *m, const sd_tensor *down, const sd_tensor *up, const sd_tensor *alpha)
+{
+    const sd_tensor *w = m->w;
+    int64_t N = w->shape[0], K = w->shape[1], r = down->shape[0];
+    int down_ok = down->ndim == 2 ? m->k == 1 : down->ndim == 4 && down->shape[2] == m->k && down->shape[3] == m->k;
+    int up_ok = up->ndim == 2 || (up->ndim == 4 && up->shape[2] == 1 && up->shape[3] == 1);
+    double a = (double)r;
+    char got[128], base[128];
+    if (!lora_float_dtype(down) || !lora_float_dtype(up)) {
+        mt->rc = fail(mt->err, SD_ERR_SHAPE, "LoRA '%s': tensor '%s' is %s; LoRA weights must be F32, F16 or BF16", mt->name,
+                      lora_float_dtype(down) ? up->name : down->name, sd_dtype_name(lora_float_dtype(down) ? up->dtype : down->dtype));
+        return;
+    }
+    if (!down_ok || down->shape[1] != K || r < 1 || r > LORA_MAX_RANK) {
+        mt->rc = fail(mt->err, SD_ERR_SHAPE, "LoRA '%s': tensor '%s' has shape [%s]; the layer's weight '%s' is [%s], so it must be "
+                      "[rank, %lld%s] (rank 1..%d)", mt->name, down->name, shape_text(down, got, sizeof got), w->name,
+                      shape_text(w, base, sizeof base), (long long)K, m->k == 3 ? ", 3, 3" : "", LORA_MAX_RANK);
+        return;
+    }
+    if (!up_ok || up->shape[0] != N || up->shape[1] != r) {
+        mt->rc = fail(mt->err, SD_ERR_SHAPE, "LoRA '%s': tensor '%s' has shape [%s]; the layer's weight '%s' is [%s] and the rank %lld, "
+                      "so it must be [%lld, %lld]", mt->name, up->name, shape_text(up, got, sizeof got), w->name,
+                      shape_text(w, base, sizeof base), (long long)r, (long long)N, (long long)r);
+        return;
+    }
+    if (alpha && (lora_float_dtype(alpha) || alpha->dtype == SD_F64) && sd_tensor_numel(alpha) == 1) a = tensor_get(alpha, 0);
+    if (alpha) {
+        if ((!lora_float_dtype(alpha) && alpha->dtype != SD_F64) || sd_tensor_numel(alpha) != 1 || !(fabs(a) <= 1e30)) {
+            mt->rc = fail(mt->err, SD_ERR_SHAPE, "LoRA '%s': tensor '%s' is not one finite number", mt->name, alpha->name);
+            return;
+        }
+    }
+    SD_ASSERT(mt->count < mt->cap);
+    lora_adapter *ad = &mt->adapters[mt->count++];
+    ad->base = w;
+    ad->down = down;
+    ad->up = up;
+    ad->rank = (int)r;
+    ad->scale = (float)((double)mt->strength[m->part] * a / (double)r);
+    ad->next = NULL;
+}
+
+/* The visitor: layer m's tensors under every format and name map. */
+static void lora_match(void *user, const lora_module *m)
+{
+    lora_matcher *mt = (lora_matcher *)user;
+    char stem[400];
+    for (int f = 0; f < LORA_FORMATS && !mt->rc; f++)
+        for (int map = 0; map < 2 && !mt->rc; map++) {
+            const struct lora_format *fm = &lora_formats[f];
+            if (map == 1 && !strcmp(m->path[0], m->path[1])) continue;
+            size_t n = strlen(fm->prefix[m->part]);
+            snprintf(stem, sizeof stem, "%s%s", fm->prefix[m->part], m->path[map]);
+            for (char *c = stem + n; fm->underscores && *c; c++) if (*c == '.') *c = '_';
+            const sd_tensor *down = lora_tensor(mt, stem, fm->down), *up = lora_tensor(mt, stem, fm->up);
+            if (!down && !up) continue;
+            if (!down || !up) {
+                mt->rc = fail(mt->err, SD_ERR_MISSING, "LoRA '%s': tensor '%s' has no '%s%s' beside it", mt->name,
+                              (down ? down : up)->name, stem, down ? fm->up : fm->down);
+                return;
+            }
+            lora_adapt(mt, m, down, up, lora_tensor(mt, stem, ".alpha"));
+        }
+}
+
+/* The text-encoder layer number in a tensor name of encoder part `part`, or -1. */
+static long lora_text_layer(const char *name, int part)
+{
+    for (int f = 0; f < LORA_FORMATS; f++) {
+        const char *pre = lora_formats[f].prefix[part], *path = lora_formats[f].underscores ? "text_model_encoder_layers_" : "text_model.encoder.layers.";
+        long v = 0;
+        if (strncmp(name, pre, strlen(pre)) || strncmp(name + strlen(pre), path, strlen(path))) continue;
+        const char *s = name + strlen(pre) + strlen(path);
+        if (*s < '0' || *s > '9') continue;
+        for (; *s >= '0' && *s <= '9' && v < 100000; s++) v = v * 10 + (*s - '0');
+        return v;
+    }
+    return -1;
+}
+
+/* Whose layer a tensor name is for by its prefix alone (any format), or -1. */
+static int lora_name_part(const char *name)
+{
+    for (int f = 0; f < LORA_FORMATS; f++)
+        for (int p = LORA_PARTS - 1; p >= 0; p--)
+            if (!strncmp(name, lora_formats[f].prefix[p], strlen(lora_formats[f].prefix[p]))) return p;
+    return -1;
+}
+
+/* Appends a line to a text buffer of cap bytes (cut at the end if it does not fit). */
+static void text_append(char *buf, size_t cap, const char *fmt, ...)
+{
+    size_t n = strlen(buf);
+    va_list ap;
+    if (n + 1 >= cap) return;
+    va_start(ap, fmt);
+    vsnprintf(buf + n, cap - n, fmt, ap);
+    va_end(ap);
+}
+
+/* What no layer took. Skipped with a warning where AUTOMATIC1111 skips it as well: embeddings
+   bundled in the file (A1111 loads them as textual inversions; not here), text-encoder layers
+   this model lacks (diffusers' SD2 encoder has 23 of OpenCLIP's 24: the last is never run), and
+   a part the caller did not give. Anything else is an error naming the tensor. */
+static int lora_leftovers(lora_matcher *mt, sd_lora_set *set, const sd_unet_model *unet, const sd_text_encoder *te, int n_te)
+{
+    static const char *const why[3] = {"embeddings bundled in the LoRA (bundle_emb.*), which sd.h does not load",
+                                       "text-encoder layers this model does not have", "a part of the model that was not given"};
+    static const char *const unsupported[] = {".hada_", ".lokr_", ".lora_mid.", ".dora_scale", ".diff", ".w_norm", ".b_norm", ".oft_"};
+    const char *first[3] = {NULL, NULL, NULL}, *bad = NULL;
+    int skipped[3] = {0, 0, 0}, unmatched = 0;
+    for (int i = 0; i < mt->st->count; i++) {
+        const char *name = mt->st->tensors[i].name;
+        int part = lora_name_part(name), kind = -1;
+        if (mt->used[i]) continue;
+        if (!strncmp(name, "bundle_emb.", 11)) kind = 0;
+        for (int e = 0; e < n_te && kind < 0; e++) {
+            long layer = lora_text_layer(name, n_te == 2 ? LORA_TE1 + e : LORA_TE);
+            if (layer >= te[e].layers) kind = 1;
+        }
+        if (kind < 0 && part >= 0 && (part == LORA_UNET ? !unet : !n_te)) kind = 2;
+        if (kind >= 0) {
+            if (!skipped[kind]++) first[kind] = name;
+            continue;
+        }
+        for (size_t k = 0; k < sizeof unsupported / sizeof *unsupported; k++)
+            if (strstr(name, unsupported[k]))
+                return fail(mt->err, SD_ERR_UNSUPPORTED, "LoRA '%s': tensor '%s' belongs to a kind of LyCORIS network (LoHa, LoKr, DoRA, "
+                            "...) that sd.h does not apply: it reads LoRA and LoCon (lora_down / lora_up)", mt->name, name);
+        if (!unmatched++) bad = name;
+    }
+    if (unmatched)
+        return fail(mt->err, SD_ERR_SHAPE, "LoRA '%s': tensor '%s' matches no layer of this model (%d tensor%s do%s not: a LoRA "
+                    "for another model family?)", mt->name, bad, unmatched, unmatched > 1 ? "s" : "", unmatched > 1 ? "" : "es");
+    for (int k = 0; k < 3; k++)
+        if (skipped[k])
+            text_append(set->warnings, sizeof set->warnings, "LoRA '%s': skipped %d tensor%s of %s, as AUTOMATIC1111 does (e.g. '%s')\n",
+                        mt->name, skipped[k], skipped[k] > 1 ? "s" : "", why[k], first[k]);
+    return SD_OK;
+}
+
+/* The set in an arena of its own (the bound sd_lora_arena_bytes gives). */
+static int lora_build(sd_lora_set **out, const sd_unet_model *unet, const sd_text_encoder *te, int n_te,
+                      const sd_lora *loras, int count, sd_arena *a, sd_error *err)
+{
+    sd_lora_set *set = (sd_lora_set *)sd_arena_alloc(a, sizeof *set, err);
+    sd_safetensors *st = (sd_safetensors *)arena_array(a, (size_t)count + 1, sizeof *st, err);
+    char label[64];
+    int rc, cap = 1;
+    uint32_t slots = 16;
+    if (!set || !st) return SD_ERR_MEMORY;
+    memset(set, 0, sizeof *set);
+    for (int i = 0; i < count; i++) {
+        if ((rc = sd_safetensors_open(&st[i], loras[i].data, loras[i].size, a, err))) {
+            if (err) {
+                char msg[sizeof err->message];
+                snprintf(msg, sizeof msg, "%s", err->message);
+                snprintf(err->message, sizeof err->message, "LoRA '%.60s': %.180s", loras[i].name ? loras[i].name : "(unnamed)", msg);
+            }
+            return rc;
+        }
+        cap += st[i].count / 2;
+    }
+    if (!(set->adapters = (lora_adapter *)arena_array(a, (size_t)cap, sizeof(lora_adapter), err))) return SD_ERR_MEMORY;
+    for (int i = 0; i < count; i++) {
+        lora_matcher mt;
+        size_t mark = sd_arena_mark(a);
+        memset(&mt, 0, sizeof mt);
+        snprintf(label, sizeof label, "LoRA %d", i + 1);
+        mt.st = &st[i];
+        mt.name = loras[i].name ? loras[i].name : label;
+        mt.strength[LORA_UNET] = loras[i].unet_scale;
+        mt.strength[LORA_TE] = mt.strength[LORA_TE1] = mt.strength[LORA_TE2] = loras[i].text_scale;
+        mt.adapters = set->adapters;
+        mt.count = set->count;
+        mt.cap = cap;
+        mt.err = err;
+        if (!(mt.used = (unsigned char *)sd_arena_alloc(a, (size_t)st[i].count + 1, err))) return SD_ERR_MEMORY;
+        memset(mt.used, 0, (size_t)st[i].count + 1);
+        for (int e = 0; e < n_te; e++) lora_text_modules(&te[e], n_te == 2 ? LORA_TE1 + e : LORA_TE, lora_match, &mt);
+        if (unet) lora_unet_modules(unet, lora_match, &mt);
+        if (mt.rc || (mt.rc = lora_leftovers(&mt, set, unet, te, n_te))) return mt.rc;
+        set->count = mt.count;
+        sd_arena_reset(a, mark);   /* the marks were scratch */
+    }
+    /* the table: each weight's first adapter; the others (more LoRAs on it) chained in order */
+    while (slots < 2u * (uint32_t)set->count) slots *= 2;
+    if (!(set->slot = (int32_t *)arena_array(a, slots, sizeof(int32_t), err))) return SD_ERR_MEMORY;
+    memset(set->slot, 0xff, slots * sizeof(int32_t));
+    set->mask = slots - 1;
+    for (int i = 0; i < set->count; i++) {
+        lora_adapter *ad = &set->adapters[i], *last;
+        uint32_t h = lora_hash(ad->base) & set->mask;
+        while (set->slot[h] >= 0 && set->adapters[set->slot[h]].base != ad->base) h = (h + 1) & set->mask;
+        if (set->slot[h] < 0) { set->slot[h] = i; continue; }
+        for (last = &set->adapters[set->slot[h]]; last->next; last = last->next) {}
+        last->next = ad;
+    }
+    *out = set;
+    return SD_OK;
+}
+
+/* The arena bytes of one file's part of a set at most: its safetensors tables, plus its adapters
+   (at most one per two tensors, each of at least 100 header bytes), the marks of used tensors and
+   the table slots (one more byte per header byte covers them). */
+static size_t lora_file_bound(const void *data, size_t size)
+{
+    return safetensors_arena_bound(data, size) + safetensors_header_bytes(data, size) + 4 * SD_ALIGN;
+}
+
+/* sd_lora_load, and its dry run: a block of `bound` bytes is taken either way (so that a plan
+   equals the peak), and filled only in a real run. */
+static int lora_load(sd_lora_set **set, const sd_unet_model *unet, const sd_text_encoder *te, int n_te,
+                     const sd_lora *loras, int count, size_t bound, sd_arena *a, sd_error *err)
+{
+    size_t mark = sd_arena_mark(a);
+    void *block = sd_arena_alloc(a, bound, err);
+    sd_arena sub;
+    int rc;
+    *set = NULL;
+    if (!block) return SD_ERR_MEMORY;
+    if (arena_measuring(a)) return SD_OK;
+    sd_arena_init(&sub, block, bound);
+    if ((rc = lora_build(set, unet, te, n_te, loras, count, &sub, err))) {
+        *set = NULL;
+        sd_arena_reset(a, mark);
+    }
+    return rc;
+}
+
+/* What a set takes besides its files' parts. */
+#define LORA_SET_BYTES (sizeof(sd_lora_set) + 8 * SD_ALIGN)
+
+SD_API size_t sd_lora_arena_bytes(const sd_lora *loras, int count)
+{
+    size_t total = LORA_SET_BYTES + ((size_t)count + 1) * sizeof(sd_safetensors);
+    for (int i = 0; loras && i < count; i++) total += lora_file_bound(loras[i].data, loras[i].size);
+    return (total + SD_ALIGN - 1) & ~(size_t)(SD_ALIGN - 1);
+}
+
+SD_API int sd_lora_load(sd_lora_set **set, const sd_unet_model *unet, const sd_text_encoder *te, int n_te,
+                        const sd_lora *loras, int count, sd_arena *a, sd_error *err)
+{
+    if (set) *set = NULL;
+    if (!set || !a || count < 0 || count > 4096 || (count && !loras) || n_te < 0 || n_te > 2 || (n_te && !te))
+        return fail(err, SD_ERR_ARG, "sd_lora_load: NULL argument, %d LoRAs or %d text encoders", count, n_te);
+    for (int i = 0; i < count; i++)
+        if (!loras[i].data && loras[i].size) return fail(err, SD_ERR_ARG, "sd_lora_load: LoRA %d has no bytes", i + 1);
+    return lora_load(set, unet, te, n_te, loras, count, sd_lora_arena_bytes(loras, count), a, err);
+}
+
+SD_API const char *sd_lora_warnings(const sd_lora_set *set) { return set ? set->warnings : ""; }
+
+/* Puts `set` on the pool, with the scratch of its products taken from `a` the first time (a dry
+   run takes it too, with no set). */
+static int pool_set_lora(sd_pool *pool, const sd_lora_set *set, sd_arena *a, sd_error *err)
+{
+    if (!pool->lora_scratch && !(pool->lora_scratch = arena_floats(a, LORA_SCRATCH_FLOATS, err))) return SD_ERR_MEMORY;
+    pool->lora = set;
+    return SD_OK;
+}
+
+SD_API int sd_pool_set_lora(sd_pool *pool, const sd_lora_set *set, sd_arena *a, sd_error *err)
+{
+    if (!pool || (set && !a && !pool->lora_scratch)) return fail(err, SD_ERR_ARG, "sd_pool_set_lora: NULL pool, or no arena for its scratch");
+    if (!set) {
+        pool->lora = NULL;
+        return SD_OK;
+    }
+    return pool_set_lora(pool, set, a, err);
 }
 
 /* ---- 8. VAE ------------------------------------------------------------------------------ */
@@ -10088,19 +10725,6 @@ SD_API int sd_model_load(sd_model **model, const sd_source *src, sd_arena *a, sd
     return SD_OK;
 }
 
-/* Arena bytes enough for sd_safetensors_open of a file, from its header size. Per header byte,
-   the most the tables can take: a metadata pair ("":"", 6 bytes) becomes two 64-byte arena
-   pieces and two pointers (144 bytes, 24 per byte); a tensor entry (at least 48 bytes) a table
-   row, its name and hash slots (about 200). A bad header: the open says what. */
-static size_t header_tables_bound(const void *data, size_t size)
-{
-    const unsigned char *b = (const unsigned char *)data;
-    uint64_t hlen = 0;
-    if (b && size >= 8)
-        for (int k = 7; k >= 0; k--) hlen = hlen << 8 | b[k];
-    return 24 * (size_t)(hlen <= size ? hlen : 0) + 65536;
-}
-
 SD_API size_t sd_model_arena_bytes(const sd_source *src)
 {
     size_t total = sizeof(sd_model) + sd_clip_vocab_arena_bytes(src ? src->merges_size : 0) + (4u << 20);
@@ -10109,7 +10733,7 @@ SD_API size_t sd_model_arena_bytes(const sd_source *src)
             total += (size_t)gguf_arena_bytes((const unsigned char *)src->data[i], src->size[i]) + 65536;
             continue;
         }
-        total += header_tables_bound(src->data[i], src->size[i]);
+        total += safetensors_arena_bound(src->data[i], src->size[i]);
     }
     return total;
 }
@@ -10216,6 +10840,8 @@ static int check_params(const sd_model *m, const sd_params *p, sd_error *err)
     if (m->encoders == 2 && m->te[1].output_layer < skip_max) skip_max = m->te[1].output_layer;
     if (p->clip_skip < 0 || p->clip_skip > skip_max) return fail(err, SD_ERR_ARG, "generate: clip_skip %d, expected 0..%d", p->clip_skip, skip_max);
     if (p->comma_wrap < 0 || p->comma_wrap > 74) return fail(err, SD_ERR_ARG, "generate: comma_wrap %d, expected 0..74", p->comma_wrap);
+    if (p->lora_count < 0 || p->lora_count > 4096 || (p->lora_count && !p->loras))
+        return fail(err, SD_ERR_ARG, "generate: %d LoRAs in the list%s", p->lora_count, p->lora_count > 0 ? ", but no list" : "");
     for (int i = 0; i < 2; i++)
         if (p->original_size[i] < 0 || p->crop_top_left[i] < 0 || p->target_size[i] < 0 ||
             p->original_size[i] > 65536 || p->crop_top_left[i] > 65536 || p->target_size[i] > 65536)
@@ -10338,7 +10964,7 @@ SD_API size_t sd_embeddings_arena_bytes(const sd_embedding_file *files, int coun
         size_t len = files[i].name ? strlen(files[i].name) : 0;
         /* the name, its tokens for two encoders (at most 3 a byte), then the larger scratch */
         total += aligned_bytes(len + 1) + 2 * aligned_bytes((3 * len + 1) * sizeof(int32_t));
-        scratch = max_size(scratch, max_size(header_tables_bound(files[i].data, files[i].size), sd_clip_scratch_bytes(len)));
+        scratch = max_size(scratch, max_size(safetensors_arena_bound(files[i].data, files[i].size), sd_clip_scratch_bytes(len)));
     }
     return total + scratch;
 }
@@ -10435,29 +11061,78 @@ SD_API int sd_embeddings_text_encoder(const sd_embeddings *set, int encoder, sd_
     return SD_OK;
 }
 
+/* AUTOMATIC1111's extra-network tag (modules/extra_networks.py: re <(\w+):([^>]+)>, such as
+   <lora:NAME:0.8>) at text[i]: its length, or 0; *kind gets the length of its \w+ part. None
+   starts at or after `end`, the last '>' of the text (which keeps a scan of the text linear). */
+static size_t prompt_tag(const sd_clip_vocab *v, const char *text, size_t i, size_t end, size_t *kind)
+{
+    const unsigned char *s = (const unsigned char *)text + i;
+    size_t k = 1, n, len = 1;
+    if (i >= end || s[0] != '<') return 0;
+    for (;; k += len) {
+        for (n = 0; n < 4 && s[k + n]; n++) {}
+        if (!n || !prompt_word(v, prompt_char(s + k, n, &len))) break;
+    }
+    if (k == 1 || s[k] != ':' || !s[k + 1] || s[k + 1] == '>') return 0;
+    *kind = k - 1;
+    for (n = k + 1; s[n] && s[n] != '>'; n++) {}
+    return s[n] == '>' ? n + 1 : 0;
+}
+
+/* Where prompt_tag may look: up to the last '>'. */
+static size_t prompt_tags_end(const char *text)
+{
+    const char *gt = text ? strrchr(text, '>') : NULL;
+    return gt ? (size_t)(gt - text) : 0;
+}
+
+/* The text without its tags, removed in one pass as A1111's re.sub does, into out (may be NULL);
+   returns its length. */
+static size_t prompt_untagged(const sd_clip_vocab *v, const char *text, char *out)
+{
+    size_t n = 0, end = prompt_tags_end(text), kind, tag;
+    for (size_t i = 0; text && text[i]; i++) {
+        if ((tag = prompt_tag(v, text, i, end, &kind))) { i += tag - 1; continue; }
+        if (out) out[n] = text[i];
+        n++;
+    }
+    if (out) out[n] = 0;
+    return n;
+}
+
 /* The most chunks of 77 tokens a prompt can give, from its length alone, so that memory can be
    planned before tokenizing: a chunk per BREAK, and one per 75 tokens (75 - comma_wrap when
    chunks may end early at a comma). A token takes at least a third of a byte of non-ASCII
    text (NFC turns the 4 bytes of U+1D160 into 12, and those into 9 tokens) and two thirds of
    a byte of ASCII (whose worst is an HTML entity: "&nGt;", 5 bytes, is 2 characters, 6 bytes).
+   tags: count the text as it will be once its tags are removed (a dry run's prompt).
    Embeddings: a name's L tokens become n vectors (at most `growth` per token), and a chunk
    whose room an embedding of n vectors does not find still holds 76 - n. */
-static int prompt_chunk_bound(const char *text, int comma_wrap, const sd_embeddings *set)
+static int prompt_chunk_bound(const sd_clip_vocab *v, const char *text, int tags, int comma_wrap, const sd_embeddings *set)
 {
     size_t half_tokens = 0, breaks = 0, chunks, per = (size_t)(75 - comma_wrap);   /* the token bound, doubled */
-    for (const unsigned char *c = (const unsigned char *)text; c && *c; c++) half_tokens += *c < 0x80 ? 3 : 6;
+    size_t end = tags ? prompt_tags_end(text) : 0, kind, tag;
+    char last[5] = {0, 0, 0, 0, 0};   /* the last 5 bytes kept, to find BREAK across removed tags */
+    for (size_t i = 0; text && text[i]; i++) {
+        if ((tag = prompt_tag(v, text, i, end, &kind))) { i += tag - 1; continue; }
+        half_tokens += (unsigned char)text[i] < 0x80 ? 3 : 6;
+        memmove(last, last + 1, 4);
+        last[4] = text[i];
+        breaks += !memcmp(last, "BREAK", 5);
+    }
     if (set) {
         half_tokens *= (size_t)set->growth;
         if (per > (size_t)(76 - set->widest)) per = (size_t)(76 - set->widest);
     }
-    for (const char *s = text; s && (s = strstr(s, "BREAK")) != NULL; s += 5) breaks++;
     chunks = breaks + (half_tokens ? (half_tokens + 2 * per - 1) / (2 * per) : 1);   /* each run between BREAKs wastes less than a chunk */
     return chunks < SD_PROMPT_MAX_CHUNKS ? (int)chunks : SD_PROMPT_MAX_CHUNKS;
 }
 
-static int chunk_bound(const sd_params *p)
+/* tags: the prompt (not the negative prompt) still has the tags a generation removes (a dry run). */
+static int chunk_bound(const sd_clip_vocab *v, const sd_params *p, int tags)
 {
-    int c = prompt_chunk_bound(p->prompt, p->comma_wrap, p->embeddings), n = prompt_chunk_bound(p->negative_prompt, p->comma_wrap, p->embeddings);
+    int c = prompt_chunk_bound(v, p->prompt, tags, p->comma_wrap, p->embeddings);
+    int n = prompt_chunk_bound(v, p->negative_prompt, 0, p->comma_wrap, p->embeddings);
     return c > n ? c : n;
 }
 
@@ -10468,23 +11143,25 @@ static const char *batch_text(const sd_params *p, int B, int b)
     return t ? t : "";
 }
 
-/* The tokenizer's scratch depends on the text: a dry run takes its bound. */
-static int prompt_scratch_plan(const char *text, sd_arena *a, sd_error *err)
+/* The tokenizer's scratch depends on the text: a dry run takes its bound (tags: of the text
+   without its tags). */
+static int prompt_scratch_plan(const sd_clip_vocab *v, const char *text, int tags, sd_arena *a, sd_error *err)
 {
     size_t mark = sd_arena_mark(a);
-    int rc = sd_arena_alloc(a, sd_prompt_arena_bytes(strlen(text)), err) ? SD_OK : SD_ERR_MEMORY;
+    int rc = sd_arena_alloc(a, sd_prompt_arena_bytes(tags ? prompt_untagged(v, text, NULL) : strlen(text)), err) ? SD_OK : SD_ERR_MEMORY;
     sd_arena_reset(a, mark);
     return rc;
 }
 
-/* A prompt's chunks for encoder e, padded to `chunks`, into ids and weights [chunks, 77]. */
-static int prompt_chunks(const sd_model *m, const sd_params *p, const char *text, int e, int chunks,
+/* Batch item b's prompt as chunks for encoder e, padded to `chunks`, into ids and weights [chunks, 77]. */
+static int prompt_chunks(const sd_model *m, const sd_params *p, int B, int b, int e, int chunks,
                          int32_t *ids, float *weights, sd_arena *a, sd_error *err)
 {
     size_t mark = sd_arena_mark(a);
+    const char *text = batch_text(p, B, b);
     int32_t *cids;
     float *cw;
-    if (arena_measuring(a)) return prompt_scratch_plan(text, a, err);
+    if (arena_measuring(a)) return prompt_scratch_plan(m->vocab, text, !negative_row(B, b), a, err);
     int got, rc = prompt_chunks_with(m->vocab, p->embeddings, e, text, strlen(text), m->pad[e], p->weighting, p->comma_wrap, chunks,
                                      &cids, &cw, &got, a, err);
     if (!rc && got != chunks) rc = fail(err, SD_ERR_ARG, "generate: the prompts tokenize to %d chunks, not the %d planned", got, chunks);
@@ -10513,7 +11190,7 @@ static int encode_text(const sd_model *m, const sd_params *p, int B, int C, floa
         sd_text_encoder te = m->te[e];   /* with the embeddings' vectors, if any */
         if (p->embeddings) sd_embeddings_text_encoder(p->embeddings, e, &te, NULL);
         for (int b = 0; b < B && !rc; b++)
-            rc = prompt_chunks(m, p, batch_text(p, B, b), e, C, ids + (size_t)b * C * SD_TEXT_TOKENS, weights + (size_t)b * C * SD_TEXT_TOKENS, a, err);
+            rc = prompt_chunks(m, p, B, b, e, C, ids + (size_t)b * C * SD_TEXT_TOKENS, weights + (size_t)b * C * SD_TEXT_TOKENS, a, err);
         if (rc || (rc = sd_text_encode(&te, ids, B * C, p->clip_skip, hidden, e == 1 ? pooled : NULL, pool, a, err))) goto done;
         if (pool->measure) continue;
         for (int c = 0; c < B * C; c++)
@@ -10553,8 +11230,8 @@ static int count_chunks(const sd_model *m, const sd_params *p, int B, int *chunk
             int32_t *ids;
             const char *text = batch_text(p, B, b);
             if (arena_measuring(a)) {   /* a dry run plans for the most chunks the lengths allow */
-                *chunks = chunk_bound(p);
-                if (prompt_scratch_plan(text, a, err)) return SD_ERR_MEMORY;
+                *chunks = chunk_bound(m->vocab, p, 1);
+                if (prompt_scratch_plan(m->vocab, text, !negative_row(B, b), a, err)) return SD_ERR_MEMORY;
                 continue;
             }
             int got, rc = prompt_chunks_with(m->vocab, p->embeddings, e, text, strlen(text), m->pad[e], p->weighting, p->comma_wrap, 1,
@@ -10563,8 +11240,9 @@ static int count_chunks(const sd_model *m, const sd_params *p, int B, int *chunk
             if (rc) return rc;
             if (got > *chunks) *chunks = got;
         }
-    if (*chunks > chunk_bound(p))
-        return fail(err, SD_ERR_ARG, "generate: the prompt tokenizes to %d chunks of 75 tokens, more than the %d its length allows for", *chunks, chunk_bound(p));
+    if (*chunks > chunk_bound(m->vocab, p, 0))
+        return fail(err, SD_ERR_ARG, "generate: the prompt tokenizes to %d chunks of 75 tokens, more than the %d its length allows for",
+                    *chunks, chunk_bound(m->vocab, p, 0));
     return SD_OK;
 }
 
@@ -10792,19 +11470,132 @@ static int generate_image(const sd_model *m, const sd_params *p, int first, cons
     return SD_OK;
 }
 
-/* The body of sd_generate, also its plan: the pool, the text once, then each image (a dry run
-   plans one). */
-static int generate(const sd_model *m, const sd_params *p, sd_arena *a, uint8_t *rgb, sd_error *err)
+/* ---- LoRA: the prompt's tags and the adapters of a generation ---- */
+
+/* An argument of a tag as a number, as Python's float() reads it (" 0.8", "-1", "1e-1"). */
+static int tag_number(const char *s, size_t n, double *out)
 {
-    int B = batch_rows(m, p), rc, add = sd_unet_add_dim(m->unet), C;
+    char buf[64];
+    while (n && (*s == ' ' || (*s >= '\t' && *s <= '\r'))) s++, n--;
+    while (n && (s[n - 1] == ' ' || (s[n - 1] >= '\t' && s[n - 1] <= '\r'))) n--;
+    if (!n || n >= sizeof buf) return 0;
+    memcpy(buf, s, n);
+    buf[n] = 0;
+    return parse_number(buf, out) && fabs(*out) < 1e30;
+}
+
+/* A LoRA tag's arguments as A1111's extra_networks_lora reads them: split at ':', an item with
+   one '=' is named (te=, unet=, dyn=), the others are positional: NAME, the text encoders'
+   strength (default 1), the UNet's (default: the text encoders'), dyn. tag[0..len) is the
+   whole tag, tag[1..1 + kind) its kind; NAME goes to name (cap bytes). */
+static int lora_tag(const char *tag, size_t len, size_t kind, char *name, size_t cap, sd_lora *l, sd_error *err)
+{
+    const char *end = tag + len - 1, *pos[4] = {NULL, NULL, NULL, NULL}, *named[3] = {NULL, NULL, NULL};
+    static const char *const keys[3] = {"te", "unet", "dyn"};
+    size_t pos_n[4] = {0, 0, 0, 0}, named_n[3] = {0, 0, 0};
+    int npos = 0, shown = len < 120 ? (int)len : 120;
+    double te = 1, unet;
+    for (const char *s = tag + kind + 2, *e; s <= end; s = e + 1) {   /* the items between "<kind:" and ">" */
+        const char *eq;
+        size_t n;
+        for (e = s; e < end && *e != ':'; e++) {}
+        n = (size_t)(e - s);
+        eq = (const char *)memchr(s, '=', n);
+        if (eq && !memchr(eq + 1, '=', (size_t)(e - eq - 1))) {
+            for (int k = 0; k < 3; k++)
+                if ((size_t)(eq - s) == strlen(keys[k]) && !strncmp(s, keys[k], strlen(keys[k]))) named[k] = eq + 1, named_n[k] = (size_t)(e - eq - 1);
+        } else if (npos < 4) {
+            pos[npos] = s;
+            pos_n[npos++] = n;
+        }
+    }
+    if (npos > 3 || named[2])
+        return fail(err, SD_ERR_UNSUPPORTED, "prompt tag '%.*s': dyn (a LoRA's first ranks only) is not supported", shown, tag);
+    if (pos_n[0] >= cap) return fail(err, SD_ERR_ARG, "prompt tag '%.*s': LoRA name longer than %zu bytes", shown, tag, cap - 1);
+    memcpy(name, pos[0], pos_n[0]);
+    name[pos_n[0]] = 0;
+    if ((npos > 1 && !tag_number(pos[1], pos_n[1], &te)) || (named[0] && !tag_number(named[0], named_n[0], &te)))
+        return fail(err, SD_ERR_ARG, "prompt tag '%.*s': the text encoder strength is not a number", shown, tag);
+    unet = te;
+    if ((npos > 2 && !tag_number(pos[2], pos_n[2], &unet)) || (named[1] && !tag_number(named[1], named_n[1], &unet)))
+        return fail(err, SD_ERR_ARG, "prompt tag '%.*s': the UNet strength is not a number", shown, tag);
+    memset(l, 0, sizeof *l);
+    l->text_scale = (float)te;
+    l->unet_scale = (float)unet;
+    return SD_OK;
+}
+
+/* The LoRAs of a generation, before anything else runs: the prompt's tags taken out (q->prompt
+   becomes the text without them; tags of other kinds than lora and its alias lyco are dropped
+   with a warning, as A1111 skips them), each LoRA tag's file asked of p->lora_resolve, those
+   files and p->loras matched to the model, the set put on the pool. A dry run takes the same
+   arena bytes and asks for the same files (their headers size the set) but writes nothing:
+   q->prompt keeps its tags, which the dry run's text plans skip (chunk_bound). */
+static int lora_begin(const sd_model *m, const sd_params *p, sd_params *q, sd_pool *pool, sd_arena *a, sd_error *err)
+{
+    const char *text = p->prompt ? p->prompt : "";
+    size_t end = prompt_tags_end(text), kind, tag, bound = LORA_SET_BYTES + sizeof(sd_safetensors), i;
+    int dry = arena_measuring(a), tags = 0, n = 0, rc;
+    char name[256];
+    sd_lora_set *set = NULL;
+    for (i = 0; text[i]; i += tag ? tag : 1) tags += (tag = prompt_tag(m->vocab, text, i, end, &kind)) != 0;
+    if (!tags && !p->lora_count) return SD_OK;   /* nothing to do, nothing taken */
+    char *rest = (char *)sd_arena_alloc(a, strlen(text) + 1, err);
+    sd_lora *list = (sd_lora *)arena_array(a, (size_t)tags + (size_t)p->lora_count, sizeof(sd_lora), err);
+    if (!rest || !list) return SD_ERR_MEMORY;
+    if (!dry) q->prompt = rest, prompt_untagged(m->vocab, text, rest);
+    for (i = 0; text[i]; i += tag ? tag : 1) {
+        const void *data = NULL;
+        size_t size = 0;
+        int shown;
+        sd_lora l;
+        if (!(tag = prompt_tag(m->vocab, text, i, end, &kind))) continue;
+        shown = tag < 120 ? (int)tag : 120;
+        if (kind != 4 || (strncmp(text + i + 1, "lora", 4) && strncmp(text + i + 1, "lyco", 4))) {
+            if (!dry && p->warnings && p->warnings_size)
+                text_append(p->warnings, p->warnings_size, "prompt: removed '%.*s': sd.h applies LoRA tags only\n", shown, text + i);
+            continue;
+        }
+        if ((rc = lora_tag(text + i, tag, kind, name, sizeof name, &l, err))) return rc;
+        if (!p->lora_resolve) return fail(err, SD_ERR_ARG, "prompt tag '%.*s': no lora_resolve callback to find LoRA '%s' with", shown, text + i, name);
+        if (p->lora_resolve(p->lora_user, name, &data, &size) || (!data && size))
+            return fail(err, SD_ERR_MISSING, "prompt tag '%.*s': there is no LoRA named '%s'", shown, text + i, name);
+        char *copy = (char *)sd_arena_alloc(a, strlen(name) + 1, err);   /* for messages */
+        if (!copy) return SD_ERR_MEMORY;
+        bound += lora_file_bound(data, size);
+        if (!dry) {
+            memcpy(copy, name, strlen(name) + 1);
+            l.data = data, l.size = size, l.name = copy;
+            list[n] = l;
+        }
+        n++;
+    }
+    for (int k = 0; k < p->lora_count; k++, n++) {
+        bound += lora_file_bound(p->loras[k].data, p->loras[k].size);
+        if (!dry) list[n] = p->loras[k];
+    }
+    if (!n) return SD_OK;   /* tags of other kinds only */
+    if ((rc = lora_load(&set, m->unet, m->te, m->encoders, list, n, bound, a, err)) || (rc = pool_set_lora(pool, set, a, err))) return rc;
+    if (!dry && p->warnings && p->warnings_size) text_append(p->warnings, p->warnings_size, "%s", set->warnings);
+    return SD_OK;
+}
+
+/* The body of sd_generate, also its plan: the pool, the LoRAs, the text once, then each image
+   (a dry run plans one). */
+static int generate(const sd_model *m, const sd_params *params, sd_arena *a, uint8_t *rgb, sd_error *err)
+{
+    sd_params q = *params;   /* with the prompt's tags taken out (lora_begin) */
+    const sd_params *p = &q;
+    int B = batch_rows(m, p), rc, add = sd_unet_add_dim(m->unet), C = 0, gd = m->unet->guidance_dim;
+    float *ctx = NULL, *y = NULL, *guidance = NULL;
+    sd_unet_cond cond;
     sd_pool pool;
     if ((rc = pool_init(&pool, p->threads, a, err))) return rc;
-    if ((rc = count_chunks(m, p, B, &C, a, err))) { pool_free(&pool); return rc; }   /* (C++: no goto past the declarations) */
-    float *ctx = arena_floats(a, (size_t)B * C * SD_TEXT_TOKENS * m->context_dim, err);
-    float *y = add ? arena_floats(a, (size_t)B * add, err) : NULL;
-    int gd = m->unet->guidance_dim;   /* LCM: the guidance scale as the UNet's input */
-    float *guidance = gd ? arena_floats(a, (size_t)B * gd, err) : NULL;
-    sd_unet_cond cond = {ctx, C * SD_TEXT_TOKENS, y, guidance};
+    if ((rc = lora_begin(m, params, &q, &pool, a, err)) || (rc = count_chunks(m, p, B, &C, a, err))) goto done;
+    ctx = arena_floats(a, (size_t)B * C * SD_TEXT_TOKENS * m->context_dim, err);
+    y = add ? arena_floats(a, (size_t)B * add, err) : NULL;
+    guidance = gd ? arena_floats(a, (size_t)B * gd, err) : NULL;   /* LCM: the guidance scale as the UNet's input */
+    cond.context = ctx, cond.context_len = C * SD_TEXT_TOKENS, cond.y = y, cond.guidance = guidance;
     if (!ctx || (add && !y) || (gd && !guidance)) { rc = SD_ERR_MEMORY; goto done; }
     for (int b = 0; b < B && gd && !pool.measure; b++) sd_guidance_embedding(p->guidance - 1.0f, gd, guidance + (size_t)b * gd);
     if ((rc = encode_text(m, p, B, C, ctx, y, &pool, a, err))) goto done;
@@ -10818,21 +11609,33 @@ done:
     return rc;
 }
 
-SD_API size_t sd_generate_arena_bytes(const sd_model *m, const sd_params *p)
+/* The plan of a generation: its dry run's peak, or why it cannot run. */
+static int generate_plan(const sd_model *m, const sd_params *p, size_t *need, sd_error *err)
 {
     sd_arena dry;
-    if (check_params(m, p, NULL)) return 0;
+    int rc = check_params(m, p, err);
     arena_measure(&dry);
-    return generate(m, p, &dry, (uint8_t *)dummy_floats(), NULL) ? 0 : dry.peak;
+    if (!rc) rc = generate(m, p, &dry, (uint8_t *)dummy_floats(), err);
+    *need = rc ? 0 : dry.peak;
+    return rc;
+}
+
+SD_API size_t sd_generate_arena_bytes(const sd_model *m, const sd_params *p)
+{
+    size_t need;
+    generate_plan(m, p, &need, NULL);
+    return need;
 }
 
 SD_API int sd_generate(const sd_model *m, const sd_params *p, sd_arena *a, uint8_t *rgb_out, sd_error *err)
 {
     int rc = check_params(m, p, err);
+    size_t need, mark;
     if (rc) return rc;
     if (!a || !rgb_out) return fail(err, SD_ERR_ARG, "generate: NULL arena or output");
-    size_t need = sd_generate_arena_bytes(m, p), mark = sd_arena_mark(a);
-    if (!need) return fail(err, SD_ERR_ARG, "generate: these sizes cannot be run");
+    if (p->warnings && p->warnings_size) p->warnings[0] = 0;
+    if ((rc = generate_plan(m, p, &need, err))) return rc;
+    mark = sd_arena_mark(a);
     if (a->size - a->used < need)
         return fail(err, SD_ERR_MEMORY, "generate: needs %zu arena bytes for %d x %d, the arena has %zu free",
                     need, p->width, p->height, a->size - a->used);

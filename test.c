@@ -8,6 +8,7 @@
 
 #include <ctype.h>
 #include <dirent.h>
+#include <pthread.h>
 #include <sys/wait.h>
 #include <stdarg.h>
 #include <math.h>
@@ -2834,6 +2835,72 @@ static void test_kernels_threads(void)
     kt_free_tensor(&w); kt_free_tensor(&b); kt_free_tensor(&cw); kt_free_tensor(&cb);
 }
 
+/* LoRA updates (lora_update): two adapters on one weight (another LoRA's chained after the
+   first), ranks so large that the [rows, rank] products go through the scratch in several
+   chunks of rows, for a linear layer and a strided convolution whose chunks start inside a batch
+   item (the last of 16 rows: the dot-product path) — against W·x + b + Σ s·up·(down·x) in double. */
+static void kt_lora_case(sd_pool *pool, int conv)
+{
+    /* linear: M x K -> N; conv: B H W Cin -> Cout, 3x3, stride 2, padding 1 */
+    int B = 2, H = 21, W = 19, Cin = 9, k = conv ? 3 : 1, s = conv ? 2 : 1, Ho = conv ? 11 : 0, Wo = conv ? 10 : 0;
+    int M = conv ? B * Ho * Wo : 700, K = conv ? Cin : 300, N = conv ? 10 : 200, ranks[2] = {conv ? 3855 : 1000, 7};
+    size_t nx = conv ? (size_t)B * H * W * Cin : (size_t)M * K, KK = (size_t)K * k * k;
+    sd_tensor w = kt_tensor(SD_F16, N, K, conv ? k : 0, conv ? k : 0, 1.0f), b = kt_tensor(SD_F32, N, 0, 0, 0, 1.0f), down[2], up[2];
+    float *x = kt_floats(nx, 1.0f), *y = (float *)malloc((size_t)M * N * sizeof(float)), scale[2] = {0.37f, -1.25f};
+    double *ref = (double *)malloc((size_t)M * N * sizeof(double)), *t = (double *)malloc((size_t)M * sizeof(double));
+    lora_adapter ad[2];
+    int32_t slot[16];
+    sd_lora_set set;
+    memset(&set, 0, sizeof set);
+    memset(ad, 0, sizeof ad);
+    for (int i = 0; i < 16; i++) slot[i] = -1;
+    for (int a = 0; a < 2; a++) {
+        down[a] = kt_tensor(a ? SD_BF16 : SD_F32, ranks[a], K, conv ? k : 0, conv ? k : 0, 1.0f / (float)sqrt((double)KK));
+        up[a] = kt_tensor(SD_F16, N, ranks[a], 0, 0, 1.0f / (float)sqrt((double)ranks[a]));
+        ad[a].base = &w, ad[a].down = &down[a], ad[a].up = &up[a], ad[a].rank = ranks[a], ad[a].scale = scale[a];
+    }
+    ad[0].next = &ad[1];
+    slot[lora_hash(&w) & 15] = 0;
+    set.adapters = ad, set.count = 2, set.slot = slot, set.mask = 15;
+    /* the reference: the convolution (or product) with the base weight, plus each adapter's */
+    if (conv) kt_conv_ref(ref, x, B, H, W, Cin, &w, &b, N, k, s, 1, 1);
+    else
+        for (int m = 0; m < M; m++)
+            for (int n = 0; n < N; n++) {
+                double acc = tensor_get(&b, (size_t)n);
+                for (int c = 0; c < K; c++) acc += (double)x[(size_t)m * K + c] * tensor_get(&w, (size_t)n * K + c);
+                ref[(size_t)m * N + n] = acc;
+            }
+    for (int a = 0; a < 2; a++)
+        for (int r = 0; r < ranks[a]; r++) {
+            sd_tensor one = down[a];   /* row r of down as a 1-output layer */
+            one.shape[0] = 1;
+            one.data = (const char *)down[a].data + (size_t)r * KK * sd_dtype_size(down[a].dtype);
+            if (conv) kt_conv_ref(t, x, B, H, W, Cin, &one, NULL, 1, k, s, 1, 1);
+            else kt_matmul_ref(t, x, &one, M, 1, K);
+            for (int m = 0; m < M; m++)
+                for (int n = 0; n < N; n++) ref[(size_t)m * N + n] += scale[a] * tensor_get(&up[a], (size_t)n * ranks[a] + r) * t[m];
+        }
+    float *scratch = (float *)malloc(SD_LORA_SCRATCH_BYTES);
+    pool->lora = &set, pool->lora_scratch = scratch;
+    if (conv) conv2d(pool, y, x, B, H, W, Cin, &w, &b, N, k, s, 1, 1);
+    else linear(pool, y, x, M, N, K, &w, &b);
+    pool->lora = NULL, pool->lora_scratch = NULL;
+    kt_close(conv ? "conv2d 3x3 s2 + two LoRAs (rank 3855: 3 chunks of 68 rows and one of 16, dot products; rank 7)" : "linear + two LoRAs (rank 1000 in 3 chunks, rank 7)",
+             y, ref, (size_t)M * N, 2e-6 * sqrt((double)KK + ranks[0]));
+    for (int a = 0; a < 2; a++) { kt_free_tensor(&down[a]); kt_free_tensor(&up[a]); }
+    kt_free_tensor(&w); kt_free_tensor(&b);
+    free(scratch); free(x); free(y); free(ref); free(t);
+}
+
+static void test_kernels_lora(sd_pool *pool)
+{
+    uint64_t rng = kt_rng;   /* the kernel tests after this one draw what they drew before it was added */
+    kt_lora_case(pool, 0);
+    kt_lora_case(pool, 1);
+    kt_rng = rng;
+}
+
 /* GGUF's block types through the GEMM on this build's SIMD path: a matmul with a block-typed
    weight gives the bits of the matmul with its dequantized f32 copy (K = 2304: packed K blocks of
    288 start inside 256-value blocks; few rows take the dot-product path). The bytes are random,
@@ -2897,6 +2964,7 @@ static void test_kernels(void)
     test_kernels_conv(&p->pool);
     test_kernels_attention(&p->pool);
     test_kernels_norms(&p->pool);
+    test_kernels_lora(&p->pool);
     kt_pool_free(p);
     test_kernels_elementwise();
     test_kernels_pool();
@@ -2937,14 +3005,19 @@ static sd_arena unet_exact_arena(void **block, size_t bytes)
     return a;
 }
 
-/* Every case of one golden file through one checkpoint. */
-static void unet_run_cases(const sd_unet_model *u, golden_file *g, const char *label, sd_pool *pool)
+/* Sets up case c of a golden on the pool (the LoRA tests put each case's LoRAs on it); 0 if the
+   case cannot run. */
+typedef int (*unet_case_setup)(void *user, int c, sd_pool *pool);
+
+/* Every case of one golden file through one checkpoint (setup, when given, before each). */
+static void unet_run_cases(const sd_unet_model *u, golden_file *g, const char *label, sd_pool *pool, unet_case_setup setup, void *user)
 {
     char key[64];
     for (int c = 0;; c++) {
         snprintf(key, sizeof key, "case%d.x", c);
         const sd_tensor *tx = sd_safetensors_find(&g->st, key);
         if (!tx) { CHECK(c > 0, "%s: no case0.x", g->path); break; }
+        if (setup && !setup(user, c, pool)) continue;
         snprintf(key, sizeof key, "case%d.timesteps", c);
         const sd_tensor *tt = sd_safetensors_find(&g->st, key);
         snprintf(key, sizeof key, "case%d.context", c);
@@ -3199,7 +3272,7 @@ static void unet_test_file(const golden_model *gm, int layout, sd_pool *pool)
         int rc = sd_unet_load(&u, &st, 1, meta, a, &err);
         if (rc == SD_ERR_UNSUPPORTED) printf("note: %s: %s; skipped\n", label, err.message);
         else if (CHECK(rc == SD_OK, "%s: %s", label, err.message)) {
-            unet_run_cases(u, g, label, pool);
+            unet_run_cases(u, g, label, pool, NULL, NULL);
             const float *ctx = golden_f32(g, "case0.context", NULL);
             if (ctx) unet_check_odd_size(u, ctx, pool, label);
             unet_check_broken(bytes, size, !sd_safetensors_find(&st, "model.diffusion_model.input_blocks.0.0.weight"), label);
@@ -4873,8 +4946,19 @@ static int run_golden_steps(const sd_model *m, golden_file *g, int threads, int 
 {
     sd_params p;
     ddim_config c;
+    char lora_path[1100];
+    lora_dir loras;
     sd_params_init(&p);
     p.prompt = meta_or(g, "prompt", "");
+    /* LoRA goldens: the prompt with AUTOMATIC1111's <lora:NAME:w> tags, the files from GOLDEN_DIR/lora as the CLI finds them */
+    memset(&loras, 0, sizeof loras);
+    if (sd_safetensors_meta(&g->st, "a1111_prompt")) {
+        snprintf(lora_path, sizeof lora_path, "%s/lora", golden_dir);
+        loras.dir = lora_path;
+        p.prompt = sd_safetensors_meta(&g->st, "a1111_prompt");
+        p.lora_resolve = lora_from_dir;
+        p.lora_user = &loras;
+    }
     p.negative_prompt = meta_or(g, "negative_prompt", "");
     if (!strncmp(p.negative_prompt, "(None", 5)) p.negative_prompt = NULL;   /* how a golden says none was given */
     p.steps = atoi(meta_or(g, "num_inference_steps", "0"));
@@ -4931,6 +5015,7 @@ static int run_golden_steps(const sd_model *m, golden_file *g, int threads, int 
     CHECK(rc != SD_OK || a->peak == need, "%s: generation peaked at %zu arena bytes, planned %zu", g->path, a->peak, need);
     free_arena(a);
     free(step_noise);
+    lora_dir_close(&loras);
     return rc;
 }
 
@@ -5352,7 +5437,7 @@ static void lcm_unet_goldens(const sd_unet_model *u, golden_file *g, const char 
 {
     int gd = sd_unet_guidance_dim(u);
     char key[64], what[400];
-    unet_run_cases(u, g, label, pool);
+    unet_run_cases(u, g, label, pool, NULL, NULL);
     for (int c = 0;; c++) {
         int64_t nw, nc, nout;
         snprintf(key, sizeof key, "case%d.w", c);
@@ -5693,9 +5778,9 @@ static int ti_generate_planned(const sd_model *m, const sd_params *p, uint8_t *r
     int C = 0, rc = need ? sd_generate(m, p, a, rgb, err) : SD_ERR_ARG, exact;
     size_t peak = a->peak;
     sd_arena_reset(a, 0);
-    exact = !count_chunks(m, p, p->guidance > 1 ? 2 : 1, &C, a, err) && C == chunk_bound(p);
+    exact = !count_chunks(m, p, p->guidance > 1 ? 2 : 1, &C, a, err) && C == chunk_bound(m->vocab, p, 0);
     CHECK(rc == SD_OK && (exact ? peak == need : peak < need), "%s: '%s': %s (peak %zu, plan %zu, %d of %d chunks)", label, p->prompt,
-          rc ? err->message : "", peak, need, C, chunk_bound(p));
+          rc ? err->message : "", peak, need, C, chunk_bound(m->vocab, p, 0));
     free_arena(a);
     return rc;
 }
@@ -8127,13 +8212,457 @@ static void test_taesd(void)
 }
 
 /* The test groups, in the order they run; `--only a,b` runs some of them. golden: reads the golden set. */
+/* ---- LoRA (golden README §11) ------------------------------------------------------------------ */
+/* The goldens GOLDEN_DIR/NAME/lora_*: the text encoder(s) and the UNet with the LoRAs each case's
+   A1111 tags name (files from GOLDEN_DIR/lora, found as the CLI finds them), and whole pipelines
+   with the tags in the prompt, in every layout of the model (single file: original names;
+   diffusers folder: diffusers names); then bad LoRAs, which must fail cleanly and leave the
+   model as it was. */
+
+static int opendir_ok(const char *path)
+{
+    DIR *d = opendir(path);
+    if (d) closedir(d);
+    return d != NULL;
+}
+
+/* The LoRAs of one case, read from its tags with the pipeline's own tag reader, in an arena of
+   exactly sd_lora_arena_bytes. */
+typedef struct lora_case {
+    sd_lora list[8];
+    char names[8][256];
+    int n;
+    sd_arena *arena;
+    sd_lora_set *set;
+} lora_case;
+
+static int lora_case_load(lora_case *lc, const sd_model *m, const char *tags, lora_dir *dir, sd_error *err)
+{
+    size_t end = prompt_tags_end(tags), kind, len;
+    int rc;
+    memset(lc, 0, sizeof *lc);
+    for (size_t i = 0; tags[i] && lc->n < 8; i += len ? len : 1) {
+        sd_lora *l = &lc->list[lc->n];
+        if (!(len = prompt_tag(m->vocab, tags, i, end, &kind))) continue;
+        if ((rc = lora_tag(tags + i, len, kind, lc->names[lc->n], sizeof lc->names[0], l, err))) return rc;
+        if (lora_from_dir(dir, lc->names[lc->n], &l->data, &l->size)) return fail(err, SD_ERR_MISSING, "no LoRA '%s' in %s", lc->names[lc->n], dir->dir);
+        l->name = lc->names[lc->n++];
+    }
+    lc->arena = test_arena(sd_lora_arena_bytes(lc->list, lc->n));
+    return sd_lora_load(&lc->set, m->unet, m->te, m->encoders, lc->list, lc->n, lc->arena, err);
+}
+
+/* The A1111 tags of case c in a golden's "cases" metadata (a JSON list of objects with "a1111"). */
+static int lora_case_tags(golden_file *g, int c, char *buf, size_t cap)
+{
+    const char *s = sd_safetensors_meta(&g->st, "cases");
+    for (int i = 0; s && (s = strstr(s, "\"a1111\": \"")) != NULL; i++) {
+        size_t n;
+        s += 10;
+        if (i < c) continue;
+        n = strcspn(s, "\"");
+        if (n >= cap) return 0;
+        memcpy(buf, s, n);
+        buf[n] = 0;
+        return 1;
+    }
+    return 0;
+}
+
+/* GOLDEN/NAME/lora_text_encoder: each layer's hidden state of each encoder, and what the UNet
+   gets (SD1: the last state; SDXL: prompt_embeds and the pooled embedding), per case. */
+static void lora_check_text(const sd_model *m, golden_file *g, lora_dir *dir, sd_pool *pool, const char *label)
+{
+    int n = 0, n2 = 0, xl = m->encoders == 2, cases = 0;
+    int32_t *ids[2] = {te_golden_ids(g, "input_ids", &n), xl ? te_golden_ids(g, "input_ids_2", &n2) : NULL};
+    char tags[300], name[96], what[1200];
+    sd_error err;
+    if (!ids[0] || (xl && (!ids[1] || n2 != n))) { free(ids[0]); free(ids[1]); return; }
+    size_t rows = (size_t)n * SD_TEXT_TOKENS, D = (size_t)m->context_dim, bytes = 0;
+    float *out = (float *)malloc(rows * D * sizeof(float)), *ctx = (float *)malloc(rows * D * sizeof(float));
+    float *pooled = (float *)malloc((size_t)n * (xl ? m->te[1].proj_dim : 1) * sizeof(float));
+    for (int e = 0; e < m->encoders; e++) bytes = max_size(bytes, sd_text_encoder_arena_bytes(&m->te[e], n, e == 1));
+    sd_arena *a = test_arena(bytes);
+    for (int c = 0; lora_case_tags(g, c, tags, sizeof tags); c++, cases++) {
+        lora_case lc;
+        if (!CHECK(lora_case_load(&lc, m, tags, dir, &err) == SD_OK && sd_pool_set_lora(pool, lc.set, NULL, &err) == SD_OK,
+                   "%s case%d %s: %s", label, c, tags, err.message)) { free_arena(lc.arena); continue; }
+        for (int e = 0; e < m->encoders; e++) {
+            const sd_text_encoder *te = &m->te[e];
+            size_t W = (size_t)te->width, off = e ? (size_t)m->te[0].width : 0;
+            for (int l = 1; l <= te->layers; l++) {
+                int64_t gn;
+                if (xl) snprintf(name, sizeof name, "case%d.te%d.hidden_states.%d", c, e + 1, l);
+                else snprintf(name, sizeof name, "case%d.hidden_states.%d", c, l);
+                if (!sd_safetensors_find(&g->st, name)) continue;
+                const float *want = golden_f32(g, name, &gn);
+                snprintf(what, sizeof what, "%s %s (%s)", label, name, tags);
+                if (want && CHECK((size_t)gn == rows * W, "%s: size", what) &&
+                    CHECK(sd_text_encoder_hidden(te, ids[e], n, l, 0, out, pool, a, &err) == SD_OK, "%s: %s", what, err.message))
+                    check_close(what, out, want, gn, 1e-5);
+            }
+            /* the encoder's output, as the pipeline takes it */
+            if (CHECK(sd_text_encode(te, ids[e], n, 0, out, e == 1 ? pooled : NULL, pool, a, &err) == SD_OK, "%s case%d: %s", label, c, err.message))
+                for (size_t r = 0; r < rows; r++) memcpy(ctx + r * D + off, out + r * W, W * sizeof(float));
+        }
+        CHECK(a->used == 0 && a->peak <= bytes, "%s case%d: the text encoder's arena peaked at %zu of %zu", label, c, a->peak, bytes);
+        static const char *const outputs[2][2] = {{"last_hidden_state", NULL}, {"prompt_embeds", "pooled_prompt_embeds"}};
+        for (int k = 0; k < 2 && outputs[xl][k]; k++) {
+            int64_t gn;
+            snprintf(name, sizeof name, "case%d.%s", c, outputs[xl][k]);
+            const float *want = golden_f32(g, name, &gn);
+            snprintf(what, sizeof what, "%s %s (%s)", label, name, tags);
+            if (want && CHECK((size_t)gn == (k ? (size_t)n * m->te[1].proj_dim : rows * D), "%s: size", what))
+                check_close(what, k ? pooled : ctx, want, gn, 1e-5);
+        }
+        sd_pool_set_lora(pool, NULL, NULL, &err);
+        free_arena(lc.arena);
+    }
+    CHECK(cases > 0, "%s: no cases in %s", label, g->path);
+    free_arena(a);
+    free(ids[0]);
+    free(ids[1]);
+    free(out);
+    free(ctx);
+    free(pooled);
+}
+
+/* GOLDEN/NAME/lora_unet through unet_run_cases, each case's LoRAs put on the pool first. */
+typedef struct lora_unet_run { const sd_model *m; golden_file *g; lora_dir *dir; lora_case lc; const char *label; } lora_unet_run;
+
+static int lora_unet_setup(void *user, int c, sd_pool *pool)
+{
+    lora_unet_run *r = (lora_unet_run *)user;
+    char tags[512];
+    sd_error err;
+    sd_pool_set_lora(pool, NULL, NULL, &err);
+    free_arena(r->lc.arena);
+    r->lc.arena = NULL;
+    if (!CHECK(lora_case_tags(r->g, c, tags, sizeof tags), "%s: no a1111 tags for case%d", r->label, c)) return 0;
+    return CHECK(lora_case_load(&r->lc, r->m, tags, r->dir, &err) == SD_OK && sd_pool_set_lora(pool, r->lc.set, NULL, &err) == SD_OK,
+                 "%s case%d %s: %s", r->label, c, tags, err.message);
+}
+
+/* And without the LoRAs the same pool gives out_no_lora: the base path is untouched. */
+static void lora_check_unet(const sd_model *m, golden_file *g, lora_dir *dir, sd_pool *pool, const char *label)
+{
+    lora_unet_run r;
+    sd_error err;
+    memset(&r, 0, sizeof r);
+    r.m = m, r.g = g, r.dir = dir, r.label = label;
+    unet_run_cases(m->unet, g, label, pool, lora_unet_setup, &r);
+    sd_pool_set_lora(pool, NULL, NULL, &err);
+    free_arena(r.lc.arena);
+    const sd_tensor *tx = sd_safetensors_find(&g->st, "case0.x");
+    int64_t nout, ny = 0;
+    const float *want = golden_f32(g, "case0.out_no_lora", &nout), *ctx = golden_f32(g, "case0.context", NULL);
+    const float *pooled = sd_unet_add_dim(m->unet) ? golden_f32(g, "case0.text_embeds", &ny) : NULL, *sizes = pooled ? golden_f32(g, "case0.time_ids", NULL) : NULL;
+    const sd_tensor *tt = sd_safetensors_find(&g->st, "case0.timesteps");
+    if (!tx || !want || !ctx || !tt || (sd_unet_add_dim(m->unet) && !sizes)) return;
+    int B = (int)tx->shape[0], h = (int)tx->shape[2], w = (int)tx->shape[3], add = sd_unet_add_dim(m->unet);
+    float t[2] = {(float)golden_i64_at(tt, 0), (float)golden_i64_at(tt, 1)}, *y = (float *)malloc((size_t)(B * add + 1) * sizeof(float));
+    float *out = (float *)malloc((size_t)nout * sizeof(float));
+    for (int b = 0; b < B && pooled; b++) sd_unet_add_vector(m->unet, pooled + b * (ny / B), (int)(ny / B), sizes + 6 * b, y + b * add, &err);
+    sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, add ? y : NULL, NULL};
+    sd_arena *a = test_arena(sd_unet_arena_bytes(m->unet, B, h, w, SD_TEXT_TOKENS));
+    char what[400];
+    snprintf(what, sizeof what, "%s case0.out_no_lora (the pool's LoRAs taken off)", label);
+    if (CHECK(B == 2 && sd_unet(m->unet, (const float *)tx->data, t, &cond, B, h, w, out, pool, a, &err) == SD_OK, "%s: %s", what, err.message))
+        check_close(what, out, want, nout, 2e-5);
+    free_arena(a);
+    free(out);
+    free(y);
+}
+
+/* A generation of 2 steps at 64x64 of `prompt` (with tags, or p->loras from `list`). */
+static int lora_generate(const sd_model *m, const char *prompt, lora_dir *dir, const sd_lora *list, int count, int resolve,
+                         char *warnings, size_t *used, sd_error *err)
+{
+    sd_params p;
+    uint8_t rgb[3 * 64 * 64];
+    sd_params_init(&p);
+    p.prompt = prompt;
+    p.negative_prompt = "blurry";
+    p.width = p.height = 64;
+    p.steps = 2;
+    p.lora_resolve = resolve ? lora_from_dir : NULL;
+    p.lora_user = dir;
+    p.loras = list;
+    p.lora_count = count;
+    p.warnings = warnings;
+    p.warnings_size = warnings ? 1024 : 0;
+    size_t need = sd_generate_arena_bytes(m, &p);
+    sd_arena *a = test_arena(need ? need : 4096);
+    int rc = sd_generate(m, &p, a, rgb, err);
+    *used = a->used;
+    CHECK(rc || a->peak == need, "LoRA generation '%s': peak %zu, planned %zu", prompt, a->peak, need);
+    free_arena(a);
+    return rc;
+}
+
+/* A copy of LoRA file `name` from GOLDEN_DIR/lora, changed by unet_corrupt (tensor `victim`
+   reshaped, or renamed), or cut to `keep` bytes. */
+static unsigned char *lora_broken_copy(const char *name, const char *victim, int rename, size_t keep, size_t *size)
+{
+    char path[1200];
+    snprintf(path, sizeof path, "%s/lora/%s.safetensors", golden_dir, name);
+    unsigned char *b = read_file(path, size);
+    if (!CHECK(b != NULL, "cannot read %s", path)) return NULL;
+    if (keep) *size = keep < *size ? keep : *size;
+    if (victim && !CHECK(unet_corrupt(b, victim, rename), "%s: no tensor %s to break", path, victim)) { free(b); return NULL; }
+    return b;
+}
+
+/* Two generations on one model at the same time, each with LoRAs of its own (the model and the
+   weights are shared and read-only): each gives the bytes it gives alone. */
+static void lora_check_threads(const sd_model *m)
+{
+#ifdef SD_NO_THREADS
+    (void)m;
+#else
+    static const char *const prompts[2] = {"a cat <lora:tiny-sd1_kohya_r4:0.7>", "a cat <lora:tiny-sd1_locon_r8:-0.3> <lora:tiny-sd1_peft_r4:1>"};
+    gen_job job[4];
+    lora_dir *dirs = (lora_dir *)calloc(4, sizeof *dirs);
+    char path[1100];
+    pthread_t tid[2];
+    snprintf(path, sizeof path, "%s/lora", golden_dir);
+    for (int k = 0; k < 4; k++) {   /* jobs 2 and 3 again, at once */
+        dirs[k].dir = path;
+        job[k].m = m;
+        sd_params_init(&job[k].p);
+        job[k].p.prompt = prompts[k % 2];
+        job[k].p.width = job[k].p.height = 64;
+        job[k].p.steps = 2;
+        job[k].p.threads = 2;
+        job[k].p.lora_resolve = lora_from_dir;
+        job[k].p.lora_user = &dirs[k];
+        job[k].rgb = (uint8_t *)calloc(3 * 64 * 64, 1);
+    }
+    gen_thread(&job[0]);
+    gen_thread(&job[1]);
+    int started = !pthread_create(&tid[0], NULL, gen_thread, &job[2]) && !pthread_create(&tid[1], NULL, gen_thread, &job[3]);
+    if (CHECK(started, "LoRA: cannot start two threads")) {
+        pthread_join(tid[0], NULL);
+        pthread_join(tid[1], NULL);
+        CHECK(!job[0].rc && !job[1].rc && !job[2].rc && !job[3].rc && memcmp(job[0].rgb, job[1].rgb, 3 * 64 * 64) &&
+              !memcmp(job[0].rgb, job[2].rgb, 3 * 64 * 64) && !memcmp(job[1].rgb, job[3].rgb, 3 * 64 * 64),
+              "LoRA: two generations at once with different LoRAs do not give what each gives alone (rc %d %d %d %d)", job[0].rc, job[1].rc,
+              job[2].rc, job[3].rc);
+    }
+    for (int k = 0; k < 4; k++) { lora_dir_close(&dirs[k]); free(job[k].rgb); }
+    free(dirs);
+#endif
+}
+
+/* The CLI's --lora-model-dir: a tag finds NAME.safetensors there and changes the image; an
+   unknown NAME is an error naming it; a name that would leave the folder is no LoRA. */
+static void lora_check_cli(const char *model, const char *lora_path)
+{
+    char dir[] = "/tmp/sdh_lora_XXXXXX", args[4000], errf[100], png[3][100];
+    static const char *const prompts[3] = {"a cat", "a cat <lora:tiny-sd1_kohya_r4:0.9>", "a cat <lora:../lora/tiny-sd1_kohya_r4:0.9>"};
+    int lines, rc[3];
+    size_t n[3] = {0, 0, 0};
+    unsigned char *img[3] = {NULL, NULL, NULL};
+    if (!file_exists("./example")) { printf("note: no ./example, the CLI's LoRA check is skipped\n"); return; }
+    if (!CHECK(mkdtemp(dir) != NULL, "mkdtemp")) return;
+    snprintf(errf, sizeof errf, "%s/err.txt", dir);
+    for (int i = 0; i < 3; i++) {
+        snprintf(png[i], sizeof png[i], "%s/%d.ppm", dir, i);
+        snprintf(args, sizeof args, "-m %s --tokenizer %s --lora-model-dir %s -p '%s' -W 64 -H 64 --steps 2 -s 1 -t 1 -o %s", model,
+                 merges_path, lora_path, prompts[i], png[i]);
+        rc[i] = run_example(args, errf, &lines);
+        img[i] = read_file(png[i], &n[i]);
+    }
+    CHECK(!rc[0] && !rc[1] && n[0] && n[0] == n[1] && memcmp(img[0], img[1], n[0]), "CLI --lora-model-dir: exit %d, %d, or the tag changed nothing", rc[0], rc[1]);
+    CHECK(rc[2] == 1 && !img[2] && file_contains(errf, "no LoRA named '../lora/tiny-sd1_kohya_r4'"), "CLI: a LoRA name with '/' gave exit %d", rc[2]);
+    for (int i = 0; i < 3; i++) { free(img[i]); remove(png[i]); }
+    remove(errf);
+    rmdir(dir);
+}
+
+/* Bad LoRAs and tags on tiny-sd1: clear errors naming the file and the tensor (or the tag),
+   nothing kept in the arena, and the model as it was (its bytes, and a golden run after). */
+static void lora_check_errors(loaded_model *lm, lora_dir *dir, const char *name)
+{
+    static const char *const q_down = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight";
+    static const char *const alpha = "lora_unet_down_blocks_0_attentions_0_proj_in.alpha";
+    const sd_model *m = lm->model;
+    uint32_t before = hash_bytes((const char *)lm->bytes, lm->size);
+    char warnings[1024];
+    size_t size, used;
+    sd_error err;
+    int rc;
+    /* tags */
+    static const struct { const char *prompt; int resolve, code; const char *needle; } tag_cases[] = {
+        {"a cat <lora:nosuch:0.5>", 1, SD_ERR_MISSING, "no LoRA named 'nosuch'"},
+        {"a cat <lora:tiny-sd1_kohya_r4:0.5>", 0, SD_ERR_ARG, "no lora_resolve"},
+        {"a cat <lora:tiny-sd1_kohya_r4:abc>", 1, SD_ERR_ARG, "not a number"},
+        {"a cat <lora:tiny-sd1_kohya_r4:1:1:8>", 1, SD_ERR_UNSUPPORTED, "dyn"},
+        {"a cat <lora:tiny-sdxl_kohya_r4:1>", 1, SD_ERR_SHAPE, "LoRA 'tiny-sdxl_kohya_r4': tensor '"},   /* a layer of both, in other shapes */
+    };
+    for (size_t i = 0; i < sizeof tag_cases / sizeof *tag_cases; i++) {
+        rc = lora_generate(m, tag_cases[i].prompt, dir, NULL, 0, tag_cases[i].resolve, NULL, &used, &err);
+        CHECK(rc == tag_cases[i].code && strstr(err.message, tag_cases[i].needle) && used == 0, "LoRA '%s': rc %d, '%s'",
+              tag_cases[i].prompt, rc, rc ? err.message : "");
+    }
+    /* broken files through the list */
+    static const struct { const char *file, *victim; int rename; size_t keep; int code; const char *needle; } file_cases[] = {
+        {"tiny-sd1_kohya_r4", NULL, 0, 5000, SD_ERR_FORMAT, "LoRA 'broken': safetensors: header length"},
+        {"tiny-sd1_kohya_r4", NULL, 0, 200000, SD_ERR_FORMAT, "LoRA 'broken': safetensors:"},
+        {"tiny-sd1_kohya_r4", "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight", 0, 0, SD_ERR_SHAPE,
+         "LoRA 'broken': tensor 'lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight' has shape [32, 4]"},
+        {"tiny-sd1_kohya_r4", "lora_unet_down_blocks_0_attentions_0_proj_in.alpha", 1, 0, SD_ERR_SHAPE,
+         "LoRA 'broken': tensor 'lora_unet_down_blocks_0_attentions_0_proj_in.alph_' matches no layer"},
+        {"tiny-sd1_locon_r8", "lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight", 1, 0, SD_ERR_MISSING, "has no 'lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight'"},
+    };
+    (void)q_down, (void)alpha;
+    for (size_t i = 0; i < sizeof file_cases / sizeof *file_cases; i++) {
+        unsigned char *b = lora_broken_copy(file_cases[i].file, file_cases[i].victim, file_cases[i].rename, file_cases[i].keep, &size);
+        sd_lora l = {b, size, 1.0f, 1.0f, "broken"};
+        if (!b) continue;
+        rc = lora_generate(m, "a cat", dir, &l, 1, 1, NULL, &used, &err);
+        CHECK(rc == file_cases[i].code && strstr(err.message, file_cases[i].needle) && used == 0, "broken LoRA %zu (%s): rc %d, '%s'", i,
+              file_cases[i].file, rc, rc ? err.message : "");
+        free(b);
+    }
+    /* a LyCORIS kind, and what is skipped with a warning: an embedding bundled in the file, a
+       text-encoder layer the model lacks; and a tag of another kind */
+    {
+        static const char hada[] = "{\"lora_unet_conv_in.hada_w1_a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}";
+        static const char skips[] = "{\"bundle_emb.x.string_to_param.*\":{\"dtype\":\"F32\",\"shape\":[1,32],\"data_offsets\":[0,128]},"
+            "\"lora_te_text_model_encoder_layers_7_mlp_fc1.alpha\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[128,132]},"
+            "\"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight\":{\"dtype\":\"F32\",\"shape\":[1,32],\"data_offsets\":[132,260]},"
+            "\"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight\":{\"dtype\":\"F32\",\"shape\":[128,1],\"data_offsets\":[260,772]}}";
+        float zeros[193] = {0};
+        unsigned char *f1 = make_file(hada, zeros, 4, &size);
+        sd_lora l = {f1, size, 1.0f, 1.0f, "hada"};
+        rc = lora_generate(m, "a cat", dir, &l, 1, 1, NULL, &used, &err);
+        CHECK(rc == SD_ERR_UNSUPPORTED && strstr(err.message, "'lora_unet_conv_in.hada_w1_a'") && strstr(err.message, "LoHa"), "LoHa tensor: rc %d, '%s'",
+              rc, rc ? err.message : "");
+        free(f1);
+        f1 = make_file(skips, zeros, 772, &size);
+        l.data = f1, l.size = size, l.name = "skips";
+        rc = lora_generate(m, "a <hypernet:x:1>cat", dir, &l, 1, 1, warnings, &used, &err);
+        CHECK(rc == SD_OK && strstr(warnings, "'bundle_emb.x.string_to_param.*'") && strstr(warnings, "layers this model does not have") &&
+              strstr(warnings, "removed '<hypernet:x:1>'"), "skipped tensors and tags: rc %d (%s), warnings '%s'", rc, rc ? err.message : "", warnings);
+        free(f1);
+        rc = lora_generate(m, "a <hypernet:x:1>cat", dir, NULL, 0, 0, warnings, &used, &err);   /* no LoRA at all: no resolver needed */
+        CHECK(rc == SD_OK && strstr(warnings, "removed '<hypernet:x:1>'"), "a hypernetwork tag alone: rc %d (%s), warnings '%s'", rc,
+              rc ? err.message : "", warnings);
+    }
+    CHECK(hash_bytes((const char *)lm->bytes, lm->size) == before, "the model's bytes changed");
+    run_pipeline_goldens(m, name, 0);   /* and it still gives the goldens */
+}
+
+/* Tag reading: A1111's arguments, and removal in one pass. */
+static void lora_check_tags(const sd_clip_vocab *v)
+{
+    static const struct { const char *tag; float te, unet; } args[] = {
+        {"<lora:x>", 1, 1}, {"<lora:x:0.8>", 0.8f, 0.8f}, {"<lora:x:0.8:0.5>", 0.8f, 0.5f}, {"<lora:x:-1.5>", -1.5f, -1.5f},
+        {"<lora:x:te=0.3:unet=0.4>", 0.3f, 0.4f}, {"<lora:x:0.5:te=0.7>", 0.7f, 0.7f}, {"<lyco:x: 2 >", 2, 2},
+    };
+    static const struct { const char *in, *out; } strip[] = {
+        {"a <lora:x:1>b <hypernet:y:2> c", "a b  c"}, {"<lo<lora:x:1>ra:y:1>", "<lora:y:1>"}, {"<a:> <:b> <a b:c> x<y:z", "<a:> <:b> <a b:c> x<y:z"},
+        {"caf\xc3\xa9<\xc3\xa9t\xc3\xa9:1>!", "caf\xc3\xa9!"}, {"BRE<lora:x:1>AK", "BREAK"},
+    };
+    char name[256], out[128];
+    sd_error err;
+    for (size_t i = 0; i < sizeof args / sizeof *args; i++) {
+        sd_lora l = {NULL, 0, 0, 0, NULL};
+        size_t kind, len = prompt_tag(v, args[i].tag, 0, prompt_tags_end(args[i].tag), &kind);
+        CHECK(len == strlen(args[i].tag) && lora_tag(args[i].tag, len, kind, name, sizeof name, &l, &err) == SD_OK && !strcmp(name, "x") &&
+              l.text_scale == args[i].te && l.unet_scale == args[i].unet, "tag %s: text %g, UNet %g", args[i].tag, l.text_scale, l.unet_scale);
+    }
+    for (size_t i = 0; i < sizeof strip / sizeof *strip; i++) {
+        size_t n = prompt_untagged(v, strip[i].in, out);
+        CHECK(!strcmp(out, strip[i].out) && n == strlen(out), "'%s' without tags is '%s', expected '%s'", strip[i].in, out, strip[i].out);
+        CHECK(prompt_chunk_bound(v, strip[i].in, 1, 0, NULL) == prompt_chunk_bound(v, out, 0, 0, NULL), "'%s': the dry run's chunk bound differs", strip[i].in);
+    }
+}
+
+static void test_lora(void)
+{
+    char rel[1200], lora_path[1100], label[300];
+    lora_dir dir;
+    sd_arena *pa;
+    sd_pool pool;
+    sd_error err;
+    int before = n_fail, runs = 0, n = golden_models_read();
+    snprintf(lora_path, sizeof lora_path, "%s/lora", golden_dir);
+    if (!opendir_ok(lora_path)) { note_absent("lora", "no %s: the LoRA goldens are skipped", lora_path); return; }
+    memset(&dir, 0, sizeof dir);
+    dir.dir = lora_path;
+    pa = test_arena(pool_arena_bytes(1) + SD_LORA_SCRATCH_BYTES + SD_ALIGN);
+    CHECK(pool_init(&pool, 1, pa, &err) == SD_OK && pool_set_lora(&pool, NULL, pa, &err) == SD_OK, "pool");   /* its scratch, once */
+    for (int i = 0; i < n; i++) {
+        golden_model *gm = &golden_models[i];
+        for (int layout = 0; layout < LAYOUTS; layout++) {   /* every layout: original names, diffusers names */
+            static const char *const goldens[2] = {"lora_text_encoder", "lora_unet"};
+            loaded_model lm;
+            int found = 0;
+            snprintf(rel, sizeof rel, "%s/%s", golden_dir, gm->name);
+            DIR *gd = opendir(rel);
+            for (struct dirent *f; gd && (f = readdir(gd)) != NULL; ) found |= !strncmp(f->d_name, "lora_", 5);
+            if (gd) closedir(gd);
+            if (!found || !*gm->path[layout]) continue;
+            if (layout == LAYOUT_DIFFUSERS ? open_diffusers_model(&lm, gm->path[layout]) : open_test_model(&lm, gm->path[layout])) {
+                unload_model(&lm);
+                continue;
+            }
+            snprintf(label, sizeof label, "LoRA on %s", strrchr(gm->path[layout], '/') + 1);
+            for (int k = 0; k < 2; k++) {
+                snprintf(rel, sizeof rel, "%s/%s.safetensors", gm->name, goldens[k]);
+                golden_file *g = golden_open(rel);
+                if (!g) continue;
+                if (k == 0) lora_check_text(lm.model, g, &dir, &pool, label);
+                else lora_check_unet(lm.model, g, &dir, &pool, label);
+                golden_close(g);
+                runs++, n_cases++;
+            }
+            snprintf(rel, sizeof rel, "%s/%s", golden_dir, gm->name);
+            gd = opendir(rel);
+            for (struct dirent *f; gd && (f = readdir(gd)) != NULL; ) {
+                char pipe[600];
+                if (strncmp(f->d_name, "lora_txt2img_", 13)) continue;
+                snprintf(pipe, sizeof pipe, "%s/%.300s", gm->name, f->d_name);
+                check_pipeline(lm.model, pipe);
+                if (layout == LAYOUT_F16) check_pipeline_contracts(lm.model, pipe);
+                runs++, n_cases++;
+            }
+            if (gd) closedir(gd);
+            /* the checks made with the public set's LoRA files: once, on tiny-sd1's single file */
+            int have = 1;
+            static const char *const files[4] = {"tiny-sd1_kohya_r4", "tiny-sd1_locon_r8", "tiny-sd1_peft_r4", "tiny-sdxl_kohya_r4"};
+            for (int k = 0; k < 4; k++) {
+                snprintf(rel, sizeof rel, "%s/%s.safetensors", lora_path, files[k]);
+                have &= file_exists(rel);
+            }
+            if (!strcmp(gm->name, "tiny-sd1") && layout == LAYOUT_F16 && !have)
+                note_absent("lora files", "not all of %s/tiny-sd1_{kohya_r4,locon_r8,peft_r4}, tiny-sdxl_kohya_r4: the LoRA tag, "
+                            "thread, CLI and error checks skipped", lora_path);
+            if (!strcmp(gm->name, "tiny-sd1") && layout == LAYOUT_F16 && have) {
+                lora_check_tags(lm.model->vocab);
+                lora_check_threads(lm.model);
+                lora_check_cli(gm->path[layout], lora_path);
+                lora_check_errors(&lm, &dir, gm->name);
+            }
+            unload_model(&lm);
+        }
+    }
+    lora_dir_close(&dir);
+    pool_free(&pool);
+    free_arena(pa);
+    printf("lora: %d goldens run, %s\n", runs, n_fail == before ? "ok" : "FAILED");
+}
+
 static const struct test_group { const char *name; void (*run)(void); int golden; } test_groups[] = {
     {"arena", test_arena_basics, 0}, {"f16", test_f16, 0}, {"kernels", test_kernels, 0},
     {"safetensors", test_safetensors_malformed, 0}, {"manifest", test_golden_manifest, 1}, {"models", test_model_files, 1},
     {"rng", test_rng, 1}, {"ddim", test_ddim, 1}, {"samplers", test_samplers, 1}, {"tokenizer", test_tokenizer, 1},
     {"prompt", test_prompt, 1}, {"text_encoder", test_text_encoder, 1}, {"unet", test_unet, 1}, {"vae", test_vae, 1},
     {"pipeline", test_pipeline, 1}, {"lcm", test_lcm, 1}, {"ti", test_ti, 1}, {"image_guided", test_image_guided, 1},
-    {"taesd", test_taesd, 1}, {"gguf", test_gguf, 1}, {"png", test_png, 1}, {"cli", test_cli, 1}, {"threads", test_threads, 1},
+    {"lora", test_lora, 1}, {"taesd", test_taesd, 1}, {"gguf", test_gguf, 1}, {"png", test_png, 1}, {"cli", test_cli, 1},
+    {"threads", test_threads, 1},
 };
 #define TEST_GROUPS (int)(sizeof test_groups / sizeof test_groups[0])
 

@@ -606,7 +606,7 @@ static int random_model_check(const char *kind, const char *path)
 typedef struct bench_options {
     const char *what, *model, *kind, *dtype, *merges, *taesd;
     int sizes[16], nsizes, vae_sizes[16], nvae, taesd_sizes[16], ntaesd, threads[16], nthreads;
-    int batch, runs, image, steps, vae_tile, sampler;
+    int batch, runs, image, steps, vae_tile, sampler, lora_rank;
     int decoders;               /* txt2img: 1 the VAE, 2 TAESD, 3 one run with each */
     float guidance;             /* txt2img guidance; < 0: 7.5, but 1 (no unconditional pass) for LCM */
 } bench_options;
@@ -811,23 +811,83 @@ static void bench_print_tail(double cpu0, double wall0, size_t need, size_t peak
     fflush(stdout);
 }
 
+/* A LoRA of rank r on every attention and resnet layer of the UNet (kohya names, diffusers' map),
+   made in memory with random F16 weights: what the UNet's LoRA line applies. The layers and their
+   names come from sd.h's own walk over the model (lora_unet_modules). */
+typedef struct bench_lora { char *json; size_t len, cap, data; int rank, layers; } bench_lora;
+
+static void bench_lora_put(bench_lora *b, const char *fmt, ...)
+{
+    va_list ap;
+    if (b->len + 512 > b->cap && !(b->json = (char *)realloc(b->json, b->cap = 2 * b->cap + 4096))) { fprintf(stderr, "bench: no memory\n"); exit(1); }
+    va_start(ap, fmt);
+    b->len += (size_t)vsnprintf(b->json + b->len, b->cap - b->len, fmt, ap);
+    va_end(ap);
+}
+
+static void bench_lora_layer(void *user, const lora_module *m)
+{
+    bench_lora *b = (bench_lora *)user;
+    char name[256];
+    long long N = (long long)m->w->shape[0], K = (long long)m->w->shape[1];
+    size_t down = (size_t)b->rank * (size_t)K * (size_t)(m->k * m->k) * 2, up = (size_t)N * (size_t)b->rank * 2;
+    if (!strstr(m->path[1], "attentions.") && !strstr(m->path[1], "resnets.")) return;
+    snprintf(name, sizeof name, "lora_unet_%s", m->path[1]);
+    for (char *c = name; *c; c++) if (*c == '.') *c = '_';
+    if (m->k == 1) bench_lora_put(b, "%s\"%s.lora_down.weight\":{\"dtype\":\"F16\",\"shape\":[%d,%lld],\"data_offsets\":[%zu,%zu]}",
+                                  b->layers ? "," : "", name, b->rank, K, b->data, b->data + down);
+    else bench_lora_put(b, "%s\"%s.lora_down.weight\":{\"dtype\":\"F16\",\"shape\":[%d,%lld,%d,%d],\"data_offsets\":[%zu,%zu]}",
+                        b->layers ? "," : "", name, b->rank, K, m->k, m->k, b->data, b->data + down);
+    bench_lora_put(b, ",\"%s.lora_up.weight\":{\"dtype\":\"F16\",\"shape\":[%lld,%d],\"data_offsets\":[%zu,%zu]}",
+                   name, N, b->rank, b->data + down, b->data + down + up);
+    b->data += down + up;
+    b->layers++;
+}
+
+/* The file's bytes (malloc'd): header, then the weights, uniform in +-0.01. */
+static unsigned char *bench_lora_make(const bench_model *m, int rank, size_t *size, int *layers)
+{
+    bench_lora b;
+    uint64_t r = 12345;
+    memset(&b, 0, sizeof b);
+    b.rank = rank;
+    bench_lora_put(&b, "{");
+    lora_unet_modules(m->unet, bench_lora_layer, &b);
+    bench_lora_put(&b, "}");
+    while (b.len % 8) bench_lora_put(&b, " ");
+    *size = 8 + b.len + b.data;
+    *layers = b.layers;
+    unsigned char *f = (unsigned char *)malloc(*size);
+    if (!f) { fprintf(stderr, "bench: no memory for a %zu-byte LoRA\n", *size); exit(1); }
+    for (int i = 0; i < 8; i++) f[i] = (unsigned char)((uint64_t)b.len >> (8 * i));
+    memcpy(f + 8, b.json, b.len);
+    for (size_t i = 0; i < b.data / 2; i++) {
+        uint16_t h = sd_f32_to_f16((float)(random_model_uniform(&r) * 0.02 - 0.01));
+        memcpy(f + 8 + b.len + 2 * i, &h, 2);
+    }
+    free(b.json);
+    return f;
+}
+
 /* The denoiser: one batched evaluation (batch 2 is a guided sampling step) at size x size latents,
    conditioned on random vectors of the right sizes (SDXL: the context and the added-conditioning
-   vector y both). */
-static int bench_unet(const bench_options *o, bench_model *m, int size, int threads)
+   vector y both). With a LoRA set, each run is a pair, without and with it, and a second line
+   gives the latter: taking turns, both see the same load on a shared machine. */
+static int bench_unet(const bench_options *o, bench_model *m, int size, int threads, const sd_lora_set *lora, int layers)
 {
     sd_arena a;
     sd_pool pool;
     sd_error err;
-    double macs[RM_PARTS], t[64], plan_us;
-    int B = o->batch, ydim = sd_unet_add_dim(m->unet);
+    double macs[RM_PARTS], t[2][64], cpu[2] = {0, 0}, plan_us;
+    int B = o->batch, ydim = sd_unet_add_dim(m->unet), kinds = lora ? 2 : 1;
     size_t lat = (size_t)B * 4 * size * size, need = sd_unet_arena_bytes(m->unet, B, size, size, SD_TEXT_TOKENS);
     BENCH_PLAN_US(plan_us, sd_unet_arena_bytes(m->unet, B, size, size, SD_TEXT_TOKENS));
     size_t nctx = (size_t)B * SD_TEXT_TOKENS * m->context, ny = (size_t)B * ydim;
     float *x = (float *)malloc(lat * sizeof(float)), *out = (float *)malloc(lat * sizeof(float));
     float *ctx = (float *)malloc(nctx * sizeof(float)), *y = (float *)malloc((ny ? ny : 1) * sizeof(float)), ts[64];
     void *mem;
-    if (need == (size_t)-1 || !x || !out || !ctx || !y || !(mem = bench_arena(&a, need, threads, &pool))) return 1;
+    if (need == (size_t)-1 || !x || !out || !ctx || !y || !(mem = bench_arena(&a, need + (lora ? SD_LORA_SCRATCH_BYTES : 0), threads, &pool))) return 1;
+    if (lora && sd_pool_set_lora(&pool, lora, &a, &err)) { fprintf(stderr, "bench: %s\n", err.message); return 1; }
     bench_fill(x, lat, 1);
     bench_fill(ctx, nctx, 2);
     bench_fill(y, ny, 4);
@@ -835,20 +895,28 @@ static int bench_unet(const bench_options *o, bench_model *m, int size, int thre
     size_t base = sd_arena_mark(&a);
     double wall0 = now(), cpu0 = bench_cpu();
     a.peak = a.used;
-    for (int r = 0; r < o->runs; r++) {
-        double t0 = now();
-        sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, ydim ? y : NULL, NULL};
-        if (sd_unet(m->unet, x, ts, &cond, B, size, size, out, &pool, &a, &err)) {
-            fprintf(stderr, "unet size=%d batch=%d threads=%d: %s\n", size, B, threads, err.message);
-            return 1;
+    for (int r = 0; r < o->runs; r++)
+        for (int k = 0; k < kinds; k++) {
+            double t0 = now(), c0 = bench_cpu();
+            sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, ydim ? y : NULL, NULL};
+            pool.lora = k ? lora : NULL;
+            if (sd_unet(m->unet, x, ts, &cond, B, size, size, out, &pool, &a, &err)) {
+                fprintf(stderr, "unet size=%d batch=%d threads=%d: %s\n", size, B, threads, err.message);
+                return 1;
+            }
+            t[k][r] = now() - t0;
+            cpu[k] += bench_cpu() - c0;
         }
-        t[r] = now() - t0;
-    }
     random_model_count(m->family, size, size, B, macs);
-    double s = bench_median(t, o->runs);
-    printf("unet size=%d batch=%d threads=%d w=%s runs=%d seconds=%.3f", size, B, threads, m->w, o->runs, s);
-    bench_print_flops(m, macs[RM_UNET], s);
-    bench_print_tail(cpu0, wall0, need, a.peak - base, plan_us, out, lat);
+    double s[2];
+    for (int k = 0; k < kinds; k++) {
+        s[k] = bench_median(t[k], o->runs);
+        printf("unet size=%d batch=%d threads=%d w=%s runs=%d seconds=%.3f", size, B, threads, m->w, o->runs, s[k]);
+        if (k) printf(" lora_rank=%d lora_layers=%d lora_cost=%+.1f%% lora_cost_cpu=%+.1f%%", o->lora_rank, layers, 100 * (s[1] / s[0] - 1),
+                      100 * (cpu[1] / cpu[0] - 1));
+        else bench_print_flops(m, macs[RM_UNET], s[0]);
+        bench_print_tail(cpu0, wall0, need, a.peak - base, plan_us, out, lat);
+    }
     pool_free(&pool);
     free(mem); free(x); free(out); free(ctx); free(y);
     return 0;
@@ -1290,7 +1358,9 @@ static void bench_usage(FILE *f)
         "  --vae-tiling N     txt2img: decode in N x N latent tiles (default 0: whole image)\n"
         "  --decoder LIST     txt2img: vae, taesd or vae,taesd (one run each; default vae)\n"
         "  --sampler NAME     txt2img sampler: ddim (default), euler, euler_a, dpm++2m, lcm\n"
-        "  --guidance X       txt2img: guidance scale (default 7.5; lcm 1; <= 1: one UNet pass a step)\n");
+        "  --guidance X       txt2img: guidance scale (default 7.5; lcm 1; <= 1: one UNet pass a step)\n"
+        "  --lora-rank R      unet: a second line with a random rank-R LoRA on every attention and\n"
+        "                     resnet layer, and its cost against the first (default 0: none)\n");
 }
 
 static int bench_run(int argc, char **argv)
@@ -1336,6 +1406,7 @@ static int bench_run(int argc, char **argv)
             while (o.sampler < 5 && strcmp(m, names[o.sampler])) o.sampler++;
             if (o.sampler == 5) { fprintf(stderr, "--sampler: '%s' is not one of ddim, euler, euler_a, dpm++2m, lcm\n", m); return 1; }
         }
+        else if (!strcmp(a, "--lora-rank")) o.lora_rank = parse_int(BENCH_VALUE(), 0, 4096, a);
         else { fprintf(stderr, "unknown bench option '%s'\n", a); bench_usage(stderr); return 1; }
 #undef BENCH_VALUE
     }
@@ -1375,9 +1446,28 @@ static int bench_run(int argc, char **argv)
     if (bench_model_load(&m, o.model)) return 1;
     for (int t = 0; t < o.nthreads && !rc; t++)
         if (bench_wants(&o, "text", "text_encoder")) rc |= bench_text(&o, &m, o.threads[t]);
+    sd_lora_set *lora = NULL;
+    unsigned char *lora_file = NULL;
+    void *lora_mem = NULL;
+    int lora_layers = 0;
+    if (o.lora_rank && bench_wants(&o, "unet", "unet")) {   /* the LoRA, once */
+        sd_lora l;
+        sd_arena la;
+        sd_error err;
+        memset(&l, 0, sizeof l);
+        l.data = lora_file = bench_lora_make(&m, o.lora_rank, &l.size, &lora_layers);
+        l.text_scale = l.unet_scale = 1.0f;
+        l.name = "random";
+        size_t bytes = sd_lora_arena_bytes(&l, 1);
+        sd_arena_init(&la, lora_mem = malloc(bytes + SD_ARENA_ALIGN), bytes + SD_ARENA_ALIGN);
+        if (sd_lora_load(&lora, m.unet, m.te, m.encoders, &l, 1, &la, &err)) { fprintf(stderr, "bench: %s\n", err.message); return 1; }
+        printf("lora rank=%d layers=%d bytes=%zu table_bytes=%zu\n", o.lora_rank, lora_layers, l.size, la.used);
+    }
     for (int s = 0; s < o.nsizes && !rc; s++)
         for (int t = 0; t < o.nthreads && !rc; t++)
-            if (bench_wants(&o, "unet", "unet")) rc |= bench_unet(&o, &m, o.sizes[s], o.threads[t]);
+            if (bench_wants(&o, "unet", "unet")) rc |= bench_unet(&o, &m, o.sizes[s], o.threads[t], lora, lora_layers);
+    free(lora_mem);
+    free(lora_file);
     for (int s = 0; s < o.nvae && !rc; s++)
         for (int t = 0; t < o.nthreads && !rc; t++)
             if (bench_wants(&o, "vae", "vae_decode")) rc |= bench_decode(&o, &m, o.vae_sizes[s], o.threads[t], 0);

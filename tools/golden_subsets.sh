@@ -5,11 +5,12 @@
 # damaged set fails. Appends one "N passed, N failed" line per run to LOG (default .test.log).
 #   tokenizer-only    tokenizer/ alone
 #   one-golden        one model and its unet golden, manifest.json listing absent files, entries
-#                     no test reads (models/taesd/, a .gguf, lora/, lora_* in the model folder) and
-#                     a pipeline golden of a scheduler sd.h lacks (noted, skipped)
+#                     no test reads (models/taesd/, a .gguf) and a pipeline golden of a scheduler
+#                     sd.h lacks (noted, skipped)
 #   f32-renamed       tiny-sd1 as an F32-only models/renamed.safetensors with its goldens in renamed/
 #   te-some-layers    text-encoder goldens holding only hidden_states.0 and the last layer's
 #   bumped (fails)    one-golden with one value of the unet golden's case0.out moved by 1 %
+#   bad-lora (fails)  one model, lora/ and a lora_unet golden that are other files
 #   truncated (fails) tokenizer-only with tokenizer.safetensors cut short
 SRC=${1:-weights/test}
 LOG=${2:-.test.log}
@@ -49,13 +50,11 @@ mkdir -p "$T/tokenizer-only"
 cp -R "$SRC/tokenizer" "$T/tokenizer-only/"
 check tokenizer-only pass
 
-mkdir -p "$T/one-golden/models/taesd" "$T/one-golden/tiny-sd1" "$T/one-golden/lora"
+mkdir -p "$T/one-golden/models/taesd" "$T/one-golden/tiny-sd1"
 cp "$SRC/models/tiny-sd1-fp16.safetensors" "$T/one-golden/models/"
 cp "$SRC/tiny-sd1/unet.safetensors" "$T/one-golden/tiny-sd1/"
 cp "$SRC/manifest.json" "$T/one-golden/"
 cp "$SRC/rng/torch_randn.safetensors" "$T/one-golden/models/taesd/taesd_decoder.safetensors"
-cp "$SRC/rng/torch_randn.safetensors" "$T/one-golden/lora/tiny-sd1_kohya_r4.safetensors"
-cp "$SRC/rng/torch_randn.safetensors" "$T/one-golden/tiny-sd1/lora_unet.safetensors"
 echo "GGUF" > "$T/one-golden/models/tiny-sd1-q8_0.gguf"
 rewrite "$SRC/tiny-sd1/txt2img_4steps_256x256.safetensors" "$T/one-golden/tiny-sd1/txt2img_unipc_4steps_256x256.safetensors" \
     --meta scheduler_class=UniPCMultistepScheduler
@@ -78,6 +77,12 @@ mkdir -p "$T/bumped/models" "$T/bumped/tiny-sd1"
 cp "$SRC/models/tiny-sd1-fp16.safetensors" "$T/bumped/models/"
 rewrite "$SRC/tiny-sd1/unet.safetensors" "$T/bumped/tiny-sd1/unet.safetensors" --bump case0.out
 check bumped fail
+
+mkdir -p "$T/bad-lora/models" "$T/bad-lora/tiny-sd1" "$T/bad-lora/lora"
+cp "$SRC/models/tiny-sd1-fp16.safetensors" "$T/bad-lora/models/"
+cp "$SRC/rng/torch_randn.safetensors" "$T/bad-lora/lora/tiny-sd1_kohya_r4.safetensors"
+cp "$SRC/rng/torch_randn.safetensors" "$T/bad-lora/tiny-sd1/lora_unet.safetensors"
+check bad-lora fail
 
 mkdir -p "$T/truncated/tokenizer"
 size=$(wc -c < "$SRC/tokenizer/tokenizer.safetensors")
