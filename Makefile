@@ -151,11 +151,15 @@ $(BENCH_MODEL) $(BENCH_MODEL_XL): weights/bench/%-f16.safetensors: | $(BENCH)
 # libFuzzer targets (clang): `make fuzz`, then e.g. ./fuzz_tokenizer -max_total_time=600 corpus/
 # (undefined behaviour stops a run as a crash does)
 FUZZ = clang -std=c99 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -D_DEFAULT_SOURCE
-fuzz: fuzz_safetensors fuzz_tokenizer fuzz_gguf fuzz_image
+fuzz: fuzz_safetensors fuzz_tokenizer fuzz_gguf fuzz_image fuzz_lora fuzz_embedding
 fuzz_safetensors: test.c sd.h
 	$(FUZZ) -DSD_FUZZ=1 -o $@ test.c $(LIBS)
 fuzz_image: test.c sd.h example.c
 	$(FUZZ) -DSD_FUZZ=4 -o $@ test.c $(LIBS)
+fuzz_lora: test.c sd.h $(MERGES)
+	$(FUZZ) -DSD_FUZZ=5 -o $@ test.c $(LIBS)
+fuzz_embedding: test.c sd.h $(MERGES)
+	$(FUZZ) -DSD_FUZZ=6 -o $@ test.c $(LIBS)
 fuzz_gguf: test.c sd.h
 	$(FUZZ) -DSD_FUZZ=3 -o $@ test.c $(LIBS)
 fuzz_tokenizer: test.c sd.h $(MERGES)

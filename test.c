@@ -492,7 +492,8 @@ static void png_fix_crcs(uint8_t *png, size_t size)
    (sd_prompt_chunks): chunks of valid ids and finite weights, or SD_ERR_ARG. SD_FUZZ=3: the GGUF
    reader, as SD_FUZZ=1 (and every block-typed tensor's first and last values decoded), which
    must also open in an arena of exactly the bytes gguf_arena_bytes plans, filling it exactly.
-   SD_FUZZ=4: the CLI's PNG and PPM readers (below). Never a crash or a bad read. */
+   SD_FUZZ=4: the CLI's PNG and PPM readers; 5 and 6: the LoRA and embedding readers (below).
+   Never a crash or a bad read. */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #if SD_FUZZ == 1 || SD_FUZZ == 3
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -517,6 +518,44 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (sd_gguf_open(&st, data, size, exact, &err) != rc || (rc == SD_OK && exact->peak != plan)) __builtin_trap();
     free_arena(exact);
 #endif
+    return 0;
+}
+#elif SD_FUZZ == 5 || SD_FUZZ == 6
+/* The add-on readers against the tiny SD1 model ($SD_FUZZ_MODEL or weights/test's): any bytes as
+   a LoRA file (SD_FUZZ=5: sd_lora_load) or an embedding file (6: sd_embeddings_load), in an arena
+   of exactly the bound their *_arena_bytes gives, load or give an error message, and leave the
+   arena as it was when they fail. */
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static loaded_model lm;
+    static int ready;
+    sd_error err;
+    if (!ready) {
+        const char *path = getenv("SD_FUZZ_MODEL") ? getenv("SD_FUZZ_MODEL") : "weights/test/models/tiny-sd1-fp16.safetensors";
+        merges_path = getenv("SD_MERGES") ? getenv("SD_MERGES") : "weights/merges.txt";
+        if (open_test_model(&lm, path)) { fprintf(stderr, "fuzz: cannot load %s\n", path); abort(); }
+        ready = 1;
+    }
+    int rc;
+    size_t bound;
+    sd_arena *a;
+#if SD_FUZZ == 5
+    sd_lora lora = {data, size, 0.8f, 0.8f, "fuzz"};
+    sd_lora_set *set = NULL;
+    bound = sd_lora_arena_bytes(&lora, 1);
+    a = test_arena(bound);
+    rc = sd_lora_load(&set, lm.model->unet, lm.model->te, lm.model->encoders, &lora, 1, a, &err);
+    if (!rc && (!set || !sd_lora_warnings(set))) __builtin_trap();
+#else
+    sd_embedding_file file = {"fuzzword", data, size};
+    sd_embeddings *set = NULL;
+    bound = sd_embeddings_arena_bytes(&file, 1);
+    a = test_arena(bound);
+    rc = sd_embeddings_load(&set, lm.model, &file, 1, a, &err);
+    if (!rc && !set) __builtin_trap();
+#endif
+    if (rc && (a->used != 0 || !err.message[0])) __builtin_trap();   /* a failure says why and gives the arena back */
+    free_arena(a);
     return 0;
 }
 #elif SD_FUZZ == 4
