@@ -7480,22 +7480,27 @@ SD_API void sd_vae_set_scaling_factor(sd_vae *vae, float scaling_factor)
 typedef void (*vae_probe)(void *user, const char *stage, const float *x, int h, int w, int c);
 
 /* One pass of the encoder or the decoder. The activation stream is x, which every block reads
-   and overwrites; s, t and u are scratch, n holds GroupNorm statistics. Every block first states
-   how many floats it needs in each buffer: a planning pass (planning = 1, no buffers) runs the
-   same code only to collect the maxima, so that the arena size comes from the code that then
-   uses it, and a real pass takes the five buffers once and cannot run out of memory halfway.
+   and overwrites, and the only thing a block hands to the next; s, t and u are scratch, n holds
+   GroupNorm statistics. Every block first states how many floats it needs in each: a planning
+   pass (planning = 1, no memory) runs the same code only to find the largest sum, so that the
+   arena size comes from the code that then uses it, and a real pass takes that one block once
+   and cannot run out of memory halfway. Each block lays the block out again, x at its start and
+   the others right after x's part, so that the plan is the largest block, not the sum of the
+   largest of each part (which occur at different blocks).
    The decoder's finest levels hold the memory: there the convolutions run in bands of rows
    (GroupNorm-SiLU applied as each band's input is gathered, outputs written in place), the
    finest level recomputes each ResNet's first conv instead of storing it, and the upsampling
-   into the finest level is never held whole (see vae_upsample_resnet). So a 512x512 decode in
-   SD holds one 128-channel 512x512 tensor (128 MiB), the 256-channel 256x256 one it came from
-   (64 MiB), and bands. */
+   into a level whose first ResNet changes the channel count is never held whole (see
+   vae_upsample_resnet and vae_finest_upsample_resnet). So a 512x512 decode in SD holds one
+   128-channel 512x512 tensor (128 MiB) and bands. */
 typedef struct vae_run {
     sd_pool *pool;
     int groups;
     float eps;
-    float *x, *s, *t, *u, *n;
-    size_t cap[5];        /* floats in x, s, t, u, n */
+    float *base;                  /* the block */
+    size_t cap;                   /* its floats: the largest block's need */
+    float *x, *s, *t, *u, *n;     /* this block's parts of it, in this order */
+    size_t size[5];               /* and their floats */
     int planning;
     vae_probe probe;
     void *user;
@@ -7503,11 +7508,15 @@ typedef struct vae_run {
 
 static int vae_needs5(vae_run *r, size_t x, size_t s, size_t t, size_t u, size_t n)
 {
-    size_t want[5] = {x, s, t, u, n};
+    size_t want[5] = {x, s, t, u, n}, at = 0;
+    float **part[5] = {&r->x, &r->s, &r->t, &r->u, &r->n};
     for (int i = 0; i < 5; i++) {
-        if (r->planning && want[i] > r->cap[i]) r->cap[i] = want[i];
-        SD_ASSERT(r->planning || want[i] <= r->cap[i]);
+        r->size[i] = want[i];
+        *part[i] = r->planning ? NULL : r->base + at;
+        at += (want[i] + 15) & ~(size_t)15;   /* each part 64-byte aligned, as arena blocks are */
     }
+    if (r->planning && at > r->cap) r->cap = at;
+    SD_ASSERT(r->planning || at <= r->cap);
     return r->planning;
 }
 
@@ -7666,7 +7675,7 @@ static void vae_conv_bands(vae_run *r, float *dst, const float *src, int H, int 
     int R = vae_band(H);
     size_t row = (size_t)(W + 2) * cin, orow = (size_t)W * cout;
     float *u = r->t, *o = r->t + (size_t)(R + 2) * row;
-    vae_needs(r, 0, 0, vae_bands_floats(H, W, cin, cout), 0);
+    SD_ASSERT(r->planning || vae_bands_floats(H, W, cin, cout) <= r->size[2]);   /* the caller's t */
     SD_ASSERT(dst != src || cout <= cin);
     for (int y0 = 0; y0 < H; y0 += R) {
         int rows = H - y0 < R ? H - y0 : R;
@@ -8010,38 +8019,40 @@ static void vae_upsample_resnet(vae_run *r, const vae_conv *upc, const vae_resne
     }
 }
 
-/* conv_in: s [H, W, cin] → x [H, W, cout]. */
+/* conv_in: x [H, W, cin] → x [H, W, cout], the input moved to s first. */
 static void vae_conv_in(vae_run *r, const vae_conv *conv, int H, int W, int cin, int cout)
 {
-    if (vae_needs(r, (size_t)H * W * cout, (size_t)H * W * cin, 0, 0)) return;
+    size_t P = (size_t)H * W;
+    if (vae_needs(r, P * (cin > cout ? cin : cout), P * cin, 0, 0)) return;
+    memcpy(r->s, r->x, P * cin * sizeof(float));
     conv2d(r->pool, r->x, r->s, 1, H, W, cin, conv->w, conv->b, cout, 3, 1, 1, 1);
 }
 
-/* GroupNorm-SiLU, conv_out: x [H, W, cin] → s [H, W, cout], in bands. */
+/* GroupNorm-SiLU, conv_out: x [H, W, cin] → x [H, W, cout] (cout <= cin), in bands, in place. */
 static void vae_conv_out(vae_run *r, const vae_stack *st, int H, int W, int cin, int cout)
 {
     vae_stats g;
-    if (vae_needs5(r, (size_t)H * W * cin, (size_t)H * W * cout, vae_bands_floats(H, W, cin, cout), 0, VAE_STATS_FLOATS(cin))) return;
+    if (vae_needs5(r, (size_t)H * W * cin, 0, vae_bands_floats(H, W, cin, cout), 0, VAE_STATS_FLOATS(cin))) return;
     vae_stats_of(r, &g, r->n, r->x, H * W, cin, &st->norm_out);
-    vae_conv_bands(r, r->s, r->x, H, W, cin, &g, &st->conv_out, cout, NULL, NULL);
+    vae_conv_bands(r, r->x, r->x, H, W, cin, &g, &st->conv_out, cout, NULL, NULL);
 }
 
-/* Decoder input: latents [e, h, w] (NCHW) → post_quant_conv (1x1) into s. The latents are what
+/* Decoder input: latents [e, h, w] (NCHW) → post_quant_conv (1x1) into x. The latents are what
    diffusers' vae.decode receives: the diffusion latents already divided by scaling_factor. */
 static void vae_post_quant(vae_run *r, const sd_vae *v, const float *z, int h, int w)
 {
     int e = v->config.embed_dim, zc = v->config.z_channels;
     size_t P = (size_t)h * w;
-    if (vae_needs(r, 0, P * zc, P * e, 0)) return;
+    if (vae_needs(r, P * zc, 0, P * e, 0)) return;
     nchw_to_nhwc(r->pool, r->t, z, 1, e, (int)P);
-    linear(r->pool, r->s, r->t, h * w, zc, e, v->post_quant_conv.w, v->post_quant_conv.b);
+    linear(r->pool, r->x, r->t, h * w, zc, e, v->post_quant_conv.w, v->post_quant_conv.b);
 }
 
-/* Decoder output: s [H, W, 3] → image [3, H, W] (NCHW). */
+/* Decoder output: x [H, W, 3] → image [3, H, W] (NCHW). */
 static void vae_write_image(vae_run *r, float *image, int H, int W)
 {
-    if (vae_needs(r, 0, (size_t)H * W * 3, 0, 0)) return;
-    nhwc_to_nchw(r->pool, image, r->s, 1, 3, H * W);
+    if (vae_needs(r, (size_t)H * W * 3, 0, 0, 0)) return;
+    nhwc_to_nchw(r->pool, image, r->x, 1, 3, H * W);
 }
 
 /* Whether the decoder's level i gets its input from vae_upsample_resnet: the finest level, when
@@ -8060,7 +8071,7 @@ static void vae_decoder_forward(vae_run *r, const sd_vae *v, const float *z, int
     int L = c->levels, H = h, W = w;
     char stage[48];
     vae_post_quant(r, v, z, h, w);
-    vae_show(r, "post_quant_conv", r->s, H, W, c->z_channels);
+    vae_show(r, "post_quant_conv", r->x, H, W, c->z_channels);
     vae_conv_in(r, &d->conv_in, H, W, c->z_channels, d->mid1.cin);
     vae_show(r, "decoder.conv_in", r->x, H, W, d->mid1.cin);
     vae_mid_forward(r, d, H, W);
@@ -8085,20 +8096,20 @@ static void vae_decoder_forward(vae_run *r, const sd_vae *v, const float *z, int
     vae_write_image(r, image, H, W);
 }
 
-/* Encoder input: image [3, H, W] (NCHW) → s [H, W, 3]. */
+/* Encoder input: image [3, H, W] (NCHW) → x [H, W, 3]. */
 static void vae_read_image(vae_run *r, const float *image, int H, int W)
 {
-    if (vae_needs(r, 0, (size_t)H * W * 3, 0, 0)) return;
-    nchw_to_nhwc(r->pool, r->s, image, 1, 3, H * W);
+    if (vae_needs(r, (size_t)H * W * 3, 0, 0, 0)) return;
+    nchw_to_nhwc(r->pool, r->x, image, 1, 3, H * W);
 }
 
-/* quant_conv (1x1): s [h, w, 2z] → t [h, w, 2e], then moments [2e, h, w] (NCHW). */
+/* quant_conv (1x1): x [h, w, 2z] → t [h, w, 2e], then moments [2e, h, w] (NCHW). */
 static void vae_quant(vae_run *r, const sd_vae *v, int h, int w, float *moments)
 {
     int e2 = 2 * v->config.embed_dim, z2 = 2 * v->config.z_channels;
     size_t P = (size_t)h * w;
-    if (vae_needs(r, 0, P * z2, P * e2, 0)) return;
-    linear(r->pool, r->t, r->s, h * w, e2, z2, v->quant_conv.w, v->quant_conv.b);
+    if (vae_needs(r, P * z2, 0, P * e2, 0)) return;
+    linear(r->pool, r->t, r->x, h * w, e2, z2, v->quant_conv.w, v->quant_conv.b);
     vae_show(r, "quant_conv", r->t, h, w, e2);
     nhwc_to_nchw(r->pool, moments, r->t, 1, e2, (int)P);
 }
@@ -8127,7 +8138,7 @@ static void vae_encoder_forward(vae_run *r, const sd_vae *v, const float *image,
     vae_mid_forward(r, e, H, W);
     vae_show(r, "encoder.mid_block", r->x, H, W, e->mid2.cout);
     vae_conv_out(r, e, H, W, c->channels[L - 1], 2 * c->z_channels);
-    vae_show(r, "encoder.conv_out", r->s, H, W, 2 * c->z_channels);
+    vae_show(r, "encoder.conv_out", r->x, H, W, 2 * c->z_channels);
     vae_quant(r, v, H, W, moments);
 }
 
@@ -8164,13 +8175,12 @@ static void vae_plan_encoder(vae_run *r, const sd_vae *v, int H, int W)
     vae_encoder_forward(r, v, NULL, H, W, NULL);
 }
 
-/* Turns a planned run into a real one: its five buffers from the arena. On a measuring pool it
-   stays a planning pass, which runs no kernel. */
+/* Turns a planned run into a real one: its block from the arena. On a measuring pool it stays a
+   planning pass, which runs no kernel. */
 static int vae_start(vae_run *r, const sd_vae *v, sd_pool *pool, sd_arena *a, sd_error *err)
 {
-    float **buf[5] = {&r->x, &r->s, &r->t, &r->u, &r->n};
-    for (int i = 0; i < 5; i++)
-        if (!(*buf[i] = arena_floats(a, r->cap[i], err))) return SD_ERR_MEMORY;
+    if (!(r->base = arena_floats(a, r->cap, err))) return SD_ERR_MEMORY;
+    r->x = r->base;
     r->planning = pool->measure;
     r->pool = pool;
     r->groups = v->config.norm_groups;

@@ -4331,6 +4331,7 @@ static void vae_reference_pass(vae_run *r, const sd_vae *v, const float *z, int 
     if (!vae_needs(r, P * c->channels[0], P * 3, 0, 0)) {
         groupnorm(r->pool, r->x, r->x, 1, H * W, c->channels[0], r->groups, d->norm_out.w, d->norm_out.b, r->eps, 1);
         conv2d(r->pool, r->s, r->x, 1, H, W, c->channels[0], d->conv_out.w, d->conv_out.b, 3, 3, 1, 1, 1);
+        memcpy(r->x, r->s, P * 3 * sizeof(float));   /* where vae_write_image reads */
     }
     vae_write_image(r, image, H, W);
 }
@@ -4338,17 +4339,16 @@ static void vae_reference_pass(vae_run *r, const sd_vae *v, const float *z, int 
 static void vae_reference_decode(const sd_vae *v, const float *z, int h, int w, float *image, sd_pool *pool)
 {
     vae_run r;
-    float **buf[5] = {&r.x, &r.s, &r.t, &r.u, &r.n};
     memset(&r, 0, sizeof r);
     r.planning = 1;
     r.groups = v->config.norm_groups;
     r.eps = v->config.norm_eps;
     vae_reference_pass(&r, v, NULL, h, w, NULL);
-    for (int i = 0; i < 5; i++) *buf[i] = (float *)malloc((r.cap[i] + 16) * sizeof(float));
+    r.base = r.x = (float *)malloc((r.cap + 16) * sizeof(float));
     r.planning = 0;
     r.pool = pool;
     vae_reference_pass(&r, v, z, h, w, image);
-    for (int i = 0; i < 5; i++) free(*buf[i]);
+    free(r.base);
 }
 
 static void vae_test_bands(const char *label, const sd_vae *v, int h, int w)
