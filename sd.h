@@ -7866,8 +7866,8 @@ static void vae_upsample_forward(vae_run *r, const vae_conv *conv, int H, int W,
    band is gathered, so no normalised copy is ever stored. With the same channels: x, and conv1's
    output in s. When the channels shrink: the shortcut into s, conv1 in place in x (which becomes
    cout wide), conv2 in place plus s. recompute (the finest level, same channels): conv1's output
-   is not stored but made twice, band by band, first for its statistics, then with a two-row
-   border as conv2's input; x alone is held, at the price of about one more conv per ResNet. */
+   is not stored but made twice, band by band, first for its statistics, then as conv2's input
+   (vae_stream_resnet); x alone is held, at the price of one more conv per ResNet. */
 static void vae_resnet_recompute(vae_run *r, const vae_resnet *b, int H, int W);
 
 static void vae_resnet_bands(vae_run *r, const vae_resnet *b, int H, int W, int recompute)
@@ -7892,34 +7892,6 @@ static void vae_resnet_bands(vae_run *r, const vae_resnet *b, int H, int W, int 
     }
 }
 
-static void vae_resnet_recompute(vae_run *r, const vae_resnet *b, int H, int W)
-{
-    int C = b->cout, HW = H * W, R = vae_band(H);
-    size_t P = (size_t)HW, row = (size_t)(W + 2) * C, orow = (size_t)W * C;
-    size_t na = (size_t)(R + 4) * row, nh = (size_t)(R + 2) * orow, nhn = (size_t)(R + 2) * row, no = (size_t)R * orow;
-    vae_stats g1, g2;
-    if (vae_needs5(r, P * C, 0, na + nh + nhn + no, 0, 2 * VAE_STATS_FLOATS(C))) return;
-    float *a = r->t, *h = a + na, *hn = h + nh, *o = hn + nhn;
-    vae_stats_of(r, &g1, r->n, r->x, HW, C, &b->norm1);
-    vae_stats_init(&g2, r->n + VAE_STATS_FLOATS(C), C, r->groups);
-    vae_conv_bands(r, NULL, r->x, H, W, C, &g1, &b->conv1, C, NULL, &g2);   /* conv1, for its statistics only */
-    vae_stats_finish(r, &g2, b->norm2.w, b->norm2.b);
-    for (int y0 = 0; y0 < H; y0 += R) {
-        int rows = H - y0 < R ? H - y0 : R;
-        /* a: gn1(x) rows y0 - 2 .. y0 + rows + 1; the four above the next band are carried over,
-           since this band overwrites two of them in x */
-        if (y0 == 0) vae_fill(r, a, r->x, 0, -2, rows + 4, H, W, C, &g1);
-        else {
-            memmove(a, a + (size_t)R * row, 4 * row * sizeof(float));
-            vae_fill(r, a + 4 * row, r->x, 0, y0 + 2, rows, H, W, C, &g1);
-        }
-        conv2d(r->pool, h, a, 1, rows + 4, W + 2, C, b->conv1.w, b->conv1.b, C, 3, 1, 0, 0);   /* conv1 rows y0 - 1 .. y0 + rows */
-        vae_fill(r, hn, h, y0 - 1, y0 - 1, rows + 2, H, W, C, &g2);
-        conv2d(r->pool, o, hn, 1, rows + 2, W + 2, C, b->conv2.w, b->conv2.b, C, 3, 1, 0, 0);
-        add(r->pool, r->x + (size_t)y0 * orow, o, (size_t)rows * orow);
-    }
-}
-
 /* The shortcut's 1x1 conv folded into the upsampling conv before it: Ws·(Wup ∗ X + bup) + bs =
    (Ws·Wup) ∗ X + (Ws·bup + bs). wf [cout, cin, 3, 3], bf [cout]; row: cin·9 floats of scratch. */
 static void vae_fold_shortcut(float *wf, float *bf, float *row, const vae_conv *up, const vae_conv *sc, int cin, int cout)
@@ -7938,9 +7910,11 @@ static void vae_fold_shortcut(float *wf, float *bf, float *row, const vae_conv *
     }
 }
 
-/* Decoder's Upsample2D and the ResNet after it when that ResNet changes the channel count, at the
-   finest level: x [H, W, cin] → x [2H, 2W, cout] without ever holding the upsampled image U
-   [2H, 2W, cin] (SD: 256 channels at 512x512, 256 MiB) nor conv1's input. x moves to s. U is made
+/* Decoder's Upsample2D and the ResNet after it when that ResNet changes the channel count, at a
+   level below the finest (the finest: vae_finest_upsample_resnet): x [H, W, cin] → x [2H, 2W, cout]
+   without ever holding the upsampled image U [2H, 2W, cin] (SD's 512x512 image: 512 channels at
+   256x256, 128 MiB) nor conv1's input, at the price of the folded shortcut's arithmetic (below),
+   about 2% of the decode. x moves to s. U is made
    a slice of whole GroupNorm groups (32 channels) at a time into t, in bands of input rows
    gathered into u, by the four phases' 2x2 convs (vae_phase_weights, the slice's taps in u); the
    slice is normalised with its own groups' statistics and its part of conv1 added into conv1's
@@ -8019,6 +7993,178 @@ static void vae_upsample_resnet(vae_run *r, const vae_conv *upc, const vae_resne
     }
 }
 
+/* A ResNet at the finest level, x → x + conv2(silu(gn2(conv1(silu(gn1(x)))))), holding x and
+   bands only: conv1's output is never stored. Each GroupNorm needs its whole input's statistics
+   before any of it can be normalised, so a pipeline over bands of rows runs three times: pass 0
+   gathers gn1's statistics, pass 1 makes conv1's output band by band for gn2's, pass 2 makes it
+   once more and writes the output. Within a pass every row is made once: the windows of
+   normalised input (ua) and of normalised conv1 output (hn) carry their last two rows over to
+   the next band. The price is one more conv1 per ResNet.
+   The same pipeline runs the upsampling into the finest level fused with that level's first
+   ResNet when it changes the channel count (vae_finest_upsample_resnet): there the input rows
+   are those of U, the upsampled image after its conv, which is never held whole either (SD: 256
+   channels at 512x512, 256 MiB): each pass makes U's rows again from x (the four phases' 2x2
+   convs, vae_phase_weights), at the price of two more upsampling convs and one more conv1, and
+   the output is U's 1x1 shortcut plus conv2. That output grows into the memory of its input: the
+   input X is moved to the end of the output's block, the output is written from the start, and
+   the block is as long as it must be for a written row never to be an X row that a later band
+   still reads (vae_stream_xoff). In SD X is half the output and fits behind it. */
+#define VAE_STREAM_PIXELS 4096   /* output pixels per band: GEMMs of thousands of rows, bands of a few MiB */
+
+/* Rows per band: even (a band's new U rows are then whole X rows), 2 to 16. */
+static int vae_stream_rows(int H, int W)
+{
+    int R = (VAE_STREAM_PIXELS / W) & ~1;
+    R = R < 2 ? 2 : R > 16 ? 16 : R;
+    return R < H ? R : H;
+}
+
+typedef struct vae_stream {
+    const vae_conv *upc;          /* the upsampling conv, or NULL: the input is the output's size */
+    const vae_resnet *b;
+    int H, W, cin, cout, R;       /* the output's size and channels, rows per band */
+    float *X, *Y;                 /* the input, the output (the same, or X behind Y) */
+    size_t xoff;                  /* where X starts in the output's block */
+    float *xb, *ob, *ur;          /* X rows with their border; one phase's U rows; new U rows, raw, then conv1's and conv2's rows */
+    float *ua, *hn;               /* the windows: silu(gn1(input)) and silu(gn2(conv1)) rows, padded */
+    sd_tensor pt[4];              /* the upsampling conv's phases, [cin, cin, 2, 2] each */
+    vae_stats g1, g2;
+} vae_stream;
+
+/* The band schedule, the same in every pass and in vae_stream_xoff: the band of output rows
+   y0 .. y0 + rows - 1 needs conv1 rows up to *hend - 1 and input rows up to *uend - 1, rows H
+   and H + 1 being the zero border. */
+static int vae_stream_band(int y0, int R, int H, int *hend, int *uend)
+{
+    int rows = H - y0 < R ? H - y0 : R;
+    *hend = y0 + rows + 1;
+    *uend = (*hend < H ? *hend : H) + 1;
+    return rows;
+}
+
+/* Floats of the output's block before X when the input is upsampled: the output's own, or more
+   where a band would otherwise write over X rows still to be read (not in SD). */
+static size_t vae_stream_xoff(int H, int W, int cin, int cout, int R)
+{
+    int hend, uend;
+    size_t lrow = (size_t)(W / 2) * cin, orow = (size_t)W * cout, n = (size_t)(H / 2) * lrow, out = (size_t)H * orow;
+    size_t xoff = out > n ? out - n : 0;
+    for (int y0 = 0; y0 < H; y0 += R) {
+        vae_stream_band(y0, R, H, &hend, &uend);
+        int u = uend < H ? uend : H;   /* the output rows up to u are written, X is read from row u / 2 - 1 on */
+        if (u < H && (size_t)u * orow > (size_t)(u / 2 - 1) * lrow + xoff) xoff = (size_t)u * orow - (size_t)(u / 2 - 1) * lrow;
+    }
+    return xoff;
+}
+
+/* U rows u0 .. u1 - 1 (even bounds: X rows u0 / 2 .. u1 / 2 - 1) into f->ur, raw. */
+static void vae_stream_upsample(vae_run *r, vae_stream *f, int u0, int u1)
+{
+    int l0 = u0 / 2, n = (u1 - u0) / 2, cin = f->cin, Wx = f->W / 2;
+    size_t urow = (size_t)f->W * cin;
+    vae_fill(r, f->xb, f->X, 0, l0 - 1, n + 2, f->H / 2, Wx, cin, NULL);
+    for (int a = 0; a < 2; a++) {   /* phase (a, b) to every other pixel of ob's rows, then to U's rows 2·i + a */
+        for (int b = 0; b < 2; b++)
+            vae_phase_conv(r->pool, f->ob + (size_t)b * cin, 2 * cin, f->xb, n, Wx, cin, a, b, &f->pt[2 * a + b], f->upc->b, cin);
+        for (int i = 0; i < n; i++) memcpy(f->ur + (size_t)(2 * i + a) * urow, f->ob + (size_t)i * urow, urow * sizeof(float));
+    }
+}
+
+/* One pass of the pipeline: 0 gathers gn1's statistics, 1 gn2's, 2 writes the output. */
+static void vae_stream_pass(vae_run *r, vae_stream *f, int pass)
+{
+    const vae_resnet *b = f->b;
+    int H = f->H, W = f->W, cin = f->cin, cout = f->cout;
+    size_t irow = (size_t)W * cin, orow = (size_t)W * cout, prow = (size_t)(W + 2) * cin, hrow = (size_t)(W + 2) * cout;
+    int made_u = 0, made_h = 0;   /* input and conv1 rows made so far */
+    int ua0 = -1, ua1 = 0;        /* ua holds rows ua0 .. ua1 - 1 of silu(gn1(input)), hn rows hn0 .. hn1 - 1 */
+    int hn0 = -1, hn1 = 0;
+    vae_fill(r, f->ua, NULL, 0, -1, 1, H, W, cin, NULL);   /* the zero rows above */
+    vae_fill(r, f->hn, NULL, 0, -1, 1, H, W, cout, NULL);
+    for (int y0 = 0; y0 < H; y0 += f->R) {
+        int hend, uend, rows = vae_stream_band(y0, f->R, H, &hend, &uend), u1 = uend < H ? uend : H, h1 = hend < H ? hend : H;
+        if (pass > 0) {   /* drop the rows conv1 has no more use for */
+            memmove(f->ua, f->ua + (size_t)(made_h - 1 - ua0) * prow, (size_t)(ua1 - made_h + 1) * prow * sizeof(float));
+            ua0 = made_h - 1;
+        }
+        const float *in = f->upc ? f->ur : f->X + (size_t)made_u * irow;   /* input rows made_u .. u1 - 1 */
+        if (f->upc && u1 > made_u) {
+            f->ob = f->ua + (size_t)(ua1 - ua0) * prow;   /* (the window's free rows) */
+            vae_stream_upsample(r, f, made_u, u1);
+            if (pass == 2) {   /* the shortcut straight into its output rows: no band reads X there any more */
+                SD_ASSERT(u1 == H || (size_t)u1 * orow <= f->xoff + (size_t)(u1 / 2 - 1) * (W / 2) * cin);
+                linear(r->pool, f->Y + (size_t)made_u * orow, f->ur, (u1 - made_u) * W, cout, cin, b->shortcut.w, b->shortcut.b);
+            }
+        }
+        if (pass == 0) vae_stats_add(r, &f->g1, in, (u1 - made_u) * W);
+        if (pass > 0 && uend > ua1) {
+            vae_fill(r, f->ua + (size_t)(ua1 - ua0) * prow, in, made_u, ua1, uend - ua1, H, W, cin, &f->g1);
+            ua1 = uend;
+        }
+        made_u = u1;
+        if (pass == 0) continue;
+        if (h1 > made_h) {   /* conv1 rows made_h .. h1 - 1 from input rows made_h - 1 .. h1, into ur */
+            conv2d(r->pool, f->ur, f->ua + (size_t)(made_h - 1 - ua0) * prow, 1, h1 - made_h + 2, W + 2, cin,
+                   b->conv1.w, b->conv1.b, cout, 3, 1, 0, 0);
+            if (pass == 1) vae_stats_add(r, &f->g2, f->ur, (h1 - made_h) * W);
+        }
+        if (pass == 2) {   /* conv2 of hn's rows y0 - 1 .. y0 + rows, added to the shortcut or the input */
+            memmove(f->hn, f->hn + (size_t)(y0 - 1 - hn0) * hrow, (size_t)(hn1 - y0 + 1) * hrow * sizeof(float));
+            hn0 = y0 - 1;
+            vae_fill(r, f->hn + (size_t)(hn1 - hn0) * hrow, f->ur, made_h, hn1, hend - hn1, H, W, cout, &f->g2);
+            hn1 = hend;
+            conv2d(r->pool, f->ur, f->hn, 1, rows + 2, W + 2, cout, b->conv2.w, b->conv2.b, cout, 3, 1, 0, 0);
+            add(r->pool, f->Y + (size_t)y0 * orow, f->ur, (size_t)rows * orow);
+        }
+        made_h = h1;
+    }
+}
+
+/* The pipeline's buffers, then its three passes: output [H, W, cout] in x from x, which is
+   [H / 2, W / 2, cin] when upc is given, else [H, W, cin = cout]. */
+static void vae_stream_resnet(vae_run *r, const vae_conv *upc, const vae_resnet *b, int H, int W)
+{
+    int cin = b->cin, cout = b->cout, R = vae_stream_rows(H, W), up = upc != NULL;
+    size_t n = (size_t)(H >> up) * (W >> up) * cin, xoff = up ? vae_stream_xoff(H, W, cin, cout, R) : 0;
+    size_t nur = (size_t)(R + 1) * W * cout, nua = (size_t)(R + 3) * (W + 2) * cin, nhn = (size_t)(R + 2) * (W + 2) * cout;
+    size_t nxb = up ? (size_t)(R / 2 + 3) * (W / 2 + 2) * cin : 0, npw = up ? 16 * (size_t)cin * cin + 9 * (size_t)cin : 0;
+    vae_stream f;
+    SD_ASSERT(!up || (H % 2 == 0 && W % 2 == 0 && R % 2 == 0));
+    SD_ASSERT(up || cin == cout);
+    if (up && nur < (size_t)(R + 2) * W * cin) nur = (size_t)(R + 2) * W * cin;   /* a band's new U rows */
+    if (vae_needs5(r, xoff + n, 0, nur + nua + nhn, nxb + npw, VAE_STATS_FLOATS(cin) + VAE_STATS_FLOATS(cout))) return;
+    memset(&f, 0, sizeof f);
+    f.upc = upc; f.b = b; f.H = H; f.W = W; f.cin = cin; f.cout = cout; f.R = R; f.xoff = xoff;
+    f.Y = r->x;
+    f.X = r->x + xoff;
+    f.ur = r->t; f.ua = f.ur + nur; f.hn = f.ua + nua;
+    if (up) {
+        float *pw = r->u + nxb, *row = pw + 16 * (size_t)cin * cin;
+        f.xb = r->u;
+        memmove(f.X, r->x, n * sizeof(float));
+        for (int p = 0; p < 4; p++) {
+            vae_phase_weights(pw + (size_t)p * 4 * cin * cin, upc->w, 0, cin, cin, p >> 1, p & 1, row);
+            f.pt[p] = vae_f32_tensor(pw + (size_t)p * 4 * cin * cin, cin, cin, 2, 4);
+        }
+    }
+    vae_stats_init(&f.g1, r->n, cin, r->groups);
+    vae_stats_init(&f.g2, r->n + VAE_STATS_FLOATS(cin), cout, r->groups);
+    vae_stream_pass(r, &f, 0);
+    vae_stats_finish(r, &f.g1, b->norm1.w, b->norm1.b);
+    vae_stream_pass(r, &f, 1);
+    vae_stats_finish(r, &f.g2, b->norm2.w, b->norm2.b);
+    vae_stream_pass(r, &f, 2);
+}
+
+static void vae_resnet_recompute(vae_run *r, const vae_resnet *b, int H, int W) { vae_stream_resnet(r, NULL, b, H, W); }
+
+/* The upsampling x [H, W, cin] → [2H, 2W, cin] into the finest level and its first ResNet,
+   which changes the channel count, as one (see vae_stream_resnet). */
+static void vae_finest_upsample_resnet(vae_run *r, const vae_conv *upc, const vae_resnet *b, int H, int W)
+{
+    vae_stream_resnet(r, upc, b, 2 * H, 2 * W);
+}
+
 /* conv_in: x [H, W, cin] → x [H, W, cout], the input moved to s first. */
 static void vae_conv_in(vae_run *r, const vae_conv *conv, int H, int W, int cin, int cout)
 {
@@ -8055,12 +8201,12 @@ static void vae_write_image(vae_run *r, float *image, int H, int W)
     nhwc_to_nchw(r->pool, image, r->x, 1, 3, H * W);
 }
 
-/* Whether the decoder's level i gets its input from vae_upsample_resnet: the finest level, when
-   its first ResNet changes the channel count. */
+/* Whether the decoder's level i gets its input from vae_upsample_resnet or, the finest,
+   vae_finest_upsample_resnet: when its first ResNet changes the channel count. */
 static int vae_fused_upsample(const sd_vae *v, int i)
 {
     const vae_level *l = &v->decoder.level[i];
-    return i > 0 && i == v->config.levels - 1 && l->res[0].cin != l->res[0].cout;
+    return i > 0 && l->res[0].cin != l->res[0].cout;
 }
 
 /* Latent [e, h, w] → image [3, f·h, f·w]. */
@@ -8079,8 +8225,9 @@ static void vae_decoder_forward(vae_run *r, const sd_vae *v, const float *z, int
     for (int i = 0; i < L; i++) {
         const vae_level *l = &d->level[i];
         int j = 0, finest = i == L - 1;
-        if (finest && i > 0 && vae_fused_upsample(v, i)) {   /* level i - 1's upsampling, with ResNet 0 */
-            vae_upsample_resnet(r, &d->level[i - 1].resample_conv, &l->res[0], H / 2, W / 2);
+        if (vae_fused_upsample(v, i)) {   /* level i - 1's upsampling, with ResNet 0 */
+            if (finest) vae_finest_upsample_resnet(r, &d->level[i - 1].resample_conv, &l->res[0], H / 2, W / 2);
+            else vae_upsample_resnet(r, &d->level[i - 1].resample_conv, &l->res[0], H / 2, W / 2);
             j = 1;
         }
         for (; j < l->resnets; j++) vae_resnet_bands(r, &l->res[j], H, W, finest);
