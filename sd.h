@@ -7776,24 +7776,39 @@ static void vae_downsample_forward(vae_run *r, const vae_conv *conv, int H, int 
    sees taps 0 + 1 on row i and tap 2 on row i + 1. So 16 multiply-adds per output and input
    channel instead of 36: the same sums, rounded in another order. A phase's taps are summed
    in f32 into the arena: wp [n, cin, 2, 2] from weight rows n0 .. n0 + n - 1 of w [*, cin, 3, 3]
-   (any float dtype); row: 9·cin floats of scratch. */
-static void vae_phase_weights(float *wp, const sd_tensor *w, int n0, int n, int cin, int a, int b, float *row)
+   (any float dtype), one task per row (its 9·cin weights in the thread's scratch). */
+typedef struct vae_phase_job {
+    sd_pool *pool;
+    float *wp;
+    const sd_tensor *w;
+    int n0, cin, a, b;
+} vae_phase_job;
+
+static void vae_phase_row(void *arg, int o, int thread)
 {
     static const int first[2][2] = {{0, 1}, {0, 2}}, last[2][2] = {{0, 2}, {1, 2}};   /* [phase][tap] */
-    for (int o = 0; o < n; o++) {
-        tensor_floats(row, w, (size_t)(n0 + o) * cin * 9, cin * 9);
-        for (int c = 0; c < cin; c++) {
-            const float *k = row + (size_t)c * 9;
-            float *d = wp + ((size_t)o * cin + c) * 4;
-            for (int dy = 0; dy < 2; dy++)
-                for (int dx = 0; dx < 2; dx++) {
-                    float s = 0.0f;
-                    for (int ky = first[a][dy]; ky <= last[a][dy]; ky++)
-                        for (int kx = first[b][dx]; kx <= last[b][dx]; kx++) s += k[ky * 3 + kx];
-                    d[dy * 2 + dx] = s;
-                }
-        }
+    const vae_phase_job *j = (const vae_phase_job *)arg;
+    int cin = j->cin, a = j->a, b = j->b;
+    float *row = j->pool->scratch[thread];
+    tensor_floats(row, j->w, (size_t)(j->n0 + o) * cin * 9, cin * 9);
+    for (int c = 0; c < cin; c++) {
+        const float *k = row + (size_t)c * 9;
+        float *d = j->wp + ((size_t)o * cin + c) * 4;
+        for (int dy = 0; dy < 2; dy++)
+            for (int dx = 0; dx < 2; dx++) {
+                float s = 0.0f;
+                for (int ky = first[a][dy]; ky <= last[a][dy]; ky++)
+                    for (int kx = first[b][dx]; kx <= last[b][dx]; kx++) s += k[ky * 3 + kx];
+                d[dy * 2 + dx] = s;
+            }
     }
+}
+
+static void vae_phase_weights(sd_pool *pool, float *wp, const sd_tensor *w, int n0, int n, int cin, int a, int b)
+{
+    vae_phase_job j = {pool, wp, w, n0, cin, a, b};
+    SD_ASSERT(9 * (size_t)cin <= pool->scratch_floats);
+    pool_run(pool, vae_phase_row, &j, n);
 }
 
 static sd_tensor vae_f32_tensor(const float *data, int64_t d0, int64_t d1, int k, int ndim)
@@ -7843,13 +7858,13 @@ static void vae_upsample_forward(vae_run *r, const vae_conv *conv, int H, int W,
 {
     int Rl = vae_band(2 * H) / 2;
     size_t n = (size_t)H * W * C, band = (size_t)(Rl + 2) * (W + 2) * C, wn = (size_t)C * C * 4, px = (size_t)C * sizeof(float);
-    if (vae_needs(r, 4 * n, n, wn + (size_t)Rl * W * C, band + 9 * (size_t)C)) return;
-    float *wp = r->t, *o = r->t + wn, *row = r->u + band;
+    if (vae_needs(r, 4 * n, n, wn + (size_t)Rl * W * C, band)) return;
+    float *wp = r->t, *o = r->t + wn;
     sd_tensor w = vae_f32_tensor(wp, C, C, 2, 4);
     memcpy(r->s, r->x, n * sizeof(float));
     for (int p = 0; p < 4; p++) {
         int a = p >> 1, b = p & 1;
-        vae_phase_weights(wp, conv->w, 0, C, C, a, b, row);
+        vae_phase_weights(r->pool, wp, conv->w, 0, C, C, a, b);
         for (int y0 = 0; y0 < H; y0 += Rl) {
             int rows = H - y0 < Rl ? H - y0 : Rl;
             vae_fill(r, r->u, r->s, 0, y0 - 1, rows + 2, H, W, C, NULL);
@@ -7893,21 +7908,48 @@ static void vae_resnet_bands(vae_run *r, const vae_resnet *b, int H, int W, int 
 }
 
 /* The shortcut's 1x1 conv folded into the upsampling conv before it: Ws·(Wup ∗ X + bup) + bs =
-   (Ws·Wup) ∗ X + (Ws·bup + bs). wf [cout, cin, 3, 3], bf [cout]; row: cin·9 floats of scratch. */
-static void vae_fold_shortcut(float *wf, float *bf, float *row, const vae_conv *up, const vae_conv *sc, int cin, int cout)
+   (Ws·Wup) ∗ X + (Ws·bup + bs). wf [cout, cin, 3, 3], bf [cout]; ws: cout·cin floats of scratch
+   (Ws as f32). The product (SD: 256 x 512 x 4608) goes in tasks of VAE_FOLD_COLS columns of wf,
+   each adding up over c in the same order, so that the bits do not depend on the threads. */
+#define VAE_FOLD_COLS 256
+
+typedef struct vae_fold_job {
+    sd_pool *pool;
+    float *wf;
+    const float *ws;
+    const sd_tensor *wu;
+    int cin, cout, K;
+} vae_fold_job;
+
+static void vae_fold_cols(void *arg, int task, int thread)
 {
-    size_t K = (size_t)cin * 9;
-    memset(wf, 0, (size_t)cout * K * sizeof(float));
+    const vae_fold_job *j = (const vae_fold_job *)arg;
+    int k0 = task * VAE_FOLD_COLS, n = j->K - k0 < VAE_FOLD_COLS ? j->K - k0 : VAE_FOLD_COLS;
+    float *seg = j->pool->scratch[thread];
+    for (int o = 0; o < j->cout; o++) memset(j->wf + (size_t)o * j->K + k0, 0, (size_t)n * sizeof(float));
+    for (int c = 0; c < j->cin; c++) {
+        tensor_floats(seg, j->wu, (size_t)c * j->K + k0, n);
+        for (int o = 0; o < j->cout; o++) {
+            float *d = j->wf + (size_t)o * j->K + k0;
+            vfloat a = vf_set1(j->ws[(size_t)o * j->cin + c]);
+            int k = 0;
+            for (; k + VF_WIDTH <= n; k += VF_WIDTH) vf_store(d + k, vf_fma(a, vf_load(seg + k), vf_load(d + k)));
+            if (k < n) vf_store_n(d + k, vf_fma(a, vf_load_n(seg + k, n - k), vf_load_n(d + k, n - k)), n - k);
+        }
+    }
+}
+
+static void vae_fold_shortcut(sd_pool *pool, float *wf, float *bf, float *ws, const vae_conv *up, const vae_conv *sc, int cin, int cout)
+{
+    int K = cin * 9;
+    vae_fold_job j = {pool, wf, ws, up->w, cin, cout, K};
+    tensor_floats(ws, sc->w, 0, cout * cin);
     for (int o = 0; o < cout; o++) bf[o] = tensor_get(sc->b, (size_t)o);
     for (int c = 0; c < cin; c++) {
         float bu = tensor_get(up->b, (size_t)c);
-        tensor_floats(row, up->w, (size_t)c * K, (int)K);
-        for (int o = 0; o < cout; o++) {
-            float a = tensor_get(sc->w, (size_t)o * cin + c), *d = wf + (size_t)o * K;
-            for (size_t k = 0; k < K; k++) d[k] += a * row[k];
-            bf[o] += a * bu;
-        }
+        for (int o = 0; o < cout; o++) bf[o] += ws[(size_t)o * cin + c] * bu;
     }
+    pool_run(pool, vae_fold_cols, &j, (K + VAE_FOLD_COLS - 1) / VAE_FOLD_COLS);
 }
 
 /* Decoder's Upsample2D and the ResNet after it when that ResNet changes the channel count, at a
@@ -7940,10 +7982,10 @@ static void vae_upsample_resnet(vae_run *r, const vae_conv *upc, const vae_resne
         int k = cin - c0 < cb ? cin - c0 : cb;
         for (int p = 0; p < 4; p++) {
             float *wp = wq + (size_t)p * 4 * k * cin;
-            vae_phase_weights(wp, upc->w, c0, k, cin, p >> 1, p & 1, row);
+            vae_phase_weights(r->pool, wp, upc->w, c0, k, cin, p >> 1, p & 1);
             pt[p] = vae_f32_tensor(wp, k, cin, 2, 4);
         }
-        /* row (9·cin floats) is free again: it holds the slices of block-typed vectors */
+        /* row (9·cin floats) holds the slices of block-typed vectors */
         sd_tensor bias = vae_rows_of(upc->b, c0, k, row);
         sd_tensor gw = vae_rows_of(b->norm1.w, c0, k, row + k), gb = vae_rows_of(b->norm1.b, c0, k, row + 2 * k);
         for (int y0 = 0; y0 < H; y0 += Rl) {   /* U's channels c0 .. c0 + k - 1, output rows 2·y0 .. */
@@ -7970,10 +8012,10 @@ static void vae_upsample_resnet(vae_run *r, const vae_conv *upc, const vae_resne
     vae_stats_of(r, &g2, r->n + VAE_STATS_FLOATS(cin), Y, (int)P2, cout, &b->norm2);
     float *hn = r->t, *o = hn + (size_t)(R + 2) * row_out, *os = o + (size_t)R * orow;
     float *wf = os + (size_t)Rl * orow, *wp = wf + 9 * cc, *bf = wp + 16 * cc;
-    vae_fold_shortcut(wf, bf, row, upc, &b->shortcut, cin, cout);
+    vae_fold_shortcut(r->pool, wf, bf, wp, upc, &b->shortcut, cin, cout);   /* (wp: Ws until the phases are made) */
     sd_tensor fw = vae_f32_tensor(wf, cout, cin, 3, 4), fb = vae_f32_tensor(bf, cout, 0, 0, 1);
     for (int p = 0; p < 4; p++) {
-        vae_phase_weights(wp + (size_t)p * 4 * cc, &fw, 0, cout, cin, p >> 1, p & 1, row);
+        vae_phase_weights(r->pool, wp + (size_t)p * 4 * cc, &fw, 0, cout, cin, p >> 1, p & 1);
         pt[p] = vae_f32_tensor(wp + (size_t)p * 4 * cc, cout, cin, 2, 4);
     }
     for (int y0 = 0; y0 < H2; y0 += R) {
@@ -8004,11 +8046,13 @@ static void vae_upsample_resnet(vae_run *r, const vae_conv *upc, const vae_resne
    ResNet when it changes the channel count (vae_finest_upsample_resnet): there the input rows
    are those of U, the upsampled image after its conv, which is never held whole either (SD: 256
    channels at 512x512, 256 MiB): each pass makes U's rows again from x (the four phases' 2x2
-   convs, vae_phase_weights), at the price of two more upsampling convs and one more conv1, and
-   the output is U's 1x1 shortcut plus conv2. That output grows into the memory of its input: the
-   input X is moved to the end of the output's block, the output is written from the start, and
-   the block is as long as it must be for a written row never to be an X row that a later band
-   still reads (vae_stream_xoff). In SD X is half the output and fits behind it. */
+   convs, vae_phase_weights), at the price of two more upsampling convs and one more conv1 (in
+   SD about 17% more decode time than holding X and conv1's output whole, 192 MiB), and the
+   output is U's 1x1 shortcut, written as soon as a band's U rows exist, plus conv2. That output
+   grows into the memory of its input: the input X is moved to the end of the output's block,
+   the output is written from the start, and the block is as long as it must be for a written
+   row never to be an X row that a later band still reads (vae_stream_xoff). In SD X is half the
+   output and fits behind it. */
 #define VAE_STREAM_PIXELS 4096   /* output pixels per band: GEMMs of thousands of rows, bands of a few MiB */
 
 /* Rows per band: even (a band's new U rows are then whole X rows), 2 to 16. */
@@ -8127,7 +8171,7 @@ static void vae_stream_resnet(vae_run *r, const vae_conv *upc, const vae_resnet 
     int cin = b->cin, cout = b->cout, R = vae_stream_rows(H, W), up = upc != NULL;
     size_t n = (size_t)(H >> up) * (W >> up) * cin, xoff = up ? vae_stream_xoff(H, W, cin, cout, R) : 0;
     size_t nur = (size_t)(R + 1) * W * cout, nua = (size_t)(R + 3) * (W + 2) * cin, nhn = (size_t)(R + 2) * (W + 2) * cout;
-    size_t nxb = up ? (size_t)(R / 2 + 3) * (W / 2 + 2) * cin : 0, npw = up ? 16 * (size_t)cin * cin + 9 * (size_t)cin : 0;
+    size_t nxb = up ? (size_t)(R / 2 + 3) * (W / 2 + 2) * cin : 0, npw = up ? 16 * (size_t)cin * cin : 0;
     vae_stream f;
     SD_ASSERT(!up || (H % 2 == 0 && W % 2 == 0 && R % 2 == 0));
     SD_ASSERT(up || cin == cout);
@@ -8139,11 +8183,11 @@ static void vae_stream_resnet(vae_run *r, const vae_conv *upc, const vae_resnet 
     f.X = r->x + xoff;
     f.ur = r->t; f.ua = f.ur + nur; f.hn = f.ua + nua;
     if (up) {
-        float *pw = r->u + nxb, *row = pw + 16 * (size_t)cin * cin;
+        float *pw = r->u + nxb;
         f.xb = r->u;
         memmove(f.X, r->x, n * sizeof(float));
         for (int p = 0; p < 4; p++) {
-            vae_phase_weights(pw + (size_t)p * 4 * cin * cin, upc->w, 0, cin, cin, p >> 1, p & 1, row);
+            vae_phase_weights(r->pool, pw + (size_t)p * 4 * cin * cin, upc->w, 0, cin, cin, p >> 1, p & 1);
             f.pt[p] = vae_f32_tensor(pw + (size_t)p * 4 * cin * cin, cin, cin, 2, 4);
         }
     }

@@ -4292,12 +4292,14 @@ static void vae_test_tile_weights(void)
     }
 }
 
-/* The banded decoder against a plain one. vae_decoder_forward works in bands of rows, recomputes
-   conv1 at the finest level and, when the finest level's first ResNet changes the channel count,
-   makes the upsampled image a channel slice at a time with the shortcut folded into the upsampling
-   conv. The reference below is the decoder as it was: whole tensors, one conv2d per conv, the
+/* The banded decoder against a plain one. vae_decoder_forward works in bands of rows; where a
+   level's first ResNet changes the channel count it makes the upsampled image a channel slice at
+   a time with the shortcut folded into the upsampling conv, or, at the finest level, band by band
+   three times over (vae_stream_resnet), as it recomputes conv1 in the finest level's other
+   ResNets. The reference below is the decoder as it was: whole tensors, one conv2d per conv, the
    upsampling held whole (vae_resnet_forward, and the 3x3 conv of the upsampled image itself
-   rather than the phases' 2x2 convs that vae_upsample_forward and vae_upsample_resnet run). With
+   rather than the phases' 2x2 convs that vae_upsample_forward, vae_upsample_resnet and
+   vae_stream_resnet run). With
    a latent large enough that every banded loop runs several bands, the two agree to 1e-5 of the
    image's largest value, and 1, 2 and 4 threads give the same bytes. */
 static void vae_reference_upsample(vae_run *r, const vae_conv *conv, int H, int W, int C)

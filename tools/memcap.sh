@@ -4,7 +4,8 @@
 #   tools/memcap.sh MODEL SIZE STEPS CAP_MB [THREADS]     (MB = 10^6 bytes; THREADS 0 = all cores)
 # Each run starts from a dropped page cache, so that the weights are read from the disk and the
 # capped run's pages are charged to its cgroup. Prints one line: the cap, the arena, each run's
-# seconds, peak RSS and bytes read from the disk (/usr/bin/time -v: RSS counts the arena's pages
+# seconds, CPU seconds (user + system: on a machine with other work the wall times vary more), peak
+# RSS and bytes read from the disk (/usr/bin/time -v: RSS counts the arena's pages
 # and the resident pages of the mmap'd weights, whose clean pages the kernel drops under the cap
 # and reads again when they are next used, once per UNet evaluation if a layer's weights stay
 # while it runs), the cgroup's own peak (v1 memory.max_usage_in_bytes, v2 memory.peak: with the
@@ -55,6 +56,7 @@ run() {
     echo "$start $(date +%s.%N)" | awk '{ printf "%.1f", $2 - $1 }' > "$tmp/$1.seconds"
     awk -F': ' '/Maximum resident set size/ { print $2 }' "$tmp/$1.time" > "$tmp/$1.rss" 2>/dev/null
     awk -F': ' '/File system inputs/ { printf "%.0f", $2 * 512 / 1e6 }' "$tmp/$1.time" > "$tmp/$1.read" 2>/dev/null
+    awk -F': ' '/User time|System time/ { s += $2 } END { printf "%.1f", s }' "$tmp/$1.time" > "$tmp/$1.cpu" 2>/dev/null
 }
 run free ""
 run capped "$cg"
@@ -65,9 +67,10 @@ cg_peak=$(cat "$peak_file" 2>/dev/null | awk '{ printf "%.1f", $1 / 1e6 }')
 if [ "$(cat "$tmp/capped.status")" = 0 ] && [ "$(cat "$tmp/free.status")" = 0 ]; then
     same=no; cmp -s "$tmp/free.png" "$tmp/capped.png" && same=yes
     ratio=$(awk -v a="$(cat "$tmp/capped.seconds")" -v b="$(cat "$tmp/free.seconds")" 'BEGIN { printf "%.2f", a / b }')
-    echo "$tag threads=$threads arena_mib=$arena seconds=$(cat "$tmp/free.seconds") peak_rss_mb=$(mb "$(cat "$tmp/free.rss")")" \
-         "read_mb=$(cat "$tmp/free.read") capped_seconds=$(cat "$tmp/capped.seconds") capped_peak_rss_mb=$(mb "$(cat "$tmp/capped.rss")")" \
-         "capped_read_mb=$(cat "$tmp/capped.read") cgroup_peak_mb=$cg_peak time_ratio=$ratio identical=$same"
+    echo "$tag threads=$threads arena_mib=$arena seconds=$(cat "$tmp/free.seconds") cpu_seconds=$(cat "$tmp/free.cpu")" \
+         "peak_rss_mb=$(mb "$(cat "$tmp/free.rss")") read_mb=$(cat "$tmp/free.read") capped_seconds=$(cat "$tmp/capped.seconds")" \
+         "capped_cpu_seconds=$(cat "$tmp/capped.cpu") capped_peak_rss_mb=$(mb "$(cat "$tmp/capped.rss")") capped_read_mb=$(cat "$tmp/capped.read")" \
+         "cgroup_peak_mb=$cg_peak time_ratio=$ratio identical=$same"
     [ $same = yes ]
 else
     echo "$tag threads=$threads FAILED: unconstrained exit $(cat "$tmp/free.status"), capped exit $(cat "$tmp/capped.status")" \
