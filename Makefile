@@ -125,13 +125,17 @@ tsan: test.c sd.h $(MERGES)
 # (Turbo-style, no guidance) and 4-step LCM 512x512 txt2img decoded by each (~2 minutes). Text encoder, UNet and VAE again with f32 weights (the same model written in
 # f32 on first use, 4.3 GB), about 4 minutes. Then a full-size SDXL base 1.0 with random f16 weights (made once, 6.9 GB, ~45 s):
 # both text encoders and one guided UNet step at 64x64 latents (512 px), about 1.2 minutes more.
+# Last, a 2-step 512x512 SD 1.5 txt2img with the exact decode in a 192 MB memory cgroup beside the
+# same run without one (tools/memcap.sh, as root where cgroups are writable, else a note; ~1.5
+# minutes): the cap, peak RSS, time and whether the images are the same bytes.
 # BENCH_FULL=1 adds the whole 20-step 512x512 SD 1.5 txt2img (~3.5 minutes), an SDXL UNet step at
 # 128x128 latents (1024 px) and a 1-step 1024x1024 SDXL txt2img with the VAE decoded in 32x32
-# tiles (arena 478 MB, 2.2 GB untiled; the two ~4 minutes more, estimated from the GFLOPS);
+# tiles (arena 478 MB, 2.2 GB untiled; the two ~4 minutes more, estimated from the GFLOPS), and
+# a 1-step 1024x1024 SD 1.5 txt2img in a 640 MB cgroup beside one without (~4 minutes);
 # BENCH_ARGS adds options to every run (see ./bench --help), e.g. BENCH_ARGS=--runs\ 1.
 BENCH_MODEL = weights/bench/sd15-f16.safetensors
 BENCH_MODEL_XL = weights/bench/sdxl-f16.safetensors
-bench: $(BENCH) $(MERGES) $(BENCH_MODEL) $(BENCH_MODEL_XL)
+bench: $(BENCH) example $(MERGES) $(BENCH_MODEL) $(BENCH_MODEL_XL)
 	./bench tokenizer,text,unet,vae,kernels --sizes 32,64 --vae-sizes 32 --threads 1,0 $(BENCH_ARGS)
 	./bench vae,taesd,txt2img --vae-sizes 64 --taesd-sizes 64,128 --threads 0 --txt2img-size 256 --steps 4 $(BENCH_ARGS)
 	./bench txt2img --threads 0 --txt2img-size 512 --steps 1 --guidance 0 --decoder vae,taesd $(BENCH_ARGS)
@@ -139,9 +143,11 @@ bench: $(BENCH) $(MERGES) $(BENCH_MODEL) $(BENCH_MODEL_XL)
 	./bench unet --sizes 64 --threads 0 --lora-rank 32 $(BENCH_ARGS)
 	./bench text,unet,vae --dtype f32 --sizes 32,64 --threads 1,0 $(BENCH_ARGS)
 	./bench text,unet --kind sdxl --sizes 64 --threads 0 $(BENCH_ARGS)
+	sh tools/memcap.sh $(BENCH_MODEL) 512 2 192
 	@if [ "$(BENCH_FULL)" = 1 ]; then ./bench txt2img --threads 0 --txt2img-size 512 --steps 20 $(BENCH_ARGS) && \
 	  ./bench unet --kind sdxl --sizes 128 --threads 0 --runs 1 $(BENCH_ARGS) && \
-	  ./bench txt2img --kind sdxl --threads 0 --txt2img-size 1024 --steps 1 --vae-tiling 32 $(BENCH_ARGS); fi
+	  ./bench txt2img --kind sdxl --threads 0 --txt2img-size 1024 --steps 1 --vae-tiling 32 $(BENCH_ARGS) && \
+	  sh tools/memcap.sh $(BENCH_MODEL) 1024 1 640; fi
 
 # Order-only: a rebuilt ./bench does not make a new model.
 $(BENCH_MODEL) $(BENCH_MODEL_XL): weights/bench/%-f16.safetensors: | $(BENCH)

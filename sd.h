@@ -8440,22 +8440,27 @@ SD_API void sd_vae_set_scaling_factor(sd_vae *vae, float scaling_factor)
 typedef void (*vae_probe)(void *user, const char *stage, const float *x, int h, int w, int c);
 
 /* One pass of the encoder or the decoder. The activation stream is x, which every block reads
-   and overwrites; s, t and u are scratch, n holds GroupNorm statistics. Every block first states
-   how many floats it needs in each buffer: a planning pass (planning = 1, no buffers) runs the
-   same code only to collect the maxima, so that the arena size comes from the code that then
-   uses it, and a real pass takes the five buffers once and cannot run out of memory halfway.
+   and overwrites, and the only thing a block hands to the next; s, t and u are scratch, n holds
+   GroupNorm statistics. Every block first states how many floats it needs in each: a planning
+   pass (planning = 1, no memory) runs the same code only to find the largest sum, so that the
+   arena size comes from the code that then uses it, and a real pass takes that one block once
+   and cannot run out of memory halfway. Each block lays the block out again, x at its start and
+   the others right after x's part, so that the plan is the largest block, not the sum of the
+   largest of each part (which occur at different blocks).
    The decoder's finest levels hold the memory: there the convolutions run in bands of rows
    (GroupNorm-SiLU applied as each band's input is gathered, outputs written in place), the
    finest level recomputes each ResNet's first conv instead of storing it, and the upsampling
-   into the finest level is never held whole (see vae_upsample_resnet). So a 512x512 decode in
-   SD holds one 128-channel 512x512 tensor (128 MiB), the 256-channel 256x256 one it came from
-   (64 MiB), and bands. */
+   into a level whose first ResNet changes the channel count is never held whole (see
+   vae_upsample_resnet and vae_finest_upsample_resnet). So a 512x512 decode in SD holds one
+   128-channel 512x512 tensor (128 MiB) and bands. */
 typedef struct vae_run {
     sd_pool *pool;
     int groups;
     float eps;
-    float *x, *s, *t, *u, *n;
-    size_t cap[5];        /* floats in x, s, t, u, n */
+    float *base;                  /* the block */
+    size_t cap;                   /* its floats: the largest block's need */
+    float *x, *s, *t, *u, *n;     /* this block's parts of it, in this order */
+    size_t size[5];               /* and their floats */
     int planning;
     vae_probe probe;
     void *user;
@@ -8463,11 +8468,15 @@ typedef struct vae_run {
 
 static int vae_needs5(vae_run *r, size_t x, size_t s, size_t t, size_t u, size_t n)
 {
-    size_t want[5] = {x, s, t, u, n};
+    size_t want[5] = {x, s, t, u, n}, at = 0;
+    float **part[5] = {&r->x, &r->s, &r->t, &r->u, &r->n};
     for (int i = 0; i < 5; i++) {
-        if (r->planning && want[i] > r->cap[i]) r->cap[i] = want[i];
-        SD_ASSERT(r->planning || want[i] <= r->cap[i]);
+        r->size[i] = want[i];
+        *part[i] = r->planning ? NULL : r->base + at;
+        at += (want[i] + 15) & ~(size_t)15;   /* each part 64-byte aligned, as arena blocks are */
     }
+    if (r->planning && at > r->cap) r->cap = at;
+    SD_ASSERT(r->planning || at <= r->cap);
     return r->planning;
 }
 
@@ -8626,7 +8635,7 @@ static void vae_conv_bands(vae_run *r, float *dst, const float *src, int H, int 
     int R = vae_band(H);
     size_t row = (size_t)(W + 2) * cin, orow = (size_t)W * cout;
     float *u = r->t, *o = r->t + (size_t)(R + 2) * row;
-    vae_needs(r, 0, 0, vae_bands_floats(H, W, cin, cout), 0);
+    SD_ASSERT(r->planning || vae_bands_floats(H, W, cin, cout) <= r->size[2]);   /* the caller's t */
     SD_ASSERT(dst != src || cout <= cin);
     for (int y0 = 0; y0 < H; y0 += R) {
         int rows = H - y0 < R ? H - y0 : R;
@@ -8727,24 +8736,39 @@ static void vae_downsample_forward(vae_run *r, const vae_conv *conv, int H, int 
    sees taps 0 + 1 on row i and tap 2 on row i + 1. So 16 multiply-adds per output and input
    channel instead of 36: the same sums, rounded in another order. A phase's taps are summed
    in f32 into the arena: wp [n, cin, 2, 2] from weight rows n0 .. n0 + n - 1 of w [*, cin, 3, 3]
-   (any float dtype); row: 9·cin floats of scratch. */
-static void vae_phase_weights(float *wp, const sd_tensor *w, int n0, int n, int cin, int a, int b, float *row)
+   (any float dtype), one task per row (its 9·cin weights in the thread's scratch). */
+typedef struct vae_phase_job {
+    sd_pool *pool;
+    float *wp;
+    const sd_tensor *w;
+    int n0, cin, a, b;
+} vae_phase_job;
+
+static void vae_phase_row(void *arg, int o, int thread)
 {
     static const int first[2][2] = {{0, 1}, {0, 2}}, last[2][2] = {{0, 2}, {1, 2}};   /* [phase][tap] */
-    for (int o = 0; o < n; o++) {
-        tensor_floats(row, w, (size_t)(n0 + o) * cin * 9, cin * 9);
-        for (int c = 0; c < cin; c++) {
-            const float *k = row + (size_t)c * 9;
-            float *d = wp + ((size_t)o * cin + c) * 4;
-            for (int dy = 0; dy < 2; dy++)
-                for (int dx = 0; dx < 2; dx++) {
-                    float s = 0.0f;
-                    for (int ky = first[a][dy]; ky <= last[a][dy]; ky++)
-                        for (int kx = first[b][dx]; kx <= last[b][dx]; kx++) s += k[ky * 3 + kx];
-                    d[dy * 2 + dx] = s;
-                }
-        }
+    const vae_phase_job *j = (const vae_phase_job *)arg;
+    int cin = j->cin, a = j->a, b = j->b;
+    float *row = j->pool->scratch[thread];
+    tensor_floats(row, j->w, (size_t)(j->n0 + o) * cin * 9, cin * 9);
+    for (int c = 0; c < cin; c++) {
+        const float *k = row + (size_t)c * 9;
+        float *d = j->wp + ((size_t)o * cin + c) * 4;
+        for (int dy = 0; dy < 2; dy++)
+            for (int dx = 0; dx < 2; dx++) {
+                float s = 0.0f;
+                for (int ky = first[a][dy]; ky <= last[a][dy]; ky++)
+                    for (int kx = first[b][dx]; kx <= last[b][dx]; kx++) s += k[ky * 3 + kx];
+                d[dy * 2 + dx] = s;
+            }
     }
+}
+
+static void vae_phase_weights(sd_pool *pool, float *wp, const sd_tensor *w, int n0, int n, int cin, int a, int b)
+{
+    vae_phase_job j = {pool, wp, w, n0, cin, a, b};
+    SD_ASSERT(9 * (size_t)cin <= pool->scratch_floats);
+    pool_run(pool, vae_phase_row, &j, n);
 }
 
 static sd_tensor vae_f32_tensor(const float *data, int64_t d0, int64_t d1, int k, int ndim)
@@ -8794,13 +8818,13 @@ static void vae_upsample_forward(vae_run *r, const vae_conv *conv, int H, int W,
 {
     int Rl = vae_band(2 * H) / 2;
     size_t n = (size_t)H * W * C, band = (size_t)(Rl + 2) * (W + 2) * C, wn = (size_t)C * C * 4, px = (size_t)C * sizeof(float);
-    if (vae_needs(r, 4 * n, n, wn + (size_t)Rl * W * C, band + 9 * (size_t)C)) return;
-    float *wp = r->t, *o = r->t + wn, *row = r->u + band;
+    if (vae_needs(r, 4 * n, n, wn + (size_t)Rl * W * C, band)) return;
+    float *wp = r->t, *o = r->t + wn;
     sd_tensor w = vae_f32_tensor(wp, C, C, 2, 4);
     memcpy(r->s, r->x, n * sizeof(float));
     for (int p = 0; p < 4; p++) {
         int a = p >> 1, b = p & 1;
-        vae_phase_weights(wp, conv->w, 0, C, C, a, b, row);
+        vae_phase_weights(r->pool, wp, conv->w, 0, C, C, a, b);
         for (int y0 = 0; y0 < H; y0 += Rl) {
             int rows = H - y0 < Rl ? H - y0 : Rl;
             vae_fill(r, r->u, r->s, 0, y0 - 1, rows + 2, H, W, C, NULL);
@@ -8817,8 +8841,8 @@ static void vae_upsample_forward(vae_run *r, const vae_conv *conv, int H, int W,
    band is gathered, so no normalised copy is ever stored. With the same channels: x, and conv1's
    output in s. When the channels shrink: the shortcut into s, conv1 in place in x (which becomes
    cout wide), conv2 in place plus s. recompute (the finest level, same channels): conv1's output
-   is not stored but made twice, band by band, first for its statistics, then with a two-row
-   border as conv2's input; x alone is held, at the price of about one more conv per ResNet. */
+   is not stored but made twice, band by band, first for its statistics, then as conv2's input
+   (vae_stream_resnet); x alone is held, at the price of one more conv per ResNet. */
 static void vae_resnet_recompute(vae_run *r, const vae_resnet *b, int H, int W);
 
 static void vae_resnet_bands(vae_run *r, const vae_resnet *b, int H, int W, int recompute)
@@ -8843,55 +8867,56 @@ static void vae_resnet_bands(vae_run *r, const vae_resnet *b, int H, int W, int 
     }
 }
 
-static void vae_resnet_recompute(vae_run *r, const vae_resnet *b, int H, int W)
+/* The shortcut's 1x1 conv folded into the upsampling conv before it: Ws·(Wup ∗ X + bup) + bs =
+   (Ws·Wup) ∗ X + (Ws·bup + bs). wf [cout, cin, 3, 3], bf [cout]; ws: cout·cin floats of scratch
+   (Ws as f32). The product (SD: 256 x 512 x 4608) goes in tasks of VAE_FOLD_COLS columns of wf,
+   each adding up over c in the same order, so that the bits do not depend on the threads. */
+#define VAE_FOLD_COLS 256
+
+typedef struct vae_fold_job {
+    sd_pool *pool;
+    float *wf;
+    const float *ws;
+    const sd_tensor *wu;
+    int cin, cout, K;
+} vae_fold_job;
+
+static void vae_fold_cols(void *arg, int task, int thread)
 {
-    int C = b->cout, HW = H * W, R = vae_band(H);
-    size_t P = (size_t)HW, row = (size_t)(W + 2) * C, orow = (size_t)W * C;
-    size_t na = (size_t)(R + 4) * row, nh = (size_t)(R + 2) * orow, nhn = (size_t)(R + 2) * row, no = (size_t)R * orow;
-    vae_stats g1, g2;
-    if (vae_needs5(r, P * C, 0, na + nh + nhn + no, 0, 2 * VAE_STATS_FLOATS(C))) return;
-    float *a = r->t, *h = a + na, *hn = h + nh, *o = hn + nhn;
-    vae_stats_of(r, &g1, r->n, r->x, HW, C, &b->norm1);
-    vae_stats_init(&g2, r->n + VAE_STATS_FLOATS(C), C, r->groups);
-    vae_conv_bands(r, NULL, r->x, H, W, C, &g1, &b->conv1, C, NULL, &g2);   /* conv1, for its statistics only */
-    vae_stats_finish(r, &g2, b->norm2.w, b->norm2.b);
-    for (int y0 = 0; y0 < H; y0 += R) {
-        int rows = H - y0 < R ? H - y0 : R;
-        /* a: gn1(x) rows y0 - 2 .. y0 + rows + 1; the four above the next band are carried over,
-           since this band overwrites two of them in x */
-        if (y0 == 0) vae_fill(r, a, r->x, 0, -2, rows + 4, H, W, C, &g1);
-        else {
-            memmove(a, a + (size_t)R * row, 4 * row * sizeof(float));
-            vae_fill(r, a + 4 * row, r->x, 0, y0 + 2, rows, H, W, C, &g1);
+    const vae_fold_job *j = (const vae_fold_job *)arg;
+    int k0 = task * VAE_FOLD_COLS, n = j->K - k0 < VAE_FOLD_COLS ? j->K - k0 : VAE_FOLD_COLS;
+    float *seg = j->pool->scratch[thread];
+    for (int o = 0; o < j->cout; o++) memset(j->wf + (size_t)o * j->K + k0, 0, (size_t)n * sizeof(float));
+    for (int c = 0; c < j->cin; c++) {
+        tensor_floats(seg, j->wu, (size_t)c * j->K + k0, n);
+        for (int o = 0; o < j->cout; o++) {
+            float *d = j->wf + (size_t)o * j->K + k0;
+            vfloat a = vf_set1(j->ws[(size_t)o * j->cin + c]);
+            int k = 0;
+            for (; k + VF_WIDTH <= n; k += VF_WIDTH) vf_store(d + k, vf_fma(a, vf_load(seg + k), vf_load(d + k)));
+            if (k < n) vf_store_n(d + k, vf_fma(a, vf_load_n(seg + k, n - k), vf_load_n(d + k, n - k)), n - k);
         }
-        conv2d(r->pool, h, a, 1, rows + 4, W + 2, C, b->conv1.w, b->conv1.b, C, 3, 1, 0, 0);   /* conv1 rows y0 - 1 .. y0 + rows */
-        vae_fill(r, hn, h, y0 - 1, y0 - 1, rows + 2, H, W, C, &g2);
-        conv2d(r->pool, o, hn, 1, rows + 2, W + 2, C, b->conv2.w, b->conv2.b, C, 3, 1, 0, 0);
-        add(r->pool, r->x + (size_t)y0 * orow, o, (size_t)rows * orow);
     }
 }
 
-/* The shortcut's 1x1 conv folded into the upsampling conv before it: Ws·(Wup ∗ X + bup) + bs =
-   (Ws·Wup) ∗ X + (Ws·bup + bs). wf [cout, cin, 3, 3], bf [cout]; row: cin·9 floats of scratch. */
-static void vae_fold_shortcut(float *wf, float *bf, float *row, const vae_conv *up, const vae_conv *sc, int cin, int cout)
+static void vae_fold_shortcut(sd_pool *pool, float *wf, float *bf, float *ws, const vae_conv *up, const vae_conv *sc, int cin, int cout)
 {
-    size_t K = (size_t)cin * 9;
-    memset(wf, 0, (size_t)cout * K * sizeof(float));
+    int K = cin * 9;
+    vae_fold_job j = {pool, wf, ws, up->w, cin, cout, K};
+    tensor_floats(ws, sc->w, 0, cout * cin);
     for (int o = 0; o < cout; o++) bf[o] = tensor_get(sc->b, (size_t)o);
     for (int c = 0; c < cin; c++) {
         float bu = tensor_get(up->b, (size_t)c);
-        tensor_floats(row, up->w, (size_t)c * K, (int)K);
-        for (int o = 0; o < cout; o++) {
-            float a = tensor_get(sc->w, (size_t)o * cin + c), *d = wf + (size_t)o * K;
-            for (size_t k = 0; k < K; k++) d[k] += a * row[k];
-            bf[o] += a * bu;
-        }
+        for (int o = 0; o < cout; o++) bf[o] += ws[(size_t)o * cin + c] * bu;
     }
+    pool_run(pool, vae_fold_cols, &j, (K + VAE_FOLD_COLS - 1) / VAE_FOLD_COLS);
 }
 
-/* Decoder's Upsample2D and the ResNet after it when that ResNet changes the channel count, at the
-   finest level: x [H, W, cin] → x [2H, 2W, cout] without ever holding the upsampled image U
-   [2H, 2W, cin] (SD: 256 channels at 512x512, 256 MiB) nor conv1's input. x moves to s. U is made
+/* Decoder's Upsample2D and the ResNet after it when that ResNet changes the channel count, at a
+   level below the finest (the finest: vae_finest_upsample_resnet): x [H, W, cin] → x [2H, 2W, cout]
+   without ever holding the upsampled image U [2H, 2W, cin] (SD's 512x512 image: 512 channels at
+   256x256, 128 MiB) nor conv1's input, at the price of the folded shortcut's arithmetic (below),
+   about 2% of the decode. x moves to s. U is made
    a slice of whole GroupNorm groups (32 channels) at a time into t, in bands of input rows
    gathered into u, by the four phases' 2x2 convs (vae_phase_weights, the slice's taps in u); the
    slice is normalised with its own groups' statistics and its part of conv1 added into conv1's
@@ -8917,10 +8942,10 @@ static void vae_upsample_resnet(vae_run *r, const vae_conv *upc, const vae_resne
         int k = cin - c0 < cb ? cin - c0 : cb;
         for (int p = 0; p < 4; p++) {
             float *wp = wq + (size_t)p * 4 * k * cin;
-            vae_phase_weights(wp, upc->w, c0, k, cin, p >> 1, p & 1, row);
+            vae_phase_weights(r->pool, wp, upc->w, c0, k, cin, p >> 1, p & 1);
             pt[p] = vae_f32_tensor(wp, k, cin, 2, 4);
         }
-        /* row (9·cin floats) is free again: it holds the slices of block-typed vectors */
+        /* row (9·cin floats) holds the slices of block-typed vectors */
         sd_tensor bias = vae_rows_of(upc->b, c0, k, row);
         sd_tensor gw = vae_rows_of(b->norm1.w, c0, k, row + k), gb = vae_rows_of(b->norm1.b, c0, k, row + 2 * k);
         for (int y0 = 0; y0 < H; y0 += Rl) {   /* U's channels c0 .. c0 + k - 1, output rows 2·y0 .. */
@@ -8947,10 +8972,10 @@ static void vae_upsample_resnet(vae_run *r, const vae_conv *upc, const vae_resne
     vae_stats_of(r, &g2, r->n + VAE_STATS_FLOATS(cin), Y, (int)P2, cout, &b->norm2);
     float *hn = r->t, *o = hn + (size_t)(R + 2) * row_out, *os = o + (size_t)R * orow;
     float *wf = os + (size_t)Rl * orow, *wp = wf + 9 * cc, *bf = wp + 16 * cc;
-    vae_fold_shortcut(wf, bf, row, upc, &b->shortcut, cin, cout);
+    vae_fold_shortcut(r->pool, wf, bf, wp, upc, &b->shortcut, cin, cout);   /* (wp: Ws until the phases are made) */
     sd_tensor fw = vae_f32_tensor(wf, cout, cin, 3, 4), fb = vae_f32_tensor(bf, cout, 0, 0, 1);
     for (int p = 0; p < 4; p++) {
-        vae_phase_weights(wp + (size_t)p * 4 * cc, &fw, 0, cout, cin, p >> 1, p & 1, row);
+        vae_phase_weights(r->pool, wp + (size_t)p * 4 * cc, &fw, 0, cout, cin, p >> 1, p & 1);
         pt[p] = vae_f32_tensor(wp + (size_t)p * 4 * cc, cout, cin, 2, 4);
     }
     for (int y0 = 0; y0 < H2; y0 += R) {
@@ -8970,46 +8995,222 @@ static void vae_upsample_resnet(vae_run *r, const vae_conv *upc, const vae_resne
     }
 }
 
-/* conv_in: s [H, W, cin] → x [H, W, cout]. */
+/* A ResNet at the finest level, x → x + conv2(silu(gn2(conv1(silu(gn1(x)))))), holding x and
+   bands only: conv1's output is never stored. Each GroupNorm needs its whole input's statistics
+   before any of it can be normalised, so a pipeline over bands of rows runs three times: pass 0
+   gathers gn1's statistics, pass 1 makes conv1's output band by band for gn2's, pass 2 makes it
+   once more and writes the output. Within a pass every row is made once: the windows of
+   normalised input (ua) and of normalised conv1 output (hn) carry their last two rows over to
+   the next band. The price is one more conv1 per ResNet.
+   The same pipeline runs the upsampling into the finest level fused with that level's first
+   ResNet when it changes the channel count (vae_finest_upsample_resnet): there the input rows
+   are those of U, the upsampled image after its conv, which is never held whole either (SD: 256
+   channels at 512x512, 256 MiB): each pass makes U's rows again from x (the four phases' 2x2
+   convs, vae_phase_weights), at the price of two more upsampling convs and one more conv1 (in
+   SD about 17% more decode time than holding X and conv1's output whole, 192 MiB), and the
+   output is U's 1x1 shortcut, written as soon as a band's U rows exist, plus conv2. That output
+   grows into the memory of its input: the input X is moved to the end of the output's block,
+   the output is written from the start, and the block is as long as it must be for a written
+   row never to be an X row that a later band still reads (vae_stream_xoff). In SD X is half the
+   output and fits behind it. */
+#define VAE_STREAM_PIXELS 4096   /* output pixels per band: GEMMs of thousands of rows, bands of a few MiB */
+
+/* Rows per band: even (a band's new U rows are then whole X rows), 2 to 16. */
+static int vae_stream_rows(int H, int W)
+{
+    int R = (VAE_STREAM_PIXELS / W) & ~1;
+    R = R < 2 ? 2 : R > 16 ? 16 : R;
+    return R < H ? R : H;
+}
+
+typedef struct vae_stream {
+    const vae_conv *upc;          /* the upsampling conv, or NULL: the input is the output's size */
+    const vae_resnet *b;
+    int H, W, cin, cout, R;       /* the output's size and channels, rows per band */
+    float *X, *Y;                 /* the input, the output (the same, or X behind Y) */
+    size_t xoff;                  /* where X starts in the output's block */
+    float *xb, *ob, *ur;          /* X rows with their border; one phase's U rows; new U rows, raw, then conv1's and conv2's rows */
+    float *ua, *hn;               /* the windows: silu(gn1(input)) and silu(gn2(conv1)) rows, padded */
+    sd_tensor pt[4];              /* the upsampling conv's phases, [cin, cin, 2, 2] each */
+    vae_stats g1, g2;
+} vae_stream;
+
+/* The band schedule, the same in every pass and in vae_stream_xoff: the band of output rows
+   y0 .. y0 + rows - 1 needs conv1 rows up to *hend - 1 and input rows up to *uend - 1, rows H
+   and H + 1 being the zero border. */
+static int vae_stream_band(int y0, int R, int H, int *hend, int *uend)
+{
+    int rows = H - y0 < R ? H - y0 : R;
+    *hend = y0 + rows + 1;
+    *uend = (*hend < H ? *hend : H) + 1;
+    return rows;
+}
+
+/* Floats of the output's block before X when the input is upsampled: the output's own, or more
+   where a band would otherwise write over X rows still to be read (not in SD). */
+static size_t vae_stream_xoff(int H, int W, int cin, int cout, int R)
+{
+    int hend, uend;
+    size_t lrow = (size_t)(W / 2) * cin, orow = (size_t)W * cout, n = (size_t)(H / 2) * lrow, out = (size_t)H * orow;
+    size_t xoff = out > n ? out - n : 0;
+    for (int y0 = 0; y0 < H; y0 += R) {
+        vae_stream_band(y0, R, H, &hend, &uend);
+        int u = uend < H ? uend : H;   /* the output rows up to u are written, X is read from row u / 2 - 1 on */
+        if (u < H && (size_t)u * orow > (size_t)(u / 2 - 1) * lrow + xoff) xoff = (size_t)u * orow - (size_t)(u / 2 - 1) * lrow;
+    }
+    return xoff;
+}
+
+/* U rows u0 .. u1 - 1 (even bounds: X rows u0 / 2 .. u1 / 2 - 1) into f->ur, raw. */
+static void vae_stream_upsample(vae_run *r, vae_stream *f, int u0, int u1)
+{
+    int l0 = u0 / 2, n = (u1 - u0) / 2, cin = f->cin, Wx = f->W / 2;
+    size_t urow = (size_t)f->W * cin;
+    vae_fill(r, f->xb, f->X, 0, l0 - 1, n + 2, f->H / 2, Wx, cin, NULL);
+    for (int a = 0; a < 2; a++) {   /* phase (a, b) to every other pixel of ob's rows, then to U's rows 2·i + a */
+        for (int b = 0; b < 2; b++)
+            vae_phase_conv(r->pool, f->ob + (size_t)b * cin, 2 * cin, f->xb, n, Wx, cin, a, b, &f->pt[2 * a + b], f->upc->b, cin);
+        for (int i = 0; i < n; i++) memcpy(f->ur + (size_t)(2 * i + a) * urow, f->ob + (size_t)i * urow, urow * sizeof(float));
+    }
+}
+
+/* One pass of the pipeline: 0 gathers gn1's statistics, 1 gn2's, 2 writes the output. */
+static void vae_stream_pass(vae_run *r, vae_stream *f, int pass)
+{
+    const vae_resnet *b = f->b;
+    int H = f->H, W = f->W, cin = f->cin, cout = f->cout;
+    size_t irow = (size_t)W * cin, orow = (size_t)W * cout, prow = (size_t)(W + 2) * cin, hrow = (size_t)(W + 2) * cout;
+    int made_u = 0, made_h = 0;   /* input and conv1 rows made so far */
+    int ua0 = -1, ua1 = 0;        /* ua holds rows ua0 .. ua1 - 1 of silu(gn1(input)), hn rows hn0 .. hn1 - 1 */
+    int hn0 = -1, hn1 = 0;
+    vae_fill(r, f->ua, NULL, 0, -1, 1, H, W, cin, NULL);   /* the zero rows above */
+    vae_fill(r, f->hn, NULL, 0, -1, 1, H, W, cout, NULL);
+    for (int y0 = 0; y0 < H; y0 += f->R) {
+        int hend, uend, rows = vae_stream_band(y0, f->R, H, &hend, &uend), u1 = uend < H ? uend : H, h1 = hend < H ? hend : H;
+        if (pass > 0) {   /* drop the rows conv1 has no more use for */
+            memmove(f->ua, f->ua + (size_t)(made_h - 1 - ua0) * prow, (size_t)(ua1 - made_h + 1) * prow * sizeof(float));
+            ua0 = made_h - 1;
+        }
+        const float *in = f->upc ? f->ur : f->X + (size_t)made_u * irow;   /* input rows made_u .. u1 - 1 */
+        if (f->upc && u1 > made_u) {
+            f->ob = f->ua + (size_t)(ua1 - ua0) * prow;   /* (the window's free rows) */
+            vae_stream_upsample(r, f, made_u, u1);
+            if (pass == 2) {   /* the shortcut straight into its output rows: no band reads X there any more */
+                SD_ASSERT(u1 == H || (size_t)u1 * orow <= f->xoff + (size_t)(u1 / 2 - 1) * (W / 2) * cin);
+                linear(r->pool, f->Y + (size_t)made_u * orow, f->ur, (u1 - made_u) * W, cout, cin, b->shortcut.w, b->shortcut.b);
+            }
+        }
+        if (pass == 0) vae_stats_add(r, &f->g1, in, (u1 - made_u) * W);
+        if (pass > 0 && uend > ua1) {
+            vae_fill(r, f->ua + (size_t)(ua1 - ua0) * prow, in, made_u, ua1, uend - ua1, H, W, cin, &f->g1);
+            ua1 = uend;
+        }
+        made_u = u1;
+        if (pass == 0) continue;
+        if (h1 > made_h) {   /* conv1 rows made_h .. h1 - 1 from input rows made_h - 1 .. h1, into ur */
+            conv2d(r->pool, f->ur, f->ua + (size_t)(made_h - 1 - ua0) * prow, 1, h1 - made_h + 2, W + 2, cin,
+                   b->conv1.w, b->conv1.b, cout, 3, 1, 0, 0);
+            if (pass == 1) vae_stats_add(r, &f->g2, f->ur, (h1 - made_h) * W);
+        }
+        if (pass == 2) {   /* conv2 of hn's rows y0 - 1 .. y0 + rows, added to the shortcut or the input */
+            memmove(f->hn, f->hn + (size_t)(y0 - 1 - hn0) * hrow, (size_t)(hn1 - y0 + 1) * hrow * sizeof(float));
+            hn0 = y0 - 1;
+            vae_fill(r, f->hn + (size_t)(hn1 - hn0) * hrow, f->ur, made_h, hn1, hend - hn1, H, W, cout, &f->g2);
+            hn1 = hend;
+            conv2d(r->pool, f->ur, f->hn, 1, rows + 2, W + 2, cout, b->conv2.w, b->conv2.b, cout, 3, 1, 0, 0);
+            add(r->pool, f->Y + (size_t)y0 * orow, f->ur, (size_t)rows * orow);
+        }
+        made_h = h1;
+    }
+}
+
+/* The pipeline's buffers, then its three passes: output [H, W, cout] in x from x, which is
+   [H / 2, W / 2, cin] when upc is given, else [H, W, cin = cout]. */
+static void vae_stream_resnet(vae_run *r, const vae_conv *upc, const vae_resnet *b, int H, int W)
+{
+    int cin = b->cin, cout = b->cout, R = vae_stream_rows(H, W), up = upc != NULL;
+    size_t n = (size_t)(H >> up) * (W >> up) * cin, xoff = up ? vae_stream_xoff(H, W, cin, cout, R) : 0;
+    size_t nur = (size_t)(R + 1) * W * cout, nua = (size_t)(R + 3) * (W + 2) * cin, nhn = (size_t)(R + 2) * (W + 2) * cout;
+    size_t nxb = up ? (size_t)(R / 2 + 3) * (W / 2 + 2) * cin : 0, npw = up ? 16 * (size_t)cin * cin : 0;
+    vae_stream f;
+    SD_ASSERT(!up || (H % 2 == 0 && W % 2 == 0 && R % 2 == 0));
+    SD_ASSERT(up || cin == cout);
+    if (up && nur < (size_t)(R + 2) * W * cin) nur = (size_t)(R + 2) * W * cin;   /* a band's new U rows */
+    if (vae_needs5(r, xoff + n, 0, nur + nua + nhn, nxb + npw, VAE_STATS_FLOATS(cin) + VAE_STATS_FLOATS(cout))) return;
+    memset(&f, 0, sizeof f);
+    f.upc = upc; f.b = b; f.H = H; f.W = W; f.cin = cin; f.cout = cout; f.R = R; f.xoff = xoff;
+    f.Y = r->x;
+    f.X = r->x + xoff;
+    f.ur = r->t; f.ua = f.ur + nur; f.hn = f.ua + nua;
+    if (up) {
+        float *pw = r->u + nxb;
+        f.xb = r->u;
+        memmove(f.X, r->x, n * sizeof(float));
+        for (int p = 0; p < 4; p++) {
+            vae_phase_weights(r->pool, pw + (size_t)p * 4 * cin * cin, upc->w, 0, cin, cin, p >> 1, p & 1);
+            f.pt[p] = vae_f32_tensor(pw + (size_t)p * 4 * cin * cin, cin, cin, 2, 4);
+        }
+    }
+    vae_stats_init(&f.g1, r->n, cin, r->groups);
+    vae_stats_init(&f.g2, r->n + VAE_STATS_FLOATS(cin), cout, r->groups);
+    vae_stream_pass(r, &f, 0);
+    vae_stats_finish(r, &f.g1, b->norm1.w, b->norm1.b);
+    vae_stream_pass(r, &f, 1);
+    vae_stats_finish(r, &f.g2, b->norm2.w, b->norm2.b);
+    vae_stream_pass(r, &f, 2);
+}
+
+static void vae_resnet_recompute(vae_run *r, const vae_resnet *b, int H, int W) { vae_stream_resnet(r, NULL, b, H, W); }
+
+/* The upsampling x [H, W, cin] → [2H, 2W, cin] into the finest level and its first ResNet,
+   which changes the channel count, as one (see vae_stream_resnet). */
+static void vae_finest_upsample_resnet(vae_run *r, const vae_conv *upc, const vae_resnet *b, int H, int W)
+{
+    vae_stream_resnet(r, upc, b, 2 * H, 2 * W);
+}
+
+/* conv_in: x [H, W, cin] → x [H, W, cout], the input moved to s first. */
 static void vae_conv_in(vae_run *r, const vae_conv *conv, int H, int W, int cin, int cout)
 {
-    if (vae_needs(r, (size_t)H * W * cout, (size_t)H * W * cin, 0, 0)) return;
+    size_t P = (size_t)H * W;
+    if (vae_needs(r, P * (cin > cout ? cin : cout), P * cin, 0, 0)) return;
+    memcpy(r->s, r->x, P * cin * sizeof(float));
     conv2d(r->pool, r->x, r->s, 1, H, W, cin, conv->w, conv->b, cout, 3, 1, 1, 1);
 }
 
-/* GroupNorm-SiLU, conv_out: x [H, W, cin] → s [H, W, cout], in bands. */
+/* GroupNorm-SiLU, conv_out: x [H, W, cin] → x [H, W, cout] (cout <= cin), in bands, in place. */
 static void vae_conv_out(vae_run *r, const vae_stack *st, int H, int W, int cin, int cout)
 {
     vae_stats g;
-    if (vae_needs5(r, (size_t)H * W * cin, (size_t)H * W * cout, vae_bands_floats(H, W, cin, cout), 0, VAE_STATS_FLOATS(cin))) return;
+    if (vae_needs5(r, (size_t)H * W * cin, 0, vae_bands_floats(H, W, cin, cout), 0, VAE_STATS_FLOATS(cin))) return;
     vae_stats_of(r, &g, r->n, r->x, H * W, cin, &st->norm_out);
-    vae_conv_bands(r, r->s, r->x, H, W, cin, &g, &st->conv_out, cout, NULL, NULL);
+    vae_conv_bands(r, r->x, r->x, H, W, cin, &g, &st->conv_out, cout, NULL, NULL);
 }
 
-/* Decoder input: latents [e, h, w] (NCHW) → post_quant_conv (1x1) into s. The latents are what
+/* Decoder input: latents [e, h, w] (NCHW) → post_quant_conv (1x1) into x. The latents are what
    diffusers' vae.decode receives: the diffusion latents already divided by scaling_factor. */
 static void vae_post_quant(vae_run *r, const sd_vae *v, const float *z, int h, int w)
 {
     int e = v->config.embed_dim, zc = v->config.z_channels;
     size_t P = (size_t)h * w;
-    if (vae_needs(r, 0, P * zc, P * e, 0)) return;
+    if (vae_needs(r, P * zc, 0, P * e, 0)) return;
     nchw_to_nhwc(r->pool, r->t, z, 1, e, (int)P);
-    linear(r->pool, r->s, r->t, h * w, zc, e, v->post_quant_conv.w, v->post_quant_conv.b);
+    linear(r->pool, r->x, r->t, h * w, zc, e, v->post_quant_conv.w, v->post_quant_conv.b);
 }
 
-/* Decoder output: s [H, W, 3] → image [3, H, W] (NCHW). */
+/* Decoder output: x [H, W, 3] → image [3, H, W] (NCHW). */
 static void vae_write_image(vae_run *r, float *image, int H, int W)
 {
-    if (vae_needs(r, 0, (size_t)H * W * 3, 0, 0)) return;
-    nhwc_to_nchw(r->pool, image, r->s, 1, 3, H * W);
+    if (vae_needs(r, (size_t)H * W * 3, 0, 0, 0)) return;
+    nhwc_to_nchw(r->pool, image, r->x, 1, 3, H * W);
 }
 
-/* Whether the decoder's level i gets its input from vae_upsample_resnet: the finest level, when
-   its first ResNet changes the channel count. */
+/* Whether the decoder's level i gets its input from vae_upsample_resnet or, the finest,
+   vae_finest_upsample_resnet: when its first ResNet changes the channel count. */
 static int vae_fused_upsample(const sd_vae *v, int i)
 {
     const vae_level *l = &v->decoder.level[i];
-    return i > 0 && i == v->config.levels - 1 && l->res[0].cin != l->res[0].cout;
+    return i > 0 && l->res[0].cin != l->res[0].cout;
 }
 
 /* Latent [e, h, w] → image [3, f·h, f·w]. */
@@ -9020,7 +9221,7 @@ static void vae_decoder_forward(vae_run *r, const sd_vae *v, const float *z, int
     int L = c->levels, H = h, W = w;
     char stage[48];
     vae_post_quant(r, v, z, h, w);
-    vae_show(r, "post_quant_conv", r->s, H, W, c->z_channels);
+    vae_show(r, "post_quant_conv", r->x, H, W, c->z_channels);
     vae_conv_in(r, &d->conv_in, H, W, c->z_channels, d->mid1.cin);
     vae_show(r, "decoder.conv_in", r->x, H, W, d->mid1.cin);
     vae_mid_forward(r, d, H, W);
@@ -9028,8 +9229,9 @@ static void vae_decoder_forward(vae_run *r, const sd_vae *v, const float *z, int
     for (int i = 0; i < L; i++) {
         const vae_level *l = &d->level[i];
         int j = 0, finest = i == L - 1;
-        if (finest && i > 0 && vae_fused_upsample(v, i)) {   /* level i - 1's upsampling, with ResNet 0 */
-            vae_upsample_resnet(r, &d->level[i - 1].resample_conv, &l->res[0], H / 2, W / 2);
+        if (vae_fused_upsample(v, i)) {   /* level i - 1's upsampling, with ResNet 0 */
+            if (finest) vae_finest_upsample_resnet(r, &d->level[i - 1].resample_conv, &l->res[0], H / 2, W / 2);
+            else vae_upsample_resnet(r, &d->level[i - 1].resample_conv, &l->res[0], H / 2, W / 2);
             j = 1;
         }
         for (; j < l->resnets; j++) vae_resnet_bands(r, &l->res[j], H, W, finest);
@@ -9045,20 +9247,20 @@ static void vae_decoder_forward(vae_run *r, const sd_vae *v, const float *z, int
     vae_write_image(r, image, H, W);
 }
 
-/* Encoder input: image [3, H, W] (NCHW) → s [H, W, 3]. */
+/* Encoder input: image [3, H, W] (NCHW) → x [H, W, 3]. */
 static void vae_read_image(vae_run *r, const float *image, int H, int W)
 {
-    if (vae_needs(r, 0, (size_t)H * W * 3, 0, 0)) return;
-    nchw_to_nhwc(r->pool, r->s, image, 1, 3, H * W);
+    if (vae_needs(r, (size_t)H * W * 3, 0, 0, 0)) return;
+    nchw_to_nhwc(r->pool, r->x, image, 1, 3, H * W);
 }
 
-/* quant_conv (1x1): s [h, w, 2z] → t [h, w, 2e], then moments [2e, h, w] (NCHW). */
+/* quant_conv (1x1): x [h, w, 2z] → t [h, w, 2e], then moments [2e, h, w] (NCHW). */
 static void vae_quant(vae_run *r, const sd_vae *v, int h, int w, float *moments)
 {
     int e2 = 2 * v->config.embed_dim, z2 = 2 * v->config.z_channels;
     size_t P = (size_t)h * w;
-    if (vae_needs(r, 0, P * z2, P * e2, 0)) return;
-    linear(r->pool, r->t, r->s, h * w, e2, z2, v->quant_conv.w, v->quant_conv.b);
+    if (vae_needs(r, P * z2, 0, P * e2, 0)) return;
+    linear(r->pool, r->t, r->x, h * w, e2, z2, v->quant_conv.w, v->quant_conv.b);
     vae_show(r, "quant_conv", r->t, h, w, e2);
     nhwc_to_nchw(r->pool, moments, r->t, 1, e2, (int)P);
 }
@@ -9087,7 +9289,7 @@ static void vae_encoder_forward(vae_run *r, const sd_vae *v, const float *image,
     vae_mid_forward(r, e, H, W);
     vae_show(r, "encoder.mid_block", r->x, H, W, e->mid2.cout);
     vae_conv_out(r, e, H, W, c->channels[L - 1], 2 * c->z_channels);
-    vae_show(r, "encoder.conv_out", r->s, H, W, 2 * c->z_channels);
+    vae_show(r, "encoder.conv_out", r->x, H, W, 2 * c->z_channels);
     vae_quant(r, v, H, W, moments);
 }
 
@@ -9124,13 +9326,12 @@ static void vae_plan_encoder(vae_run *r, const sd_vae *v, int H, int W)
     vae_encoder_forward(r, v, NULL, H, W, NULL);
 }
 
-/* Turns a planned run into a real one: its five buffers from the arena. On a measuring pool it
-   stays a planning pass, which runs no kernel. */
+/* Turns a planned run into a real one: its block from the arena. On a measuring pool it stays a
+   planning pass, which runs no kernel. */
 static int vae_start(vae_run *r, const sd_vae *v, sd_pool *pool, sd_arena *a, sd_error *err)
 {
-    float **buf[5] = {&r->x, &r->s, &r->t, &r->u, &r->n};
-    for (int i = 0; i < 5; i++)
-        if (!(*buf[i] = arena_floats(a, r->cap[i], err))) return SD_ERR_MEMORY;
+    if (!(r->base = arena_floats(a, r->cap, err))) return SD_ERR_MEMORY;
+    r->x = r->base;
     r->planning = pool->measure;
     r->pool = pool;
     r->groups = v->config.norm_groups;
@@ -9638,13 +9839,13 @@ static float *taesd_down(taesd_run *r, const taesd_layer *l, const float *x, int
 }
 
 /* The taps of conv(upsample2x(·)) as four 2x2 convs of the small image, one per output phase
-   (vae_phase_weights): mem holds 16·C·C + 9·C floats. */
+   (vae_phase_weights): mem holds 16·C·C floats. */
 static void taesd_phase_taps(taesd_run *r, const vae_conv *conv, float *mem, sd_tensor pt[4])
 {
     int C = r->C;
     for (int p = 0; p < 4; p++) {
         float *wp = mem + (size_t)p * 4 * C * C;
-        if (!r->pool->measure) vae_phase_weights(wp, conv->w, 0, C, C, p >> 1, p & 1, mem + (size_t)16 * C * C);
+        if (!r->pool->measure) vae_phase_weights(r->pool, wp, conv->w, 0, C, C, p >> 1, p & 1);
         pt[p] = vae_f32_tensor(wp, C, C, 2, 4);
     }
 }
@@ -9681,7 +9882,7 @@ static float *taesd_upsample(taesd_run *r, const taesd_layer *stack, int i, cons
     int C = r->C;
     float *X = taesd_alloc(r, (size_t)4 * h * w * C);
     size_t mark = sd_arena_mark(r->a);
-    float *taps = taesd_alloc(r, (size_t)16 * C * C + 9 * (size_t)C), *ob = taesd_alloc(r, (size_t)h * 2 * w * C);
+    float *taps = taesd_alloc(r, (size_t)16 * C * C), *ob = taesd_alloc(r, (size_t)h * 2 * w * C);
     sd_tensor pt[4];
     if (!ob) return NULL;
     taesd_phase_taps(r, &stack[i + 1].conv[0], taps, pt);
@@ -9713,7 +9914,7 @@ static void taesd_decoder_tail(taesd_run *r, const float *A, int h, int w, float
     const taesd_layer *d = r->t->decoder;
     int C = r->C, H = 2 * h, W = 2 * w, R = TAESD_BAND_ROWS < H ? TAESD_BAND_ROWS : H;
     size_t row = (size_t)W * C, plane = (size_t)H * W, mark = sd_arena_mark(r->a);
-    float *taps = taesd_alloc(r, (size_t)16 * C * C + 9 * (size_t)C), *X = taesd_alloc(r, (size_t)(R + 8) * row);
+    float *taps = taesd_alloc(r, (size_t)16 * C * C), *X = taesd_alloc(r, (size_t)(R + 8) * row);
     float *t1 = taesd_alloc(r, (size_t)(R + 6) * row), *t2 = taesd_alloc(r, (size_t)(R + 4) * row);
     float *ob = taesd_alloc(r, (size_t)(R + 8) * row), *rgb = taesd_alloc(r, (size_t)R * W * 3);
     sd_tensor pt[4];
