@@ -2654,7 +2654,9 @@ static void test_kernels_threads(void)
     float *x = kt_floats((size_t)M * K, 1.0f), *cx = kt_floats((size_t)B * H * W * Cin, 1.0f);
     float *qkv = kt_floats((size_t)Nq * 3 * heads * d, 2.0f), *gx = kt_floats((size_t)HW * C, 3.0f);
     size_t ny = (size_t)M * N, nc = (size_t)B * H * W * Cout, na = (size_t)Nq * heads * d, ng = (size_t)HW * C;
-    size_t total = ny + nc + 2 * na + ng + 2 * (size_t)((H + 1) / 2) * ((W + 1) / 2) * Cout + ny;
+    sd_tensor qw = kt_tensor(SD_F16, N, 640, 0, 0, 1.0f), qcw = kt_tensor(SD_F16, Cout, 64, 3, 3, 1.0f);
+    float *qx = kt_floats((size_t)M * 640, 1.0f), *qcx = kt_floats((size_t)B * H * W * 64, 1.0f);
+    size_t total = ny + nc + 2 * na + ng + 2 * (size_t)((H + 1) / 2) * ((W + 1) / 2) * Cout + ny + ny + nc;
     float *first = (float *)malloc(total * sizeof(float)), *out = (float *)malloc(total * sizeof(float));
     for (int threads = 1; threads <= 4; threads++) {
         kt_pool *p = kt_pool_new(threads);
@@ -2667,9 +2669,13 @@ static void test_kernels_threads(void)
         groupnorm(&p->pool, o + ny + nc + 2 * na, gx, 1, HW, C, 32, &cb, &b, 1e-6f, 1);
         conv2d(&p->pool, o + ny + nc + 2 * na + ng, cx, B, H, W, Cin, &cw, NULL, Cout, 3, 2, 1, 1);
         conv2d(&p->pool, o + ny + nc + 2 * na + ng + (size_t)Ho * Wo * Cout, cx, B, H, W, Cin, &cw, &cb, Cout, 3, 2, 0, 1);
-        memcpy(o + total - ny, o, ny * sizeof(float));
-        matmul(&p->pool, o + total - ny, N, x, K, M, N, K, &w, NULL, 1);
-        matmul(&p->pool, o + total - ny, N, x, K, 20, N, K, &w, &b, 1);   /* few rows: dot products */
+        float *fast = o + total - ny - nc, *tail = fast - ny;
+        memcpy(tail, o, ny * sizeof(float));
+        matmul(&p->pool, tail, N, x, K, M, N, K, &w, NULL, 1);
+        matmul(&p->pool, tail, N, x, K, 20, N, K, &w, &b, 1);   /* few rows: dot products */
+        sd_pool_set_quant(&p->pool, SD_QUANT_FAST);   /* and the int8 products */
+        matmul(&p->pool, fast, N, qx, 640, M, N, 640, &qw, &b, 0);
+        conv2d(&p->pool, fast + ny, qcx, B, H, W, 64, &qcw, &cb, Cout, 3, 1, 1, 1);
         if (threads > 1)
             CHECK(memcmp(first, out, total * sizeof(float)) == 0, "kernels with %d threads differ from 1 thread", threads);
         kt_pool_free(p);
@@ -2684,8 +2690,8 @@ static void test_kernels_threads(void)
         CHECK(pool_init(&pool, 0, a, &err) == SD_ERR_ARG, "pool_init(0 threads): want SD_ERR_ARG");
         free_arena(a);
     }
-    free(x); free(cx); free(qkv); free(gx); free(first); free(out);
-    kt_free_tensor(&w); kt_free_tensor(&b); kt_free_tensor(&cw); kt_free_tensor(&cb);
+    free(x); free(cx); free(qkv); free(gx); free(first); free(out); free(qx); free(qcx);
+    kt_free_tensor(&w); kt_free_tensor(&b); kt_free_tensor(&cw); kt_free_tensor(&cb); kt_free_tensor(&qw); kt_free_tensor(&qcw);
 }
 
 /* GGUF's block types through the GEMM on this build's SIMD path: a matmul with a block-typed
@@ -2693,25 +2699,35 @@ static void test_kernels_threads(void)
    288 start inside 256-value blocks; few rows take the dot-product path). The bytes are random,
    but no byte has the exponent bits of an fp16 inf or NaN, so every scale is finite. The values
    themselves are checked against ggml's in test_gguf. */
+/* A block-typed [N, K] weight of random bytes, none with the exponent bits of an fp16 inf or NaN
+   (free its data). */
+static sd_tensor kt_block_tensor(sd_dtype dtype, int64_t N, int64_t K)
+{
+    sd_tensor w;
+    memset(&w, 0, sizeof w);
+    w.name = "test";
+    w.dtype = dtype;
+    w.ndim = 2;
+    w.shape[0] = N;
+    w.shape[1] = K;
+    w.nbytes = dtype_bytes(w.dtype, (uint64_t)N * K);
+    unsigned char *bytes = (unsigned char *)malloc(w.nbytes);
+    for (size_t i = 0; i < w.nbytes; i++) {
+        uint32_t r = (uint32_t)((kt_rand() + 1.0f) * 32768.0f);
+        bytes[i] = (unsigned char)((r & 0x80) | (r >> 8) % 0x3c);
+    }
+    w.data = bytes;
+    return w;
+}
+
 static void test_kernels_blocks(sd_pool *pool)
 {
     enum { N = 24, K = 2304 };
     int ok = 1;
     for (int d = 0; d < SD_DTYPE_COUNT; d++) {
         if (!dtype_is_block((sd_dtype)d)) continue;
-        sd_tensor w;
-        memset(&w, 0, sizeof w);
-        w.dtype = (sd_dtype)d;
-        w.ndim = 2;
-        w.shape[0] = N;
-        w.shape[1] = K;
-        w.nbytes = dtype_bytes(w.dtype, (uint64_t)N * K);
-        unsigned char *bytes = (unsigned char *)malloc(w.nbytes);
-        for (size_t i = 0; i < w.nbytes; i++) {
-            uint32_t r = (uint32_t)((kt_rand() + 1.0f) * 32768.0f);
-            bytes[i] = (unsigned char)((r & 0x80) | (r >> 8) % 0x3c);
-        }
-        w.data = bytes;
+        sd_tensor w = kt_block_tensor((sd_dtype)d, N, K);
+        unsigned char *bytes = (unsigned char *)(uintptr_t)w.data;
         sd_tensor f = w;
         float *values = (float *)malloc((size_t)N * K * sizeof(float));
         tensor_floats(values, &w, 0, N * K);
@@ -2731,11 +2747,154 @@ static void test_kernels_blocks(sd_pool *pool)
     CHECK(ok, "matmul with block-typed weights = matmul with their f32 values, bit for bit");
 }
 
+
+/* The fast mode (SD_QUANT_FAST) in double: x and w quantized per block of 32 along K as the
+   kernels quantize (d = max|v|/127, v·127/max|v| rounded half to even, in float; q8_0, q4_0
+   and q5_0 linear weights with their blocks' own d; a convolution's blocks are 32 channels of
+   one tap), the int8 products summed exactly. What is left between this and the kernels is the
+   float summation of the block sums, so the bound is tight. */
+static float kq_quant(const float *v, int given, float d, int *q)
+{
+    float amax = 0.0f, inv;
+    for (int e = 0; e < 32; e++) amax = fabsf(v[e]) > amax ? fabsf(v[e]) : amax;
+    if (given) inv = d != 0.0f ? 1.0f / d : 0.0f;
+    else { inv = amax > 0 ? 127.0f / amax : 0.0f; d = amax / 127.0f; }
+    for (int e = 0; e < 32; e++) q[e] = (int)nearbyintf(v[e] * inv);
+    return d;
+}
+
+/* The weight block of column n covering K values k0..k0+31 (linear) or channels c0..c0+31 of
+   tap t (conv: taps > 1). */
+static float kq_weight(const sd_tensor *w, int n, int64_t K, int taps, int64_t k0, int t, int *q)
+{
+    float v[32];
+    for (int e = 0; e < 32; e++)
+        v[e] = tensor_get(w, (size_t)(taps == 1 ? n * K + k0 + e : (n * (K / taps) + k0 + e) * taps + t));
+    if (taps == 1 && (w->dtype == SD_Q8_0 || w->dtype == SD_Q4_0 || w->dtype == SD_Q5_0)) {
+        const unsigned char *b = (const unsigned char *)w->data + dtype_bytes(w->dtype, (uint64_t)(n * K + k0));
+        return kq_quant(v, 1, sd_f16_to_f32((uint16_t)(b[0] | b[1] << 8)), q);
+    }
+    return kq_quant(v, 0, 0.0f, q);
+}
+
+/* y (+)= x·wᵀ + b in the fast mode's arithmetic; rows of x are given by pointer per (row, tap)
+   (NULL: padding) so that one function serves matmul and conv2d. */
+static void kq_ref(double *ref, int ldr, const float *const *rows, int M, int N, int64_t K, int taps, const sd_tensor *w,
+                   const sd_tensor *b, const float *y0, int ldy)
+{
+    int64_t depth = K / taps;
+    int qx[32], qw[32];
+    float zeros[32] = {0};
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            double s = (y0 ? y0[(size_t)m * ldy + n] : 0.0) + (b ? tensor_get(b, (size_t)n) : 0.0);
+            for (int t = 0; t < taps; t++)
+                for (int64_t c0 = 0; c0 < depth; c0 += 32) {
+                    const float *xr = rows[(size_t)m * taps + t];
+                    double dx = kq_quant(xr ? xr + c0 : zeros, 0, 0.0f, qx), dw = kq_weight(w, n, K, taps, c0, t, qw);
+                    long dot = 0;
+                    for (int e = 0; e < 32; e++) dot += (long)qx[e] * qw[e];
+                    s += dx * dw * (double)dot;
+                }
+            ref[(size_t)m * ldr + n] = s;
+        }
+}
+
+static void test_kernels_q8(sd_pool *pool)
+{
+    static const int mshapes[][3] = {{33, 1, 32}, {40, 17, 64}, {100, 33, 288}, {77, 100, 320}, {150, 70, 608},
+                                     {64, 9, 2304}, {50, 1030, 96}, {13 * 12 + 5, 64, 1024}};
+    static const sd_dtype dts[] = {SD_F32, SD_F16, SD_BF16, SD_Q8_0, SD_Q4_0, SD_Q5_0, SD_Q4_1, SD_Q5_1, SD_Q4_K, SD_Q6_K};
+    double worst = 0;
+    sd_pool_set_quant(pool, SD_QUANT_FAST);
+    for (int si = 0; si < (int)(sizeof mshapes / sizeof mshapes[0]); si++)
+        for (int di = 0; di < (int)(sizeof dts / sizeof dts[0]); di++) {
+            int M = mshapes[si][0], N = mshapes[si][1], K = mshapes[si][2], ldx = K + si % 3, ldy = N + 2 * (si % 2);
+            int acc = (si + di) % 2, with_bias = (si + di) % 3 != 0;
+            if (dtype_is_block(dts[di]) && K % 256 && dts[di] >= SD_Q2_K) continue;
+            sd_tensor w = dtype_is_block(dts[di]) ? kt_block_tensor(dts[di], N, K) : kt_tensor(dts[di], N, K, 0, 0, 1.0f);
+            sd_tensor b = kt_tensor(SD_F16, N, 0, 0, 0, 1.0f);
+            float *x = kt_floats((size_t)M * ldx, 1.0f), *y = kt_floats((size_t)M * ldy, 1.0f), *y0 = (float *)malloc((size_t)M * ldy * sizeof(float));
+            double *ref = (double *)malloc((size_t)M * ldy * sizeof(double)), *exact = (double *)malloc((size_t)M * N * sizeof(double));
+            const float **rows = (const float **)malloc((size_t)M * sizeof(float *));
+            for (int m = 0; m < M; m++) rows[m] = x + (size_t)m * ldx;
+            memcpy(y0, y, (size_t)M * ldy * sizeof(float));
+            for (size_t i = 0; i < (size_t)M * ldy; i++) ref[i] = y[i];
+            kq_ref(ref, ldy, rows, M, N, K, 1, &w, with_bias ? &b : NULL, acc ? y0 : NULL, ldy);
+            matmul(pool, y, ldy, x, ldx, M, N, K, &w, with_bias ? &b : NULL, acc);
+            char what[160];
+            snprintf(what, sizeof what, "fast matmul M=%d N=%d K=%d w=%s acc=%d bias=%d", M, N, K, sd_dtype_name(w.dtype), acc, with_bias);
+            kt_close(what, y, ref, (size_t)M * ldy, 2e-6 * sqrt(K / 32.0 + 1));
+            /* and its distance from the exact product: quantization error, a few per mille of the largest output */
+            for (int m = 0; m < M; m++)
+                for (int n = 0; n < N; n++) {
+                    double s = acc ? y0[(size_t)m * ldy + n] : 0.0;
+                    for (int k = 0; k < K; k++) s += (double)x[(size_t)m * ldx + k] * tensor_get(&w, (size_t)n * K + k);
+                    exact[(size_t)m * N + n] = s + (with_bias ? tensor_get(&b, (size_t)n) : 0.0);
+                }
+            for (int m = 0; m < M; m++) memmove(y + (size_t)m * N, y + (size_t)m * ldy, (size_t)N * sizeof(float));
+            double md = 0, mx = 0;
+            for (size_t i = 0; i < (size_t)M * N; i++) { md = fmax(md, fabs(y[i] - exact[i])); mx = fmax(mx, fabs(exact[i])); }
+            worst = fmax(worst, md / mx);
+            CHECK(md <= 0.02 * mx, "%s: max|fast - exact| / max|exact| = %.3g", what, md / mx);
+            free(x); free(y); free(y0); free(ref); free(exact); free(rows);
+            kt_free_tensor(&b);
+            if (dtype_is_block(w.dtype)) free((void *)(uintptr_t)w.data); else kt_free_tensor(&w);
+        }
+    {   /* convolutions: B H W Cin Cout k s pad pad_end */
+        static const int cshapes[][9] = {{2, 7, 9, 32, 20, 3, 1, 1, 1}, {1, 17, 16, 64, 40, 3, 2, 1, 1}, {1, 21, 15, 96, 33, 3, 2, 0, 1},
+                                         {2, 6, 6, 32, 8, 1, 1, 0, 0}, {1, 12, 13, 64, 70, 3, 1, 1, 1}};
+        for (int si = 0; si < (int)(sizeof cshapes / sizeof cshapes[0]); si++)
+            for (int di = 0; di < 4; di++) {
+                const int *S = cshapes[si];
+                int B = S[0], H = S[1], W = S[2], Cin = S[3], Cout = S[4], k = S[5], s = S[6], pad = S[7], pe = S[8], taps = k * k;
+                int Ho = (H + pad + pe - k) / s + 1, Wo = (W + pad + pe - k) / s + 1, M = B * Ho * Wo;
+                sd_tensor w = di < 3 ? kt_tensor(kt_dtypes[di], Cout, Cin, k, k, 1.0f) : kt_block_tensor(SD_Q8_0, Cout, (int64_t)Cin * taps);
+                sd_tensor b = kt_tensor(SD_F32, Cout, 0, 0, 0, 1.0f);
+                float *x = kt_floats((size_t)B * H * W * Cin, 1.0f), *y = (float *)malloc((size_t)M * Cout * sizeof(float));
+                double *ref = (double *)malloc((size_t)M * Cout * sizeof(double));
+                const float **rows = (const float **)malloc((size_t)M * taps * sizeof(float *));
+                for (int m = 0; m < M; m++)
+                    for (int t = 0; t < taps; t++) {
+                        int bi = m / (Ho * Wo), oy = m % (Ho * Wo) / Wo, ox = m % Wo, iy = oy * s + t / k - pad, ix = ox * s + t % k - pad;
+                        rows[(size_t)m * taps + t] = iy < 0 || iy >= H || ix < 0 || ix >= W ? NULL : x + (((size_t)bi * H + iy) * W + ix) * Cin;
+                    }
+                kq_ref(ref, Cout, rows, M, Cout, (int64_t)Cin * taps, taps, &w, si % 2 ? &b : NULL, NULL, 0);
+                conv2d(pool, y, x, B, H, W, Cin, &w, si % 2 ? &b : NULL, Cout, k, s, pad, pe);
+                char what[160];
+                snprintf(what, sizeof what, "fast conv2d %dx%dx%dx%d -> %d k=%d s=%d pad=(%d,%d) w=%s", B, H, W, Cin, Cout, k, s, pad, pe, sd_dtype_name(w.dtype));
+                kt_close(what, y, ref, (size_t)M * Cout, 2e-6 * sqrt(Cin * taps / 32.0 + 1));
+                free(x); free(y); free(ref); free(rows);
+                kt_free_tensor(&b);
+                if (dtype_is_block(w.dtype)) free((void *)(uintptr_t)w.data); else kt_free_tensor(&w);
+            }
+    }
+    {   /* what stays exact in the fast mode: few rows (dot products), depths not a multiple of 32 */
+        sd_tensor w = kt_tensor(SD_F16, 40, 36, 0, 0, 1.0f), cw = kt_tensor(SD_F16, 8, 4, 3, 3, 1.0f);
+        float *x = kt_floats(100 * 36, 1.0f), a[100 * 40], e[100 * 40];
+        int ok = 1;
+        for (int pass = 0; pass < 2; pass++) {
+            sd_pool_set_quant(pool, pass ? SD_QUANT_EXACT : SD_QUANT_FAST);
+            float *o = pass ? e : a;
+            matmul(pool, o, 40, x, 36, 100, 40, 36, &w, NULL, 0);
+            matmul(pool, o + 4000 - 20 * 40, 40, x, 36, 20, 40, 36, &w, NULL, 0);
+            conv2d(pool, o, x, 1, 10, 9, 4, &cw, NULL, 8, 3, 1, 1, 1);
+        }
+        ok = !memcmp(a, e, sizeof a);
+        CHECK(ok, "fast mode: K = 36, 4-channel convolutions and 20-row products differ from the exact mode");
+        free(x);
+        kt_free_tensor(&w); kt_free_tensor(&cw);
+    }
+    sd_pool_set_quant(pool, SD_QUANT_EXACT);
+    printf("  fast mode (%s, Q8_MR %d): worst max|fast - exact| / max|exact| %.4f\n", SD_SIMD, Q8_MR, worst);
+}
+
 static void test_kernels(void)
 {
     kt_pool *p = kt_pool_new(2);
     test_kernels_matmul(&p->pool);
     test_kernels_blocks(&p->pool);
+    test_kernels_q8(&p->pool);
     test_kernels_conv(&p->pool);
     test_kernels_attention(&p->pool);
     test_kernels_norms(&p->pool);

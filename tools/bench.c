@@ -560,6 +560,7 @@ typedef struct bench_options {
     const char *what, *model, *kind, *dtype, *merges;
     int sizes[16], nsizes, vae_sizes[16], nvae, threads[16], nthreads;
     int batch, runs, image, steps, vae_tile;
+    int modes[2], nmodes;       /* SD_QUANT_EXACT / _FAST per run of the stages; 0: exact, and fast for block types */
 } bench_options;
 
 /* The stages of one checkpoint, opened through the public API, weights used in place. */
@@ -734,10 +735,12 @@ static void bench_print_tail(double cpu0, double wall0, size_t need, size_t peak
     fflush(stdout);
 }
 
+static const char *bench_mode_name(int mode) { return mode == SD_QUANT_FAST ? "fast" : "exact"; }
+
 /* The denoiser: one batched evaluation (batch 2 is a guided sampling step) at size x size latents,
    conditioned on random vectors of the right sizes (SDXL: the context and the added-conditioning
    vector y both). */
-static int bench_unet(const bench_options *o, bench_model *m, int size, int threads)
+static int bench_unet(const bench_options *o, bench_model *m, int size, int threads, int mode)
 {
     sd_arena a;
     sd_pool pool;
@@ -751,6 +754,7 @@ static int bench_unet(const bench_options *o, bench_model *m, int size, int thre
     float *ctx = (float *)malloc(nctx * sizeof(float)), *y = (float *)malloc((ny ? ny : 1) * sizeof(float)), ts[64];
     void *mem;
     if (need == (size_t)-1 || !x || !out || !ctx || !y || !(mem = bench_arena(&a, need, threads, &pool))) return 1;
+    sd_pool_set_quant(&pool, mode);
     bench_fill(x, lat, 1);
     bench_fill(ctx, nctx, 2);
     bench_fill(y, ny, 4);
@@ -769,7 +773,7 @@ static int bench_unet(const bench_options *o, bench_model *m, int size, int thre
     }
     random_model_count(m->family, size, size, B, macs);
     double s = bench_median(t, o->runs);
-    printf("unet size=%d batch=%d threads=%d w=%s runs=%d seconds=%.3f", size, B, threads, m->w, o->runs, s);
+    printf("unet size=%d batch=%d threads=%d w=%s mode=%s runs=%d seconds=%.3f", size, B, threads, m->w, bench_mode_name(mode), o->runs, s);
     bench_print_flops(m, macs[RM_UNET], s);
     bench_print_tail(cpu0, wall0, need, a.peak - base, plan_us, out, lat);
     pool_free(&pool);
@@ -778,7 +782,7 @@ static int bench_unet(const bench_options *o, bench_model *m, int size, int thre
 }
 
 /* The VAE decoder: one size x size latent to an 8x larger image. */
-static int bench_vae(const bench_options *o, bench_model *m, int size, int threads)
+static int bench_vae(const bench_options *o, bench_model *m, int size, int threads, int mode)
 {
     sd_arena a;
     sd_pool pool;
@@ -790,6 +794,7 @@ static int bench_vae(const bench_options *o, bench_model *m, int size, int threa
     float *z = (float *)malloc(lat * sizeof(float)), *image = (float *)malloc(pix * sizeof(float));
     void *mem;
     if (!need || !z || !image || !(mem = bench_arena(&a, need, threads, &pool))) return 1;
+    sd_pool_set_quant(&pool, mode);
     bench_fill(z, lat, 3);
     size_t base = sd_arena_mark(&a);
     double wall0 = now(), cpu0 = bench_cpu();
@@ -804,7 +809,7 @@ static int bench_vae(const bench_options *o, bench_model *m, int size, int threa
     }
     random_model_count(m->family, size, size, 1, macs);
     double s = bench_median(t, o->runs);
-    printf("vae_decode size=%d latent=%d threads=%d w=%s runs=%d seconds=%.3f", 8 * size, size, threads, m->w, o->runs, s);
+    printf("vae_decode size=%d latent=%d threads=%d w=%s mode=%s runs=%d seconds=%.3f", 8 * size, size, threads, m->w, bench_mode_name(mode), o->runs, s);
     bench_print_flops(m, macs[RM_VAE_DECODER], s);
     bench_print_tail(cpu0, wall0, need, a.peak - base, plan_us, image, pix);
     pool_free(&pool);
@@ -815,7 +820,7 @@ static int bench_vae(const bench_options *o, bench_model *m, int size, int threa
 /* The text encoder on `batch` prompts of 77 tokens (what the ids are does not change the work).
    SDXL: both encoders, one after the other as a generation runs them, the second with the pooled
    output; the line gives their time together. */
-static int bench_text(const bench_options *o, bench_model *m, int threads)
+static int bench_text(const bench_options *o, bench_model *m, int threads, int mode)
 {
     sd_arena a;
     sd_pool pool;
@@ -833,6 +838,7 @@ static int bench_text(const bench_options *o, bench_model *m, int threads)
     float *out = (float *)malloc(n * sizeof(float));   /* each encoder's output, then the pooled */
     void *mem;
     if (!ids || !out || !(mem = bench_arena(&a, need, threads, &pool))) return 1;
+    sd_pool_set_quant(&pool, mode);
     for (int i = 0; i < B * 77; i++) ids[i] = i % 77 == 0 ? SD_CLIP_BOS : i % 77 < 20 ? 320 + 37 * (i % 77) : SD_CLIP_EOS;
     size_t base = sd_arena_mark(&a);
     double wall0 = now(), cpu0 = bench_cpu();
@@ -852,7 +858,7 @@ static int bench_text(const bench_options *o, bench_model *m, int threads)
     }
     random_model_count(m->family, 64, 64, B, macs);
     double s = bench_median(t, o->runs);
-    printf("text_encoder batch=%d encoders=%d threads=%d w=%s runs=%d seconds=%.4f", B, m->encoders, threads, m->w, o->runs, s);
+    printf("text_encoder batch=%d encoders=%d threads=%d w=%s mode=%s runs=%d seconds=%.4f", B, m->encoders, threads, m->w, bench_mode_name(mode), o->runs, s);
     bench_print_flops(m, macs[RM_TEXT], s);
     bench_print_tail(cpu0, wall0, need, a.peak - base, plan_us, out, n);
     pool_free(&pool);
@@ -956,6 +962,7 @@ static int bench_txt2img(const bench_options *o, bench_model *bm, int threads)
     p.width = p.height = o->image;
     p.steps = o->steps;
     p.threads = threads;
+    p.quant = o->nmodes ? o->modes[0] : SD_QUANT_EXACT;
     p.seed = 42;
     p.progress = bench_step_done;
     p.user = &st;
@@ -979,8 +986,8 @@ static int bench_txt2img(const bench_options *o, bench_model *bm, int threads)
     for (int k = 2; k <= p.steps; k++) step[k - 2] = st.at[k] - st.at[k - 1];
     double per = p.steps > 1 ? bench_median(step, p.steps - 1) : last - st.start;
     random_model_count(bm->family, o->image / 8, o->image / 8, 2, macs);
-    printf("txt2img size=%d steps=%d threads=%d w=%s vae_tile=%d seconds=%.2f seconds_per_step=%.2f first_step_seconds=%.2f "
-           "decode_seconds=%.2f", o->image, p.steps, threads, bm->w, p.vae_tile, end - st.start, per, st.at[1] - st.start, end - last);
+    printf("txt2img size=%d steps=%d threads=%d w=%s mode=%s vae_tile=%d seconds=%.2f seconds_per_step=%.2f first_step_seconds=%.2f "
+           "decode_seconds=%.2f", o->image, p.steps, threads, bm->w, bench_mode_name(p.quant), p.vae_tile, end - st.start, per, st.at[1] - st.start, end - last);
     bench_print_flops(bm, macs[RM_UNET], per);
     printf(" cores_busy=%.2f arena_bytes=%zu arena_peak=%zu plan_us=%.1f", (bench_cpu() - cpu0) / (end - st.start), need, a.peak, plan_us);
     if (p.vae_tile) printf(" untiled_arena_bytes=%zu", untiled);
@@ -1178,7 +1185,9 @@ static void bench_usage(FILE *f)
         "  --runs N           runs per figure, median reported (default 3)\n"
         "  --txt2img-size N   image side for txt2img (default 512)\n"
         "  --steps N          txt2img steps (default 20; one run)\n"
-        "  --vae-tiling N     txt2img: decode in N x N latent tiles (default 0: whole image)\n");
+        "  --vae-tiling N     txt2img: decode in N x N latent tiles (default 0: whole image)\n"
+        "  --quant-mode LIST  exact, fast or exact,fast: the multiplication of text, unet and vae runs\n"
+        "                     (default: exact, and fast too for block-typed weights; txt2img: the first)\n");
 }
 
 static int bench_run(int argc, char **argv)
@@ -1211,6 +1220,15 @@ static int bench_run(int argc, char **argv)
         else if (!strcmp(a, "--txt2img-size")) o.image = parse_int(BENCH_VALUE(), 8, 8192, a);
         else if (!strcmp(a, "--steps")) o.steps = parse_int(BENCH_VALUE(), 1, 1000, a);
         else if (!strcmp(a, "--vae-tiling")) o.vae_tile = parse_int(BENCH_VALUE(), 8, 4096, a);
+        else if (!strcmp(a, "--quant-mode")) {
+            const char *v2 = BENCH_VALUE();
+            for (o.nmodes = 0; *v2 && o.nmodes < 2; v2 += strcspn(v2, ",") + (v2[strcspn(v2, ",")] == ',')) {
+                size_t len = strcspn(v2, ",");
+                if (len == 5 && !strncmp(v2, "exact", 5)) o.modes[o.nmodes++] = SD_QUANT_EXACT;
+                else if (len == 4 && !strncmp(v2, "fast", 4)) o.modes[o.nmodes++] = SD_QUANT_FAST;
+                else { fprintf(stderr, "--quant-mode wants exact, fast or exact,fast\n"); return 1; }
+            }
+        }
         else { fprintf(stderr, "unknown bench option '%s'\n", a); bench_usage(stderr); return 1; }
 #undef BENCH_VALUE
     }
@@ -1245,14 +1263,21 @@ static int bench_run(int argc, char **argv)
         }
     }
     if (bench_model_load(&m, o.model)) return 1;
+    if (!o.nmodes) {   /* block-typed weights: both modes; float weights: the exact one */
+        o.modes[o.nmodes++] = SD_QUANT_EXACT;
+        if (m.w[0] == 'q') o.modes[o.nmodes++] = SD_QUANT_FAST;
+    }
     for (int t = 0; t < o.nthreads && !rc; t++)
-        if (bench_wants(&o, "text", "text_encoder")) rc |= bench_text(&o, &m, o.threads[t]);
+        for (int q = 0; q < o.nmodes && !rc; q++)
+            if (bench_wants(&o, "text", "text_encoder")) rc |= bench_text(&o, &m, o.threads[t], o.modes[q]);
     for (int s = 0; s < o.nsizes && !rc; s++)
         for (int t = 0; t < o.nthreads && !rc; t++)
-            if (bench_wants(&o, "unet", "unet")) rc |= bench_unet(&o, &m, o.sizes[s], o.threads[t]);
+            for (int q = 0; q < o.nmodes && !rc; q++)
+                if (bench_wants(&o, "unet", "unet")) rc |= bench_unet(&o, &m, o.sizes[s], o.threads[t], o.modes[q]);
     for (int s = 0; s < o.nvae && !rc; s++)
         for (int t = 0; t < o.nthreads && !rc; t++)
-            if (bench_wants(&o, "vae", "vae_decode")) rc |= bench_vae(&o, &m, o.vae_sizes[s], o.threads[t]);
+            for (int q = 0; q < o.nmodes && !rc; q++)
+                if (bench_wants(&o, "vae", "vae_decode")) rc |= bench_vae(&o, &m, o.vae_sizes[s], o.threads[t], o.modes[q]);
     for (int t = 0; t < o.nthreads && !rc; t++)
         if (bench_wants(&o, "txt2img", "txt2img")) rc |= bench_txt2img(&o, &m, o.threads[t]);
     free(m.tables);
