@@ -154,6 +154,15 @@ SD_API const char *sd_safetensors_meta(const sd_safetensors *st, const char *key
    are checked and skipped. */
 SD_API int sd_gguf_open(sd_safetensors *st, const void *data, size_t size, sd_arena *a, sd_error *err);
 
+/* The header of a GGUF file (version 3) holding tensors[0..n) (their name, dtype, shape) and
+   nkv string metadata pairs: written into buf when cap is enough; returns its size (0 for a
+   type GGUF lacks or rows that are not whole blocks). The tensors' bytes follow it in the
+   given order, each padded with zeros to a multiple of 32 bytes. A block-typed tensor of more
+   than 2 dimensions (a quantized convolution weight) is stored as [shape[0], the rest], since
+   GGUF's blocks run along the last dimension; sd.h reads such a file back as it was written. */
+SD_API size_t sd_gguf_header(void *buf, size_t cap, const sd_tensor *tensors, int n, const char *const *keys,
+                             const char *const *values, int nkv);
+
 SD_API const char *sd_dtype_name(sd_dtype t);  /* "F32", "F16", ..., "Q8_0", "Q4_K" */
 SD_API size_t sd_dtype_size(sd_dtype t);       /* bytes of one element; 0 for the block types */
 SD_API size_t sd_dtype_block(sd_dtype t, int *elements);   /* bytes of one block of *elements
@@ -162,6 +171,23 @@ SD_API int64_t sd_tensor_numel(const sd_tensor *t);
 SD_API float sd_f16_to_f32(uint16_t h);
 SD_API float sd_bf16_to_f32(uint16_t h);
 SD_API uint16_t sd_f32_to_f16(float f); /* round to nearest even */
+
+/* Quantizes n values (a multiple of 32) to the block type t: SD_Q8_0, SD_Q4_0, SD_Q4_1, SD_Q5_0
+   or SD_Q5_1, as ggml's reference quantizers do (the bytes stable-diffusion.cpp's converter
+   writes); dst gets n / 32 blocks. Returns the bytes written, 0 for another type or n. */
+SD_API size_t sd_quantize(sd_dtype t, const float *src, size_t n, void *dst);
+
+/* The type sd.h gives tensor t when it quantizes a model to `type` (sd_model_quantize, example
+   --convert): `type` for F32, F16 and BF16 weights of 2 or more dimensions whose rows (all but the
+   first dimension: a convolution's Cin·k·k too) are whole blocks of 32, except biases and the
+   embeddings (names with ".bias" at the end, "time_embed.", "label_emb." or "embedding", as
+   stable-diffusion.cpp's converter spares them); t's own type otherwise. */
+SD_API sd_dtype sd_quantize_choice(const sd_tensor *t, sd_dtype type);
+
+/* Tensor t (any weight type) as `type` into dst (dtype-sized: t->nbytes for its own type, 34
+   bytes per 32 values for SD_Q8_0, ...): a copy, or its values quantized row by row as
+   sd_quantize does. row: scratch for one row (numel / shape[0] floats). */
+SD_API int sd_tensor_convert(const sd_tensor *t, sd_dtype type, void *dst, float *row);
 
 /* The compute context of the stage functions (sd_text_encode, sd_unet, sd_vae_*): worker threads
    and their scratch, started once and used for any number of calls (sd_generate makes its own).
@@ -603,6 +629,17 @@ typedef struct sd_model_info {
 } sd_model_info;
 SD_API void sd_model_get_info(const sd_model *model, sd_model_info *info);
 
+/* Load-time quantization: the model's F32/F16/BF16 weights that sd_quantize_choice picks
+   (linear and convolution weights of the text encoders, UNet and VAE) quantized to `type`
+   (SD_Q8_0, SD_Q4_0, SD_Q4_1, SD_Q5_0 or SD_Q5_1) as sd_quantize does, into the arena, which
+   must then stay as long as the model; the model uses them from then on (both modes). The
+   caller's file bytes are only read: pages of a mapped file that held those weights may be
+   given back (madvise) afterwards. Exact arena bytes first: sd_model_quantize_arena_bytes (the
+   quantized weights and one row of floats: SD 1.5 in q8_0 ~1.1 GB). Fails before changing
+   anything if the arena is short. */
+SD_API size_t sd_model_quantize_arena_bytes(const sd_model *model, sd_dtype type);
+SD_API int sd_model_quantize(sd_model *model, sd_dtype type, sd_arena *a, sd_error *err);
+
 /* One generation. sd_params_init() fills the defaults; change what you need. */
 typedef struct sd_params {
     const char *prompt, *negative_prompt;   /* UTF-8; NULL = "" (SDXL: NULL = an all-zero negative
@@ -984,6 +1021,120 @@ static void dequant_row(sd_dtype t, const void *data, size_t first, size_t n, fl
         dst += take;
         n -= take;
     }
+}
+
+static void tensor_floats(float *dst, const sd_tensor *t, size_t i, int n);   /* section 4 */
+
+/* ---- quantizing: sd.h's own quantized weights (sd_model_quantize, example --convert) ----
+   The reverse of the decoders above for the 32-value types, computed as ggml's reference
+   quantizers (quantize_row_*_ref, which stable-diffusion.cpp's converter runs) compute them, so
+   that sd.h writes the bytes that converter writes. Per block of 32 values x, with x/d standing
+   for x times the float 1/d (0 when d is 0), taken before d is rounded to fp16:
+     q8_0  d = max|x| / 127                q = x/d rounded half away from zero
+     q4_0  d = m / -8, m the value of largest magnitude (the first such, with its sign);
+           q = min(15, trunc(x/d + 8.5))   (so m itself is q = 0)
+     q5_0  d = m / -16                     q = min(31, trunc(x/d + 16.5)), bit 4 into qh
+     q4_1  d = (max - min) / 15, m = min   q = min(15, trunc((x - min)/d + 0.5))
+     q5_1  d = (max - min) / 31, m = min   q = trunc((x - min)/d + 0.5), bit 4 into qh
+   Nibbles and fifth bits go where dequant_block reads them. */
+static int quant_trunc(float v, int hi)   /* trunc(v) within 0..hi (a NaN gives 0) */
+{
+    return v >= (float)hi ? hi : v >= 0.0f ? (int)v : 0;
+}
+
+static void quant_block(sd_dtype t, const float *x, unsigned char *b)
+{
+    float amax = 0.0f, m = 0.0f, lo = x[0], hi = x[0], d, id;
+    int q[32];
+    for (int e = 0; e < 32; e++) {
+        if (fabsf(x[e]) > amax) { amax = fabsf(x[e]); m = x[e]; }
+        lo = x[e] < lo ? x[e] : lo;
+        hi = x[e] > hi ? x[e] : hi;
+    }
+    switch (t) {
+    case SD_Q8_0:
+        d = amax / 127.0f;
+        id = d != 0.0f ? 1.0f / d : 0.0f;
+        for (int e = 0; e < 32; e++) q[e] = (int)roundf(x[e] * id);
+        break;
+    case SD_Q4_0: case SD_Q5_0: {
+        float half = t == SD_Q4_0 ? 8.0f : 16.0f;
+        d = m / -half;
+        id = d != 0.0f ? 1.0f / d : 0.0f;
+        for (int e = 0; e < 32; e++) q[e] = quant_trunc(x[e] * id + (half + 0.5f), 2 * (int)half - 1);
+        break;
+    }
+    default: {   /* q4_1, q5_1 */
+        int top = t == SD_Q4_1 ? 15 : 31;
+        d = (hi - lo) / (float)top;
+        id = d != 0.0f ? 1.0f / d : 0.0f;
+        for (int e = 0; e < 32; e++) q[e] = quant_trunc((x[e] - lo) * id + 0.5f, top);
+        break;
+    }
+    }
+    uint16_t h = sd_f32_to_f16(d);
+    b[0] = (unsigned char)h, b[1] = (unsigned char)(h >> 8);
+    if (t == SD_Q8_0) {
+        for (int e = 0; e < 32; e++) b[2 + e] = (unsigned char)(q[e] & 255);
+        return;
+    }
+    int with_min = t == SD_Q4_1 || t == SD_Q5_1, five = t == SD_Q5_0 || t == SD_Q5_1;
+    unsigned char *qs = b + 2;
+    if (with_min) { h = sd_f32_to_f16(lo); b[2] = (unsigned char)h, b[3] = (unsigned char)(h >> 8); qs += 2; }
+    if (five) {
+        uint32_t qh = 0;
+        for (int e = 0; e < 32; e++) qh |= (uint32_t)(q[e] >> 4 & 1) << e;
+        for (int i = 0; i < 4; i++) qs[i] = (unsigned char)(qh >> 8 * i);
+        qs += 4;
+    }
+    for (int j = 0; j < 16; j++) qs[j] = (unsigned char)((q[j] & 15) | (q[j + 16] & 15) << 4);
+}
+
+/* The types sd.h quantizes to. */
+static int quant_type_ok(sd_dtype t) { return t == SD_Q8_0 || t == SD_Q4_0 || t == SD_Q4_1 || t == SD_Q5_0 || t == SD_Q5_1; }
+
+SD_API size_t sd_quantize(sd_dtype t, const float *src, size_t n, void *dst)
+{
+    if (!quant_type_ok(t) || n % 32 || !src || !dst) return 0;
+    for (size_t i = 0; i < n; i += 32) quant_block(t, src + i, (unsigned char *)dst + i / 32 * dtype_info[t].size);
+    return dtype_bytes(t, (uint64_t)n);
+}
+
+/* Values per row of a tensor: all but the first dimension (a matrix's columns, a convolution
+   weight's Cin·k·k). */
+static int64_t tensor_row_length(const sd_tensor *t)
+{
+    return t->ndim > 0 && t->shape[0] > 0 ? sd_tensor_numel(t) / t->shape[0] : sd_tensor_numel(t);
+}
+
+static int name_has(const char *s, const char *part) { return s && strstr(s, part) != NULL; }
+
+SD_API sd_dtype sd_quantize_choice(const sd_tensor *t, sd_dtype type)
+{
+    size_t len;
+    if (!t) return SD_DTYPE_COUNT;
+    if (!quant_type_ok(type) || (t->dtype != SD_F32 && t->dtype != SD_F16 && t->dtype != SD_BF16) || t->ndim < 2 ||
+        t->shape[0] < 1 || tensor_row_length(t) % 32)
+        return t->dtype;
+    len = t->name ? strlen(t->name) : 0;
+    if ((len >= 5 && !strcmp(t->name + len - 5, ".bias")) || name_has(t->name, "time_embed.") || name_has(t->name, "label_emb.") ||
+        name_has(t->name, "embedding"))
+        return t->dtype;
+    return type;
+}
+
+SD_API int sd_tensor_convert(const sd_tensor *t, sd_dtype type, void *dst, float *row)
+{
+    if (!t || !dst || !dtype_is_weight(t->dtype)) return SD_ERR_ARG;
+    if (type == t->dtype) { memcpy(dst, t->data, t->nbytes); return SD_OK; }
+    int64_t len = tensor_row_length(t), rows = len ? sd_tensor_numel(t) / len : 0;
+    if (!quant_type_ok(type) || len % 32 || !row) return SD_ERR_ARG;
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t k = 0; k < len; k += 1 << 20)   /* tensor_floats takes an int count */
+            tensor_floats(row + k, t, (size_t)(r * len + k), (int)(len - k < (1 << 20) ? len - k : 1 << 20));
+        sd_quantize(type, row, (size_t)len, (unsigned char *)dst + dtype_bytes(type, (uint64_t)(r * len)));
+    }
+    return SD_OK;
 }
 
 /* Element i of a float tensor of any float dtype, as f32 (for small vectors: norms, biases). */
@@ -1863,6 +2014,78 @@ SD_API int sd_gguf_open(sd_safetensors *st, const void *data, size_t size, sd_ar
     return file_open(1, st, data, size, a, err);
 }
 
+/* ---- GGUF writer (sd.h's quantized files: example --convert) ----
+   The reader's format the other way round, version 3, string metadata only, the default
+   alignment of 32. A block-typed tensor of more than two dimensions (a convolution weight
+   [Cout, Cin, k, k] quantized along its Cin·k·k values) is written as the matrix [Cout, Cin·k·k]
+   it is in memory, since GGUF's blocks run along ne[0], the last PyTorch dimension (k for a
+   convolution). */
+typedef struct gguf_writer { unsigned char *b; size_t cap, pos; } gguf_writer;
+
+static void gguf_put(gguf_writer *w, const void *p, size_t n)
+{
+    if (w->b && w->pos + n <= w->cap) memcpy(w->b + w->pos, p, n);
+    w->pos += n;
+}
+
+static void gguf_put_uint(gguf_writer *w, uint64_t v, int bytes)
+{
+    unsigned char le[8];
+    for (int i = 0; i < bytes; i++) le[i] = (unsigned char)(v >> 8 * i);
+    gguf_put(w, le, (size_t)bytes);
+}
+
+static void gguf_put_string(gguf_writer *w, const char *s)
+{
+    gguf_put_uint(w, strlen(s), 8);
+    gguf_put(w, s, strlen(s));
+}
+
+/* ggml's number of an sd_dtype; 0 with *ok = 0 if GGUF has none. */
+static uint32_t gguf_type_of(sd_dtype t, int *ok)
+{
+    for (size_t k = 0; k < sizeof gguf_types / sizeof gguf_types[0]; k++)
+        if (gguf_types[k].dtype == t) { *ok = 1; return gguf_types[k].ggml; }
+    *ok = 0;
+    return 0;
+}
+
+SD_API size_t sd_gguf_header(void *buf, size_t cap, const sd_tensor *tensors, int n, const char *const *keys,
+                             const char *const *values, int nkv)
+{
+    gguf_writer w;
+    uint64_t offset = 0;
+    if (n < 0 || nkv < 0 || (n && !tensors) || (nkv && (!keys || !values))) return 0;
+    w.b = (unsigned char *)buf, w.cap = buf ? cap : 0, w.pos = 0;
+    gguf_put(&w, "GGUF", 4);
+    gguf_put_uint(&w, 3, 4);
+    gguf_put_uint(&w, (uint64_t)n, 8);
+    gguf_put_uint(&w, (uint64_t)nkv, 8);
+    for (int i = 0; i < nkv; i++) {
+        gguf_put_string(&w, keys[i]);
+        gguf_put_uint(&w, GGUF_STRING, 4);
+        gguf_put_string(&w, values[i]);
+    }
+    for (int i = 0; i < n; i++) {
+        const sd_tensor *t = &tensors[i];
+        int ok, nd = t->ndim;
+        uint32_t type = gguf_type_of(t->dtype, &ok);
+        int64_t ne[SD_MAX_DIMS], numel = sd_tensor_numel(t);
+        if (!ok || !t->name || nd < 0 || nd > 4) return 0;
+        for (int d = 0; d < nd; d++) ne[d] = t->shape[nd - 1 - d];
+        if (dtype_is_block(t->dtype) && nd > 2) { nd = 2; ne[1] = t->shape[0]; ne[0] = t->shape[0] ? numel / t->shape[0] : 0; }
+        if (nd && ne[0] % dtype_info[t->dtype].block) return 0;
+        gguf_put_string(&w, t->name);
+        gguf_put_uint(&w, (uint64_t)nd, 4);
+        for (int d = 0; d < nd; d++) gguf_put_uint(&w, (uint64_t)ne[d], 8);
+        gguf_put_uint(&w, type, 4);
+        gguf_put_uint(&w, offset, 8);
+        offset += (dtype_bytes(t->dtype, (uint64_t)numel) + 31) / 32 * 32;
+    }
+    while (w.pos % 32) gguf_put(&w, "", 1);
+    return w.pos;
+}
+
 /* Arena bytes that sd_gguf_open of these bytes takes at most (its first pass, run here); 0 if
    the first pass already fails (the open will then say why, taking no more than the tables). */
 static uint64_t gguf_arena_bytes(const void *data, size_t size)
@@ -1926,6 +2149,9 @@ static const sd_tensor *need(weights *w, int64_t d0, int64_t d1, int64_t d2, int
     int ok = 1, tnd = t->ndim;
     if (nd == 2 && tnd == 4 && t->shape[2] == 1 && t->shape[3] == 1) tnd = 2;   /* 1x1 conv as linear */
     if (nd == 4 && tnd == 2 && want[2] == 1 && want[3] == 1) nd = 2;            /* linear as 1x1 conv */
+    if (nd == 4 && tnd == 2 && dtype_is_block(t->dtype) && want[2] > 0 && want[3] > 0 && t->shape[1] % (want[2] * want[3]) == 0 &&
+        (want[0] < 0 || t->shape[0] == want[0]) && (want[1] < 0 || t->shape[1] == want[1] * want[2] * want[3]))
+        return t;   /* a quantized convolution weight [Cout, Cin·k·k], as GGUF files hold them (sd_gguf_header) */
     ok = tnd == nd;
     for (int i = 0; ok && i < nd; i++) ok = want[i] < 0 || t->shape[i] == want[i];
     if (!ok) {
@@ -9727,6 +9953,75 @@ SD_API size_t sd_model_arena_bytes(const sd_source *src)
         total += 24 * (size_t)(hlen <= src->size[i] ? hlen : 0) + 65536;   /* a bad header: sd_model_load says what */
     }
     return total;
+}
+
+/* Load-time quantization: every weight sd_quantize_choice picks, quantized into the arena; the
+   table entries (which the UNet and VAE point to) and the text encoders' copies of them (views
+   into OpenCLIP's fused in_proj among them) are moved to the quantized bytes. A dry run on a
+   measuring arena is the plan. The caller's file bytes are only read. */
+static void quantize_rebase(sd_tensor *v, const sd_tensor *old, sd_dtype type, const void *data)
+{
+    if (v->name != old->name || v->dtype != old->dtype || !v->data) return;
+    size_t first = (size_t)((const unsigned char *)v->data - (const unsigned char *)old->data) / sd_dtype_size(old->dtype);
+    v->data = (const unsigned char *)data + dtype_bytes(type, first);
+    v->nbytes = dtype_bytes(type, (uint64_t)sd_tensor_numel(v));
+    v->dtype = type;
+}
+
+static int model_quantize(sd_model *m, sd_dtype type, sd_arena *a, sd_error *err)
+{
+    int64_t longest = 1;
+    int dry = arena_measuring(a);
+    for (int f = 0; f < SD_MAX_FILES; f++)
+        for (int i = 0; i < m->files[f].count; i++)
+            if (sd_quantize_choice(&m->files[f].tensors[i], type) != m->files[f].tensors[i].dtype) {
+                int64_t len = tensor_row_length(&m->files[f].tensors[i]);
+                longest = len > longest ? len : longest;
+            }
+    float *row = arena_floats(a, (size_t)longest, err);
+    if (!row) return SD_ERR_MEMORY;
+    for (int f = 0; f < SD_MAX_FILES; f++)
+        for (int i = 0; i < m->files[f].count; i++) {
+            sd_tensor *t = &m->files[f].tensors[i];
+            sd_dtype to = sd_quantize_choice(t, type);
+            if (to == t->dtype) continue;
+            void *q = sd_arena_alloc(a, dtype_bytes(to, (uint64_t)sd_tensor_numel(t)), err);
+            if (!q) return SD_ERR_MEMORY;
+            if (dry) continue;
+            sd_tensor_convert(t, to, q, row);
+            for (int e = 0; e < m->encoders; e++) {
+                sd_text_encoder *te = &m->te[e];
+                sd_tensor *top[5];
+                top[0] = &te->token_embedding, top[1] = &te->position_embedding, top[2] = &te->final_ln_w;
+                top[3] = &te->final_ln_b, top[4] = &te->projection;
+                for (int k = 0; k < 5; k++) quantize_rebase(top[k], t, to, q);
+                for (int l = 0; l < te->layers; l++)
+                    for (size_t k = 0; k < sizeof clip_layer_names / sizeof clip_layer_names[0]; k++)
+                        quantize_rebase((sd_tensor *)(void *)((char *)&te->layer[l] + clip_layer_names[k].field), t, to, q);
+            }
+            t->data = q;
+            t->dtype = to;
+            t->nbytes = dtype_bytes(to, (uint64_t)sd_tensor_numel(t));
+        }
+    return SD_OK;
+}
+
+SD_API size_t sd_model_quantize_arena_bytes(const sd_model *m, sd_dtype type)
+{
+    sd_arena dry;
+    if (!m || !quant_type_ok(type)) return 0;
+    arena_measure(&dry);
+    return model_quantize((sd_model *)(uintptr_t)m, type, &dry, NULL) ? 0 : dry.peak;
+}
+
+SD_API int sd_model_quantize(sd_model *m, sd_dtype type, sd_arena *a, sd_error *err)
+{
+    if (!m || !a) return fail(err, SD_ERR_ARG, "quantize: NULL model or arena");
+    if (!quant_type_ok(type)) return fail(err, SD_ERR_ARG, "quantize: %s is not one of Q8_0, Q4_0, Q4_1, Q5_0, Q5_1", sd_dtype_name(type));
+    size_t need = sd_model_quantize_arena_bytes(m, type);
+    if (a->size - a->used < need)
+        return fail(err, SD_ERR_MEMORY, "quantize: needs %zu arena bytes, the arena has %zu free", need, a->size - a->used);
+    return model_quantize(m, type, a, err);
 }
 
 SD_API void sd_model_get_info(const sd_model *model, sd_model_info *info)

@@ -557,7 +557,7 @@ static int random_model_check(const char *path)
    GFLOPS count 2 per multiply-add from the architecture walk above. */
 
 typedef struct bench_options {
-    const char *what, *model, *kind, *dtype, *merges;
+    const char *what, *model, *kind, *dtype, *merges, *reference;
     int sizes[16], nsizes, vae_sizes[16], nvae, threads[16], nthreads;
     int batch, runs, image, steps, vae_tile;
     int modes[2], nmodes;       /* SD_QUANT_EXACT / _FAST per run of the stages; 0: exact, and fast for block types */
@@ -622,7 +622,7 @@ static int bench_wants(const bench_options *o, const char *name, const char *lin
     for (const char *s = o->what; *s; s += strcspn(s, ",") + (s[strcspn(s, ",")] == ',')) {
         size_t len = strcspn(s, ",");
         if ((len == strlen(name) && !strncmp(s, name, len)) || (len == strlen(line_name) && !strncmp(s, line_name, len)) ||
-            (len == 3 && !strncmp(s, "all", 3) && strcmp(name, "txt2img")))
+            (len == 3 && !strncmp(s, "all", 3) && strcmp(name, "txt2img") && strcmp(name, "error")))
             return 1;
     }
     return 0;
@@ -664,6 +664,8 @@ static void bench_match(random_model_walk *k, const char *name, int ndim, const 
     int ok = t && t->ndim == ndim;
     (void)init, (void)scale;
     for (int d = 0; ok && d < ndim; d++) ok = t->shape[d] == shape[d];
+    if (t && !ok && ndim == 4 && t->ndim == 2)   /* a quantized convolution weight in a GGUF file: [Cout, Cin·k·k] */
+        ok = t->shape[0] == shape[0] && t->shape[1] == shape[1] * shape[2] * shape[3];
     if (!ok && m->matches) fprintf(stderr, "note: the file has no tensor %s as %s has it: no GFLOPS\n", name, m->family->name);
     if (!ok) m->matches = 0;
 }
@@ -683,7 +685,7 @@ static int bench_model_load(bench_model *m, const char *path)
     size_t bytes = sd_model_arena_bytes(&src);
     if (!bytes || !(m->tables = malloc(bytes))) { fprintf(stderr, "%s: too short, or no memory for its tables\n", path); return 1; }
     sd_arena_init(&m->arena, m->tables, bytes);
-    if (sd_safetensors_open(&m->st, m->data, m->size, &m->arena, &err) ||
+    if ((m->size >= 4 && !memcmp(m->data, "GGUF", 4) ? sd_gguf_open : sd_safetensors_open)(&m->st, m->data, m->size, &m->arena, &err) ||
         sd_text_encoder_load(&m->te[0], &m->st, 1, NULL, 0, &m->arena, &err) ||
         sd_unet_load(&m->unet, &m->st, 1, NULL, &m->arena, &err) ||
         sd_vae_load(&m->vae, &m->st, &m->arena, &err) ||   /* SDXL: a UNet with added conditioning, two encoders */
@@ -936,34 +938,50 @@ static int bench_step_done(void *user, int step, int steps)
     return 0;
 }
 
-static int bench_txt2img(const bench_options *o, bench_model *bm, int threads)
+/* The pipeline on the checkpoint already mapped, as the CLI loads it; *tables: free when done. */
+static sd_model *bench_pipeline(const bench_options *o, const bench_model *bm, void **tables)
 {
     sd_source src;
     sd_model *model;
-    sd_arena tables, a;
+    sd_arena a;
+    sd_error err;
+    memset(&src, 0, sizeof src);
+    src.data[0] = bm->data, src.size[0] = bm->size, src.count = 1;
+    if (!(src.merges = (const char *)map_file(o->merges, &src.merges_size))) {
+        fprintf(stderr, "cannot read %s: %s\n", o->merges, strerror(errno));
+        return NULL;
+    }
+    size_t table_bytes = sd_model_arena_bytes(&src);
+    if (!(*tables = malloc(table_bytes))) return NULL;
+    sd_arena_init(&a, *tables, table_bytes);
+    if (sd_model_load(&model, &src, &a, &err)) { fprintf(stderr, "%s: %s\n", o->model, err.message); return NULL; }
+    return model;
+}
+
+/* The benchmark's generation: its prompt and seed at --txt2img-size, --steps. */
+static void bench_params(const bench_options *o, sd_params *p, int threads, int quant)
+{
+    sd_params_init(p);
+    p->prompt = "a photograph of an astronaut riding a horse";
+    p->negative_prompt = "";
+    p->width = p->height = o->image;
+    p->steps = o->steps;
+    p->threads = threads;
+    p->quant = quant;
+    p->seed = 42;
+}
+
+static int bench_txt2img(const bench_options *o, bench_model *bm, int threads)
+{
+    sd_model *model;
+    sd_arena a;
     sd_params p;
     sd_error err;
     bench_steps st;
     double macs[RM_PARTS], step[1000];
-    memset(&src, 0, sizeof src);   /* the pipeline on the checkpoint already mapped, as the CLI loads it */
-    src.data[0] = bm->data, src.size[0] = bm->size, src.count = 1;
-    if (!(src.merges = (const char *)map_file(o->merges, &src.merges_size))) {
-        fprintf(stderr, "cannot read %s: %s\n", o->merges, strerror(errno));
-        return 1;
-    }
-    size_t table_bytes = sd_model_arena_bytes(&src);
-    void *table_mem = malloc(table_bytes);
-    if (!table_mem) return 1;
-    sd_arena_init(&tables, table_mem, table_bytes);
-    if (sd_model_load(&model, &src, &tables, &err)) { fprintf(stderr, "%s: %s\n", o->model, err.message); return 1; }
-    sd_params_init(&p);
-    p.prompt = "a photograph of an astronaut riding a horse";
-    p.negative_prompt = "";
-    p.width = p.height = o->image;
-    p.steps = o->steps;
-    p.threads = threads;
-    p.quant = o->nmodes ? o->modes[0] : SD_QUANT_EXACT;
-    p.seed = 42;
+    void *table_mem;
+    if (!(model = bench_pipeline(o, bm, &table_mem))) return 1;
+    bench_params(o, &p, threads, o->nmodes ? o->modes[0] : SD_QUANT_EXACT);
     p.progress = bench_step_done;
     p.user = &st;
     size_t untiled = sd_generate_arena_bytes(model, &p);   /* the whole-image decode, for comparison */
@@ -997,6 +1015,110 @@ static int bench_txt2img(const bench_options *o, bench_model *bm, int threads)
     free(rgb);
     free(image);
     free(table_mem);
+    return 0;
+}
+
+/* ---- error: what quantized weights and the fast mode change ------------------------------------
+   The model of --model in each mode against --reference (the random f16 model by default) in
+   the exact mode, on the same inputs: the UNet at --sizes (one guided step's batch, relative RMS
+   and relative max of the difference: sqrt(Σd²/Σref²), max|d|/max|ref|) and a whole txt2img at
+   --txt2img-size, --steps (PSNR of the 8-bit image). */
+static void bench_unet_inputs(const bench_model *m, int B, int size, float *x, float *ctx, float *y, float *ts)
+{
+    bench_fill(x, (size_t)B * 4 * size * size, 1);
+    bench_fill(ctx, (size_t)B * SD_TEXT_TOKENS * m->context, 2);
+    bench_fill(y, (size_t)B * sd_unet_add_dim(m->unet), 4);
+    for (int b = 0; b < B; b++) ts[b] = 981.0f;
+}
+
+static int bench_unet_once(bench_model *m, int B, int size, int threads, int mode, float *out)
+{
+    sd_arena a;
+    sd_pool pool;
+    sd_error err;
+    size_t lat = (size_t)B * 4 * size * size, nctx = (size_t)B * SD_TEXT_TOKENS * m->context, ny = (size_t)B * sd_unet_add_dim(m->unet);
+    size_t need = sd_unet_arena_bytes(m->unet, B, size, size, SD_TEXT_TOKENS);
+    float *x = (float *)malloc(lat * sizeof(float)), *ctx = (float *)malloc(nctx * sizeof(float)), *y = (float *)malloc((ny ? ny : 1) * sizeof(float)), ts[64];
+    void *mem = need != (size_t)-1 && x && ctx && y ? bench_arena(&a, need, threads, &pool) : NULL;
+    if (!mem) return 1;
+    sd_pool_set_quant(&pool, mode);
+    bench_unet_inputs(m, B, size, x, ctx, y, ts);
+    sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, ny ? y : NULL};
+    int rc = sd_unet(m->unet, x, ts, &cond, B, size, size, out, &pool, &a, &err);
+    if (rc) fprintf(stderr, "unet: %s\n", err.message);
+    pool_free(&pool);
+    free(mem); free(x); free(ctx); free(y);
+    return rc;
+}
+
+static int bench_generate(const bench_options *o, bench_model *m, int threads, int mode, uint8_t *rgb)
+{
+    sd_params p;
+    sd_arena a;
+    sd_error err;
+    void *tables;
+    sd_model *model = bench_pipeline(o, m, &tables);
+    if (!model) return 1;
+    bench_params(o, &p, threads, mode);
+    size_t need = sd_generate_arena_bytes(model, &p);
+    void *mem = need ? malloc(need + SD_ARENA_ALIGN) : NULL;
+    if (!mem) return 1;
+    sd_arena_init(&a, mem, need + SD_ARENA_ALIGN);
+    int rc = sd_generate(model, &p, &a, rgb, &err);
+    if (rc) fprintf(stderr, "txt2img: %s\n", err.message);
+    free(mem);
+    free(tables);
+    return rc;
+}
+
+static int bench_error(const bench_options *o, bench_model *m, int threads)
+{
+    bench_model r;
+    char path[512];
+    const char *ref = o->reference;
+    if (!ref) snprintf(path, sizeof path, "weights/bench/%s-f16.safetensors", o->kind), ref = path;
+    if (bench_model_load(&r, ref)) return 1;
+    for (int s = 0; s < o->nsizes; s++) {
+        int size = o->sizes[s], B = o->batch;
+        size_t lat = (size_t)B * 4 * size * size;
+        float *want = (float *)malloc(lat * sizeof(float)), *got[2] = {(float *)malloc(lat * sizeof(float)), (float *)malloc(lat * sizeof(float))};
+        if (!want || !got[0] || !got[1] || bench_unet_once(&r, B, size, threads, SD_QUANT_EXACT, want)) return 1;
+        for (int q = 0; q < o->nmodes; q++) {
+            double d2 = 0, r2 = 0, dm = 0, rm = 0, e2 = 0, em = 0, x2 = 0, xm = 0;
+            if (bench_unet_once(m, B, size, threads, o->modes[q], got[q])) return 1;
+            for (size_t i = 0; i < lat; i++) {
+                double d = (double)got[q][i] - want[i], e = q ? (double)got[q][i] - got[0][i] : 0;
+                d2 += d * d, r2 += (double)want[i] * want[i], dm = fmax(dm, fabs(d)), rm = fmax(rm, fabs(want[i]));
+                e2 += e * e, x2 += (double)got[0][i] * got[0][i], em = fmax(em, fabs(e)), xm = fmax(xm, fabs(got[0][i]));
+            }
+            printf("error unet size=%d batch=%d w=%s mode=%s rel_rms=%.5f rel_max=%.5f", size, B, m->w, bench_mode_name(o->modes[q]),
+                   sqrt(d2 / r2), dm / rm);
+            if (q) printf(" vs_%s_rel_rms=%.5f vs_%s_rel_max=%.5f", bench_mode_name(o->modes[0]), sqrt(e2 / x2), bench_mode_name(o->modes[0]), em / xm);
+            printf(" reference=%s\n", ref);
+            fflush(stdout);
+        }
+        free(want); free(got[0]); free(got[1]);
+    }
+    if (o->image > 0) {
+        size_t npix = (size_t)3 * o->image * o->image;
+        uint8_t *want = (uint8_t *)malloc(npix), *got = (uint8_t *)malloc(npix);
+        if (!want || !got || bench_generate(o, &r, threads, SD_QUANT_EXACT, want)) return 1;
+        for (int q = 0; q < o->nmodes; q++) {
+            double se = 0;
+            int worst = 0;
+            if (bench_generate(o, m, threads, o->modes[q], got)) return 1;
+            for (size_t i = 0; i < npix; i++) {
+                int d = (int)got[i] - (int)want[i];
+                se += (double)d * d;
+                worst = abs(d) > worst ? abs(d) : worst;
+            }
+            printf("error txt2img size=%d steps=%d w=%s mode=%s psnr_db=%.2f max_diff=%d mean_abs_diff_sq=%.3f reference=%s\n", o->image, o->steps,
+                   m->w, bench_mode_name(o->modes[q]), se > 0 ? 10 * log10(255.0 * 255.0 / (se / npix)) : INFINITY, worst, se / npix, ref);
+            fflush(stdout);
+        }
+        free(want); free(got);
+    }
+    free(r.tables);
     return 0;
 }
 
@@ -1173,7 +1295,9 @@ static void bench_usage(FILE *f)
         "usage: ./bench [WHAT] [options]\n"
         "       ./bench --make-random-model sd15|sd21|sdxl PATH [f16|f32|bf16]   a full-size checkpoint of random weights\n"
         "  WHAT   comma list of tokenizer, text (text_encoder), unet, vae (vae_decode), kernels,\n"
-        "         txt2img, all (all but txt2img); default tokenizer,text,unet,vae,kernels\n"
+        "         txt2img, error (--model's UNet at --sizes and txt2img at --txt2img-size in each mode\n"
+        "         against --reference in the exact mode), all (all but txt2img, error);\n"
+        "         default tokenizer,text,unet,vae,kernels\n"
         "  --model PATH       checkpoint (default weights/bench/KIND-DTYPE.safetensors, made if missing)\n"
         "  --kind sd15|sd21|sdxl  random model to use or make (default sd15)\n"
         "  --dtype f16|f32|bf16  its weight type (default f16)\n"
@@ -1186,6 +1310,7 @@ static void bench_usage(FILE *f)
         "  --txt2img-size N   image side for txt2img (default 512)\n"
         "  --steps N          txt2img steps (default 20; one run)\n"
         "  --vae-tiling N     txt2img: decode in N x N latent tiles (default 0: whole image)\n"
+        "  --reference PATH   error: the model the others are compared with (default the random f16 one)\n"
         "  --quant-mode LIST  exact, fast or exact,fast: the multiplication of text, unet and vae runs\n"
         "                     (default: exact, and fast too for block-typed weights; txt2img: the first)\n");
 }
@@ -1209,6 +1334,7 @@ static int bench_run(int argc, char **argv)
         if (i == 1 && a[0] != '-') o.what = a;
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) { bench_usage(stdout); return 0; }
         else if (!strcmp(a, "--model")) o.model = BENCH_VALUE();
+        else if (!strcmp(a, "--reference")) o.reference = BENCH_VALUE();
         else if (!strcmp(a, "--kind")) o.kind = BENCH_VALUE();
         else if (!strcmp(a, "--dtype")) o.dtype = BENCH_VALUE();
         else if (!strcmp(a, "--tokenizer")) o.merges = BENCH_VALUE();
@@ -1240,7 +1366,7 @@ static int bench_run(int argc, char **argv)
     if (o.image % 8) { fprintf(stderr, "--txt2img-size must be a multiple of 8\n"); return 1; }
 
     for (const char *s = o.what; *s; s += strcspn(s, ",") + (s[strcspn(s, ",")] == ',')) {
-        static const char *const known[] = {"tokenizer", "text", "text_encoder", "unet", "vae", "vae_decode", "kernels", "gemm", "txt2img", "all"};
+        static const char *const known[] = {"tokenizer", "text", "text_encoder", "unet", "vae", "vae_decode", "kernels", "gemm", "txt2img", "error", "all"};
         size_t len = strcspn(s, ","), k = 0;
         while (k < sizeof known / sizeof *known && (strlen(known[k]) != len || strncmp(s, known[k], len))) k++;
         if (k == sizeof known / sizeof *known) { fprintf(stderr, "bench: unknown stage '%.*s'\n", (int)len, s); bench_usage(stderr); return 1; }
@@ -1249,7 +1375,8 @@ static int bench_run(int argc, char **argv)
     if (bench_wants(&o, "tokenizer", "tokenizer")) rc |= bench_tokenizer(&o);
     if (bench_wants(&o, "kernels", "gemm"))
         for (int t = 0; t < o.nthreads; t++) bench_kernels(o.threads[t]);
-    if (!bench_wants(&o, "text", "text_encoder") && !bench_wants(&o, "unet", "unet") && !bench_wants(&o, "vae", "vae_decode") && !bench_wants(&o, "txt2img", "txt2img")) return rc;
+    if (!bench_wants(&o, "text", "text_encoder") && !bench_wants(&o, "unet", "unet") && !bench_wants(&o, "vae", "vae_decode") &&
+        !bench_wants(&o, "txt2img", "txt2img") && !bench_wants(&o, "error", "error")) return rc;
 
     if (!o.model) {   /* the random model, made on first use */
         struct stat sb;
@@ -1280,6 +1407,7 @@ static int bench_run(int argc, char **argv)
                 if (bench_wants(&o, "vae", "vae_decode")) rc |= bench_vae(&o, &m, o.vae_sizes[s], o.threads[t], o.modes[q]);
     for (int t = 0; t < o.nthreads && !rc; t++)
         if (bench_wants(&o, "txt2img", "txt2img")) rc |= bench_txt2img(&o, &m, o.threads[t]);
+    if (bench_wants(&o, "error", "error") && !rc) rc |= bench_error(&o, &m, o.threads[o.nthreads - 1]);
     free(m.tables);
     return rc;
 }
