@@ -1125,8 +1125,9 @@ SD_API sd_dtype sd_quantize_choice(const sd_tensor *t, sd_dtype type)
 
 SD_API int sd_tensor_convert(const sd_tensor *t, sd_dtype type, void *dst, float *row)
 {
-    if (!t || !dst || !dtype_is_weight(t->dtype)) return SD_ERR_ARG;
+    if (!t || !dst) return SD_ERR_ARG;
     if (type == t->dtype) { memcpy(dst, t->data, t->nbytes); return SD_OK; }
+    if (!dtype_is_weight(t->dtype)) return SD_ERR_ARG;
     int64_t len = tensor_row_length(t), rows = len ? sd_tensor_numel(t) / len : 0;
     if (!quant_type_ok(type) || len % 32 || !row) return SD_ERR_ARG;
     for (int64_t r = 0; r < rows; r++) {
