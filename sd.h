@@ -2689,10 +2689,10 @@ static inline vint vi_dot4(vint acc, vbytes a, vbytes b)
     return acc;
 }
 static inline vfloat vi_to_vf(vint v) { vfloat r; VF_LANES(r, (float)v.v[l_]); return r; }
-static inline int32_t vq_round(float x)   /* half to even; NaN as 0, clamped (an int cast must not overflow) */
+static inline int32_t vq_round(float x)   /* half to even; NaN as 0, clamped to int8 (an int cast must not overflow) */
 {
     float r = nearbyintf(x);
-    return r > 127.0f ? 127 : r < -127.0f ? -127 : r == r ? (int32_t)r : 0;
+    return r > 127.0f ? 127 : r < -128.0f ? -128 : r == r ? (int32_t)r : 0;
 }
 #endif
 
@@ -2732,6 +2732,32 @@ static inline void vq_store(unsigned char *q, vfloat v, int mask)
     memcpy(q, &b, 4);
 #else
     for (int l = 0; l < VF_WIDTH; l++) q[l] = (unsigned char)((vq_round(v.v[l]) & 0xff) ^ mask);
+#endif
+}
+
+/* VF_WIDTH int8 values as floats (the block types' integers, decoded in tensor_floats). */
+static inline vfloat vf_from_i8(const signed char *p)
+{
+#if defined(__AVX512F__) && !defined(SD_NO_SIMD)
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)p)));
+#elif defined(__AVX2__) && defined(__FMA__) && !defined(SD_NO_SIMD)
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)p)));
+#elif defined(__aarch64__) && defined(__ARM_NEON) && !defined(SD_NO_SIMD)
+    int8x8_t b = vcreate_s8(0);
+    int32_t t;
+    memcpy(&t, p, 4);
+    b = vreinterpret_s8_s32(vset_lane_s32(t, vreinterpret_s32_s8(b), 0));
+    return vcvtq_f32_s32(vmovl_s16(vget_low_s16(vmovl_s8(b))));
+#elif defined(__SSE2__) && !defined(SD_NO_SIMD)
+    int32_t t;
+    memcpy(&t, p, 4);
+    __m128i b = _mm_cvtsi32_si128(t);
+    b = _mm_unpacklo_epi8(b, b);
+    return _mm_cvtepi32_ps(_mm_srai_epi32(_mm_unpacklo_epi16(b, b), 24));
+#else
+    vfloat r;
+    VF_LANES(r, (float)p[l_]);
+    return r;
 #endif
 }
 
@@ -2818,6 +2844,40 @@ static float q8_quantize(const float *x, unsigned char *q, int mask)
     return amax / 127.0f;
 }
 
+/* dequant_row for the kernels: whole blocks of the 32-value types through vectors (their integers
+   as int8, then q·d or q·d + m: each product exact, so the very floats dequant_block gives);
+   the K types and blocks cut at either end through dequant_row. */
+static void dequant_row_fast(sd_dtype t, const void *data, size_t first, size_t n, float *dst)
+{
+    size_t per = (size_t)dtype_info[t].block, head = (per - first % per) % per, bs = dtype_info[t].size;
+    if (per != 32) { dequant_row(t, data, first, n, dst); return; }
+    if (head > n) head = n;
+    if (head) dequant_row(t, data, first, head, dst);
+    first += head, dst += head, n -= head;
+    const unsigned char *b = (const unsigned char *)data + first / 32 * bs;
+    for (; n >= 32; n -= 32, dst += 32, b += bs) {
+        signed char q[32];
+        int with_min = t == SD_Q4_1 || t == SD_Q5_1, five = t == SD_Q5_0 || t == SD_Q5_1;
+        float d = f16_le(b), m = with_min ? f16_le(b + 2) : 0.0f;
+        if (t == SD_Q8_0) memcpy(q, b + 2, 32);
+        else {   /* the nibbles (and fifth bits) as dequant_block reads them, minus q4_0's 8 or q5_0's 16 */
+            const unsigned char *qs = b + (with_min ? 4 : 2);
+            uint32_t qh = 0;
+            if (five) { qh = qs[0] | (uint32_t)qs[1] << 8 | (uint32_t)qs[2] << 16 | (uint32_t)qs[3] << 24; qs += 4; }
+            int offset = with_min ? 0 : five ? 16 : 8;
+            for (int e = 0; e < 16; e++) {
+                q[e] = (signed char)(((qs[e] & 15) | (int)((qh >> e & 1) << 4)) - offset);
+                q[e + 16] = (signed char)(((qs[e] >> 4) | (int)((qh >> (e + 16) & 1) << 4)) - offset);
+            }
+        }
+        for (int e = 0; e < 32; e += VF_WIDTH) {
+            vfloat v = vf_mul(vf_from_i8(q + e), vf_set1(d));
+            vf_store(dst + e, with_min ? vf_add(v, vf_set1(m)) : v);
+        }
+    }
+    if (n) dequant_row(t, data, (size_t)(b - (const unsigned char *)data) / bs * 32, n, dst);
+}
+
 /* n values of a float tensor starting at element i, as f32 into dst. */
 static void tensor_floats(float *dst, const sd_tensor *t, size_t i, int n)
 {
@@ -2838,7 +2898,7 @@ static void tensor_floats(float *dst, const sd_tensor *t, size_t i, int n)
         for (; k < n; k++) { uint16_t h; memcpy(&h, src + 2 * k, 2); dst[k] = sd_bf16_to_f32(h); }
         return;
     default:
-        if (dtype_is_block(t->dtype)) dequant_row(t->dtype, t->data, i, (size_t)n, dst);
+        if (dtype_is_block(t->dtype)) dequant_row_fast(t->dtype, t->data, i, (size_t)n, dst);
         else for (; k < n; k++) dst[k] = tensor_get(t, i + (size_t)k);
         return;
     }
@@ -3132,6 +3192,12 @@ static void gemm_tile(const float *const *a, int nseg, int len, const float *bp,
 #undef TILE_STORE
 }
 
+#if defined(__GNUC__) || defined(__clang__)
+#define prefetch_l2(p) __builtin_prefetch((p), 0, 2)
+#else
+#define prefetch_l2(p) ((void)(p))
+#endif
+
 /* VF_WIDTH consecutive weights of type dt at p as f32 (only n of them exist; zeros after). */
 static inline vfloat pack_load(const unsigned char *p, sd_dtype dt, int n)
 {
@@ -3165,7 +3231,11 @@ static void pack_weights(float *bp, const sd_tensor *w, int64_t row_len, int n0,
             int64_t first = (int64_t)(n0 + p * GEMM_NR + g) * row_len + src0;
             for (int i = 0; !fast && i < VF_WIDTH && i < rows; i++)
                 tensor_floats(rowbuf + (size_t)i * kb, w, (size_t)(first + (int64_t)i * row_len), kb);
-            for (int s0 = 0; s0 < kb; s0 += VF_WIDTH) {
+            for (int i = 0; fast && i < VF_WIDTH && i < rows - VF_WIDTH; i++) {   /* the next rows, from memory, while these pack */
+                const char *next = (const char *)w->data + (size_t)(first + (int64_t)(VF_WIDTH + i) * row_len) * es;
+                for (size_t o = 0; o < (size_t)kb * es; o += 64) prefetch_l2(next + o);
+            }
+            for (int s0 = 0, tap = 0, ch = 0; s0 < kb; s0 += VF_WIDTH) {   /* source s0 is channel ch of tap `tap` */
                 int ns = kb - s0 < VF_WIDTH ? kb - s0 : VF_WIDTH;
                 vfloat r[VF_WIDTH];
                 for (int i = 0; i < VF_WIDTH; i++) {
@@ -3175,8 +3245,8 @@ static void pack_weights(float *bp, const sd_tensor *w, int64_t row_len, int n0,
                 }
                 vf_transpose(r);
                 for (int c = 0; c < ns; c++) {
-                    int s = s0 + c, k = taps == 1 ? s : (s % taps) * len + s / taps;
-                    vf_store(dst + (size_t)k * GEMM_NR, r[c]);
+                    vf_store(dst + (size_t)(tap * len + ch) * GEMM_NR, r[c]);
+                    if (++tap == taps) tap = 0, ch++;
                 }
             }
         }
@@ -3259,31 +3329,28 @@ static void gemm_task(void *arg, int task, int thread)
    16 multiply-adds' time per packed value) and its rereading of x (8), plus a quarter of a task for
    the thread that finishes last when others are slowed down (shared machines): so with several
    threads a few more, smaller tasks win as long as they do not repack much. */
-static void gemm_plan(gemm_job *j, int threads)
+static void gemm_plan_costs(gemm_job *j, int threads, int mr, double pack, double reread)
 {
-    int tm = (j->M + GEMM_MR - 1) / GEMM_MR, tn = (j->N + GEMM_NR - 1) / GEMM_NR;
+    int tm = (j->M + mr - 1) / mr, tn = (j->N + GEMM_NR - 1) / GEMM_NR;
     double best = -1;
     for (int gn = 1; gn <= tn && gn <= 4 * threads; gn++)
         for (int gm = 1; gm <= tm && gm * gn <= 4 * threads; gm++) {
             int mt = (tm + gm - 1) / gm, nt = (tn + gn - 1) / gn, rounds = (gm * gn + threads - 1) / threads;
-            double mb = (double)mt * GEMM_MR, nb = (double)nt * GEMM_NR;
-            double task_cost = mb * nb + 16.0 * nb + 8.0 * mb;
+            double mb = (double)mt * mr, nb = (double)nt * GEMM_NR;
+            double task_cost = mb * nb + pack * nb + reread * mb;
             double cost = (rounds + (threads > 1 ? 0.25 : 0.0)) * task_cost;
             if (best < 0 || cost < best * 0.999) {
                 best = cost;
                 j->gm = (tm + mt - 1) / mt;
                 j->gn = (tn + nt - 1) / nt;
-                j->mb = mt * GEMM_MR;
+                j->mb = mt * mr;
                 j->nb = nt * GEMM_NR;
             }
         }
 }
 
-#if defined(__GNUC__) || defined(__clang__)
-#define prefetch_l2(p) __builtin_prefetch((p), 0, 2)
-#else
-#define prefetch_l2(p) ((void)(p))
-#endif
+static void gemm_plan(gemm_job *j, int threads) { gemm_plan_costs(j, threads, GEMM_MR, 16.0, 8.0); }
+
 
 /* With few rows of x (the UNet's 4x4 level, time embeddings) packing the weight costs more
    than the products it feeds, so there the weight rows are read as they are and dotted with
@@ -3645,7 +3712,10 @@ static void gemm_q8_run(gemm_job *j)
     j->nblocks = (j->depth + j->blen - 1) / j->blen;
     q8_scratch s;
     SD_ASSERT(q8_scratch_carve(&s, j->pool->scratch[0]) <= j->pool->scratch_floats * sizeof(float));
-    gemm_plan(j, j->pool->threads);
+    /* int8 products are ~3x cheaper than float ones, packing a weight value (and quantizing an
+       activation) costs more: in units of int8 multiply-adds, ~150 per packed value, ~50 per
+       activation quantized again by another task */
+    gemm_plan_costs(j, j->pool->threads, Q8_MR, 150.0, 50.0);
     pool_run(j->pool, gemm_q8_task, j, j->gm * j->gn);
 }
 
