@@ -2844,6 +2844,32 @@ static float q8_quantize(const float *x, unsigned char *q, int mask)
     return amax / 127.0f;
 }
 
+/* The integers of a block of a 32-value type, as dequant_block reads them: q8_0's bytes; the
+   nibbles (and fifth bits) of the others, minus q4_0's 8 or q5_0's 16. */
+static void block_ints(sd_dtype t, const unsigned char *b, signed char *q)
+{
+    int with_min = t == SD_Q4_1 || t == SD_Q5_1, five = t == SD_Q5_0 || t == SD_Q5_1;
+    const unsigned char *qs = b + (with_min ? 4 : 2);
+    uint32_t qh = 0;
+    if (t == SD_Q8_0) { memcpy(q, b + 2, 32); return; }
+    if (five) { qh = qs[0] | (uint32_t)qs[1] << 8 | (uint32_t)qs[2] << 16 | (uint32_t)qs[3] << 24; qs += 4; }
+    int offset = with_min ? 0 : five ? 16 : 8;
+    for (int e = 0; e < 16; e++) {
+        q[e] = (signed char)(((qs[e] & 15) | (int)((qh >> e & 1) << 4)) - offset);
+        q[e + 16] = (signed char)(((qs[e] >> 4) | (int)((qh >> (e + 16) & 1) << 4)) - offset);
+    }
+}
+
+/* A block's fp16 scale: one instruction with F16C, else sd_f16_to_f32. */
+static inline float f16_fast(const unsigned char *p)
+{
+#if defined(__F16C__) && !defined(SD_NO_SIMD)
+    return _cvtsh_ss((unsigned short)(p[0] | p[1] << 8));
+#else
+    return f16_le(p);
+#endif
+}
+
 /* dequant_row for the kernels: whole blocks of the 32-value types through vectors (their integers
    as int8, then q·d or q·d + m: each product exact, so the very floats dequant_block gives);
    the K types and blocks cut at either end through dequant_row. */
@@ -2857,19 +2883,9 @@ static void dequant_row_fast(sd_dtype t, const void *data, size_t first, size_t 
     const unsigned char *b = (const unsigned char *)data + first / 32 * bs;
     for (; n >= 32; n -= 32, dst += 32, b += bs) {
         signed char q[32];
-        int with_min = t == SD_Q4_1 || t == SD_Q5_1, five = t == SD_Q5_0 || t == SD_Q5_1;
-        float d = f16_le(b), m = with_min ? f16_le(b + 2) : 0.0f;
-        if (t == SD_Q8_0) memcpy(q, b + 2, 32);
-        else {   /* the nibbles (and fifth bits) as dequant_block reads them, minus q4_0's 8 or q5_0's 16 */
-            const unsigned char *qs = b + (with_min ? 4 : 2);
-            uint32_t qh = 0;
-            if (five) { qh = qs[0] | (uint32_t)qs[1] << 8 | (uint32_t)qs[2] << 16 | (uint32_t)qs[3] << 24; qs += 4; }
-            int offset = with_min ? 0 : five ? 16 : 8;
-            for (int e = 0; e < 16; e++) {
-                q[e] = (signed char)(((qs[e] & 15) | (int)((qh >> e & 1) << 4)) - offset);
-                q[e + 16] = (signed char)(((qs[e] >> 4) | (int)((qh >> (e + 16) & 1) << 4)) - offset);
-            }
-        }
+        int with_min = t == SD_Q4_1 || t == SD_Q5_1;
+        float d = f16_fast(b), m = with_min ? f16_fast(b + 2) : 0.0f;
+        block_ints(t, b, q);
         for (int e = 0; e < 32; e += VF_WIDTH) {
             vfloat v = vf_mul(vf_from_i8(q + e), vf_set1(d));
             vf_store(dst + e, with_min ? vf_add(v, vf_set1(m)) : v);
@@ -3490,8 +3506,8 @@ static void gemm_dot_task(void *arg, int task, int thread)
 /* Packs columns n0..n0+nc of the weight's K chunk (as pack_weights: len channels x taps from
    source value src0) into GEMM_NR-column panels of Q8_PANEL_BLOCK blocks. Each panel is packed
    as floats first (pack_weights: conversion, tap-major order, transposition), then quantized
-   down its columns, VF_WIDTH columns at a time; q8_0, q4_0 and q5_0 rows of a matmul keep their
-   blocks' scales (their values divided by their scale are their int8 values again, exactly).
+   down its columns, VF_WIDTH columns at a time; q8_0, q4_0 and q5_0 rows of a matmul go in as
+   they are, their integers (q4_0's n - 8, q5_0's n - 16) and their blocks' scales.
    Columns past nc come out as zeros with scale 0. fp: GEMM_KC_MAX x GEMM_NR floats; rowbuf as
    pack_weights wants it. */
 static void pack_q8(unsigned char *bp, const sd_tensor *w, int64_t row_len, int n0, int nc, int64_t src0,
@@ -3500,30 +3516,40 @@ static void pack_q8(unsigned char *bp, const sd_tensor *w, int64_t row_len, int 
     int kb = len * taps, nb = kb / Q8_BLOCK, panels = (nc + GEMM_NR - 1) / GEMM_NR;
     sd_dtype t = w->dtype;
     int own = taps == 1 && (t == SD_Q8_0 || t == SD_Q4_0 || t == SD_Q5_0);
-    float scale[GEMM_NR];
     int32_t start[VF_WIDTH];
     SD_ASSERT(kb <= GEMM_KC_MAX && kb % Q8_BLOCK == 0);
     for (int p = 0; p < panels; p++) {
         int cols = nc - p * GEMM_NR < GEMM_NR ? nc - p * GEMM_NR : GEMM_NR;
+        if (own) {   /* their integers and scales as they are, interleaved 4 values at a time */
+            for (int c = 0; c < GEMM_NR; c++)
+                for (int k = 0; k < nb; k++) {
+                    unsigned char *pb = bp + ((size_t)p * nb + k) * Q8_PANEL_BLOCK;
+                    signed char q[32];
+                    float d = 0.0f;
+                    int32_t start = 0;
+                    if (c < cols) {
+                        const unsigned char *b = (const unsigned char *)w->data +
+                                                 dtype_bytes(t, (uint64_t)((n0 + p * GEMM_NR + c) * row_len + src0 + (int64_t)k * Q8_BLOCK));
+                        block_ints(t, b, q);
+                        d = f16_fast(b);
+                    } else memset(q, 0, sizeof q);
+                    for (int e = 0; Q8_OFFSET && e < Q8_BLOCK; e++) start -= Q8_OFFSET * (int32_t)q[e];
+                    memcpy(pb + 4 * c, &start, 4);
+                    memcpy(pb + 4 * GEMM_NR + 4 * c, &d, 4);
+                    for (int g = 0; g < Q8_BLOCK / 4; g++) memcpy(pb + 8 * GEMM_NR + (size_t)g * 4 * GEMM_NR + 4 * c, q + 4 * g, 4);
+                }
+            continue;
+        }
         pack_weights(fp, w, row_len, n0 + p * GEMM_NR, cols, src0, len, taps, rowbuf);
         for (int k = 0; k < nb; k++) {
             unsigned char *pb = bp + ((size_t)p * nb + k) * Q8_PANEL_BLOCK;
             const float *rows = fp + (size_t)k * Q8_BLOCK * GEMM_NR;
-            for (int c = 0; own && c < GEMM_NR; c++)
-                scale[c] = c < cols ? f16_le((const unsigned char *)w->data +
-                                             dtype_bytes(t, (uint64_t)((n0 + p * GEMM_NR + c) * row_len + src0 + (int64_t)k * Q8_BLOCK))) : 0.0f;
-            for (int v = 0; v < GEMM_NR; v += VF_WIDTH) {
-                vfloat d, id;
+            for (int v = 0; v < GEMM_NR; v += VF_WIDTH) {   /* the rule of q8_quantize, down the columns */
+                vfloat a = vf_set1(Q8_TINY), d, id;
                 vint sum = vi_zero();
-                if (own) {   /* 1/d, or 1 where d is 0 (the values are 0 then too) */
-                    d = vf_load(scale + v);
-                    id = vf_div(vf_set1(1.0f), vf_select_neg(vf_sub(vf_zero(), vf_abs(d)), d, vf_set1(1.0f)));
-                } else {     /* the rule of q8_quantize, down the columns */
-                    vfloat a = vf_set1(Q8_TINY);
-                    for (int e = 0; e < Q8_BLOCK; e++) a = vf_max(a, vf_abs(vf_load(rows + (size_t)e * GEMM_NR + v)));
-                    d = vf_div(a, vf_set1(127.0f));
-                    id = vf_div(vf_set1(127.0f), a);
-                }
+                for (int e = 0; e < Q8_BLOCK; e++) a = vf_max(a, vf_abs(vf_load(rows + (size_t)e * GEMM_NR + v)));
+                d = vf_div(a, vf_set1(127.0f));
+                id = vf_div(vf_set1(127.0f), a);
                 for (int g = 0; g < Q8_BLOCK / 4; g++) {
                     const float *r = rows + (size_t)4 * g * GEMM_NR + v;
                     vi_store(pb + 8 * GEMM_NR + (size_t)g * 4 * GEMM_NR + 4 * v,
@@ -3692,10 +3718,12 @@ static void gemm_q8_task(void *arg, int task, int thread)
     }
 }
 
+#define Q8_MIN_M 8   /* fewer rows take the exact dot products (time embeddings) */
+
 /* Whether a job runs in the fast mode (see above). */
 static int gemm_q8_applies(const gemm_job *j)
 {
-    if (j->pool->quant != SD_QUANT_FAST || j->M <= DOT_MAX_M || j->depth % Q8_BLOCK || j->taps * Q8_BLOCK > GEMM_KC_MAX) return 0;
+    if (j->pool->quant != SD_QUANT_FAST || j->M <= Q8_MIN_M || j->depth % Q8_BLOCK || j->taps * Q8_BLOCK > GEMM_KC_MAX) return 0;
     if (!j->conv) return 1;
     /* the input rows one tile reads must fit the band: very wide images (over ~3500 pixels, the
        VAE's last levels) run exact */
