@@ -3521,7 +3521,11 @@ static void pack_q8(unsigned char *bp, const sd_tensor *w, int64_t row_len, int 
     for (int p = 0; p < panels; p++) {
         int cols = nc - p * GEMM_NR < GEMM_NR ? nc - p * GEMM_NR : GEMM_NR;
         if (own) {   /* their integers and scales as they are, interleaved 4 values at a time */
-            for (int c = 0; c < GEMM_NR; c++)
+            for (int c = 0; c < GEMM_NR; c++) {
+                if (p * GEMM_NR + c + 8 < nc) {   /* the chunk of the row 8 ahead, from memory, while these go */
+                    const char *next = (const char *)w->data + dtype_bytes(t, (uint64_t)((n0 + p * GEMM_NR + c + 8) * row_len + src0));
+                    for (size_t o = 0; o < dtype_bytes(t, (uint64_t)kb); o += 64) prefetch_l2(next + o);
+                }
                 for (int k = 0; k < nb; k++) {
                     unsigned char *pb = bp + ((size_t)p * nb + k) * Q8_PANEL_BLOCK;
                     signed char q[32];
@@ -3538,6 +3542,7 @@ static void pack_q8(unsigned char *bp, const sd_tensor *w, int64_t row_len, int 
                     memcpy(pb + 4 * GEMM_NR + 4 * c, &d, 4);
                     for (int g = 0; g < Q8_BLOCK / 4; g++) memcpy(pb + 8 * GEMM_NR + (size_t)g * 4 * GEMM_NR + 4 * c, q + 4 * g, 4);
                 }
+            }
             continue;
         }
         pack_weights(fp, w, row_len, n0 + p * GEMM_NR, cols, src0, len, taps, rowbuf);
