@@ -112,7 +112,9 @@ tsan: test.c sd.h
 # into weights/bench/, 2.1 GB, ~15 s, no download): GEMM/conv/attention kernels (beside OpenBLAS
 # when it is installed), tokenizer, text encoder, UNet at 32x32 and 64x64 latents (batch 2: one
 # guided step), VAE decoder to 256x256 and 512x512, and a 4-step 256x256 txt2img. About 4 minutes
-# on 2 idle cores. Text encoder, UNet and VAE again with f32 weights (the same model written in
+# on 2 idle cores. The UNet in the fast mode (int8 products), then text encoder and UNet of the
+# model quantized by sd.h to q8_0 and to q4_0 (GGUF files made once, 1.8 GB together), in both
+# modes, each line with its peak RSS, about 3 minutes. Text encoder, UNet and VAE again with f32 weights (the same model written in
 # f32 on first use, 4.3 GB), about 4 minutes. Then a full-size SDXL base 1.0 with random f16 weights (made once, 6.9 GB, ~45 s):
 # both text encoders and one guided UNet step at 64x64 latents (512 px), about 1.2 minutes more.
 # BENCH_FULL=1 adds the whole 20-step 512x512 SD 1.5 txt2img (~3.5 minutes), an SDXL UNet step at
@@ -121,14 +123,24 @@ tsan: test.c sd.h
 # BENCH_ARGS adds options to every run (see ./bench --help), e.g. BENCH_ARGS=--runs\ 1.
 BENCH_MODEL = weights/bench/sd15-f16.safetensors
 BENCH_MODEL_XL = weights/bench/sdxl-f16.safetensors
-bench: $(BENCH) $(MERGES) $(BENCH_MODEL) $(BENCH_MODEL_XL)
+BENCH_Q8 = weights/bench/sd15-q8_0.gguf
+BENCH_Q4 = weights/bench/sd15-q4_0.gguf
+bench: $(BENCH) $(MERGES) $(BENCH_MODEL) $(BENCH_MODEL_XL) $(BENCH_Q8) $(BENCH_Q4)
 	./bench tokenizer,text,unet,vae,kernels --sizes 32,64 --vae-sizes 32 --threads 1,0 $(BENCH_ARGS)
 	./bench vae,txt2img --vae-sizes 64 --threads 0 --txt2img-size 256 --steps 4 $(BENCH_ARGS)
+	./bench unet --sizes 32,64 --threads 0 --quant-mode fast $(BENCH_ARGS)
+	./bench text,unet --model $(BENCH_Q8) --sizes 32,64 --threads 0 $(BENCH_ARGS)
+	./bench text,unet --model $(BENCH_Q4) --sizes 32,64 --threads 0 $(BENCH_ARGS)
 	./bench text,unet,vae --dtype f32 --sizes 32,64 --threads 1,0 $(BENCH_ARGS)
 	./bench text,unet --kind sdxl --sizes 64 --threads 0 $(BENCH_ARGS)
 	@if [ "$(BENCH_FULL)" = 1 ]; then ./bench txt2img --threads 0 --txt2img-size 512 --steps 20 $(BENCH_ARGS) && \
 	  ./bench unet --kind sdxl --sizes 128 --threads 0 --runs 1 $(BENCH_ARGS) && \
 	  ./bench txt2img --kind sdxl --threads 0 --txt2img-size 1024 --steps 1 --vae-tiling 32 $(BENCH_ARGS); fi
+
+# sd.h's own quantized copies of the random SD 1.5 (example --convert, convolutions too): q8_0
+# 1.17 GB, q4_0 0.66 GB, ~20 s. Order-only as the models above.
+weights/bench/sd15-%.gguf: | $(BENCH_MODEL) example
+	./example --convert $(BENCH_MODEL) $@ --type $*
 
 # Order-only: a rebuilt ./bench does not make a new model.
 $(BENCH_MODEL) $(BENCH_MODEL_XL): weights/bench/%-f16.safetensors: | $(BENCH)

@@ -11,6 +11,8 @@
 #undef main
 
 #include <dlfcn.h>   /* the kernel figures compare with OpenBLAS when it is installed */
+#include <sys/resource.h>
+#include <sys/wait.h>
 
 /* ---- random full-size checkpoints ---------------------------------------------------------- */
 /* The tensors of a real single-file SD 1.5, SD 2.1 or SDXL base 1.0 checkpoint (names, shapes,
@@ -730,10 +732,18 @@ static void bench_print_flops(const bench_model *m, double macs, double seconds)
 
 /* The end of a stage's line: how busy the cores were, the planned and measured arena, how long
    planning took, and a warning if the output is not finite. */
+/* The process's peak resident memory in MB (ru_maxrss): each stage's line comes from a process
+   of its own (bench_row), so this is the stage's, model pages it read included. */
+static double bench_rss_mb(void)
+{
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) ? 0.0 : ru.ru_maxrss / 1024.0;
+}
+
 static void bench_print_tail(double cpu0, double wall0, size_t need, size_t peak, double plan_us, const float *out, size_t n)
 {
-    printf(" cores_busy=%.2f arena_bytes=%zu arena_peak=%zu plan_us=%.1f%s\n", (bench_cpu() - cpu0) / (now() - wall0), need, peak,
-           plan_us, bench_finite(out, n) ? "" : " output=NONFINITE");
+    printf(" cores_busy=%.2f arena_bytes=%zu arena_peak=%zu plan_us=%.1f peak_rss_mb=%.0f%s\n", (bench_cpu() - cpu0) / (now() - wall0), need, peak,
+           plan_us, bench_rss_mb(), bench_finite(out, n) ? "" : " output=NONFINITE");
     fflush(stdout);
 }
 
@@ -1007,7 +1017,8 @@ static int bench_txt2img(const bench_options *o, bench_model *bm, int threads)
     printf("txt2img size=%d steps=%d threads=%d w=%s mode=%s vae_tile=%d seconds=%.2f seconds_per_step=%.2f first_step_seconds=%.2f "
            "decode_seconds=%.2f", o->image, p.steps, threads, bm->w, bench_mode_name(p.quant), p.vae_tile, end - st.start, per, st.at[1] - st.start, end - last);
     bench_print_flops(bm, macs[RM_UNET], per);
-    printf(" cores_busy=%.2f arena_bytes=%zu arena_peak=%zu plan_us=%.1f", (bench_cpu() - cpu0) / (end - st.start), need, a.peak, plan_us);
+    printf(" cores_busy=%.2f arena_bytes=%zu arena_peak=%zu plan_us=%.1f peak_rss_mb=%.0f", (bench_cpu() - cpu0) / (end - st.start), need, a.peak,
+           plan_us, bench_rss_mb());
     if (p.vae_tile) printf(" untiled_arena_bytes=%zu", untiled);
     printf("%s\n", bench_finite(image, npix) ? "" : " output=NONFINITE");
     fflush(stdout);
@@ -1390,23 +1401,33 @@ static int bench_run(int argc, char **argv)
         }
     }
     if (bench_model_load(&m, o.model)) return 1;
+/* One line of the stages below in a child process of its own: its peak RSS is that stage's (the
+   parent mapped the file and read it once, but a child's resident pages are those it reads). */
+#define BENCH_ROW(call) do {                                                                              \
+        fflush(stdout);                                                                                   \
+        pid_t pid_ = fork();                                                                              \
+        int st_ = 0;                                                                                      \
+        if (pid_ == 0) { int r_ = (call); fflush(stdout); _exit(r_ ? 1 : 0); }                            \
+        if (pid_ < 0) rc |= (call);                                                                       \
+        else if (waitpid(pid_, &st_, 0) < 0 || !WIFEXITED(st_) || WEXITSTATUS(st_)) rc |= 1;             \
+    } while (0)
     if (!o.nmodes) {   /* block-typed weights: both modes; float weights: the exact one */
         o.modes[o.nmodes++] = SD_QUANT_EXACT;
         if (m.w[0] == 'q') o.modes[o.nmodes++] = SD_QUANT_FAST;
     }
     for (int t = 0; t < o.nthreads && !rc; t++)
         for (int q = 0; q < o.nmodes && !rc; q++)
-            if (bench_wants(&o, "text", "text_encoder")) rc |= bench_text(&o, &m, o.threads[t], o.modes[q]);
+            if (bench_wants(&o, "text", "text_encoder")) BENCH_ROW(bench_text(&o, &m, o.threads[t], o.modes[q]));
     for (int s = 0; s < o.nsizes && !rc; s++)
         for (int t = 0; t < o.nthreads && !rc; t++)
             for (int q = 0; q < o.nmodes && !rc; q++)
-                if (bench_wants(&o, "unet", "unet")) rc |= bench_unet(&o, &m, o.sizes[s], o.threads[t], o.modes[q]);
+                if (bench_wants(&o, "unet", "unet")) BENCH_ROW(bench_unet(&o, &m, o.sizes[s], o.threads[t], o.modes[q]));
     for (int s = 0; s < o.nvae && !rc; s++)
         for (int t = 0; t < o.nthreads && !rc; t++)
             for (int q = 0; q < o.nmodes && !rc; q++)
-                if (bench_wants(&o, "vae", "vae_decode")) rc |= bench_vae(&o, &m, o.vae_sizes[s], o.threads[t], o.modes[q]);
+                if (bench_wants(&o, "vae", "vae_decode")) BENCH_ROW(bench_vae(&o, &m, o.vae_sizes[s], o.threads[t], o.modes[q]));
     for (int t = 0; t < o.nthreads && !rc; t++)
-        if (bench_wants(&o, "txt2img", "txt2img")) rc |= bench_txt2img(&o, &m, o.threads[t]);
+        if (bench_wants(&o, "txt2img", "txt2img")) BENCH_ROW(bench_txt2img(&o, &m, o.threads[t]));
     if (bench_wants(&o, "error", "error") && !rc) rc |= bench_error(&o, &m, o.threads[o.nthreads - 1]);
     free(m.tables);
     return rc;
