@@ -256,7 +256,7 @@ static const char *const diffusers_config_files[] = {
 };
 
 /* What the callbacks of one generation share. */
-typedef struct progress_state { double start; const char *preview_dir; } progress_state;
+typedef struct progress_state { double start; const char *preview_dir; int last_image; } progress_state;
 
 /* The usual linear look at SD 1.x/2.x latents (the factors AUTOMATIC1111 and ComfyUI preview
    with): RGB = latent · M, [-1, 1] mapped to [0, 255]. Good enough to watch noise become a picture. */
@@ -289,6 +289,12 @@ static int progress_bar(void *user, int step, int steps)
                 30 - filled, "", step, steps, t / step, t / step * (steps - step));
         if (step == steps) fputc('\n', stderr);
     }
+    /* the denoising of the last image is done: the VAE decoder needs its own weights only, so the
+       pages of the text encoder and UNet weights go back to the kernel now rather than sitting
+       in memory beside the decoder's activations (the decoder's pages come back from the page
+       cache as it reads them) */
+    if (step == steps && ((const progress_state *)user)->last_image)
+        for (int i = 0; i < 16; i++) release_pages(mapped[i].p);
     return 0;
 }
 
@@ -522,7 +528,7 @@ static int run(options *o)
     sd_arena_init(&arena, mem, need + SD_ARENA_ALIGN);
     for (int i = 0; i < o->batch; i++) {
         char path[4096], params[8192], msg[512];
-        progress_state state = {now(), o->preview};
+        progress_state state = {now(), o->preview, i == o->batch - 1};
         p.seed = o->seed + (uint64_t)i;
         p.progress = progress_bar;
         p.preview = o->preview ? write_preview : NULL;
