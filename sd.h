@@ -2761,67 +2761,54 @@ static inline vfloat vf_from_i8(const signed char *p)
 #endif
 }
 
-/* Four vectors of whole numbers within ±127 (k, k+1, k+2, k+3 of VF_WIDTH weight columns) as the
-   int8 groups of vi_dot4: lane j gets the bytes of lane j of a, b, c, d, lowest first. Their
-   int32 sum is added to *sum (the VNNI offset's correction). */
+/* The few int32 operations the weight packing needs: vi_round converts to int32 (nearest, half
+   to even), vi_byte(v, s) puts the low byte of each lane at bit s. */
 #if defined(__AVX512F__) && !defined(SD_NO_SIMD)
 static inline vint vi_zero(void) { return _mm512_setzero_si512(); }
 static inline void vi_store(void *p, vint v) { _mm512_storeu_si512(p, v); }
-static inline vint vq_pack4(vfloat a, vfloat b, vfloat c, vfloat d, vint *sum)
-{
-    __m512i ia = _mm512_cvtps_epi32(a), ib = _mm512_cvtps_epi32(b), ic = _mm512_cvtps_epi32(c), id = _mm512_cvtps_epi32(d);
-    __m512i m = _mm512_set1_epi32(255);
-    *sum = _mm512_add_epi32(*sum, _mm512_add_epi32(_mm512_add_epi32(ia, ib), _mm512_add_epi32(ic, id)));
-    return _mm512_or_si512(_mm512_or_si512(_mm512_and_si512(ia, m), _mm512_slli_epi32(_mm512_and_si512(ib, m), 8)),
-                           _mm512_or_si512(_mm512_slli_epi32(_mm512_and_si512(ic, m), 16), _mm512_slli_epi32(id, 24)));
-}
+static inline vint vi_round(vfloat v) { return _mm512_cvtps_epi32(v); }
+static inline vint vi_add(vint a, vint b) { return _mm512_add_epi32(a, b); }
+static inline vint vi_or(vint a, vint b) { return _mm512_or_si512(a, b); }
+static inline vint vi_byte(vint v, int s) { return _mm512_sll_epi32(_mm512_and_si512(v, _mm512_set1_epi32(255)), _mm_cvtsi32_si128(s)); }
 #elif defined(__AVX2__) && defined(__FMA__) && !defined(SD_NO_SIMD)
 static inline vint vi_zero(void) { return _mm256_setzero_si256(); }
 static inline void vi_store(void *p, vint v) { _mm256_storeu_si256((__m256i *)p, v); }
-static inline vint vq_pack4(vfloat a, vfloat b, vfloat c, vfloat d, vint *sum)
-{
-    __m256i ia = _mm256_cvtps_epi32(a), ib = _mm256_cvtps_epi32(b), ic = _mm256_cvtps_epi32(c), id = _mm256_cvtps_epi32(d);
-    __m256i m = _mm256_set1_epi32(255);
-    *sum = _mm256_add_epi32(*sum, _mm256_add_epi32(_mm256_add_epi32(ia, ib), _mm256_add_epi32(ic, id)));
-    return _mm256_or_si256(_mm256_or_si256(_mm256_and_si256(ia, m), _mm256_slli_epi32(_mm256_and_si256(ib, m), 8)),
-                           _mm256_or_si256(_mm256_slli_epi32(_mm256_and_si256(ic, m), 16), _mm256_slli_epi32(id, 24)));
-}
+static inline vint vi_round(vfloat v) { return _mm256_cvtps_epi32(v); }
+static inline vint vi_add(vint a, vint b) { return _mm256_add_epi32(a, b); }
+static inline vint vi_or(vint a, vint b) { return _mm256_or_si256(a, b); }
+static inline vint vi_byte(vint v, int s) { return _mm256_sll_epi32(_mm256_and_si256(v, _mm256_set1_epi32(255)), _mm_cvtsi32_si128(s)); }
 #elif defined(__aarch64__) && defined(__ARM_NEON) && !defined(SD_NO_SIMD)
 static inline vint vi_zero(void) { return vdupq_n_s32(0); }
 static inline void vi_store(void *p, vint v) { vst1q_s32((int32_t *)p, v); }
-static inline vint vq_pack4(vfloat a, vfloat b, vfloat c, vfloat d, vint *sum)
-{
-    int32x4_t ia = vcvtnq_s32_f32(a), ib = vcvtnq_s32_f32(b), ic = vcvtnq_s32_f32(c), id = vcvtnq_s32_f32(d), m = vdupq_n_s32(255);
-    *sum = vaddq_s32(*sum, vaddq_s32(vaddq_s32(ia, ib), vaddq_s32(ic, id)));
-    return vorrq_s32(vorrq_s32(vandq_s32(ia, m), vshlq_n_s32(vandq_s32(ib, m), 8)),
-                     vorrq_s32(vshlq_n_s32(vandq_s32(ic, m), 16), vshlq_n_s32(id, 24)));
-}
+static inline vint vi_round(vfloat v) { return vcvtnq_s32_f32(v); }
+static inline vint vi_add(vint a, vint b) { return vaddq_s32(a, b); }
+static inline vint vi_or(vint a, vint b) { return vorrq_s32(a, b); }
+static inline vint vi_byte(vint v, int s) { return vshlq_s32(vandq_s32(v, vdupq_n_s32(255)), vdupq_n_s32(s)); }
 #elif defined(__SSE2__) && !defined(SD_NO_SIMD)
 static inline vint vi_zero(void) { return _mm_setzero_si128(); }
 static inline void vi_store(void *p, vint v) { _mm_storeu_si128((__m128i *)p, v); }
-static inline vint vq_pack4(vfloat a, vfloat b, vfloat c, vfloat d, vint *sum)
-{
-    __m128i ia = _mm_cvtps_epi32(a), ib = _mm_cvtps_epi32(b), ic = _mm_cvtps_epi32(c), id = _mm_cvtps_epi32(d);
-    __m128i m = _mm_set1_epi32(255);
-    *sum = _mm_add_epi32(*sum, _mm_add_epi32(_mm_add_epi32(ia, ib), _mm_add_epi32(ic, id)));
-    return _mm_or_si128(_mm_or_si128(_mm_and_si128(ia, m), _mm_slli_epi32(_mm_and_si128(ib, m), 8)),
-                        _mm_or_si128(_mm_slli_epi32(_mm_and_si128(ic, m), 16), _mm_slli_epi32(id, 24)));
-}
+static inline vint vi_round(vfloat v) { return _mm_cvtps_epi32(v); }
+static inline vint vi_add(vint a, vint b) { return _mm_add_epi32(a, b); }
+static inline vint vi_or(vint a, vint b) { return _mm_or_si128(a, b); }
+static inline vint vi_byte(vint v, int s) { return _mm_sll_epi32(_mm_and_si128(v, _mm_set1_epi32(255)), _mm_cvtsi32_si128(s)); }
 #else
 static inline vint vi_zero(void) { vint r; memset(r.v, 0, sizeof r.v); return r; }
 static inline void vi_store(void *p, vint v) { memcpy(p, v.v, sizeof v.v); }
+static inline vint vi_round(vfloat v) { vint r; for (int l = 0; l < VF_WIDTH; l++) r.v[l] = vq_round(v.v[l]); return r; }
+static inline vint vi_add(vint a, vint b) { for (int l = 0; l < VF_WIDTH; l++) a.v[l] += b.v[l]; return a; }
+static inline vint vi_or(vint a, vint b) { for (int l = 0; l < VF_WIDTH; l++) a.v[l] = (int32_t)((uint32_t)a.v[l] | (uint32_t)b.v[l]); return a; }
+static inline vint vi_byte(vint v, int s) { for (int l = 0; l < VF_WIDTH; l++) v.v[l] = (int32_t)(((uint32_t)v.v[l] & 255u) << s); return v; }
+#endif
+
+/* Four vectors of whole numbers within int8 (k, k+1, k+2, k+3 of VF_WIDTH weight columns) as the
+   int8 groups of vi_dot4: lane j gets the bytes of lane j of a, b, c, d, lowest first. Their
+   int32 sum is added to *sum (the VNNI offset's correction). */
 static inline vint vq_pack4(vfloat a, vfloat b, vfloat c, vfloat d, vint *sum)
 {
-    vint r;
-    for (int l = 0; l < VF_WIDTH; l++) {
-        int32_t q[4];
-        q[0] = vq_round(a.v[l]), q[1] = vq_round(b.v[l]), q[2] = vq_round(c.v[l]), q[3] = vq_round(d.v[l]);
-        sum->v[l] += q[0] + q[1] + q[2] + q[3];
-        r.v[l] = (int32_t)((uint32_t)(q[0] & 255) | (uint32_t)(q[1] & 255) << 8 | (uint32_t)(q[2] & 255) << 16 | (uint32_t)(q[3] & 255) << 24);
-    }
-    return r;
+    vint ia = vi_round(a), ib = vi_round(b), ic = vi_round(c), id = vi_round(d);
+    *sum = vi_add(*sum, vi_add(vi_add(ia, ib), vi_add(ic, id)));
+    return vi_or(vi_or(vi_byte(ia, 0), vi_byte(ib, 8)), vi_or(vi_byte(ic, 16), vi_byte(id, 24)));
 }
-#endif
 
 /* Q8_BLOCK floats times id, rounded, as int8 bytes XOR mask. */
 #define Q8_BLOCK 32

@@ -4935,6 +4935,26 @@ static int cancel_at_2(void *user, int step, int steps)
     return step == 2;
 }
 
+/* A 64 x 64, 2-step generation of `batch` images from `seed` on 2 threads. */
+static int generate64(const sd_model *m, const char *prompt, uint64_t seed, int batch, int quant, uint8_t *rgb)
+{
+    sd_params p;
+    sd_error err;
+    sd_params_init(&p);
+    p.prompt = prompt;
+    p.width = p.height = 64;
+    p.steps = 2;
+    p.seed = seed;
+    p.batch_count = batch;
+    p.threads = 2;
+    p.quant = quant;
+    sd_arena *a = test_arena(sd_generate_arena_bytes(m, &p));
+    int rc = sd_generate(m, &p, a, rgb, &err);
+    CHECK(rc == SD_OK, "generate 64 x 64: %s", rc ? err.message : "");
+    free_arena(a);
+    return rc;
+}
+
 /* Same bytes for 1, 2 and 4 threads; cancellation; a too-small arena refused before any work. */
 static void check_pipeline_contracts(const sd_model *m, const char *rel)
 {
@@ -4976,22 +4996,10 @@ static void check_pipeline_contracts(const sd_model *m, const char *rel)
 
     /* batch_count: image i is the generation with seed + i */
     {
-        sd_params q;
         uint8_t *two = (uint8_t *)malloc(2 * 3 * 64 * 64), *one = (uint8_t *)malloc(3 * 64 * 64);
-        sd_params_init(&q);
-        q.prompt = "a cat";
-        q.width = q.height = 64;
-        q.steps = 2;
-        q.seed = 5;
-        q.batch_count = 2;
-        sd_arena *qa = test_arena(sd_generate_arena_bytes(m, &q));
-        int r2 = sd_generate(m, &q, qa, two, &err);
-        q.batch_count = 1;
-        q.seed = 6;
-        int r1 = sd_generate(m, &q, qa, one, &err);
+        int r2 = generate64(m, "a cat", 5, 2, SD_QUANT_EXACT, two), r1 = generate64(m, "a cat", 6, 1, SD_QUANT_EXACT, one);
         CHECK(!r2 && !r1 && !memcmp(two + 3 * 64 * 64, one, 3 * 64 * 64) && memcmp(two, one, 3 * 64 * 64),
               "%s: batch_count 2 from seed 5: the second image is not seed 6's (rc %d, %d)", rel, r2, r1);
-        free_arena(qa);
         free(two);
         free(one);
     }
@@ -6368,24 +6376,6 @@ static void test_gguf_model(void)
    matrix, which makes ggml search for scales, so its bytes differ) against the reference rules
    written out again here. Then the GGUF writer: a model written in q8_0 and q4_0 reads back
    with the same tensors, and draws what load-time quantization of the same file draws. */
-static int qt_generate(const sd_model *m, int quant, uint8_t *rgb)
-{
-    sd_params p;
-    sd_error err;
-    sd_params_init(&p);
-    p.prompt = "a red castle";
-    p.width = p.height = 64;
-    p.steps = 2;
-    p.seed = 11;
-    p.threads = 2;
-    p.quant = quant;
-    sd_arena *a = test_arena(sd_generate_arena_bytes(m, &p));
-    int rc = sd_generate(m, &p, a, rgb, &err);
-    CHECK(rc == SD_OK, "quantized model: generate: %s", rc ? err.message : "");
-    free_arena(a);
-    return rc;
-}
-
 static void test_gguf_quantize(void)
 {
     golden_file *g = golden_open("gguf/tiny-sd1-blocks.safetensors");
@@ -6503,7 +6493,7 @@ static void test_gguf_quantize(void)
                 CHECK(rc == SD_OK && qa->used == need, "sd_model_quantize %s: rc %d, used %zu of the %zu planned: %s", sd_dtype_name(type), rc, qa->used, need, rc ? err.message : "");
                 for (int q = 0; q < 2 && rc == SD_OK; q++) {
                     uint8_t a[3 * 64 * 64], b2[3 * 64 * 64];
-                    if (qt_generate(gm.model, q, a) == SD_OK && qt_generate(sm.model, q, b2) == SD_OK)
+                    if (generate64(gm.model, "a red castle", 11, 1, q, a) == SD_OK && generate64(sm.model, "a red castle", 11, 1, q, b2) == SD_OK)
                         CHECK(!memcmp(a, b2, sizeof a), "%s %s mode: sd.h's GGUF file and load-time quantization draw different images",
                               sd_dtype_name(type), q ? "fast" : "exact");
                 }
