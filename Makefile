@@ -122,7 +122,10 @@ tsan: test.c sd.h $(MERGES)
 # again with a random rank-32 LoRA on every attention and resnet layer (its cost). About 6 minutes
 # on 2 idle cores. TAESD (a random one, 4.9 MB, made once into weights/bench/): its decode to 512x512
 # and 1024x1024 beside the VAE's (the line gives both times and the speedup), and the 1-step
-# (Turbo-style, no guidance) and 4-step LCM 512x512 txt2img decoded by each (~2 minutes). Text encoder, UNet and VAE again with f32 weights (the same model written in
+# (Turbo-style, no guidance) and 4-step LCM 512x512 txt2img decoded by each
+# (~2 minutes). The UNet in the fast mode (int8 products), then text encoder and UNet of the
+# model quantized by sd.h to q8_0 and to q4_0 (GGUF files made once, 1.8 GB together), in both
+# modes, each line with its peak RSS, about 3 minutes. Text encoder, UNet and VAE again with f32 weights (the same model written in
 # f32 on first use, 4.3 GB), about 4 minutes. Then a full-size SDXL base 1.0 with random f16 weights (made once, 6.9 GB, ~45 s):
 # both text encoders and one guided UNet step at 64x64 latents (512 px), about 1.2 minutes more.
 # Last, a 2-step 512x512 SD 1.5 txt2img with the exact decode in a 192 MB memory cgroup beside the
@@ -135,12 +138,17 @@ tsan: test.c sd.h $(MERGES)
 # BENCH_ARGS adds options to every run (see ./bench --help), e.g. BENCH_ARGS=--runs\ 1.
 BENCH_MODEL = weights/bench/sd15-f16.safetensors
 BENCH_MODEL_XL = weights/bench/sdxl-f16.safetensors
-bench: $(BENCH) example $(MERGES) $(BENCH_MODEL) $(BENCH_MODEL_XL)
+BENCH_Q8 = weights/bench/sd15-q8_0.gguf
+BENCH_Q4 = weights/bench/sd15-q4_0.gguf
+bench: $(BENCH) example $(MERGES) $(BENCH_MODEL) $(BENCH_MODEL_XL) $(BENCH_Q8) $(BENCH_Q4)
 	./bench tokenizer,text,unet,vae,kernels --sizes 32,64 --vae-sizes 32 --threads 1,0 $(BENCH_ARGS)
 	./bench vae,taesd,txt2img --vae-sizes 64 --taesd-sizes 64,128 --threads 0 --txt2img-size 256 --steps 4 $(BENCH_ARGS)
 	./bench txt2img --threads 0 --txt2img-size 512 --steps 1 --guidance 0 --decoder vae,taesd $(BENCH_ARGS)
 	./bench txt2img --threads 0 --txt2img-size 512 --steps 4 --sampler lcm --decoder vae,taesd $(BENCH_ARGS)
 	./bench unet --sizes 64 --threads 0 --lora-rank 32 $(BENCH_ARGS)
+	./bench unet --sizes 32,64 --threads 0 --quant-mode fast $(BENCH_ARGS)
+	./bench text,unet --model $(BENCH_Q8) --sizes 32,64 --threads 0 $(BENCH_ARGS)
+	./bench text,unet --model $(BENCH_Q4) --sizes 32,64 --threads 0 $(BENCH_ARGS)
 	./bench text,unet,vae --dtype f32 --sizes 32,64 --threads 1,0 $(BENCH_ARGS)
 	./bench text,unet --kind sdxl --sizes 64 --threads 0 $(BENCH_ARGS)
 	sh tools/memcap.sh $(BENCH_MODEL) 512 2 192
@@ -148,6 +156,11 @@ bench: $(BENCH) example $(MERGES) $(BENCH_MODEL) $(BENCH_MODEL_XL)
 	  ./bench unet --kind sdxl --sizes 128 --threads 0 --runs 1 $(BENCH_ARGS) && \
 	  ./bench txt2img --kind sdxl --threads 0 --txt2img-size 1024 --steps 1 --vae-tiling 32 $(BENCH_ARGS) && \
 	  sh tools/memcap.sh $(BENCH_MODEL) 1024 1 640; fi
+
+# sd.h's own quantized copies of the random SD 1.5 (example --convert, convolutions too): q8_0
+# 1.17 GB, q4_0 0.66 GB, ~20 s. Order-only as the models above.
+weights/bench/sd15-%.gguf: | $(BENCH_MODEL) example
+	./example --convert $(BENCH_MODEL) $@ --type $*
 
 # Order-only: a rebuilt ./bench does not make a new model.
 $(BENCH_MODEL) $(BENCH_MODEL_XL): weights/bench/%-f16.safetensors: | $(BENCH)

@@ -2839,7 +2839,9 @@ static void test_kernels_threads(void)
     float *x = kt_floats((size_t)M * K, 1.0f), *cx = kt_floats((size_t)B * H * W * Cin, 1.0f);
     float *qkv = kt_floats((size_t)Nq * 3 * heads * d, 2.0f), *gx = kt_floats((size_t)HW * C, 3.0f);
     size_t ny = (size_t)M * N, nc = (size_t)B * H * W * Cout, na = (size_t)Nq * heads * d, ng = (size_t)HW * C;
-    size_t total = ny + nc + 2 * na + ng + 2 * (size_t)((H + 1) / 2) * ((W + 1) / 2) * Cout + ny;
+    sd_tensor qw = kt_tensor(SD_F16, N, 640, 0, 0, 1.0f), qcw = kt_tensor(SD_F16, Cout, 64, 3, 3, 1.0f);
+    float *qx = kt_floats((size_t)M * 640, 1.0f), *qcx = kt_floats((size_t)B * H * W * 64, 1.0f);
+    size_t total = ny + nc + 2 * na + ng + 2 * (size_t)((H + 1) / 2) * ((W + 1) / 2) * Cout + ny + ny + nc;
     /* zeroed: the second stride-2 conv (pad 0, 1) leaves the end of its share unwritten */
     float *first = (float *)calloc(total, sizeof(float)), *out = (float *)calloc(total, sizeof(float));
     for (int threads = 1; threads <= 4; threads++) {
@@ -2853,9 +2855,13 @@ static void test_kernels_threads(void)
         groupnorm(&p->pool, o + ny + nc + 2 * na, gx, 1, HW, C, 32, &cb, &b, 1e-6f, 1);
         conv2d(&p->pool, o + ny + nc + 2 * na + ng, cx, B, H, W, Cin, &cw, NULL, Cout, 3, 2, 1, 1);
         conv2d(&p->pool, o + ny + nc + 2 * na + ng + (size_t)Ho * Wo * Cout, cx, B, H, W, Cin, &cw, &cb, Cout, 3, 2, 0, 1);
-        memcpy(o + total - ny, o, ny * sizeof(float));
-        matmul(&p->pool, o + total - ny, N, x, K, M, N, K, &w, NULL, 1);
-        matmul(&p->pool, o + total - ny, N, x, K, 20, N, K, &w, &b, 1);   /* few rows: dot products */
+        float *fast = o + total - ny - nc, *tail = fast - ny;
+        memcpy(tail, o, ny * sizeof(float));
+        matmul(&p->pool, tail, N, x, K, M, N, K, &w, NULL, 1);
+        matmul(&p->pool, tail, N, x, K, 20, N, K, &w, &b, 1);   /* few rows: dot products */
+        sd_pool_set_quant(&p->pool, SD_QUANT_FAST);   /* and the int8 products */
+        matmul(&p->pool, fast, N, qx, 640, M, N, 640, &qw, &b, 0);
+        conv2d(&p->pool, fast + ny, qcx, B, H, W, 64, &qcw, &cb, Cout, 3, 1, 1, 1);
         if (threads > 1)
             CHECK(memcmp(first, out, total * sizeof(float)) == 0, "kernels with %d threads differ from 1 thread", threads);
         kt_pool_free(p);
@@ -2870,8 +2876,8 @@ static void test_kernels_threads(void)
         CHECK(pool_init(&pool, 0, a, &err) == SD_ERR_ARG, "pool_init(0 threads): want SD_ERR_ARG");
         free_arena(a);
     }
-    free(x); free(cx); free(qkv); free(gx); free(first); free(out);
-    kt_free_tensor(&w); kt_free_tensor(&b); kt_free_tensor(&cw); kt_free_tensor(&cb);
+    free(x); free(cx); free(qkv); free(gx); free(first); free(out); free(qx); free(qcx);
+    kt_free_tensor(&w); kt_free_tensor(&b); kt_free_tensor(&cw); kt_free_tensor(&cb); kt_free_tensor(&qw); kt_free_tensor(&qcw);
 }
 
 /* LoRA updates (lora_update): two adapters on one weight (another LoRA's chained after the
@@ -2945,25 +2951,35 @@ static void test_kernels_lora(sd_pool *pool)
    288 start inside 256-value blocks; few rows take the dot-product path). The bytes are random,
    but no byte has the exponent bits of an fp16 inf or NaN, so every scale is finite. The values
    themselves are checked against ggml's in test_gguf. */
+/* A block-typed [N, K] weight of random bytes, none with the exponent bits of an fp16 inf or NaN
+   (free its data). */
+static sd_tensor kt_block_tensor(sd_dtype dtype, int64_t N, int64_t K)
+{
+    sd_tensor w;
+    memset(&w, 0, sizeof w);
+    w.name = "test";
+    w.dtype = dtype;
+    w.ndim = 2;
+    w.shape[0] = N;
+    w.shape[1] = K;
+    w.nbytes = dtype_bytes(w.dtype, (uint64_t)N * K);
+    unsigned char *bytes = (unsigned char *)malloc(w.nbytes);
+    for (size_t i = 0; i < w.nbytes; i++) {
+        uint32_t r = (uint32_t)((kt_rand() + 1.0f) * 32768.0f);
+        bytes[i] = (unsigned char)((r & 0x80) | (r >> 8) % 0x3c);
+    }
+    w.data = bytes;
+    return w;
+}
+
 static void test_kernels_blocks(sd_pool *pool)
 {
     enum { N = 24, K = 2304 };
     int ok = 1;
     for (int d = 0; d < SD_DTYPE_COUNT; d++) {
         if (!dtype_is_block((sd_dtype)d)) continue;
-        sd_tensor w;
-        memset(&w, 0, sizeof w);
-        w.dtype = (sd_dtype)d;
-        w.ndim = 2;
-        w.shape[0] = N;
-        w.shape[1] = K;
-        w.nbytes = dtype_bytes(w.dtype, (uint64_t)N * K);
-        unsigned char *bytes = (unsigned char *)malloc(w.nbytes);
-        for (size_t i = 0; i < w.nbytes; i++) {
-            uint32_t r = (uint32_t)((kt_rand() + 1.0f) * 32768.0f);
-            bytes[i] = (unsigned char)((r & 0x80) | (r >> 8) % 0x3c);
-        }
-        w.data = bytes;
+        sd_tensor w = kt_block_tensor((sd_dtype)d, N, K);
+        unsigned char *bytes = (unsigned char *)(uintptr_t)w.data;
         sd_tensor f = w;
         float *values = (float *)malloc((size_t)N * K * sizeof(float));
         tensor_floats(values, &w, 0, N * K);
@@ -2995,11 +3011,165 @@ static void test_kernels_blocks(sd_pool *pool)
     CHECK(ok, "matmul and deep conv with block-typed weights = with their f32 values, bit for bit");
 }
 
+
+/* The fast mode (SD_QUANT_FAST) in double: x and w quantized per block of 32 along K as the
+   kernels quantize (d = a/127, v·(127/a) rounded half to even, in float, a = max|v| or 1e-30; q8_0, q4_0
+   and q5_0 linear weights with their blocks' own d; a convolution's blocks are 32 channels of
+   one tap), the int8 products summed exactly. What is left between this and the kernels is the
+   float summation of the block sums, so the bound is tight. */
+static float kq_quant(const float *v, int given, float d, int *q)
+{
+    float amax = 1e-30f, inv;   /* at least 1e-30, as the kernels take it */
+    for (int e = 0; e < 32; e++) amax = fabsf(v[e]) > amax ? fabsf(v[e]) : amax;
+    if (given) inv = d != 0.0f ? 1.0f / d : 1.0f;
+    else { inv = 127.0f / amax; d = amax / 127.0f; }
+    for (int e = 0; e < 32; e++) q[e] = (int)nearbyintf(v[e] * inv);
+    return d;
+}
+
+/* The weight block of column n covering K values k0..k0+31 (linear) or channels c0..c0+31 of
+   tap t (conv: taps > 1). */
+static float kq_weight(const sd_tensor *w, int n, int64_t K, int taps, int64_t k0, int t, int *q)
+{
+    float v[32];
+    for (int e = 0; e < 32; e++)
+        v[e] = tensor_get(w, (size_t)(taps == 1 ? n * K + k0 + e : (n * (K / taps) + k0 + e) * taps + t));
+    if (taps == 1 && (w->dtype == SD_Q8_0 || w->dtype == SD_Q4_0 || w->dtype == SD_Q5_0)) {
+        const unsigned char *b = (const unsigned char *)w->data + dtype_bytes(w->dtype, (uint64_t)(n * K + k0));
+        return kq_quant(v, 1, sd_f16_to_f32((uint16_t)(b[0] | b[1] << 8)), q);
+    }
+    return kq_quant(v, 0, 0.0f, q);
+}
+
+/* y (+)= x·wᵀ + b in the fast mode's arithmetic; rows of x are given by pointer per (row, tap)
+   (NULL: padding) so that one function serves matmul and conv2d. */
+static void kq_ref(double *ref, int ldr, const float *const *rows, int M, int N, int64_t K, int taps, const sd_tensor *w,
+                   const sd_tensor *b, const float *y0, int ldy)
+{
+    int64_t depth = K / taps;
+    int qx[32], qw[32];
+    float zeros[32] = {0};
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            double s = (y0 ? y0[(size_t)m * ldy + n] : 0.0) + (b ? tensor_get(b, (size_t)n) : 0.0);
+            for (int t = 0; t < taps; t++)
+                for (int64_t c0 = 0; c0 < depth; c0 += 32) {
+                    const float *xr = rows[(size_t)m * taps + t];
+                    double dx = kq_quant(xr ? xr + c0 : zeros, 0, 0.0f, qx), dw = kq_weight(w, n, K, taps, c0, t, qw);
+                    long dot = 0;
+                    for (int e = 0; e < 32; e++) dot += (long)qx[e] * qw[e];
+                    s += dx * dw * (double)dot;
+                }
+            ref[(size_t)m * ldr + n] = s;
+        }
+}
+
+static void test_kernels_q8(sd_pool *pool)
+{
+    static const int mshapes[][3] = {{33, 1, 32}, {40, 17, 64}, {100, 33, 288}, {77, 100, 320}, {150, 70, 608},
+                                     {64, 9, 2304}, {50, 1030, 96}, {13 * 12 + 5, 64, 1024}};
+    static const sd_dtype dts[] = {SD_F32, SD_F16, SD_BF16, SD_Q8_0, SD_Q4_0, SD_Q5_0, SD_Q4_1, SD_Q5_1, SD_Q4_K, SD_Q6_K};
+    double worst = 0;
+    sd_pool_set_quant(pool, SD_QUANT_FAST);
+    for (int si = 0; si < (int)(sizeof mshapes / sizeof mshapes[0]); si++)
+        for (int di = 0; di < (int)(sizeof dts / sizeof dts[0]); di++) {
+            int M = mshapes[si][0], N = mshapes[si][1], K = mshapes[si][2], ldx = K + si % 3, ldy = N + 2 * (si % 2);
+            int acc = (si + di) % 2, with_bias = (si + di) % 3 != 0;
+            if (dtype_is_block(dts[di]) && K % 256 && dts[di] >= SD_Q2_K) continue;
+            sd_tensor w = dtype_is_block(dts[di]) ? kt_block_tensor(dts[di], N, K) : kt_tensor(dts[di], N, K, 0, 0, 1.0f);
+            sd_tensor b = kt_tensor(SD_F16, N, 0, 0, 0, 1.0f);
+            float *x = kt_floats((size_t)M * ldx, 1.0f), *y = kt_floats((size_t)M * ldy, 1.0f), *y0 = (float *)malloc((size_t)M * ldy * sizeof(float));
+            double *ref = (double *)malloc((size_t)M * ldy * sizeof(double)), *exact = (double *)malloc((size_t)M * N * sizeof(double));
+            const float **rows = (const float **)malloc((size_t)M * sizeof(float *));
+            for (int m = 0; m < M; m++) rows[m] = x + (size_t)m * ldx;
+            memcpy(y0, y, (size_t)M * ldy * sizeof(float));
+            for (size_t i = 0; i < (size_t)M * ldy; i++) ref[i] = y[i];
+            kq_ref(ref, ldy, rows, M, N, K, 1, &w, with_bias ? &b : NULL, acc ? y0 : NULL, ldy);
+            matmul(pool, y, ldy, x, ldx, M, N, K, &w, with_bias ? &b : NULL, acc);
+            char what[160];
+            snprintf(what, sizeof what, "fast matmul M=%d N=%d K=%d w=%s acc=%d bias=%d", M, N, K, sd_dtype_name(w.dtype), acc, with_bias);
+            kt_close(what, y, ref, (size_t)M * ldy, 2e-6 * sqrt(K / 32.0 + 1));
+            /* and its distance from the exact product: quantization error, a few per mille of the largest output */
+            for (int m = 0; m < M; m++)
+                for (int n = 0; n < N; n++) {
+                    double s = acc ? y0[(size_t)m * ldy + n] : 0.0;
+                    for (int k = 0; k < K; k++) s += (double)x[(size_t)m * ldx + k] * tensor_get(&w, (size_t)n * K + k);
+                    exact[(size_t)m * N + n] = s + (with_bias ? tensor_get(&b, (size_t)n) : 0.0);
+                }
+            for (int m = 0; m < M; m++) memmove(y + (size_t)m * N, y + (size_t)m * ldy, (size_t)N * sizeof(float));
+            double md = 0, mx = 0;
+            for (size_t i = 0; i < (size_t)M * N; i++) { md = fmax(md, fabs(y[i] - exact[i])); mx = fmax(mx, fabs(exact[i])); }
+            worst = fmax(worst, md / mx);
+            CHECK(md <= 0.02 * mx, "%s: max|fast - exact| / max|exact| = %.3g", what, md / mx);
+            free(x); free(y); free(y0); free(ref); free(exact); free(rows);
+            kt_free_tensor(&b);
+            if (dtype_is_block(w.dtype)) free((void *)(uintptr_t)w.data); else kt_free_tensor(&w);
+        }
+    {   /* convolutions: B H W Cin Cout k s pad pad_end */
+        static const int cshapes[][9] = {{2, 7, 9, 32, 20, 3, 1, 1, 1}, {1, 17, 16, 64, 40, 3, 2, 1, 1}, {1, 21, 15, 96, 33, 3, 2, 0, 1},
+                                         {2, 6, 6, 32, 8, 1, 1, 0, 0}, {1, 12, 13, 64, 70, 3, 1, 1, 1}};
+        for (int si = 0; si < (int)(sizeof cshapes / sizeof cshapes[0]); si++)
+            for (int di = 0; di < 4; di++) {
+                const int *S = cshapes[si];
+                int B = S[0], H = S[1], W = S[2], Cin = S[3], Cout = S[4], k = S[5], s = S[6], pad = S[7], pe = S[8], taps = k * k;
+                int Ho = (H + pad + pe - k) / s + 1, Wo = (W + pad + pe - k) / s + 1, M = B * Ho * Wo;
+                sd_tensor w = di < 3 ? kt_tensor(kt_dtypes[di], Cout, Cin, k, k, 1.0f) : kt_block_tensor(SD_Q8_0, Cout, (int64_t)Cin * taps);
+                sd_tensor b = kt_tensor(SD_F32, Cout, 0, 0, 0, 1.0f);
+                float *x = kt_floats((size_t)B * H * W * Cin, 1.0f), *y = (float *)malloc((size_t)M * Cout * sizeof(float));
+                double *ref = (double *)malloc((size_t)M * Cout * sizeof(double));
+                const float **rows = (const float **)malloc((size_t)M * taps * sizeof(float *));
+                for (int m = 0; m < M; m++)
+                    for (int t = 0; t < taps; t++) {
+                        int bi = m / (Ho * Wo), oy = m % (Ho * Wo) / Wo, ox = m % Wo, iy = oy * s + t / k - pad, ix = ox * s + t % k - pad;
+                        rows[(size_t)m * taps + t] = iy < 0 || iy >= H || ix < 0 || ix >= W ? NULL : x + (((size_t)bi * H + iy) * W + ix) * Cin;
+                    }
+                kq_ref(ref, Cout, rows, M, Cout, (int64_t)Cin * taps, taps, &w, si % 2 ? &b : NULL, NULL, 0);
+                conv2d(pool, y, x, B, H, W, Cin, &w, si % 2 ? &b : NULL, Cout, k, s, pad, pe);
+                char what[160];
+                snprintf(what, sizeof what, "fast conv2d %dx%dx%dx%d -> %d k=%d s=%d pad=(%d,%d) w=%s", B, H, W, Cin, Cout, k, s, pad, pe, sd_dtype_name(w.dtype));
+                kt_close(what, y, ref, (size_t)M * Cout, 2e-6 * sqrt(Cin * taps / 32.0 + 1));
+                if (B == 1 && pad == pe) {   /* a band of output rows from a band of input rows, with ReLU (TAESD's convs): the same bits, clamped */
+                    int y0 = Ho / 3, n = Ho - y0 - Ho / 4, x_y0 = y0 * s - pad > 0 ? y0 * s - pad : 0, same = 1;
+                    float *band = (float *)malloc((size_t)n * Wo * Cout * sizeof(float));
+                    conv2d_rows(pool, band, Cout, x + (size_t)x_y0 * W * Cin, x_y0, H, W, Cin, &w, si % 2 ? &b : NULL, Cout, k, s, pad, y0, n, Wo, CONV_RELU);
+                    for (size_t i = 0; i < (size_t)n * Wo * Cout; i++) {
+                        float v = y[(size_t)y0 * Wo * Cout + i];
+                        same &= band[i] == (v < 0.0f ? 0.0f : v);
+                    }
+                    CHECK(same, "%s: output rows %d..%d with ReLU from input rows %d on differ from the whole conv's", what, y0, y0 + n - 1, x_y0);
+                    free(band);
+                }
+                free(x); free(y); free(ref); free(rows);
+                kt_free_tensor(&b);
+                if (dtype_is_block(w.dtype)) free((void *)(uintptr_t)w.data); else kt_free_tensor(&w);
+            }
+    }
+    {   /* what stays exact in the fast mode: few rows (dot products), depths not a multiple of 32 */
+        sd_tensor w = kt_tensor(SD_F16, 40, 36, 0, 0, 1.0f), cw = kt_tensor(SD_F16, 8, 4, 3, 3, 1.0f);
+        float *x = kt_floats(100 * 36, 1.0f), a[100 * 40], e[100 * 40];
+        int ok = 1;
+        for (int pass = 0; pass < 2; pass++) {
+            sd_pool_set_quant(pool, pass ? SD_QUANT_EXACT : SD_QUANT_FAST);
+            float *o = pass ? e : a;
+            matmul(pool, o, 40, x, 36, 100, 40, 36, &w, NULL, 0);
+            matmul(pool, o + 4000 - 20 * 40, 40, x, 36, 20, 40, 36, &w, NULL, 0);
+            conv2d(pool, o, x, 1, 10, 9, 4, &cw, NULL, 8, 3, 1, 1, 1);
+        }
+        ok = !memcmp(a, e, sizeof a);
+        CHECK(ok, "fast mode: K = 36, 4-channel convolutions and 20-row products differ from the exact mode");
+        free(x);
+        kt_free_tensor(&w); kt_free_tensor(&cw);
+    }
+    sd_pool_set_quant(pool, SD_QUANT_EXACT);
+    printf("  fast mode (%s, Q8_MR %d): worst max|fast - exact| / max|exact| %.4f\n", SD_SIMD, Q8_MR, worst);
+}
+
 static void test_kernels(void)
 {
     kt_pool *p = kt_pool_new(2);
     test_kernels_matmul(&p->pool);
     test_kernels_blocks(&p->pool);
+    test_kernels_q8(&p->pool);
     test_kernels_conv(&p->pool);
     test_kernels_attention(&p->pool);
     test_kernels_norms(&p->pool);
@@ -4988,7 +5158,7 @@ static const sd_taesd *pipeline_taesd;
 
 /* Runs one golden's generation with `threads` threads; fills rgb (and latents, image and each
    step's latents when given). */
-static int run_golden_steps(const sd_model *m, golden_file *g, int threads, int vae_tile, uint8_t *rgb, float *latents, float *image,
+static int run_golden_steps(const sd_model *m, golden_file *g, int threads, int vae_tile, int quant, uint8_t *rgb, float *latents, float *image,
                             golden_steps *steps, sd_error *err)
 {
     sd_params p;
@@ -4996,6 +5166,7 @@ static int run_golden_steps(const sd_model *m, golden_file *g, int threads, int 
     char lora_path[1100];
     lora_dir loras;
     sd_params_init(&p);
+    p.quant = quant;
     p.prompt = meta_or(g, "prompt", "");
     /* LoRA goldens: the prompt with AUTOMATIC1111's <lora:NAME:w> tags, the files from GOLDEN_DIR/lora as the CLI finds them */
     memset(&loras, 0, sizeof loras);
@@ -5066,12 +5237,47 @@ static int run_golden_steps(const sd_model *m, golden_file *g, int threads, int 
     return rc;
 }
 
-static int run_golden(const sd_model *m, golden_file *g, int threads, int vae_tile, uint8_t *rgb, float *latents, float *image, sd_error *err)
+static int run_golden(const sd_model *m, golden_file *g, int threads, int vae_tile, int quant, uint8_t *rgb, float *latents, float *image, sd_error *err)
 {
-    return run_golden_steps(m, g, threads, vae_tile, rgb, latents, image, NULL, err);
+    return run_golden_steps(m, g, threads, vae_tile, quant, rgb, latents, image, NULL, err);
 }
 
 static int pipelines_checked;
+
+/* The fast mode's bounds on the pipeline goldens (max|x - golden| / max|golden|; uint8 levels):
+   the worst of every golden measured (tiny-sd2's txt2img_4steps: 0.091, 0.150, 57; tiny-sd1's
+   worst 0.064, 0.075, 17; tiny-sdxl's 0.029, 0.056, 21; README) and a quarter more. Tiny models
+   with random weights magnify errors: the full-size random SD 1.5 moves by 1.9 % (UNet). */
+#define FAST_LATENTS 0.115
+#define FAST_IMAGE 0.19
+#define FAST_UINT8 72
+
+/* max|x - want| / max|want| */
+static double rel_to_max(const float *x, const float *want, int64_t n)
+{
+    double d = 0, r = 0;
+    for (int64_t i = 0; i < n; i++) { d = fmax(d, fabs((double)x[i] - want[i])); r = fmax(r, fabs((double)want[i])); }
+    return r > 0 ? d / r : d;
+}
+
+/* The same generation in the fast mode (int8 products) against the golden, within the bounds the
+   README gives: what quantizing the activations (and requantizing the weights) moves, measured
+   on every golden. Also prints the figures. lat, img, rgb: scratch of the golden's sizes. */
+static void check_pipeline_fast(const sd_model *m, golden_file *g, const char *rel, float *lat, float *img, uint8_t *rgb)
+{
+    int64_t nl, ni, nu;
+    sd_error err;
+    const float *want_lat = golden_f32(g, "final_latents", &nl), *want_img = golden_f32(g, "image_decoded", &ni);
+    const sd_tensor *want_u8 = sd_safetensors_find(&g->st, "image_uint8");
+    nu = sd_tensor_numel(want_u8);
+    if (!CHECK(run_golden(m, g, 2, 0, SD_QUANT_FAST, rgb, lat, img, &err) == SD_OK, "%s fast mode: %s", rel, err.message)) return;
+    int worst = 0;
+    for (int64_t i = 0; i < nu; i++) worst = abs((int)rgb[i] - (int)((const uint8_t *)want_u8->data)[i]) > worst ? abs((int)rgb[i] - (int)((const uint8_t *)want_u8->data)[i]) : worst;
+    double dl = rel_to_max(lat, want_lat, nl), di = rel_to_max(img, want_img, ni);
+    printf("  fast mode %s: final_latents %.4f, image_decoded %.4f of max, image_uint8 max diff %d\n", rel, dl, di, worst);
+    CHECK(dl <= FAST_LATENTS && di <= FAST_IMAGE && worst <= FAST_UINT8, "%s fast mode: final_latents %.4f (bound %g), image_decoded %.4f (%g), "
+          "image_uint8 %d (%d)", rel, dl, FAST_LATENTS, di, FAST_IMAGE, worst, FAST_UINT8);
+}
 
 /* One pipeline golden end to end; 0 when it was skipped (absent, or a scheduler sd.h lacks). */
 static int check_pipeline(const sd_model *m, const char *rel)
@@ -5096,7 +5302,7 @@ static int check_pipeline(const sd_model *m, const char *rel)
     const sd_tensor *ts = sd_safetensors_find(&g->st, "timesteps");
     golden_steps st = {NULL, ts ? (int)sd_tensor_numel(ts) : 0, 0, (size_t)nl};
     st.latents = (float *)calloc((size_t)(st.steps > 0 ? st.steps : 1) * st.lat, sizeof(float));
-    int rc = run_golden_steps(m, g, 1, 0, rgb, lat, img, &st, &err);
+    int rc = run_golden_steps(m, g, 1, 0, SD_QUANT_EXACT, rgb, lat, img, &st, &err);
     pipelines_checked++;
     n_cases++;
     if (CHECK(rc == SD_OK, "%s: %s", g->path, err.message)) {
@@ -5117,6 +5323,7 @@ static int check_pipeline(const sd_model *m, const char *rel)
             if (d > worst) worst = d;
         }
         CHECK(worst <= 1, "%s image_uint8: a pixel differs by %d", rel, worst);
+        check_pipeline_fast(m, g, rel, lat, img, rgb);
     }
     /* prompt ids as the pipeline tokenizes them (SDXL: both tokenizers) */
     for (int e = 0; e < m->encoders; e++) {
@@ -5145,6 +5352,26 @@ static int cancel_at_2(void *user, int step, int steps)
     return step == 2;
 }
 
+/* A 64 x 64, 2-step generation of `batch` images from `seed` on 2 threads. */
+static int generate64(const sd_model *m, const char *prompt, uint64_t seed, int batch, int quant, uint8_t *rgb)
+{
+    sd_params p;
+    sd_error err;
+    sd_params_init(&p);
+    p.prompt = prompt;
+    p.width = p.height = 64;
+    p.steps = 2;
+    p.seed = seed;
+    p.batch_count = batch;
+    p.threads = 2;
+    p.quant = quant;
+    sd_arena *a = test_arena(sd_generate_arena_bytes(m, &p));
+    int rc = sd_generate(m, &p, a, rgb, &err);
+    CHECK(rc == SD_OK, "generate 64 x 64: %s", rc ? err.message : "");
+    free_arena(a);
+    return rc;
+}
+
 /* Same bytes for 1, 2 and 4 threads; cancellation; a too-small arena refused before any work. */
 static void check_pipeline_contracts(const sd_model *m, const char *rel)
 {
@@ -5157,10 +5384,13 @@ static void check_pipeline_contracts(const sd_model *m, const char *rel)
     int rc[3];
     for (int i = 0; i < 3; i++) {
         rgb[i] = (uint8_t *)malloc(n ? n : 1);
-        rc[i] = run_golden(m, g, 1 << i, 0, rgb[i], NULL, NULL, &err);
+        rc[i] = run_golden(m, g, 1 << i, 0, SD_QUANT_EXACT, rgb[i], NULL, NULL, &err);
     }
     CHECK(n && !rc[0] && !rc[1] && !rc[2] && !memcmp(rgb[0], rgb[1], n) && !memcmp(rgb[0], rgb[2], n),
           "%s: 1, 2 and 4 threads give different images", rel);
+    for (int i = 0; i < 3; i++) rc[i] = run_golden(m, g, 1 << i, 0, SD_QUANT_FAST, rgb[i], NULL, NULL, &err);
+    CHECK(n && !rc[0] && !rc[1] && !rc[2] && !memcmp(rgb[0], rgb[1], n) && !memcmp(rgb[0], rgb[2], n),
+          "%s fast mode: 1, 2 and 4 threads give different images", rel);
     for (int i = 0; i < 3; i++) free(rgb[i]);
 
     /* tiled VAE decode: close to the whole decode (each tile normalises on its own) */
@@ -5168,7 +5398,7 @@ static void check_pipeline_contracts(const sd_model *m, const char *rel)
     const float *want_img = golden_f32(g, "image_decoded", &ni);
     float *img = (float *)malloc((size_t)(ni > 0 ? ni : 1) * sizeof(float));
     uint8_t *tiled = (uint8_t *)malloc(n ? n : 1);
-    if (want_img && CHECK(run_golden(m, g, 2, 12, tiled, NULL, img, &err) == SD_OK, "%s tiled decode: %s", rel, err.message)) {
+    if (want_img && CHECK(run_golden(m, g, 2, 12, SD_QUANT_EXACT, tiled, NULL, img, &err) == SD_OK, "%s tiled decode: %s", rel, err.message)) {
         double worst = 0, sum = 0, ref = 0;
         for (int64_t i = 0; i < ni; i++) {
             double d = fabs((double)img[i] - want_img[i]);
@@ -5183,22 +5413,10 @@ static void check_pipeline_contracts(const sd_model *m, const char *rel)
 
     /* batch_count: image i is the generation with seed + i */
     {
-        sd_params q;
         uint8_t *two = (uint8_t *)malloc(2 * 3 * 64 * 64), *one = (uint8_t *)malloc(3 * 64 * 64);
-        sd_params_init(&q);
-        q.prompt = "a cat";
-        q.width = q.height = 64;
-        q.steps = 2;
-        q.seed = 5;
-        q.batch_count = 2;
-        sd_arena *qa = test_arena(sd_generate_arena_bytes(m, &q));
-        int r2 = sd_generate(m, &q, qa, two, &err);
-        q.batch_count = 1;
-        q.seed = 6;
-        int r1 = sd_generate(m, &q, qa, one, &err);
+        int r2 = generate64(m, "a cat", 5, 2, SD_QUANT_EXACT, two), r1 = generate64(m, "a cat", 6, 1, SD_QUANT_EXACT, one);
         CHECK(!r2 && !r1 && !memcmp(two + 3 * 64 * 64, one, 3 * 64 * 64) && memcmp(two, one, 3 * 64 * 64),
               "%s: batch_count 2 from seed 5: the second image is not seed 6's (rc %d, %d)", rel, r2, r1);
-        free_arena(qa);
         free(two);
         free(one);
     }
@@ -7203,6 +7421,144 @@ static void test_gguf_model(void)
     golden_close(g);
 }
 
+/* sd.h's quantization. sd_quantize against the bytes stable-diffusion.cpp's converter wrote: q8_0
+   (its converter runs ggml's reference quantizer for q8_0) on the blocks golden and on every q8_0
+   tensor of tiny-sd1-q8_0.gguf; the other types (where that converter passes a dummy importance
+   matrix, which makes ggml search for scales, so its bytes differ) against the reference rules
+   written out again here. Then the GGUF writer: a model written in q8_0 and q4_0 reads back
+   with the same tensors, and draws what load-time quantization of the same file draws. */
+static void test_gguf_quantize(void)
+{
+    golden_file *g = golden_open("gguf/tiny-sd1-blocks.safetensors");
+    int64_t n = 0;
+    const float *src = g ? golden_f32(g, "source", &n) : NULL;
+    if (src && CHECK(n == 1024, "blocks golden: source has %lld values", (long long)n)) {
+        static const sd_dtype types[5] = {SD_Q8_0, SD_Q4_0, SD_Q4_1, SD_Q5_0, SD_Q5_1};
+        unsigned char out[1200];
+        float back[1024];
+        const sd_tensor *raw = sd_safetensors_find(&g->st, "q8_0.raw");
+        size_t bytes = sd_quantize(SD_Q8_0, src, 1024, out);
+        CHECK(raw && bytes == raw->nbytes && !memcmp(out, raw->data, bytes), "sd_quantize q8_0 = stable-diffusion.cpp's bytes of the blocks golden");
+        for (int k = 1; k < 5; k++) {
+            sd_dtype t = types[k];
+            int ok = sd_quantize(t, src, 1024, out) == dtype_bytes(t, 1024), with_min = t == SD_Q4_1 || t == SD_Q5_1, top = t == SD_Q4_0 || t == SD_Q4_1 ? 15 : 31;
+            sd_tensor v;
+            memset(&v, 0, sizeof v);
+            v.dtype = t, v.ndim = 1, v.shape[0] = 1024, v.data = out, v.nbytes = dtype_bytes(t, 1024);
+            tensor_floats(back, &v, 0, 1024);
+            for (int b = 0; ok && b < 32; b++) {   /* the reference rules, block by block */
+                const float *x = src + 32 * b;
+                float m = 0, lo = x[0], hi = x[0], d;
+                for (int e = 0; e < 32; e++) {
+                    if (fabsf(x[e]) > fabsf(m)) m = x[e];
+                    lo = fminf(lo, x[e]), hi = fmaxf(hi, x[e]);
+                }
+                d = with_min ? (hi - lo) / (float)top : m / -(float)(top + 1) * 2.0f;
+                float id = d != 0 ? 1.0f / d : 0.0f, dh = sd_f16_to_f32(sd_f32_to_f16(d)), mh = sd_f16_to_f32(sd_f32_to_f16(lo));
+                for (int e = 0; ok && e < 32; e++) {
+                    float f = with_min ? (x[e] - lo) * id + 0.5f : x[e] * id + (float)(top + 1) / 2.0f + 0.5f;
+                    int q = f >= (float)top ? top : (int)f;
+                    float want = with_min ? (float)q * dh + mh : (float)(q - (top + 1) / 2) * dh;
+                    if (back[32 * b + e] != want) { ok = 0; printf("  %s block %d value %d: %g, want %g\n", sd_dtype_name(t), b, e, back[32 * b + e], want); }
+                }
+            }
+            CHECK(ok, "sd_quantize %s: each block as ggml's reference quantizer makes it", sd_dtype_name(t));
+        }
+    }
+    golden_close(g);
+
+    /* the q8_0 tensors of stable-diffusion.cpp's tiny-sd1-q8_0.gguf, from tiny-sd1-fp16 */
+    char path[1200];
+    size_t gsize;
+    snprintf(path, sizeof path, "%s/gguf/tiny-sd1-q8_0.gguf", golden_dir);
+    unsigned char *gg = read_file(path, &gsize);
+    golden_file *fp16 = golden_open("models/tiny-sd1-fp16.safetensors");
+    if (gg && fp16) {
+        sd_arena *a = test_arena(gguf_arena_bytes(gg, gsize) + (1 << 20));
+        sd_safetensors st;
+        sd_error err;
+        int same = 0, checked = 0;
+        if (CHECK(sd_gguf_open(&st, gg, gsize, a, &err) == SD_OK, "tiny-sd1-q8_0.gguf: %s", err.message))
+            for (int i = 0; i < st.count; i++) {
+                const sd_tensor *q = &st.tensors[i], *f = sd_safetensors_find(&fp16->st, q->name);
+                if (q->dtype != SD_Q8_0 || !f || f->ndim < 2) continue;   /* (its 1-D norm weights: sd.h leaves those alone) */
+                unsigned char *mine = (unsigned char *)malloc(q->nbytes);
+                float *row = (float *)malloc((size_t)(sd_tensor_numel(f) / f->shape[0]) * sizeof(float));
+                checked++;
+                same += sd_quantize_choice(f, SD_Q8_0) == SD_Q8_0 && sd_tensor_convert(f, SD_Q8_0, mine, row) == SD_OK && !memcmp(mine, q->data, q->nbytes);
+                free(mine);
+                free(row);
+            }
+        CHECK(checked > 100 && same == checked, "sd_tensor_convert q8_0 = stable-diffusion.cpp's bytes for %d of its %d q8_0 matrices", same, checked);
+        free_arena(a);
+    } else note_absent("gguf quantize", "no %s or models/tiny-sd1-fp16.safetensors: the converter's bytes unchecked", path);
+    free(gg);
+
+    /* the writer: tiny-sd1 in q8_0 and q4_0 as sd.h's GGUF, against load-time quantization */
+    snprintf(path, sizeof path, "%s/models/tiny-sd1-fp16.safetensors", golden_dir);
+    if (!fp16 || !file_exists(merges_path)) { golden_close(fp16); return; }
+    for (int k = 0; k < 2; k++) {
+        sd_dtype type = k ? SD_Q4_0 : SD_Q8_0;
+        const sd_safetensors *st = &fp16->st;
+        sd_tensor *t = (sd_tensor *)malloc((size_t)st->count * sizeof *t);
+        int quantized = 0;
+        size_t data = 0;
+        for (int i = 0; i < st->count; i++) {
+            t[i] = st->tensors[i];
+            t[i].dtype = sd_quantize_choice(&st->tensors[i], type);
+            if (t[i].dtype != st->tensors[i].dtype) quantized++, t[i].nbytes = dtype_bytes(type, (uint64_t)sd_tensor_numel(&t[i]));
+            data += (t[i].nbytes + 31) / 32 * 32;
+        }
+        size_t head = sd_gguf_header(NULL, 0, t, st->count, st->meta_keys, st->meta_values, st->meta_count);
+        unsigned char *file = (unsigned char *)calloc(head + data, 1);
+        int ok = head && sd_gguf_header(file, head, t, st->count, st->meta_keys, st->meta_values, st->meta_count) == head;
+        for (int i = 0, at = (int)head; ok && i < st->count; at += (int)((t[i].nbytes + 31) / 32 * 32), i++) {
+            float *row = (float *)malloc((size_t)(sd_tensor_numel(&st->tensors[i]) / (st->tensors[i].shape[0] ? st->tensors[i].shape[0] : 1) + 1) * sizeof(float));
+            ok = sd_tensor_convert(&st->tensors[i], t[i].dtype, file + at, row) == SD_OK;
+            free(row);
+        }
+        CHECK(ok && quantized > 300, "GGUF writer: tiny-sd1 in %s (%d tensors quantized)", sd_dtype_name(type), quantized);
+        loaded_model gm, sm;
+        unsigned char *meta_file;
+        if (ok && gguf_model_load(&gm, file, head + data, NULL, &meta_file) == SD_OK) {
+            const sd_safetensors *back = &gm.model->files[0];
+            int same = back->count == st->count, convs = 0;
+            for (int i = 0; same && i < st->count; i++) {
+                const sd_tensor *b = sd_safetensors_find(back, t[i].name);
+                int conv = dtype_is_block(t[i].dtype) && t[i].ndim == 4;
+                convs += conv;
+                same = b && b->dtype == t[i].dtype && b->nbytes == t[i].nbytes && b->ndim == (conv ? 2 : t[i].ndim) &&
+                       (conv ? b->shape[0] == t[i].shape[0] && b->shape[1] == sd_tensor_numel(&t[i]) / t[i].shape[0] : b->shape[0] == t[i].shape[0]);
+                if (same && dtype_is_block(b->dtype)) {   /* it dequantizes to the quantized values (the bytes are the same) */
+                    size_t at = (size_t)((const unsigned char *)b->data - file);
+                    same = at >= head && !memcmp(b->data, file + at, b->nbytes);
+                }
+            }
+            CHECK(same && convs > 100, "GGUF writer, %s: read back with the same tensors (%d convolution weights as [Cout, Cin·k·k])", sd_dtype_name(type), convs);
+            CHECK(!strcmp(sd_safetensors_meta(back, "sd.version") ? sd_safetensors_meta(back, "sd.version") : "", "1"), "GGUF writer: the sd.* metadata kept");
+            if (open_test_model(&sm, path) == SD_OK) {
+                sd_error err;
+                size_t need = sd_model_quantize_arena_bytes(sm.model, type);
+                sd_arena *qa = test_arena(need);
+                int rc = sd_model_quantize(sm.model, type, qa, &err);
+                CHECK(rc == SD_OK && qa->used == need, "sd_model_quantize %s: rc %d, used %zu of the %zu planned: %s", sd_dtype_name(type), rc, qa->used, need, rc ? err.message : "");
+                for (int q = 0; q < 2 && rc == SD_OK; q++) {
+                    uint8_t a[3 * 64 * 64], b2[3 * 64 * 64];
+                    if (generate64(gm.model, "a red castle", 11, 1, q, a) == SD_OK && generate64(sm.model, "a red castle", 11, 1, q, b2) == SD_OK)
+                        CHECK(!memcmp(a, b2, sizeof a), "%s %s mode: sd.h's GGUF file and load-time quantization draw different images",
+                              sd_dtype_name(type), q ? "fast" : "exact");
+                }
+                free_arena(qa);
+                unload_model(&sm);
+            }
+            unload_model(&gm);
+            free(meta_file);
+        } else free(file);
+        free(t);
+    }
+    golden_close(fp16);
+}
+
 /* GOLDEN_DIR/gguf/: every dequant.safetensors and pipeline golden of every GGUF file, and the blocks golden. */
 static void test_gguf(void)
 {
@@ -7210,6 +7566,7 @@ static void test_gguf(void)
     struct dirent *e, *f;
     test_gguf_reader();
     test_gguf_model();
+    test_gguf_quantize();
     snprintf(top, sizeof top, "%s/gguf", golden_dir);
     DIR *d = opendir(top);
     if (!d) { note_absent("gguf", "no %s, GGUF golden checks skipped", top); return; }

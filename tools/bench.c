@@ -11,6 +11,8 @@
 #undef main
 
 #include <dlfcn.h>   /* the kernel figures compare with OpenBLAS when it is installed */
+#include <sys/resource.h>
+#include <sys/wait.h>
 
 /* ---- random full-size checkpoints ---------------------------------------------------------- */
 /* The tensors of a real single-file SD 1.5, SD 2.1 or SDXL base 1.0 checkpoint (names, shapes,
@@ -604,14 +606,18 @@ static int random_model_check(const char *kind, const char *path)
    GFLOPS count 2 per multiply-add from the architecture walk above. */
 
 typedef struct bench_options {
-    const char *what, *model, *kind, *dtype, *merges, *taesd;
+    const char *what, *model, *kind, *dtype, *merges, *taesd, *reference;
     int sizes[16], nsizes, vae_sizes[16], nvae, taesd_sizes[16], ntaesd, threads[16], nthreads;
     int batch, runs, image, steps, vae_tile, sampler, lora_rank;
     int decoders;               /* txt2img: 1 the VAE, 2 TAESD, 3 one run with each */
     float guidance;             /* txt2img guidance; < 0: 7.5, but 1 (no unconditional pass) for LCM */
+    int modes[2], nmodes;       /* SD_QUANT_EXACT / _FAST per run of the stages; 0: exact, and fast for block types */
 } bench_options;
 
 /* The stages of one checkpoint, opened through the public API, weights used in place. */
+/* Decode times of the VAE, which TAESD's lines compare with. */
+typedef struct bench_times { struct { int size, threads; double seconds; } t[32]; int n; } bench_times;
+
 typedef struct bench_model {
     const unsigned char *data;
     size_t size;
@@ -627,8 +633,7 @@ typedef struct bench_model {
     char w[8];                  /* weight type of the UNet's convs: "f16", ... */
     sd_taesd *taesd;            /* the tiny autoencoder, when a stage wants it (bench_taesd_load) */
     sd_arena taesd_tables;
-    struct { int size, threads; double seconds; } vae_timed[32];   /* the VAE decodes timed so far, for TAESD's lines */
-    int nvae;
+    bench_times *vae_timed;     /* the VAE decodes timed so far, for TAESD's lines (shared with the rows' processes) */
 } bench_model;
 
 /* CPU seconds of the whole process: CPU time over wall time is how many cores the runs kept
@@ -674,7 +679,7 @@ static int bench_wants(const bench_options *o, const char *name, const char *lin
     for (const char *s = o->what; *s; s += strcspn(s, ",") + (s[strcspn(s, ",")] == ',')) {
         size_t len = strcspn(s, ",");
         if ((len == strlen(name) && !strncmp(s, name, len)) || (len == strlen(line_name) && !strncmp(s, line_name, len)) ||
-            (len == 3 && !strncmp(s, "all", 3) && strcmp(name, "txt2img")))
+            (len == 3 && !strncmp(s, "all", 3) && strcmp(name, "txt2img") && strcmp(name, "error")))
             return 1;
     }
     return 0;
@@ -716,6 +721,8 @@ static void bench_match(random_model_walk *k, const char *name, int ndim, const 
     int ok = t && t->ndim == ndim;
     (void)init, (void)scale;
     for (int d = 0; ok && d < ndim; d++) ok = t->shape[d] == shape[d];
+    if (t && !ok && ndim == 4 && t->ndim == 2)   /* a quantized convolution weight in a GGUF file: [Cout, Cin·k·k] */
+        ok = t->shape[0] == shape[0] && t->shape[1] == shape[1] * shape[2] * shape[3];
     if (!ok && m->matches) fprintf(stderr, "note: the file has no tensor %s as %s has it: no GFLOPS\n", name, m->family->name);
     if (!ok) m->matches = 0;
 }
@@ -760,7 +767,7 @@ static int bench_model_load(bench_model *m, const char *path)
     size_t bytes = sd_model_arena_bytes(&src);
     if (!bytes || !(m->tables = malloc(bytes))) { fprintf(stderr, "%s: too short, or no memory for its tables\n", path); return 1; }
     sd_arena_init(&m->arena, m->tables, bytes);
-    if (sd_safetensors_open(&m->st, m->data, m->size, &m->arena, &err) ||
+    if ((m->size >= 4 && !memcmp(m->data, "GGUF", 4) ? sd_gguf_open : sd_safetensors_open)(&m->st, m->data, m->size, &m->arena, &err) ||
         sd_text_encoder_load(&m->te[0], &m->st, 1, NULL, 0, &m->arena, &err) ||
         sd_unet_load(&m->unet, &m->st, 1, NULL, &m->arena, &err) ||
         sd_vae_load(&m->vae, &m->st, &m->arena, &err) ||   /* SDXL: a UNet with added conditioning, two encoders */
@@ -804,12 +811,22 @@ static void bench_print_flops(const bench_model *m, double macs, double seconds)
 
 /* The end of a stage's line: how busy the cores were, the planned and measured arena, how long
    planning took, and a warning if the output is not finite. */
+/* The process's peak resident memory in MB (ru_maxrss): each stage's line comes from a process
+   of its own (BENCH_ROW), so this is the stage's, model pages it read included. */
+static double bench_rss_mb(void)
+{
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) ? 0.0 : ru.ru_maxrss / 1024.0;
+}
+
 static void bench_print_tail(double cpu0, double wall0, size_t need, size_t peak, double plan_us, const float *out, size_t n)
 {
-    printf(" cores_busy=%.2f arena_bytes=%zu arena_peak=%zu plan_us=%.1f%s\n", (bench_cpu() - cpu0) / (now() - wall0), need, peak,
-           plan_us, bench_finite(out, n) ? "" : " output=NONFINITE");
+    printf(" cores_busy=%.2f arena_bytes=%zu arena_peak=%zu plan_us=%.1f peak_rss_mb=%.0f%s\n", (bench_cpu() - cpu0) / (now() - wall0), need, peak,
+           plan_us, bench_rss_mb(), bench_finite(out, n) ? "" : " output=NONFINITE");
     fflush(stdout);
 }
+
+static const char *bench_mode_name(int mode) { return mode == SD_QUANT_FAST ? "fast" : "exact"; }
 
 /* A LoRA of rank r on every attention and resnet layer of the UNet (kohya names, diffusers' map),
    made in memory with random F16 weights: what the UNet's LoRA line applies. The layers and their
@@ -873,7 +890,7 @@ static unsigned char *bench_lora_make(const bench_model *m, int rank, size_t *si
    conditioned on random vectors of the right sizes (SDXL: the context and the added-conditioning
    vector y both). With a LoRA set, each run is a pair, without and with it, and a second line
    gives the latter: taking turns, both see the same load on a shared machine. */
-static int bench_unet(const bench_options *o, bench_model *m, int size, int threads, const sd_lora_set *lora, int layers)
+static int bench_unet(const bench_options *o, bench_model *m, int size, int threads, int mode, const sd_lora_set *lora, int layers)
 {
     sd_arena a;
     sd_pool pool;
@@ -888,6 +905,7 @@ static int bench_unet(const bench_options *o, bench_model *m, int size, int thre
     void *mem;
     if (need == (size_t)-1 || !x || !out || !ctx || !y || !(mem = bench_arena(&a, need + (lora ? SD_LORA_SCRATCH_BYTES : 0), threads, &pool))) return 1;
     if (lora && sd_pool_set_lora(&pool, lora, &a, &err)) { fprintf(stderr, "bench: %s\n", err.message); return 1; }
+    sd_pool_set_quant(&pool, mode);
     bench_fill(x, lat, 1);
     bench_fill(ctx, nctx, 2);
     bench_fill(y, ny, 4);
@@ -911,7 +929,7 @@ static int bench_unet(const bench_options *o, bench_model *m, int size, int thre
     double s[2];
     for (int k = 0; k < kinds; k++) {
         s[k] = bench_median(t[k], o->runs);
-        printf("unet size=%d batch=%d threads=%d w=%s runs=%d seconds=%.3f", size, B, threads, m->w, o->runs, s[k]);
+        printf("unet size=%d batch=%d threads=%d w=%s mode=%s runs=%d seconds=%.3f", size, B, threads, m->w, bench_mode_name(mode), o->runs, s[k]);
         if (k) printf(" lora_rank=%d lora_layers=%d lora_cost=%+.1f%% lora_cost_cpu=%+.1f%%", o->lora_rank, layers, 100 * (s[1] / s[0] - 1),
                       100 * (cpu[1] / cpu[0] - 1));
         else bench_print_flops(m, macs[RM_UNET], s[0]);
@@ -929,7 +947,7 @@ static size_t bench_decode_plan(const bench_model *m, int taesd, int size)
     return taesd ? sd_taesd_decode_arena_bytes(m->taesd, size, size) : sd_vae_decode_arena_bytes(sd_vae_get_config(m->vae), size, size);
 }
 
-static int bench_decode(const bench_options *o, bench_model *m, int size, int threads, int taesd)
+static int bench_decode(const bench_options *o, bench_model *m, int size, int threads, int mode, int taesd)
 {
     sd_arena a;
     sd_pool pool;
@@ -941,6 +959,7 @@ static int bench_decode(const bench_options *o, bench_model *m, int size, int th
     float *z = (float *)malloc(lat * sizeof(float)), *image = (float *)malloc(pix * sizeof(float));
     void *mem;
     if (!need || !z || !image || !(mem = bench_arena(&a, need, threads, &pool))) return 1;
+    sd_pool_set_quant(&pool, mode);
     bench_fill(z, lat, 3);
     size_t base = sd_arena_mark(&a);
     double wall0 = now(), cpu0 = bench_cpu();
@@ -964,15 +983,17 @@ static int bench_decode(const bench_options *o, bench_model *m, int size, int th
     double s = bench_median(t, o->runs);
     char w[8];
     bench_dtype(w, taesd ? m->taesd->decoder[1].conv[0].w : NULL);
-    printf("%s size=%d latent=%d threads=%d w=%s runs=%d seconds=%.3f", name, 8 * size, size, threads, taesd ? w : m->w, o->runs, s);
+    printf("%s size=%d latent=%d threads=%d w=%s mode=%s runs=%d seconds=%.3f", name, 8 * size, size, threads, taesd ? w : m->w,
+           bench_mode_name(mode), o->runs, s);
     if (taesd) printf(" gflops=%.1f", 2 * macs[RM_TAESD_DECODER] / s * 1e-9);
     else bench_print_flops(m, macs[RM_VAE_DECODER], s);
-    for (int i = 0; i < m->nvae; i++)
-        if (taesd && m->vae_timed[i].size == size && m->vae_timed[i].threads == threads)
-            printf(" vae_seconds=%.3f speedup=%.1f", m->vae_timed[i].seconds, m->vae_timed[i].seconds / s);
-    if (!taesd && m->nvae < 32) {
-        m->vae_timed[m->nvae].size = size, m->vae_timed[m->nvae].threads = threads, m->vae_timed[m->nvae].seconds = s;
-        m->nvae++;
+    bench_times *vt = m->vae_timed;
+    for (int i = 0; vt && i < vt->n; i++)
+        if (taesd && vt->t[i].size == size && vt->t[i].threads == threads)
+            printf(" vae_seconds=%.3f speedup=%.1f", vt->t[i].seconds, vt->t[i].seconds / s);
+    if (!taesd && vt && vt->n < 32) {
+        vt->t[vt->n].size = size, vt->t[vt->n].threads = threads, vt->t[vt->n].seconds = s;
+        vt->n++;
     }
     bench_print_tail(cpu0, wall0, need, a.peak - base, plan_us, image, pix);
     pool_free(&pool);
@@ -983,7 +1004,7 @@ static int bench_decode(const bench_options *o, bench_model *m, int size, int th
 /* The text encoder on `batch` prompts of 77 tokens (what the ids are does not change the work).
    SDXL: both encoders, one after the other as a generation runs them, the second with the pooled
    output; the line gives their time together. */
-static int bench_text(const bench_options *o, bench_model *m, int threads)
+static int bench_text(const bench_options *o, bench_model *m, int threads, int mode)
 {
     sd_arena a;
     sd_pool pool;
@@ -1001,6 +1022,7 @@ static int bench_text(const bench_options *o, bench_model *m, int threads)
     float *out = (float *)malloc(n * sizeof(float));   /* each encoder's output, then the pooled */
     void *mem;
     if (!ids || !out || !(mem = bench_arena(&a, need, threads, &pool))) return 1;
+    sd_pool_set_quant(&pool, mode);
     for (int i = 0; i < B * 77; i++) ids[i] = i % 77 == 0 ? SD_CLIP_BOS : i % 77 < 20 ? 320 + 37 * (i % 77) : SD_CLIP_EOS;
     size_t base = sd_arena_mark(&a);
     double wall0 = now(), cpu0 = bench_cpu();
@@ -1020,7 +1042,8 @@ static int bench_text(const bench_options *o, bench_model *m, int threads)
     }
     random_model_count(m->family, 64, 64, B, macs);
     double s = bench_median(t, o->runs);
-    printf("text_encoder batch=%d encoders=%d threads=%d w=%s runs=%d seconds=%.4f", B, m->encoders, threads, m->w, o->runs, s);
+    printf("text_encoder batch=%d encoders=%d threads=%d w=%s mode=%s runs=%d seconds=%.4f", B, m->encoders, threads, m->w, bench_mode_name(mode),
+           o->runs, s);
     bench_print_flops(m, macs[RM_TEXT], s);
     bench_print_tail(cpu0, wall0, need, a.peak - base, plan_us, out, n);
     pool_free(&pool);
@@ -1099,35 +1122,52 @@ static int bench_step_done(void *user, int step, int steps)
     return 0;
 }
 
-static int bench_txt2img(const bench_options *o, bench_model *bm, int threads, int taesd)
+/* The pipeline on the checkpoint already mapped, as the CLI loads it; *tables: free when done. */
+static sd_model *bench_pipeline(const bench_options *o, const bench_model *bm, void **tables)
 {
     sd_source src;
     sd_model *model;
-    sd_arena tables, a;
+    sd_arena a;
+    sd_error err;
+    memset(&src, 0, sizeof src);
+    src.data[0] = bm->data, src.size[0] = bm->size, src.count = 1;
+    if (!(src.merges = (const char *)map_file(o->merges, &src.merges_size))) {
+        fprintf(stderr, "cannot read %s: %s\n", o->merges, strerror(errno));
+        return NULL;
+    }
+    size_t table_bytes = sd_model_arena_bytes(&src);
+    if (!(*tables = malloc(table_bytes))) return NULL;
+    sd_arena_init(&a, *tables, table_bytes);
+    if (sd_model_load(&model, &src, &a, &err)) { fprintf(stderr, "%s: %s\n", o->model, err.message); return NULL; }
+    return model;
+}
+
+/* The benchmark's generation: its prompt and seed at --txt2img-size, --steps, --sampler, --guidance. */
+static void bench_params(const bench_options *o, sd_params *p, int threads, int quant)
+{
+    sd_params_init(p);
+    p->prompt = "a photograph of an astronaut riding a horse";
+    p->negative_prompt = "";
+    p->width = p->height = o->image;
+    p->steps = o->steps;
+    p->sampler = o->sampler;
+    p->guidance = o->guidance >= 0 ? o->guidance : o->sampler == SD_SAMPLER_LCM ? 1.0f : 7.5f;
+    p->threads = threads;
+    p->quant = quant;
+    p->seed = 42;
+}
+
+static int bench_txt2img(const bench_options *o, bench_model *bm, int threads, int taesd)
+{
+    sd_model *model;
+    sd_arena a;
     sd_params p;
     sd_error err;
     bench_steps st;
     double macs[RM_PARTS], step[1000];
-    memset(&src, 0, sizeof src);   /* the pipeline on the checkpoint already mapped, as the CLI loads it */
-    src.data[0] = bm->data, src.size[0] = bm->size, src.count = 1;
-    if (!(src.merges = (const char *)map_file(o->merges, &src.merges_size))) {
-        fprintf(stderr, "cannot read %s: %s\n", o->merges, strerror(errno));
-        return 1;
-    }
-    size_t table_bytes = sd_model_arena_bytes(&src);
-    void *table_mem = malloc(table_bytes);
-    if (!table_mem) return 1;
-    sd_arena_init(&tables, table_mem, table_bytes);
-    if (sd_model_load(&model, &src, &tables, &err)) { fprintf(stderr, "%s: %s\n", o->model, err.message); return 1; }
-    sd_params_init(&p);
-    p.prompt = "a photograph of an astronaut riding a horse";
-    p.negative_prompt = "";
-    p.width = p.height = o->image;
-    p.steps = o->steps;
-    p.sampler = o->sampler;
-    p.guidance = o->guidance >= 0 ? o->guidance : o->sampler == SD_SAMPLER_LCM ? 1.0f : 7.5f;
-    p.threads = threads;
-    p.seed = 42;
+    void *table_mem;
+    if (!(model = bench_pipeline(o, bm, &table_mem))) return 1;
+    bench_params(o, &p, threads, o->nmodes ? o->modes[0] : SD_QUANT_EXACT);
     p.taesd = taesd ? bm->taesd : NULL;   /* the final image only: no previews */
     p.taesd_use = SD_TAESD_USE_DECODE;
     p.progress = bench_step_done;
@@ -1153,11 +1193,12 @@ static int bench_txt2img(const bench_options *o, bench_model *bm, int threads, i
     double per = p.steps > 1 ? bench_median(step, p.steps - 1) : last - st.start;
     static const char *const samplers[5] = {"ddim", "euler", "euler_a", "dpm++2m", "lcm"};
     random_model_count(bm->family, o->image / 8, o->image / 8, p.guidance > 1 ? 2 : 1, macs);
-    printf("txt2img size=%d sampler=%s steps=%d guidance=%g decoder=%s threads=%d w=%s vae_tile=%d seconds=%.2f seconds_per_step=%.2f "
+    printf("txt2img size=%d sampler=%s steps=%d guidance=%g decoder=%s threads=%d w=%s mode=%s vae_tile=%d seconds=%.2f seconds_per_step=%.2f "
            "first_step_seconds=%.2f decode_seconds=%.2f", o->image, samplers[p.sampler], p.steps, p.guidance, taesd ? "taesd" : "vae",
-           threads, bm->w, p.vae_tile, end - st.start, per, st.at[1] - st.start, end - last);
+           threads, bm->w, bench_mode_name(p.quant), p.vae_tile, end - st.start, per, st.at[1] - st.start, end - last);
     bench_print_flops(bm, macs[RM_UNET], per);
-    printf(" cores_busy=%.2f arena_bytes=%zu arena_peak=%zu plan_us=%.1f", (bench_cpu() - cpu0) / (end - st.start), need, a.peak, plan_us);
+    printf(" cores_busy=%.2f arena_bytes=%zu arena_peak=%zu plan_us=%.1f peak_rss_mb=%.0f", (bench_cpu() - cpu0) / (end - st.start), need, a.peak,
+           plan_us, bench_rss_mb());
     if (p.vae_tile) printf(" untiled_arena_bytes=%zu", untiled);
     printf("%s\n", bench_finite(image, npix) ? "" : " output=NONFINITE");
     fflush(stdout);
@@ -1165,6 +1206,110 @@ static int bench_txt2img(const bench_options *o, bench_model *bm, int threads, i
     free(rgb);
     free(image);
     free(table_mem);
+    return 0;
+}
+
+/* ---- error: what quantized weights and the fast mode change ------------------------------------
+   The model of --model in each mode against --reference (the random f16 model by default) in
+   the exact mode, on the same inputs: the UNet at --sizes (one guided step's batch, relative RMS
+   and relative max of the difference: sqrt(Σd²/Σref²), max|d|/max|ref|) and a whole txt2img at
+   --txt2img-size, --steps (PSNR of the 8-bit image). */
+static void bench_unet_inputs(const bench_model *m, int B, int size, float *x, float *ctx, float *y, float *ts)
+{
+    bench_fill(x, (size_t)B * 4 * size * size, 1);
+    bench_fill(ctx, (size_t)B * SD_TEXT_TOKENS * m->context, 2);
+    bench_fill(y, (size_t)B * sd_unet_add_dim(m->unet), 4);
+    for (int b = 0; b < B; b++) ts[b] = 981.0f;
+}
+
+static int bench_unet_once(bench_model *m, int B, int size, int threads, int mode, float *out)
+{
+    sd_arena a;
+    sd_pool pool;
+    sd_error err;
+    size_t lat = (size_t)B * 4 * size * size, nctx = (size_t)B * SD_TEXT_TOKENS * m->context, ny = (size_t)B * sd_unet_add_dim(m->unet);
+    size_t need = sd_unet_arena_bytes(m->unet, B, size, size, SD_TEXT_TOKENS);
+    float *x = (float *)malloc(lat * sizeof(float)), *ctx = (float *)malloc(nctx * sizeof(float)), *y = (float *)malloc((ny ? ny : 1) * sizeof(float)), ts[64];
+    void *mem = need != (size_t)-1 && x && ctx && y ? bench_arena(&a, need, threads, &pool) : NULL;
+    if (!mem) return 1;
+    sd_pool_set_quant(&pool, mode);
+    bench_unet_inputs(m, B, size, x, ctx, y, ts);
+    sd_unet_cond cond = {ctx, SD_TEXT_TOKENS, ny ? y : NULL, NULL};
+    int rc = sd_unet(m->unet, x, ts, &cond, B, size, size, out, &pool, &a, &err);
+    if (rc) fprintf(stderr, "unet: %s\n", err.message);
+    pool_free(&pool);
+    free(mem); free(x); free(ctx); free(y);
+    return rc;
+}
+
+static int bench_generate(const bench_options *o, bench_model *m, int threads, int mode, uint8_t *rgb)
+{
+    sd_params p;
+    sd_arena a;
+    sd_error err;
+    void *tables;
+    sd_model *model = bench_pipeline(o, m, &tables);
+    if (!model) return 1;
+    bench_params(o, &p, threads, mode);
+    size_t need = sd_generate_arena_bytes(model, &p);
+    void *mem = need ? malloc(need + SD_ARENA_ALIGN) : NULL;
+    if (!mem) return 1;
+    sd_arena_init(&a, mem, need + SD_ARENA_ALIGN);
+    int rc = sd_generate(model, &p, &a, rgb, &err);
+    if (rc) fprintf(stderr, "txt2img: %s\n", err.message);
+    free(mem);
+    free(tables);
+    return rc;
+}
+
+static int bench_error(const bench_options *o, bench_model *m, int threads)
+{
+    bench_model r;
+    char path[512];
+    const char *ref = o->reference;
+    if (!ref) snprintf(path, sizeof path, "weights/bench/%s-f16.safetensors", o->kind), ref = path;
+    if (bench_model_load(&r, ref)) return 1;
+    for (int s = 0; s < o->nsizes; s++) {
+        int size = o->sizes[s], B = o->batch;
+        size_t lat = (size_t)B * 4 * size * size;
+        float *want = (float *)malloc(lat * sizeof(float)), *got[2] = {(float *)malloc(lat * sizeof(float)), (float *)malloc(lat * sizeof(float))};
+        if (!want || !got[0] || !got[1] || bench_unet_once(&r, B, size, threads, SD_QUANT_EXACT, want)) return 1;
+        for (int q = 0; q < o->nmodes; q++) {
+            double d2 = 0, r2 = 0, dm = 0, rm = 0, e2 = 0, em = 0, x2 = 0, xm = 0;
+            if (bench_unet_once(m, B, size, threads, o->modes[q], got[q])) return 1;
+            for (size_t i = 0; i < lat; i++) {
+                double d = (double)got[q][i] - want[i], e = q ? (double)got[q][i] - got[0][i] : 0;
+                d2 += d * d, r2 += (double)want[i] * want[i], dm = fmax(dm, fabs(d)), rm = fmax(rm, fabs(want[i]));
+                e2 += e * e, x2 += (double)got[0][i] * got[0][i], em = fmax(em, fabs(e)), xm = fmax(xm, fabs(got[0][i]));
+            }
+            printf("error unet size=%d batch=%d w=%s mode=%s rel_rms=%.5f rel_max=%.5f", size, B, m->w, bench_mode_name(o->modes[q]),
+                   sqrt(d2 / r2), dm / rm);
+            if (q) printf(" vs_%s_rel_rms=%.5f vs_%s_rel_max=%.5f", bench_mode_name(o->modes[0]), sqrt(e2 / x2), bench_mode_name(o->modes[0]), em / xm);
+            printf(" reference=%s\n", ref);
+            fflush(stdout);
+        }
+        free(want); free(got[0]); free(got[1]);
+    }
+    if (o->image > 0) {
+        size_t npix = (size_t)3 * o->image * o->image;
+        uint8_t *want = (uint8_t *)malloc(npix), *got = (uint8_t *)malloc(npix);
+        if (!want || !got || bench_generate(o, &r, threads, SD_QUANT_EXACT, want)) return 1;
+        for (int q = 0; q < o->nmodes; q++) {
+            double se = 0;
+            int worst = 0;
+            if (bench_generate(o, m, threads, o->modes[q], got)) return 1;
+            for (size_t i = 0; i < npix; i++) {
+                int d = (int)got[i] - (int)want[i];
+                se += (double)d * d;
+                worst = abs(d) > worst ? abs(d) : worst;
+            }
+            printf("error txt2img size=%d steps=%d w=%s mode=%s psnr_db=%.2f max_diff=%d mean_abs_diff_sq=%.3f reference=%s\n", o->image, o->steps,
+                   m->w, bench_mode_name(o->modes[q]), se > 0 ? 10 * log10(255.0 * 255.0 / (se / npix)) : INFINITY, worst, se / npix, ref);
+            fflush(stdout);
+        }
+        free(want); free(got);
+    }
+    free(r.tables);
     return 0;
 }
 
@@ -1341,7 +1486,9 @@ static void bench_usage(FILE *f)
         "usage: ./bench [WHAT] [options]\n"
         "       ./bench --make-random-model sd15|sd21|sdxl|taesd PATH [f16|f32|bf16]   a full-size model of random weights\n"
         "  WHAT   comma list of tokenizer, text (text_encoder), unet, vae (vae_decode), taesd (taesd_decode),\n"
-        "         kernels, txt2img, all (all but txt2img); default tokenizer,text,unet,vae,kernels\n"
+        "         kernels, txt2img, error (--model's UNet at --sizes and txt2img at --txt2img-size in each\n"
+        "         mode against --reference in the exact mode), all (all but txt2img, error);\n"
+        "         default tokenizer,text,unet,vae,kernels\n"
         "  --model PATH       checkpoint (default weights/bench/KIND-DTYPE.safetensors, made if missing)\n"
         "  --kind sd15|sd21|sdxl  random model to use or make (default sd15)\n"
         "  --dtype f16|f32|bf16  its weight type (default f16)\n"
@@ -1360,7 +1507,10 @@ static void bench_usage(FILE *f)
         "  --sampler NAME     txt2img sampler: ddim (default), euler, euler_a, dpm++2m, lcm\n"
         "  --guidance X       txt2img: guidance scale (default 7.5; lcm 1; <= 1: one UNet pass a step)\n"
         "  --lora-rank R      unet: a second line with a random rank-R LoRA on every attention and\n"
-        "                     resnet layer, and its cost against the first (default 0: none)\n");
+        "                     resnet layer, and its cost against the first (default 0: none)\n"
+        "  --reference PATH   error: the model the others are compared with (default the random f16 one)\n"
+        "  --quant-mode LIST  exact, fast or exact,fast: the multiplication of text, unet and decode runs\n"
+        "                     (default: exact, and fast too for block-typed weights; txt2img: the first)\n");
 }
 
 static int bench_run(int argc, char **argv)
@@ -1382,6 +1532,7 @@ static int bench_run(int argc, char **argv)
         if (i == 1 && a[0] != '-') o.what = a;
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) { bench_usage(stdout); return 0; }
         else if (!strcmp(a, "--model")) o.model = BENCH_VALUE();
+        else if (!strcmp(a, "--reference")) o.reference = BENCH_VALUE();
         else if (!strcmp(a, "--kind")) o.kind = BENCH_VALUE();
         else if (!strcmp(a, "--dtype")) o.dtype = BENCH_VALUE();
         else if (!strcmp(a, "--tokenizer")) o.merges = BENCH_VALUE();
@@ -1407,6 +1558,15 @@ static int bench_run(int argc, char **argv)
             if (o.sampler == 5) { fprintf(stderr, "--sampler: '%s' is not one of ddim, euler, euler_a, dpm++2m, lcm\n", m); return 1; }
         }
         else if (!strcmp(a, "--lora-rank")) o.lora_rank = parse_int(BENCH_VALUE(), 0, 4096, a);
+        else if (!strcmp(a, "--quant-mode")) {
+            const char *v2 = BENCH_VALUE();
+            for (o.nmodes = 0; *v2 && o.nmodes < 2; v2 += strcspn(v2, ",") + (v2[strcspn(v2, ",")] == ',')) {
+                size_t len = strcspn(v2, ",");
+                if (len == 5 && !strncmp(v2, "exact", 5)) o.modes[o.nmodes++] = SD_QUANT_EXACT;
+                else if (len == 4 && !strncmp(v2, "fast", 4)) o.modes[o.nmodes++] = SD_QUANT_FAST;
+                else { fprintf(stderr, "--quant-mode wants exact, fast or exact,fast\n"); return 1; }
+            }
+        }
         else { fprintf(stderr, "unknown bench option '%s'\n", a); bench_usage(stderr); return 1; }
 #undef BENCH_VALUE
     }
@@ -1420,7 +1580,7 @@ static int bench_run(int argc, char **argv)
 
     for (const char *s = o.what; *s; s += strcspn(s, ",") + (s[strcspn(s, ",")] == ',')) {
         static const char *const known[] = {"tokenizer", "text", "text_encoder", "unet", "vae", "vae_decode", "taesd", "taesd_decode", "kernels", "gemm",
-                                            "txt2img", "all"};
+                                            "txt2img", "error", "all"};
         size_t len = strcspn(s, ","), k = 0;
         while (k < sizeof known / sizeof *known && (strlen(known[k]) != len || strncmp(s, known[k], len))) k++;
         if (k == sizeof known / sizeof *known) { fprintf(stderr, "bench: unknown stage '%.*s'\n", (int)len, s); bench_usage(stderr); return 1; }
@@ -1430,7 +1590,7 @@ static int bench_run(int argc, char **argv)
     if (bench_wants(&o, "kernels", "gemm"))
         for (int t = 0; t < o.nthreads; t++) bench_kernels(o.threads[t]);
     if (!bench_wants(&o, "text", "text_encoder") && !bench_wants(&o, "unet", "unet") && !bench_wants(&o, "vae", "vae_decode") &&
-        !bench_wants(&o, "taesd", "taesd_decode") && !bench_wants(&o, "txt2img", "txt2img")) return rc;
+        !bench_wants(&o, "taesd", "taesd_decode") && !bench_wants(&o, "txt2img", "txt2img") && !bench_wants(&o, "error", "error")) return rc;
 
     if (!o.model) {   /* the random model, made on first use */
         struct stat sb;
@@ -1444,8 +1604,26 @@ static int bench_run(int argc, char **argv)
         }
     }
     if (bench_model_load(&m, o.model)) return 1;
+    m.vae_timed = (bench_times *)mmap(NULL, sizeof(bench_times), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (m.vae_timed == (bench_times *)MAP_FAILED) m.vae_timed = NULL;   /* then TAESD's lines lack the VAE's time */
+    else m.vae_timed->n = 0;
+/* One line of the stages below in a child process of its own: its peak RSS is that stage's (the
+   parent mapped the file and read it once, but a child's resident pages are those it reads). */
+#define BENCH_ROW(call) do {                                                                              \
+        fflush(stdout);                                                                                   \
+        pid_t pid_ = fork();                                                                              \
+        int st_ = 0;                                                                                      \
+        if (pid_ == 0) { int r_ = (call); fflush(stdout); _exit(r_ ? 1 : 0); }                            \
+        if (pid_ < 0) rc |= (call);                                                                       \
+        else if (waitpid(pid_, &st_, 0) < 0 || !WIFEXITED(st_) || WEXITSTATUS(st_)) rc |= 1;             \
+    } while (0)
+    if (!o.nmodes) {   /* block-typed weights: both modes; float weights: the exact one */
+        o.modes[o.nmodes++] = SD_QUANT_EXACT;
+        if (m.w[0] == 'q') o.modes[o.nmodes++] = SD_QUANT_FAST;
+    }
     for (int t = 0; t < o.nthreads && !rc; t++)
-        if (bench_wants(&o, "text", "text_encoder")) rc |= bench_text(&o, &m, o.threads[t]);
+        for (int q = 0; q < o.nmodes && !rc; q++)
+            if (bench_wants(&o, "text", "text_encoder")) BENCH_ROW(bench_text(&o, &m, o.threads[t], o.modes[q]));
     sd_lora_set *lora = NULL;
     unsigned char *lora_file = NULL;
     void *lora_mem = NULL;
@@ -1465,20 +1643,24 @@ static int bench_run(int argc, char **argv)
     }
     for (int s = 0; s < o.nsizes && !rc; s++)
         for (int t = 0; t < o.nthreads && !rc; t++)
-            if (bench_wants(&o, "unet", "unet")) rc |= bench_unet(&o, &m, o.sizes[s], o.threads[t], lora, lora_layers);
+            for (int q = 0; q < o.nmodes && !rc; q++)
+                if (bench_wants(&o, "unet", "unet")) BENCH_ROW(bench_unet(&o, &m, o.sizes[s], o.threads[t], o.modes[q], lora, lora_layers));
     free(lora_mem);
     free(lora_file);
     for (int s = 0; s < o.nvae && !rc; s++)
         for (int t = 0; t < o.nthreads && !rc; t++)
-            if (bench_wants(&o, "vae", "vae_decode")) rc |= bench_decode(&o, &m, o.vae_sizes[s], o.threads[t], 0);
+            for (int q = 0; q < o.nmodes && !rc; q++)
+                if (bench_wants(&o, "vae", "vae_decode")) BENCH_ROW(bench_decode(&o, &m, o.vae_sizes[s], o.threads[t], o.modes[q], 0));
     if (!rc && (bench_wants(&o, "taesd", "taesd_decode") || (bench_wants(&o, "txt2img", "txt2img") && o.decoders & 2)))
         rc |= bench_taesd_load(&o, &m);
     for (int s = 0; s < o.ntaesd && !rc; s++)
         for (int t = 0; t < o.nthreads && !rc; t++)
-            if (bench_wants(&o, "taesd", "taesd_decode")) rc |= bench_decode(&o, &m, o.taesd_sizes[s], o.threads[t], 1);
+            for (int q = 0; q < o.nmodes && !rc; q++)
+                if (bench_wants(&o, "taesd", "taesd_decode")) BENCH_ROW(bench_decode(&o, &m, o.taesd_sizes[s], o.threads[t], o.modes[q], 1));
     for (int t = 0; t < o.nthreads && !rc; t++)
         for (int d = 0; d < 2 && !rc; d++)
-            if (bench_wants(&o, "txt2img", "txt2img") && o.decoders & (1 << d)) rc |= bench_txt2img(&o, &m, o.threads[t], d);
+            if (bench_wants(&o, "txt2img", "txt2img") && o.decoders & (1 << d)) BENCH_ROW(bench_txt2img(&o, &m, o.threads[t], d));
+    if (bench_wants(&o, "error", "error") && !rc) rc |= bench_error(&o, &m, o.threads[o.nthreads - 1]);
     free(m.tables);
     return rc;
 }
