@@ -112,7 +112,7 @@ test: check-nm check-cxx
 tsan: test.c sd.h $(MERGES)
 	$(CC) $(WARN) -Werror -O1 -g -fsanitize=thread -march=native -D_DEFAULT_SOURCE -o test-tsan test.c $(LIBS)
 	./test-tsan --kernels | tee -a .test.log | tail -1
-	SD_MERGES=$(MERGES) ./test-tsan weights/test --only threads | tee -a .test.log | tail -1
+	SD_MERGES=$(MERGES) ./test-tsan weights/test --only threads,reader | tee -a .test.log | tail -1
 
 # `make bench`: the speed of every stage on a full-size SD 1.5 with random f16 weights (made once
 # into weights/bench/, 2.1 GB, ~15 s, no download): GEMM/conv/attention kernels (beside OpenBLAS

@@ -100,6 +100,39 @@ static void *map_file(const char *path, size_t *size)
     return map_file_how(path, size, &mapped);
 }
 
+/* --read-weights: the model's files stay on the disk, neither mapped nor read whole; sd.h asks
+   for each weight's bytes where it uses them (sd_source.read), as it would on a machine without
+   mmap. pread reads at an offset without moving a shared file position: it is thread-safe. */
+static int weight_fds[SD_MAX_FILES];
+
+static int read_weights(void *user, int file, uint64_t offset, void *dst, size_t size)
+{
+    unsigned char *d = (unsigned char *)dst;
+    (void)user;
+    while (size) {
+        ssize_t n = pread(weight_fds[file], d, size, (off_t)offset);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return -1;
+        d += n, offset += (uint64_t)n, size -= (size_t)n;
+    }
+    return 0;
+}
+
+/* File i of src, opened for read_weights (its size from the file). */
+static int open_weights(sd_source *src, int i, const char *path)
+{
+    struct stat sb;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        if (fd >= 0) close(fd);
+        return 0;
+    }
+    weight_fds[i] = fd;
+    src->data[i] = NULL, src->size[i] = (size_t)sb.st_size;
+    src->read = read_weights;
+    return 1;
+}
+
 static int is_dir(const char *path)
 {
     struct stat sb;
@@ -216,7 +249,7 @@ typedef struct options {
     const char *model, *tokenizer, *prompt, *negative, *init, *mask, *output, *preview, *taesd, *embd_dir, *lora_dir, *convert;
     sd_dtype type;   /* --type: load-time quantization (SD_DTYPE_COUNT: none) */
     int quant;       /* --quant-mode */
-    int width, height, steps, threads, batch, clip_skip, verbose, have_seed, vae_tile, taesd_preview_only;
+    int width, height, steps, threads, batch, clip_skip, verbose, have_seed, vae_tile, taesd_preview_only, read_weights;
     int init_width, init_height;   /* the init image's own size */
     int sampler, karras, spacing, plain_prompt, turbo, have_steps, have_cfg, have_sampler, comma_wrap;
     float cfg, image_cfg;
@@ -275,6 +308,8 @@ static void usage(FILE *f)
         "                            with AVX-512 VNNI, error of the order of q8_0's (README)\n"
         "      --type T              quantize the weights while loading: q8_0, q4_0, q4_1, q5_0, q5_1\n"
         "                            (a safetensors model; memory ~1/2 (q8_0) or ~1/4 (q4_0) of f16)\n"
+        "      --read-weights        read each weight from the file where it is used (pread) instead of\n"
+        "                            mapping the file: memory = the arena alone; safetensors only\n"
         "  --convert IN OUT --type T write IN (.safetensors or .gguf) as a GGUF file with its weights in T\n"
         "                            (convolutions too); run it with -m OUT\n"
         "  -v, --verbose             more detail\n"
@@ -413,7 +448,7 @@ static int load_model(const options *o, sd_model **model, sd_arena *arena)
     if (is_dir(o->model)) {
         for (size_t i = 0; i < sizeof diffusers_parts / sizeof *diffusers_parts; i++) {
             snprintf(path, sizeof path, "%s/%s", o->model, diffusers_parts[i]);
-            if ((src.data[src.count] = map_file(path, &src.size[src.count]))) src.count++;
+            if (o->read_weights ? open_weights(&src, src.count, path) : (src.data[src.count] = map_file(path, &src.size[src.count])) != NULL) src.count++;
             else if (i < DIFFUSERS_REQUIRED) {
                 fprintf(stderr, "cannot read %s: %s\n", path, strerror(errno));
                 return 1;
@@ -423,7 +458,7 @@ static int load_model(const options *o, sd_model **model, sd_arena *arena)
             snprintf(path, sizeof path, "%s/%s", o->model, diffusers_config_files[i]);
             if ((src.config[src.config_count] = (const char *)map_file(path, &src.config_size[src.config_count]))) src.config_count++;
         }
-    } else if (!(src.data[0] = map_file(o->model, &src.size[0]))) {
+    } else if (o->read_weights ? !open_weights(&src, 0, o->model) : !(src.data[0] = map_file(o->model, &src.size[0]))) {
         fprintf(stderr, "cannot read %s: %s\n", o->model, strerror(errno));
         return 1;
     } else {
@@ -840,6 +875,7 @@ int main(int argc, char **argv)
             else if (strcmp(m, "default")) { fprintf(stderr, "--scheduler: '%s' is not one of karras, leading, trailing, linspace, default\n", m); return 1; }
         }
         else if (!strcmp(a, "--turbo")) o.turbo = 1;
+        else if (!strcmp(a, "--read-weights")) o.read_weights = 1;
         else if (!strcmp(a, "--no-weighting")) o.plain_prompt = 1;
         else if (!strcmp(a, "--comma-wrap")) o.comma_wrap = parse_int(VALUE(), 0, 74, a);
         else if (!strcmp(a, "--embd-dir")) o.embd_dir = VALUE();

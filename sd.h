@@ -42,6 +42,7 @@
      SD_NO_SIMD       plain C kernels only, whatever the compiler targets
      SD_API           decoration of public functions (default: extern)
      SD_POOL_STACK_BYTES  stack of each worker thread, carved from the arena (default 1 MiB)
+     SD_WEIGHT_STAGE_BYTES  staging area for weights read through a callback (default 4 MiB)
 
    CONTRACTS
      Memory   sd.h never calls malloc/free. Everything comes from an sd_arena the caller
@@ -93,7 +94,8 @@ enum {
     SD_ERR_MISSING,      /* a tensor the model needs is not there */
     SD_ERR_SHAPE,        /* a tensor has the wrong shape or dtype */
     SD_ERR_UNSUPPORTED,  /* valid input that sd.h cannot handle */
-    SD_ERR_CANCELLED     /* the progress callback asked to stop */
+    SD_ERR_CANCELLED,    /* the progress callback asked to stop */
+    SD_ERR_IO            /* the caller's read callback (sd_source.read) failed */
 };
 
 /* What went wrong and where. Filled by every fallible call; may be NULL. */
@@ -122,8 +124,11 @@ typedef enum sd_dtype {
 
 #define SD_MAX_DIMS 8
 
+typedef struct sd_reader sd_reader;   /* opaque: a file read through sd_source.read */
+
 /* A tensor as stored in a file: its bytes stay in the caller's buffer. shape is PyTorch's order
-   (outermost first; a GGUF file's ne reversed); nbytes is the stored size. */
+   (outermost first; a GGUF file's ne reversed); nbytes is the stored size. A tensor of a file
+   that sd_source.read serves has data == NULL: its bytes are read on use from `offset`. */
 typedef struct sd_tensor {
     const char *name;
     sd_dtype dtype;
@@ -131,13 +136,16 @@ typedef struct sd_tensor {
     int64_t shape[SD_MAX_DIMS];
     const void *data;
     size_t nbytes;
+    uint64_t offset;             /* where the bytes start in the file */
+    const sd_reader *reader;     /* not NULL: not in memory, read through the caller's callback */
 } sd_tensor;
 
 /* One opened safetensors (or GGUF) file: a table of tensors and the string pairs of
    `__metadata__` (GGUF: its key-value pairs, see sd_gguf_open). */
 typedef struct sd_safetensors {
-    const unsigned char *bytes;  /* the caller's buffer */
-    size_t size;
+    const unsigned char *bytes;  /* the caller's buffer (read through a callback: the header's copy) */
+    size_t size;                 /* the file's size */
+    const sd_reader *reader;     /* NULL, or how the tensors' bytes are read (sd_source.read) */
     sd_tensor *tensors;
     int count;
     const char **meta_keys, **meta_values;
@@ -217,6 +225,13 @@ SD_API void sd_pool_destroy(sd_pool *pool);
    for any thread count either way. Memory: the same (the thread's scratch). */
 enum { SD_QUANT_EXACT = 0, SD_QUANT_FAST = 1 };
 SD_API void sd_pool_set_quant(sd_pool *pool, int mode);
+
+/* A model whose weights come from a read callback (sd_source.read) runs its stages on a pool
+   with a staging area: sd_pool_set_stage gives it one of sd_pool_stage_bytes(model) from the
+   arena (SD_WEIGHT_STAGE_BYTES, more if one weight row is longer). sd_generate does this itself. */
+typedef struct sd_model sd_model;
+SD_API size_t sd_pool_stage_bytes(const sd_model *model);
+SD_API int sd_pool_set_stage(sd_pool *pool, const sd_model *model, sd_arena *a, sd_error *err);
 
 /* CLIP tokenizer: prompt text -> token ids, exactly as the diffusers pipelines tokenize. */
 typedef struct sd_clip_vocab sd_clip_vocab;   /* opaque; lives in the arena it was loaded into */
@@ -720,8 +735,19 @@ SD_API void sd_lcm_scalings(float t, float *c_skip, float *c_out);
    outlive the model. The file whose metadata has `sd.version` describes the model (sd.* keys,
    see the golden set's README); a file without any (a GGUF from stable-diffusion.cpp's
    converter) can be described by adding a safetensors file that holds only a `__metadata__`
-   table ({"__metadata__": {"sd.version": "1", ...}}, no tensors). */
+   table ({"__metadata__": {"sd.version": "1", ...}}, no tensors).
+   Weights need not be in memory: a safetensors file whose data[i] is NULL is read through
+   `read` (for WebAssembly, boards without mmap, weights in flash or behind a bus). Its header is
+   read once into the model's arena; each weight is then read where it is used, a slab of its
+   rows at a time into a staging area of the generation's arena (SD_WEIGHT_STAGE_BYTES), so every
+   weight byte is read once per use (the UNet's once per evaluation) and biases and norms, a
+   few KB, as the kernels need them. `read` fills dst with `size` bytes of file `file` (its
+   index in data[]) from byte `offset` and returns 0, or non-zero on failure, which the running
+   call reports as SD_ERR_IO. It is called from the pool's worker threads too, and from several
+   generations at once when they share the model: it must be thread-safe (pread is). GGUF
+   files must be in memory. */
 #define SD_MAX_FILES 4
+typedef int (*sd_read_fn)(void *user, int file, uint64_t offset, void *dst, size_t size);
 typedef struct sd_source {
     const void *data[SD_MAX_FILES];
     size_t size[SD_MAX_FILES];
@@ -735,9 +761,9 @@ typedef struct sd_source {
     const char *config[SD_MAX_FILES + 2];
     size_t config_size[SD_MAX_FILES + 2];
     int config_count;
+    sd_read_fn read;      /* optional: how files whose data[i] is NULL are read (size[i]: the file's size) */
+    void *read_user;      /* its first argument */
 } sd_source;
-
-typedef struct sd_model sd_model;
 
 /* Opens the files, finds the tokenizer, text encoder(s), UNet and VAE, and works out the family
    (SD1, SD2 or SDXL, epsilon or v prediction) from the tensors and metadata. Tables only: a few
@@ -923,6 +949,13 @@ SD_API int sd_generate(const sd_model *model, const sd_params *p, sd_arena *a, u
 #include <stdarg.h>
 #include <stdio.h>   /* vsnprintf only: the core does no I/O */
 #include <string.h>
+#ifndef SD_NO_THREADS
+#include <pthread.h>
+#if !defined(__cplusplus) && (!defined(_POSIX_C_SOURCE) || _POSIX_C_SOURCE < 200112L)
+/* Strict C99 hides this POSIX.1-2001 function; the library has it all the same. */
+int pthread_attr_setstack(pthread_attr_t *attr, void *stackaddr, size_t stacksize);
+#endif
+#endif
 
 #ifndef SD_ASSERT
 #include <assert.h>
@@ -1264,7 +1297,7 @@ static void quant_block(sd_dtype t, const float *x, unsigned char *b)
     case SD_Q8_0:
         d = amax / 127.0f;
         id = d != 0.0f ? 1.0f / d : 0.0f;
-        for (int e = 0; e < 32; e++) q[e] = (int)roundf(x[e] * id);
+        for (int e = 0; e < 32; e++) q[e] = quant_trunc(roundf(x[e] * id) + 127.0f, 254) - 127;   /* (a NaN or Inf weight: no UB) */
         break;
     case SD_Q4_0: case SD_Q5_0: {
         float half = t == SD_Q4_0 ? 8.0f : 16.0f;
@@ -1332,10 +1365,96 @@ SD_API sd_dtype sd_quantize_choice(const sd_tensor *t, sd_dtype type)
     return type;
 }
 
+/* ---- weights read through the caller's callback (sd_source.read) ----
+   A file whose bytes are not in memory: its tensors have data == NULL and a reader. Everything
+   that reads weight values goes through tensor_read (raw bytes) or tensor_floats (values); the
+   GEMM stages whole slabs of rows (gemm_staged). A failed read leaves zeros and is counted,
+   under a lock since worker threads read too; the calls that run on the model compare counts. */
+struct sd_reader {
+    sd_read_fn read;
+    void *user;
+    int file;                   /* its index in sd_source */
+    unsigned failures;          /* failed reads so far, and the last one's place (reader_lock) */
+    uint64_t failed_offset;
+    size_t failed_size;
+};
+
+#ifndef SD_NO_THREADS
+static pthread_mutex_t reader_lock = PTHREAD_MUTEX_INITIALIZER;
+#define READER_LOCK() pthread_mutex_lock(&reader_lock)
+#define READER_UNLOCK() pthread_mutex_unlock(&reader_lock)
+#else
+#define READER_LOCK() ((void)0)
+#define READER_UNLOCK() ((void)0)
+#endif
+
+/* n bytes of tensor t from byte `at` of its data into dst, from memory or through its reader. */
+static void tensor_read(const sd_tensor *t, uint64_t at, size_t n, void *dst)
+{
+    if (!t->reader) { memcpy(dst, (const unsigned char *)t->data + at, n); return; }
+    sd_reader *r = (sd_reader *)(uintptr_t)t->reader;   /* only its failure count changes */
+    if (r->read(r->user, r->file, t->offset + at, dst, n)) {
+        memset(dst, 0, n);
+        READER_LOCK();
+        r->failures++, r->failed_offset = t->offset + at, r->failed_size = n;
+        READER_UNLOCK();
+    }
+}
+
+static unsigned reader_failures(const sd_reader *r)
+{
+    unsigned n;
+    if (!r) return 0;
+    READER_LOCK();
+    n = r->failures;
+    READER_UNLOCK();
+    return n;
+}
+
+/* SD_ERR_IO if reader r failed since it had `before` failures (what a call that used it says). */
+static int reader_check(const sd_reader *r, unsigned before, sd_error *err)
+{
+    unsigned now = reader_failures(r);
+    if (now == before) return SD_OK;
+    READER_LOCK();
+    uint64_t at = r->failed_offset;
+    size_t n = r->failed_size;
+    READER_UNLOCK();
+    return fail(err, SD_ERR_IO, "weights: the read callback failed for %zu bytes at offset %llu of file %d (%u failed read%s)",
+                n, (unsigned long long)at, r->file, now - before, now - before == 1 ? "" : "s");
+}
+
+/* tensor_floats of a tensor not in memory: whole blocks read a few KB at a time and converted. */
+static void tensor_floats_read(float *dst, const sd_tensor *t, size_t i, int n)
+{
+    unsigned char buf[4096];
+    int per = 1;
+    size_t bs = sd_dtype_block(t->dtype, &per), fit = sizeof buf / bs * (size_t)per;
+    while (n > 0) {
+        size_t skip = i % (size_t)per, take = (size_t)n < fit - skip ? (size_t)n : fit - skip;
+        size_t blocks = (skip + take + (size_t)per - 1) / (size_t)per;
+        sd_tensor piece = *t;
+        tensor_read(t, i / (size_t)per * bs, blocks * bs, buf);
+        piece.data = buf, piece.reader = NULL, piece.nbytes = blocks * bs;
+        tensor_floats(dst, &piece, skip, (int)take);
+        dst += take, i += take, n -= (int)take;
+    }
+}
+
+/* A view of t that starts `first` values further on (whole blocks), in memory or not. */
+static sd_tensor tensor_from(const sd_tensor *t, uint64_t first)
+{
+    sd_tensor v = *t;
+    uint64_t skip = dtype_bytes(t->dtype, first);
+    if (t->data) v.data = (const unsigned char *)t->data + skip;
+    v.offset += skip;
+    return v;
+}
+
 SD_API int sd_tensor_convert(const sd_tensor *t, sd_dtype type, void *dst, float *row)
 {
     if (!t || !dst) return SD_ERR_ARG;
-    if (type == t->dtype) { memcpy(dst, t->data, t->nbytes); return SD_OK; }
+    if (type == t->dtype) { tensor_read(t, 0, t->nbytes, dst); return SD_OK; }
     if (!dtype_is_weight(t->dtype)) return SD_ERR_ARG;
     int64_t len = tensor_row_length(t), rows = len ? sd_tensor_numel(t) / len : 0;
     if (!quant_type_ok(type) || len % 32 || !row) return SD_ERR_ARG;
@@ -1350,6 +1469,7 @@ SD_API int sd_tensor_convert(const sd_tensor *t, sd_dtype type, void *dst, float
 /* Element i of a float tensor of any float dtype, as f32 (for small vectors: norms, biases). */
 SD_MAYBE_UNUSED static float tensor_get(const sd_tensor *t, size_t i)
 {
+    if (t->reader) { float v; tensor_floats_read(&v, t, i, 1); return v; }
     switch (t->dtype) {
     case SD_F32: { float v; memcpy(&v, (const char *)t->data + 4 * i, 4); return v; }
     case SD_F16: { uint16_t v; memcpy(&v, (const char *)t->data + 2 * i, 2); return sd_f16_to_f32(v); }
@@ -1697,11 +1817,13 @@ static int st_parse(sd_safetensors *st, json *j, size_t data_size, sd_arena *a,
             if (!s) return SD_ERR_MEMORY;
             if (at % sd_dtype_size(t.dtype))
                 return fail(err, SD_ERR_FORMAT, "safetensors: tensor '%s' at file offset %zu is not aligned for %s (sd.h uses data in place and will not copy it)", name, at, dtype_info[t.dtype].name);
-            if ((uintptr_t)(st->bytes + at) % sd_dtype_size(t.dtype))
+            if (!st->reader && (uintptr_t)(st->bytes + at) % sd_dtype_size(t.dtype))
                 return fail(err, SD_ERR_ARG, "safetensors: the caller's buffer is not aligned for tensor '%s' (%s); pass a buffer from malloc or mmap", name, dtype_info[t.dtype].name);
             memcpy(s, name, strlen(name) + 1);
             t.name = s;
-            t.data = st->bytes + at;
+            t.data = st->reader ? NULL : st->bytes + at;
+            t.offset = at;
+            t.reader = st->reader;
             t.nbytes = (size_t)bytes;
             st->tensors[*n_tensors] = t;
         }
@@ -1719,8 +1841,7 @@ bad_json:
 
 static int st_compare_offsets(const sd_tensor *x, const sd_tensor *y)
 {
-    const unsigned char *a = (const unsigned char *)x->data, *b = (const unsigned char *)y->data;
-    return a < b ? -1 : a > b ? 1 : x->nbytes < y->nbytes ? -1 : x->nbytes > y->nbytes;
+    return x->offset < y->offset ? -1 : x->offset > y->offset ? 1 : x->nbytes < y->nbytes ? -1 : x->nbytes > y->nbytes;
 }
 
 /* Sort indices by data offset (heap sort: no recursion, no libc qsort callback casts). */
@@ -1742,8 +1863,7 @@ static void st_sort_by_offset(const sd_tensor *t, int32_t *idx, int n)
 }
 
 /* Checks that the tensors cover the data region exactly: no overlaps, no holes, no tail. */
-static int st_check_coverage(const sd_safetensors *st, const unsigned char *region, size_t data_size,
-                             sd_arena *a, sd_error *err)
+static int st_check_coverage(const sd_safetensors *st, size_t region, size_t data_size, sd_arena *a, sd_error *err)
 {
     size_t pos = 0, mark = sd_arena_mark(a);
     int32_t *idx = (int32_t *)arena_array(a, (size_t)st->count + 1, sizeof(int32_t), err);
@@ -1752,7 +1872,7 @@ static int st_check_coverage(const sd_safetensors *st, const unsigned char *regi
     st_sort_by_offset(st->tensors, idx, st->count);
     for (int i = 0; i < st->count; i++) {
         const sd_tensor *t = &st->tensors[idx[i]];
-        size_t off = (size_t)((const unsigned char *)t->data - region);
+        size_t off = (size_t)t->offset - region;
         if (off < pos) return fail(err, SD_ERR_FORMAT, "safetensors: tensor '%s' at data offset %zu overlaps the tensor before it (which ends at %zu)", t->name, off, pos);
         if (off > pos) return fail(err, SD_ERR_FORMAT, "safetensors: hole in the data region before tensor '%s' (it starts at %zu, the data before ends at %zu)", t->name, off, pos);
         pos += t->nbytes;
@@ -1805,15 +1925,25 @@ static int st_index(sd_safetensors *st, const char *format, sd_error *err)
     return SD_OK;
 }
 
+/* The header length in a file's first 8 bytes, checked against the file's size. */
+static int st_header_length(const unsigned char *b, size_t size, uint64_t *hlen, sd_error *err)
+{
+    *hlen = 0;
+    if (size < 8) return fail(err, SD_ERR_FORMAT, "safetensors: file of %zu bytes is shorter than the 8-byte header length", size);
+    if (!memcmp(b, "GGUF", 4)) return fail(err, SD_ERR_FORMAT, "safetensors: this is a GGUF file (sd_gguf_open reads those)");
+    for (int i = 7; i >= 0; i--) *hlen = *hlen << 8 | b[i];
+    if (*hlen > 100u << 20) return fail(err, SD_ERR_FORMAT, "safetensors: header length %llu is absurd (over 100 MB)", (unsigned long long)*hlen);
+    if (*hlen > size - 8) return fail(err, SD_ERR_FORMAT, "safetensors: header length %llu is larger than the %zu bytes after it", (unsigned long long)*hlen, size - 8);
+    return SD_OK;
+}
+
+/* Opens a file of `size` bytes whose first bytes (all of them, or with st->reader set the
+   8-byte length and the header) are at b. */
 static int st_open(sd_safetensors *st, const unsigned char *b, size_t size, sd_arena *a, sd_error *err)
 {
     uint64_t hlen = 0;
     int nt, nm, rc;
-    if (size < 8) return fail(err, SD_ERR_FORMAT, "safetensors: file of %zu bytes is shorter than the 8-byte header length", size);
-    if (!memcmp(b, "GGUF", 4)) return fail(err, SD_ERR_FORMAT, "safetensors: this is a GGUF file (sd_gguf_open reads those)");
-    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | b[i];
-    if (hlen > 100u << 20) return fail(err, SD_ERR_FORMAT, "safetensors: header length %llu is absurd (over 100 MB)", (unsigned long long)hlen);
-    if (hlen > size - 8) return fail(err, SD_ERR_FORMAT, "safetensors: header length %llu is larger than the %zu bytes after it", (unsigned long long)hlen, size - 8);
+    if ((rc = st_header_length(b, size, &hlen, err))) return rc;
     st->bytes = b;
     st->size = size;
     json j = { (const char *)b + 8, (const char *)b + 8, (const char *)b + 8 + hlen, NULL };
@@ -1827,7 +1957,7 @@ static int st_open(sd_safetensors *st, const unsigned char *b, size_t size, sd_a
     st->count = nt;
     st->meta_count = nm;
     if ((rc = st_index(st, "safetensors", err))) return rc;
-    return st_check_coverage(st, b + 8 + hlen, data_size, a, err);
+    return st_check_coverage(st, 8 + (size_t)hlen, data_size, a, err);
 }
 
 static int gguf_open(sd_safetensors *st, const unsigned char *b, size_t size, sd_arena *a, sd_error *err);
@@ -2125,6 +2255,7 @@ static int gguf_tensor_infos(gguf_reader *r, sd_safetensors *st)
         if (es && (uintptr_t)(r->b + at) % es)
             return fail(r->err, SD_ERR_ARG, "gguf: the caller's buffer is not aligned for tensor '%s' (%s); pass a buffer from malloc or mmap", t.name, sd_dtype_name(t.dtype));
         t.data = r->b + at;
+        t.offset = at;
         st->tensors[i] = t;
     }
     /* the data section: after the infos, at the next multiple of the alignment */
@@ -2420,10 +2551,9 @@ static const sd_tensor *maybe(weights *w, int64_t d0, int64_t d1, int64_t d2, in
    q/k/v `in_proj` of OpenCLIP is split without copying. */
 static sd_tensor tensor_rows(const sd_tensor *t, int64_t r0, int64_t n)
 {
-    sd_tensor v = *t;
     uint64_t row = 1;   /* values per row: whole blocks, as the last dimension is */
     for (int i = 1; i < t->ndim; i++) row *= (uint64_t)t->shape[i];
-    v.data = (const char *)t->data + dtype_bytes(t->dtype, (uint64_t)r0 * row);
+    sd_tensor v = tensor_from(t, (uint64_t)r0 * row);
     v.shape[0] = n;
     v.nbytes = dtype_bytes(t->dtype, (uint64_t)n * row);
     return v;
@@ -3122,6 +3252,7 @@ static void tensor_floats(float *dst, const sd_tensor *t, size_t i, int n)
 {
     const unsigned char *src = (const unsigned char *)t->data;
     int k = 0;
+    if (t->reader) { tensor_floats_read(dst, t, i, n); return; }
     switch (t->dtype) {
     case SD_F32:
         memcpy(dst, src + 4 * i, (size_t)n * 4);
@@ -3154,13 +3285,8 @@ static void tensor_floats(float *dst, const sd_tensor *t, size_t i, int n)
 #ifndef SD_POOL_STACK_BYTES
 #define SD_POOL_STACK_BYTES (1u << 20)      /* per worker thread: kernels use a few KiB, sanitizers more */
 #endif
-
-#ifndef SD_NO_THREADS
-#include <pthread.h>
-#if !defined(__cplusplus) && (!defined(_POSIX_C_SOURCE) || _POSIX_C_SOURCE < 200112L)
-/* Strict C99 hides this POSIX.1-2001 function; the library has it all the same. */
-int pthread_attr_setstack(pthread_attr_t *attr, void *stackaddr, size_t stacksize);
-#endif
+#ifndef SD_WEIGHT_STAGE_BYTES
+#define SD_WEIGHT_STAGE_BYTES (4u << 20)    /* weights read through a callback: slabs of rows (gemm_staged) */
 #endif
 
 typedef void (*pool_task)(void *arg, int task, int thread);
@@ -3176,6 +3302,8 @@ struct sd_pool {
     size_t scratch_floats;
     const struct sd_lora_set *lora;   /* LoRA adapters matmul and conv2d add (sd_pool_set_lora), or NULL */
     float *lora_scratch;       /* the calling thread's [rows, rank] low-rank products, SD_LORA_SCRATCH_BYTES */
+    unsigned char *stage;      /* weights read through a callback: a slab of rows at a time (sd_pool_set_stage) */
+    size_t stage_bytes;
 #ifndef SD_NO_THREADS
     int started, sync_ready;
     pthread_t tid[SD_MAX_THREADS];
@@ -3188,6 +3316,21 @@ struct sd_pool {
     unsigned long generation;  /* bumped by each pool_run, so sleeping workers know it is new */
 #endif
 };
+
+/* A stage function's run on weights that may come through a callback (t: one of the part's):
+   refused without a stage on the pool, and a read that failed during the run is its error. */
+typedef struct weights_use { const sd_reader *reader; unsigned before; } weights_use;
+
+static int weights_begin(weights_use *u, const sd_pool *pool, const sd_tensor *t, const char *who, sd_error *err)
+{
+    u->reader = t ? t->reader : NULL;
+    u->before = reader_failures(u->reader);
+    if (u->reader && pool && !pool->measure && !pool->stage)
+        return fail(err, SD_ERR_ARG, "%s: the model's weights are read through a callback: give the pool a stage first (sd_pool_set_stage)", who);
+    return SD_OK;
+}
+
+static int weights_end(const weights_use *u, int rc, sd_error *err) { return rc ? rc : reader_check(u->reader, u->before, err); }
 
 #ifdef SD_NO_THREADS
 #define POOL_THREADS(t) 1
@@ -3742,7 +3885,7 @@ static void gemm_dot_task(void *arg, int task, int thread)
    therefore requantized in that order whatever its type (a q8_0 conv weight, whose blocks run
    over PyTorch's (channel, tap) order, gets a second rounding). The activations are quantized
    per micro-tile, from the row pointers the exact kernel reads, into the thread's scratch.
-   Left to the exact path: products of at most DOT_MAX_M rows (time embeddings: they read each
+   Left to the exact path: products of at most Q8_MIN_M rows (time embeddings: they read each
    weight once, their cost is the weight's bytes, not the arithmetic) and depths (a
    convolution's input channels) that are not a multiple of Q8_BLOCK (SD's 4-channel conv_in,
    the VAE's post_quant_conv). */
@@ -3884,10 +4027,13 @@ static void q8_span(const gemm_job *j, int m0, int m1, int *lo, int *hi)
     m0 += j->row0, m1 += j->row0;
     int hw = j->Ho * j->Wo, b0 = m0 / hw, b1 = (m1 - 1) / hw;
     int y0 = ((m0 % hw) / j->Wo + j->y0) * j->s - j->pad, y1 = (((m1 - 1) % hw) / j->Wo + j->y0) * j->s - j->pad + j->k - 1;
+    int x1 = ((m1 - 1) % j->Wo) * j->s - j->pad + j->k - 1;   /* the last pixel the last output row reads */
+    if (y1 > j->H - 1) x1 = j->W - 1;   /* clamped: the rows before it read row H - 1 whole */
+    x1 = x1 > j->W - 1 ? j->W - 1 : x1;
     y0 = y0 < 0 ? 0 : y0 > j->H - 1 ? j->H - 1 : y0;
     y1 = y1 < 0 ? 0 : y1 > j->H - 1 ? j->H - 1 : y1;
     *lo = (b0 * j->H + y0 - j->x_y0) * j->W;
-    *hi = (b1 * j->H + y1 + 1 - j->x_y0) * j->W;
+    *hi = (b1 * j->H + y1 - j->x_y0) * j->W + x1 + 1;   /* not past it: a band may end there (vae_phase_conv) */
     if (*hi < *lo) *hi = *lo;
 }
 
@@ -4012,7 +4158,7 @@ static void gemm_q8_run(gemm_job *j)
     pool_run(j->pool, gemm_q8_task, j, j->gm * j->gn);
 }
 
-static void gemm_run(gemm_job *j)
+static void gemm_go(gemm_job *j)
 {
     if (gemm_q8_applies(j)) { gemm_q8_run(j); return; }
     if (j->M <= DOT_MAX_M) {
@@ -4036,6 +4182,40 @@ static void gemm_run(gemm_job *j)
     gemm_plan(j, j->pool->threads);
     pool_run(j->pool, gemm_task, j, j->gm * j->gn);
 }
+
+/* A GEMM whose weight is not in memory (sd_source.read): slabs of its output columns, each read
+   once into the pool's stage (the bias's part after it) and multiplied with all of x by `go`
+   (gemm_go, or a caller's fixed plan), so every weight byte is read once per call. A slab's
+   rows are row_len apart; of the last, only what the GEMM reads (a view may start inside a row). */
+static void gemm_staged(gemm_job *j, void (*go)(gemm_job *))
+{
+    if (!j->w->reader || j->pool->measure) { go(j); return; }
+    const sd_tensor *w = j->w, *b = j->b;
+    size_t row = dtype_bytes(w->dtype, (uint64_t)j->row_len), used = dtype_bytes(w->dtype, (uint64_t)j->depth * j->taps);
+    size_t tail = b && b->reader ? dtype_bytes(b->dtype, (uint64_t)j->N) : 0;
+    SD_ASSERT(j->pool->stage && j->pool->stage_bytes >= row + tail);   /* sd_pool_stage_bytes: the longest row */
+    int per = (int)((j->pool->stage_bytes - tail) / row);
+    if (per >= 64) per -= per % 32;   /* whole panels of the kernels */
+    for (int n0 = 0; n0 < j->N; n0 += per) {
+        int nn = j->N - n0 < per ? j->N - n0 : per;
+        sd_tensor ws = tensor_from(w, (uint64_t)n0 * (uint64_t)j->row_len), bs;
+        gemm_job slab = *j;
+        tensor_read(&ws, 0, (size_t)(nn - 1) * row + used, j->pool->stage);
+        ws.data = j->pool->stage, ws.reader = NULL;
+        slab.w = &ws, slab.N = nn, slab.y = j->y + n0;
+        if (b) {
+            bs = tensor_from(b, (uint64_t)n0);
+            if (tail) {
+                tensor_read(&bs, 0, dtype_bytes(b->dtype, (uint64_t)nn), j->pool->stage + j->pool->stage_bytes - tail);
+                bs.data = j->pool->stage + j->pool->stage_bytes - tail, bs.reader = NULL;
+            }
+            slab.b = &bs;
+        }
+        go(&slab);
+    }
+}
+
+static void gemm_run(gemm_job *j) { gemm_staged(j, gemm_go); }
 
 /* Row i of weight matrix w ([N, K], any float dtype) as float32 into out[0..K). */
 static void weight_row(const sd_tensor *w, int64_t i, int64_t K, float *out)
@@ -7607,7 +7787,9 @@ SD_API int sd_text_encoder_hidden(const sd_text_encoder *te, const int32_t *ids,
     if (n_prompts < 1 || n_prompts > (1 << 16)) return fail(err, SD_ERR_ARG, "text encoder: n_prompts = %d not in 1..65536", n_prompts);
     if (layer < 0 || layer > te->layers) return fail(err, SD_ERR_ARG, "text encoder: layer %d not in 0..%d", layer, te->layers);
     if (!pool->measure && (rc = check_ids(te, ids, n_prompts, err))) return rc;
-    return text_encoder_run(te, ids, n_prompts, layer, final_ln, out, NULL, pool, a, err);
+    weights_use u;
+    if ((rc = weights_begin(&u, pool, &te->token_embedding, "text encoder", err))) return rc;
+    return weights_end(&u, text_encoder_run(te, ids, n_prompts, layer, final_ln, out, NULL, pool, a, err), err);
 }
 
 SD_API int sd_text_encode(const sd_text_encoder *te, const int32_t *ids, int n_prompts, int clip_skip,
@@ -7622,7 +7804,9 @@ SD_API int sd_text_encode(const sd_text_encoder *te, const int32_t *ids, int n_p
     if (!pooled) return sd_text_encoder_hidden(te, ids, n_prompts, layer, te->output_final_ln, out, pool, a, err);
     if (!ids || !out || !pool || !a || n_prompts < 1 || n_prompts > (1 << 16)) return fail(err, SD_ERR_ARG, "sd_text_encode: NULL argument or n_prompts = %d not in 1..65536", n_prompts);
     if (!pool->measure && (rc = check_ids(te, ids, n_prompts, err))) return rc;
-    return text_encoder_run(te, ids, n_prompts, layer, te->output_final_ln, out, pooled, pool, a, err);
+    weights_use u;
+    if ((rc = weights_begin(&u, pool, &te->token_embedding, "sd_text_encode", err))) return rc;
+    return weights_end(&u, text_encoder_run(te, ids, n_prompts, layer, te->output_final_ln, out, pooled, pool, a, err), err);
 }
 
 
@@ -7898,14 +8082,16 @@ static int meta_list_int(const sd_safetensors *meta, const char *key, int index,
 
 /* Heads of a transformer at UNet level `level`. The tensors cannot tell: the metadata may fix
    the number of heads (SD1 style; diffusers' config gives SD2 and SDXL a list, one per level)
-   or the head size (SDXL style); without it SD2 and SDXL (linear proj_in, or a 1024-wide
-   OpenCLIP context) use head dim 64 and SD1 8 heads. */
+   or the head size (SDXL style); without it SD2 and SDXL (linear proj_in, or an OpenCLIP
+   context of 1024 or more) use head dim 64 and SD1 8 heads. */
 static void set_heads(weights *w, const sd_unet_model *u, const sd_safetensors *meta, unet_transformer *t, int level)
 {
     int heads = meta_list_int(meta, "sd.unet.num_heads", level, -1), head_dim = meta_int(meta, "sd.unet.num_head_channels", -1);
     if (!t->depth || w->failed) return;
     if (heads <= 0 && head_dim <= 0) {
-        if (t->proj_in_w->ndim == 2 || u->context_dim == 1024) head_dim = 64;   /* SD2, SDXL */
+        /* (a block-typed proj_in is 2-D in GGUF files whatever it was: sd.h's writer keeps SD1's
+           [C, C, 1, 1] as [C, C], so only the context tells) */
+        if ((t->proj_in_w->ndim == 2 && !dtype_is_block(t->proj_in_w->dtype)) || u->context_dim >= 1024) head_dim = 64;   /* SD2, SDXL */
         else heads = 8;                                                          /* SD1 */
     }
     if (heads > 0) head_dim = t->inner / heads;
@@ -8431,10 +8617,12 @@ SD_API int sd_unet(const sd_unet_model *unet, const float *x, const float *times
     if (need > left)
         return fail(err, SD_ERR_MEMORY, "sd_unet: a batch of %d latents of %dx%d needs %zu arena bytes, %zu are left",
                     batch, h, w, need, left);
+    weights_use u;
+    if ((rc = weights_begin(&u, pool, unet->conv_in_w, "sd_unet", err))) return rc;
     mark = sd_arena_mark(a);
     rc = unet_forward(unet, x, timesteps, cond, batch, h, w, out, pool, a, err, NULL, NULL);
     sd_arena_reset(a, mark);
-    return rc;
+    return weights_end(&u, rc, err);
 }
 
 SD_API int sd_unet_add_dim(const sd_unet_model *unet) { return unet ? unet->add_dim : 0; }
@@ -8657,6 +8845,7 @@ static void lora_adapt(lora_matcher *mt, const lora_module *m, const sd_tensor *
 {
     const sd_tensor *w = m->w;
     int64_t N = w->shape[0], K = w->shape[1], r = down->shape[0];
+    if (w->ndim == 2 && m->k > 1) K /= (int64_t)m->k * m->k;   /* a quantized conv weight [Cout, Cin·k·k] (GGUF) */
     int down_ok = down->ndim == 2 ? m->k == 1 : down->ndim == 4 && down->shape[2] == m->k && down->shape[3] == m->k;
     int up_ok = up->ndim == 2 || (up->ndim == 4 && up->shape[2] == 1 && up->shape[3] == 1);
     double a = (double)r;
@@ -9511,6 +9700,16 @@ static void vae_conv_bands(vae_run *r, float *dst, const float *src, int H, int 
     }
 }
 
+/* vae_conv_slice's GEMM: K blocks of whole 32-channel slices, whatever the slice's size. */
+static void vae_slice_go(gemm_job *j)
+{
+    j->nblocks = (j->depth + GEMM_KC_MAX / 9 - 1) / (GEMM_KC_MAX / 9);
+    j->blen = (j->depth + j->nblocks - 1) / j->nblocks;
+    SD_ASSERT(GEMM_SCRATCH_FLOATS(j->taps) <= j->pool->scratch_floats);
+    gemm_plan(j, j->pool->threads);
+    pool_run(j->pool, gemm_task, j, j->gm * j->gn);
+}
+
 /* y [H, W, N] (+)= the 3x3 conv (stride 1, zero padding 1) of x [H, W, cb] through input
    channels c0 .. c0 + cb - 1 of w [N, cin, 3, 3]; b (the bias, or NULL) added at the end. Slices
    of 32 channels added up in order are conv2d's own sum over input channels, which goes in K
@@ -9519,19 +9718,14 @@ static void vae_conv_bands(vae_run *r, float *dst, const float *src, int H, int 
 static void vae_conv_slice(sd_pool *pool, float *y, const float *x, int H, int W, int cb, const sd_tensor *w, int c0,
                            int cin, const sd_tensor *b, int N, int accumulate)
 {
-    sd_tensor view = *w;
+    sd_tensor view = tensor_from(w, (uint64_t)c0 * 9);   /* (a block type: c0 a multiple of 32, so whole blocks) */
     gemm_job j;
-    view.data = (const unsigned char *)w->data + dtype_bytes(w->dtype, (uint64_t)c0 * 9);   /* never a block type: rows of 3 */
     memset(&j, 0, sizeof j);
     j.pool = pool; j.y = y; j.ldy = N; j.x = x; j.M = H * W; j.N = N;
     j.w = &view; j.b = b; j.accumulate = accumulate;
     j.conv = 1; j.H = H; j.W = W; j.Cin = cb; j.Ho = H; j.Wo = W; j.k = 3; j.s = 1; j.pad = 1;
     j.row_len = (int64_t)cin * 9; j.depth = cb; j.taps = 9;
-    j.nblocks = (cb + GEMM_KC_MAX / 9 - 1) / (GEMM_KC_MAX / 9);
-    j.blen = (cb + j.nblocks - 1) / j.nblocks;
-    SD_ASSERT(GEMM_SCRATCH_FLOATS(j.taps) <= pool->scratch_floats);
-    gemm_plan(&j, pool->threads);
-    pool_run(pool, gemm_task, &j, j.gm * j.gn);
+    gemm_staged(&j, vae_slice_go);
 }
 
 /* x ← x + conv2(silu(gn2(conv1(silu(gn1(x)))))), the skip through shortcut when channels change. */
@@ -10252,13 +10446,17 @@ static int vae_encode_run(const sd_vae *v, const float *image, int H, int W, flo
 SD_API int sd_vae_decode(const sd_vae *vae, const float *latents, int h, int w, float *image,
                          sd_pool *pool, sd_arena *a, sd_error *err)
 {
-    return vae_decode_run(vae, latents, h, w, image, pool, NULL, NULL, a, err);
+    weights_use u;
+    int rc = weights_begin(&u, pool, vae ? vae->decoder.conv_in.w : NULL, "sd_vae_decode", err);
+    return rc ? rc : weights_end(&u, vae_decode_run(vae, latents, h, w, image, pool, NULL, NULL, a, err), err);
 }
 
 SD_API int sd_vae_encode(const sd_vae *vae, const float *image, int height, int width,
                          float *moments, sd_pool *pool, sd_arena *a, sd_error *err)
 {
-    return vae_encode_run(vae, image, height, width, moments, pool, NULL, NULL, a, err);
+    weights_use u;
+    int rc = weights_begin(&u, pool, vae ? vae->encoder.conv_in.w : NULL, "sd_vae_encode", err);
+    return rc ? rc : weights_end(&u, vae_encode_run(vae, image, height, width, moments, pool, NULL, NULL, a, err), err);
 }
 
 SD_API void sd_vae_posterior(const float *moments, int channels, int h, int w,
@@ -10408,7 +10606,9 @@ SD_API size_t sd_vae_decode_tiled_arena_bytes(const sd_vae_config *c, int h, int
 SD_API int sd_vae_decode_tiled(const sd_vae *vae, const float *latents, int h, int w, int tile,
                                int overlap, float *image, sd_pool *pool, sd_arena *a, sd_error *err)
 {
-    return vae_decode_tiled_run(vae, latents, h, w, tile, overlap, image, pool, a, err);
+    weights_use u;
+    int rc = weights_begin(&u, pool, vae ? vae->decoder.conv_in.w : NULL, "sd_vae_decode_tiled", err);
+    return rc ? rc : weights_end(&u, vae_decode_tiled_run(vae, latents, h, w, tile, overlap, image, pool, a, err), err);
 }
 
 
@@ -11674,18 +11874,56 @@ static int sd2_looks_v(const sd_model *m)
     return sqrt(sq / n - (sum / n) * (sum / n)) > 0.09;
 }
 
+/* File i's first 8 bytes (fewer in a shorter file, the rest zero): from memory, or read into
+   head through the callback (NULL if that fails). */
+static const unsigned char *model_file_head(const sd_source *src, int i, unsigned char head[8])
+{
+    size_t n = src->size[i] < 8 ? src->size[i] : 8;
+    if (src->data[i] || !src->read) return (const unsigned char *)src->data[i];
+    memset(head, 0, 8);
+    return n && src->read(src->read_user, i, 0, head, n) ? NULL : head;
+}
+
 /* Whether file i of a model is a GGUF file (by its magic) rather than safetensors. */
 static int model_file_is_gguf(const sd_source *src, int i)
 {
-    return src->data[i] && src->size[i] >= 4 && !memcmp(src->data[i], "GGUF", 4);
+    unsigned char head[8];
+    const unsigned char *b = model_file_head(src, i, head);
+    return b && src->size[i] >= 4 && !memcmp(b, "GGUF", 4);
+}
+
+/* A safetensors file read through the caller's callback: its header read into the arena, its
+   tensors left where they are (data NULL, read on use through r). */
+static int st_open_read(sd_safetensors *st, const sd_source *src, int i, sd_arena *a, sd_error *err)
+{
+    unsigned char head[8];
+    uint64_t hlen;
+    int rc;
+    sd_reader *r = (sd_reader *)sd_arena_alloc(a, sizeof *r, err);
+    if (!r) return SD_ERR_MEMORY;
+    memset(r, 0, sizeof *r);
+    r->read = src->read, r->user = src->read_user, r->file = i;
+    if (!model_file_head(src, i, head)) return fail(err, SD_ERR_IO, "model: the read callback failed on the first bytes of file %d", i);
+    if (src->size[i] >= 4 && !memcmp(head, "GGUF", 4))
+        return fail(err, SD_ERR_UNSUPPORTED, "model: file %d is GGUF, which sd.h reads from memory only (data[%d], e.g. mmap'd)", i, i);
+    if ((rc = st_header_length(head, src->size[i], &hlen, err))) return rc;
+    unsigned char *b = (unsigned char *)sd_arena_alloc(a, 8 + (size_t)hlen, err);
+    if (!b) return SD_ERR_MEMORY;
+    if (src->read(src->read_user, i, 0, b, 8 + (size_t)hlen))
+        return fail(err, SD_ERR_IO, "model: the read callback failed on the %llu-byte header of file %d", (unsigned long long)hlen, i);
+    memset(st, 0, sizeof *st);
+    st->reader = r;
+    return st_open(st, b, src->size[i], a, err);
 }
 
 static int model_load(sd_model *m, const sd_source *src, sd_arena *a, sd_error *err)
 {
     int rc, n = src->count;
     for (int i = 0; i < n; i++) {
-        if ((rc = model_file_is_gguf(src, i) ? sd_gguf_open(&m->files[i], src->data[i], src->size[i], a, err)
-                                             : sd_safetensors_open(&m->files[i], src->data[i], src->size[i], a, err))) return rc;
+        if (!src->data[i] && src->read) rc = st_open_read(&m->files[i], src, i, a, err);
+        else if (model_file_is_gguf(src, i)) rc = sd_gguf_open(&m->files[i], src->data[i], src->size[i], a, err);
+        else rc = sd_safetensors_open(&m->files[i], src->data[i], src->size[i], a, err);
+        if (rc) return rc;
         if (sd_safetensors_meta(&m->files[i], "sd.version")) m->meta = &m->files[i];
     }
     if (!m->meta && src->config_count > 0 && (rc = read_configs(m, src, a, err))) return rc;
@@ -11787,11 +12025,15 @@ SD_API size_t sd_model_arena_bytes(const sd_source *src)
 {
     size_t total = sizeof(sd_model) + sd_clip_vocab_arena_bytes(src ? src->merges_size : 0) + (4u << 20);
     for (int i = 0; src && i < src->count && i < SD_MAX_FILES; i++) {
-        if (model_file_is_gguf(src, i)) {   /* GGUF: what the reader's first pass counts */
+        unsigned char head[8];
+        const unsigned char *b = model_file_head(src, i, head);
+        if (src->data[i] && model_file_is_gguf(src, i)) {   /* GGUF: what the reader's first pass counts */
             total += (size_t)gguf_arena_bytes((const unsigned char *)src->data[i], src->size[i]) + 65536;
             continue;
         }
-        total += safetensors_arena_bound(src->data[i], src->size[i]);
+        total += safetensors_arena_bound(b, src->size[i]);
+        if (!src->data[i])   /* read through the callback: the reader and a copy of the header */
+            total += arena_piece(sizeof(sd_reader)) + arena_piece(8 + safetensors_header_bytes(b, src->size[i]));
     }
     return total;
 }
@@ -11802,9 +12044,10 @@ SD_API size_t sd_model_arena_bytes(const sd_source *src)
    measuring arena is the plan. The caller's file bytes are only read. */
 static void quantize_rebase(sd_tensor *v, const sd_tensor *old, sd_dtype type, const void *data)
 {
-    if (v->name != old->name || v->dtype != old->dtype || !v->data) return;
-    size_t first = (size_t)((const unsigned char *)v->data - (const unsigned char *)old->data) / sd_dtype_size(old->dtype);
+    if (v->name != old->name || v->dtype != old->dtype || (!v->data && !v->reader)) return;
+    size_t first = (size_t)(v->offset - old->offset) / sd_dtype_size(old->dtype);
     v->data = (const unsigned char *)data + dtype_bytes(type, first);
+    v->reader = NULL;
     v->nbytes = dtype_bytes(type, (uint64_t)sd_tensor_numel(v));
     v->dtype = type;
 }
@@ -11841,6 +12084,7 @@ static int model_quantize(sd_model *m, sd_dtype type, sd_arena *a, sd_error *err
                         quantize_rebase((sd_tensor *)(void *)((char *)&te->layer[l] + clip_layer_names[k].field), t, to, q);
             }
             t->data = q;
+            t->reader = NULL;
             t->dtype = to;
             t->nbytes = dtype_bytes(to, (uint64_t)sd_tensor_numel(t));
         }
@@ -12708,6 +12952,38 @@ static int lora_begin(const sd_model *m, const sd_params *p, sd_params *q, sd_po
     return SD_OK;
 }
 
+/* The stage a pool needs for model m's weights that come through a callback: SD_WEIGHT_STAGE_BYTES,
+   or more where one weight row and its bias's values would not fit; 0 when all is in memory. */
+static size_t model_stage_bytes(const sd_model *m)
+{
+    size_t need = 0;
+    for (int f = 0; f < SD_MAX_FILES; f++)
+        for (int i = 0; i < m->files[f].count; i++) {
+            const sd_tensor *t = &m->files[f].tensors[i];
+            if (!t->reader) continue;
+            size_t row = (size_t)dtype_bytes(t->dtype, (uint64_t)tensor_row_length(t)) + 8 * (size_t)(t->ndim > 1 ? t->shape[0] : 0);
+            need = max_size(need, max_size(row, SD_WEIGHT_STAGE_BYTES));
+        }
+    return need;
+}
+
+static int pool_set_stage(sd_pool *pool, const sd_model *m, sd_arena *a, sd_error *err)
+{
+    size_t n = model_stage_bytes(m);
+    if (!n || pool->stage_bytes >= n) return SD_OK;
+    if (!(pool->stage = (unsigned char *)sd_arena_alloc(a, n, err))) return SD_ERR_MEMORY;
+    pool->stage_bytes = n;
+    return SD_OK;
+}
+
+SD_API size_t sd_pool_stage_bytes(const sd_model *m) { return m ? model_stage_bytes(m) : 0; }
+
+SD_API int sd_pool_set_stage(sd_pool *pool, const sd_model *m, sd_arena *a, sd_error *err)
+{
+    if (!pool || !m || !a) return fail(err, SD_ERR_ARG, "sd_pool_set_stage: NULL pool, model or arena");
+    return pool_set_stage(pool, m, a, err);
+}
+
 /* The body of sd_generate, also its plan: the pool, the LoRAs, the text once, then each image
    (a dry run plans one). */
 static int generate(const sd_model *m, const sd_params *params, sd_arena *a, uint8_t *rgb, sd_error *err)
@@ -12718,9 +12994,11 @@ static int generate(const sd_model *m, const sd_params *params, sd_arena *a, uin
     float *ctx = NULL, *y = NULL, *guidance = NULL;
     sd_unet_cond cond;
     sd_pool pool;
+    unsigned failures[SD_MAX_FILES];   /* reads through the callback that failed before this run */
+    for (int f = 0; f < SD_MAX_FILES; f++) failures[f] = reader_failures(m->files[f].reader);
     if ((rc = pool_init(&pool, p->threads, a, err))) return rc;
     sd_pool_set_quant(&pool, p->quant);
-    if ((rc = lora_begin(m, params, &q, &pool, a, err)) || (rc = count_chunks(m, p, B, &C, a, err))) goto done;
+    if ((rc = pool_set_stage(&pool, m, a, err)) || (rc = lora_begin(m, params, &q, &pool, a, err)) || (rc = count_chunks(m, p, B, &C, a, err))) goto done;
     ctx = arena_floats(a, (size_t)B * C * SD_TEXT_TOKENS * m->context_dim, err);
     y = add ? arena_floats(a, (size_t)B * add, err) : NULL;
     guidance = gd ? arena_floats(a, (size_t)B * gd, err) : NULL;   /* LCM: the guidance scale as the UNet's input */
@@ -12732,6 +13010,7 @@ static int generate(const sd_model *m, const sd_params *params, sd_arena *a, uin
         sd_rng rng;
         sd_rng_seed(&rng, p->seed + (uint64_t)i);
         rc = generate_image(m, p, i == 0, &cond, B, &rng, &pool, a, rgb + (size_t)i * 3 * p->width * p->height, err);
+        for (int f = 0; f < SD_MAX_FILES && !rc; f++) rc = reader_check(m->files[f].reader, failures[f], err);
     }
 done:
     pool_free(&pool);

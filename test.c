@@ -3144,21 +3144,38 @@ static void test_kernels_q8(sd_pool *pool)
                 if (dtype_is_block(w.dtype)) free((void *)(uintptr_t)w.data); else kt_free_tensor(&w);
             }
     }
+    {   /* the VAE's upsampling phases read a band of exactly (rows + 2) x (W + 2) pixels: not one past
+           it (ASan watches the exact buffer), and the same bits as from a band with room after it */
+        int rows = 5, W = 7, C = 64, N = 40, same = 1;
+        size_t band = (size_t)(rows + 2) * (W + 2) * C;
+        sd_tensor wp = kt_tensor(SD_F32, N, C, 2, 2, 1.0f), bias = kt_tensor(SD_F32, N, 0, 0, 0, 1.0f);
+        float *xb = kt_floats(band, 1.0f), *roomy = (float *)calloc(band + (size_t)4 * C, sizeof(float));
+        float *y = (float *)malloc((size_t)rows * W * N * sizeof(float)), *y2 = (float *)malloc((size_t)rows * W * N * sizeof(float));
+        memcpy(roomy, xb, band * sizeof(float));
+        for (int ph = 0; ph < 4; ph++) {
+            vae_phase_conv(pool, y, N, xb, rows, W, C, ph >> 1, ph & 1, &wp, &bias, N);
+            vae_phase_conv(pool, y2, N, roomy, rows, W, C, ph >> 1, ph & 1, &wp, &bias, N);
+            same &= !memcmp(y, y2, (size_t)rows * W * N * sizeof(float));
+        }
+        CHECK(same, "fast mode: the upsampling phases of an exactly sized band differ from those of a larger buffer");
+        free(xb), free(roomy), free(y), free(y2);
+        kt_free_tensor(&wp), kt_free_tensor(&bias);
+    }
     {   /* what stays exact in the fast mode: few rows (dot products), depths not a multiple of 32 */
-        sd_tensor w = kt_tensor(SD_F16, 40, 36, 0, 0, 1.0f), cw = kt_tensor(SD_F16, 8, 4, 3, 3, 1.0f);
-        float *x = kt_floats(100 * 36, 1.0f), a[100 * 40], e[100 * 40];
+        sd_tensor w = kt_tensor(SD_F16, 40, 36, 0, 0, 1.0f), cw = kt_tensor(SD_F16, 8, 4, 3, 3, 1.0f), w64 = kt_tensor(SD_F16, 40, 64, 0, 0, 1.0f);
+        float *x = kt_floats(100 * 64, 1.0f), a[100 * 40], e[100 * 40];
         int ok = 1;
         for (int pass = 0; pass < 2; pass++) {
             sd_pool_set_quant(pool, pass ? SD_QUANT_EXACT : SD_QUANT_FAST);
             float *o = pass ? e : a;
             matmul(pool, o, 40, x, 36, 100, 40, 36, &w, NULL, 0);
-            matmul(pool, o + 4000 - 20 * 40, 40, x, 36, 20, 40, 36, &w, NULL, 0);
+            matmul(pool, o + 4000 - Q8_MIN_M * 40, 40, x, 64, Q8_MIN_M, 40, 64, &w64, NULL, 0);   /* K = 64, but few rows */
             conv2d(pool, o, x, 1, 10, 9, 4, &cw, NULL, 8, 3, 1, 1, 1);
         }
         ok = !memcmp(a, e, sizeof a);
-        CHECK(ok, "fast mode: K = 36, 4-channel convolutions and 20-row products differ from the exact mode");
+        CHECK(ok, "fast mode: K = 36, 4-channel convolutions and %d-row products differ from the exact mode", Q8_MIN_M);
         free(x);
-        kt_free_tensor(&w); kt_free_tensor(&cw);
+        kt_free_tensor(&w); kt_free_tensor(&cw); kt_free_tensor(&w64);
     }
     sd_pool_set_quant(pool, SD_QUANT_EXACT);
     printf("  fast mode (%s, Q8_MR %d): worst max|fast - exact| / max|exact| %.4f\n", SD_SIMD, Q8_MR, worst);
@@ -7509,9 +7526,16 @@ static void test_gguf_quantize(void)
             if (t[i].dtype != st->tensors[i].dtype) quantized++, t[i].nbytes = dtype_bytes(type, (uint64_t)sd_tensor_numel(&t[i]));
             data += (t[i].nbytes + 31) / 32 * 32;
         }
-        size_t head = sd_gguf_header(NULL, 0, t, st->count, st->meta_keys, st->meta_values, st->meta_count);
+        /* without the heads in the metadata, as a converted SD 1.5 download is (tiny-sd1 has SD1's 8):
+           the quantized [C, C, 1, 1] proj_in, 2-D in the file, must not read as SD2's linear one */
+        const char **keys = (const char **)malloc(((size_t)st->meta_count + 1) * sizeof *keys), **values = (const char **)malloc(((size_t)st->meta_count + 1) * sizeof *values);
+        int nkv = 0;
+        for (int i = 0; i < st->meta_count; i++)
+            if (strncmp(st->meta_keys[i], "sd.unet.num_head", 16)) keys[nkv] = st->meta_keys[i], values[nkv++] = st->meta_values[i];
+        size_t head = sd_gguf_header(NULL, 0, t, st->count, keys, values, nkv);
         unsigned char *file = (unsigned char *)calloc(head + data, 1);
-        int ok = head && sd_gguf_header(file, head, t, st->count, st->meta_keys, st->meta_values, st->meta_count) == head;
+        int ok = head && nkv < st->meta_count && sd_gguf_header(file, head, t, st->count, keys, values, nkv) == head;
+        free(keys), free(values);
         for (int i = 0, at = (int)head; ok && i < st->count; at += (int)((t[i].nbytes + 31) / 32 * 32), i++) {
             float *row = (float *)malloc((size_t)(sd_tensor_numel(&st->tensors[i]) / (st->tensors[i].shape[0] ? st->tensors[i].shape[0] : 1) + 1) * sizeof(float));
             ok = sd_tensor_convert(&st->tensors[i], t[i].dtype, file + at, row) == SD_OK;
@@ -7547,6 +7571,30 @@ static void test_gguf_quantize(void)
                     if (generate64(gm.model, "a red castle", 11, 1, q, a) == SD_OK && generate64(sm.model, "a red castle", 11, 1, q, b2) == SD_OK)
                         CHECK(!memcmp(a, b2, sizeof a), "%s %s mode: sd.h's GGUF file and load-time quantization draw different images",
                               sd_dtype_name(type), q ? "fast" : "exact");
+                }
+                /* a LoCon LoRA (3x3 down convs) on the file's [Cout, Cin·k·k] convolution weights */
+                char lpath[1300];
+                size_t lsize;
+                snprintf(lpath, sizeof lpath, "%s/lora/tiny-sd1_locon_r8.safetensors", golden_dir);
+                unsigned char *locon = rc == SD_OK ? read_file(lpath, &lsize) : NULL;
+                if (locon) {
+                    uint8_t img[2][3 * 64 * 64];
+                    int lrc[2];
+                    for (int f = 0; f < 2; f++) {
+                        sd_params p;
+                        sd_lora l = {locon, lsize, 0.8f, 0.8f, "tiny-sd1_locon_r8"};
+                        sd_params_init(&p);
+                        p.prompt = "a red castle", p.width = p.height = 64, p.steps = 2, p.seed = 11, p.threads = 2;
+                        p.loras = &l, p.lora_count = 1;
+                        const sd_model *m = f ? sm.model : gm.model;
+                        sd_arena *la = test_arena(sd_generate_arena_bytes(m, &p));
+                        lrc[f] = sd_generate(m, &p, la, img[f], &err);
+                        CHECK(lrc[f] == SD_OK, "%s: a LoCon LoRA on the %s: %s", sd_dtype_name(type), f ? "load-time quantized model" : "GGUF file",
+                              lrc[f] ? err.message : "");
+                        free_arena(la);
+                    }
+                    CHECK(lrc[0] || lrc[1] || !memcmp(img[0], img[1], sizeof img[0]), "%s: a LoCon LoRA draws differently on sd.h's GGUF file", sd_dtype_name(type));
+                    free(locon);
                 }
                 free_arena(qa);
                 unload_model(&sm);
@@ -7893,6 +7941,259 @@ static void test_threads(void)
     }
     if (!done) note_absent("threads", "no model that loads in %s/models: the concurrent sd_generate checks skipped", golden_dir);
 #endif
+}
+
+/* ---- weights through a callback ------------------------------------------------------------ */
+/* A model whose file is not in memory (sd_source.read): a callback that serves the file's bytes
+   with pread and counts, per tensor, the bytes it was asked for. The generation must give the
+   bytes of the in-memory model; loading reads the header alone; one generation reads each UNet
+   weight matrix exactly once per UNet evaluation (no re-reads within a layer); a failed read is
+   SD_ERR_IO and leaves the model usable; the plan covers the stage; stage functions refuse a
+   pool without a stage and, given one, equal the in-memory ones. */
+
+typedef struct counting_reader {
+    int fd;
+    const sd_safetensors *table;   /* the same file opened in memory: offsets of its tensors */
+    int32_t *order;                /* tensor indices by offset */
+    uint64_t *bytes;               /* bytes read of each tensor */
+    uint64_t header, calls;        /* bytes read before the data region, and all reads */
+    long fail_after;               /* fail every read after this many more (-1: never) */
+    pthread_mutex_t lock;
+} counting_reader;
+
+static int counting_read(void *user, int file, uint64_t offset, void *dst, size_t size)
+{
+    counting_reader *r = (counting_reader *)user;
+    int fail = 0;
+    pthread_mutex_lock(&r->lock);
+    r->calls++;
+    if (r->fail_after == 0) fail = 1;
+    else if (r->fail_after > 0) r->fail_after--;
+    for (int lo = 0, hi = r->table->count; ; ) {   /* the first tensor that ends after offset */
+        if (lo == hi) {
+            for (int k = lo; k < r->table->count; k++) {
+                const sd_tensor *t = &r->table->tensors[r->order[k]];
+                uint64_t a = t->offset > offset ? t->offset : offset, b = t->offset + t->nbytes < offset + size ? t->offset + t->nbytes : offset + size;
+                if (t->offset >= offset + size) break;
+                if (b > a) r->bytes[r->order[k]] += b - a;
+            }
+            break;
+        }
+        int mid = (lo + hi) / 2;
+        const sd_tensor *t = &r->table->tensors[r->order[mid]];
+        if (t->offset + t->nbytes <= offset) lo = mid + 1; else hi = mid;
+    }
+    if (r->table->count && offset < r->table->tensors[r->order[0]].offset) {
+        uint64_t end = r->table->tensors[r->order[0]].offset;
+        r->header += (offset + size < end ? offset + size : end) - offset;
+    }
+    pthread_mutex_unlock(&r->lock);
+    if (file != 0 || fail) return -1;
+    return pread(r->fd, dst, size, (off_t)offset) == (ssize_t)size ? 0 : -1;
+}
+
+static uint64_t reader_tensor_bytes(counting_reader *r, int one_d)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < r->table->count; i++) if ((r->table->tensors[i].ndim <= 1) == one_d) n += r->bytes[i];
+    return n;
+}
+
+static void reader_reset(counting_reader *r)
+{
+    memset(r->bytes, 0, (size_t)r->table->count * sizeof *r->bytes);
+    r->header = r->calls = 0;
+}
+
+/* A file in memory served through the callback (for the GGUF refusal). */
+typedef struct memory_file { const unsigned char *b; size_t n; } memory_file;
+static int memory_read(void *user, int file, uint64_t offset, void *dst, size_t size)
+{
+    const memory_file *f = (const memory_file *)user;
+    if (file || offset > f->n || size > f->n - offset) return -1;
+    memcpy(dst, f->b + offset, size);
+    return 0;
+}
+
+static void test_reader(void)
+{
+    int n = golden_models_read(), done = 0;
+    for (int i = 0; i < n && !done; i++) {
+        golden_model *gm = &golden_models[i];
+        loaded_model lm;
+        const char *path = golden_model_file(gm);
+        if (!path || load_golden_model(&lm, gm, 0)) continue;
+        if (lm.model->unet->in_channels != 4 || lm.model->unet->guidance_dim) { unload_model(&lm); continue; }
+        done = 1;
+        counting_reader cr;
+        memset(&cr, 0, sizeof cr);
+        pthread_mutex_init(&cr.lock, NULL);
+        cr.fd = open(path, O_RDONLY);
+        cr.table = &lm.model->files[0];
+        cr.fail_after = -1;
+        cr.order = (int32_t *)malloc(((size_t)cr.table->count + 1) * sizeof *cr.order);
+        cr.bytes = (uint64_t *)calloc((size_t)cr.table->count + 1, sizeof *cr.bytes);
+        for (int k = 0; k < cr.table->count; k++) cr.order[k] = k;
+        for (int k = 1; k < cr.table->count; k++)   /* by offset (insertion sort: ~1000 tensors) */
+            for (int j = k; j > 0 && cr.table->tensors[cr.order[j - 1]].offset > cr.table->tensors[cr.order[j]].offset; j--) {
+                int32_t s = cr.order[j]; cr.order[j] = cr.order[j - 1]; cr.order[j - 1] = s;
+            }
+        CHECK(cr.fd >= 0, "reader: cannot open %s", path);
+
+        /* load: the header only, into an arena of what sd_model_arena_bytes says */
+        sd_source src;
+        sd_error err;
+        sd_model *sm = NULL;
+        memset(&src, 0, sizeof src);
+        src.size[0] = lm.size, src.count = 1, src.read = counting_read, src.read_user = &cr;
+        src.merges = (const char *)lm.merges, src.merges_size = lm.merges_size;
+        size_t plan = sd_model_arena_bytes(&src);
+        sd_arena *ma = test_arena(plan);
+        reader_reset(&cr);
+        int rc = sd_model_load(&sm, &src, ma, &err);
+        CHECK(rc == SD_OK, "reader: %s: sd_model_load through the callback: %s", gm->name, rc ? err.message : "");
+        if (rc) { free_arena(ma); unload_model(&lm); break; }
+        uint64_t head = 8 + cr.table->tensors[cr.order[0]].offset;   /* the length, then the length and the header */
+        CHECK(reader_tensor_bytes(&cr, 0) == 0 && cr.header == head, "reader: %s: loading read %llu bytes of weight matrices and %llu "
+              "of the header (want 0 and %llu)", gm->name, (unsigned long long)reader_tensor_bytes(&cr, 0), (unsigned long long)cr.header,
+              (unsigned long long)head);
+        CHECK(ma->peak <= plan, "reader: %s: loading took %zu arena bytes, sd_model_arena_bytes said %zu", gm->name, ma->peak, plan);
+
+        /* a generation: the in-memory model's bytes, in exact and fast mode; the UNet read once per step */
+        enum { STEPS = 2 };
+        size_t px = (size_t)3 * 64 * 64;
+        uint8_t *want = (uint8_t *)malloc(px), *got = (uint8_t *)malloc(px);
+        for (int mode = 0; mode < 2; mode++) {
+            sd_params p;
+            sd_params_init(&p);
+            p.prompt = "a lighthouse at dusk";
+            p.width = p.height = 64, p.steps = STEPS, p.seed = 7, p.threads = 2, p.quant = mode ? SD_QUANT_FAST : SD_QUANT_EXACT;
+            size_t need_mem = sd_generate_arena_bytes(lm.model, &p), need = sd_generate_arena_bytes(sm, &p), stage = sd_pool_stage_bytes(sm);
+            CHECK(stage >= (4u << 20) && need >= need_mem + stage && need <= need_mem + stage + SD_ARENA_ALIGN,
+                  "reader: %s: plan %zu with the stage (%zu), %zu without", gm->name, need, stage, need_mem);
+            sd_arena *a = test_arena(need_mem);
+            CHECK(sd_generate(lm.model, &p, a, want, &err) == SD_OK, "reader: %s: in memory: %s", gm->name, err.message);
+            free_arena(a);
+            a = test_arena(need);
+            reader_reset(&cr);
+            rc = sd_generate(sm, &p, a, got, &err);
+            CHECK(rc == SD_OK && !memcmp(got, want, px), "reader: %s: %s mode through the callback: %s", gm->name, mode ? "fast" : "exact",
+                  rc ? err.message : "not the in-memory bytes");
+            CHECK(a->peak <= need, "reader: %s: the run took %zu arena bytes, the plan said %zu", gm->name, a->peak, need);
+            free_arena(a);
+            /* every UNet matrix once per evaluation; the feed-forward's two a whole number of times,
+               once per block of rows (its 8·D-wide hidden layer runs a block at a time) */
+            int unet = 0, once = 0, most = 1;
+            uint64_t unet_bytes = 0;
+            for (int k = 0; k < cr.table->count; k++) {
+                const sd_tensor *t = &cr.table->tensors[k];
+                if (t->ndim < 2 || strncmp(t->name, "model.diffusion_model.", 22)) continue;
+                uint64_t per = (uint64_t)STEPS * t->nbytes, times = cr.bytes[k] / per;
+                int ff = strstr(t->name, ".ff.net.") != NULL;
+                unet++, unet_bytes += t->nbytes;
+                if (cr.bytes[k] % per == 0 && (times == 1 || (ff && times >= 1 && times <= 16))) once++, most = times > (uint64_t)most ? (int)times : most;
+                else CHECK(0, "reader: %s: UNet weight %s: %llu bytes read in %d steps, %zu per step expected", gm->name, t->name,
+                           (unsigned long long)cr.bytes[k], STEPS, t->nbytes);
+            }
+            CHECK(unet > 0 && once == unet, "reader: %s: %d of %d UNet weight matrices read once per evaluation", gm->name, once, unet);
+            if (!mode)
+                printf("reader: %s: %d-step 64x64 through the callback: the in-memory bytes; %llu reads, %.2f MB of a %.2f MB file "
+                       "(UNet matrices %.2f MB per step, each read once, the feed-forward's up to %dx; vectors %.2f MB in all)\n", gm->name,
+                       STEPS, (unsigned long long)cr.calls, (cr.header + reader_tensor_bytes(&cr, 0) + reader_tensor_bytes(&cr, 1)) / 1e6,
+                       lm.size / 1e6, unet_bytes / 1e6, most, reader_tensor_bytes(&cr, 1) / 1e6);
+        }
+
+        /* a failed read: SD_ERR_IO, then the model works again */
+        {
+            sd_params p;
+            sd_params_init(&p);
+            p.prompt = "a lighthouse at dusk";
+            p.width = p.height = 64, p.steps = STEPS, p.seed = 7, p.threads = 2;
+            sd_arena *a = test_arena(sd_generate_arena_bytes(sm, &p));
+            cr.fail_after = 50;
+            rc = sd_generate(sm, &p, a, got, &err);
+            CHECK(rc == SD_ERR_IO && strstr(err.message, "read callback") && a->used == 0,
+                  "reader: %s: a failing callback gave %d (%s), arena at %zu", gm->name, rc, rc ? err.message : "", a->used);
+            cr.fail_after = -1;
+            rc = sd_generate(sm, &p, a, got, &err);
+            sd_generate(lm.model, &p, a, want, &err);
+            CHECK(rc == SD_OK && !memcmp(got, want, px), "reader: %s: after a failed read the next generation differs", gm->name);
+#ifndef SD_NO_THREADS
+            /* two at once on the streamed model: the bytes of each alone */
+            gen_job job[2];
+            pthread_t tid[2];
+            for (int k = 0; k < 2; k++) {
+                job[k].m = sm, job[k].p = p, job[k].p.seed = 11 + (uint64_t)k, job[k].rgb = (uint8_t *)malloc(px);
+                CHECK(pthread_create(&tid[k], NULL, gen_thread, &job[k]) == 0, "reader: pthread_create");
+            }
+            for (int k = 0; k < 2; k++) {
+                pthread_join(tid[k], NULL);
+                p.seed = 11 + (uint64_t)k;
+                sd_generate(lm.model, &p, a, want, &err);
+                CHECK(job[k].rc == SD_OK && !memcmp(job[k].rgb, want, px), "reader: %s: generation %d of 2 at once differs", gm->name, k);
+                free(job[k].rgb);
+            }
+#endif
+            free_arena(a);
+        }
+
+        /* a stage function: refused on a pool without a stage, equal to the in-memory one with it */
+        {
+            const sd_unet_model *u0 = lm.model->unet, *u1 = sm->unet;
+            int h = 8, w = 8, C = u0->context_dim, add = sd_unet_add_dim(u0);
+            float *x = (float *)calloc((size_t)4 * h * w, sizeof(float)), *ctx = (float *)calloc((size_t)77 * C, sizeof(float));
+            float *y = add ? (float *)calloc((size_t)add, sizeof(float)) : NULL, t = 500.0f;
+            float *o0 = (float *)malloc((size_t)4 * h * w * sizeof(float)), *o1 = (float *)malloc((size_t)4 * h * w * sizeof(float));
+            for (int k = 0; k < 4 * h * w; k++) x[k] = sinf((float)k);
+            for (int k = 0; k < 77 * C; k++) ctx[k] = cosf((float)k * 0.37f);
+            sd_unet_cond cond;
+            memset(&cond, 0, sizeof cond);
+            cond.context = ctx, cond.context_len = 77, cond.y = y;
+            size_t ub = sd_unet_arena_bytes(u0, 1, h, w, 77);
+            sd_arena *a = test_arena(sd_pool_arena_bytes(2) + sd_pool_stage_bytes(sm) + ub + 4 * SD_ARENA_ALIGN);
+            sd_pool *pool;
+            sd_pool_create(&pool, 2, a, &err);
+            CHECK(sd_unet(u0, x, &t, &cond, 1, h, w, o0, pool, a, &err) == SD_OK, "reader: sd_unet in memory: %s", err.message);
+            rc = sd_unet(u1, x, &t, &cond, 1, h, w, o1, pool, a, &err);
+            CHECK(rc == SD_ERR_ARG && strstr(err.message, "sd_pool_set_stage"), "reader: sd_unet without a stage gave %d", rc);
+            CHECK(sd_pool_set_stage(pool, sm, a, &err) == SD_OK, "reader: sd_pool_set_stage: %s", err.message);
+            rc = sd_unet(u1, x, &t, &cond, 1, h, w, o1, pool, a, &err);
+            CHECK(rc == SD_OK && !memcmp(o0, o1, (size_t)4 * h * w * sizeof(float)), "reader: sd_unet through the callback: %s",
+                  rc ? err.message : "not the in-memory output");
+            sd_pool_destroy(pool);
+            free_arena(a);
+            free(x), free(ctx), free(y), free(o0), free(o1);
+        }
+        free(want), free(got);
+        free_arena(ma);
+
+        /* loading errors: a failing header read, a GGUF file, a header longer than the file; the arena as it was */
+        {
+            sd_arena *a = test_arena(plan);
+            cr.fail_after = 1;
+            rc = sd_model_load(&sm, &src, a, &err);
+            CHECK(rc == SD_ERR_IO && a->used == 0 && !sm, "reader: a header read that fails gave %d (%s)", rc, rc ? err.message : "");
+            cr.fail_after = -1;
+            src.size[0] = 100;
+            rc = sd_model_load(&sm, &src, a, &err);
+            CHECK(rc == SD_ERR_FORMAT && a->used == 0, "reader: a file cut to 100 bytes gave %d (%s)", rc, rc ? err.message : "");
+            src.size[0] = lm.size;
+            static const unsigned char gguf[32] = "GGUF\3";
+            memory_file mf = {gguf, sizeof gguf};
+            sd_source gs = src;
+            gs.read = memory_read, gs.read_user = &mf, gs.size[0] = sizeof gguf;
+            rc = sd_model_load(&sm, &gs, a, &err);
+            CHECK(rc == SD_ERR_UNSUPPORTED && strstr(err.message, "GGUF") && a->used == 0, "reader: a GGUF file through the callback gave %d (%s)",
+                  rc, rc ? err.message : "");
+            free_arena(a);
+        }
+        close(cr.fd);
+        free(cr.order), free(cr.bytes);
+        pthread_mutex_destroy(&cr.lock);
+        unload_model(&lm);
+        n_cases++;
+    }
+    if (!done) note_absent("reader", "no txt2img model file that loads in %s/models: the read-callback checks skipped", golden_dir);
 }
 
 /* ./test --rewrite IN OUT [--f32] [--drop NAME]... [--bump NAME] [--meta KEY=VALUE]...: a copy of
@@ -9066,7 +9367,7 @@ static const struct test_group { const char *name; void (*run)(void); int golden
     {"prompt", test_prompt, 1}, {"text_encoder", test_text_encoder, 1}, {"unet", test_unet, 1}, {"vae", test_vae, 1},
     {"pipeline", test_pipeline, 1}, {"lcm", test_lcm, 1}, {"ti", test_ti, 1}, {"image_guided", test_image_guided, 1},
     {"lora", test_lora, 1}, {"taesd", test_taesd, 1}, {"gguf", test_gguf, 1}, {"png", test_png, 1}, {"cli", test_cli, 1},
-    {"threads", test_threads, 1},
+    {"threads", test_threads, 1}, {"reader", test_reader, 1},
 };
 #define TEST_GROUPS (int)(sizeof test_groups / sizeof test_groups[0])
 
