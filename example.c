@@ -212,6 +212,7 @@ static int convert(const char *in, const char *out, sd_dtype type)
         if (!strncmp(st.meta_keys[i], "sd.", 3)) keys[nkv] = st.meta_keys[i], values[nkv++] = st.meta_values[i];
     for (int i = 0; i < st.count; i++) {
         sd_tensor one = st.tensors[i];
+        if (!strncmp(one.name, "model_ema.", 10)) { skipped++; continue; }   /* the EMA copy of the UNet: sd.h runs the other */
         one.dtype = sd_quantize_choice(&st.tensors[i], type);
         if (one.dtype != st.tensors[i].dtype) {
             one.nbytes = sd_dtype_block(one.dtype, NULL) * (size_t)(sd_tensor_numel(&one) / 32);

@@ -12042,6 +12042,10 @@ SD_API size_t sd_model_arena_bytes(const sd_source *src)
    table entries (which the UNet and VAE point to) and the text encoders' copies of them (views
    into OpenCLIP's fused in_proj among them) are moved to the quantized bytes. A dry run on a
    measuring arena is the plan. The caller's file bytes are only read. */
+/* The EMA copy of the UNet that full training checkpoints carry (v1-5-pruned: 7.7 GB): sd.h
+   runs model.diffusion_model.*, so quantizing these would only fill the arena. */
+static int model_unused(const sd_tensor *t) { return !strncmp(t->name, "model_ema.", 10); }
+
 static void quantize_rebase(sd_tensor *v, const sd_tensor *old, sd_dtype type, const void *data)
 {
     if (v->name != old->name || v->dtype != old->dtype || (!v->data && !v->reader)) return;
@@ -12058,7 +12062,7 @@ static int model_quantize(sd_model *m, sd_dtype type, sd_arena *a, sd_error *err
     int dry = arena_measuring(a);
     for (int f = 0; f < SD_MAX_FILES; f++)
         for (int i = 0; i < m->files[f].count; i++)
-            if (sd_quantize_choice(&m->files[f].tensors[i], type) != m->files[f].tensors[i].dtype) {
+            if (sd_quantize_choice(&m->files[f].tensors[i], type) != m->files[f].tensors[i].dtype && !model_unused(&m->files[f].tensors[i])) {
                 int64_t len = tensor_row_length(&m->files[f].tensors[i]);
                 longest = len > longest ? len : longest;
             }
@@ -12068,7 +12072,7 @@ static int model_quantize(sd_model *m, sd_dtype type, sd_arena *a, sd_error *err
         for (int i = 0; i < m->files[f].count; i++) {
             sd_tensor *t = &m->files[f].tensors[i];
             sd_dtype to = sd_quantize_choice(t, type);
-            if (to == t->dtype) continue;
+            if (to == t->dtype || model_unused(t)) continue;
             void *q = sd_arena_alloc(a, dtype_bytes(to, (uint64_t)sd_tensor_numel(t)), err);
             if (!q) return SD_ERR_MEMORY;
             if (dry) continue;

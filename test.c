@@ -53,6 +53,16 @@ static unsigned char *read_file(const char *path, size_t *size)
     return buf;
 }
 
+/* A file in memory served as sd_source.read serves one (the read-callback tests). */
+typedef struct memory_file { const unsigned char *b; size_t n; } memory_file;
+SD_MAYBE_UNUSED static int memory_read(void *user, int file, uint64_t offset, void *dst, size_t size)
+{
+    const memory_file *f = (const memory_file *)user;
+    if (file || offset > f->n || size > f->n - offset) return -1;
+    memcpy(dst, f->b + offset, size);
+    return 0;
+}
+
 static int file_exists(const char *path)
 {
     FILE *f = fopen(path, "rb");
@@ -496,6 +506,14 @@ static void png_fix_crcs(uint8_t *png, size_t size)
    Never a crash or a bad read. */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #if SD_FUZZ == 1 || SD_FUZZ == 3
+static int fuzz_read(void *user, int file, uint64_t offset, void *dst, size_t size)
+{
+    const memory_file *f = (const memory_file *)user;
+    if (file || offset > f->n || size > f->n - offset) __builtin_trap();   /* sd.h asked for bytes past the file */
+    memcpy(dst, f->b + offset, size);
+    return 0;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static sd_arena *a;
@@ -512,6 +530,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (n > 0) (void)tensor_get(t, (size_t)n - 1);
         if (dtype_is_block(t->dtype) && n > 0) tensor_floats(v, t, 0, n < DTYPE_MAX_BLOCK ? (int)n : DTYPE_MAX_BLOCK);
     }
+#if SD_FUZZ == 1
+    {   /* the same bytes read through a callback (sd_source.read): the same verdict and table, every
+           read inside the file */
+        memory_file mf = {data, size};
+        sd_source src;
+        sd_safetensors rs;
+        memset(&src, 0, sizeof src);
+        src.size[0] = size, src.read = fuzz_read, src.read_user = &mf;
+        size_t mark = sd_arena_mark(a);
+        int rrc = st_open_read(&rs, &src, 0, a, &err);
+        if (rc == SD_OK && (rrc != SD_OK || rs.count != st.count)) __builtin_trap();
+        for (int i = 0; rrc == SD_OK && i < rs.count; i++) {
+            const sd_tensor *t = &rs.tensors[i];
+            if (t->data || t->offset + t->nbytes > size || (rc == SD_OK && t->offset != st.tensors[i].offset)) __builtin_trap();
+            if (sd_tensor_numel(t) > 0) (void)tensor_get(t, (size_t)sd_tensor_numel(t) - 1);
+        }
+        if (rrc == SD_OK && a->used - mark > safetensors_arena_bound(data, size) + 2 * SD_ALIGN + 8 + safetensors_header_bytes(data, size) + sizeof(sd_reader))
+            __builtin_trap();
+    }
+#endif
 #if SD_FUZZ == 3
     size_t plan = (size_t)gguf_arena_bytes(data, size);
     sd_arena *exact = test_arena(plan);
@@ -2469,15 +2507,27 @@ static void kt_pool_free(kt_pool *p) { pool_free(&p->pool); free_arena(p->arena)
 
 static const sd_dtype kt_dtypes[3] = {SD_F32, SD_F16, SD_BF16};
 
+/* A weight's values as floats, decoded once (malloc'd): the references read them value by value,
+   and tensor_get decodes a whole block for each one of a block type. */
+static float *kt_values(const sd_tensor *w)
+{
+    size_t n = (size_t)sd_tensor_numel(w);
+    float *v = (float *)malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i += 1u << 20) tensor_floats(v + i, w, i, (int)(n - i < (1u << 20) ? n - i : 1u << 20));
+    return v;
+}
+
 /* ref[M, N] = x[M, K] · wᵀ in double, contiguous rows. */
 static void kt_matmul_ref(double *ref, const float *x, const sd_tensor *w, int M, int N, int K)
 {
+    float *wv = kt_values(w);
     for (int m = 0; m < M; m++)
         for (int n = 0; n < N; n++) {
             double s = 0;
-            for (int k = 0; k < K; k++) s += (double)x[(size_t)m * K + k] * tensor_get(w, (size_t)n * K + k);
+            for (int k = 0; k < K; k++) s += (double)x[(size_t)m * K + k] * wv[(size_t)n * K + k];
             ref[(size_t)m * N + n] = s;
         }
+    free(wv);
 }
 
 /* matmul: y (+)= x·wᵀ + b with row strides, odd sizes, every dtype, bias or not, accumulate or not. */
@@ -3029,11 +3079,11 @@ static float kq_quant(const float *v, int given, float d, int *q)
 
 /* The weight block of column n covering K values k0..k0+31 (linear) or channels c0..c0+31 of
    tap t (conv: taps > 1). */
-static float kq_weight(const sd_tensor *w, int n, int64_t K, int taps, int64_t k0, int t, int *q)
+static float kq_weight(const sd_tensor *w, const float *wv, int n, int64_t K, int taps, int64_t k0, int t, int *q)
 {
     float v[32];
     for (int e = 0; e < 32; e++)
-        v[e] = tensor_get(w, (size_t)(taps == 1 ? n * K + k0 + e : (n * (K / taps) + k0 + e) * taps + t));
+        v[e] = wv[(size_t)(taps == 1 ? n * K + k0 + e : (n * (K / taps) + k0 + e) * taps + t)];
     if (taps == 1 && (w->dtype == SD_Q8_0 || w->dtype == SD_Q4_0 || w->dtype == SD_Q5_0)) {
         const unsigned char *b = (const unsigned char *)w->data + dtype_bytes(w->dtype, (uint64_t)(n * K + k0));
         return kq_quant(v, 1, sd_f16_to_f32((uint16_t)(b[0] | b[1] << 8)), q);
@@ -3046,22 +3096,32 @@ static float kq_weight(const sd_tensor *w, int n, int64_t K, int taps, int64_t k
 static void kq_ref(double *ref, int ldr, const float *const *rows, int M, int N, int64_t K, int taps, const sd_tensor *w,
                    const sd_tensor *b, const float *y0, int ldy)
 {
-    int64_t depth = K / taps;
-    int qx[32], qw[32];
-    float zeros[32] = {0};
+    int64_t depth = K / taps, blocks = (depth + 31) / 32;
+    int qx[32], *qw = (int *)malloc((size_t)N * taps * blocks * 32 * sizeof(int));
+    double *dws = (double *)malloc((size_t)N * taps * blocks * sizeof(double));
+    float zeros[32] = {0}, *wv = kt_values(w);
+    for (int n = 0; n < N; n++)   /* the weight's blocks, quantized once */
+        for (int t = 0; t < taps; t++)
+            for (int64_t c = 0; c < blocks; c++) {
+                size_t at = ((size_t)n * taps + t) * blocks + c;
+                dws[at] = kq_weight(w, wv, n, K, taps, c * 32, t, qw + at * 32);
+            }
     for (int m = 0; m < M; m++)
         for (int n = 0; n < N; n++) {
             double s = (y0 ? y0[(size_t)m * ldy + n] : 0.0) + (b ? tensor_get(b, (size_t)n) : 0.0);
             for (int t = 0; t < taps; t++)
                 for (int64_t c0 = 0; c0 < depth; c0 += 32) {
                     const float *xr = rows[(size_t)m * taps + t];
-                    double dx = kq_quant(xr ? xr + c0 : zeros, 0, 0.0f, qx), dw = kq_weight(w, n, K, taps, c0, t, qw);
+                    size_t at = ((size_t)n * taps + t) * blocks + c0 / 32;
+                    const int *qwb = qw + at * 32;
+                    double dx = kq_quant(xr ? xr + c0 : zeros, 0, 0.0f, qx), dw = dws[at];
                     long dot = 0;
-                    for (int e = 0; e < 32; e++) dot += (long)qx[e] * qw[e];
+                    for (int e = 0; e < 32; e++) dot += (long)qx[e] * qwb[e];
                     s += dx * dw * (double)dot;
                 }
             ref[(size_t)m * ldr + n] = s;
         }
+    free(qw), free(dws), free(wv);
 }
 
 static void test_kernels_q8(sd_pool *pool)
@@ -3090,12 +3150,14 @@ static void test_kernels_q8(sd_pool *pool)
             snprintf(what, sizeof what, "fast matmul M=%d N=%d K=%d w=%s acc=%d bias=%d", M, N, K, sd_dtype_name(w.dtype), acc, with_bias);
             kt_close(what, y, ref, (size_t)M * ldy, 2e-6 * sqrt(K / 32.0 + 1));
             /* and its distance from the exact product: quantization error, a few per mille of the largest output */
+            float *wv = kt_values(&w);
             for (int m = 0; m < M; m++)
                 for (int n = 0; n < N; n++) {
                     double s = acc ? y0[(size_t)m * ldy + n] : 0.0;
-                    for (int k = 0; k < K; k++) s += (double)x[(size_t)m * ldx + k] * tensor_get(&w, (size_t)n * K + k);
+                    for (int k = 0; k < K; k++) s += (double)x[(size_t)m * ldx + k] * wv[(size_t)n * K + k];
                     exact[(size_t)m * N + n] = s + (with_bias ? tensor_get(&b, (size_t)n) : 0.0);
                 }
+            free(wv);
             for (int m = 0; m < M; m++) memmove(y + (size_t)m * N, y + (size_t)m * ldy, (size_t)N * sizeof(float));
             double md = 0, mx = 0;
             for (size_t i = 0; i < (size_t)M * N; i++) { md = fmax(md, fabs(y[i] - exact[i])); mx = fmax(mx, fabs(exact[i])); }
@@ -8005,16 +8067,6 @@ static void reader_reset(counting_reader *r)
     r->header = r->calls = 0;
 }
 
-/* A file in memory served through the callback (for the GGUF refusal). */
-typedef struct memory_file { const unsigned char *b; size_t n; } memory_file;
-static int memory_read(void *user, int file, uint64_t offset, void *dst, size_t size)
-{
-    const memory_file *f = (const memory_file *)user;
-    if (file || offset > f->n || size > f->n - offset) return -1;
-    memcpy(dst, f->b + offset, size);
-    return 0;
-}
-
 static void test_reader(void)
 {
     int n = golden_models_read(), done = 0;
@@ -8069,7 +8121,7 @@ static void test_reader(void)
             p.prompt = "a lighthouse at dusk";
             p.width = p.height = 64, p.steps = STEPS, p.seed = 7, p.threads = 2, p.quant = mode ? SD_QUANT_FAST : SD_QUANT_EXACT;
             size_t need_mem = sd_generate_arena_bytes(lm.model, &p), need = sd_generate_arena_bytes(sm, &p), stage = sd_pool_stage_bytes(sm);
-            CHECK(stage >= (4u << 20) && need >= need_mem + stage && need <= need_mem + stage + SD_ARENA_ALIGN,
+            CHECK(stage >= SD_WEIGHT_STAGE_BYTES && need >= need_mem + stage && need <= need_mem + stage + SD_ARENA_ALIGN,
                   "reader: %s: plan %zu with the stage (%zu), %zu without", gm->name, need, stage, need_mem);
             sd_arena *a = test_arena(need_mem);
             CHECK(sd_generate(lm.model, &p, a, want, &err) == SD_OK, "reader: %s: in memory: %s", gm->name, err.message);

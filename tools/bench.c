@@ -587,6 +587,7 @@ static int random_model_check(const char *kind, const char *path)
     double t0 = now();
     memset(&o, 0, sizeof o);
     o.model = o.taesd = path;
+    o.type = SD_DTYPE_COUNT;   /* no load-time quantization */
     if (!strcmp(kind, "taesd")) {
         if (load_taesd(&o, 0, &taesd, &arena)) return 1;
         printf("random_model_check path=%s loaded=1 taesd=1 seconds=%.2f\n", path, now() - t0);

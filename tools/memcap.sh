@@ -1,7 +1,8 @@
 #!/bin/sh
 # A txt2img run in a memory cgroup beside the same run without one (issue 20's target: 512x512
 # SD 1.5 with the exact decode in 192 MB, 1024x1024 in 640 MB, at most 1.5x the time).
-#   tools/memcap.sh MODEL SIZE STEPS CAP_MB [THREADS]     (MB = 10^6 bytes; THREADS 0 = all cores)
+#   tools/memcap.sh MODEL SIZE STEPS CAP_MB [THREADS [FLAG...]]   (MB = 10^6 bytes; THREADS 0 = all
+#   cores; FLAGs go to both runs of ./example, e.g. --read-weights)
 # Each run starts from a dropped page cache, so that the weights are read from the disk and the
 # capped run's pages are charged to its cgroup. Prints one line: the cap, the arena, each run's
 # seconds, CPU seconds (user + system: on a machine with other work the wall times vary more), peak
@@ -12,12 +13,14 @@
 # page cache it charged), and whether the two PNGs are the same bytes. Needs root and a writable cgroup (v2 memory.max or v1
 # memory.limit_in_bytes): where there is none it prints a note and exits 0.
 set -u
-[ $# -ge 4 ] || { echo "usage: $0 MODEL SIZE STEPS CAP_MB [THREADS]" >&2; exit 2; }
+[ $# -ge 4 ] || { echo "usage: $0 MODEL SIZE STEPS CAP_MB [THREADS [FLAG...]]" >&2; exit 2; }
 model=$1 size=$2 steps=$3 cap_mb=$4 threads=${5:-0}
+shift 4; [ $# -gt 0 ] && shift
+flags="$*"
 top=$(cd "$(dirname "$0")/.." && pwd)
 example=$top/example
 cap=$((cap_mb * 1000000))
-tag="memcap size=$size steps=$steps cap_mb=$cap_mb"
+tag="memcap size=$size steps=$steps cap_mb=$cap_mb${flags:+ flags=$(echo $flags | tr ' ' ,)}"
 tflag=; [ "$threads" = 0 ] || tflag="-t $threads"   # (./example's default: all cores)
 
 skip() { echo "note: $tag: $1; the capped run is skipped"; exit 0; }
@@ -51,7 +54,7 @@ run() {
     start=$(date +%s.%N)
     sh -c '[ -z "$1" ] || echo $$ > "$1/cgroup.procs" || exit 125; shift; exec "$@"' sh "$2" \
         /usr/bin/time -v -o "$tmp/$1.time" "$example" -m "$model" -p "a lighthouse on a cliff at dusk" \
-        -W "$size" -H "$size" --steps "$steps" -s 42 $tflag -o "$tmp/$1.png" > "$tmp/$1.log" 2>&1
+        -W "$size" -H "$size" --steps "$steps" -s 42 $tflag $flags -o "$tmp/$1.png" > "$tmp/$1.log" 2>&1
     echo $? > "$tmp/$1.status"
     echo "$start $(date +%s.%N)" | awk '{ printf "%.1f", $2 - $1 }' > "$tmp/$1.seconds"
     awk -F': ' '/Maximum resident set size/ { print $2 }' "$tmp/$1.time" > "$tmp/$1.rss" 2>/dev/null
