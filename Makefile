@@ -149,9 +149,13 @@ bench: $(BENCH) example $(MERGES) $(BENCH_MODEL) $(BENCH_MODEL_XL) $(BENCH_Q8) $
 	./bench unet --sizes 32,64 --threads 0 --quant-mode fast $(BENCH_ARGS)
 	./bench text,unet --model $(BENCH_Q8) --sizes 32,64 --threads 0 $(BENCH_ARGS)
 	./bench text,unet --model $(BENCH_Q4) --sizes 32,64 --threads 0 $(BENCH_ARGS)
+	./bench error --model $(BENCH_Q8) --sizes 64 --txt2img-size 256 --steps 4 --threads 0 --quant-mode exact,fast $(BENCH_ARGS)
+	./bench error --model $(BENCH_Q4) --sizes 64 --txt2img-size 256 --steps 4 --threads 0 --quant-mode exact,fast $(BENCH_ARGS)
+	./bench error --sizes 64 --txt2img-size 256 --steps 4 --threads 0 --quant-mode fast $(BENCH_ARGS)
 	./bench text,unet,vae --dtype f32 --sizes 32,64 --threads 1,0 $(BENCH_ARGS)
 	./bench text,unet --kind sdxl --sizes 64 --threads 0 $(BENCH_ARGS)
 	sh tools/memcap.sh $(BENCH_MODEL) 512 2 192
+	sh tools/memcap.sh $(BENCH_MODEL) 512 2 192 0 --read-weights
 	@if [ "$(BENCH_FULL)" = 1 ]; then ./bench txt2img --threads 0 --txt2img-size 512 --steps 20 $(BENCH_ARGS) && \
 	  ./bench unet --kind sdxl --sizes 128 --threads 0 --runs 1 $(BENCH_ARGS) && \
 	  ./bench txt2img --kind sdxl --threads 0 --txt2img-size 1024 --steps 1 --vae-tiling 32 $(BENCH_ARGS) && \

@@ -7698,12 +7698,15 @@ static int check_ids(const sd_text_encoder *te, const int32_t *ids, int n_prompt
 static void clip_embed(const sd_text_encoder *te, const int32_t *ids, int n_prompts, float *out, sd_pool *pool)
 {
     int D = te->width;
+    float *pos = pool->scratch[0];   /* one position's row (the workers are idle) */
     if (pool->measure) return;
+    SD_ASSERT((size_t)D <= pool->scratch_floats);
     for (int i = 0; i < n_prompts * SD_TEXT_TOKENS; i++) {
         float *x = out + (size_t)i * D;
         if (ids[i] < te->vocab) weight_row(&te->token_embedding, ids[i], D, x);
         else weight_row(&te->extra_tokens[ids[i] - SD_CLIP_VOCAB_SIZE], 0, D, x);
-        for (int c = 0; c < D; c++) x[c] += tensor_get(&te->position_embedding, (size_t)(i % SD_TEXT_TOKENS) * D + c);
+        tensor_floats(pos, &te->position_embedding, (size_t)(i % SD_TEXT_TOKENS) * D, D);
+        add_span(x, pos, (size_t)D);
     }
 }
 

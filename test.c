@@ -8077,6 +8077,7 @@ static void test_reader(void)
         if (!path || load_golden_model(&lm, gm, 0)) continue;
         if (lm.model->unet->in_channels != 4 || lm.model->unet->guidance_dim) { unload_model(&lm); continue; }
         done = 1;
+        sd_arena *qarena[2] = {NULL, NULL};   /* the models' quantized weights, once quantized (below) */
         counting_reader cr;
         memset(&cr, 0, sizeof cr);
         pthread_mutex_init(&cr.lock, NULL);
@@ -8189,6 +8190,39 @@ static void test_reader(void)
             free_arena(a);
         }
 
+        /* a LoRA on it, and load-time quantization of it: what the in-memory model gives */
+        {
+            char lpath[1300];
+            size_t lsize = 0;
+            snprintf(lpath, sizeof lpath, "%s/lora/tiny-sd1_kohya_r4.safetensors", golden_dir);
+            unsigned char *lbytes = !strcmp(gm->name, "tiny-sd1") ? read_file(lpath, &lsize) : NULL;
+            for (int pass = 0; pass < 2; pass++) {
+                sd_params p;
+                sd_lora l = {lbytes, lsize, 0.7f, 0.7f, "tiny-sd1_kohya_r4"};
+                sd_params_init(&p);
+                p.prompt = "a lighthouse at dusk";
+                p.width = p.height = 64, p.steps = STEPS, p.seed = 9, p.threads = 2;
+                if (pass == 0) {
+                    if (!lbytes) continue;
+                    p.loras = &l, p.lora_count = 1;
+                } else {   /* (last: the models stay quantized) */
+                    sd_model *both[2] = {lm.model, sm};
+                    for (int k = 0; k < 2; k++) {
+                        qarena[k] = test_arena(sd_model_quantize_arena_bytes(both[k], SD_Q8_0));
+                        CHECK(sd_model_quantize(both[k], SD_Q8_0, qarena[k], &err) == SD_OK, "reader: sd_model_quantize: %s", err.message);
+                    }
+                }
+                sd_arena *a = test_arena(sd_generate_arena_bytes(sm, &p));
+                rc = sd_generate(sm, &p, a, got, &err);
+                sd_generate(lm.model, &p, a, want, &err);
+                CHECK(rc == SD_OK && !memcmp(got, want, px), "reader: %s: %s through the callback: %s", gm->name,
+                      pass ? "load-time q8_0" : "a LoRA", rc ? err.message : "not the in-memory bytes");
+                free_arena(a);
+            }
+            printf("reader: %s: %sload-time q8_0 quantization through the callback: the in-memory bytes\n", gm->name, lbytes ? "a LoRA and " : "");
+            free(lbytes);
+        }
+
         /* a stage function: refused on a pool without a stage, equal to the in-memory one with it */
         {
             const sd_unet_model *u0 = lm.model->unet, *u1 = sm->unet;
@@ -8243,6 +8277,7 @@ static void test_reader(void)
         free(cr.order), free(cr.bytes);
         pthread_mutex_destroy(&cr.lock);
         unload_model(&lm);
+        free_arena(qarena[0]), free_arena(qarena[1]);
         n_cases++;
     }
     if (!done) note_absent("reader", "no txt2img model file that loads in %s/models: the read-callback checks skipped", golden_dir);
