@@ -7,7 +7,7 @@ CXX     ?= c++
 WARN     = -std=c99 -Wall -Wextra -pedantic
 OPT      = -O2 -march=native
 LIBS     = -lm -lpthread
-SAN      = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+SAN      = -O1 -g1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 GOLDEN  ?= ../shared/golden
 MERGES   = weights/merges.txt
 MERGES_URL = https://huggingface.co/openai/clip-vit-large-patch14/resolve/main/merges.txt
@@ -59,8 +59,8 @@ check-nm: sd.h
 # Many users drop the header into C++ projects.
 check-cxx: sd.h
 	@printf '#define SD_IMPLEMENTATION\n#include "sd.h"\n' > .impl.cpp
-	$(CXX) -x c++ -Wall -Wextra -Werror -O2 -march=native -c .impl.cpp -o .impl.o
-	@echo "c++: sd.h compiles as C++"; rm -f .impl.cpp .impl.o
+	$(CXX) -x c++ -Wall -Wextra -Werror -O2 -march=native -c .impl.cpp -o .impl-cxx.o
+	@echo "c++: sd.h compiles as C++"; rm -f .impl.cpp .impl-cxx.o
 
 # The kernels once per SIMD path this CPU can run (its /proc/cpuinfo flags), under the sanitizers.
 test-paths: test.c sd.h
@@ -68,13 +68,13 @@ test-paths: test.c sd.h
 	  case $$name in avx512) need="avx512f";; avx2) need="avx2 fma f16c";; *) need="";; esac; \
 	  for f in $$need; do grep -qw $$f /proc/cpuinfo || { echo "note: no $$f here, the $$name path is not tested"; continue 2; }; done; \
 	  $(CC) $(WARN) -Werror $(SAN) $$flags -D_DEFAULT_SOURCE -o test-$$name test.c $(LIBS) || exit 1; \
-	  ./test-$$name --kernels | tee -a .test.log | tail -1 || exit 1; done
+	  ./test-$$name --kernels | tee -a $(LOG) | tail -1 || exit 1; done
 
 # NEON: cross-compiled for aarch64 and run under qemu-user, when those tools are installed.
 test-neon: test.c sd.h
 	@if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null; then \
 	  aarch64-linux-gnu-gcc $(WARN) -Werror -O2 -static -D_DEFAULT_SOURCE -o test-neon test.c $(LIBS) && \
-	  qemu-aarch64 ./test-neon --kernels | tee -a .test.log | tail -2; \
+	  qemu-aarch64 ./test-neon --kernels | tee -a $(LOG) | tail -2; \
 	else echo "note: aarch64-linux-gnu-gcc or qemu-aarch64 missing: NEON path not tested"; fi
 
 # PNG files from an independent encoder (python's zlib) for the reader, when python3 is there.
@@ -82,37 +82,42 @@ TEST_ENV = SD_MERGES=$(MERGES) SD_PNG_CASES=.png_cases
 test-run: test-san example $(BENCH) $(MERGES)
 	@if command -v python3 >/dev/null; then rm -rf .png_cases; python3 tools/png_cases.py .png_cases >/dev/null; \
 	else echo "note: no python3, generated PNG cases skipped"; fi
-	$(TEST_ENV) ./test-san weights/test 2>&1 | tee -a .test.log | grep -v '^  '
-	@if [ -d $(GOLDEN) ]; then $(TEST_ENV) ./test-san $(GOLDEN) 2>&1 | tee -a .test.log | grep -v '^  '; \
+	$(TEST_ENV) ./test-san weights/test 2>&1 | tee -a $(LOG) | grep -v '^  '
+	@if [ -d $(GOLDEN) ]; then $(TEST_ENV) ./test-san $(GOLDEN) 2>&1 | tee -a $(LOG) | grep -v '^  '; \
 	else echo "note: $(GOLDEN) is absent; the diffusers-folder checks did not run"; fi
 	@if command -v python3 >/dev/null; then \
 	  for f in png ppm; do ./example -m weights/test/models/tiny-sd1-fp16.safetensors --tokenizer $(MERGES) \
 	    -p "$$(printf 'caf\303\251 \347\214\253')" -W 64 -H 48 --steps 2 -s 3 -o .png_cases/cli.$$f 2>/dev/null || exit 1; done; \
-	  if python3 tools/png_check.py .png_cases/cli.png; then echo "1 passed, 0 failed" >> .test.log; \
-	  else echo "0 passed, 1 failed" >> .test.log; fi; \
+	  if python3 tools/png_check.py .png_cases/cli.png; then echo "1 passed, 0 failed" >> $(LOG); \
+	  else echo "0 passed, 1 failed" >> $(LOG); fi; \
 	else echo "note: no python3, the independent PNG check skipped"; fi
 
 # Golden sets shaped unlike the public one (parts of the layout, an F32-only model under another
 # name, text-encoder goldens with some layers), built from weights/test in a temporary folder: each
 # must pass with notes for what it lacks; damaged copies must fail. The optimized ./test, ~30 s.
 test-subsets: testbin example $(MERGES)
-	@SD_MERGES=$(MERGES) sh tools/golden_subsets.sh weights/test .test.log
+	@SD_MERGES=$(MERGES) sh tools/golden_subsets.sh weights/test $(LOG)
 
 # weights/download.sh and `make run` against a local stand-in for the hub, when python3 is there.
 test-download: $(MERGES)
-	@if command -v python3 >/dev/null; then sh tools/test_download.sh | tee -a .test.log | tail -1; \
+	@if command -v python3 >/dev/null; then sh tools/test_download.sh | tee -a $(LOG) | tail -1; \
 	else echo "note: no python3, the download tests skipped"; fi
 
+# The parts run side by side, one per CPU (each part's output shown when it ends); each part
+# appends its "N passed, N failed" lines to a log of its own, and the sum of them all decides.
+LOG = .test-$@.log
 test: check-nm check-cxx
-	@: > .test.log
-	@$(MAKE) --no-print-directory test-paths test-neon tsan test-run test-subsets test-download
+	@rm -f .test-*.log
+	@$(MAKE) --no-print-directory -j$$(nproc 2>/dev/null || echo 2) --output-sync=target \
+	  test-paths test-neon tsan test-run test-subsets test-download
+	@cat .test-*.log > .test.log
 	@awk '/^[0-9]+ passed, [0-9]+ failed$$/ { p += $$1; f += $$3 } END { printf "%d passed, %d failed\n", p, f; exit f != 0 }' .test.log
 
 # ThreadSanitizer over the kernels and the thread pool, and over generations on one model from several threads.
 tsan: test.c sd.h $(MERGES)
 	$(CC) $(WARN) -Werror -O1 -g -fsanitize=thread -march=native -D_DEFAULT_SOURCE -o test-tsan test.c $(LIBS)
-	./test-tsan --kernels | tee -a .test.log | tail -1
-	SD_MERGES=$(MERGES) ./test-tsan weights/test --only threads,reader | tee -a .test.log | tail -1
+	./test-tsan --kernels | tee -a $(LOG) | tail -1
+	SD_MERGES=$(MERGES) ./test-tsan weights/test --only threads,reader | tee -a $(LOG) | tail -1
 
 # `make bench`: the speed of every stage on a full-size SD 1.5 with random f16 weights (made once
 # into weights/bench/, 2.1 GB, ~15 s, no download): GEMM/conv/attention kernels (beside OpenBLAS
@@ -189,4 +194,4 @@ fuzz_tokenizer: test.c sd.h $(MERGES)
 	$(FUZZ) -DSD_FUZZ=2 -o $@ test.c $(LIBS)
 
 clean:
-	rm -rf example bench test test-* .test.log .impl.* fuzz_* .png_cases
+	rm -rf example bench test test-* .test.log .test-*.log .impl.* fuzz_* .png_cases
