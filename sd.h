@@ -3661,6 +3661,7 @@ typedef struct gemm_job {
     int row0;                                    /* conv: output pixel of row 0 (a band of B·Ho·Wo) */
     int64_t row_len;                             /* weight values per output column */
     int depth, taps, nblocks, blen;              /* K = depth x taps, in blocks of blen x taps */
+    int q8_nc;                                   /* fast mode: most columns per packed block */
     int gm, gn, mb, nb;                          /* task grid and its block sizes */
 } gemm_job;
 
@@ -3893,7 +3894,10 @@ static void gemm_dot_task(void *arg, int task, int thread)
 /* A packed block of a panel: per column the int32 sums' start (-Q8_OFFSET·Σq, which undoes the
    activations' offset), the float scale, then Q8_BLOCK / 4 groups of 4 values per column. */
 #define Q8_PANEL_BLOCK (GEMM_NR * (4 + 4 + Q8_BLOCK))
-#define Q8_NC 1024               /* columns per packed block: 288 x 1024 values, 360 KiB */
+#define Q8_KC_MAX 1152           /* K per packed block: 4 x GEMM_KC_MAX, so that y is read and
+                                    written back a quarter as often (int8 products make it count) */
+#define Q8_PACK_VALUES (256 * Q8_KC_MAX)   /* values per packed block (360 KiB with their scales) */
+#define Q8_NC 1024               /* columns per packed block at most (shallow K) */
 #define Q8_BAND_BYTES (512u << 10)   /* a task's quantized source rows (pixels), scales included */
 #if Q8_MR == 12
 #define Q8_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
@@ -3908,8 +3912,8 @@ static void gemm_dot_task(void *arg, int task, int thread)
    as floats first (pack_weights: conversion, tap-major order, transposition), then quantized
    down its columns, VF_WIDTH columns at a time; q8_0, q4_0 and q5_0 rows of a matmul go in as
    they are, their integers (q4_0's n - 8, q5_0's n - 16) and their blocks' scales.
-   Columns past nc come out as zeros with scale 0. fp: GEMM_KC_MAX x GEMM_NR floats; rowbuf as
-   pack_weights wants it. */
+   Columns past nc come out as zeros with scale 0. fp: GEMM_KC_MAX x GEMM_NR floats, so a deeper
+   chunk goes through it a few channels (all their taps) at a time; rowbuf as pack_weights wants it. */
 static void pack_q8(unsigned char *bp, const sd_tensor *w, int64_t row_len, int n0, int nc, int64_t src0,
                     int len, int taps, float *fp, float *rowbuf)
 {
@@ -3917,7 +3921,8 @@ static void pack_q8(unsigned char *bp, const sd_tensor *w, int64_t row_len, int 
     sd_dtype t = w->dtype;
     int own = taps == 1 && (t == SD_Q8_0 || t == SD_Q4_0 || t == SD_Q5_0);
     int32_t start[VF_WIDTH];
-    SD_ASSERT(kb <= GEMM_KC_MAX && kb % Q8_BLOCK == 0);
+    int step = GEMM_KC_MAX / taps / Q8_BLOCK * Q8_BLOCK;   /* channels per pass through fp */
+    SD_ASSERT(kb <= Q8_KC_MAX && len % Q8_BLOCK == 0 && step > 0);
     for (int p = 0; p < panels; p++) {
         int cols = nc - p * GEMM_NR < GEMM_NR ? nc - p * GEMM_NR : GEMM_NR;
         if (own) {   /* their integers and scales as they are, interleaved 4 values at a time */
@@ -3945,26 +3950,29 @@ static void pack_q8(unsigned char *bp, const sd_tensor *w, int64_t row_len, int 
             }
             continue;
         }
-        pack_weights(fp, w, row_len, n0 + p * GEMM_NR, cols, src0, len, taps, rowbuf);
-        for (int k = 0; k < nb; k++) {
-            unsigned char *pb = bp + ((size_t)p * nb + k) * Q8_PANEL_BLOCK;
-            const float *rows = fp + (size_t)k * Q8_BLOCK * GEMM_NR;
-            for (int v = 0; v < GEMM_NR; v += VF_WIDTH) {   /* the rule of q8_quantize, down the columns */
-                vfloat a = vf_set1(Q8_TINY), d, id;
-                vint sum = vi_zero();
-                for (int e = 0; e < Q8_BLOCK; e++) a = vf_max(a, vf_abs(vf_load(rows + (size_t)e * GEMM_NR + v)));
-                d = vf_div(a, vf_set1(127.0f));
-                id = vf_div(vf_set1(127.0f), a);
-                for (int g = 0; g < Q8_BLOCK / 4; g++) {
-                    const float *r = rows + (size_t)4 * g * GEMM_NR + v;
-                    vi_store(pb + 8 * GEMM_NR + (size_t)g * 4 * GEMM_NR + 4 * v,
-                             vq_pack4(vf_mul(vf_load(r), id), vf_mul(vf_load(r + GEMM_NR), id), vf_mul(vf_load(r + 2 * GEMM_NR), id),
-                                      vf_mul(vf_load(r + 3 * GEMM_NR), id), &sum));
+        for (int c0 = 0; c0 < len; c0 += step) {
+            int sl = len - c0 < step ? len - c0 : step, sb = sl / Q8_BLOCK;
+            pack_weights(fp, w, row_len, n0 + p * GEMM_NR, cols, src0 + (int64_t)c0 * taps, sl, taps, rowbuf);
+            for (int k = 0; k < sb * taps; k++) {   /* fp's block k: tap k / sb, channels c0 + 32·(k % sb) on */
+                unsigned char *pb = bp + ((size_t)p * nb + (size_t)(k / sb) * (len / Q8_BLOCK) + c0 / Q8_BLOCK + k % sb) * Q8_PANEL_BLOCK;
+                const float *rows = fp + (size_t)k * Q8_BLOCK * GEMM_NR;
+                for (int v = 0; v < GEMM_NR; v += VF_WIDTH) {   /* the rule of q8_quantize, down the columns */
+                    vfloat a = vf_set1(Q8_TINY), d, id;
+                    vint sum = vi_zero();
+                    for (int e = 0; e < Q8_BLOCK; e++) a = vf_max(a, vf_abs(vf_load(rows + (size_t)e * GEMM_NR + v)));
+                    d = vf_div(a, vf_set1(127.0f));
+                    id = vf_div(vf_set1(127.0f), a);
+                    for (int g = 0; g < Q8_BLOCK / 4; g++) {
+                        const float *r = rows + (size_t)4 * g * GEMM_NR + v;
+                        vi_store(pb + 8 * GEMM_NR + (size_t)g * 4 * GEMM_NR + 4 * v,
+                                 vq_pack4(vf_mul(vf_load(r), id), vf_mul(vf_load(r + GEMM_NR), id), vf_mul(vf_load(r + 2 * GEMM_NR), id),
+                                          vf_mul(vf_load(r + 3 * GEMM_NR), id), &sum));
+                    }
+                    vi_store(start, sum);
+                    for (int l = 0; l < VF_WIDTH; l++) start[l] *= -Q8_OFFSET;
+                    memcpy(pb + 4 * v, start, sizeof start);
+                    vf_store((float *)(void *)(pb + 4 * GEMM_NR + 4 * v), d);
                 }
-                vi_store(start, sum);
-                for (int l = 0; l < VF_WIDTH; l++) start[l] *= -Q8_OFFSET;
-                memcpy(pb + 4 * v, start, sizeof start);
-                vf_store((float *)(void *)(pb + 4 * GEMM_NR + 4 * v), d);
             }
         }
     }
@@ -4045,7 +4053,7 @@ typedef struct q8_scratch {
     unsigned char *bp;          /* the packed weight block */
     float *bias, *fp, *rowbuf;  /* the block's bias; a panel in floats; pack_weights' rows */
     unsigned char *band;        /* quantized source rows: values, then their scales */
-    unsigned char *zero;        /* the padding's row: GEMM_KC_MAX zeros (+ Q8_OFFSET), scales 0 */
+    unsigned char *zero;        /* the padding's row: Q8_KC_MAX zeros (+ Q8_OFFSET), scales 0 */
     const unsigned char **a;    /* the tile's rows, Q8_MR per tap, and their scales */
     const float **as;
     int *src;                   /* an output row's source rows, per tap */
@@ -4057,12 +4065,12 @@ static size_t q8_scratch_carve(q8_scratch *s, void *base)
     unsigned char *p = (unsigned char *)base;
     size_t at = 0, taps = GEMM_KC_MAX / Q8_BLOCK;
 #define Q8_CARVE(field, type, count) s->field = (type)(void *)(p + at); at += ((count) + SD_ALIGN - 1) / SD_ALIGN * SD_ALIGN;
-    Q8_CARVE(bp, unsigned char *, (size_t)Q8_NC / GEMM_NR * (GEMM_KC_MAX / Q8_BLOCK) * Q8_PANEL_BLOCK)
+    Q8_CARVE(bp, unsigned char *, (size_t)Q8_PACK_VALUES / GEMM_NR / Q8_BLOCK * Q8_PANEL_BLOCK)
     Q8_CARVE(bias, float *, Q8_NC * sizeof(float))
     Q8_CARVE(fp, float *, (size_t)GEMM_KC_MAX * GEMM_NR * sizeof(float))
     Q8_CARVE(rowbuf, float *, (size_t)VF_WIDTH * GEMM_KC_MAX * sizeof(float))
     Q8_CARVE(band, unsigned char *, Q8_BAND_BYTES)
-    Q8_CARVE(zero, unsigned char *, q8_row_bytes(GEMM_KC_MAX))
+    Q8_CARVE(zero, unsigned char *, q8_row_bytes(Q8_KC_MAX))
     Q8_CARVE(a, const unsigned char **, taps * Q8_MR * sizeof(unsigned char *))
     Q8_CARVE(as, const float **, taps * Q8_MR * sizeof(float *))
     Q8_CARVE(src, int *, taps * sizeof(int))
@@ -4078,10 +4086,12 @@ static void gemm_q8_task(void *arg, int task, int thread)
     size_t stride = j->conv ? (size_t)j->Cin : (size_t)j->ldx;
     q8_scratch s;
     q8_scratch_carve(&s, j->pool->scratch[thread]);
-    memset(s.zero, Q8_OFFSET, GEMM_KC_MAX);
-    memset(s.zero + GEMM_KC_MAX, 0, q8_row_bytes(GEMM_KC_MAX) - GEMM_KC_MAX);
-    for (int jc = n_lo; jc < n_hi; jc += Q8_NC) {
-        int nc = n_hi - jc < Q8_NC ? n_hi - jc : Q8_NC;
+    memset(s.zero, Q8_OFFSET, Q8_KC_MAX);
+    memset(s.zero + Q8_KC_MAX, 0, q8_row_bytes(Q8_KC_MAX) - Q8_KC_MAX);
+    /* the columns in packed blocks of at most q8_nc, as even as whole panels allow */
+    int parts = (n_hi - n_lo + j->q8_nc - 1) / j->q8_nc, cstep = ((n_hi - n_lo + parts - 1) / parts + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
+    for (int jc = n_lo; jc < n_hi; jc += cstep) {
+        int nc = n_hi - jc < cstep ? n_hi - jc : cstep;
         if (j->b) tensor_floats(s.bias, j->b, (size_t)jc, nc);
         for (int p = 0; p < j->nblocks; p++) {
             int c0 = p * j->blen, len = j->depth - c0 < j->blen ? j->depth - c0 : j->blen, nblk = len / Q8_BLOCK;
@@ -4113,7 +4123,7 @@ static void gemm_q8_task(void *arg, int task, int thread)
                         for (int t = 0; t < j->taps; t++) {
                             int r = s.src[t];
                             s.a[t * Q8_MR + i] = r < 0 ? s.zero : bq + (size_t)(r - lo) * len;
-                            s.as[t * Q8_MR + i] = r < 0 ? (const float *)(const void *)(s.zero + GEMM_KC_MAX) : bd + (size_t)(r - lo) * nblk;
+                            s.as[t * Q8_MR + i] = r < 0 ? (const float *)(const void *)(s.zero + Q8_KC_MAX) : bd + (size_t)(r - lo) * nblk;
                         }
                     }
                     for (int pn = 0; pn * GEMM_NR < nc; pn++) {
@@ -4131,24 +4141,35 @@ static void gemm_q8_task(void *arg, int task, int thread)
 
 #define Q8_MIN_M 8   /* fewer rows take the exact dot products (time embeddings) */
 
+/* Whether the input rows one tile of a convolution reads fit the band, quantized in K chunks of
+   len channels. */
+static int q8_band_fits(const gemm_job *j, int len)
+{
+    if (!j->conv) return 1;
+    int rows = (Q8_MR / j->Wo + 2) * j->s + j->k;
+    return (double)rows * j->W * (double)q8_row_bytes(len < j->depth ? len : j->depth) <= Q8_BAND_BYTES;
+}
+
 /* Whether a job runs in the fast mode (see above). */
 static int gemm_q8_applies(const gemm_job *j)
 {
     if (j->pool->quant != SD_QUANT_FAST || j->M <= Q8_MIN_M || j->depth % Q8_BLOCK || j->taps * Q8_BLOCK > GEMM_KC_MAX) return 0;
-    if (!j->conv) return 1;
-    /* the input rows one tile reads must fit the band: very wide images (over ~3500 pixels, the
-       VAE's last levels) run exact */
-    int len = GEMM_KC_MAX / j->taps / Q8_BLOCK * Q8_BLOCK, rows = (Q8_MR / j->Wo + 2) * j->s + j->k;
-    return (double)rows * j->W * (double)q8_row_bytes(len < j->depth ? len : j->depth) <= Q8_BAND_BYTES;
+    /* very wide images (over ~3500 pixels, the VAE's last levels) run exact */
+    return q8_band_fits(j, GEMM_KC_MAX / j->taps / Q8_BLOCK * Q8_BLOCK);
 }
 
-/* K in chunks of whole blocks (at most GEMM_KC_MAX values: 32 channels of 9 taps), as even as
-   whole blocks allow; the task grid as the exact mode's. */
+/* K in chunks of whole blocks (at most Q8_KC_MAX values: 128 channels of 9 taps, fewer where a
+   tile's input rows would not fit the band), as even as whole blocks allow; the task grid as
+   the exact mode's. */
 static void gemm_q8_run(gemm_job *j)
 {
-    int units = j->depth / Q8_BLOCK, per = GEMM_KC_MAX / j->taps / Q8_BLOCK, chunks = (units + per - 1) / per;
+    int units = j->depth / Q8_BLOCK, per = Q8_KC_MAX / j->taps / Q8_BLOCK, chunks;
+    while (per > GEMM_KC_MAX / j->taps / Q8_BLOCK && !q8_band_fits(j, per * Q8_BLOCK)) per--;
+    chunks = (units + per - 1) / per;
     j->blen = (units + chunks - 1) / chunks * Q8_BLOCK;
     j->nblocks = (j->depth + j->blen - 1) / j->blen;
+    j->q8_nc = Q8_PACK_VALUES / (j->blen * j->taps) / GEMM_NR * GEMM_NR;
+    j->q8_nc = j->q8_nc < Q8_NC ? j->q8_nc : Q8_NC;
     q8_scratch s;
     SD_ASSERT(q8_scratch_carve(&s, j->pool->scratch[0]) <= j->pool->scratch_floats * sizeof(float));
     /* int8 products are ~3x cheaper than float ones, packing a weight value (and quantizing an

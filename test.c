@@ -2778,7 +2778,10 @@ static void test_kernels_elementwise(void)
             if (f == 2) quick_gelu_span(y, n);
             if (f == 3) add_span(y, z, n);
             snprintf(what, sizeof what, "%s n=%zu", f == 0 ? "silu" : f == 1 ? "gelu" : f == 2 ? "quick_gelu" : "add", n);
-            kt_close(what, y, ref, n, 1e-6);
+            double mr = 0;   /* 1e-6 of the largest value, or absolute below 1: a lone input deep in
+                                the negative tail (output ~1e-6) is not judged by its ulps */
+            for (size_t i = 0; i < n; i++) mr = fmax(mr, fabs(ref[i]));
+            kt_close(what, y, ref, n, mr < 1.0 && mr > 0 ? 1e-6 / mr : 1e-6);
         }
         /* GEGLU in place over rows of 2C */
         int C = (int)n, M = 3;
@@ -3169,7 +3172,11 @@ static void test_kernels_q8(sd_pool *pool)
         }
     {   /* convolutions: B H W Cin Cout k s pad pad_end */
         static const int cshapes[][9] = {{2, 7, 9, 32, 20, 3, 1, 1, 1}, {1, 17, 16, 64, 40, 3, 2, 1, 1}, {1, 21, 15, 96, 33, 3, 2, 0, 1},
-                                         {2, 6, 6, 32, 8, 1, 1, 0, 0}, {1, 12, 13, 64, 70, 3, 1, 1, 1}};
+                                         {2, 6, 6, 32, 8, 1, 1, 0, 0}, {1, 12, 13, 64, 70, 3, 1, 1, 1},
+                                         /* K chunks of 128 channels (9 taps) packed 32 channels at a time: 128 + 128 + 64;
+                                            96 + 64 at stride 2; 800 pixels wide, whose chunks shrink to 96 channels so
+                                            that a tile's input rows fit the band */
+                                         {1, 6, 7, 320, 40, 3, 1, 1, 1}, {1, 9, 8, 160, 33, 3, 2, 1, 1}, {1, 3, 800, 256, 8, 3, 1, 1, 1}};
         for (int si = 0; si < (int)(sizeof cshapes / sizeof cshapes[0]); si++)
             for (int di = 0; di < 4; di++) {
                 const int *S = cshapes[si];
@@ -5324,12 +5331,16 @@ static int run_golden(const sd_model *m, golden_file *g, int threads, int vae_ti
 static int pipelines_checked;
 
 /* The fast mode's bounds on the pipeline goldens (max|x - golden| / max|golden|; uint8 levels):
-   the worst of every golden measured (tiny-sd2's txt2img_4steps: 0.091, 0.150, 57; tiny-sd1's
-   worst 0.064, 0.075, 17; tiny-sdxl's 0.029, 0.056, 21; README) and a quarter more. Tiny models
-   with random weights magnify errors: the full-size random SD 1.5 moves by 1.9 % (UNet). */
-#define FAST_LATENTS 0.115
-#define FAST_IMAGE 0.19
-#define FAST_UINT8 72
+   the worst of every golden measured with the int8 kernel's K in chunks of 288 values and of
+   1152 (tiny-sd2's txt2img_4steps: 0.123, 0.168, 59; tiny-sd1's worst 0.067, 0.085, 18;
+   tiny-sdxl's 0.032, 0.057, 22; README) and a quarter more. Tiny models
+   with random weights magnify errors, and chaotically: K chunks of 1152 values instead of 288
+   (the same int8 products, summed in float in another order) moved tiny-sd2's latents from
+   0.088 to 0.123 and tiny-sd1's 256x256 ones from 0.048 to 0.035. The full-size random SD 1.5
+   moves by 1.9 % (UNet). */
+#define FAST_LATENTS 0.155
+#define FAST_IMAGE 0.21
+#define FAST_UINT8 74
 
 /* max|x - want| / max|want| */
 static double rel_to_max(const float *x, const float *want, int64_t n)

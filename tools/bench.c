@@ -1348,9 +1348,10 @@ static sd_tensor bench_weight(sd_dtype dt, int64_t N, int64_t K, const float *sr
     t.ndim = 2;
     t.shape[0] = N;
     t.shape[1] = K;
-    t.nbytes = (size_t)(N * K) * sd_dtype_size(dt);
+    t.nbytes = dt == SD_Q8_0 ? (size_t)(N * K) / 32 * 34 : (size_t)(N * K) * sd_dtype_size(dt);
     void *p = malloc(t.nbytes);
-    for (int64_t i = 0; i < N * K; i++) {
+    if (dt == SD_Q8_0) sd_quantize(dt, src, (size_t)(N * K), p);
+    else for (int64_t i = 0; i < N * K; i++) {
         if (dt == SD_F32) ((float *)p)[i] = src[i];
         else if (dt == SD_F16) ((uint16_t *)p)[i] = sd_f32_to_f16(src[i]);
         else { uint32_t b; memcpy(&b, &src[i], 4); ((uint16_t *)p)[i] = (uint16_t)(b >> 16); }
@@ -1406,19 +1407,30 @@ static void bench_kernels(int threads)
         }
         free(x); free(wf); free(y);
     }
-    {   /* the 3x3 convolution itself at 64x64x320 (NHWC, pad 1) */
-        int H = 64, W = 64, C = 320;
-        double flops = 2.0 * H * W * C * C * 9, t;
-        float *x = bench_floats((size_t)H * W * C), *wf = bench_floats((size_t)C * C * 9), *y = (float *)malloc((size_t)H * W * C * sizeof(float));
-        for (int di = 0; di < 2; di++) {
-            sd_tensor w = bench_weight(dts[di], C, (int64_t)C * 9, wf);
-            conv2d(&pool, y, x, 1, H, W, C, &w, NULL, C, 3, 1, 1, 1);
-            BENCH_BEST(5, t, conv2d(&pool, y, x, 1, H, W, C, &w, NULL, C, 3, 1, 1, 1));
-            printf("conv2d 3x3 64x64x320->320 w=%s threads=%d gflops=%.1f\n", di ? "f16" : "f32", threads, flops / t * 1e-9);
-            fflush(stdout);
-            free((void *)w.data);
+    {   /* the UNet's 3x3 convolutions at 512x512 (NHWC, pad 1, one image) in the exact mode on f32
+           and f16 weights and in the fast mode (int8 products) on f16 and q8_0 weights: "gflops"
+           counts 2 per multiply-add in either mode, "speedup" is against the f32 row */
+        static const int conv[3][2] = {{64, 320}, {32, 640}, {16, 1280}};
+        static const struct { sd_dtype dt; int mode; const char *name; } runs[] = {
+            {SD_F32, SD_QUANT_EXACT, "f32"}, {SD_F16, SD_QUANT_EXACT, "f16"}, {SD_F16, SD_QUANT_FAST, "f16"}, {SD_Q8_0, SD_QUANT_FAST, "q8_0"}};
+        for (int ci = 0; ci < 3; ci++) {
+            int H = conv[ci][0], C = conv[ci][1];
+            double flops = 2.0 * H * H * C * C * 9, t, t32 = 0;
+            float *x = bench_floats((size_t)H * H * C), *wf = bench_floats((size_t)C * C * 9), *y = (float *)malloc((size_t)H * H * C * sizeof(float));
+            for (int ri = 0; ri < 4; ri++) {
+                sd_tensor w = bench_weight(runs[ri].dt, C, (int64_t)C * 9, wf);
+                sd_pool_set_quant(&pool, runs[ri].mode);
+                conv2d(&pool, y, x, 1, H, H, C, &w, NULL, C, 3, 1, 1, 1);
+                BENCH_BEST(5, t, conv2d(&pool, y, x, 1, H, H, C, &w, NULL, C, 3, 1, 1, 1));
+                if (ri == 0) t32 = t;
+                printf("conv2d 3x3 %dx%dx%d->%d w=%s mode=%s threads=%d gflops=%.1f speedup=%.2f\n", H, H, C, C, runs[ri].name,
+                       bench_mode_name(runs[ri].mode), threads, flops / t * 1e-9, t32 / t);
+                fflush(stdout);
+                free((void *)w.data);
+            }
+            sd_pool_set_quant(&pool, SD_QUANT_EXACT);
+            free(x); free(wf); free(y);
         }
-        free(x); free(wf); free(y);
     }
     {   /* self-attention at 64x64 latents: N=4096, 8 heads of 40, q/k/v with row stride 320 */
         int N = 4096, heads = 8, d = 40, D = heads * d;
