@@ -3931,15 +3931,17 @@ static void pack_q8(unsigned char *bp, const sd_tensor *w, int64_t row_len, int 
                     const char *next = (const char *)w->data + dtype_bytes(t, (uint64_t)((n0 + p * GEMM_NR + c + 8) * row_len + src0));
                     for (size_t o = 0; o < dtype_bytes(t, (uint64_t)kb); o += 64) prefetch_l2(next + o);
                 }
+                const unsigned char *row = c < cols ? (const unsigned char *)w->data +
+                                           dtype_bytes(t, (uint64_t)((n0 + p * GEMM_NR + c) * row_len + src0)) : NULL;
                 for (int k = 0; k < nb; k++) {
                     unsigned char *pb = bp + ((size_t)p * nb + k) * Q8_PANEL_BLOCK;
                     signed char q[32];
                     float d = 0.0f;
                     int32_t start = 0;
-                    if (c < cols) {
-                        const unsigned char *b = (const unsigned char *)w->data +
-                                                 dtype_bytes(t, (uint64_t)((n0 + p * GEMM_NR + c) * row_len + src0 + (int64_t)k * Q8_BLOCK));
-                        block_ints(t, b, q);
+                    if (row) {   /* block k of the row: whole blocks, so k times the block's bytes on */
+                        const unsigned char *b = row + (size_t)k * dtype_info[t].size;
+                        if (t == SD_Q8_0) memcpy(q, b + 2, 32);
+                        else block_ints(t, b, q);
                         d = f16_fast(b);
                     } else memset(q, 0, sizeof q);
                     for (int e = 0; Q8_OFFSET && e < Q8_BLOCK; e++) start -= Q8_OFFSET * (int32_t)q[e];
