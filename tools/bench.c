@@ -1375,6 +1375,25 @@ static void bench_softmax_rows(float *s, int n, int len, float scale)
     }
 }
 
+/* The float32 FMA peak of the SIMD path sd.h was built for: 12 independent chains per thread
+   (enough to cover the FMA latency), 2 FLOPs per lane; the figure the kernels' GFLOPS compare with. */
+#define BENCH_PEAK_ITERS 20000000
+static void bench_peak_task(void *arg, int task, int thread)
+{
+    float *out = (float *)arg;
+    vfloat a = vf_set1(1.0f), b = vf_set1(0.9999999f);
+    vfloat c0 = vf_set1(0), c1 = vf_set1(1), c2 = vf_set1(2), c3 = vf_set1(3), c4 = vf_set1(4), c5 = vf_set1(5);   /* unequal, */
+    vfloat c6 = vf_set1(6), c7 = vf_set1(7), c8 = vf_set1(8), c9 = vf_set1(9), c10 = vf_set1(10), c11 = vf_set1(11);   /* not merged */
+    (void)thread;
+    for (long n = 0; n < BENCH_PEAK_ITERS; n++) {   /* named, not an array: the chains stay in registers */
+        c0 = vf_fma(c0, b, a); c1 = vf_fma(c1, b, a); c2 = vf_fma(c2, b, a); c3 = vf_fma(c3, b, a);
+        c4 = vf_fma(c4, b, a); c5 = vf_fma(c5, b, a); c6 = vf_fma(c6, b, a); c7 = vf_fma(c7, b, a);
+        c8 = vf_fma(c8, b, a); c9 = vf_fma(c9, b, a); c10 = vf_fma(c10, b, a); c11 = vf_fma(c11, b, a);
+    }
+    c0 = vf_add(vf_add(vf_add(c0, c1), vf_add(c2, c3)), vf_add(vf_add(c4, c5), vf_add(c6, c7)));
+    vf_store(out + (size_t)task * VF_WIDTH, vf_add(c0, vf_add(vf_add(c8, c9), vf_add(c10, c11))));
+}
+
 static void bench_kernels(int threads)
 {
     static const struct { const char *name; int M, N, K; } shapes[] = {
@@ -1389,6 +1408,14 @@ static void bench_kernels(int threads)
     if (!mem) return;
     bench_open_blas();
     if (bench_blas_threads) bench_blas_threads(threads);
+    {
+        float sink[64 * VF_WIDTH];
+        double t;
+        int n = pool.threads < 64 ? pool.threads : 64;
+        BENCH_BEST(3, t, pool_run(&pool, bench_peak_task, sink, n));
+        printf("fma_peak threads=%d gflops=%.1f\n", n, 2.0 * VF_WIDTH * 12 * (double)BENCH_PEAK_ITERS * n / t * 1e-9);
+        fflush(stdout);
+    }
     for (int si = 0; si < 3; si++) {
         int M = shapes[si].M, N = shapes[si].N, K = shapes[si].K;
         double flops = 2.0 * M * N * K, t, tb = 0;
