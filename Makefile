@@ -120,7 +120,7 @@ tsan: test.c sd.h $(MERGES)
 	SD_MERGES=$(MERGES) ./test-tsan weights/test --only threads,reader | tee -a $(LOG) | tail -1
 
 # `make bench`: the speed of every stage on a full-size SD 1.5 with random f16 weights (made once
-# into weights/bench/, 2.1 GB, ~15 s, no download): GEMM/conv/attention kernels (beside OpenBLAS
+# into weights/bench/, 2.1 GB, ~15 s, no download): the FP32 FMA peak, GEMM/conv/attention kernels (beside OpenBLAS
 # when it is installed), tokenizer, text encoder, UNet at 32x32 and 64x64 latents (batch 2: one
 # guided step), VAE decoder to 256x256 and 512x512, a 4-step 256x256 txt2img, a 4-step LCM
 # 512x512 txt2img (the LCM-LoRA recipe: guidance 1, one UNet pass a step), and the 64x64 UNet
