@@ -788,6 +788,7 @@ static int run(options *o)
         if (image_write(path, rgb, p.width, p.height, params, msg, sizeof msg)) { fprintf(stderr, "%s\n", msg); return 1; }
         fprintf(stderr, "wrote %s in %.1f s (peak arena %.1f MiB)\n", path, now() - state.start, arena.peak / 1048576.0);
     }
+    free(rgb);   /* the arena, the model and what it maps stay until exit: the process's lifetime */
     lora_dir_close(&loras);
     return 0;
 }
