@@ -7728,7 +7728,7 @@ static void clip_embed(const sd_text_encoder *te, const int32_t *ids, int n_prom
         float *x = out + (size_t)i * D;
         if (ids[i] < te->vocab) weight_row(&te->token_embedding, ids[i], D, x);
         else weight_row(&te->extra_tokens[ids[i] - SD_CLIP_VOCAB_SIZE], 0, D, x);
-        tensor_floats(pos, &te->position_embedding, (size_t)(i % SD_TEXT_TOKENS) * D, D);
+        weight_row(&te->position_embedding, i % SD_TEXT_TOKENS, D, pos);
         add_span(x, pos, (size_t)D);
     }
 }

@@ -5333,11 +5333,10 @@ static int pipelines_checked;
 /* The fast mode's bounds on the pipeline goldens (max|x - golden| / max|golden|; uint8 levels):
    the worst of every golden measured with the int8 kernel's K in chunks of 288 values and of
    1152 (tiny-sd2's txt2img_4steps: 0.123, 0.168, 59; tiny-sd1's worst 0.067, 0.085, 18;
-   tiny-sdxl's 0.032, 0.057, 22; README) and a quarter more. Tiny models
-   with random weights magnify errors, and chaotically: K chunks of 1152 values instead of 288
-   (the same int8 products, summed in float in another order) moved tiny-sd2's latents from
-   0.088 to 0.123 and tiny-sd1's 256x256 ones from 0.048 to 0.035. The full-size random SD 1.5
-   moves by 1.9 % (UNet). */
+   tiny-sdxl's 0.032, 0.057, 22; README) and a quarter more. Tiny models with random weights
+   magnify errors, and chaotically: K chunks of 1152 values instead of 288 (the same int8
+   products, summed in float in another order) moved tiny-sd2's latents from 0.088 to 0.123 and
+   tiny-sd1's 256x256 ones from 0.048 to 0.035. The full-size random SD 1.5 moves by 1.9 % (UNet). */
 #define FAST_LATENTS 0.155
 #define FAST_IMAGE 0.21
 #define FAST_UINT8 74

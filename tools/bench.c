@@ -1348,7 +1348,7 @@ static sd_tensor bench_weight(sd_dtype dt, int64_t N, int64_t K, const float *sr
     t.ndim = 2;
     t.shape[0] = N;
     t.shape[1] = K;
-    t.nbytes = dt == SD_Q8_0 ? (size_t)(N * K) / 32 * 34 : (size_t)(N * K) * sd_dtype_size(dt);
+    t.nbytes = dtype_bytes(dt, (uint64_t)(N * K));
     void *p = malloc(t.nbytes);
     if (dt == SD_Q8_0) sd_quantize(dt, src, (size_t)(N * K), p);
     else for (int64_t i = 0; i < N * K; i++) {
