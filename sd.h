@@ -2962,6 +2962,11 @@ static inline vfloat vf_gelu(vfloat x)
    byte may be -128, whose magnitude is 128 unsigned: a pair stays within 2·128·127); NEON's
    sdot is signed x signed; SSE2 and plain C widen to 16 and 32 bits. Without VNNI an int8
    product is no faster than a float FMA: those paths exist for correctness, not speed. */
+static inline int32_t vq_round(float x)   /* half to even; NaN as 0, clamped to int8 (an int cast must not overflow) */
+{
+    float r = nearbyintf(x);
+    return r > 127.0f ? 127 : r < -128.0f ? -128 : r == r ? (int32_t)r : 0;
+}
 #if defined(__AVX512F__) && defined(__AVX512VNNI__) && !defined(SD_NO_SIMD)
 #define Q8_OFFSET 128
 #define Q8_MR 8
@@ -3055,11 +3060,6 @@ static inline vint vi_dot4(vint acc, vbytes a, vbytes b)
     return acc;
 }
 static inline vfloat vi_to_vf(vint v) { vfloat r; VF_LANES(r, (float)v.v[l_]); return r; }
-static inline int32_t vq_round(float x)   /* half to even; NaN as 0, clamped to int8 (an int cast must not overflow) */
-{
-    float r = nearbyintf(x);
-    return r > 127.0f ? 127 : r < -128.0f ? -128 : r == r ? (int32_t)r : 0;
-}
 #endif
 
 /* The largest lane. */
@@ -4737,11 +4737,16 @@ static void nhwc_to_nchw(sd_pool *pool, float *y, const float *x, int B, int C, 
 #define ATT_QB GEMM_NR
 #define ATT_BK 128
 
+/* The fast mode's scratch (attq_plan, below). */
+typedef struct attq_layout { size_t qp, qs, qc, ot, st, pp, kq, ks, vt, vs, bytes; int dp, nk4, nkb; } attq_layout;
+
 typedef struct attention_job {
     sd_pool *pool;
     float *out;
     const float *q, *k, *v;
     int ldo, ldq, ldk, ldv, Nq, Nk, heads, d, causal, qblocks;
+    int qrun;        /* fast mode: query blocks per task */
+    attq_layout L;
 } attention_job;
 
 /* ot[c][i] = ot[c][i]·alpha_i + Σ_j v[j][c] · p[j][i] for c < d, j < bk. */
@@ -4834,6 +4839,183 @@ static void attention_task(void *arg, int task, int thread)
     }
 }
 
+/* Fast-mode attention (a pool set to SD_QUANT_FAST): the same flash-style loop with both of
+   its products in int8 and int32 sums (vi_dot4), as the fast GEMM does them. Each query and
+   each key gets one scale over the head's d values, each value channel one over every block
+   of ATT_BK keys (max|x|/127, as q8_0); the softmax weights e = 2^(s - running max), within
+   (0, 1], become round(127·e), and their integer sum is the softmax's denominator, so an
+   output stays a weighted mean of dequantized values. A task is one batch item, head and run
+   of query blocks: it first quantizes its head's keys (rows of dp bytes, d rounded up to 4)
+   and values (transposed: a row of keys per channel) into its scratch. A head whose keys and
+   values do not fit there, or wider than ATTQ_MAX_D (whose int32 sums might not convert to
+   float exactly), takes the float32 path. */
+#define ATTQ_MAX_D 256
+
+/* Where each part of a task's scratch starts (bytes, 64-aligned) and the bytes in all. */
+static attq_layout attq_plan(int d, int Nk)
+{
+    attq_layout L;
+    size_t o = 0;
+    L.dp = (d + 3) & ~3;
+    L.nk4 = (Nk + 3) & ~3;
+    L.nkb = (Nk + ATT_BK - 1) / ATT_BK;
+#define ATTQ_PART(f, n) L.f = o; o += ((size_t)(n) + 63) & ~(size_t)63;
+    ATTQ_PART(qp, (size_t)L.dp * ATT_QB)                  /* the block's queries, packed for vi_dot4 */
+    ATTQ_PART(qs, ATT_QB * sizeof(float))                 /* their scales x the softmax factor */
+    ATTQ_PART(qc, ATT_QB * sizeof(float))                 /* -Q8_OFFSET x the sum of their bytes */
+    ATTQ_PART(ot, (size_t)d * ATT_QB * sizeof(float))     /* the output, transposed */
+    ATTQ_PART(st, (size_t)ATT_BK * ATT_QB * sizeof(float))   /* scores of a block of keys */
+    ATTQ_PART(pp, (size_t)ATT_BK * ATT_QB)                /* their softmax weights, packed */
+    ATTQ_PART(kq, (size_t)Nk * L.dp)                      /* the head's keys, a row each */
+    ATTQ_PART(ks, (size_t)Nk * sizeof(float))
+    ATTQ_PART(vt, (size_t)d * L.nk4)                      /* its values, a row per channel */
+    ATTQ_PART(vs, (size_t)d * L.nkb * sizeof(float))
+#undef ATTQ_PART
+    L.bytes = o;
+    return L;
+}
+
+/* n values x[0], x[step], ... as int8 bytes q[0], q[qstep], ... (XOR mask) with one scale
+   max|x|/127, which is returned; *sum gets the sum of the int8 values. */
+static float attq_quantize(const float *x, size_t step, int n, unsigned char *q, size_t qstep, int mask, int *sum)
+{
+    float amax = Q8_TINY, id;
+    int s = 0;
+    for (int i = 0; i < n; i++) amax = fabsf(x[(size_t)i * step]) > amax ? fabsf(x[(size_t)i * step]) : amax;
+    id = 127.0f / amax;
+    for (int i = 0; i < n; i++) {
+        int32_t v = vq_round(x[(size_t)i * step] * id);
+        s += v;
+        q[(size_t)i * qstep] = (unsigned char)((v & 0xff) ^ mask);
+    }
+    *sum = s;
+    return amax / 127.0f;
+}
+
+static void attention_q8_task(void *arg, int task, int thread)
+{
+    const attention_job *j = (const attention_job *)arg;
+    const attq_layout *L = &j->L;
+    int runs = (j->qblocks + j->qrun - 1) / j->qrun, run = task % runs, h = task / runs % j->heads, b = task / runs / j->heads;
+    int d = j->d, dp = L->dp, qb1 = (run + 1) * j->qrun < j->qblocks ? (run + 1) * j->qrun : j->qblocks, sum;
+    /* the keys the run's queries see (whole blocks of them: a value scale must not depend on the run) */
+    int last = (qb1 * ATT_QB + ATT_BK - 1) / ATT_BK * ATT_BK, nkeys = j->causal && last < j->Nk ? last : j->Nk;
+    unsigned char *base = (unsigned char *)j->pool->scratch[thread];
+    unsigned char *qp = base + L->qp, *pp = base + L->pp, *kq = base + L->kq, *vt = base + L->vt, qrow[ATTQ_MAX_D];
+    float *qs = (float *)(void *)(base + L->qs), *qc = (float *)(void *)(base + L->qc), *ot = (float *)(void *)(base + L->ot);
+    float *st = (float *)(void *)(base + L->st), *ks = (float *)(void *)(base + L->ks), *vs = (float *)(void *)(base + L->vs);
+    const float *kbase = j->k + (size_t)b * j->Nk * j->ldk + (size_t)h * d;
+    const float *vbase = j->v + (size_t)b * j->Nk * j->ldv + (size_t)h * d;
+    float sc = 1.4426950408889634f / sqrtf((float)d);
+    /* those keys and their values, quantized */
+    for (int t = 0; t < nkeys; t++) {
+        ks[t] = attq_quantize(kbase + (size_t)t * j->ldk, 1, d, kq + (size_t)t * dp, 1, Q8_OFFSET, &sum);
+        memset(kq + (size_t)t * dp + d, Q8_OFFSET, (size_t)(dp - d));
+    }
+    for (int k0 = 0; k0 < nkeys; k0 += ATT_BK) {
+        int bk = nkeys - k0 < ATT_BK ? nkeys - k0 : ATT_BK, bk4 = (bk + 3) & ~3;
+        for (int c = 0; c < d; c++) {
+            unsigned char *row = vt + (size_t)c * L->nk4 + k0;
+            vs[(size_t)c * L->nkb + k0 / ATT_BK] = attq_quantize(vbase + (size_t)k0 * j->ldv + c, (size_t)j->ldv, bk, row, 1, Q8_OFFSET, &sum);
+            memset(row + bk, Q8_OFFSET, (size_t)(bk4 - bk));
+        }
+    }
+#define ATTQ_DECL(r) const unsigned char *a##r; vint s##r##0 = vi_zero(), s##r##1 = vi_zero();
+#define ATTQ_DOT(r) t = vb_bcast4(a##r + o); s##r##0 = vi_dot4(s##r##0, t, b0); s##r##1 = vi_dot4(s##r##1, t, b1);
+#define ATTQ_SCORE(r)                                                                                     \
+    if (jt + r < bk) {                                                                                    \
+        vfloat x = vf_set1(ks[kb0 + jt + r]);                                                             \
+        vf_store(st + (size_t)(jt + r) * ATT_QB, vf_mul(vf_mul(vf_add(vi_to_vf(s##r##0), qc0), qs0), x));  \
+        vf_store(st + (size_t)(jt + r) * ATT_QB + VF_WIDTH, vf_mul(vf_mul(vf_add(vi_to_vf(s##r##1), qc1), qs1), x)); \
+    }
+#define ATTQ_OUT(r)                                                                                       \
+    if (c0 + r < d) {                                                                                     \
+        float *o_ = ot + (size_t)(c0 + r) * ATT_QB;                                                      \
+        vfloat x = vf_set1(vs[(size_t)(c0 + r) * L->nkb + kb0 / ATT_BK]);                                 \
+        vf_store(o_, vf_fma(vf_add(vi_to_vf(s##r##0), pc0), x, vf_mul(vf_load(o_), al0)));                 \
+        vf_store(o_ + VF_WIDTH, vf_fma(vf_add(vi_to_vf(s##r##1), pc1), x, vf_mul(vf_load(o_ + VF_WIDTH), al1))); \
+    }
+    for (int qb = run * j->qrun; qb < qb1; qb++) {
+        int q0 = qb * ATT_QB, nq = j->Nq - q0 < ATT_QB ? j->Nq - q0 : ATT_QB;
+        int nk = j->causal && q0 + nq < j->Nk ? q0 + nq : j->Nk;   /* keys any query of the block sees */
+        /* the block's queries: byte c of query i at (c/4)·4·ATT_QB + 4i + c%4, as vi_dot4 reads them */
+        memset(qp, 0, (size_t)dp * ATT_QB);
+        for (int i = 0; i < ATT_QB; i++) {
+            qs[i] = qc[i] = 0.0f;
+            if (i >= nq) continue;
+            qs[i] = sc * attq_quantize(j->q + ((size_t)b * j->Nq + q0 + i) * j->ldq + (size_t)h * d, 1, d, qrow, 1, 0, &sum);
+            qc[i] = (float)(-Q8_OFFSET * sum);
+            for (int c = 0; c < d; c++) qp[(size_t)(c / 4) * 4 * ATT_QB + 4 * i + c % 4] = qrow[c];
+        }
+        memset(ot, 0, (size_t)d * ATT_QB * sizeof(float));
+        vfloat qs0 = vf_load(qs), qs1 = vf_load(qs + VF_WIDTH), qc0 = vf_load(qc), qc1 = vf_load(qc + VF_WIDTH);
+        vfloat m0 = vf_set1(-INFINITY), m1 = m0, l0 = vf_zero(), l1 = vf_zero();
+        for (int kb0 = 0; kb0 < nk; kb0 += ATT_BK) {
+            int bk = nk - kb0 < ATT_BK ? nk - kb0 : ATT_BK, bk4 = (bk + 3) & ~3;
+            /* scores of Q8_MR keys x ATT_QB queries at a time (keys past bk repeat key jt) */
+            for (int jt = 0; jt < bk; jt += Q8_MR) {
+                Q8_ROWS(ATTQ_DECL)
+#define ATTQ_KEY(r) a##r = kq + (size_t)(kb0 + jt + (jt + r < bk ? r : 0)) * dp;
+                Q8_ROWS(ATTQ_KEY)
+#undef ATTQ_KEY
+                for (int o = 0; o < dp; o += 4) {
+                    vbytes b0 = vb_load(qp + (size_t)o * ATT_QB), b1 = vb_load(qp + (size_t)o * ATT_QB + 4 * VF_WIDTH), t;
+                    Q8_ROWS(ATTQ_DOT)
+                }
+                Q8_ROWS(ATTQ_SCORE)
+            }
+            if (j->causal && kb0 + bk - 1 > q0)
+                for (int jj = 0; jj < bk; jj++)
+                    for (int i = 0; i < ATT_QB; i++)
+                        if (kb0 + jj > q0 + i) st[(size_t)jj * ATT_QB + i] = -INFINITY;
+            vfloat n0 = m0, n1 = m1, e[8];
+            for (int jj = 0; jj < bk; jj++) {
+                n0 = vf_max(n0, vf_load(st + (size_t)jj * ATT_QB));
+                n1 = vf_max(n1, vf_load(st + (size_t)jj * ATT_QB + VF_WIDTH));
+            }
+            /* the weights 127·2^(s - max), four keys to a packed group, and their sums */
+            vint p0 = vi_zero(), p1 = vi_zero();
+            for (int jj = 0; jj < bk4; jj += 4) {
+                for (int t = 0; t < 4; t++) {
+                    const float *sr = st + (size_t)(jj + t) * ATT_QB;
+                    e[2 * t] = jj + t < bk ? vf_mul(vf_exp2(vf_sub(vf_load(sr), n0)), vf_set1(127.0f)) : vf_zero();
+                    e[2 * t + 1] = jj + t < bk ? vf_mul(vf_exp2(vf_sub(vf_load(sr + VF_WIDTH), n1)), vf_set1(127.0f)) : vf_zero();
+                }
+                vi_store(pp + (size_t)jj * ATT_QB, vq_pack4(e[0], e[2], e[4], e[6], &p0));
+                vi_store(pp + (size_t)jj * ATT_QB + 4 * VF_WIDTH, vq_pack4(e[1], e[3], e[5], e[7], &p1));
+            }
+            vfloat al0 = vf_exp2(vf_sub(m0, n0)), al1 = vf_exp2(vf_sub(m1, n1)), w0 = vi_to_vf(p0), w1 = vi_to_vf(p1);
+            vfloat pc0 = vf_mul(w0, vf_set1(-(float)Q8_OFFSET)), pc1 = vf_mul(w1, vf_set1(-(float)Q8_OFFSET));
+            l0 = vf_fma(l0, al0, w0);
+            l1 = vf_fma(l1, al1, w1);
+            m0 = n0;
+            m1 = n1;
+            /* ot = ot·alpha + (channel scale)·Σ_j v[j][c]·p[j][i], Q8_MR channels at a time */
+            for (int c0 = 0; c0 < d; c0 += Q8_MR) {
+                Q8_ROWS(ATTQ_DECL)
+#define ATTQ_CHANNEL(r) a##r = vt + (size_t)(c0 + r < d ? c0 + r : c0) * L->nk4 + kb0;
+                Q8_ROWS(ATTQ_CHANNEL)
+#undef ATTQ_CHANNEL
+                for (int o = 0; o < bk4; o += 4) {
+                    vbytes b0 = vb_load(pp + (size_t)o * ATT_QB), b1 = vb_load(pp + (size_t)o * ATT_QB + 4 * VF_WIDTH), t;
+                    Q8_ROWS(ATTQ_DOT)
+                }
+                Q8_ROWS(ATTQ_OUT)
+            }
+        }
+        vf_store(qs, vf_div(vf_set1(1.0f), l0));
+        vf_store(qs + VF_WIDTH, vf_div(vf_set1(1.0f), l1));
+        for (int i = 0; i < nq; i++) {
+            float *o = j->out + ((size_t)b * j->Nq + q0 + i) * j->ldo + (size_t)h * d;
+            for (int c = 0; c < d; c++) o[c] = nk > 0 ? ot[(size_t)c * ATT_QB + i] * qs[i] : 0.0f;
+        }
+    }
+#undef ATTQ_DECL
+#undef ATTQ_DOT
+#undef ATTQ_SCORE
+#undef ATTQ_OUT
+}
+
 static void attention(sd_pool *pool, float *out, int ldo, const float *q, int ldq, const float *k,
                       int ldk, const float *v, int ldv, int B, int Nq, int Nk, int heads, int d,
                       int causal)
@@ -4844,6 +5026,16 @@ static void attention(sd_pool *pool, float *out, int ldo, const float *q, int ld
     j.pool = pool; j.out = out; j.q = q; j.k = k; j.v = v;
     j.ldo = ldo; j.ldq = ldq; j.ldk = ldk; j.ldv = ldv; j.Nq = Nq; j.Nk = Nk; j.heads = heads; j.d = d;
     j.causal = causal; j.qblocks = (Nq + ATT_QB - 1) / ATT_QB;
+    if (pool->quant == SD_QUANT_FAST && d <= ATTQ_MAX_D) {
+        j.L = attq_plan(d, Nk);
+        if (j.L.bytes <= pool->scratch_floats * sizeof(float)) {
+            /* one task per head, or runs of query blocks where heads are fewer than 2 per thread */
+            int heads_all = B * heads, runs = (2 * pool->threads + heads_all - 1) / heads_all;
+            j.qrun = (j.qblocks + (runs < j.qblocks ? runs : j.qblocks) - 1) / (runs < j.qblocks ? runs : j.qblocks);
+            pool_run(pool, attention_q8_task, &j, heads_all * ((j.qblocks + j.qrun - 1) / j.qrun));
+            return;
+        }
+    }
     pool_run(pool, attention_task, &j, B * heads * j.qblocks);
 }
 

@@ -2673,7 +2673,9 @@ static void test_kernels_attention(sd_pool *pool)
     static const int shapes[][6] = {
         {1, 1, 1, 1, 1, 0}, {2, 17, 77, 3, 40, 0}, {1, 65, 63, 2, 17, 1}, {1, 200, 200, 1, 64, 1},
         {1, 33, 300, 2, 8, 0}, {2, 40, 3, 1, 80, 0}, {1, 129, 130, 1, 3, 1}, {1, 7, 129, 8, 5, 0},
+        {1, 40, 1101, 2, 40, 0}, {2, 33, 77, 2, 160, 0}, {1, 300, 300, 3, 64, 1}, {1, 5, 40, 1, ATTQ_MAX_D + 4, 0},
     };
+    double worst = 0;
     for (int si = 0; si < (int)(sizeof shapes / sizeof shapes[0]); si++) {
         const int *S = shapes[si];
         int B = S[0], Nq = S[1], Nk = S[2], heads = S[3], d = S[4], causal = S[5];
@@ -2687,8 +2689,26 @@ static void test_kernels_attention(sd_pool *pool)
         char what[128];
         snprintf(what, sizeof what, "attention B=%d Nq=%d Nk=%d heads=%d d=%d causal=%d", B, Nq, Nk, heads, d, causal);
         kt_close(what, o, ref, (size_t)B * Nq * ldo, 1e-5);
-        free(q); free(k); free(v); free(o); free(ref);
+        /* the fast mode: int8 products, within a bound of the exact result (measured worst 0.034:
+           a causal query that sees few keys, whose small softmax weights round to multiples of
+           1/127 of the largest); heads wider than ATTQ_MAX_D stay float32, to the bit */
+        float *f = (float *)malloc((size_t)B * Nq * ldo * sizeof(float)), md = 0, mr = 0;
+        for (size_t i = 0; i < (size_t)B * Nq * ldo; i++) f[i] = (float)ref[i];   /* the gaps as in o */
+        sd_pool_set_quant(pool, SD_QUANT_FAST);
+        attention(pool, f, ldo, q, ldq, k, ldk, v, ldv, B, Nq, Nk, heads, d, causal);
+        sd_pool_set_quant(pool, SD_QUANT_EXACT);
+        for (size_t i = 0; i < (size_t)B * Nq * ldo; i++) {
+            md = fabsf(f[i] - (float)ref[i]) > md ? fabsf(f[i] - (float)ref[i]) : md;
+            mr = fabsf((float)ref[i]) > mr ? fabsf((float)ref[i]) : mr;
+        }
+        if (d > ATTQ_MAX_D)
+            CHECK(!memcmp(f, o, (size_t)B * Nq * ldo * sizeof(float)), "fast %s: a head wider than %d differs from the float32 path", what, ATTQ_MAX_D);
+        else
+            CHECK(md <= 0.05f * mr, "fast %s: max|fast - exact| / max|exact| = %.4f > 0.05", what, md / mr);
+        worst = md / mr > worst ? md / mr : worst;
+        free(q); free(k); free(v); free(o); free(f); free(ref);
     }
+    printf("  fast attention: worst max|fast - exact| / max|exact| %.4f\n", worst);
 }
 
 static void test_kernels_norms(sd_pool *pool)
@@ -2894,7 +2914,7 @@ static void test_kernels_threads(void)
     size_t ny = (size_t)M * N, nc = (size_t)B * H * W * Cout, na = (size_t)Nq * heads * d, ng = (size_t)HW * C;
     sd_tensor qw = kt_tensor(SD_F16, N, 640, 0, 0, 1.0f), qcw = kt_tensor(SD_F16, Cout, 64, 3, 3, 1.0f);
     float *qx = kt_floats((size_t)M * 640, 1.0f), *qcx = kt_floats((size_t)B * H * W * 64, 1.0f);
-    size_t total = ny + nc + 2 * na + ng + 2 * (size_t)((H + 1) / 2) * ((W + 1) / 2) * Cout + ny + ny + nc;
+    size_t total = ny + nc + 2 * na + ng + 2 * (size_t)((H + 1) / 2) * ((W + 1) / 2) * Cout + ny + ny + nc + 2 * na;
     /* zeroed: the second stride-2 conv (pad 0, 1) leaves the end of its share unwritten */
     float *first = (float *)calloc(total, sizeof(float)), *out = (float *)calloc(total, sizeof(float));
     for (int threads = 1; threads <= 4; threads++) {
@@ -2908,13 +2928,15 @@ static void test_kernels_threads(void)
         groupnorm(&p->pool, o + ny + nc + 2 * na, gx, 1, HW, C, 32, &cb, &b, 1e-6f, 1);
         conv2d(&p->pool, o + ny + nc + 2 * na + ng, cx, B, H, W, Cin, &cw, NULL, Cout, 3, 2, 1, 1);
         conv2d(&p->pool, o + ny + nc + 2 * na + ng + (size_t)Ho * Wo * Cout, cx, B, H, W, Cin, &cw, &cb, Cout, 3, 2, 0, 1);
-        float *fast = o + total - ny - nc, *tail = fast - ny;
+        float *fast = o + total - ny - nc - 2 * na, *tail = fast - ny;
         memcpy(tail, o, ny * sizeof(float));
         matmul(&p->pool, tail, N, x, K, M, N, K, &w, NULL, 1);
         matmul(&p->pool, tail, N, x, K, 20, N, K, &w, &b, 1);   /* few rows: dot products */
         sd_pool_set_quant(&p->pool, SD_QUANT_FAST);   /* and the int8 products */
         matmul(&p->pool, fast, N, qx, 640, M, N, 640, &qw, &b, 0);
         conv2d(&p->pool, fast + ny, qcx, B, H, W, 64, &qcw, &cb, Cout, 3, 1, 1, 1);
+        attention(&p->pool, fast + ny + nc, hd, qkv, 3 * hd, qkv + hd, 3 * hd, qkv + 2 * hd, 3 * hd, 1, Nq, Nq, heads, d, 0);
+        attention(&p->pool, fast + ny + nc + na, hd, qkv, 3 * hd, qkv + hd, 3 * hd, qkv + 2 * hd, 3 * hd, 1, Nq, Nq, heads, d, 1);
         if (threads > 1)
             CHECK(memcmp(first, out, total * sizeof(float)) == 0, "kernels with %d threads differ from 1 thread", threads);
         kt_pool_free(p);
