@@ -4738,7 +4738,7 @@ static void nhwc_to_nchw(sd_pool *pool, float *y, const float *x, int B, int C, 
 #define ATT_BK 128
 
 /* The fast mode's scratch (attq_plan, below). */
-typedef struct attq_layout { size_t qp, qs, qc, ot, st, pp, kq, ks, vt, vs, bytes; int dp, nk4, nkb; } attq_layout;
+typedef struct attq_layout { size_t qt, qp, qs, ot, st, pp, row, kq, ks, vq, vs, bytes; int dp, dv, nk4, nkb; } attq_layout;
 
 typedef struct attention_job {
     sd_pool *pool;
@@ -4845,10 +4845,11 @@ static void attention_task(void *arg, int task, int thread)
    of ATT_BK keys (max|x|/127, as q8_0); the softmax weights e = 2^(s - running max), within
    (0, 1], become round(127·e), and their integer sum is the softmax's denominator, so an
    output stays a weighted mean of dequantized values. A task is one batch item, head and run
-   of query blocks: it first quantizes its head's keys (rows of dp bytes, d rounded up to 4)
-   and values (transposed: a row of keys per channel) into its scratch. A head whose keys and
-   values do not fit there, or wider than ATTQ_MAX_D (whose int32 sums might not convert to
-   float exactly), takes the float32 path. */
+   of query blocks: it first quantizes its head's keys (a row of dp bytes each, d rounded up to
+   4) and values (groups of 4 keys: the 4 bytes of channel c of keys 4g..4g+3 together, as
+   vi_dot4 reads them) into its scratch. A head whose keys and values do not fit there, or
+   wider than ATTQ_MAX_D (whose int32 sums might not convert to float exactly), takes the
+   float32 path. */
 #define ATTQ_MAX_D 256
 
 /* Where each part of a task's scratch starts (bytes, 64-aligned) and the bytes in all. */
@@ -4857,39 +4858,24 @@ static attq_layout attq_plan(int d, int Nk)
     attq_layout L;
     size_t o = 0;
     L.dp = (d + 3) & ~3;
+    L.dv = (d + VF_WIDTH - 1) / VF_WIDTH * VF_WIDTH;
     L.nk4 = (Nk + 3) & ~3;
     L.nkb = (Nk + ATT_BK - 1) / ATT_BK;
 #define ATTQ_PART(f, n) L.f = o; o += ((size_t)(n) + 63) & ~(size_t)63;
-    ATTQ_PART(qp, (size_t)L.dp * ATT_QB)                  /* the block's queries, packed for vi_dot4 */
-    ATTQ_PART(qs, ATT_QB * sizeof(float))                 /* their scales x the softmax factor */
-    ATTQ_PART(qc, ATT_QB * sizeof(float))                 /* -Q8_OFFSET x the sum of their bytes */
+    ATTQ_PART(qt, (size_t)L.dp * ATT_QB * sizeof(float))  /* the block's queries, transposed */
+    ATTQ_PART(qp, (size_t)L.dp * ATT_QB)                  /* and packed for vi_dot4 */
+    ATTQ_PART(qs, 2 * ATT_QB * sizeof(float))             /* their scales x the softmax factor, -Q8_OFFSET x their sums */
     ATTQ_PART(ot, (size_t)d * ATT_QB * sizeof(float))     /* the output, transposed */
     ATTQ_PART(st, (size_t)ATT_BK * ATT_QB * sizeof(float))   /* scores of a block of keys */
     ATTQ_PART(pp, (size_t)ATT_BK * ATT_QB)                /* their softmax weights, packed */
-    ATTQ_PART(kq, (size_t)Nk * L.dp)                      /* the head's keys, a row each */
+    ATTQ_PART(row, (size_t)4 * L.dv * sizeof(float))      /* 4 key or value rows, zero-padded */
+    ATTQ_PART(kq, (size_t)Nk * L.dp)                      /* the head's keys */
     ATTQ_PART(ks, (size_t)Nk * sizeof(float))
-    ATTQ_PART(vt, (size_t)d * L.nk4)                      /* its values, a row per channel */
-    ATTQ_PART(vs, (size_t)d * L.nkb * sizeof(float))
+    ATTQ_PART(vq, (size_t)L.nk4 * L.dv)                   /* its values */
+    ATTQ_PART(vs, (size_t)L.nkb * L.dv * sizeof(float))
 #undef ATTQ_PART
     L.bytes = o;
     return L;
-}
-
-/* n values x[0], x[step], ... as int8 bytes q[0], q[qstep], ... (XOR mask) with one scale
-   max|x|/127, which is returned; *sum gets the sum of the int8 values. */
-static float attq_quantize(const float *x, size_t step, int n, unsigned char *q, size_t qstep, int mask, int *sum)
-{
-    float amax = Q8_TINY, id;
-    int s = 0;
-    for (int i = 0; i < n; i++) amax = fabsf(x[(size_t)i * step]) > amax ? fabsf(x[(size_t)i * step]) : amax;
-    id = 127.0f / amax;
-    for (int i = 0; i < n; i++) {
-        int32_t v = vq_round(x[(size_t)i * step] * id);
-        s += v;
-        q[(size_t)i * qstep] = (unsigned char)((v & 0xff) ^ mask);
-    }
-    *sum = s;
-    return amax / 127.0f;
 }
 
 static void attention_q8_task(void *arg, int task, int thread)
@@ -4897,29 +4883,58 @@ static void attention_q8_task(void *arg, int task, int thread)
     const attention_job *j = (const attention_job *)arg;
     const attq_layout *L = &j->L;
     int runs = (j->qblocks + j->qrun - 1) / j->qrun, run = task % runs, h = task / runs % j->heads, b = task / runs / j->heads;
-    int d = j->d, dp = L->dp, qb1 = (run + 1) * j->qrun < j->qblocks ? (run + 1) * j->qrun : j->qblocks, sum;
+    int d = j->d, dp = L->dp, dv = L->dv, qb1 = (run + 1) * j->qrun < j->qblocks ? (run + 1) * j->qrun : j->qblocks;
     /* the keys the run's queries see (whole blocks of them: a value scale must not depend on the run) */
     int last = (qb1 * ATT_QB + ATT_BK - 1) / ATT_BK * ATT_BK, nkeys = j->causal && last < j->Nk ? last : j->Nk;
     unsigned char *base = (unsigned char *)j->pool->scratch[thread];
-    unsigned char *qp = base + L->qp, *pp = base + L->pp, *kq = base + L->kq, *vt = base + L->vt, qrow[ATTQ_MAX_D];
-    float *qs = (float *)(void *)(base + L->qs), *qc = (float *)(void *)(base + L->qc), *ot = (float *)(void *)(base + L->ot);
+    unsigned char *qp = base + L->qp, *pp = base + L->pp, *kq = base + L->kq, *vq = base + L->vq;
+    float *qt = (float *)(void *)(base + L->qt), *qs = (float *)(void *)(base + L->qs), *ot = (float *)(void *)(base + L->ot);
     float *st = (float *)(void *)(base + L->st), *ks = (float *)(void *)(base + L->ks), *vs = (float *)(void *)(base + L->vs);
+    float *row = (float *)(void *)(base + L->row);
     const float *kbase = j->k + (size_t)b * j->Nk * j->ldk + (size_t)h * d;
     const float *vbase = j->v + (size_t)b * j->Nk * j->ldv + (size_t)h * d;
     float sc = 1.4426950408889634f / sqrtf((float)d);
-    /* those keys and their values, quantized */
+    vint sum = vi_zero();
+    memset(row, 0, (size_t)4 * dv * sizeof(float));
+    /* those keys, a scale each */
     for (int t = 0; t < nkeys; t++) {
-        ks[t] = attq_quantize(kbase + (size_t)t * j->ldk, 1, d, kq + (size_t)t * dp, 1, Q8_OFFSET, &sum);
-        memset(kq + (size_t)t * dp + d, Q8_OFFSET, (size_t)(dp - d));
+        unsigned char bytes[ATTQ_MAX_D];
+        vfloat m = vf_set1(Q8_TINY);
+        memcpy(row, kbase + (size_t)t * j->ldk, (size_t)d * sizeof(float));
+        for (int c = 0; c < dv; c += VF_WIDTH) m = vf_max(m, vf_abs(vf_load(row + c)));
+        float amax = vf_hmax(m);
+        for (int c = 0; c < dv; c += VF_WIDTH) vq_store(bytes + c, vf_mul(vf_load(row + c), vf_set1(127.0f / amax)), Q8_OFFSET);
+        memcpy(kq + (size_t)t * dp, bytes, (size_t)dp);
+        ks[t] = amax / 127.0f;
     }
+    /* and their values, a scale per channel and block of keys, stored plus Q8_OFFSET */
     for (int k0 = 0; k0 < nkeys; k0 += ATT_BK) {
-        int bk = nkeys - k0 < ATT_BK ? nkeys - k0 : ATT_BK, bk4 = (bk + 3) & ~3;
-        for (int c = 0; c < d; c++) {
-            unsigned char *row = vt + (size_t)c * L->nk4 + k0;
-            vs[(size_t)c * L->nkb + k0 / ATT_BK] = attq_quantize(vbase + (size_t)k0 * j->ldv + c, (size_t)j->ldv, bk, row, 1, Q8_OFFSET, &sum);
-            memset(row + bk, Q8_OFFSET, (size_t)(bk4 - bk));
+        int bk = nkeys - k0 < ATT_BK ? nkeys - k0 : ATT_BK;
+        float *scale = vs + (size_t)(k0 / ATT_BK) * dv;
+        for (int c = 0; c < dv; c += VF_WIDTH) {
+            vfloat m = vf_set1(Q8_TINY);
+            for (int t = 0; t < bk && c < d; t++) {
+                const float *v = vbase + (size_t)(k0 + t) * j->ldv + c;
+                if (c + VF_WIDTH <= d) m = vf_max(m, vf_abs(vf_load(v)));
+                else { memcpy(row + c, v, (size_t)(d - c) * sizeof(float)); m = vf_max(m, vf_abs(vf_load(row + c))); }   /* zeros past d */
+            }
+            vf_store(scale + c, m);
         }
+        for (int t = 0; t < bk; t += 4) {
+            for (int r = 0; r < 4; r++) {
+                if (t + r < bk) memcpy(row + (size_t)r * dv, vbase + (size_t)(k0 + t + r) * j->ldv, (size_t)d * sizeof(float));
+                else memset(row + (size_t)r * dv, 0, (size_t)d * sizeof(float));
+            }
+            for (int c = 0; c < dv; c += VF_WIDTH) {
+                vfloat id = vf_div(vf_set1(127.0f), vf_load(scale + c)), off = vf_set1((float)Q8_OFFSET);
+                vi_store(vq + (size_t)(k0 + t) * dv + (size_t)c * 4,
+                         vq_pack4(vf_fma(vf_load(row + c), id, off), vf_fma(vf_load(row + dv + c), id, off),
+                                  vf_fma(vf_load(row + 2 * dv + c), id, off), vf_fma(vf_load(row + 3 * dv + c), id, off), &sum));
+            }
+        }
+        for (int c = 0; c < dv; c += VF_WIDTH) vf_store(scale + c, vf_mul(vf_load(scale + c), vf_set1(1.0f / 127.0f)));
     }
+    memset(row, 0, (size_t)4 * dv * sizeof(float));
 #define ATTQ_DECL(r) const unsigned char *a##r; vint s##r##0 = vi_zero(), s##r##1 = vi_zero();
 #define ATTQ_DOT(r) t = vb_bcast4(a##r + o); s##r##0 = vi_dot4(s##r##0, t, b0); s##r##1 = vi_dot4(s##r##1, t, b1);
 #define ATTQ_SCORE(r)                                                                                     \
@@ -4931,24 +4946,40 @@ static void attention_q8_task(void *arg, int task, int thread)
 #define ATTQ_OUT(r)                                                                                       \
     if (c0 + r < d) {                                                                                     \
         float *o_ = ot + (size_t)(c0 + r) * ATT_QB;                                                      \
-        vfloat x = vf_set1(vs[(size_t)(c0 + r) * L->nkb + kb0 / ATT_BK]);                                 \
-        vf_store(o_, vf_fma(vf_add(vi_to_vf(s##r##0), pc0), x, vf_mul(vf_load(o_), al0)));                 \
+        vfloat x = vf_set1(vs[(size_t)(kb0 / ATT_BK) * dv + c0 + r]);                                     \
+        vf_store(o_, vf_fma(vf_add(vi_to_vf(s##r##0), pc0), x, vf_mul(vf_load(o_), al0)));                \
         vf_store(o_ + VF_WIDTH, vf_fma(vf_add(vi_to_vf(s##r##1), pc1), x, vf_mul(vf_load(o_ + VF_WIDTH), al1))); \
     }
     for (int qb = run * j->qrun; qb < qb1; qb++) {
         int q0 = qb * ATT_QB, nq = j->Nq - q0 < ATT_QB ? j->Nq - q0 : ATT_QB;
         int nk = j->causal && q0 + nq < j->Nk ? q0 + nq : j->Nk;   /* keys any query of the block sees */
-        /* the block's queries: byte c of query i at (c/4)·4·ATT_QB + 4i + c%4, as vi_dot4 reads them */
-        memset(qp, 0, (size_t)dp * ATT_QB);
-        for (int i = 0; i < ATT_QB; i++) {
-            qs[i] = qc[i] = 0.0f;
-            if (i >= nq) continue;
-            qs[i] = sc * attq_quantize(j->q + ((size_t)b * j->Nq + q0 + i) * j->ldq + (size_t)h * d, 1, d, qrow, 1, 0, &sum);
-            qc[i] = (float)(-Q8_OFFSET * sum);
-            for (int c = 0; c < d; c++) qp[(size_t)(c / 4) * 4 * ATT_QB + 4 * i + c % 4] = qrow[c];
+        /* the block's queries, transposed, then quantized with a scale per query (a lane) and
+           packed: byte c of query i at (c/4)·4·ATT_QB + 4i + c%4, as vi_dot4 reads them */
+        for (int c = 0; c < dp; c++)
+            for (int i = 0; i < ATT_QB; i++)
+                qt[(size_t)c * ATT_QB + i] = i < nq && c < d ? j->q[((size_t)b * j->Nq + q0 + i) * j->ldq + (size_t)h * d + c] : 0.0f;
+        vfloat qs0 = vf_set1(Q8_TINY), qs1 = qs0, qc0, qc1;
+        for (int c = 0; c < dp; c++) {
+            qs0 = vf_max(qs0, vf_abs(vf_load(qt + (size_t)c * ATT_QB)));
+            qs1 = vf_max(qs1, vf_abs(vf_load(qt + (size_t)c * ATT_QB + VF_WIDTH)));
+        }
+        {
+            vfloat id0 = vf_div(vf_set1(127.0f), qs0), id1 = vf_div(vf_set1(127.0f), qs1);
+            vint n0 = vi_zero(), n1 = vi_zero();
+            for (int c = 0; c < dp; c += 4) {
+                const float *x = qt + (size_t)c * ATT_QB;
+                vi_store(qp + (size_t)c * ATT_QB, vq_pack4(vf_mul(vf_load(x), id0), vf_mul(vf_load(x + ATT_QB), id0),
+                                                            vf_mul(vf_load(x + 2 * ATT_QB), id0), vf_mul(vf_load(x + 3 * ATT_QB), id0), &n0));
+                vi_store(qp + (size_t)c * ATT_QB + 4 * VF_WIDTH,
+                         vq_pack4(vf_mul(vf_load(x + VF_WIDTH), id1), vf_mul(vf_load(x + ATT_QB + VF_WIDTH), id1),
+                                  vf_mul(vf_load(x + 2 * ATT_QB + VF_WIDTH), id1), vf_mul(vf_load(x + 3 * ATT_QB + VF_WIDTH), id1), &n1));
+            }
+            qs0 = vf_mul(qs0, vf_set1(sc / 127.0f));
+            qs1 = vf_mul(qs1, vf_set1(sc / 127.0f));
+            qc0 = vf_mul(vi_to_vf(n0), vf_set1(-(float)Q8_OFFSET));
+            qc1 = vf_mul(vi_to_vf(n1), vf_set1(-(float)Q8_OFFSET));
         }
         memset(ot, 0, (size_t)d * ATT_QB * sizeof(float));
-        vfloat qs0 = vf_load(qs), qs1 = vf_load(qs + VF_WIDTH), qc0 = vf_load(qc), qc1 = vf_load(qc + VF_WIDTH);
         vfloat m0 = vf_set1(-INFINITY), m1 = m0, l0 = vf_zero(), l1 = vf_zero();
         for (int kb0 = 0; kb0 < nk; kb0 += ATT_BK) {
             int bk = nk - kb0 < ATT_BK ? nk - kb0 : ATT_BK, bk4 = (bk + 3) & ~3;
@@ -4993,11 +5024,11 @@ static void attention_q8_task(void *arg, int task, int thread)
             /* ot = ot·alpha + (channel scale)·Σ_j v[j][c]·p[j][i], Q8_MR channels at a time */
             for (int c0 = 0; c0 < d; c0 += Q8_MR) {
                 Q8_ROWS(ATTQ_DECL)
-#define ATTQ_CHANNEL(r) a##r = vt + (size_t)(c0 + r < d ? c0 + r : c0) * L->nk4 + kb0;
+#define ATTQ_CHANNEL(r) a##r = vq + (size_t)kb0 * dv + (size_t)(c0 + r < d ? c0 + r : c0) * 4;
                 Q8_ROWS(ATTQ_CHANNEL)
 #undef ATTQ_CHANNEL
-                for (int o = 0; o < bk4; o += 4) {
-                    vbytes b0 = vb_load(pp + (size_t)o * ATT_QB), b1 = vb_load(pp + (size_t)o * ATT_QB + 4 * VF_WIDTH), t;
+                for (int g = 0, o = 0; g < bk4; g += 4, o += 4 * dv) {
+                    vbytes b0 = vb_load(pp + (size_t)g * ATT_QB), b1 = vb_load(pp + (size_t)g * ATT_QB + 4 * VF_WIDTH), t;
                     Q8_ROWS(ATTQ_DOT)
                 }
                 Q8_ROWS(ATTQ_OUT)
