@@ -221,8 +221,10 @@ SD_API void sd_pool_destroy(sd_pool *pool);
    they are, q4_0 and q5_0 exactly, other types requantized), then sum int8 products in int32
    per block and the blocks in float, as ggml's q8_0 x q8_0 dot product does: about 3x faster
    with AVX-512 VNNI, and an error of the order of q8_0's own (README, "Quantized weights").
-   Attention's softmax(QKᵀ)V, the norms and the time embeddings stay float32. Deterministic
-   for any thread count either way. Memory: the same (the thread's scratch). */
+   Attention's QKᵀ and PV go int8 too (a scale per query, per key and per value channel over
+   128 keys; softmax weights rounded to multiples of 1/127 of the largest), where a head's keys
+   and values fit the thread's scratch; the norms and the time embeddings stay float32.
+   Deterministic for any thread count either way. Memory: the same (the thread's scratch). */
 enum { SD_QUANT_EXACT = 0, SD_QUANT_FAST = 1 };
 SD_API void sd_pool_set_quant(sd_pool *pool, int mode);
 
@@ -2962,11 +2964,6 @@ static inline vfloat vf_gelu(vfloat x)
    byte may be -128, whose magnitude is 128 unsigned: a pair stays within 2·128·127); NEON's
    sdot is signed x signed; SSE2 and plain C widen to 16 and 32 bits. Without VNNI an int8
    product is no faster than a float FMA: those paths exist for correctness, not speed. */
-static inline int32_t vq_round(float x)   /* half to even; NaN as 0, clamped to int8 (an int cast must not overflow) */
-{
-    float r = nearbyintf(x);
-    return r > 127.0f ? 127 : r < -128.0f ? -128 : r == r ? (int32_t)r : 0;
-}
 #if defined(__AVX512F__) && defined(__AVX512VNNI__) && !defined(SD_NO_SIMD)
 #define Q8_OFFSET 128
 #define Q8_MR 8
@@ -3060,6 +3057,11 @@ static inline vint vi_dot4(vint acc, vbytes a, vbytes b)
     return acc;
 }
 static inline vfloat vi_to_vf(vint v) { vfloat r; VF_LANES(r, (float)v.v[l_]); return r; }
+static inline int32_t vq_round(float x)   /* half to even; NaN as 0, clamped to int8 (an int cast must not overflow) */
+{
+    float r = nearbyintf(x);
+    return r > 127.0f ? 127 : r < -128.0f ? -128 : r == r ? (int32_t)r : 0;
+}
 #endif
 
 /* The largest lane. */
