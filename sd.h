@@ -3908,6 +3908,9 @@ static void gemm_dot_task(void *arg, int task, int thread)
 #else
 #define Q8_ROWS(X) X(0) X(1) X(2) X(3)
 #endif
+/* Row i's 4 bytes at a_i + o broadcast and multiplied with the two vectors of a panel's group
+   (b0, b1) into row i's int32 sums s_i0, s_i1: the step of the int8 micro-kernels. */
+#define Q8_DOT(i) t = vb_bcast4(a##i + o); s##i##0 = vi_dot4(s##i##0, t, b0); s##i##1 = vi_dot4(s##i##1, t, b1);
 
 /* Packs columns n0..n0+nc of the weight's K chunk (as pack_weights: len channels x taps from
    source value src0) into GEMM_NR-column panels of Q8_PANEL_BLOCK blocks. Each panel is packed
@@ -3996,7 +3999,6 @@ static void q8_tile(const unsigned char *const *a, const float *const *as, int n
 #define Q8_DECL(i) vint s##i##0, s##i##1; const unsigned char *a##i;
 #define Q8_PTR(i) a##i = a[seg * Q8_MR + i];
 #define Q8_START(i) s##i##0 = z0; s##i##1 = z1;
-#define Q8_DOT(i) t = vb_bcast4(a##i + o); s##i##0 = vi_dot4(s##i##0, t, b0); s##i##1 = vi_dot4(s##i##1, t, b1);
 #define Q8_GROUP(g) { vbytes b0 = vb_load(bp + 8 * GEMM_NR + g * 4 * GEMM_NR), t;                      \
                       vbytes b1 = vb_load(bp + 8 * GEMM_NR + g * 4 * GEMM_NR + 4 * VF_WIDTH);          \
                       Q8_ROWS(Q8_DOT) o += 4; }
@@ -4025,7 +4027,6 @@ static void q8_tile(const unsigned char *const *a, const float *const *as, int n
 #undef Q8_DECL
 #undef Q8_PTR
 #undef Q8_START
-#undef Q8_DOT
 #undef Q8_GROUP
 #undef Q8_SUM
 }
@@ -4740,7 +4741,7 @@ static void nhwc_to_nchw(sd_pool *pool, float *y, const float *x, int B, int C, 
 #define ATT_BK 128
 
 /* The fast mode's scratch (attq_plan, below). */
-typedef struct attq_layout { size_t qt, qp, qs, ot, st, pp, row, kq, ks, vq, vs, bytes; int dp, dv, nk4, nkb; } attq_layout;
+typedef struct attq_layout { size_t qt, qp, li, ot, st, pp, row, kq, ks, vq, vs, bytes; int dp, dv, nk4, nkb; } attq_layout;
 
 typedef struct attention_job {
     sd_pool *pool;
@@ -4786,6 +4787,28 @@ static void attention_pv(float *ot, int d, const float *v, int ldv, const float 
     }
 }
 
+/* Causal attention: the scores st of a block of bk keys from kb0 (ATT_QB queries from q0 along
+   the lanes) of keys after their query set to -inf. */
+static void attention_mask(const attention_job *j, float *st, int kb0, int bk, int q0)
+{
+    if (j->causal && kb0 + bk - 1 > q0)
+        for (int jj = 0; jj < bk; jj++)
+            for (int i = 0; i < ATT_QB; i++)
+                if (kb0 + jj > q0 + i) st[(size_t)jj * ATT_QB + i] = -INFINITY;
+}
+
+/* Output rows q0..q0+nq-1 of batch item b, head h: the transposed sums ot over the softmax
+   denominators l0, l1 (through li, ATT_QB floats); zeros where the queries saw no key. */
+static void attention_store(const attention_job *j, int b, int h, int q0, int nq, int nk, const float *ot, vfloat l0, vfloat l1, float *li)
+{
+    vf_store(li, vf_div(vf_set1(1.0f), l0));
+    vf_store(li + VF_WIDTH, vf_div(vf_set1(1.0f), l1));
+    for (int i = 0; i < nq; i++) {
+        float *o = j->out + ((size_t)b * j->Nq + q0 + i) * j->ldo + (size_t)h * j->d;
+        for (int c = 0; c < j->d; c++) o[c] = nk > 0 ? ot[(size_t)c * ATT_QB + i] * li[i] : 0.0f;
+    }
+}
+
 static void attention_task(void *arg, int task, int thread)
 {
     const attention_job *j = (const attention_job *)arg;
@@ -4809,10 +4832,7 @@ static void attention_task(void *arg, int task, int thread)
             for (int r = 0; r < GEMM_MR; r++) rows[r] = kbase + (size_t)(kb0 + jt + (jt + r < bk ? r : 0)) * j->ldk;
             gemm_tile(rows, 1, d, qt, st + (size_t)jt * ATT_QB, ATT_QB, GEMM_MR, ATT_QB, 0, NULL);
         }
-        if (j->causal && kb0 + bk - 1 > q0)
-            for (int jj = 0; jj < bk; jj++)
-                for (int i = 0; i < ATT_QB; i++)
-                    if (kb0 + jj > q0 + i) st[(size_t)jj * ATT_QB + i] = -INFINITY;
+        attention_mask(j, st, kb0, bk, q0);
         vfloat n0 = m0, n1 = m1, s0 = vf_zero(), s1 = vf_zero();
         for (int jj = 0; jj < bk; jj++) {
             n0 = vf_max(n0, vf_load(st + (size_t)jj * ATT_QB));
@@ -4833,12 +4853,7 @@ static void attention_task(void *arg, int task, int thread)
         m1 = n1;
         attention_pv(ot, d, vbase + (size_t)kb0 * j->ldv, j->ldv, st, bk, a0, a1);
     }
-    vf_store(lrow, vf_div(vf_set1(1.0f), l0));
-    vf_store(lrow + VF_WIDTH, vf_div(vf_set1(1.0f), l1));
-    for (int i = 0; i < nq; i++) {
-        float *o = j->out + ((size_t)b * j->Nq + q0 + i) * j->ldo + (size_t)h * d;
-        for (int c = 0; c < d; c++) o[c] = nk > 0 ? ot[(size_t)c * ATT_QB + i] * lrow[i] : 0.0f;
-    }
+    attention_store(j, b, h, q0, nq, nk, ot, l0, l1, lrow);
 }
 
 /* Fast-mode attention (a pool set to SD_QUANT_FAST): the same flash-style loop with both of
@@ -4866,7 +4881,7 @@ static attq_layout attq_plan(int d, int Nk)
 #define ATTQ_PART(f, n) L.f = o; o += ((size_t)(n) + 63) & ~(size_t)63;
     ATTQ_PART(qt, (size_t)L.dp * ATT_QB * sizeof(float))  /* the block's queries, transposed */
     ATTQ_PART(qp, (size_t)L.dp * ATT_QB)                  /* and packed for vi_dot4 */
-    ATTQ_PART(qs, 2 * ATT_QB * sizeof(float))             /* their scales x the softmax factor, -Q8_OFFSET x their sums */
+    ATTQ_PART(li, ATT_QB * sizeof(float))                 /* 1 / their softmax denominators */
     ATTQ_PART(ot, (size_t)d * ATT_QB * sizeof(float))     /* the output, transposed */
     ATTQ_PART(st, (size_t)ATT_BK * ATT_QB * sizeof(float))   /* scores of a block of keys */
     ATTQ_PART(pp, (size_t)ATT_BK * ATT_QB)                /* their softmax weights, packed */
@@ -4890,13 +4905,13 @@ static void attention_q8_task(void *arg, int task, int thread)
     int last = (qb1 * ATT_QB + ATT_BK - 1) / ATT_BK * ATT_BK, nkeys = j->causal && last < j->Nk ? last : j->Nk;
     unsigned char *base = (unsigned char *)j->pool->scratch[thread];
     unsigned char *qp = base + L->qp, *pp = base + L->pp, *kq = base + L->kq, *vq = base + L->vq;
-    float *qt = (float *)(void *)(base + L->qt), *qs = (float *)(void *)(base + L->qs), *ot = (float *)(void *)(base + L->ot);
+    float *qt = (float *)(void *)(base + L->qt), *li = (float *)(void *)(base + L->li), *ot = (float *)(void *)(base + L->ot);
     float *st = (float *)(void *)(base + L->st), *ks = (float *)(void *)(base + L->ks), *vs = (float *)(void *)(base + L->vs);
     float *row = (float *)(void *)(base + L->row);
     const float *kbase = j->k + (size_t)b * j->Nk * j->ldk + (size_t)h * d;
     const float *vbase = j->v + (size_t)b * j->Nk * j->ldv + (size_t)h * d;
     float sc = 1.4426950408889634f / sqrtf((float)d);
-    vint sum = vi_zero();
+    vint sum = vi_zero();   /* vq_pack4's sums of the values' bytes, not needed */
     memset(row, 0, (size_t)4 * dv * sizeof(float));
     /* those keys, a scale each */
     for (int t = 0; t < nkeys; t++) {
@@ -4936,9 +4951,7 @@ static void attention_q8_task(void *arg, int task, int thread)
         }
         for (int c = 0; c < dv; c += VF_WIDTH) vf_store(scale + c, vf_mul(vf_load(scale + c), vf_set1(1.0f / 127.0f)));
     }
-    memset(row, 0, (size_t)4 * dv * sizeof(float));
 #define ATTQ_DECL(r) const unsigned char *a##r; vint s##r##0 = vi_zero(), s##r##1 = vi_zero();
-#define ATTQ_DOT(r) t = vb_bcast4(a##r + o); s##r##0 = vi_dot4(s##r##0, t, b0); s##r##1 = vi_dot4(s##r##1, t, b1);
 #define ATTQ_SCORE(r)                                                                                     \
     if (jt + r < bk) {                                                                                    \
         vfloat x = vf_set1(ks[kb0 + jt + r]);                                                             \
@@ -4993,14 +5006,11 @@ static void attention_q8_task(void *arg, int task, int thread)
 #undef ATTQ_KEY
                 for (int o = 0; o < dp; o += 4) {
                     vbytes b0 = vb_load(qp + (size_t)o * ATT_QB), b1 = vb_load(qp + (size_t)o * ATT_QB + 4 * VF_WIDTH), t;
-                    Q8_ROWS(ATTQ_DOT)
+                    Q8_ROWS(Q8_DOT)
                 }
                 Q8_ROWS(ATTQ_SCORE)
             }
-            if (j->causal && kb0 + bk - 1 > q0)
-                for (int jj = 0; jj < bk; jj++)
-                    for (int i = 0; i < ATT_QB; i++)
-                        if (kb0 + jj > q0 + i) st[(size_t)jj * ATT_QB + i] = -INFINITY;
+            attention_mask(j, st, kb0, bk, q0);
             vfloat n0 = m0, n1 = m1, e[8];
             for (int jj = 0; jj < bk; jj++) {
                 n0 = vf_max(n0, vf_load(st + (size_t)jj * ATT_QB));
@@ -5031,20 +5041,14 @@ static void attention_q8_task(void *arg, int task, int thread)
 #undef ATTQ_CHANNEL
                 for (int g = 0, o = 0; g < bk4; g += 4, o += 4 * dv) {
                     vbytes b0 = vb_load(pp + (size_t)g * ATT_QB), b1 = vb_load(pp + (size_t)g * ATT_QB + 4 * VF_WIDTH), t;
-                    Q8_ROWS(ATTQ_DOT)
+                    Q8_ROWS(Q8_DOT)
                 }
                 Q8_ROWS(ATTQ_OUT)
             }
         }
-        vf_store(qs, vf_div(vf_set1(1.0f), l0));
-        vf_store(qs + VF_WIDTH, vf_div(vf_set1(1.0f), l1));
-        for (int i = 0; i < nq; i++) {
-            float *o = j->out + ((size_t)b * j->Nq + q0 + i) * j->ldo + (size_t)h * d;
-            for (int c = 0; c < d; c++) o[c] = nk > 0 ? ot[(size_t)c * ATT_QB + i] * qs[i] : 0.0f;
-        }
+        attention_store(j, b, h, q0, nq, nk, ot, l0, l1, li);
     }
 #undef ATTQ_DECL
-#undef ATTQ_DOT
 #undef ATTQ_SCORE
 #undef ATTQ_OUT
 }
@@ -5064,7 +5068,8 @@ static void attention(sd_pool *pool, float *out, int ldo, const float *q, int ld
         if (j.L.bytes <= pool->scratch_floats * sizeof(float)) {
             /* one task per head, or runs of query blocks where heads are fewer than 2 per thread */
             int heads_all = B * heads, runs = (2 * pool->threads + heads_all - 1) / heads_all;
-            j.qrun = (j.qblocks + (runs < j.qblocks ? runs : j.qblocks) - 1) / (runs < j.qblocks ? runs : j.qblocks);
+            if (runs > j.qblocks) runs = j.qblocks;
+            j.qrun = (j.qblocks + runs - 1) / runs;
             pool_run(pool, attention_q8_task, &j, heads_all * ((j.qblocks + j.qrun - 1) / j.qrun));
             return;
         }
