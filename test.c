@@ -3072,7 +3072,7 @@ static void test_kernels_blocks(sd_pool *pool)
             if (memcmp(y, yf, (size_t)M * N * sizeof(float))) { ok = 0; printf("  matmul M=%d with a %s weight differs from its f32 copy\n", M, sd_dtype_name(w.dtype)); }
             free(x); free(y); free(yf);
         }
-        {   /* as a 3x3 conv [N, K/9, 3, 3] on the deep path (conv2d_rows: K in one block, longer than GEMM_KC_MAX) */
+        {   /* as a 3x3 conv [N, K/9, 3, 3] (conv2d_rows: K blocks of 1152 values, longer than the GEMM_PIECE dequantized at a time) */
             int Cin = K / 9, H = 4, W = 5;
             float *x = kt_floats((size_t)H * W * Cin, 1.0f), *y = (float *)malloc((size_t)H * W * N * sizeof(float)), *yf = (float *)malloc((size_t)H * W * N * sizeof(float));
             sd_tensor wc = w, fc = f;
@@ -3081,13 +3081,13 @@ static void test_kernels_blocks(sd_pool *pool)
             wc.shape[2] = wc.shape[3] = fc.shape[2] = fc.shape[3] = 3;
             conv2d_rows(pool, y, N, x, 0, H, W, Cin, &wc, NULL, N, 3, 1, 1, 0, H, W, 0);
             conv2d_rows(pool, yf, N, x, 0, H, W, Cin, &fc, NULL, N, 3, 1, 1, 0, H, W, 0);
-            if (memcmp(y, yf, (size_t)H * W * N * sizeof(float))) { ok = 0; printf("  deep conv with a %s weight differs from its f32 copy\n", sd_dtype_name(w.dtype)); }
+            if (memcmp(y, yf, (size_t)H * W * N * sizeof(float))) { ok = 0; printf("  conv with a %s weight differs from its f32 copy\n", sd_dtype_name(w.dtype)); }
             free(x); free(y); free(yf);
         }
         free(bytes);
         free(values);
     }
-    CHECK(ok, "matmul and deep conv with block-typed weights = with their f32 values, bit for bit");
+    CHECK(ok, "matmul and conv with block-typed weights = with their f32 values, bit for bit");
 }
 
 
