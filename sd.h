@@ -3233,6 +3233,9 @@ static void block_ints(sd_dtype t, const unsigned char *b, signed char *q)
 }
 
 /* A block's fp16 scale: one instruction with F16C, else sd_f16_to_f32. */
+#if defined(__F16C__) && !defined(SD_NO_SIMD)
+#include <immintrin.h>   /* (the SSE2 path's CPUs may have F16C: Ivy Bridge, Jaguar) */
+#endif
 static inline float f16_fast(const unsigned char *p)
 {
 #if defined(__F16C__) && !defined(SD_NO_SIMD)
