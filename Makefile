@@ -12,7 +12,7 @@ GOLDEN  ?= ../shared/golden
 MERGES   = weights/merges.txt
 MERGES_URL = https://huggingface.co/openai/clip-vit-large-patch14/resolve/main/merges.txt
 # every SIMD path this machine can run, each a build of the kernel tests: name=flags
-PATHS    = avx512:-mavx512f avx2:-mavx2\ -mfma\ -mf16c sse2: scalar:-DSD_NO_SIMD nothreads:-march=native\ -DSD_NO_THREADS
+PATHS    = avx512:-mavx512f avx2:-mavx2\ -mfma\ -mf16c sse2: f16c:-mf16c scalar:-DSD_NO_SIMD nothreads:-march=native\ -DSD_NO_THREADS
 
 .PHONY: all run testbin bench-bin test test-run test-subsets test-download test-paths test-neon check-nm check-cxx tsan fuzz bench clean
 all: example testbin bench-bin
@@ -65,7 +65,7 @@ check-cxx: sd.h
 # The kernels once per SIMD path this CPU can run (its /proc/cpuinfo flags), under the sanitizers.
 test-paths: test.c sd.h
 	@for p in $(PATHS); do name=$${p%%:*}; flags=$${p#*:}; \
-	  case $$name in avx512) need="avx512f";; avx2) need="avx2 fma f16c";; *) need="";; esac; \
+	  case $$name in avx512) need="avx512f";; avx2) need="avx2 fma f16c";; f16c) need="f16c";; *) need="";; esac; \
 	  for f in $$need; do grep -qw $$f /proc/cpuinfo || { echo "note: no $$f here, the $$name path is not tested"; continue 2; }; done; \
 	  $(CC) $(WARN) -Werror $(SAN) $$flags -D_DEFAULT_SOURCE -o test-$$name test.c $(LIBS) || exit 1; \
 	  ./test-$$name --kernels | tee -a $(LOG) | tail -1 || exit 1; done
