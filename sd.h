@@ -3827,7 +3827,7 @@ static void gemm_plan(gemm_job *j, int threads) { gemm_plan_costs(j, threads, GE
    chunk of DOT_KC values of K at a time (the chunk of the 4 weight rows is converted to f32
    first; a convolution's input is gathered into the chunk's im2col rows, which for so few
    rows is cheap). Tasks split N only. */
-#define DOT_MAX_M 8              /* measured (EPYC, 2 threads): dot products win up to ~8 rows, packing above */
+#define DOT_MAX_M 8              /* measured (EPYC, 2 threads, AVX-512 and AVX2): dot products win up to ~8 rows, packing from 12 */
 #define DOT_KC 2304              /* 256 channels x 9 taps */
 #if (defined(__AVX512F__) || defined(__aarch64__)) && !defined(SD_NO_SIMD)
 #define DOT_MG 4
