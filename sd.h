@@ -3685,14 +3685,9 @@ static void pack_weights(float *bp, const sd_tensor *w, int64_t row_len, int n0,
                         r[i] = i < rows ? pack_load((const unsigned char *)src, dt, ns) : vf_zero();
                     }
                 vf_transpose(r);
-                if (ns == VF_WIDTH) {   /* (unrolled: r stays in registers) */
-                    VF_UNROLL
-                    for (int c = 0; c < VF_WIDTH; c++) {
-                        vf_store(dst + (size_t)(tap * len + ch) * GEMM_NR, r[c]);
-                        if (++tap == taps) tap = 0, ch++;
-                    }
-                } else
-                    for (int c = 0; c < ns; c++) {
+                VF_UNROLL   /* (r stays in registers) */
+                for (int c = 0; c < VF_WIDTH; c++)
+                    if (c < ns) {
                         vf_store(dst + (size_t)(tap * len + ch) * GEMM_NR, r[c]);
                         if (++tap == taps) tap = 0, ch++;
                     }
