@@ -3664,10 +3664,7 @@ static void pack_weights(float *bp, const sd_tensor *w, int64_t row_len, int n0,
             float *dst = bp + (size_t)p * kb * GEMM_NR + g;
             int rows = nc - p * GEMM_NR - g, piece = 0;
             int64_t first = (int64_t)(n0 + p * GEMM_NR + g) * row_len + src0;
-            for (int i = 0; fast && i < VF_WIDTH && i < rows - VF_WIDTH; i++) {   /* the next rows, from memory, while these pack */
-                const char *next = (const char *)w->data + (size_t)(first + (int64_t)(VF_WIDTH + i) * row_len) * es;
-                for (size_t o = 0; o < (size_t)kb * es; o += 64) prefetch_l2(next + o);
-            }
+            int ahead = fast ? (rows - VF_WIDTH < VF_WIDTH ? rows - VF_WIDTH : VF_WIDTH) : 0;   /* rows of the next group */
             for (int s0 = 0, tap = 0, ch = 0; s0 < kb; s0 += VF_WIDTH) {   /* source s0 is channel ch of tap `tap` */
                 int ns = kb - s0 < VF_WIDTH ? kb - s0 : VF_WIDTH;
                 vfloat r[VF_WIDTH];
@@ -3676,6 +3673,9 @@ static void pack_weights(float *bp, const sd_tensor *w, int64_t row_len, int n0,
                     for (int i = 0; i < VF_WIDTH && i < rows; i++)
                         tensor_floats(rowbuf + (size_t)i * GEMM_PIECE, w, (size_t)(first + (int64_t)i * row_len + s0), piece);
                 }
+                if (s0 * es % 64 == 0)   /* the next group's rows from memory, a line each as these go (a burst of
+                                            them all at the start stalled: 2-3% of a deep GEMM) */
+                    for (int i = 0; i < ahead; i++) prefetch_l2((const char *)w->data + (size_t)(first + (int64_t)(VF_WIDTH + i) * row_len + s0) * es);
                 if (fast && ns == VF_WIDTH && rows >= VF_WIDTH)
                     pack_load_rows(r, (const unsigned char *)w->data + (size_t)(first + s0) * es, (size_t)row_len * es, dt);
                 else
