@@ -3147,7 +3147,8 @@ static inline vfloat vf_from_i8(const signed char *p)
 }
 
 /* The few int32 operations the weight packing needs: vi_round converts to int32 (nearest, half
-   to even), vi_byte(v, s) puts the low byte of each lane at bit s. */
+   to even), vi_byte(v, s) puts the low byte of each lane at bit s, vi_load2 loads a vector's
+   two halves from two places (int8 rows' values beside their blocks' scales). */
 #if defined(__AVX512F__) && !defined(SD_NO_SIMD)
 static inline vint vi_zero(void) { return _mm512_setzero_si512(); }
 static inline void vi_store(void *p, vint v) { _mm512_storeu_si512(p, v); }
@@ -3155,6 +3156,12 @@ static inline vint vi_round(vfloat v) { return _mm512_cvtps_epi32(v); }
 static inline vint vi_add(vint a, vint b) { return _mm512_add_epi32(a, b); }
 static inline vint vi_or(vint a, vint b) { return _mm512_or_si512(a, b); }
 static inline vint vi_byte(vint v, int s) { return _mm512_sll_epi32(_mm512_and_si512(v, _mm512_set1_epi32(255)), _mm_cvtsi32_si128(s)); }
+#define VI_TO_VF(v) _mm512_castsi512_ps(v)   /* the bits as they are */
+#define VF_TO_VI(v) _mm512_castps_si512(v)
+static inline vint vi_load2(const void *lo, const void *hi)
+{
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)lo)), _mm256_loadu_si256((const __m256i *)hi), 1);
+}
 #elif defined(__AVX2__) && defined(__FMA__) && !defined(SD_NO_SIMD)
 static inline vint vi_zero(void) { return _mm256_setzero_si256(); }
 static inline void vi_store(void *p, vint v) { _mm256_storeu_si256((__m256i *)p, v); }
@@ -3162,6 +3169,12 @@ static inline vint vi_round(vfloat v) { return _mm256_cvtps_epi32(v); }
 static inline vint vi_add(vint a, vint b) { return _mm256_add_epi32(a, b); }
 static inline vint vi_or(vint a, vint b) { return _mm256_or_si256(a, b); }
 static inline vint vi_byte(vint v, int s) { return _mm256_sll_epi32(_mm256_and_si256(v, _mm256_set1_epi32(255)), _mm_cvtsi32_si128(s)); }
+#define VI_TO_VF(v) _mm256_castsi256_ps(v)   /* the bits as they are */
+#define VF_TO_VI(v) _mm256_castps_si256(v)
+static inline vint vi_load2(const void *lo, const void *hi)
+{
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)lo)), _mm_loadu_si128((const __m128i *)hi), 1);
+}
 #elif defined(__aarch64__) && defined(__ARM_NEON) && !defined(SD_NO_SIMD)
 static inline vint vi_zero(void) { return vdupq_n_s32(0); }
 static inline void vi_store(void *p, vint v) { vst1q_s32((int32_t *)p, v); }
@@ -3169,6 +3182,12 @@ static inline vint vi_round(vfloat v) { return vcvtnq_s32_f32(v); }
 static inline vint vi_add(vint a, vint b) { return vaddq_s32(a, b); }
 static inline vint vi_or(vint a, vint b) { return vorrq_s32(a, b); }
 static inline vint vi_byte(vint v, int s) { return vshlq_s32(vandq_s32(v, vdupq_n_s32(255)), vdupq_n_s32(s)); }
+#define VI_TO_VF(v) vreinterpretq_f32_s32(v)   /* the bits as they are */
+#define VF_TO_VI(v) vreinterpretq_s32_f32(v)
+static inline vint vi_load2(const void *lo, const void *hi)
+{
+    return vreinterpretq_s32_u8(vcombine_u8(vld1_u8((const uint8_t *)lo), vld1_u8((const uint8_t *)hi)));
+}
 #elif defined(__SSE2__) && !defined(SD_NO_SIMD)
 static inline vint vi_zero(void) { return _mm_setzero_si128(); }
 static inline void vi_store(void *p, vint v) { _mm_storeu_si128((__m128i *)p, v); }
@@ -3176,6 +3195,9 @@ static inline vint vi_round(vfloat v) { return _mm_cvtps_epi32(v); }
 static inline vint vi_add(vint a, vint b) { return _mm_add_epi32(a, b); }
 static inline vint vi_or(vint a, vint b) { return _mm_or_si128(a, b); }
 static inline vint vi_byte(vint v, int s) { return _mm_sll_epi32(_mm_and_si128(v, _mm_set1_epi32(255)), _mm_cvtsi32_si128(s)); }
+#define VI_TO_VF(v) _mm_castsi128_ps(v)   /* the bits as they are */
+#define VF_TO_VI(v) _mm_castps_si128(v)
+static inline vint vi_load2(const void *lo, const void *hi) { return _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)lo), _mm_loadl_epi64((const __m128i *)hi)); }
 #else
 static inline vint vi_zero(void) { vint r; memset(r.v, 0, sizeof r.v); return r; }
 static inline void vi_store(void *p, vint v) { memcpy(p, v.v, sizeof v.v); }
@@ -3183,7 +3205,32 @@ static inline vint vi_round(vfloat v) { vint r; for (int l = 0; l < VF_WIDTH; l+
 static inline vint vi_add(vint a, vint b) { for (int l = 0; l < VF_WIDTH; l++) a.v[l] += b.v[l]; return a; }
 static inline vint vi_or(vint a, vint b) { for (int l = 0; l < VF_WIDTH; l++) a.v[l] = (int32_t)((uint32_t)a.v[l] | (uint32_t)b.v[l]); return a; }
 static inline vint vi_byte(vint v, int s) { for (int l = 0; l < VF_WIDTH; l++) v.v[l] = (int32_t)(((uint32_t)v.v[l] & 255u) << s); return v; }
+static inline vint vi_load2(const void *lo, const void *hi)
+{
+    vint r;
+    memcpy(r.v, lo, sizeof r.v / 2);
+    memcpy(r.v + VF_WIDTH / 2, hi, sizeof r.v / 2);
+    return r;
+}
 #endif
+
+/* r[i] lane j <-> r[j] lane i for int32 lanes (4 int8 weights each, the packing of quantized
+   rows): the vector paths move the bits through vf_transpose; plain C swaps integers (copying
+   them as floats could change a NaN's bits). */
+static inline void vi_transpose(vint *r)
+{
+#ifdef VI_TO_VF
+    vfloat f[VF_WIDTH];
+    VF_UNROLL
+    for (int i = 0; i < VF_WIDTH; i++) f[i] = VI_TO_VF(r[i]);
+    vf_transpose(f);
+    VF_UNROLL
+    for (int i = 0; i < VF_WIDTH; i++) r[i] = VF_TO_VI(f[i]);
+#else
+    for (int i = 0; i < VF_WIDTH; i++)
+        for (int j = i + 1; j < VF_WIDTH; j++) { int32_t t = r[i].v[j]; r[i].v[j] = r[j].v[i]; r[j].v[i] = t; }
+#endif
+}
 
 /* Four vectors of whole numbers within int8 (k, k+1, k+2, k+3 of VF_WIDTH weight columns) as the
    int8 groups of vi_dot4: lane j gets the bytes of lane j of a, b, c, d, lowest first. Their
@@ -3976,29 +4023,60 @@ static void pack_q8(unsigned char *bp, const sd_tensor *w, int64_t row_len, int 
     SD_ASSERT(kb <= Q8_KC_MAX && len % Q8_BLOCK == 0 && step > 0);
     for (int p = 0; p < panels; p++) {
         int cols = nc - p * GEMM_NR < GEMM_NR ? nc - p * GEMM_NR : GEMM_NR;
-        if (own) {   /* their integers and scales as they are, interleaved 4 values at a time */
-            for (int c = 0; c < GEMM_NR; c++) {
-                if (p * GEMM_NR + c + 8 < nc) {   /* the chunk of the row 8 ahead, from memory, while these go */
-                    const char *next = (const char *)w->data + dtype_bytes(t, (uint64_t)((n0 + p * GEMM_NR + c + 8) * row_len + src0));
-                    for (size_t o = 0; o < dtype_bytes(t, (uint64_t)kb); o += 64) prefetch_l2(next + o);
+        if (own) {   /* their integers and scales as they are: VF_WIDTH columns' next 4·VF_WIDTH values at a
+                        time, transposed in groups of 4 (vi_transpose) */
+            const unsigned char *data = (const unsigned char *)w->data, *zero = (const unsigned char *)zero_row;
+            size_t bsz = dtype_info[t].size;
+            int half = 2 * VF_WIDTH, stride = (kb + 2 * half - 1) / (2 * half) * 2 * half;   /* half a vector's values lie in one block */
+            signed char *ints = (signed char *)rowbuf;   /* q4_0 and q5_0 rows' integers, `stride` apart */
+            SD_ASSERT(stride <= GEMM_PIECE * (int)sizeof(float));   /* VF_WIDTH of them fit rowbuf */
+            for (int v = 0; v < GEMM_NR; v += VF_WIDTH) {
+                const unsigned char *row[VF_WIDTH], *next[VF_WIDTH];   /* this group's rows, the next group's */
+                int col = p * GEMM_NR + v;
+                for (int i = 0; i < VF_WIDTH; i++) {
+                    row[i] = col + i < nc ? data + dtype_bytes(t, (uint64_t)((n0 + col + i) * row_len + src0)) : NULL;
+                    next[i] = col + VF_WIDTH + i < nc ? data + dtype_bytes(t, (uint64_t)((n0 + col + VF_WIDTH + i) * row_len + src0)) : NULL;
                 }
-                const unsigned char *row = c < cols ? (const unsigned char *)w->data +
-                                           dtype_bytes(t, (uint64_t)((n0 + p * GEMM_NR + c) * row_len + src0)) : NULL;
-                for (int k = 0; k < nb; k++) {
-                    unsigned char *pb = bp + ((size_t)p * nb + k) * Q8_PANEL_BLOCK;
-                    signed char q[32];
-                    float d = 0.0f;
-                    int32_t start = 0;
-                    if (row) {   /* block k of the row: whole blocks, so k times the block's bytes on */
-                        const unsigned char *b = row + (size_t)k * dtype_info[t].size;
-                        if (t == SD_Q8_0) memcpy(q, b + 2, 32);
-                        else block_ints(t, b, q);
-                        d = f16_fast(b);
-                    } else memset(q, 0, sizeof q);
-                    for (int e = 0; Q8_OFFSET && e < Q8_BLOCK; e++) start -= Q8_OFFSET * (int32_t)q[e];
-                    memcpy(pb + 4 * c, &start, 4);
-                    memcpy(pb + 4 * GEMM_NR + 4 * c, &d, 4);
-                    for (int g = 0; g < Q8_BLOCK / 4; g++) memcpy(pb + 8 * GEMM_NR + (size_t)g * 4 * GEMM_NR + 4 * c, q + 4 * g, 4);
+                for (int i = 0; t != SD_Q8_0 && i < VF_WIDTH; i++) {   /* decoded first: a vector loads no fresh stores */
+                    memset(ints + (size_t)i * stride, 0, (size_t)stride);
+                    for (int k = 0; row[i] && k < nb; k++) block_ints(t, row[i] + (size_t)k * bsz, ints + (size_t)i * stride + k * Q8_BLOCK);
+                }
+                vint sum = vi_zero();
+                for (int e0 = 0; e0 < kb; e0 += 2 * half) {
+                    vint r[VF_WIDTH];
+                    for (int i = 0; i < VF_WIDTH; i++) {
+                        const unsigned char *lo = zero, *hi = zero;
+                        if (next[i]) {   /* the next group's row from memory, as this one goes */
+                            const unsigned char *f = next[i] + (size_t)(e0 / Q8_BLOCK) * bsz;
+                            prefetch_l2(f);
+                            prefetch_l2(f + 63);
+                        }
+                        if (t != SD_Q8_0) lo = (const unsigned char *)ints + (size_t)i * stride + e0, hi = lo + half;
+                        else if (row[i]) {   /* values e0.. and e0 + half.. after their blocks' 2-byte scales */
+                            lo = row[i] + (size_t)(e0 / Q8_BLOCK) * bsz + 2 + e0 % Q8_BLOCK;
+                            if (e0 + half < kb) hi = row[i] + (size_t)((e0 + half) / Q8_BLOCK) * bsz + 2 + (e0 + half) % Q8_BLOCK;
+                        }
+                        r[i] = vi_load2(lo, hi);
+                    }
+                    vi_transpose(r);   /* r[g] lane i: values e0 + 4g.. of column col + i */
+                    for (int g = 0; g < VF_WIDTH && e0 + 4 * g < kb; g++) {
+                        int k = (e0 + 4 * g) / Q8_BLOCK, kg = (e0 + 4 * g) % Q8_BLOCK / 4;
+                        unsigned char *pb = bp + ((size_t)p * nb + k) * Q8_PANEL_BLOCK, *dst = pb + 8 * GEMM_NR + (size_t)kg * 4 * GEMM_NR + 4 * v;
+                        vi_store(dst, r[g]);
+                        if (Q8_OFFSET) sum = vi_dot4(sum, vb_bcast4((const unsigned char *)"\1\1\1\1"), vb_load(dst));
+                        if (kg == Q8_BLOCK / 4 - 1) {   /* block k done: its columns' starts and scales */
+                            int32_t st[VF_WIDTH];
+                            float d[VF_WIDTH];
+                            vi_store(st, sum);
+                            sum = vi_zero();
+                            for (int i = 0; i < VF_WIDTH; i++) {
+                                st[i] *= -Q8_OFFSET;
+                                d[i] = row[i] ? f16_fast(row[i] + (size_t)k * bsz) : 0.0f;
+                            }
+                            memcpy(pb + 4 * v, st, sizeof st);
+                            memcpy(pb + 4 * GEMM_NR + 4 * v, d, sizeof d);
+                        }
+                    }
                 }
             }
             continue;
