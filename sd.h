@@ -3635,27 +3635,38 @@ static inline void tile_store_row(float *c, vfloat v0, vfloat v1, int nr, int mo
    The K axis is nseg segments of len values; a[s·GEMM_MR + i] points at row i's values for
    segment s, and bp holds nseg·len packed rows of GEMM_NR. Only rows < mr and columns < nr
    are stored (the others compute on duplicated or zero data); bias (if not NULL) is added; mode:
-   TILE_LOAD, TILE_RELU. */
-static void gemm_tile(const float *const *a, int nseg, int len, const float *bp, float *c, int ldc,
-                      int mr, int nr, int mode, const float *bias)
-{
+   TILE_LOAD, TILE_RELU. It is written once for a list of rows, ROWS, and made for GEMM_MR rows
+   and for the last tile's 4 or 8 (M = 256 = 21·12 + 4 would otherwise compute 8 rows for nothing). */
 #define TILE_DECL(i) vfloat c##i##0 = vf_zero(), c##i##1 = vf_zero();
 #define TILE_PTR(i) const float *a##i = a[i];
 #define TILE_FMA(i) t = vf_set1(a##i[k]); c##i##0 = vf_fma(t, b0, c##i##0); c##i##1 = vf_fma(t, b1, c##i##1);
 #define TILE_STORE(i) if (i < mr) tile_store_row(c + (size_t)i * ldc, c##i##0, c##i##1, nr, mode, bias);
-    GEMM_ROWS(TILE_DECL)
-    for (int s = 0; s < nseg; s++, a += GEMM_MR) {
-        GEMM_ROWS(TILE_PTR)
-        for (int k = 0; k < len; k++, bp += GEMM_NR) {
-            vfloat b0 = vf_load(bp), b1 = vf_load(bp + VF_WIDTH), t;
-            GEMM_ROWS(TILE_FMA)
-        }
+#define GEMM_TILE(name, ROWS)                                                                             \
+    static void name(const float *const *a, int nseg, int len, const float *bp, float *c, int ldc,       \
+                     int mr, int nr, int mode, const float *bias)                                         \
+    {                                                                                                     \
+        ROWS(TILE_DECL)                                                                                   \
+        for (int s = 0; s < nseg; s++, a += GEMM_MR) {                                                    \
+            ROWS(TILE_PTR)                                                                                \
+            for (int k = 0; k < len; k++, bp += GEMM_NR) {                                                \
+                vfloat b0 = vf_load(bp), b1 = vf_load(bp + VF_WIDTH), t;                                  \
+                ROWS(TILE_FMA)                                                                            \
+            }                                                                                             \
+        }                                                                                                 \
+        ROWS(TILE_STORE)                                                                                  \
     }
-    GEMM_ROWS(TILE_STORE)
-#undef TILE_DECL
-#undef TILE_PTR
-#undef TILE_FMA
-#undef TILE_STORE
+#define TILE_ROWS4(X) X(0) X(1) X(2) X(3)
+#define TILE_ROWS8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+GEMM_TILE(gemm_tile_mr, GEMM_ROWS)
+GEMM_TILE(gemm_tile4, TILE_ROWS4)
+GEMM_TILE(gemm_tile8, TILE_ROWS8)
+
+static void gemm_tile(const float *const *a, int nseg, int len, const float *bp, float *c, int ldc,
+                      int mr, int nr, int mode, const float *bias)
+{
+    if (GEMM_MR > 4 && mr <= 4) gemm_tile4(a, nseg, len, bp, c, ldc, mr, nr, mode, bias);
+    else if (GEMM_MR > 8 && mr <= 8) gemm_tile8(a, nseg, len, bp, c, ldc, mr, nr, mode, bias);
+    else gemm_tile_mr(a, nseg, len, bp, c, ldc, mr, nr, mode, bias);
 }
 
 #if defined(__GNUC__) || defined(__clang__)
