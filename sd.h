@@ -2588,11 +2588,15 @@ static sd_tensor tensor_rows(const sd_tensor *t, int64_t r0, int64_t n)
 #endif
 
 /* Loops over a vector's lanes or a tile's registers are unrolled so their arrays stay in
-   registers (gcc -O2 does not unroll them by itself). */
+   registers (gcc -O2 does not unroll them by itself), and the transposes that take such arrays
+   are always inlined (called from a few places, gcc stops inlining them, and the array goes
+   through memory). */
 #if defined(__GNUC__) || defined(__clang__)
 #define VF_UNROLL _Pragma("GCC unroll 16")
+#define VF_INLINE static inline __attribute__((always_inline))
 #else
 #define VF_UNROLL
+#define VF_INLINE static inline
 #endif
 
 #if !defined(SD_NO_SIMD) && defined(__AVX512F__)
@@ -2814,7 +2818,7 @@ static inline void vf_store_n(float *p, vfloat v, int n)
 
 /* r[i] lane j <-> r[j] lane i: a VF_WIDTH x VF_WIDTH transpose in registers (weight packing). */
 #if defined(__AVX512F__) && !defined(SD_NO_SIMD)
-static inline void vf_transpose(vfloat *r)
+VF_INLINE void vf_transpose(vfloat *r)
 {
     __m512 t[16];
     VF_UNROLL
@@ -2845,7 +2849,7 @@ static inline void vf_transpose(vfloat *r)
     for (int i = 0; i < 16; i++) r[i] = t[i];
 }
 #elif defined(__AVX2__) && defined(__FMA__) && !defined(SD_NO_SIMD)
-static inline void vf_transpose(vfloat *r)
+VF_INLINE void vf_transpose(vfloat *r)
 {
     __m256 t[8], u[8];
     VF_UNROLL
@@ -2867,7 +2871,7 @@ static inline void vf_transpose(vfloat *r)
     }
 }
 #elif defined(__aarch64__) && defined(__ARM_NEON) && !defined(SD_NO_SIMD)
-static inline void vf_transpose(vfloat *r)
+VF_INLINE void vf_transpose(vfloat *r)
 {
     float32x4x2_t p = vtrnq_f32(r[0], r[1]), q = vtrnq_f32(r[2], r[3]);
     r[0] = vcombine_f32(vget_low_f32(p.val[0]), vget_low_f32(q.val[0]));
@@ -2876,9 +2880,9 @@ static inline void vf_transpose(vfloat *r)
     r[3] = vcombine_f32(vget_high_f32(p.val[1]), vget_high_f32(q.val[1]));
 }
 #elif defined(__SSE2__) && !defined(SD_NO_SIMD)
-static inline void vf_transpose(vfloat *r) { _MM_TRANSPOSE4_PS(r[0], r[1], r[2], r[3]); }
+VF_INLINE void vf_transpose(vfloat *r) { _MM_TRANSPOSE4_PS(r[0], r[1], r[2], r[3]); }
 #else
-static inline void vf_transpose(vfloat *r)
+VF_INLINE void vf_transpose(vfloat *r)
 {
     VF_UNROLL
     for (int i = 0; i < 4; i++)
@@ -3217,7 +3221,7 @@ static inline vint vi_load2(const void *lo, const void *hi)
 /* r[i] lane j <-> r[j] lane i for int32 lanes (4 int8 weights each, the packing of quantized
    rows): the vector paths move the bits through vf_transpose; plain C swaps integers (copying
    them as floats could change a NaN's bits). */
-static inline void vi_transpose(vint *r)
+VF_INLINE void vi_transpose(vint *r)
 {
 #ifdef VI_TO_VF
     vfloat f[VF_WIDTH];
