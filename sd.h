@@ -4257,9 +4257,15 @@ static void gemm_q8_task(void *arg, int task, int thread)
                     m1 = m2, lo = l2, hi = h2;
                 }
                 for (int r = lo; r < hi; r++)
-                    for (int k = 0; k < nblk; k++)
-                        bd[(size_t)(r - lo) * nblk + k] = q8_quantize(j->x + (size_t)r * stride + c0 + k * Q8_BLOCK,
-                                                                      bq + (size_t)(r - lo) * len + k * Q8_BLOCK, Q8_OFFSET);
+                    for (int k = 0; k < nblk; k++) {
+                        const float *src = j->x + (size_t)r * stride + c0 + k * Q8_BLOCK;
+                        if (r + 2 < hi) {   /* the block two rows on, from memory (a matmul's rows are far apart:
+                                               M=8192 N=320 K=1280 ran 3-4% faster) */
+                            prefetch_l2(src + 2 * stride);
+                            prefetch_l2(src + 2 * stride + Q8_BLOCK - 1);
+                        }
+                        bd[(size_t)(r - lo) * nblk + k] = q8_quantize(src, bq + (size_t)(r - lo) * len + k * Q8_BLOCK, Q8_OFFSET);
+                    }
                 for (int m = m0; m < m1; m += Q8_MR) {
                     int mr = m1 - m < Q8_MR ? m1 - m : Q8_MR;
                     for (int i = 0; i < Q8_MR; i++) {   /* rows past mr repeat row m */
