@@ -3704,16 +3704,31 @@ static inline void pack_load_rows(vfloat *r, const unsigned char *p, size_t stri
     }
 }
 
+/* The next VF_WIDTH values of VF_WIDTH q8_0 rows, `stride` bytes apart, from value `off` of the
+   block at b on, as f32: q·d, as dequant_row_fast computes them. */
+static inline void pack_load_rows_q8(vfloat *r, const unsigned char *b, size_t stride, int off)
+{
+    VF_UNROLL
+    for (int i = 0; i < VF_WIDTH; i++, b += stride) r[i] = vf_mul(vf_from_i8((const signed char *)b + 2 + off), vf_set1(f16_fast(b)));
+}
+
+/* The byte where value e of a weight lies (its block's first, for a block type). */
+static inline const unsigned char *weight_at(const sd_tensor *w, int64_t e)
+{
+    return (const unsigned char *)w->data + (size_t)(e / dtype_info[w->dtype].block) * dtype_info[w->dtype].size;
+}
+
 /* Packs columns n0..n0+nc of the weight's K block into GEMM_NR-wide k-major panels:
    bp[panel][k][j] = w[n0 + panel·NR + j][src0 + s] where the block's source values s run over
    `len` channels x `taps` taps (PyTorch's [Cout, Cin, kh, kw] order) and the packed k puts the
    taps outermost (k = tap·len + channel), matching the micro-kernel's segments. It goes
    VF_WIDTH weight rows x VF_WIDTH values at a time: converted as loaded, transposed in
    registers, stored as VF_WIDTH packed k-rows (several times faster than a scalar scatter,
-   which matters when few rows of x share each packed block). Other types (GGUF's blocks, F64)
-   have their VF_WIDTH rows' values converted into `rowbuf` first, GEMM_PIECE of each row at a
-   time (VF_WIDTH x GEMM_PIECE floats; a block is longer), which are then packed as f32:
-   the same floats the f32 weight would give. */
+   which matters when few rows of x share each packed block). q8_0 rows whose values line up
+   with VF_WIDTH are converted as loaded too. Other types (GGUF's blocks, F64) have their
+   VF_WIDTH rows' values converted into `rowbuf` first, GEMM_PIECE of each row at a time
+   (VF_WIDTH x GEMM_PIECE floats; a block is longer), which are then packed as f32: the same
+   floats the f32 weight would give. */
 static void pack_weights(float *bp, const sd_tensor *w, int64_t row_len, int n0, int nc, int64_t src0,
                          int len, int taps, float *rowbuf)
 {
@@ -3726,20 +3741,28 @@ static void pack_weights(float *bp, const sd_tensor *w, int64_t row_len, int n0,
             float *dst = bp + (size_t)p * kb * GEMM_NR + g;
             int rows = nc - p * GEMM_NR - g, piece = 0;
             int64_t first = (int64_t)(n0 + p * GEMM_NR + g) * row_len + src0;
-            int ahead = fast ? (rows - VF_WIDTH < VF_WIDTH ? rows - VF_WIDTH : VF_WIDTH) : 0;   /* rows of the next group */
+            int q8 = w->dtype == SD_Q8_0 && rows >= VF_WIDTH && row_len % Q8_BLOCK == 0 && first % VF_WIDTH == 0 && kb % VF_WIDTH == 0;
+            int ahead = fast || q8 ? (rows - VF_WIDTH < VF_WIDTH ? rows - VF_WIDTH : VF_WIDTH) : 0;   /* rows of the next group */
             for (int s0 = 0, tap = 0, ch = 0; s0 < kb; s0 += VF_WIDTH) {   /* source s0 is channel ch of tap `tap` */
                 int ns = kb - s0 < VF_WIDTH ? kb - s0 : VF_WIDTH;
                 vfloat r[VF_WIDTH];
-                if (!fast && s0 % GEMM_PIECE == 0) {   /* the next GEMM_PIECE values of each row (VF_WIDTH divides it) */
+                if (!fast && !q8 && s0 % GEMM_PIECE == 0) {   /* the next GEMM_PIECE values of each row (VF_WIDTH divides it) */
                     piece = kb - s0 < GEMM_PIECE ? kb - s0 : GEMM_PIECE;
                     for (int i = 0; i < VF_WIDTH && i < rows; i++)
                         tensor_floats(rowbuf + (size_t)i * GEMM_PIECE, w, (size_t)(first + (int64_t)i * row_len + s0), piece);
                 }
-                if (s0 * es % 64 == 0)   /* the next group's rows from memory, a line each as these go (a burst of
-                                            them all at the start stalled: 2-3% of a deep GEMM) */
-                    for (int i = 0; i < ahead; i++) prefetch_l2((const char *)w->data + (size_t)(first + (int64_t)(VF_WIDTH + i) * row_len + s0) * es);
+                if (fast ? s0 * es % 64 == 0 : (first + s0) % Q8_BLOCK == 0)   /* the next group's rows from memory, a line
+                                            (a q8_0 block) each as these go (a burst of them all at the start stalled:
+                                            2-3% of a deep GEMM) */
+                    for (int i = 0; i < ahead; i++) {
+                        const unsigned char *f = weight_at(w, first + (int64_t)(VF_WIDTH + i) * row_len + s0);
+                        prefetch_l2(f);
+                        if (q8) prefetch_l2(f + 33);
+                    }
                 if (fast && ns == VF_WIDTH && rows >= VF_WIDTH)
                     pack_load_rows(r, (const unsigned char *)w->data + (size_t)(first + s0) * es, (size_t)row_len * es, dt);
+                else if (q8)
+                    pack_load_rows_q8(r, weight_at(w, first + s0), (size_t)(row_len / Q8_BLOCK) * dtype_info[SD_Q8_0].size, (int)((first + s0) % Q8_BLOCK));
                 else
                     for (int i = 0; i < VF_WIDTH; i++) {
                         const void *src = fast ? (const unsigned char *)w->data + (size_t)(first + (int64_t)i * row_len + s0) * es
