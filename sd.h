@@ -4065,9 +4065,9 @@ static void pack_q8(unsigned char *bp, const sd_tensor *w, int64_t row_len, int 
                         time, transposed in groups of 4 (vi_transpose) */
             const unsigned char *data = (const unsigned char *)w->data, *zero = (const unsigned char *)zero_row;
             size_t bsz = dtype_info[t].size;
-            int half = 2 * VF_WIDTH, stride = (kb + 2 * half - 1) / (2 * half) * 2 * half;   /* half a vector's values lie in one block */
-            signed char *ints = (signed char *)rowbuf;   /* q4_0 and q5_0 rows' integers, `stride` apart */
-            SD_ASSERT(stride <= GEMM_PIECE * (int)sizeof(float));   /* VF_WIDTH of them fit rowbuf */
+            int half = 2 * VF_WIDTH;   /* half a vector's values lie in one block */
+            signed char *ints = (signed char *)rowbuf;   /* q4_0 and q5_0 rows' integers, kb apart */
+            SD_ASSERT(kb <= GEMM_PIECE * (int)sizeof(float));   /* VF_WIDTH of them fit rowbuf */
             for (int v = 0; v < GEMM_NR; v += VF_WIDTH) {
                 const unsigned char *row[VF_WIDTH], *next[VF_WIDTH];   /* this group's rows, the next group's */
                 int col = p * GEMM_NR + v;
@@ -4075,26 +4075,21 @@ static void pack_q8(unsigned char *bp, const sd_tensor *w, int64_t row_len, int 
                     row[i] = col + i < nc ? data + dtype_bytes(t, (uint64_t)((n0 + col + i) * row_len + src0)) : NULL;
                     next[i] = col + VF_WIDTH + i < nc ? data + dtype_bytes(t, (uint64_t)((n0 + col + VF_WIDTH + i) * row_len + src0)) : NULL;
                 }
-                for (int i = 0; t != SD_Q8_0 && i < VF_WIDTH; i++) {   /* decoded first: a vector loads no fresh stores */
-                    memset(ints + (size_t)i * stride, 0, (size_t)stride);
-                    for (int k = 0; row[i] && k < nb; k++) block_ints(t, row[i] + (size_t)k * bsz, ints + (size_t)i * stride + k * Q8_BLOCK);
-                }
+                for (int i = 0; t != SD_Q8_0 && i < VF_WIDTH; i++)   /* decoded first: a vector loads no fresh stores */
+                    for (int k = 0; row[i] && k < nb; k++) block_ints(t, row[i] + (size_t)k * bsz, ints + (size_t)i * kb + k * Q8_BLOCK);
                 vint sum = vi_zero();
                 for (int e0 = 0; e0 < kb; e0 += 2 * half) {
                     vint r[VF_WIDTH];
                     for (int i = 0; i < VF_WIDTH; i++) {
-                        const unsigned char *lo = zero, *hi = zero;
+                        const unsigned char *h[2] = {zero, zero};   /* the vector's halves: values e0.., e0 + half.. */
                         if (next[i]) {   /* the next group's row from memory, as this one goes */
                             const unsigned char *f = next[i] + (size_t)(e0 / Q8_BLOCK) * bsz;
                             prefetch_l2(f);
                             prefetch_l2(f + 63);
                         }
-                        if (t != SD_Q8_0) lo = (const unsigned char *)ints + (size_t)i * stride + e0, hi = lo + half;
-                        else if (row[i]) {   /* values e0.. and e0 + half.. after their blocks' 2-byte scales */
-                            lo = row[i] + (size_t)(e0 / Q8_BLOCK) * bsz + 2 + e0 % Q8_BLOCK;
-                            if (e0 + half < kb) hi = row[i] + (size_t)((e0 + half) / Q8_BLOCK) * bsz + 2 + (e0 + half) % Q8_BLOCK;
-                        }
-                        r[i] = vi_load2(lo, hi);
+                        for (int s = 0, e = e0; s < 2 && e < kb && row[i]; s++, e += half)   /* q8_0's after its block's 2-byte scale */
+                            h[s] = t == SD_Q8_0 ? row[i] + (size_t)(e / Q8_BLOCK) * bsz + 2 + e % Q8_BLOCK : (const unsigned char *)ints + (size_t)i * kb + e;
+                        r[i] = vi_load2(h[0], h[1]);
                     }
                     vi_transpose(r);   /* r[g] lane i: values e0 + 4g.. of column col + i */
                     for (int g = 0; g < VF_WIDTH && e0 + 4 * g < kb; g++) {
