@@ -3602,14 +3602,20 @@ static void pool_run(sd_pool *pool, pool_task fn, void *arg, int ntasks)
 
 static const float zero_row[GEMM_KC] = {0};   /* the input "pixel" in the padding */
 
+/* Lists of a tile's rows for the macros that write out its registers: TILE_ROWS_n(X) is X(0) .. X(n - 1). */
+#define TILE_ROWS_2(X) X(0) X(1)
+#define TILE_ROWS_4(X) TILE_ROWS_2(X) X(2) X(3)
+#define TILE_ROWS_6(X) TILE_ROWS_4(X) X(4) X(5)
+#define TILE_ROWS_8(X) TILE_ROWS_6(X) X(6) X(7)
+#define TILE_ROWS_12(X) TILE_ROWS_8(X) X(8) X(9) X(10) X(11)
 #if GEMM_MR == 12
-#define GEMM_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+#define GEMM_ROWS TILE_ROWS_12
 #elif GEMM_MR == 8
-#define GEMM_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#define GEMM_ROWS TILE_ROWS_8
 #elif GEMM_MR == 6
-#define GEMM_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+#define GEMM_ROWS TILE_ROWS_6
 #else
-#define GEMM_ROWS(X) X(0) X(1) X(2) X(3)
+#define GEMM_ROWS TILE_ROWS_4
 #endif
 
 /* How a tile's sums are stored: added to what c holds (a later K block, or accumulate), and
@@ -3659,11 +3665,9 @@ static inline void tile_store_row(float *c, vfloat v0, vfloat v1, int nr, int mo
         }                                                                                                 \
         ROWS(TILE_STORE)                                                                                  \
     }
-#define TILE_ROWS4(X) X(0) X(1) X(2) X(3)
-#define TILE_ROWS8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
 GEMM_TILE(gemm_tile_mr, GEMM_ROWS)
-GEMM_TILE(gemm_tile4, TILE_ROWS4)
-GEMM_TILE(gemm_tile8, TILE_ROWS8)
+GEMM_TILE(gemm_tile4, TILE_ROWS_4)
+GEMM_TILE(gemm_tile8, TILE_ROWS_8)
 
 static void gemm_tile(const float *const *a, int nseg, int len, const float *bp, float *c, int ldc,
                       int mr, int nr, int mode, const float *bias)
@@ -3911,10 +3915,10 @@ static void gemm_plan(gemm_job *j, int threads) { gemm_plan_costs(j, threads, GE
 #define DOT_KC 2304              /* 256 channels x 9 taps */
 #if (defined(__AVX512F__) || defined(__aarch64__)) && !defined(SD_NO_SIMD)
 #define DOT_MG 4
-#define DOT_ROWS(X) X(0) X(1) X(2) X(3)
+#define DOT_ROWS TILE_ROWS_4
 #else
 #define DOT_MG 2
-#define DOT_ROWS(X) X(0) X(1)
+#define DOT_ROWS TILE_ROWS_2
 #endif
 
 /* out[j·4 + i] = Σ_k a_j[k] · wb[i·kl + k] for j < DOT_MG, i < 4. */
@@ -4033,11 +4037,11 @@ static void gemm_dot_task(void *arg, int task, int thread)
 #define Q8_NC 1024               /* columns per packed block at most (shallow K) */
 #define Q8_BAND_BYTES (512u << 10)   /* a task's quantized source rows (pixels), scales included */
 #if Q8_MR == 12
-#define Q8_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+#define Q8_ROWS TILE_ROWS_12
 #elif Q8_MR == 8
-#define Q8_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#define Q8_ROWS TILE_ROWS_8
 #else
-#define Q8_ROWS(X) X(0) X(1) X(2) X(3)
+#define Q8_ROWS TILE_ROWS_4
 #endif
 /* Row i's 4 bytes at a_i + o broadcast and multiplied with the two vectors of a panel's group
    (b0, b1) into row i's int32 sums s_i0, s_i1: the step of the int8 micro-kernels. */
@@ -4063,7 +4067,7 @@ static void pack_q8(unsigned char *bp, const sd_tensor *w, int64_t row_len, int 
         int cols = nc - p * GEMM_NR < GEMM_NR ? nc - p * GEMM_NR : GEMM_NR;
         if (own) {   /* their integers and scales as they are: VF_WIDTH columns' next 4·VF_WIDTH values at a
                         time, transposed in groups of 4 (vi_transpose) */
-            const unsigned char *data = (const unsigned char *)w->data, *zero = (const unsigned char *)zero_row;
+            const unsigned char *zero = (const unsigned char *)zero_row;
             size_t bsz = dtype_info[t].size;
             int half = 2 * VF_WIDTH;   /* half a vector's values lie in one block */
             signed char *ints = (signed char *)rowbuf;   /* q4_0 and q5_0 rows' integers, kb apart */
@@ -4072,8 +4076,8 @@ static void pack_q8(unsigned char *bp, const sd_tensor *w, int64_t row_len, int 
                 const unsigned char *row[VF_WIDTH], *next[VF_WIDTH];   /* this group's rows, the next group's */
                 int col = p * GEMM_NR + v;
                 for (int i = 0; i < VF_WIDTH; i++) {
-                    row[i] = col + i < nc ? data + dtype_bytes(t, (uint64_t)((n0 + col + i) * row_len + src0)) : NULL;
-                    next[i] = col + VF_WIDTH + i < nc ? data + dtype_bytes(t, (uint64_t)((n0 + col + VF_WIDTH + i) * row_len + src0)) : NULL;
+                    row[i] = col + i < nc ? weight_at(w, (n0 + col + i) * row_len + src0) : NULL;
+                    next[i] = col + VF_WIDTH + i < nc ? weight_at(w, (n0 + col + VF_WIDTH + i) * row_len + src0) : NULL;
                 }
                 for (int i = 0; t != SD_Q8_0 && i < VF_WIDTH; i++)   /* decoded first: a vector loads no fresh stores */
                     for (int k = 0; row[i] && k < nb; k++) block_ints(t, row[i] + (size_t)k * bsz, ints + (size_t)i * kb + k * Q8_BLOCK);
