@@ -2594,9 +2594,11 @@ static sd_tensor tensor_rows(const sd_tensor *t, int64_t r0, int64_t n)
 #if defined(__GNUC__) || defined(__clang__)
 #define VF_UNROLL _Pragma("GCC unroll 16")
 #define VF_INLINE static inline __attribute__((always_inline))
+#define VF_NOINLINE __attribute__((noinline))
 #else
 #define VF_UNROLL
 #define VF_INLINE static inline
+#define VF_NOINLINE
 #endif
 
 #if !defined(SD_NO_SIMD) && defined(__AVX512F__)
@@ -2848,6 +2850,43 @@ VF_INLINE void vf_transpose(vfloat *r)
     VF_UNROLL
     for (int i = 0; i < 16; i++) r[i] = t[i];
 }
+/* r[c] = column c, as f32, of the 16 x 16 block of type dt (f32, f16, bf16) at p, rows `stride`
+   bytes apart: pack_weights' load and transpose in one. The 128-bit lanes are gathered by masked
+   broadcast loads, which the load ports do, so only 4 x 4 transposes within lanes are left to the
+   shuffle unit (16 shuffles where 16 row loads and vf_transpose take 64): pack_weights 1.8x
+   faster on an L2-resident block on Zen 5. */
+#define VF_HAS_LOAD_TRANSPOSED 1
+VF_INLINE __m512 vf_gather_lanes(const unsigned char *p, size_t stride4, sd_dtype dt)   /* lane g: 4 values at p + g·stride4 */
+{
+    if (dt == SD_F32) {
+        __m512 v = _mm512_broadcast_f32x4(_mm_loadu_ps((const float *)(const void *)p));
+        v = _mm512_mask_broadcast_f32x4(v, 0x00f0, _mm_loadu_ps((const float *)(const void *)(p + stride4)));
+        v = _mm512_mask_broadcast_f32x4(v, 0x0f00, _mm_loadu_ps((const float *)(const void *)(p + 2 * stride4)));
+        return _mm512_mask_broadcast_f32x4(v, 0xf000, _mm_loadu_ps((const float *)(const void *)(p + 3 * stride4)));
+    }
+    long long q[4];
+    memcpy(&q[0], p, 8); memcpy(&q[1], p + stride4, 8); memcpy(&q[2], p + 2 * stride4, 8); memcpy(&q[3], p + 3 * stride4, 8);
+    __m512i v = _mm512_set1_epi64(q[0]);
+    v = _mm512_mask_set1_epi64(v, 0x02, q[1]);
+    v = _mm512_mask_set1_epi64(v, 0x04, q[2]);
+    __m256i h = _mm512_castsi512_si256(_mm512_mask_set1_epi64(v, 0x08, q[3]));   /* 16 halves */
+    return dt == SD_F16 ? _mm512_cvtph_ps(h) : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+VF_INLINE void vf_load_transposed(vfloat *r, const unsigned char *p, size_t stride, sd_dtype dt)
+{
+    size_t es = dt == SD_F32 ? 4 : 2;
+    VF_UNROLL
+    for (int q = 0; q < 4; q++) {   /* columns 4q..4q+3: a[i], lane g, holds them for row 4g + i */
+        __m512 a0 = vf_gather_lanes(p + 4 * q * es, 4 * stride, dt), a1 = vf_gather_lanes(p + stride + 4 * q * es, 4 * stride, dt);
+        __m512 a2 = vf_gather_lanes(p + 2 * stride + 4 * q * es, 4 * stride, dt), a3 = vf_gather_lanes(p + 3 * stride + 4 * q * es, 4 * stride, dt);
+        __m512d t0 = _mm512_castps_pd(_mm512_unpacklo_ps(a0, a1)), t1 = _mm512_castps_pd(_mm512_unpackhi_ps(a0, a1));
+        __m512d t2 = _mm512_castps_pd(_mm512_unpacklo_ps(a2, a3)), t3 = _mm512_castps_pd(_mm512_unpackhi_ps(a2, a3));
+        r[4 * q] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
+        r[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
+        r[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
+        r[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
+    }
+}
 #elif defined(__AVX2__) && defined(__FMA__) && !defined(SD_NO_SIMD)
 VF_INLINE void vf_transpose(vfloat *r)
 {
@@ -2906,6 +2945,24 @@ static inline vfloat vf_load_bf16(const void *p)
     float t[VF_WIDTH];
     for (int i = 0; i < VF_WIDTH; i++) { uint16_t h; memcpy(&h, (const char *)p + 2 * i, 2); t[i] = sd_bf16_to_f32(h); }
     return vf_load(t);
+}
+#endif
+
+/* Elsewhere the transposing load is VF_WIDTH row loads and vf_transpose. */
+#ifndef VF_HAS_LOAD_TRANSPOSED
+VF_INLINE void vf_load_transposed(vfloat *r, const unsigned char *p, size_t stride, sd_dtype dt)
+{
+    if (dt == SD_F16) {
+        VF_UNROLL
+        for (int i = 0; i < VF_WIDTH; i++, p += stride) r[i] = vf_load_f16(p);
+    } else if (dt == SD_BF16) {
+        VF_UNROLL
+        for (int i = 0; i < VF_WIDTH; i++, p += stride) r[i] = vf_load_bf16(p);
+    } else {
+        VF_UNROLL
+        for (int i = 0; i < VF_WIDTH; i++, p += stride) r[i] = vf_load((const float *)(const void *)p);
+    }
+    vf_transpose(r);
 }
 #endif
 
@@ -3692,22 +3749,6 @@ static inline vfloat pack_load(const unsigned char *p, sd_dtype dt, int n)
     return dt == SD_F16 ? vf_load_f16(p) : vf_load_bf16(p);
 }
 
-/* The next VF_WIDTH values of VF_WIDTH whole rows, `stride` bytes apart, of a float type as f32
-   (pack_weights' common case, unrolled so the rows stay in registers). */
-static inline void pack_load_rows(vfloat *r, const unsigned char *p, size_t stride, sd_dtype dt)
-{
-    if (dt == SD_F16) {
-        VF_UNROLL
-        for (int i = 0; i < VF_WIDTH; i++, p += stride) r[i] = vf_load_f16(p);
-    } else if (dt == SD_BF16) {
-        VF_UNROLL
-        for (int i = 0; i < VF_WIDTH; i++, p += stride) r[i] = vf_load_bf16(p);
-    } else {
-        VF_UNROLL
-        for (int i = 0; i < VF_WIDTH; i++, p += stride) r[i] = vf_load((const float *)(const void *)p);
-    }
-}
-
 /* The next VF_WIDTH values of VF_WIDTH q8_0 rows, `stride` bytes apart, from value `off` of the
    block at b on, as f32: q·d, as dequant_row_fast computes them. */
 static inline void pack_load_rows_q8(vfloat *r, const unsigned char *b, size_t stride, int off)
@@ -3720,6 +3761,33 @@ static inline void pack_load_rows_q8(vfloat *r, const unsigned char *b, size_t s
 static inline const unsigned char *weight_at(const sd_tensor *w, int64_t e)
 {
     return (const unsigned char *)w->data + (size_t)(e / dtype_info[w->dtype].block) * dtype_info[w->dtype].size;
+}
+
+/* pack_weights' common case: values 0..full (a multiple of VF_WIDTH) of VF_WIDTH rows of a float
+   type dt at src, `stride` bytes apart, loaded transposed and stored as packed k-rows, prefetching
+   the next group's `ahead` rows as pack_weights does. A function of its own, made for each type,
+   so that its loop keeps its pointers in registers (inside pack_weights they went through xmm
+   registers and the stack, and the gain of the transposing load was lost). */
+VF_INLINE void pack_rows_typed(float *dst, const unsigned char *src, size_t stride, sd_dtype dt, int full, int len, int taps, int ahead)
+{
+    size_t es = sd_dtype_size(dt);
+    for (int s0 = 0, tap = 0, ch = 0; s0 < full; s0 += VF_WIDTH) {   /* source s0 is channel ch of tap `tap` */
+        vfloat r[VF_WIDTH];
+        if (s0 * es % 64 == 0)
+            for (int i = 0; i < ahead; i++) prefetch_l2(src + (size_t)(VF_WIDTH + i) * stride + s0 * es);
+        vf_load_transposed(r, src + s0 * es, stride, dt);
+        VF_UNROLL   /* (r stays in registers) */
+        for (int c = 0; c < VF_WIDTH; c++) {
+            vf_store(dst + (size_t)(tap * len + ch) * GEMM_NR, r[c]);
+            if (++tap == taps) tap = 0, ch++;
+        }
+    }
+}
+static VF_NOINLINE void pack_rows_float(float *dst, const unsigned char *src, size_t stride, sd_dtype dt, int full, int len, int taps, int ahead)
+{
+    if (dt == SD_F32) pack_rows_typed(dst, src, stride, SD_F32, full, len, taps, ahead);
+    else if (dt == SD_F16) pack_rows_typed(dst, src, stride, SD_F16, full, len, taps, ahead);
+    else pack_rows_typed(dst, src, stride, SD_BF16, full, len, taps, ahead);
 }
 
 /* Packs columns n0..n0+nc of the weight's K block into GEMM_NR-wide k-major panels:
@@ -3747,7 +3815,9 @@ static void pack_weights(float *bp, const sd_tensor *w, int64_t row_len, int n0,
             int64_t first = (int64_t)(n0 + p * GEMM_NR + g) * row_len + src0;
             int q8 = w->dtype == SD_Q8_0 && rows >= VF_WIDTH && row_len % Q8_BLOCK == 0 && first % VF_WIDTH == 0 && kb % VF_WIDTH == 0;
             int ahead = fast || q8 ? (rows - VF_WIDTH < VF_WIDTH ? rows - VF_WIDTH : VF_WIDTH) : 0;   /* rows of the next group */
-            for (int s0 = 0, tap = 0, ch = 0; s0 < kb; s0 += VF_WIDTH) {   /* source s0 is channel ch of tap `tap` */
+            int done = fast && rows >= VF_WIDTH ? kb - kb % VF_WIDTH : 0;
+            if (done) pack_rows_float(dst, (const unsigned char *)w->data + (size_t)first * es, (size_t)row_len * es, dt, done, len, taps, ahead);
+            for (int s0 = done, tap = done % taps, ch = done / taps; s0 < kb; s0 += VF_WIDTH) {   /* source s0 is channel ch of tap `tap` */
                 int ns = kb - s0 < VF_WIDTH ? kb - s0 : VF_WIDTH;
                 vfloat r[VF_WIDTH];
                 if (!fast && !q8 && s0 % GEMM_PIECE == 0) {   /* the next GEMM_PIECE values of each row (VF_WIDTH divides it) */
@@ -3763,9 +3833,7 @@ static void pack_weights(float *bp, const sd_tensor *w, int64_t row_len, int n0,
                         prefetch_l2(f);
                         if (q8) prefetch_l2(f + 33);
                     }
-                if (fast && ns == VF_WIDTH && rows >= VF_WIDTH)
-                    pack_load_rows(r, (const unsigned char *)w->data + (size_t)(first + s0) * es, (size_t)row_len * es, dt);
-                else if (q8)
+                if (q8)
                     pack_load_rows_q8(r, weight_at(w, first + s0), (size_t)(row_len / Q8_BLOCK) * dtype_info[SD_Q8_0].size, (int)((first + s0) % Q8_BLOCK));
                 else
                     for (int i = 0; i < VF_WIDTH; i++) {
