@@ -3916,6 +3916,15 @@ static void gemm_rows(const gemm_job *j, int m, int mr, int c0, const float **ro
         for (int t = 0; t < taps; t++) rows[t * GEMM_MR + i] = rows[t * GEMM_MR];
 }
 
+/* The width of a task's blocks of columns (n of them, packed `most` at a time at most): as even as
+   whole panels allow, 160 as 96 + 64 rather than 128 + 32, since each block reads x again and a
+   block of one panel does so for little work (deep f32 GEMMs 1-2% faster). */
+static int gemm_block_cols(int n, int most)
+{
+    int parts = (n + most - 1) / most;
+    return ((n + parts - 1) / parts + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
+}
+
 static void gemm_task(void *arg, int task, int thread)
 {
     const gemm_job *j = (const gemm_job *)arg;
@@ -3923,8 +3932,9 @@ static void gemm_task(void *arg, int task, int thread)
     int m_hi = m_lo + j->mb < j->M ? m_lo + j->mb : j->M, n_hi = n_lo + j->nb < j->N ? n_lo + j->nb : j->N;
     float *bp = j->pool->scratch[thread], *bias = bp + GEMM_KC * GEMM_NC, *rowbuf = bias + GEMM_NC + (size_t)j->taps * GEMM_MR * 2;
     const float **rows = (const float **)(void *)(bias + GEMM_NC);
-    for (int jc = n_lo; jc < n_hi; jc += GEMM_NC) {
-        int nc = n_hi - jc < GEMM_NC ? n_hi - jc : GEMM_NC;
+    int step = gemm_block_cols(n_hi - n_lo, GEMM_NC);
+    for (int jc = n_lo; jc < n_hi; jc += step) {
+        int nc = n_hi - jc < step ? n_hi - jc : step;
         if (j->b) tensor_floats(bias, j->b, (size_t)jc, nc);
         for (int p = 0; p < j->nblocks; p++) {
             int c0 = p * j->blen, len = j->depth - c0 < j->blen ? j->depth - c0 : j->blen, kb = len * j->taps;
@@ -4322,8 +4332,7 @@ static void gemm_q8_task(void *arg, int task, int thread)
     q8_scratch_carve(&s, j->pool->scratch[thread]);
     memset(s.zero, Q8_OFFSET, Q8_KC_MAX);
     memset(s.zero + Q8_KC_MAX, 0, q8_row_bytes(Q8_KC_MAX) - Q8_KC_MAX);
-    /* the columns in packed blocks of at most q8_nc, as even as whole panels allow */
-    int parts = (n_hi - n_lo + j->q8_nc - 1) / j->q8_nc, cstep = ((n_hi - n_lo + parts - 1) / parts + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
+    int cstep = gemm_block_cols(n_hi - n_lo, j->q8_nc);
     for (int jc = n_lo; jc < n_hi; jc += cstep) {
         int nc = n_hi - jc < cstep ? n_hi - jc : cstep;
         if (j->b) tensor_floats(s.bias, j->b, (size_t)jc, nc);

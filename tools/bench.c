@@ -1420,11 +1420,22 @@ static void bench_kernels(int threads)
         int M = shapes[si].M, N = shapes[si].N, K = shapes[si].K;
         double flops = 2.0 * M * N * K, t, tb = 0;
         float *x = bench_floats((size_t)M * K), *wf = bench_floats((size_t)N * K), *y = (float *)malloc((size_t)M * N * sizeof(float));
-        if (bench_sgemm) BENCH_BEST(5, tb, bench_sgemm(101, 111, 112, M, N, K, 1.0f, x, K, wf, K, 0.0f, y, N));
         for (int di = 0; di < 3; di++) {
             sd_tensor w = bench_weight(dts[di], N, K, wf);
             matmul(&pool, y, N, x, K, M, N, K, &w, NULL, 0);
-            BENCH_BEST(5, t, matmul(&pool, y, N, x, K, M, N, K, &w, NULL, 0));
+            if (di == 0 && bench_sgemm) {   /* f32 runs alternate with OpenBLAS's, so both see the same spells of a shared host */
+                t = tb = 1e30;
+                for (int r = 0; r < 5; r++) {
+                    double t0 = now();
+                    bench_sgemm(101, 111, 112, M, N, K, 1.0f, x, K, wf, K, 0.0f, y, N);
+                    double t1 = now();
+                    matmul(&pool, y, N, x, K, M, N, K, &w, NULL, 0);
+                    double t2 = now();
+                    if (t1 - t0 < tb) tb = t1 - t0;
+                    if (t2 - t1 < t) t = t2 - t1;
+                }
+            } else
+                BENCH_BEST(5, t, matmul(&pool, y, N, x, K, M, N, K, &w, NULL, 0));
             printf("gemm %s M=%d N=%d K=%d w=%s threads=%d gflops=%.1f", shapes[si].name, M, N, K,
                    di == 0 ? "f32" : di == 1 ? "f16" : "bf16", threads, flops / t * 1e-9);
             if (bench_sgemm) printf(" openblas_gflops=%.1f", flops / tb * 1e-9);
